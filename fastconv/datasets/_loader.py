@@ -1,0 +1,184 @@
+"""Finding, validating and loading MNIST-like data sets (IDX files or Keras .npz)."""
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import _download
+from .idx import read_idx
+
+# (split, images file, labels file), in the order load_data returns them.
+SPLITS = (
+    ("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
+IDX_NAMES = tuple(name for _, images, labels in SPLITS for name in (images, labels))
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What distinguishes one MNIST-like data set from another."""
+
+    name: str  # directory name under each search root, and stem of its .npz
+    title: str  # for messages
+    sha256: Mapping[str, str]  # decompressed IDX file name -> hex sha256
+    mirrors: Sequence[str]  # base URLs serving <IDX file name>.gz
+    system_dirs: Sequence[str] = ()  # directories a system package installs into
+
+    @property
+    def mirrors_env(self):
+        return "FASTCONV_" + self.name.upper().replace("-", "_") + "_MIRRORS"
+
+
+def load_dataset(spec, path=None, download=True):
+    """Find ``spec``'s data set and return ``((x_train, y_train), (x_test, y_test))``.
+
+    Looks in ``path``, ``$FASTCONV_DATA/<name>``, ``./data/<name>``, the user
+    cache, then ``spec.system_dirs``; finally downloads into the cache unless
+    ``download`` is false or ``$FASTCONV_NO_DOWNLOAD`` is set. Raises
+    ``FileNotFoundError`` listing every place looked if nothing was found.
+    """
+    looked = []
+    cache = cache_dir(spec.name)
+    for label, location in _search_locations(spec, path, cache, looked):
+        if location.is_file():
+            return load_npz(location)
+        files = _idx_files_in(location)
+        if len(files) == len(IDX_NAMES):
+            return load_idx_files(files)
+        npz = location / f"{spec.name}.npz"
+        if npz.is_file():
+            return load_npz(npz)
+        looked.append(f"{label} {location}: {_describe_incomplete(location, files)}")
+
+    if not download or os.environ.get("FASTCONV_NO_DOWNLOAD", "") not in ("", "0"):
+        looked.append("download: disabled (download=False or FASTCONV_NO_DOWNLOAD set)")
+    else:
+        try:
+            return load_idx_files(_download_into_cache(spec, cache))
+        except OSError as error:
+            looked.append(f"download into {cache}: {error}")
+
+    places = "\n".join(f"  - {place}" for place in looked)
+    raise FileNotFoundError(
+        f"{spec.title} data set not found. Looked in:\n{places}\n"
+        f"Put the four IDX files ({', '.join(IDX_NAMES)}, each raw or .gz) or {spec.name}.npz "
+        f"into one of these directories, or pass load_data(path=...)."
+    )
+
+
+def cache_dir(name):
+    """The user cache directory for data set ``name``: ``$XDG_CACHE_HOME`` or ``~/.cache``, then ``fastconv/<name>``."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "fastconv" / name
+
+
+def load_idx_files(files):
+    """Load the four IDX files given as a mapping from IDX file name to path."""
+    splits = []
+    for split, images_name, labels_name in SPLITS:
+        images, labels = read_idx(files[images_name]), read_idx(files[labels_name])
+        _check_split(images, labels, f"{files[images_name]} and {files[labels_name]}", split)
+        splits.append((images, labels))
+    return tuple(splits)
+
+
+def load_npz(path):
+    """Load a Keras-style ``mnist.npz`` (keys x_train, y_train, x_test, y_test), validated."""
+    with open(path, "rb") as file:
+        if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+            raise ValueError(f"{path}: not an .npz archive (expected keys {', '.join(NPZ_KEYS)})")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in NPZ_KEYS if key not in archive.files]
+            if missing:
+                raise ValueError(
+                    f"{path}: missing arrays {', '.join(missing)}; expected keys "
+                    f"{', '.join(NPZ_KEYS)}, found {', '.join(archive.files) or 'none'}"
+                )
+            arrays = {key: archive[key] for key in NPZ_KEYS}
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{path}: corrupt .npz archive ({error})") from error
+    splits = []
+    for split, _, _ in SPLITS:
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        _check_split(images, labels, path, split)
+        splits.append((images, labels))
+    return tuple(splits)
+
+
+def _search_locations(spec, path, cache, looked):
+    """Yield (label, location) in search order; note skipped roots in ``looked``."""
+    if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a directory or .npz file path, got {type(path).__name__}")
+        yield "path=", Path(path)
+    data_root = os.environ.get("FASTCONV_DATA")
+    if data_root:
+        yield "$FASTCONV_DATA", Path(data_root) / spec.name
+    else:
+        looked.append("$FASTCONV_DATA: not set")
+    yield "./data", Path.cwd() / "data" / spec.name
+    yield "cache", cache
+    for directory in spec.system_dirs:
+        yield "system", Path(directory)
+
+
+def _idx_files_in(directory):
+    """Map each IDX file name present in ``directory`` (raw preferred over .gz) to its path."""
+    found = {}
+    for name in IDX_NAMES:
+        for candidate in (directory / name, directory / f"{name}.gz"):
+            if candidate.is_file():
+                found[name] = candidate
+                break
+    return found
+
+
+def _describe_incomplete(location, files):
+    if not location.exists():
+        return "does not exist"
+    if not location.is_dir():
+        return "not a directory or .npz file"
+    if not files:
+        return "no IDX files"
+    missing = [name for name in IDX_NAMES if name not in files]
+    return "missing " + ", ".join(f"{name}[.gz]" for name in missing)
+
+
+def _download_into_cache(spec, cache):
+    """Download the IDX files missing from ``cache``; return the complete set."""
+    env_mirrors = os.environ.get(spec.mirrors_env, "")
+    mirrors = [url.strip() for url in env_mirrors.split(",") if url.strip()] or list(spec.mirrors)
+    timeout = _download.download_timeout()
+    cache.mkdir(parents=True, exist_ok=True)
+    files = _idx_files_in(cache)
+    dead_mirrors = set()
+    for name in IDX_NAMES:
+        if name not in files:
+            files[name] = _download.fetch(name, mirrors, spec.sha256[name], cache, timeout, dead_mirrors)
+    return files
+
+
+def _check_split(images, labels, source, split):
+    """Reject arrays that are not uint8 (N, 28, 28) images with N uint8 labels in 0..9."""
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE or images.ndim != 3:
+        raise ValueError(
+            f"{source}: {split} images must be uint8 of shape (N, 28, 28), "
+            f"got {images.dtype} of shape {images.shape}"
+        )
+    if labels.dtype != np.uint8 or labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"{source}: {split} labels must be uint8 of shape ({images.shape[0]},) to match the images, "
+            f"got {labels.dtype} of shape {labels.shape}"
+        )
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise ValueError(f"{source}: {split} labels must be 0 to {NUM_CLASSES - 1}, found {labels.max()}")
