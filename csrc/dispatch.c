@@ -1,0 +1,157 @@
+/* The one place that knows about CPUs: detects what the CPU and OS support (CPUID + XGETBV), picks
+ * each op's kernels once, honours FASTCONV_ISA, and owns the thread-count setting. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastconv.h"
+#include "dispatch.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+enum isa { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_COUNT };
+
+static const char *const isa_names[ISA_COUNT] = { "generic", "avx2", "avx512" };
+
+/* The kernel table: one row per instruction set. */
+static const fc_gemm_kernel *gemm_kernel_for(enum isa isa)
+{
+    switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case ISA_AVX512: return &fc_gemm_avx512_14x32;
+    case ISA_AVX2: return &fc_gemm_avx2_6x16;
+#endif
+    default: return &fc_gemm_generic_4x16;
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+
+static unsigned long long read_xcr0(void)
+{
+    unsigned int lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+}
+
+static int cpu_supports(enum isa isa)
+{
+    unsigned int a, b, c, d;
+    if (isa == ISA_GENERIC) return 1;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int osxsave = (c >> 27) & 1, fma = (c >> 12) & 1, avx = (c >> 28) & 1;
+    if (!osxsave || !avx || !fma) return 0;
+    const unsigned long long xcr0 = read_xcr0();
+    if ((xcr0 & 0x6) != 0x6) return 0;  /* the OS saves XMM and YMM state */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    const int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1;
+    if (isa == ISA_AVX2) return avx2;
+    /* AVX-512 also needs the OS to save opmask and the upper ZMM registers. */
+    return avx2 && avx512f && (xcr0 & 0xE6) == 0xE6;
+}
+#else
+static int cpu_supports(enum isa isa) { return isa == ISA_GENERIC; }
+#endif
+
+static enum isa best_isa(void)
+{
+    for (int i = ISA_COUNT - 1; i > ISA_GENERIC; i--)
+        if (cpu_supports((enum isa)i)) return (enum isa)i;
+    return ISA_GENERIC;
+}
+
+static int isa_from_name(const char *name)
+{
+    for (int i = 0; i < ISA_COUNT; i++)
+        if (name && strcmp(name, isa_names[i]) == 0) return i;
+    return -1;
+}
+
+static enum isa active_isa = ISA_COUNT;  /* ISA_COUNT: not chosen yet */
+
+static enum isa current_isa(void)
+{
+    if (active_isa == ISA_COUNT) {
+        /* FASTCONV_ISA can only lower the choice; the Python layer reports a bad value. */
+        enum isa chosen = best_isa();
+        const int forced = isa_from_name(getenv("FASTCONV_ISA"));
+        if (forced >= 0 && cpu_supports((enum isa)forced)) chosen = (enum isa)forced;
+        active_isa = chosen;
+    }
+    return active_isa;
+}
+
+const char *fc_isa_name(void) { return isa_names[current_isa()]; }
+
+int fc_isa_supported(const char *name)
+{
+    const int isa = isa_from_name(name);
+    return isa >= 0 && cpu_supports((enum isa)isa);
+}
+
+int fc_set_isa(const char *name)
+{
+    const int isa = isa_from_name(name);
+    if (isa < 0 || !cpu_supports((enum isa)isa)) return -1;
+    active_isa = (enum isa)isa;
+    return 0;
+}
+
+const fc_gemm_kernel *fc_active_gemm_kernel(void) { return gemm_kernel_for(current_isa()); }
+
+const char *fc_gemm_kernel_name(void) { return fc_active_gemm_kernel()->name; }
+
+const char *fc_compiler(void)
+{
+#if defined(__clang__)
+    return "clang " __clang_version__;
+#elif defined(__GNUC__)
+    return "gcc " __VERSION__;
+#else
+    return "unknown";
+#endif
+}
+
+int fc_openmp_enabled(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* 0 means "not set": follow the OpenMP runtime (OMP_NUM_THREADS, threadpoolctl). */
+static int thread_limit = 0;
+
+void fc_set_num_threads(int n)
+{
+    thread_limit = n;
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+}
+
+int fc_get_num_threads(void)
+{
+#ifdef _OPENMP
+    /* omp_get_max_threads() is per calling thread: threadpoolctl lowers it, so the smaller wins. */
+    int n = omp_get_max_threads();
+    if (thread_limit > 0 && thread_limit < n) n = thread_limit;
+    return n;
+#else
+    return 1;
+#endif
+}
+
+int fc_threads_for_work(double flops)
+{
+    /* About 1 MFLOP per thread before a parallel region pays for its start-up and barriers. */
+    const double per_thread = 1e6;
+    int n = fc_get_num_threads();
+    if (flops < per_thread * 2) return 1;
+    if (flops / per_thread < n) n = (int)(flops / per_thread);
+    return n < 1 ? 1 : n;
+}

@@ -1,0 +1,13 @@
+/* Internal: the kernels chosen for this CPU and the thread policy (both live in dispatch.c). */
+#ifndef FASTCONV_DISPATCH_H
+#define FASTCONV_DISPATCH_H
+
+#include "gemm/gemm.h"
+
+const fc_gemm_kernel *fc_active_gemm_kernel(void);
+
+/* Threads worth using for `flops` of work: 1 below the size where OpenMP start-up costs more than
+ * it saves, else the user's setting (set_num_threads, OMP_NUM_THREADS, threadpoolctl). */
+int fc_threads_for_work(double flops);
+
+#endif

@@ -1,0 +1,55 @@
+/* The C API of fastconv's ops. Python (fastconv/_C.pyx) validates every argument first: these
+ * functions see C-contiguous float32 buffers, consistent sizes and no empty dimensions. */
+#ifndef FASTCONV_H
+#define FASTCONV_H
+
+#include <stdint.h>
+
+/* ---- configuration (dispatch.c) ---- */
+const char *fc_isa_name(void);           /* the instruction set in use: "avx512", "avx2" or "generic" */
+int fc_isa_supported(const char *name);  /* 1 if this CPU and OS can run that path */
+int fc_set_isa(const char *name);        /* force a path; 0 on success, -1 if unknown or unsupported */
+const char *fc_gemm_kernel_name(void);
+const char *fc_compiler(void);
+int fc_openmp_enabled(void);
+void fc_set_num_threads(int n);
+int fc_get_num_threads(void);
+
+/* ---- GEMM: C = alpha * op(A) @ op(B) + beta * C, row-major, op(A) is m x k, op(B) is k x n ----
+ * bias (length n, or NULL) is added per column and relu applied after, both while C is in registers. */
+void fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+             const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+             float *c, int64_t ldc, const float *bias, int relu);
+
+/* ---- convolution: NHWC input, (kh, kw, cin, cout) kernel, cross-correlation ---- */
+typedef struct {
+    int64_t n, h, w, cin;
+    int64_t kh, kw, cout;
+    int64_t stride_h, stride_w, dilation_h, dilation_w;
+    int64_t pad_top, pad_left;       /* bottom/right padding is implied by oh/ow */
+    int64_t oh, ow;
+} fc_conv_shape;
+
+/* y (n, oh, ow, cout) = conv(x, w) + bias, then relu if asked; bias may be NULL. */
+void fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
+                       int relu, float *y);
+/* Gradients of the conv without activation; any of dx, dw, db may be NULL to skip it. */
+void fc_conv2d_backward(const fc_conv_shape *s, const float *dy, const float *x, const float *w,
+                        float *dx, float *dw, float *db);
+/* Size in floats of the largest scratch buffer a conv call allocates (for the docstrings/tests). */
+int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int backward);
+
+/* ---- pooling: NHWC ---- */
+typedef struct {
+    int64_t n, h, w, c;
+    int64_t pool_h, pool_w, stride_h, stride_w;
+    int64_t pad_top, pad_left;
+    int64_t oh, ow;
+} fc_pool_shape;
+
+void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
+void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, float *dx);
+void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
+void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);
+
+#endif

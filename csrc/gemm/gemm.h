@@ -1,0 +1,67 @@
+/* The GEMM micro-kernel contract, shared by every instruction set (the BLIS design).
+ *
+ * A micro-kernel multiplies a packed MR x k panel of A by a packed k x NR panel of B and writes the
+ * m x n corner (m <= MR, n <= NR) of the tile at c (row stride ldc):
+ *     c = alpha * (A_panel @ B_panel) + beta * c      (c is not read when beta == 0)
+ *     then c += bias[0..n) per column and c = max(c, 0) when asked, while the tile is in registers.
+ * Packed layouts: A panel is k groups of MR floats (a[p*MR + i]); B panel is k groups of NR floats. */
+#ifndef FASTCONV_GEMM_H
+#define FASTCONV_GEMM_H
+
+#include <stdint.h>
+
+typedef struct {
+    float alpha, beta;
+    const float *bias;   /* NULL, or the bias of this tile's first column */
+    int relu;
+} fc_tile_epilogue;
+
+typedef void (*fc_gemm_ukr)(int64_t k, const float *a_panel, const float *b_panel,
+                            float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep);
+
+/* One instruction set's GEMM configuration: the tile, the cache blocking and the micro-kernel. */
+typedef struct {
+    const char *name;
+    int mr, nr;          /* register tile */
+    int mc, kc, nc;      /* cache blocks: A block mc x kc in L2, B block kc x nc in L3 */
+    fc_gemm_ukr ukr;
+} fc_gemm_kernel;
+
+extern const fc_gemm_kernel fc_gemm_generic_4x16;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const fc_gemm_kernel fc_gemm_avx2_6x16;
+extern const fc_gemm_kernel fc_gemm_avx512_14x32;
+#endif
+
+/* A GEMM problem with op(A)(i, p) = a[i * a_rs + p * a_cs] and op(B)(p, j) = b[p * b_rs + j * b_cs]. */
+typedef struct {
+    int64_t m, n, k;
+    const float *a; int64_t a_rs, a_cs;
+    const float *b; int64_t b_rs, b_cs;
+    float *c; int64_t ldc;
+    float alpha, beta;
+    const float *bias;
+    int relu;
+} fc_gemm_problem;
+
+/* Runs the problem with `kernel`; threads > 1 splits the blocks of C (never K) over OpenMP threads,
+ * so every element of C gets the same arithmetic whatever the thread count. */
+void fc_gemm_run(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, int threads);
+
+/* The scalar write-back of a tile held in a plain MR x NR array: used by the portable kernel and by
+ * the SIMD kernels for their partial tiles. */
+static inline void fc_store_tile(const float *acc, int acc_stride, float *c, int64_t ldc, int m, int n,
+                                 const fc_tile_epilogue *ep)
+{
+    for (int i = 0; i < m; i++) {
+        for (int j = 0; j < n; j++) {
+            float v = ep->alpha * acc[i * acc_stride + j];
+            if (ep->beta != 0.0f) v += ep->beta * c[i * ldc + j];
+            if (ep->bias) v += ep->bias[j];
+            if (ep->relu) v = v > 0.0f ? v : 0.0f;
+            c[i * ldc + j] = v;
+        }
+    }
+}
+
+#endif

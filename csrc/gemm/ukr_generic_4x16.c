@@ -1,0 +1,21 @@
+/* Portable C micro-kernel: a 4 x 16 tile in a local array the compiler keeps in vector registers. */
+#include "gemm.h"
+
+enum { MR = 4, NR = 16 };
+
+static void ukr_generic_4x16(int64_t k, const float *a, const float *b, float *c, int64_t ldc,
+                             int m, int n, const fc_tile_epilogue *ep)
+{
+    float acc[MR * NR] = {0};
+    for (int64_t p = 0; p < k; p++) {
+        for (int i = 0; i < MR; i++) {
+            const float ai = a[p * MR + i];
+            for (int j = 0; j < NR; j++) acc[i * NR + j] += ai * b[p * NR + j];
+        }
+    }
+    fc_store_tile(acc, NR, c, ldc, m, n, ep);
+}
+
+const fc_gemm_kernel fc_gemm_generic_4x16 = {
+    .name = "generic_4x16", .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096, .ukr = ukr_generic_4x16,
+};

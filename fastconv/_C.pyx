@@ -1,0 +1,147 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Thin bindings to the C kernels: pointers and sizes only, the GIL released around every kernel.
+
+Callers (fastconv.ops) pass validated, C-contiguous, non-empty float32 arrays flattened to 1-D.
+"""
+from libc.stdint cimport int64_t
+
+
+cdef extern from "fastconv.h" nogil:
+    const char *fc_isa_name()
+    int fc_isa_supported(const char *name)
+    int fc_set_isa(const char *name)
+    const char *fc_gemm_kernel_name()
+    const char *fc_compiler()
+    int fc_openmp_enabled()
+    void fc_set_num_threads(int n)
+    int fc_get_num_threads()
+
+    void fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                 float *c, int64_t ldc, const float *bias, int relu)
+
+    ctypedef struct fc_conv_shape:
+        int64_t n, h, w, cin, kh, kw, cout
+        int64_t stride_h, stride_w, dilation_h, dilation_w
+        int64_t pad_top, pad_left, oh, ow
+    void fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
+                           int relu, float *y)
+    void fc_conv2d_backward(const fc_conv_shape *s, const float *dy, const float *x, const float *w,
+                            float *dx, float *dw, float *db)
+    int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int backward)
+
+    ctypedef struct fc_pool_shape:
+        int64_t n, h, w, c, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, oh, ow
+    void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
+    void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, float *dx)
+    void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
+    void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
+
+
+def isa_name():
+    return fc_isa_name().decode()
+
+
+def isa_supported(str name):
+    return bool(fc_isa_supported(name.encode()))
+
+
+def set_isa(str name):
+    return fc_set_isa(name.encode()) == 0
+
+
+def gemm_kernel_name():
+    return fc_gemm_kernel_name().decode()
+
+
+def compiler():
+    return fc_compiler().decode()
+
+
+def openmp_enabled():
+    return bool(fc_openmp_enabled())
+
+
+def set_num_threads(int n):
+    fc_set_num_threads(n)
+
+
+def get_num_threads():
+    return fc_get_num_threads()
+
+
+cdef const float *optional(const float[::1] view):
+    return NULL if view is None else &view[0]
+
+
+def gemm(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+         const float[::1] a, int64_t lda, const float[::1] b, int64_t ldb, float beta,
+         float[::1] c, int64_t ldc, const float[::1] bias=None, bint relu=False):
+    cdef const float *a_ptr = optional(a)
+    cdef const float *b_ptr = optional(b)
+    cdef const float *bias_ptr = optional(bias)
+    with nogil:
+        fc_gemm(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, &c[0], ldc, bias_ptr, relu)
+
+
+cdef fc_conv_shape conv_shape(g):
+    cdef fc_conv_shape s
+    s.n, s.h, s.w, s.cin = g.n, g.h, g.w, g.cin
+    s.kh, s.kw, s.cout = g.kh, g.kw, g.cout
+    s.stride_h, s.stride_w, s.dilation_h, s.dilation_w = g.stride_h, g.stride_w, g.dilation_h, g.dilation_w
+    s.pad_top, s.pad_left, s.oh, s.ow = g.pad_top, g.pad_left, g.oh, g.ow
+    return s
+
+
+cdef fc_pool_shape pool_shape(g):
+    cdef fc_pool_shape s
+    s.n, s.h, s.w, s.c = g.n, g.h, g.w, g.c
+    s.pool_h, s.pool_w, s.stride_h, s.stride_w = g.pool_h, g.pool_w, g.stride_h, g.stride_w
+    s.pad_top, s.pad_left, s.oh, s.ow = g.pad_top, g.pad_left, g.oh, g.ow
+    return s
+
+
+def conv2d_forward(g, const float[::1] x, const float[::1] w, const float[::1] bias, bint relu, float[::1] y):
+    cdef fc_conv_shape s = conv_shape(g)
+    cdef const float *bias_ptr = optional(bias)
+    with nogil:
+        fc_conv2d_forward(&s, &x[0], &w[0], bias_ptr, relu, &y[0])
+
+
+def conv2d_backward(g, const float[::1] dy, const float[::1] x, const float[::1] w,
+                    float[::1] dx, float[::1] dw, float[::1] db):
+    cdef fc_conv_shape s = conv_shape(g)
+    cdef float *dx_ptr = NULL if dx is None else &dx[0]
+    cdef float *dw_ptr = NULL if dw is None else &dw[0]
+    cdef float *db_ptr = NULL if db is None else &db[0]
+    with nogil:
+        fc_conv2d_backward(&s, &dy[0], &x[0], &w[0], dx_ptr, dw_ptr, db_ptr)
+
+
+def conv2d_workspace_bytes(g, bint backward):
+    cdef fc_conv_shape s = conv_shape(g)
+    return 4 * fc_conv2d_workspace_floats(&s, backward)
+
+
+def maxpool2d_forward(g, const float[::1] x, float[::1] y):
+    cdef fc_pool_shape s = pool_shape(g)
+    with nogil:
+        fc_maxpool2d_forward(&s, &x[0], &y[0])
+
+
+def maxpool2d_backward(g, const float[::1] dy, const float[::1] x, float[::1] dx):
+    cdef fc_pool_shape s = pool_shape(g)
+    with nogil:
+        fc_maxpool2d_backward(&s, &dy[0], &x[0], &dx[0])
+
+
+def avgpool2d_forward(g, const float[::1] x, float[::1] y):
+    cdef fc_pool_shape s = pool_shape(g)
+    with nogil:
+        fc_avgpool2d_forward(&s, &x[0], &y[0])
+
+
+def avgpool2d_backward(g, const float[::1] dy, float[::1] dx):
+    cdef fc_pool_shape s = pool_shape(g)
+    with nogil:
+        fc_avgpool2d_backward(&s, &dy[0], &dx[0])

@@ -1,0 +1,80 @@
+"""fastconv: a C-accelerated CPU engine for training image CNNs from Python.
+
+Low-level ops (float32, NHWC images, Keras weight layout): gemm, conv2d, conv2d_backward,
+maxpool2d, maxpool2d_backward, avgpool2d, avgpool2d_backward. `fastconv.reference` holds the same
+ops in pure NumPy. `fastconv.keras` is a Keras-style model API on top.
+"""
+import os
+import warnings
+
+from fastconv import _C
+from fastconv.ops import (
+    avgpool2d, avgpool2d_backward, conv2d, conv2d_backward, conv2d_workspace_bytes, gemm,
+    get_num_threads, global_avgpool2d, global_avgpool2d_backward, maxpool2d, maxpool2d_backward,
+    set_num_threads,
+)
+
+__version__ = "0.1.0"
+
+ISAS = ("avx512", "avx2", "generic")  # best first
+
+
+def available_isas():
+    """The instruction-set paths this CPU and OS can run, best first."""
+    return [name for name in ISAS if _C.isa_supported(name)]
+
+
+def set_isa(name):
+    """Force the kernels of one instruction set ("avx512", "avx2" or "generic") for this process."""
+    if name not in ISAS:
+        raise ValueError(f"isa must be one of {', '.join(ISAS)}, got {name!r}")
+    if not _C.set_isa(name):
+        raise ValueError(f"isa {name!r} is not supported by this CPU; available: {', '.join(available_isas())}")
+
+
+def get_isa():
+    """The instruction-set path in use."""
+    return _C.isa_name()
+
+
+def config():
+    """The build and run-time configuration, as a dict."""
+    isa = get_isa()
+    return {
+        "version": __version__,
+        "isa": isa,
+        "isas_available": available_isas(),
+        "kernels": {
+            "gemm": _C.gemm_kernel_name(),
+            "conv2d": f"im2col+gemm ({_C.gemm_kernel_name()}), 1x1: gemm",
+            "maxpool2d": f"direct nhwc ({isa})",
+            "avgpool2d": f"direct nhwc ({isa})",
+        },
+        "openmp": _C.openmp_enabled(),
+        "num_threads": get_num_threads(),
+        "compiler": _C.compiler(),
+    }
+
+
+def show_config():
+    """Print the configuration: version, ISA chosen and available, kernels, OpenMP, threads, compiler."""
+    for key, value in config().items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for op, kernel in value.items():
+                print(f"  {op:<10} {kernel}")
+        else:
+            print(f"{key + ':':<16}{', '.join(value) if isinstance(value, list) else value}")
+
+
+def _check_isa_environment():
+    forced = os.environ.get("FASTCONV_ISA")
+    if forced is None:
+        return
+    if forced not in ISAS:
+        warnings.warn(f"FASTCONV_ISA={forced!r} is not one of {', '.join(ISAS)}; using {get_isa()}", RuntimeWarning)
+    elif forced != get_isa():
+        warnings.warn(f"FASTCONV_ISA={forced!r} is not supported by this CPU; using {get_isa()}", RuntimeWarning)
+
+
+_check_isa_environment()

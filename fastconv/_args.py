@@ -1,0 +1,205 @@
+"""Argument checking and shape arithmetic shared by the C-backed ops and the NumPy reference.
+
+Everything here is pure Python on shapes and arrays: it names the offending argument and what was
+expected, so that the kernels only ever see contiguous float32 data with consistent sizes.
+"""
+from dataclasses import dataclass
+import operator
+
+import numpy as np
+
+# Largest element count we let any array reach; keeps every byte offset well inside int64 in C.
+MAX_ELEMENTS = 2**62 // 8
+
+
+def as_float_array(value, name, ndim=None, dtype=np.float32):
+    """Return `value` as a C-contiguous array of `dtype`, rejecting dtypes that are not real numbers."""
+    arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
+    if arr.dtype == object or arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers (float or integer dtype), got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def checked_product(shape, name):
+    """Product of `shape`, rejected when it would overflow the C side's 64-bit size arithmetic."""
+    total = 1
+    for dim in shape:
+        total *= int(dim)
+    if total > MAX_ELEMENTS:
+        raise ValueError(f"{name} would have {total} elements, more than fastconv supports ({MAX_ELEMENTS})")
+    return total
+
+
+def pair(value, name):
+    """Normalise an int or a pair of ints to a tuple of two positive ints (Keras style)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        items = tuple(value)
+    else:
+        items = (value, value)
+    out = []
+    for item in items:
+        if isinstance(item, (bool, np.bool_)):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        try:
+            number = operator.index(item)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+        if number <= 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+        out.append(number)
+    return tuple(out)
+
+
+def _non_negative_int(value, name):
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a non-negative int, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a non-negative int, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    return number
+
+
+def resolve_padding(padding, size, window, stride):
+    """Return (pad_before, pad_after) along one axis for a window of effective extent `window`.
+
+    `padding` is "valid", "same" (TensorFlow/Keras: output = ceil(size / stride), the odd extra pad
+    at the end), or an explicit (before, after) pair already parsed by `parse_padding`.
+    """
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + window - size, 0)
+        return total // 2, total - total // 2
+    return padding
+
+
+def parse_padding(padding):
+    """Check `padding` and return "valid", "same" or ((top, bottom), (left, right))."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid', 'same', an int or ((top, bottom), (left, right)), got {padding!r}")
+        return mode
+    if isinstance(padding, (tuple, list)):
+        if len(padding) != 2:
+            raise ValueError(f"padding must be ((top, bottom), (left, right)), got {padding!r}")
+        rows, cols = padding
+        if not isinstance(rows, (tuple, list)) or not isinstance(cols, (tuple, list)) or len(rows) != 2 or len(cols) != 2:
+            raise ValueError(f"padding must be ((top, bottom), (left, right)), got {padding!r}")
+        return tuple(tuple(_non_negative_int(p, "padding") for p in side) for side in (rows, cols))
+    amount = _non_negative_int(padding, "padding")
+    return ((amount, amount), (amount, amount))
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Every size of one 2-D convolution (NHWC input, (kh, kw, cin, cout) kernel)."""
+    n: int
+    h: int
+    w: int
+    cin: int
+    kh: int
+    kw: int
+    cout: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    pad_top: int
+    pad_bottom: int
+    pad_left: int
+    pad_right: int
+    oh: int
+    ow: int
+
+    @property
+    def out_shape(self):
+        return (self.n, self.oh, self.ow, self.cout)
+
+
+def conv_geometry(x_shape, w_shape, strides, padding, dilation_rate=1):
+    """Validate a convolution's arguments and compute its output size."""
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D (batch, height, width, channels), got shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        raise ValueError(f"w must be 4-D (kernel_h, kernel_w, in_channels, out_channels), got shape {tuple(w_shape)}")
+    n, h, w, cin = (int(d) for d in x_shape)
+    kh, kw, w_cin, cout = (int(d) for d in w_shape)
+    if w_cin != cin:
+        raise ValueError(f"w has {w_cin} input channels (shape {tuple(w_shape)}) but x has {cin} (shape {tuple(x_shape)})")
+    if min(kh, kw, cout) <= 0:
+        raise ValueError(f"w must have a positive kernel size and out_channels, got shape {tuple(w_shape)}")
+    sh, sw = pair(strides, "strides")
+    dh, dw = pair(dilation_rate, "dilation_rate")
+    mode = parse_padding(padding)
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if mode == "same" and (sh > 1 or sw > 1) and (dh > 1 or dw > 1):
+        raise ValueError("strides > 1 together with dilation_rate > 1 is not supported (as in Keras)")
+    top, bottom = resolve_padding(mode if isinstance(mode, str) else mode[0], h, span_h, sh)
+    left, right = resolve_padding(mode if isinstance(mode, str) else mode[1], w, span_w, sw)
+    if h + top + bottom < span_h or w + left + right < span_w:
+        raise ValueError(
+            f"kernel of extent ({span_h}, {span_w}) is larger than the padded input "
+            f"({h + top + bottom}, {w + left + right}) for x of shape {tuple(x_shape)}")
+    oh = (h + top + bottom - span_h) // sh + 1
+    ow = (w + left + right - span_w) // sw + 1
+    checked_product((n, h + top + bottom, w + left + right, cin), "padded x")
+    checked_product((n, oh, ow, cout), "output")
+    checked_product((n, oh, ow, kh * kw * cin), "im2col matrix")
+    return ConvGeometry(n, h, w, cin, kh, kw, cout, sh, sw, dh, dw, top, bottom, left, right, oh, ow)
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Every size of one 2-D pooling (NHWC input)."""
+    n: int
+    h: int
+    w: int
+    c: int
+    pool_h: int
+    pool_w: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_bottom: int
+    pad_left: int
+    pad_right: int
+    oh: int
+    ow: int
+
+    @property
+    def out_shape(self):
+        return (self.n, self.oh, self.ow, self.c)
+
+
+def pool_geometry(x_shape, pool_size, strides, padding):
+    """Validate a pooling's arguments (Keras: strides default to pool_size) and compute its output size."""
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D (batch, height, width, channels), got shape {tuple(x_shape)}")
+    n, h, w, c = (int(d) for d in x_shape)
+    ph, pw = pair(pool_size, "pool_size")
+    sh, sw = pair(pool_size if strides is None else strides, "strides")
+    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same' for pooling, got {padding!r}")
+    mode = padding.lower()
+    top, bottom = resolve_padding(mode, h, ph, sh)
+    left, right = resolve_padding(mode, w, pw, sw)
+    if mode == "valid" and (h < ph or w < pw):
+        raise ValueError(f"pool_size ({ph}, {pw}) is larger than the input ({h}, {w}) with padding='valid'")
+    oh = (h + top + bottom - ph) // sh + 1 if h > 0 or mode == "valid" else 0
+    ow = (w + left + right - pw) // sw + 1 if w > 0 or mode == "valid" else 0
+    checked_product((n, oh, ow, c), "output")
+    return PoolGeometry(n, h, w, c, ph, pw, sh, sw, top, bottom, left, right, oh, ow)
+
+
+def check_shape(arr, expected, name):
+    if tuple(arr.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(arr.shape)}")

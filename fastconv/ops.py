@@ -1,0 +1,217 @@
+"""The validated Python API of the C kernels.
+
+Every function checks its arguments (naming the argument and what was expected), converts inputs
+to C-contiguous float32 (other real dtypes, non-contiguous and negatively-strided views are accepted
+and copied), and hands pointers and sizes to the C kernels with the GIL released. Empty inputs give
+empty (or zero) results of the right shape without entering C.
+"""
+import operator
+
+import numpy as np
+
+from fastconv import _C, reference
+from fastconv._args import as_float_array, check_shape, checked_product, conv_geometry, pool_geometry
+
+__all__ = [
+    "gemm", "conv2d", "conv2d_backward", "maxpool2d", "maxpool2d_backward", "avgpool2d",
+    "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
+    "get_num_threads", "conv2d_workspace_bytes",
+]
+
+
+def _flat(arr):
+    return None if arr is None else arr.reshape(-1)
+
+
+def _check_activation(activation):
+    if activation in (None, "linear"):
+        return False
+    if isinstance(activation, str) and activation.lower() == "relu":
+        return True
+    raise ValueError(f"activation must be None, 'linear' or 'relu', got {activation!r}")
+
+
+def _check_out(out, shape, inputs):
+    """`out` must be a C-contiguous float32 array of `shape` that shares no memory with an input."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != np.float32:
+        raise TypeError(f"out must have dtype float32, got {out.dtype}")
+    check_shape(out, shape, "out")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writeable C-contiguous array")
+    for name, arr in inputs.items():
+        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
+            raise ValueError(f"out overlaps input {name}; pass a separate output array")
+
+
+def _bias(b, cout):
+    if b is None:
+        return None
+    b = as_float_array(b, "b", ndim=1)
+    check_shape(b, (cout,), "b")
+    return b
+
+
+def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, bias=None, activation=None):
+    """Return alpha * op(a) @ op(b) + beta * out (+ bias per column, then ReLU if activation="relu").
+
+    op(x) is x.T when trans_x is true. The result is written into `out` (float32, C-contiguous,
+    shape (M, N), no overlap with a or b) when given, else into a new array. As in BLAS, `out` is
+    not read when beta == 0, so NaNs already in it do not propagate.
+    """
+    a32 = as_float_array(a, "a", ndim=2)
+    b32 = as_float_array(b, "b", ndim=2)
+    m, k = a32.shape[::-1] if trans_a else a32.shape
+    k_b, n = b32.shape[::-1] if trans_b else b32.shape
+    if k != k_b:
+        raise ValueError(f"inner dimensions differ: op(a) is ({m}, {k}) but op(b) is ({k_b}, {n})")
+    relu = _check_activation(activation)
+    bias32 = _bias(bias, n) if bias is not None else None
+    alpha, beta = float(alpha), float(beta)
+    if out is None:
+        out = np.empty((m, n), dtype=np.float32)
+        beta = 0.0
+    else:
+        _check_out(out, (m, n), {"a": a, "b": b})
+    if m == 0 or n == 0:
+        return out
+    if k == 0:  # nothing to multiply: only the scaling, bias and activation
+        out[...] = (beta * out if beta != 0.0 else 0.0) + (0.0 if bias32 is None else bias32)
+        if relu:
+            np.maximum(out, 0, out=out)
+        return out
+    _C.gemm(trans_a, trans_b, m, n, k, alpha, _flat(a32), a32.shape[1], _flat(b32), b32.shape[1], beta,
+            _flat(out), n, _flat(bias32), relu)
+    return out
+
+
+def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activation=None, out=None):
+    """2-D cross-correlation of NHWC x (N, H, W, Cin) with w (kh, kw, Cin, Cout), as Keras computes it.
+
+    padding: "valid", "same" (TensorFlow/Keras: output = ceil(input / stride), any odd extra pad at
+    the bottom/right), an int, or ((top, bottom), (left, right)). b (Cout,) and activation="relu" are
+    fused into the output write. Returns (N, OH, OW, Cout) float32, written into `out` if given.
+    Extra memory: one im2col block per thread, see `conv2d_workspace_bytes`.
+    """
+    x32 = as_float_array(x, "x", ndim=4)
+    w32 = as_float_array(w, "w", ndim=4)
+    g = conv_geometry(x32.shape, w32.shape, strides, padding, dilation_rate)
+    relu = _check_activation(activation)
+    b32 = _bias(b, g.cout)
+    if out is None:
+        out = np.empty(g.out_shape, dtype=np.float32)
+    else:
+        _check_out(out, g.out_shape, {"x": x, "w": w, "b": b})
+    if out.size == 0:
+        return out
+    if g.cin == 0:
+        out[...] = reference.conv2d(x32, w32, b32, strides=strides, padding=padding,
+                                    dilation_rate=dilation_rate, activation="relu" if relu else None)
+        return out
+    _C.conv2d_forward(g, _flat(x32), _flat(w32), _flat(b32), relu, _flat(out))
+    return out
+
+
+def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1):
+    """Gradients (dx, dw, db) of conv2d without activation, given dy = dLoss/dOutput.
+
+    Deterministic: dw and db are reduced over the batch in a fixed order for any thread count.
+    """
+    x32 = as_float_array(x, "x", ndim=4)
+    w32 = as_float_array(w, "w", ndim=4)
+    g = conv_geometry(x32.shape, w32.shape, strides, padding, dilation_rate)
+    dy32 = as_float_array(dy, "dy", ndim=4)
+    check_shape(dy32, g.out_shape, "dy")
+    dx = np.empty(x32.shape, dtype=np.float32)
+    dw = np.empty(w32.shape, dtype=np.float32)
+    db = np.empty((g.cout,), dtype=np.float32)
+    if dy32.size == 0 or x32.size == 0:
+        dx[...] = 0.0
+        dw[...] = 0.0
+        db[...] = dy32.sum(axis=(0, 1, 2)) if dy32.size else 0.0
+        return dx, dw, db
+    _C.conv2d_backward(g, _flat(dy32), _flat(x32), _flat(w32), _flat(dx), _flat(dw), _flat(db))
+    return dx, dw, db
+
+
+def conv2d_workspace_bytes(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, backward=False):
+    """Peak scratch memory, in bytes, that one conv2d (or conv2d_backward) call allocates per thread."""
+    g = conv_geometry(x_shape, w_shape, strides, padding, dilation_rate)
+    return _C.conv2d_workspace_bytes(g, backward)
+
+
+def _pool_forward(kernel, x, pool_size, strides, padding, out):
+    x32 = as_float_array(x, "x", ndim=4)
+    g = pool_geometry(x32.shape, pool_size, strides, padding)
+    if out is None:
+        out = np.empty(g.out_shape, dtype=np.float32)
+    else:
+        _check_out(out, g.out_shape, {"x": x})
+    if out.size:
+        kernel(g, _flat(x32), _flat(out))
+    return out
+
+
+def _pool_backward_args(dy, x, pool_size, strides, padding):
+    x32 = as_float_array(x, "x", ndim=4)
+    g = pool_geometry(x32.shape, pool_size, strides, padding)
+    dy32 = as_float_array(dy, "dy", ndim=4)
+    check_shape(dy32, g.out_shape, "dy")
+    return g, dy32, x32, np.zeros(x32.shape, dtype=np.float32)
+
+
+def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
+    """Max pooling of NHWC x; strides default to pool_size (Keras); "same" pads with -inf."""
+    return _pool_forward(_C.maxpool2d_forward, x, pool_size, strides, padding, out)
+
+
+def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):
+    """Gradient of maxpool2d: each window's gradient goes to its first maximum in row-major order."""
+    g, dy32, x32, dx = _pool_backward_args(dy, x, pool_size, strides, padding)
+    if dy32.size:
+        _C.maxpool2d_backward(g, _flat(dy32), _flat(x32), _flat(dx))
+    return dx
+
+
+def avgpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
+    """Average pooling of NHWC x; with "same" the padding is left out of each mean (Keras)."""
+    return _pool_forward(_C.avgpool2d_forward, x, pool_size, strides, padding, out)
+
+
+def avgpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):
+    """Gradient of avgpool2d with respect to x."""
+    g, dy32, _, dx = _pool_backward_args(dy, x, pool_size, strides, padding)
+    if dy32.size:
+        _C.avgpool2d_backward(g, _flat(dy32), _flat(dx))
+    return dx
+
+
+def global_avgpool2d(x):
+    """Mean over the spatial axes: (N, H, W, C) -> (N, C)."""
+    x32 = as_float_array(x, "x", ndim=4)
+    checked_product(x32.shape, "x")
+    return x32.mean(axis=(1, 2), dtype=np.float32)
+
+
+def global_avgpool2d_backward(dy, x):
+    """Gradient of global_avgpool2d with respect to x."""
+    return reference.global_avgpool2d_backward(as_float_array(dy, "dy"), as_float_array(x, "x", ndim=4))
+
+
+def set_num_threads(n):
+    """Use at most n threads in every kernel (default: all cores, or OMP_NUM_THREADS)."""
+    if isinstance(n, (bool, np.bool_)):
+        raise TypeError(f"n must be a positive int, got {n!r}")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n must be a positive int, got {n!r}") from None
+    if n < 1:
+        raise ValueError(f"n must be a positive int (number of threads), got {n}")
+    _C.set_num_threads(n)
+
+
+def get_num_threads():
+    """The number of threads a large kernel call will use from this Python thread."""
+    return _C.get_num_threads()

@@ -1,0 +1,191 @@
+"""Pure-NumPy implementations of every fastconv op: the test oracle and the benchmark baseline.
+
+Same functions and signatures as the C-backed ops. Convolution is im2col (gathered one kernel tap at
+a time, never one pixel at a time) followed by `numpy.matmul`. Inputs of float64 stay float64, so the
+tests can use this as a high-precision oracle; every other dtype computes in float32.
+"""
+import numpy as np
+
+from fastconv._args import as_float_array, check_shape, conv_geometry, pool_geometry
+
+__all__ = [
+    "gemm", "conv2d", "conv2d_backward", "maxpool2d", "maxpool2d_backward",
+    "avgpool2d", "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward",
+]
+
+
+def _dtype(*arrays):
+    return np.float64 if any(np.asarray(a).dtype == np.float64 for a in arrays if a is not None) else np.float32
+
+
+def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, bias=None, activation=None):
+    """alpha * op(a) @ op(b) + beta * out (+ bias per column, then ReLU); `out` is not read when beta == 0."""
+    dtype = _dtype(a, b)
+    a = as_float_array(a, "a", ndim=2, dtype=dtype)
+    b = as_float_array(b, "b", ndim=2, dtype=dtype)
+    op_a = a.T if trans_a else a
+    op_b = b.T if trans_b else b
+    if op_a.shape[1] != op_b.shape[0]:
+        raise ValueError(f"inner dimensions differ: op(a) is {op_a.shape}, op(b) is {op_b.shape}")
+    result = alpha * (op_a @ op_b)
+    if out is not None:
+        check_shape(out, (op_a.shape[0], op_b.shape[1]), "out")
+        if beta != 0.0:
+            result += beta * out
+    if bias is not None:
+        result += as_float_array(bias, "bias", ndim=1, dtype=dtype)
+    if activation == "relu":
+        np.maximum(result, 0, out=result)
+    if out is None:
+        return result.astype(dtype, copy=False)
+    out[...] = result
+    return out
+
+
+def _pad(x, g, value=0.0):
+    return np.pad(x, ((0, 0), (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right), (0, 0)), constant_values=value)
+
+
+def _tap_slices(g, i, j, dilation_h=1, dilation_w=1):
+    """Rows and columns of the padded input that kernel tap (i, j) reads for every output pixel."""
+    top, left = i * dilation_h, j * dilation_w
+    return (slice(top, top + g.stride_h * (g.oh - 1) + 1, g.stride_h),
+            slice(left, left + g.stride_w * (g.ow - 1) + 1, g.stride_w))
+
+
+def _im2col(xp, g):
+    cols = np.empty((g.n, g.oh, g.ow, g.kh, g.kw, g.cin), dtype=xp.dtype)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            rows, columns = _tap_slices(g, i, j, g.dilation_h, g.dilation_w)
+            cols[:, :, :, i, j, :] = xp[:, rows, columns, :]
+    return cols.reshape(g.n * g.oh * g.ow, g.kh * g.kw * g.cin)
+
+
+def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activation=None):
+    """2-D cross-correlation of NHWC `x` with a (kh, kw, cin, cout) kernel, plus bias and activation."""
+    dtype = _dtype(x, w, b)
+    x = as_float_array(x, "x", ndim=4, dtype=dtype)
+    w = as_float_array(w, "w", ndim=4, dtype=dtype)
+    g = conv_geometry(x.shape, w.shape, strides, padding, dilation_rate)
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    y = _im2col(_pad(x, g), g) @ w.reshape(-1, g.cout)
+    if b is not None:
+        b = as_float_array(b, "b", ndim=1, dtype=dtype)
+        check_shape(b, (g.cout,), "b")
+        y += b
+    if activation == "relu":
+        np.maximum(y, 0, out=y)
+    return y.reshape(g.out_shape)
+
+
+def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1):
+    """Gradients (dx, dw, db) of conv2d without activation, given the output gradient dy."""
+    dtype = _dtype(dy, x, w)
+    x = as_float_array(x, "x", ndim=4, dtype=dtype)
+    w = as_float_array(w, "w", ndim=4, dtype=dtype)
+    g = conv_geometry(x.shape, w.shape, strides, padding, dilation_rate)
+    dy = as_float_array(dy, "dy", ndim=4, dtype=dtype)
+    check_shape(dy, g.out_shape, "dy")
+    dy2 = dy.reshape(-1, g.cout)
+    dw = (_im2col(_pad(x, g), g).T @ dy2).reshape(w.shape)
+    db = dy2.sum(axis=0)
+    dcols = (dy2 @ w.reshape(-1, g.cout).T).reshape(g.n, g.oh, g.ow, g.kh, g.kw, g.cin)
+    dxp = np.zeros((g.n, g.h + g.pad_top + g.pad_bottom, g.w + g.pad_left + g.pad_right, g.cin), dtype=dtype)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            rows, columns = _tap_slices(g, i, j, g.dilation_h, g.dilation_w)
+            dxp[:, rows, columns, :] += dcols[:, :, :, i, j, :]
+    dx = dxp[:, g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w, :]
+    return np.ascontiguousarray(dx), dw, db
+
+
+def _pool_windows(xp, g):
+    """Yield (i, j, window_values) for each tap of the pooling window, in row-major order."""
+    for i in range(g.pool_h):
+        for j in range(g.pool_w):
+            rows, columns = _tap_slices(g, i, j)
+            yield i, j, xp[:, rows, columns, :]
+
+
+def maxpool2d(x, pool_size=2, strides=None, padding="valid"):
+    """Max pooling over NHWC `x`; 'same' pads with -inf."""
+    x = as_float_array(x, "x", ndim=4, dtype=_dtype(x))
+    g = pool_geometry(x.shape, pool_size, strides, padding)
+    y = np.full(g.out_shape, -np.inf, dtype=x.dtype)
+    for _, _, window in _pool_windows(_pad(x, g, -np.inf), g):
+        np.maximum(y, window, out=y)
+    return y
+
+
+def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):
+    """Gradient of maxpool2d: each window's gradient goes to its first maximum in row-major order."""
+    dtype = _dtype(dy, x)
+    x = as_float_array(x, "x", ndim=4, dtype=dtype)
+    g = pool_geometry(x.shape, pool_size, strides, padding)
+    dy = as_float_array(dy, "dy", ndim=4, dtype=dtype)
+    check_shape(dy, g.out_shape, "dy")
+    xp = _pad(x, g, -np.inf)
+    best = np.full(g.out_shape, -np.inf, dtype=dtype)
+    best_tap = np.full(g.out_shape, -1, dtype=np.int64)  # -1: an all -inf window passes no gradient
+    for i, j, window in _pool_windows(xp, g):
+        # Strictly greater keeps the first maximum; a NaN window value wins once, like C's argmax.
+        better = (window > best) | (np.isnan(window) & ~np.isnan(best))
+        best = np.where(better, window, best)
+        best_tap[better] = i * g.pool_w + j
+    dxp = np.zeros_like(xp)
+    for i, j, _ in _pool_windows(xp, g):
+        rows, columns = _tap_slices(g, i, j)
+        dxp[:, rows, columns, :] += np.where(best_tap == i * g.pool_w + j, dy, 0)
+    return np.ascontiguousarray(dxp[:, g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w, :])
+
+
+def _window_counts(g, dtype):
+    """How many real (non-padding) inputs each output window covers; Keras' 'same' mean divides by it."""
+    ones = np.ones((1, g.h, g.w, 1), dtype=dtype)
+    counts = np.zeros((1, g.oh, g.ow, 1), dtype=dtype)
+    for _, _, window in _pool_windows(_pad(ones, g), g):
+        counts += window
+    return counts
+
+
+def avgpool2d(x, pool_size=2, strides=None, padding="valid"):
+    """Average pooling over NHWC `x`; with 'same' the padding is excluded from the mean (Keras)."""
+    x = as_float_array(x, "x", ndim=4, dtype=_dtype(x))
+    g = pool_geometry(x.shape, pool_size, strides, padding)
+    total = np.zeros(g.out_shape, dtype=x.dtype)
+    for _, _, window in _pool_windows(_pad(x, g), g):
+        total += window
+    return total / _window_counts(g, x.dtype)
+
+
+def avgpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):
+    """Gradient of avgpool2d with respect to x."""
+    dtype = _dtype(dy, x)
+    x = as_float_array(x, "x", ndim=4, dtype=dtype)
+    g = pool_geometry(x.shape, pool_size, strides, padding)
+    dy = as_float_array(dy, "dy", ndim=4, dtype=dtype)
+    check_shape(dy, g.out_shape, "dy")
+    share = dy / _window_counts(g, dtype)
+    dxp = np.zeros((g.n, g.h + g.pad_top + g.pad_bottom, g.w + g.pad_left + g.pad_right, g.c), dtype=dtype)
+    for i in range(g.pool_h):
+        for j in range(g.pool_w):
+            rows, columns = _tap_slices(g, i, j)
+            dxp[:, rows, columns, :] += share
+    return np.ascontiguousarray(dxp[:, g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w, :])
+
+
+def global_avgpool2d(x):
+    """Mean over the spatial axes of NHWC `x`: (N, H, W, C) -> (N, C)."""
+    x = as_float_array(x, "x", ndim=4, dtype=_dtype(x))
+    return x.mean(axis=(1, 2))
+
+
+def global_avgpool2d_backward(dy, x):
+    """Gradient of global_avgpool2d with respect to x."""
+    x = as_float_array(x, "x", ndim=4, dtype=_dtype(dy, x))
+    dy = as_float_array(dy, "dy", ndim=2, dtype=x.dtype)
+    check_shape(dy, (x.shape[0], x.shape[3]), "dy")
+    n, h, w, c = x.shape
+    return np.ascontiguousarray(np.broadcast_to((dy / (h * w))[:, None, None, :], x.shape))

@@ -1,0 +1,81 @@
+"""Builds fastconv._C: the Cython bindings plus the C kernels.
+
+Portable sources are compiled for baseline x86-64 (no -march=native, so a wheel runs on any CPU);
+only the micro-kernel files of each instruction set get that set's flags, and dispatch.c picks one
+at run time. OpenMP is used when the compiler supports it; otherwise the build is single-threaded.
+Set FASTCONV_SANITIZE=1 to build with AddressSanitizer and UndefinedBehaviorSanitizer.
+"""
+import os
+import platform
+import sys
+import tempfile
+
+import numpy  # noqa: F401  (build requirement; kept so a missing numpy fails early and clearly)
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, CompileError, LinkError
+
+PORTABLE_SOURCES = [
+    "csrc/dispatch.c",
+    "csrc/gemm/gemm.c",
+    "csrc/gemm/ukr_generic_4x16.c",
+    "csrc/conv/conv.c",
+    "csrc/pool/pool.c",
+]
+
+# Files compiled once more with an instruction set's flags: {isa: (sources, flags)}.
+ISA_SOURCES = {
+    "avx2": (["csrc/gemm/ukr_avx2_6x16.c"], ["-mavx2", "-mfma"]),
+    "avx512": (["csrc/gemm/ukr_avx512_14x32.c"], ["-mavx512f", "-mavx2", "-mfma"]),
+}
+
+IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+COMMON_FLAGS = ["-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+SANITIZE = os.environ.get("FASTCONV_SANITIZE") == "1"
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+
+
+def compiler_accepts(compiler, flags):
+    """True if the compiler can build and link a small OpenMP program with `flags`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "probe.c")
+        with open(source, "w") as f:
+            f.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            objects = compiler.compile([source], output_dir=tmp, extra_postargs=flags)
+            compiler.link_executable(objects, "probe", output_dir=tmp, extra_postargs=flags)
+        except (CCompilerError, CompileError, LinkError):
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        openmp = [] if os.environ.get("FASTCONV_NO_OPENMP") == "1" else ["-fopenmp"]
+        if openmp and not compiler_accepts(self.compiler, openmp):
+            print("fastconv: the compiler has no OpenMP; building single-threaded", file=sys.stderr)
+            openmp = []
+        flags = COMMON_FLAGS + openmp + (SANITIZE_FLAGS if SANITIZE else [])
+        for ext in self.extensions:
+            ext.extra_compile_args = flags
+            ext.extra_link_args = openmp + (SANITIZE_FLAGS if SANITIZE else [])
+            if IS_X86_64:
+                for sources, isa_flags in ISA_SOURCES.values():
+                    ext.extra_objects += self.compiler.compile(
+                        sources, output_dir=self.build_temp, include_dirs=ext.include_dirs,
+                        extra_postargs=flags + isa_flags, depends=ext.depends)
+        super().build_extensions()
+
+
+extension = Extension(
+    "fastconv._C",
+    sources=["fastconv/_C.pyx"] + PORTABLE_SOURCES,
+    include_dirs=["csrc"],
+    depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h"],
+)
+
+setup(
+    ext_modules=cythonize([extension], compiler_directives={"language_level": "3"}),
+    cmdclass={"build_ext": BuildExt},
+)
