@@ -104,7 +104,7 @@ def load_npz(path):
                     f"{path}: missing arrays {', '.join(missing)}; expected keys "
                     f"{', '.join(NPZ_KEYS)}, found {', '.join(archive.files) or 'none'}"
                 )
-            arrays = {key: archive[key] for key in NPZ_KEYS}
+            arrays = {key: _npz_array(archive, key, path) for key in NPZ_KEYS}
     except (zipfile.BadZipFile, EOFError) as error:
         raise ValueError(f"{path}: corrupt .npz archive ({error})") from error
     splits = []
@@ -113,6 +113,13 @@ def load_npz(path):
         _check_split(images, labels, path, split)
         splits.append((images, labels))
     return tuple(splits)
+
+
+def _npz_array(archive, key, path):
+    try:
+        return archive[key]
+    except ValueError as error:  # e.g. an object array, refused without pickle
+        raise ValueError(f"{path}: cannot load array {key!r}: {error}") from error
 
 
 def _search_locations(spec, path, cache, looked):
