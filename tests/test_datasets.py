@@ -101,12 +101,18 @@ def test_read_idx_round_trip(tmp_path, dtype, compress):
     np.testing.assert_array_equal(loaded, array)
 
 
-@pytest.mark.parametrize("compress", [False, True])
-def test_read_idx_from_file_object(compress):
+@pytest.mark.parametrize(
+    "open_stream",
+    [
+        lambda data: io.BytesIO(data),
+        lambda data: io.BytesIO(gzip.compress(data)),
+        lambda data: gzip.GzipFile(fileobj=io.BytesIO(gzip.compress(data))),
+    ],
+    ids=["raw", "gzip bytes", "decompressing stream"],
+)
+def test_read_idx_from_file_object(open_stream):
     array = np.arange(12, dtype=np.int32).reshape(3, 4)
-    data = idx_bytes(array)
-    stream = io.BytesIO(gzip.compress(data) if compress else data)
-    np.testing.assert_array_equal(read_idx(stream), array)
+    np.testing.assert_array_equal(read_idx(open_stream(idx_bytes(array))), array)
 
 
 def test_read_idx_rejects_text_mode_file(tmp_path):

@@ -82,8 +82,11 @@ def _read_idx_file(file, name):
     if magic == GZIP_MAGIC:
         with _gzip_errors_as_value_error(name), gzip.GzipFile(fileobj=file, mode="rb") as stream:
             return _parse_idx(stream, name, available_bytes=None)
-    # Uncompressed: the size is known up front, so bad sizes fail before reading.
-    available_bytes = file.seek(0, os.SEEK_END) - start
+    # Uncompressed: the size is usually known up front, so bad sizes fail before reading.
+    try:
+        available_bytes = file.seek(0, os.SEEK_END) - start
+    except (OSError, ValueError):  # e.g. a GzipFile cannot seek from the end
+        available_bytes = None
     file.seek(start)
     return _parse_idx(file, name, available_bytes)
 
@@ -163,7 +166,8 @@ def _read_into(stream, view):
     """Fill ``view`` from ``stream``; return the number of bytes read (short only at end of file)."""
     filled = 0
     while filled < len(view):
-        count = stream.readinto(view[filled:])
+        # Bounded reads: gzip would otherwise decompress everything into a temporary copy.
+        count = stream.readinto(view[filled : filled + _CHUNK_BYTES])
         if not count:
             break
         filled += count
