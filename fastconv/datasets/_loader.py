@@ -63,9 +63,11 @@ def load_dataset(spec, path=None, download=True):
         looked.append("download: disabled (download=False or FASTCONV_NO_DOWNLOAD set)")
     else:
         try:
-            return load_idx_files(_download_into_cache(spec, cache))
+            downloaded = _download_into_cache(spec, cache)
         except OSError as error:
             looked.append(f"download into {cache}: {error}")
+        else:
+            return load_idx_files(downloaded)
 
     places = "\n".join(f"  - {place}" for place in looked)
     raise FileNotFoundError(
