@@ -58,7 +58,7 @@ static inline void fc_store_tile(const float *acc, int acc_stride, float *c, int
             float v = ep->alpha * acc[i * acc_stride + j];
             if (ep->beta != 0.0f) v += ep->beta * c[i * ldc + j];
             if (ep->bias) v += ep->bias[j];
-            if (ep->relu) v = v > 0.0f ? v : 0.0f;
+            if (ep->relu && v < 0.0f) v = 0.0f;  /* NaN stays NaN, as np.maximum(v, 0) */
             c[i * ldc + j] = v;
         }
     }

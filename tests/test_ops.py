@@ -1,0 +1,316 @@
+"""conv2d, pooling and their backward passes against fastconv.reference, on every ISA path."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import reference
+
+
+def random_conv_case(rng):
+    """A random valid convolution: shapes, strides, dilation and one of every padding form."""
+    while True:
+        n = int(rng.integers(1, 9))
+        h, w = (int(v) for v in rng.integers(1, 41, size=2))
+        cin, cout = (int(v) for v in rng.choice([1, 2, 3, 8, 17, 32, 70], size=2))
+        kh, kw = (int(v) for v in rng.integers(1, 8, size=2))
+        strides = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        dilation = (1, 1) if rng.random() < 0.7 else (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        padding = [
+            "valid", "same", int(rng.integers(0, 3)),
+            ((int(rng.integers(0, 3)), int(rng.integers(0, 3))), (int(rng.integers(0, 3)), int(rng.integers(0, 3)))),
+        ][int(rng.integers(0, 4))]
+        if padding == "same" and max(strides) > 1 and max(dilation) > 1:
+            continue
+        try:
+            fastconv._args.conv_geometry((n, h, w, cin), (kh, kw, cin, cout), strides, padding, dilation)
+        except ValueError:
+            continue  # kernel larger than the padded input
+        if n * h * w * kh * kw * cin * cout > 3e7:
+            continue  # keep the suite fast
+        return (n, h, w, cin), (kh, kw, cin, cout), dict(strides=strides, padding=padding, dilation_rate=dilation)
+
+
+def assert_close(actual, expected, scale_terms):
+    """float32 result against a float64 oracle, allowing rounding that grows with the summed terms."""
+    tol = 1e-6 * np.sqrt(scale_terms) * max(1.0, np.abs(expected).max())
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tol * 10)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_conv2d_forward_and_backward_match_reference(isa, seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(3):
+        x_shape, w_shape, kwargs = random_conv_case(rng)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        b = rng.standard_normal(w_shape[3]).astype(np.float32)
+        activation = [None, "relu"][seed % 2]
+        y = fastconv.conv2d(x, w, b, activation=activation, **kwargs)
+        expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                                    activation=activation, **kwargs)
+        assert y.dtype == np.float32 and y.shape == expected.shape
+        k = w_shape[0] * w_shape[1] * w_shape[2]
+        assert_close(y, expected, k)
+
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        got = fastconv.conv2d_backward(dy, x, w, **kwargs)
+        want = reference.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **kwargs)
+        terms = [w_shape[0] * w_shape[1] * w_shape[3], y.shape[0] * y.shape[1] * y.shape[2], y.shape[0] * y.shape[1] * y.shape[2]]
+        for name, g, e, t in zip(("dx", "dw", "db"), got, want, terms):
+            assert g.shape == e.shape and g.dtype == np.float32, name
+            assert_close(g, e, t)
+
+
+def test_conv2d_same_padding_follows_keras(isa):
+    # 'same' with stride 2 on an even input: TensorFlow puts the extra pad row/column at the bottom/right.
+    x = np.arange(1 * 6 * 6 * 1, dtype=np.float32).reshape(1, 6, 6, 1)
+    w = np.ones((3, 3, 1, 1), dtype=np.float32)
+    y = fastconv.conv2d(x, w, strides=2, padding="same")
+    assert y.shape == (1, 3, 3, 1)
+    # Total pad 1 per axis, all of it at the bottom/right: output (0, 0) covers rows/cols 0..2 and
+    # output (2, 2) covers rows/cols 4..5 plus the padding.
+    assert y[0, 0, 0, 0] == 0 + 1 + 2 + 6 + 7 + 8 + 12 + 13 + 14
+    assert y[0, 2, 2, 0] == 28 + 29 + 34 + 35
+    np.testing.assert_allclose(y, reference.conv2d(x, w, strides=2, padding="same"))
+
+
+def test_conv2d_pointwise_is_a_gemm(isa, rng):
+    x = rng.standard_normal((4, 9, 7, 33)).astype(np.float32)
+    w = rng.standard_normal((1, 1, 33, 20)).astype(np.float32)
+    y = fastconv.conv2d(x, w, activation="relu")
+    expected = np.maximum(x.reshape(-1, 33).astype(np.float64) @ w.reshape(33, 20), 0).reshape(4, 9, 7, 20)
+    assert_close(y, expected, 33)
+
+
+POOL_CASES = [
+    (2, None, "valid"), (2, None, "same"), (3, 2, "valid"), (3, 2, "same"), (3, 1, "same"),
+    ((2, 3), (1, 2), "valid"), (4, 3, "same"), (1, 1, "valid"), ((1, 4), (3, 1), "same"),
+]
+
+
+@pytest.mark.parametrize("pool_size,strides,padding", POOL_CASES)
+def test_pooling_matches_reference(isa, rng, pool_size, strides, padding):
+    for shape in [(2, 9, 11, 5), (1, 4, 4, 64), (3, 13, 7, 1)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        y = fastconv.maxpool2d(x, pool_size, strides, padding)
+        np.testing.assert_array_equal(y, reference.maxpool2d(x, pool_size, strides, padding))
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        np.testing.assert_allclose(fastconv.maxpool2d_backward(dy, x, pool_size, strides, padding),
+                                   reference.maxpool2d_backward(dy, x, pool_size, strides, padding), atol=1e-5)
+        np.testing.assert_allclose(fastconv.avgpool2d(x, pool_size, strides, padding),
+                                   reference.avgpool2d(x.astype(np.float64), pool_size, strides, padding), atol=1e-5)
+        np.testing.assert_allclose(fastconv.avgpool2d_backward(dy, x, pool_size, strides, padding),
+                                   reference.avgpool2d_backward(dy, x, pool_size, strides, padding), atol=1e-5)
+
+
+def test_maxpool_gradient_goes_to_first_maximum(isa):
+    x = np.array([[5, 5], [5, 1]], dtype=np.float32).reshape(1, 2, 2, 1)
+    dx = fastconv.maxpool2d_backward(np.ones((1, 1, 1, 1), np.float32), x, 2)
+    np.testing.assert_array_equal(dx.reshape(2, 2), [[1, 0], [0, 0]])
+
+
+def test_avgpool_same_excludes_padding(isa):
+    x = np.ones((1, 3, 3, 1), dtype=np.float32)
+    np.testing.assert_array_equal(fastconv.avgpool2d(x, 2, 2, "same"), np.ones((1, 2, 2, 1)))
+
+
+def test_global_avgpool(rng):
+    x = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)
+    np.testing.assert_allclose(fastconv.global_avgpool2d(x), x.mean(axis=(1, 2)), atol=1e-6)
+    dy = rng.standard_normal((3, 6)).astype(np.float32)
+    np.testing.assert_allclose(fastconv.global_avgpool2d_backward(dy, x), np.broadcast_to(dy[:, None, None, :] / 20, x.shape))
+
+
+def numeric_gradient(f, x, eps):
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(strides=1, padding="same"), dict(strides=2, padding="valid"),
+    dict(strides=(1, 2), padding=((1, 0), (2, 1)), dilation_rate=1), dict(strides=1, padding="valid", dilation_rate=2),
+])
+def test_conv2d_backward_matches_finite_differences(kwargs):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 6, 5, 3))
+    w = rng.standard_normal((3, 2, 3, 4))
+    b = rng.standard_normal(4)
+    probe = rng.standard_normal(reference.conv2d(x, w, b, **kwargs).shape)
+
+    def loss():
+        return float((reference.conv2d(x, w, b, **kwargs) * probe).sum())
+
+    dx, dw, db = reference.conv2d_backward(probe, x, w, **kwargs)
+    for analytic, variable in ((dx, x), (dw, w), (db, b)):
+        np.testing.assert_allclose(analytic, numeric_gradient(loss, variable, 1e-6), rtol=1e-6, atol=1e-6)
+    # fastconv's float32 backward agrees with the float64 gradient that finite differences confirmed.
+    got = fastconv.conv2d_backward(probe, x, w, **kwargs)
+    for g, e in zip(got, (dx, dw, db)):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+def test_pool_backward_matches_finite_differences(op):
+    rng = np.random.default_rng(3)
+    x = rng.permutation(2 * 5 * 6 * 3).reshape(2, 5, 6, 3).astype(np.float64) / 7  # distinct: no ties
+    forward = {"max": reference.maxpool2d, "avg": reference.avgpool2d}[op]
+    backward = {"max": fastconv.maxpool2d_backward, "avg": fastconv.avgpool2d_backward}[op]
+    probe = rng.standard_normal(forward(x, 3, 2, "same").shape)
+    numeric = numeric_gradient(lambda: float((forward(x, 3, 2, "same") * probe).sum()), x, 1e-4)
+    np.testing.assert_allclose(backward(probe, x, 3, 2, "same"), numeric, atol=1e-5)
+
+
+def test_results_are_bitwise_identical_for_any_thread_count(isa, threads, rng):
+    x = rng.standard_normal((16, 28, 28, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 8, 32)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    a = rng.standard_normal((300, 500)).astype(np.float32)
+    m = rng.standard_normal((500, 200)).astype(np.float32)
+
+    def run_all():
+        y = fastconv.conv2d(x, w, b, padding="same", activation="relu")
+        grads = fastconv.conv2d_backward(y, x, w, padding="same")
+        pooled = fastconv.maxpool2d(y, 2)
+        return [y, *grads, pooled, fastconv.maxpool2d_backward(pooled, y, 2), fastconv.gemm(a, m)]
+
+    threads(1)
+    serial = run_all()
+    for count in (2, 3, 4):
+        threads(count)
+        for s, p in zip(serial, run_all()):
+            np.testing.assert_array_equal(s, p)
+
+
+def test_concurrent_calls_from_python_threads_match_serial(rng):
+    x = rng.standard_normal((8, 20, 20, 4)).astype(np.float32)
+    ws = [rng.standard_normal((3, 3, 4, 16)).astype(np.float32) for _ in range(4)]
+    expected = [fastconv.conv2d(x, w, padding="same") for w in ws]
+    results = [[] for _ in ws]
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(10):
+                results[i].append(fastconv.conv2d(x, ws[i], padding="same"))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(len(ws))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=60)
+    assert not errors and not any(t.is_alive() for t in pool)
+    for want, got in zip(expected, results):
+        assert len(got) == 10
+        for y in got:
+            np.testing.assert_array_equal(y, want)
+
+
+def test_nan_and_inf_propagate(isa):
+    x = np.ones((1, 4, 4, 2), dtype=np.float32)
+    x[0, 1, 1, 0] = np.nan
+    x[0, 2, 2, 1] = np.inf
+    w = np.ones((2, 2, 2, 1), dtype=np.float32)
+    y = fastconv.conv2d(x, w, activation="relu")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(reference.conv2d(x, w, activation="relu")))
+    pooled = fastconv.maxpool2d(x, 2)
+    assert np.isnan(pooled[0, 0, 0, 0]) and np.isinf(pooled[0, 1, 1, 1])
+
+
+def test_other_dtypes_and_views_are_accepted(rng):
+    x = rng.integers(-3, 4, size=(2, 10, 12, 3))
+    w = rng.standard_normal((3, 3, 3, 5))  # float64
+    expected = reference.conv2d(x.astype(np.float64), w)
+    np.testing.assert_allclose(fastconv.conv2d(x, w), expected, atol=1e-4)
+    flipped = x[:, ::-1, ::2, :]  # negative and non-unit strides
+    np.testing.assert_allclose(fastconv.conv2d(flipped, w), reference.conv2d(flipped.astype(np.float64), w), atol=1e-4)
+    np.testing.assert_array_equal(fastconv.maxpool2d(x.astype(np.int16), 2), reference.maxpool2d(x, 2))
+
+
+def test_empty_batch_gives_empty_results():
+    x = np.zeros((0, 8, 8, 3), dtype=np.float32)
+    w = np.ones((3, 3, 3, 4), dtype=np.float32)
+    assert fastconv.conv2d(x, w, padding="same").shape == (0, 8, 8, 4)
+    dx, dw, db = fastconv.conv2d_backward(np.zeros((0, 6, 6, 4), np.float32), x, w)
+    assert dx.shape == (0, 8, 8, 3) and not dw.any() and not db.any()
+    assert fastconv.maxpool2d(x, 2).shape == (0, 4, 4, 3)
+    assert fastconv.maxpool2d_backward(np.zeros((0, 4, 4, 3)), x, 2).shape == x.shape
+
+
+X = np.zeros((2, 8, 8, 3), dtype=np.float32)
+W = np.zeros((3, 3, 3, 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda: fastconv.conv2d(X[0], W), ValueError, "x must be 4-D"),
+    (lambda: fastconv.conv2d(X, W[0]), ValueError, "w must be 4-D"),
+    (lambda: fastconv.conv2d(X, np.zeros((3, 3, 2, 4))), ValueError, "input channels"),
+    (lambda: fastconv.conv2d(X, W, np.zeros(5)), ValueError, "b must have shape (4,)"),
+    (lambda: fastconv.conv2d(X, np.zeros((9, 9, 3, 4))), ValueError, "larger than the padded input"),
+    (lambda: fastconv.conv2d(X, W, strides=0), ValueError, "strides must be positive"),
+    (lambda: fastconv.conv2d(X, W, strides=(1, 2, 3)), ValueError, "strides"),
+    (lambda: fastconv.conv2d(X, W, strides=1.5), TypeError, "strides"),
+    (lambda: fastconv.conv2d(X, W, padding="full"), ValueError, "padding"),
+    (lambda: fastconv.conv2d(X, W, padding=-1), ValueError, "padding"),
+    (lambda: fastconv.conv2d(X, W, activation="gelu"), ValueError, "activation"),
+    (lambda: fastconv.conv2d(X.astype(np.complex64), W), TypeError, "x must hold real numbers"),
+    (lambda: fastconv.conv2d(X.astype(bool), W), TypeError, "x must hold real numbers"),
+    (lambda: fastconv.conv2d(X.astype(object), W), TypeError, "x must hold real numbers"),
+    (lambda: fastconv.conv2d(X, W, padding=2**40), ValueError, "more than fastconv supports"),
+    (lambda: fastconv.conv2d_backward(np.zeros((2, 5, 5, 4)), X, W), ValueError, "dy must have shape (2, 6, 6, 4)"),
+    (lambda: fastconv.conv2d(X, W, out=np.zeros((2, 6, 6, 4))), TypeError, "out must have dtype float32"),
+    (lambda: fastconv.conv2d(X, W, out=np.zeros((2, 6, 6, 5), np.float32)), ValueError, "out must have shape"),
+    (lambda: fastconv.maxpool2d(X, 0), ValueError, "pool_size must be positive"),
+    (lambda: fastconv.maxpool2d(X, 2, strides=-1), ValueError, "strides must be positive"),
+    (lambda: fastconv.maxpool2d(X, 9), ValueError, "larger than the input"),
+    (lambda: fastconv.maxpool2d(X, 2, padding="causal"), ValueError, "padding"),
+    (lambda: fastconv.maxpool2d_backward(np.zeros((2, 3, 3, 3)), X, 2), ValueError, "dy must have shape"),
+    (lambda: fastconv.avgpool2d(X[0], 2), ValueError, "x must be 4-D"),
+    (lambda: fastconv.set_num_threads(0), ValueError, "positive"),
+    (lambda: fastconv.set_num_threads(2.0), TypeError, "positive int"),
+    (lambda: fastconv.set_isa("sse9"), ValueError, "isa must be one of"),
+])
+def test_bad_input_gets_a_clear_error(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    assert words in str(info.value)
+
+
+def test_forcing_a_path_by_environment_in_a_subprocess():
+    import subprocess
+    import sys
+    code = "import fastconv; print(fastconv.get_isa())"
+    out = subprocess.run([sys.executable, "-c", code], env={"FASTCONV_ISA": "generic", "PATH": ""},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "generic"
+
+
+def test_config_reports_the_build():
+    cfg = fastconv.config()
+    assert cfg["isa"] in cfg["isas_available"] and "generic" in cfg["isas_available"]
+    assert set(cfg) >= {"version", "isa", "isas_available", "kernels", "openmp", "num_threads", "compiler"}
+    assert cfg["kernels"]["gemm"]
+
+
+def test_threadpoolctl_sees_and_limits_fastconv(threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not fastconv.config()["openmp"]:
+        pytest.skip("built without OpenMP")
+    info = threadpoolctl.threadpool_info()
+    assert any(entry["user_api"] == "openmp" for entry in info)
+    with threadpoolctl.threadpool_limits(1):
+        assert fastconv.get_num_threads() == 1
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        assert fastconv.get_num_threads() == 1
