@@ -1,0 +1,21 @@
+"""A Keras-style API (channels_last, float32) for training CNNs on fastconv's C kernels.
+
+    from fastconv import keras
+    model = keras.Sequential([keras.layers.Dense(12, input_dim=8, activation="relu"), ...])
+    model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
+    model.fit(x, y, epochs=10, batch_size=32)
+
+Layers run their ops through `keras.backend`: fastconv's C kernels by default, or the pure-NumPy
+reference with `keras.backend.set_backend("numpy")` or FASTCONV_BACKEND=numpy.
+"""
+from fastconv.keras import (
+    activations, backend, callbacks, datasets, initializers, layers, losses, metrics, models, optimizers,
+    regularizers, utils,
+)
+from fastconv.keras.layers import Input
+from fastconv.keras.models import Model, Sequential, load_model
+
+__all__ = [
+    "Input", "Model", "Sequential", "load_model", "activations", "backend", "callbacks", "datasets",
+    "initializers", "layers", "losses", "metrics", "models", "optimizers", "regularizers", "utils",
+]

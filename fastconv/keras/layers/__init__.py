@@ -1,0 +1,21 @@
+"""Keras layers (channels_last, float32)."""
+from fastconv.keras.layers.base import Input, InputLayer, Layer
+from fastconv.keras.layers.conv import Conv2D
+from fastconv.keras.layers.core import (
+    Activation, Dense, Dropout, Flatten, LeakyReLU, ReLU, Reshape, Softmax,
+)
+from fastconv.keras.layers.merging import Add, Concatenate
+from fastconv.keras.layers.normalization import BatchNormalization
+from fastconv.keras.layers.pooling import (
+    AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, MaxPool2D, MaxPooling2D,
+)
+
+Convolution2D = Conv2D
+
+# The only classes a saved model may name; loading never imports or calls anything else.
+LAYER_CLASSES = {cls.__name__: cls for cls in (
+    InputLayer, Dense, Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout,
+    BatchNormalization, Activation, ReLU, LeakyReLU, Softmax, Add, Concatenate,
+)}
+
+__all__ = ["Input", "Layer"] + sorted(LAYER_CLASSES) + ["MaxPool2D", "AvgPool2D", "Convolution2D"]

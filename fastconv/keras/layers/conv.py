@@ -1,0 +1,91 @@
+"""Conv2D: channels_last convolution with the kernel stored (kh, kw, cin, cout) as Keras does."""
+from fastconv._args import pair
+from fastconv.keras import activations, backend, initializers, regularizers
+from fastconv.keras.layers.base import Layer
+from fastconv.keras.layers.core import activation_backward, apply_activation, positive_int
+
+
+def parse_padding(padding):
+    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    return padding.lower()
+
+
+def conv_output_length(size, window, padding, stride, dilation=1):
+    """Output length along one axis (TensorFlow/Keras rules); None stays None."""
+    if size is None:
+        return None
+    extent = dilation * (window - 1) + 1
+    if padding == "same":
+        return -(-size // stride)
+    if size < extent:
+        raise ValueError(f"window of extent {extent} does not fit an input of size {size} with padding='valid'")
+    return (size - extent) // stride + 1
+
+
+class Conv2D(Layer):
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None, dilation_rate=(1, 1),
+                 activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"data_format must be 'channels_last', got {data_format!r}")
+        self.filters = positive_int(filters, "filters")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.strides = pair(strides, "strides")
+        self.padding = parse_padding(padding)
+        self.dilation_rate = pair(dilation_rate, "dilation_rate")
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError("strides > 1 together with dilation_rate > 1 is not supported (as in Keras)")
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel = self.bias = None
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(f"Conv2D {self.name!r} needs 4-D inputs (batch, height, width, channels), got shape {input_shape}")
+        channels = input_shape[-1]
+        self.kernel = self.add_weight("kernel", self.kernel_size + (channels, self.filters), self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer, regularizer=self.bias_regularizer)
+        self._set_input_spec(4, {-1: channels})
+
+    def compute_output_shape(self, input_shape):
+        rows, cols = (conv_output_length(input_shape[axis], self.kernel_size[i], self.padding, self.strides[i],
+                                         self.dilation_rate[i]) for i, axis in enumerate((1, 2)))
+        return (input_shape[0], rows, cols, self.filters)
+
+    def forward(self, inputs, training=False):
+        relu = self.activation is activations.relu
+        pre = backend.ops().conv2d(inputs, self.kernel.value, None if self.bias is None else self.bias.value,
+                                   strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
+                                   activation="relu" if relu else None)
+        out = pre if relu else apply_activation(self.activation, pre)
+        return out, (inputs, pre, out)
+
+    def backward(self, ctx, grad, from_preactivation=False):
+        x, pre, out = ctx
+        dpre = activation_backward(self.activation, grad, pre, out, from_preactivation)
+        dx, dw, db = backend.ops().conv2d_backward(dpre, x, self.kernel.value, strides=self.strides,
+                                                   padding=self.padding, dilation_rate=self.dilation_rate)
+        self.kernel.add_grad(dw)
+        if self.bias is not None:
+            self.bias.add_grad(db)
+        return dx
+
+    def preactivation(self, ctx):
+        return ctx[1]
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
+                "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}

@@ -1,0 +1,251 @@
+"""Dense, the activation layers, Flatten, Reshape and Dropout."""
+import math
+import operator
+
+import numpy as np
+
+from fastconv.keras import activations, backend, initializers, regularizers
+from fastconv.keras.layers.base import Layer
+
+
+def positive_int(value, name):
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a positive int, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return number
+
+
+def apply_activation(fn, pre):
+    return pre if fn is activations.linear else fn(pre)
+
+
+def activation_backward(fn, grad, pre, out, from_preactivation):
+    """The gradient at the pre-activation; `from_preactivation` means the loss already gave it (fused)."""
+    if from_preactivation:
+        return grad
+    return activations.backward(fn, grad, pre, out)
+
+
+class Dense(Layer):
+    """units outputs = activation(inputs @ kernel + bias) over the last axis, one fused gemm."""
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = positive_int(units, "units")
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel = self.bias = None
+
+    def build(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(f"Dense {self.name!r} needs inputs with a known last axis, got shape {input_shape}")
+        in_dim = input_shape[-1]
+        self.kernel = self.add_weight("kernel", (in_dim, self.units), self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.bias = self.add_weight("bias", (self.units,), self.bias_initializer, regularizer=self.bias_regularizer)
+        self._set_input_spec(len(input_shape), {-1: in_dim})
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def forward(self, inputs, training=False):
+        x = inputs.reshape(-1, inputs.shape[-1])
+        relu = self.activation is activations.relu
+        pre = backend.ops().gemm(x, self.kernel.value, bias=None if self.bias is None else self.bias.value,
+                                 activation="relu" if relu else None)
+        out = pre if relu else apply_activation(self.activation, pre)
+        return out.reshape(inputs.shape[:-1] + (self.units,)), (x, pre, out, inputs.shape)
+
+    def backward(self, ctx, grad, from_preactivation=False):
+        x, pre, out, input_shape = ctx
+        dpre = activation_backward(self.activation, grad.reshape(pre.shape), pre, out, from_preactivation)
+        gemm = backend.ops().gemm
+        self.kernel.add_grad(gemm(x, dpre, trans_a=True))
+        if self.bias is not None:
+            self.bias.add_grad(dpre.sum(axis=0))
+        return gemm(dpre, self.kernel.value, trans_b=True).reshape(input_shape)
+
+    def preactivation(self, ctx):
+        x, pre, out, input_shape = ctx
+        return pre.reshape(input_shape[:-1] + (self.units,))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+
+
+class Activation(Layer):
+    """Applies an activation function by name (or one of keras.activations)."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+
+    def forward(self, inputs, training=False):
+        out = apply_activation(self.activation, inputs)
+        return out, (inputs, out)
+
+    def backward(self, ctx, grad, from_preactivation=False):
+        x, out = ctx
+        return activation_backward(self.activation, grad, x, out, from_preactivation)
+
+    def preactivation(self, ctx):
+        return ctx[0]
+
+    def get_config(self):
+        return {**super().get_config(), "activation": activations.serialize(self.activation)}
+
+
+class Softmax(Activation):
+    """Softmax over the last axis."""
+
+    def __init__(self, axis=-1, **kwargs):
+        if axis != -1:
+            raise ValueError(f"Softmax supports axis=-1 only (channels_last), got axis={axis!r}")
+        super().__init__("softmax", **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["activation"]
+        return {**config, "axis": -1}
+
+
+class ReLU(Layer):
+    """max(x, 0), with Keras' optional max_value, negative_slope and threshold."""
+
+    def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if max_value is not None and max_value < 0:
+            raise ValueError(f"max_value must be None or >= 0, got {max_value!r}")
+        if negative_slope < 0:
+            raise ValueError(f"negative_slope must be >= 0, got {negative_slope!r}")
+        self.max_value = None if max_value is None else float(max_value)
+        self.negative_slope = float(negative_slope)
+        self.threshold = float(threshold)
+
+    def forward(self, inputs, training=False):
+        above = inputs >= self.threshold if self.negative_slope else inputs > self.threshold
+        slope = np.where(above, 1, self.negative_slope).astype(inputs.dtype)
+        out = np.where(above, inputs, (inputs - self.threshold) * inputs.dtype.type(self.negative_slope))
+        if self.max_value is not None:
+            slope = slope * (out < self.max_value)
+            out = np.minimum(out, inputs.dtype.type(self.max_value))
+        return out, slope
+
+    def backward(self, ctx, grad):
+        return grad * ctx
+
+    def get_config(self):
+        return {**super().get_config(), "max_value": self.max_value, "negative_slope": self.negative_slope,
+                "threshold": self.threshold}
+
+
+class LeakyReLU(Layer):
+    """x if x > 0 else negative_slope * x (Keras 3 default 0.3; `alpha` is the older spelling)."""
+
+    def __init__(self, negative_slope=0.3, alpha=None, **kwargs):
+        super().__init__(**kwargs)
+        self.negative_slope = float(negative_slope if alpha is None else alpha)
+        if self.negative_slope < 0:
+            raise ValueError(f"negative_slope must be >= 0, got {self.negative_slope!r}")
+
+    def forward(self, inputs, training=False):
+        positive = inputs > 0
+        return np.where(positive, inputs, inputs * inputs.dtype.type(self.negative_slope)), positive
+
+    def backward(self, ctx, grad):
+        return np.where(ctx, grad, grad * grad.dtype.type(self.negative_slope))
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.negative_slope}
+
+
+class Flatten(Layer):
+    """(batch, ...) -> (batch, product of the rest)."""
+
+    def compute_output_shape(self, input_shape):
+        rest = input_shape[1:]
+        return (input_shape[0], None if None in rest else math.prod(rest))
+
+    def forward(self, inputs, training=False):
+        return inputs.reshape(inputs.shape[0], -1), inputs.shape
+
+    def backward(self, ctx, grad):
+        return grad.reshape(ctx)
+
+
+class Reshape(Layer):
+    """Reshape each sample to target_shape (no batch axis; one entry may be -1)."""
+
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(target_shape, (tuple, list)) or not target_shape:
+            raise TypeError(f"target_shape must be a non-empty tuple of ints, got {target_shape!r}")
+        if sum(1 for d in target_shape if d == -1) > 1 or any(d != -1 and d <= 0 for d in target_shape):
+            raise ValueError(f"target_shape must hold positive ints and at most one -1, got {target_shape!r}")
+        self.target_shape = tuple(int(d) for d in target_shape)
+
+    def compute_output_shape(self, input_shape):
+        size = None if None in input_shape[1:] else math.prod(input_shape[1:])
+        known = math.prod(d for d in self.target_shape if d != -1)
+        if -1 in self.target_shape:
+            if size is not None and size % known:
+                raise ValueError(f"cannot reshape input of shape {input_shape} to {self.target_shape}")
+            fill = None if size is None else size // known
+            return (input_shape[0],) + tuple(fill if d == -1 else d for d in self.target_shape)
+        if size is not None and size != known:
+            raise ValueError(f"cannot reshape input of shape {input_shape} ({size} values) to {self.target_shape}")
+        return (input_shape[0],) + self.target_shape
+
+    def forward(self, inputs, training=False):
+        return inputs.reshape((inputs.shape[0],) + self.target_shape), inputs.shape
+
+    def backward(self, ctx, grad):
+        return grad.reshape(ctx)
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+
+class Dropout(Layer):
+    """Zeroes a fraction `rate` of the inputs while training and scales the rest by 1 / (1 - rate)."""
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+        if noise_shape is not None:
+            raise ValueError("Dropout noise_shape is not supported")
+        self.rate = float(rate)
+        # A per-layer seed gives a layer its own stream; otherwise the seeded backend generator is used.
+        self.seed = seed
+        self._rng = None if seed is None else np.random.default_rng(seed)
+
+    def forward(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs, None
+        rng = self._rng or backend.rng()
+        keep = rng.random(inputs.shape, dtype=np.float32) >= self.rate
+        mask = keep * inputs.dtype.type(1 / (1 - self.rate))
+        return inputs * mask, mask
+
+    def backward(self, ctx, grad):
+        return grad if ctx is None else grad * ctx
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}

@@ -1,0 +1,81 @@
+"""Max, average and global average pooling over NHWC inputs."""
+from fastconv._args import pair
+from fastconv.keras import backend
+from fastconv.keras.layers.base import Layer
+from fastconv.keras.layers.conv import conv_output_length, parse_padding
+
+
+class _Pooling2D(Layer):
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"data_format must be 'channels_last', got {data_format!r}")
+        self.pool_size = pair(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else pair(strides, "strides")
+        self.padding = parse_padding(padding)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"{type(self).__name__} {self.name!r} needs 4-D inputs, got shape {input_shape}")
+        self._set_input_spec(4)
+
+    def compute_output_shape(self, input_shape):
+        rows, cols = (conv_output_length(input_shape[axis], self.pool_size[i], self.padding, self.strides[i])
+                      for i, axis in enumerate((1, 2)))
+        return (input_shape[0], rows, cols, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides),
+                "padding": self.padding}
+
+
+class MaxPooling2D(_Pooling2D):
+    def forward(self, inputs, training=False):
+        return backend.ops().maxpool2d(inputs, self.pool_size, self.strides, self.padding), inputs
+
+    def backward(self, ctx, grad):
+        return backend.ops().maxpool2d_backward(grad, ctx, self.pool_size, self.strides, self.padding)
+
+
+class AveragePooling2D(_Pooling2D):
+    def forward(self, inputs, training=False):
+        return backend.ops().avgpool2d(inputs, self.pool_size, self.strides, self.padding), inputs
+
+    def backward(self, ctx, grad):
+        return backend.ops().avgpool2d_backward(grad, ctx, self.pool_size, self.strides, self.padding)
+
+
+class GlobalAveragePooling2D(Layer):
+    """Mean over height and width: (batch, h, w, c) -> (batch, c), or (batch, 1, 1, c) with keepdims."""
+
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"data_format must be 'channels_last', got {data_format!r}")
+        self.keepdims = bool(keepdims)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"GlobalAveragePooling2D {self.name!r} needs 4-D inputs, got shape {input_shape}")
+        self._set_input_spec(4)
+
+    def compute_output_shape(self, input_shape):
+        if self.keepdims:
+            return (input_shape[0], 1, 1, input_shape[3])
+        return (input_shape[0], input_shape[3])
+
+    def forward(self, inputs, training=False):
+        out = backend.ops().global_avgpool2d(inputs)
+        if self.keepdims:
+            out = out.reshape(out.shape[0], 1, 1, out.shape[1])
+        return out, inputs
+
+    def backward(self, ctx, grad):
+        return backend.ops().global_avgpool2d_backward(grad.reshape(grad.shape[0], -1), ctx)
+
+    def get_config(self):
+        return {**super().get_config(), "keepdims": self.keepdims}
+
+
+MaxPool2D = MaxPooling2D
+AvgPool2D = AveragePooling2D

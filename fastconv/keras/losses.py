@@ -1,0 +1,286 @@
+"""Losses with their gradients, Keras' names, clipping and reduction (mean over the batch).
+
+Each Loss gives `per_sample` values (the last axis reduced), `gradient` (of the batch mean with respect
+to y_pred) and, for cross-entropies after a softmax/sigmoid, `fused`: the value and gradient computed
+from the pre-activation logits, the numerically stable form (p - y) that skips the activation's
+Jacobian. The plain functions (`keras.losses.categorical_crossentropy(y_true, y_pred)`) return the
+per-sample values like Keras.
+"""
+import numpy as np
+
+from fastconv.keras import activations
+
+EPSILON = 1e-7  # Keras' backend epsilon: probabilities are clipped to [EPSILON, 1 - EPSILON]
+
+
+def _log_softmax(z):
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _format(shape):
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+class Loss:
+    name = "loss"
+
+    def __init__(self, reduction="sum_over_batch_size", name=None):
+        if reduction not in ("sum_over_batch_size", "auto"):
+            raise ValueError(f"reduction must be 'sum_over_batch_size', got {reduction!r}")
+        if name is not None:
+            self.name = name
+
+    def __call__(self, y_true, y_pred):
+        y_pred = np.asarray(y_pred)
+        return float(np.mean(self.per_sample(self.prepare_targets(y_true, y_pred.shape, y_pred.dtype), y_pred)))
+
+    def prepare_targets(self, y_true, pred_shape, dtype):
+        """y_true as an array of dtype shaped like the predictions, or a ValueError saying why it does not fit."""
+        y = np.asarray(y_true)
+        if y.shape != tuple(pred_shape) and pred_shape[-1] == 1 and y.shape == tuple(pred_shape[:-1]):
+            y = y.reshape(pred_shape)  # labels (N,) for a one-unit output (N, 1)
+        if y.shape != tuple(pred_shape):
+            raise ValueError(f"labels of shape {_format(y.shape)} do not fit model output of shape "
+                             f"{_format(pred_shape)} for loss {self.name!r}{self._shape_hint(y.shape, pred_shape)}")
+        return y.astype(dtype, copy=False)
+
+    def _shape_hint(self, y_shape, pred_shape):
+        return ""
+
+    def per_sample(self, y_true, y_pred):
+        raise NotImplementedError
+
+    def gradient(self, y_true, y_pred):
+        raise NotImplementedError
+
+    def fused(self, y_true, logits, activation):
+        """(per_sample, dLoss/dlogits) when the output came out of `activation`, or None if not fusable."""
+        return None
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+def _entries(y_pred):
+    """How many per-sample values the batch mean is over: every axis but the last."""
+    return y_pred.size // y_pred.shape[-1] if y_pred.ndim else 1
+
+
+class CategoricalCrossentropy(Loss):
+    name = "categorical_crossentropy"
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.from_logits, self.label_smoothing = bool(from_logits), float(label_smoothing)
+
+    def _shape_hint(self, y_shape, pred_shape):
+        if len(y_shape) == len(pred_shape) - 1 or (len(y_shape) == len(pred_shape) and y_shape[-1] == 1):
+            return " (integer class labels need sparse_categorical_crossentropy, or keras.utils.to_categorical)"
+        return ""
+
+    def _smooth(self, y):
+        if self.label_smoothing:
+            return y * (1 - self.label_smoothing) + self.label_smoothing / y.shape[-1]
+        return y
+
+    def per_sample(self, y_true, y_pred):
+        y = self._smooth(y_true)
+        if self.from_logits:
+            return -(y * _log_softmax(y_pred)).sum(axis=-1)
+        # Keras rescales the predictions to sum to one, then clips before the log.
+        q = np.clip(y_pred / y_pred.sum(axis=-1, keepdims=True), EPSILON, 1 - EPSILON)
+        return -(y * np.log(q)).sum(axis=-1)
+
+    def _from_logits(self, y, logits):
+        log_p = _log_softmax(logits)
+        grad = (np.exp(log_p) * y.sum(axis=-1, keepdims=True) - y) / _entries(logits)
+        return -(y * log_p).sum(axis=-1), grad.astype(logits.dtype, copy=False)
+
+    def gradient(self, y_true, y_pred):
+        y = self._smooth(y_true)
+        if self.from_logits:
+            return self._from_logits(y, y_pred)[1]
+        total = y_pred.sum(axis=-1, keepdims=True)
+        q = y_pred / total
+        inside = (q > EPSILON) & (q < 1 - EPSILON)  # the clip passes no gradient outside its range
+        dq = np.where(inside, -y / np.clip(q, EPSILON, 1 - EPSILON), 0)
+        dp = (dq - (dq * q).sum(axis=-1, keepdims=True)) / total
+        return (dp / _entries(y_pred)).astype(y_pred.dtype, copy=False)
+
+    def fused(self, y_true, logits, activation):
+        if self.from_logits or activation is not activations.softmax:
+            return None
+        return self._from_logits(self._smooth(y_true), logits)
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits, "label_smoothing": self.label_smoothing}
+
+
+class SparseCategoricalCrossentropy(CategoricalCrossentropy):
+    """Categorical cross-entropy with integer class labels, shape (batch,) or (batch, 1)."""
+    name = "sparse_categorical_crossentropy"
+
+    def __init__(self, from_logits=False, **kwargs):
+        super().__init__(from_logits=from_logits, **kwargs)
+
+    def prepare_targets(self, y_true, pred_shape, dtype):
+        y = np.asarray(y_true)
+        classes = pred_shape[-1]
+        if y.shape == tuple(pred_shape[:-1]) + (1,) and classes != 1:
+            y = y.reshape(pred_shape[:-1])
+        if y.shape != tuple(pred_shape[:-1]):
+            raise ValueError(f"labels of shape {_format(y.shape)} do not fit model output of shape "
+                             f"{_format(pred_shape)} for loss {self.name!r}: expected integer labels of shape "
+                             f"{_format(pred_shape[:-1])}")
+        labels = y.astype(np.int64)
+        if y.size and (np.any(labels != y) or labels.min() < 0 or labels.max() >= classes):
+            raise ValueError(f"labels for {self.name!r} must be integers in [0, {classes}), "
+                             f"got values in [{y.min()}, {y.max()}]")
+        one_hot = np.zeros(tuple(pred_shape), dtype=dtype)
+        np.put_along_axis(one_hot, labels[..., None], 1, axis=-1)
+        return one_hot
+
+    def get_config(self):
+        config = super().get_config()
+        del config["label_smoothing"]
+        return config
+
+
+class BinaryCrossentropy(Loss):
+    name = "binary_crossentropy"
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.from_logits, self.label_smoothing = bool(from_logits), float(label_smoothing)
+
+    def _smooth(self, y):
+        return y * (1 - self.label_smoothing) + 0.5 * self.label_smoothing if self.label_smoothing else y
+
+    def per_sample(self, y_true, y_pred):
+        y = self._smooth(y_true)
+        if self.from_logits:
+            return self._logit_values(y, y_pred).mean(axis=-1)
+        p = np.clip(y_pred, EPSILON, 1 - EPSILON)
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axis=-1)
+
+    @staticmethod
+    def _logit_values(y, z):
+        return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+
+    def gradient(self, y_true, y_pred):
+        y = self._smooth(y_true)
+        if self.from_logits:
+            return ((activations.sigmoid(y_pred) - y) / y_pred.size).astype(y_pred.dtype, copy=False)
+        inside = (y_pred > EPSILON) & (y_pred < 1 - EPSILON)
+        p = np.clip(y_pred, EPSILON, 1 - EPSILON)
+        return (np.where(inside, (p - y) / (p * (1 - p)), 0) / y_pred.size).astype(y_pred.dtype, copy=False)
+
+    def fused(self, y_true, logits, activation):
+        if self.from_logits or activation is not activations.sigmoid:
+            return None
+        y = self._smooth(y_true)
+        grad = (activations.sigmoid(logits) - y) / logits.size
+        return self._logit_values(y, logits).mean(axis=-1), grad.astype(logits.dtype, copy=False)
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits, "label_smoothing": self.label_smoothing}
+
+
+class MeanSquaredError(Loss):
+    name = "mean_squared_error"
+
+    def per_sample(self, y_true, y_pred):
+        return np.square(y_pred - y_true).mean(axis=-1)
+
+    def gradient(self, y_true, y_pred):
+        return (2 / y_pred.size) * (y_pred - y_true)
+
+
+class MeanAbsoluteError(Loss):
+    name = "mean_absolute_error"
+
+    def per_sample(self, y_true, y_pred):
+        return np.abs(y_pred - y_true).mean(axis=-1)
+
+    def gradient(self, y_true, y_pred):
+        return (np.sign(y_pred - y_true) / y_pred.size).astype(y_pred.dtype, copy=False)
+
+
+def _values(loss, y_true, y_pred):
+    y_pred = np.asarray(y_pred)
+    if y_pred.dtype.kind != "f":
+        y_pred = y_pred.astype(np.float32)
+    return loss.per_sample(loss.prepare_targets(y_true, y_pred.shape, y_pred.dtype), y_pred)
+
+
+def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0):
+    return _values(CategoricalCrossentropy(from_logits, label_smoothing), y_true, y_pred)
+
+
+def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
+    return _values(SparseCategoricalCrossentropy(from_logits), y_true, y_pred)
+
+
+def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0):
+    return _values(BinaryCrossentropy(from_logits, label_smoothing), y_true, y_pred)
+
+
+def mean_squared_error(y_true, y_pred):
+    return _values(MeanSquaredError(), y_true, y_pred)
+
+
+def mean_absolute_error(y_true, y_pred):
+    return _values(MeanAbsoluteError(), y_true, y_pred)
+
+
+mse = MSE = mean_squared_error
+mae = MAE = mean_absolute_error
+
+_BY_NAME = {
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "binary_crossentropy": BinaryCrossentropy,
+    "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
+    "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
+}
+_BY_FUNCTION = {
+    categorical_crossentropy: CategoricalCrossentropy,
+    sparse_categorical_crossentropy: SparseCategoricalCrossentropy,
+    binary_crossentropy: BinaryCrossentropy,
+    mean_squared_error: MeanSquaredError,
+    mean_absolute_error: MeanAbsoluteError,
+}
+LOSS_CLASSES = {cls.__name__: cls for cls in _BY_FUNCTION.values()}
+
+
+def get(identifier):
+    """A Loss from a name, one of the functions here, a Loss class or instance, or a serialized dict."""
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Loss):
+        return identifier()
+    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
+        return _BY_NAME[identifier.lower()]()
+    if callable(identifier) and identifier in _BY_FUNCTION:
+        return _BY_FUNCTION[identifier]()
+    if isinstance(identifier, dict) and identifier.get("class_name") in LOSS_CLASSES:
+        config = identifier.get("config", {})
+        if not isinstance(config, dict):
+            raise ValueError(f"loss config must be a dict, got {config!r}")
+        return LOSS_CLASSES[identifier["class_name"]](**config)
+    if callable(identifier):
+        raise ValueError(f"loss {identifier!r} has no known gradient; use a built-in loss or subclass "
+                         "keras.losses.Loss and implement per_sample and gradient")
+    raise ValueError(f"unknown loss {identifier!r}; expected one of {', '.join(_BY_NAME)}")
+
+
+def serialize(loss):
+    """A JSON-able description of a built-in loss, or None for a user-defined class."""
+    if type(loss).__name__ in LOSS_CLASSES and type(loss) is LOSS_CLASSES[type(loss).__name__]:
+        return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    return None

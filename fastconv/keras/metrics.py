@@ -1,0 +1,70 @@
+"""Metrics: per-sample values that the trainer averages over an epoch.
+
+A metric sees the targets after the loss prepared them (always shaped like the predictions; sparse
+labels arrive one-hot), so "accuracy" only has to choose between the binary (threshold 0.5) and the
+categorical (argmax) form, as Keras does from the loss and the output shape.
+"""
+import numpy as np
+
+from fastconv.keras import losses
+
+
+def binary_accuracy(y_true, y_pred, threshold=0.5):
+    return ((y_pred > threshold) == (y_true > 0.5)).mean(axis=-1)
+
+
+def categorical_accuracy(y_true, y_pred):
+    return (y_pred.argmax(axis=-1) == y_true.argmax(axis=-1)).astype(np.float32)
+
+
+class Metric:
+    """A named per-sample function; `values(y_true, y_pred)` returns one number per sample."""
+
+    def __init__(self, name, fn):
+        self.name = name
+        self.fn = fn
+
+    def values(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+class Accuracy(Metric):
+    """Keras' "accuracy": binary for one-unit outputs or a binary cross-entropy loss, else categorical."""
+
+    def __init__(self, name, loss):
+        super().__init__(name, None)
+        self.binary_loss = isinstance(loss, losses.BinaryCrossentropy)
+
+    def values(self, y_true, y_pred):
+        if y_pred.shape[-1] == 1 or self.binary_loss:
+            return binary_accuracy(y_true, y_pred)
+        return categorical_accuracy(y_true, y_pred)
+
+
+_FUNCTIONS = {
+    "binary_accuracy": binary_accuracy,
+    "categorical_accuracy": categorical_accuracy,
+    "sparse_categorical_accuracy": categorical_accuracy,  # targets arrive one-hot, see the module doc
+}
+
+
+def get(identifier, loss):
+    """A Metric from a name ("accuracy", "acc", "binary_accuracy", "mse", ...) given the compiled loss."""
+    if isinstance(identifier, Metric):
+        return identifier
+    if identifier in (binary_accuracy, categorical_accuracy):
+        return Metric(identifier.__name__, identifier)
+    if isinstance(identifier, str):
+        name = identifier.lower()
+        if name in ("accuracy", "acc"):
+            return Accuracy(identifier, loss)
+        if name in _FUNCTIONS:
+            return Metric(identifier, _FUNCTIONS[name])
+        try:
+            metric_loss = losses.get(name)
+        except ValueError:
+            pass
+        else:
+            return Metric(identifier, metric_loss.per_sample)
+    raise ValueError(f"unknown metric {identifier!r}; expected 'accuracy', 'acc', "
+                     f"{', '.join(repr(n) for n in _FUNCTIONS)} or a loss name such as 'mse'")

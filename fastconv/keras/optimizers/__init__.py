@@ -1,0 +1,228 @@
+"""Optimizers with Keras 3's update rules and defaults (learning_rate=0.001 except SGD's 0.01).
+
+Adadelta follows Keras 3 too (learning_rate=0.001, also when created from the string 'adadelta');
+the classic Keras MNIST example's Adadelta() meant 1.0 and should now pass learning_rate=1.0.
+Every optimizer accepts the older `lr=` spelling. The learning rate may be a schedule from
+`keras.optimizers.schedules`, evaluated at the optimizer's step count.
+"""
+import math
+
+import numpy as np
+
+from fastconv.keras.optimizers import schedules
+
+
+class Optimizer:
+    def __init__(self, learning_rate=0.001, name=None, lr=None):
+        self.learning_rate = learning_rate if lr is None else lr
+        self.name = name or type(self).__name__.lower()
+        self.iterations = 0
+        self._slots = {}  # Variable -> its state arrays (momenta, accumulators)
+
+    @property
+    def learning_rate(self):
+        """The current learning rate as a float (a schedule is evaluated at `iterations`)."""
+        if isinstance(self._learning_rate, schedules.LearningRateSchedule):
+            return float(self._learning_rate(self.iterations))
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if isinstance(value, schedules.LearningRateSchedule):
+            self._learning_rate = value
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not value >= 0:
+            raise ValueError(f"learning_rate must be a non-negative number or a LearningRateSchedule, got {value!r}")
+        self._learning_rate = float(value)
+
+    lr = learning_rate  # the Keras 2 name
+
+    def apply(self, variables):
+        """One update of every variable that has a gradient, then advance the step count."""
+        lr = self.learning_rate
+        for variable in variables:
+            if variable.grad is None:
+                continue
+            if variable not in self._slots:
+                self._slots[variable] = self._new_slots(variable.value)
+            self._update(variable.value, variable.grad.astype(variable.value.dtype, copy=False), lr,
+                         self._slots[variable])
+        self.iterations += 1
+
+    def apply_gradients(self, grads_and_vars):
+        """Keras' form: an iterable of (gradient, variable) pairs."""
+        variables = []
+        for grad, variable in grads_and_vars:
+            variable.grad = np.asarray(grad)
+            variables.append(variable)
+        self.apply(variables)
+
+    def _new_slots(self, value):
+        return ()
+
+    def _update(self, value, grad, lr, slots):
+        raise NotImplementedError
+
+    def get_config(self):
+        lr = self._learning_rate
+        return {"learning_rate": schedules.serialize(lr) if isinstance(lr, schedules.LearningRateSchedule) else lr}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"])
+        return cls(**config)
+
+
+def _check_unit_interval(value, name):
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+class SGD(Optimizer):
+    """v = momentum * v - lr * g; w += v (nesterov: w += momentum * v - lr * g)."""
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.momentum = _check_unit_interval(momentum, "momentum")
+        self.nesterov = bool(nesterov)
+
+    def _new_slots(self, value):
+        return (np.zeros_like(value),) if self.momentum else ()
+
+    def _update(self, value, grad, lr, slots):
+        if not self.momentum:
+            value -= lr * grad
+            return
+        (velocity,) = slots
+        velocity *= self.momentum
+        velocity -= lr * grad
+        if self.nesterov:
+            value += self.momentum * velocity - lr * grad
+        else:
+            value += velocity
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.beta_1 = _check_unit_interval(beta_1, "beta_1")
+        self.beta_2 = _check_unit_interval(beta_2, "beta_2")
+        self.epsilon = float(epsilon)
+
+    def _new_slots(self, value):
+        return np.zeros_like(value), np.zeros_like(value)
+
+    def _update(self, value, grad, lr, slots):
+        m, v = slots
+        step = self.iterations + 1
+        lr_t = lr * math.sqrt(1 - self.beta_2 ** step) / (1 - self.beta_1 ** step)
+        m += (grad - m) * (1 - self.beta_1)
+        v += (grad * grad - v) * (1 - self.beta_2)
+        value -= lr_t * m / (np.sqrt(v) + self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class RMSprop(Optimizer):
+    """v = rho * v + (1 - rho) * g^2; w -= lr * g / sqrt(v + epsilon) (Keras 3 places epsilon inside)."""
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.rho = _check_unit_interval(rho, "rho")
+        self.momentum = _check_unit_interval(momentum, "momentum")
+        self.epsilon = float(epsilon)
+
+    def _new_slots(self, value):
+        return (np.zeros_like(value), np.zeros_like(value)) if self.momentum else (np.zeros_like(value),)
+
+    def _update(self, value, grad, lr, slots):
+        velocity = slots[0]
+        velocity *= self.rho
+        velocity += (1 - self.rho) * grad * grad
+        increment = lr * grad / np.sqrt(velocity + self.epsilon)
+        if self.momentum:
+            momentum = slots[1]
+            momentum *= self.momentum
+            momentum += increment
+            increment = momentum
+        value -= increment
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon}
+
+
+class Adagrad(Optimizer):
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        if initial_accumulator_value < 0:
+            raise ValueError(f"initial_accumulator_value must be >= 0, got {initial_accumulator_value!r}")
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.epsilon = float(epsilon)
+
+    def _new_slots(self, value):
+        return (np.full_like(value, self.initial_accumulator_value),)
+
+    def _update(self, value, grad, lr, slots):
+        (accumulator,) = slots
+        accumulator += grad * grad
+        value -= lr * grad / np.sqrt(accumulator + self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "initial_accumulator_value": self.initial_accumulator_value,
+                "epsilon": self.epsilon}
+
+
+class Adadelta(Optimizer):
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.rho = _check_unit_interval(rho, "rho")
+        self.epsilon = float(epsilon)
+
+    def _new_slots(self, value):
+        return np.zeros_like(value), np.zeros_like(value)
+
+    def _update(self, value, grad, lr, slots):
+        accumulated_grad, accumulated_delta = slots
+        accumulated_grad *= self.rho
+        accumulated_grad += (1 - self.rho) * grad * grad
+        delta = -np.sqrt(accumulated_delta + self.epsilon) / np.sqrt(accumulated_grad + self.epsilon) * grad
+        accumulated_delta *= self.rho
+        accumulated_delta += (1 - self.rho) * delta * delta
+        value += lr * delta
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
+
+
+OPTIMIZER_CLASSES = {cls.__name__: cls for cls in (SGD, Adam, RMSprop, Adagrad, Adadelta)}
+_BY_NAME = {name.lower(): cls for name, cls in OPTIMIZER_CLASSES.items()}
+
+
+def get(identifier):
+    """An Optimizer from a name ("adam"), a class, an instance, or a {"class_name", "config"} dict."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Optimizer):
+        return identifier()
+    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
+        return _BY_NAME[identifier.lower()]()
+    if isinstance(identifier, dict) and identifier.get("class_name") in OPTIMIZER_CLASSES:
+        config = identifier.get("config", {})
+        if not isinstance(config, dict):
+            raise ValueError(f"optimizer config must be a dict, got {config!r}")
+        return OPTIMIZER_CLASSES[identifier["class_name"]].from_config(config)
+    raise ValueError(f"unknown optimizer {identifier!r}; expected one of {', '.join(_BY_NAME)} or an Optimizer")
+
+
+def serialize(optimizer):
+    cls = type(optimizer)
+    if OPTIMIZER_CLASSES.get(cls.__name__) is not cls:
+        return None
+    return {"class_name": cls.__name__, "config": optimizer.get_config()}

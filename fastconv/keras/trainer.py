@@ -1,0 +1,298 @@
+"""The training, evaluation and prediction loops (kept out of the model classes, as in Keras 3).
+
+Data stays in the caller's dtype; each batch is gathered and converted to the backend float type on
+its own, so a uint8 dataset is never copied whole to float32.
+"""
+import numpy as np
+
+from fastconv.keras import backend, callbacks as callbacks_module, losses, metrics as metrics_module, optimizers
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _check_verbose(verbose):
+    if verbose == "auto":
+        return 1
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+    return verbose
+
+
+def _arrays(data, count, what):
+    """The list of arrays for a model with `count` inputs (or outputs); one array when count is 1."""
+    if data is None:
+        raise ValueError(f"{what} is required")
+    if count == 1 and not (isinstance(data, (list, tuple)) and len(data) == 1 and isinstance(data[0], np.ndarray)):
+        items = [data]
+    elif isinstance(data, (list, tuple)):
+        items = list(data)
+    else:
+        raise ValueError(f"{what} must be a list of {count} arrays for this model, got one {type(data).__name__}")
+    if len(items) != count:
+        raise ValueError(f"{what} must hold {count} arrays for this model, got {len(items)}")
+    arrays = []
+    for item in items:
+        array = np.asarray(item)
+        if array.dtype == object or array.dtype.kind not in "biuf":
+            raise TypeError(f"{what} must hold numbers, got dtype {array.dtype}")
+        if array.ndim == 0:
+            raise ValueError(f"{what} must have a batch axis, got a scalar")
+        arrays.append(array)
+    return arrays
+
+
+def _check_lengths(xs, ys):
+    lengths = {len(a) for a in xs + (ys or [])}
+    if len(lengths) > 1:
+        x_lengths = [len(a) for a in xs]
+        y_lengths = [len(a) for a in ys or []]
+        raise ValueError(f"x and y must have the same number of samples, got x with {x_lengths} and y with {y_lengths}")
+    return lengths.pop()
+
+
+def _batches(count, batch_size, order=None):
+    """Slices (in order) or index arrays (shuffled) covering `count` samples."""
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        yield slice(start, stop) if order is None else order[start:stop]
+
+
+def _inputs_batch(xs, index):
+    return [np.asarray(x[index], dtype=backend.floatx()) for x in xs]
+
+
+class _RunningMeans:
+    """Sample-weighted means of the loss and metrics over the batches seen so far."""
+
+    def __init__(self):
+        self.totals, self.counts = {}, {}
+
+    def add(self, stats):
+        for name, (total, count) in stats.items():
+            self.totals[name] = self.totals.get(name, 0.0) + total
+            self.counts[name] = self.counts.get(name, 0) + count
+
+    def results(self):
+        return {name: self.totals[name] / self.counts[name] for name in self.totals if self.counts[name]}
+
+
+class Trainer:
+    """Holds the compiled loss, optimizer and metrics of one model and runs its loops."""
+
+    def __init__(self, model, optimizer, loss, metrics, loss_weights):
+        self.model = model
+        self.optimizer = optimizers.get(optimizer)
+        output_count = len(model.outputs) if model.built else 1
+        if isinstance(loss, (list, tuple)):
+            if len(loss) != output_count:
+                raise ValueError(f"loss must be one loss or a list of {output_count} (one per output), got {len(loss)}")
+            self.losses = [losses.get(item) for item in loss]
+        else:
+            self.losses = [None if loss is None else losses.get(loss)] * output_count
+        if loss_weights is None:
+            loss_weights = [1.0] * output_count
+        if len(loss_weights) != output_count:
+            raise ValueError(f"loss_weights must have one entry per output ({output_count}), got {len(loss_weights)}")
+        self.loss_weights = [float(w) for w in loss_weights]
+        if metrics is not None and not isinstance(metrics, (list, tuple)):
+            raise TypeError(f"metrics must be a list, got {type(metrics).__name__}")
+        self.metrics = [[metrics_module.get(m, loss) for m in metrics or []] for loss in self.losses]
+        prefixes = [""] if output_count == 1 else [f"{tensor.node.layer.name}_" for tensor in model.outputs]
+        self.metric_names = [[prefix + metric.name for metric in group] for prefix, group in zip(prefixes, self.metrics)]
+        self.output_loss_names = [] if output_count == 1 else [f"{prefix}loss" for prefix in prefixes]
+
+    # ----- data -----
+    def _standardize(self, x, y):
+        model = self.model
+        xs = _arrays(x, len(model.inputs) if model.built else 1, "x")
+        model._ensure_built(xs)
+        model._check_inputs(xs)
+        if self.losses[0] is None:
+            raise ValueError("compile the model with a loss before training or evaluating it")
+        ys = _arrays(y, len(model.outputs), "y")
+        _check_lengths(xs, ys)
+        for loss, y_array, tensor in zip(self.losses, ys, model.outputs):
+            if len(y_array) and None not in tensor.shape[1:]:
+                loss.prepare_targets(y_array[:1], (1,) + tensor.shape[1:], np.float32)  # shape check only
+        return xs, ys
+
+    # ----- one batch -----
+    def _losses_and_gradients(self, outputs, ys, contexts, with_gradients):
+        """Batch statistics and, when training, the loss gradient of each output."""
+        count = len(outputs[0])
+        stats, grads, preactivation_outputs, total = {}, [], [], 0.0
+        for j, (loss, y, output) in enumerate(zip(self.losses, ys, outputs)):
+            target = loss.prepare_targets(y, output.shape, output.dtype)
+            fused = None
+            if with_gradients:
+                logits = self.model._output_logits(contexts, j)
+                fused = logits and loss.fused(target, logits[1], logits[0])
+            if fused:
+                per_sample, grad = fused
+                preactivation_outputs.append(j)
+            else:
+                per_sample = loss.per_sample(target, output)
+                grad = loss.gradient(target, output) if with_gradients else None
+            weight = self.loss_weights[j]
+            if with_gradients:
+                grads.append(grad if weight == 1.0 else grad * grad.dtype.type(weight))
+            value = float(np.mean(per_sample))
+            total += weight * value
+            if self.output_loss_names:
+                stats[self.output_loss_names[j]] = (value * count, count)
+            for name, metric in zip(self.metric_names[j], self.metrics[j]):
+                values = metric.values(target, output)
+                stats[name] = (float(np.sum(values)), values.size)
+        return total, stats, grads, preactivation_outputs
+
+    def train_step(self, xs, ys):
+        model = self.model
+        outputs, contexts = model._forward(xs, training=True)
+        total, stats, grads, preactivation_outputs = self._losses_and_gradients(outputs, ys, contexts, True)
+        variables = model.trainable_weights
+        for variable in variables:
+            variable.grad = None
+        model._backward(contexts, grads, preactivation_outputs)
+        for variable in variables:
+            if variable.regularizer is not None:
+                total += variable.regularizer(variable.value)
+                variable.add_grad(variable.regularizer.gradient(variable.value))
+        self.optimizer.apply(variables)
+        for variable in variables:
+            variable.grad = None  # free the gradient arrays between steps
+        count = len(outputs[0])
+        return {"loss": (total * count, count), **stats}
+
+    def test_step(self, xs, ys):
+        outputs, _ = self.model._forward(xs, training=False)
+        total, stats, _, _ = self._losses_and_gradients(outputs, ys, None, False)
+        total += sum(v.regularizer(v.value) for v in self.model.trainable_weights if v.regularizer is not None)
+        count = len(outputs[0])
+        return {"loss": (total * count, count), **stats}
+
+    # ----- loops -----
+    def fit(self, x, y, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, initial_epoch=0):
+        verbose = _check_verbose(verbose)
+        batch_size = _check_positive_int(32 if batch_size is None else batch_size, "batch_size")
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        if not 0 <= validation_split < 1:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+        xs, ys = self._standardize(x, y)
+        count = len(xs[0])
+        validation = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (list, tuple)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a tuple (x_val, y_val)")
+            validation = self._standardize(*validation_data)
+        elif validation_split:
+            # Keras takes the last fraction of the samples, before any shuffling.
+            split = int(count * (1 - validation_split))
+            validation = ([a[split:] for a in xs], [a[split:] for a in ys])
+            xs, ys, count = [a[:split] for a in xs], [a[:split] for a in ys], split
+        if count == 0:
+            raise ValueError("fit needs at least one training sample")
+        steps = -(-count // batch_size)
+        model = self.model
+        callback_list = self._callbacks(callbacks, verbose, {"epochs": epochs, "steps": steps, "verbose": verbose},
+                                        with_history=True)
+        model.stop_training = False
+        callback_list.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            callback_list.on_epoch_begin(epoch)
+            order = backend.rng().permutation(count) if shuffle else None
+            means = _RunningMeans()
+            for step, index in enumerate(_batches(count, batch_size, order)):
+                callback_list.on_train_batch_begin(step)
+                means.add(self.train_step(_inputs_batch(xs, index), [y[index] for y in ys]))
+                callback_list.on_train_batch_end(step, means.results())
+                if model.stop_training:
+                    break
+            logs = means.results()
+            if validation is not None:
+                val_logs = self._evaluate_arrays(*validation, batch_size, None)
+                logs.update({f"val_{name}": value for name, value in val_logs.items()})
+            callback_list.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+        callback_list.on_train_end()
+        return model.history
+
+    def _callbacks(self, callbacks, verbose, params, with_history=False):
+        callbacks = list(callbacks or [])
+        if with_history:
+            callbacks.append(callbacks_module.History())
+        if verbose:
+            callbacks.append(callbacks_module.ProgbarLogger(verbose))
+        return callbacks_module.CallbackList(callbacks, self.model, params)
+
+    def _evaluate_arrays(self, xs, ys, batch_size, callback_list):
+        means = _RunningMeans()
+        for step, index in enumerate(_batches(len(xs[0]), batch_size)):
+            if callback_list:
+                callback_list.on_test_batch_begin(step)
+            means.add(self.test_step(_inputs_batch(xs, index), [y[index] for y in ys]))
+            if callback_list:
+                callback_list.on_test_batch_end(step, means.results())
+        return means.results()
+
+    def _result(self, logs, return_dict):
+        if return_dict:
+            return logs
+        if len(logs) == 1:
+            return logs["loss"]
+        return [logs["loss"]] + [value for name, value in logs.items() if name != "loss"]
+
+    def evaluate(self, x, y, batch_size=None, verbose="auto", callbacks=None, return_dict=False):
+        verbose = _check_verbose(verbose)
+        batch_size = _check_positive_int(32 if batch_size is None else batch_size, "batch_size")
+        xs, ys = self._standardize(x, y)
+        steps = -(-len(xs[0]) // batch_size)
+        callback_list = self._callbacks(callbacks, verbose, {"steps": steps, "verbose": verbose})
+        callback_list.on_test_begin()
+        logs = self._evaluate_arrays(xs, ys, batch_size, callback_list)
+        callback_list.on_test_end(logs)
+        return self._result(logs, return_dict)
+
+    def train_on_batch(self, x, y, return_dict=False):
+        xs, ys = self._standardize(x, y)
+        logs = _RunningMeans()
+        logs.add(self.train_step(_inputs_batch(xs, slice(None)), ys))
+        return self._result(logs.results(), return_dict)
+
+    def test_on_batch(self, x, y, return_dict=False):
+        xs, ys = self._standardize(x, y)
+        logs = _RunningMeans()
+        logs.add(self.test_step(_inputs_batch(xs, slice(None)), ys))
+        return self._result(logs.results(), return_dict)
+
+
+def predict(model, x, batch_size=None, verbose="auto", callbacks=None):
+    """Outputs for x in batches, concatenated (a list of arrays for a multi-output model)."""
+    verbose = _check_verbose(verbose)
+    batch_size = _check_positive_int(32 if batch_size is None else batch_size, "batch_size")
+    xs = _arrays(x, len(model.inputs) if model.built else 1, "x")
+    model._ensure_built(xs)
+    model._check_inputs(xs)
+    count = _check_lengths(xs, None)
+    callbacks = list(callbacks or [])
+    if verbose:
+        callbacks.append(callbacks_module.ProgbarLogger(verbose))
+    callback_list = callbacks_module.CallbackList(callbacks, model, {"steps": -(-count // batch_size), "verbose": verbose})
+    callback_list.on_predict_begin()
+    chunks = [[] for _ in model.outputs]
+    for step, index in enumerate(_batches(count, batch_size)):
+        callback_list.on_predict_batch_begin(step)
+        outputs, _ = model._forward(_inputs_batch(xs, index), training=False)
+        for chunk, output in zip(chunks, outputs):
+            chunk.append(output)
+        callback_list.on_predict_batch_end(step, {"outputs": outputs})
+    callback_list.on_predict_end()
+    results = [np.concatenate(chunk) if chunk else np.empty((0,) + tuple(t.shape[1:]), backend.floatx())
+               for chunk, t in zip(chunks, model.outputs)]
+    return results[0] if model._single_output else results
