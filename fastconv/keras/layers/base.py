@@ -38,7 +38,9 @@ def unique_name(base):
 
 
 def _snake_case(class_name):
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", class_name).lower()
+    """Keras' rule: MaxPooling2D -> max_pooling2d, Conv2D -> conv2d, InputLayer -> input_layer."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 class Variable:

@@ -1,0 +1,237 @@
+"""fastconv.keras layers: backward against finite differences, shapes, configs, both backends agree."""
+import numpy as np
+import pytest
+
+from fastconv import keras
+from fastconv.keras import backend, layers
+
+
+@pytest.fixture
+def float64_numpy():
+    """The NumPy backend in float64, so finite differences are accurate."""
+    old_backend, old_floatx = backend.get_backend(), backend.floatx()
+    backend.set_backend("numpy")
+    backend.set_floatx("float64")
+    yield
+    backend.set_backend(old_backend)
+    backend.set_floatx(old_floatx)
+
+
+@pytest.fixture
+def seeded():
+    keras.utils.set_random_seed(1234)
+
+
+def numeric_gradient(f, array, count=12, eps=1e-6, rng=None):
+    """Central differences of scalar f() with respect to `count` random entries of `array` (changed in place)."""
+    rng = rng or np.random.default_rng(0)
+    flat = array.reshape(-1)
+    picks = rng.choice(flat.size, size=min(count, flat.size), replace=False)
+    grads = []
+    for i in picks:
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        grads.append((up - down) / (2 * eps))
+    return picks, np.array(grads)
+
+
+def check_layer_gradients(layer, *input_shapes, training=False, tol=1e-6):
+    rng = np.random.default_rng(42)
+    inputs = [rng.standard_normal(shape) for shape in input_shapes]
+    multi = len(inputs) > 1
+    arg = inputs if multi else inputs[0]
+    layer(arg)  # builds
+    out, ctx = layer.forward(arg, training)
+    weight = rng.standard_normal(out.shape)
+
+    def objective():
+        return float(np.sum(layer.forward(arg, training)[0] * weight))
+
+    for variable in layer.weights:
+        variable.grad = None
+    input_grads = layer.backward(ctx, weight)
+    input_grads = input_grads if multi else [input_grads]
+    for x, dx in zip(inputs, input_grads):
+        assert dx.shape == x.shape
+        picks, numeric = numeric_gradient(objective, x)
+        np.testing.assert_allclose(dx.reshape(-1)[picks], numeric, rtol=tol, atol=tol)
+    for variable in layer.trainable_weights:
+        picks, numeric = numeric_gradient(objective, variable.value)
+        np.testing.assert_allclose(variable.grad.reshape(-1)[picks], numeric, rtol=tol, atol=tol,
+                                   err_msg=variable.name)
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu"])
+def test_dense_backward(float64_numpy, seeded, activation):
+    check_layer_gradients(layers.Dense(5, activation=activation, bias_initializer="random_normal"), (4, 3))
+
+
+def test_dense_on_3d_input_uses_last_axis(float64_numpy, seeded):
+    layer = layers.Dense(3)
+    assert layer(np.zeros((2, 4, 6))).shape == (2, 4, 3)
+    check_layer_gradients(layers.Dense(3), (2, 4, 6))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(padding="valid"), dict(padding="same", activation="relu"), dict(strides=2, padding="same"),
+    dict(strides=(2, 1), padding="valid", activation="tanh"), dict(dilation_rate=2, padding="same"),
+    dict(use_bias=False, activation="sigmoid"),
+])
+def test_conv2d_backward(float64_numpy, seeded, kwargs):
+    layer = layers.Conv2D(4, 3, bias_initializer="random_normal", **kwargs)
+    check_layer_gradients(layer, (2, 7, 6, 3))
+
+
+@pytest.mark.parametrize("layer_class", [layers.MaxPooling2D, layers.AveragePooling2D])
+@pytest.mark.parametrize("kwargs", [dict(), dict(pool_size=3, strides=2, padding="same"), dict(pool_size=(2, 3), strides=1)])
+def test_pooling_backward(float64_numpy, layer_class, kwargs):
+    check_layer_gradients(layer_class(**kwargs), (2, 7, 6, 3))
+
+
+@pytest.mark.parametrize("make_layer, shapes", [
+    (lambda: layers.GlobalAveragePooling2D(), [(2, 4, 5, 3)]),
+    (lambda: layers.GlobalAveragePooling2D(keepdims=True), [(2, 4, 5, 3)]),
+    (lambda: layers.Flatten(), [(2, 3, 4, 2)]),
+    (lambda: layers.Reshape((4, -1)), [(2, 3, 4, 2)]),
+    (lambda: layers.Activation("tanh"), [(3, 5)]),
+    (lambda: layers.Softmax(), [(3, 5)]),
+    (lambda: layers.ReLU(), [(3, 5)]),
+    (lambda: layers.ReLU(max_value=0.5, negative_slope=0.1), [(3, 5)]),
+    (lambda: layers.LeakyReLU(negative_slope=0.2), [(3, 5)]),
+    (lambda: layers.Add(), [(3, 4), (3, 4), (3, 4)]),
+    (lambda: layers.Concatenate(), [(3, 2, 4), (3, 2, 1)]),
+    (lambda: layers.Concatenate(axis=1), [(3, 2, 4), (3, 5, 4)]),
+])
+def test_weightless_layer_backward(float64_numpy, make_layer, shapes):
+    check_layer_gradients(make_layer(), *shapes)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_normalization_backward(float64_numpy, seeded, training):
+    layer = layers.BatchNormalization(gamma_initializer="random_normal", beta_initializer="random_normal")
+    check_layer_gradients(layer, (4, 3, 3, 5), training=training)
+
+
+def test_batch_normalization_statistics():
+    layer = layers.BatchNormalization()
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(64, 4)).astype(np.float32)
+    out = layer(x, training=True)
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(out.var(axis=0), 4 / (4 + 1e-3), rtol=1e-3)
+    np.testing.assert_allclose(layer.moving_mean.value, 0.01 * x.mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(layer.moving_variance.value, 0.99 + 0.01 * x.var(axis=0), rtol=1e-4)
+    inference = layer(x, training=False)  # uses the moving statistics: barely normalised yet
+    np.testing.assert_allclose(inference, (x - layer.moving_mean.value) / np.sqrt(layer.moving_variance.value + 1e-3),
+                               rtol=1e-4)
+    assert len(layer.trainable_weights) == 2 and len(layer.non_trainable_weights) == 2
+
+
+def test_dropout_scales_and_masks():
+    keras.utils.set_random_seed(0)
+    layer = layers.Dropout(0.25)
+    x = np.ones((200, 50), dtype=np.float32)
+    np.testing.assert_array_equal(layer(x), x)  # inference: identity
+    out, mask = layer.forward(x, training=True)
+    assert set(np.unique(out)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((out == 0).mean() - 0.25) < 0.02
+    grad = np.full_like(x, 2.0)
+    np.testing.assert_array_equal(layer.backward(mask, grad), 2 * out)
+
+
+def test_output_shapes_match_forward(seeded):
+    x = np.zeros((2, 9, 8, 3), np.float32)
+    for layer in [layers.Conv2D(5, 3, strides=2, padding="same"), layers.Conv2D(5, (3, 2), padding="valid"),
+                  layers.Conv2D(2, 3, dilation_rate=2), layers.MaxPool2D(3, 2, "same"), layers.AvgPool2D(2),
+                  layers.GlobalAveragePooling2D(), layers.Flatten(), layers.Reshape((-1, 3))]:
+        expected = layer.compute_output_shape((None,) + x.shape[1:])
+        assert (None,) + layer(x).shape[1:] == expected, layer
+
+
+def test_activation_names_are_case_insensitive_and_callables_accepted():
+    for name in ["ReLU", "RELU", "Sigmoid", "LINEAR", "Softmax", "TanH", "leaky_relu", None]:
+        layers.Dense(2, activation=name)
+    assert layers.Dense(2, activation=keras.activations.tanh).activation is keras.activations.tanh
+
+
+def test_both_backends_give_the_same_forward_and_backward(seeded):
+    model = keras.Sequential([
+        layers.Conv2D(4, 3, padding="same", activation="relu", input_shape=(8, 8, 2)),
+        layers.BatchNormalization(), layers.MaxPool2D(), layers.Conv2D(3, 3, activation="tanh"),
+        layers.AveragePooling2D(padding="same"), layers.Flatten(), layers.Dense(5, activation="softmax")])
+    model.compile(loss="categorical_crossentropy", optimizer="adam")
+    x = np.random.default_rng(1).standard_normal((6, 8, 8, 2)).astype(np.float32)
+    y = keras.utils.to_categorical(np.arange(6) % 5, 5)
+    start = model.get_weights()
+    results = {}
+    for name in ("fastconv", "numpy"):
+        backend.set_backend(name)
+        try:
+            model.set_weights(start)
+            model.compile(loss="categorical_crossentropy", optimizer="adam")
+            losses = [model.train_on_batch(x, y) for _ in range(3)]
+            results[name] = (losses, model.get_weights(), model.predict(x, verbose=0))
+        finally:
+            backend.set_backend("fastconv")
+    np.testing.assert_allclose(results["fastconv"][0], results["numpy"][0], rtol=1e-4)
+    for a, b in zip(results["fastconv"][1], results["numpy"][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(results["fastconv"][2], results["numpy"][2], rtol=1e-4, atol=1e-6)
+
+
+def test_backend_switch_validates_and_honours_environment(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backend.set_backend("torch")
+    monkeypatch.setenv("FASTCONV_BACKEND", "numpy")
+    try:
+        backend._backend_from_environment()
+        assert backend.get_backend() == "numpy"
+        assert backend.ops() is __import__("fastconv.reference").reference
+    finally:
+        backend.set_backend("fastconv")
+
+
+def test_layer_argument_errors():
+    with pytest.raises(ValueError, match="unknown activation 'relux'"):
+        layers.Dense(3, activation="relux")
+    with pytest.raises(ValueError, match="units must be a positive int"):
+        layers.Dense(0)
+    with pytest.raises(ValueError, match="padding must be 'valid' or 'same'"):
+        layers.Conv2D(3, 3, padding="full")
+    with pytest.raises(ValueError, match="unknown initializer"):
+        layers.Conv2D(3, 3, kernel_initializer="glorot_magic")
+    with pytest.raises(ValueError, match="unknown regularizer"):
+        layers.Dense(3, kernel_regularizer="l3")
+    with pytest.raises(ValueError, match="rate must be a number in"):
+        layers.Dropout(1.5)
+    with pytest.raises(ValueError, match="no known gradient"):
+        layers.Dense(3, activation=lambda x: x)
+
+
+def test_built_layer_rejects_wrong_input_shape():
+    layer = layers.Dense(3)
+    layer(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="layer 'dense.*' expects input axis -1 of size 4"):
+        layer(np.zeros((2, 5)))
+    conv = layers.Conv2D(2, 3)
+    conv(np.zeros((1, 5, 5, 3)))
+    with pytest.raises(ValueError, match="expects 4-D input"):
+        conv(np.zeros((5, 5, 3)))
+
+
+def test_initializers_have_keras_statistics():
+    keras.utils.set_random_seed(3)
+    shape = (3, 3, 64, 128)
+    fan_in, fan_out = 9 * 64, 9 * 128
+    checks = {"glorot_uniform": 2 / (fan_in + fan_out), "glorot_normal": 2 / (fan_in + fan_out),
+              "he_normal": 2 / fan_in, "he_uniform": 2 / fan_in}
+    for name, variance in checks.items():
+        values = keras.initializers.get(name)(shape)
+        assert values.dtype == np.float32
+        assert abs(values.var() / variance - 1) < 0.05, name
+    assert np.all(keras.initializers.get("zeros")((3,)) == 0)
+    assert np.all(keras.initializers.get("ones")((3,)) == 1)
+    assert abs(keras.initializers.get("random_normal")((10000,)).std() - 0.05) < 0.003
