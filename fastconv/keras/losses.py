@@ -19,7 +19,7 @@ def _log_softmax(z):
 
 
 def _format(shape):
-    return "(" + ", ".join(str(d) for d in shape) + ")"
+    return str(tuple(int(d) for d in shape))
 
 
 class Loss:

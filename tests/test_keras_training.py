@@ -1,0 +1,444 @@
+"""fastconv.keras training: losses, optimizers, the issue's code samples, learning, callbacks, progress output."""
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from fastconv import keras
+from fastconv.keras import backend, layers, losses, optimizers
+from fastconv.keras.models import Sequential
+from fastconv.keras.layers import Dense
+
+from test_keras_layers import float64_numpy, numeric_gradient  # noqa: F401  (fixture)
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# ----- losses -----
+def test_loss_values_match_hand_computation():
+    y = np.array([[0, 1, 0], [1, 0, 0]], np.float64)
+    p = np.array([[0.2, 0.7, 0.1], [0.5, 0.25, 0.25]])
+    np.testing.assert_allclose(losses.categorical_crossentropy(y, p), [-np.log(0.7), -np.log(0.5)])
+    np.testing.assert_allclose(losses.sparse_categorical_crossentropy([1, 0], p), [-np.log(0.7), -np.log(0.5)])
+    np.testing.assert_allclose(losses.mean_squared_error(y, p), ((y - p) ** 2).mean(axis=1))
+    np.testing.assert_allclose(losses.mae(y, p), np.abs(y - p).mean(axis=1))
+    yb, pb = np.array([[1.0], [0.0]]), np.array([[0.9], [0.3]])
+    np.testing.assert_allclose(losses.binary_crossentropy(yb, pb), [-np.log(0.9), -np.log(0.7)])
+    assert math.isclose(losses.CategoricalCrossentropy()(y, p), (-np.log(0.7) - np.log(0.5)) / 2)
+    z = np.array([[1.0, 2.0, 0.5]])
+    assert math.isclose(losses.CategoricalCrossentropy(from_logits=True)(np.array([[0, 0, 1.0]]), z),
+                        -np.log(softmax(z)[0, 2]))
+
+
+@pytest.mark.parametrize("loss, y, p", [
+    (losses.CategoricalCrossentropy(), [[0, 1, 0], [0.2, 0.3, 0.5]], [[0.2, 0.5, 0.3], [0.1, 0.6, 0.3]]),
+    (losses.CategoricalCrossentropy(from_logits=True), [[0, 1, 0], [1, 0, 0]], [[0.2, -1.5, 0.3], [2.0, 0.6, -0.3]]),
+    (losses.SparseCategoricalCrossentropy(), [1, 2], [[0.2, 0.5, 0.3], [0.1, 0.6, 0.3]]),
+    (losses.BinaryCrossentropy(), [[1, 0], [0, 1]], [[0.8, 0.3], [0.4, 0.1]]),
+    (losses.BinaryCrossentropy(from_logits=True), [[1, 0], [0, 1]], [[0.8, -0.3], [2.4, 0.1]]),
+    (losses.MeanSquaredError(), [[1, 0], [0, 1]], [[0.8, 0.3], [0.4, 0.1]]),
+    (losses.MeanAbsoluteError(), [[1, 0], [0, 1]], [[0.8, 0.3], [0.4, 0.1]]),
+])
+def test_loss_gradients_match_finite_differences(loss, y, p):
+    p = np.array(p, np.float64)
+    target = loss.prepare_targets(np.array(y), p.shape, p.dtype)
+    picks, numeric = numeric_gradient(lambda: float(np.mean(loss.per_sample(target, p))), p, count=p.size)
+    np.testing.assert_allclose(loss.gradient(target, p).reshape(-1)[picks], numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_fused_gradients_equal_the_chain_through_the_activation():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((4, 5))
+    y = keras.utils.to_categorical([0, 3, 2, 4], 5).astype(np.float64)
+    cce = losses.CategoricalCrossentropy()
+    values, grad = cce.fused(y, z, keras.activations.softmax)
+    p = softmax(z)
+    np.testing.assert_allclose(grad, (p - y) / 4, atol=1e-12)
+    chained = keras.activations.backward(keras.activations.softmax, cce.gradient(y, p), z, p)
+    np.testing.assert_allclose(grad, chained, atol=1e-9)
+    np.testing.assert_allclose(values, cce.per_sample(y, p), rtol=1e-9)
+    bce = losses.BinaryCrossentropy()
+    yb = (rng.random((4, 2)) > 0.5).astype(np.float64)
+    values, grad = bce.fused(yb, z[:, :2], keras.activations.sigmoid)
+    sig = 1 / (1 + np.exp(-z[:, :2]))
+    np.testing.assert_allclose(grad, (sig - yb) / 8, atol=1e-12)
+    # Stable for huge logits where the probability rounds to exactly 0 or 1.
+    values, grad = bce.fused(np.array([[0.0]]), np.array([[200.0]]), keras.activations.sigmoid)
+    assert np.isclose(values[0], 200.0) and np.isclose(grad[0, 0], 1.0)
+    assert cce.fused(y, z, keras.activations.relu) is None
+
+
+def test_categorical_crossentropy_on_one_sigmoid_unit_is_keras_like():
+    # Keras rescales predictions to sum to one: a single unit always predicts "1", the loss is ~0.
+    values = losses.categorical_crossentropy(np.array([[1.0], [0.0]]), np.array([[0.3], [0.8]]))
+    assert np.all(values < 1e-6)
+
+
+def test_label_shape_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"labels of shape \(2,\) do not fit model output of shape \(2, 3\).*sparse"):
+        losses.categorical_crossentropy(np.array([1, 2]), np.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match=r"integers in \[0, 3\)"):
+        losses.sparse_categorical_crossentropy(np.array([1, 3]), np.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match="unknown loss 'cross_entropy'"):
+        losses.get("cross_entropy")
+
+
+# ----- optimizers -----
+def _one_step(optimizer, w, g, steps=1):
+    from fastconv.keras.layers.base import Variable
+    variable = Variable("w", w.copy())
+    for _ in range(steps):
+        variable.grad = g.copy()
+        optimizer.apply([variable])
+    return variable.value
+
+
+W = np.array([0.5, -1.0, 2.0])
+G = np.array([0.1, -0.3, 0.5])
+
+
+def test_sgd_and_momentum_and_nesterov():
+    np.testing.assert_allclose(_one_step(optimizers.SGD(0.1), W, G), W - 0.1 * G)
+    v1 = -0.1 * G
+    v2 = 0.9 * v1 - 0.1 * G
+    np.testing.assert_allclose(_one_step(optimizers.SGD(lr=0.1, momentum=0.9), W, G, 2), W + v1 + v2)
+    nesterov = W + (0.9 * v1 - 0.1 * G) + (0.9 * v2 - 0.1 * G)
+    np.testing.assert_allclose(_one_step(optimizers.SGD(0.1, momentum=0.9, nesterov=True), W, G, 2), nesterov)
+
+
+def test_adam_rmsprop_adagrad_adadelta_one_step():
+    m, v = 0.1 * G, 0.001 * G * G
+    lr_t = 0.01 * math.sqrt(1 - 0.999) / (1 - 0.9)
+    np.testing.assert_allclose(_one_step(optimizers.Adam(0.01), W, G), W - lr_t * m / (np.sqrt(v) + 1e-7))
+    velocity = 0.1 * G * G
+    np.testing.assert_allclose(_one_step(optimizers.RMSprop(lr=0.01), W, G), W - 0.01 * G / np.sqrt(velocity + 1e-7))
+    accumulator = 0.1 + G * G
+    np.testing.assert_allclose(_one_step(optimizers.Adagrad(0.01), W, G), W - 0.01 * G / np.sqrt(accumulator + 1e-7))
+    accumulated = 0.05 * G * G
+    delta = -np.sqrt(1e-7) / np.sqrt(accumulated + 1e-7) * G
+    np.testing.assert_allclose(_one_step(optimizers.Adadelta(learning_rate=1.0), W, G), W + delta)
+    assert optimizers.get("adadelta").learning_rate == 0.001  # Keras 3 default
+
+
+def test_schedules_and_optimizer_lookup():
+    schedule = optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    assert math.isclose(schedule(20), 0.025)
+    stepped = optimizers.schedules.ExponentialDecay(0.1, 10, 0.5, staircase=True)
+    assert math.isclose(stepped(19), 0.05)
+    piecewise = optimizers.schedules.PiecewiseConstantDecay([5, 10], [1.0, 0.5, 0.1])
+    assert [piecewise(s) for s in (0, 5, 6, 10, 11)] == [1.0, 1.0, 0.5, 0.5, 0.1]
+    sgd = optimizers.SGD(learning_rate=schedule)
+    _one_step(sgd, W, G, steps=20)
+    assert math.isclose(sgd.learning_rate, 0.025)
+    assert isinstance(optimizers.get("Adam"), optimizers.Adam)
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw'"):
+        optimizers.get("adamw")
+
+
+# ----- the issue's code samples -----
+def test_sequential_sample_runs_and_learns(capsys):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    X = rng.random((100, 8))
+    Y = (X[:, :4].sum(axis=1) > X[:, 4:].sum(axis=1)).astype(np.float64)
+    model = Sequential()
+    model.add(Dense(12, input_dim=8, activation='relu'))
+    model.add(Dense(8, activation='relu'))
+    model.add(Dense(1, activation='sigmoid'))
+    model.compile(loss='binary_crossentropy', optimizer='adam', metrics=['accuracy'])
+    history = model.fit(X, Y, epochs=150, batch_size=10)
+    assert history.history["accuracy"][-1] > 0.9
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert "Epoch 150/150" in capsys.readouterr().out
+
+
+def test_functional_cnn_sample_runs(capsys):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x_train = rng.random((40, 64, 64, 1)).astype(np.float32)
+    y_train = (rng.random((40, 1)) > 0.5).astype(np.float32)
+    x_test, y_test = x_train[:10], y_train[:10]
+    inputs = keras.Input(shape=[64, 64, 1])
+    conv1 = keras.layers.Conv2D(filters=16, kernel_size=3, strides=(1, 1), padding="same", activation="relu")
+    maxPool1 = keras.layers.MaxPool2D(pool_size=(2, 2), strides=(2, 2), padding="valid")
+    conv2 = keras.layers.Conv2D(filters=32, kernel_size=3, strides=(1, 1), padding="same", activation="relu")
+    maxPool2 = keras.layers.MaxPool2D(pool_size=(2, 2), strides=(2, 2), padding="valid")
+    flatten = keras.layers.Flatten()
+    dense = keras.layers.Dense(units=100, activation="ReLU")
+    output = keras.layers.Dense(units=1, activation="sigmoid")
+    x = maxPool1(conv1(inputs)); x = maxPool2(conv2(x)); x = flatten(x); x = dense(x); outputs = output(x)  # noqa: E702
+    model = keras.Model(inputs=inputs, outputs=outputs)
+    loss = keras.losses.categorical_crossentropy
+    optimizer = keras.optimizers.SGD(lr=0.01, momentum=0.9)
+    model.compile(loss=loss, optimizer=optimizer)
+    model.fit(x_train, y_train, epochs=2, batch_size=32)
+    for i in range(0, 2):
+        x_batch, y_batch = x_train[i * 8:(i + 1) * 8], y_train[i * 8:(i + 1) * 8]
+        model.train_on_batch(x_batch, y_batch)
+    loss_and_metrics = model.evaluate(x_test, y_test, batch_size=128)
+    classes = model.predict(x_test, batch_size=128)
+    assert isinstance(loss_and_metrics, float) and loss_and_metrics < 1e-6
+    assert classes.shape == (10, 1) and np.all((classes > 0) & (classes < 1))
+    assert "Epoch 2/2" in capsys.readouterr().out
+
+
+# ----- learning -----
+def bars(count, rng, size=12):
+    """Images with one vertical (class 0) or horizontal (class 1) bar at a random place, plus noise."""
+    images = rng.random((count, size, size, 1)).astype(np.float32) * 0.3
+    labels = rng.integers(0, 2, count)
+    for image, label, place in zip(images, labels, rng.integers(1, size - 1, count)):
+        if label:
+            image[place, 2:-2] = 1.0
+        else:
+            image[2:-2, place] = 1.0
+    return (images * 255).astype(np.uint8), labels
+
+
+def test_small_cnn_learns_bars():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x_train, y_train = bars(512, rng)
+    x_test, y_test = bars(200, rng)
+    model = keras.Sequential([
+        layers.Reshape((12, 12, 1), input_shape=(12, 12, 1)),
+        layers.Conv2D(8, 3, activation="relu", padding="same"), layers.MaxPooling2D(),
+        layers.Conv2D(8, 3, activation="relu"), layers.GlobalAveragePooling2D(),
+        layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train / 255.0, y_train, epochs=6, batch_size=32, verbose=0)
+    loss, accuracy = model.evaluate(x_test / 255.0, y_test, verbose=0)
+    assert accuracy > 0.95, (loss, accuracy)
+
+
+def test_training_is_deterministic_with_a_seed():
+    rng = np.random.default_rng(5)
+    x, y = rng.random((64, 6, 6, 2)).astype(np.float32), rng.integers(0, 3, 64)
+
+    def run():
+        keras.utils.set_random_seed(7)
+        model = keras.Sequential([layers.Conv2D(4, 3, activation="relu", input_shape=(6, 6, 2)), layers.Flatten(),
+                                  layers.Dropout(0.3), layers.Dense(3, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        return model.get_weights()
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_functional_graph_gradients_with_shared_layers_and_merges(float64_numpy):  # noqa: F811
+    keras.utils.set_random_seed(2)
+    a, b = keras.Input(shape=(4,)), keras.Input(shape=(4,))
+    shared = layers.Dense(5, activation="tanh", bias_initializer="random_normal")
+    merged = layers.Add()([shared(a), shared(b)])
+    joined = layers.Concatenate()([merged, layers.Dense(3)(b)])
+    hidden = layers.BatchNormalization()(joined)
+    out_class = layers.Dense(3, activation="softmax", name="cls")(hidden)
+    out_value = layers.Dense(1, name="value")(hidden)
+    model = keras.Model(inputs=[a, b], outputs=[out_class, out_value])
+    model.compile(optimizer="sgd", loss=["categorical_crossentropy", "mse"], loss_weights=[1.0, 0.5])
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((6, 4)), rng.standard_normal((6, 4))]
+    ys = [keras.utils.to_categorical(rng.integers(0, 3, 6), 3), rng.standard_normal((6, 1))]
+    trainer = model._trainer
+
+    def total_loss():
+        outputs, contexts = model._forward(xs, training=True)
+        return trainer._losses_and_gradients(outputs, ys, contexts, False)[0]
+
+    outputs, contexts = model._forward(xs, training=True)
+    _, _, grads, fused = trainer._losses_and_gradients(outputs, ys, contexts, True)
+    assert fused == [0]  # the softmax output takes the fused gradient
+    for variable in model.weights:
+        variable.grad = None
+    model._backward(contexts, grads, fused)
+    for variable in model.trainable_weights:
+        picks, numeric = numeric_gradient(total_loss, variable.value, count=6)
+        np.testing.assert_allclose(variable.grad.reshape(-1)[picks], numeric, rtol=1e-5, atol=1e-8, err_msg=variable.name)
+    assert len(model.layers) == 9  # 2 inputs, shared dense once, add, dense, concat, bn, 2 heads
+    logs = model.evaluate(xs, ys, verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "cls_loss", "value_loss"}
+
+
+# ----- fit, callbacks, errors -----
+def small_model(**compile_kwargs):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([layers.Dense(8, activation="relu", input_shape=(4,)), layers.Dense(3, activation="softmax")])
+    model.compile(**{"optimizer": "adam", "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"],
+                     **compile_kwargs})
+    return model
+
+
+def small_data(count=60):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((count, 4))
+    return x, np.argmax(x[:, :3], axis=1)
+
+
+def test_fit_history_validation_and_evaluate_forms():
+    model = small_model()
+    x, y = small_data()
+    history = model.fit(x, y, epochs=3, batch_size=16, validation_split=0.25, verbose=0)
+    assert list(history.history) == ["loss", "accuracy", "val_loss", "val_accuracy"]
+    assert all(len(v) == 3 for v in history.history.values())
+    assert model.history is history
+    history = model.fit(x, y, epochs=2, validation_data=(x[:10], y[:10]), verbose=0, initial_epoch=1)
+    assert history.epoch == [1]
+    result = model.evaluate(x, y, verbose=0)
+    assert isinstance(result, list) and len(result) == 2
+    assert isinstance(model.train_on_batch(x[:8], y[:8]), list)
+    assert model.test_on_batch(x[:8], y[:8], return_dict=True).keys() == {"loss", "accuracy"}
+    assert model.predict_on_batch(x[:5]).shape == (5, 3)
+    np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1, rtol=1e-5)
+
+
+def test_callbacks(tmp_path):
+    model = small_model()
+    x, y = small_data()
+    seen = []
+    log_path = tmp_path / "log.csv"
+    lr_by_epoch = {0: 0.01, 1: 0.005, 2: 0.001}
+    history = model.fit(x, y, epochs=3, verbose=0, validation_split=0.2, callbacks=[
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch)),
+        keras.callbacks.CSVLogger(str(log_path)),
+        keras.callbacks.LearningRateScheduler(lambda epoch: lr_by_epoch[epoch]),
+        keras.callbacks.ModelCheckpoint(str(tmp_path / "m-{epoch:02d}-{val_loss:.2f}.keras")),
+    ])
+    assert seen == [0, 1, 2]
+    assert history.history["lr"] == [0.01, 0.005, 0.001]
+    rows = list(csv.DictReader(open(log_path)))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"] and "val_loss" in rows[0]
+    assert len(list(tmp_path.glob("m-0*-*.keras"))) == 3
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_early_stopping_restores_best_weights_and_reduce_lr():
+    model = small_model(optimizer=optimizers.SGD(0.0))  # no learning: the loss never improves
+    x, y = small_data()
+    stopper = keras.callbacks.EarlyStopping(monitor="loss", patience=2, restore_best_weights=True)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1)
+    model.optimizer.learning_rate = 0.0
+    history = model.fit(x, y, epochs=10, verbose=0, shuffle=False, callbacks=[stopper, plateau])
+    assert len(history.history["loss"]) == 3 and model.stop_training
+    assert stopper.best_weights is not None
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_terminate_on_nan():
+    model = small_model(optimizer=optimizers.SGD(1e30))
+    x, y = small_data()
+    history = model.fit(x * 1e10, y, epochs=5, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert len(history.history["loss"]) == 1
+
+
+def test_bad_calls_raise_clear_errors():
+    model = small_model()
+    x, y = small_data()
+    with pytest.raises(ValueError, match=r"input 0 of model .* must have shape \(None, 4\), got an array of shape \(60, 5\)"):
+        model.predict(np.zeros((60, 5)), verbose=0)
+    with pytest.raises(ValueError, match=r"same number of samples.*\[60\].*\[59\]"):
+        model.fit(x, y[:-1], verbose=0)
+    with pytest.raises(ValueError, match=r"labels of shape \(1, 2\) do not fit model output of shape \(1, 3\)"):
+        model.fit(x, np.zeros((60, 2)), verbose=0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        model.compile(optimizer="adam", loss="hinge_loss")
+    with pytest.raises(ValueError, match="unknown metric"):
+        model.compile(optimizer="adam", loss="mse", metrics=["f1"])
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        model.fit(x, y, batch_size=0, verbose=0)
+    with pytest.raises(RuntimeError, match="compile"):
+        Sequential([Dense(2, input_dim=3)]).fit(np.zeros((2, 3)), np.zeros((2, 2)))
+    a = keras.Input(shape=(3,))
+    with pytest.raises(ValueError, match="graph disconnected"):
+        keras.Model(inputs=a, outputs=Dense(2)(keras.Input(shape=(3,))))
+
+
+def test_lazy_sequential_builds_on_first_fit_and_counts_params(capsys):
+    model = keras.Sequential()
+    model.add(layers.Conv2D(4, 3, activation="relu"))
+    model.add(layers.BatchNormalization())
+    model.add(layers.Flatten())
+    model.add(layers.Dense(2, activation="softmax"))
+    with pytest.raises(ValueError, match="not been built"):
+        model.summary()
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["acc"])
+    x = np.random.default_rng(0).integers(0, 255, (8, 5, 5, 3), dtype=np.uint8)
+    history = model.fit(x, keras.utils.to_categorical(np.arange(8) % 2, 2), epochs=1, verbose=0)
+    assert "acc" in history.history
+    model.summary()
+    out = capsys.readouterr().out
+    assert "conv2d" in out and "(None, 3, 3, 4)" in out and "112" in out
+    assert f"Total params: {model.count_params():,}" in out
+    assert "Non-trainable params: 8" in out
+    assert model.count_params() == 112 + 16 + 74
+
+
+def test_regularizers_add_to_the_loss():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([layers.Dense(2, input_dim=3, kernel_regularizer=keras.regularizers.l2(0.1)),
+                              layers.Dense(1, kernel_regularizer="l2")])
+    model.compile(optimizer=optimizers.SGD(0.0), loss="mse")
+    x, y = np.zeros((4, 3)), np.zeros((4, 1))
+    kernel0, kernel1 = model.layers[0].kernel.value, model.layers[1].kernel.value
+    expected = 0.1 * np.sum(kernel0 ** 2) + 0.01 * np.sum(kernel1 ** 2)
+    assert math.isclose(model.evaluate(x, y, verbose=0), expected, rel_tol=1e-5)
+
+
+# ----- progress output -----
+def test_progress_output_by_verbosity(capsys):
+    model = small_model()
+    x, y = small_data(64)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=1)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "\r" not in out  # not a terminal: no redrawing
+    assert lines[0] == "Epoch 1/2" and lines[2] == "Epoch 2/2" and len(lines) == 4
+    assert lines[1].startswith("4/4 [==============================] - ") and "/step - loss: " in lines[1]
+    assert "accuracy: " in lines[1]
+    model.fit(x, y, epochs=2, batch_size=16, verbose=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[1].startswith("4/4 - ") and "loss: " in lines[1]
+    model.fit(x, y, epochs=2, verbose=0)
+    model.evaluate(x, y, verbose=0)
+    model.predict(x, verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_progbar_redraws_on_a_terminal(monkeypatch):
+    written = []
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+        def write(self, text):
+            written.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", Terminal())
+    bar = keras.utils.Progbar(3, interval=0.0)
+    for step in range(1, 4):
+        bar.update(step, [("loss", float(step))])
+    assert all(text.startswith("\r") for text in written) and written[-1].endswith("\n")
+    assert "ETA" in written[0] and "loss: 1.0000" in written[0]
+    assert "loss: 2.0000" in written[-1]  # non-stateful values are averaged over the steps
+
+
+def test_to_categorical():
+    np.testing.assert_array_equal(keras.utils.to_categorical([0, 2, 1]), np.eye(3)[[0, 2, 1]])
+    assert keras.utils.to_categorical(np.array([[1], [0]]), 4).shape == (2, 4)
+    with pytest.raises(ValueError, match="does not fit num_classes"):
+        keras.utils.to_categorical([5], 3)
+
+
+def test_datasets_are_reexported():
+    from fastconv import datasets
+    assert keras.datasets.mnist is datasets.mnist and keras.datasets.fashion_mnist is datasets.fashion_mnist
