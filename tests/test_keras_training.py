@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 from fastconv import keras
-from fastconv.keras import backend, layers, losses, optimizers
+from fastconv.keras import layers, losses, optimizers
 from fastconv.keras.models import Sequential
 from fastconv.keras.layers import Dense
 
-from test_keras_layers import float64_numpy, numeric_gradient  # noqa: F401  (fixture)
+import test_keras_layers
+
+float64_numpy = test_keras_layers.float64_numpy  # the fixture, shared
+numeric_gradient = test_keras_layers.numeric_gradient
 
 
 def softmax(z):
@@ -232,7 +235,7 @@ def test_training_is_deterministic_with_a_seed():
         np.testing.assert_array_equal(a, b)
 
 
-def test_functional_graph_gradients_with_shared_layers_and_merges(float64_numpy):  # noqa: F811
+def test_functional_graph_gradients_with_shared_layers_and_merges(float64_numpy):
     keras.utils.set_random_seed(2)
     a, b = keras.Input(shape=(4,)), keras.Input(shape=(4,))
     shared = layers.Dense(5, activation="tanh", bias_initializer="random_normal")

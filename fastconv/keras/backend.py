@@ -72,7 +72,10 @@ def rng():
 def _backend_from_environment():
     name = os.environ.get("FASTCONV_BACKEND")
     if name:
-        set_backend(name)
+        try:
+            set_backend(name)
+        except ValueError as error:
+            raise ValueError(f"environment variable FASTCONV_BACKEND: {error}") from None
 
 
 _backend_from_environment()

@@ -66,12 +66,12 @@ class History(Callback):
 
     def on_train_begin(self, logs=None):
         self.epoch, self.history = [], {}
+        self.model.history = self
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(value)
-        self.model.history = self
 
 
 class ProgbarLogger(Callback):
@@ -190,7 +190,11 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as error:
+            raise ValueError(f"ModelCheckpoint filepath {self.filepath!r} uses {error}, which is not in the logs "
+                             f"(available: epoch, {', '.join(logs)})") from None
         if self.save_best_only:
             current = logs.get(self.monitor)
             if current is None:

@@ -169,6 +169,10 @@ class Model:
                 grads[i] = g if grads[i] is None else grads[i] + g
 
     def __call__(self, inputs, training=False):
+        items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        if any(isinstance(x, KerasTensor) for x in items):
+            raise TypeError("calling a model on symbolic tensors (nesting models) is not supported; "
+                            "build one functional graph from the layers instead")
         xs = [np.asarray(x, dtype=backend.floatx()) for x in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
         self._ensure_built(xs)
         self._check_inputs(xs)

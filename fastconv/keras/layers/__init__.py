@@ -18,4 +18,8 @@ LAYER_CLASSES = {cls.__name__: cls for cls in (
     BatchNormalization, Activation, ReLU, LeakyReLU, Softmax, Add, Concatenate,
 )}
 
-__all__ = ["Input", "Layer"] + sorted(LAYER_CLASSES) + ["MaxPool2D", "AvgPool2D", "Convolution2D"]
+__all__ = [
+    "Activation", "Add", "AveragePooling2D", "AvgPool2D", "BatchNormalization", "Concatenate", "Conv2D",
+    "Convolution2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "Input", "InputLayer", "Layer",
+    "LeakyReLU", "MaxPool2D", "MaxPooling2D", "ReLU", "Reshape", "Softmax",
+]
