@@ -347,7 +347,7 @@ def test_bad_calls_raise_clear_errors():
         model.predict(np.zeros((60, 5)), verbose=0)
     with pytest.raises(ValueError, match=r"same number of samples.*\[60\].*\[59\]"):
         model.fit(x, y[:-1], verbose=0)
-    with pytest.raises(ValueError, match=r"labels of shape \(1, 2\) do not fit model output of shape \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"labels of shape \(60, 2\) do not fit model output of shape \(60, 3\)"):
         model.fit(x, np.zeros((60, 2)), verbose=0)
     with pytest.raises(ValueError, match="unknown loss"):
         model.compile(optimizer="adam", loss="hinge_loss")

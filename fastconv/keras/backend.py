@@ -37,11 +37,6 @@ def ops():
     return _BACKENDS[_backend_name]
 
 
-def supports_out():
-    """Whether the current backend's forward ops accept an `out=` buffer to write into."""
-    return _backend_name == "fastconv"
-
-
 def set_floatx(dtype):
     """Float type of weights and activations: "float32" (default) or "float64".
 

@@ -35,15 +35,19 @@ class Loss:
         y_pred = np.asarray(y_pred)
         return float(np.mean(self.per_sample(self.prepare_targets(y_true, y_pred.shape, y_pred.dtype), y_pred)))
 
+    def check_target_shape(self, y_shape, pred_shape):
+        """Raise a ValueError saying why labels of y_shape do not fit predictions of pred_shape."""
+        y_shape, pred_shape = tuple(y_shape), tuple(pred_shape)
+        # Labels (N,) for a one-unit output (N, 1) are accepted, as in Keras.
+        if y_shape != pred_shape and not (pred_shape[-1] == 1 and y_shape == pred_shape[:-1]):
+            raise ValueError(f"labels of shape {_format(y_shape)} do not fit model output of shape "
+                             f"{_format(pred_shape)} for loss {self.name!r}{self._shape_hint(y_shape, pred_shape)}")
+
     def prepare_targets(self, y_true, pred_shape, dtype):
         """y_true as an array of dtype shaped like the predictions, or a ValueError saying why it does not fit."""
         y = np.asarray(y_true)
-        if y.shape != tuple(pred_shape) and pred_shape[-1] == 1 and y.shape == tuple(pred_shape[:-1]):
-            y = y.reshape(pred_shape)  # labels (N,) for a one-unit output (N, 1)
-        if y.shape != tuple(pred_shape):
-            raise ValueError(f"labels of shape {_format(y.shape)} do not fit model output of shape "
-                             f"{_format(pred_shape)} for loss {self.name!r}{self._shape_hint(y.shape, pred_shape)}")
-        return y.astype(dtype, copy=False)
+        self.check_target_shape(y.shape, pred_shape)
+        return y.reshape(pred_shape).astype(dtype, copy=False)
 
     def _shape_hint(self, y_shape, pred_shape):
         return ""
@@ -126,15 +130,18 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
     def __init__(self, from_logits=False, **kwargs):
         super().__init__(from_logits=from_logits, **kwargs)
 
-    def prepare_targets(self, y_true, pred_shape, dtype):
-        y = np.asarray(y_true)
-        classes = pred_shape[-1]
-        if y.shape == tuple(pred_shape[:-1]) + (1,) and classes != 1:
-            y = y.reshape(pred_shape[:-1])
-        if y.shape != tuple(pred_shape[:-1]):
-            raise ValueError(f"labels of shape {_format(y.shape)} do not fit model output of shape "
+    def check_target_shape(self, y_shape, pred_shape):
+        y_shape, pred_shape = tuple(y_shape), tuple(pred_shape)
+        if y_shape not in (pred_shape[:-1], pred_shape[:-1] + (1,)):
+            raise ValueError(f"labels of shape {_format(y_shape)} do not fit model output of shape "
                              f"{_format(pred_shape)} for loss {self.name!r}: expected integer labels of shape "
                              f"{_format(pred_shape[:-1])}")
+
+    def prepare_targets(self, y_true, pred_shape, dtype):
+        y = np.asarray(y_true)
+        self.check_target_shape(y.shape, pred_shape)
+        classes = pred_shape[-1]
+        y = y.reshape(pred_shape[:-1])
         labels = y.astype(np.int64)
         if y.size and (np.any(labels != y) or labels.min() < 0 or labels.max() >= classes):
             raise ValueError(f"labels for {self.name!r} must be integers in [0, {classes}), "

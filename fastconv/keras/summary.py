@@ -45,4 +45,3 @@ def print_summary(model, line_length=None, print_fn=None):
     print_fn(f"Trainable params: {trainable:,}")
     print_fn(f"Non-trainable params: {total - trainable:,}")
     print_fn("_" * total_width)
-

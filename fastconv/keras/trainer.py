@@ -116,8 +116,8 @@ class Trainer:
         ys = _arrays(y, len(model.outputs), "y")
         _check_lengths(xs, ys)
         for loss, y_array, tensor in zip(self.losses, ys, model.outputs):
-            if len(y_array) and None not in tensor.shape[1:]:
-                loss.prepare_targets(y_array[:1], (1,) + tensor.shape[1:], np.float32)  # shape check only
+            if None not in tensor.shape[1:]:
+                loss.check_target_shape(y_array.shape, (len(y_array),) + tensor.shape[1:])
         return xs, ys
 
     # ----- one batch -----
