@@ -18,16 +18,18 @@ from setuptools.errors import CCompilerError, CompileError, LinkError
 
 PORTABLE_SOURCES = [
     "csrc/dispatch.c",
+    "csrc/workspace.c",
     "csrc/gemm/gemm.c",
     "csrc/gemm/ukr_generic_4x16.c",
     "csrc/conv/conv.c",
+    "csrc/conv/direct.c",  # also in ISA_SOURCES: one source, one compile (and kernel table) per set
     "csrc/pool/pool.c",
 ]
 
 # Files compiled once more with an instruction set's flags: {isa: (sources, flags)}.
 ISA_SOURCES = {
-    "avx2": (["csrc/gemm/ukr_avx2_6x16.c"], ["-mavx2", "-mfma"]),
-    "avx512": (["csrc/gemm/ukr_avx512_14x32.c"], ["-mavx512f", "-mavx2", "-mfma"]),
+    "avx2": (["csrc/gemm/ukr_avx2_6x16.c", "csrc/conv/direct.c"], ["-mavx2", "-mfma"]),
+    "avx512": (["csrc/gemm/ukr_avx512_14x32.c", "csrc/conv/direct.c"], ["-mavx512f", "-mavx2", "-mfma"]),
 }
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
@@ -61,9 +63,9 @@ class BuildExt(build_ext):
             ext.extra_compile_args = flags
             ext.extra_link_args = openmp + (SANITIZE_FLAGS if SANITIZE else [])
             if IS_X86_64:
-                for sources, isa_flags in ISA_SOURCES.values():
-                    ext.extra_objects += self.compiler.compile(
-                        sources, output_dir=self.build_temp, include_dirs=ext.include_dirs,
+                for isa, (sources, isa_flags) in ISA_SOURCES.items():
+                    ext.extra_objects += self.compiler.compile(  # one folder per set: same source names
+                        sources, output_dir=os.path.join(self.build_temp, isa), include_dirs=ext.include_dirs,
                         extra_postargs=flags + isa_flags, depends=ext.depends)
         super().build_extensions()
 
@@ -72,7 +74,7 @@ extension = Extension(
     "fastconv._C",
     sources=["fastconv/_C.pyx"] + PORTABLE_SOURCES,
     include_dirs=["csrc"],
-    depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h"],
+    depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/conv/direct.h", "csrc/workspace.h"],
 )
 
 setup(

@@ -26,6 +26,17 @@ static const fc_gemm_kernel *gemm_kernel_for(enum isa isa)
     }
 }
 
+static const fc_conv_direct_kernels *conv_direct_for(enum isa isa)
+{
+    switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case ISA_AVX512: return &fc_conv_direct_avx512;
+    case ISA_AVX2: return &fc_conv_direct_avx2;
+#endif
+    default: return &fc_conv_direct_generic;
+    }
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 
@@ -102,6 +113,8 @@ int fc_set_isa(const char *name)
 const fc_gemm_kernel *fc_active_gemm_kernel(void) { return gemm_kernel_for(current_isa()); }
 
 const char *fc_gemm_kernel_name(void) { return fc_active_gemm_kernel()->name; }
+
+const fc_conv_direct_kernels *fc_active_conv_direct(void) { return conv_direct_for(current_isa()); }
 
 const char *fc_compiler(void)
 {

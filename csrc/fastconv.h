@@ -30,14 +30,21 @@ typedef struct {
     int64_t oh, ow;
 } fc_conv_shape;
 
+/* Algorithms: FC_CONV_AUTO picks per shape (direct for 1..4 input channels, im2col + GEMM for the
+ * rest, 1x1 stride-1 unpadded as one plain GEMM); the others force one. */
+enum { FC_CONV_AUTO = 0, FC_CONV_IM2COL = 1, FC_CONV_DIRECT = 2 };
+int fc_conv2d_algorithm(const fc_conv_shape *s, int algo);  /* the one `algo` resolves to */
+const char *fc_conv_direct_kernel_name(void);
+
 /* y (n, oh, ow, cout) = conv(x, w) + bias, then relu if asked; bias may be NULL. */
-void fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
+void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
                        int relu, float *y);
 /* Gradients of the conv without activation; any of dx, dw, db may be NULL to skip it. */
-void fc_conv2d_backward(const fc_conv_shape *s, const float *dy, const float *x, const float *w,
+void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
                         float *dx, float *dw, float *db);
-/* Size in floats of the largest scratch buffer a conv call allocates (for the docstrings/tests). */
-int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int backward);
+/* Peak floats of scratch a conv call uses (call-level buffers plus one set per thread, at the thread
+ * count it would use now). The buffers are cached per thread and reused by later calls. */
+int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward);
 
 /* ---- pooling: NHWC ---- */
 typedef struct {

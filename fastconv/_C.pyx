@@ -24,11 +24,13 @@ cdef extern from "fastconv.h" nogil:
         int64_t n, h, w, cin, kh, kw, cout
         int64_t stride_h, stride_w, dilation_h, dilation_w
         int64_t pad_top, pad_left, oh, ow
-    void fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
+    int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
+    const char *fc_conv_direct_kernel_name()
+    void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
                            int relu, float *y)
-    void fc_conv2d_backward(const fc_conv_shape *s, const float *dy, const float *x, const float *w,
+    void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
                             float *dx, float *dw, float *db)
-    int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int backward)
+    int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
 
     ctypedef struct fc_pool_shape:
         int64_t n, h, w, c, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, oh, ow
@@ -101,26 +103,36 @@ cdef fc_pool_shape pool_shape(g):
     return s
 
 
-def conv2d_forward(g, const float[::1] x, const float[::1] w, const float[::1] bias, bint relu, float[::1] y):
+def conv_direct_kernel_name():
+    return fc_conv_direct_kernel_name().decode()
+
+
+def conv2d_algorithm(g, int algo):
+    """The algorithm `algo` (0 auto, 1 im2col, 2 direct) resolves to for this shape: 1 or 2."""
+    cdef fc_conv_shape s = conv_shape(g)
+    return fc_conv2d_algorithm(&s, algo)
+
+
+def conv2d_forward(g, int algo, const float[::1] x, const float[::1] w, const float[::1] bias, bint relu, float[::1] y):
     cdef fc_conv_shape s = conv_shape(g)
     cdef const float *bias_ptr = optional(bias)
     with nogil:
-        fc_conv2d_forward(&s, &x[0], &w[0], bias_ptr, relu, &y[0])
+        fc_conv2d_forward(&s, algo, &x[0], &w[0], bias_ptr, relu, &y[0])
 
 
-def conv2d_backward(g, const float[::1] dy, const float[::1] x, const float[::1] w,
+def conv2d_backward(g, int algo, const float[::1] dy, const float[::1] x, const float[::1] w,
                     float[::1] dx, float[::1] dw, float[::1] db):
     cdef fc_conv_shape s = conv_shape(g)
     cdef float *dx_ptr = NULL if dx is None else &dx[0]
     cdef float *dw_ptr = NULL if dw is None else &dw[0]
     cdef float *db_ptr = NULL if db is None else &db[0]
     with nogil:
-        fc_conv2d_backward(&s, &dy[0], &x[0], &w[0], dx_ptr, dw_ptr, db_ptr)
+        fc_conv2d_backward(&s, algo, &dy[0], &x[0], &w[0], dx_ptr, dw_ptr, db_ptr)
 
 
-def conv2d_workspace_bytes(g, bint backward):
+def conv2d_workspace_bytes(g, int algo, bint backward):
     cdef fc_conv_shape s = conv_shape(g)
-    return 4 * fc_conv2d_workspace_floats(&s, backward)
+    return 4 * fc_conv2d_workspace_floats(&s, algo, backward)
 
 
 def maxpool2d_forward(g, const float[::1] x, float[::1] y):

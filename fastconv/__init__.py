@@ -9,7 +9,8 @@ import warnings
 
 from fastconv import _C
 from fastconv.ops import (
-    avgpool2d, avgpool2d_backward, conv2d, conv2d_backward, conv2d_workspace_bytes, gemm,
+    CONV_ALGORITHMS, avgpool2d, avgpool2d_backward, conv2d, conv2d_algorithm, conv2d_backward,
+    conv2d_workspace_bytes, gemm,
     get_num_threads, global_avgpool2d, global_avgpool2d_backward, maxpool2d, maxpool2d_backward,
     set_num_threads,
 )
@@ -46,7 +47,9 @@ def config():
         "isas_available": available_isas(),
         "kernels": {
             "gemm": _C.gemm_kernel_name(),
-            "conv2d": f"im2col+gemm ({_C.gemm_kernel_name()}), 1x1: gemm",
+            "conv2d": (f"{os.environ.get('FASTCONV_CONV_ALGO', 'auto')}: {_C.conv_direct_kernel_name()} for "
+                       f"cin<=4, else im2col+gemm ({_C.gemm_kernel_name()}), 1x1: gemm"),
+            "conv2d_direct": _C.conv_direct_kernel_name(),
             "maxpool2d": f"direct nhwc ({isa})",
             "avgpool2d": f"direct nhwc ({isa})",
         },

@@ -6,6 +6,7 @@ and copied), and hands pointers and sizes to the C kernels with the GIL released
 empty (or zero) results of the right shape without entering C.
 """
 import operator
+import os
 
 import numpy as np
 
@@ -15,8 +16,21 @@ from fastconv._args import as_float_array, check_shape, checked_product, conv_ge
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
-    "get_num_threads", "conv2d_workspace_bytes",
+    "get_num_threads", "conv2d_workspace_bytes", "conv2d_algorithm", "CONV_ALGORITHMS",
 ]
+
+# conv2d algorithms: "auto" picks per shape, the others force one (see conv2d). Codes as in fastconv.h.
+CONV_ALGORITHMS = {"auto": 0, "im2col": 1, "direct": 2}
+
+
+def _conv_algorithm(algorithm):
+    """The C code of `algorithm`; None means $FASTCONV_CONV_ALGO, or "auto" when that is unset."""
+    source = "algorithm"
+    if algorithm is None:
+        algorithm, source = os.environ.get("FASTCONV_CONV_ALGO", "auto"), "FASTCONV_CONV_ALGO"
+    if not isinstance(algorithm, str) or algorithm.lower() not in CONV_ALGORITHMS:
+        raise ValueError(f"{source} must be one of {', '.join(CONV_ALGORITHMS)}, got {algorithm!r}")
+    return CONV_ALGORITHMS[algorithm.lower()]
 
 
 def _flat(arr):
@@ -86,18 +100,28 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
     return out
 
 
-def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activation=None, out=None):
+def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activation=None, out=None,
+           algorithm=None):
     """2-D cross-correlation of NHWC x (N, H, W, Cin) with w (kh, kw, Cin, Cout), as Keras computes it.
 
     padding: "valid", "same" (TensorFlow/Keras: output = ceil(input / stride), any odd extra pad at
     the bottom/right), an int, or ((top, bottom), (left, right)). b (Cout,) and activation="relu" are
     fused into the output write. Returns (N, OH, OW, Cout) float32, written into `out` if given.
-    Extra memory: one im2col block per thread, see `conv2d_workspace_bytes`.
+
+    algorithm: "auto" (default) uses the direct kernel (vectorised over Cout, weights in registers)
+    for 1..4 input channels, im2col + GEMM otherwise, and one plain GEMM for a 1x1 stride-1 unpadded
+    conv; "direct" or "im2col" forces one for any shape. None reads $FASTCONV_CONV_ALGO (same values).
+    `conv2d_algorithm` tells which one a shape gets.
+
+    Extra memory (scratch cached per thread and reused by later calls, freed at thread exit): direct,
+    the packed weights (Cout rounded up to the vector block x (kh*kw*Cin + 1) floats); im2col, one
+    block of about 256 KiB of patches per thread. `conv2d_workspace_bytes` gives the exact peak.
     """
     x32 = as_float_array(x, "x", ndim=4)
     w32 = as_float_array(w, "w", ndim=4)
     g = conv_geometry(x32.shape, w32.shape, strides, padding, dilation_rate)
     relu = _check_activation(activation)
+    algo = _conv_algorithm(algorithm)
     b32 = _bias(b, g.cout)
     if out is None:
         out = np.empty(g.out_shape, dtype=np.float32)
@@ -109,36 +133,54 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
         out[...] = reference.conv2d(x32, w32, b32, strides=strides, padding=padding,
                                     dilation_rate=dilation_rate, activation="relu" if relu else None)
         return out
-    _C.conv2d_forward(g, _flat(x32), _flat(w32), _flat(b32), relu, _flat(out))
+    _C.conv2d_forward(g, algo, _flat(x32), _flat(w32), _flat(b32), relu, _flat(out))
     return out
 
 
-def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1):
+def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, need_dx=True, algorithm=None):
     """Gradients (dx, dw, db) of conv2d without activation, given dy = dLoss/dOutput.
 
+    need_dx=False skips the input gradient and returns None for dx (a model's first layer does not
+    need it). algorithm as in conv2d: it chooses how dw and db are computed (direct kernel or im2col +
+    GEMM); dx is dy @ w^T scattered back (col2im) either way.
     Deterministic: dw and db are reduced over the batch in a fixed order for any thread count.
+    Extra memory: a fixed number (at most 16) of partial dw/db sums, plus per thread one block of
+    patches for dw and one for dx (about 1024 output pixels each); see `conv2d_workspace_bytes`.
     """
     x32 = as_float_array(x, "x", ndim=4)
     w32 = as_float_array(w, "w", ndim=4)
     g = conv_geometry(x32.shape, w32.shape, strides, padding, dilation_rate)
+    algo = _conv_algorithm(algorithm)
     dy32 = as_float_array(dy, "dy", ndim=4)
     check_shape(dy32, g.out_shape, "dy")
-    dx = np.empty(x32.shape, dtype=np.float32)
+    dx = np.empty(x32.shape, dtype=np.float32) if need_dx else None
     dw = np.empty(w32.shape, dtype=np.float32)
     db = np.empty((g.cout,), dtype=np.float32)
     if dy32.size == 0 or x32.size == 0:
-        dx[...] = 0.0
+        if dx is not None:
+            dx[...] = 0.0
         dw[...] = 0.0
         db[...] = dy32.sum(axis=(0, 1, 2)) if dy32.size else 0.0
         return dx, dw, db
-    _C.conv2d_backward(g, _flat(dy32), _flat(x32), _flat(w32), _flat(dx), _flat(dw), _flat(db))
+    _C.conv2d_backward(g, algo, _flat(dy32), _flat(x32), _flat(w32), _flat(dx), _flat(dw), _flat(db))
     return dx, dw, db
 
 
-def conv2d_workspace_bytes(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, backward=False):
-    """Peak scratch memory, in bytes, that one conv2d (or conv2d_backward) call allocates per thread."""
+def conv2d_algorithm(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
+    """The algorithm conv2d uses for these shapes: "direct", "im2col" or "gemm" (1x1 as one GEMM)."""
     g = conv_geometry(x_shape, w_shape, strides, padding, dilation_rate)
-    return _C.conv2d_workspace_bytes(g, backward)
+    if _C.conv2d_algorithm(g, _conv_algorithm(algorithm)) == CONV_ALGORITHMS["direct"]:
+        return "direct"
+    pointwise = (g.kh, g.kw, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.oh, g.ow) == (1, 1, 1, 1, 0, 0, g.h, g.w)
+    return "gemm" if pointwise else "im2col"
+
+
+def conv2d_workspace_bytes(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, backward=False,
+                           algorithm=None):
+    """Peak scratch memory, in bytes, of one conv2d (or conv2d_backward) call: the call's own buffers
+    plus one set per thread at the current thread count. The buffers are cached per thread."""
+    g = conv_geometry(x_shape, w_shape, strides, padding, dilation_rate)
+    return _C.conv2d_workspace_bytes(g, _conv_algorithm(algorithm), backward)
 
 
 def _pool_forward(kernel, x, pool_size, strides, padding, out):

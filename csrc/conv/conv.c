@@ -1,5 +1,8 @@
-/* 2-D convolution as im2col + GEMM, one block of output pixels at a time.
+/* 2-D convolution: the loops, threading and workspaces of both algorithms.
  *
+ * Direct (few input channels, csrc/conv/direct.c): weights packed once per call into blocks of
+ * output channels, output rows split over the threads; the weight gradient uses the same fixed
+ * partial sums as below. im2col + GEMM, one block of output pixels at a time (the rest):
  * Forward: each thread gathers the patches of a block of output rows into its own small buffer (so
  * the patches are still in cache when the GEMM reads them) and multiplies it by the kernel, with the
  * bias and ReLU fused into the GEMM's write-back. A 1x1, stride-1, unpadded conv is one plain GEMM.
@@ -11,6 +14,8 @@
 
 #include "../fastconv.h"
 #include "../dispatch.h"
+#include "../workspace.h"
+#include "direct.h"
 
 enum {
     FORWARD_BLOCK_FLOATS = 65536,   /* im2col block of the forward pass: 256 KiB, stays in L2 */
@@ -20,14 +25,6 @@ enum {
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
-static float *alloc_floats(int64_t count)
-{
-    size_t bytes = ((size_t)count * sizeof(float) + 63) & ~(size_t)63;
-    float *p = aligned_alloc(64, bytes ? bytes : 64);
-    if (!p) abort();
-    return p;
-}
 
 static int64_t patch_size(const fc_conv_shape *s) { return s->kh * s->kw * s->cin; }
 
@@ -79,6 +76,15 @@ static int is_pointwise(const fc_conv_shape *s)
            s->pad_left == 0 && s->oh == s->h && s->ow == s->w;
 }
 
+int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
+{
+    if (algo == FC_CONV_IM2COL || algo == FC_CONV_DIRECT) return algo;
+    /* With 1..4 input channels the GEMM's K (kh*kw*cin) is too short to pay for the im2col copy. */
+    return s->cin <= 4 && !is_pointwise(s) ? FC_CONV_DIRECT : FC_CONV_IM2COL;
+}
+
+const char *fc_conv_direct_kernel_name(void) { return fc_active_conv_direct()->name; }
+
 static int64_t forward_block_rows(const fc_conv_shape *s)
 {
     return max64(16, FORWARD_BLOCK_FLOATS / patch_size(s));
@@ -89,20 +95,72 @@ static int64_t backward_block_images(const fc_conv_shape *s)
     return max64(1, BACKWARD_BLOCK_ROWS / (s->oh * s->ow));
 }
 
-int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int backward)
+/* Floats of the direct kernels' packed weights (plus bias) and of one packed dw (plus db). */
+static int64_t direct_packed_floats(const fc_conv_shape *s, int block)
 {
-    const int64_t k = patch_size(s);
-    if (!backward) return is_pointwise(s) ? 0 : forward_block_rows(s) * k;
-    const int64_t block_rows = backward_block_images(s) * s->oh * s->ow;
-    return 2 * block_rows * k + MAX_PARTIAL_SUMS * (k * s->cout + s->cout);
+    const int64_t cblocks = (s->cout + block - 1) / block;
+    return cblocks * block * (patch_size(s) + 1);
 }
 
-void fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
+static double forward_flops(const fc_conv_shape *s)
+{
+    return 2.0 * s->n * s->oh * s->ow * patch_size(s) * s->cout;
+}
+
+int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
+{
+    const int64_t k = patch_size(s);
+    const int direct = fc_conv2d_algorithm(s, algo) == FC_CONV_DIRECT;
+    const int block = fc_active_conv_direct()->block;
+    if (!backward) {
+        const int threads = fc_threads_for_work(forward_flops(s));
+        if (direct) return direct_packed_floats(s, block);
+        return is_pointwise(s) ? 0 : threads * forward_block_rows(s) * k;
+    }
+    const int threads = fc_threads_for_work(3 * forward_flops(s));
+    const int64_t block_rows = backward_block_images(s) * s->oh * s->ow;
+    const int64_t blocks = (s->n + backward_block_images(s) - 1) / backward_block_images(s);
+    const int64_t partials = min64(blocks, MAX_PARTIAL_SUMS);
+    const int64_t per_thread = block_rows * k + (direct ? s->ow * direct_packed_floats(s, block) / (k + 1) : block_rows * k);
+    const int64_t shared = partials * (direct ? direct_packed_floats(s, block) : k * s->cout + s->cout);
+    return shared + threads * per_thread;
+}
+
+static void direct_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
+                           int relu, float *y)
+{
+    const fc_conv_direct_kernels *dk = fc_active_conv_direct();
+    const int64_t block = dk->block, cblocks = (s->cout + block - 1) / block, taps_cin = patch_size(s);
+    float *wp = fc_scratch(FC_SCRATCH_CALL, direct_packed_floats(s, dk->block));
+    float *bp = wp + cblocks * taps_cin * block;
+    for (int64_t cb = 0; cb < cblocks; cb++) {
+        const int64_t co = cb * block, n = min64(block, s->cout - co);
+        for (int64_t t = 0; t < taps_cin; t++) {
+            float *dst = wp + (cb * taps_cin + t) * block;
+            memcpy(dst, w + t * s->cout + co, sizeof(float) * (size_t)n);
+            memset(dst + n, 0, sizeof(float) * (size_t)(block - n));
+        }
+        for (int64_t c = 0; c < block; c++) bp[co + c] = bias && c < n ? bias[co + c] : 0.0f;
+    }
+    const int64_t rows = s->n * s->oh;
+    const int threads = fc_threads_for_work(forward_flops(s));
+    /* About 4096 output pixels per task: small enough to balance, large enough to amortise. */
+    const int64_t chunk = max64(1, 4096 / s->ow), chunks = (rows + chunk - 1) / chunk;
+    #pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
+    for (int64_t t = 0; t < chunks; t++)
+        dk->forward(s, x, wp, bp, relu, y, t * chunk, min64(chunk, rows - t * chunk));
+}
+
+void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
                        int relu, float *y)
 {
+    if (fc_conv2d_algorithm(s, algo) == FC_CONV_DIRECT) {
+        direct_forward(s, x, w, bias, relu, y);
+        return;
+    }
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
     const int64_t rows = s->n * s->oh * s->ow, k = patch_size(s);
-    const int threads = fc_threads_for_work(2.0 * rows * k * s->cout);
+    const int threads = fc_threads_for_work(forward_flops(s));
     fc_gemm_problem p = {
         .m = rows, .n = s->cout, .k = k, .a = x, .a_rs = k, .a_cs = 1, .b = w, .b_rs = s->cout, .b_cs = 1,
         .c = y, .ldc = s->cout, .alpha = 1.0f, .beta = 0.0f, .bias = bias, .relu = relu,
@@ -114,7 +172,7 @@ void fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *w, c
     const int64_t block = forward_block_rows(s), blocks = (rows + block - 1) / block;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *cols = alloc_floats(block * k);
+        float *cols = fc_scratch(FC_SCRATCH_A, block * k);
         fc_gemm_problem part = p;
         part.a = cols;
         #pragma omp for schedule(dynamic)
@@ -125,48 +183,60 @@ void fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *w, c
             im2col_rows(s, x, row0, part.m, cols);
             fc_gemm_run(kernel, &part, 1);
         }
-        free(cols);
     }
 }
 
-void fc_conv2d_backward(const fc_conv_shape *s, const float *dy, const float *x, const float *w,
+void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
                         float *dx, float *dw, float *db)
 {
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
+    const fc_conv_direct_kernels *dk = fc_active_conv_direct();
+    const int direct = fc_conv2d_algorithm(s, algo) == FC_CONV_DIRECT;
     const int64_t k = patch_size(s), pixels = s->oh * s->ow;
     const int64_t images_per_block = backward_block_images(s);
     const int64_t blocks = (s->n + images_per_block - 1) / images_per_block;
-    /* Each partial sum owns blocks b, b + partials, b + 2*partials, ... in that order. */
+    /* Each partial sum owns blocks b, b + partials, b + 2*partials, ... in that order. In the direct
+     * layout a partial is the packed dw followed by the packed db (direct.h). */
     const int64_t partials = min64(blocks, MAX_PARTIAL_SUMS);
-    float *dw_partial = dw ? alloc_floats(partials * k * s->cout) : NULL;
-    float *db_partial = db ? alloc_floats(partials * s->cout) : NULL;
+    const int64_t block = dk->block, cblocks = (s->cout + block - 1) / block;
+    const int64_t dw_size = direct ? cblocks * block * k : k * s->cout;
+    const int64_t db_size = direct ? cblocks * block : s->cout;
+    float *partial = (dw || db) ? fc_scratch(FC_SCRATCH_CALL, partials * (dw_size + db_size)) : NULL;
+    float *dw_partial = dw ? partial : NULL;
+    float *db_partial = db ? partial + partials * dw_size : NULL;
     if (dx) memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->cin));
-    const int threads = fc_threads_for_work(6.0 * s->n * pixels * k * s->cout);
+    const double flops = forward_flops(s) * ((dw || db ? 1 : 0) + (dx ? 1 : 0));
+    const int threads = fc_threads_for_work(flops);
 
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int64_t block_rows = images_per_block * pixels;
-        float *cols = dw ? alloc_floats(block_rows * k) : NULL;
-        float *dcols = dx ? alloc_floats(block_rows * k) : NULL;
+        float *cols = (dw || db) ? fc_scratch(FC_SCRATCH_A, direct ? s->ow * cblocks * block : block_rows * k) : NULL;
+        float *dcols = dx ? fc_scratch(FC_SCRATCH_B, block_rows * k) : NULL;
         #pragma omp for schedule(dynamic)
         for (int64_t part = 0; part < partials; part++) {
             for (int64_t b = part; b < blocks; b += partials) {
                 const int64_t row0 = b * block_rows, rows = min64(block_rows, s->n * pixels - row0);
                 const float *dy_block = dy + row0 * s->cout;
-                if (dw) {  /* dw_part (+)= cols^T @ dy_block */
-                    im2col_rows(s, x, row0, rows, cols);
-                    const fc_gemm_problem g = {
-                        .m = k, .n = s->cout, .k = rows, .a = cols, .a_rs = 1, .a_cs = k,
-                        .b = dy_block, .b_rs = s->cout, .b_cs = 1, .c = dw_partial + part * k * s->cout,
-                        .ldc = s->cout, .alpha = 1.0f, .beta = b == part ? 0.0f : 1.0f,
-                    };
-                    fc_gemm_run(kernel, &g, 1);
-                }
-                if (db) {
-                    float *acc = db_partial + part * s->cout;
-                    if (b == part) memset(acc, 0, sizeof(float) * s->cout);
-                    for (int64_t r = 0; r < rows; r++)
-                        for (int64_t c = 0; c < s->cout; c++) acc[c] += dy_block[r * s->cout + c];
+                if (direct && (dw || db)) {
+                    dk->weight_grad(s, x, dy, row0 / s->ow, rows / s->ow, dw ? dw_partial + part * dw_size : NULL,
+                                    db ? db_partial + part * db_size : NULL, b == part, cols);
+                } else {
+                    if (dw) {  /* dw_part (+)= cols^T @ dy_block */
+                        im2col_rows(s, x, row0, rows, cols);
+                        const fc_gemm_problem g = {
+                            .m = k, .n = s->cout, .k = rows, .a = cols, .a_rs = 1, .a_cs = k,
+                            .b = dy_block, .b_rs = s->cout, .b_cs = 1, .c = dw_partial + part * dw_size,
+                            .ldc = s->cout, .alpha = 1.0f, .beta = b == part ? 0.0f : 1.0f,
+                        };
+                        fc_gemm_run(kernel, &g, 1);
+                    }
+                    if (db) {
+                        float *acc = db_partial + part * db_size;
+                        if (b == part) memset(acc, 0, sizeof(float) * s->cout);
+                        for (int64_t r = 0; r < rows; r++)
+                            for (int64_t c = 0; c < s->cout; c++) acc[c] += dy_block[r * s->cout + c];
+                    }
                 }
                 if (dx) {  /* dcols = dy_block @ w^T, scattered back into this block's own images */
                     const fc_gemm_problem g = {
@@ -178,15 +248,14 @@ void fc_conv2d_backward(const fc_conv_shape *s, const float *dy, const float *x,
                 }
             }
         }
-        free(cols);
-        free(dcols);
 
         /* Sum the partials in their fixed order; each output element is owned by one thread. */
         if (dw) {
             #pragma omp for schedule(static)
             for (int64_t e = 0; e < k * s->cout; e++) {
-                float sum = dw_partial[e];
-                for (int64_t part = 1; part < partials; part++) sum += dw_partial[part * k * s->cout + e];
+                const int64_t at = direct ? ((e % s->cout) / block * k + e / s->cout) * block + e % s->cout % block : e;
+                float sum = dw_partial[at];
+                for (int64_t part = 1; part < partials; part++) sum += dw_partial[part * dw_size + at];
                 dw[e] = sum;
             }
         }
@@ -194,11 +263,9 @@ void fc_conv2d_backward(const fc_conv_shape *s, const float *dy, const float *x,
             #pragma omp for schedule(static)
             for (int64_t c = 0; c < s->cout; c++) {
                 float sum = db_partial[c];
-                for (int64_t part = 1; part < partials; part++) sum += db_partial[part * s->cout + c];
+                for (int64_t part = 1; part < partials; part++) sum += db_partial[part * db_size + c];
                 db[c] = sum;
             }
         }
     }
-    free(dw_partial);
-    free(db_partial);
 }

@@ -1,0 +1,202 @@
+/* Direct convolution for few input channels, vectorised over the output channels (see direct.h).
+ *
+ * One source, compiled once per instruction set: the vector width follows the compiler flags
+ * (GCC/Clang vector extensions: 16 floats with -mavx512f, 8 with -mavx2 -mfma, 4 otherwise) and the
+ * table this compile defines is named after the set. The forward pass holds a tile of PX output
+ * pixels x NV vectors of output channels in registers, loads each packed weight vector once per tile
+ * and broadcasts the input values, then adds the bias and applies ReLU before the single store. The
+ * weight gradient walks one kernel tap at a time over an output row, with U interleaved accumulators
+ * summed in a fixed order. */
+#include <string.h>
+
+#include "direct.h"
+
+#if defined(__AVX512F__)
+#define DIRECT_TABLE fc_conv_direct_avx512
+#define DIRECT_NAME "direct_avx512_4x32"
+enum { LANES = 16 };
+#elif defined(__AVX2__) && defined(__FMA__)
+#define DIRECT_TABLE fc_conv_direct_avx2
+#define DIRECT_NAME "direct_avx2_4x16"
+enum { LANES = 8 };
+#else
+#define DIRECT_TABLE fc_conv_direct_generic
+#define DIRECT_NAME "direct_generic_4x8"
+enum { LANES = 4 };
+#endif
+
+enum {
+    NV = 2,                 /* vectors of output channels per block */
+    BLOCK = NV * LANES,     /* output channels per block */
+    PX = 4,                 /* output pixels per forward tile */
+    U = 4,                  /* interleaved accumulators of the weight gradient */
+};
+
+typedef float vfloat __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t vint __attribute__((vector_size(LANES * sizeof(float))));
+
+static inline vfloat splat(float v) { return (vfloat){0} + v; }
+
+/* Writes the first n (<= LANES) lanes of v, after ReLU if asked (NaN stays NaN, like max(v, 0)). */
+static inline void store_lanes(float *dst, vfloat v, int64_t n, int relu)
+{
+    if (relu) v = (vfloat)((vint)v & ~(vint)(v < (vfloat){0}));
+    if (n >= LANES)
+        memcpy(dst, &v, sizeof v);
+    else if (n > 0)
+        memcpy(dst, &v, (size_t)n * sizeof(float));
+}
+
+/* Output columns [*lo, *hi) whose kernel column j lands inside the image. */
+static void column_range(const fc_conv_shape *s, int64_t j, int64_t *lo, int64_t *hi)
+{
+    const int64_t before = s->pad_left - j * s->dilation_w;        /* ox * sw >= before */
+    const int64_t last = s->w - 1 + s->pad_left - j * s->dilation_w; /* ox * sw <= last */
+    int64_t a = before <= 0 ? 0 : (before + s->stride_w - 1) / s->stride_w;
+    int64_t b = last < 0 ? 0 : last / s->stride_w + 1;
+    if (a > s->ow) a = s->ow;
+    if (b > s->ow) b = s->ow;
+    if (b < a) b = a;
+    *lo = a;
+    *hi = b;
+}
+
+/* One output pixel of one channel block, checking every tap against the image borders. */
+static void forward_pixel(const fc_conv_shape *s, const float *image, const float *wb, const float *bb,
+                          int64_t oy, int64_t ox, vfloat acc[NV])
+{
+    for (int v = 0; v < NV; v++) acc[v] = *(const vfloat *)(bb + v * LANES);
+    for (int64_t i = 0; i < s->kh; i++) {
+        const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
+        if (iy < 0 || iy >= s->h) continue;
+        for (int64_t j = 0; j < s->kw; j++) {
+            const int64_t ix = ox * s->stride_w - s->pad_left + j * s->dilation_w;
+            if (ix < 0 || ix >= s->w) continue;
+            const float *xp = image + (iy * s->w + ix) * s->cin;
+            const float *wj = wb + (i * s->kw + j) * s->cin * BLOCK;
+            for (int64_t c = 0; c < s->cin; c++) {
+                const vfloat xv = splat(xp[c]);
+                for (int v = 0; v < NV; v++) acc[v] += xv * *(const vfloat *)(wj + c * BLOCK + v * LANES);
+            }
+        }
+    }
+}
+
+static void forward(const fc_conv_shape *s, const float *x, const float *wp, const float *bp, int relu,
+                    float *y, int64_t row0, int64_t rows)
+{
+    const int64_t cblocks = (s->cout + BLOCK - 1) / BLOCK, taps_cin = s->kh * s->kw * s->cin;
+    const int64_t xstep = s->stride_w * s->cin;
+    int64_t inner_lo, inner_hi, unused;
+    column_range(s, 0, &inner_lo, &unused);
+    column_range(s, s->kw - 1, &unused, &inner_hi);
+    if (inner_hi < inner_lo) inner_hi = inner_lo;
+
+    for (int64_t r = row0; r < row0 + rows; r++) {
+        const int64_t img = r / s->oh, oy = r % s->oh;
+        const float *image = x + img * s->h * s->w * s->cin;
+        float *out = y + r * s->ow * s->cout;
+        int64_t i0 = 0, i1 = s->kh;  /* kernel rows inside the image form one run */
+        while (i0 < s->kh && oy * s->stride_h - s->pad_top + i0 * s->dilation_h < 0) i0++;
+        while (i1 > i0 && oy * s->stride_h - s->pad_top + (i1 - 1) * s->dilation_h >= s->h) i1--;
+
+        for (int64_t cb = 0; cb < cblocks; cb++) {
+            const float *wb = wp + cb * taps_cin * BLOCK, *bb = bp + cb * BLOCK;
+            const int64_t co = cb * BLOCK, n_out = s->cout - co;
+            vfloat acc[PX][NV];
+            int64_t ox = 0;
+            for (; ox < s->ow; ox++) {
+                if (ox >= inner_lo && ox + PX <= inner_hi) {  /* a whole tile of interior pixels */
+                    for (int p = 0; p < PX; p++)
+                        for (int v = 0; v < NV; v++) acc[p][v] = *(const vfloat *)(bb + v * LANES);
+                    for (int64_t i = i0; i < i1; i++) {
+                        const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
+                        const float *xrow = image + (iy * s->w + ox * s->stride_w - s->pad_left) * s->cin;
+                        for (int64_t j = 0; j < s->kw; j++) {
+                            const float *xp = xrow + j * s->dilation_w * s->cin;
+                            const float *wj = wb + (i * s->kw + j) * s->cin * BLOCK;
+                            for (int64_t c = 0; c < s->cin; c++) {
+                                vfloat wv[NV];
+                                for (int v = 0; v < NV; v++) wv[v] = *(const vfloat *)(wj + c * BLOCK + v * LANES);
+                                for (int p = 0; p < PX; p++) {
+                                    const vfloat xv = splat(xp[p * xstep + c]);
+                                    for (int v = 0; v < NV; v++) acc[p][v] += xv * wv[v];
+                                }
+                            }
+                        }
+                    }
+                    for (int p = 0; p < PX; p++)
+                        for (int v = 0; v < NV; v++)
+                            store_lanes(out + (ox + p) * s->cout + co + v * LANES, acc[p][v], n_out - v * LANES, relu);
+                    ox += PX - 1;
+                } else {
+                    forward_pixel(s, image, wb, bb, oy, ox, acc[0]);
+                    for (int v = 0; v < NV; v++)
+                        store_lanes(out + ox * s->cout + co + v * LANES, acc[0][v], n_out - v * LANES, relu);
+                }
+            }
+        }
+    }
+}
+
+static void weight_grad(const fc_conv_shape *s, const float *x, const float *dy, int64_t row0, int64_t rows,
+                        float *dwp, float *dbp, int first, float *scratch)
+{
+    const int64_t cblocks = (s->cout + BLOCK - 1) / BLOCK, taps_cin = s->kh * s->kw * s->cin;
+    const int64_t ld = cblocks * BLOCK;  /* floats per output pixel in the padded copy of dy */
+    if (first) {
+        if (dwp) memset(dwp, 0, sizeof(float) * (size_t)(cblocks * taps_cin * BLOCK));
+        if (dbp) memset(dbp, 0, sizeof(float) * (size_t)ld);
+    }
+    for (int64_t r = row0; r < row0 + rows; r++) {
+        const int64_t img = r / s->oh, oy = r % s->oh;
+        const float *image = x + img * s->h * s->w * s->cin;
+        const float *g = dy + r * s->ow * s->cout;
+        for (int64_t ox = 0; ox < s->ow; ox++) {  /* dy row, each pixel's channels padded to ld */
+            memcpy(scratch + ox * ld, g + ox * s->cout, sizeof(float) * (size_t)s->cout);
+            memset(scratch + ox * ld + s->cout, 0, sizeof(float) * (size_t)(ld - s->cout));
+        }
+        for (int64_t cb = 0; cb < cblocks; cb++) {
+            const float *d = scratch + cb * BLOCK;
+            if (dbp) {
+                vfloat sum[NV] = {{0}};
+                for (int64_t ox = 0; ox < s->ow; ox++)
+                    for (int v = 0; v < NV; v++) sum[v] += *(const vfloat *)(d + ox * ld + v * LANES);
+                for (int v = 0; v < NV; v++) *(vfloat *)(dbp + cb * BLOCK + v * LANES) += sum[v];
+            }
+            if (!dwp) continue;
+            for (int64_t i = 0; i < s->kh; i++) {
+                const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
+                if (iy < 0 || iy >= s->h) continue;
+                for (int64_t j = 0; j < s->kw; j++) {
+                    int64_t lo, hi;
+                    column_range(s, j, &lo, &hi);
+                    /* x of output column ox at this tap: xr[ox * xstep] */
+                    const float *xr = image + (iy * s->w - s->pad_left + j * s->dilation_w) * s->cin;
+                    const int64_t xstep = s->stride_w * s->cin;
+                    for (int64_t c = 0; c < s->cin; c++) {
+                        vfloat acc[U][NV] = {{{0}}};
+                        int64_t ox = lo;
+                        for (; ox + U <= hi; ox += U)
+                            for (int u = 0; u < U; u++) {
+                                const vfloat xv = splat(xr[(ox + u) * xstep + c]);
+                                for (int v = 0; v < NV; v++)
+                                    acc[u][v] += xv * *(const vfloat *)(d + (ox + u) * ld + v * LANES);
+                            }
+                        for (; ox < hi; ox++) {
+                            const vfloat xv = splat(xr[ox * xstep + c]);
+                            for (int v = 0; v < NV; v++) acc[0][v] += xv * *(const vfloat *)(d + ox * ld + v * LANES);
+                        }
+                        float *dst = dwp + (cb * taps_cin + (i * s->kw + j) * s->cin + c) * BLOCK;
+                        for (int v = 0; v < NV; v++)
+                            *(vfloat *)(dst + v * LANES) += (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+const fc_conv_direct_kernels DIRECT_TABLE = {
+    .name = DIRECT_NAME, .block = BLOCK, .forward = forward, .weight_grad = weight_grad,
+};

@@ -1,0 +1,34 @@
+/* The direct convolution kernels for few input channels (first layers, Cin = 1..4), where im2col +
+ * GEMM would multiply by a K = kh*kw*cin of only 9..36. csrc/conv/direct.c is compiled once per
+ * instruction set; each compile defines the table named after its set, and dispatch.c picks one.
+ *
+ * Weights are packed by conv.c into blocks of `block` output channels (zero padded past cout):
+ *     wp[cblock][kh][kw][cin][block],  bias bp[cblock][block]  (zeros when the conv has no bias).
+ * Rows are counted over n * oh (one output row of one image each). */
+#ifndef FASTCONV_CONV_DIRECT_H
+#define FASTCONV_CONV_DIRECT_H
+
+#include <stdint.h>
+
+#include "../fastconv.h"
+
+typedef struct {
+    const char *name;
+    int block;   /* output channels per vector block (a multiple of the vector width) */
+    /* y rows [row0, row0 + rows) = conv(x, w) + bias, then relu; y is the whole (n, oh, ow, cout). */
+    void (*forward)(const fc_conv_shape *s, const float *x, const float *wp, const float *bp, int relu,
+                    float *y, int64_t row0, int64_t rows);
+    /* dwp (+)= x patches^T @ dy and dbp (+)= sum dy over rows [row0, row0 + rows), in the packed
+     * layout; `first` overwrites instead of adding. dwp or dbp may be NULL. scratch holds
+     * ow * cblocks * block floats. The order of the sums depends only on the shape. */
+    void (*weight_grad)(const fc_conv_shape *s, const float *x, const float *dy, int64_t row0, int64_t rows,
+                        float *dwp, float *dbp, int first, float *scratch);
+} fc_conv_direct_kernels;
+
+extern const fc_conv_direct_kernels fc_conv_direct_generic;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const fc_conv_direct_kernels fc_conv_direct_avx2;
+extern const fc_conv_direct_kernels fc_conv_direct_avx512;
+#endif
+
+#endif
