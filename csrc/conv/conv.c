@@ -121,17 +121,18 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
     const int64_t block_rows = backward_block_images(s) * s->oh * s->ow;
     const int64_t blocks = (s->n + backward_block_images(s) - 1) / backward_block_images(s);
     const int64_t partials = min64(blocks, MAX_PARTIAL_SUMS);
-    const int64_t per_thread = block_rows * k + (direct ? s->ow * direct_packed_floats(s, block) / (k + 1) : block_rows * k);
-    const int64_t shared = partials * (direct ? direct_packed_floats(s, block) : k * s->cout + s->cout);
+    const int64_t cblocks = (s->cout + block - 1) / block;
+    /* direct: the packed weights for dx, and per thread one row of dy padded to whole blocks;
+     * im2col: per thread one block of patches for dw and one for dx. */
+    const int64_t per_thread = direct ? s->ow * cblocks * block + s->w * s->kw + s->kh : 2 * block_rows * k;
+    const int64_t shared = (partials + direct) * (direct ? direct_packed_floats(s, block) : k * s->cout + s->cout);
     return shared + threads * per_thread;
 }
 
-static void direct_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
-                           int relu, float *y)
+/* Packs w (kh, kw, cin, cout) and bias into the direct kernels' layout (direct.h) at wp. */
+static void direct_pack(const fc_conv_shape *s, int64_t block, const float *w, const float *bias, float *wp)
 {
-    const fc_conv_direct_kernels *dk = fc_active_conv_direct();
-    const int64_t block = dk->block, cblocks = (s->cout + block - 1) / block, taps_cin = patch_size(s);
-    float *wp = fc_scratch(FC_SCRATCH_CALL, direct_packed_floats(s, dk->block));
+    const int64_t cblocks = (s->cout + block - 1) / block, taps_cin = patch_size(s);
     float *bp = wp + cblocks * taps_cin * block;
     for (int64_t cb = 0; cb < cblocks; cb++) {
         const int64_t co = cb * block, n = min64(block, s->cout - co);
@@ -142,6 +143,16 @@ static void direct_forward(const fc_conv_shape *s, const float *x, const float *
         }
         for (int64_t c = 0; c < block; c++) bp[co + c] = bias && c < n ? bias[co + c] : 0.0f;
     }
+}
+
+static void direct_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
+                           int relu, float *y)
+{
+    const fc_conv_direct_kernels *dk = fc_active_conv_direct();
+    const int64_t cblocks = (s->cout + dk->block - 1) / dk->block;
+    float *wp = fc_scratch(FC_SCRATCH_CALL, direct_packed_floats(s, dk->block));
+    const float *bp = wp + cblocks * patch_size(s) * dk->block;
+    direct_pack(s, dk->block, w, bias, wp);
     const int64_t rows = s->n * s->oh;
     const int threads = fc_threads_for_work(forward_flops(s));
     /* About 4096 output pixels per task: small enough to balance, large enough to amortise. */
@@ -201,10 +212,13 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
     const int64_t block = dk->block, cblocks = (s->cout + block - 1) / block;
     const int64_t dw_size = direct ? cblocks * block * k : k * s->cout;
     const int64_t db_size = direct ? cblocks * block : s->cout;
-    float *partial = (dw || db) ? fc_scratch(FC_SCRATCH_CALL, partials * (dw_size + db_size)) : NULL;
+    const int64_t packed = direct && dx ? direct_packed_floats(s, block) : 0;
+    float *partial = fc_scratch(FC_SCRATCH_CALL, partials * (dw_size + db_size) + packed);
     float *dw_partial = dw ? partial : NULL;
     float *db_partial = db ? partial + partials * dw_size : NULL;
-    if (dx) memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->cin));
+    float *wp = partial + partials * (dw_size + db_size);  /* direct: packed weights for dx */
+    if (packed) direct_pack(s, block, w, NULL, wp);
+    else if (dx) memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->cin));
     const double flops = forward_flops(s) * ((dw || db ? 1 : 0) + (dx ? 1 : 0));
     const int threads = fc_threads_for_work(flops);
 
@@ -212,7 +226,7 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
     {
         const int64_t block_rows = images_per_block * pixels;
         float *cols = (dw || db) ? fc_scratch(FC_SCRATCH_A, direct ? s->ow * cblocks * block : block_rows * k) : NULL;
-        float *dcols = dx ? fc_scratch(FC_SCRATCH_B, block_rows * k) : NULL;
+        float *dcols = dx ? fc_scratch(FC_SCRATCH_B, direct ? s->w * s->kw + s->kh : block_rows * k) : NULL;
         #pragma omp for schedule(dynamic)
         for (int64_t part = 0; part < partials; part++) {
             for (int64_t b = part; b < blocks; b += partials) {
@@ -238,7 +252,7 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
                             for (int64_t c = 0; c < s->cout; c++) acc[c] += dy_block[r * s->cout + c];
                     }
                 }
-                if (dx) {  /* dcols = dy_block @ w^T, scattered back into this block's own images */
+                if (dx && !direct) {  /* dcols = dy_block @ w^T, scattered back into this block's own images */
                     const fc_gemm_problem g = {
                         .m = rows, .n = k, .k = s->cout, .a = dy_block, .a_rs = s->cout, .a_cs = 1,
                         .b = w, .b_rs = 1, .b_cs = s->cout, .c = dcols, .ldc = k, .alpha = 1.0f, .beta = 0.0f,
@@ -247,6 +261,12 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
                     col2im_rows(s, dcols, row0, rows, dx);
                 }
             }
+        }
+        if (dx && direct) {  /* gathered per input row: any split over threads gives the same dx */
+            const int64_t in_rows = s->n * s->h, chunk = max64(1, 4096 / s->w);
+            #pragma omp for schedule(dynamic)
+            for (int64_t t = 0; t < (in_rows + chunk - 1) / chunk; t++)
+                dk->input_grad(s, dy, wp, dx, t * chunk, min64(chunk, in_rows - t * chunk), (int32_t *)dcols);
         }
 
         /* Sum the partials in their fixed order; each output element is owned by one thread. */

@@ -9,6 +9,10 @@
  * summed in a fixed order. */
 #include <string.h>
 
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
+
 #include "direct.h"
 
 #if defined(__AVX512F__)
@@ -45,6 +49,25 @@ static inline void store_lanes(float *dst, vfloat v, int64_t n, int relu)
         memcpy(dst, &v, sizeof v);
     else if (n > 0)
         memcpy(dst, &v, (size_t)n * sizeof(float));
+}
+
+/* The sum of the lanes of v, in a fixed order, without leaving the registers. */
+static inline float sum_lanes(vfloat v)
+{
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps((__m512)v);
+#elif defined(__AVX2__)
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_add_ss(a, _mm_shuffle_ps(a, a, 1)));
+#elif defined(__SSE__)
+    __m128 a = _mm_add_ps((__m128)v, _mm_movehl_ps((__m128)v, (__m128)v));
+    return _mm_cvtss_f32(_mm_add_ss(a, _mm_shuffle_ps(a, a, 1)));
+#else
+    float total = 0.0f;
+    for (int l = 0; l < LANES; l++) total += v[l];
+    return total;
+#endif
 }
 
 /* Output columns [*lo, *hi) whose kernel column j lands inside the image. */
@@ -197,6 +220,67 @@ static void weight_grad(const fc_conv_shape *s, const float *x, const float *dy,
     }
 }
 
+/* The first n lanes at p (n may exceed LANES), zeros past them: never reads beyond dy's channels. */
+static inline vfloat load_lanes(const float *p, int64_t n)
+{
+    vfloat v = {0};
+    memcpy(&v, p, (size_t)(n >= LANES ? LANES : n > 0 ? n : 0) * sizeof(float));
+    return v;
+}
+
+static void input_grad(const fc_conv_shape *s, const float *dy, const float *wp, float *dx, int64_t row0,
+                       int64_t rows, int32_t *scratch)
+{
+    const int64_t cblocks = (s->cout + BLOCK - 1) / BLOCK, taps_cin = s->kh * s->kw * s->cin;
+    const int64_t full_blocks = s->cout / BLOCK;
+    /* The output column each (input column, kernel column) pair comes from, or -1: the divisions
+     * once per call instead of per pixel and tap. */
+    int32_t *ox_of = scratch;
+    for (int64_t ix = 0; ix < s->w; ix++)
+        for (int64_t j = 0; j < s->kw; j++) {
+            const int64_t u = ix + s->pad_left - j * s->dilation_w;
+            ox_of[ix * s->kw + j] = u < 0 || u % s->stride_w || u / s->stride_w >= s->ow ? -1 : (int32_t)(u / s->stride_w);
+        }
+    int32_t *oy_of = scratch + s->w * s->kw;  /* the same for this row's kernel rows */
+    for (int64_t r = row0; r < row0 + rows; r++) {
+        const int64_t img = r / s->h, iy = r % s->h;
+        for (int64_t i = 0; i < s->kh; i++) {
+            const int64_t t = iy + s->pad_top - i * s->dilation_h;
+            oy_of[i] = t < 0 || t % s->stride_h || t / s->stride_h >= s->oh ? -1 : (int32_t)(t / s->stride_h);
+        }
+        for (int64_t ix = 0; ix < s->w; ix++) {
+            float *out = dx + (r * s->w + ix) * s->cin;
+            for (int64_t c = 0; c < s->cin; c++) {
+                vfloat acc[NV] = {{0}};
+                for (int64_t i = 0; i < s->kh; i++) {
+                    const int64_t oy = oy_of[i];
+                    if (oy < 0) continue;
+                    for (int64_t j = 0; j < s->kw; j++) {
+                        const int64_t ox = ox_of[ix * s->kw + j];
+                        if (ox < 0) continue;
+                        const float *g = dy + ((img * s->oh + oy) * s->ow + ox) * s->cout;
+                        const float *wt = wp + ((i * s->kw + j) * s->cin + c) * BLOCK;
+                        int64_t cb = 0;
+                        for (; cb < full_blocks; cb++)
+                            for (int v = 0; v < NV; v++) {
+                                vfloat d;
+                                memcpy(&d, g + cb * BLOCK + v * LANES, sizeof d);
+                                acc[v] += d * *(const vfloat *)(wt + cb * taps_cin * BLOCK + v * LANES);
+                            }
+                        if (cb < cblocks)  /* the last, partial block */
+                            for (int v = 0; v < NV; v++)
+                                acc[v] += load_lanes(g + cb * BLOCK + v * LANES, s->cout - cb * BLOCK - v * LANES) *
+                                          *(const vfloat *)(wt + cb * taps_cin * BLOCK + v * LANES);
+                    }
+                }
+                vfloat sum = acc[0];
+                for (int v = 1; v < NV; v++) sum += acc[v];
+                out[c] = sum_lanes(sum);
+            }
+        }
+    }
+}
+
 const fc_conv_direct_kernels DIRECT_TABLE = {
-    .name = DIRECT_NAME, .block = BLOCK, .forward = forward, .weight_grad = weight_grad,
+    .name = DIRECT_NAME, .block = BLOCK, .forward = forward, .weight_grad = weight_grad, .input_grad = input_grad,
 };

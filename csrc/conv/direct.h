@@ -23,6 +23,11 @@ typedef struct {
      * ow * cblocks * block floats. The order of the sums depends only on the shape. */
     void (*weight_grad)(const fc_conv_shape *s, const float *x, const float *dy, int64_t row0, int64_t rows,
                         float *dwp, float *dbp, int first, float *scratch);
+    /* dx rows [row0, row0 + rows) (counted over n * h) = the transposed conv of dy with the packed
+     * weights, gathered per input pixel (overwrites; no scatter, no dependence on the threads).
+     * scratch holds w * kw + kh int32. */
+    void (*input_grad)(const fc_conv_shape *s, const float *dy, const float *wp, float *dx, int64_t row0,
+                       int64_t rows, int32_t *scratch);
 } fc_conv_direct_kernels;
 
 extern const fc_conv_direct_kernels fc_conv_direct_generic;
