@@ -200,7 +200,7 @@ def _pool_backward_args(dy, x, pool_size, strides, padding):
     g = pool_geometry(x32.shape, pool_size, strides, padding)
     dy32 = as_float_array(dy, "dy", ndim=4)
     check_shape(dy32, g.out_shape, "dy")
-    return g, dy32, x32, np.zeros(x32.shape, dtype=np.float32)
+    return g, dy32, x32, np.empty(x32.shape, dtype=np.float32)  # the kernels write every element
 
 
 def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
@@ -211,7 +211,9 @@ def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
 def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):
     """Gradient of maxpool2d: each window's gradient goes to its first maximum in row-major order."""
     g, dy32, x32, dx = _pool_backward_args(dy, x, pool_size, strides, padding)
-    if dy32.size:
+    if not dy32.size:
+        dx[...] = 0.0
+    else:
         _C.maxpool2d_backward(g, _flat(dy32), _flat(x32), _flat(dx))
     return dx
 
@@ -224,7 +226,9 @@ def avgpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
 def avgpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):
     """Gradient of avgpool2d with respect to x."""
     g, dy32, _, dx = _pool_backward_args(dy, x, pool_size, strides, padding)
-    if dy32.size:
+    if not dy32.size:
+        dx[...] = 0.0
+    else:
         _C.avgpool2d_backward(g, _flat(dy32), _flat(dx))
     return dx
 
