@@ -38,8 +38,9 @@ def assert_close(actual, expected, scale_terms):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=tol * 10)
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "direct"])
 @pytest.mark.parametrize("seed", range(12))
-def test_conv2d_forward_and_backward_match_reference(isa, seed):
+def test_conv2d_forward_and_backward_match_reference(isa, seed, algorithm):
     rng = np.random.default_rng(seed)
     for _ in range(3):
         x_shape, w_shape, kwargs = random_conv_case(rng)
@@ -47,7 +48,7 @@ def test_conv2d_forward_and_backward_match_reference(isa, seed):
         w = rng.standard_normal(w_shape).astype(np.float32)
         b = rng.standard_normal(w_shape[3]).astype(np.float32)
         activation = [None, "relu"][seed % 2]
-        y = fastconv.conv2d(x, w, b, activation=activation, **kwargs)
+        y = fastconv.conv2d(x, w, b, activation=activation, algorithm=algorithm, **kwargs)
         expected = reference.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
                                     activation=activation, **kwargs)
         assert y.dtype == np.float32 and y.shape == expected.shape
@@ -55,12 +56,89 @@ def test_conv2d_forward_and_backward_match_reference(isa, seed):
         assert_close(y, expected, k)
 
         dy = rng.standard_normal(y.shape).astype(np.float32)
-        got = fastconv.conv2d_backward(dy, x, w, **kwargs)
+        got = fastconv.conv2d_backward(dy, x, w, algorithm=algorithm, **kwargs)
         want = reference.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **kwargs)
         terms = [w_shape[0] * w_shape[1] * w_shape[3], y.shape[0] * y.shape[1] * y.shape[2], y.shape[0] * y.shape[1] * y.shape[2]]
         for name, g, e, t in zip(("dx", "dw", "db"), got, want, terms):
             assert g.shape == e.shape and g.dtype == np.float32, name
             assert_close(g, e, t)
+
+
+DIRECT_CASES = [  # (x shape, w shape, conv2d keywords): few input channels, every geometry
+    ((3, 28, 28, 1), (3, 3, 1, 32), dict(padding="same")),
+    ((2, 28, 28, 1), (3, 3, 1, 32), dict(padding="valid")),
+    ((2, 13, 11, 2), (3, 5, 2, 7), dict(strides=(2, 1), padding="same")),
+    ((2, 12, 15, 3), (5, 3, 3, 33), dict(strides=(1, 3), padding=((2, 0), (1, 2)))),
+    ((1, 17, 16, 4), (3, 3, 4, 70), dict(padding=2, dilation_rate=(2, 3))),
+    ((4, 9, 10, 1), (2, 4, 1, 1), dict(strides=2, padding="valid")),
+    ((2, 7, 30, 3), (1, 7, 3, 17), dict(padding="same", dilation_rate=(1, 2))),
+    ((2, 5, 5, 2), (5, 5, 2, 64), dict(padding="valid")),
+    ((3, 8, 9, 4), (3, 2, 4, 16), dict(strides=3, padding=1)),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", DIRECT_CASES)
+def test_direct_conv_matches_reference(isa, rng, x_shape, w_shape, kwargs):
+    assert fastconv.conv2d_algorithm(x_shape, w_shape, **kwargs) == "direct"  # what auto picks for Cin <= 4
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[3]).astype(np.float32)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    for activation in (None, "relu"):
+        for bias in (b, None):
+            y = fastconv.conv2d(x, w, bias, activation=activation, algorithm="direct", **kwargs)
+            expected = reference.conv2d(x64, w64, None if bias is None else bias.astype(np.float64),
+                                        activation=activation, **kwargs)
+            assert_close(y, expected, np.prod(w_shape[:3]))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    want = reference.conv2d_backward(dy.astype(np.float64), x64, w64, **kwargs)
+    got = fastconv.conv2d_backward(dy, x, w, algorithm="direct", **kwargs)
+    terms = [np.prod(w_shape[:2]) * w_shape[3]] + [np.prod(y.shape[:3])] * 2
+    for g, e, t in zip(got, want, terms):
+        assert g.shape == e.shape and g.dtype == np.float32
+        assert_close(g, e, t)
+    dx, dw, db = fastconv.conv2d_backward(dy, x, w, need_dx=False, **kwargs)
+    assert dx is None
+    np.testing.assert_array_equal(dw, got[1])
+    np.testing.assert_array_equal(db, got[2])
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "direct"])
+def test_skipping_dx_gives_the_same_dw_and_db(isa, rng, algorithm):
+    x = rng.standard_normal((3, 10, 9, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 5, 6)).astype(np.float32)
+    dy = rng.standard_normal((3, 10, 9, 6)).astype(np.float32)
+    full = fastconv.conv2d_backward(dy, x, w, padding="same", algorithm=algorithm)
+    dx, dw, db = fastconv.conv2d_backward(dy, x, w, padding="same", algorithm=algorithm, need_dx=False)
+    assert dx is None and full[0] is not None
+    np.testing.assert_array_equal(dw, full[1])
+    np.testing.assert_array_equal(db, full[2])
+    empty = fastconv.conv2d_backward(dy[:0], x[:0], w, padding="same", need_dx=False)
+    assert empty[0] is None and not empty[1].any()
+
+
+def test_algorithm_choice_and_environment(monkeypatch):
+    assert fastconv.conv2d_algorithm((1, 8, 8, 1), (3, 3, 1, 8)) == "direct"
+    assert fastconv.conv2d_algorithm((1, 8, 8, 4), (3, 3, 4, 8)) == "direct"
+    assert fastconv.conv2d_algorithm((1, 8, 8, 5), (3, 3, 5, 8)) == "im2col"
+    assert fastconv.conv2d_algorithm((1, 8, 8, 3), (1, 1, 3, 8)) == "gemm"
+    assert fastconv.conv2d_algorithm((1, 8, 8, 1), (3, 3, 1, 8), algorithm="im2col") == "im2col"
+    assert fastconv.conv2d_algorithm((1, 8, 8, 64), (3, 3, 64, 8), algorithm="direct") == "direct"
+    monkeypatch.setenv("FASTCONV_CONV_ALGO", "im2col")
+    assert fastconv.conv2d_algorithm((1, 8, 8, 1), (3, 3, 1, 8)) == "im2col"
+    assert fastconv.conv2d_algorithm((1, 8, 8, 1), (3, 3, 1, 8), algorithm="auto") == "direct"  # keyword wins
+    monkeypatch.setenv("FASTCONV_CONV_ALGO", "winograd")
+    with pytest.raises(ValueError, match="FASTCONV_CONV_ALGO must be one of"):
+        fastconv.conv2d(X, W)
+
+
+def test_workspace_bytes_are_reported_per_algorithm():
+    shape = ((128, 28, 28, 1), (3, 3, 1, 32))
+    direct = fastconv.conv2d_workspace_bytes(*shape, padding="same")
+    im2col = fastconv.conv2d_workspace_bytes(*shape, padding="same", algorithm="im2col")
+    assert 0 < direct < im2col  # packed weights only, against a block of patches per thread
+    assert fastconv.conv2d_workspace_bytes(*shape, padding="same", backward=True) > direct
+    assert fastconv.conv2d_workspace_bytes((8, 8, 8, 16), (1, 1, 16, 4)) == 0  # 1x1: a plain GEMM
 
 
 def test_conv2d_same_padding_follows_keras(isa):
@@ -103,6 +181,18 @@ def test_pooling_matches_reference(isa, rng, pool_size, strides, padding):
                                    reference.avgpool2d(x.astype(np.float64), pool_size, strides, padding), atol=1e-5)
         np.testing.assert_allclose(fastconv.avgpool2d_backward(dy, x, pool_size, strides, padding),
                                    reference.avgpool2d_backward(dy, x, pool_size, strides, padding), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 37), (1, 7, 9, 4), (3, 5, 6, 3)])
+def test_maxpool_2x2_fast_path_with_ties_nan_and_inf(rng, shape):
+    x = rng.integers(-2, 3, size=shape).astype(np.float32)  # many ties
+    x[0, 0, 0, :] = np.nan
+    x[0, 2:4, 2:4, :] = -np.inf  # a window of nothing but -inf passes no gradient
+    x[-1, 1, 0, :] = np.inf
+    y = fastconv.maxpool2d(x, 2)
+    np.testing.assert_array_equal(y, reference.maxpool2d(x, 2))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(fastconv.maxpool2d_backward(dy, x, 2), reference.maxpool2d_backward(dy, x, 2))
 
 
 def test_maxpool_gradient_goes_to_first_maximum(isa):
@@ -178,11 +268,16 @@ def test_results_are_bitwise_identical_for_any_thread_count(isa, threads, rng):
     a = rng.standard_normal((300, 500)).astype(np.float32)
     m = rng.standard_normal((500, 200)).astype(np.float32)
 
+    x1 = rng.standard_normal((24, 28, 28, 1)).astype(np.float32)  # the direct kernel's first layer
+    w1 = rng.standard_normal((3, 3, 1, 33)).astype(np.float32)
+
     def run_all():
         y = fastconv.conv2d(x, w, b, padding="same", activation="relu")
         grads = fastconv.conv2d_backward(y, x, w, padding="same")
+        y1 = fastconv.conv2d(x1, w1, b[:1].repeat(33), padding="same", activation="relu")
+        grads1 = fastconv.conv2d_backward(y1, x1, w1, padding="same")
         pooled = fastconv.maxpool2d(y, 2)
-        return [y, *grads, pooled, fastconv.maxpool2d_backward(pooled, y, 2), fastconv.gemm(a, m)]
+        return [y, *grads, y1, *grads1, pooled, fastconv.maxpool2d_backward(pooled, y, 2), fastconv.gemm(a, m)]
 
     threads(1)
     serial = run_all()
@@ -265,6 +360,8 @@ W = np.zeros((3, 3, 3, 4), dtype=np.float32)
     (lambda: fastconv.conv2d(X, W, padding="full"), ValueError, "padding"),
     (lambda: fastconv.conv2d(X, W, padding=-1), ValueError, "padding"),
     (lambda: fastconv.conv2d(X, W, activation="gelu"), ValueError, "activation"),
+    (lambda: fastconv.conv2d(X, W, algorithm="fft"), ValueError, "algorithm must be one of auto, im2col, direct"),
+    (lambda: fastconv.conv2d_backward(np.zeros((2, 6, 6, 4)), X, W, algorithm=3), ValueError, "algorithm must be"),
     (lambda: fastconv.conv2d(X.astype(np.complex64), W), TypeError, "x must hold real numbers"),
     (lambda: fastconv.conv2d(X.astype(bool), W), TypeError, "x must hold real numbers"),
     (lambda: fastconv.conv2d(X.astype(object), W), TypeError, "x must hold real numbers"),
