@@ -96,6 +96,7 @@ def test_pooling_backward(float64_numpy, layer_class, kwargs):
     (lambda: layers.GlobalAveragePooling2D(), [(2, 4, 5, 3)]),
     (lambda: layers.GlobalAveragePooling2D(keepdims=True), [(2, 4, 5, 3)]),
     (lambda: layers.Flatten(), [(2, 3, 4, 2)]),
+    (lambda: layers.Rescaling(1 / 255, offset=-0.5), [(2, 3, 4, 2)]),
     (lambda: layers.Reshape((4, -1)), [(2, 3, 4, 2)]),
     (lambda: layers.Activation("tanh"), [(3, 5)]),
     (lambda: layers.Softmax(), [(3, 5)]),

@@ -445,3 +445,18 @@ def test_to_categorical():
 def test_datasets_are_reexported():
     from fastconv import datasets
     assert keras.datasets.mnist is datasets.mnist and keras.datasets.fashion_mnist is datasets.fashion_mnist
+
+
+def test_input_and_output_shape_of_built_and_unbuilt_models():
+    model = keras.Sequential([keras.Input(shape=(28, 28, 1)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Conv2D(4, 3), keras.layers.Flatten(), keras.layers.Dense(3)])
+    assert model.input_shape == (None, 28, 28, 1)
+    assert model.output_shape == (None, 3)
+    lazy = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="built on its first call"):
+        lazy.input_shape
+    # Rescaling lets uint8 images go straight in: the same numbers as scaling by hand.
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28, 1), dtype=np.uint8)
+    unscaled = keras.Sequential([keras.Input(shape=(28, 28, 1)), *model.layers[1:]])  # shares the weights
+    np.testing.assert_allclose(model.predict(images, verbose=0), unscaled.predict(images / 255.0, verbose=0),
+                               rtol=1e-5, atol=1e-6)

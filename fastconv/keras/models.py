@@ -99,6 +99,22 @@ class Model:
         return self._nodes is not None
 
     @property
+    def input_shape(self):
+        """The input shape (batch axis None), or a list of them for several inputs."""
+        if not self.built:
+            raise ValueError(f"model {self.name!r} has no input shape yet: it is built on its first call")
+        shapes = [tensor.shape for tensor in self.inputs]
+        return shapes[0] if self._single_input else shapes
+
+    @property
+    def output_shape(self):
+        """The output shape (batch axis None), or a list of them for several outputs."""
+        if not self.built:
+            raise ValueError(f"model {self.name!r} has no output shape yet: it is built on its first call")
+        shapes = [tensor.shape for tensor in self.outputs]
+        return shapes[0] if self._single_output else shapes
+
+    @property
     def layers(self):
         seen, layers = set(), []
         for node in self._nodes or []:

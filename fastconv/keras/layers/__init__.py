@@ -2,7 +2,7 @@
 from fastconv.keras.layers.base import Input, InputLayer, Layer
 from fastconv.keras.layers.conv import Conv2D
 from fastconv.keras.layers.core import (
-    Activation, Dense, Dropout, Flatten, LeakyReLU, ReLU, Reshape, Softmax,
+    Activation, Dense, Dropout, Flatten, LeakyReLU, ReLU, Rescaling, Reshape, Softmax,
 )
 from fastconv.keras.layers.merging import Add, Concatenate
 from fastconv.keras.layers.normalization import BatchNormalization
@@ -15,11 +15,11 @@ Convolution2D = Conv2D
 # The only classes a saved model may name; loading never imports or calls anything else.
 LAYER_CLASSES = {cls.__name__: cls for cls in (
     InputLayer, Dense, Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout,
-    BatchNormalization, Activation, ReLU, LeakyReLU, Softmax, Add, Concatenate,
+    BatchNormalization, Activation, ReLU, LeakyReLU, Softmax, Add, Concatenate, Rescaling,
 )}
 
 __all__ = [
     "Activation", "Add", "AveragePooling2D", "AvgPool2D", "BatchNormalization", "Concatenate", "Conv2D",
     "Convolution2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "Input", "InputLayer", "Layer",
-    "LeakyReLU", "MaxPool2D", "MaxPooling2D", "ReLU", "Reshape", "Softmax",
+    "LeakyReLU", "MaxPool2D", "MaxPooling2D", "ReLU", "Rescaling", "Reshape", "Softmax",
 ]

@@ -1,4 +1,4 @@
-"""Dense, the activation layers, Flatten, Reshape and Dropout."""
+"""Dense, the activation layers, Rescaling, Flatten, Reshape and Dropout."""
 import math
 import operator
 
@@ -173,6 +173,30 @@ class LeakyReLU(Layer):
 
     def get_config(self):
         return {**super().get_config(), "negative_slope": self.negative_slope}
+
+
+class Rescaling(Layer):
+    """inputs * scale + offset: lets a model take uint8 images (e.g. scale=1/255) converted per batch."""
+
+    def __init__(self, scale, offset=0.0, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("scale", scale), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TypeError(f"{name} must be a finite number, got {value!r}")
+        self.scale, self.offset = float(scale), float(offset)
+
+    def forward(self, inputs, training=False):
+        dtype = inputs.dtype.type
+        out = inputs * dtype(self.scale)
+        if self.offset:
+            out += dtype(self.offset)
+        return out, None
+
+    def backward(self, ctx, grad):
+        return grad * grad.dtype.type(self.scale)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
 
 
 class Flatten(Layer):

@@ -1,0 +1,276 @@
+"""The `fastconv` command: train, evaluate and predict with MNIST models, and run the benchmarks.
+
+Errors a user can cause (bad options, missing or corrupt files, wrong image sizes) end in a one-line
+message and a non-zero exit, never a traceback.
+"""
+import argparse
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from fastconv.keras.callbacks import Callback
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+DATASETS = ("mnist", "fashion_mnist")
+CLASS_NAMES = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion_mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"],
+}
+
+
+class UserError(Exception):
+    """A problem with what the user asked for, reported as one line."""
+
+
+def load_dataset(name):
+    from fastconv import datasets
+    module = {"mnist": datasets.mnist, "fashion_mnist": datasets.fashion_mnist}[name]
+    (x_train, y_train), (x_test, y_test) = module.load_data()
+    # Keep uint8; add the channel axis as a view (no copy).
+    return (x_train[..., None], y_train), (x_test[..., None], y_test)
+
+
+def confusion_matrix(labels, predicted, classes=10):
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def format_confusion(matrix, names):
+    width = max(5, max(len(n) for n in names) + 1, len(str(matrix.max())) + 1)
+    lines = ["confusion matrix (rows: true class, columns: predicted)",
+             " " * width + "".join(f"{n[:width - 1]:>{width}}" for n in names)]
+    for name, row in zip(names, matrix):
+        lines.append(f"{name[:width - 1]:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)
+
+
+def _make_optimizer(keras, name, learning_rate):
+    try:
+        optimizer = keras.optimizers.get(name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    optimizer.learning_rate = learning_rate
+    return optimizer
+
+
+class EpochReport(Callback):
+    """Prints images per second after each epoch and stops cleanly after the current step on Ctrl-C."""
+
+    def __init__(self, images_per_epoch, checkpoint_path):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.checkpoint_path = checkpoint_path
+        self.interrupted = False
+        self.epoch = self.step = 0
+        self.last_saved_epoch = None
+        self.started = time.perf_counter()
+
+    def request_stop(self, signum, frame):
+        self.interrupted = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.step, self.started = epoch, 0, time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step = batch + 1
+        if self.interrupted:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.started
+        if not self.interrupted:  # the checkpoint callback saved this epoch
+            self.last_saved_epoch = epoch + 1
+        print(f"epoch {epoch + 1}: {seconds:.1f} s, {self.images_per_epoch / seconds:,.0f} images/s", flush=True)
+
+
+def cmd_train(args):
+    from fastconv import keras, recipes, set_num_threads
+    from fastconv.augment import random_shift_rotate
+
+    recipe = recipes.RECIPES[args.model]
+    if args.plot:
+        from fastconv.plotting import require_matplotlib
+        require_matplotlib()
+    keras.backend.set_backend(args.backend)
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    if args.seed is not None:
+        keras.utils.set_random_seed(args.seed)
+    epochs = args.epochs or recipe.epochs
+    batch_size = args.batch_size or recipe.batch_size
+    learning_rate = args.lr or recipe.learning_rate
+    augment = recipe.augment if args.augment is None else args.augment
+    save_path = args.save or f"{args.model}-{args.dataset}.fastconv"
+
+    (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset)
+    if args.train_size:
+        x_train, y_train = x_train[:args.train_size], y_train[:args.train_size]
+    model = recipe.build()
+    model.compile(optimizer=_make_optimizer(keras, args.optimizer or recipe.optimizer, learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    print(f"fastconv train: model {args.model} ({recipe.description}), dataset {args.dataset} "
+          f"({len(x_train)} train / {len(x_test)} test), {epochs} epochs, batch {batch_size}, "
+          f"{args.optimizer or recipe.optimizer} lr {learning_rate:g}, augment {'on' if augment else 'off'}, "
+          f"backend {args.backend}", flush=True)
+    if args.verbose:
+        model.summary()
+
+    checkpoint = keras.callbacks.ModelCheckpoint(save_path)
+    report = EpochReport(len(x_train), save_path)
+    callbacks = [checkpoint, report]
+    if recipe.decay_per_epoch != 1.0:
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            lambda epoch, lr: learning_rate * recipe.decay_per_epoch ** epoch))
+    previous_handler = signal.signal(signal.SIGINT, report.request_stop)
+    rng = np.random.default_rng(args.seed)
+    history = {}
+    try:
+        for epoch in range(epochs):
+            x_epoch = random_shift_rotate(x_train, rng) if augment else x_train
+            result = model.fit(x_epoch, y_train, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch,
+                               validation_data=(x_test, y_test), callbacks=callbacks, verbose=1)
+            for key, values in result.history.items():
+                history.setdefault(key, []).extend(values)
+            if report.interrupted or model.stop_training:
+                break
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    if report.interrupted:
+        where = (f"the last completed checkpoint is {save_path} (epoch {report.last_saved_epoch})"
+                 if report.last_saved_epoch else "no epoch completed in this run, so nothing was saved")
+        print(f"\nInterrupted during epoch {report.epoch + 1}, after step {report.step}; {where}.", flush=True)
+        return EXIT_INTERRUPTED
+
+    probabilities = model.predict(x_test, batch_size=256, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    accuracy = float((predicted == y_test).mean())
+    print(f"test accuracy: {accuracy:.4f} ({int((predicted == y_test).sum())}/{len(y_test)})")
+    matrix = confusion_matrix(y_test, predicted)
+    print(format_confusion(matrix, CLASS_NAMES[args.dataset]))
+    print(f"model saved to {save_path}")
+    if args.plot:
+        from fastconv.plotting import plot_training
+        plot_training(args.plot, history, matrix, CLASS_NAMES[args.dataset], model)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _load_model(path):
+    from fastconv import keras
+    if not os.path.exists(path):
+        raise UserError(f"model file not found: {path}")
+    return keras.models.load_model(path)
+
+
+def cmd_evaluate(args):
+    model = _load_model(args.model_path)
+    _, (x_test, y_test) = load_dataset(args.dataset)
+    predicted = model.predict(x_test, batch_size=256, verbose=0).argmax(axis=1)
+    print(f"test accuracy on {args.dataset}: {float((predicted == y_test).mean()):.4f}")
+    print(format_confusion(confusion_matrix(y_test, predicted), CLASS_NAMES[args.dataset]))
+    return 0
+
+
+def read_image(path, shape):
+    """An image as a uint8 (H, W, 1) array: .npy, binary PGM, or anything Pillow opens (PNG, ...)."""
+    from fastconv.images import read_grayscale
+    image = read_grayscale(path)
+    if image.shape != shape:
+        raise UserError(f"{path}: image is {image.shape[1]}x{image.shape[0]} pixels, the model expects "
+                        f"{shape[1]}x{shape[0]}")
+    return image[..., None]
+
+
+def cmd_predict(args):
+    model = _load_model(args.model_path)
+    expected = tuple(model.input_shape[1:3])
+    batch = np.stack([read_image(path, expected) for path in args.images])
+    probabilities = model.predict(batch, verbose=0)
+    for path, probs in zip(args.images, probabilities):
+        top = np.argsort(probs)[::-1][:3]
+        ranked = ", ".join(f"{k}: {probs[k]:.3f}" for k in top)
+        print(f"{path}: {top[0]}  ({ranked})")
+    return 0
+
+
+def build_parser():
+    from fastconv.recipes import RECIPES
+    parser = argparse.ArgumentParser(prog="fastconv", description="Train and run CNNs on the CPU with fastconv.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an MNIST model")
+    train.add_argument("--dataset", choices=DATASETS, default="mnist")
+    train.add_argument("--model", choices=list(RECIPES), default="seed")
+    train.add_argument("--epochs", type=positive_int)
+    train.add_argument("--batch-size", type=positive_int)
+    train.add_argument("--optimizer", help="sgd, adam, rmsprop, adagrad or adadelta (default: the model's)")
+    train.add_argument("--lr", type=positive_float, help="learning rate (default: the model's)")
+    train.add_argument("--threads", type=positive_int)
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                       help="random shifts and rotations of the training images (default: the model's)")
+    train.add_argument("--backend", choices=("fastconv", "numpy"), default=os.environ.get("FASTCONV_BACKEND", "fastconv"))
+    train.add_argument("--save", metavar="PATH", help="where to save the model (default: MODEL-DATASET.fastconv)")
+    train.add_argument("--plot", metavar="PATH", help="write a PNG of the curves, confusion matrix and filters")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--train-size", type=positive_int, help="train on the first N images only")
+    train.add_argument("--verbose", action="store_true", help="print the model summary")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved model on a test set")
+    evaluate.add_argument("model_path", metavar="MODEL")
+    evaluate.add_argument("--dataset", choices=DATASETS, default="mnist")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="classify images (PNG, PGM or .npy) with a saved model")
+    predict.add_argument("model_path", metavar="MODEL")
+    predict.add_argument("images", metavar="IMAGE", nargs="+")
+    predict.set_defaults(run=cmd_predict)
+
+    # `fastconv bench ...` is handed to fastconv.bench, which parses its own options (see main).
+    commands.add_parser("bench", help="benchmark fastconv against NumPy and PyTorch (fastconv bench --help)")
+    return parser
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from fastconv import bench
+        return bench.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (UserError, ValueError, TypeError, OSError, ImportError) as exc:
+        print(f"fastconv {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"\nfastconv {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

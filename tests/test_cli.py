@@ -1,0 +1,98 @@
+"""The `fastconv` command, run as a real subprocess on the vendored MNIST."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=REPO, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fastconv", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "FASTCONV_NO_DOWNLOAD": "1"})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "seed.fastconv"
+    result = run("train", "--model", "seed", "--epochs", "1", "--train-size", "3000", "--seed", "1",
+                 "--save", str(path))
+    return path, result
+
+
+def test_train_reports_and_saves_a_model_that_learned(trained):
+    path, result = trained
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "images/s" in out and "confusion matrix" in out and path.exists()
+    accuracy = float(out.split("test accuracy: ")[1].split()[0])
+    assert accuracy > 0.85  # 3000 images, one epoch: well above chance (0.10)
+
+
+def test_evaluate_and_predict_use_the_saved_model(trained, tmp_path):
+    path, _ = trained
+    result = run("evaluate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split(": ")[1].split()[0]) > 0.85
+
+    sys.path.insert(0, str(REPO))
+    from fastconv.datasets import mnist
+    _, (x_test, y_test) = mnist.load_data()
+    npy = tmp_path / "digit.npy"
+    np.save(npy, x_test[0])
+    pgm = tmp_path / "digit.pgm"
+    pgm.write_bytes(b"P5\n28 28\n255\n" + x_test[1].tobytes())
+    result = run("predict", str(path), str(npy), str(pgm))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split(": ")[1].split()[0] == str(y_test[0])
+    assert lines[1].split(": ")[1].split()[0] == str(y_test[1])
+
+
+@pytest.mark.parametrize("args,words", [
+    (["train", "--model", "resnet"], "invalid choice"),
+    (["train", "--dataset", "cifar"], "invalid choice"),
+    (["train", "--epochs", "0"], "positive integer"),
+    (["evaluate", "no-such-model.fastconv"], "model file not found"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_gives_one_line_and_nonzero_exit(args, words):
+    result = run(*args)
+    assert result.returncode != 0
+    assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_corrupt_model_and_wrong_image_size_are_clear_errors(trained, tmp_path):
+    path, _ = trained
+    corrupt = tmp_path / "corrupt.fastconv"
+    corrupt.write_bytes(path.read_bytes()[:200])
+    result = run("evaluate", str(corrupt))
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "error" in result.stderr
+    image = tmp_path / "big.npy"
+    np.save(image, np.zeros((32, 32), np.uint8))
+    result = run("predict", str(path), str(image))
+    assert result.returncode != 0 and "28x28" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_stops_after_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    path = tmp_path / "interrupted.fastconv"
+    proc = subprocess.Popen([sys.executable, "-m", "fastconv", "train", "--model", "mlp", "--epochs", "50",
+                             "--train-size", "2000", "--save", str(path)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "FASTCONV_NO_DOWNLOAD": "1"})
+    deadline = time.time() + 120
+    while not path.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert path.exists(), proc.communicate()[1]
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in out and "last completed checkpoint" in out and str(path) in out
+    assert "Traceback" not in err
+    check = run("evaluate", str(path))
+    assert check.returncode == 0, check.stderr
