@@ -1,6 +1,6 @@
 """conv2d and max-pooling, fastconv against fastconv.reference (and PyTorch CPU when installed).
 
-Run: pytest benchmarks/bench_ops.py --benchmark-group-by=param:shape --benchmark-columns=min,median,rounds
+Run: python -m pytest benchmarks/bench_ops.py --benchmark-group-by=group --benchmark-columns=min,median,rounds
 Each shape's group holds every implementation on the same data; NHWC<->NCHW conversions for PyTorch
 happen outside the timed region.
 """
@@ -78,6 +78,26 @@ def test_conv2d_forward(benchmark, num_threads, rng, shape, impl):
         with torch.no_grad():
             benchmark(lambda: torch.relu(torch.nn.functional.conv2d(tx, tw, tb, padding=pad)))
         y = fastconv.conv2d(x, w, b, padding=padding)
+    benchmark.extra_info["gflops"] = conv_flops(x, w, y) / benchmark.stats.stats.min / 1e9
+
+
+@pytest.mark.parametrize("impl", ["fastconv", "torch"])
+@pytest.mark.parametrize("shape", [s for s in CONV_SHAPES if CONV_SHAPES[s][2] == 1])
+def test_conv2d_backward_first_layer_without_dx(benchmark, num_threads, rng, shape, impl):
+    """The input layer: only dw and db (fastconv need_dx=False; PyTorch with x not requiring grad)."""
+    torch = skip_without(impl)
+    x, w, b, padding = conv_data(shape, rng)
+    y = fastconv.conv2d(x, w, b, padding=padding)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    benchmark.group = f"conv2d backward without dx {shape}"
+    if impl == "fastconv":
+        benchmark(fastconv.conv2d_backward, dy, x, w, padding=padding, need_dx=False)
+    else:
+        tx, tw, tb, pad = torch_conv(torch, x, w, b, padding)
+        tx.requires_grad_(False)
+        tdy = torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)))
+        out = torch.nn.functional.conv2d(tx, tw, tb, padding=pad)
+        benchmark(lambda: torch.autograd.grad(out, (tw, tb), tdy, retain_graph=True))
     benchmark.extra_info["gflops"] = conv_flops(x, w, y) / benchmark.stats.stats.min / 1e9
 
 
