@@ -21,6 +21,7 @@ PORTABLE_SOURCES = [
     "csrc/workspace.c",
     "csrc/gemm/gemm.c",
     "csrc/gemm/ukr_generic_4x16.c",
+    "csrc/bench/peak_generic.c",
     "csrc/conv/conv.c",
     "csrc/conv/direct.c",  # also in ISA_SOURCES: one source, one compile (and kernel table) per set
     "csrc/pool/pool.c",
@@ -28,8 +29,9 @@ PORTABLE_SOURCES = [
 
 # Files compiled once more with an instruction set's flags: {isa: (sources, flags)}.
 ISA_SOURCES = {
-    "avx2": (["csrc/gemm/ukr_avx2_6x16.c", "csrc/conv/direct.c"], ["-mavx2", "-mfma"]),
-    "avx512": (["csrc/gemm/ukr_avx512_14x32.c", "csrc/conv/direct.c"], ["-mavx512f", "-mavx2", "-mfma"]),
+    "avx2": (["csrc/gemm/ukr_avx2_6x16.c", "csrc/conv/direct.c", "csrc/bench/peak_avx2.c"], ["-mavx2", "-mfma"]),
+    "avx512": (["csrc/gemm/ukr_avx512_14x32.c", "csrc/conv/direct.c", "csrc/bench/peak_avx512.c"],
+               ["-mavx512f", "-mavx2", "-mfma"]),
 }
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
@@ -74,7 +76,8 @@ extension = Extension(
     "fastconv._C",
     sources=["fastconv/_C.pyx"] + PORTABLE_SOURCES,
     include_dirs=["csrc"],
-    depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/conv/direct.h", "csrc/workspace.h"],
+    depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/conv/direct.h", "csrc/workspace.h",
+             "csrc/bench/peak.h"],
 )
 
 setup(

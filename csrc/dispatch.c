@@ -5,6 +5,7 @@
 
 #include "fastconv.h"
 #include "dispatch.h"
+#include "bench/peak.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -14,28 +15,18 @@ enum isa { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_COUNT };
 
 static const char *const isa_names[ISA_COUNT] = { "generic", "avx2", "avx512" };
 
-/* The kernel table: one row per instruction set. */
-static const fc_gemm_kernel *gemm_kernel_for(enum isa isa)
-{
-    switch (isa) {
+/* The kernel table: one row per instruction set, indexed by enum isa. */
+static const struct isa_kernels {
+    const fc_gemm_kernel *gemm;
+    const fc_conv_direct_kernels *conv_direct;
+    fc_fma_peak_fn fma_peak;
+} kernel_table[ISA_COUNT] = {
+    [ISA_GENERIC] = { &fc_gemm_generic_4x16, &fc_conv_direct_generic, fc_fma_peak_generic },
 #if defined(__x86_64__) || defined(_M_X64)
-    case ISA_AVX512: return &fc_gemm_avx512_14x32;
-    case ISA_AVX2: return &fc_gemm_avx2_6x16;
+    [ISA_AVX2] = { &fc_gemm_avx2_6x16, &fc_conv_direct_avx2, fc_fma_peak_avx2 },
+    [ISA_AVX512] = { &fc_gemm_avx512_14x32, &fc_conv_direct_avx512, fc_fma_peak_avx512 },
 #endif
-    default: return &fc_gemm_generic_4x16;
-    }
-}
-
-static const fc_conv_direct_kernels *conv_direct_for(enum isa isa)
-{
-    switch (isa) {
-#if defined(__x86_64__) || defined(_M_X64)
-    case ISA_AVX512: return &fc_conv_direct_avx512;
-    case ISA_AVX2: return &fc_conv_direct_avx2;
-#endif
-    default: return &fc_conv_direct_generic;
-    }
-}
+};
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
@@ -110,11 +101,28 @@ int fc_set_isa(const char *name)
     return 0;
 }
 
-const fc_gemm_kernel *fc_active_gemm_kernel(void) { return gemm_kernel_for(current_isa()); }
+const fc_gemm_kernel *fc_active_gemm_kernel(void) { return kernel_table[current_isa()].gemm; }
+
+int64_t fc_fma_peak(const char *isa_name, int64_t iters, int threads)
+{
+    const int isa = isa_name ? isa_from_name(isa_name) : (int)current_isa();
+    if (isa < 0 || !cpu_supports((enum isa)isa)) return -1;
+    const fc_fma_peak_fn run = kernel_table[isa].fma_peak;
+    int64_t flops = 0;
+    #pragma omp parallel num_threads(threads) if (threads > 1) reduction(+ : flops)
+    flops += run(iters);
+    return flops;
+}
 
 const char *fc_gemm_kernel_name(void) { return fc_active_gemm_kernel()->name; }
 
-const fc_conv_direct_kernels *fc_active_conv_direct(void) { return conv_direct_for(current_isa()); }
+const fc_conv_direct_kernels *fc_active_conv_direct(void) { return kernel_table[current_isa()].conv_direct; }
+
+void fc_gemm_blocking(int out[5])
+{
+    const fc_gemm_kernel *k = fc_active_gemm_kernel();
+    out[0] = k->mr; out[1] = k->nr; out[2] = k->mc; out[3] = k->kc; out[4] = k->nc;
+}
 
 const char *fc_compiler(void)
 {

@@ -14,6 +14,12 @@ const char *fc_compiler(void);
 int fc_openmp_enabled(void);
 void fc_set_num_threads(int n);
 int fc_get_num_threads(void);
+/* Runs the FP32 FMA peak loop of one instruction set (NULL: the active one) for `iters` steps on
+ * `threads` threads and returns the floating-point operations done, or -1 if the CPU lacks that set.
+ * The caller times it (fastconv.bench). */
+int64_t fc_fma_peak(const char *isa, int64_t iters, int threads);
+/* The active GEMM kernel's register tile and cache blocks: out[0..5) = mr, nr, mc, kc, nc. */
+void fc_gemm_blocking(int out[5]);
 
 /* ---- GEMM: C = alpha * op(A) @ op(B) + beta * C, row-major, op(A) is m x k, op(B) is k x n ----
  * bias (length n, or NULL) is added per column and relu applied after, both while C is in registers. */

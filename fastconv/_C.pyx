@@ -15,6 +15,8 @@ cdef extern from "fastconv.h" nogil:
     int fc_openmp_enabled()
     void fc_set_num_threads(int n)
     int fc_get_num_threads()
+    int64_t fc_fma_peak(const char *isa, int64_t iters, int threads)
+    void fc_gemm_blocking(int out[5])
 
     void fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
@@ -54,6 +56,24 @@ def set_isa(str name):
 
 def gemm_kernel_name():
     return fc_gemm_kernel_name().decode()
+
+
+def gemm_blocking():
+    """The active GEMM kernel's (mr, nr, mc, kc, nc): register tile and cache blocks."""
+    cdef int out[5]
+    fc_gemm_blocking(out)
+    return tuple(out[i] for i in range(5))
+
+
+def fma_peak(isa, int64_t iters, int threads):
+    """Run the FMA peak loop of `isa` (None: the active one); return the flops done, -1 if unsupported."""
+    cdef bytes name = b"" if isa is None else isa.encode()
+    cdef const char *name_ptr = NULL
+    if isa is not None:
+        name_ptr = name
+    with nogil:
+        flops = fc_fma_peak(name_ptr, iters, threads)
+    return flops
 
 
 def compiler():

@@ -1,0 +1,17 @@
+/* FP32 FMA peak microbenchmarks, one per instruction set: each runs `iters` steps of CHAINS
+ * independent FMA dependency chains (enough to cover the FMA latency on every pipe) and returns the
+ * number of floating-point operations done. Timing is the caller's (fastconv/bench.py). */
+#ifndef FASTCONV_PEAK_H
+#define FASTCONV_PEAK_H
+
+#include <stdint.h>
+
+typedef int64_t (*fc_fma_peak_fn)(int64_t iters);
+
+int64_t fc_fma_peak_generic(int64_t iters);
+#if defined(__x86_64__) || defined(_M_X64)
+int64_t fc_fma_peak_avx2(int64_t iters);
+int64_t fc_fma_peak_avx512(int64_t iters);
+#endif
+
+#endif
