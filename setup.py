@@ -76,8 +76,10 @@ extension = Extension(
     "fastconv._C",
     sources=["fastconv/_C.pyx"] + PORTABLE_SOURCES,
     include_dirs=["csrc"],
+    # The instruction-set files are linked as extra objects: listed here so editing one relinks.
     depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/conv/direct.h", "csrc/workspace.h",
-             "csrc/bench/peak.h"],
+             "csrc/bench/peak.h"]
+    + sorted({source for sources, _ in ISA_SOURCES.values() for source in sources}),
 )
 
 setup(

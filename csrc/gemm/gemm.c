@@ -1,51 +1,57 @@
 /* The loops around the micro-kernel, written once for every instruction set (BLIS/Goto design):
  *   jc over n by NC  -> pc over k by KC (pack B block) -> ic over m by MC (pack A block)
  *   -> jr over NR columns -> ir over MR rows -> micro-kernel.
- * Threads split the (ic, jr-group) tiles of C; K is never split, so every element of C is summed in
- * the same order whatever the thread count. */
+ *
+ * Threads. K is never split, so every element of C is summed in the same order whatever the thread
+ * count (results are bitwise identical for 1 and N threads). Each KC step, the threads pack the
+ * shared B block together (one NR panel each in turn), then share out the tiles of C: a tile is one
+ * row block (up to MC rows, its own packed A in the thread's L2) times a group of NR column panels.
+ * Large M: one column group, and the row blocks are sized so their count is a multiple of the thread
+ * count (no thread idles on the last round). Small M (a Dense layer's batch, a weight gradient):
+ * the columns (jr) are cut into groups first, then the row blocks shrink towards MR, so up to
+ * (M / MR) * (N / NR) threads get work; this scales to 16+ cores while each tile still runs whole
+ * KC-long micro-kernel calls. */
 #include <stdlib.h>
-#include <string.h>
 
 #include "gemm.h"
 #include "../fastconv.h"
 #include "../dispatch.h"
 
+enum { A_IN_PLACE_MAX_PANELS = 4 };
+
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Packs rows [i0, i0+m) x cols [p0, p0+k) of op(A) into MR-row panels, zero-filling the last one. */
-static void pack_a(const fc_gemm_problem *p, int mr, int64_t i0, int64_t m, int64_t p0, int64_t k, float *dst)
+/* Copies `rows` x k elements, element (i, q) at src[i * rs + q * cs], into k groups of `width` floats
+ * (dst[q * width + i]), zero-filling rows [rows, width). Used for A panels (width MR) and B panels
+ * (width NR). The loop runs along whichever source stride is 1, so reads are contiguous. */
+static void pack_panel(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst)
 {
-    for (int64_t ir = 0; ir < m; ir += mr) {
-        const int rows = (int)min64(mr, m - ir);
+    if (rs == 1) {
         for (int64_t q = 0; q < k; q++) {
-            const float *src = p->a + (i0 + ir) * p->a_rs + (p0 + q) * p->a_cs;
-            for (int i = 0; i < rows; i++) dst[i] = src[i * p->a_rs];
-            for (int i = rows; i < mr; i++) dst[i] = 0.0f;
-            dst += mr;
+            const float *s = src + q * cs;
+            float *d = dst + q * width;
+            for (int i = 0; i < rows; i++) d[i] = s[i];
+            for (int i = rows; i < width; i++) d[i] = 0.0f;
         }
+        return;
     }
-}
-
-/* Packs one NR-column panel: rows [p0, p0+k) x cols [j0, j0+cols) of op(B), zero-filled to NR. */
-static void pack_b_panel(const fc_gemm_problem *p, int nr, int64_t p0, int64_t k, int64_t j0, int cols, float *dst)
-{
-    for (int64_t q = 0; q < k; q++) {
-        const float *src = p->b + (p0 + q) * p->b_rs + j0 * p->b_cs;
-        if (p->b_cs == 1 && cols == nr) {
-            memcpy(dst, src, sizeof(float) * nr);
-        } else {
-            for (int j = 0; j < cols; j++) dst[j] = src[j * p->b_cs];
-            for (int j = cols; j < nr; j++) dst[j] = 0.0f;
-        }
-        dst += nr;
+    for (int i = 0; i < rows; i++) {
+        const float *s = src + i * rs;
+        for (int64_t q = 0; q < k; q++) dst[q * width + i] = s[q * cs];
     }
+    for (int i = rows; i < width; i++)
+        for (int64_t q = 0; q < k; q++) dst[q * width + i] = 0.0f;
 }
 
 static float *alloc_floats(int64_t count)
 {
     /* 64-byte alignment keeps packed panels on cache-line boundaries. */
     size_t bytes = ((size_t)count * sizeof(float) + 63) & ~(size_t)63;
-    return aligned_alloc(64, bytes ? bytes : 64);
+    float *ptr = aligned_alloc(64, bytes ? bytes : 64);
+    if (!ptr) abort();
+    return ptr;
 }
 
 /* Scales C by beta (and adds bias/relu) when k == 0: nothing to multiply, only the epilogue. */
@@ -61,24 +67,45 @@ static void epilogue_only(const fc_gemm_problem *p)
     }
 }
 
+/* Rows per row block: at most MC, a multiple of MR, and as many blocks as the threads need (see the
+ * comment at the top). */
+static int64_t plan_mc(const fc_gemm_kernel *kr, int64_t m, int64_t n_panels, int threads)
+{
+    int64_t m_blocks = ceil_div(m, kr->mc);
+    if (threads > 1) {
+        if (m_blocks >= threads) {
+            m_blocks = ceil_div(m_blocks, threads) * threads;
+        } else {
+            const int64_t groups = min64(n_panels, ceil_div(threads, m_blocks));
+            m_blocks = max64(m_blocks, ceil_div(threads, groups));
+        }
+    }
+    m_blocks = min64(m_blocks, ceil_div(m, kr->mr));
+    return ceil_div(ceil_div(m, m_blocks), kr->mr) * kr->mr;
+}
+
 void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads)
 {
     if (p->m <= 0 || p->n <= 0) return;
     if (p->k <= 0) { epilogue_only(p); return; }
     const int64_t mr = kr->mr, nr = kr->nr;
-    const int64_t kc_max = min64(kr->kc, p->k);
-    const int64_t nc_max = min64(kr->nc, (p->n + nr - 1) / nr * nr);
-    const int64_t mc_max = min64(kr->mc, (p->m + mr - 1) / mr * mr);
+    /* K blocks of equal size (K = 288 is 2 x 144, not 256 + 32): fewer passes over C for the same
+     * L1 footprint of the B panel. Independent of the thread count. */
+    const int64_t kc_max = ceil_div(p->k, ceil_div(p->k, kr->kc));
+    const int64_t nc_max = min64(kr->nc, ceil_div(p->n, nr) * nr);
+    const int64_t mc_max = plan_mc(kr, p->m, nc_max / nr, threads);
+    /* A row-major op(A) is read in place by the micro-kernel when N is at most a few panels wide
+     * (im2col GEMMs, Dense layers): packing would cost about as much as the multiply. Wider
+     * products pack it, as a packed panel is one stream without cache-set conflicts between rows. */
+    const int a_in_place = p->a_cs == 1 && p->n <= A_IN_PLACE_MAX_PANELS * nr;
     float *b_pack = alloc_floats(kc_max * nc_max);
-    if (!b_pack) abort();
 
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         float *a_pack = alloc_floats(mc_max * kc_max);
-        if (!a_pack) abort();
         for (int64_t jc = 0; jc < p->n; jc += nc_max) {
             const int64_t nc = min64(nc_max, p->n - jc);
-            const int64_t n_panels = (nc + nr - 1) / nr;
+            const int64_t n_panels = ceil_div(nc, nr);
             for (int64_t pc = 0; pc < p->k; pc += kc_max) {
                 const int64_t kc = min64(kc_max, p->k - pc);
                 const int last_k_block = pc + kc == p->k;
@@ -87,23 +114,26 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
                     .bias = NULL, .relu = last_k_block && p->relu,
                 };
                 #pragma omp for schedule(static)
-                for (int64_t jp = 0; jp < n_panels; jp++)
-                    pack_b_panel(p, (int)nr, pc, kc, jc + jp * nr, (int)min64(nr, nc - jp * nr), b_pack + jp * nr * kc);
+                for (int64_t jp = 0; jp < n_panels; jp++) {
+                    const int64_t j = jc + jp * nr;
+                    pack_panel(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j),
+                               kc, (int)nr, b_pack + jp * nr * kc);
+                }
 
-                /* Tiles of C: each MC block of rows, cut into column groups when there are fewer
-                 * row blocks than threads (small m, e.g. a Dense layer's batch). */
-                const int64_t m_blocks = (p->m + mc_max - 1) / mc_max;
-                int64_t groups = m_blocks >= threads ? 1 : (threads + m_blocks - 1) / m_blocks;
-                if (groups > n_panels) groups = n_panels;
-                const int64_t panels_per_group = (n_panels + groups - 1) / groups;
-                groups = (n_panels + panels_per_group - 1) / panels_per_group;
+                const int64_t m_blocks = ceil_div(p->m, mc_max);
+                int64_t groups = m_blocks >= threads ? 1 : min64(n_panels, ceil_div(threads, m_blocks));
+                const int64_t panels_per_group = ceil_div(n_panels, groups);
+                groups = ceil_div(n_panels, panels_per_group);
                 int64_t packed_block = -1;
                 #pragma omp for schedule(static)
                 for (int64_t t = 0; t < m_blocks * groups; t++) {
                     const int64_t ib = t / groups, g = t % groups;
                     const int64_t ic = ib * mc_max, mc = min64(mc_max, p->m - ic);
-                    if (packed_block != ib) {
-                        pack_a(p, (int)mr, ic, mc, pc, kc, a_pack);
+                    const float *a_block = p->a + ic * p->a_rs + pc * p->a_cs;
+                    if (packed_block != ib) {  /* in place, only the last, partial panel is packed */
+                        for (int64_t ir = a_in_place ? mc / mr * mr : 0; ir < mc; ir += mr)
+                            pack_panel(a_block + ir * p->a_rs, p->a_rs, p->a_cs, (int)min64(mr, mc - ir), kc,
+                                       (int)mr, a_pack + ir * kc);
                         packed_block = ib;
                     }
                     const int64_t jp_end = min64(n_panels, (g + 1) * panels_per_group);
@@ -112,8 +142,12 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
                         const int cols = (int)min64(nr, p->n - j);
                         ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
                         for (int64_t ir = 0; ir < mc; ir += mr) {
-                            kr->ukr(kc, a_pack + ir * kc, b_pack + jp * nr * kc, p->c + (ic + ir) * p->ldc + j,
-                                    p->ldc, (int)min64(mr, mc - ir), cols, &ep);
+                            const int rows = (int)min64(mr, mc - ir);
+                            const int whole_in_place = a_in_place && rows == mr;
+                            const float *a = whole_in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
+                            const int64_t rs_a = whole_in_place ? p->a_rs : 1, cs_a = whole_in_place ? 1 : mr;
+                            kr->ukr(kc, a, rs_a, cs_a, b_pack + jp * nr * kc, p->c + (ic + ir) * p->ldc + j,
+                                    p->ldc, rows, cols, &ep);
                         }
                     }
                 }

@@ -1,10 +1,12 @@
 /* The GEMM micro-kernel contract, shared by every instruction set (the BLIS design).
  *
- * A micro-kernel multiplies a packed MR x k panel of A by a packed k x NR panel of B and writes the
+ * A micro-kernel multiplies an MR x k panel of A by a packed k x NR panel of B and writes the
  * m x n corner (m <= MR, n <= NR) of the tile at c (row stride ldc):
  *     c = alpha * (A_panel @ B_panel) + beta * c      (c is not read when beta == 0)
  *     then c += bias[0..n) per column and c = max(c, 0) when asked, while the tile is in registers.
- * Packed layouts: A panel is k groups of MR floats (a[p*MR + i]); B panel is k groups of NR floats. */
+ * A panel element (i, p) is a[i * rs_a + p * cs_a] for all MR rows (rows past m must be readable;
+ * the kernel ignores them): packed panels are k groups of MR floats (rs_a = 1, cs_a = MR), and a
+ * row-major A can be passed in place (rs_a = lda, cs_a = 1). The B panel is k groups of NR floats. */
 #ifndef FASTCONV_GEMM_H
 #define FASTCONV_GEMM_H
 
@@ -16,7 +18,7 @@ typedef struct {
     int relu;
 } fc_tile_epilogue;
 
-typedef void (*fc_gemm_ukr)(int64_t k, const float *a_panel, const float *b_panel,
+typedef void (*fc_gemm_ukr)(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b_panel,
                             float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep);
 
 /* One instruction set's GEMM configuration: the tile, the cache blocking and the micro-kernel. */
@@ -48,8 +50,7 @@ typedef struct {
  * so every element of C gets the same arithmetic whatever the thread count. */
 void fc_gemm_run(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, int threads);
 
-/* The scalar write-back of a tile held in a plain MR x NR array: used by the portable kernel and by
- * the SIMD kernels for their partial tiles. */
+/* The scalar write-back of a tile held in a plain MR x NR array (the portable kernel). */
 static inline void fc_store_tile(const float *acc, int acc_stride, float *c, int64_t ldc, int m, int n,
                                  const fc_tile_epilogue *ep)
 {

@@ -1,4 +1,5 @@
-/* AVX2+FMA micro-kernel: a 6 x 16 tile of C in 12 ymm accumulators (compiled with -mavx2 -mfma). */
+/* AVX2+FMA micro-kernel: a 6 x 16 tile of C in 12 ymm accumulators (compiled with -mavx2 -mfma).
+ * Partial tiles use masked loads and stores, so edges cost no scalar code. */
 #include "gemm.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -6,46 +7,62 @@
 
 enum { MR = 6, NR = 16 };
 
-static void ukr_avx2_6x16(int64_t k, const float *a, const float *b, float *c, int64_t ldc,
-                          int m, int n, const fc_tile_epilogue *ep)
+/* acc += A panel @ B panel. Row i of A is base[i / 3][(i % 3) * rs]: two pointers and the
+ * broadcast's addressing mode, whatever the layout of A. */
+static inline __attribute__((always_inline)) void tile_fma(int64_t k, const float *a, int64_t rs, int64_t cs,
+                                                           const float *b, __m256 acc[MR][2])
 {
-    __m256 acc[MR][2];
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    const float *base[2] = { a, a + 3 * rs };
     for (int64_t p = 0; p < k; p++) {
-        const __m256 b0 = _mm256_loadu_ps(b + p * NR), b1 = _mm256_loadu_ps(b + p * NR + 8);
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        #pragma GCC unroll 6
         for (int i = 0; i < MR; i++) {
-            const __m256 ai = _mm256_broadcast_ss(a + p * MR + i);
+            const __m256 ai = _mm256_broadcast_ss(&base[i / 3][(i % 3) * rs]);
             acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
         }
+        base[0] += cs;
+        base[1] += cs;
+        b += NR;
     }
-    if (m < MR || n < NR) {
-        float tile[MR * NR];
-        for (int i = 0; i < MR; i++) {
-            _mm256_storeu_ps(tile + i * NR, acc[i][0]);
-            _mm256_storeu_ps(tile + i * NR + 8, acc[i][1]);
-        }
-        fc_store_tile(tile, NR, c, ldc, m, n, ep);
-        return;
-    }
-    const __m256 alpha = _mm256_set1_ps(ep->alpha), beta = _mm256_set1_ps(ep->beta), zero = _mm256_setzero_ps();
-    const __m256 bias0 = ep->bias ? _mm256_loadu_ps(ep->bias) : zero;
-    const __m256 bias1 = ep->bias ? _mm256_loadu_ps(ep->bias + 8) : zero;
+}
+
+static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b,
+                          float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
+{
+    __m256 acc[MR][2];
+    #pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    tile_fma(k, a, rs_a, cs_a, b, acc);
+    /* The epilogue needs 7 more registers than the 16 ymm: park the tile in memory once here, or
+     * the compiler keeps the accumulators there through the whole k loop. */
+    float tile[MR][NR];
+    #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) {
+        _mm256_storeu_ps(tile[i], acc[i][0]);
+        _mm256_storeu_ps(tile[i] + 8, acc[i][1]);
+    }
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+    const __m256i mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), lane);
+    const __m256 alpha = _mm256_set1_ps(ep->alpha), beta = _mm256_set1_ps(ep->beta), zero = _mm256_setzero_ps();
+    const __m256 bias0 = ep->bias ? _mm256_maskload_ps(ep->bias, mask0) : zero;
+    const __m256 bias1 = ep->bias ? _mm256_maskload_ps(ep->bias + 8, mask1) : zero;
+    for (int i = 0; i < m; i++) {
         float *row = c + i * ldc;
-        __m256 v0 = _mm256_mul_ps(alpha, acc[i][0]), v1 = _mm256_mul_ps(alpha, acc[i][1]);
+        __m256 v0 = _mm256_mul_ps(alpha, _mm256_loadu_ps(tile[i])), v1 = _mm256_mul_ps(alpha, _mm256_loadu_ps(tile[i] + 8));
         if (ep->beta != 0.0f) {
-            v0 = _mm256_fmadd_ps(beta, _mm256_loadu_ps(row), v0);
-            v1 = _mm256_fmadd_ps(beta, _mm256_loadu_ps(row + 8), v1);
+            v0 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(row, mask0), v0);
+            v1 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(row + 8, mask1), v1);
         }
         if (ep->bias) { v0 = _mm256_add_ps(v0, bias0); v1 = _mm256_add_ps(v1, bias1); }
         if (ep->relu) { v0 = _mm256_max_ps(zero, v0); v1 = _mm256_max_ps(zero, v1); }  /* max(0, NaN) = NaN */
-        _mm256_storeu_ps(row, v0);
-        _mm256_storeu_ps(row + 8, v1);
+        _mm256_maskstore_ps(row, mask0, v0);
+        _mm256_maskstore_ps(row + 8, mask1, v1);
     }
 }
 
 const fc_gemm_kernel fc_gemm_avx2_6x16 = {
-    .name = "avx2_6x16", .mr = MR, .nr = NR, .mc = 144, .kc = 256, .nc = 4080, .ukr = ukr_avx2_6x16,
+    .name = "avx2_6x16", .mr = MR, .nr = NR, .mc = 144, .kc = 384, .nc = 4080, .ukr = ukr_avx2_6x16,
 };
 #endif

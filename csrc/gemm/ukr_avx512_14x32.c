@@ -1,5 +1,6 @@
 /* AVX-512F micro-kernel: a 14 x 32 tile of C in 28 zmm accumulators; A is broadcast straight from
- * memory, so two registers hold the B row and none is spilled (compiled with -mavx512f -mfma). */
+ * memory, so two registers hold the B row and none is spilled (compiled with -mavx512f -mfma).
+ * Tiles of at most 16 columns run a 14 x 16 loop (half the FMAs): Dense layers with few outputs. */
 #include "gemm.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -7,26 +8,52 @@
 
 enum { MR = 14, NR = 32 };
 
-static void ukr_avx512_14x32(int64_t k, const float *a, const float *b, float *c, int64_t ldc,
-                             int m, int n, const fc_tile_epilogue *ep)
+/* acc (+)= A panel @ B panel over `halves` 16-column halves of the tile. A row i is read through
+ * one of five base pointers (rows 0, 3, 6, 9, 12) plus 0, rs or 2*rs, which the compiler folds into
+ * the broadcast's addressing mode, so a row-major A costs no more registers than a packed one. */
+static inline __attribute__((always_inline)) void tile_fma(int64_t k, const float *a, int64_t rs, int64_t cs,
+                                                           const float *b, int halves, __m512 acc[MR][2])
 {
+    const float *base[5];
+    for (int g = 0; g < 5; g++) base[g] = a + 3 * g * rs;
+    for (int64_t p = 0; p < k; p++) {
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = halves == 2 ? _mm512_loadu_ps(b + 16) : b0;
+        #pragma GCC unroll 14
+        for (int i = 0; i < MR; i++) {
+            const __m512 ai = _mm512_set1_ps(base[i / 3][(i % 3) * rs]);
+            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+            if (halves == 2) acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+        }
+        for (int g = 0; g < 5; g++) base[g] += cs;
+        b += NR;
+    }
+}
+
+static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b,
+                             float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
+{
+    /* Fetch the C tile while the k loop runs: it is read (beta != 0) or written at the end, and
+     * for large C it comes from L3 or memory. */
+    for (int i = 0; i < m; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + NR - 1), _MM_HINT_T0);
+    }
     __m512 acc[MR][2];
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < k; p++) {
-        const __m512 b0 = _mm512_loadu_ps(b + p * NR), b1 = _mm512_loadu_ps(b + p * NR + 16);
-        for (int i = 0; i < MR; i++) {
-            const __m512 ai = _mm512_set1_ps(a[p * MR + i]);
-            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
-        }
-    }
+    if (n > 16)
+        tile_fma(k, a, rs_a, cs_a, b, 2, acc);
+    else
+        tile_fma(k, a, rs_a, cs_a, b, 1, acc);
     /* Partial columns use masked loads/stores; partial rows are simply not written. */
     const __mmask16 mask0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
     const __mmask16 mask1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
     const __m512 alpha = _mm512_set1_ps(ep->alpha), beta = _mm512_set1_ps(ep->beta), zero = _mm512_setzero_ps();
     const __m512 bias0 = ep->bias ? _mm512_maskz_loadu_ps(mask0, ep->bias) : zero;
     const __m512 bias1 = ep->bias ? _mm512_maskz_loadu_ps(mask1, ep->bias + 16) : zero;
-    for (int i = 0; i < m; i++) {
+    /* A constant trip count keeps the accumulators in registers (a loop to m would index them). */
+    #pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        if (i >= m) break;
         float *row = c + i * ldc;
         __m512 v0 = _mm512_mul_ps(alpha, acc[i][0]), v1 = _mm512_mul_ps(alpha, acc[i][1]);
         if (ep->beta != 0.0f) {
@@ -41,6 +68,6 @@ static void ukr_avx512_14x32(int64_t k, const float *a, const float *b, float *c
 }
 
 const fc_gemm_kernel fc_gemm_avx512_14x32 = {
-    .name = "avx512_14x32", .mr = MR, .nr = NR, .mc = 168, .kc = 256, .nc = 4096, .ukr = ukr_avx512_14x32,
+    .name = "avx512_14x32", .mr = MR, .nr = NR, .mc = 168, .kc = 384, .nc = 4096, .ukr = ukr_avx512_14x32,
 };
 #endif

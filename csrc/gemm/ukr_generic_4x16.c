@@ -3,14 +3,14 @@
 
 enum { MR = 4, NR = 16 };
 
-static void ukr_generic_4x16(int64_t k, const float *a, const float *b, float *c, int64_t ldc,
-                             int m, int n, const fc_tile_epilogue *ep)
+static void ukr_generic_4x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b,
+                             float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
     float acc[MR * NR] = {0};
-    for (int64_t p = 0; p < k; p++) {
+    for (int64_t p = 0; p < k; p++, a += cs_a, b += NR) {
         for (int i = 0; i < MR; i++) {
-            const float ai = a[p * MR + i];
-            for (int j = 0; j < NR; j++) acc[i * NR + j] += ai * b[p * NR + j];
+            const float ai = a[i * rs_a];
+            for (int j = 0; j < NR; j++) acc[i * NR + j] += ai * b[j];
         }
     }
     fc_store_tile(acc, NR, c, ldc, m, n, ep);

@@ -1,0 +1,199 @@
+"""fastconv.gemm against the float64 NumPy reference, on every instruction-set path this CPU runs.
+
+Shapes straddle each kernel's own register tile and cache blocks (read from the kernel table), so
+partial tiles, several K blocks and several N blocks are all exercised.
+"""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _C, reference
+
+EPS32 = np.finfo(np.float32).eps
+
+
+@pytest.fixture(params=fastconv.ISAS)
+def isa(request):
+    if request.param not in fastconv.available_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} path")
+    before = fastconv.get_isa()
+    fastconv.set_isa(request.param)
+    yield request.param
+    fastconv.set_isa(before)
+
+
+@pytest.fixture
+def threads():
+    before = fastconv.get_num_threads()
+    yield fastconv.set_num_threads
+    fastconv.set_num_threads(before)
+
+
+def operands(rng, m, k, n, trans_a=False, trans_b=False):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    return a, b
+
+
+def assert_close(got, a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, bias=None,
+                 activation=None):
+    """Compare with the float64 reference; the bound grows like sqrt(K) * eps * (|alpha| |A| |B| + |beta C|)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    out64 = None if out is None else out.astype(np.float64)
+    bias64 = None if bias is None else bias.astype(np.float64)
+    want = reference.gemm(a64, b64, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=out64,
+                          bias=bias64, activation=activation)
+    scale = abs(alpha) * reference.gemm(np.abs(a64), np.abs(b64), trans_a=trans_a, trans_b=trans_b)
+    if out is not None and beta != 0.0:
+        scale += abs(beta) * np.abs(out64)
+    if bias is not None:
+        scale += np.abs(bias64)
+    k = a.shape[0] if trans_a else a.shape[1]
+    bound = 4 * np.sqrt(k + 1) * EPS32 * scale + 1e-30
+    assert got.dtype == np.float32 and got.shape == want.shape
+    err = np.abs(got.astype(np.float64) - want)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert np.all(err <= bound), f"error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
+
+
+def blocking_shapes():
+    """(m, k, n) around the active kernel's MR, NR, MC, KC, NC, plus tiny and prime shapes."""
+    mr, nr, mc, kc, nc = _C.gemm_blocking()
+    return sorted({
+        (1, 1, 1), (2, 3, 1), (3, 1, 2), (1, 7, 3), (7, 13, 5), (17, 31, 29),
+        (mr - 1, 5, nr - 1), (mr, 9, nr), (mr + 1, 11, nr + 1), (2 * mr + 3, 3, 3 * nr - 1),
+        (mc - 1, 4, nr + 3), (mc + 1, 6, 2 * nr + 1), (mc + mr + 2, 3, 5 * nr + 7),
+        (mr + 2, kc - 1, nr + 5), (5, kc, 7), (mr + 3, kc + 1, nr - 3), (3, 2 * kc + 5, 2 * nr + 1),
+        (3, 5, nc + 1), (2, 3, nc + nr + 5),
+    })
+
+
+def test_blocking_is_the_kernel_table(isa):
+    mr, nr, mc, kc, nc = _C.gemm_blocking()
+    assert _C.gemm_kernel_name().startswith(isa) and f"{mr}x{nr}" in _C.gemm_kernel_name()
+    assert mc % mr == 0 and nc % nr == 0 and kc > 0
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_shapes_and_transposes(isa, trans_a, trans_b):
+    rng = np.random.default_rng(1)
+    for m, k, n in blocking_shapes():
+        a, b = operands(rng, m, k, n, trans_a, trans_b)
+        got = fastconv.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
+        assert_close(got, a, b, trans_a=trans_a, trans_b=trans_b)
+
+
+def test_wide_and_tall_row_major_a(isa):
+    """Row-major A is read in place when N is narrow: row strides that alias in the cache, last panels."""
+    rng = np.random.default_rng(2)
+    mr, nr = _C.gemm_blocking()[:2]
+    for m, k, n in [(3 * mr + 5, 1024, 10), (4 * mr - 1, 2048, 4 * nr), (200, 288, 64), (65, 129, 4 * nr + 1)]:
+        a, b = operands(rng, m, k, n)
+        assert_close(fastconv.gemm(a, b), a, b)
+
+
+def test_non_contiguous_and_fortran_inputs(isa):
+    rng = np.random.default_rng(3)
+    a, b = operands(rng, 37, 45, 53)
+    for a_view, b_view in [(np.asfortranarray(a), b), (a, np.asfortranarray(b)), (a[:, ::1], b[::1, :]),
+                           (np.asfortranarray(a)[:, :40], b[:40, ::2])]:
+        got = fastconv.gemm(a_view, b_view)
+        assert_close(got, np.ascontiguousarray(a_view), np.ascontiguousarray(b_view))
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, 0.0), (-2.0, 1.0), (1.5, -0.25), (0.0, 2.0)])
+def test_alpha_beta(isa, alpha, beta):
+    rng = np.random.default_rng(4)
+    mr, nr, _, kc, _ = _C.gemm_blocking()
+    for m, k, n in [(2 * mr + 1, kc + 3, 2 * nr - 1), (5, 3, 7)]:
+        a, b = operands(rng, m, k, n)
+        out = rng.standard_normal((m, n)).astype(np.float32)
+        before = out.copy()
+        got = fastconv.gemm(a, b, alpha=alpha, beta=beta, out=out)
+        assert got is out
+        assert_close(got, a, b, alpha=alpha, beta=beta, out=before)
+
+
+def test_beta_zero_does_not_read_out(isa):
+    rng = np.random.default_rng(5)
+    mr, nr, _, kc, _ = _C.gemm_blocking()
+    for m, k, n in [(mr + 1, kc + 1, nr + 1), (3, 2, 5)]:
+        a, b = operands(rng, m, k, n)
+        out = np.full((m, n), np.nan, dtype=np.float32)
+        fastconv.gemm(a, b, beta=0.0, out=out)
+        assert np.isfinite(out).all()
+        assert_close(out, a, b)
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_bias_and_relu(isa, activation):
+    rng = np.random.default_rng(6)
+    mr, nr, _, kc, _ = _C.gemm_blocking()
+    for m, k, n in [(2 * mr + 3, 2 * kc + 1, 2 * nr + 5), (mr - 1, 7, 10), (3, 5, 4 * nr + 1)]:
+        a, b = operands(rng, m, k, n)
+        bias = rng.standard_normal(n).astype(np.float32)
+        got = fastconv.gemm(a, b, bias=bias, activation=activation)
+        assert_close(got, a, b, bias=bias, activation=activation)
+        out = rng.standard_normal((m, n)).astype(np.float32)
+        before = out.copy()
+        fastconv.gemm(a, b, alpha=0.5, beta=1.0, out=out, bias=bias, activation=activation)
+        assert_close(out, a, b, alpha=0.5, beta=1.0, out=before, bias=bias, activation=activation)
+
+
+def test_nan_propagates_through_relu(isa):
+    a = np.ones((5, 3), dtype=np.float32)
+    a[2, 1] = np.nan
+    b = np.ones((3, 7), dtype=np.float32)
+    got = fastconv.gemm(a, b, activation="relu")
+    want = np.maximum(a @ b, 0)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[2]).all() and not np.isnan(np.delete(got, 2, axis=0)).any()
+
+
+def test_out_validation():
+    a = np.ones((4, 3), dtype=np.float32)
+    b = np.ones((3, 5), dtype=np.float32)
+    with pytest.raises(ValueError, match="out must have shape"):
+        fastconv.gemm(a, b, out=np.empty((5, 4), dtype=np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        fastconv.gemm(a, b, out=np.empty((4, 5), dtype=np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fastconv.gemm(a, b, out=np.empty((5, 4), dtype=np.float32).T)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fastconv.gemm(a, b, out=np.empty((4, 10), dtype=np.float32)[:, ::2])
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        fastconv.gemm(a, b, out=[[0.0] * 5] * 4)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        fastconv.gemm(a, a)
+
+
+def test_out_overlapping_an_input_is_rejected():
+    buf = np.ones((6, 6), dtype=np.float32)
+    with pytest.raises(ValueError, match="overlaps input a"):
+        fastconv.gemm(buf, buf[:, :6], out=buf)
+    square = np.ones((4, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="overlaps input b"):
+        fastconv.gemm(np.ones((4, 4), dtype=np.float32), square, out=square)
+
+
+def test_deterministic_across_thread_counts(isa, threads):
+    """K is never split: 1 and 2 threads give bitwise identical results, also for small-M plans."""
+    rng = np.random.default_rng(7)
+    mr, nr, mc, kc, _ = _C.gemm_blocking()
+    shapes = [(3 * mc + 5, 2 * kc + 3, 3 * nr + 1), (mr + 3, 3 * kc, 8 * nr + 3), (64, 1000, 128), (300, 288, 64)]
+    for m, k, n in shapes:
+        for trans_a in (False, True):
+            a, b = operands(rng, m, k, n, trans_a)
+            bias = rng.standard_normal(n).astype(np.float32)
+            results = []
+            for count in (1, 2):
+                threads(count)
+                results.append(fastconv.gemm(a, b, trans_a=trans_a, bias=bias, activation="relu"))
+            np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_fma_peak_runs_every_available_isa():
+    for name in fastconv.available_isas():
+        assert _C.fma_peak(name, 1000, 1) > 0
+    assert _C.fma_peak(None, 10, 1) > 0
