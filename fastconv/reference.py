@@ -42,6 +42,15 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
     return out
 
 
+def _into(out, result):
+    """Copy `result` into `out` when the caller passed one (the fastconv ops' out= argument)."""
+    if out is None:
+        return result
+    check_shape(out, result.shape, "out")
+    out[...] = result
+    return out
+
+
 def _pad(x, g, value=0.0):
     return np.pad(x, ((0, 0), (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right), (0, 0)), constant_values=value)
 
@@ -62,8 +71,11 @@ def _im2col(xp, g):
     return cols.reshape(g.n * g.oh * g.ow, g.kh * g.kw * g.cin)
 
 
-def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activation=None):
-    """2-D cross-correlation of NHWC `x` with a (kh, kw, cin, cout) kernel, plus bias and activation."""
+def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activation=None, out=None, algorithm=None):
+    """2-D cross-correlation of NHWC `x` with a (kh, kw, cin, cout) kernel, plus bias and activation.
+
+    `algorithm` is accepted for signature compatibility with fastconv.conv2d and ignored.
+    """
     dtype = _dtype(x, w, b)
     x = as_float_array(x, "x", ndim=4, dtype=dtype)
     w = as_float_array(w, "w", ndim=4, dtype=dtype)
@@ -77,11 +89,14 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
         y += b
     if activation == "relu":
         np.maximum(y, 0, out=y)
-    return y.reshape(g.out_shape)
+    return _into(out, y.reshape(g.out_shape))
 
 
-def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1):
-    """Gradients (dx, dw, db) of conv2d without activation, given the output gradient dy."""
+def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, need_dx=True, algorithm=None):
+    """Gradients (dx, dw, db) of conv2d without activation, given the output gradient dy.
+
+    need_dx=False returns None for dx; `algorithm` is accepted and ignored, as in conv2d.
+    """
     dtype = _dtype(dy, x, w)
     x = as_float_array(x, "x", ndim=4, dtype=dtype)
     w = as_float_array(w, "w", ndim=4, dtype=dtype)
@@ -91,6 +106,8 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1):
     dy2 = dy.reshape(-1, g.cout)
     dw = (_im2col(_pad(x, g), g).T @ dy2).reshape(w.shape)
     db = dy2.sum(axis=0)
+    if not need_dx:
+        return None, dw, db
     dcols = (dy2 @ w.reshape(-1, g.cout).T).reshape(g.n, g.oh, g.ow, g.kh, g.kw, g.cin)
     dxp = np.zeros((g.n, g.h + g.pad_top + g.pad_bottom, g.w + g.pad_left + g.pad_right, g.cin), dtype=dtype)
     for i in range(g.kh):
@@ -109,14 +126,14 @@ def _pool_windows(xp, g):
             yield i, j, xp[:, rows, columns, :]
 
 
-def maxpool2d(x, pool_size=2, strides=None, padding="valid"):
+def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
     """Max pooling over NHWC `x`; 'same' pads with -inf."""
     x = as_float_array(x, "x", ndim=4, dtype=_dtype(x))
     g = pool_geometry(x.shape, pool_size, strides, padding)
     y = np.full(g.out_shape, -np.inf, dtype=x.dtype)
     for _, _, window in _pool_windows(_pad(x, g, -np.inf), g):
         np.maximum(y, window, out=y)
-    return y
+    return _into(out, y)
 
 
 def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):
@@ -150,14 +167,14 @@ def _window_counts(g, dtype):
     return counts
 
 
-def avgpool2d(x, pool_size=2, strides=None, padding="valid"):
+def avgpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
     """Average pooling over NHWC `x`; with 'same' the padding is excluded from the mean (Keras)."""
     x = as_float_array(x, "x", ndim=4, dtype=_dtype(x))
     g = pool_geometry(x.shape, pool_size, strides, padding)
     total = np.zeros(g.out_shape, dtype=x.dtype)
     for _, _, window in _pool_windows(_pad(x, g), g):
         total += window
-    return total / _window_counts(g, x.dtype)
+    return _into(out, total / _window_counts(g, x.dtype))
 
 
 def avgpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import fastconv
 from fastconv import keras
 from fastconv.keras import layers, losses, optimizers
 from fastconv.keras.models import Sequential
@@ -460,3 +461,21 @@ def test_input_and_output_shape_of_built_and_unbuilt_models():
     unscaled = keras.Sequential([keras.Input(shape=(28, 28, 1)), *model.layers[1:]])  # shares the weights
     np.testing.assert_allclose(model.predict(images, verbose=0), unscaled.predict(images / 255.0, verbose=0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_layers_after_the_input_skip_their_input_gradient(monkeypatch):
+    calls = []
+    real = fastconv.ops.conv2d_backward
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("need_dx", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastconv.ops, "conv2d_backward", recording)
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input(shape=(8, 8, 1)), layers.Rescaling(0.5), layers.Conv2D(4, 3),
+                              layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).standard_normal((4, 8, 8, 1)).astype(np.float32)
+    model.train_on_batch(x, np.array([0, 1, 0, 1]))
+    assert calls == [True, False]  # backward runs last layer first: the second conv needs dx, the first not

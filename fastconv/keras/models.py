@@ -171,18 +171,31 @@ class Model:
         for i, grad in zip(self._output_ids, output_grads):
             grads[i] = grad
         fused_plan_entries = {self._fusable_outputs[j] for j in preactivation_outputs}
+        input_grad_needed = self._input_grads_needed()
         for k in range(len(self._plan) - 1, -1, -1):
             layer, input_ids, multi, out_id = self._plan[k]
             grad = grads[out_id]
             if grad is None:  # this branch does not reach any loss
                 continue
-            if k in fused_plan_entries:
-                input_grads = layer.backward(contexts[k], grad, from_preactivation=True)
-            else:
-                input_grads = layer.backward(contexts[k], grad)
+            kwargs = {"from_preactivation": True} if k in fused_plan_entries else {}
+            if not input_grad_needed[k]:
+                # Nothing upstream learns (e.g. the first conv after the input): only weight gradients.
+                if layer.trainable_weights:
+                    layer.backward(contexts[k], grad, need_input_grad=False, **kwargs)
+                continue
+            input_grads = layer.backward(contexts[k], grad, **kwargs)
             for i, g in zip(input_ids, input_grads if multi else [input_grads]):
                 # A new array, never +=: merge layers hand the same gradient array to several inputs.
                 grads[i] = g if grads[i] is None else grads[i] + g
+
+    def _input_grads_needed(self):
+        """For each plan entry: does any trainable weight lie upstream of its inputs?"""
+        upstream_learns = [False] * len(self._nodes)
+        needed = []
+        for layer, input_ids, _, out_id in self._plan:
+            needed.append(any(upstream_learns[i] for i in input_ids))
+            upstream_learns[out_id] = needed[-1] or bool(layer.trainable_weights)
+        return needed
 
     def __call__(self, inputs, training=False):
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]

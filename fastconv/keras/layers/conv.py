@@ -68,11 +68,12 @@ class Conv2D(Layer):
         out = pre if relu else apply_activation(self.activation, pre)
         return out, (inputs, pre, out)
 
-    def backward(self, ctx, grad, from_preactivation=False):
+    def backward(self, ctx, grad, from_preactivation=False, need_input_grad=True):
         x, pre, out = ctx
         dpre = activation_backward(self.activation, grad, pre, out, from_preactivation)
         dx, dw, db = backend.ops().conv2d_backward(dpre, x, self.kernel.value, strides=self.strides,
-                                                   padding=self.padding, dilation_rate=self.dilation_rate)
+                                                   padding=self.padding, dilation_rate=self.dilation_rate,
+                                                   need_dx=need_input_grad)
         self.kernel.add_grad(dw)
         if self.bias is not None:
             self.bias.add_grad(db)

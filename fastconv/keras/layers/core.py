@@ -67,13 +67,15 @@ class Dense(Layer):
         out = pre if relu else apply_activation(self.activation, pre)
         return out.reshape(inputs.shape[:-1] + (self.units,)), (x, pre, out, inputs.shape)
 
-    def backward(self, ctx, grad, from_preactivation=False):
+    def backward(self, ctx, grad, from_preactivation=False, need_input_grad=True):
         x, pre, out, input_shape = ctx
         dpre = activation_backward(self.activation, grad.reshape(pre.shape), pre, out, from_preactivation)
         gemm = backend.ops().gemm
         self.kernel.add_grad(gemm(x, dpre, trans_a=True))
         if self.bias is not None:
             self.bias.add_grad(dpre.sum(axis=0))
+        if not need_input_grad:
+            return None
         return gemm(dpre, self.kernel.value, trans_b=True).reshape(input_shape)
 
     def preactivation(self, ctx):

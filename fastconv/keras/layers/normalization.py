@@ -65,13 +65,15 @@ class BatchNormalization(Layer):
             out = out + self.beta.value
         return out, (normalized, inv_std, bool(training and self.trainable))
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True):
         normalized, inv_std, used_batch_statistics = ctx
         axes = tuple(range(grad.ndim - 1))
         if self.gamma is not None:
             self.gamma.add_grad((grad * normalized).sum(axis=axes))
         if self.beta is not None:
             self.beta.add_grad(grad.sum(axis=axes))
+        if not need_input_grad:
+            return None
         dnormalized = grad if self.gamma is None else grad * self.gamma.value
         if not used_batch_statistics:
             return dnormalized * inv_std
