@@ -25,6 +25,7 @@ PORTABLE_SOURCES = [
     "csrc/conv/conv.c",
     "csrc/conv/direct.c",  # also in ISA_SOURCES: one source, one compile (and kernel table) per set
     "csrc/pool/pool.c",
+    "csrc/train/train.c",
 ]
 
 # Files compiled once more with an instruction set's flags: {isa: (sources, flags)}.

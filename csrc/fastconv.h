@@ -65,4 +65,11 @@ void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float 
 void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
 void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);
 
+/* ---- training: elementwise, in place where it updates ---- */
+void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx);  /* dx = y > 0 ? dy : 0 */
+void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
+                    float beta_2, float epsilon);
+void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,
+                        float lr, float rho, float epsilon);
+
 #endif

@@ -40,6 +40,11 @@ cdef extern from "fastconv.h" nogil:
     void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, float *dx)
     void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
     void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
+    void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
+    void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
+                        float beta_2, float epsilon)
+    void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad,
+                            float *accumulated_delta, float lr, float rho, float epsilon)
 
 
 def isa_name():
@@ -177,3 +182,20 @@ def avgpool2d_backward(g, const float[::1] dy, float[::1] dx):
     cdef fc_pool_shape s = pool_shape(g)
     with nogil:
         fc_avgpool2d_backward(&s, &dy[0], &dx[0])
+
+
+def relu_backward(const float[::1] dy, const float[::1] y, float[::1] dx):
+    with nogil:
+        fc_relu_backward(dy.shape[0], &dy[0], &y[0], &dx[0])
+
+
+def adam_update(float[::1] w, const float[::1] g, float[::1] m, float[::1] v, float lr_t, float beta_1,
+                float beta_2, float epsilon):
+    with nogil:
+        fc_adam_update(w.shape[0], &w[0], &g[0], &m[0], &v[0], lr_t, beta_1, beta_2, epsilon)
+
+
+def adadelta_update(float[::1] w, const float[::1] g, float[::1] accumulated_grad, float[::1] accumulated_delta,
+                    float lr, float rho, float epsilon):
+    with nogil:
+        fc_adadelta_update(w.shape[0], &w[0], &g[0], &accumulated_grad[0], &accumulated_delta[0], lr, rho, epsilon)

@@ -12,7 +12,7 @@ from fastconv.ops import (
     CONV_ALGORITHMS, avgpool2d, avgpool2d_backward, conv2d, conv2d_algorithm, conv2d_backward,
     conv2d_workspace_bytes, gemm,
     get_num_threads, global_avgpool2d, global_avgpool2d_backward, maxpool2d, maxpool2d_backward,
-    set_num_threads,
+    set_num_threads, relu_backward, adam_update, adadelta_update,
 )
 
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ from fastconv._args import as_float_array, check_shape, checked_product, conv_ge
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
-    "get_num_threads", "conv2d_workspace_bytes", "conv2d_algorithm", "CONV_ALGORITHMS",
+    "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "adam_update", "adadelta_update", "conv2d_algorithm", "CONV_ALGORITHMS",
 ]
 
 # conv2d algorithms: "auto" picks per shape, the others force one (see conv2d). Codes as in fastconv.h.
@@ -261,3 +261,50 @@ def set_num_threads(n):
 def get_num_threads():
     """The number of threads a large kernel call will use from this Python thread."""
     return _C.get_num_threads()
+
+
+def relu_backward(dy, y, *, out=None):
+    """Gradient of y = relu(x) given dy: dy where y > 0, else 0 (into `out`, which may be dy itself)."""
+    dy32 = as_float_array(dy, "dy")
+    y32 = as_float_array(y, "y")
+    check_shape(y32, dy32.shape, "y")
+    if out is None:
+        out = np.empty(dy32.shape, dtype=np.float32)
+    elif out is not dy:
+        _check_out(out, dy32.shape, {"y": y})
+    else:
+        _check_out(out, dy32.shape, {})
+    if out.size:
+        _C.relu_backward(_flat(dy32), _flat(y32), _flat(out))
+    return out
+
+
+def _check_in_place(arrays, shape):
+    """Optimizer state is updated in place: every array must be float32, C-contiguous and of one shape."""
+    for name, arr in arrays.items():
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+            raise TypeError(f"{name} must be a float32 numpy array (updated in place), got "
+                            f"{getattr(arr, 'dtype', type(arr).__name__)}")
+        check_shape(arr, shape, name)
+        if not arr.flags.c_contiguous or not arr.flags.writeable:
+            raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
+
+
+def adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon):
+    """One Adam step in place: m, v moving moments; w -= lr_t * m / (sqrt(v) + epsilon).
+
+    lr_t is the learning rate with the bias corrections of this step already applied (as Keras does).
+    """
+    g32 = as_float_array(g, "g")
+    _check_in_place({"w": w, "m": m, "v": v}, g32.shape)
+    if w.size:
+        _C.adam_update(_flat(w), _flat(g32), _flat(m), _flat(v), lr_t, beta_1, beta_2, epsilon)
+
+
+def adadelta_update(w, g, accumulated_grad, accumulated_delta, lr, rho, epsilon):
+    """One Adadelta step in place (Keras 3 rule)."""
+    g32 = as_float_array(g, "g")
+    _check_in_place({"w": w, "accumulated_grad": accumulated_grad, "accumulated_delta": accumulated_delta},
+                    g32.shape)
+    if w.size:
+        _C.adadelta_update(_flat(w), _flat(g32), _flat(accumulated_grad), _flat(accumulated_delta), lr, rho, epsilon)

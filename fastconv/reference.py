@@ -11,6 +11,7 @@ from fastconv._args import as_float_array, check_shape, conv_geometry, pool_geom
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "maxpool2d", "maxpool2d_backward",
     "avgpool2d", "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward",
+    "relu_backward", "adam_update", "adadelta_update",
 ]
 
 
@@ -206,3 +207,25 @@ def global_avgpool2d_backward(dy, x):
     check_shape(dy, (x.shape[0], x.shape[3]), "dy")
     n, h, w, c = x.shape
     return np.ascontiguousarray(np.broadcast_to((dy / (h * w))[:, None, None, :], x.shape))
+
+
+def relu_backward(dy, y, *, out=None):
+    """Gradient of y = relu(x) given dy: dy where y > 0, else 0."""
+    return _into(out, np.where(np.asarray(y) > 0, dy, 0).astype(np.result_type(dy, np.float32), copy=False))
+
+
+def adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon):
+    """One Adam step in place (any float dtype): the same maths as fastconv.adam_update."""
+    m += (g - m) * (1 - beta_1)
+    v += (g * g - v) * (1 - beta_2)
+    w -= lr_t * m / (np.sqrt(v) + epsilon)
+
+
+def adadelta_update(w, g, accumulated_grad, accumulated_delta, lr, rho, epsilon):
+    """One Adadelta step in place (any float dtype): the same maths as fastconv.adadelta_update."""
+    accumulated_grad *= rho
+    accumulated_grad += (1 - rho) * g * g
+    delta = -np.sqrt(accumulated_delta + epsilon) / np.sqrt(accumulated_grad + epsilon) * g
+    accumulated_delta *= rho
+    accumulated_delta += (1 - rho) * delta * delta
+    w += lr * delta

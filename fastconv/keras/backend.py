@@ -37,6 +37,12 @@ def ops():
     return _BACKENDS[_backend_name]
 
 
+def ops_for(array):
+    """The backend's ops, or the NumPy reference for arrays the C kernels cannot take (not float32),
+    e.g. float64 weights updated in place by an optimizer."""
+    return ops() if array.dtype == np.float32 else _numpy_ops
+
+
 def set_floatx(dtype):
     """Float type of weights and activations: "float32" (default) or "float64".
 

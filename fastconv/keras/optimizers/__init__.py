@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from fastconv.keras import backend
 from fastconv.keras.optimizers import schedules
 
 
@@ -122,9 +123,7 @@ class Adam(Optimizer):
         m, v = slots
         step = self.iterations + 1
         lr_t = lr * math.sqrt(1 - self.beta_2 ** step) / (1 - self.beta_1 ** step)
-        m += (grad - m) * (1 - self.beta_1)
-        v += (grad * grad - v) * (1 - self.beta_2)
-        value -= lr_t * m / (np.sqrt(v) + self.epsilon)
+        backend.ops_for(value).adam_update(value, grad, m, v, lr_t, self.beta_1, self.beta_2, self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
@@ -190,12 +189,7 @@ class Adadelta(Optimizer):
 
     def _update(self, value, grad, lr, slots):
         accumulated_grad, accumulated_delta = slots
-        accumulated_grad *= self.rho
-        accumulated_grad += (1 - self.rho) * grad * grad
-        delta = -np.sqrt(accumulated_delta + self.epsilon) / np.sqrt(accumulated_grad + self.epsilon) * grad
-        accumulated_delta *= self.rho
-        accumulated_delta += (1 - self.rho) * delta * delta
-        value += lr * delta
+        backend.ops_for(value).adadelta_update(value, grad, accumulated_grad, accumulated_delta, lr, self.rho, self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}

@@ -1,0 +1,42 @@
+/* Elementwise training kernels: the ReLU gradient and the optimizer updates. Each element is
+ * independent, so any split over threads gives identical results; the loops are simple enough for
+ * the compiler to vectorise. Updates are in place on the weight and slot arrays. */
+#include <math.h>
+
+#include "../fastconv.h"
+#include "../dispatch.h"
+
+/* Elementwise work is memory-bound: count each element as a few flops for the thread policy. */
+static int threads_for(int64_t n) { return fc_threads_for_work(4.0 * (double)n); }
+
+void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
+{
+    const int threads = threads_for(n);
+    #pragma omp parallel for simd schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
+                    float beta_2, float epsilon)
+{
+    const int threads = threads_for(n);
+    #pragma omp parallel for simd schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t i = 0; i < n; i++) {
+        m[i] += (g[i] - m[i]) * (1.0f - beta_1);
+        v[i] += (g[i] * g[i] - v[i]) * (1.0f - beta_2);
+        w[i] -= lr_t * m[i] / (sqrtf(v[i]) + epsilon);
+    }
+}
+
+void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,
+                        float lr, float rho, float epsilon)
+{
+    const int threads = threads_for(n);
+    #pragma omp parallel for simd schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t i = 0; i < n; i++) {
+        accumulated_grad[i] = rho * accumulated_grad[i] + (1.0f - rho) * g[i] * g[i];
+        const float delta = -sqrtf(accumulated_delta[i] + epsilon) / sqrtf(accumulated_grad[i] + epsilon) * g[i];
+        accumulated_delta[i] = rho * accumulated_delta[i] + (1.0f - rho) * delta * delta;
+        w[i] += lr * delta;
+    }
+}

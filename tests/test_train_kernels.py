@@ -1,0 +1,50 @@
+"""The elementwise training kernels (ReLU gradient, Adam, Adadelta) against fastconv.reference."""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import reference
+
+
+def test_relu_backward_matches_reference_and_keeps_nan(rng):
+    dy = rng.standard_normal((3, 7, 5, 33)).astype(np.float32)
+    y = np.maximum(rng.standard_normal(dy.shape), 0).astype(np.float32)
+    dy[0, 0, 0, 0] = np.nan
+    y[0, 0, 0, 0] = 1.0
+    np.testing.assert_array_equal(fastconv.relu_backward(dy, y), reference.relu_backward(dy, y))
+    in_place = dy.copy()
+    assert fastconv.relu_backward(in_place, y, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, reference.relu_backward(dy, y))
+
+
+@pytest.mark.parametrize("size", [1, 17, 100_003])
+def test_optimizer_updates_match_reference(rng, size):
+    g = rng.standard_normal(size).astype(np.float32)
+    w, m, v = (rng.standard_normal(size).astype(np.float32) for _ in range(3))
+    v = np.abs(v)
+    expected = [a.astype(np.float64) for a in (w, m, v)]
+    reference.adam_update(*expected[:1], g.astype(np.float64), *expected[1:], 1e-3, 0.9, 0.999, 1e-7)
+    fastconv.adam_update(w, g, m, v, 1e-3, 0.9, 0.999, 1e-7)
+    for got, want in zip((w, m, v), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+    w, acc_g, acc_d = rng.standard_normal(size).astype(np.float32), np.abs(g), np.abs(g) / 2
+    expected = [a.astype(np.float64) for a in (w, acc_g, acc_d)]
+    reference.adadelta_update(expected[0], g.astype(np.float64), expected[1], expected[2], 1.0, 0.95, 1e-7)
+    fastconv.adadelta_update(w, g, acc_g, acc_d, 1.0, 0.95, 1e-7)
+    for got, want in zip((w, acc_g, acc_d), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_in_place_updates_reject_arrays_they_cannot_update():
+    g = np.ones(4, np.float32)
+    with pytest.raises(TypeError, match="w must be a float32"):
+        fastconv.adam_update(np.ones(4), g, np.ones(4, np.float32), np.ones(4, np.float32), 0.1, 0.9, 0.99, 1e-7)
+    with pytest.raises(ValueError, match="m must have shape"):
+        fastconv.adam_update(np.ones(4, np.float32), g, np.ones(5, np.float32), np.ones(4, np.float32), 0.1, 0.9,
+                             0.99, 1e-7)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fastconv.adadelta_update(np.ones(8, np.float32)[::2], g, np.ones(4, np.float32), np.ones(4, np.float32),
+                                 1.0, 0.95, 1e-7)
+    with pytest.raises(ValueError, match="y must have shape"):
+        fastconv.relu_backward(g, np.ones(3, np.float32))
