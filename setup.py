@@ -10,7 +10,7 @@ import platform
 import sys
 import tempfile
 
-import numpy  # noqa: F401  (build requirement; kept so a missing numpy fails early and clearly)
+import numpy  # build requirement: the bindings read array data through its C API
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -76,7 +76,8 @@ class BuildExt(build_ext):
 extension = Extension(
     "fastconv._C",
     sources=["fastconv/_C.pyx"] + PORTABLE_SOURCES,
-    include_dirs=["csrc"],
+    include_dirs=["csrc", numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     # The instruction-set files are linked as extra objects: listed here so editing one relinks.
     depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/conv/direct.h", "csrc/workspace.h",
              "csrc/bench/peak.h"]

@@ -13,6 +13,8 @@ enum fc_scratch_slot {
     FC_SCRATCH_CALL,    /* owned by the calling thread for a whole op: packed weights, partial sums */
     FC_SCRATCH_A,       /* per-thread buffers used inside a parallel region */
     FC_SCRATCH_B,
+    FC_SCRATCH_GEMM_A,  /* fc_gemm_run: each thread's packed A block */
+    FC_SCRATCH_GEMM_B,  /* fc_gemm_run: the packed B block, owned by the calling thread */
     FC_SCRATCH_SLOTS,
 };
 

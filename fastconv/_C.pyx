@@ -5,6 +5,10 @@ Callers (fastconv.ops) pass validated, C-contiguous, non-empty float32 arrays fl
 """
 from libc.stdint cimport int64_t
 
+cimport numpy as cnp
+
+cnp.import_array()
+
 
 cdef extern from "fastconv.h" nogil:
     const char *fc_isa_name()
@@ -101,14 +105,21 @@ cdef const float *optional(const float[::1] view):
     return NULL if view is None else &view[0]
 
 
+cdef inline float *array_data(cnp.ndarray arr):
+    return NULL if arr is None else <float *>cnp.PyArray_DATA(arr)
+
+
 def gemm(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-         const float[::1] a, int64_t lda, const float[::1] b, int64_t ldb, float beta,
-         float[::1] c, int64_t ldc, const float[::1] bias=None, bint relu=False):
-    cdef const float *a_ptr = optional(a)
-    cdef const float *b_ptr = optional(b)
-    cdef const float *bias_ptr = optional(bias)
+         cnp.ndarray a, int64_t lda, cnp.ndarray b, int64_t ldb, float beta,
+         cnp.ndarray c, int64_t ldc, cnp.ndarray bias=None, bint relu=False):
+    """The arrays are C-contiguous float32 (checked by fastconv.ops.gemm, the only caller): read
+    through their data pointers, as typed memoryviews would cost more than a small product."""
+    cdef const float *a_ptr = array_data(a)
+    cdef const float *b_ptr = array_data(b)
+    cdef float *c_ptr = array_data(c)
+    cdef const float *bias_ptr = array_data(bias)
     with nogil:
-        fc_gemm(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, &c[0], ldc, bias_ptr, relu)
+        fc_gemm(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc, bias_ptr, relu)
 
 
 cdef fc_conv_shape conv_shape(g):

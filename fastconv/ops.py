@@ -74,8 +74,8 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
     shape (M, N), no overlap with a or b) when given, else into a new array. As in BLAS, `out` is
     not read when beta == 0, so NaNs already in it do not propagate.
     """
-    a32 = as_float_array(a, "a", ndim=2)
-    b32 = as_float_array(b, "b", ndim=2)
+    a32, trans_a = _gemm_operand(a, "a", bool(trans_a))
+    b32, trans_b = _gemm_operand(b, "b", bool(trans_b))
     m, k = a32.shape[::-1] if trans_a else a32.shape
     k_b, n = b32.shape[::-1] if trans_b else b32.shape
     if k != k_b:
@@ -95,9 +95,19 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
         if relu:
             np.maximum(out, 0, out=out)
         return out
-    _C.gemm(trans_a, trans_b, m, n, k, alpha, _flat(a32), a32.shape[1], _flat(b32), b32.shape[1], beta,
-            _flat(out), n, _flat(bias32), relu)
+    _C.gemm(trans_a, trans_b, m, n, k, alpha, a32, a32.shape[1], b32, b32.shape[1], beta, out, n, bias32, relu)
     return out
+
+
+def _gemm_operand(x, name, trans):
+    """x as a C-contiguous float32 matrix and its transpose flag: a Fortran-ordered float32 matrix is
+    passed as its (C-ordered) transpose with the flag flipped instead of being copied."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2:
+        if x.flags.c_contiguous:
+            return x, trans
+        if x.flags.f_contiguous:
+            return x.T, not trans
+    return as_float_array(x, name, ndim=2), trans
 
 
 def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activation=None, out=None,

@@ -11,11 +11,21 @@
  * the columns (jr) are cut into groups first, then the row blocks shrink towards MR, so up to
  * (M / MR) * (N / NR) threads get work; this scales to 16+ cores while each tile still runs whole
  * KC-long micro-kernel calls. */
-#include <stdlib.h>
+#include <stddef.h>
 
 #include "gemm.h"
 #include "../fastconv.h"
 #include "../dispatch.h"
+#include "../workspace.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+static int thread_num(void) { return omp_get_thread_num(); }
+static int team_size(void) { return omp_get_num_threads(); }
+#else
+static int thread_num(void) { return 0; }
+static int team_size(void) { return 1; }
+#endif
 
 enum { A_IN_PLACE_MAX_PANELS = 4 };
 
@@ -43,15 +53,6 @@ static void pack_panel(const float *src, int64_t rs, int64_t cs, int rows, int64
     }
     for (int i = rows; i < width; i++)
         for (int64_t q = 0; q < k; q++) dst[q * width + i] = 0.0f;
-}
-
-static float *alloc_floats(int64_t count)
-{
-    /* 64-byte alignment keeps packed panels on cache-line boundaries. */
-    size_t bytes = ((size_t)count * sizeof(float) + 63) & ~(size_t)63;
-    float *ptr = aligned_alloc(64, bytes ? bytes : 64);
-    if (!ptr) abort();
-    return ptr;
 }
 
 /* Scales C by beta (and adds bias/relu) when k == 0: nothing to multiply, only the epilogue. */
@@ -84,78 +85,114 @@ static int64_t plan_mc(const fc_gemm_kernel *kr, int64_t m, int64_t n_panels, in
     return ceil_div(ceil_div(m, m_blocks), kr->mr) * kr->mr;
 }
 
+typedef struct {
+    int64_t kc, nc, mc;  /* block sizes for this problem */
+    int a_in_place;      /* the micro-kernel reads row-major A where it lies */
+    int threads;         /* the team size the tiles are cut for */
+} gemm_plan;
+
+/* Thread `tid` of `team`'s contiguous share [*lo, *hi) of `count` items. */
+static void share(int64_t count, int tid, int team, int64_t *lo, int64_t *hi)
+{
+    *lo = count * tid / team;
+    *hi = count * (tid + 1) / team;
+}
+
+/* Waits for the team. A team of one has no parallel region of its own: it may run inside a caller's
+ * (conv2d's per-thread blocks), whose threads must not be synchronised, hence no orphaned barrier. */
+static void team_barrier(int team)
+{
+    if (team > 1) {
+        #pragma omp barrier
+    }
+}
+
+/* Thread `tid`'s share of the loops, run by every thread of a team of `team`. The work is shared by
+ * hand rather than with `omp for`, which would bind to an enclosing region when team == 1. */
+static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, const gemm_plan *plan, float *b_pack,
+                        int tid, int team)
+{
+    const int64_t mr = kr->mr, nr = kr->nr, kc_max = plan->kc, nc_max = plan->nc, mc_max = plan->mc;
+    const int a_in_place = plan->a_in_place, threads = plan->threads;
+    float *a_pack = fc_scratch(FC_SCRATCH_GEMM_A, mc_max * kc_max);
+    for (int64_t jc = 0; jc < p->n; jc += nc_max) {
+        const int64_t nc = min64(nc_max, p->n - jc);
+        const int64_t n_panels = ceil_div(nc, nr);
+        for (int64_t pc = 0; pc < p->k; pc += kc_max) {
+            const int64_t kc = min64(kc_max, p->k - pc);
+            const int last_k_block = pc + kc == p->k;
+            fc_tile_epilogue ep = {
+                .alpha = p->alpha, .beta = pc == 0 ? p->beta : 1.0f,
+                .bias = NULL, .relu = last_k_block && p->relu,
+            };
+            int64_t lo, hi;
+            share(n_panels, tid, team, &lo, &hi);
+            for (int64_t jp = lo; jp < hi; jp++) {
+                const int64_t j = jc + jp * nr;
+                pack_panel(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j),
+                           kc, (int)nr, b_pack + jp * nr * kc);
+            }
+
+            const int64_t m_blocks = ceil_div(p->m, mc_max);
+            int64_t groups = m_blocks >= threads ? 1 : min64(n_panels, ceil_div(threads, m_blocks));
+            const int64_t panels_per_group = ceil_div(n_panels, groups);
+            groups = ceil_div(n_panels, panels_per_group);
+            int64_t packed_block = -1;
+            team_barrier(team);  /* B block packed */
+            share(m_blocks * groups, tid, team, &lo, &hi);
+            for (int64_t t = lo; t < hi; t++) {
+                const int64_t ib = t / groups, g = t % groups;
+                const int64_t ic = ib * mc_max, mc = min64(mc_max, p->m - ic);
+                const float *a_block = p->a + ic * p->a_rs + pc * p->a_cs;
+                if (packed_block != ib) {  /* in place, only the last, partial panel is packed */
+                    for (int64_t ir = a_in_place ? mc / mr * mr : 0; ir < mc; ir += mr)
+                        pack_panel(a_block + ir * p->a_rs, p->a_rs, p->a_cs, (int)min64(mr, mc - ir), kc,
+                                   (int)mr, a_pack + ir * kc);
+                    packed_block = ib;
+                }
+                const int64_t jp_end = min64(n_panels, (g + 1) * panels_per_group);
+                for (int64_t jp = g * panels_per_group; jp < jp_end; jp++) {
+                    const int64_t j = jc + jp * nr;
+                    const int cols = (int)min64(nr, p->n - j);
+                    ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
+                    for (int64_t ir = 0; ir < mc; ir += mr) {
+                        const int rows = (int)min64(mr, mc - ir);
+                        const int whole_in_place = a_in_place && rows == mr;
+                        const float *a = whole_in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
+                        const int64_t rs_a = whole_in_place ? p->a_rs : 1, cs_a = whole_in_place ? 1 : mr;
+                        kr->ukr(kc, a, rs_a, cs_a, b_pack + jp * nr * kc, p->c + (ic + ir) * p->ldc + j,
+                                p->ldc, rows, cols, &ep);
+                    }
+                }
+            }
+            team_barrier(team);  /* B block no longer read */
+        }
+    }
+}
+
 void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads)
 {
     if (p->m <= 0 || p->n <= 0) return;
     if (p->k <= 0) { epilogue_only(p); return; }
-    const int64_t mr = kr->mr, nr = kr->nr;
+    const int64_t nr = kr->nr;
+    gemm_plan plan;
     /* K blocks of equal size (K = 288 is 2 x 144, not 256 + 32): fewer passes over C for the same
      * L1 footprint of the B panel. Independent of the thread count. */
-    const int64_t kc_max = ceil_div(p->k, ceil_div(p->k, kr->kc));
-    const int64_t nc_max = min64(kr->nc, ceil_div(p->n, nr) * nr);
-    const int64_t mc_max = plan_mc(kr, p->m, nc_max / nr, threads);
+    plan.kc = ceil_div(p->k, ceil_div(p->k, kr->kc));
+    plan.nc = min64(kr->nc, ceil_div(p->n, nr) * nr);
+    plan.mc = plan_mc(kr, p->m, plan.nc / nr, threads);
     /* A row-major op(A) is read in place by the micro-kernel when N is at most a few panels wide
      * (im2col GEMMs, Dense layers): packing would cost about as much as the multiply. Wider
      * products pack it, as a packed panel is one stream without cache-set conflicts between rows. */
-    const int a_in_place = p->a_cs == 1 && p->n <= A_IN_PLACE_MAX_PANELS * nr;
-    float *b_pack = alloc_floats(kc_max * nc_max);
-
-    #pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        float *a_pack = alloc_floats(mc_max * kc_max);
-        for (int64_t jc = 0; jc < p->n; jc += nc_max) {
-            const int64_t nc = min64(nc_max, p->n - jc);
-            const int64_t n_panels = ceil_div(nc, nr);
-            for (int64_t pc = 0; pc < p->k; pc += kc_max) {
-                const int64_t kc = min64(kc_max, p->k - pc);
-                const int last_k_block = pc + kc == p->k;
-                fc_tile_epilogue ep = {
-                    .alpha = p->alpha, .beta = pc == 0 ? p->beta : 1.0f,
-                    .bias = NULL, .relu = last_k_block && p->relu,
-                };
-                #pragma omp for schedule(static)
-                for (int64_t jp = 0; jp < n_panels; jp++) {
-                    const int64_t j = jc + jp * nr;
-                    pack_panel(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j),
-                               kc, (int)nr, b_pack + jp * nr * kc);
-                }
-
-                const int64_t m_blocks = ceil_div(p->m, mc_max);
-                int64_t groups = m_blocks >= threads ? 1 : min64(n_panels, ceil_div(threads, m_blocks));
-                const int64_t panels_per_group = ceil_div(n_panels, groups);
-                groups = ceil_div(n_panels, panels_per_group);
-                int64_t packed_block = -1;
-                #pragma omp for schedule(static)
-                for (int64_t t = 0; t < m_blocks * groups; t++) {
-                    const int64_t ib = t / groups, g = t % groups;
-                    const int64_t ic = ib * mc_max, mc = min64(mc_max, p->m - ic);
-                    const float *a_block = p->a + ic * p->a_rs + pc * p->a_cs;
-                    if (packed_block != ib) {  /* in place, only the last, partial panel is packed */
-                        for (int64_t ir = a_in_place ? mc / mr * mr : 0; ir < mc; ir += mr)
-                            pack_panel(a_block + ir * p->a_rs, p->a_rs, p->a_cs, (int)min64(mr, mc - ir), kc,
-                                       (int)mr, a_pack + ir * kc);
-                        packed_block = ib;
-                    }
-                    const int64_t jp_end = min64(n_panels, (g + 1) * panels_per_group);
-                    for (int64_t jp = g * panels_per_group; jp < jp_end; jp++) {
-                        const int64_t j = jc + jp * nr;
-                        const int cols = (int)min64(nr, p->n - j);
-                        ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
-                        for (int64_t ir = 0; ir < mc; ir += mr) {
-                            const int rows = (int)min64(mr, mc - ir);
-                            const int whole_in_place = a_in_place && rows == mr;
-                            const float *a = whole_in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
-                            const int64_t rs_a = whole_in_place ? p->a_rs : 1, cs_a = whole_in_place ? 1 : mr;
-                            kr->ukr(kc, a, rs_a, cs_a, b_pack + jp * nr * kc, p->c + (ic + ir) * p->ldc + j,
-                                    p->ldc, rows, cols, &ep);
-                        }
-                    }
-                }
-            }
-        }
-        free(a_pack);
+    plan.a_in_place = p->a_cs == 1 && p->n <= A_IN_PLACE_MAX_PANELS * nr;
+    plan.threads = threads;
+    float *b_pack = fc_scratch(FC_SCRATCH_GEMM_B, plan.kc * plan.nc);
+    if (threads > 1) {
+        #pragma omp parallel num_threads(threads)
+        gemm_thread(kr, p, &plan, b_pack, thread_num(), team_size());
+    } else {
+        gemm_thread(kr, p, &plan, b_pack, 0, 1);
     }
-    free(b_pack);
 }
 
 void fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,

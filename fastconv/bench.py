@@ -1,0 +1,230 @@
+"""Benchmarks that print tables: `python -m fastconv.bench NAME [options]`, also `fastconv bench NAME`.
+
+    peak   FP32 FMA peak of one core and of N threads, for every instruction set this CPU runs
+    gemm   fastconv.gemm against numpy.matmul over squares and the CNN shapes (Dense, im2col, backward)
+
+A benchmark is a function registered with `@benchmark(name, help)`; its `options` callback adds its
+argparse options. Timings are the best of several rounds; fastconv and the baseline are interleaved
+round by round, so load from other processes hits both alike. For timed suites with statistics see
+benchmarks/ (pytest-benchmark).
+"""
+import argparse
+import contextlib
+import sys
+import time
+
+import numpy as np
+
+import fastconv
+from fastconv import _C
+
+BENCHMARKS = {}
+
+
+def benchmark(name, help, options=None):
+    """Register `run(args)` as the benchmark `name`; `options(parser)` adds its command-line options."""
+    def register(run):
+        BENCHMARKS[name] = (run, help, options)
+        return run
+    return register
+
+
+@contextlib.contextmanager
+def threads(count):
+    """Run fastconv and NumPy's BLAS with `count` threads (NumPy's only if threadpoolctl is installed)."""
+    previous = fastconv.get_num_threads()
+    fastconv.set_num_threads(count)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            limits = contextlib.nullcontext()
+        else:
+            limits = threadpool_limits(limits=count, user_api="blas")
+        with limits:
+            yield
+    finally:
+        fastconv.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def isa(name):
+    """Use the kernels of instruction set `name` (None: leave the choice alone)."""
+    previous = fastconv.get_isa()
+    if name is not None:
+        fastconv.set_isa(name)
+    try:
+        yield
+    finally:
+        fastconv.set_isa(previous)
+
+
+def seconds_per_call(fn, min_time=0.05):
+    """Seconds per call of fn(), timed over enough calls to last about `min_time`."""
+    fn()
+    calls, elapsed = 1, 0.0
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / calls
+        calls = max(calls * 2, int(calls * min_time / max(elapsed, 1e-9)) + 1)
+
+
+def interleaved_best(fns, rounds=5, min_time=0.05):
+    """Best seconds per call of each function, timing them in turn in every round."""
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], seconds_per_call(fn, min_time))
+    return best
+
+
+def fma_peak_gflops(isa=None, threads=1, rounds=5, seconds=0.1):
+    """Measured FP32 FMA peak in GFLOPS of `isa` (None: the active one) on `threads` threads.
+
+    Runs the instruction set's FMA loop (independent chains, no memory traffic) and keeps the best
+    of `rounds` runs of about `seconds` each. Raises ValueError if the CPU cannot run `isa`.
+    """
+    if isa is not None and isa not in fastconv.available_isas():
+        raise ValueError(f"isa {isa!r} is not available; this CPU runs {', '.join(fastconv.available_isas())}")
+    iters = 100_000
+    while True:  # size one run to about `seconds`
+        start = time.perf_counter()
+        _C.fma_peak(isa, iters, threads)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds / 4:
+            iters = int(iters * seconds / elapsed)
+            break
+        iters *= 4
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        flops = _C.fma_peak(isa, iters, threads)
+        best = max(best, flops / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def print_table(header, rows):
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    for line in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(cell).rjust(w) for cell, w in zip(line, widths)), flush=True)
+
+
+def thread_counts(parser):
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
+                        help="thread counts to run (default: 1 2)")
+
+
+def isa_option(parser, default_help):
+    parser.add_argument("--isa", choices=fastconv.ISAS, default=None, help=default_help)
+
+
+def peak_options(parser):
+    thread_counts(parser)
+    isa_option(parser, "only this instruction set (default: every one the CPU runs)")
+
+
+@benchmark("peak", "FP32 FMA peak (GFLOPS) per instruction set and thread count", peak_options)
+def run_peak(args):
+    names = [args.isa] if args.isa else fastconv.available_isas()
+    rows = []
+    for name in names:
+        for count in args.threads:
+            rows.append([name, count, f"{fma_peak_gflops(name, count):.1f}"])
+    print_table(["isa", "threads", "peak GFLOPS"], rows)
+    return 0
+
+
+# Default sizes: squares, then the CNN shapes (M x K x N) the GEMM serves: Dense layers, im2col
+# forward, and the two conv backward products, dw = cols^T @ dy (/ta: trans_a) and dcols = dy @ w^T
+# (/tb: trans_b).
+GEMM_SIZES = ("64", "128", "256", "512", "1024", "2048", "64x3136x128", "128x9216x128", "128x128x10",
+              "100352x288x64", "6272x288x64", "288x6272x64/ta", "6272x64x288/tb")
+
+
+def gemm_case(spec):
+    """A --sizes entry, N or MxKxN, optionally /ta, /tb or /tatb: returns (label, (m, k, n, trans_a, trans_b))."""
+    dims_text, _, flags = spec.lower().partition("/")
+    try:
+        dims = [int(p) for p in dims_text.split("x")]
+    except ValueError:
+        dims = []
+    if len(dims) == 1:
+        dims *= 3
+    if len(dims) != 3 or min(dims) < 1 or flags not in ("", "ta", "tb", "tatb"):
+        raise argparse.ArgumentTypeError(f"expected N or MxKxN, optionally with /ta, /tb or /tatb; got {spec!r}")
+    return spec, (*dims, "ta" in flags, "tb" in flags)
+
+
+def gemm_operands(m, k, n, trans_a, trans_b, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
+    return a, b, np.empty((m, n), dtype=np.float32)
+
+
+def gemm_gflops(m, k, n, trans_a, trans_b, count, rounds=5):
+    """(fastconv GFLOPS, numpy.matmul GFLOPS) of one product on `count` threads, interleaved."""
+    a, b, out = gemm_operands(m, k, n, trans_a, trans_b)
+    op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+    with threads(count):
+        t_fc, t_np = interleaved_best([
+            lambda: fastconv.gemm(a, b, trans_a=trans_a, trans_b=trans_b, out=out),
+            lambda: np.matmul(op_a, op_b, out=out),
+        ], rounds=rounds)
+    flops = 2.0 * m * n * k
+    return flops / t_fc / 1e9, flops / t_np / 1e9
+
+
+def gemm_options(parser):
+    thread_counts(parser)
+    isa_option(parser, "instruction set of the fastconv kernels (default: the best)")
+    parser.add_argument("--sizes", type=gemm_case, nargs="+", metavar="SIZE",
+                        default=[gemm_case(size) for size in GEMM_SIZES],
+                        help="N (square) or MxKxN, with /ta or /tb for a transposed a or b (default: "
+                             + " ".join(GEMM_SIZES) + ")")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds, best kept (default: 5)")
+
+
+@benchmark("gemm", "fastconv.gemm vs numpy.matmul: GFLOPS, %% of the FMA peak, ratio", gemm_options)
+def run_gemm(args):
+    with isa(args.isa):
+        active = fastconv.get_isa()
+        # The FMA units are per core: the peak of N threads is N times the one-core peak (measuring it
+        # on N threads instead would charge other processes' load on a shared machine to the peak).
+        core_peak = fma_peak_gflops(active, 1)
+        peaks = {count: count * core_peak for count in args.threads}
+        print(f"isa {active}, kernel {_C.gemm_kernel_name()}; FMA peak {core_peak:.0f} GFLOPS per core "
+              "(% of peak: of threads x that)")
+        rows = []
+        for label, (m, k, n, trans_a, trans_b) in args.sizes:
+            for count in args.threads:
+                fc, ref = gemm_gflops(m, k, n, trans_a, trans_b, count, args.rounds)
+                rows.append([label, count, f"{fc:.1f}", f"{100 * fc / peaks[count]:.0f}%", f"{ref:.1f}",
+                             f"{fc / ref:.2f}"])
+        print_table(["shape (MxKxN)", "threads", "fastconv GFLOPS", "% of peak", "numpy GFLOPS", "fastconv/numpy"],
+                    rows)
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastconv bench", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="name", metavar="BENCHMARK", required=True)
+    for name, (run, help, options) in BENCHMARKS.items():
+        sub = commands.add_parser(name, help=help)
+        if options:
+            options(sub)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
