@@ -12,15 +12,18 @@ static int threads_for(int64_t n) { return fc_threads_for_work(4.0 * (double)n);
 void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
 {
     const int threads = threads_for(n);
-    #pragma omp parallel for simd schedule(static) num_threads(threads) if (threads > 1)
-    for (int64_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    #pragma omp parallel for simd schedule(static) num_threads(threads) if (parallel: threads > 1)
+    for (int64_t i = 0; i < n; i++) {
+        const float g = dy[i];  /* loaded unconditionally so the select compiles to a vector blend */
+        dx[i] = y[i] > 0.0f ? g : 0.0f;
+    }
 }
 
 void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                     float beta_2, float epsilon)
 {
     const int threads = threads_for(n);
-    #pragma omp parallel for simd schedule(static) num_threads(threads) if (threads > 1)
+    #pragma omp parallel for simd schedule(static) num_threads(threads) if (parallel: threads > 1)
     for (int64_t i = 0; i < n; i++) {
         m[i] += (g[i] - m[i]) * (1.0f - beta_1);
         v[i] += (g[i] * g[i] - v[i]) * (1.0f - beta_2);
@@ -32,7 +35,7 @@ void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_
                         float lr, float rho, float epsilon)
 {
     const int threads = threads_for(n);
-    #pragma omp parallel for simd schedule(static) num_threads(threads) if (threads > 1)
+    #pragma omp parallel for simd schedule(static) num_threads(threads) if (parallel: threads > 1)
     for (int64_t i = 0; i < n; i++) {
         accumulated_grad[i] = rho * accumulated_grad[i] + (1.0f - rho) * g[i] * g[i];
         const float delta = -sqrtf(accumulated_delta[i] + epsilon) / sqrtf(accumulated_grad[i] + epsilon) * g[i];
