@@ -8,8 +8,13 @@ import operator
 
 import numpy as np
 
-# Largest element count we let any array reach; keeps every byte offset well inside int64 in C.
-MAX_ELEMENTS = 2**62 // 8
+# Largest element count we let any array (real or implied by shapes alone) reach: 1 PiB of float32,
+# beyond any machine's memory, and small enough that every byte offset and every scratch size in C (up
+# to a thousand buffers of this many floats: partial sums plus per-thread blocks) fits in int64.
+MAX_ELEMENTS = 2**48
+# Largest pool size, stride, dilation or padding (int32, as in Keras): sums of these with sizes, and
+# products of two of them, stay inside int64.
+MAX_PARAMETER = 2**31 - 1
 
 
 def as_float_array(value, name, ndim=None, dtype=np.float32):
@@ -27,7 +32,7 @@ def checked_product(shape, name):
     total = 1
     for dim in shape:
         total *= int(dim)
-    if total > MAX_ELEMENTS:
+    if total > MAX_ELEMENTS or any(int(dim) > MAX_ELEMENTS for dim in shape):
         raise ValueError(f"{name} would have {total} elements, more than fastconv supports ({MAX_ELEMENTS})")
     return total
 
@@ -50,6 +55,8 @@ def pair(value, name):
             raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
         if number <= 0:
             raise ValueError(f"{name} must be positive, got {value!r}")
+        if number > MAX_PARAMETER:
+            raise ValueError(f"{name} must be at most {MAX_PARAMETER}, got {value!r}")
         out.append(number)
     return tuple(out)
 
@@ -63,6 +70,8 @@ def _non_negative_int(value, name):
         raise TypeError(f"{name} must be a non-negative int, got {value!r}") from None
     if number < 0:
         raise ValueError(f"{name} must be non-negative, got {value!r}")
+    if number > MAX_PARAMETER:
+        raise ValueError(f"{name} must be at most {MAX_PARAMETER}, got {value!r}")
     return number
 
 
@@ -152,6 +161,7 @@ def conv_geometry(x_shape, w_shape, strides, padding, dilation_rate=1):
     oh = (h + top + bottom - span_h) // sh + 1
     ow = (w + left + right - span_w) // sw + 1
     checked_product((n, h + top + bottom, w + left + right, cin), "padded x")
+    checked_product((kh, kw, cin, cout), "w")
     checked_product((n, oh, ow, cout), "output")
     checked_product((n, oh, ow, kh * kw * cin), "im2col matrix")
     return ConvGeometry(n, h, w, cin, kh, kw, cout, sh, sw, dh, dw, top, bottom, left, right, oh, ow)
@@ -196,6 +206,7 @@ def pool_geometry(x_shape, pool_size, strides, padding):
         raise ValueError(f"pool_size ({ph}, {pw}) is larger than the input ({h}, {w}) with padding='valid'")
     oh = (h + top + bottom - ph) // sh + 1 if h > 0 or mode == "valid" else 0
     ow = (w + left + right - pw) // sw + 1 if w > 0 or mode == "valid" else 0
+    checked_product((n, h + top + bottom, w + left + right, c), "padded x")
     checked_product((n, oh, ow, c), "output")
     return PoolGeometry(n, h, w, c, ph, pw, sh, sw, top, bottom, left, right, oh, ow)
 

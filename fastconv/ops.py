@@ -59,6 +59,13 @@ def _check_out(out, shape, inputs):
             raise ValueError(f"out overlaps input {name}; pass a separate output array")
 
 
+def _real(value, name):
+    """A Python float from a real scalar (int, float, numpy number); bools and strings are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
 def _bias(b, cout):
     if b is None:
         return None
@@ -82,7 +89,8 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
         raise ValueError(f"inner dimensions differ: op(a) is ({m}, {k}) but op(b) is ({k_b}, {n})")
     relu = _check_activation(activation)
     bias32 = _bias(bias, n) if bias is not None else None
-    alpha, beta = float(alpha), float(beta)
+    alpha, beta = _real(alpha, "alpha"), _real(beta, "beta")
+    checked_product((m, n), "out")
     if out is None:
         out = np.empty((m, n), dtype=np.float32)
         beta = 0.0
@@ -263,8 +271,8 @@ def set_num_threads(n):
         n = operator.index(n)
     except TypeError:
         raise TypeError(f"n must be a positive int, got {n!r}") from None
-    if n < 1:
-        raise ValueError(f"n must be a positive int (number of threads), got {n}")
+    if n < 1 or n > 2**31 - 1:
+        raise ValueError(f"n must be a positive int (number of threads) below 2**31, got {n}")
     _C.set_num_threads(n)
 
 

@@ -365,7 +365,7 @@ W = np.zeros((3, 3, 3, 4), dtype=np.float32)
     (lambda: fastconv.conv2d(X.astype(np.complex64), W), TypeError, "x must hold real numbers"),
     (lambda: fastconv.conv2d(X.astype(bool), W), TypeError, "x must hold real numbers"),
     (lambda: fastconv.conv2d(X.astype(object), W), TypeError, "x must hold real numbers"),
-    (lambda: fastconv.conv2d(X, W, padding=2**40), ValueError, "more than fastconv supports"),
+    (lambda: fastconv.conv2d(X, W, padding=2**30), ValueError, "more than fastconv supports"),
     (lambda: fastconv.conv2d_backward(np.zeros((2, 5, 5, 4)), X, W), ValueError, "dy must have shape (2, 6, 6, 4)"),
     (lambda: fastconv.conv2d(X, W, out=np.zeros((2, 6, 6, 4))), TypeError, "out must have dtype float32"),
     (lambda: fastconv.conv2d(X, W, out=np.zeros((2, 6, 6, 5), np.float32)), ValueError, "out must have shape"),

@@ -32,6 +32,8 @@ MAX_DIMS = 8
 MAX_PAYLOAD_BYTES = 2**34
 
 _CHUNK_BYTES = 1 << 20
+# Compressed input has no known size: its buffer starts at this and doubles while data keeps coming.
+_INITIAL_UNKNOWN_BYTES = 1 << 26
 
 
 def read_idx(source):
@@ -123,12 +125,10 @@ def _parse_idx(stream, name, available_bytes):
         )
     if available_bytes is not None:
         _check_payload_size(name, shape, payload_bytes, available_bytes - 4 - 4 * ndim)
-
-    try:
-        buffer = np.empty(payload_bytes, dtype=np.uint8)
-    except MemoryError:
-        raise ValueError(f"{name}: cannot allocate {payload_bytes} bytes for shape {shape}") from None
-    received = _read_into(stream, memoryview(buffer))
+        buffer = _allocate(name, shape, payload_bytes)
+        received = _read_into(stream, memoryview(buffer))
+    else:
+        buffer, received = _read_growing(stream, name, shape, payload_bytes)
     _check_payload_size(name, shape, payload_bytes, received)
     if stream.read(1):
         raise ValueError(f"{name}: trailing bytes after the {payload_bytes}-byte payload of shape {shape}")
@@ -138,6 +138,29 @@ def _parse_idx(stream, name, available_bytes):
         # Swap in place rather than astype() to avoid a second full copy.
         array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
     return array
+
+
+def _allocate(name, shape, size):
+    try:
+        return np.empty(size, dtype=np.uint8)
+    except MemoryError:
+        raise ValueError(f"{name}: cannot allocate {size} bytes for shape {shape}") from None
+
+
+def _read_growing(stream, name, shape, payload_bytes):
+    """Read up to ``payload_bytes`` from a stream of unknown size (gzip) into a buffer that grows with
+    the data actually received, so a small file whose header claims a huge shape allocates little.
+    Returns (buffer, bytes received); the buffer is exactly ``payload_bytes`` long when complete."""
+    size = min(payload_bytes, _INITIAL_UNKNOWN_BYTES)
+    buffer = _allocate(name, shape, size)
+    received = _read_into(stream, memoryview(buffer))
+    while received == size < payload_bytes:
+        size = min(payload_bytes, 2 * size)
+        grown = _allocate(name, shape, size)
+        grown[:received] = buffer[:received]
+        buffer = grown
+        received += _read_into(stream, memoryview(buffer)[received:])
+    return buffer, received
 
 
 def _check_payload_size(name, shape, expected, actual):

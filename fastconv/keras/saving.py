@@ -42,8 +42,11 @@ def _atomic_write(path, chunks):
             os.fsync(file.fileno())
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         os.unlink(temporary)
+        if isinstance(error, OSError):  # e.g. a full disk: say which file, and that nothing was lost
+            message = f"could not save {path}: {error.strerror or error}; the previous file, if any, is unchanged"
+            raise (OSError(error.errno, message) if error.errno is not None else OSError(message)) from error
         raise
     try:  # make the rename itself durable; not every platform can open a directory
         dir_fd = os.open(directory, os.O_RDONLY)
