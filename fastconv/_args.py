@@ -18,13 +18,14 @@ MAX_PARAMETER = 2**31 - 1
 
 
 def as_float_array(value, name, ndim=None, dtype=np.float32):
-    """Return `value` as a C-contiguous array of `dtype`, rejecting dtypes that are not real numbers."""
+    """Return `value` as an aligned C-contiguous array of `dtype`, rejecting dtypes that are not real numbers."""
     arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
     if arr.dtype == object or arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers (float or integer dtype), got dtype {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    # aligned too: C reads these as float arrays (a misaligned view, e.g. from frombuffer, is copied)
+    return np.require(arr, dtype=dtype, requirements=["C", "A"])
 
 
 def checked_product(shape, name):

@@ -52,8 +52,8 @@ def _check_out(out, shape, inputs):
     if out.dtype != np.float32:
         raise TypeError(f"out must have dtype float32, got {out.dtype}")
     check_shape(out, shape, "out")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError("out must be a writeable C-contiguous array")
+    if not out.flags.c_contiguous or not out.flags.writeable or not out.flags.aligned:
+        raise ValueError("out must be a writeable, aligned, C-contiguous array")
     for name, arr in inputs.items():
         if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
             raise ValueError(f"out overlaps input {name}; pass a separate output array")
@@ -110,7 +110,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
 def _gemm_operand(x, name, trans):
     """x as a C-contiguous float32 matrix and its transpose flag: a Fortran-ordered float32 matrix is
     passed as its (C-ordered) transpose with the flag flipped instead of being copied."""
-    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2:
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.aligned:
         if x.flags.c_contiguous:
             return x, trans
         if x.flags.f_contiguous:
@@ -304,8 +304,8 @@ def _check_in_place(arrays, shape):
             raise TypeError(f"{name} must be a float32 numpy array (updated in place), got "
                             f"{getattr(arr, 'dtype', type(arr).__name__)}")
         check_shape(arr, shape, name)
-        if not arr.flags.c_contiguous or not arr.flags.writeable:
-            raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
+        if not arr.flags.c_contiguous or not arr.flags.writeable or not arr.flags.aligned:
+            raise ValueError(f"{name} must be a writeable, aligned, C-contiguous array (it is updated in place)")
 
 
 def adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon):

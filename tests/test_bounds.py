@@ -159,3 +159,26 @@ def test_model_file_claiming_a_huge_size_allocates_little(tmp_path, edit):
             keras.models.load_model(path)
 
     assert peak_allocation(load) < 2**22
+
+
+def misaligned(shape, seed=0):
+    """A float32 array at an odd address (as numpy.frombuffer gives at an odd offset)."""
+    count = int(np.prod(shape))
+    array = np.ndarray(shape, np.float32, buffer=np.zeros(4 * count + 1, np.uint8), offset=1)
+    array[...] = np.random.default_rng(seed).standard_normal(shape)
+    assert not array.flags.aligned
+    return array
+
+
+def test_misaligned_inputs_are_copied_and_misaligned_out_refused():
+    """C reads float arrays: a misaligned pointer would be undefined behaviour (UBSan reports it)."""
+    from fastconv import reference
+    x, w, a, b = misaligned((2, 7, 7, 3)), misaligned((3, 3, 3, 5), 1), misaligned((9, 20), 2), misaligned((20, 6), 3)
+    np.testing.assert_allclose(fastconv.conv2d(x, w, padding="same"), reference.conv2d(x, w, padding="same"),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fastconv.gemm(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(fastconv.maxpool2d(x, 2), reference.maxpool2d(x, 2))
+    with pytest.raises(ValueError, match="out must be a writeable, aligned"):
+        fastconv.gemm(a, b, out=misaligned((9, 6)))
+    with pytest.raises(ValueError, match="out must be a writeable, aligned"):
+        fastconv.maxpool2d(x, 2, out=misaligned((2, 3, 3, 3)))
