@@ -1,5 +1,6 @@
-"""Benchmarks that print tables: `python -m fastconv.bench NAME [options]`, also `fastconv bench NAME`.
+"""Benchmarks that print tables: `python -m fastconv.bench [NAME] [options]`, also `fastconv bench`.
 
+    (none) the whole suite in one table: gemm, conv2d, maxpool, training steps vs NumPy and PyTorch
     peak   FP32 FMA peak of one core and of N threads, for every instruction set this CPU runs
     gemm   fastconv.gemm against numpy.matmul over squares and the CNN shapes (Dense, im2col, backward)
 
@@ -210,9 +211,18 @@ def run_gemm(args):
     return 0
 
 
+def run_suite(args):
+    from fastconv.bench_suite import run_suite as suite
+    return suite(args, seconds_per_call, fma_peak_gflops, print_table)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="fastconv bench", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="name", metavar="BENCHMARK", required=True)
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and one round (the suite only)")
+    parser.add_argument("--json", metavar="PATH", help="also write the suite's timings as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="also write a PNG of the suite's speed-ups")
+    parser.set_defaults(run=run_suite)
+    commands = parser.add_subparsers(dest="name", metavar="BENCHMARK")
     for name, (run, help, options) in BENCHMARKS.items():
         sub = commands.add_parser(name, help=help)
         if options:

@@ -1,0 +1,100 @@
+"""Training-speed benchmarks: one step, or one epoch of MNIST, of the `seed` and `keras-cnn` models on
+fastconv, on the NumPy backend, and on PyTorch (CPU) when it is installed.
+
+The PyTorch models below are the same networks (NCHW, same layer sizes, same optimizers and
+settings); every implementation gets uint8 images converted to float32 per batch.
+"""
+import time
+
+import numpy as np
+
+MODELS = ("seed", "keras-cnn")
+
+
+def _fastconv_model(name, backend):
+    from fastconv import keras, recipes
+    recipe = recipes.RECIPES[name]
+    model = recipe.build()
+    optimizer = keras.optimizers.get(recipe.optimizer)
+    optimizer.learning_rate = recipe.learning_rate
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def torch_model(name):
+    """The PyTorch twin of a fastconv recipe and its optimizer."""
+    import torch
+    from torch import nn
+    if name == "seed":
+        net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                            nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
+        return net, torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
+    if name == "keras-cnn":
+        net = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Dropout(0.25), nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5),
+                            nn.Linear(128, 10))
+        return net, torch.optim.Adadelta(net.parameters(), lr=1.0, rho=0.95, eps=1e-7)
+    raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
+
+
+def fastconv_trainer(name, backend="fastconv"):
+    """A function (images uint8 NHWC, labels) -> None doing one training step on `backend`."""
+    from fastconv import keras
+    model = _fastconv_model(name, backend)
+
+    def step(images, labels):
+        keras.backend.set_backend(backend)  # the backend is global: trainers of both kinds may alternate
+        model.train_on_batch(images, labels)
+
+    return step
+
+
+def torch_trainer(name):
+    import torch
+    net, optimizer = torch_model(name)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    net.train()
+
+    def step(images, labels):
+        x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32)) / 255.0
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), torch.from_numpy(labels.astype(np.int64)))
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def make_trainer(impl, name):
+    if impl == "torch":
+        return torch_trainer(name)
+    return fastconv_trainer(name, backend="numpy" if impl == "numpy" else "fastconv")
+
+
+def step_seconds(impl, name, batch_size, steps=10, warmup=2, seed=0):
+    """Best time of one training step on random digits-shaped data."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(batch_size, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=batch_size)
+    step = make_trainer(impl, name)
+    for _ in range(warmup):
+        step(images, labels)
+    best = float("inf")
+    for _ in range(steps):
+        start = time.perf_counter()
+        step(images, labels)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def epoch_seconds(impl, name, batch_size, images, labels, seed=0):
+    """Wall time of one shuffled epoch over `images` (uint8 NHWC)."""
+    rng = np.random.default_rng(seed)
+    step = make_trainer(impl, name)
+    order = rng.permutation(len(images))
+    start = time.perf_counter()
+    for begin in range(0, len(images), batch_size):
+        index = order[begin:begin + batch_size]
+        step(images[index], labels[index])
+    return time.perf_counter() - start
