@@ -26,6 +26,7 @@ CONV_SHAPES = [
 QUICK_CONV = {"n128 28x28 1->32 same", "n128 14x14 32->64 same"}
 GEMM_SHAPES = [(1024, 1024, 1024), (64, 3136, 128), (6272, 288, 64)]
 TRAIN_STEPS = [("seed", 64), ("keras-cnn", 128)]
+IMPLS = ("fastconv", "numpy", "torch")
 
 
 def torch_or_none():
@@ -145,11 +146,11 @@ def table(rows, core_peak, threads):
     lines = []
     for row in rows:
         fc = row.seconds["fastconv"]
-        cell = lambda impl: f"{row.seconds[impl] * 1e3:.2f}" if impl in row.seconds else "-"
-        ratio = lambda impl: f"{row.seconds[impl] / fc:.1f}x" if impl in row.seconds else "-"
+        ms = {impl: f"{row.seconds[impl] * 1e3:.2f}" if impl in row.seconds else "-" for impl in IMPLS}
+        ratio = {impl: f"{row.seconds[impl] / fc:.1f}x" if impl in row.seconds else "-" for impl in IMPLS}
         gflops = row.flops / fc / 1e9 if row.flops else None
-        lines.append([row.op, row.shape, cell("fastconv"), cell("numpy"), cell("torch"), ratio("numpy"),
-                      ratio("torch"), f"{gflops:.0f}" if gflops else "-",
+        lines.append([row.op, row.shape, ms["fastconv"], ms["numpy"], ms["torch"], ratio["numpy"],
+                      ratio["torch"], f"{gflops:.0f}" if gflops else "-",
                       f"{100 * gflops / (core_peak * threads):.0f}%" if gflops else "-",
                       f"{row.bytes_moved / fc / 1e9:.0f}" if row.bytes_moved else "-"])
     return header, lines

@@ -96,3 +96,11 @@ def test_ctrl_c_stops_after_the_step_and_keeps_the_last_checkpoint(tmp_path):
     assert "Traceback" not in err
     check = run("evaluate", str(path))
     assert check.returncode == 0, check.stderr
+
+
+def test_bench_peak_prints_a_table():
+    result = run("bench", "peak", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["isa", "threads", "peak", "GFLOPS"]
+    assert all(float(line.split()[-1]) > 0 for line in lines[2:])
