@@ -4,8 +4,9 @@
  *
  * Threads. K is never split, so every element of C is summed in the same order whatever the thread
  * count (results are bitwise identical for 1 and N threads). Each KC step, the threads pack the
- * shared B block together (one NR panel each in turn), then share out the tiles of C: a tile is one
- * row block (up to MC rows, its own packed A in the thread's L2) times a group of NR column panels.
+ * shared B block together (a contiguous share of its NR panels each; the block lives in the shared
+ * L3), then share out the tiles of C: a tile is one row block (up to MC rows, its A block in the
+ * thread's private L2) times a group of NR column panels.
  * Large M: one column group, and the row blocks are sized so their count is a multiple of the thread
  * count (no thread idles on the last round). Small M (a Dense layer's batch, a weight gradient):
  * the columns (jr) are cut into groups first, then the row blocks shrink towards MR, so up to
@@ -27,7 +28,10 @@ static int thread_num(void) { return 0; }
 static int team_size(void) { return 1; }
 #endif
 
-enum { A_IN_PLACE_MAX_PANELS = 4 };
+enum {
+    A_IN_PLACE_MAX_COLUMNS = 128,  /* read row-major A in place when N is at most this */
+    B_CHUNK_FLOATS = 1 << 20,      /* packed B per chunk of K blocks: 4 MiB, an eighth of the L3 */
+};
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -87,6 +91,7 @@ static int64_t plan_mc(const fc_gemm_kernel *kr, int64_t m, int64_t n_panels, in
 
 typedef struct {
     int64_t kc, nc, mc;  /* block sizes for this problem */
+    int64_t k_chunk;     /* K rows of B packed between two barriers: a whole number of KC blocks */
     int a_in_place;      /* the micro-kernel reads row-major A where it lies */
     int threads;         /* the team size the tiles are cut for */
 } gemm_plan;
@@ -118,54 +123,62 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
     for (int64_t jc = 0; jc < p->n; jc += nc_max) {
         const int64_t nc = min64(nc_max, p->n - jc);
         const int64_t n_panels = ceil_div(nc, nr);
-        for (int64_t pc = 0; pc < p->k; pc += kc_max) {
-            const int64_t kc = min64(kc_max, p->k - pc);
-            const int last_k_block = pc + kc == p->k;
-            fc_tile_epilogue ep = {
-                .alpha = p->alpha, .beta = pc == 0 ? p->beta : 1.0f,
-                .bias = NULL, .relu = last_k_block && p->relu,
-            };
+        const int64_t m_blocks = ceil_div(p->m, mc_max);
+        int64_t groups = m_blocks >= threads ? 1 : min64(n_panels, ceil_div(threads, m_blocks));
+        const int64_t panels_per_group = ceil_div(n_panels, groups);
+        groups = ceil_div(n_panels, panels_per_group);
+        /* The same tiles of C go to the same thread for every K block, so C needs no barrier; the
+         * threads only meet around each packed chunk of B (one or more K blocks). */
+        for (int64_t chunk = 0; chunk < p->k; chunk += plan->k_chunk) {
+            const int64_t chunk_end = min64(p->k, chunk + plan->k_chunk);
             int64_t lo, hi;
             share(n_panels, tid, team, &lo, &hi);
-            for (int64_t jp = lo; jp < hi; jp++) {
-                const int64_t j = jc + jp * nr;
-                pack_panel(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j),
-                           kc, (int)nr, b_pack + jp * nr * kc);
-            }
-
-            const int64_t m_blocks = ceil_div(p->m, mc_max);
-            int64_t groups = m_blocks >= threads ? 1 : min64(n_panels, ceil_div(threads, m_blocks));
-            const int64_t panels_per_group = ceil_div(n_panels, groups);
-            groups = ceil_div(n_panels, panels_per_group);
-            int64_t packed_block = -1;
-            team_barrier(team);  /* B block packed */
-            share(m_blocks * groups, tid, team, &lo, &hi);
-            for (int64_t t = lo; t < hi; t++) {
-                const int64_t ib = t / groups, g = t % groups;
-                const int64_t ic = ib * mc_max, mc = min64(mc_max, p->m - ic);
-                const float *a_block = p->a + ic * p->a_rs + pc * p->a_cs;
-                if (packed_block != ib) {  /* in place, only the last, partial panel is packed */
-                    for (int64_t ir = a_in_place ? mc / mr * mr : 0; ir < mc; ir += mr)
-                        pack_panel(a_block + ir * p->a_rs, p->a_rs, p->a_cs, (int)min64(mr, mc - ir), kc,
-                                   (int)mr, a_pack + ir * kc);
-                    packed_block = ib;
-                }
-                const int64_t jp_end = min64(n_panels, (g + 1) * panels_per_group);
-                for (int64_t jp = g * panels_per_group; jp < jp_end; jp++) {
+            for (int64_t pc = chunk; pc < chunk_end; pc += kc_max) {
+                const int64_t kc = min64(kc_max, p->k - pc);
+                for (int64_t jp = lo; jp < hi; jp++) {
                     const int64_t j = jc + jp * nr;
-                    const int cols = (int)min64(nr, p->n - j);
-                    ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
-                    for (int64_t ir = 0; ir < mc; ir += mr) {
-                        const int rows = (int)min64(mr, mc - ir);
-                        const int whole_in_place = a_in_place && rows == mr;
-                        const float *a = whole_in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
-                        const int64_t rs_a = whole_in_place ? p->a_rs : 1, cs_a = whole_in_place ? 1 : mr;
-                        kr->ukr(kc, a, rs_a, cs_a, b_pack + jp * nr * kc, p->c + (ic + ir) * p->ldc + j,
-                                p->ldc, rows, cols, &ep);
+                    pack_panel(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j),
+                               kc, (int)nr, b_pack + (pc - chunk) * nc_max + jp * nr * kc);
+                }
+            }
+            team_barrier(team);  /* B chunk packed */
+            share(m_blocks * groups, tid, team, &lo, &hi);
+            for (int64_t pc = chunk; pc < chunk_end; pc += kc_max) {
+                const int64_t kc = min64(kc_max, p->k - pc);
+                const int last_k_block = pc + kc == p->k;
+                const float *b_block = b_pack + (pc - chunk) * nc_max;
+                fc_tile_epilogue ep = {
+                    .alpha = p->alpha, .beta = pc == 0 ? p->beta : 1.0f,
+                    .bias = NULL, .relu = last_k_block && p->relu,
+                };
+                int64_t packed_block = -1;
+                for (int64_t t = lo; t < hi; t++) {
+                    const int64_t ib = t / groups, g = t % groups;
+                    const int64_t ic = ib * mc_max, mc = min64(mc_max, p->m - ic);
+                    const float *a_block = p->a + ic * p->a_rs + pc * p->a_cs;
+                    if (packed_block != ib) {  /* in place, only the last, partial panel is packed */
+                        for (int64_t ir = a_in_place ? mc / mr * mr : 0; ir < mc; ir += mr)
+                            pack_panel(a_block + ir * p->a_rs, p->a_rs, p->a_cs, (int)min64(mr, mc - ir), kc,
+                                       (int)mr, a_pack + ir * kc);
+                        packed_block = ib;
+                    }
+                    const int64_t jp_end = min64(n_panels, (g + 1) * panels_per_group);
+                    for (int64_t jp = g * panels_per_group; jp < jp_end; jp++) {
+                        const int64_t j = jc + jp * nr;
+                        const int cols = (int)min64(nr, p->n - j);
+                        ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
+                        for (int64_t ir = 0; ir < mc; ir += mr) {
+                            const int rows = (int)min64(mr, mc - ir);
+                            const int whole_in_place = a_in_place && rows == mr;
+                            const float *a = whole_in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
+                            const int64_t rs_a = whole_in_place ? p->a_rs : 1, cs_a = whole_in_place ? 1 : mr;
+                            kr->ukr(kc, a, rs_a, cs_a, b_block + jp * nr * kc, p->c + (ic + ir) * p->ldc + j,
+                                    p->ldc, rows, cols, &ep);
+                        }
                     }
                 }
             }
-            team_barrier(team);  /* B block no longer read */
+            team_barrier(team);  /* B chunk no longer read */
         }
     }
 }
@@ -182,11 +195,14 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     plan.nc = min64(kr->nc, ceil_div(p->n, nr) * nr);
     plan.mc = plan_mc(kr, p->m, plan.nc / nr, threads);
     /* A row-major op(A) is read in place by the micro-kernel when N is at most a few panels wide
-     * (im2col GEMMs, Dense layers): packing would cost about as much as the multiply. Wider
+     * (im2col GEMMs, Dense layers): packing would cost a large part of the multiply. Wider
      * products pack it, as a packed panel is one stream without cache-set conflicts between rows. */
-    plan.a_in_place = p->a_cs == 1 && p->n <= A_IN_PLACE_MAX_PANELS * nr;
+    plan.a_in_place = p->a_cs == 1 && p->n <= A_IN_PLACE_MAX_COLUMNS;
     plan.threads = threads;
-    float *b_pack = fc_scratch(FC_SCRATCH_GEMM_B, plan.kc * plan.nc);
+    /* Pack B for as many K blocks at once as fit the budget: a Dense layer's long K then costs two
+     * barriers per call rather than two per K block (a sleeping thread's wake-up is microseconds). */
+    plan.k_chunk = plan.kc * max64(1, B_CHUNK_FLOATS / (plan.kc * plan.nc));
+    float *b_pack = fc_scratch(FC_SCRATCH_GEMM_B, min64(plan.k_chunk, ceil_div(p->k, plan.kc) * plan.kc) * plan.nc);
     if (threads > 1) {
         #pragma omp parallel num_threads(threads)
         gemm_thread(kr, p, &plan, b_pack, thread_num(), team_size());

@@ -13,6 +13,7 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
                                                            const float *b, __m256 acc[MR][2])
 {
     const float *base[2] = { a, a + 3 * rs };
+    #pragma GCC unroll 4
     for (int64_t p = 0; p < k; p++) {
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         #pragma GCC unroll 6
@@ -30,6 +31,11 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
 static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b,
                           float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
+    /* Fetch the C tile while the k loop runs (read when beta != 0, written at the end). */
+    for (int i = 0; i < m; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + NR - 1), _MM_HINT_T0);
+    }
     __m256 acc[MR][2];
     #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
