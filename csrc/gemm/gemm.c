@@ -171,7 +171,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                             const int rows = (int)min64(mr, mc - ir);
                             const int whole_in_place = a_in_place && rows == mr;
                             const float *a = whole_in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
-                            const int64_t rs_a = whole_in_place ? p->a_rs : 1, cs_a = whole_in_place ? 1 : mr;
+                            const int64_t rs_a = whole_in_place ? p->a_rs : 1, cs_a = whole_in_place ? p->a_cs : mr;
                             kr->ukr(kc, a, rs_a, cs_a, b_block + jp * nr * kc, p->c + (ic + ir) * p->ldc + j,
                                     p->ldc, rows, cols, &ep);
                         }
@@ -194,10 +194,11 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     plan.kc = ceil_div(p->k, ceil_div(p->k, kr->kc));
     plan.nc = min64(kr->nc, ceil_div(p->n, nr) * nr);
     plan.mc = plan_mc(kr, p->m, plan.nc / nr, threads);
-    /* A row-major op(A) is read in place by the micro-kernel when N is at most a few panels wide
-     * (im2col GEMMs, Dense layers): packing would cost a large part of the multiply. Wider
-     * products pack it, as a packed panel is one stream without cache-set conflicts between rows. */
-    plan.a_in_place = p->a_cs == 1 && p->n <= A_IN_PLACE_MAX_COLUMNS;
+    /* op(A) with a unit stride (row-major, or trans_a as in conv's weight gradient) is read in place
+     * by the micro-kernel when N is narrow (im2col GEMMs, Dense layers, dw): packing would cost a
+     * large part of the multiply. Wider products pack it, as a packed panel is one stream without
+     * cache-set conflicts between rows. */
+    plan.a_in_place = (p->a_cs == 1 || p->a_rs == 1) && p->n <= A_IN_PLACE_MAX_COLUMNS;
     plan.threads = threads;
     /* Pack B for as many K blocks at once as fit the budget: a Dense layer's long K then costs two
      * barriers per call rather than two per K block (a sleeping thread's wake-up is microseconds). */
