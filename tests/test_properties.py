@@ -365,3 +365,21 @@ def test_model_file_loader_gives_the_model_or_a_value_error_on_damaged_header(da
     else:
         _replace_random_value(header[part], data.draw)
     _load_or_value_error(_join_model_file(header, weights))
+
+
+def test_fuzz_finding_single_input_layer_on_a_list_is_refused_at_load(tmp_path):
+    """tools/fuzz_model.py found this: a functional model file marking a BatchNormalization node as
+    multi-input loaded, then predict failed with AttributeError. Now the load is a ValueError."""
+    from fastconv import keras
+    inputs = keras.Input(shape=(4, 4, 2))
+    outputs = keras.layers.GlobalAveragePooling2D()(keras.layers.BatchNormalization()(inputs))
+    keras.Model(inputs, outputs).save(tmp_path / "m.fastconv")
+    prefix, header, weights = _split_model_file((tmp_path / "m.fastconv").read_bytes())
+    for node in header["model"]["config"]["nodes"]:
+        if node["inputs"]:
+            node["multi_input"] = True
+    (tmp_path / "m.fastconv").write_bytes(_join_model_file(header, weights))
+    with pytest.raises(ValueError, match="takes one input, got a list of 1"):
+        keras.models.load_model(tmp_path / "m.fastconv")
+    with pytest.raises(ValueError, match="takes one input"):
+        keras.layers.Dense(2)([inputs])

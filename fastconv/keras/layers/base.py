@@ -123,6 +123,8 @@ def _format_shape(shape):
 class Layer:
     """Base class: names, weights, lazy build on first call, symbolic calls, input checks."""
 
+    takes_list = False  # True for layers called on a list of inputs (Add, Concatenate)
+
     def __init__(self, name=None, trainable=True, input_shape=None, input_dim=None, batch_size=None, dtype=None):
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty string, got {name!r}")
@@ -215,7 +217,12 @@ class Layer:
     def call(self, inputs, training=False):
         return self.forward(inputs, training)[0]
 
+    def _check_list_input(self, inputs):
+        if isinstance(inputs, (list, tuple)) and not self.takes_list:
+            raise ValueError(f"layer {self.name!r} takes one input, got a list of {len(inputs)}")
+
     def __call__(self, inputs, training=False):
+        self._check_list_input(inputs)
         if _is_symbolic(inputs):
             return self._call_symbolic(inputs)
         if isinstance(inputs, (list, tuple)):

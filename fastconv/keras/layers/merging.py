@@ -12,6 +12,8 @@ def _check_list(layer, input_shape):
 class Add(Layer):
     """Element-wise sum of inputs of the same shape."""
 
+    takes_list = True
+
     def build(self, input_shape):
         _check_list(self, input_shape)
         if any(shape[1:] != input_shape[0][1:] for shape in input_shape):
@@ -32,6 +34,8 @@ class Add(Layer):
 
 class Concatenate(Layer):
     """Joins inputs along `axis` (default: channels)."""
+
+    takes_list = True
 
     def __init__(self, axis=-1, **kwargs):
         super().__init__(**kwargs)
