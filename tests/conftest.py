@@ -4,6 +4,13 @@ import pytest
 import fastconv
 
 
+@pytest.fixture(autouse=True)
+def outside_the_source_tree(tmp_path_factory, monkeypatch):
+    """Every test runs in an empty directory, so subprocesses import the installed fastconv (with its
+    compiled extension), never the bare source folder of a checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("work"))
+
+
 @pytest.fixture(params=fastconv.available_isas())
 def isa(request):
     """Runs a test once on every instruction-set path this CPU supports."""

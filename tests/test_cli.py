@@ -4,17 +4,28 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import pytest
 
+import fastconv
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run(*args, cwd=REPO, timeout=300):
-    return subprocess.run([sys.executable, "-m", "fastconv", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "FASTCONV_NO_DOWNLOAD": "1"})
+# The vendored MNIST is found through $FASTCONV_DATA; commands run outside the checkout so that they
+# import the installed fastconv, not the source folder.
+# PYTHONPATH makes them import the very fastconv these tests imported (installed, or built in place).
+ENV = {**os.environ, "FASTCONV_NO_DOWNLOAD": "1", "FASTCONV_DATA": str(REPO / "data"),
+       "PYTHONPATH": str(pathlib.Path(fastconv.__file__).resolve().parents[1])}
+OUTSIDE = tempfile.gettempdir()
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fastconv", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV, cwd=OUTSIDE)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +51,8 @@ def test_evaluate_and_predict_use_the_saved_model(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.split(": ")[1].split()[0]) > 0.85
 
-    sys.path.insert(0, str(REPO))
     from fastconv.datasets import mnist
-    _, (x_test, y_test) = mnist.load_data()
+    _, (x_test, y_test) = mnist.load_data(REPO / "data" / "mnist")
     npy = tmp_path / "digit.npy"
     np.save(npy, x_test[0])
     pgm = tmp_path / "digit.pgm"
@@ -82,8 +92,8 @@ def test_corrupt_model_and_wrong_image_size_are_clear_errors(trained, tmp_path):
 def test_ctrl_c_stops_after_the_step_and_keeps_the_last_checkpoint(tmp_path):
     path = tmp_path / "interrupted.fastconv"
     proc = subprocess.Popen([sys.executable, "-m", "fastconv", "train", "--model", "mlp", "--epochs", "50",
-                             "--train-size", "2000", "--save", str(path)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "FASTCONV_NO_DOWNLOAD": "1"})
+                             "--train-size", "2000", "--save", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=OUTSIDE)
     deadline = time.time() + 120
     while not path.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)

@@ -1,4 +1,5 @@
 """conv2d, pooling and their backward passes against fastconv.reference, on every ISA path."""
+import pathlib
 import threading
 
 import numpy as np
@@ -389,7 +390,8 @@ def test_forcing_a_path_by_environment_in_a_subprocess():
     import subprocess
     import sys
     code = "import fastconv; print(fastconv.get_isa())"
-    out = subprocess.run([sys.executable, "-c", code], env={"FASTCONV_ISA": "generic", "PATH": ""},
+    package_root = str(pathlib.Path(fastconv.__file__).resolve().parents[1])  # the fastconv under test
+    out = subprocess.run([sys.executable, "-c", code], env={"FASTCONV_ISA": "generic", "PYTHONPATH": package_root},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "generic"
 
