@@ -61,6 +61,8 @@ def _check_out(out, shape, inputs):
 
 def _real(value, name):
     """A Python float from a real scalar (int, float, numpy number); bools and strings are refused."""
+    if type(value) is float:  # the common case, first: this runs on every gemm call
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     return float(value)
@@ -90,8 +92,8 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
     relu = _check_activation(activation)
     bias32 = _bias(bias, n) if bias is not None else None
     alpha, beta = _real(alpha, "alpha"), _real(beta, "beta")
-    checked_product((m, n), "out")
     if out is None:
+        checked_product((m, n), "out")  # a given out already has this shape
         out = np.empty((m, n), dtype=np.float32)
         beta = 0.0
     else:
