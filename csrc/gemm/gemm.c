@@ -72,9 +72,10 @@ static void epilogue_only(const fc_gemm_problem *p)
     }
 }
 
-/* Rows per row block: at most MC, a multiple of MR, and as many blocks as the threads need (see the
- * comment at the top). */
-static int64_t plan_mc(const fc_gemm_kernel *kr, int64_t m, int64_t n_panels, int threads)
+/* Number of row blocks: enough for blocks of at most about MC rows, and as many as the threads need
+ * (see the comment at the top). Block ib holds MR-row panels [P * ib / blocks, P * (ib + 1) / blocks)
+ * of the P panels, so the blocks, and the threads' shares of them, differ by one panel at most. */
+static int64_t plan_m_blocks(const fc_gemm_kernel *kr, int64_t m, int64_t n_panels, int threads)
 {
     int64_t m_blocks = ceil_div(m, kr->mc);
     if (threads > 1) {
@@ -85,12 +86,13 @@ static int64_t plan_mc(const fc_gemm_kernel *kr, int64_t m, int64_t n_panels, in
             m_blocks = max64(m_blocks, ceil_div(threads, groups));
         }
     }
-    m_blocks = min64(m_blocks, ceil_div(m, kr->mr));
-    return ceil_div(ceil_div(m, m_blocks), kr->mr) * kr->mr;
+    return min64(m_blocks, ceil_div(m, kr->mr));
 }
 
 typedef struct {
-    int64_t kc, nc, mc;  /* block sizes for this problem */
+    int64_t kc, nc;      /* block sizes for this problem */
+    int64_t m_blocks;    /* row blocks of (nearly) equal size, at most mc rows each */
+    int64_t mc;
     int64_t k_chunk;     /* K rows of B packed between two barriers: a whole number of KC blocks */
     int a_in_place;      /* the micro-kernel reads row-major A where it lies */
     int threads;         /* the team size the tiles are cut for */
@@ -123,7 +125,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
     for (int64_t jc = 0; jc < p->n; jc += nc_max) {
         const int64_t nc = min64(nc_max, p->n - jc);
         const int64_t n_panels = ceil_div(nc, nr);
-        const int64_t m_blocks = ceil_div(p->m, mc_max);
+        const int64_t m_blocks = plan->m_blocks, m_panels = ceil_div(p->m, mr);
         int64_t groups = m_blocks >= threads ? 1 : min64(n_panels, ceil_div(threads, m_blocks));
         const int64_t panels_per_group = ceil_div(n_panels, groups);
         groups = ceil_div(n_panels, panels_per_group);
@@ -154,7 +156,8 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                 int64_t packed_block = -1;
                 for (int64_t t = lo; t < hi; t++) {
                     const int64_t ib = t / groups, g = t % groups;
-                    const int64_t ic = ib * mc_max, mc = min64(mc_max, p->m - ic);
+                    const int64_t ic = mr * (m_panels * ib / m_blocks);
+                    const int64_t mc = min64(p->m, mr * (m_panels * (ib + 1) / m_blocks)) - ic;
                     const float *a_block = p->a + ic * p->a_rs + pc * p->a_cs;
                     if (packed_block != ib) {  /* in place, only the last, partial panel is packed */
                         for (int64_t ir = a_in_place ? mc / mr * mr : 0; ir < mc; ir += mr)
@@ -193,7 +196,8 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
      * L1 footprint of the B panel. Independent of the thread count. */
     plan.kc = ceil_div(p->k, ceil_div(p->k, kr->kc));
     plan.nc = min64(kr->nc, ceil_div(p->n, nr) * nr);
-    plan.mc = plan_mc(kr, p->m, plan.nc / nr, threads);
+    plan.m_blocks = plan_m_blocks(kr, p->m, plan.nc / nr, threads);
+    plan.mc = ceil_div(ceil_div(p->m, kr->mr), plan.m_blocks) * kr->mr;
     /* op(A) with a unit stride (row-major, or trans_a as in conv's weight gradient) is read in place
      * by the micro-kernel when N is narrow (im2col GEMMs, Dense layers, dw): packing would cost a
      * large part of the multiply. Wider products pack it, as a packed panel is one stream without
