@@ -74,11 +74,16 @@ def seconds_per_call(fn, min_time=0.05):
         calls = max(calls * 2, int(calls * min_time / max(elapsed, 1e-9)) + 1)
 
 
-def interleaved_best(fns, rounds=5, min_time=0.05):
-    """Best seconds per call of each function, timing them in turn in every round."""
+def interleaved_best(fns, rounds=5, min_time=0.05, settle=0.1):
+    """Best seconds per call of each function, timing them in turn in every round.
+
+    Waits `settle` seconds before each timing: OpenBLAS's threads keep spinning for tens of
+    milliseconds after a call and would otherwise take the core from the next library's threads.
+    """
     best = [float("inf")] * len(fns)
     for _ in range(rounds):
         for i, fn in enumerate(fns):
+            time.sleep(settle)
             best[i] = min(best[i], seconds_per_call(fn, min_time))
     return best
 
