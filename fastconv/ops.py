@@ -52,10 +52,15 @@ def _check_out(out, shape, inputs):
     if out.dtype != np.float32:
         raise TypeError(f"out must have dtype float32, got {out.dtype}")
     check_shape(out, shape, "out")
-    if not out.flags.c_contiguous or not out.flags.writeable or not out.flags.aligned:
+    flags = out.flags
+    if not flags.c_contiguous or not flags.writeable or not flags.aligned:
         raise ValueError("out must be a writeable, aligned, C-contiguous array")
     for name, arr in inputs.items():
-        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
+        if not isinstance(arr, np.ndarray):
+            continue
+        # Two distinct arrays that own their memory cannot overlap: skip the costlier bounds test.
+        owners = arr is not out and flags.owndata and arr.flags.owndata
+        if not owners and np.may_share_memory(out, arr):
             raise ValueError(f"out overlaps input {name}; pass a separate output array")
 
 
