@@ -29,7 +29,7 @@ static int team_size(void) { return 1; }
 #endif
 
 enum {
-    A_IN_PLACE_MAX_COLUMNS = 128,  /* read row-major A in place when N is at most this */
+    A_IN_PLACE_MAX_COLUMNS = 128,  /* read A with a unit stride in place when N is at most this */
     B_CHUNK_FLOATS = 1 << 20,      /* packed B per chunk of K blocks: 4 MiB, an eighth of the L3 */
 };
 
@@ -92,9 +92,9 @@ static int64_t plan_m_blocks(const fc_gemm_kernel *kr, int64_t m, int64_t n_pane
 typedef struct {
     int64_t kc, nc;      /* block sizes for this problem */
     int64_t m_blocks;    /* row blocks of (nearly) equal size, at most mc rows each */
-    int64_t mc;
+    int64_t mc;          /* rows of the largest block: the packed A buffer's height */
     int64_t k_chunk;     /* K rows of B packed between two barriers: a whole number of KC blocks */
-    int a_in_place;      /* the micro-kernel reads row-major A where it lies */
+    int a_in_place;      /* the micro-kernel reads A (unit row or column stride) where it lies */
     int threads;         /* the team size the tiles are cut for */
 } gemm_plan;
 
