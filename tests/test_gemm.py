@@ -12,21 +12,7 @@ from fastconv import _C, reference
 EPS32 = np.finfo(np.float32).eps
 
 
-@pytest.fixture(params=fastconv.ISAS)
-def isa(request):
-    if request.param not in fastconv.available_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} path")
-    before = fastconv.get_isa()
-    fastconv.set_isa(request.param)
-    yield request.param
-    fastconv.set_isa(before)
-
-
-@pytest.fixture
-def threads():
-    before = fastconv.get_num_threads()
-    yield fastconv.set_num_threads
-    fastconv.set_num_threads(before)
+# The `isa` and `threads` fixtures come from conftest.py.
 
 
 def operands(rng, m, k, n, trans_a=False, trans_b=False):
