@@ -218,7 +218,7 @@ def run_gemm(args):
 
 def run_suite(args):
     from fastconv.bench_suite import run_suite as suite
-    return suite(args, seconds_per_call, fma_peak_gflops, print_table)
+    return suite(args, interleaved_best, fma_peak_gflops, print_table)
 
 
 def build_parser():

@@ -133,11 +133,10 @@ def train_rows(rng, torch):
     return rows
 
 
-def time_rows(rows, rounds, seconds_per_call):
+def time_rows(rows, rounds, interleaved_best):
     for row in rows:
-        for _ in range(rounds):
-            for impl, fn in row.fns.items():
-                row.seconds[impl] = min(row.seconds.get(impl, float("inf")), seconds_per_call(fn, 0.05))
+        impls = list(row.fns)
+        row.seconds = dict(zip(impls, interleaved_best([row.fns[impl] for impl in impls], rounds=rounds)))
 
 
 def table(rows, core_peak, threads):
@@ -156,7 +155,7 @@ def table(rows, core_peak, threads):
     return header, lines
 
 
-def run_suite(args, seconds_per_call, fma_peak_gflops, print_table):
+def run_suite(args, interleaved_best, fma_peak_gflops, print_table):
     torch = torch_or_none()
     threads = fastconv.get_num_threads()
     rng = np.random.default_rng(0)
@@ -165,7 +164,7 @@ def run_suite(args, seconds_per_call, fma_peak_gflops, print_table):
     print(f"fastconv {fastconv.__version__}, isa {fastconv.get_isa()}, {threads} threads, FMA peak "
           f"{core_peak:.0f} GFLOPS per core; numpy = fastconv.reference (pure NumPy); "
           f"torch = {'PyTorch ' + torch.__version__ if torch else 'not installed'}", flush=True)
-    time_rows(rows, 1 if args.quick else 3, seconds_per_call)
+    time_rows(rows, 1 if args.quick else 3, interleaved_best)
     header, lines = table(rows, core_peak, threads)
     print_table(header, lines)
     keras.backend.set_backend("fastconv")
