@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from fastconv.augment import random_shift_rotate
 from fastconv.keras.callbacks import Callback
 
 EXIT_ERROR = 2
@@ -59,7 +60,8 @@ def _make_optimizer(keras, name, learning_rate):
 
 
 class EpochReport(Callback):
-    """Prints images per second after each epoch and stops cleanly after the current step on Ctrl-C."""
+    """Saves a checkpoint and prints images per second after each epoch; on Ctrl-C, stops cleanly
+    after the current step."""
 
     def __init__(self, images_per_epoch, checkpoint_path):
         super().__init__()
@@ -83,14 +85,26 @@ class EpochReport(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.started
-        if not self.interrupted:  # the checkpoint callback saved this epoch
+        if not self.interrupted:  # an epoch cut short by Ctrl-C must not replace the last complete one
+            self.model.save(self.checkpoint_path)  # atomic: a crash mid-save keeps the previous file
             self.last_saved_epoch = epoch + 1
-        print(f"epoch {epoch + 1}: {seconds:.1f} s, {self.images_per_epoch / seconds:,.0f} images/s", flush=True)
+        print(f"epoch {epoch + 1}: {seconds:.1f} s with validation, {self.images_per_epoch / seconds:,.0f} training "
+              "images/s", flush=True)
+
+
+class Augmenter(Callback):
+    """Writes a new random shift/rotation of every training image into the array `fit` reads."""
+
+    def __init__(self, originals, training_array, rng):
+        super().__init__()
+        self.originals, self.training_array, self.rng = originals, training_array, rng
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.training_array[...] = random_shift_rotate(self.originals, self.rng)
 
 
 def cmd_train(args):
     from fastconv import keras, recipes, set_num_threads
-    from fastconv.augment import random_shift_rotate
 
     recipe = recipes.RECIPES[args.model]
     if args.plot:
@@ -120,24 +134,20 @@ def cmd_train(args):
     if args.verbose:
         model.summary()
 
-    checkpoint = keras.callbacks.ModelCheckpoint(save_path)
     report = EpochReport(len(x_train), save_path)
-    callbacks = [checkpoint, report]
+    callbacks = [report]
     if recipe.decay_per_epoch != 1.0:
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch, lr: learning_rate * recipe.decay_per_epoch ** epoch))
+    if augment:
+        x_fit = x_train.copy()  # refilled with freshly shifted/rotated digits before every epoch
+        callbacks.append(Augmenter(x_train, x_fit, np.random.default_rng(args.seed)))
+    else:
+        x_fit = x_train
     previous_handler = signal.signal(signal.SIGINT, report.request_stop)
-    rng = np.random.default_rng(args.seed)
-    history = {}
     try:
-        for epoch in range(epochs):
-            x_epoch = random_shift_rotate(x_train, rng) if augment else x_train
-            result = model.fit(x_epoch, y_train, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch,
-                               validation_data=(x_test, y_test), callbacks=callbacks, verbose=1)
-            for key, values in result.history.items():
-                history.setdefault(key, []).extend(values)
-            if report.interrupted or model.stop_training:
-                break
+        history = model.fit(x_fit, y_train, batch_size=batch_size, epochs=epochs, validation_data=(x_test, y_test),
+                            callbacks=callbacks, verbose=1).history
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     if report.interrupted:

@@ -114,3 +114,35 @@ def test_bench_peak_prints_a_table():
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == ["isa", "threads", "peak", "GFLOPS"]
     assert all(float(line.split()[-1]) > 0 for line in lines[2:])
+
+
+def test_augmented_training_writes_the_plot(tmp_path):
+    pytest.importorskip("matplotlib")  # the optional `plot` extra; the next test covers its absence
+    plot = tmp_path / "curves.png"
+    result = run("train", "--model", "lenet5", "--epochs", "2", "--train-size", "1000", "--augment",
+                 "--save", str(tmp_path / "m.fastconv"), "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    assert "Epoch 2/2" in result.stdout and "augment on" in result.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_a_clear_error_before_training(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "matplotlib.py").write_text("raise ImportError('matplotlib is not installed')\n")
+    env = {**ENV, "PYTHONPATH": f"{blocker}{os.pathsep}{ENV['PYTHONPATH']}"}
+    result = subprocess.run([sys.executable, "-m", "fastconv", "train", "--plot", str(tmp_path / "p.png")],
+                            capture_output=True, text=True, env=env, cwd=OUTSIDE, timeout=120)
+    assert result.returncode != 0 and "pip install 'fastconv[plot]'" in result.stderr
+    assert "Traceback" not in result.stderr and "Epoch" not in result.stdout
+
+
+def test_predict_reads_png_with_pillow(trained, tmp_path):
+    image_module = pytest.importorskip("PIL.Image")  # the optional `images` extra
+    from fastconv.datasets import mnist
+    _, (x_test, y_test) = mnist.load_data(REPO / "data" / "mnist")
+    png = tmp_path / "digit.png"
+    image_module.fromarray(x_test[2]).save(png)
+    result = run("predict", str(trained[0]), str(png))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(": ")[1].split()[0] == str(y_test[2])
