@@ -67,6 +67,8 @@ void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);
 
 /* ---- training: elementwise, in place where it updates ---- */
 void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx);  /* dx = y > 0 ? dy : 0 */
+/* y = x * mask, mask[i] = 1/(1-rate) or 0 from a counter-based hash of (seed, i). */
+void fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask);
 void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                     float beta_2, float epsilon);
 void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,

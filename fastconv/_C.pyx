@@ -3,7 +3,7 @@
 
 Callers (fastconv.ops) pass validated, C-contiguous, non-empty float32 arrays flattened to 1-D.
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 cimport numpy as cnp
 
@@ -45,6 +45,7 @@ cdef extern from "fastconv.h" nogil:
     void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
     void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
     void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
+    void fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask)
     void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                         float beta_2, float epsilon)
     void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad,
@@ -210,3 +211,8 @@ def adadelta_update(float[::1] w, const float[::1] g, float[::1] accumulated_gra
                     float lr, float rho, float epsilon):
     with nogil:
         fc_adadelta_update(w.shape[0], &w[0], &g[0], &accumulated_grad[0], &accumulated_delta[0], lr, rho, epsilon)
+
+
+def dropout_forward(const float[::1] x, float rate, uint64_t seed, float[::1] y, float[::1] mask):
+    with nogil:
+        fc_dropout_forward(x.shape[0], &x[0], rate, seed, &y[0], &mask[0])

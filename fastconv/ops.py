@@ -16,7 +16,7 @@ from fastconv._args import as_float_array, check_shape, checked_product, conv_ge
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
-    "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "adam_update", "adadelta_update", "conv2d_algorithm", "CONV_ALGORITHMS",
+    "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update", "conv2d_algorithm", "CONV_ALGORITHMS",
 ]
 
 # conv2d algorithms: "auto" picks per shape, the others force one (see conv2d). Codes as in fastconv.h.
@@ -302,6 +302,29 @@ def relu_backward(dy, y, *, out=None):
     if out.size:
         _C.relu_backward(_flat(dy32), _flat(y32), _flat(out))
     return out
+
+
+def _check_dropout(rate, seed):
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0 <= rate < 1:
+        raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    return float(rate), int(seed)
+
+
+def dropout(x, rate, seed):
+    """Inverted dropout: returns (x * mask, mask), mask = 1/(1-rate) where kept, else 0.
+
+    Element i is kept when a counter-based hash of (seed, i) is >= rate, so the mask depends only on
+    the seed and the size: the same for any thread count and in fastconv.reference.
+    """
+    rate, seed = _check_dropout(rate, seed)
+    x32 = as_float_array(x, "x")
+    y = np.empty(x32.shape, dtype=np.float32)
+    mask = np.empty(x32.shape, dtype=np.float32)
+    if x32.size:
+        _C.dropout_forward(_flat(x32), rate, seed, _flat(y), _flat(mask))
+    return y, mask
 
 
 def _check_in_place(arrays, shape):

@@ -11,7 +11,7 @@ from fastconv._args import as_float_array, check_shape, conv_geometry, pool_geom
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "maxpool2d", "maxpool2d_backward",
     "avgpool2d", "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward",
-    "relu_backward", "adam_update", "adadelta_update",
+    "relu_backward", "dropout", "adam_update", "adadelta_update",
 ]
 
 
@@ -212,6 +212,29 @@ def global_avgpool2d_backward(dy, x):
 def relu_backward(dy, y, *, out=None):
     """Gradient of y = relu(x) given dy: dy where y > 0, else 0."""
     return _into(out, np.where(np.asarray(y) > 0, dy, 0).astype(np.result_type(dy, np.float32), copy=False))
+
+
+def _hash32(x):
+    """Wellons' lowbias32 on a uint32 array (the C kernel's hash; products wrap modulo 2**32)."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def dropout(x, rate, seed):
+    """Inverted dropout with fastconv.dropout's mask: element i is kept when
+    hash32(hash32(i + low32(seed)) ^ high32(seed)) / 2**32, from its top 24 bits, is >= rate."""
+    x = np.asarray(x)
+    dtype = np.float64 if x.dtype == np.float64 else np.float32
+    index = np.arange(x.size, dtype=np.uint64).astype(np.uint32)  # wraps past 2**32 like the C index
+    with np.errstate(over="ignore"):
+        h = _hash32(_hash32(index + np.uint32(seed & 0xFFFFFFFF)) ^ np.uint32(seed >> 32))
+    uniform = (h >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
+    scale = dtype(1) / (dtype(1) - dtype(rate))  # in the working precision, as the C kernel does
+    mask = np.where(uniform >= np.float32(rate), scale, dtype(0)).reshape(x.shape)
+    return (x * mask).astype(dtype, copy=False), mask.astype(dtype, copy=False)
 
 
 def adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon):

@@ -48,3 +48,25 @@ def test_in_place_updates_reject_arrays_they_cannot_update():
                                  1.0, 0.95, 1e-7)
     with pytest.raises(ValueError, match="y must have shape"):
         fastconv.relu_backward(g, np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.25, 0.5, 0.9])
+def test_dropout_mask_matches_reference_and_rate(isa, threads, rate):
+    x = np.random.default_rng(0).standard_normal((64, 12, 12, 8)).astype(np.float32)
+    y, mask = fastconv.dropout(x, rate, seed=12345)
+    ref_y, ref_mask = reference.dropout(x, rate, seed=12345)
+    np.testing.assert_array_equal(mask, ref_mask)
+    np.testing.assert_array_equal(y, ref_y)
+    kept = mask != 0
+    assert abs(kept.mean() - (1 - rate)) < 0.01
+    np.testing.assert_allclose(y[kept], x[kept] / (1 - rate), rtol=1e-6)
+    threads(1)
+    np.testing.assert_array_equal(fastconv.dropout(x, rate, seed=12345)[1], mask)  # any thread count
+    assert not np.array_equal(fastconv.dropout(x, 0.5, seed=1)[1], fastconv.dropout(x, 0.5, seed=2)[1])
+
+
+def test_dropout_rejects_bad_rate_and_seed():
+    with pytest.raises(ValueError, match="rate must be"):
+        fastconv.dropout(np.ones(3), 1.0, 0)
+    with pytest.raises(ValueError, match="seed must be"):
+        fastconv.dropout(np.ones(3), 0.5, -1)

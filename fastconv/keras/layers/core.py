@@ -265,10 +265,8 @@ class Dropout(Layer):
     def forward(self, inputs, training=False):
         if not training or self.rate == 0:
             return inputs, None
-        rng = self._rng or backend.rng()
-        keep = rng.random(inputs.shape, dtype=np.float32) >= self.rate
-        mask = keep * inputs.dtype.type(1 / (1 - self.rate))
-        return inputs * mask, mask
+        seed = int((self._rng or backend.rng()).integers(0, 2**63))
+        return backend.ops_for(inputs).dropout(inputs, self.rate, seed)
 
     def backward(self, ctx, grad):
         return grad if ctx is None else grad * ctx
