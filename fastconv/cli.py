@@ -99,8 +99,12 @@ class Augmenter(Callback):
         super().__init__()
         self.originals, self.training_array, self.rng = originals, training_array, rng
 
+    chunk = 4096  # images per call: the sampling grids of all 60,000 at once would take ~2 GB
+
     def on_epoch_begin(self, epoch, logs=None):
-        self.training_array[...] = random_shift_rotate(self.originals, self.rng)
+        for start in range(0, len(self.originals), self.chunk):
+            stop = start + self.chunk
+            self.training_array[start:stop] = random_shift_rotate(self.originals[start:stop], self.rng)
 
 
 def cmd_train(args):
