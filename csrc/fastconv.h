@@ -11,6 +11,9 @@ int fc_isa_supported(const char *name);  /* 1 if this CPU and OS can run that pa
 int fc_set_isa(const char *name);        /* force a path; 0 on success, -1 if unknown or unsupported */
 const char *fc_gemm_kernel_name(void);
 const char *fc_compiler(void);
+/* glibc only: serve allocations below `bytes` from the heap and keep up to `bytes` of freed memory
+ * mapped, so that per-step arrays stop page-faulting; returns 1 if applied (workspace.c). */
+int fc_keep_freed_memory(int64_t bytes);
 int fc_openmp_enabled(void);
 void fc_set_num_threads(int n);
 int fc_get_num_threads(void);

@@ -16,6 +16,7 @@ cdef extern from "fastconv.h" nogil:
     int fc_set_isa(const char *name)
     const char *fc_gemm_kernel_name()
     const char *fc_compiler()
+    int fc_keep_freed_memory(int64_t bytes)
     int fc_openmp_enabled()
     void fc_set_num_threads(int n)
     int fc_get_num_threads()
@@ -88,6 +89,10 @@ def fma_peak(isa, int64_t iters, int threads):
 
 def compiler():
     return fc_compiler().decode()
+
+
+def keep_freed_memory(int64_t nbytes):
+    return bool(fc_keep_freed_memory(nbytes))
 
 
 def openmp_enabled():

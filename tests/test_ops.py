@@ -1,5 +1,6 @@
 """conv2d, pooling and their backward passes against fastconv.reference, on every ISA path."""
 import pathlib
+import sys
 import threading
 
 import numpy as np
@@ -413,3 +414,17 @@ def test_threadpoolctl_sees_and_limits_fastconv(threads):
         assert fastconv.get_num_threads() == 1
     with threadpoolctl.threadpool_limits(1, user_api="openmp"):
         assert fastconv.get_num_threads() == 1
+
+
+def test_freed_memory_setting_is_reported_and_can_be_turned_off():
+    import platform
+    import subprocess
+    package_root = str(pathlib.Path(fastconv.__file__).resolve().parents[1])
+    code = "import fastconv; print(fastconv.config()['keeps_freed_memory'])"
+    results = {}
+    for value in ("1", "0"):
+        env = {"FASTCONV_KEEP_FREED_MEMORY": value, "PYTHONPATH": package_root}
+        results[value] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                        check=True).stdout.strip()
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert results == {"1": str(glibc), "0": "False"}
