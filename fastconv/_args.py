@@ -62,15 +62,17 @@ def pair(value, name):
     return tuple(out)
 
 
-def _non_negative_int(value, name):
+def checked_int(value, name, minimum=0):
+    """`value` as an int in [minimum, MAX_PARAMETER]; TypeError for non-integers (bools included)."""
+    kind = "a positive int" if minimum == 1 else "a non-negative int" if minimum == 0 else f"an int >= {minimum}"
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a non-negative int, got {value!r}")
+        raise TypeError(f"{name} must be {kind}, got {value!r}")
     try:
         number = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be a non-negative int, got {value!r}") from None
-    if number < 0:
-        raise ValueError(f"{name} must be non-negative, got {value!r}")
+        raise TypeError(f"{name} must be {kind}, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
     if number > MAX_PARAMETER:
         raise ValueError(f"{name} must be at most {MAX_PARAMETER}, got {value!r}")
     return number
@@ -104,8 +106,8 @@ def parse_padding(padding):
         rows, cols = padding
         if not isinstance(rows, (tuple, list)) or not isinstance(cols, (tuple, list)) or len(rows) != 2 or len(cols) != 2:
             raise ValueError(f"padding must be ((top, bottom), (left, right)), got {padding!r}")
-        return tuple(tuple(_non_negative_int(p, "padding") for p in side) for side in (rows, cols))
-    amount = _non_negative_int(padding, "padding")
+        return tuple(tuple(checked_int(p, "padding") for p in side) for side in (rows, cols))
+    amount = checked_int(padding, "padding")
     return ((amount, amount), (amount, amount))
 
 

@@ -1,23 +1,15 @@
 """Dense, the activation layers, Rescaling, Flatten, Reshape and Dropout."""
 import math
-import operator
 
 import numpy as np
 
+from fastconv._args import checked_int
 from fastconv.keras import activations, backend, initializers, regularizers
 from fastconv.keras.layers.base import Layer
 
 
 def positive_int(value, name):
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive int, got {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return number
+    return checked_int(value, name, minimum=1)
 
 
 def apply_activation(fn, pre):
