@@ -70,26 +70,29 @@ class EpochReport(Callback):
         self.interrupted = False
         self.epoch = self.step = 0
         self.last_saved_epoch = None
-        self.started = time.perf_counter()
+        self.started = self.trained_at = time.perf_counter()
 
     def request_stop(self, signum, frame):
         self.interrupted = True
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.step, self.started = epoch, 0, time.perf_counter()
+        self.epoch, self.step = epoch, 0
+        self.started = self.trained_at = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.step = batch + 1
+        self.trained_at = time.perf_counter()
         if self.interrupted:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self.started
+        now = time.perf_counter()
+        training, validation = self.trained_at - self.started, now - self.trained_at
         if not self.interrupted:  # an epoch cut short by Ctrl-C must not replace the last complete one
             self.model.save(self.checkpoint_path)  # atomic: a crash mid-save keeps the previous file
             self.last_saved_epoch = epoch + 1
-        print(f"epoch {epoch + 1}: {seconds:.1f} s with validation, {self.images_per_epoch / seconds:,.0f} training "
-              "images/s", flush=True)
+        print(f"epoch {epoch + 1}: training {training:.1f} s ({self.images_per_epoch / training:,.0f} images/s), "
+              f"validation {validation:.1f} s", flush=True)
 
 
 class Augmenter(Callback):
