@@ -9,16 +9,9 @@ import pytest
 
 import fastconv
 from fastconv import reference
+from fastconv.bench_suite import torch_or_none
 
 
-
-def torch_or_none():
-    """PyTorch for comparison when installed (never required)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
 
 # (name, batch, height/width, cin, cout, padding): the MNIST-sized layers of our models.
 CONV_SHAPES = {
@@ -55,11 +48,9 @@ def torch_conv(torch, x, w, b, padding):
 
 
 def skip_without(impl):
-    torch = torch_or_none()
+    torch = torch_or_none()  # with fastconv's thread count
     if impl == "torch" and torch is None:
         pytest.skip("PyTorch not installed (pip install torch==2.13.0)")
-    if torch is not None:
-        torch.set_num_threads(fastconv.get_num_threads())
     return torch
 
 

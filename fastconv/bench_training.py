@@ -11,16 +11,6 @@ import numpy as np
 MODELS = ("seed", "keras-cnn")
 
 
-def _fastconv_model(name, backend):
-    from fastconv import keras, recipes
-    recipe = recipes.RECIPES[name]
-    model = recipe.build()
-    optimizer = keras.optimizers.get(recipe.optimizer)
-    optimizer.learning_rate = recipe.learning_rate
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
-
-
 def torch_model(name):
     """The PyTorch twin of a fastconv recipe and its optimizer."""
     import torch
@@ -40,8 +30,8 @@ def torch_model(name):
 
 def fastconv_trainer(name, backend="fastconv"):
     """A function (images uint8 NHWC, labels) -> None doing one training step on `backend`."""
-    from fastconv import keras
-    model = _fastconv_model(name, backend)
+    from fastconv import keras, recipes
+    model = recipes.RECIPES[name].compiled_model()
 
     def step(images, labels):
         keras.backend.set_backend(backend)  # the backend is global: trainers of both kinds may alternate

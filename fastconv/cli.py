@@ -50,15 +50,6 @@ def format_confusion(matrix, names):
     return "\n".join(lines)
 
 
-def _make_optimizer(keras, name, learning_rate):
-    try:
-        optimizer = keras.optimizers.get(name)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    optimizer.learning_rate = learning_rate
-    return optimizer
-
-
 class EpochReport(Callback):
     """Saves a checkpoint and prints images per second after each epoch; on Ctrl-C, stops cleanly
     after the current step."""
@@ -131,9 +122,7 @@ def cmd_train(args):
     (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset)
     if args.train_size:
         x_train, y_train = x_train[:args.train_size], y_train[:args.train_size]
-    model = recipe.build()
-    model.compile(optimizer=_make_optimizer(keras, args.optimizer or recipe.optimizer, learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = recipe.compiled_model(args.optimizer, learning_rate)
     print(f"fastconv train: model {args.model} ({recipe.description}), dataset {args.dataset} "
           f"({len(x_train)} train / {len(x_test)} test), {epochs} epochs, batch {batch_size}, "
           f"{args.optimizer or recipe.optimizer} lr {learning_rate:g}, augment {'on' if augment else 'off'}, "

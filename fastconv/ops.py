@@ -295,10 +295,8 @@ def relu_backward(dy, y, *, out=None):
     check_shape(y32, dy32.shape, "y")
     if out is None:
         out = np.empty(dy32.shape, dtype=np.float32)
-    elif out is not dy:
-        _check_out(out, dy32.shape, {"y": y})
-    else:
-        _check_out(out, dy32.shape, {})
+    else:  # elementwise, so writing over dy itself is safe
+        _check_out(out, dy32.shape, {} if out is dy else {"y": y})
     if out.size:
         _C.relu_backward(_flat(dy32), _flat(y32), _flat(out))
     return out

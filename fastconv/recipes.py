@@ -21,6 +21,14 @@ class Recipe:
     augment: bool = False
     decay_per_epoch: float = 1.0  # learning rate multiplied by this after every epoch
 
+    def compiled_model(self, optimizer=None, learning_rate=None):
+        """The model, compiled for sparse labels with the recipe's optimizer (or `optimizer`, a name)."""
+        model = self.build()
+        chosen = keras.optimizers.get(optimizer or self.optimizer)
+        chosen.learning_rate = learning_rate or self.learning_rate
+        model.compile(optimizer=chosen, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
 
 def _inputs():
     return [keras.Input(shape=(28, 28, 1)), layers.Rescaling(1.0 / 255)]

@@ -1,8 +1,8 @@
 """Conv2D: channels_last convolution with the kernel stored (kh, kw, cin, cout) as Keras does."""
-from fastconv._args import pair
+from fastconv._args import checked_int, pair
 from fastconv.keras import activations, backend, initializers, regularizers
 from fastconv.keras.layers.base import Layer
-from fastconv.keras.layers.core import activation_backward, apply_activation, positive_int
+from fastconv.keras.layers.core import activation_backward, apply_activation
 
 
 def parse_padding(padding):
@@ -30,7 +30,7 @@ class Conv2D(Layer):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
             raise ValueError(f"data_format must be 'channels_last', got {data_format!r}")
-        self.filters = positive_int(filters, "filters")
+        self.filters = checked_int(filters, "filters", minimum=1)
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.strides = pair(strides, "strides")
         self.padding = parse_padding(padding)

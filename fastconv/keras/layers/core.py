@@ -8,10 +8,6 @@ from fastconv.keras import activations, backend, initializers, regularizers
 from fastconv.keras.layers.base import Layer
 
 
-def positive_int(value, name):
-    return checked_int(value, name, minimum=1)
-
-
 def apply_activation(fn, pre):
     return pre if fn is activations.linear else fn(pre)
 
@@ -29,7 +25,7 @@ class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        self.units = positive_int(units, "units")
+        self.units = checked_int(units, "units", minimum=1)
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
