@@ -29,9 +29,11 @@ static void window(const fc_pool_shape *s, int64_t oy, int64_t ox, int64_t *y0, 
  * row-major order, and the first NaN wins so that NaN propagates. */
 static inline int beats(float v, float best) { return (v > best) | ((v != v) & (best == best)); }
 
+/* Pooling is memory-bound: one input value costs about as long as 16 FLOPs of GEMM, which is what
+ * fc_threads_for_work counts. */
 static int threads_for(const fc_pool_shape *s)
 {
-    return fc_threads_for_work((double)s->n * s->oh * s->ow * s->c * s->pool_h * s->pool_w);
+    return fc_threads_for_work(16.0 * (double)s->n * s->oh * s->ow * s->c * s->pool_h * s->pool_w);
 }
 
 static int is_2x2_stride_2(const fc_pool_shape *s)
