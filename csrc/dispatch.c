@@ -176,3 +176,9 @@ int fc_threads_for_work(double flops)
     if (flops / per_thread < n) n = (int)(flops / per_thread);
     return n < 1 ? 1 : n;
 }
+
+int fc_threads_for_values(double values)
+{
+    /* Streaming one float through a simple kernel costs about as long as 16 FLOPs of GEMM. */
+    return fc_threads_for_work(16.0 * values);
+}

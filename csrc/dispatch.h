@@ -11,5 +11,7 @@ const fc_conv_direct_kernels *fc_active_conv_direct(void);
 /* Threads worth using for `flops` of work: 1 below the size where OpenMP start-up costs more than
  * it saves, else the user's setting (set_num_threads, OMP_NUM_THREADS, threadpoolctl). */
 int fc_threads_for_work(double flops);
+/* The same for memory-bound passes over `values` floats (pooling, elementwise training kernels). */
+int fc_threads_for_values(double values);
 
 #endif

@@ -48,9 +48,10 @@ const char *fc_conv_direct_kernel_name(void);
 /* y (n, oh, ow, cout) = conv(x, w) + bias, then relu if asked; bias may be NULL. */
 void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
                        int relu, float *y);
-/* Gradients of the conv without activation; any of dx, dw, db may be NULL to skip it. */
+/* Gradients of the conv without activation; any of dx, dw, db may be NULL to skip it. x_from_relu: x is
+ * a ReLU's output, and dx is the gradient at that ReLU's input (zero where x <= 0), in the same pass. */
 void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
-                        float *dx, float *dw, float *db);
+                        int x_from_relu, float *dx, float *dw, float *db);
 /* Peak floats of scratch a conv call uses (call-level buffers plus one set per thread, at the thread
  * count it would use now). The buffers are cached per thread and reused by later calls. */
 int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward);
@@ -64,7 +65,8 @@ typedef struct {
 } fc_pool_shape;
 
 void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
-void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, float *dx);
+/* x_from_relu: x is a ReLU's output; dx is then the gradient at that ReLU's input (zero where x <= 0). */
+void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, int x_from_relu, float *dx);
 void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
 void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);
 

@@ -36,13 +36,13 @@ cdef extern from "fastconv.h" nogil:
     void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
                            int relu, float *y)
     void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
-                            float *dx, float *dw, float *db)
+                            int x_from_relu, float *dx, float *dw, float *db)
     int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
 
     ctypedef struct fc_pool_shape:
         int64_t n, h, w, c, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, oh, ow
     void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
-    void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, float *dx)
+    void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, int x_from_relu, float *dx)
     void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
     void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
     void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
@@ -162,14 +162,14 @@ def conv2d_forward(g, int algo, const float[::1] x, const float[::1] w, const fl
         fc_conv2d_forward(&s, algo, &x[0], &w[0], bias_ptr, relu, &y[0])
 
 
-def conv2d_backward(g, int algo, const float[::1] dy, const float[::1] x, const float[::1] w,
+def conv2d_backward(g, int algo, const float[::1] dy, const float[::1] x, const float[::1] w, bint x_from_relu,
                     float[::1] dx, float[::1] dw, float[::1] db):
     cdef fc_conv_shape s = conv_shape(g)
     cdef float *dx_ptr = NULL if dx is None else &dx[0]
     cdef float *dw_ptr = NULL if dw is None else &dw[0]
     cdef float *db_ptr = NULL if db is None else &db[0]
     with nogil:
-        fc_conv2d_backward(&s, algo, &dy[0], &x[0], &w[0], dx_ptr, dw_ptr, db_ptr)
+        fc_conv2d_backward(&s, algo, &dy[0], &x[0], &w[0], x_from_relu, dx_ptr, dw_ptr, db_ptr)
 
 
 def conv2d_workspace_bytes(g, int algo, bint backward):
@@ -183,10 +183,10 @@ def maxpool2d_forward(g, const float[::1] x, float[::1] y):
         fc_maxpool2d_forward(&s, &x[0], &y[0])
 
 
-def maxpool2d_backward(g, const float[::1] dy, const float[::1] x, float[::1] dx):
+def maxpool2d_backward(g, const float[::1] dy, const float[::1] x, bint x_from_relu, float[::1] dx):
     cdef fc_pool_shape s = pool_shape(g)
     with nogil:
-        fc_maxpool2d_backward(&s, &dy[0], &x[0], &dx[0])
+        fc_maxpool2d_backward(&s, &dy[0], &x[0], x_from_relu, &dx[0])
 
 
 def avgpool2d_forward(g, const float[::1] x, float[::1] y):

@@ -162,11 +162,13 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     return out
 
 
-def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, need_dx=True, algorithm=None):
+def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, need_dx=True, x_from_relu=False,
+                    algorithm=None):
     """Gradients (dx, dw, db) of conv2d without activation, given dy = dLoss/dOutput.
 
     need_dx=False skips the input gradient and returns None for dx (a model's first layer does not
-    need it). algorithm as in conv2d: it chooses how dw and db are computed (direct kernel or im2col +
+    need it). x_from_relu=True says x is the output of a ReLU and returns, as dx, the gradient at that
+    ReLU's input (zero where x <= 0): relu_backward(dx, x) fused into the same pass. algorithm as in conv2d: it chooses how dw and db are computed (direct kernel or im2col +
     GEMM); dx is dy @ w^T scattered back (col2im) either way.
     Deterministic: dw and db are reduced over the batch in a fixed order for any thread count.
     Extra memory: a fixed number (at most 16) of partial dw/db sums, plus per thread one block of
@@ -187,7 +189,7 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
         dw[...] = 0.0
         db[...] = dy32.sum(axis=(0, 1, 2)) if dy32.size else 0.0
         return dx, dw, db
-    _C.conv2d_backward(g, algo, _flat(dy32), _flat(x32), _flat(w32), _flat(dx), _flat(dw), _flat(db))
+    _C.conv2d_backward(g, algo, _flat(dy32), _flat(x32), _flat(w32), bool(x_from_relu), _flat(dx), _flat(dw), _flat(db))
     return dx, dw, db
 
 
@@ -233,13 +235,17 @@ def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
     return _pool_forward(_C.maxpool2d_forward, x, pool_size, strides, padding, out)
 
 
-def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):
-    """Gradient of maxpool2d: each window's gradient goes to its first maximum in row-major order."""
+def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid", *, x_from_relu=False):
+    """Gradient of maxpool2d: each window's gradient goes to its first maximum in row-major order.
+
+    x_from_relu=True says x is the output of a ReLU and returns the gradient at that ReLU's input
+    (zero where x <= 0): relu_backward(dx, x) fused into the same pass.
+    """
     g, dy32, x32, dx = _pool_backward_args(dy, x, pool_size, strides, padding)
     if not dy32.size:
         dx[...] = 0.0
     else:
-        _C.maxpool2d_backward(g, _flat(dy32), _flat(x32), _flat(dx))
+        _C.maxpool2d_backward(g, _flat(dy32), _flat(x32), bool(x_from_relu), _flat(dx))
     return dx
 
 

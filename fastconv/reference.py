@@ -93,10 +93,12 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     return _into(out, y.reshape(g.out_shape))
 
 
-def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, need_dx=True, algorithm=None):
+def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, need_dx=True, x_from_relu=False,
+                    algorithm=None):
     """Gradients (dx, dw, db) of conv2d without activation, given the output gradient dy.
 
-    need_dx=False returns None for dx; `algorithm` is accepted and ignored, as in conv2d.
+    need_dx=False returns None for dx; x_from_relu=True masks dx where x <= 0 (x is a ReLU's output);
+    `algorithm` is accepted and ignored, as in conv2d.
     """
     dtype = _dtype(dy, x, w)
     x = as_float_array(x, "x", ndim=4, dtype=dtype)
@@ -115,8 +117,8 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
         for j in range(g.kw):
             rows, columns = _tap_slices(g, i, j, g.dilation_h, g.dilation_w)
             dxp[:, rows, columns, :] += dcols[:, :, :, i, j, :]
-    dx = dxp[:, g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w, :]
-    return np.ascontiguousarray(dx), dw, db
+    dx = np.ascontiguousarray(dxp[:, g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w, :])
+    return (relu_backward(dx, x) if x_from_relu else dx), dw, db
 
 
 def _pool_windows(xp, g):
@@ -137,8 +139,9 @@ def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
     return _into(out, y)
 
 
-def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):
-    """Gradient of maxpool2d: each window's gradient goes to its first maximum in row-major order."""
+def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid", *, x_from_relu=False):
+    """Gradient of maxpool2d: each window's gradient goes to its first maximum in row-major order;
+    x_from_relu=True then masks it where x <= 0 (x is a ReLU's output)."""
     dtype = _dtype(dy, x)
     x = as_float_array(x, "x", ndim=4, dtype=dtype)
     g = pool_geometry(x.shape, pool_size, strides, padding)
@@ -156,7 +159,8 @@ def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid"):
     for i, j, _ in _pool_windows(xp, g):
         rows, columns = _tap_slices(g, i, j)
         dxp[:, rows, columns, :] += np.where(best_tap == i * g.pool_w + j, dy, 0)
-    return np.ascontiguousarray(dxp[:, g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w, :])
+    dx = np.ascontiguousarray(dxp[:, g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w, :])
+    return relu_backward(dx, x) if x_from_relu else dx
 
 
 def _window_counts(g, dtype):

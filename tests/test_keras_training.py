@@ -479,3 +479,63 @@ def test_layers_after_the_input_skip_their_input_gradient(monkeypatch):
     x = np.random.default_rng(0).standard_normal((4, 8, 8, 1)).astype(np.float32)
     model.train_on_batch(x, np.array([0, 1, 0, 1]))
     assert calls == [True, False]  # backward runs last layer first: the second conv needs dx, the first not
+
+
+def relu_chain_model():
+    """Conv(relu) -> pool, conv -> ReLU layer -> conv, ..., a capped ReLU and a ReLU output used twice."""
+    inputs = keras.Input(shape=(9, 9, 2))
+    hidden = layers.Conv2D(4, 3, padding="same", activation="relu", bias_initializer="random_normal")(inputs)
+    hidden = layers.MaxPooling2D(2)(hidden)
+    hidden = layers.ReLU()(layers.Conv2D(5, 2, bias_initializer="random_normal")(hidden))
+    hidden = layers.Conv2D(3, 2, activation="relu", bias_initializer="random_normal")(hidden)
+    hidden = layers.Conv2D(3, 1)(layers.ReLU(max_value=2.0)(hidden))  # not a plain ReLU: not fused
+    branch = layers.Conv2D(3, 1, activation="relu")(hidden)  # used by two layers: its ReLU stays its own
+    merged = layers.Add()([layers.Conv2D(3, 1)(branch), layers.MaxPooling2D(1)(branch)])
+    outputs = layers.Dense(3, activation="softmax")(layers.Flatten()(merged))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def gradients_of(model, x, y):
+    trainer = model._trainer
+    outputs, contexts = model._forward([x], training=True)
+    _, _, grads, fused = trainer._losses_and_gradients(outputs, [y], contexts, True)
+    for variable in model.weights:
+        variable.grad = None
+    model._backward(contexts, grads, fused)
+    return [variable.grad for variable in model.trainable_weights]
+
+
+def test_relu_gradients_applied_by_the_next_conv_or_pool_match_the_numpy_backend(monkeypatch):
+    """A ReLU feeding only a conv or max pool leaves its gradient to that layer's backward pass."""
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((6, 9, 9, 2)), rng.integers(0, 3, 6)
+    keras.utils.set_random_seed(4)
+    model = relu_chain_model()
+    # the pool after conv 1 and conv 3 after the ReLU layer; not what follows conv 3 (a capped ReLU), the
+    # capped ReLU or the ReLU used twice
+    assert len(model._relu_consumers) == 2 and len(model._relu_producers) == 2
+    fused_calls = []
+    for name in ("conv2d_backward", "maxpool2d_backward"):
+        real = getattr(fastconv.ops, name)
+        monkeypatch.setattr(fastconv.ops, name, lambda *a, _real=real, **k: fused_calls.append(k.get("x_from_relu"))
+                            or _real(*a, **k))
+    got = gradients_of(model, x.astype(np.float32), y)
+    assert fused_calls.count(True) == 2
+    weights = model.get_weights()
+    keras.backend.set_backend("numpy")
+    keras.backend.set_floatx("float64")
+    try:
+        oracle = relu_chain_model()
+        oracle.set_weights(weights)
+        want = gradients_of(oracle, x, y)
+        picks, numeric = numeric_gradient(
+            lambda: oracle._trainer._losses_and_gradients(oracle._forward([x], True)[0], [y], None, False)[0],
+            oracle.trainable_weights[0].value, count=8)
+    finally:
+        keras.backend.set_backend("fastconv")
+        keras.backend.set_floatx("float32")
+    np.testing.assert_allclose(want[0].reshape(-1)[picks], numeric, rtol=1e-5, atol=1e-8)
+    for g, w, variable in zip(got, want, model.trainable_weights):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max(), err_msg=variable.name)

@@ -164,6 +164,28 @@ def test_conv2d_pointwise_is_a_gemm(isa, rng):
     assert_close(y, expected, 33)
 
 
+@pytest.mark.parametrize("algorithm", ["im2col", "direct"])
+@pytest.mark.parametrize("seed", range(4))
+def test_conv2d_backward_fuses_the_gradient_of_the_relu_before_it(isa, seed, algorithm):
+    """x_from_relu: dx is zero wherever x (a ReLU's output) is not > 0, as relu_backward would make it."""
+    rng = np.random.default_rng(100 + seed)
+    x_shape, w_shape, kwargs = random_conv_case(rng)
+    if algorithm == "direct":  # the direct kernel's own dx path, with few input channels
+        x_shape, w_shape = x_shape[:3] + (2,), w_shape[:2] + (2,) + w_shape[3:]
+    x = np.maximum(rng.standard_normal(x_shape), 0).astype(np.float32)  # about half exact zeros
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    dy = rng.standard_normal(fastconv.conv2d(x, w, **kwargs).shape).astype(np.float32)
+    dx, dw, db = fastconv.conv2d_backward(dy, x, w, x_from_relu=True, algorithm=algorithm, **kwargs)
+    want = reference.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64),
+                                     x_from_relu=True, **kwargs)
+    assert_close(dx, want[0], w_shape[0] * w_shape[1] * w_shape[3])
+    assert not dx[x <= 0].any()
+    plain = fastconv.conv2d_backward(dy, x, w, algorithm=algorithm, **kwargs)
+    np.testing.assert_array_equal(dx, fastconv.relu_backward(plain[0], x))
+    np.testing.assert_array_equal(dw, plain[1])
+    np.testing.assert_array_equal(db, plain[2])
+
+
 POOL_CASES = [
     (2, None, "valid"), (2, None, "same"), (3, 2, "valid"), (3, 2, "same"), (3, 1, "same"),
     ((2, 3), (1, 2), "valid"), (4, 3, "same"), (1, 1, "valid"), ((1, 4), (3, 1), "same"),
@@ -179,6 +201,10 @@ def test_pooling_matches_reference(isa, rng, pool_size, strides, padding):
         dy = rng.standard_normal(y.shape).astype(np.float32)
         np.testing.assert_allclose(fastconv.maxpool2d_backward(dy, x, pool_size, strides, padding),
                                    reference.maxpool2d_backward(dy, x, pool_size, strides, padding), atol=1e-5)
+        relu_x = np.maximum(x, 0)  # x_from_relu: ties at zero, and windows of nothing but zeros
+        np.testing.assert_allclose(
+            fastconv.maxpool2d_backward(dy, relu_x, pool_size, strides, padding, x_from_relu=True),
+            reference.maxpool2d_backward(dy, relu_x, pool_size, strides, padding, x_from_relu=True), atol=1e-5)
         np.testing.assert_allclose(fastconv.avgpool2d(x, pool_size, strides, padding),
                                    reference.avgpool2d(x.astype(np.float64), pool_size, strides, padding), atol=1e-5)
         np.testing.assert_allclose(fastconv.avgpool2d_backward(dy, x, pool_size, strides, padding),
@@ -195,6 +221,9 @@ def test_maxpool_2x2_fast_path_with_ties_nan_and_inf(rng, shape):
     np.testing.assert_array_equal(y, reference.maxpool2d(x, 2))
     dy = rng.standard_normal(y.shape).astype(np.float32)
     np.testing.assert_array_equal(fastconv.maxpool2d_backward(dy, x, 2), reference.maxpool2d_backward(dy, x, 2))
+    fused = fastconv.maxpool2d_backward(dy, x, 2, x_from_relu=True)
+    np.testing.assert_array_equal(fused, reference.maxpool2d_backward(dy, x, 2, x_from_relu=True))
+    assert not fused[~(x > 0)].any()  # nothing through zeros, negatives or NaN
 
 
 def test_maxpool_gradient_goes_to_first_maximum(isa):

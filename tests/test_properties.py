@@ -190,9 +190,11 @@ def test_pooling_forward_and_backward_match_reference(isa, case, ties, seed):
         adx = fastconv.avgpool2d_backward(dy, x, pool, strides, padding)
     # max pooling picks values and routes gradients to the first maximum: exact (ties included).
     np.testing.assert_array_equal(mp, reference.maxpool2d(x, pool, strides, padding))
-    np.testing.assert_allclose(mdx, reference.maxpool2d_backward(dy, x, pool, strides, padding), rtol=1e-6, atol=1e-6)
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
     window = pool[0] * pool[1]
+    # Overlapping windows add several gradients into one input, in another order than the reference.
+    assert_bounded(mdx, reference.maxpool2d_backward(dy64, x64, pool, strides, padding),
+                   reference.maxpool2d_backward(np.abs(dy64), x64, pool, strides, padding), window, "maxpool2d dx")
     assert_bounded(ap, reference.avgpool2d(x64, pool, strides, padding),
                    reference.avgpool2d(np.abs(x64), pool, strides, padding), window, "avgpool2d")
     assert_bounded(adx, reference.avgpool2d_backward(dy64, x64, pool, strides, padding),

@@ -70,6 +70,12 @@ static void col2im_rows(const fc_conv_shape *s, const float *dcols, int64_t row0
     }
 }
 
+/* dx = x > 0 ? dx : 0 over n values: the gradient through the ReLU whose output is x. */
+static void relu_mask(const float *x, float *dx, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dx[i] : 0.0f;
+}
+
 static int is_pointwise(const fc_conv_shape *s)
 {
     return s->kh == 1 && s->kw == 1 && s->stride_h == 1 && s->stride_w == 1 && s->pad_top == 0 &&
@@ -198,7 +204,7 @@ void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const f
 }
 
 void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
-                        float *dx, float *dw, float *db)
+                        int x_from_relu, float *dx, float *dw, float *db)
 {
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
     const fc_conv_direct_kernels *dk = fc_active_conv_direct();
@@ -259,14 +265,21 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
                     };
                     fc_gemm_run(kernel, &g, 1);
                     col2im_rows(s, dcols, row0, rows, dx);
+                    if (x_from_relu) {  /* this block's images of dx are complete and still in cache */
+                        const int64_t image = s->h * s->w * s->cin, first = row0 / pixels;
+                        relu_mask(x + first * image, dx + first * image, rows / pixels * image);
+                    }
                 }
             }
         }
         if (dx && direct) {  /* gathered per input row: any split over threads gives the same dx */
             const int64_t in_rows = s->n * s->h, chunk = max64(1, 4096 / s->w);
             #pragma omp for schedule(dynamic)
-            for (int64_t t = 0; t < (in_rows + chunk - 1) / chunk; t++)
-                dk->input_grad(s, dy, wp, dx, t * chunk, min64(chunk, in_rows - t * chunk), (int32_t *)dcols);
+            for (int64_t t = 0; t < (in_rows + chunk - 1) / chunk; t++) {
+                const int64_t rows = min64(chunk, in_rows - t * chunk), row_size = s->w * s->cin;
+                dk->input_grad(s, dy, wp, dx, t * chunk, rows, (int32_t *)dcols);
+                if (x_from_relu) relu_mask(x + t * chunk * row_size, dx + t * chunk * row_size, rows * row_size);
+            }
         }
 
         /* Sum the partials in their fixed order; each output element is owned by one thread. */

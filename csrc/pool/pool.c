@@ -29,11 +29,9 @@ static void window(const fc_pool_shape *s, int64_t oy, int64_t ox, int64_t *y0, 
  * row-major order, and the first NaN wins so that NaN propagates. */
 static inline int beats(float v, float best) { return (v > best) | ((v != v) & (best == best)); }
 
-/* Pooling is memory-bound: one input value costs about as long as 16 FLOPs of GEMM, which is what
- * fc_threads_for_work counts. */
 static int threads_for(const fc_pool_shape *s)
 {
-    return fc_threads_for_work(16.0 * (double)s->n * s->oh * s->ow * s->c * s->pool_h * s->pool_w);
+    return fc_threads_for_values((double)s->n * s->oh * s->ow * s->c * s->pool_h * s->pool_w);
 }
 
 static int is_2x2_stride_2(const fc_pool_shape *s)
@@ -73,9 +71,10 @@ static void max_2x2(int64_t n, const float *a, const float *b, const float *c, c
 }
 
 /* dy (g) to each window's first maximum, zero to the other three; a window of nothing but -inf
- * passes no gradient, as in the general path. */
+ * passes no gradient, as in the general path. With x_from_relu, neither does a window whose maximum
+ * is not > 0 (the ReLU that produced x passes no gradient there). */
 static void max_2x2_backward(int64_t n, const float *a, const float *b, const float *c, const float *d,
-                             const float *g, float *da, float *db, float *dc, float *dd)
+                             const float *g, int x_from_relu, float *da, float *db, float *dc, float *dd)
 {
     int64_t ch = 0;
     for (; ch + 4 <= n; ch += 4) {
@@ -87,7 +86,8 @@ static void max_2x2_backward(int64_t n, const float *a, const float *b, const fl
         const vi4 tc = beats4(vc, best);
         best = select4(tc, vc, best);
         const vi4 td = beats4(vd, best);
-        const vi4 gv = (vi4)load4(g + ch);
+        best = select4(td, vd, best);
+        const vi4 gv = (vi4)load4(g + ch) & (x_from_relu ? (best > (vf4){0}) : ~(vi4){0});
         store4(dd + ch, (vf4)(gv & td));
         store4(dc + ch, (vf4)(gv & tc & ~td));
         store4(db + ch, (vf4)(gv & tb & ~tc & ~td));
@@ -99,7 +99,8 @@ static void max_2x2_backward(int64_t n, const float *a, const float *b, const fl
         if (beats(a[ch], best)) { best = a[ch]; which = 0; }
         if (beats(b[ch], best)) { best = b[ch]; which = 1; }
         if (beats(c[ch], best)) { best = c[ch]; which = 2; }
-        if (beats(d[ch], best)) which = 3;
+        if (beats(d[ch], best)) { best = d[ch]; which = 3; }
+        if (x_from_relu && !(best > 0.0f)) which = -1;
         da[ch] = which == 0 ? g[ch] : 0.0f;
         db[ch] = which == 1 ? g[ch] : 0.0f;
         dc[ch] = which == 2 ? g[ch] : 0.0f;
@@ -121,8 +122,8 @@ static void maxpool_2x2_row(const fc_pool_shape *s, const float *x, float *y, in
 
 /* dx rows 2*oy, 2*oy + 1 of output row `row`: dy to each window's first maximum, zero elsewhere
  * (and nowhere for a window of nothing but -inf, as in the general path). */
-static void maxpool_2x2_backward_row(const fc_pool_shape *s, const float *dy, const float *x, float *dx,
-                                     int64_t row)
+static void maxpool_2x2_backward_row(const fc_pool_shape *s, const float *dy, const float *x, int x_from_relu,
+                                     float *dx, int64_t row)
 {
     const int64_t img = row / s->oh, oy = row % s->oh, ld = s->w * s->c;
     const int64_t offset = (img * s->h + 2 * oy) * ld;
@@ -131,7 +132,7 @@ static void maxpool_2x2_backward_row(const fc_pool_shape *s, const float *dy, co
     for (int64_t ox = 0; ox < s->ow; ox++) {
         const int64_t at = 2 * ox * s->c;
         max_2x2_backward(s->c, top + at, top + at + s->c, bottom + at, bottom + at + s->c, g + ox * s->c,
-                         dtop + at, dtop + at + s->c, dbottom + at, dbottom + at + s->c);
+                         x_from_relu, dtop + at, dtop + at + s->c, dbottom + at, dbottom + at + s->c);
     }
     if (s->w > 2 * s->ow) {  /* an odd last column belongs to no window */
         memset(dtop + 2 * s->ow * s->c, 0, sizeof(float) * (size_t)((s->w - 2 * s->ow) * s->c));
@@ -167,12 +168,12 @@ void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
     }
 }
 
-void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, float *dx)
+void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, int x_from_relu, float *dx)
 {
     const int threads = threads_for(s);
     if (is_2x2_stride_2(s)) {
         #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-        for (int64_t row = 0; row < s->n * s->oh; row++) maxpool_2x2_backward_row(s, dy, x, dx, row);
+        for (int64_t row = 0; row < s->n * s->oh; row++) maxpool_2x2_backward_row(s, dy, x, x_from_relu, dx, row);
         return;
     }
     memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->c));
@@ -202,7 +203,7 @@ void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float 
                     }
                     /* A window of nothing but -inf has no maximum to pass its gradient to. */
                     for (int64_t c = 0; c < s->c; c++)
-                        if (where[c] >= 0) grad[where[c]] += g[c];
+                        if (where[c] >= 0 && (!x_from_relu || best[c] > 0.0f)) grad[where[c]] += g[c];
                 }
             }
         }

@@ -6,8 +6,7 @@
 #include "../fastconv.h"
 #include "../dispatch.h"
 
-/* Elementwise work is memory-bound: count each element as a few flops for the thread policy. */
-static int threads_for(int64_t n) { return fc_threads_for_work(4.0 * (double)n); }
+static int threads_for(int64_t n) { return fc_threads_for_values((double)n); }
 
 void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
 {

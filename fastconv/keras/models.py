@@ -5,7 +5,7 @@ summary and configuration. Training, evaluation and prediction loops live in `tr
 """
 import numpy as np
 
-from fastconv.keras import backend, saving
+from fastconv.keras import activations, backend, saving
 from fastconv.keras.layers.base import InputLayer, KerasTensor, Layer, Input, _format_shape, unique_name
 from fastconv.keras.summary import print_summary
 
@@ -93,6 +93,17 @@ class Model:
             plan_index[i] if (i in plan_index and consumers.get(i, 0) == 0 and self._output_ids.count(i) == 1
                               and hasattr(self._plan[plan_index[i]][0], "preactivation")) else None
             for i in self._output_ids]
+        # A layer ending in ReLU whose output feeds nothing but a layer that can apply the ReLU's
+        # gradient itself (conv2d and max pooling mask their input gradient where x <= 0, in the same
+        # pass): the consumer does, and the producer's backward skips its own pass over the gradient.
+        self._relu_consumers, self._relu_producers = set(), set()
+        for k, (layer, input_ids, multi, _) in enumerate(self._plan):
+            producer = None if multi else plan_index.get(input_ids[0])
+            if (producer is not None and getattr(layer, "fuses_input_relu", False)
+                    and consumers[input_ids[0]] == 1 and input_ids[0] not in self._output_ids
+                    and getattr(self._plan[producer][0], "activation", None) is activations.relu):
+                self._relu_consumers.add(k)
+                self._relu_producers.add(producer)
 
     @property
     def built(self):
@@ -177,7 +188,9 @@ class Model:
             grad = grads[out_id]
             if grad is None:  # this branch does not reach any loss
                 continue
-            kwargs = {"from_preactivation": True} if k in fused_plan_entries else {}
+            kwargs = {"from_preactivation": True} if k in fused_plan_entries or k in self._relu_producers else {}
+            if k in self._relu_consumers:
+                kwargs["x_from_relu"] = True
             if not input_grad_needed[k]:
                 # Nothing upstream learns (e.g. the first conv after the input): only weight gradients.
                 if layer.trainable_weights:

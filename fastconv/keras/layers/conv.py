@@ -24,6 +24,7 @@ def conv_output_length(size, window, padding, stride, dilation=1):
 
 
 class Conv2D(Layer):
+    fuses_input_relu = True  # backward(x_from_relu=True) also applies the gradient of a ReLU before it
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None, dilation_rate=(1, 1),
                  activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, **kwargs):
@@ -68,12 +69,12 @@ class Conv2D(Layer):
         out = pre if relu else apply_activation(self.activation, pre)
         return out, (inputs, pre, out)
 
-    def backward(self, ctx, grad, from_preactivation=False, need_input_grad=True):
+    def backward(self, ctx, grad, from_preactivation=False, need_input_grad=True, x_from_relu=False):
         x, pre, out = ctx
         dpre = activation_backward(self.activation, grad, pre, out, from_preactivation)
         dx, dw, db = backend.ops().conv2d_backward(dpre, x, self.kernel.value, strides=self.strides,
                                                    padding=self.padding, dilation_rate=self.dilation_rate,
-                                                   need_dx=need_input_grad)
+                                                   need_dx=need_input_grad, x_from_relu=x_from_relu)
         self.kernel.add_grad(dw)
         if self.bias is not None:
             self.bias.add_grad(db)

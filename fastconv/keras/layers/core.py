@@ -137,8 +137,14 @@ class ReLU(Layer):
             out = np.minimum(out, inputs.dtype.type(self.max_value))
         return out, slope
 
-    def backward(self, ctx, grad):
-        return grad * ctx
+    @property
+    def activation(self):
+        """relu when this layer is plain max(x, 0): a conv or max pool after it may then apply its gradient."""
+        plain = self.max_value is None and not self.negative_slope and not self.threshold
+        return activations.relu if plain else None
+
+    def backward(self, ctx, grad, from_preactivation=False):
+        return grad if from_preactivation else grad * ctx
 
     def get_config(self):
         return {**super().get_config(), "max_value": self.max_value, "negative_slope": self.negative_slope,

@@ -30,11 +30,14 @@ class _Pooling2D(Layer):
 
 
 class MaxPooling2D(_Pooling2D):
+    fuses_input_relu = True  # backward(x_from_relu=True) also applies the gradient of a ReLU before it
+
     def forward(self, inputs, training=False):
         return backend.ops().maxpool2d(inputs, self.pool_size, self.strides, self.padding), inputs
 
-    def backward(self, ctx, grad):
-        return backend.ops().maxpool2d_backward(grad, ctx, self.pool_size, self.strides, self.padding)
+    def backward(self, ctx, grad, x_from_relu=False):
+        return backend.ops().maxpool2d_backward(grad, ctx, self.pool_size, self.strides, self.padding,
+                                                x_from_relu=x_from_relu)
 
 
 class AveragePooling2D(_Pooling2D):
