@@ -37,8 +37,16 @@ static void im2col_rows(const fc_conv_shape *s, const float *x, int64_t row0, in
         const int64_t pixel = row0 + r;
         const int64_t img = pixel / (s->oh * s->ow), oy = pixel / s->ow % s->oh, ox = pixel % s->ow;
         float *dst = cols + r * k;
+        const int64_t ix0 = ox * s->stride_w - s->pad_left;
+        const int64_t run = s->kw * s->cin;  /* a row of taps, contiguous in x when dilation_w is 1 */
+        const int contiguous = s->dilation_w == 1 && ix0 >= 0 && ix0 + s->kw <= s->w;
         for (int64_t i = 0; i < s->kh; i++) {
             const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
+            if (contiguous && iy >= 0 && iy < s->h) {
+                memcpy(dst, x + ((img * s->h + iy) * s->w + ix0) * s->cin, sizeof(float) * (size_t)run);
+                dst += run;
+                continue;
+            }
             for (int64_t j = 0; j < s->kw; j++, dst += s->cin) {
                 const int64_t ix = ox * s->stride_w - s->pad_left + j * s->dilation_w;
                 if (iy < 0 || iy >= s->h || ix < 0 || ix >= s->w)
@@ -58,8 +66,17 @@ static void col2im_rows(const fc_conv_shape *s, const float *dcols, int64_t row0
         const int64_t pixel = row0 + r;
         const int64_t img = pixel / (s->oh * s->ow), oy = pixel / s->ow % s->oh, ox = pixel % s->ow;
         const float *src = dcols + r * k;
+        const int64_t ix0 = ox * s->stride_w - s->pad_left;
+        const int64_t run = s->kw * s->cin;  /* as in im2col_rows */
+        const int contiguous = s->dilation_w == 1 && ix0 >= 0 && ix0 + s->kw <= s->w;
         for (int64_t i = 0; i < s->kh; i++) {
             const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
+            if (contiguous && iy >= 0 && iy < s->h) {
+                float *dst = dx + ((img * s->h + iy) * s->w + ix0) * s->cin;
+                for (int64_t c = 0; c < run; c++) dst[c] += src[c];
+                src += run;
+                continue;
+            }
             for (int64_t j = 0; j < s->kw; j++, src += s->cin) {
                 const int64_t ix = ox * s->stride_w - s->pad_left + j * s->dilation_w;
                 if (iy < 0 || iy >= s->h || ix < 0 || ix >= s->w) continue;
@@ -113,6 +130,26 @@ static double forward_flops(const fc_conv_shape *s)
     return 2.0 * s->n * s->oh * s->ow * patch_size(s) * s->cout;
 }
 
+/* The im2col path's GEMMs whose B is the kernel: the forward y = cols @ w (+ bias, ReLU), and the
+ * input gradient's dcols = dy @ w^T. m, a and c are filled in per block of output pixels. */
+static fc_gemm_problem forward_gemm(const fc_conv_shape *s, const float *w, const float *bias, int relu)
+{
+    const fc_gemm_problem p = {
+        .n = s->cout, .k = patch_size(s), .a_rs = patch_size(s), .a_cs = 1, .b = w, .b_rs = s->cout, .b_cs = 1,
+        .ldc = s->cout, .alpha = 1.0f, .beta = 0.0f, .bias = bias, .relu = relu,
+    };
+    return p;
+}
+
+static fc_gemm_problem input_grad_gemm(const fc_conv_shape *s, const float *w)
+{
+    const fc_gemm_problem p = {
+        .n = patch_size(s), .k = s->cout, .a_rs = s->cout, .a_cs = 1, .b = w, .b_rs = 1, .b_cs = s->cout,
+        .ldc = patch_size(s), .alpha = 1.0f, .beta = 0.0f,
+    };
+    return p;
+}
+
 int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
 {
     const int64_t k = patch_size(s);
@@ -121,17 +158,21 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
     if (!backward) {
         const int threads = fc_threads_for_work(forward_flops(s));
         if (direct) return direct_packed_floats(s, block);
-        return is_pointwise(s) ? 0 : threads * forward_block_rows(s) * k;
+        if (is_pointwise(s)) return 0;
+        const fc_gemm_problem p = forward_gemm(s, NULL, NULL, 0);
+        return fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &p) + threads * forward_block_rows(s) * k;
     }
     const int threads = fc_threads_for_work(3 * forward_flops(s));
     const int64_t block_rows = backward_block_images(s) * s->oh * s->ow;
     const int64_t blocks = (s->n + backward_block_images(s) - 1) / backward_block_images(s);
     const int64_t partials = min64(blocks, MAX_PARTIAL_SUMS);
     const int64_t cblocks = (s->cout + block - 1) / block;
-    /* direct: the packed weights for dx, and per thread one row of dy padded to whole blocks;
-     * im2col: per thread one block of patches for dw and one for dx. */
+    /* The packed weights for dx; direct: per thread one row of dy padded to whole blocks; im2col: per
+     * thread one block of patches for dw and one for dx. */
+    const fc_gemm_problem dx_gemm = input_grad_gemm(s, NULL);
+    const int64_t packed = direct ? direct_packed_floats(s, block) : fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &dx_gemm);
     const int64_t per_thread = direct ? s->ow * cblocks * block + s->w * s->kw + s->kh : 2 * block_rows * k;
-    const int64_t shared = (partials + direct) * (direct ? direct_packed_floats(s, block) : k * s->cout + s->cout);
+    const int64_t shared = partials * (direct ? direct_packed_floats(s, block) : k * s->cout + s->cout) + packed;
     return shared + threads * per_thread;
 }
 
@@ -178,13 +219,20 @@ void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const f
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
     const int64_t rows = s->n * s->oh * s->ow, k = patch_size(s);
     const int threads = fc_threads_for_work(forward_flops(s));
-    fc_gemm_problem p = {
-        .m = rows, .n = s->cout, .k = k, .a = x, .a_rs = k, .a_cs = 1, .b = w, .b_rs = s->cout, .b_cs = 1,
-        .c = y, .ldc = s->cout, .alpha = 1.0f, .beta = 0.0f, .bias = bias, .relu = relu,
-    };
+    fc_gemm_problem p = forward_gemm(s, w, bias, relu);
+    p.m = rows;
+    p.a = x;
+    p.c = y;
     if (is_pointwise(s)) {
         fc_gemm_run(kernel, &p, threads);
         return;
+    }
+    /* The kernel is the B of every block's GEMM: packed once here instead of once per block. */
+    const int64_t packed = fc_gemm_packed_b_floats(kernel, &p);
+    if (packed) {
+        float *wp = fc_scratch(FC_SCRATCH_CALL, packed);
+        fc_gemm_pack_b(kernel, &p, wp);
+        p.b_packed = wp;
     }
     const int64_t block = forward_block_rows(s), blocks = (rows + block - 1) / block;
     #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -218,13 +266,22 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
     const int64_t block = dk->block, cblocks = (s->cout + block - 1) / block;
     const int64_t dw_size = direct ? cblocks * block * k : k * s->cout;
     const int64_t db_size = direct ? cblocks * block : s->cout;
-    const int64_t packed = direct && dx ? direct_packed_floats(s, block) : 0;
+    /* im2col: dcols = dy_block @ w^T, the same B (w^T) for every block, packed once. */
+    fc_gemm_problem dx_gemm = input_grad_gemm(s, w);
+    const int64_t packed = !dx ? 0 : direct ? direct_packed_floats(s, block) : fc_gemm_packed_b_floats(kernel, &dx_gemm);
     float *partial = fc_scratch(FC_SCRATCH_CALL, partials * (dw_size + db_size) + packed);
     float *dw_partial = dw ? partial : NULL;
     float *db_partial = db ? partial + partials * dw_size : NULL;
-    float *wp = partial + partials * (dw_size + db_size);  /* direct: packed weights for dx */
-    if (packed) direct_pack(s, block, w, NULL, wp);
-    else if (dx) memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->cin));
+    float *wp = partial + partials * (dw_size + db_size);  /* the packed weights for dx */
+    if (dx && direct) {
+        direct_pack(s, block, w, NULL, wp);
+    } else if (dx) {
+        memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->cin));
+        if (packed) {
+            fc_gemm_pack_b(kernel, &dx_gemm, wp);
+            dx_gemm.b_packed = wp;
+        }
+    }
     const double flops = forward_flops(s) * ((dw || db ? 1 : 0) + (dx ? 1 : 0));
     const int threads = fc_threads_for_work(flops);
 
@@ -259,10 +316,10 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
                     }
                 }
                 if (dx && !direct) {  /* dcols = dy_block @ w^T, scattered back into this block's own images */
-                    const fc_gemm_problem g = {
-                        .m = rows, .n = k, .k = s->cout, .a = dy_block, .a_rs = s->cout, .a_cs = 1,
-                        .b = w, .b_rs = 1, .b_cs = s->cout, .c = dcols, .ldc = k, .alpha = 1.0f, .beta = 0.0f,
-                    };
+                    fc_gemm_problem g = dx_gemm;
+                    g.m = rows;
+                    g.a = dy_block;
+                    g.c = dcols;
                     fc_gemm_run(kernel, &g, 1);
                     col2im_rows(s, dcols, row0, rows, dx);
                     if (x_from_relu) {  /* this block's images of dx are complete and still in cache */

@@ -59,6 +59,41 @@ static void pack_panel(const float *src, int64_t rs, int64_t cs, int rows, int64
         for (int64_t q = 0; q < k; q++) dst[q * width + i] = 0.0f;
 }
 
+/* Packs the NR-column panels [jp_lo, jp_hi) of op(B)'s columns from jc, K rows [k0, k1), into the
+ * layout the loops read: K block pc at dst + (pc - k0) * nc, panel jp of it at + jp * NR * kc. */
+static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int64_t kc_max, int64_t nc,
+                          int64_t jc, int64_t k0, int64_t k1, int64_t jp_lo, int64_t jp_hi, float *dst)
+{
+    const int64_t nr = kr->nr;
+    for (int64_t pc = k0; pc < k1; pc += kc_max) {
+        const int64_t kc = min64(kc_max, p->k - pc);
+        for (int64_t jp = jp_lo; jp < jp_hi; jp++) {
+            const int64_t j = jc + jp * nr;
+            pack_panel(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j), kc, (int)nr,
+                       dst + (pc - k0) * nc + jp * nr * kc);
+        }
+    }
+}
+
+/* K blocks of equal size (K = 288 is 2 x 144, not 256 + 32): fewer passes over C for the same L1
+ * footprint of the B panel. Both sizes depend on the shape only, never on the thread count. */
+static int64_t k_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p) { return ceil_div(p->k, ceil_div(p->k, kr->kc)); }
+static int64_t n_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
+{
+    return min64(kr->nc, ceil_div(p->n, kr->nr) * kr->nr);
+}
+
+int64_t fc_gemm_packed_b_floats(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
+{
+    if (p->k <= 0 || p->n <= 0 || p->n > kr->nc) return 0;
+    return ceil_div(p->k, k_block(kr, p)) * k_block(kr, p) * n_block(kr, p);
+}
+
+void fc_gemm_pack_b(const fc_gemm_kernel *kr, const fc_gemm_problem *p, float *dst)
+{
+    pack_b_panels(kr, p, k_block(kr, p), n_block(kr, p), 0, 0, p->k, 0, ceil_div(p->n, kr->nr), dst);
+}
+
 /* Scales C by beta (and adds bias/relu) when k == 0: nothing to multiply, only the epilogue. */
 static void epilogue_only(const fc_gemm_problem *p)
 {
@@ -134,21 +169,17 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
         for (int64_t chunk = 0; chunk < p->k; chunk += plan->k_chunk) {
             const int64_t chunk_end = min64(p->k, chunk + plan->k_chunk);
             int64_t lo, hi;
-            share(n_panels, tid, team, &lo, &hi);
-            for (int64_t pc = chunk; pc < chunk_end; pc += kc_max) {
-                const int64_t kc = min64(kc_max, p->k - pc);
-                for (int64_t jp = lo; jp < hi; jp++) {
-                    const int64_t j = jc + jp * nr;
-                    pack_panel(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j),
-                               kc, (int)nr, b_pack + (pc - chunk) * nc_max + jp * nr * kc);
-                }
+            if (!p->b_packed) {
+                share(n_panels, tid, team, &lo, &hi);
+                pack_b_panels(kr, p, kc_max, nc_max, jc, chunk, chunk_end, lo, hi, b_pack);
+                team_barrier(team);  /* B chunk packed */
             }
-            team_barrier(team);  /* B chunk packed */
+            const float *b_chunk = p->b_packed ? p->b_packed : b_pack;
             share(m_blocks * groups, tid, team, &lo, &hi);
             for (int64_t pc = chunk; pc < chunk_end; pc += kc_max) {
                 const int64_t kc = min64(kc_max, p->k - pc);
                 const int last_k_block = pc + kc == p->k;
-                const float *b_block = b_pack + (pc - chunk) * nc_max;
+                const float *b_block = b_chunk + (pc - chunk) * nc_max;
                 fc_tile_epilogue ep = {
                     .alpha = p->alpha, .beta = pc == 0 ? p->beta : 1.0f,
                     .bias = NULL, .relu = last_k_block && p->relu,
@@ -181,7 +212,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                     }
                 }
             }
-            team_barrier(team);  /* B chunk no longer read */
+            if (!p->b_packed) team_barrier(team);  /* B chunk no longer read */
         }
     }
 }
@@ -192,10 +223,8 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     if (p->k <= 0) { epilogue_only(p); return; }
     const int64_t nr = kr->nr;
     gemm_plan plan;
-    /* K blocks of equal size (K = 288 is 2 x 144, not 256 + 32): fewer passes over C for the same
-     * L1 footprint of the B panel. Independent of the thread count. */
-    plan.kc = ceil_div(p->k, ceil_div(p->k, kr->kc));
-    plan.nc = min64(kr->nc, ceil_div(p->n, nr) * nr);
+    plan.kc = k_block(kr, p);
+    plan.nc = n_block(kr, p);
     plan.m_blocks = plan_m_blocks(kr, p->m, plan.nc / nr, threads);
     plan.mc = ceil_div(ceil_div(p->m, kr->mr), plan.m_blocks) * kr->mr;
     /* op(A) with a unit stride (row-major, or trans_a as in conv's weight gradient) is read in place
@@ -207,7 +236,11 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     /* Pack B for as many K blocks at once as fit the budget: a Dense layer's long K then costs two
      * barriers per call rather than two per K block (a sleeping thread's wake-up is microseconds). */
     plan.k_chunk = plan.kc * max64(1, B_CHUNK_FLOATS / (plan.kc * plan.nc));
-    float *b_pack = fc_scratch(FC_SCRATCH_GEMM_B, min64(plan.k_chunk, ceil_div(p->k, plan.kc) * plan.kc) * plan.nc);
+    float *b_pack = NULL;
+    if (p->b_packed)  /* packed whole by fc_gemm_pack_b: one chunk, no packing, no barriers */
+        plan.k_chunk = ceil_div(p->k, plan.kc) * plan.kc;
+    else
+        b_pack = fc_scratch(FC_SCRATCH_GEMM_B, min64(plan.k_chunk, ceil_div(p->k, plan.kc) * plan.kc) * plan.nc);
     if (threads > 1) {
         #pragma omp parallel num_threads(threads)
         gemm_thread(kr, p, &plan, b_pack, thread_num(), team_size());

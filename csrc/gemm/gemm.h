@@ -44,7 +44,15 @@ typedef struct {
     float alpha, beta;
     const float *bias;
     int relu;
+    const float *b_packed;  /* NULL, or op(B) already packed by fc_gemm_pack_b (then b is not read) */
 } fc_gemm_problem;
+
+/* A GEMM called many times with the same B (a conv's weights, block after block) can pack B once:
+ * fc_gemm_packed_b_floats gives the size of the packed copy, 0 when N is too wide for one (then pack
+ * nothing and leave b_packed NULL), and fc_gemm_pack_b writes it. Only m, c and a may differ between
+ * the problem packed for and the problems that use the copy. */
+int64_t fc_gemm_packed_b_floats(const fc_gemm_kernel *kernel, const fc_gemm_problem *p);
+void fc_gemm_pack_b(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, float *dst);
 
 /* Runs the problem with `kernel`; threads > 1 splits the blocks of C (never K) over OpenMP threads,
  * so every element of C gets the same arithmetic whatever the thread count. */
