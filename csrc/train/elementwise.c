@@ -1,0 +1,87 @@
+/* The elementwise training kernels (see elementwise.h): one source, compiled once per instruction
+ * set; the table this compile defines is named after the set. */
+#include <math.h>
+
+#include "elementwise.h"
+
+#if defined(__AVX512F__)
+#define ELEMENTWISE_TABLE fc_elementwise_avx512
+#define ELEMENTWISE_NAME "elementwise_avx512"
+#elif defined(__AVX2__) && defined(__FMA__)
+#define ELEMENTWISE_TABLE fc_elementwise_avx2
+#define ELEMENTWISE_NAME "elementwise_avx2"
+#else
+#define ELEMENTWISE_TABLE fc_elementwise_generic
+#define ELEMENTWISE_NAME "elementwise_generic"
+#endif
+
+static void relu_backward(int64_t i0, int64_t i1, const float *dy, const float *y, float *dx)
+{
+    #pragma omp simd
+    for (int64_t i = i0; i < i1; i++) {
+        const float g = dy[i];  /* loaded unconditionally so the select compiles to a vector blend */
+        dx[i] = y[i] > 0.0f ? g : 0.0f;
+    }
+}
+
+/* A 32-bit integer hash (Wellons' "lowbias32"): multiplies and shifts only, so it vectorises. */
+static inline uint32_t hash32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    x ^= x >> 16;
+    return x;
+}
+
+/* Element i's uniform draw in [0, 1): two hash rounds keyed by the 64-bit seed, top 24 bits.
+ * Counter-based, so each element's draw is independent of the thread split, and
+ * fastconv.reference computes the same mask. */
+static inline float uniform_at(uint64_t seed, uint32_t i)
+{
+    const uint32_t h = hash32(hash32(i + (uint32_t)seed) ^ (uint32_t)(seed >> 32));
+    return (float)(h >> 8) * 0x1p-24f;
+}
+
+static void dropout(int64_t i0, int64_t i1, const float *x, float rate, uint64_t seed, float *y, float *mask)
+{
+    const float scale = 1.0f / (1.0f - rate);
+    #pragma omp simd
+    for (int64_t i = i0; i < i1; i++) {
+        const float m = uniform_at(seed, (uint32_t)i) >= rate ? scale : 0.0f;
+        mask[i] = m;
+        y[i] = x[i] * m;
+    }
+}
+
+static void adam(int64_t i0, int64_t i1, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
+                 float beta_2, float epsilon)
+{
+    #pragma omp simd
+    for (int64_t i = i0; i < i1; i++) {
+        m[i] += (g[i] - m[i]) * (1.0f - beta_1);
+        v[i] += (g[i] * g[i] - v[i]) * (1.0f - beta_2);
+        w[i] -= lr_t * m[i] / (sqrtf(v[i]) + epsilon);
+    }
+}
+
+static void adadelta(int64_t i0, int64_t i1, float *w, const float *g, float *accumulated_grad,
+                     float *accumulated_delta, float lr, float rho, float epsilon)
+{
+    #pragma omp simd
+    for (int64_t i = i0; i < i1; i++) {
+        accumulated_grad[i] = rho * accumulated_grad[i] + (1.0f - rho) * g[i] * g[i];
+        const float delta = -sqrtf(accumulated_delta[i] + epsilon) / sqrtf(accumulated_grad[i] + epsilon) * g[i];
+        accumulated_delta[i] = rho * accumulated_delta[i] + (1.0f - rho) * delta * delta;
+        w[i] += lr * delta;
+    }
+}
+
+const fc_elementwise_kernels ELEMENTWISE_TABLE = {
+    .name = ELEMENTWISE_NAME,
+    .relu_backward = relu_backward,
+    .dropout = dropout,
+    .adam = adam,
+    .adadelta = adadelta,
+};

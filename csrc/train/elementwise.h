@@ -1,0 +1,27 @@
+/* The elementwise training kernels over one range [i0, i1) of their arrays. csrc/train/elementwise.c
+ * is compiled once per instruction set, like csrc/conv/direct.c, so each loop is vectorised at that
+ * set's width (dropout's hash needs 32-bit vector multiplies, which plain x86-64 lacks); train.c
+ * shares the range out to the threads and dispatch.c picks the table. Every element is independent,
+ * so any split gives the same result. */
+#ifndef FASTCONV_TRAIN_ELEMENTWISE_H
+#define FASTCONV_TRAIN_ELEMENTWISE_H
+
+#include <stdint.h>
+
+typedef struct {
+    const char *name;
+    void (*relu_backward)(int64_t i0, int64_t i1, const float *dy, const float *y, float *dx);
+    void (*dropout)(int64_t i0, int64_t i1, const float *x, float rate, uint64_t seed, float *y, float *mask);
+    void (*adam)(int64_t i0, int64_t i1, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
+                 float beta_2, float epsilon);
+    void (*adadelta)(int64_t i0, int64_t i1, float *w, const float *g, float *accumulated_grad,
+                     float *accumulated_delta, float lr, float rho, float epsilon);
+} fc_elementwise_kernels;
+
+extern const fc_elementwise_kernels fc_elementwise_generic;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const fc_elementwise_kernels fc_elementwise_avx2;
+extern const fc_elementwise_kernels fc_elementwise_avx512;
+#endif
+
+#endif
