@@ -113,9 +113,16 @@ static int64_t forward_block_rows(const fc_conv_shape *s)
     return max64(16, FORWARD_BLOCK_FLOATS / patch_size(s));
 }
 
+/* Whole images per backward block: about BACKWARD_BLOCK_ROWS output pixels. Up to a quarter fewer when
+ * that makes the block count a multiple of 4, which splits evenly over 2 or 4 threads (64 images of
+ * 14x14 in 13 blocks of 5 leave one of 2 threads idle for a thirteenth of the pass; 16 blocks of 4 do
+ * not). A function of the shape only, so the reduction order stays independent of the threads. */
 static int64_t backward_block_images(const fc_conv_shape *s)
 {
-    return max64(1, BACKWARD_BLOCK_ROWS / (s->oh * s->ow));
+    const int64_t most = max64(1, BACKWARD_BLOCK_ROWS / (s->oh * s->ow));
+    for (int64_t images = most; images >= 1 && 4 * images >= 3 * most; images--)
+        if ((s->n + images - 1) / images % 4 == 0) return images;
+    return most;
 }
 
 /* Floats of the direct kernels' packed weights (plus bias) and of one packed dw (plus db). */
