@@ -64,9 +64,15 @@ typedef struct {
     int64_t oh, ow;
 } fc_pool_shape;
 
-void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
-/* x_from_relu: x is a ReLU's output; dx is then the gradient at that ReLU's input (zero where x <= 0). */
-void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, int x_from_relu, float *dx);
+/* argmax (NULL to skip): one byte per output value, the row-major tap (i * pool_w + j) of the window's
+ * first maximum, FC_ARGMAX_NONE for a window of nothing but -inf, plus FC_ARGMAX_NOT_POSITIVE when the
+ * maximum is not > 0. Needs pool_h * pool_w < FC_ARGMAX_NONE. */
+enum { FC_ARGMAX_NONE = 0x7F, FC_ARGMAX_NOT_POSITIVE = 0x80 };
+void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax);
+/* From argmax when it is not NULL (x is then not read), else by finding each window's maximum in x.
+ * x_from_relu: x is a ReLU's output; dx is then the gradient at that ReLU's input (zero where x <= 0). */
+void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
+                           int x_from_relu, float *dx);
 void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
 void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);
 

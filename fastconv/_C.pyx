@@ -3,7 +3,7 @@
 
 Callers (fastconv.ops) pass validated, C-contiguous, non-empty float32 arrays flattened to 1-D.
 """
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 cimport numpy as cnp
 
@@ -41,8 +41,9 @@ cdef extern from "fastconv.h" nogil:
 
     ctypedef struct fc_pool_shape:
         int64_t n, h, w, c, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, oh, ow
-    void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
-    void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, int x_from_relu, float *dx)
+    void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax)
+    void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
+                               int x_from_relu, float *dx)
     void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
     void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
     void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
@@ -177,16 +178,20 @@ def conv2d_workspace_bytes(g, int algo, bint backward):
     return 4 * fc_conv2d_workspace_floats(&s, algo, backward)
 
 
-def maxpool2d_forward(g, const float[::1] x, float[::1] y):
+def maxpool2d_forward(g, const float[::1] x, float[::1] y, uint8_t[::1] argmax=None):
     cdef fc_pool_shape s = pool_shape(g)
+    cdef uint8_t *argmax_ptr = NULL if argmax is None else &argmax[0]
     with nogil:
-        fc_maxpool2d_forward(&s, &x[0], &y[0])
+        fc_maxpool2d_forward(&s, &x[0], &y[0], argmax_ptr)
 
 
-def maxpool2d_backward(g, const float[::1] dy, const float[::1] x, bint x_from_relu, float[::1] dx):
+def maxpool2d_backward(g, const float[::1] dy, const float[::1] x, const uint8_t[::1] argmax, bint x_from_relu,
+                       float[::1] dx):
     cdef fc_pool_shape s = pool_shape(g)
+    cdef const float *x_ptr = NULL if x is None else &x[0]
+    cdef const uint8_t *argmax_ptr = NULL if argmax is None else &argmax[0]
     with nogil:
-        fc_maxpool2d_backward(&s, &dy[0], &x[0], x_from_relu, &dx[0])
+        fc_maxpool2d_backward(&s, &dy[0], x_ptr, argmax_ptr, x_from_relu, &dx[0])
 
 
 def avgpool2d_forward(g, const float[::1] x, float[::1] y):

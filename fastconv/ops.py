@@ -231,22 +231,56 @@ def _pool_backward_args(dy, x, pool_size, strides, padding):
     return g, dy32, x32, np.empty(x32.shape, dtype=np.float32)  # the kernels write every element
 
 
-def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
-    """Max pooling of NHWC x; strides default to pool_size (Keras); "same" pads with -inf."""
-    return _pool_forward(_C.maxpool2d_forward, x, pool_size, strides, padding, out)
+# Argmax bytes (maxpool2d(return_argmax=True)): the row-major tap of each window's first maximum, or
+# ARGMAX_NONE, plus ARGMAX_NOT_POSITIVE when that maximum is not > 0. As in fastconv.h.
+ARGMAX_NONE, ARGMAX_NOT_POSITIVE = 0x7F, 0x80
 
 
-def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid", *, x_from_relu=False):
+def _check_argmax_window(g):
+    if g.pool_h * g.pool_w >= ARGMAX_NONE:
+        raise ValueError(f"argmax needs a pool window of fewer than {ARGMAX_NONE} values, got "
+                         f"{g.pool_h}x{g.pool_w}")
+
+
+def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None, return_argmax=False):
+    """Max pooling of NHWC x; strides default to pool_size (Keras); "same" pads with -inf.
+
+    return_argmax=True also returns, as a uint8 array of the output's shape, where each maximum came
+    from (the row-major tap of its window; see ARGMAX_NONE, ARGMAX_NOT_POSITIVE): maxpool2d_backward
+    then routes the gradient without reading x again.
+    """
+    if not return_argmax:
+        return _pool_forward(_C.maxpool2d_forward, x, pool_size, strides, padding, out)
+    x32 = as_float_array(x, "x", ndim=4)
+    g = pool_geometry(x32.shape, pool_size, strides, padding)
+    _check_argmax_window(g)
+    argmax = np.empty(g.out_shape, dtype=np.uint8)
+    y = _pool_forward(lambda g, x, y: _C.maxpool2d_forward(g, x, y, _flat(argmax)), x32, pool_size, strides, padding,
+                      out)
+    return y, argmax
+
+
+def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid", *, x_from_relu=False, argmax=None):
     """Gradient of maxpool2d: each window's gradient goes to its first maximum in row-major order.
 
     x_from_relu=True says x is the output of a ReLU and returns the gradient at that ReLU's input
-    (zero where x <= 0): relu_backward(dx, x) fused into the same pass.
+    (zero where x <= 0): relu_backward(dx, x) fused into the same pass. argmax, from
+    maxpool2d(..., return_argmax=True) on this x, says where the maxima are: x is then only used for
+    its shape, and the pass reads a byte per output instead of x.
     """
     g, dy32, x32, dx = _pool_backward_args(dy, x, pool_size, strides, padding)
+    if argmax is not None:
+        if not isinstance(argmax, np.ndarray) or argmax.dtype != np.uint8:
+            raise TypeError(f"argmax must be the uint8 array from maxpool2d(..., return_argmax=True), got "
+                            f"{getattr(argmax, 'dtype', type(argmax).__name__)}")
+        check_shape(argmax, g.out_shape, "argmax")
+        _check_argmax_window(g)
+        argmax = np.ascontiguousarray(argmax)
     if not dy32.size:
         dx[...] = 0.0
     else:
-        _C.maxpool2d_backward(g, _flat(dy32), _flat(x32), bool(x_from_relu), _flat(dx))
+        _C.maxpool2d_backward(g, _flat(dy32), None if argmax is not None else _flat(x32),
+                              None if argmax is None else _flat(argmax), bool(x_from_relu), _flat(dx))
     return dx
 
 

@@ -129,32 +129,51 @@ def _pool_windows(xp, g):
             yield i, j, xp[:, rows, columns, :]
 
 
-def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None):
-    """Max pooling over NHWC `x`; 'same' pads with -inf."""
+ARGMAX_NONE, ARGMAX_NOT_POSITIVE = 0x7F, 0x80  # the argmax byte encoding of fastconv.maxpool2d
+
+
+def _first_max_taps(x, g):
+    """Each window's first maximum (row-major, a NaN wins once, like C's) and its tap; tap -1 for a
+    window of nothing but -inf."""
+    best = np.full(g.out_shape, -np.inf, dtype=x.dtype)
+    best_tap = np.full(g.out_shape, -1, dtype=np.int64)
+    for i, j, window in _pool_windows(_pad(x, g, -np.inf), g):
+        better = (window > best) | (np.isnan(window) & ~np.isnan(best))
+        best = np.where(better, window, best)
+        best_tap[better] = i * g.pool_w + j
+    return best, best_tap
+
+
+def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None, return_argmax=False):
+    """Max pooling over NHWC `x`; 'same' pads with -inf. return_argmax as fastconv.maxpool2d."""
     x = as_float_array(x, "x", ndim=4, dtype=_dtype(x))
     g = pool_geometry(x.shape, pool_size, strides, padding)
     y = np.full(g.out_shape, -np.inf, dtype=x.dtype)
     for _, _, window in _pool_windows(_pad(x, g, -np.inf), g):
         np.maximum(y, window, out=y)
-    return _into(out, y)
+    y = _into(out, y)
+    if not return_argmax:
+        return y
+    best, best_tap = _first_max_taps(x, g)
+    tap = np.where(best_tap < 0, ARGMAX_NONE, best_tap)
+    return y, (tap | np.where(best > 0, 0, ARGMAX_NOT_POSITIVE)).astype(np.uint8)
 
 
-def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid", *, x_from_relu=False):
-    """Gradient of maxpool2d: each window's gradient goes to its first maximum in row-major order;
-    x_from_relu=True then masks it where x <= 0 (x is a ReLU's output)."""
+def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid", *, x_from_relu=False, argmax=None):
+    """Gradient of maxpool2d: each window's gradient goes to its first maximum in row-major order
+    (or to the taps in `argmax`, from maxpool2d(return_argmax=True)); x_from_relu=True then masks it
+    where x <= 0 (x is a ReLU's output)."""
     dtype = _dtype(dy, x)
     x = as_float_array(x, "x", ndim=4, dtype=dtype)
     g = pool_geometry(x.shape, pool_size, strides, padding)
     dy = as_float_array(dy, "dy", ndim=4, dtype=dtype)
     check_shape(dy, g.out_shape, "dy")
+    if argmax is None:
+        best_tap = _first_max_taps(x, g)[1]
+    else:
+        check_shape(argmax, g.out_shape, "argmax")
+        best_tap = np.asarray(argmax, dtype=np.int64) & ARGMAX_NONE
     xp = _pad(x, g, -np.inf)
-    best = np.full(g.out_shape, -np.inf, dtype=dtype)
-    best_tap = np.full(g.out_shape, -1, dtype=np.int64)  # -1: an all -inf window passes no gradient
-    for i, j, window in _pool_windows(xp, g):
-        # Strictly greater keeps the first maximum; a NaN window value wins once, like C's argmax.
-        better = (window > best) | (np.isnan(window) & ~np.isnan(best))
-        best = np.where(better, window, best)
-        best_tap[better] = i * g.pool_w + j
     dxp = np.zeros_like(xp)
     for i, j, _ in _pool_windows(xp, g):
         rows, columns = _tap_slices(g, i, j)

@@ -226,6 +226,44 @@ def test_maxpool_2x2_fast_path_with_ties_nan_and_inf(rng, shape):
     assert not fused[~(x > 0)].any()  # nothing through zeros, negatives or NaN
 
 
+@pytest.mark.parametrize("pool_size,strides,padding", POOL_CASES)
+def test_maxpool_argmax_matches_reference_and_routes_the_gradient(isa, rng, pool_size, strides, padding):
+    for shape in [(2, 9, 11, 5), (1, 8, 8, 64), (3, 13, 7, 1)]:
+        x = rng.integers(-2, 3, size=shape).astype(np.float32)  # ties, zeros and negatives
+        x[0, 0, :2, :] = np.nan
+        y, argmax = fastconv.maxpool2d(x, pool_size, strides, padding, return_argmax=True)
+        want_y, want_argmax = reference.maxpool2d(x, pool_size, strides, padding, return_argmax=True)
+        np.testing.assert_array_equal(y, want_y)
+        assert argmax.dtype == np.uint8 and argmax.shape == y.shape
+        np.testing.assert_array_equal(argmax, want_argmax)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        for x_from_relu in (False, True):
+            from_x = fastconv.maxpool2d_backward(dy, x, pool_size, strides, padding, x_from_relu=x_from_relu)
+            from_argmax = fastconv.maxpool2d_backward(dy, x, pool_size, strides, padding, x_from_relu=x_from_relu,
+                                                      argmax=argmax)
+            np.testing.assert_array_equal(from_argmax, from_x)
+            np.testing.assert_allclose(from_argmax, reference.maxpool2d_backward(
+                dy, x, pool_size, strides, padding, x_from_relu=x_from_relu, argmax=want_argmax), atol=1e-5)
+
+
+def test_maxpool_argmax_is_checked_and_bad_bytes_pass_nothing(isa, rng):
+    x = rng.standard_normal((2, 6, 6, 3)).astype(np.float32)
+    for pool_size, strides, padding in [(2, None, "valid"), (3, 2, "same")]:
+        y = fastconv.maxpool2d(x, pool_size, strides, padding)
+        dy = np.ones_like(y)
+        with pytest.raises(TypeError, match="argmax"):
+            fastconv.maxpool2d_backward(dy, x, pool_size, strides, padding, argmax=np.zeros(y.shape, np.int32))
+        with pytest.raises(ValueError, match="argmax"):
+            fastconv.maxpool2d_backward(dy, x, pool_size, strides, padding, argmax=np.zeros((1,) + y.shape[1:], np.uint8))
+        # Bytes that name no tap of the window, or a tap in the padding, send no gradient anywhere.
+        junk = rng.integers(0, 256, size=y.shape).astype(np.uint8)
+        np.testing.assert_array_equal(
+            fastconv.maxpool2d_backward(dy, x, pool_size, strides, padding, argmax=junk),
+            reference.maxpool2d_backward(dy, x, pool_size, strides, padding, argmax=junk))
+    with pytest.raises(ValueError, match="pool window"):  # 144 taps do not fit the byte
+        fastconv.maxpool2d(np.zeros((1, 12, 12, 1), np.float32), 12, return_argmax=True)
+
+
 def test_maxpool_gradient_goes_to_first_maximum(isa):
     x = np.array([[5, 5], [5, 1]], dtype=np.float32).reshape(1, 2, 2, 1)
     dx = fastconv.maxpool2d_backward(np.ones((1, 1, 1, 1), np.float32), x, 2)

@@ -7,6 +7,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "../fastconv.h"
 #include "../dispatch.h"
@@ -50,23 +53,65 @@ static inline void store4(float *p, vf4 v) { memcpy(p, &v, sizeof v); }
 static inline vi4 beats4(vf4 v, vf4 best) { return (v > best) | ((v != v) & (best == best)); }
 static inline vf4 select4(vi4 take, vf4 v, vf4 other) { return (vf4)((take & (vi4)v) | (~take & (vi4)other)); }
 
-/* out = the first maximum of windows a b / c d over n channels (scalar tail past the vectors). */
-static void max_2x2(int64_t n, const float *a, const float *b, const float *c, const float *d, float *out)
+/* 4 argmax bytes to and from the lanes of a vi4 (values 0..255). */
+#if defined(__SSE2__)
+static inline vi4 load_bytes4(const uint8_t *p)
+{
+    int32_t bytes;
+    memcpy(&bytes, p, sizeof bytes);
+    const __m128i zero = _mm_setzero_si128();
+    return (vi4)_mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(bytes), zero), zero);
+}
+static inline void store_bytes4(uint8_t *p, vi4 v)
+{
+    const __m128i words = _mm_packs_epi32((__m128i)v, (__m128i)v);
+    const int32_t bytes = _mm_cvtsi128_si32(_mm_packus_epi16(words, words));
+    memcpy(p, &bytes, sizeof bytes);
+}
+#else
+typedef uint8_t vb4 __attribute__((vector_size(4)));
+static inline vi4 load_bytes4(const uint8_t *p) { vb4 v; memcpy(&v, p, sizeof v); return __builtin_convertvector(v, vi4); }
+static inline void store_bytes4(uint8_t *p, vi4 v) { const vb4 b = __builtin_convertvector(v, vb4); memcpy(p, &b, sizeof b); }
+#endif
+
+/* The argmax byte of a window (fastconv.h): the tap of its first maximum, flagged when that is not > 0. */
+static inline uint8_t argmax_byte(int tap, float best)
+{
+    return (uint8_t)(tap | (best > 0.0f ? 0 : FC_ARGMAX_NOT_POSITIVE));
+}
+
+/* out = the first maximum of windows a b / c d over n channels (scalar tail past the vectors), and
+ * its argmax bytes when arg is not NULL. */
+static void max_2x2(int64_t n, const float *a, const float *b, const float *c, const float *d, float *out,
+                    uint8_t *arg)
 {
     int64_t ch = 0;
     for (; ch + 4 <= n; ch += 4) {
-        vf4 best = load4(a + ch), v = load4(b + ch);
-        best = select4(beats4(v, best), v, best);
-        v = load4(c + ch);
-        best = select4(beats4(v, best), v, best);
-        v = load4(d + ch);
-        store4(out + ch, select4(beats4(v, best), v, best));
+        const vf4 va = load4(a + ch), vb = load4(b + ch), vc = load4(c + ch), vd = load4(d + ch);
+        const vi4 ta = beats4(va, (vf4){0} - INFINITY);
+        vf4 best = select4(ta, va, (vf4){0} - INFINITY);  /* == va, also when va is -inf */
+        const vi4 tb = beats4(vb, best);
+        best = select4(tb, vb, best);
+        const vi4 tc = beats4(vc, best);
+        best = select4(tc, vc, best);
+        const vi4 td = beats4(vd, best);
+        best = select4(td, vd, best);
+        store4(out + ch, best);
+        if (arg) {
+            /* the last tap that beat the running maximum; none for a window of nothing but -inf */
+            const vi4 tap = (td & 3) | (~td & ((tc & 2) | (~tc & ((tb & 1) | (~tb & ~ta & FC_ARGMAX_NONE)))));
+            store_bytes4(arg + ch, tap | (~(best > (vf4){0}) & FC_ARGMAX_NOT_POSITIVE));
+        }
     }
     for (; ch < n; ch++) {
-        float best = a[ch];
-        best = beats(b[ch], best) ? b[ch] : best;
-        best = beats(c[ch], best) ? c[ch] : best;
-        out[ch] = beats(d[ch], best) ? d[ch] : best;
+        float best = -INFINITY;
+        int tap = FC_ARGMAX_NONE;
+        if (beats(a[ch], best)) { best = a[ch]; tap = 0; }
+        if (beats(b[ch], best)) { best = b[ch]; tap = 1; }
+        if (beats(c[ch], best)) { best = c[ch]; tap = 2; }
+        if (beats(d[ch], best)) { best = d[ch]; tap = 3; }
+        out[ch] = best;
+        if (arg) arg[ch] = argmax_byte(tap, best);
     }
 }
 
@@ -108,31 +153,64 @@ static void max_2x2_backward(int64_t n, const float *a, const float *b, const fl
     }
 }
 
+/* The same from the argmax bytes the forward pass recorded: dy to the recorded tap, zero elsewhere. */
+static void max_2x2_backward_argmax(int64_t n, const uint8_t *arg, const float *g, int x_from_relu, float *da,
+                                    float *db, float *dc, float *dd)
+{
+    const uint8_t skip = x_from_relu ? FC_ARGMAX_NOT_POSITIVE : 0;
+    int64_t ch = 0;
+    for (; ch + 4 <= n; ch += 4) {
+        const vi4 t = load_bytes4(arg + ch), tap = t & FC_ARGMAX_NONE;
+        const vi4 v = (vi4)load4(g + ch) & ((t & skip) == 0);
+        store4(da + ch, (vf4)(v & (tap == 0)));
+        store4(db + ch, (vf4)(v & (tap == 1)));
+        store4(dc + ch, (vf4)(v & (tap == 2)));
+        store4(dd + ch, (vf4)(v & (tap == 3)));
+    }
+    for (; ch < n; ch++) {
+        const uint8_t t = arg[ch];
+        const float v = (t & skip) ? 0.0f : g[ch];
+        const uint8_t tap = t & FC_ARGMAX_NONE;
+        da[ch] = tap == 0 ? v : 0.0f;
+        db[ch] = tap == 1 ? v : 0.0f;
+        dc[ch] = tap == 2 ? v : 0.0f;
+        dd[ch] = tap == 3 ? v : 0.0f;
+    }
+}
+
 /* Output row `row` (over n * oh) of the 2x2 stride-2 max pool: the first maximum of a, b, c, d. */
-static void maxpool_2x2_row(const fc_pool_shape *s, const float *x, float *y, int64_t row)
+static void maxpool_2x2_row(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax, int64_t row)
 {
     const int64_t img = row / s->oh, oy = row % s->oh, ld = s->w * s->c;
     const float *top = x + (img * s->h + 2 * oy) * ld, *bottom = top + ld;
     float *out = y + row * s->ow * s->c;
+    uint8_t *arg = argmax ? argmax + row * s->ow * s->c : NULL;
     for (int64_t ox = 0; ox < s->ow; ox++) {
         const int64_t at = 2 * ox * s->c;
-        max_2x2(s->c, top + at, top + at + s->c, bottom + at, bottom + at + s->c, out + ox * s->c);
+        max_2x2(s->c, top + at, top + at + s->c, bottom + at, bottom + at + s->c, out + ox * s->c,
+                arg ? arg + ox * s->c : NULL);
     }
 }
 
 /* dx rows 2*oy, 2*oy + 1 of output row `row`: dy to each window's first maximum, zero elsewhere
  * (and nowhere for a window of nothing but -inf, as in the general path). */
-static void maxpool_2x2_backward_row(const fc_pool_shape *s, const float *dy, const float *x, int x_from_relu,
-                                     float *dx, int64_t row)
+static void maxpool_2x2_backward_row(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
+                                     int x_from_relu, float *dx, int64_t row)
 {
     const int64_t img = row / s->oh, oy = row % s->oh, ld = s->w * s->c;
     const int64_t offset = (img * s->h + 2 * oy) * ld;
-    const float *top = x + offset, *bottom = top + ld, *g = dy + row * s->ow * s->c;
+    const float *g = dy + row * s->ow * s->c;
     float *dtop = dx + offset, *dbottom = dtop + ld;
     for (int64_t ox = 0; ox < s->ow; ox++) {
         const int64_t at = 2 * ox * s->c;
-        max_2x2_backward(s->c, top + at, top + at + s->c, bottom + at, bottom + at + s->c, g + ox * s->c,
-                         x_from_relu, dtop + at, dtop + at + s->c, dbottom + at, dbottom + at + s->c);
+        if (argmax) {
+            max_2x2_backward_argmax(s->c, argmax + (row * s->ow + ox) * s->c, g + ox * s->c, x_from_relu, dtop + at,
+                                    dtop + at + s->c, dbottom + at, dbottom + at + s->c);
+        } else {
+            const float *top = x + offset + at, *bottom = top + ld;
+            max_2x2_backward(s->c, top, top + s->c, bottom, bottom + s->c, g + ox * s->c, x_from_relu, dtop + at,
+                             dtop + at + s->c, dbottom + at, dbottom + at + s->c);
+        }
     }
     if (s->w > 2 * s->ow) {  /* an odd last column belongs to no window */
         memset(dtop + 2 * s->ow * s->c, 0, sizeof(float) * (size_t)((s->w - 2 * s->ow) * s->c));
@@ -142,12 +220,38 @@ static void maxpool_2x2_backward_row(const fc_pool_shape *s, const float *dy, co
         memset(dbottom + ld, 0, sizeof(float) * (size_t)((s->h - 2 * s->oh - 1) * ld + ld));
 }
 
-void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
+/* The general backward pass from the argmax bytes: one image per thread scatters each window's
+ * gradient to its recorded tap (bytes that point outside the image, or at no tap, pass nothing). */
+static void maxpool_backward_from_argmax(const fc_pool_shape *s, const float *dy, const uint8_t *argmax,
+                                         int x_from_relu, float *dx)
+{
+    const int threads = threads_for(s);
+    const uint8_t skip = x_from_relu ? FC_ARGMAX_NOT_POSITIVE : 0;
+    memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->c));
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t img = 0; img < s->n; img++) {
+        float *grad = dx + img * s->h * s->w * s->c;
+        for (int64_t oy = 0; oy < s->oh; oy++) {
+            for (int64_t ox = 0; ox < s->ow; ox++) {
+                const int64_t at = ((img * s->oh + oy) * s->ow + ox) * s->c;
+                for (int64_t c = 0; c < s->c; c++) {
+                    const uint8_t t = argmax[at + c], tap = t & FC_ARGMAX_NONE;
+                    if ((t & skip) || tap >= s->pool_h * s->pool_w) continue;
+                    const int64_t iy = oy * s->stride_h - s->pad_top + tap / s->pool_w;
+                    const int64_t ix = ox * s->stride_w - s->pad_left + tap % s->pool_w;
+                    if (iy >= 0 && iy < s->h && ix >= 0 && ix < s->w) grad[(iy * s->w + ix) * s->c + c] += dy[at + c];
+                }
+            }
+        }
+    }
+}
+
+void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax)
 {
     const int threads = threads_for(s);
     if (is_2x2_stride_2(s)) {
         #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-        for (int64_t row = 0; row < s->n * s->oh; row++) maxpool_2x2_row(s, x, y, row);
+        for (int64_t row = 0; row < s->n * s->oh; row++) maxpool_2x2_row(s, x, y, argmax, row);
         return;
     }
     #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
@@ -155,25 +259,41 @@ void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
         const int64_t img = row / s->oh, oy = row % s->oh;
         for (int64_t ox = 0; ox < s->ow; ox++) {
             float *out = y + (row * s->ow + ox) * s->c;
+            uint8_t *arg = argmax ? argmax + (row * s->ow + ox) * s->c : NULL;
             int64_t y0, y1, x0, x1;
             window(s, oy, ox, &y0, &y1, &x0, &x1);
             for (int64_t c = 0; c < s->c; c++) out[c] = -INFINITY;
+            if (arg) memset(arg, FC_ARGMAX_NONE, (size_t)s->c);
             for (int64_t iy = y0; iy < y1; iy++) {
                 for (int64_t ix = x0; ix < x1; ix++) {
                     const float *in = x + ((img * s->h + iy) * s->w + ix) * s->c;
-                    for (int64_t c = 0; c < s->c; c++) out[c] = beats(in[c], out[c]) ? in[c] : out[c];
+                    const uint8_t tap = (uint8_t)((iy - (oy * s->stride_h - s->pad_top)) * s->pool_w +
+                                                  ix - (ox * s->stride_w - s->pad_left));
+                    for (int64_t c = 0; c < s->c; c++) {
+                        const int take = beats(in[c], out[c]);
+                        out[c] = take ? in[c] : out[c];
+                        if (arg && take) arg[c] = tap;
+                    }
                 }
             }
+            if (arg)
+                for (int64_t c = 0; c < s->c; c++) arg[c] = argmax_byte(arg[c], out[c]);
         }
     }
 }
 
-void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, int x_from_relu, float *dx)
+void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
+                           int x_from_relu, float *dx)
 {
     const int threads = threads_for(s);
     if (is_2x2_stride_2(s)) {
         #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-        for (int64_t row = 0; row < s->n * s->oh; row++) maxpool_2x2_backward_row(s, dy, x, x_from_relu, dx, row);
+        for (int64_t row = 0; row < s->n * s->oh; row++)
+            maxpool_2x2_backward_row(s, dy, x, argmax, x_from_relu, dx, row);
+        return;
+    }
+    if (argmax) {
+        maxpool_backward_from_argmax(s, dy, argmax, x_from_relu, dx);
         return;
     }
     memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->c));

@@ -33,11 +33,17 @@ class MaxPooling2D(_Pooling2D):
     fuses_input_relu = True  # backward(x_from_relu=True) also applies the gradient of a ReLU before it
 
     def forward(self, inputs, training=False):
-        return backend.ops().maxpool2d(inputs, self.pool_size, self.strides, self.padding), inputs
+        ops = backend.ops()
+        if not training or self.pool_size[0] * self.pool_size[1] >= ops.ARGMAX_NONE:
+            return ops.maxpool2d(inputs, self.pool_size, self.strides, self.padding), (inputs, None)
+        # Training: keep where each maximum came from, so backward need not search the windows again.
+        out, argmax = ops.maxpool2d(inputs, self.pool_size, self.strides, self.padding, return_argmax=True)
+        return out, (inputs, argmax)
 
     def backward(self, ctx, grad, x_from_relu=False):
-        return backend.ops().maxpool2d_backward(grad, ctx, self.pool_size, self.strides, self.padding,
-                                                x_from_relu=x_from_relu)
+        inputs, argmax = ctx
+        return backend.ops().maxpool2d_backward(grad, inputs, self.pool_size, self.strides, self.padding,
+                                                x_from_relu=x_from_relu, argmax=argmax)
 
 
 class AveragePooling2D(_Pooling2D):
