@@ -186,6 +186,10 @@ def test_pooling_forward_and_backward_match_reference(isa, case, ties, seed):
     with using_isa(isa):
         mp = fastconv.maxpool2d(x, pool, strides, padding)
         mdx = fastconv.maxpool2d_backward(dy, x, pool, strides, padding)
+        if pool[0] * pool[1] < fastconv.ops.ARGMAX_NONE:  # the argmax route gives the same gradient
+            argmax = fastconv.maxpool2d(x, pool, strides, padding, return_argmax=True)[1]
+            np.testing.assert_array_equal(argmax, reference.maxpool2d(x, pool, strides, padding, return_argmax=True)[1])
+            np.testing.assert_array_equal(fastconv.maxpool2d_backward(dy, x, pool, strides, padding, argmax=argmax), mdx)
         ap = fastconv.avgpool2d(x, pool, strides, padding)
         adx = fastconv.avgpool2d_backward(dy, x, pool, strides, padding)
     # max pooling picks values and routes gradients to the first maximum: exact (ties included).
