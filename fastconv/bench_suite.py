@@ -101,8 +101,13 @@ def conv_rows(rng, torch, quick):
 def pool_rows(rng, torch):
     x = rng.standard_normal((128, 28, 28, 32), dtype=np.float32)
     dy = rng.standard_normal((128, 14, 14, 32), dtype=np.float32)
+    argmax = fastconv.maxpool2d(x, 2, return_argmax=True)[1]
     forward = {"fastconv": lambda: fastconv.maxpool2d(x, 2), "numpy": lambda: reference.maxpool2d(x, 2)}
-    backward = {"fastconv": lambda: fastconv.maxpool2d_backward(dy, x, 2),
+    # Training: the forward pass also records where each maximum is (PyTorch its indices), and the
+    # backward pass routes the gradient from that record.
+    training_forward = {"fastconv": lambda: fastconv.maxpool2d(x, 2, return_argmax=True),
+                        "numpy": lambda: reference.maxpool2d(x, 2, return_argmax=True)}
+    backward = {"fastconv": lambda: fastconv.maxpool2d_backward(dy, x, 2, argmax=argmax),
                 "numpy": lambda: reference.maxpool2d_backward(dy, x, 2)}
     if torch:
         tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(True)
@@ -114,10 +119,12 @@ def pool_rows(rng, torch):
                 return torch.nn.functional.max_pool2d(tx, 2)
 
         forward["torch"] = torch_forward
+        training_forward["torch"] = lambda: torch.nn.functional.max_pool2d_with_indices(tx, 2)
         backward["torch"] = lambda: torch.autograd.grad(out, tx, tdy, retain_graph=True)
     label = "n128 28x28x32 2x2"
     return [Row("maxpool fwd", label, forward, bytes_moved=x.nbytes + dy.nbytes),
-            Row("maxpool bwd", label, backward, bytes_moved=2 * x.nbytes + dy.nbytes)]
+            Row("maxpool fwd+argmax", label, training_forward, bytes_moved=x.nbytes + dy.nbytes + argmax.nbytes),
+            Row("maxpool bwd", label, backward, bytes_moved=x.nbytes + dy.nbytes + argmax.nbytes)]
 
 
 def train_rows(rng, torch):

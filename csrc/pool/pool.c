@@ -3,7 +3,8 @@
  * image to one thread: overlapping windows then scatter into dx without atomics, in a fixed order.
  * Max pooling 2x2 with stride 2 and no padding (the CNN default) has its own path: each window is
  * read once and its four dx values written once, so the backward pass needs no zeroing pass and no
- * scatter, and rows of windows can go to any thread. */
+ * scatter, and rows of windows can go to any thread. When training, the forward pass also records
+ * each window's argmax in a byte (fastconv.h), and the backward pass reads that instead of x. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
