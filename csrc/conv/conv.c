@@ -108,9 +108,12 @@ int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
 
 const char *fc_conv_direct_kernel_name(void) { return fc_active_conv_direct()->name; }
 
+/* Output pixels per forward block: the patches fill about FORWARD_BLOCK_FLOATS, in whole register
+ * tiles of the GEMM (113 rows would run 9 tiles of 14 with one row in the last). */
 static int64_t forward_block_rows(const fc_conv_shape *s)
 {
-    return max64(16, FORWARD_BLOCK_FLOATS / patch_size(s));
+    const int64_t mr = fc_active_gemm_kernel()->mr;
+    return max64(mr, FORWARD_BLOCK_FLOATS / patch_size(s) / mr * mr);
 }
 
 /* Whole images per backward block: about BACKWARD_BLOCK_ROWS output pixels. Up to a quarter fewer when
