@@ -39,9 +39,12 @@ typedef struct {
     int64_t oh, ow;
 } fc_conv_shape;
 
-/* Algorithms: FC_CONV_AUTO picks per shape (direct for 1..4 input channels, im2col + GEMM for the
- * rest, 1x1 stride-1 unpadded as one plain GEMM); the others force one. */
-enum { FC_CONV_AUTO = 0, FC_CONV_IM2COL = 1, FC_CONV_DIRECT = 2 };
+/* Algorithms: FC_CONV_AUTO picks per shape (direct for 1..4 input channels; for the rest, implicit
+ * GEMM when the forward pass can use it, else im2col + GEMM; 1x1 stride-1 unpadded as one plain
+ * GEMM); the others force one. Implicit GEMM (forward only; stride 1, dilation 1, output rows of
+ * nearly whole register tiles) falls back to im2col where it does not apply, and its backward pass
+ * is im2col's. */
+enum { FC_CONV_AUTO = 0, FC_CONV_IM2COL = 1, FC_CONV_DIRECT = 2, FC_CONV_IMPLICIT = 3 };
 int fc_conv2d_algorithm(const fc_conv_shape *s, int algo);  /* the one `algo` resolves to */
 const char *fc_conv_direct_kernel_name(void);
 

@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 # conv2d algorithms: "auto" picks per shape, the others force one (see conv2d). Codes as in fastconv.h.
-CONV_ALGORITHMS = {"auto": 0, "im2col": 1, "direct": 2}
+CONV_ALGORITHMS = {"auto": 0, "im2col": 1, "direct": 2, "implicit": 3}
 
 
 def _conv_algorithm(algorithm):
@@ -134,13 +134,16 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     fused into the output write. Returns (N, OH, OW, Cout) float32, written into `out` if given.
 
     algorithm: "auto" (default) uses the direct kernel (vectorised over Cout, weights in registers)
-    for 1..4 input channels, im2col + GEMM otherwise, and one plain GEMM for a 1x1 stride-1 unpadded
-    conv; "direct" or "im2col" forces one for any shape. None reads $FASTCONV_CONV_ALGO (same values).
-    `conv2d_algorithm` tells which one a shape gets.
+    for 1..4 input channels; otherwise implicit GEMM where it applies (stride 1, dilation 1, output
+    rows that fill the GEMM's register tiles: the micro-kernel reads the patches in place from a
+    padded copy of a few input rows), else im2col + GEMM; and one plain GEMM for a 1x1 stride-1
+    unpadded conv. "direct" or "im2col" forces one for any shape, "implicit" where it applies. None
+    reads $FASTCONV_CONV_ALGO (same values). `conv2d_algorithm` tells which one a shape gets.
 
     Extra memory (scratch cached per thread and reused by later calls, freed at thread exit): direct,
-    the packed weights (Cout rounded up to the vector block x (kh*kw*Cin + 1) floats); im2col, one
-    block of about 256 KiB of patches per thread. `conv2d_workspace_bytes` gives the exact peak.
+    the packed weights (Cout rounded up to the vector block x (kh*kw*Cin + 1) floats); implicit, the
+    packed weights and about 256 KiB of padded input rows per thread; im2col, the packed weights and
+    one block of about 256 KiB of patches per thread. `conv2d_workspace_bytes` gives the exact peak.
     """
     x32 = as_float_array(x, "x", ndim=4)
     w32 = as_float_array(w, "w", ndim=4)
@@ -195,10 +198,14 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
 
 
 def conv2d_algorithm(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
-    """The algorithm conv2d uses for these shapes: "direct", "im2col" or "gemm" (1x1 as one GEMM)."""
+    """The algorithm conv2d uses for these shapes: "direct", "implicit", "im2col" or "gemm" (1x1 as one
+    GEMM). The backward pass of "implicit" is im2col's."""
     g = conv_geometry(x_shape, w_shape, strides, padding, dilation_rate)
-    if _C.conv2d_algorithm(g, _conv_algorithm(algorithm)) == CONV_ALGORITHMS["direct"]:
+    resolved = _C.conv2d_algorithm(g, _conv_algorithm(algorithm))
+    if resolved == CONV_ALGORITHMS["direct"]:
         return "direct"
+    if resolved == CONV_ALGORITHMS["implicit"]:
+        return "implicit"
     pointwise = (g.kh, g.kw, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.oh, g.ow) == (1, 1, 1, 1, 0, 0, g.h, g.w)
     return "gemm" if pointwise else "im2col"
 

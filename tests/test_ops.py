@@ -40,7 +40,7 @@ def assert_close(actual, expected, scale_terms):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=tol * 10)
 
 
-@pytest.mark.parametrize("algorithm", ["auto", "im2col", "direct"])
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "direct", "implicit"])
 @pytest.mark.parametrize("seed", range(12))
 def test_conv2d_forward_and_backward_match_reference(isa, seed, algorithm):
     rng = np.random.default_rng(seed)
@@ -64,6 +64,38 @@ def test_conv2d_forward_and_backward_match_reference(isa, seed, algorithm):
         for name, g, e, t in zip(("dx", "dw", "db"), got, want, terms):
             assert g.shape == e.shape and g.dtype == np.float32, name
             assert_close(g, e, t)
+
+
+def test_implicit_gemm_forward_matches_reference(isa, rng):
+    """Stride-1 convs whose output rows fill the GEMM's register tiles read their patches in place."""
+    mr = fastconv._C.gemm_blocking()[0]  # the register tile's rows
+    cases = [  # (output width in tiles, x shape without width, w shape, padding)
+        (1, (2, 5, None, 8), (3, 3, 8, 16), "same"),
+        (2, (3, 7, None, 32), (3, 3, 32, 64), "valid"),
+        (1, (1, 4, None, 17), (2, 4, 17, 70), ((1, 2), (0, 3))),
+        (3, (2, 6, None, 5), (5, 3, 5, 33), 1),
+        (2, (1, 3, None, 64), (1, 3, 64, 40), "same"),
+    ]
+    for tiles, (n, h, _, cin), w_shape, padding in cases:
+        g_pad = fastconv._args.conv_geometry((n, h, 64, cin), w_shape, 1, padding, 1)
+        width = tiles * mr + (64 - g_pad.ow)  # the input width that gives `tiles` whole tiles per output row
+        x_shape = (n, h, width, cin)
+        assert fastconv.conv2d_algorithm(x_shape, w_shape, padding=padding) == "implicit"
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        b = rng.standard_normal(w_shape[3]).astype(np.float32)
+        for activation, bias in [(None, None), ("relu", b)]:
+            y = fastconv.conv2d(x, w, bias, padding=padding, activation=activation)
+            want = reference.conv2d(x.astype(np.float64), w.astype(np.float64),
+                                    None if bias is None else bias.astype(np.float64), padding=padding,
+                                    activation=activation)
+            assert y.shape == want.shape
+            assert_close(y, want, np.prod(w_shape[:3]))
+            np.testing.assert_array_equal(y, fastconv.conv2d(x, w, bias, padding=padding, activation=activation,
+                                                             algorithm="implicit"))
+    # Strided, dilated or badly tiled shapes fall back to im2col when implicit is asked for.
+    assert fastconv.conv2d_algorithm((1, 9, 9, 8), (3, 3, 8, 8), strides=2, algorithm="implicit") == "im2col"
+    assert fastconv.conv2d_algorithm((1, 9, 9, 8), (3, 3, 8, 8), dilation_rate=2, algorithm="implicit") == "im2col"
 
 
 DIRECT_CASES = [  # (x shape, w shape, conv2d keywords): few input channels, every geometry

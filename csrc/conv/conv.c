@@ -99,11 +99,24 @@ static int is_pointwise(const fc_conv_shape *s)
            s->pad_left == 0 && s->oh == s->h && s->ow == s->w;
 }
 
+/* Implicit GEMM needs stride 1 and dilation 1 (a kernel row's taps of neighbouring output pixels are
+ * then overlapping runs of kw*cin floats, cin apart), one K block per kernel row, and output rows that
+ * fill their register tiles to within an eighth (a row of 24 in tiles of 14 would waste 14%). */
+static int implicit_applies(const fc_conv_shape *s)
+{
+    const fc_gemm_kernel *kr = fc_active_gemm_kernel();
+    const int64_t tiles = (s->ow + kr->mr - 1) / kr->mr;
+    return s->stride_h == 1 && s->stride_w == 1 && s->dilation_h == 1 && s->dilation_w == 1 && !is_pointwise(s) &&
+           s->kw * s->cin <= kr->kc && s->cout <= kr->nc && 8 * tiles * kr->mr <= 9 * s->ow;
+}
+
 int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
 {
     if (algo == FC_CONV_IM2COL || algo == FC_CONV_DIRECT) return algo;
+    if (algo == FC_CONV_IMPLICIT) return implicit_applies(s) ? FC_CONV_IMPLICIT : FC_CONV_IM2COL;
     /* With 1..4 input channels the GEMM's K (kh*kw*cin) is too short to pay for the im2col copy. */
-    return s->cin <= 4 && !is_pointwise(s) ? FC_CONV_DIRECT : FC_CONV_IM2COL;
+    if (s->cin <= 4 && !is_pointwise(s)) return FC_CONV_DIRECT;
+    return implicit_applies(s) ? FC_CONV_IMPLICIT : FC_CONV_IM2COL;
 }
 
 const char *fc_conv_direct_kernel_name(void) { return fc_active_conv_direct()->name; }
@@ -160,6 +173,102 @@ static fc_gemm_problem input_grad_gemm(const fc_conv_shape *s, const float *w)
     return p;
 }
 
+/* ---- implicit GEMM forward ----
+ * A task is a band of output rows of one image. It copies the padded input rows the band reads into
+ * its own buffer (one pass over x instead of im2col's kh*kw), then for each output row, register tile
+ * of MR pixels and NR output channels, and kernel row r, the micro-kernel reads the tile's taps in
+ * place (row i of A starts cin floats after row i - 1) and adds their product with kernel row r,
+ * packed once per call, into y; the bias and ReLU come with the last kernel row. */
+
+static int64_t implicit_padded_width(const fc_conv_shape *s) { return s->ow + s->kw - 1; }
+
+/* Output rows per task: about FORWARD_BLOCK_FLOATS of padded input, at least one row. */
+static int64_t implicit_band_rows(const fc_conv_shape *s)
+{
+    return max64(1, min64(s->oh, FORWARD_BLOCK_FLOATS / (implicit_padded_width(s) * s->cin) - (s->kh - 1)));
+}
+
+/* The band buffer: its padded rows plus slack, as a partial tile's rows past m are read (and ignored). */
+static int64_t implicit_band_floats(const fc_conv_shape *s)
+{
+    return (implicit_band_rows(s) + s->kh - 1) * implicit_padded_width(s) * s->cin +
+           fc_active_gemm_kernel()->mr * s->cin;
+}
+
+/* Kernel row r as the B of a GEMM: (kw * cin) x cout, packed by fc_gemm_pack_b. */
+static fc_gemm_problem kernel_row_gemm(const fc_conv_shape *s, const float *w, int64_t r)
+{
+    const int64_t k = s->kw * s->cin;
+    const fc_gemm_problem p = {
+        .n = s->cout, .k = k, .b = w ? w + r * k * s->cout : NULL, .b_rs = s->cout, .b_cs = 1,
+    };
+    return p;
+}
+
+/* Copies padded input rows [row0, row0 + rows) of image img (zeros outside x) into buf. */
+static void copy_padded_rows(const fc_conv_shape *s, const float *x, int64_t img, int64_t row0, int64_t rows,
+                             float *buf)
+{
+    const int64_t wp = implicit_padded_width(s), c = s->cin;
+    const int64_t x0 = s->pad_left, x1 = min64(wp, s->pad_left + s->w);  /* columns that hold x */
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t iy = row0 + r - s->pad_top;
+        float *dst = buf + r * wp * c;
+        if (iy < 0 || iy >= s->h) {
+            memset(dst, 0, sizeof(float) * (size_t)(wp * c));
+            continue;
+        }
+        memset(dst, 0, sizeof(float) * (size_t)(x0 * c));
+        memcpy(dst + x0 * c, x + ((img * s->h + iy) * s->w) * c, sizeof(float) * (size_t)((x1 - x0) * c));
+        memset(dst + x1 * c, 0, sizeof(float) * (size_t)((wp - x1) * c));
+    }
+}
+
+static void implicit_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias, int relu,
+                             float *y)
+{
+    const fc_gemm_kernel *kr = fc_active_gemm_kernel();
+    const int64_t mr = kr->mr, nr = kr->nr, k = s->kw * s->cin, wp = implicit_padded_width(s);
+    const fc_gemm_problem row0_gemm = kernel_row_gemm(s, w, 0);
+    const int64_t packed = fc_gemm_packed_b_floats(kr, &row0_gemm);  /* the same for every kernel row */
+    float *wpack = fc_scratch(FC_SCRATCH_CALL, s->kh * packed);
+    for (int64_t r = 0; r < s->kh; r++) {
+        const fc_gemm_problem g = kernel_row_gemm(s, w, r);
+        fc_gemm_pack_b(kr, &g, wpack + r * packed);
+    }
+    const int64_t band = implicit_band_rows(s), bands = (s->oh + band - 1) / band;
+    const int threads = fc_threads_for_work(forward_flops(s));
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *buf = fc_scratch(FC_SCRATCH_A, implicit_band_floats(s));
+        #pragma omp for schedule(dynamic)
+        for (int64_t task = 0; task < s->n * bands; task++) {
+            const int64_t img = task / bands, oy0 = task % bands * band, rows = min64(band, s->oh - oy0);
+            copy_padded_rows(s, x, img, oy0, rows + s->kh - 1, buf);
+            /* the slack a last, partial tile reads: zeros rather than stale values */
+            memset(buf + (rows + s->kh - 1) * wp * s->cin, 0, sizeof(float) * (size_t)(mr * s->cin));
+            for (int64_t oy = oy0; oy < oy0 + rows; oy++) {
+                float *out_row = y + (img * s->oh + oy) * s->ow * s->cout;
+                for (int64_t ox = 0; ox < s->ow; ox += mr) {
+                    const int m = (int)min64(mr, s->ow - ox);
+                    for (int64_t j = 0; j < s->cout; j += nr) {
+                        for (int64_t r = 0; r < s->kh; r++) {
+                            const int last = r == s->kh - 1;
+                            const fc_tile_epilogue ep = {
+                                .alpha = 1.0f, .beta = r == 0 ? 0.0f : 1.0f,
+                                .bias = last && bias ? bias + j : NULL, .relu = last && relu,
+                            };
+                            kr->ukr(k, buf + ((oy - oy0 + r) * wp + ox) * s->cin, s->cin, 1,
+                                    wpack + r * packed + j * k, out_row + ox * s->cout + j, s->cout, m,
+                                    (int)min64(nr, s->cout - j), &ep);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
 {
     const int64_t k = patch_size(s);
@@ -169,6 +278,10 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
         const int threads = fc_threads_for_work(forward_flops(s));
         if (direct) return direct_packed_floats(s, block);
         if (is_pointwise(s)) return 0;
+        if (fc_conv2d_algorithm(s, algo) == FC_CONV_IMPLICIT) {
+            const fc_gemm_problem row = kernel_row_gemm(s, NULL, 0);
+            return s->kh * fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &row) + threads * implicit_band_floats(s);
+        }
         const fc_gemm_problem p = forward_gemm(s, NULL, NULL, 0);
         return fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &p) + threads * forward_block_rows(s) * k;
     }
@@ -222,8 +335,13 @@ static void direct_forward(const fc_conv_shape *s, const float *x, const float *
 void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
                        int relu, float *y)
 {
-    if (fc_conv2d_algorithm(s, algo) == FC_CONV_DIRECT) {
+    const int resolved = fc_conv2d_algorithm(s, algo);
+    if (resolved == FC_CONV_DIRECT) {
         direct_forward(s, x, w, bias, relu, y);
+        return;
+    }
+    if (resolved == FC_CONV_IMPLICIT) {
+        implicit_forward(s, x, w, bias, relu, y);
         return;
     }
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
