@@ -199,7 +199,8 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
 
 def conv2d_algorithm(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
     """The algorithm conv2d uses for these shapes: "direct", "implicit", "im2col" or "gemm" (1x1 as one
-    GEMM). The backward pass of "implicit" is im2col's."""
+    GEMM). conv2d_backward computes dw and db as im2col does for "implicit", and dx as an implicit-GEMM
+    convolution of dy with the flipped kernel where that applies (stride 1, dilation 1)."""
     g = conv_geometry(x_shape, w_shape, strides, padding, dilation_rate)
     resolved = _C.conv2d_algorithm(g, _conv_algorithm(algorithm))
     if resolved == CONV_ALGORITHMS["direct"]:

@@ -93,6 +93,15 @@ def test_implicit_gemm_forward_matches_reference(isa, rng):
             assert_close(y, want, np.prod(w_shape[:3]))
             np.testing.assert_array_equal(y, fastconv.conv2d(x, w, bias, padding=padding, activation=activation,
                                                              algorithm="implicit"))
+        # dx as an implicit conv of dy with the flipped kernel (the "same" cases: x as wide as y)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        relu_x = np.maximum(x, 0)
+        for x_from_relu in (False, True):
+            got = fastconv.conv2d_backward(dy, relu_x, w, padding=padding, x_from_relu=x_from_relu)
+            want = reference.conv2d_backward(dy.astype(np.float64), relu_x.astype(np.float64), w.astype(np.float64),
+                                             padding=padding, x_from_relu=x_from_relu)
+            for g, e, terms in zip(got, want, [np.prod(w_shape[:2]) * w_shape[3]] + [np.prod(y.shape[:3])] * 2):
+                assert_close(g, e, terms)
     # Strided, dilated or badly tiled shapes fall back to im2col when implicit is asked for.
     assert fastconv.conv2d_algorithm((1, 9, 9, 8), (3, 3, 8, 8), strides=2, algorithm="implicit") == "im2col"
     assert fastconv.conv2d_algorithm((1, 9, 9, 8), (3, 3, 8, 8), dilation_rate=2, algorithm="implicit") == "im2col"
@@ -196,7 +205,7 @@ def test_conv2d_pointwise_is_a_gemm(isa, rng):
     assert_close(y, expected, 33)
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "direct"])
+@pytest.mark.parametrize("algorithm", ["im2col", "direct", "implicit"])
 @pytest.mark.parametrize("seed", range(4))
 def test_conv2d_backward_fuses_the_gradient_of_the_relu_before_it(isa, seed, algorithm):
     """x_from_relu: dx is zero wherever x (a ReLU's output) is not > 0, as relu_backward would make it."""

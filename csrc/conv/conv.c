@@ -224,8 +224,10 @@ static void copy_padded_rows(const fc_conv_shape *s, const float *x, int64_t img
     }
 }
 
+/* y = conv(x, w) + bias, then ReLU if asked, and zeroed where mask_by <= 0 when mask_by (the size of
+ * y) is not NULL: the input gradient through the ReLU that produced x (see fc_conv2d_backward). */
 static void implicit_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias, int relu,
-                             float *y)
+                             const float *mask_by, float *y)
 {
     const fc_gemm_kernel *kr = fc_active_gemm_kernel();
     const int64_t mr = kr->mr, nr = kr->nr, k = s->kw * s->cin, wp = implicit_padded_width(s);
@@ -265,8 +267,46 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
                     }
                 }
             }
+            if (mask_by) {  /* the band's rows are still in cache */
+                const int64_t first = (img * s->oh + oy0) * s->ow * s->cout;
+                relu_mask(mask_by + first, y + first, rows * s->ow * s->cout);
+            }
         }
     }
+}
+
+/* The input gradient of a stride-1, undilated conv is itself such a conv: of dy, padded by kh - 1 -
+ * pad_top rows above (kw - 1 - pad_left columns left), with the kernel flipped in both axes and its
+ * channel axes swapped. Fills t with that conv's shape; 0 when s is not of this kind. */
+static int input_grad_as_conv(const fc_conv_shape *s, fc_conv_shape *t)
+{
+    if (s->stride_h != 1 || s->stride_w != 1 || s->dilation_h != 1 || s->dilation_w != 1 ||
+        s->pad_top > s->kh - 1 || s->pad_left > s->kw - 1)
+        return 0;
+    *t = *s;
+    t->h = s->oh; t->w = s->ow; t->cin = s->cout; t->cout = s->cin;
+    t->pad_top = s->kh - 1 - s->pad_top; t->pad_left = s->kw - 1 - s->pad_left;
+    t->oh = s->h; t->ow = s->w;
+    return 1;
+}
+
+/* wt[r][c][co][ci] = w[kh - 1 - r][kw - 1 - c][ci][co]: the kernel of input_grad_as_conv. */
+static void flip_kernel(const fc_conv_shape *s, const float *w, float *wt)
+{
+    for (int64_t r = 0; r < s->kh; r++)
+        for (int64_t c = 0; c < s->kw; c++) {
+            const float *src = w + ((s->kh - 1 - r) * s->kw + (s->kw - 1 - c)) * s->cin * s->cout;
+            float *dst = wt + (r * s->kw + c) * s->cout * s->cin;
+            for (int64_t ci = 0; ci < s->cin; ci++)
+                for (int64_t co = 0; co < s->cout; co++) dst[co * s->cin + ci] = src[ci * s->cout + co];
+        }
+}
+
+/* Does the backward pass take dx as input_grad_as_conv through implicit GEMM (else im2col's col2im)? */
+static int implicit_input_grad(const fc_conv_shape *s, int algo, fc_conv_shape *t)
+{
+    return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && fc_conv2d_algorithm(s, algo) != FC_CONV_DIRECT &&
+           input_grad_as_conv(s, t) && implicit_applies(t);
 }
 
 int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
@@ -290,6 +330,15 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
     const int64_t blocks = (s->n + backward_block_images(s) - 1) / backward_block_images(s);
     const int64_t partials = min64(blocks, MAX_PARTIAL_SUMS);
     const int64_t cblocks = (s->cout + block - 1) / block;
+    fc_conv_shape t;
+    if (implicit_input_grad(s, algo, &t)) {
+        /* dw and db as im2col's without dx (partial sums, a block of patches per thread), then dx as
+         * an implicit forward conv (packed kernel rows, a band per thread) of the flipped kernel. */
+        const fc_gemm_problem row = kernel_row_gemm(&t, NULL, 0);
+        const int64_t packed_rows = t.kh * fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &row);
+        return max64(partials * (k * s->cout + s->cout), packed_rows) + k * s->cout +
+               threads * max64(block_rows * k, implicit_band_floats(&t));
+    }
     /* The packed weights for dx; direct: per thread one row of dy padded to whole blocks; im2col: per
      * thread one block of patches for dw and one for dx. */
     const fc_gemm_problem dx_gemm = input_grad_gemm(s, NULL);
@@ -341,7 +390,7 @@ void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const f
         return;
     }
     if (resolved == FC_CONV_IMPLICIT) {
-        implicit_forward(s, x, w, bias, relu, y);
+        implicit_forward(s, x, w, bias, relu, NULL, y);
         return;
     }
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
@@ -386,6 +435,14 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
     const fc_conv_direct_kernels *dk = fc_active_conv_direct();
     const int direct = fc_conv2d_algorithm(s, algo) == FC_CONV_DIRECT;
     const int64_t k = patch_size(s), pixels = s->oh * s->ow;
+    fc_conv_shape t;
+    if (dx && implicit_input_grad(s, algo, &t)) {
+        if (dw || db) fc_conv2d_backward(s, algo, dy, x, w, 0, NULL, dw, db);
+        float *wt = fc_scratch(FC_SCRATCH_B, patch_size(s) * s->cout);
+        flip_kernel(s, w, wt);
+        implicit_forward(&t, dy, wt, NULL, 0, x_from_relu ? x : NULL, dx);
+        return;
+    }
     const int64_t images_per_block = backward_block_images(s);
     const int64_t blocks = (s->n + images_per_block - 1) / images_per_block;
     /* Each partial sum owns blocks b, b + partials, b + 2*partials, ... in that order. In the direct
