@@ -79,6 +79,25 @@ def test_wide_and_tall_row_major_a(isa):
         assert_close(fastconv.gemm(a, b), a, b)
 
 
+def test_row_major_b_in_place_for_short_m(isa):
+    """A row-major B of whole NR panels is read in place when M is short: several K blocks, alpha/beta,
+    bias and ReLU, a 4 KiB row stride (packed instead), and N with a partial last panel (packed)."""
+    rng = np.random.default_rng(7)
+    mr, nr, _, kc, _ = _C.gemm_blocking()
+    for m, k, n in [(2 * mr + 3, 2 * kc + 5, 2 * nr), (1, 7, nr), (mr, 3, 1024), (50, 100, 3 * nr + 1)]:
+        a, b = operands(rng, m, k, n)
+        assert_close(fastconv.gemm(a, b), a, b)
+        out = rng.standard_normal((m, n)).astype(np.float32)
+        expected = 0.5 * (a.astype(np.float64) @ b) - out
+        np.testing.assert_allclose(fastconv.gemm(a, b, alpha=0.5, beta=-1.0, out=out), expected,
+                                   atol=1e-4 * np.sqrt(k) * max(1.0, np.abs(expected).max()))
+    x = rng.standard_normal((9, 40)).astype(np.float32)
+    w = rng.standard_normal((40, 2 * nr)).astype(np.float32)
+    bias = rng.standard_normal(2 * nr).astype(np.float32)
+    np.testing.assert_allclose(fastconv.gemm(x, w, bias=bias, activation="relu"),
+                               np.maximum(x.astype(np.float64) @ w + bias, 0), atol=1e-4)
+
+
 def test_non_contiguous_and_fortran_inputs(isa):
     rng = np.random.default_rng(3)
     a, b = operands(rng, 37, 45, 53)

@@ -261,7 +261,7 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
                                 .bias = last && bias ? bias + j : NULL, .relu = last && relu,
                             };
                             kr->ukr(k, buf + ((oy - oy0 + r) * wp + ox) * s->cin, s->cin, 1,
-                                    wpack + r * packed + j * k, out_row + ox * s->cout + j, s->cout, m,
+                                    wpack + r * packed + j * k, nr, out_row + ox * s->cout + j, s->cout, m,
                                     (int)min64(nr, s->cout - j), &ep);
                         }
                     }

@@ -30,6 +30,7 @@ static int team_size(void) { return 1; }
 
 enum {
     A_IN_PLACE_MAX_COLUMNS = 128,  /* read A with a unit stride in place when N is at most this */
+    B_IN_PLACE_MAX_ROWS = 1024,    /* read a row-major B in place when M is at most this */
     B_CHUNK_FLOATS = 1 << 20,      /* packed B per chunk of K blocks: 4 MiB, an eighth of the L3 */
 };
 
@@ -130,6 +131,7 @@ typedef struct {
     int64_t mc;          /* rows of the largest block: the packed A buffer's height */
     int64_t k_chunk;     /* K rows of B packed between two barriers: a whole number of KC blocks */
     int a_in_place;      /* the micro-kernel reads A (unit row or column stride) where it lies */
+    int b_in_place;      /* ... and B (row-major, whole NR panels) */
     int threads;         /* the team size the tiles are cut for */
 } gemm_plan;
 
@@ -169,7 +171,8 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
         for (int64_t chunk = 0; chunk < p->k; chunk += plan->k_chunk) {
             const int64_t chunk_end = min64(p->k, chunk + plan->k_chunk);
             int64_t lo, hi;
-            if (!p->b_packed) {
+            const int pack_b = !p->b_packed && !plan->b_in_place;
+            if (pack_b) {
                 share(n_panels, tid, team, &lo, &hi);
                 pack_b_panels(kr, p, kc_max, nc_max, jc, chunk, chunk_end, lo, hi, b_pack);
                 team_barrier(team);  /* B chunk packed */
@@ -179,7 +182,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
             for (int64_t pc = chunk; pc < chunk_end; pc += kc_max) {
                 const int64_t kc = min64(kc_max, p->k - pc);
                 const int last_k_block = pc + kc == p->k;
-                const float *b_block = b_chunk + (pc - chunk) * nc_max;
+                const float *b_block = plan->b_in_place ? NULL : b_chunk + (pc - chunk) * nc_max;
                 fc_tile_epilogue ep = {
                     .alpha = p->alpha, .beta = pc == 0 ? p->beta : 1.0f,
                     .bias = NULL, .relu = last_k_block && p->relu,
@@ -201,18 +204,20 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         const int64_t j = jc + jp * nr;
                         const int cols = (int)min64(nr, p->n - j);
                         ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
+                        const float *b_panel = plan->b_in_place ? p->b + pc * p->b_rs + j : b_block + jp * nr * kc;
+                        const int64_t rs_b = plan->b_in_place ? p->b_rs : nr;
                         for (int64_t ir = 0; ir < mc; ir += mr) {
                             const int rows = (int)min64(mr, mc - ir);
                             const int whole_in_place = a_in_place && rows == mr;
                             const float *a = whole_in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
                             const int64_t rs_a = whole_in_place ? p->a_rs : 1, cs_a = whole_in_place ? p->a_cs : mr;
-                            kr->ukr(kc, a, rs_a, cs_a, b_block + jp * nr * kc, p->c + (ic + ir) * p->ldc + j,
-                                    p->ldc, rows, cols, &ep);
+                            kr->ukr(kc, a, rs_a, cs_a, b_panel, rs_b, p->c + (ic + ir) * p->ldc + j, p->ldc, rows,
+                                    cols, &ep);
                         }
                     }
                 }
             }
-            if (!p->b_packed) team_barrier(team);  /* B chunk no longer read */
+            if (pack_b) team_barrier(team);  /* B chunk no longer read */
         }
     }
 }
@@ -232,12 +237,17 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
      * large part of the multiply. Wider products pack it, as a packed panel is one stream without
      * cache-set conflicts between rows. */
     plan.a_in_place = (p->a_cs == 1 || p->a_rs == 1) && p->n <= A_IN_PLACE_MAX_COLUMNS;
+    /* A row-major B with whole NR panels is read in place when few row tiles share each panel (a
+     * Dense layer's batch, conv's weight gradient), where packing would cost a large part of the
+     * multiply; not when its rows are a multiple of 4 KiB apart, as they would then share L1 sets. */
+    plan.b_in_place = !p->b_packed && p->b_cs == 1 && p->n % nr == 0 && p->m <= B_IN_PLACE_MAX_ROWS &&
+                      p->b_rs % 1024 != 0;
     plan.threads = threads;
     /* Pack B for as many K blocks at once as fit the budget: a Dense layer's long K then costs two
      * barriers per call rather than two per K block (a sleeping thread's wake-up is microseconds). */
     plan.k_chunk = plan.kc * max64(1, B_CHUNK_FLOATS / (plan.kc * plan.nc));
     float *b_pack = NULL;
-    if (p->b_packed)  /* packed whole by fc_gemm_pack_b: one chunk, no packing, no barriers */
+    if (p->b_packed || plan.b_in_place)  /* packed whole by fc_gemm_pack_b, or not packed: no barriers */
         plan.k_chunk = ceil_div(p->k, plan.kc) * plan.kc;
     else
         b_pack = fc_scratch(FC_SCRATCH_GEMM_B, min64(plan.k_chunk, ceil_div(p->k, plan.kc) * plan.kc) * plan.nc);

@@ -6,7 +6,9 @@
  *     then c += bias[0..n) per column and c = max(c, 0) when asked, while the tile is in registers.
  * A panel element (i, p) is a[i * rs_a + p * cs_a] for all MR rows (rows past m must be readable;
  * the kernel ignores them): packed panels are k groups of MR floats (rs_a = 1, cs_a = MR), and a
- * row-major A can be passed in place (rs_a = lda, cs_a = 1). The B panel is k groups of NR floats. */
+ * row-major A can be passed in place (rs_a = lda, cs_a = 1). Row p of the B panel is the NR floats at
+ * b_panel + p * rs_b: packed panels have rs_b = NR, and a row-major B can be passed in place (rs_b =
+ * ldb) where all NR of its columns exist. */
 #ifndef FASTCONV_GEMM_H
 #define FASTCONV_GEMM_H
 
@@ -19,7 +21,7 @@ typedef struct {
 } fc_tile_epilogue;
 
 typedef void (*fc_gemm_ukr)(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b_panel,
-                            float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep);
+                            int64_t rs_b, float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep);
 
 /* One instruction set's GEMM configuration: the tile, the cache blocking and the micro-kernel. */
 typedef struct {

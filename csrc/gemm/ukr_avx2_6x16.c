@@ -10,7 +10,7 @@ enum { MR = 6, NR = 16 };
 /* acc += A panel @ B panel. Row i of A is base[i / 3][(i % 3) * rs]: two pointers and the
  * broadcast's addressing mode, whatever the layout of A. */
 static inline __attribute__((always_inline)) void tile_fma(int64_t k, const float *a, int64_t rs, int64_t cs,
-                                                           const float *b, __m256 acc[MR][2])
+                                                           const float *b, int64_t rs_b, __m256 acc[MR][2])
 {
     const float *base[2] = { a, a + 3 * rs };
     #pragma GCC unroll 4
@@ -24,11 +24,11 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
         }
         base[0] += cs;
         base[1] += cs;
-        b += NR;
+        b += rs_b;
     }
 }
 
-static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b,
+static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b, int64_t rs_b,
                           float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
     /* Fetch the C tile while the k loop runs (read when beta != 0, written at the end). */
@@ -39,7 +39,7 @@ static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
     __m256 acc[MR][2];
     #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    tile_fma(k, a, rs_a, cs_a, b, acc);
+    tile_fma(k, a, rs_a, cs_a, b, rs_b, acc);
     /* The epilogue needs 7 more registers than the 16 ymm: park the tile in memory once here, or
      * the compiler keeps the accumulators there through the whole k loop. */
     float tile[MR][NR];

@@ -12,7 +12,8 @@ enum { MR = 14, NR = 32 };
  * one of five base pointers (rows 0, 3, 6, 9, 12) plus 0, rs or 2*rs, which the compiler folds into
  * the broadcast's addressing mode, so a row-major A costs no more registers than a packed one. */
 static inline __attribute__((always_inline)) void tile_fma(int64_t k, const float *a, int64_t rs, int64_t cs,
-                                                           const float *b, int halves, __m512 acc[MR][2])
+                                                           const float *b, int64_t rs_b, int halves,
+                                                           __m512 acc[MR][2])
 {
     const float *base[5];
     for (int g = 0; g < 5; g++) base[g] = a + 3 * g * rs;
@@ -25,11 +26,11 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
             if (halves == 2) acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
         }
         for (int g = 0; g < 5; g++) base[g] += cs;
-        b += NR;
+        b += rs_b;
     }
 }
 
-static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b,
+static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b, int64_t rs_b,
                              float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
     /* Fetch the C tile while the k loop runs: it is read (beta != 0) or written at the end, and
@@ -41,9 +42,9 @@ static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs
     __m512 acc[MR][2];
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     if (n > 16)
-        tile_fma(k, a, rs_a, cs_a, b, 2, acc);
+        tile_fma(k, a, rs_a, cs_a, b, rs_b, 2, acc);
     else
-        tile_fma(k, a, rs_a, cs_a, b, 1, acc);
+        tile_fma(k, a, rs_a, cs_a, b, rs_b, 1, acc);
     /* Partial columns use masked loads/stores; partial rows are simply not written. */
     const __mmask16 mask0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
     const __mmask16 mask1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);

@@ -3,11 +3,11 @@
 
 enum { MR = 4, NR = 16 };
 
-static void ukr_generic_4x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b,
+static void ukr_generic_4x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b, int64_t rs_b,
                              float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
     float acc[MR * NR] = {0};
-    for (int64_t p = 0; p < k; p++, a += cs_a, b += NR) {
+    for (int64_t p = 0; p < k; p++, a += cs_a, b += rs_b) {
         for (int i = 0; i < MR; i++) {
             const float ai = a[i * rs_a];
             for (int j = 0; j < NR; j++) acc[i * NR + j] += ai * b[j];
