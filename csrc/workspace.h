@@ -11,6 +11,7 @@
 
 enum fc_scratch_slot {
     FC_SCRATCH_CALL,    /* owned by the calling thread for a whole op: packed weights, partial sums */
+    FC_SCRATCH_KERNEL,  /* also the calling thread's for a whole op: conv backward's flipped kernel */
     FC_SCRATCH_A,       /* per-thread buffers used inside a parallel region */
     FC_SCRATCH_B,
     FC_SCRATCH_GEMM_A,  /* fc_gemm_run: each thread's packed A block */

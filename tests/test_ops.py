@@ -102,6 +102,16 @@ def test_implicit_gemm_forward_matches_reference(isa, rng):
                                              padding=padding, x_from_relu=x_from_relu)
             for g, e, terms in zip(got, want, [np.prod(w_shape[:2]) * w_shape[3]] + [np.prod(y.shape[:3])] * 2):
                 assert_close(g, e, terms)
+    # Rows that do not fill their tiles run as bands, the tiles crossing row ends (a width of MR + 1
+    # with a 1-wide kernel on every ISA; the Keras example's second conv, 26x26 -> 24x24, on AVX-512).
+    for x_shape, w_shape in [((2, 5, mr + 1, 6), (3, 1, 6, 40)), ((2, 26, 26, 32), (3, 3, 32, 64))]:
+        assert fastconv.conv2d_algorithm(x_shape, w_shape) == "implicit" or x_shape[2] == 26
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        b = rng.standard_normal(w_shape[3]).astype(np.float32)
+        y = fastconv.conv2d(x, w, b, activation="relu", algorithm="implicit")
+        assert_close(y, reference.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                                         activation="relu"), np.prod(w_shape[:3]))
     # Strided, dilated or badly tiled shapes fall back to im2col when implicit is asked for.
     assert fastconv.conv2d_algorithm((1, 9, 9, 8), (3, 3, 8, 8), strides=2, algorithm="implicit") == "im2col"
     assert fastconv.conv2d_algorithm((1, 9, 9, 8), (3, 3, 8, 8), dilation_rate=2, algorithm="implicit") == "im2col"

@@ -99,16 +99,25 @@ static int is_pointwise(const fc_conv_shape *s)
            s->pad_left == 0 && s->oh == s->h && s->ow == s->w;
 }
 
+/* How implicit GEMM runs the register tiles: along each output row when the row fills its tiles to
+ * within an eighth; else along a band of rows, padding columns included (the tiles then cross row
+ * ends, and the padding columns' results are dropped), when those are at most an eighth of the row. */
+enum implicit_tiling { IMPLICIT_NONE, IMPLICIT_ROWS, IMPLICIT_BAND };
+
 /* Implicit GEMM needs stride 1 and dilation 1 (a kernel row's taps of neighbouring output pixels are
- * then overlapping runs of kw*cin floats, cin apart), one K block per kernel row, and output rows that
- * fill their register tiles to within an eighth (a row of 24 in tiles of 14 would waste 14%). */
-static int implicit_applies(const fc_conv_shape *s)
+ * then overlapping runs of kw*cin floats, cin apart) and one K block per kernel row. */
+static enum implicit_tiling implicit_tiling(const fc_conv_shape *s)
 {
     const fc_gemm_kernel *kr = fc_active_gemm_kernel();
+    if (s->stride_h != 1 || s->stride_w != 1 || s->dilation_h != 1 || s->dilation_w != 1 || is_pointwise(s) ||
+        s->kw * s->cin > kr->kc || s->cout > kr->nc)
+        return IMPLICIT_NONE;
     const int64_t tiles = (s->ow + kr->mr - 1) / kr->mr;
-    return s->stride_h == 1 && s->stride_w == 1 && s->dilation_h == 1 && s->dilation_w == 1 && !is_pointwise(s) &&
-           s->kw * s->cin <= kr->kc && s->cout <= kr->nc && 8 * tiles * kr->mr <= 9 * s->ow;
+    if (8 * tiles * kr->mr <= 9 * s->ow) return IMPLICIT_ROWS;
+    return 8 * (s->ow + s->kw - 1) <= 9 * s->ow ? IMPLICIT_BAND : IMPLICIT_NONE;
 }
+
+static int implicit_applies(const fc_conv_shape *s) { return implicit_tiling(s) != IMPLICIT_NONE; }
 
 int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
 {
@@ -195,6 +204,12 @@ static int64_t implicit_band_floats(const fc_conv_shape *s)
            fc_active_gemm_kernel()->mr * s->cin;
 }
 
+/* The per-thread staging of a band's results, padding columns included, when tiling by band. */
+static int64_t implicit_band_out_floats(const fc_conv_shape *s)
+{
+    return implicit_tiling(s) == IMPLICIT_BAND ? implicit_band_rows(s) * implicit_padded_width(s) * s->cout : 0;
+}
+
 /* Kernel row r as the B of a GEMM: (kw * cin) x cout, packed by fc_gemm_pack_b. */
 static fc_gemm_problem kernel_row_gemm(const fc_conv_shape *s, const float *w, int64_t r)
 {
@@ -224,13 +239,37 @@ static void copy_padded_rows(const fc_conv_shape *s, const float *x, int64_t img
     }
 }
 
+/* Output pixels [0, count) of a run whose patches start cin floats apart at `at` (one output row, or a
+ * band with its padding columns), into c (row stride cout): every register tile of MR pixels and NR
+ * channels adds kernel row r's product for r = 0 .. kh-1, the bias and ReLU with the last. */
+static void implicit_run(const fc_conv_shape *s, const fc_gemm_kernel *kr, const float *at, int64_t count,
+                         const float *wpack, int64_t packed, const float *bias, int relu, float *c)
+{
+    const int64_t mr = kr->mr, nr = kr->nr, k = s->kw * s->cin, wp = implicit_padded_width(s);
+    for (int64_t q = 0; q < count; q += mr) {
+        const int m = (int)min64(mr, count - q);
+        for (int64_t j = 0; j < s->cout; j += nr) {
+            for (int64_t r = 0; r < s->kh; r++) {
+                const int last = r == s->kh - 1;
+                const fc_tile_epilogue ep = {
+                    .alpha = 1.0f, .beta = r == 0 ? 0.0f : 1.0f, .bias = last && bias ? bias + j : NULL,
+                    .relu = last && relu,
+                };
+                kr->ukr(k, at + (q + r * wp) * s->cin, s->cin, 1, wpack + r * packed + j * k, nr, c + q * s->cout + j,
+                        s->cout, m, (int)min64(nr, s->cout - j), &ep);
+            }
+        }
+    }
+}
+
 /* y = conv(x, w) + bias, then ReLU if asked, and zeroed where mask_by <= 0 when mask_by (the size of
  * y) is not NULL: the input gradient through the ReLU that produced x (see fc_conv2d_backward). */
 static void implicit_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias, int relu,
                              const float *mask_by, float *y)
 {
     const fc_gemm_kernel *kr = fc_active_gemm_kernel();
-    const int64_t mr = kr->mr, nr = kr->nr, k = s->kw * s->cin, wp = implicit_padded_width(s);
+    const int64_t mr = kr->mr, wp = implicit_padded_width(s);
+    const int by_band = implicit_tiling(s) == IMPLICIT_BAND;
     const fc_gemm_problem row0_gemm = kernel_row_gemm(s, w, 0);
     const int64_t packed = fc_gemm_packed_b_floats(kr, &row0_gemm);  /* the same for every kernel row */
     float *wpack = fc_scratch(FC_SCRATCH_CALL, s->kh * packed);
@@ -243,34 +282,25 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         float *buf = fc_scratch(FC_SCRATCH_A, implicit_band_floats(s));
+        float *band_out = by_band ? fc_scratch(FC_SCRATCH_B, implicit_band_out_floats(s)) : NULL;
         #pragma omp for schedule(dynamic)
         for (int64_t task = 0; task < s->n * bands; task++) {
             const int64_t img = task / bands, oy0 = task % bands * band, rows = min64(band, s->oh - oy0);
             copy_padded_rows(s, x, img, oy0, rows + s->kh - 1, buf);
             /* the slack a last, partial tile reads: zeros rather than stale values */
             memset(buf + (rows + s->kh - 1) * wp * s->cin, 0, sizeof(float) * (size_t)(mr * s->cin));
-            for (int64_t oy = oy0; oy < oy0 + rows; oy++) {
-                float *out_row = y + (img * s->oh + oy) * s->ow * s->cout;
-                for (int64_t ox = 0; ox < s->ow; ox += mr) {
-                    const int m = (int)min64(mr, s->ow - ox);
-                    for (int64_t j = 0; j < s->cout; j += nr) {
-                        for (int64_t r = 0; r < s->kh; r++) {
-                            const int last = r == s->kh - 1;
-                            const fc_tile_epilogue ep = {
-                                .alpha = 1.0f, .beta = r == 0 ? 0.0f : 1.0f,
-                                .bias = last && bias ? bias + j : NULL, .relu = last && relu,
-                            };
-                            kr->ukr(k, buf + ((oy - oy0 + r) * wp + ox) * s->cin, s->cin, 1,
-                                    wpack + r * packed + j * k, nr, out_row + ox * s->cout + j, s->cout, m,
-                                    (int)min64(nr, s->cout - j), &ep);
-                        }
-                    }
-                }
+            const int64_t out_row = s->ow * s->cout, first = (img * s->oh + oy0) * out_row;
+            if (by_band) {  /* then drop the padding columns' results */
+                implicit_run(s, kr, buf, (rows - 1) * wp + s->ow, wpack, packed, bias, relu, band_out);
+                for (int64_t i = 0; i < rows; i++)
+                    memcpy(y + first + i * out_row, band_out + i * wp * s->cout, sizeof(float) * (size_t)out_row);
+            } else {
+                for (int64_t i = 0; i < rows; i++)
+                    implicit_run(s, kr, buf + i * wp * s->cin, s->ow, wpack, packed, bias, relu,
+                                 y + first + i * out_row);
             }
-            if (mask_by) {  /* the band's rows are still in cache */
-                const int64_t first = (img * s->oh + oy0) * s->ow * s->cout;
-                relu_mask(mask_by + first, y + first, rows * s->ow * s->cout);
-            }
+            if (mask_by)  /* the band's rows are still in cache */
+                relu_mask(mask_by + first, y + first, rows * out_row);
         }
     }
 }
@@ -320,7 +350,8 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
         if (is_pointwise(s)) return 0;
         if (fc_conv2d_algorithm(s, algo) == FC_CONV_IMPLICIT) {
             const fc_gemm_problem row = kernel_row_gemm(s, NULL, 0);
-            return s->kh * fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &row) + threads * implicit_band_floats(s);
+            return s->kh * fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &row) +
+                   threads * (implicit_band_floats(s) + implicit_band_out_floats(s));
         }
         const fc_gemm_problem p = forward_gemm(s, NULL, NULL, 0);
         return fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &p) + threads * forward_block_rows(s) * k;
@@ -337,12 +368,13 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
         const fc_gemm_problem row = kernel_row_gemm(&t, NULL, 0);
         const int64_t packed_rows = t.kh * fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &row);
         return max64(partials * (k * s->cout + s->cout), packed_rows) + k * s->cout +
-               threads * max64(block_rows * k, implicit_band_floats(&t));
+               threads * (max64(block_rows * k, implicit_band_floats(&t)) + implicit_band_out_floats(&t));
     }
     /* The packed weights for dx; direct: per thread one row of dy padded to whole blocks; im2col: per
      * thread one block of patches for dw and one for dx. */
     const fc_gemm_problem dx_gemm = input_grad_gemm(s, NULL);
-    const int64_t packed = direct ? direct_packed_floats(s, block) : fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &dx_gemm);
+    const int64_t packed = direct ? direct_packed_floats(s, block)
+                                  : fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &dx_gemm);
     const int64_t per_thread = direct ? s->ow * cblocks * block + s->w * s->kw + s->kh : 2 * block_rows * k;
     const int64_t shared = partials * (direct ? direct_packed_floats(s, block) : k * s->cout + s->cout) + packed;
     return shared + threads * per_thread;
@@ -438,7 +470,7 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
     fc_conv_shape t;
     if (dx && implicit_input_grad(s, algo, &t)) {
         if (dw || db) fc_conv2d_backward(s, algo, dy, x, w, 0, NULL, dw, db);
-        float *wt = fc_scratch(FC_SCRATCH_B, patch_size(s) * s->cout);
+        float *wt = fc_scratch(FC_SCRATCH_KERNEL, patch_size(s) * s->cout);
         flip_kernel(s, w, wt);
         implicit_forward(&t, dy, wt, NULL, 0, x_from_relu ? x : NULL, dx);
         return;
@@ -453,7 +485,8 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
     const int64_t db_size = direct ? cblocks * block : s->cout;
     /* im2col: dcols = dy_block @ w^T, the same B (w^T) for every block, packed once. */
     fc_gemm_problem dx_gemm = input_grad_gemm(s, w);
-    const int64_t packed = !dx ? 0 : direct ? direct_packed_floats(s, block) : fc_gemm_packed_b_floats(kernel, &dx_gemm);
+    const int64_t packed = !dx ? 0
+                           : direct ? direct_packed_floats(s, block) : fc_gemm_packed_b_floats(kernel, &dx_gemm);
     float *partial = fc_scratch(FC_SCRATCH_CALL, partials * (dw_size + db_size) + packed);
     float *dw_partial = dw ? partial : NULL;
     float *db_partial = db ? partial + partials * dw_size : NULL;

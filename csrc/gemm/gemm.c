@@ -78,7 +78,10 @@ static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, in
 
 /* K blocks of equal size (K = 288 is 2 x 144, not 256 + 32): fewer passes over C for the same L1
  * footprint of the B panel. Both sizes depend on the shape only, never on the thread count. */
-static int64_t k_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p) { return ceil_div(p->k, ceil_div(p->k, kr->kc)); }
+static int64_t k_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
+{
+    return ceil_div(p->k, ceil_div(p->k, kr->kc));
+}
 static int64_t n_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
 {
     return min64(kr->nc, ceil_div(p->n, kr->nr) * kr->nr);

@@ -71,8 +71,17 @@ static inline void store_bytes4(uint8_t *p, vi4 v)
 }
 #else
 typedef uint8_t vb4 __attribute__((vector_size(4)));
-static inline vi4 load_bytes4(const uint8_t *p) { vb4 v; memcpy(&v, p, sizeof v); return __builtin_convertvector(v, vi4); }
-static inline void store_bytes4(uint8_t *p, vi4 v) { const vb4 b = __builtin_convertvector(v, vb4); memcpy(p, &b, sizeof b); }
+static inline vi4 load_bytes4(const uint8_t *p)
+{
+    vb4 v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, vi4);
+}
+static inline void store_bytes4(uint8_t *p, vi4 v)
+{
+    const vb4 b = __builtin_convertvector(v, vb4);
+    memcpy(p, &b, sizeof b);
+}
 #endif
 
 /* The argmax byte of a window (fastconv.h): the tap of its first maximum, flagged when that is not > 0. */
