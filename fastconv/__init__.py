@@ -63,7 +63,7 @@ def config():
         "kernels": {
             "gemm": _C.gemm_kernel_name(),
             "conv2d": (f"{os.environ.get('FASTCONV_CONV_ALGO', 'auto')}: {_C.conv_direct_kernel_name()} for "
-                       f"cin<=4, else im2col+gemm ({_C.gemm_kernel_name()}), 1x1: gemm"),
+                       f"cin<=4; else implicit gemm (stride 1) or im2col+gemm ({_C.gemm_kernel_name()}); 1x1: gemm"),
             "conv2d_direct": _C.conv_direct_kernel_name(),
             "maxpool2d": f"direct nhwc ({isa})",
             "avgpool2d": f"direct nhwc ({isa})",
