@@ -1,8 +1,10 @@
-/* 2-D convolution: the loops, threading and workspaces of both algorithms.
+/* 2-D convolution: the loops, threading and workspaces of the three algorithms.
  *
  * Direct (few input channels, csrc/conv/direct.c): weights packed once per call into blocks of
  * output channels, output rows split over the threads; the weight gradient uses the same fixed
- * partial sums as below. im2col + GEMM, one block of output pixels at a time (the rest):
+ * partial sums as below. Implicit GEMM (stride 1, dilation 1): see "implicit GEMM forward" below;
+ * it also computes such a conv's input gradient, while dw and db come from im2col's backward pass.
+ * im2col + GEMM, one block of output pixels at a time (the rest):
  * Forward: each thread gathers the patches of a block of output rows into its own small buffer (so
  * the patches are still in cache when the GEMM reads them) and multiplies it by the kernel, with the
  * bias and ReLU fused into the GEMM's write-back. A 1x1, stride-1, unpadded conv is one plain GEMM.
