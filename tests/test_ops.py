@@ -396,8 +396,13 @@ def test_results_are_bitwise_identical_for_any_thread_count(isa, threads, rng):
         grads = fastconv.conv2d_backward(y, x, w, padding="same")
         y1 = fastconv.conv2d(x1, w1, b[:1].repeat(33), padding="same", activation="relu")
         grads1 = fastconv.conv2d_backward(y1, x1, w1, padding="same")
-        pooled = fastconv.maxpool2d(y, 2)
-        return [y, *grads, y1, *grads1, pooled, fastconv.maxpool2d_backward(pooled, y, 2), fastconv.gemm(a, m)]
+        pooled, argmax = fastconv.maxpool2d(y, 2, return_argmax=True)
+        # the same conv through im2col (auto takes implicit GEMM for it), and a strided one
+        y2 = fastconv.conv2d(x, w, b, padding="same", activation="relu", algorithm="im2col")
+        grads2 = fastconv.conv2d_backward(y2, x, w, padding="same", algorithm="im2col", x_from_relu=True)
+        y3 = fastconv.conv2d(x, w, strides=2, padding="same")
+        return [y, *grads, y1, *grads1, y2, *grads2, y3, pooled, argmax, fastconv.gemm(a, m),
+                fastconv.maxpool2d_backward(pooled, y, 2), fastconv.maxpool2d_backward(pooled, y, 2, argmax=argmax)]
 
     threads(1)
     serial = run_all()
