@@ -102,6 +102,6 @@ RECIPES = {
                         "adadelta", 1.0, 128, 12),
     "lenet5": Recipe("LeNet-5 with ReLU and average pooling", lenet5, "adam", 1e-3, 64, 5),
     "mlp": Recipe("two hidden layers of 512 with dropout", mlp, "adam", 1e-3, 128, 10),
-    "best": Recipe("batch-normalised conv net, augmentation, decaying learning rate", best, "adam", 2e-3, 64, 10,
-                   augment=True, decay_per_epoch=0.7),
+    "best": Recipe("batch-normalised conv net, augmentation, decaying learning rate", best, "adam", 2e-3, 64, 12,
+                   augment=True, decay_per_epoch=0.75),
 }
