@@ -90,6 +90,37 @@ static inline uint8_t argmax_byte(int tap, float best)
     return (uint8_t)(tap | (best > 0.0f ? 0 : FC_ARGMAX_NOT_POSITIVE));
 }
 
+/* Four channels of four 2x2 windows a b / c d: the first maximum (row-major; the first NaN wins) and,
+ * per tap, whether it beat the running maximum (the last tap that did holds the maximum). */
+typedef struct { vf4 best; vi4 ta, tb, tc, td; } first_max4;
+
+static inline first_max4 find_first_max4(const float *a, const float *b, const float *c, const float *d)
+{
+    first_max4 r;
+    const vf4 va = load4(a), vb = load4(b), vc = load4(c), vd = load4(d);
+    r.ta = beats4(va, (vf4){0} - INFINITY);
+    r.best = select4(r.ta, va, (vf4){0} - INFINITY);  /* == va, also when va is -inf */
+    r.tb = beats4(vb, r.best);
+    r.best = select4(r.tb, vb, r.best);
+    r.tc = beats4(vc, r.best);
+    r.best = select4(r.tc, vc, r.best);
+    r.td = beats4(vd, r.best);
+    r.best = select4(r.td, vd, r.best);
+    return r;
+}
+
+/* One channel: the tap (0..3) of the first maximum of a b / c d, or FC_ARGMAX_NONE when all are -inf. */
+static inline int first_max_tap(float a, float b, float c, float d, float *best)
+{
+    int tap = FC_ARGMAX_NONE;
+    *best = -INFINITY;
+    if (beats(a, *best)) { *best = a; tap = 0; }
+    if (beats(b, *best)) { *best = b; tap = 1; }
+    if (beats(c, *best)) { *best = c; tap = 2; }
+    if (beats(d, *best)) { *best = d; tap = 3; }
+    return tap;
+}
+
 /* out = the first maximum of windows a b / c d over n channels (scalar tail past the vectors), and
  * its argmax bytes when arg is not NULL. */
 static void max_2x2(int64_t n, const float *a, const float *b, const float *c, const float *d, float *out,
@@ -97,29 +128,18 @@ static void max_2x2(int64_t n, const float *a, const float *b, const float *c, c
 {
     int64_t ch = 0;
     for (; ch + 4 <= n; ch += 4) {
-        const vf4 va = load4(a + ch), vb = load4(b + ch), vc = load4(c + ch), vd = load4(d + ch);
-        const vi4 ta = beats4(va, (vf4){0} - INFINITY);
-        vf4 best = select4(ta, va, (vf4){0} - INFINITY);  /* == va, also when va is -inf */
-        const vi4 tb = beats4(vb, best);
-        best = select4(tb, vb, best);
-        const vi4 tc = beats4(vc, best);
-        best = select4(tc, vc, best);
-        const vi4 td = beats4(vd, best);
-        best = select4(td, vd, best);
-        store4(out + ch, best);
+        const first_max4 w = find_first_max4(a + ch, b + ch, c + ch, d + ch);
+        store4(out + ch, w.best);
         if (arg) {
             /* the last tap that beat the running maximum; none for a window of nothing but -inf */
-            const vi4 tap = (td & 3) | (~td & ((tc & 2) | (~tc & ((tb & 1) | (~tb & ~ta & FC_ARGMAX_NONE)))));
-            store_bytes4(arg + ch, tap | (~(best > (vf4){0}) & FC_ARGMAX_NOT_POSITIVE));
+            const vi4 tap = (w.td & 3) |
+                            (~w.td & ((w.tc & 2) | (~w.tc & ((w.tb & 1) | (~w.tb & ~w.ta & FC_ARGMAX_NONE)))));
+            store_bytes4(arg + ch, tap | (~(w.best > (vf4){0}) & FC_ARGMAX_NOT_POSITIVE));
         }
     }
     for (; ch < n; ch++) {
-        float best = -INFINITY;
-        int tap = FC_ARGMAX_NONE;
-        if (beats(a[ch], best)) { best = a[ch]; tap = 0; }
-        if (beats(b[ch], best)) { best = b[ch]; tap = 1; }
-        if (beats(c[ch], best)) { best = c[ch]; tap = 2; }
-        if (beats(d[ch], best)) { best = d[ch]; tap = 3; }
+        float best;
+        const int tap = first_max_tap(a[ch], b[ch], c[ch], d[ch], &best);
         out[ch] = best;
         if (arg) arg[ch] = argmax_byte(tap, best);
     }
@@ -133,28 +153,16 @@ static void max_2x2_backward(int64_t n, const float *a, const float *b, const fl
 {
     int64_t ch = 0;
     for (; ch + 4 <= n; ch += 4) {
-        const vf4 va = load4(a + ch), vb = load4(b + ch), vc = load4(c + ch), vd = load4(d + ch);
-        const vi4 ta = beats4(va, (vf4){0} - INFINITY);
-        vf4 best = select4(ta, va, (vf4){0} - INFINITY);
-        const vi4 tb = beats4(vb, best);
-        best = select4(tb, vb, best);
-        const vi4 tc = beats4(vc, best);
-        best = select4(tc, vc, best);
-        const vi4 td = beats4(vd, best);
-        best = select4(td, vd, best);
-        const vi4 gv = (vi4)load4(g + ch) & (x_from_relu ? (best > (vf4){0}) : ~(vi4){0});
-        store4(dd + ch, (vf4)(gv & td));
-        store4(dc + ch, (vf4)(gv & tc & ~td));
-        store4(db + ch, (vf4)(gv & tb & ~tc & ~td));
-        store4(da + ch, (vf4)(gv & ta & ~tb & ~tc & ~td));
+        const first_max4 w = find_first_max4(a + ch, b + ch, c + ch, d + ch);
+        const vi4 gv = (vi4)load4(g + ch) & (x_from_relu ? (w.best > (vf4){0}) : ~(vi4){0});
+        store4(dd + ch, (vf4)(gv & w.td));
+        store4(dc + ch, (vf4)(gv & w.tc & ~w.td));
+        store4(db + ch, (vf4)(gv & w.tb & ~w.tc & ~w.td));
+        store4(da + ch, (vf4)(gv & w.ta & ~w.tb & ~w.tc & ~w.td));
     }
     for (; ch < n; ch++) {
-        float best = -INFINITY;
-        int which = -1;
-        if (beats(a[ch], best)) { best = a[ch]; which = 0; }
-        if (beats(b[ch], best)) { best = b[ch]; which = 1; }
-        if (beats(c[ch], best)) { best = c[ch]; which = 2; }
-        if (beats(d[ch], best)) { best = d[ch]; which = 3; }
+        float best;
+        int which = first_max_tap(a[ch], b[ch], c[ch], d[ch], &best);
         if (x_from_relu && !(best > 0.0f)) which = -1;
         da[ch] = which == 0 ? g[ch] : 0.0f;
         db[ch] = which == 1 ? g[ch] : 0.0f;
