@@ -112,6 +112,20 @@ def test_implicit_gemm_forward_matches_reference(isa, rng):
         y = fastconv.conv2d(x, w, b, activation="relu", algorithm="implicit")
         assert_close(y, reference.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
                                          activation="relu"), np.prod(w_shape[:3]))
+    # Padding deeper than the kernel: implicit GEMM forward and dw, but dx through im2col. dw keeps the
+    # same bits with and without dx.
+    x_shape, w_shape, padding = (2, 6, 2 * mr - 2, 8), (3, 3, 8, 32), ((3, 3), (2, 2))
+    assert fastconv.conv2d_algorithm(x_shape, w_shape, padding=padding) == "implicit"
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    dy = rng.standard_normal(fastconv.conv2d(x, w, padding=padding).shape).astype(np.float32)
+    got = fastconv.conv2d_backward(dy, x, w, padding=padding)
+    want = reference.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), padding=padding)
+    for g, e, terms in zip(got, want, [9 * 32, dy.size // 32, dy.size // 32]):
+        assert_close(g, e, terms)
+    without_dx = fastconv.conv2d_backward(dy, x, w, padding=padding, need_dx=False)
+    np.testing.assert_array_equal(without_dx[1], got[1])
+    np.testing.assert_array_equal(without_dx[2], got[2])
     # Strided, dilated or badly tiled shapes fall back to im2col when implicit is asked for.
     assert fastconv.conv2d_algorithm((1, 9, 9, 8), (3, 3, 8, 8), strides=2, algorithm="implicit") == "im2col"
     assert fastconv.conv2d_algorithm((1, 9, 9, 8), (3, 3, 8, 8), dilation_rate=2, algorithm="implicit") == "im2col"
