@@ -1,4 +1,5 @@
 """The `fastconv` command, run as a real subprocess on the vendored MNIST."""
+import json
 import os
 import pathlib
 import signal
@@ -114,6 +115,17 @@ def test_bench_peak_prints_a_table():
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == ["isa", "threads", "peak", "GFLOPS"]
     assert all(float(line.split()[-1]) > 0 for line in lines[2:])
+
+
+def test_bench_quick_prints_the_table_and_writes_json(tmp_path):
+    path = tmp_path / "bench.json"
+    result = run("bench", "--quick", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "train step" in result.stdout and "maxpool bwd" in result.stdout
+    rows = json.loads(path.read_text())["rows"]
+    ops = {row["op"] for row in rows}
+    assert {"gemm", "conv2d fwd", "conv2d bwd", "maxpool fwd", "maxpool bwd", "train step"} <= ops
+    assert all(row["seconds"]["fastconv"] > 0 and row["seconds"]["numpy"] > 0 for row in rows)
 
 
 def test_augmented_training_writes_the_plot(tmp_path):
