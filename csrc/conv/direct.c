@@ -39,7 +39,22 @@ enum {
 typedef float vfloat __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t vint __attribute__((vector_size(LANES * sizeof(float))));
 
-static inline vfloat splat(float v) { return (vfloat){0} + v; }
+/* v in every lane: one broadcast ((vfloat){0} + v would also add 0.0f, which the compiler must keep,
+ * as it turns -0.0f into +0.0f). */
+static inline vfloat splat(float v)
+{
+#if defined(__AVX512F__)
+    return (vfloat)_mm512_set1_ps(v);
+#elif defined(__AVX2__)
+    return (vfloat)_mm256_set1_ps(v);
+#elif defined(__SSE__)
+    return (vfloat)_mm_set1_ps(v);
+#else
+    vfloat r;
+    for (int l = 0; l < LANES; l++) r[l] = v;
+    return r;
+#endif
+}
 
 /* Writes the first n (<= LANES) lanes of v, after ReLU if asked (NaN stays NaN, like max(v, 0)). */
 static inline void store_lanes(float *dst, vfloat v, int64_t n, int relu)
