@@ -56,12 +56,16 @@ static inline vfloat splat(float v)
 #endif
 }
 
-/* Writes the first n (<= LANES) lanes of v, after ReLU if asked (NaN stays NaN, like max(v, 0)). */
+typedef float vfloat_unaligned __attribute__((vector_size(LANES * sizeof(float)), aligned(4)));
+
+/* Writes the first n (<= LANES) lanes of v, after ReLU if asked (NaN stays NaN, like max(v, 0)). A whole
+ * vector is one store from its register (a memcpy of it went through the stack: a store-forwarding stall
+ * per vector). */
 static inline void store_lanes(float *dst, vfloat v, int64_t n, int relu)
 {
     if (relu) v = (vfloat)((vint)v & ~(vint)(v < (vfloat){0}));
     if (n >= LANES)
-        memcpy(dst, &v, sizeof v);
+        *(vfloat_unaligned *)dst = v;
     else if (n > 0)
         memcpy(dst, &v, (size_t)n * sizeof(float));
 }
@@ -120,11 +124,42 @@ static void forward_pixel(const fc_conv_shape *s, const float *image, const floa
     }
 }
 
+/* acc = bias + the taps of kernel rows [i0, i1) for a tile of PX interior output pixels from ox, one
+ * channel block. Always inlined: the 3x3 single-channel first layer calls it with constant kh, kw,
+ * cin and steps, and the compiler unrolls that call into straight FMAs. */
+static inline __attribute__((always_inline)) void forward_tile(const fc_conv_shape *s, const float *image,
+                                                               const float *wb, const float *bb, int64_t oy,
+                                                               int64_t ox, int64_t i0, int64_t i1, int64_t kh,
+                                                               int64_t kw, int64_t cin, int64_t xstep,
+                                                               int64_t dilation_w, vfloat acc[PX][NV])
+{
+    for (int p = 0; p < PX; p++)
+        for (int v = 0; v < NV; v++) acc[p][v] = *(const vfloat *)(bb + v * LANES);
+    for (int64_t i = i0; i < i1; i++) {
+        const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
+        const float *xrow = image + (iy * s->w + ox * s->stride_w - s->pad_left) * cin;
+        for (int64_t j = 0; j < kw; j++) {
+            const float *xp = xrow + j * dilation_w * cin;
+            const float *wj = wb + (i * kw + j) * cin * BLOCK;
+            for (int64_t c = 0; c < cin; c++) {
+                vfloat wv[NV];
+                for (int v = 0; v < NV; v++) wv[v] = *(const vfloat *)(wj + c * BLOCK + v * LANES);
+                for (int p = 0; p < PX; p++) {
+                    const vfloat xv = splat(xp[p * xstep + c]);
+                    for (int v = 0; v < NV; v++) acc[p][v] += xv * wv[v];
+                }
+            }
+        }
+    }
+    (void)kh;
+}
+
 static void forward(const fc_conv_shape *s, const float *x, const float *wp, const float *bp, int relu,
                     float *y, int64_t row0, int64_t rows)
 {
     const int64_t cblocks = (s->cout + BLOCK - 1) / BLOCK, taps_cin = s->kh * s->kw * s->cin;
     const int64_t xstep = s->stride_w * s->cin;
+    const int first_layer_3x3 = s->kh == 3 && s->kw == 3 && s->cin == 1 && s->stride_w == 1 && s->dilation_w == 1;
     int64_t inner_lo, inner_hi, unused;
     column_range(s, 0, &inner_lo, &unused);
     column_range(s, s->kw - 1, &unused, &inner_hi);
@@ -145,24 +180,10 @@ static void forward(const fc_conv_shape *s, const float *x, const float *wp, con
             int64_t ox = 0;
             for (; ox < s->ow; ox++) {
                 if (ox >= inner_lo && ox + PX <= inner_hi) {  /* a whole tile of interior pixels */
-                    for (int p = 0; p < PX; p++)
-                        for (int v = 0; v < NV; v++) acc[p][v] = *(const vfloat *)(bb + v * LANES);
-                    for (int64_t i = i0; i < i1; i++) {
-                        const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
-                        const float *xrow = image + (iy * s->w + ox * s->stride_w - s->pad_left) * s->cin;
-                        for (int64_t j = 0; j < s->kw; j++) {
-                            const float *xp = xrow + j * s->dilation_w * s->cin;
-                            const float *wj = wb + (i * s->kw + j) * s->cin * BLOCK;
-                            for (int64_t c = 0; c < s->cin; c++) {
-                                vfloat wv[NV];
-                                for (int v = 0; v < NV; v++) wv[v] = *(const vfloat *)(wj + c * BLOCK + v * LANES);
-                                for (int p = 0; p < PX; p++) {
-                                    const vfloat xv = splat(xp[p * xstep + c]);
-                                    for (int v = 0; v < NV; v++) acc[p][v] += xv * wv[v];
-                                }
-                            }
-                        }
-                    }
+                    if (first_layer_3x3 && i0 == 0 && i1 == 3)
+                        forward_tile(s, image, wb, bb, oy, ox, 0, 3, 3, 3, 1, 1, 1, acc);
+                    else
+                        forward_tile(s, image, wb, bb, oy, ox, i0, i1, s->kh, s->kw, s->cin, xstep, s->dilation_w, acc);
                     for (int p = 0; p < PX; p++)
                         for (int v = 0; v < NV; v++)
                             store_lanes(out + (ox + p) * s->cout + co + v * LANES, acc[p][v], n_out - v * LANES, relu);
