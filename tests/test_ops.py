@@ -319,7 +319,8 @@ def test_maxpool_argmax_is_checked_and_bad_bytes_pass_nothing(isa, rng):
         with pytest.raises(TypeError, match="argmax"):
             fastconv.maxpool2d_backward(dy, x, pool_size, strides, padding, argmax=np.zeros(y.shape, np.int32))
         with pytest.raises(ValueError, match="argmax"):
-            fastconv.maxpool2d_backward(dy, x, pool_size, strides, padding, argmax=np.zeros((1,) + y.shape[1:], np.uint8))
+            fastconv.maxpool2d_backward(dy, x, pool_size, strides, padding,
+                                        argmax=np.zeros((1,) + y.shape[1:], np.uint8))
         # Bytes that name no tap of the window, or a tap in the padding, send no gradient anywhere.
         junk = rng.integers(0, 256, size=y.shape).astype(np.uint8)
         np.testing.assert_array_equal(

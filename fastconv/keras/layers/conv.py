@@ -25,6 +25,7 @@ def conv_output_length(size, window, padding, stride, dilation=1):
 
 class Conv2D(Layer):
     fuses_input_relu = True  # backward(x_from_relu=True) also applies the gradient of a ReLU before it
+
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None, dilation_rate=(1, 1),
                  activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, **kwargs):
