@@ -89,10 +89,11 @@ static void col2im_rows(const fc_conv_shape *s, const float *dcols, int64_t row0
     }
 }
 
-/* dx = x > 0 ? dx : 0 over n values: the gradient through the ReLU whose output is x. */
+/* dx = x > 0 ? dx : 0 over n values: the gradient through the ReLU whose output is x (the training
+ * kernels' ReLU gradient, in place, on this thread). */
 static void relu_mask(const float *x, float *dx, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dx[i] : 0.0f;
+    fc_active_elementwise()->relu_backward(0, n, dx, x, dx);
 }
 
 static int is_pointwise(const fc_conv_shape *s)
