@@ -221,16 +221,20 @@ def conv2d_workspace_bytes(x_shape, w_shape, *, strides=1, padding="valid", dila
     return _C.conv2d_workspace_bytes(g, _conv_algorithm(algorithm), backward)
 
 
-def _pool_forward(kernel, x, pool_size, strides, padding, out):
+def _pool_forward(kernel, x, pool_size, strides, padding, out, return_argmax=False):
     x32 = as_float_array(x, "x", ndim=4)
     g = pool_geometry(x32.shape, pool_size, strides, padding)
+    argmax = None
+    if return_argmax:
+        _check_argmax_window(g)
+        argmax = np.empty(g.out_shape, dtype=np.uint8)
     if out is None:
         out = np.empty(g.out_shape, dtype=np.float32)
     else:
         _check_out(out, g.out_shape, {"x": x})
     if out.size:
-        kernel(g, _flat(x32), _flat(out))
-    return out
+        kernel(g, _flat(x32), _flat(out), *([] if argmax is None else [_flat(argmax)]))
+    return (out, argmax) if return_argmax else out
 
 
 def _pool_backward_args(dy, x, pool_size, strides, padding):
@@ -259,15 +263,7 @@ def maxpool2d(x, pool_size=2, strides=None, padding="valid", *, out=None, return
     from (the row-major tap of its window; see ARGMAX_NONE, ARGMAX_NOT_POSITIVE): maxpool2d_backward
     then routes the gradient without reading x again.
     """
-    if not return_argmax:
-        return _pool_forward(_C.maxpool2d_forward, x, pool_size, strides, padding, out)
-    x32 = as_float_array(x, "x", ndim=4)
-    g = pool_geometry(x32.shape, pool_size, strides, padding)
-    _check_argmax_window(g)
-    argmax = np.empty(g.out_shape, dtype=np.uint8)
-    y = _pool_forward(lambda g, x, y: _C.maxpool2d_forward(g, x, y, _flat(argmax)), x32, pool_size, strides, padding,
-                      out)
-    return y, argmax
+    return _pool_forward(_C.maxpool2d_forward, x, pool_size, strides, padding, out, return_argmax)
 
 
 def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid", *, x_from_relu=False, argmax=None):
