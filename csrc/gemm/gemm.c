@@ -30,6 +30,7 @@ static int team_size(void) { return 1; }
 
 enum {
     A_IN_PLACE_MAX_COLUMNS = 128,  /* read A with a unit stride in place when N is at most this */
+    L1_WAYS_SAFE = 8,              /* lines of one L1 set that stay there together (L1s are 8- to 12-way) */
     B_IN_PLACE_MAX_ROWS = 1024,    /* read a row-major B in place when M is at most this */
     B_CHUNK_FLOATS = 1 << 20,      /* packed B per chunk of K blocks: 4 MiB, an eighth of the L3 */
 };
@@ -52,12 +53,16 @@ static void pack_panel(const float *src, int64_t rs, int64_t cs, int rows, int64
         }
         return;
     }
-    for (int i = 0; i < rows; i++) {
-        const float *s = src + i * rs;
-        for (int64_t q = 0; q < k; q++) dst[q * width + i] = s[q * cs];
+    /* A transposing copy. The rows are read side by side (q outer), so their cache lines are fetched
+     * in parallel: row after row, each short row would wait on the L3's latency (3x slower). */
+    for (int64_t q = 0; q < k; q++) {
+        const float *s = src + q * cs;
+        float *d = dst + q * width;
+        if (q % 16 == 0)
+            for (int i = 0; i < rows; i++) __builtin_prefetch(s + i * rs + 64 * cs);
+        for (int i = 0; i < rows; i++) d[i] = s[i * rs];
+        for (int i = rows; i < width; i++) d[i] = 0.0f;
     }
-    for (int i = rows; i < width; i++)
-        for (int64_t q = 0; q < k; q++) dst[q * width + i] = 0.0f;
 }
 
 /* Packs the NR-column panels [jp_lo, jp_hi) of op(B)'s columns from jc, K rows [k0, k1), into the
@@ -68,6 +73,17 @@ static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, in
     const int64_t nr = kr->nr;
     for (int64_t pc = k0; pc < k1; pc += kc_max) {
         const int64_t kc = min64(kc_max, p->k - pc);
+        if (p->b_cs == 1) {
+            /* Row-major B: copy each row of the block across all the panels, one long sequential
+             * read, rather than panel by panel, which reads 64 bytes from each of kc rows. */
+            for (int64_t q = 0; q < kc; q++) {
+                const float *row = p->b + (pc + q) * p->b_rs + jc;
+                for (int64_t jp = jp_lo; jp < jp_hi; jp++)
+                    pack_panel(row + jp * nr, 1, 0, (int)min64(nr, p->n - jc - jp * nr), 1, (int)nr,
+                               dst + (pc - k0) * nc + jp * nr * kc + q * nr);
+            }
+            continue;
+        }
         for (int64_t jp = jp_lo; jp < jp_hi; jp++) {
             const int64_t j = jc + jp * nr;
             pack_panel(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j), kc, (int)nr,
@@ -237,9 +253,13 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     plan.mc = ceil_div(ceil_div(p->m, kr->mr), plan.m_blocks) * kr->mr;
     /* op(A) with a unit stride (row-major, or trans_a as in conv's weight gradient) is read in place
      * by the micro-kernel when N is narrow (im2col GEMMs, Dense layers, dw): packing would cost a
-     * large part of the multiply. Wider products pack it, as a packed panel is one stream without
-     * cache-set conflicts between rows. */
+     * large part of the multiply. A wider product reads a row-major A in place too (packing is a
+     * scalar transpose, 3-5% of a square product), unless the tile's MR rows would share one L1 set
+     * (a multiple of 4 KiB apart) and not fit its ways. Column-major A is packed: the k loop would
+     * step lda floats at a time. */
+    const int a_rows_fit_l1 = p->a_rs % 1024 != 0 || kr->mr <= L1_WAYS_SAFE;
     plan.a_in_place = (p->a_cs == 1 || p->a_rs == 1) && p->n <= A_IN_PLACE_MAX_COLUMNS;
+    plan.a_in_place |= p->a_cs == 1 && a_rows_fit_l1;
     /* A row-major B with whole NR panels is read in place when few row tiles share each panel (a
      * Dense layer's batch, conv's weight gradient), where packing would cost a large part of the
      * multiply; not when its rows are a multiple of 4 KiB apart, as they would then share L1 sets. */
