@@ -129,6 +129,52 @@ def gemm(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k, float alph
         fc_gemm(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc, bias_ptr, relu)
 
 
+cdef inline bint plain_matrix(object x):
+    """x is a 2-D, C-contiguous, aligned, native-endian float32 numpy.ndarray (not a subclass)."""
+    if type(x) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>x
+    return (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_NDIM(arr) == 2 and
+            cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline bint disjoint(cnp.ndarray x, cnp.ndarray y):
+    """Whether two contiguous arrays share no byte."""
+    cdef char *xs = <char *>cnp.PyArray_DATA(x)
+    cdef char *ys = <char *>cnp.PyArray_DATA(y)
+    return xs + cnp.PyArray_NBYTES(x) <= ys or ys + cnp.PyArray_NBYTES(y) <= xs
+
+
+def gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out):
+    """fastconv.ops.gemm without bias or activation when every argument is of the common kind: a and b
+    plain float32 matrices (see plain_matrix), alpha and beta floats, out None or a writeable plain
+    matrix of the result's shape apart from a and b, and no dimension zero. Returns the result, or
+    None for anything else, which ops.gemm then converts, validates and explains. Checked here in C,
+    as the Python checks cost as much as a 64^3 product."""
+    if not (plain_matrix(a) and plain_matrix(b) and type(alpha) is float and type(beta) is float):
+        return None
+    cdef cnp.ndarray a_arr = <cnp.ndarray>a, b_arr = <cnp.ndarray>b, c_arr
+    cdef bint ta = trans_a, tb = trans_b
+    cdef cnp.npy_intp dims[2]
+    cdef int64_t m = cnp.PyArray_DIM(a_arr, 1 if ta else 0), k = cnp.PyArray_DIM(a_arr, 0 if ta else 1)
+    cdef int64_t n = cnp.PyArray_DIM(b_arr, 0 if tb else 1)
+    if cnp.PyArray_DIM(b_arr, 1 if tb else 0) != k or m == 0 or n == 0 or k == 0:
+        return None
+    if out is None:
+        dims[0], dims[1] = m, n
+        c_arr = <cnp.ndarray>cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+        beta = 0.0
+    else:
+        if not plain_matrix(out):
+            return None
+        c_arr = <cnp.ndarray>out
+        if (not cnp.PyArray_ISWRITEABLE(c_arr) or cnp.PyArray_DIM(c_arr, 0) != m or cnp.PyArray_DIM(c_arr, 1) != n
+                or not disjoint(c_arr, a_arr) or not disjoint(c_arr, b_arr)):
+            return None
+    gemm(ta, tb, m, n, k, alpha, a_arr, cnp.PyArray_DIM(a_arr, 1), b_arr, cnp.PyArray_DIM(b_arr, 1), beta, c_arr, n)
+    return c_arr
+
+
 cdef fc_conv_shape conv_shape(g):
     cdef fc_conv_shape s
     s.n, s.h, s.w, s.cin = g.n, g.h, g.w, g.cin

@@ -88,6 +88,10 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
     shape (M, N), no overlap with a or b) when given, else into a new array. As in BLAS, `out` is
     not read when beta == 0, so NaNs already in it do not propagate.
     """
+    if bias is None and activation is None:
+        result = _C.gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out)
+        if result is not None:
+            return result
     a32, trans_a = _gemm_operand(a, "a", bool(trans_a))
     b32, trans_b = _gemm_operand(b, "b", bool(trans_b))
     m, k = a32.shape[::-1] if trans_a else a32.shape

@@ -184,6 +184,25 @@ def test_out_overlapping_an_input_is_rejected():
         fastconv.gemm(np.ones((4, 4), dtype=np.float32), square, out=square)
 
 
+def test_unusual_arguments_take_the_checked_path(isa):
+    """Plain float32 matrices run straight from C; anything else is converted or refused as before:
+    byte-swapped float32, an int alpha, a read-only out, an out overlapping an input by a few bytes."""
+    rng = np.random.default_rng(11)
+    a, b = operands(rng, 9, 7, 5)
+    swapped_a, swapped_b = a.astype(">f4"), b.astype(">f4")
+    assert_close(fastconv.gemm(swapped_a, swapped_b), a, b)
+    np.testing.assert_allclose(fastconv.gemm(a, b, alpha=2), 2 * (a.astype(np.float64) @ b), rtol=1e-5, atol=1e-5)
+    read_only = np.zeros((9, 5), dtype=np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        fastconv.gemm(a, b, out=read_only)
+    buf = np.zeros(9 * 7 + 9 * 5 - 1, dtype=np.float32)
+    a_view = buf[:63].reshape(9, 7)
+    a_view[...] = a
+    with pytest.raises(ValueError, match="overlaps input a"):
+        fastconv.gemm(a_view, b, out=buf[62:].reshape(9, 5))
+
+
 def test_deterministic_across_thread_counts(isa, threads):
     """K is never split: 1 and 2 threads give bitwise identical results, also for small-M plans."""
     rng = np.random.default_rng(7)
