@@ -31,7 +31,6 @@ static int team_size(void) { return 1; }
 enum {
     A_IN_PLACE_MAX_COLUMNS = 128,  /* read A with a unit stride in place when N is at most this */
     L1_WAYS_SAFE = 8,              /* lines of one L1 set that stay there together (L1s are 8- to 12-way) */
-    B_IN_PLACE_MAX_ROWS = 1024,    /* read a row-major B in place when M is at most this */
     B_CHUNK_FLOATS = 1 << 20,      /* packed B per chunk of K blocks: 4 MiB, an eighth of the L3 */
 };
 
@@ -260,10 +259,11 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     const int a_rows_fit_l1 = p->a_rs % 1024 != 0 || kr->mr <= L1_WAYS_SAFE;
     plan.a_in_place = (p->a_cs == 1 || p->a_rs == 1) && p->n <= A_IN_PLACE_MAX_COLUMNS;
     plan.a_in_place |= p->a_cs == 1 && a_rows_fit_l1;
-    /* A row-major B with whole NR panels is read in place when few row tiles share each panel (a
-     * Dense layer's batch, conv's weight gradient), where packing would cost a large part of the
-     * multiply; not when its rows are a multiple of 4 KiB apart, as they would then share L1 sets. */
-    plan.b_in_place = !p->b_packed && p->b_cs == 1 && p->n % nr == 0 && p->m <= B_IN_PLACE_MAX_ROWS &&
+    /* A row-major B with whole NR panels is read in place when few row tiles share each panel (M at
+     * most the kernel's b_in_place_max_m: a Dense layer's batch, conv's weight gradient), where
+     * packing would cost a large part of the multiply; not when its rows are a multiple of 4 KiB
+     * apart, as they would then share L1 sets. */
+    plan.b_in_place = !p->b_packed && p->b_cs == 1 && p->n % nr == 0 && p->m <= kr->b_in_place_max_m &&
                       p->b_rs % 1024 != 0;
     plan.threads = threads;
     /* Pack B for as many K blocks at once as fit the budget: a Dense layer's long K then costs two
