@@ -106,9 +106,40 @@ def test_pooling_backward(float64_numpy, layer_class, kwargs):
     (lambda: layers.Add(), [(3, 4), (3, 4), (3, 4)]),
     (lambda: layers.Concatenate(), [(3, 2, 4), (3, 2, 1)]),
     (lambda: layers.Concatenate(axis=1), [(3, 2, 4), (3, 5, 4)]),
+    (lambda: layers.Subtract(), [(3, 4), (3, 4)]),
+    (lambda: layers.Multiply(), [(3, 4), (3, 4), (3, 4)]),
+    (lambda: layers.Average(), [(3, 2, 4), (3, 2, 4)]),
+    (lambda: layers.Maximum(), [(3, 4), (3, 4), (3, 4)]),
+    (lambda: layers.Minimum(), [(3, 4), (3, 4)]),
+    (lambda: layers.GlobalMaxPooling2D(), [(2, 4, 5, 3)]),
+    (lambda: layers.GlobalMaxPooling2D(keepdims=True), [(2, 4, 5, 3)]),
 ])
 def test_weightless_layer_backward(float64_numpy, make_layer, shapes):
     check_layer_gradients(make_layer(), *shapes)
+
+
+def test_merge_layers_forward_and_bad_input():
+    """The values Keras gives (ties and NaN included), and a clear error for what cannot be merged."""
+    a = np.array([[1.0, 5.0, 2.0, np.nan]], dtype=np.float32)
+    b = np.array([[3.0, 5.0, -1.0, 0.0]], dtype=np.float32)
+    np.testing.assert_array_equal(layers.subtract([a, b]), a - b)
+    np.testing.assert_array_equal(layers.multiply([a, b, b]), a * b * b)
+    np.testing.assert_array_equal(layers.average([a, b]), (a + b) / 2)
+    np.testing.assert_array_equal(layers.maximum([a, b]), np.maximum(a, b))
+    np.testing.assert_array_equal(layers.minimum([a, b]), np.minimum(a, b))
+    maximum = layers.Maximum()
+    out, ctx = maximum.forward([a, b])
+    grad_a, grad_b = maximum.backward(ctx, np.ones_like(out))
+    np.testing.assert_array_equal(grad_a, [[0, 1, 1, 1]])  # the tie at 5 goes to the first input
+    np.testing.assert_array_equal(grad_b, [[1, 0, 0, 0]])
+    with pytest.raises(ValueError, match="exactly 2 inputs"):
+        layers.subtract([a, b, a])
+    with pytest.raises(ValueError, match="one shape"):
+        layers.maximum([a, np.zeros((1, 3), np.float32)])
+    with pytest.raises(ValueError, match="at least 2 inputs"):
+        layers.Multiply()([a])
+    with pytest.raises(ValueError, match="4-D"):
+        layers.GlobalMaxPooling2D()(a)
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -58,6 +58,25 @@ def test_functional_model_round_trip(tmp_path, data):
     loaded.fit(x, y, epochs=1, verbose=0)  # trainable right away
 
 
+def test_merge_layers_round_trip(tmp_path, data):
+    """Every merge layer, made through Keras' functional shorthands, and GlobalMaxPooling2D survive a save."""
+    x, y = data
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(8, 8, 2))
+    a, b = layers.Conv2D(3, 3, padding="same")(inputs), layers.Conv2D(3, 1)(inputs)
+    merged = [layers.add([a, b]), layers.subtract([a, b]), layers.multiply([a, b, a]), layers.average([a, b]),
+              layers.maximum([a, b]), layers.minimum([a, b])]
+    pooled = layers.concatenate([layers.GlobalMaxPooling2D()(m) for m in merged])
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(pooled))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    path = tmp_path / "merge.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in model.layers]
+
+
 def test_sequential_round_trip_and_weights_only(tmp_path):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([layers.Dense(4, input_dim=3, activation="tanh"), layers.Reshape((2, 2)),

@@ -4,22 +4,27 @@ from fastconv.keras.layers.conv import Conv2D
 from fastconv.keras.layers.core import (
     Activation, Dense, Dropout, Flatten, LeakyReLU, ReLU, Rescaling, Reshape, Softmax,
 )
-from fastconv.keras.layers.merging import Add, Concatenate
+from fastconv.keras.layers.merging import (
+    Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract,
+    add, average, concatenate, maximum, minimum, multiply, subtract,
+)
 from fastconv.keras.layers.normalization import BatchNormalization
 from fastconv.keras.layers.pooling import (
-    AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, MaxPool2D, MaxPooling2D,
+    AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPool2D, MaxPooling2D,
 )
 
 Convolution2D = Conv2D
 
 # The only classes a saved model may name; loading never imports or calls anything else.
 LAYER_CLASSES = {cls.__name__: cls for cls in (
-    InputLayer, Dense, Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape, Dropout,
-    BatchNormalization, Activation, ReLU, LeakyReLU, Softmax, Add, Concatenate, Rescaling,
+    InputLayer, Dense, Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, Flatten,
+    Reshape, Dropout, BatchNormalization, Activation, ReLU, LeakyReLU, Softmax, Add, Subtract, Multiply, Average,
+    Maximum, Minimum, Concatenate, Rescaling,
 )}
 
 __all__ = [
-    "Activation", "Add", "AveragePooling2D", "AvgPool2D", "BatchNormalization", "Concatenate", "Conv2D",
-    "Convolution2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "Input", "InputLayer", "Layer",
-    "LeakyReLU", "MaxPool2D", "MaxPooling2D", "ReLU", "Rescaling", "Reshape", "Softmax",
+    "Activation", "Add", "Average", "AveragePooling2D", "AvgPool2D", "BatchNormalization", "Concatenate", "Conv2D",
+    "Convolution2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Input", "InputLayer", "Layer",
+    "LeakyReLU", "MaxPool2D", "MaxPooling2D", "Maximum", "Minimum", "Multiply", "ReLU", "Rescaling", "Reshape",
+    "Softmax", "Subtract", "add", "average", "concatenate", "maximum", "minimum", "multiply", "subtract",
 ]

@@ -1,4 +1,6 @@
-"""Max, average and global average pooling over NHWC inputs."""
+"""Max, average, global average and global max pooling over NHWC inputs."""
+import numpy as np
+
 from fastconv._args import pair
 from fastconv.keras import backend
 from fastconv.keras.layers.base import Layer
@@ -54,8 +56,8 @@ class AveragePooling2D(_Pooling2D):
         return backend.ops().avgpool2d_backward(grad, ctx, self.pool_size, self.strides, self.padding)
 
 
-class GlobalAveragePooling2D(Layer):
-    """Mean over height and width: (batch, h, w, c) -> (batch, c), or (batch, 1, 1, c) with keepdims."""
+class _GlobalPooling2D(Layer):
+    """Pools over height and width: (batch, h, w, c) -> (batch, c), or (batch, 1, 1, c) with keepdims."""
 
     def __init__(self, data_format=None, keepdims=False, **kwargs):
         super().__init__(**kwargs)
@@ -65,7 +67,7 @@ class GlobalAveragePooling2D(Layer):
 
     def build(self, input_shape):
         if len(input_shape) != 4:
-            raise ValueError(f"GlobalAveragePooling2D {self.name!r} needs 4-D inputs, got shape {input_shape}")
+            raise ValueError(f"{type(self).__name__} {self.name!r} needs 4-D inputs, got shape {input_shape}")
         self._set_input_spec(4)
 
     def compute_output_shape(self, input_shape):
@@ -73,17 +75,34 @@ class GlobalAveragePooling2D(Layer):
             return (input_shape[0], 1, 1, input_shape[3])
         return (input_shape[0], input_shape[3])
 
+    def _shaped(self, out):
+        return out.reshape(out.shape[0], 1, 1, out.shape[1]) if self.keepdims else out
+
+    def get_config(self):
+        return {**super().get_config(), "keepdims": self.keepdims}
+
+
+class GlobalAveragePooling2D(_GlobalPooling2D):
     def forward(self, inputs, training=False):
-        out = backend.ops().global_avgpool2d(inputs)
-        if self.keepdims:
-            out = out.reshape(out.shape[0], 1, 1, out.shape[1])
-        return out, inputs
+        return self._shaped(backend.ops().global_avgpool2d(inputs)), inputs
 
     def backward(self, ctx, grad):
         return backend.ops().global_avgpool2d_backward(grad.reshape(grad.shape[0], -1), ctx)
 
-    def get_config(self):
-        return {**super().get_config(), "keepdims": self.keepdims}
+
+class GlobalMaxPooling2D(_GlobalPooling2D):
+    """The maximum over height and width; its gradient goes to the first pixel holding it (NaN wins)."""
+
+    def forward(self, inputs, training=False):
+        pixels = inputs.reshape(inputs.shape[0], -1, inputs.shape[3])
+        winners = np.argmax(pixels, axis=1)[:, None, :]
+        return self._shaped(np.take_along_axis(pixels, winners, axis=1)[:, 0, :]), (inputs.shape, winners)
+
+    def backward(self, ctx, grad):
+        shape, winners = ctx
+        dx = np.zeros((shape[0], shape[1] * shape[2], shape[3]), dtype=grad.dtype)
+        np.put_along_axis(dx, winners, grad.reshape(shape[0], 1, shape[3]), axis=1)
+        return dx.reshape(shape)
 
 
 MaxPool2D = MaxPooling2D
