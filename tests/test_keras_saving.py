@@ -77,6 +77,21 @@ def test_merge_layers_round_trip(tmp_path, data):
     assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in model.layers]
 
 
+def test_metric_objects_and_names_that_cannot_be_rebuilt(tmp_path, data):
+    """Keras' metric classes compile; a metric only a custom name identifies is left out of the file's
+    compile config, which would otherwise fail to load."""
+    x, y = data
+    model = keras.Sequential([keras.Input((8, 8, 2)), layers.Flatten(), layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(), keras.metrics.CategoricalAccuracy(name="mine")])
+    history = model.fit(x, y, epochs=1, verbose=0)
+    assert set(history.history) == {"loss", "sparse_categorical_accuracy", "mine"}
+    assert history.history["sparse_categorical_accuracy"] == history.history["mine"]
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert set(loaded.evaluate(x, y, verbose=0, return_dict=True)) == {"loss", "sparse_categorical_accuracy"}
+
+
 def test_sequential_round_trip_and_weights_only(tmp_path):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([layers.Dense(4, input_dim=3, activation="tanh"), layers.Reshape((2, 2)),

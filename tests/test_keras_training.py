@@ -539,3 +539,21 @@ def test_relu_gradients_applied_by_the_next_conv_or_pool_match_the_numpy_backend
     np.testing.assert_allclose(want[0].reshape(-1)[picks], numeric, rtol=1e-5, atol=1e-8)
     for g, w, variable in zip(got, want, model.trainable_weights):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max(), err_msg=variable.name)
+
+
+def test_a_sequential_model_nests_in_another():
+    """keras.Sequential([model, layers.Softmax()]) (TensorFlow's classification tutorial): the inner
+    model's layers, weights shared, continue the stack; a functional model is refused with a reason."""
+    keras.utils.set_random_seed(3)
+    inner = keras.Sequential([layers.Flatten(input_shape=(4, 3)), layers.Dense(5)])
+    outer = keras.Sequential([inner, layers.Softmax()])
+    x = np.random.default_rng(0).standard_normal((6, 4, 3)).astype(np.float32)
+    logits = inner.predict(x, verbose=0)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(outer.predict(x, verbose=0), expected / expected.sum(axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-7)
+    assert outer.layers[1] is inner.layers[1]
+    inputs = keras.Input((4, 3))
+    functional = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(inputs)))
+    with pytest.raises(TypeError, match="functional Model"):
+        keras.Sequential([functional, layers.Softmax()])

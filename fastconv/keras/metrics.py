@@ -28,6 +28,28 @@ class Metric:
         return self.fn(y_true, y_pred)
 
 
+class CategoricalAccuracy(Metric):
+    """keras.metrics.CategoricalAccuracy: the argmax of the prediction is the true class."""
+
+    def __init__(self, name="categorical_accuracy"):
+        super().__init__(name, categorical_accuracy)
+
+
+class SparseCategoricalAccuracy(Metric):
+    """keras.metrics.SparseCategoricalAccuracy: the same, for integer labels (they arrive one-hot here)."""
+
+    def __init__(self, name="sparse_categorical_accuracy"):
+        super().__init__(name, categorical_accuracy)
+
+
+class BinaryAccuracy(Metric):
+    """keras.metrics.BinaryAccuracy: the prediction is on the true side of `threshold`."""
+
+    def __init__(self, name="binary_accuracy", threshold=0.5):
+        super().__init__(name, lambda y_true, y_pred: binary_accuracy(y_true, y_pred, threshold))
+        self.threshold = threshold
+
+
 class Accuracy(Metric):
     """Keras' "accuracy": binary for one-unit outputs or a binary cross-entropy loss, else categorical."""
 

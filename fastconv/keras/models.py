@@ -339,6 +339,17 @@ class Sequential(Model):
                 raise ValueError("an InputLayer / keras.Input can only be the first entry of a Sequential model")
             self._input = layer.output
             return
+        if isinstance(layer, Sequential):
+            # A Sequential model in another is spliced in: its layers (the same objects, so they share
+            # their weights with it, as a nested model does in Keras) continue this stack.
+            if layer._input is not None and self._input is None and not self._layers:
+                self._input = Input(shape=layer._input.shape[1:])
+            for inner in layer.layers:
+                self.add(inner)
+            return
+        if isinstance(layer, Model):
+            raise TypeError(f"Sequential.add takes layers and Sequential models; a functional Model "
+                            f"({layer.name!r}) can only be nested by calling it in another functional model")
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add expects a keras Layer, got {type(layer).__name__}")
         self._layers.append(layer)

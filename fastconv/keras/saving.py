@@ -80,9 +80,19 @@ def _compile_config(model):
     optimizer_config = optimizers.serialize(trainer.optimizer)
     if None in loss_configs or optimizer_config is None:
         return None  # user-defined loss or optimizer classes cannot be rebuilt from a file
-    metric_names = [metric.name for metric in trainer.metrics[0]]
+    # Metrics are saved by name; one that a name cannot rebuild (a custom name or function) is left
+    # out rather than making the file fail to load.
+    metric_names = [metric.name for metric in trainer.metrics[0] if _metric_from_name(metric.name, trainer.losses[0])]
     return {"loss": loss_configs, "optimizer": optimizer_config, "metrics": metric_names,
             "loss_weights": trainer.loss_weights}
+
+
+def _metric_from_name(name, loss):
+    from fastconv.keras import metrics
+    try:
+        return metrics.get(name, loss)
+    except ValueError:
+        return None
 
 
 def save_model(model, filepath):
