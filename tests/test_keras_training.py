@@ -302,6 +302,47 @@ def test_fit_history_validation_and_evaluate_forms():
     np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1, rtol=1e-5)
 
 
+def test_sample_weight_scales_each_sample_loss_and_gradient():
+    """Keras' sample_weight: batch loss = sum(w * loss) / batch size, so weights (2, 2, 0, 0) on four
+    samples train exactly as the first two alone; evaluate's loss and metrics are weighted the same way."""
+    x, y = small_data(8)
+    weighted, plain = small_model(optimizer="sgd"), small_model(optimizer="sgd")
+    weights = np.array([2, 2, 2, 2, 0, 0, 0, 0], dtype=np.float64)
+    weighted.fit(x, y, sample_weight=weights, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    plain.fit(x[:4], y[:4], batch_size=4, epochs=3, shuffle=False, verbose=0)
+    for a, b in zip(weighted.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    per_sample = keras.losses.sparse_categorical_crossentropy(y, weighted.predict(x, verbose=0))
+    correct = weighted.predict(x, verbose=0).argmax(axis=1) == y
+    w = np.arange(8.0)
+    logs = weighted.evaluate(x, y, sample_weight=w, batch_size=8, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(np.sum(w * per_sample) / 8, rel=1e-5)
+    assert logs["accuracy"] == pytest.approx(np.sum(w * correct) / np.sum(w), rel=1e-6)
+
+
+def test_class_weight_is_a_sample_weight_per_class():
+    x, y = small_data(30)
+    by_class, by_sample = small_model(), small_model()
+    by_class.fit(x, y, class_weight={0: 3.0, 2: 0.5}, batch_size=10, epochs=2, shuffle=False, verbose=0)
+    by_sample.fit(x, y, sample_weight=np.array([3.0, 1.0, 0.5])[y], batch_size=10, epochs=2, shuffle=False,
+                  verbose=0)
+    for a, b in zip(by_class.get_weights(), by_sample.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    one_hot = keras.utils.to_categorical(y, 3)
+    model = small_model(loss="categorical_crossentropy")
+    model.fit(x, one_hot, class_weight={1: 2.0}, sample_weight=np.full(30, 0.5), epochs=1, verbose=0)
+    for bad, error, message in [
+        (dict(sample_weight=np.ones(29)), ValueError, "one weight per sample"),
+        (dict(sample_weight=-np.ones(30)), ValueError, "non-negative"),
+        (dict(sample_weight=["a"] * 30), TypeError, "numbers"),
+        (dict(class_weight=[1.0, 2.0]), TypeError, "dict"),
+        (dict(class_weight={-1: 2.0}), ValueError, "class indices"),
+        (dict(class_weight={0: float("nan")}), ValueError, r"class_weight\[0\]"),
+    ]:
+        with pytest.raises(error, match=message):
+            model.fit(x, one_hot, epochs=1, verbose=0, **bad)
+
+
 def test_callbacks(tmp_path):
     model = small_model()
     x, y = small_data()

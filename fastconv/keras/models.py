@@ -268,25 +268,29 @@ class Model:
         return self._trainer
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0):
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0):
         return self._compiled_trainer().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                                             callbacks=callbacks, validation_split=validation_split,
                                             validation_data=validation_data, shuffle=shuffle,
+                                            class_weight=class_weight, sample_weight=sample_weight,
                                             initial_epoch=initial_epoch)
 
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", callbacks=None, return_dict=False):
-        return self._compiled_trainer().evaluate(x, y, batch_size=batch_size, verbose=verbose, callbacks=callbacks,
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, callbacks=None,
+                 return_dict=False):
+        return self._compiled_trainer().evaluate(x, y, batch_size=batch_size, verbose=verbose,
+                                                 sample_weight=sample_weight, callbacks=callbacks,
                                                  return_dict=return_dict)
 
     def predict(self, x, batch_size=None, verbose="auto", callbacks=None):
         from fastconv.keras.trainer import predict
         return predict(self, x, batch_size=batch_size, verbose=verbose, callbacks=callbacks)
 
-    def train_on_batch(self, x, y, return_dict=False):
-        return self._compiled_trainer().train_on_batch(x, y, return_dict=return_dict)
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
+        return self._compiled_trainer().train_on_batch(x, y, sample_weight=sample_weight, class_weight=class_weight,
+                                                       return_dict=return_dict)
 
-    def test_on_batch(self, x, y, return_dict=False):
-        return self._compiled_trainer().test_on_batch(x, y, return_dict=return_dict)
+    def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
+        return self._compiled_trainer().test_on_batch(x, y, sample_weight=sample_weight, return_dict=return_dict)
 
     def predict_on_batch(self, x):
         return self(x, training=False)

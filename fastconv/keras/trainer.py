@@ -54,6 +54,48 @@ def _check_lengths(xs, ys):
     return lengths.pop()
 
 
+def _sample_weights(sample_weight, class_weight, ys, count):
+    """The per-sample loss weights (float64, one per sample) from fit's sample_weight and class_weight,
+    or None when neither is given. As in Keras, class_weight maps a class index to the weight of its
+    samples (classes it leaves out weigh 1) and needs one output; the two multiply when both are given."""
+    weights = None
+    if sample_weight is not None:
+        weights = np.asarray(sample_weight)
+        if weights.dtype == object or weights.dtype.kind not in "biuf":
+            raise TypeError(f"sample_weight must hold numbers, got dtype {weights.dtype}")
+        weights = weights.astype(np.float64)
+        if weights.ndim == 2 and weights.shape[1] == 1:
+            weights = weights[:, 0]
+        if weights.shape != (count,):
+            raise ValueError(f"sample_weight must have one weight per sample, shape ({count},), got {weights.shape}")
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError("sample_weight must be finite and non-negative")
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
+        if len(ys) != 1:
+            raise ValueError("class_weight is only supported for models with one output")
+        table = {}
+        for key, value in class_weight.items():
+            if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or key < 0:
+                raise ValueError(f"class_weight keys must be class indices (ints >= 0), got {key!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+                    not np.isfinite(value) or value < 0:
+                raise ValueError(f"class_weight[{key}] must be a finite number >= 0, got {value!r}")
+            table[int(key)] = float(value)
+        y = ys[0]
+        labels = y.argmax(axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y), -1)[:, 0].astype(np.int64)
+        classes, which = np.unique(labels, return_inverse=True)
+        per_sample = np.array([table.get(int(c), 1.0) for c in classes])[which.reshape(-1)]
+        weights = per_sample if weights is None else weights * per_sample
+    return weights
+
+
+def _per_row(weights, array):
+    """The per-sample weights in array's dtype, shaped to scale its rows (the batch axis)."""
+    return weights.astype(array.dtype).reshape((len(weights),) + (1,) * (array.ndim - 1))
+
+
 def _batches(count, batch_size, order=None):
     """Slices (in order) or index arrays (shuffled) covering `count` samples."""
     for start in range(0, count, batch_size):
@@ -121,8 +163,10 @@ class Trainer:
         return xs, ys
 
     # ----- one batch -----
-    def _losses_and_gradients(self, outputs, ys, contexts, with_gradients):
-        """Batch statistics and, when training, the loss gradient of each output."""
+    def _losses_and_gradients(self, outputs, ys, contexts, with_gradients, weights=None):
+        """Batch statistics and, when training, the loss gradient of each output. `weights` (one per
+        sample, or None) scale each sample's loss, as Keras' sample_weight: the batch loss is the sum of
+        the weighted losses over the batch size, and metrics are weighted means."""
         count = len(outputs[0])
         stats, grads, preactivation_outputs, total = {}, [], [], 0.0
         for j, (loss, y, output) in enumerate(zip(self.losses, ys, outputs)):
@@ -137,6 +181,10 @@ class Trainer:
             else:
                 per_sample = loss.per_sample(target, output)
                 grad = loss.gradient(target, output) if with_gradients else None
+            if weights is not None:
+                per_sample = per_sample * _per_row(weights, per_sample)
+                if grad is not None:
+                    grad = grad * _per_row(weights, grad)
             weight = self.loss_weights[j]
             if with_gradients:
                 grads.append(grad if weight == 1.0 else grad * grad.dtype.type(weight))
@@ -146,13 +194,17 @@ class Trainer:
                 stats[self.output_loss_names[j]] = (value * count, count)
             for name, metric in zip(self.metric_names[j], self.metrics[j]):
                 values = metric.values(target, output)
-                stats[name] = (float(np.sum(values)), values.size)
+                if weights is None:
+                    stats[name] = (float(np.sum(values)), values.size)
+                else:
+                    weighted = values.reshape(count, -1).mean(axis=1) * weights
+                    stats[name] = (float(np.sum(weighted)), float(np.sum(weights)))
         return total, stats, grads, preactivation_outputs
 
-    def train_step(self, xs, ys):
+    def train_step(self, xs, ys, weights=None):
         model = self.model
         outputs, contexts = model._forward(xs, training=True)
-        total, stats, grads, preactivation_outputs = self._losses_and_gradients(outputs, ys, contexts, True)
+        total, stats, grads, preactivation_outputs = self._losses_and_gradients(outputs, ys, contexts, True, weights)
         variables = model.trainable_weights
         for variable in variables:
             variable.grad = None
@@ -167,16 +219,16 @@ class Trainer:
         count = len(outputs[0])
         return {"loss": (total * count, count), **stats}
 
-    def test_step(self, xs, ys):
+    def test_step(self, xs, ys, weights=None):
         outputs, _ = self.model._forward(xs, training=False)
-        total, stats, _, _ = self._losses_and_gradients(outputs, ys, None, False)
+        total, stats, _, _ = self._losses_and_gradients(outputs, ys, None, False, weights)
         total += sum(v.regularizer(v.value) for v in self.model.trainable_weights if v.regularizer is not None)
         count = len(outputs[0])
         return {"loss": (total * count, count), **stats}
 
     # ----- loops -----
     def fit(self, x, y, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0):
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0):
         verbose = _check_verbose(verbose)
         batch_size = _check_positive_int(32 if batch_size is None else batch_size, "batch_size")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
@@ -185,15 +237,22 @@ class Trainer:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
         xs, ys = self._standardize(x, y)
         count = len(xs[0])
+        weights = _sample_weights(sample_weight, class_weight, ys, count)
         validation = None
         if validation_data is not None:
-            if not isinstance(validation_data, (list, tuple)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a tuple (x_val, y_val)")
-            validation = self._standardize(*validation_data)
+            if not isinstance(validation_data, (list, tuple)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a tuple (x_val, y_val) or (x_val, y_val, val_sample_weight)")
+            val_xs, val_ys = self._standardize(*validation_data[:2])
+            val_weights = None
+            if len(validation_data) == 3:
+                val_weights = _sample_weights(validation_data[2], None, val_ys, len(val_xs[0]))
+            validation = (val_xs, val_ys, val_weights)
         elif validation_split:
             # Keras takes the last fraction of the samples, before any shuffling.
             split = int(count * (1 - validation_split))
-            validation = ([a[split:] for a in xs], [a[split:] for a in ys])
+            validation = ([a[split:] for a in xs], [a[split:] for a in ys], None)
+            if weights is not None:
+                validation, weights = validation[:2] + (weights[split:],), weights[:split]
             xs, ys, count = [a[:split] for a in xs], [a[:split] for a in ys], split
         if count == 0:
             raise ValueError("fit needs at least one training sample")
@@ -209,7 +268,8 @@ class Trainer:
             means = _RunningMeans()
             for step, index in enumerate(_batches(count, batch_size, order)):
                 callback_list.on_train_batch_begin(step)
-                means.add(self.train_step(_inputs_batch(xs, index), [y[index] for y in ys]))
+                means.add(self.train_step(_inputs_batch(xs, index), [y[index] for y in ys],
+                                          None if weights is None else weights[index]))
                 callback_list.on_train_batch_end(step, means.results())
                 if model.stop_training:
                     break
@@ -231,12 +291,13 @@ class Trainer:
             callbacks.append(callbacks_module.ProgbarLogger(verbose))
         return callbacks_module.CallbackList(callbacks, self.model, params)
 
-    def _evaluate_arrays(self, xs, ys, batch_size, callback_list):
+    def _evaluate_arrays(self, xs, ys, weights, batch_size, callback_list):
         means = _RunningMeans()
         for step, index in enumerate(_batches(len(xs[0]), batch_size)):
             if callback_list:
                 callback_list.on_test_batch_begin(step)
-            means.add(self.test_step(_inputs_batch(xs, index), [y[index] for y in ys]))
+            means.add(self.test_step(_inputs_batch(xs, index), [y[index] for y in ys],
+                                     None if weights is None else weights[index]))
             if callback_list:
                 callback_list.on_test_batch_end(step, means.results())
         return means.results()
@@ -248,27 +309,30 @@ class Trainer:
             return logs["loss"]
         return [logs["loss"]] + [value for name, value in logs.items() if name != "loss"]
 
-    def evaluate(self, x, y, batch_size=None, verbose="auto", callbacks=None, return_dict=False):
+    def evaluate(self, x, y, batch_size=None, verbose="auto", sample_weight=None, callbacks=None, return_dict=False):
         verbose = _check_verbose(verbose)
         batch_size = _check_positive_int(32 if batch_size is None else batch_size, "batch_size")
         xs, ys = self._standardize(x, y)
+        weights = _sample_weights(sample_weight, None, ys, len(xs[0]))
         steps = -(-len(xs[0]) // batch_size)
         callback_list = self._callbacks(callbacks, verbose, {"steps": steps, "verbose": verbose})
         callback_list.on_test_begin()
-        logs = self._evaluate_arrays(xs, ys, batch_size, callback_list)
+        logs = self._evaluate_arrays(xs, ys, weights, batch_size, callback_list)
         callback_list.on_test_end(logs)
         return self._result(logs, return_dict)
 
-    def train_on_batch(self, x, y, return_dict=False):
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         xs, ys = self._standardize(x, y)
         logs = _RunningMeans()
-        logs.add(self.train_step(_inputs_batch(xs, slice(None)), ys))
+        weights = _sample_weights(sample_weight, class_weight, ys, len(xs[0]))
+        logs.add(self.train_step(_inputs_batch(xs, slice(None)), ys, weights))
         return self._result(logs.results(), return_dict)
 
-    def test_on_batch(self, x, y, return_dict=False):
+    def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         xs, ys = self._standardize(x, y)
         logs = _RunningMeans()
-        logs.add(self.test_step(_inputs_batch(xs, slice(None)), ys))
+        weights = _sample_weights(sample_weight, None, ys, len(xs[0]))
+        logs.add(self.test_step(_inputs_batch(xs, slice(None)), ys, weights))
         return self._result(logs.results(), return_dict)
 
 
