@@ -113,9 +113,37 @@ def test_pooling_backward(float64_numpy, layer_class, kwargs):
     (lambda: layers.Minimum(), [(3, 4), (3, 4)]),
     (lambda: layers.GlobalMaxPooling2D(), [(2, 4, 5, 3)]),
     (lambda: layers.GlobalMaxPooling2D(keepdims=True), [(2, 4, 5, 3)]),
+    (lambda: layers.ZeroPadding2D(), [(2, 3, 4, 2)]),
+    (lambda: layers.ZeroPadding2D(((1, 0), (2, 3))), [(2, 3, 4, 2)]),
+    (lambda: layers.Cropping2D(((1, 0), (0, 2))), [(2, 4, 5, 2)]),
+    (lambda: layers.UpSampling2D((2, 3)), [(2, 3, 2, 2)]),
 ])
 def test_weightless_layer_backward(float64_numpy, make_layer, shapes):
     check_layer_gradients(make_layer(), *shapes)
+
+
+def test_padding_cropping_and_upsampling_match_numpy():
+    x = np.random.default_rng(0).standard_normal((2, 5, 4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(layers.ZeroPadding2D((1, 2))(x), np.pad(x, ((0, 0), (1, 1), (2, 2), (0, 0))))
+    np.testing.assert_array_equal(layers.ZeroPadding2D(((0, 1), (3, 0)))(x), np.pad(x, ((0, 0), (0, 1), (3, 0), (0, 0))))
+    np.testing.assert_array_equal(layers.Cropping2D(1)(x), x[:, 1:4, 1:3])
+    np.testing.assert_array_equal(layers.Cropping2D(((2, 0), (0, 1)))(x), x[:, 2:, :3])
+    up = layers.UpSampling2D(2)(x)
+    assert up.shape == (2, 10, 8, 3)
+    np.testing.assert_array_equal(up[:, ::2, ::2], x)
+    np.testing.assert_array_equal(up[:, 1::2, 1::2], x)
+    for layer in [layers.ZeroPadding2D(((1, 0), (2, 3))), layers.Cropping2D((1, 1)), layers.UpSampling2D((3, 2))]:
+        assert (None,) + layer(x).shape[1:] == layer.compute_output_shape((None,) + x.shape[1:])
+    with pytest.raises(ValueError, match="leaves nothing"):
+        layers.Cropping2D(((3, 2), (0, 0)))(x)
+    with pytest.raises(ValueError, match=">= 0"):
+        layers.ZeroPadding2D(-1)
+    with pytest.raises(TypeError, match="ints"):
+        layers.Cropping2D(((1.5, 0), (0, 0)))
+    with pytest.raises(ValueError, match="nearest"):
+        layers.UpSampling2D(interpolation="bilinear")
+    with pytest.raises(ValueError, match="4-D"):
+        layers.UpSampling2D()(x[0])
 
 
 def test_merge_layers_forward_and_bad_input():

@@ -59,14 +59,17 @@ def test_functional_model_round_trip(tmp_path, data):
 
 
 def test_merge_layers_round_trip(tmp_path, data):
-    """Every merge layer, made through Keras' functional shorthands, and GlobalMaxPooling2D survive a save."""
+    """Every merge layer, made through Keras' functional shorthands, GlobalMaxPooling2D and the padding,
+    cropping and upsampling layers survive a save."""
     x, y = data
     keras.utils.set_random_seed(0)
     inputs = keras.Input(shape=(8, 8, 2))
     a, b = layers.Conv2D(3, 3, padding="same")(inputs), layers.Conv2D(3, 1)(inputs)
     merged = [layers.add([a, b]), layers.subtract([a, b]), layers.multiply([a, b, a]), layers.average([a, b]),
               layers.maximum([a, b]), layers.minimum([a, b])]
-    pooled = layers.concatenate([layers.GlobalMaxPooling2D()(m) for m in merged])
+    resized = [layers.Cropping2D(((1, 0), (0, 2)))(layers.UpSampling2D((1, 2))(layers.ZeroPadding2D(1)(m)))
+               for m in merged]
+    pooled = layers.concatenate([layers.GlobalMaxPooling2D()(m) for m in resized])
     model = keras.Model(inputs, layers.Dense(3, activation="softmax")(pooled))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)

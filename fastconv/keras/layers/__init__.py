@@ -12,6 +12,7 @@ from fastconv.keras.layers.normalization import BatchNormalization
 from fastconv.keras.layers.pooling import (
     AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPool2D, MaxPooling2D,
 )
+from fastconv.keras.layers.reshaping import Cropping2D, UpSampling2D, ZeroPadding2D
 
 Convolution2D = Conv2D
 
@@ -19,12 +20,13 @@ Convolution2D = Conv2D
 LAYER_CLASSES = {cls.__name__: cls for cls in (
     InputLayer, Dense, Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, Flatten,
     Reshape, Dropout, BatchNormalization, Activation, ReLU, LeakyReLU, Softmax, Add, Subtract, Multiply, Average,
-    Maximum, Minimum, Concatenate, Rescaling,
+    Maximum, Minimum, Concatenate, Rescaling, ZeroPadding2D, Cropping2D, UpSampling2D,
 )}
 
 __all__ = [
     "Activation", "Add", "Average", "AveragePooling2D", "AvgPool2D", "BatchNormalization", "Concatenate", "Conv2D",
-    "Convolution2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Input", "InputLayer", "Layer",
-    "LeakyReLU", "MaxPool2D", "MaxPooling2D", "Maximum", "Minimum", "Multiply", "ReLU", "Rescaling", "Reshape",
-    "Softmax", "Subtract", "add", "average", "concatenate", "maximum", "minimum", "multiply", "subtract",
+    "Convolution2D", "Cropping2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+    "Input", "InputLayer", "Layer", "LeakyReLU", "MaxPool2D", "MaxPooling2D", "Maximum", "Minimum", "Multiply",
+    "ReLU", "Rescaling", "Reshape", "Softmax", "Subtract", "UpSampling2D", "ZeroPadding2D", "add", "average",
+    "concatenate", "maximum", "minimum", "multiply", "subtract",
 ]
