@@ -202,6 +202,27 @@ def test_dropout_scales_and_masks():
     np.testing.assert_array_equal(layer.backward(mask, grad), 2 * out)
 
 
+def test_conv2d_groups_other_than_one_are_refused():
+    assert layers.Conv2D(4, 3, groups=1).filters == 4
+    with pytest.raises(ValueError, match="groups must be 1"):
+        layers.Conv2D(4, 3, groups=2)
+
+
+def test_spatial_dropout_drops_whole_channels():
+    keras.utils.set_random_seed(0)
+    layer = layers.SpatialDropout2D(0.5)
+    x = np.ones((40, 3, 4, 50), dtype=np.float32)
+    np.testing.assert_array_equal(layer(x), x)  # inference: identity
+    out, mask = layer.forward(x, training=True)
+    per_channel = out.reshape(40, 12, 50)
+    assert np.all(per_channel.min(axis=1) == per_channel.max(axis=1))  # a channel is kept or dropped whole
+    assert set(np.unique(out)) == {0.0, 2.0} and abs((out == 0).mean() - 0.5) < 0.05
+    grad = np.full_like(x, 3.0)
+    np.testing.assert_array_equal(layer.backward(mask, grad), 3 * out)
+    with pytest.raises(ValueError, match="4-D"):
+        layers.SpatialDropout2D(0.2)(np.ones((2, 3), np.float32))
+
+
 def test_output_shapes_match_forward(seeded):
     x = np.zeros((2, 9, 8, 3), np.float32)
     for layer in [layers.Conv2D(5, 3, strides=2, padding="same"), layers.Conv2D(5, (3, 2), padding="valid"),

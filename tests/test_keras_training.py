@@ -139,8 +139,33 @@ def test_schedules_and_optimizer_lookup():
     _one_step(sgd, W, G, steps=20)
     assert math.isclose(sgd.learning_rate, 0.025)
     assert isinstance(optimizers.get("Adam"), optimizers.Adam)
-    with pytest.raises(ValueError, match="unknown optimizer 'adamw'"):
-        optimizers.get("adamw")
+    with pytest.raises(ValueError, match="unknown optimizer 'adamax'"):
+        optimizers.get("adamax")
+
+
+def test_weight_decay_adamw_and_nadam_steps():
+    """Keras 3's rules: decoupled weight decay w -= lr * wd * w before the update (AdamW: Adam with 0.004),
+    and Nadam's momentum schedule mu_t = beta_1 * (1 - 0.5 * 0.96 ** (0.004 t)) over three steps."""
+    m, v = 0.1 * G, 0.001 * G * G
+    adam_delta = 0.01 * math.sqrt(1 - 0.999) / (1 - 0.9) * m / (np.sqrt(v) + 1e-7)
+    np.testing.assert_allclose(_one_step(optimizers.AdamW(0.01), W, G), W * (1 - 0.01 * 0.004) - adam_delta)
+    np.testing.assert_allclose(_one_step(optimizers.SGD(0.1, weight_decay=0.5), W, G), W * (1 - 0.05) - 0.1 * G)
+    w, m, v, product = W.copy(), np.zeros(3), np.zeros(3), 1.0
+    for t in (1, 2, 3):
+        mu, mu_next = (0.9 * (1 - 0.5 * 0.96 ** (0.004 * step)) for step in (t, t + 1))
+        product *= mu
+        m = 0.9 * m + 0.1 * G
+        v = 0.999 * v + 0.001 * G * G
+        m_hat = mu_next * m / (1 - product * mu_next) + (1 - mu) * G / (1 - product)
+        w = w - 0.01 * m_hat / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-7)
+    np.testing.assert_allclose(_one_step(optimizers.Nadam(0.01), W, G, steps=3), w, rtol=1e-12)
+    for name, cls in [("adamw", optimizers.AdamW), ("nadam", optimizers.Nadam)]:
+        optimizer = optimizers.get(name)
+        assert type(optimizer) is cls and optimizers.get(optimizers.serialize(optimizer)).get_config() == \
+            optimizer.get_config()
+    assert optimizers.get("adamw").weight_decay == 0.004
+    with pytest.raises(ValueError, match="weight_decay"):
+        optimizers.Adam(weight_decay=-1)
 
 
 # ----- the issue's code samples -----
@@ -341,6 +366,24 @@ def test_class_weight_is_a_sample_weight_per_class():
     ]:
         with pytest.raises(error, match=message):
             model.fit(x, one_hot, epochs=1, verbose=0, **bad)
+
+
+def test_top_k_accuracy_metrics():
+    from fastconv.keras import metrics
+    y_true = keras.utils.to_categorical([2, 0, 1], 3)
+    y_pred = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4], [0.5, 0.5, 0.0]])
+    np.testing.assert_array_equal(metrics.top_k_categorical_accuracy(y_true, y_pred, k=1), [0, 0, 1])  # a tie counts
+    np.testing.assert_array_equal(metrics.top_k_categorical_accuracy(y_true, y_pred, k=2), [1, 1, 1])
+    model = small_model(metrics=["sparse_top_k_categorical_accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=1),
+                                 "accuracy"])
+    x, y = small_data()
+    history = model.fit(x, y, epochs=1, verbose=0).history
+    assert list(history) == ["loss", "sparse_top_k_categorical_accuracy", "sparse_top_1_categorical_accuracy",
+                             "accuracy"]
+    assert history["sparse_top_k_categorical_accuracy"] == [1.0]  # 3 classes: always in the top 5
+    assert history["sparse_top_1_categorical_accuracy"] == history["accuracy"]
+    with pytest.raises(ValueError, match="k must be"):
+        keras.metrics.TopKCategoricalAccuracy(k=0)
 
 
 def test_callbacks(tmp_path):

@@ -17,6 +17,13 @@ def categorical_accuracy(y_true, y_pred):
     return (y_pred.argmax(axis=-1) == y_true.argmax(axis=-1)).astype(np.float32)
 
 
+def top_k_categorical_accuracy(y_true, y_pred, k=5):
+    """1 where the true class's score is among the k highest (ties at the boundary count as in, as in
+    TensorFlow's in_top_k)."""
+    true_score = np.take_along_axis(y_pred, y_true.argmax(axis=-1)[..., None], axis=-1)
+    return ((y_pred > true_score).sum(axis=-1) < k).astype(np.float32)
+
+
 class Metric:
     """A named per-sample function; `values(y_true, y_pred)` returns one number per sample."""
 
@@ -40,6 +47,26 @@ class SparseCategoricalAccuracy(Metric):
 
     def __init__(self, name="sparse_categorical_accuracy"):
         super().__init__(name, categorical_accuracy)
+
+
+class TopKCategoricalAccuracy(Metric):
+    """keras.metrics.TopKCategoricalAccuracy(k=5); for k other than 5 the default name says k, so a saved
+    model does not reload it as the k=5 metric."""
+
+    def __init__(self, k=5, name=None):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        default = "top_k_categorical_accuracy" if k == 5 else f"top_{k}_categorical_accuracy"
+        super().__init__(name or default, lambda y_true, y_pred: top_k_categorical_accuracy(y_true, y_pred, k))
+        self.k = int(k)
+
+
+class SparseTopKCategoricalAccuracy(TopKCategoricalAccuracy):
+    """keras.metrics.SparseTopKCategoricalAccuracy(k=5): the same for integer labels (they arrive one-hot)."""
+
+    def __init__(self, k=5, name=None):
+        super().__init__(k, name or ("sparse_top_k_categorical_accuracy" if k == 5 else
+                                     f"sparse_top_{k}_categorical_accuracy"))
 
 
 class BinaryAccuracy(Metric):
@@ -67,6 +94,8 @@ _FUNCTIONS = {
     "binary_accuracy": binary_accuracy,
     "categorical_accuracy": categorical_accuracy,
     "sparse_categorical_accuracy": categorical_accuracy,  # targets arrive one-hot, see the module doc
+    "top_k_categorical_accuracy": top_k_categorical_accuracy,
+    "sparse_top_k_categorical_accuracy": top_k_categorical_accuracy,
 }
 
 

@@ -27,11 +27,13 @@ class Conv2D(Layer):
     fuses_input_relu = True  # backward(x_from_relu=True) also applies the gradient of a ReLU before it
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None, dilation_rate=(1, 1),
-                 activation=None, use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
+                 groups=1, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
             raise ValueError(f"data_format must be 'channels_last', got {data_format!r}")
+        if groups != 1:
+            raise ValueError(f"groups must be 1 (grouped convolutions are not supported), got {groups!r}")
         self.filters = checked_int(filters, "filters", minimum=1)
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.strides = pair(strides, "strides")

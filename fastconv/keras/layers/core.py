@@ -267,3 +267,25 @@ class Dropout(Layer):
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+class SpatialDropout2D(Dropout):
+    """Dropout of whole feature maps: while training, each channel of each image is zeroed with
+    probability `rate` (all its pixels together) and the rest scaled by 1 / (1 - rate)."""
+
+    def __init__(self, rate, data_format=None, seed=None, **kwargs):
+        super().__init__(rate, seed=seed, **kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"data_format must be 'channels_last', got {data_format!r}")
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"SpatialDropout2D {self.name!r} needs 4-D inputs, got shape {input_shape}")
+
+    def forward(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs, None
+        rng = self._rng or backend.rng()
+        keep = rng.random((inputs.shape[0], 1, 1, inputs.shape[3])) >= self.rate
+        mask = (keep / (1 - self.rate)).astype(inputs.dtype)
+        return inputs * mask, mask

@@ -3,7 +3,8 @@
 Adadelta follows Keras 3 too (learning_rate=0.001, also when created from the string 'adadelta');
 the classic Keras MNIST example's Adadelta() meant 1.0 and should now pass learning_rate=1.0.
 Every optimizer accepts the older `lr=` spelling. The learning rate may be a schedule from
-`keras.optimizers.schedules`, evaluated at the optimizer's step count.
+`keras.optimizers.schedules`, evaluated at the optimizer's step count. As in Keras 3, every optimizer
+takes `weight_decay` (decoupled: w -= lr * weight_decay * w before each update); AdamW is Adam with it.
 """
 import math
 
@@ -14,8 +15,13 @@ from fastconv.keras.optimizers import schedules
 
 
 class Optimizer:
-    def __init__(self, learning_rate=0.001, name=None, lr=None):
+    def __init__(self, learning_rate=0.001, name=None, lr=None, weight_decay=None):
         self.learning_rate = learning_rate if lr is None else lr
+        if weight_decay is not None and (isinstance(weight_decay, bool) or
+                                         not isinstance(weight_decay, (int, float, np.floating)) or
+                                         not 0 <= weight_decay < math.inf):
+            raise ValueError(f"weight_decay must be None or a finite number >= 0, got {weight_decay!r}")
+        self.weight_decay = None if weight_decay is None else float(weight_decay)
         self.name = name or type(self).__name__.lower()
         self.iterations = 0
         self._slots = {}  # Variable -> its state arrays (momenta, accumulators)
@@ -46,6 +52,8 @@ class Optimizer:
                 continue
             if variable not in self._slots:
                 self._slots[variable] = self._new_slots(variable.value)
+            if self.weight_decay:
+                variable.value -= variable.value * variable.value.dtype.type(lr * self.weight_decay)
             self._update(variable.value, variable.grad.astype(variable.value.dtype, copy=False), lr,
                          self._slots[variable])
         self.iterations += 1
@@ -66,7 +74,10 @@ class Optimizer:
 
     def get_config(self):
         lr = self._learning_rate
-        return {"learning_rate": schedules.serialize(lr) if isinstance(lr, schedules.LearningRateSchedule) else lr}
+        config = {"learning_rate": schedules.serialize(lr) if isinstance(lr, schedules.LearningRateSchedule) else lr}
+        if self.weight_decay is not None:
+            config["weight_decay"] = self.weight_decay
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -127,6 +138,40 @@ class Adam(Optimizer):
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Keras 3's default 0.004)."""
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay=weight_decay, **kwargs)
+
+
+class Nadam(Adam):
+    """Adam with Nesterov momentum, Keras 3's update (Dozat's momentum schedule)."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
+        self._momentum_product = 1.0  # the product of the schedule's momenta over the steps taken
+
+    def _momentum(self, step):
+        return self.beta_1 * (1 - 0.5 * 0.96 ** (0.004 * step))
+
+    def apply(self, variables):
+        step = self.iterations + 1
+        super().apply(variables)
+        self._momentum_product *= self._momentum(step)
+
+    def _update(self, value, grad, lr, slots):
+        m, v = slots
+        step = self.iterations + 1
+        momentum, next_momentum = self._momentum(step), self._momentum(step + 1)
+        product = self._momentum_product * momentum
+        m += (grad - m) * (1 - self.beta_1)
+        v += (grad * grad - v) * (1 - self.beta_2)
+        m_hat = next_momentum * m / (1 - product * next_momentum) + (1 - momentum) * grad / (1 - product)
+        v_hat = v / (1 - self.beta_2 ** step)
+        value -= lr * m_hat / (np.sqrt(v_hat) + self.epsilon)
 
 
 class RMSprop(Optimizer):
@@ -195,7 +240,7 @@ class Adadelta(Optimizer):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
 
 
-OPTIMIZER_CLASSES = {cls.__name__: cls for cls in (SGD, Adam, RMSprop, Adagrad, Adadelta)}
+OPTIMIZER_CLASSES = {cls.__name__: cls for cls in (SGD, Adam, AdamW, Nadam, RMSprop, Adagrad, Adadelta)}
 _BY_NAME = {name.lower(): cls for name, cls in OPTIMIZER_CLASSES.items()}
 
 
