@@ -214,7 +214,7 @@ def build_parser():
     train.add_argument("--model", choices=list(RECIPES), default="seed")
     train.add_argument("--epochs", type=positive_int)
     train.add_argument("--batch-size", type=positive_int)
-    train.add_argument("--optimizer", help="sgd, adam, rmsprop, adagrad or adadelta (default: the model's)")
+    train.add_argument("--optimizer", help="sgd, adam, adamw, nadam, rmsprop, adagrad or adadelta (default: the model's)")
     train.add_argument("--lr", type=positive_float, help="learning rate (default: the model's)")
     train.add_argument("--threads", type=positive_int)
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
