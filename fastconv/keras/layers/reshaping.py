@@ -1,9 +1,7 @@
 """Layers that resize NHWC images without weights: ZeroPadding2D, Cropping2D, UpSampling2D."""
-import operator
-
 import numpy as np
 
-from fastconv._args import pair
+from fastconv._args import checked_int, pair
 from fastconv.keras.layers.base import Layer
 
 
@@ -15,20 +13,9 @@ def _margins(value, name):
         pairs = ((value[0], value[0]), (value[1], value[1]))
     else:
         pairs = ((value, value), (value, value))
-    margins = []
-    for side in pairs:
-        if len(side) != 2:
-            raise ValueError(f"{name} must be an int, (rows, cols) or ((top, bottom), (left, right)), got {value!r}")
-        for item in side:
-            if isinstance(item, (bool, np.bool_)):
-                raise TypeError(f"{name} must hold ints, got {value!r}")
-            try:
-                number = operator.index(item)
-            except TypeError:
-                raise TypeError(f"{name} must hold ints, got {value!r}") from None
-            if number < 0:
-                raise ValueError(f"{name} must hold ints >= 0, got {value!r}")
-            margins.append(number)
+    if any(not isinstance(side, (tuple, list)) or len(side) != 2 for side in pairs):
+        raise ValueError(f"{name} must be an int, (rows, cols) or ((top, bottom), (left, right)), got {value!r}")
+    margins = [checked_int(item, name, minimum=0) for side in pairs for item in side]
     return (margins[0], margins[1]), (margins[2], margins[3])
 
 
