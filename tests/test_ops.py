@@ -276,18 +276,28 @@ def test_pooling_matches_reference(isa, rng, pool_size, strides, padding):
                                    reference.avgpool2d_backward(dy, x, pool_size, strides, padding), atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 8, 37), (1, 7, 9, 4), (3, 5, 6, 3)])
-def test_maxpool_2x2_fast_path_with_ties_nan_and_inf(rng, shape):
+@pytest.mark.parametrize("shape", [(2, 8, 8, 37), (1, 7, 9, 4), (3, 5, 6, 3), (2, 6, 4, 8), (1, 4, 6, 16),
+                                   (2, 4, 4, 20), (1, 6, 5, 64)])
+def test_maxpool_2x2_fast_path_with_ties_nan_and_inf(isa, rng, shape):
+    """The per-ISA 2x2 kernels: channel counts below, at, and between multiples of every vector width
+    (the last vector overlaps the one before), with and without the argmax."""
     x = rng.integers(-2, 3, size=shape).astype(np.float32)  # many ties
     x[0, 0, 0, :] = np.nan
     x[0, 2:4, 2:4, :] = -np.inf  # a window of nothing but -inf passes no gradient
     x[-1, 1, 0, :] = np.inf
     y = fastconv.maxpool2d(x, 2)
     np.testing.assert_array_equal(y, reference.maxpool2d(x, 2))
+    y_with_argmax, argmax = fastconv.maxpool2d(x, 2, return_argmax=True)
+    want_y, want_argmax = reference.maxpool2d(x, 2, return_argmax=True)
+    np.testing.assert_array_equal(y_with_argmax, want_y)
+    np.testing.assert_array_equal(argmax, want_argmax)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    np.testing.assert_array_equal(fastconv.maxpool2d_backward(dy, x, 2), reference.maxpool2d_backward(dy, x, 2))
+    for x_from_relu in (False, True):
+        want = reference.maxpool2d_backward(dy, x, 2, x_from_relu=x_from_relu)
+        np.testing.assert_array_equal(fastconv.maxpool2d_backward(dy, x, 2, x_from_relu=x_from_relu), want)
+        np.testing.assert_array_equal(
+            fastconv.maxpool2d_backward(dy, x, 2, x_from_relu=x_from_relu, argmax=argmax), want)
     fused = fastconv.maxpool2d_backward(dy, x, 2, x_from_relu=True)
-    np.testing.assert_array_equal(fused, reference.maxpool2d_backward(dy, x, 2, x_from_relu=True))
     assert not fused[~(x > 0)].any()  # nothing through zeros, negatives or NaN
 
 
