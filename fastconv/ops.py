@@ -145,7 +145,8 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     reads $FASTCONV_CONV_ALGO (same values). `conv2d_algorithm` tells which one a shape gets.
 
     Extra memory (scratch cached per thread and reused by later calls, freed at thread exit): direct,
-    the packed weights (Cout rounded up to the vector block x (kh*kw*Cin + 1) floats); implicit, the
+    the packed weights (Cout rounded up to the vector block x (kh*kw*Cin + 1) floats) and kh padded
+    input rows per thread; implicit, the
     packed weights and about 256 KiB of padded input rows per thread; im2col, the packed weights and
     one block of about 256 KiB of patches per thread. `conv2d_workspace_bytes` gives the exact peak.
     """

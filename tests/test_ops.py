@@ -141,6 +141,7 @@ DIRECT_CASES = [  # (x shape, w shape, conv2d keywords): few input channels, eve
     ((2, 7, 30, 3), (1, 7, 3, 17), dict(padding="same", dilation_rate=(1, 2))),
     ((2, 5, 5, 2), (5, 5, 2, 64), dict(padding="valid")),
     ((3, 8, 9, 4), (3, 2, 4, 16), dict(strides=3, padding=1)),
+    ((1, 2, 3, 1), (3, 3, 1, 5), dict(padding=4)),  # rows and whole tiles of nothing but padding
 ]
 
 

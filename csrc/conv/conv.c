@@ -346,10 +346,11 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
 {
     const int64_t k = patch_size(s);
     const int direct = fc_conv2d_algorithm(s, algo) == FC_CONV_DIRECT;
-    const int block = fc_active_conv_direct()->block;
+    const fc_conv_direct_kernels *dk = fc_active_conv_direct();
+    const int block = dk->block;
     if (!backward) {
         const int threads = fc_threads_for_work(forward_flops(s));
-        if (direct) return direct_packed_floats(s, block);
+        if (direct) return direct_packed_floats(s, block) + threads * fc_conv_direct_band_floats(s, dk->pixels);
         if (is_pointwise(s)) return 0;
         if (fc_conv2d_algorithm(s, algo) == FC_CONV_IMPLICIT) {
             const fc_gemm_problem row = kernel_row_gemm(s, NULL, 0);

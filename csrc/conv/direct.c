@@ -14,6 +14,7 @@
 #endif
 
 #include "direct.h"
+#include "../workspace.h"
 
 #if defined(__AVX512F__)
 #define DIRECT_TABLE fc_conv_direct_avx512
@@ -103,30 +104,9 @@ static void column_range(const fc_conv_shape *s, int64_t j, int64_t *lo, int64_t
     *hi = b;
 }
 
-/* One output pixel of one channel block, checking every tap against the image borders. */
-static void forward_pixel(const fc_conv_shape *s, const float *image, const float *wb, const float *bb,
-                          int64_t oy, int64_t ox, vfloat acc[NV])
-{
-    for (int v = 0; v < NV; v++) acc[v] = *(const vfloat *)(bb + v * LANES);
-    for (int64_t i = 0; i < s->kh; i++) {
-        const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
-        if (iy < 0 || iy >= s->h) continue;
-        for (int64_t j = 0; j < s->kw; j++) {
-            const int64_t ix = ox * s->stride_w - s->pad_left + j * s->dilation_w;
-            if (ix < 0 || ix >= s->w) continue;
-            const float *xp = image + (iy * s->w + ix) * s->cin;
-            const float *wj = wb + (i * s->kw + j) * s->cin * BLOCK;
-            for (int64_t c = 0; c < s->cin; c++) {
-                const vfloat xv = splat(xp[c]);
-                for (int v = 0; v < NV; v++) acc[v] += xv * *(const vfloat *)(wj + c * BLOCK + v * LANES);
-            }
-        }
-    }
-}
-
-/* acc = bias + the taps of kernel rows [i0, i1) for a tile of PX interior output pixels from ox, one
- * channel block. Always inlined: the 3x3 single-channel first layer calls it with constant kh, kw,
- * cin and steps, and the compiler unrolls that call into straight FMAs. */
+/* acc = bias + the taps of kernel rows [i0, i1) for a tile of PX output pixels from ox, one channel
+ * block. Always inlined: the 3x3 single-channel first layer calls it with constant kh, kw, cin and
+ * steps, and the compiler unrolls that call into straight FMAs. */
 static inline __attribute__((always_inline)) void forward_tile(const fc_conv_shape *s, const float *image,
                                                                const float *wb, const float *bb, int64_t oy,
                                                                int64_t ox, int64_t i0, int64_t i1, int64_t kh,
@@ -154,45 +134,54 @@ static inline __attribute__((always_inline)) void forward_tile(const fc_conv_sha
     (void)kh;
 }
 
+/* The kh input rows under output row oy, zero padded, into dst: row i holds input row
+ * oy * sh - pad_top + i * dh (zeros outside the image) from input column -pad_left on, `cols`
+ * columns of cin floats. Every output pixel of the row then takes the tile path, borders included. */
+static void padded_rows(const fc_conv_shape *s, const float *image, int64_t oy, int64_t cols, float *dst)
+{
+    const int64_t cin = s->cin, copied = s->w < cols - s->pad_left ? s->w : cols - s->pad_left;
+    for (int64_t i = 0; i < s->kh; i++) {
+        float *row = dst + i * cols * cin;
+        const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
+        memset(row, 0, sizeof(float) * (size_t)(cols * cin));
+        if (iy >= 0 && iy < s->h && copied > 0)
+            memcpy(row + s->pad_left * cin, image + iy * s->w * cin, sizeof(float) * (size_t)(copied * cin));
+    }
+}
+
 static void forward(const fc_conv_shape *s, const float *x, const float *wp, const float *bp, int relu,
                     float *y, int64_t row0, int64_t rows)
 {
     const int64_t cblocks = (s->cout + BLOCK - 1) / BLOCK, taps_cin = s->kh * s->kw * s->cin;
     const int64_t xstep = s->stride_w * s->cin;
     const int first_layer_3x3 = s->kh == 3 && s->kw == 3 && s->cin == 1 && s->stride_w == 1 && s->dilation_w == 1;
-    int64_t inner_lo, inner_hi, unused;
-    column_range(s, 0, &inner_lo, &unused);
-    column_range(s, s->kw - 1, &unused, &inner_hi);
-    if (inner_hi < inner_lo) inner_hi = inner_lo;
+    /* The padded rows as an image of kh rows that needs no padding: the tile reads row i for kernel row i.
+     * Columns reach the last tile's last tap, past ow when the last tile is partial. */
+    fc_conv_shape band = *s;
+    band.h = s->kh;
+    band.w = fc_conv_direct_band_cols(s, PX);
+    band.stride_h = band.dilation_h = 1;
+    band.pad_top = band.pad_left = 0;
+    float *band_rows = fc_scratch(FC_SCRATCH_A, fc_conv_direct_band_floats(s, PX));
 
     for (int64_t r = row0; r < row0 + rows; r++) {
         const int64_t img = r / s->oh, oy = r % s->oh;
-        const float *image = x + img * s->h * s->w * s->cin;
+        padded_rows(s, x + img * s->h * s->w * s->cin, oy, band.w, band_rows);
         float *out = y + r * s->ow * s->cout;
-        int64_t i0 = 0, i1 = s->kh;  /* kernel rows inside the image form one run */
-        while (i0 < s->kh && oy * s->stride_h - s->pad_top + i0 * s->dilation_h < 0) i0++;
-        while (i1 > i0 && oy * s->stride_h - s->pad_top + (i1 - 1) * s->dilation_h >= s->h) i1--;
-
         for (int64_t cb = 0; cb < cblocks; cb++) {
             const float *wb = wp + cb * taps_cin * BLOCK, *bb = bp + cb * BLOCK;
             const int64_t co = cb * BLOCK, n_out = s->cout - co;
-            vfloat acc[PX][NV];
-            int64_t ox = 0;
-            for (; ox < s->ow; ox++) {
-                if (ox >= inner_lo && ox + PX <= inner_hi) {  /* a whole tile of interior pixels */
-                    if (first_layer_3x3 && i0 == 0 && i1 == 3)
-                        forward_tile(s, image, wb, bb, oy, ox, 0, 3, 3, 3, 1, 1, 1, acc);
-                    else
-                        forward_tile(s, image, wb, bb, oy, ox, i0, i1, s->kh, s->kw, s->cin, xstep, s->dilation_w, acc);
-                    for (int p = 0; p < PX; p++)
-                        for (int v = 0; v < NV; v++)
-                            store_lanes(out + (ox + p) * s->cout + co + v * LANES, acc[p][v], n_out - v * LANES, relu);
-                    ox += PX - 1;
-                } else {
-                    forward_pixel(s, image, wb, bb, oy, ox, acc[0]);
+            for (int64_t ox = 0; ox < s->ow; ox += PX) {
+                vfloat acc[PX][NV];
+                if (first_layer_3x3)
+                    forward_tile(&band, band_rows, wb, bb, 0, ox, 0, 3, 3, 3, 1, 1, 1, acc);
+                else
+                    forward_tile(&band, band_rows, wb, bb, 0, ox, 0, s->kh, s->kh, s->kw, s->cin, xstep,
+                                 s->dilation_w, acc);
+                const int pixels = s->ow - ox < PX ? (int)(s->ow - ox) : PX;
+                for (int p = 0; p < pixels; p++)
                     for (int v = 0; v < NV; v++)
-                        store_lanes(out + ox * s->cout + co + v * LANES, acc[0][v], n_out - v * LANES, relu);
-                }
+                        store_lanes(out + (ox + p) * s->cout + co + v * LANES, acc[p][v], n_out - v * LANES, relu);
             }
         }
     }
@@ -318,5 +307,6 @@ static void input_grad(const fc_conv_shape *s, const float *dy, const float *wp,
 }
 
 const fc_conv_direct_kernels DIRECT_TABLE = {
-    .name = DIRECT_NAME, .block = BLOCK, .forward = forward, .weight_grad = weight_grad, .input_grad = input_grad,
+    .name = DIRECT_NAME, .block = BLOCK, .pixels = PX, .forward = forward, .weight_grad = weight_grad,
+    .input_grad = input_grad,
 };

@@ -15,7 +15,10 @@
 typedef struct {
     const char *name;
     int block;   /* output channels per vector block (a multiple of the vector width) */
-    /* y rows [row0, row0 + rows) = conv(x, w) + bias, then relu; y is the whole (n, oh, ow, cout). */
+    int pixels;  /* output pixels per forward tile */
+    /* y rows [row0, row0 + rows) = conv(x, w) + bias, then relu; y is the whole (n, oh, ow, cout).
+     * Uses the calling thread's FC_SCRATCH_A for fc_conv_direct_band_floats floats: the kh input rows
+     * under an output row, zero padded, so that every pixel, borders included, takes the tile path. */
     void (*forward)(const fc_conv_shape *s, const float *x, const float *wp, const float *bp, int relu,
                     float *y, int64_t row0, int64_t rows);
     /* dwp (+)= x patches^T @ dy and dbp (+)= sum dy over rows [row0, row0 + rows), in the packed
@@ -34,6 +37,17 @@ extern const fc_conv_direct_kernels fc_conv_direct_generic;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const fc_conv_direct_kernels fc_conv_direct_avx2;
 extern const fc_conv_direct_kernels fc_conv_direct_avx512;
+/* The padded input rows a forward task holds: kh rows of enough columns for whole tiles of `pixels`. */
+static inline int64_t fc_conv_direct_band_cols(const fc_conv_shape *s, int pixels)
+{
+    const int64_t tiles = (s->ow + pixels - 1) / pixels;
+    return (tiles * pixels - 1) * s->stride_w + (s->kw - 1) * s->dilation_w + 1;
+}
+static inline int64_t fc_conv_direct_band_floats(const fc_conv_shape *s, int pixels)
+{
+    return s->kh * fc_conv_direct_band_cols(s, pixels) * s->cin;
+}
+
 #endif
 
 #endif
