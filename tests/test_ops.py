@@ -102,10 +102,12 @@ def test_implicit_gemm_forward_matches_reference(isa, rng):
                                              padding=padding, x_from_relu=x_from_relu)
             for g, e, terms in zip(got, want, [np.prod(w_shape[:2]) * w_shape[3]] + [np.prod(y.shape[:3])] * 2):
                 assert_close(g, e, terms)
-    # Rows that do not fill their tiles run as bands, the tiles crossing row ends (a width of MR + 1
-    # with a 1-wide kernel on every ISA; the Keras example's second conv, 26x26 -> 24x24, on AVX-512).
-    for x_shape, w_shape in [((2, 5, mr + 1, 6), (3, 1, 6, 40)), ((2, 26, 26, 32), (3, 3, 32, 64))]:
-        assert fastconv.conv2d_algorithm(x_shape, w_shape) == "implicit" or x_shape[2] == 26
+    # Rows whose tiles would compute over an eighth more rows than they have run as bands, the tiles
+    # crossing row ends (7 pixels with a 1-wide kernel: 8 rows computed on every ISA); partial tiles
+    # along rows (MR + 1 pixels, and the Keras example's second conv, 26x26 -> 24x24).
+    for x_shape, w_shape in [((2, 5, 7, 6), (3, 1, 6, 40)), ((2, 5, mr + 1, 6), (3, 1, 6, 40)),
+                             ((2, 26, 26, 32), (3, 3, 32, 64))]:
+        assert fastconv.conv2d_algorithm(x_shape, w_shape) == "implicit"
         x = rng.standard_normal(x_shape).astype(np.float32)
         w = rng.standard_normal(w_shape).astype(np.float32)
         b = rng.standard_normal(w_shape[3]).astype(np.float32)
@@ -188,7 +190,9 @@ def test_skipping_dx_gives_the_same_dw_and_db(isa, rng, algorithm):
 def test_algorithm_choice_and_environment(monkeypatch):
     assert fastconv.conv2d_algorithm((1, 8, 8, 1), (3, 3, 1, 8)) == "direct"
     assert fastconv.conv2d_algorithm((1, 8, 8, 4), (3, 3, 4, 8)) == "direct"
-    assert fastconv.conv2d_algorithm((1, 8, 8, 5), (3, 3, 5, 8)) == "im2col"
+    assert fastconv.conv2d_algorithm((1, 8, 8, 5), (3, 3, 5, 8)) == "implicit"
+    assert fastconv.conv2d_algorithm((1, 8, 8, 5), (3, 3, 5, 8), strides=2) == "im2col"
+    assert fastconv.conv2d_algorithm((1, 5, 5, 5), (3, 3, 5, 8)) == "im2col"  # 3-pixel rows: 4 rows computed
     assert fastconv.conv2d_algorithm((1, 8, 8, 3), (1, 1, 3, 8)) == "gemm"
     assert fastconv.conv2d_algorithm((1, 8, 8, 1), (3, 3, 1, 8), algorithm="im2col") == "im2col"
     assert fastconv.conv2d_algorithm((1, 8, 8, 64), (3, 3, 64, 8), algorithm="direct") == "direct"

@@ -102,8 +102,8 @@ static int is_pointwise(const fc_conv_shape *s)
            s->pad_left == 0 && s->oh == s->h && s->ow == s->w;
 }
 
-/* How implicit GEMM runs the register tiles: along each output row when the row fills its tiles to
- * within an eighth; else along a band of rows, padding columns included (the tiles then cross row
+/* How implicit GEMM runs the register tiles: along each output row when the row's tiles compute at
+ * most an eighth more rows than it has (any row of 8 or more pixels); else along a band of rows, padding columns included (the tiles then cross row
  * ends, and the padding columns' results are dropped), when those are at most an eighth of the row. */
 enum implicit_tiling { IMPLICIT_NONE, IMPLICIT_ROWS, IMPLICIT_BAND };
 
@@ -115,8 +115,9 @@ static enum implicit_tiling implicit_tiling(const fc_conv_shape *s)
     if (s->stride_h != 1 || s->stride_w != 1 || s->dilation_h != 1 || s->dilation_w != 1 || is_pointwise(s) ||
         s->kw * s->cin > kr->kc || s->cout > kr->nc)
         return IMPLICIT_NONE;
-    const int64_t tiles = (s->ow + kr->mr - 1) / kr->mr;
-    if (8 * tiles * kr->mr <= 9 * s->ow) return IMPLICIT_ROWS;
+    /* the rows a row's tiles compute: a partial tile runs its rows rounded up to even (gemm.h) */
+    const int64_t computed = s->ow / kr->mr * kr->mr + ((s->ow % kr->mr + 1) & ~(int64_t)1);
+    if (8 * computed <= 9 * s->ow) return IMPLICIT_ROWS;
     return 8 * (s->ow + s->kw - 1) <= 9 * s->ow ? IMPLICIT_BAND : IMPLICIT_NONE;
 }
 

@@ -7,10 +7,10 @@
 
 enum { MR = 6, NR = 16 };
 
-/* acc += A panel @ B panel. Row i of A is base[i / 3][(i % 3) * rs]: two pointers and the
- * broadcast's addressing mode, whatever the layout of A. */
+/* acc += A panel @ B panel for the first `rows` rows. Row i of A is base[i / 3][(i % 3) * rs]: two
+ * pointers and the broadcast's addressing mode, whatever the layout of A. */
 static inline __attribute__((always_inline)) void tile_fma(int64_t k, const float *a, int64_t rs, int64_t cs,
-                                                           const float *b, int64_t rs_b, __m256 acc[MR][2])
+                                                           const float *b, int64_t rs_b, int rows, __m256 acc[MR][2])
 {
     const float *base[2] = { a, a + 3 * rs };
     #pragma GCC unroll 4
@@ -18,6 +18,7 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         #pragma GCC unroll 6
         for (int i = 0; i < MR; i++) {
+            if (i >= rows) break;
             const __m256 ai = _mm256_broadcast_ss(&base[i / 3][(i % 3) * rs]);
             acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
@@ -25,6 +26,44 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
         base[0] += cs;
         base[1] += cs;
         b += rs_b;
+    }
+}
+
+/* One tile of `rows` rows (a constant where this is inlined), of which the first m are written. */
+static inline __attribute__((always_inline)) void tile(int rows, int64_t k, const float *a, int64_t rs_a,
+                                                       int64_t cs_a, const float *b, int64_t rs_b, float *c,
+                                                       int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
+{
+    __m256 acc[MR][2];
+    #pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    tile_fma(k, a, rs_a, cs_a, b, rs_b, rows, acc);
+    /* The epilogue needs 7 more registers than the 16 ymm: park the tile in memory once here, or
+     * the compiler keeps the accumulators there through the whole k loop. */
+    float parked[MR][NR];
+    #pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) {
+        if (i >= rows) break;
+        _mm256_storeu_ps(parked[i], acc[i][0]);
+        _mm256_storeu_ps(parked[i] + 8, acc[i][1]);
+    }
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+    const __m256i mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), lane);
+    const __m256 alpha = _mm256_set1_ps(ep->alpha), beta = _mm256_set1_ps(ep->beta), zero = _mm256_setzero_ps();
+    const __m256 bias0 = ep->bias ? _mm256_maskload_ps(ep->bias, mask0) : zero;
+    const __m256 bias1 = ep->bias ? _mm256_maskload_ps(ep->bias + 8, mask1) : zero;
+    for (int i = 0; i < m; i++) {
+        float *row = c + i * ldc;
+        __m256 v0 = _mm256_mul_ps(alpha, _mm256_loadu_ps(parked[i])), v1 = _mm256_mul_ps(alpha, _mm256_loadu_ps(parked[i] + 8));
+        if (ep->beta != 0.0f) {
+            v0 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(row, mask0), v0);
+            v1 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(row + 8, mask1), v1);
+        }
+        if (ep->bias) { v0 = _mm256_add_ps(v0, bias0); v1 = _mm256_add_ps(v1, bias1); }
+        if (ep->relu) { v0 = _mm256_max_ps(zero, v0); v1 = _mm256_max_ps(zero, v1); }  /* max(0, NaN) = NaN */
+        _mm256_maskstore_ps(row, mask0, v0);
+        _mm256_maskstore_ps(row + 8, mask1, v1);
     }
 }
 
@@ -36,35 +75,11 @@ static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
         _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + i * ldc + NR - 1), _MM_HINT_T0);
     }
-    __m256 acc[MR][2];
-    #pragma GCC unroll 6
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    tile_fma(k, a, rs_a, cs_a, b, rs_b, acc);
-    /* The epilogue needs 7 more registers than the 16 ymm: park the tile in memory once here, or
-     * the compiler keeps the accumulators there through the whole k loop. */
-    float tile[MR][NR];
-    #pragma GCC unroll 6
-    for (int i = 0; i < MR; i++) {
-        _mm256_storeu_ps(tile[i], acc[i][0]);
-        _mm256_storeu_ps(tile[i] + 8, acc[i][1]);
-    }
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
-    const __m256i mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), lane);
-    const __m256 alpha = _mm256_set1_ps(ep->alpha), beta = _mm256_set1_ps(ep->beta), zero = _mm256_setzero_ps();
-    const __m256 bias0 = ep->bias ? _mm256_maskload_ps(ep->bias, mask0) : zero;
-    const __m256 bias1 = ep->bias ? _mm256_maskload_ps(ep->bias + 8, mask1) : zero;
-    for (int i = 0; i < m; i++) {
-        float *row = c + i * ldc;
-        __m256 v0 = _mm256_mul_ps(alpha, _mm256_loadu_ps(tile[i])), v1 = _mm256_mul_ps(alpha, _mm256_loadu_ps(tile[i] + 8));
-        if (ep->beta != 0.0f) {
-            v0 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(row, mask0), v0);
-            v1 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(row + 8, mask1), v1);
-        }
-        if (ep->bias) { v0 = _mm256_add_ps(v0, bias0); v1 = _mm256_add_ps(v1, bias1); }
-        if (ep->relu) { v0 = _mm256_max_ps(zero, v0); v1 = _mm256_max_ps(zero, v1); }  /* max(0, NaN) = NaN */
-        _mm256_maskstore_ps(row, mask0, v0);
-        _mm256_maskstore_ps(row + 8, mask1, v1);
+    /* A partial tile runs only its rows, rounded up to even (the row past m is readable). */
+    switch ((m + 1) / 2) {
+    case 1: tile(2, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
+    case 2: tile(4, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
+    default: tile(6, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
     }
 }
 

@@ -1,6 +1,7 @@
 /* AVX-512F micro-kernel: a 14 x 32 tile of C in 28 zmm accumulators; A is broadcast straight from
  * memory, so two registers hold the B row and none is spilled (compiled with -mavx512f -mfma).
- * Tiles of at most 16 columns run a 14 x 16 loop (half the FMAs): Dense layers with few outputs. */
+ * Tiles of at most 16 columns run a 14 x 16 loop (half the FMAs), and tiles of fewer rows run only
+ * their rows: Dense layers with few outputs, conv output rows that are not a multiple of 14. */
 #include "gemm.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -8,11 +9,12 @@
 
 enum { MR = 14, NR = 32 };
 
-/* acc (+)= A panel @ B panel over `halves` 16-column halves of the tile. A row i is read through
- * one of five base pointers (rows 0, 3, 6, 9, 12) plus 0, rs or 2*rs, which the compiler folds into
- * the broadcast's addressing mode, so a row-major A costs no more registers than a packed one. */
+/* acc (+)= A panel @ B panel for the first `rows` rows and `halves` 16-column halves of the tile. A row
+ * i is read through one of five base pointers (rows 0, 3, 6, 9, 12) plus 0, rs or 2*rs, which the
+ * compiler folds into the broadcast's addressing mode, so a row-major A costs no more registers than
+ * a packed one. */
 static inline __attribute__((always_inline)) void tile_fma(int64_t k, const float *a, int64_t rs, int64_t cs,
-                                                           const float *b, int64_t rs_b, int halves,
+                                                           const float *b, int64_t rs_b, int rows, int halves,
                                                            __m512 acc[MR][2])
 {
     const float *base[5];
@@ -21,12 +23,48 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
         const __m512 b0 = _mm512_loadu_ps(b), b1 = halves == 2 ? _mm512_loadu_ps(b + 16) : b0;
         #pragma GCC unroll 14
         for (int i = 0; i < MR; i++) {
+            if (i >= rows) break;
             const __m512 ai = _mm512_set1_ps(base[i / 3][(i % 3) * rs]);
             acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
             if (halves == 2) acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
         }
         for (int g = 0; g < 5; g++) base[g] += cs;
         b += rs_b;
+    }
+}
+
+/* One tile of `rows` rows (a constant where this is inlined, so the accumulators stay in registers),
+ * of which the first m are written. */
+static inline __attribute__((always_inline)) void tile(int rows, int64_t k, const float *a, int64_t rs_a,
+                                                       int64_t cs_a, const float *b, int64_t rs_b, float *c,
+                                                       int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
+{
+    __m512 acc[MR][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    if (n > 16)
+        tile_fma(k, a, rs_a, cs_a, b, rs_b, rows, 2, acc);
+    else
+        tile_fma(k, a, rs_a, cs_a, b, rs_b, rows, 1, acc);
+    /* Partial columns use masked loads/stores; partial rows are simply not written. */
+    const __mmask16 mask0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+    const __mmask16 mask1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+    const __m512 alpha = _mm512_set1_ps(ep->alpha), beta = _mm512_set1_ps(ep->beta), zero = _mm512_setzero_ps();
+    const __m512 bias0 = ep->bias ? _mm512_maskz_loadu_ps(mask0, ep->bias) : zero;
+    const __m512 bias1 = ep->bias ? _mm512_maskz_loadu_ps(mask1, ep->bias + 16) : zero;
+    /* A constant trip count keeps the accumulators in registers (a loop to m would index them). */
+    #pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        if (i >= rows || i >= m) break;
+        float *row = c + i * ldc;
+        __m512 v0 = _mm512_mul_ps(alpha, acc[i][0]), v1 = _mm512_mul_ps(alpha, acc[i][1]);
+        if (ep->beta != 0.0f) {
+            v0 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask0, row), v0);
+            v1 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask1, row + 16), v1);
+        }
+        if (ep->bias) { v0 = _mm512_add_ps(v0, bias0); v1 = _mm512_add_ps(v1, bias1); }
+        if (ep->relu) { v0 = _mm512_max_ps(zero, v0); v1 = _mm512_max_ps(zero, v1); }  /* max(0, NaN) = NaN */
+        _mm512_mask_storeu_ps(row, mask0, v0);
+        _mm512_mask_storeu_ps(row + 16, mask1, v1);
     }
 }
 
@@ -39,32 +77,17 @@ static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs
         _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + i * ldc + NR - 1), _MM_HINT_T0);
     }
-    __m512 acc[MR][2];
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    if (n > 16)
-        tile_fma(k, a, rs_a, cs_a, b, rs_b, 2, acc);
-    else
-        tile_fma(k, a, rs_a, cs_a, b, rs_b, 1, acc);
-    /* Partial columns use masked loads/stores; partial rows are simply not written. */
-    const __mmask16 mask0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
-    const __mmask16 mask1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
-    const __m512 alpha = _mm512_set1_ps(ep->alpha), beta = _mm512_set1_ps(ep->beta), zero = _mm512_setzero_ps();
-    const __m512 bias0 = ep->bias ? _mm512_maskz_loadu_ps(mask0, ep->bias) : zero;
-    const __m512 bias1 = ep->bias ? _mm512_maskz_loadu_ps(mask1, ep->bias + 16) : zero;
-    /* A constant trip count keeps the accumulators in registers (a loop to m would index them). */
-    #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++) {
-        if (i >= m) break;
-        float *row = c + i * ldc;
-        __m512 v0 = _mm512_mul_ps(alpha, acc[i][0]), v1 = _mm512_mul_ps(alpha, acc[i][1]);
-        if (ep->beta != 0.0f) {
-            v0 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask0, row), v0);
-            v1 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask1, row + 16), v1);
-        }
-        if (ep->bias) { v0 = _mm512_add_ps(v0, bias0); v1 = _mm512_add_ps(v1, bias1); }
-        if (ep->relu) { v0 = _mm512_max_ps(zero, v0); v1 = _mm512_max_ps(zero, v1); }  /* max(0, NaN) = NaN */
-        _mm512_mask_storeu_ps(row, mask0, v0);
-        _mm512_mask_storeu_ps(row + 16, mask1, v1);
+    /* A partial tile runs only its rows, rounded up to even (the row past m is readable, by the
+     * contract): a conv's 24-pixel output rows are tiles of 14 and 10 rows, and a 10-row tile now
+     * takes 10/14 of the time instead of all of it. */
+    switch ((m + 1) / 2) {
+    case 1: tile(2, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
+    case 2: tile(4, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
+    case 3: tile(6, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
+    case 4: tile(8, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
+    case 5: tile(10, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
+    case 6: tile(12, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
+    default: tile(14, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
     }
 }
 

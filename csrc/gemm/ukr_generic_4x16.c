@@ -7,8 +7,9 @@ static void ukr_generic_4x16(int64_t k, const float *a, int64_t rs_a, int64_t cs
                              float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
     float acc[MR * NR] = {0};
+    const int rows = (m + 1) & ~1;  /* a partial tile runs only its rows, rounded up to even (gemm.h) */
     for (int64_t p = 0; p < k; p++, a += cs_a, b += rs_b) {
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < rows; i++) {
             const float ai = a[i * rs_a];
             for (int j = 0; j < NR; j++) acc[i * NR + j] += ai * b[j];
         }
