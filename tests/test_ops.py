@@ -75,6 +75,8 @@ def test_implicit_gemm_forward_matches_reference(isa, rng):
         (1, (1, 4, None, 17), (2, 4, 17, 70), ((1, 2), (0, 3))),
         (3, (2, 6, None, 5), (5, 3, 5, 33), 1),
         (2, (1, 3, None, 64), (1, 3, 64, 40), "same"),
+        # kernel rows over padding rows are skipped; the first and last two output rows see only padding
+        (1, (2, 4, None, 8), (3, 3, 8, 16), ((4, 4), (1, 1))),
     ]
     for tiles, (n, h, _, cin), w_shape, padding in cases:
         g_pad = fastconv._args.conv_geometry((n, h, 64, cin), w_shape, 1, padding, 1)

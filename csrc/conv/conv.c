@@ -245,18 +245,19 @@ static void copy_padded_rows(const fc_conv_shape *s, const float *x, int64_t img
 
 /* Output pixels [0, count) of a run whose patches start cin floats apart at `at` (one output row, or a
  * band with its padding columns), into c (row stride cout): every register tile of MR pixels and NR
- * channels adds kernel row r's product for r = 0 .. kh-1, the bias and ReLU with the last. */
+ * channels adds kernel row r's product for r = r0 .. r1-1, the bias and ReLU with the last. */
 static void implicit_run(const fc_conv_shape *s, const fc_gemm_kernel *kr, const float *at, int64_t count,
-                         const float *wpack, int64_t packed, const float *bias, int relu, float *c)
+                         int64_t r0, int64_t r1, const float *wpack, int64_t packed, const float *bias, int relu,
+                         float *c)
 {
     const int64_t mr = kr->mr, nr = kr->nr, k = s->kw * s->cin, wp = implicit_padded_width(s);
     for (int64_t q = 0; q < count; q += mr) {
         const int m = (int)min64(mr, count - q);
         for (int64_t j = 0; j < s->cout; j += nr) {
-            for (int64_t r = 0; r < s->kh; r++) {
-                const int last = r == s->kh - 1;
+            for (int64_t r = r0; r < r1; r++) {
+                const int last = r == r1 - 1;
                 const fc_tile_epilogue ep = {
-                    .alpha = 1.0f, .beta = r == 0 ? 0.0f : 1.0f, .bias = last && bias ? bias + j : NULL,
+                    .alpha = 1.0f, .beta = r == r0 ? 0.0f : 1.0f, .bias = last && bias ? bias + j : NULL,
                     .relu = last && relu,
                 };
                 kr->ukr(k, at + (q + r * wp) * s->cin, s->cin, 1, wpack + r * packed + j * k, nr, c + q * s->cout + j,
@@ -295,13 +296,19 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
             memset(buf + (rows + s->kh - 1) * wp * s->cin, 0, sizeof(float) * (size_t)(mr * s->cin));
             const int64_t out_row = s->ow * s->cout, first = (img * s->oh + oy0) * out_row;
             if (by_band) {  /* then drop the padding columns' results */
-                implicit_run(s, kr, buf, (rows - 1) * wp + s->ow, wpack, packed, bias, relu, band_out);
+                implicit_run(s, kr, buf, (rows - 1) * wp + s->ow, 0, s->kh, wpack, packed, bias, relu, band_out);
                 for (int64_t i = 0; i < rows; i++)
                     memcpy(y + first + i * out_row, band_out + i * wp * s->cout, sizeof(float) * (size_t)out_row);
             } else {
-                for (int64_t i = 0; i < rows; i++)
-                    implicit_run(s, kr, buf + i * wp * s->cin, s->ow, wpack, packed, bias, relu,
+                for (int64_t i = 0; i < rows; i++) {
+                    /* skip the kernel rows that read only padding rows (zeros): the input gradient
+                     * of a valid 3x3 conv pads dy by two rows above and below */
+                    const int64_t oy = oy0 + i;
+                    int64_t r0 = max64(0, s->pad_top - oy), r1 = min64(s->kh, s->h + s->pad_top - oy);
+                    if (r0 >= r1) r0 = 0, r1 = s->kh;  /* all padding: run them all, for the bias and zeros */
+                    implicit_run(s, kr, buf + i * wp * s->cin, s->ow, r0, r1, wpack, packed, bias, relu,
                                  y + first + i * out_row);
+                }
             }
             if (mask_by)  /* the band's rows are still in cache */
                 relu_mask(mask_by + first, y + first, rows * out_row);
