@@ -30,6 +30,18 @@ def benchmark(name, help, options=None):
     return register
 
 
+_warned_blas_threads = False
+
+
+def _warn_blas_threads_unlimited():
+    """Say once that NumPy's BLAS keeps its own thread count: its 1-thread rows would use every core."""
+    global _warned_blas_threads
+    if not _warned_blas_threads:
+        print("note: threadpoolctl is not installed, so NumPy's BLAS runs on all its threads in every row; "
+              "pip install 'fastconv[bench]' for a fair comparison", file=sys.stderr)
+        _warned_blas_threads = True
+
+
 @contextlib.contextmanager
 def threads(count):
     """Run fastconv and NumPy's BLAS with `count` threads (NumPy's only if threadpoolctl is installed)."""
@@ -39,6 +51,7 @@ def threads(count):
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:
+            _warn_blas_threads_unlimited()
             limits = contextlib.nullcontext()
         else:
             limits = threadpool_limits(limits=count, user_api="blas")
