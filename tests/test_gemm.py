@@ -71,12 +71,14 @@ def test_shapes_and_transposes(isa, trans_a, trans_b):
 
 
 def test_wide_and_tall_row_major_a(isa):
-    """Row-major A is read in place (narrow N, or rows not 4 KiB apart): row strides that alias in the
-    cache, partial last panels, several row and K blocks, N wider than the narrow-N rule."""
+    """Row-major A is read in place, or from a copy with a padded row stride when its rows are 4 KiB
+    apart (they alias in L1): such strides with narrow and wide N, partial last panels, several row and
+    K blocks, N wider than the narrow-N rule."""
     rng = np.random.default_rng(2)
     mr, nr, mc, kc, _ = _C.gemm_blocking()
     for m, k, n in [(3 * mr + 5, 1024, 10), (4 * mr - 1, 2048, 4 * nr), (200, 288, 64), (65, 129, 4 * nr + 1),
-                    (3 * mr + 5, 1024, 300), (2 * mc + mr + 1, 2 * kc + 3, 9 * nr + 5), (mr - 1, 700, 257)]:
+                    (3 * mr + 5, 1024, 300), (2 * mc + mr + 1, 2 * kc + 3, 9 * nr + 5), (mr - 1, 700, 257),
+                    (2 * mc + mr + 1, 2048, 2 * nr + 3)]:
         a, b = operands(rng, m, k, n)
         assert_close(fastconv.gemm(a, b), a, b)
 
