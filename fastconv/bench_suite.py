@@ -135,7 +135,8 @@ def train_rows(rng, torch):
         fns = {}
         for impl in ("fastconv", "numpy") + (("torch",) if torch else ()):
             step = bench_training.make_trainer(impl, name)
-            fns[impl] = lambda step=step: step(images, labels)
+            # bound now: a free `images` would be the last loop's (keras-cnn's batch of 128) by timing time
+            fns[impl] = lambda step=step, images=images, labels=labels: step(images, labels)
         rows.append(Row("train step", f"{name} batch {batch}", fns))
     return rows
 

@@ -158,3 +158,15 @@ def test_predict_reads_png_with_pillow(trained, tmp_path):
     result = run("predict", str(trained[0]), str(png))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split(": ")[1].split()[0] == str(y_test[2])
+
+
+def test_bench_train_rows_step_with_their_own_batch(monkeypatch):
+    """Each training row runs its model on its own batch (seed 64, keras-cnn 128), not the last row's."""
+    from fastconv import bench_suite, bench_training
+    seen = []
+    monkeypatch.setattr(bench_training, "make_trainer",
+                        lambda impl, name: lambda images, labels: seen.append((name, len(images), len(labels))))
+    rows = bench_suite.train_rows(np.random.default_rng(0), None)
+    for row in rows:
+        row.fns["fastconv"]()
+    assert seen == [(name, batch, batch) for name, batch in bench_suite.TRAIN_STEPS]
