@@ -62,6 +62,16 @@ void fc_gemm_pack_b(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, floa
  * so every element of C gets the same arithmetic whatever the thread count. */
 void fc_gemm_run(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, int threads);
 
+/* Fetches the m rows of an nr-wide tile of C while the k loop runs: C is read (beta != 0) or written at
+ * the end, and for large C it comes from L3 or memory. */
+static inline void fc_prefetch_tile(const float *c, int64_t ldc, int m, int nr)
+{
+    for (int i = 0; i < m; i++) {
+        __builtin_prefetch(c + i * ldc);
+        __builtin_prefetch(c + i * ldc + nr - 1);
+    }
+}
+
 /* The scalar write-back of a tile held in a plain MR x NR array (the portable kernel). */
 static inline void fc_store_tile(const float *acc, int acc_stride, float *c, int64_t ldc, int m, int n,
                                  const fc_tile_epilogue *ep)

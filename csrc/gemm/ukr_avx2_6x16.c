@@ -70,11 +70,7 @@ static inline __attribute__((always_inline)) void tile(int rows, int64_t k, cons
 static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b, int64_t rs_b,
                           float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
-    /* Fetch the C tile while the k loop runs (read when beta != 0, written at the end). */
-    for (int i = 0; i < m; i++) {
-        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + i * ldc + NR - 1), _MM_HINT_T0);
-    }
+    fc_prefetch_tile(c, ldc, m, NR);
     /* A partial tile runs only its rows, rounded up to even (the row past m is readable). */
     switch ((m + 1) / 2) {
     case 1: tile(2, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;

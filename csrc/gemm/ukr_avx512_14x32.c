@@ -71,12 +71,7 @@ static inline __attribute__((always_inline)) void tile(int rows, int64_t k, cons
 static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b, int64_t rs_b,
                              float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
-    /* Fetch the C tile while the k loop runs: it is read (beta != 0) or written at the end, and
-     * for large C it comes from L3 or memory. */
-    for (int i = 0; i < m; i++) {
-        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + i * ldc + NR - 1), _MM_HINT_T0);
-    }
+    fc_prefetch_tile(c, ldc, m, NR);
     /* A partial tile runs only its rows, rounded up to even (the row past m is readable, by the
      * contract): a conv's 24-pixel output rows are tiles of 14 and 10 rows, and a 10-row tile now
      * takes 10/14 of the time instead of all of it. */
