@@ -103,8 +103,9 @@ static int is_pointwise(const fc_conv_shape *s)
 }
 
 /* How implicit GEMM runs the register tiles: along each output row when the row's tiles compute at
- * most an eighth more rows than it has (any row of 8 or more pixels); else along a band of rows, padding columns included (the tiles then cross row
- * ends, and the padding columns' results are dropped), when those are at most an eighth of the row. */
+ * most an eighth more rows than it has (any row of 8 or more pixels); else along a band of rows,
+ * padding columns included (the tiles then cross row ends, and the padding columns' results are
+ * dropped), when those are at most an eighth of the row. */
 enum implicit_tiling { IMPLICIT_NONE, IMPLICIT_ROWS, IMPLICIT_BAND };
 
 /* Implicit GEMM needs stride 1 and dilation 1 (a kernel row's taps of neighbouring output pixels are

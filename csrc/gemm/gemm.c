@@ -190,8 +190,10 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
 {
     const int64_t mr = kr->mr, nr = kr->nr, kc_max = plan->kc, nc_max = plan->nc, mc_max = plan->mc;
     const int a_in_place = plan->a_in_place, a_restrided = plan->a_restrided, threads = plan->threads;
-    /* a restrided block has mc_max + 1 rows of A_RESTRIDED_LD(kc_max): the row past a tile's last may be read */
-    float *a_pack = fc_scratch(FC_SCRATCH_GEMM_A, a_restrided ? (mc_max + 1) * (kc_max + A_ROW_PAD) : mc_max * kc_max);
+    /* A restrided block holds mc_max + 1 rows of kc_max + A_ROW_PAD floats: the row past a partial
+     * tile's last may be read (and is ignored). */
+    const int64_t a_ld = kc_max + A_ROW_PAD;
+    float *a_pack = fc_scratch(FC_SCRATCH_GEMM_A, a_restrided ? (mc_max + 1) * a_ld : mc_max * kc_max);
     for (int64_t jc = 0; jc < p->n; jc += nc_max) {
         const int64_t nc = min64(nc_max, p->n - jc);
         const int64_t n_panels = ceil_div(nc, nr);
@@ -229,7 +231,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                     if (packed_block != ib) {  /* in place, only the last, partial panel is packed */
                         if (a_restrided) {
                             for (int64_t i = 0; i < mc; i++)
-                                memcpy(a_pack + i * (kc_max + A_ROW_PAD), a_block + i * p->a_rs, sizeof(float) * (size_t)kc);
+                                memcpy(a_pack + i * a_ld, a_block + i * p->a_rs, sizeof(float) * (size_t)kc);
                         } else {
                             for (int64_t ir = a_in_place ? mc / mr * mr : 0; ir < mc; ir += mr)
                                 pack_panel(a_block + ir * p->a_rs, p->a_rs, p->a_cs, (int)min64(mr, mc - ir), kc,
@@ -247,9 +249,9 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         for (int64_t ir = 0; ir < mc; ir += mr) {
                             const int rows = (int)min64(mr, mc - ir);
                             const int whole_in_place = a_in_place && rows == mr;
-                            const float *a = a_restrided ? a_pack + ir * (kc_max + A_ROW_PAD)
+                            const float *a = a_restrided ? a_pack + ir * a_ld
                                              : whole_in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
-                            const int64_t rs_a = a_restrided ? kc_max + A_ROW_PAD : whole_in_place ? p->a_rs : 1;
+                            const int64_t rs_a = a_restrided ? a_ld : whole_in_place ? p->a_rs : 1;
                             const int64_t cs_a = a_restrided || whole_in_place ? p->a_cs : mr;
                             kr->ukr(kc, a, rs_a, cs_a, b_panel, rs_b, p->c + (ic + ir) * p->ldc + j, p->ldc, rows,
                                     cols, &ep);
