@@ -6,8 +6,8 @@
  *     then c += bias[0..n) per column and c = max(c, 0) when asked, while the tile is in registers.
  * A panel element (i, p) is a[i * rs_a + p * cs_a] for all MR rows (rows past m must be readable;
  * the kernel ignores them). A tile of m < MR rows costs m rounded up to even rows, not MR: every
- * kernel runs only those rows (conv tiling relies on it). Packed panels are k groups of MR floats (rs_a = 1, cs_a = MR), and a
- * row-major A can be passed in place (rs_a = lda, cs_a = 1). Row p of the B panel is the NR floats at
+ * kernel runs only those rows (conv tiling relies on it). Packed panels are k groups of MR floats
+ * (rs_a = 1, cs_a = MR), and a row-major A can be passed in place (rs_a = lda, cs_a = 1). Row p of the B panel is the NR floats at
  * b_panel + p * rs_b: packed panels have rs_b = NR, and a row-major B can be passed in place (rs_b =
  * ldb) where all NR of its columns exist. */
 #ifndef FASTCONV_GEMM_H

@@ -73,8 +73,8 @@ static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs
 {
     fc_prefetch_tile(c, ldc, m, NR);
     /* A partial tile runs only its rows, rounded up to even (the row past m is readable, by the
-     * contract): a conv's 24-pixel output rows are tiles of 14 and 10 rows, and a 10-row tile now
-     * takes 10/14 of the time instead of all of it. */
+     * contract): a conv's 24-pixel output rows are tiles of 14 and 10 rows, and the 10-row tile
+     * takes 10/14 of a full tile's time. */
     switch ((m + 1) / 2) {
     case 1: tile(2, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
     case 2: tile(4, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
