@@ -212,11 +212,12 @@ def conv2d_forward(g, int algo, const float[::1] x, const float[::1] w, const fl
 def conv2d_backward(g, int algo, const float[::1] dy, const float[::1] x, const float[::1] w, bint x_from_relu,
                     float[::1] dx, float[::1] dw, float[::1] db):
     cdef fc_conv_shape s = conv_shape(g)
+    cdef const float *x_ptr = NULL if x is None else &x[0]  # None: only dx, of a conv not after a ReLU
     cdef float *dx_ptr = NULL if dx is None else &dx[0]
     cdef float *dw_ptr = NULL if dw is None else &dw[0]
     cdef float *db_ptr = NULL if db is None else &db[0]
     with nogil:
-        fc_conv2d_backward(&s, algo, &dy[0], &x[0], &w[0], x_from_relu, dx_ptr, dw_ptr, db_ptr)
+        fc_conv2d_backward(&s, algo, &dy[0], x_ptr, &w[0], x_from_relu, dx_ptr, dw_ptr, db_ptr)
 
 
 def conv2d_workspace_bytes(g, int algo, bint backward):

@@ -1,7 +1,7 @@
 """fastconv: a C-accelerated CPU engine for training image CNNs from Python.
 
 Low-level ops (float32, NHWC images, Keras weight layout): gemm, conv2d, conv2d_backward,
-maxpool2d, maxpool2d_backward, avgpool2d, avgpool2d_backward. `fastconv.reference` holds the same
+conv2d_transpose, maxpool2d, maxpool2d_backward, avgpool2d, avgpool2d_backward. `fastconv.reference` holds the same
 ops in pure NumPy. `fastconv.keras` is a Keras-style model API on top.
 """
 import os
@@ -18,7 +18,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
 from fastconv import _C  # noqa: E402
 from fastconv.ops import (  # noqa: E402
-    CONV_ALGORITHMS, avgpool2d, avgpool2d_backward, conv2d, conv2d_algorithm, conv2d_backward,
+    CONV_ALGORITHMS, avgpool2d, avgpool2d_backward, conv2d, conv2d_algorithm, conv2d_backward, conv2d_transpose,
     conv2d_workspace_bytes, gemm,
     get_num_threads, global_avgpool2d, global_avgpool2d_backward, maxpool2d, maxpool2d_backward,
     set_num_threads, relu_backward, dropout, adam_update, adadelta_update,
@@ -27,7 +27,7 @@ from fastconv.ops import (  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "CONV_ALGORITHMS", "adadelta_update", "adam_update", "available_isas", "avgpool2d", "avgpool2d_backward",
-    "config", "conv2d", "conv2d_algorithm", "conv2d_backward", "conv2d_workspace_bytes", "dropout", "gemm", "get_isa",
+    "config", "conv2d", "conv2d_algorithm", "conv2d_backward", "conv2d_transpose", "conv2d_workspace_bytes", "dropout", "gemm", "get_isa",
     "get_num_threads", "global_avgpool2d", "global_avgpool2d_backward", "maxpool2d", "maxpool2d_backward",
     "relu_backward", "set_isa", "set_num_threads", "show_config",
 ]

@@ -170,6 +170,69 @@ def conv_geometry(x_shape, w_shape, strides, padding, dilation_rate=1):
     return ConvGeometry(n, h, w, cin, kh, kw, cout, sh, sw, dh, dw, top, bottom, left, right, oh, ow)
 
 
+
+def output_padding_pair(output_padding, strides):
+    """None, or `output_padding` (an int or a pair) as a pair of ints each in [0, stride), as Keras requires."""
+    if output_padding is None:
+        return None
+    items = tuple(output_padding) if isinstance(output_padding, (tuple, list)) else (output_padding,) * 2
+    if len(items) != 2:
+        raise ValueError(f"output_padding must be an int or a pair of ints, got {output_padding!r}")
+    items = tuple(checked_int(item, "output_padding") for item in items)
+    if any(p >= s for p, s in zip(items, strides)):
+        raise ValueError(f"output_padding must be smaller than strides {tuple(strides)}, got {output_padding!r}")
+    return items
+
+
+def deconv_output_length(size, window, padding, stride, output_padding=None, dilation=1):
+    """Output length along one axis of a transposed conv, by Keras' rule (`deconv_output_length`): size *
+    stride, plus max(extent - stride, 0) for "valid"; with output_padding, (size - 1) * stride + extent -
+    2 * pad + output_padding, pad = extent // 2 for "same" and 0 for "valid". None stays None."""
+    if size is None:
+        return None
+    extent = dilation * (window - 1) + 1
+    if output_padding is None:
+        return size * stride + (max(extent - stride, 0) if padding == "valid" else 0)
+    pad = extent // 2 if padding == "same" else 0
+    return (size - 1) * stride + extent - 2 * pad + output_padding
+
+
+def conv_transpose_geometry(x_shape, w_shape, strides, padding, output_padding=None, dilation_rate=1):
+    """The conv whose input gradient a transposed convolution is, and the transposed conv's output shape.
+
+    x is (N, H, W, Cin) and w (kh, kw, Cout, Cin), as Keras stores a Conv2DTranspose kernel: the same
+    array is the kernel of a conv from (N, OH, OW, Cout) to (N, H, W, Cin), OH and OW by
+    `deconv_output_length`. Returns (that conv's ConvGeometry, (N, OH, OW, Cout)).
+    """
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D (batch, height, width, channels), got shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        raise ValueError(f"w must be 4-D (kernel_h, kernel_w, out_channels, in_channels), got shape {tuple(w_shape)}")
+    n, h, w, cin = (int(d) for d in x_shape)
+    kh, kw, cout, w_cin = (int(d) for d in w_shape)
+    if w_cin != cin:
+        raise ValueError(f"w has {w_cin} input channels in its last axis (shape {tuple(w_shape)}) but x has {cin} "
+                         f"(shape {tuple(x_shape)})")
+    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same' for a transposed convolution, got {padding!r}")
+    padding = padding.lower()
+    strides = pair(strides, "strides")
+    dilation = pair(dilation_rate, "dilation_rate")
+    if max(strides) > 1 and max(dilation) > 1:
+        raise ValueError("strides > 1 together with dilation_rate > 1 is not supported (as in Keras)")
+    extra = output_padding_pair(output_padding, strides) or (None, None)
+    out_shape = (n,) + tuple(deconv_output_length(size, window, padding, stride, pad, rate)
+                             for size, window, stride, pad, rate in zip((h, w), (kh, kw), strides, extra, dilation)) + (cout,)
+    if min(out_shape[1:3]) <= 0:
+        raise ValueError(f"a transposed convolution of x {tuple(x_shape)} with w {tuple(w_shape)} would have output "
+                         f"shape {out_shape}")
+    g = conv_geometry(out_shape, w_shape, strides, padding, dilation_rate)
+    if g.out_shape != (n, h, w, cin):
+        raise ValueError(f"x of shape {tuple(x_shape)} is not what a conv of the output {out_shape} gives "
+                         f"({g.out_shape}) with these strides, padding and output_padding {output_padding!r}")
+    return g, out_shape
+
+
 @dataclass(frozen=True)
 class PoolGeometry:
     """Every size of one 2-D pooling (NHWC input)."""

@@ -11,10 +11,12 @@ import os
 import numpy as np
 
 from fastconv import _C, reference
-from fastconv._args import as_float_array, check_shape, checked_product, conv_geometry, pool_geometry
+from fastconv._args import (
+    as_float_array, check_shape, checked_product, conv_geometry, conv_transpose_geometry, pool_geometry,
+)
 
 __all__ = [
-    "gemm", "conv2d", "conv2d_backward", "maxpool2d", "maxpool2d_backward", "avgpool2d",
+    "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
     "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update", "conv2d_algorithm", "CONV_ALGORITHMS",
 ]
@@ -202,6 +204,45 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
         return dx, dw, db
     _C.conv2d_backward(g, algo, _flat(dy32), _flat(x32), _flat(w32), bool(x_from_relu), _flat(dx), _flat(dw), _flat(db))
     return dx, dw, db
+
+
+def conv2d_transpose(x, w, b=None, *, strides=1, padding="valid", output_padding=None, dilation_rate=1,
+                     activation=None, out=None, algorithm=None):
+    """Transposed 2-D convolution, as Keras' Conv2DTranspose and TensorFlow's conv2d_transpose compute it.
+
+    x is (N, H, W, Cin) and w (kh, kw, Cout, Cin), the layout of a Keras Conv2DTranspose kernel; b is
+    (Cout,) or None. The result is the input gradient of conv2d(., w) for an input of the output's
+    size, with x as that conv's output gradient: each input pixel spreads w times its value over a
+    kh x kw window, windows `strides` apart. Output (N, OH, OW, Cout), OH = H * stride (+ max(kh -
+    stride, 0) for "valid"), or with output_padding (N, (H - 1) * stride + kh - 2 * pad +
+    output_padding), pad = kh // 2 for "same" (see `_args.conv_transpose_geometry`). padding is "valid"
+    or "same". activation="relu" is applied after the bias.
+
+    Its gradients are convolutions too: dx = conv2d(dy, w, strides=..., padding=...), and dw is the
+    dw of conv2d_backward(x, dy, w, need_dx=False, ...) (x and dy swap roles); db = dy.sum((0, 1, 2)).
+    algorithm as in conv2d_backward. Extra memory: that of conv2d_backward's input gradient.
+    """
+    x32 = as_float_array(x, "x", ndim=4)
+    w32 = as_float_array(w, "w", ndim=4)
+    g, out_shape = conv_transpose_geometry(x32.shape, w32.shape, strides, padding, output_padding, dilation_rate)
+    relu = _check_activation(activation)
+    algo = _conv_algorithm(algorithm)
+    b32 = _bias(b, g.cin)
+    if out is None:
+        out = np.empty(out_shape, dtype=np.float32)
+    else:
+        _check_out(out, out_shape, {"x": x, "w": w, "b": b})
+    if out.size == 0:
+        return out
+    if x32.size == 0:
+        out[...] = 0.0
+    else:
+        _C.conv2d_backward(g, algo, _flat(x32), None, _flat(w32), False, _flat(out), None, None)
+    if b32 is not None:
+        out += b32
+    if relu:
+        np.maximum(out, 0.0, out=out)
+    return out
 
 
 def conv2d_algorithm(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):

@@ -6,10 +6,10 @@ tests can use this as a high-precision oracle; every other dtype computes in flo
 """
 import numpy as np
 
-from fastconv._args import as_float_array, check_shape, conv_geometry, pool_geometry
+from fastconv._args import as_float_array, check_shape, conv_geometry, conv_transpose_geometry, pool_geometry
 
 __all__ = [
-    "gemm", "conv2d", "conv2d_backward", "maxpool2d", "maxpool2d_backward",
+    "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward",
     "avgpool2d", "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward",
     "relu_backward", "dropout", "adam_update", "adadelta_update",
 ]
@@ -111,14 +111,39 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
     db = dy2.sum(axis=0)
     if not need_dx:
         return None, dw, db
+    dx = _input_grad(dy2, w, g, dtype)
+    return (relu_backward(dx, x) if x_from_relu else dx), dw, db
+
+
+def _input_grad(dy2, w, g, dtype):
+    """dx of the conv g: each output pixel's gradient times w, scattered back over its patch (col2im)."""
     dcols = (dy2 @ w.reshape(-1, g.cout).T).reshape(g.n, g.oh, g.ow, g.kh, g.kw, g.cin)
     dxp = np.zeros((g.n, g.h + g.pad_top + g.pad_bottom, g.w + g.pad_left + g.pad_right, g.cin), dtype=dtype)
     for i in range(g.kh):
         for j in range(g.kw):
             rows, columns = _tap_slices(g, i, j, g.dilation_h, g.dilation_w)
             dxp[:, rows, columns, :] += dcols[:, :, :, i, j, :]
-    dx = np.ascontiguousarray(dxp[:, g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w, :])
-    return (relu_backward(dx, x) if x_from_relu else dx), dw, db
+    return np.ascontiguousarray(dxp[:, g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w, :])
+
+
+def conv2d_transpose(x, w, b=None, *, strides=1, padding="valid", output_padding=None, dilation_rate=1,
+                     activation=None, out=None, algorithm=None):
+    """Transposed convolution (Keras Conv2DTranspose): the input gradient of conv2d with x as its output
+    gradient, plus the bias, then ReLU if asked. w is (kh, kw, Cout, Cin); see fastconv.conv2d_transpose."""
+    dtype = _dtype(x, w, b)
+    x = as_float_array(x, "x", ndim=4, dtype=dtype)
+    w = as_float_array(w, "w", ndim=4, dtype=dtype)
+    g, _ = conv_transpose_geometry(x.shape, w.shape, strides, padding, output_padding, dilation_rate)
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    y = _input_grad(x.reshape(-1, g.cout), w, g, dtype)
+    if b is not None:
+        b = as_float_array(b, "b", ndim=1, dtype=dtype)
+        check_shape(b, (g.cin,), "b")
+        y += b
+    if activation == "relu":
+        np.maximum(y, 0, out=y)
+    return _into(out, y)
 
 
 def _pool_windows(xp, g):

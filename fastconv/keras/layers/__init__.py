@@ -1,6 +1,6 @@
 """Keras layers (channels_last, float32)."""
 from fastconv.keras.layers.base import Input, InputLayer, Layer
-from fastconv.keras.layers.conv import Conv2D
+from fastconv.keras.layers.conv import Conv2D, Conv2DTranspose
 from fastconv.keras.layers.core import (
     Activation, Dense, Dropout, Flatten, LeakyReLU, ReLU, Rescaling, Reshape, Softmax, SpatialDropout2D,
 )
@@ -15,17 +15,18 @@ from fastconv.keras.layers.pooling import (
 from fastconv.keras.layers.reshaping import Cropping2D, UpSampling2D, ZeroPadding2D
 
 Convolution2D = Conv2D
+Convolution2DTranspose = Conv2DTranspose
 
 # The only classes a saved model may name; loading never imports or calls anything else.
 LAYER_CLASSES = {cls.__name__: cls for cls in (
-    InputLayer, Dense, Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, Flatten,
+    InputLayer, Dense, Conv2D, Conv2DTranspose, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, Flatten,
     Reshape, Dropout, BatchNormalization, Activation, ReLU, LeakyReLU, Softmax, Add, Subtract, Multiply, Average,
     Maximum, Minimum, Concatenate, Rescaling, ZeroPadding2D, Cropping2D, UpSampling2D, SpatialDropout2D,
 )}
 
 __all__ = [
     "Activation", "Add", "Average", "AveragePooling2D", "AvgPool2D", "BatchNormalization", "Concatenate", "Conv2D",
-    "Convolution2D", "Cropping2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+    "Conv2DTranspose", "Convolution2D", "Convolution2DTranspose", "Cropping2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
     "Input", "InputLayer", "Layer", "LeakyReLU", "MaxPool2D", "MaxPooling2D", "Maximum", "Minimum", "Multiply",
     "ReLU", "Rescaling", "Reshape", "Softmax", "SpatialDropout2D", "Subtract", "UpSampling2D", "ZeroPadding2D",
     "add", "average", "concatenate", "maximum", "minimum", "multiply", "subtract",

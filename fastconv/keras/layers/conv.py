@@ -1,5 +1,5 @@
-"""Conv2D: channels_last convolution with the kernel stored (kh, kw, cin, cout) as Keras does."""
-from fastconv._args import checked_int, pair
+"""Conv2D, channels_last with the kernel stored (kh, kw, cin, cout) as Keras does, and Conv2DTranspose."""
+from fastconv._args import checked_int, deconv_output_length, output_padding_pair, pair
 from fastconv.keras import activations, backend, initializers, regularizers
 from fastconv.keras.layers.base import Layer
 from fastconv.keras.layers.core import activation_backward, apply_activation
@@ -94,3 +94,63 @@ class Conv2D(Layer):
                 "bias_initializer": initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
                 "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+
+
+class Conv2DTranspose(Conv2D):
+    """Transposed convolution (the input gradient of a Conv2D), with the kernel stored (kh, kw, filters,
+    in_channels) as Keras does: strides > 1 upsample (autoencoders, generators)."""
+    fuses_input_relu = False  # its input gradient is a forward conv, which does not mask by x
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", output_padding=None, data_format=None,
+                 dilation_rate=(1, 1), activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding=padding, data_format=data_format,
+                         dilation_rate=dilation_rate, activation=activation, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                         kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer, **kwargs)
+        self.output_padding = output_padding_pair(output_padding, self.strides)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(f"Conv2DTranspose {self.name!r} needs 4-D inputs (batch, height, width, channels), "
+                             f"got shape {input_shape}")
+        channels = input_shape[-1]
+        self.kernel = self.add_weight("kernel", self.kernel_size + (self.filters, channels), self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer, regularizer=self.bias_regularizer)
+        self._set_input_spec(4, {-1: channels})
+
+    def compute_output_shape(self, input_shape):
+        rows, cols = (deconv_output_length(input_shape[axis], self.kernel_size[i], self.padding, self.strides[i],
+                                           None if self.output_padding is None else self.output_padding[i],
+                                           self.dilation_rate[i]) for i, axis in enumerate((1, 2)))
+        return (input_shape[0], rows, cols, self.filters)
+
+    def _conv_args(self):
+        return {"strides": self.strides, "padding": self.padding, "dilation_rate": self.dilation_rate}
+
+    def forward(self, inputs, training=False):
+        relu = self.activation is activations.relu
+        pre = backend.ops().conv2d_transpose(inputs, self.kernel.value, None if self.bias is None else self.bias.value,
+                                             output_padding=self.output_padding, activation="relu" if relu else None,
+                                             **self._conv_args())
+        out = pre if relu else apply_activation(self.activation, pre)
+        return out, (inputs, pre, out)
+
+    def backward(self, ctx, grad, from_preactivation=False, need_input_grad=True):
+        x, pre, out = ctx
+        dpre = activation_backward(self.activation, grad, pre, out, from_preactivation)
+        ops = backend.ops()
+        # The forward is conv2d's input gradient, so x is that conv's output gradient and dpre its input:
+        # dw comes from conv2d_backward with the two swapped, dx from the forward conv of dpre.
+        _, dw, _ = ops.conv2d_backward(x, dpre, self.kernel.value, need_dx=False, **self._conv_args())
+        self.kernel.add_grad(dw)
+        if self.bias is not None:
+            self.bias.add_grad(dpre.sum(axis=(0, 1, 2)))
+        return ops.conv2d(dpre, self.kernel.value, **self._conv_args()) if need_input_grad else None
+
+    def get_config(self):
+        config = super().get_config()
+        config["output_padding"] = None if self.output_padding is None else list(self.output_padding)
+        return config
