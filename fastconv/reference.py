@@ -84,13 +84,18 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
     y = _im2col(_pad(x, g), g) @ w.reshape(-1, g.cout)
+    return _into(out, _add_bias_and_relu(y, b, g.cout, activation, dtype).reshape(g.out_shape))
+
+
+def _add_bias_and_relu(y, b, channels, activation, dtype):
+    """y + b over the last axis (b None: none), then ReLU if activation == "relu"; in place."""
     if b is not None:
         b = as_float_array(b, "b", ndim=1, dtype=dtype)
-        check_shape(b, (g.cout,), "b")
+        check_shape(b, (channels,), "b")
         y += b
     if activation == "relu":
         np.maximum(y, 0, out=y)
-    return _into(out, y.reshape(g.out_shape))
+    return y
 
 
 def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, need_dx=True, x_from_relu=False,
@@ -136,14 +141,7 @@ def conv2d_transpose(x, w, b=None, *, strides=1, padding="valid", output_padding
     g, _ = conv_transpose_geometry(x.shape, w.shape, strides, padding, output_padding, dilation_rate)
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    y = _input_grad(x.reshape(-1, g.cout), w, g, dtype)
-    if b is not None:
-        b = as_float_array(b, "b", ndim=1, dtype=dtype)
-        check_shape(b, (g.cin,), "b")
-        y += b
-    if activation == "relu":
-        np.maximum(y, 0, out=y)
-    return _into(out, y)
+    return _into(out, _add_bias_and_relu(_input_grad(x.reshape(-1, g.cout), w, g, dtype), b, g.cin, activation, dtype))
 
 
 def _pool_windows(xp, g):

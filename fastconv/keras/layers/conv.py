@@ -49,11 +49,15 @@ class Conv2D(Layer):
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.kernel = self.bias = None
 
+    def kernel_shape(self, channels):
+        return self.kernel_size + (channels, self.filters)
+
     def build(self, input_shape):
         if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(f"Conv2D {self.name!r} needs 4-D inputs (batch, height, width, channels), got shape {input_shape}")
+            raise ValueError(f"{type(self).__name__} {self.name!r} needs 4-D inputs (batch, height, width, channels), "
+                             f"got shape {input_shape}")
         channels = input_shape[-1]
-        self.kernel = self.add_weight("kernel", self.kernel_size + (channels, self.filters), self.kernel_initializer,
+        self.kernel = self.add_weight("kernel", self.kernel_shape(channels), self.kernel_initializer,
                                       regularizer=self.kernel_regularizer)
         if self.use_bias:
             self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer, regularizer=self.bias_regularizer)
@@ -110,16 +114,8 @@ class Conv2DTranspose(Conv2D):
                          kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer, **kwargs)
         self.output_padding = output_padding_pair(output_padding, self.strides)
 
-    def build(self, input_shape):
-        if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(f"Conv2DTranspose {self.name!r} needs 4-D inputs (batch, height, width, channels), "
-                             f"got shape {input_shape}")
-        channels = input_shape[-1]
-        self.kernel = self.add_weight("kernel", self.kernel_size + (self.filters, channels), self.kernel_initializer,
-                                      regularizer=self.kernel_regularizer)
-        if self.use_bias:
-            self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer, regularizer=self.bias_regularizer)
-        self._set_input_spec(4, {-1: channels})
+    def kernel_shape(self, channels):
+        return self.kernel_size + (self.filters, channels)
 
     def compute_output_shape(self, input_shape):
         rows, cols = (deconv_output_length(input_shape[axis], self.kernel_size[i], self.padding, self.strides[i],
