@@ -179,9 +179,11 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
     need_dx=False skips the input gradient and returns None for dx (a model's first layer does not
     need it). x_from_relu=True says x is the output of a ReLU and returns, as dx, the gradient at that
     ReLU's input (zero where x <= 0): relu_backward(dx, x) fused into the same pass.
-    algorithm as in conv2d: dw and db come from the direct kernel or from im2col + GEMM; dx from the
-    direct kernel, from an implicit-GEMM conv of dy with the flipped kernel (when conv2d would use
-    implicit GEMM and the conv has stride 1 and dilation 1), or else as dy @ w^T scattered back (col2im).
+    algorithm as in conv2d: dw and db come from the direct kernel or from im2col + GEMM; dx from an
+    implicit-GEMM conv of dy with the flipped kernel (when conv2d would use implicit GEMM and the conv
+    has stride 1 and dilation 1), or else as dy @ w^T scattered back (col2im), also for the shapes
+    where auto picks the direct kernel (faster there); the direct kernel's dx only with
+    algorithm="direct".
     Deterministic: dw and db are reduced over the batch in a fixed order for any thread count.
     Extra memory: a fixed number (at most 16) of partial dw/db sums, plus per thread one block of
     patches for dw and one for dx (about 1024 output pixels each) or a band of padded dy rows; see

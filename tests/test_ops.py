@@ -173,6 +173,16 @@ def test_direct_conv_matches_reference(isa, rng, x_shape, w_shape, kwargs):
     assert dx is None
     np.testing.assert_array_equal(dw, got[1])
     np.testing.assert_array_equal(db, got[2])
+    # auto: the same direct dw, and dx through im2col's dy @ w^T (faster with so few channels), also
+    # through the ReLU before the conv
+    relu_x = np.maximum(x, 0)
+    for x_in, x_from_relu in ((x, False), (relu_x, True)):
+        auto = fastconv.conv2d_backward(dy, x_in, w, x_from_relu=x_from_relu, **kwargs)
+        want = reference.conv2d_backward(dy.astype(np.float64), x_in.astype(np.float64), w64,
+                                         x_from_relu=x_from_relu, **kwargs)
+        for g, e, t in zip(auto, want, terms):
+            assert_close(g, e, t)
+    np.testing.assert_array_equal(fastconv.conv2d_backward(dy, x, w, **kwargs)[1], got[1])
 
 
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
