@@ -215,10 +215,11 @@ def conv2d_transpose(x, w, b=None, *, strides=1, padding="valid", output_padding
     x is (N, H, W, Cin) and w (kh, kw, Cout, Cin), the layout of a Keras Conv2DTranspose kernel; b is
     (Cout,) or None. The result is the input gradient of conv2d(., w) for an input of the output's
     size, with x as that conv's output gradient: each input pixel spreads w times its value over a
-    kh x kw window, windows `strides` apart. Output (N, OH, OW, Cout), OH = H * stride (+ max(kh -
-    stride, 0) for "valid"), or with output_padding (N, (H - 1) * stride + kh - 2 * pad +
-    output_padding), pad = kh // 2 for "same" (see `_args.conv_transpose_geometry`). padding is "valid"
-    or "same". activation="relu" is applied after the bias.
+    kh x kw window, windows `strides` apart. Output (N, OH, OW, Cout) with Keras' sizes: OH = H * stride,
+    plus max(kh - stride, 0) for "valid"; with output_padding, OH = (H - 1) * stride + kh - 2 * pad +
+    output_padding, pad = kh // 2 for "same" and 0 for "valid" (kh the dilated extent). padding is
+    "valid" or "same", cut as TensorFlow does (the odd extra row at the bottom). activation="relu" is
+    applied after the bias.
 
     Its gradients are convolutions too: dx = conv2d(dy, w, strides=..., padding=...), and dw is the
     dw of conv2d_backward(x, dy, w, need_dx=False, ...) (x and dy swap roles); db = dy.sum((0, 1, 2)).
