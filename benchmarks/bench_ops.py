@@ -1,4 +1,5 @@
-"""conv2d and max-pooling, fastconv against fastconv.reference (and PyTorch CPU when installed).
+"""conv2d, conv2d_transpose and max-pooling, fastconv against fastconv.reference (and PyTorch CPU when
+installed).
 
 Run: python -m pytest benchmarks/bench_ops.py --benchmark-group-by=group --benchmark-columns=min,median,rounds
 Each shape's group holds every implementation on the same data; NHWC<->NCHW conversions for PyTorch
@@ -110,6 +111,30 @@ def test_conv2d_backward(benchmark, num_threads, rng, shape, impl):
         out = torch.nn.functional.conv2d(tx, tw, tb, padding=pad)
         benchmark(lambda: torch.autograd.grad(out, (tx, tw, tb), tdy, retain_graph=True))
     benchmark.extra_info["gflops"] = 2 * conv_flops(x, w, y) / benchmark.stats.stats.min / 1e9
+
+
+# (batch, height/width, cin, cout): a decoder's upsampling layer and its 1-channel output layer, 3x3 stride 2
+CONV_TRANSPOSE_SHAPES = {"n128_7x7_64to32": (128, 7, 64, 32), "n128_14x14_32to1": (128, 14, 32, 1)}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", list(CONV_TRANSPOSE_SHAPES))
+def test_conv2d_transpose(benchmark, num_threads, rng, shape, impl):
+    """3x3, stride 2, "same". PyTorch's output has one more row and column (TensorFlow's "same" cuts it)."""
+    torch = skip_without(impl)
+    n, hw, cin, cout = CONV_TRANSPOSE_SHAPES[shape]
+    x = rng.standard_normal((n, hw, hw, cin)).astype(np.float32)
+    w = rng.standard_normal((3, 3, cout, cin)).astype(np.float32)
+    benchmark.group = f"conv2d_transpose stride 2 {shape}"
+    if impl == "torch":
+        tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        tw = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
+        with torch.no_grad():
+            benchmark(torch.nn.functional.conv_transpose2d, tx, tw, stride=2)
+    else:
+        ops = fastconv if impl == "fastconv" else reference
+        benchmark(ops.conv2d_transpose, x, w, strides=2, padding="same")
+    benchmark.extra_info["gflops"] = 2.0 * x.size * 9 * cout / benchmark.stats.stats.min / 1e9
 
 
 @pytest.mark.parametrize("impl", IMPLS)
