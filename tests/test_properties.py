@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import fastconv
 from fastconv import reference
-from fastconv._args import conv_geometry, pool_geometry
+from fastconv._args import conv_geometry, conv_transpose_geometry, pool_geometry
 from fastconv.datasets.idx import IDX_DTYPES, read_idx
 
 EXAMPLES = int(os.environ.get("FASTCONV_PROPERTY_EXAMPLES", "50"))
@@ -147,6 +147,42 @@ def test_conv2d_forward_and_backward_match_reference(isa, case, algorithm, with_
     assert_bounded(dx, rdx, sdx, kh * kw * cout, "conv2d dx")
     assert_bounded(dw, rdw, sdw, y.shape[0] * y.shape[1] * y.shape[2], "conv2d dw")
     assert_bounded(db, rdb, sdb, y.shape[0] * y.shape[1] * y.shape[2], "conv2d db")
+
+
+@st.composite
+def conv_transpose_cases(draw):
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    cin, cout = draw(st.sampled_from([1, 2, 5, 16, 33])), draw(st.sampled_from([1, 3, 4, 8, 17]))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = draw(st.sampled_from([(1, 1), (1, 1), (2, 1), (1, 3)]))
+    output_padding = draw(st.one_of(st.none(), st.none(), st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    return (n, h, w, cin), (kh, kw, cout, cin), dict(strides=strides, padding=padding, dilation_rate=dilation,
+                                                     output_padding=output_padding)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@SETTINGS
+@given(case=conv_transpose_cases(), algorithm=st.sampled_from(["auto", "im2col", "direct"]),
+       with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_conv2d_transpose_matches_reference(isa, case, algorithm, with_bias, seed):
+    x_shape, w_shape, kwargs = case
+    x, w = data_for(seed, x_shape), data_for(seed + 1, w_shape)
+    b = data_for(seed + 2, (w_shape[2],)) if with_bias else None
+    try:
+        conv_transpose_geometry(x_shape, w_shape, **kwargs)
+    except ValueError:  # the op must refuse it the same way, before any C
+        with using_isa(isa), pytest.raises(ValueError):
+            fastconv.conv2d_transpose(x, w, b, algorithm=algorithm, **kwargs)
+        return
+    with using_isa(isa):
+        y = fastconv.conv2d_transpose(x, w, b, algorithm=algorithm, **kwargs)
+    b64 = None if b is None else b.astype(np.float64)
+    want = reference.conv2d_transpose(x.astype(np.float64), w.astype(np.float64), b64, **kwargs)
+    scale = reference.conv2d_transpose(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                                       None if b is None else np.abs(b64), **kwargs)
+    assert_bounded(y, want, scale, w_shape[0] * w_shape[1] * w_shape[3], "conv2d_transpose")
 
 
 # ---------------------------------------------------------------- pooling
