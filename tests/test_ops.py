@@ -185,6 +185,21 @@ def test_direct_conv_matches_reference(isa, rng, x_shape, w_shape, kwargs):
     np.testing.assert_array_equal(fastconv.conv2d_backward(dy, x, w, **kwargs)[1], got[1])
 
 
+@pytest.mark.parametrize("algorithm", ["im2col", "implicit"])
+def test_weight_gradient_of_few_output_channels(isa, rng, algorithm):
+    """Up to 8 output channels dw is computed transposed (dy^T @ patches): around that bound, with
+    several blocks of images and partial register tiles, against the reference."""
+    for cout in (1, 3, 8, 9):
+        x = rng.standard_normal((9, 13, 11, 21)).astype(np.float32)
+        w = rng.standard_normal((3, 3, 21, cout)).astype(np.float32)
+        dy = rng.standard_normal(fastconv.conv2d(x, w, padding="same").shape).astype(np.float32)
+        _, dw, db = fastconv.conv2d_backward(dy, x, w, padding="same", need_dx=False, algorithm=algorithm)
+        _, want_dw, want_db = reference.conv2d_backward(dy.astype(np.float64), x.astype(np.float64),
+                                                        w.astype(np.float64), padding="same", need_dx=False)
+        assert_close(dw, want_dw, 9 * 13 * 11)
+        assert_close(db, want_db, 9 * 13 * 11)
+
+
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_skipping_dx_gives_the_same_dw_and_db(isa, rng, algorithm):
     x = rng.standard_normal((3, 10, 9, 5)).astype(np.float32)
@@ -443,7 +458,8 @@ def test_results_are_bitwise_identical_for_any_thread_count(isa, threads, rng):
         y2 = fastconv.conv2d(x, w, b, padding="same", activation="relu", algorithm="im2col")
         grads2 = fastconv.conv2d_backward(y2, x, w, padding="same", algorithm="im2col", x_from_relu=True)
         y3 = fastconv.conv2d(x, w, strides=2, padding="same")
-        return [y, *grads, y1, *grads1, y2, *grads2, y3, pooled, argmax, fastconv.gemm(a, m),
+        grads4 = fastconv.conv2d_backward(y[..., :3], x, w[..., :3], padding="same")  # dw transposed (cout 3)
+        return [y, *grads, y1, *grads1, y2, *grads2, y3, *grads4, pooled, argmax, fastconv.gemm(a, m),
                 fastconv.maxpool2d_backward(pooled, y, 2), fastconv.maxpool2d_backward(pooled, y, 2, argmax=argmax)]
 
     threads(1)
