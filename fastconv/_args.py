@@ -170,7 +170,6 @@ def conv_geometry(x_shape, w_shape, strides, padding, dilation_rate=1):
     return ConvGeometry(n, h, w, cin, kh, kw, cout, sh, sw, dh, dw, top, bottom, left, right, oh, ow)
 
 
-
 def output_padding_pair(output_padding, strides):
     """None, or `output_padding` (an int or a pair) as a pair of ints each in [0, stride), as Keras requires."""
     if output_padding is None:

@@ -345,7 +345,6 @@ static void flip_kernel(const fc_conv_shape *s, const float *w, float *wt)
         }
 }
 
-/* Does the backward pass take dx as input_grad_as_conv through implicit GEMM (else im2col's col2im)? */
 /* The direct kernels' input gradient only when forced: with 1..4 input channels, im2col's dy @ w^T and
  * scatter was 1.3-2.8x faster on every shape measured (n128 28x28 1->32: 1.5 against 2.4 ms), while
  * the direct weight gradient stays the fastest dw. */
@@ -354,6 +353,7 @@ static int direct_input_grad(const fc_conv_shape *s, int algo)
     return algo == FC_CONV_DIRECT && fc_conv2d_algorithm(s, algo) == FC_CONV_DIRECT;
 }
 
+/* Does the backward pass take dx as input_grad_as_conv through implicit GEMM (else im2col's col2im)? */
 static int implicit_input_grad(const fc_conv_shape *s, int algo, fc_conv_shape *t)
 {
     return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && fc_conv2d_algorithm(s, algo) != FC_CONV_DIRECT &&
