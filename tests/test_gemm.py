@@ -102,6 +102,28 @@ def test_row_major_b_in_place_for_short_m(isa):
                                np.maximum(x.astype(np.float64) @ w + bias, 0), atol=1e-4)
 
 
+def offset_copy(array, offset_floats):
+    """A C-contiguous copy of `array` starting `offset_floats` floats past a 64-byte boundary."""
+    buffer = np.empty(array.size + 32, dtype=np.float32)
+    start = (-buffer.ctypes.data // 4) % 16 + offset_floats
+    view = buffer[start:start + array.size].reshape(array.shape)
+    view[...] = array
+    return view
+
+
+@pytest.mark.parametrize("offset", [0, 1, 4, 12])
+def test_b_rows_at_any_alignment(isa, offset):
+    """Whether a row-major B is read in place depends on its rows being 64-byte aligned: M on both
+    sides of the aligned and misaligned limits, with B at each offset, gives the same products."""
+    rng = np.random.default_rng(11)
+    _, nr, _, kc, _ = _C.gemm_blocking()
+    for m, k, n in [(255, 40, 2 * nr), (257, kc + 3, nr), (300, 17, 3 * nr), (1023, 9, nr), (1030, 5, nr)]:
+        a, b = operands(rng, m, k, n)
+        b = offset_copy(b, offset)
+        assert b.ctypes.data % 64 == 4 * offset
+        assert_close(fastconv.gemm(a, b), a, b)
+
+
 def test_non_contiguous_and_fortran_inputs(isa):
     rng = np.random.default_rng(3)
     a, b = operands(rng, 37, 45, 53)
