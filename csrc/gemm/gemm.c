@@ -228,12 +228,16 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                     const int64_t ic = mr * (m_panels * ib / m_blocks);
                     const int64_t mc = min64(p->m, mr * (m_panels * (ib + 1) / m_blocks)) - ic;
                     const float *a_block = p->a + ic * p->a_rs + pc * p->a_cs;
-                    if (packed_block != ib) {  /* in place, only the last, partial panel is packed */
+                    /* Panels [0, in_place_end) are read where they lie. A tile reads its rows rounded up
+                     * to even (gemm.h), so only a last panel of odd height would read past A: that one
+                     * is packed (64^3 on AVX-512: its 8-row panel no longer costs a scalar transpose). */
+                    const int64_t in_place_end = !a_in_place ? 0 : mc % mr % 2 == 0 ? mc : mc / mr * mr;
+                    if (packed_block != ib) {
                         if (a_restrided) {
                             for (int64_t i = 0; i < mc; i++)
                                 memcpy(a_pack + i * a_ld, a_block + i * p->a_rs, sizeof(float) * (size_t)kc);
                         } else {
-                            for (int64_t ir = a_in_place ? mc / mr * mr : 0; ir < mc; ir += mr)
+                            for (int64_t ir = in_place_end; ir < mc; ir += mr)
                                 pack_panel(a_block + ir * p->a_rs, p->a_rs, p->a_cs, (int)min64(mr, mc - ir), kc,
                                            (int)mr, a_pack + ir * kc);
                         }
@@ -248,11 +252,11 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         const int64_t rs_b = plan->b_in_place ? p->b_rs : nr;
                         for (int64_t ir = 0; ir < mc; ir += mr) {
                             const int rows = (int)min64(mr, mc - ir);
-                            const int whole_in_place = a_in_place && rows == mr;
+                            const int in_place = ir < in_place_end;
                             const float *a = a_restrided ? a_pack + ir * a_ld
-                                             : whole_in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
-                            const int64_t rs_a = a_restrided ? a_ld : whole_in_place ? p->a_rs : 1;
-                            const int64_t cs_a = a_restrided || whole_in_place ? p->a_cs : mr;
+                                             : in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
+                            const int64_t rs_a = a_restrided ? a_ld : in_place ? p->a_rs : 1;
+                            const int64_t cs_a = a_restrided || in_place ? p->a_cs : mr;
                             kr->ukr(kc, a, rs_a, cs_a, b_panel, rs_b, p->c + (ic + ir) * p->ldc + j, p->ldc, rows,
                                     cols, &ep);
                         }
