@@ -34,30 +34,41 @@ static const struct isa_kernels {
 #endif
 };
 
-/* The GEMM kernels as run on this CPU: the table's, with the K block fitted to the L2 (set once, when
- * the library loads). A core with 2 MiB of L2 holds a taller A block (AVX-512: 168 x 1024 floats, a
- * third of it), and C is then read and written once per 1024 of K, not per 384: 1024^3-2048^3 run
- * 3-8% faster on Emerald Rapids. The table's KC stays for 1 MiB L2s (Zen 4 and 5, where it was tuned). */
+/* The GEMM kernels as run on this CPU: the table's, fitted to its caches once, when the library loads.
+ * - K block: a core with 2 MiB of L2 holds a taller A block (AVX-512: 168 x 1024 floats, a third of
+ *   it), and C is then read and written once per 1024 of K, not per 384: 1024^3-2048^3 run 3-8%
+ *   faster on Emerald Rapids. The table's KC stays for 1 MiB L2s (Zen 4 and 5, where it was tuned).
+ * - A row-major A whose rows are 4 KiB apart puts a tile's MR rows in one L1 set. Up to the set's
+ *   ways that is harmless; an 8-way L1 (Zen 4) thrashes with the 14 rows of the AVX-512 tile, so such
+ *   an A is copied to a padded stride first (a Dense layer's 128 x 9216 input: 76 -> 88 GFLOPS).
+ *   A 12-way L1 (Golden Cove, Zen 5) loses less to the extra misses than to that copy (Emerald
+ *   Rapids: 145 -> 160 GFLOPS in place). */
 static fc_gemm_kernel gemm_kernels[ISA_COUNT];
 
-static long l2_bytes(void)
+/* A cache parameter from the C library, or 0 where it does not say. */
+static long cache_parameter(int name)
 {
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    return sysconf(_SC_LEVEL2_CACHE_SIZE);
-#else
-    return 0;  /* unknown: the table's blocking */
-#endif
+    const long value = sysconf(name);
+    return value > 0 ? value : 0;
 }
 
-__attribute__((constructor)) static void fit_gemm_blocking_to_caches(void)
+void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_ways)
 {
-    const int large_l2 = l2_bytes() >= 2L << 20;
+#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_ASSOC)
+    if (l2_bytes < 0) l2_bytes = cache_parameter(_SC_LEVEL2_CACHE_SIZE);
+    if (l1_ways < 0) l1_ways = cache_parameter(_SC_LEVEL1_DCACHE_ASSOC);
+#endif
+    /* unknown (still negative, or 0): the table's blocking, and copies of aliased rows */
     for (int i = 0; i < ISA_COUNT; i++) {
         if (!kernel_table[i].gemm) continue;
-        gemm_kernels[i] = *kernel_table[i].gemm;
-        if (large_l2) gemm_kernels[i].kc = gemm_kernels[i].kc_large_l2;
+        fc_gemm_kernel *k = &gemm_kernels[i];
+        *k = *kernel_table[i].gemm;
+        if (l2_bytes >= 2L << 20) k->kc = k->kc_large_l2;
+        k->aliased_a_in_place = k->mr <= l1_ways || l1_ways >= 12;
     }
 }
+
+__attribute__((constructor)) static void fit_gemm_blocking_to_this_cpu(void) { fc_fit_gemm_blocking(-1, -1); }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>

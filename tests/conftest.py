@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv import _C
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +19,19 @@ def isa(request):
     fastconv.set_isa(request.param)
     yield request.param
     fastconv.set_isa(previous)
+
+
+# Cores whose caches change the GEMM blocking (dispatch.c): Zen 4's 1 MiB L2 and 8-way L1, and
+# Emerald Rapids' 2 MiB L2 and 12-way L1.
+CACHE_FITS = {"l2-1MiB-l1-8way": (1 << 20, 8), "l2-2MiB-l1-12way": (2 << 20, 12)}
+
+
+@pytest.fixture(params=sorted(CACHE_FITS))
+def cache_fit(request):
+    """Runs a test with the GEMM blocking of each kind of cache, whatever this CPU has."""
+    _C.fit_gemm_blocking(*CACHE_FITS[request.param])
+    yield request.param
+    _C.fit_gemm_blocking()
 
 
 @pytest.fixture

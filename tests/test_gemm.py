@@ -60,9 +60,24 @@ def test_blocking_is_the_kernel_table(isa):
     assert mc % mr == 0 and nc % nr == 0 and kc > 0
 
 
+def test_k_block_follows_the_l2(isa):
+    """The K block is the table's for a 1 MiB L2 and no smaller for a 2 MiB one (AVX-512: 384, 1024)."""
+    try:
+        _C.fit_gemm_blocking(1 << 20, 8)
+        small = _C.gemm_blocking()
+        _C.fit_gemm_blocking(2 << 20, 12)
+        large = _C.gemm_blocking()
+    finally:
+        _C.fit_gemm_blocking()
+    assert small[:3] == large[:3] and small[4] == large[4]
+    assert large[3] >= small[3]
+    if isa == "avx512":
+        assert (small[3], large[3]) == (384, 1024)
+
+
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
-def test_shapes_and_transposes(isa, trans_a, trans_b):
+def test_shapes_and_transposes(isa, cache_fit, trans_a, trans_b):
     rng = np.random.default_rng(1)
     for m, k, n in blocking_shapes():
         a, b = operands(rng, m, k, n, trans_a, trans_b)
@@ -70,10 +85,10 @@ def test_shapes_and_transposes(isa, trans_a, trans_b):
         assert_close(got, a, b, trans_a=trans_a, trans_b=trans_b)
 
 
-def test_wide_and_tall_row_major_a(isa):
+def test_wide_and_tall_row_major_a(isa, cache_fit):
     """Row-major A is read in place, or from a copy with a padded row stride when its rows are 4 KiB
-    apart (they alias in L1): such strides with narrow and wide N, partial last panels, several row and
-    K blocks, N wider than the narrow-N rule."""
+    apart (they alias in L1) and the L1 has few ways (cache_fit): such strides with narrow and wide N,
+    partial last panels, several row and K blocks, N wider than the narrow-N rule."""
     rng = np.random.default_rng(2)
     mr, nr, mc, kc, _ = _C.gemm_blocking()
     for m, k, n in [(3 * mr + 5, 1024, 10), (4 * mr - 1, 2048, 4 * nr), (200, 288, 64), (65, 129, 4 * nr + 1),

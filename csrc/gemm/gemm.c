@@ -31,7 +31,6 @@ static int team_size(void) { return 1; }
 
 enum {
     A_IN_PLACE_MAX_COLUMNS = 128,  /* read A with a unit stride in place when N is at most this */
-    L1_WAYS_SAFE = 8,              /* lines of one L1 set that stay there together (L1s are 8- to 12-way) */
     B_CHUNK_FLOATS = 1 << 20,      /* packed B per chunk of K blocks: 4 MiB, an eighth of the L3 */
     A_ROW_PAD = 16,                /* floats added to a restrided A row: kc + 16 is no multiple of 1024 (kc <= 512) */
     PACK_CHUNK = 16,               /* elements of a row a transposing pack reads at once: a cache line */
@@ -282,11 +281,10 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
      * by the micro-kernel when N is narrow (im2col GEMMs, Dense layers, dw): packing would cost a
      * large part of the multiply. A wider product reads a row-major A in place too (packing is a
      * scalar transpose, 3-5% of a square product), unless the tile's MR rows would share one L1 set
-     * (a multiple of 4 KiB apart) and not fit its ways: then each row block is copied row by row
-     * (memcpy) with a padded stride and read from there (a Dense layer's 128 x 9216 input on Zen 4:
-     * 76 -> 88 GFLOPS; in place it thrashed L1, and the transposing pack was slower still).
-     * Column-major A is packed: the k loop would step lda floats at a time. */
-    const int a_rows_fit_l1 = p->a_rs % 1024 != 0 || kr->mr <= L1_WAYS_SAFE;
+     * (a multiple of 4 KiB apart) and the kernel's blocking says this L1 does not stand that
+     * (dispatch.c): then each row block is copied row by row (memcpy) with a padded stride and read
+     * from there. Column-major A is packed: the k loop would step lda floats at a time. */
+    const int a_rows_fit_l1 = p->a_rs % 1024 != 0 || kr->aliased_a_in_place;
     plan.a_in_place = p->a_cs == 1 ? a_rows_fit_l1 : p->a_rs == 1 && p->n <= A_IN_PLACE_MAX_COLUMNS;
     plan.a_restrided = p->a_cs == 1 && !a_rows_fit_l1;
     /* A row-major B with whole NR panels is read in place when few row tiles share each panel (M at
