@@ -42,8 +42,15 @@ static const struct isa_kernels {
  *   ways that is harmless; an 8-way L1 (Zen 4) thrashes with the 14 rows of the AVX-512 tile, so such
  *   an A is copied to a padded stride first (a Dense layer's 128 x 9216 input: 76 -> 88 GFLOPS).
  *   A 12-way L1 (Golden Cove, Zen 5) loses less to the extra misses than to that copy (Emerald
- *   Rapids: 145 -> 160 GFLOPS in place). */
+ *   Rapids: 145 -> 160 GFLOPS in place).
+ * - An A read in place by columns (conv's weight gradient, cols^T @ dy) brings one cache line into L1
+ *   per k step of a tile, beside the B panel's NR floats: its K block keeps both in half of L1
+ *   (AVX-512, 48 KiB: 128; 576x3136x64 with trans_a on Emerald Rapids 114-120 -> 131-138 GFLOPS,
+ *   576x12544x64 91 -> 120-127, where 192 and more lose and 64 loses). */
 static fc_gemm_kernel gemm_kernels[ISA_COUNT];
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* A cache parameter from the C library, or 0 where it does not say. */
 static long cache_parameter(int name)
@@ -52,23 +59,27 @@ static long cache_parameter(int name)
     return value > 0 ? value : 0;
 }
 
-void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_ways)
+void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways)
 {
-#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_ASSOC)
+#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_ASSOC)
     if (l2_bytes < 0) l2_bytes = cache_parameter(_SC_LEVEL2_CACHE_SIZE);
+    if (l1_bytes < 0) l1_bytes = cache_parameter(_SC_LEVEL1_DCACHE_SIZE);
     if (l1_ways < 0) l1_ways = cache_parameter(_SC_LEVEL1_DCACHE_ASSOC);
 #endif
-    /* unknown (still negative, or 0): the table's blocking, and copies of aliased rows */
+    /* Unknown (still negative, or 0): the table's K block, a 32 KiB L1, and copies of aliased rows. */
+    if (l1_bytes <= 0) l1_bytes = 32 << 10;
     for (int i = 0; i < ISA_COUNT; i++) {
         if (!kernel_table[i].gemm) continue;
         fc_gemm_kernel *k = &gemm_kernels[i];
         *k = *kernel_table[i].gemm;
         if (l2_bytes >= 2L << 20) k->kc = k->kc_large_l2;
         k->aliased_a_in_place = k->mr <= l1_ways || l1_ways >= 12;
+        const int64_t line_and_b_row = 64 + (int64_t)sizeof(float) * k->nr;
+        k->kc_columns_of_a = (int)min64(k->kc, max64(32, l1_bytes / 2 / line_and_b_row / 16 * 16));
     }
 }
 
-__attribute__((constructor)) static void fit_gemm_blocking_to_this_cpu(void) { fc_fit_gemm_blocking(-1, -1); }
+__attribute__((constructor)) static void fit_gemm_blocking_to_this_cpu(void) { fc_fit_gemm_blocking(-1, -1, -1); }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>

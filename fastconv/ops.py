@@ -179,15 +179,17 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
     need_dx=False skips the input gradient and returns None for dx (a model's first layer does not
     need it). x_from_relu=True says x is the output of a ReLU and returns, as dx, the gradient at that
     ReLU's input (zero where x <= 0): relu_backward(dx, x) fused into the same pass.
-    algorithm as in conv2d: dw and db come from the direct kernel or from im2col + GEMM; dx from an
-    implicit-GEMM conv of dy with the flipped kernel (when conv2d would use implicit GEMM and the conv
-    has stride 1 and dilation 1), or else as dy @ w^T scattered back (col2im), also for the shapes
-    where auto picks the direct kernel (faster there); the direct kernel's dx only with
-    algorithm="direct".
+    algorithm as in conv2d: dw and db come from the direct kernel, or for stride 1 and dilation 1
+    (auto and "implicit", when cin * cout >= 2048 and the padded rows are at most a fifth wider than
+    the output's) from one GEMM per kernel tap reading the padded image in place, or else from
+    im2col + GEMM; dx from an implicit-GEMM conv of dy with the flipped kernel (when conv2d would use
+    implicit GEMM and the conv has stride 1 and dilation 1), or else as dy @ w^T scattered back
+    (col2im), also for the shapes where auto picks the direct kernel (faster there); the direct
+    kernel's dx only with algorithm="direct".
     Deterministic: dw and db are reduced over the batch in a fixed order for any thread count.
-    Extra memory: a fixed number (at most 16) of partial dw/db sums, plus per thread one block of
-    patches for dw and one for dx (about 1024 output pixels each) or a band of padded dy rows; see
-    `conv2d_workspace_bytes`.
+    Extra memory: a fixed number (at most 16) of partial dw/db sums, plus per thread, for dw, one
+    padded image and its dy or one block of patches, and for dx one block of patches (blocks of about
+    1024 output pixels) or a band of padded dy rows; see `conv2d_workspace_bytes`.
     """
     x32 = as_float_array(x, "x", ndim=4)
     w32 = as_float_array(w, "w", ndim=4)
@@ -250,8 +252,9 @@ def conv2d_transpose(x, w, b=None, *, strides=1, padding="valid", output_padding
 
 def conv2d_algorithm(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
     """The algorithm conv2d uses for these shapes: "direct", "implicit", "im2col" or "gemm" (1x1 as one
-    GEMM). conv2d_backward computes dw and db as im2col does for "implicit", and dx as an implicit-GEMM
-    convolution of dy with the flipped kernel where that applies (stride 1, dilation 1)."""
+    GEMM). For "implicit", conv2d_backward computes dw with a GEMM per kernel tap over the padded image
+    where the products are large enough (else as im2col does), db as im2col does, and dx as an
+    implicit-GEMM convolution of dy with the flipped kernel where that applies (stride 1, dilation 1)."""
     g = conv_geometry(x_shape, w_shape, strides, padding, dilation_rate)
     resolved = _C.conv2d_algorithm(g, _conv_algorithm(algorithm))
     if resolved == CONV_ALGORITHMS["direct"]:

@@ -63,9 +63,9 @@ def test_blocking_is_the_kernel_table(isa):
 def test_k_block_follows_the_l2(isa):
     """The K block is the table's for a 1 MiB L2 and no smaller for a 2 MiB one (AVX-512: 384, 1024)."""
     try:
-        _C.fit_gemm_blocking(1 << 20, 8)
+        _C.fit_gemm_blocking(1 << 20, 32 << 10, 8)
         small = _C.gemm_blocking()
-        _C.fit_gemm_blocking(2 << 20, 12)
+        _C.fit_gemm_blocking(2 << 20, 48 << 10, 12)
         large = _C.gemm_blocking()
     finally:
         _C.fit_gemm_blocking()

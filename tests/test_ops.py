@@ -200,6 +200,33 @@ def test_weight_gradient_of_few_output_channels(isa, rng, algorithm):
         assert_close(db, want_db, 9 * 13 * 11)
 
 
+# Stride-1 convs whose dw takes the implicit GEMM path (cin * cout >= 2048, padded rows at most a fifth
+# wider): several images per block and several blocks, odd cin (a partial tile reads past the padded
+# image), cout off the register tile, asymmetric padding, a non-square kernel, valid 5x5.
+IMPLICIT_DW_CASES = [
+    ((11, 14, 14, 32), (3, 3, 32, 64), dict(padding="same")),
+    ((3, 13, 11, 33), (3, 3, 33, 70), dict(padding=((2, 0), (1, 2)))),
+    ((3, 20, 25, 40), (3, 5, 40, 64), dict(padding="same")),
+    ((2, 30, 30, 48), (5, 5, 48, 48), dict(padding="valid")),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", IMPLICIT_DW_CASES)
+@pytest.mark.parametrize("algorithm", ["auto", "implicit"])
+def test_implicit_weight_gradient_matches_reference(isa, rng, x_shape, w_shape, kwargs, algorithm):
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    dy = rng.standard_normal(fastconv.conv2d(x, w, **kwargs).shape).astype(np.float32)
+    dx, dw, db = fastconv.conv2d_backward(dy, x, w, algorithm=algorithm, **kwargs)
+    want = reference.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **kwargs)
+    pixels = dy.shape[0] * dy.shape[1] * dy.shape[2]
+    assert_close(dx, want[0], w_shape[0] * w_shape[1] * w_shape[3])
+    assert_close(dw, want[1], pixels)
+    assert_close(db, want[2], pixels)
+    _, dw_alone, _ = fastconv.conv2d_backward(dy, x, w, algorithm=algorithm, need_dx=False, **kwargs)
+    np.testing.assert_array_equal(dw_alone, dw)
+
+
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_skipping_dx_gives_the_same_dw_and_db(isa, rng, algorithm):
     x = rng.standard_normal((3, 10, 9, 5)).astype(np.float32)
@@ -447,6 +474,9 @@ def test_results_are_bitwise_identical_for_any_thread_count(isa, threads, rng):
 
     x1 = rng.standard_normal((24, 28, 28, 1)).astype(np.float32)  # the direct kernel's first layer
     w1 = rng.standard_normal((3, 3, 1, 33)).astype(np.float32)
+    x5 = rng.standard_normal((12, 9, 10, 33)).astype(np.float32)
+    w5 = rng.standard_normal((3, 3, 33, 70)).astype(np.float32)
+    dy5 = rng.standard_normal((12, 9, 10, 70)).astype(np.float32)
 
     def run_all():
         y = fastconv.conv2d(x, w, b, padding="same", activation="relu")
@@ -459,7 +489,8 @@ def test_results_are_bitwise_identical_for_any_thread_count(isa, threads, rng):
         grads2 = fastconv.conv2d_backward(y2, x, w, padding="same", algorithm="im2col", x_from_relu=True)
         y3 = fastconv.conv2d(x, w, strides=2, padding="same")
         grads4 = fastconv.conv2d_backward(y[..., :3], x, w[..., :3], padding="same")  # dw transposed (cout 3)
-        return [y, *grads, y1, *grads1, y2, *grads2, y3, *grads4, pooled, argmax, fastconv.gemm(a, m),
+        grads5 = fastconv.conv2d_backward(dy5, x5, w5, padding="same")  # implicit GEMM dw
+        return [y, *grads, y1, *grads1, y2, *grads2, y3, *grads4, *grads5, pooled, argmax, fastconv.gemm(a, m),
                 fastconv.maxpool2d_backward(pooled, y, 2), fastconv.maxpool2d_backward(pooled, y, 2, argmax=argmax)]
 
     threads(1)

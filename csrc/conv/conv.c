@@ -3,7 +3,8 @@
  * Direct (few input channels, csrc/conv/direct.c): weights packed once per call into blocks of
  * output channels, output rows split over the threads; the weight gradient uses the same fixed
  * partial sums as below. Implicit GEMM (stride 1, dilation 1): see "implicit GEMM forward" below;
- * it also computes such a conv's input gradient, while dw and db come from im2col's backward pass.
+ * it also computes such a conv's input gradient, and its weight gradient where the per-tap products
+ * are large enough ("implicit GEMM weight gradient"), inside im2col's backward loop.
  * im2col + GEMM, one block of output pixels at a time (the rest):
  * Forward: each thread gathers the patches of a block of output rows into its own small buffer (so
  * the patches are still in cache when the GEMM reads them) and multiplies it by the kernel, with the
@@ -318,6 +319,69 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
     }
 }
 
+/* ---- implicit GEMM weight gradient ----
+ * For a stride-1, undilated conv, kernel tap (r, c)'s slice of dw is (x shifted by the tap)^T @ dy
+ * over the output pixels. Copy an image with its padding to width wp = ow + kw - 1, and its dy to the
+ * same width with zeros in the kw - 1 extra columns: output pixel q = oy * wp + ox then reads tap
+ * (r, c) at q + r * wp + c, so every tap's A is the padded image read in place from its own offset,
+ * and the extra columns add zeros. No patches are written: the image and dy stay in L2 for all
+ * kh * kw products, where im2col wrote kh * kw copies of the image per image. */
+
+enum {
+    IMPLICIT_DW_SLACK = 16,           /* floats a partial tile may read past the padded image (rows rounded to even) */
+    IMPLICIT_DW_MIN_PRODUCT = 2048,   /* cin * cout of the smallest per-tap product worth its own GEMM */
+};
+
+/* Taken when the products are not too small (cin x cout tiles) and the extra columns add at most a
+ * fifth to the work. Against im2col's dw on Emerald Rapids, 2 threads: n32 56x56 64->64 same 33.3 ->
+ * 27.1 ms, n128 26x26 32->64 valid 12.2 -> 11.4, n64 28x28 32->32 5x5 15.7 -> 8.9, n128 9x9 64->64
+ * 3.3 -> 3.1; level at 16->64 and 32->32 14x14, while 16->16 took twice as long and 8x8 valid
+ * (a 28% wider run) 14% longer. */
+static int implicit_weight_grad(const fc_conv_shape *s, int algo)
+{
+    const int64_t run = (s->oh - 1) * implicit_padded_width(s) + s->ow;
+    return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && s->stride_h == 1 && s->stride_w == 1 &&
+           s->dilation_h == 1 && s->dilation_w == 1 && fc_conv2d_algorithm(s, algo) != FC_CONV_DIRECT &&
+           s->cout > DW_TRANSPOSED_MAX_COUT && s->cin * s->cout >= IMPLICIT_DW_MIN_PRODUCT &&
+           5 * run <= 6 * s->oh * s->ow;
+}
+
+/* The padded image (rounded to whole cache lines, so the padded dy after it is aligned), then the padded dy. */
+static int64_t implicit_dw_image_floats(const fc_conv_shape *s)
+{
+    return ((s->oh + s->kh - 1) * implicit_padded_width(s) * s->cin + IMPLICIT_DW_SLACK + 15) / 16 * 16;
+}
+
+static int64_t implicit_dw_floats(const fc_conv_shape *s)
+{
+    return implicit_dw_image_floats(s) + s->oh * implicit_padded_width(s) * s->cout;
+}
+
+/* dw (+)= image img's weight gradient (dw is (kh * kw * cin) x cout; overwritten unless accumulate). */
+static void implicit_weight_grad_image(const fc_conv_shape *s, const fc_gemm_kernel *kr, const float *x,
+                                       const float *dy, int64_t img, int accumulate, float *dw, float *buf)
+{
+    const int64_t wp = implicit_padded_width(s), rows = s->oh + s->kh - 1, out_row = s->ow * s->cout;
+    float *xpad = buf, *dypad = buf + implicit_dw_image_floats(s);
+    copy_padded_rows(s, x, img, 0, rows, xpad);
+    memset(xpad + rows * wp * s->cin, 0, sizeof(float) * IMPLICIT_DW_SLACK);
+    for (int64_t oy = 0; oy < s->oh; oy++) {
+        memcpy(dypad + oy * wp * s->cout, dy + (img * s->oh + oy) * out_row, sizeof(float) * (size_t)out_row);
+        memset(dypad + oy * wp * s->cout + out_row, 0, sizeof(float) * (size_t)((wp - s->ow) * s->cout));
+    }
+    for (int64_t r = 0; r < s->kh; r++)
+        for (int64_t c = 0; c < s->kw; c++) {
+            const fc_gemm_problem g = {
+                .m = s->cin, .n = s->cout, .k = (s->oh - 1) * wp + s->ow,
+                .a = xpad + (r * wp + c) * s->cin, .a_rs = 1, .a_cs = s->cin,
+                .b = dypad, .b_rs = s->cout, .b_cs = 1,
+                .c = dw + (r * s->kw + c) * s->cin * s->cout, .ldc = s->cout,
+                .alpha = 1.0f, .beta = accumulate ? 1.0f : 0.0f,
+            };
+            fc_gemm_run(kr, &g, 1);
+        }
+}
+
 /* The input gradient of a stride-1, undilated conv is itself such a conv: of dy, padded by kh - 1 -
  * pad_top rows above (kw - 1 - pad_left columns left), with the kernel flipped in both axes and its
  * channel axes swapped. Fills t with that conv's shape; 0 when s is not of this kind. */
@@ -383,23 +447,25 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
     const int64_t blocks = (s->n + backward_block_images(s) - 1) / backward_block_images(s);
     const int64_t partials = min64(blocks, MAX_PARTIAL_SUMS);
     const int64_t cblocks = (s->cout + block - 1) / block;
+    /* per thread, for the im2col path's dw: a padded image and its dy (implicit), or a block of patches */
+    const int64_t dw_floats = implicit_weight_grad(s, algo) ? implicit_dw_floats(s) : block_rows * k;
     fc_conv_shape t;
     if (implicit_input_grad(s, algo, &t)) {
-        /* dw and db as im2col's without dx (partial sums, a block of patches per thread), then dx as
-         * an implicit forward conv (packed kernel rows, a band per thread) of the flipped kernel. */
+        /* dw and db as im2col's without dx (partial sums, dw_floats per thread), then dx as an
+         * implicit forward conv (packed kernel rows, a band per thread) of the flipped kernel. */
         const fc_gemm_problem row = kernel_row_gemm(&t, NULL, 0);
         const int64_t packed_rows = t.kh * fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &row);
         return max64(partials * (k * s->cout + s->cout), packed_rows) + k * s->cout +
-               threads * (max64(block_rows * k, implicit_band_floats(&t)) + implicit_band_out_floats(&t));
+               threads * (max64(dw_floats, implicit_band_floats(&t)) + implicit_band_out_floats(&t));
     }
-    /* The packed weights for dx, and per thread: for dw, the direct kernel's padded output row or one
-     * block of patches; for dx, the direct kernel's row of dy padded to whole blocks (when forced) or
-     * one block of patches. */
+    /* The packed weights for dx, and per thread: for dw, the direct kernel's padded output row or
+     * dw_floats; for dx, the direct kernel's row of dy padded to whole blocks (when forced) or one
+     * block of patches. */
     const fc_gemm_problem dx_gemm = input_grad_gemm(s, NULL);
     const int direct_dx = direct_input_grad(s, algo);
     const int64_t packed = direct_dx ? direct_packed_floats(s, block)
                                      : fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &dx_gemm);
-    const int64_t per_thread = (direct ? s->ow * cblocks * block : block_rows * k) +
+    const int64_t per_thread = (direct ? s->ow * cblocks * block : dw_floats) +
                                (direct_dx ? s->w * s->kw + s->kh : block_rows * k);
     const int64_t shared = partials * (direct ? direct_packed_floats(s, block) : k * s->cout + s->cout) + packed;
     return shared + threads * per_thread;
@@ -497,6 +563,7 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
      * partials then hold dw^T = dy^T @ cols, whose lanes run along the patch (n128 28x28 32->1:
      * 7.2-8.0 -> 3.0 ms; level with the other way round at 16 and 32 channels, slower at 64). */
     const int dw_transposed = !direct && s->cout <= DW_TRANSPOSED_MAX_COUT;
+    const int implicit_dw = implicit_weight_grad(s, algo);
     fc_conv_shape t;
     if (dx && implicit_input_grad(s, algo, &t)) {
         if (dw || db) fc_conv2d_backward(s, algo, dy, x, w, 0, NULL, dw, db);
@@ -536,7 +603,10 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int64_t block_rows = images_per_block * pixels;
-        float *cols = (dw || db) ? fc_scratch(FC_SCRATCH_A, direct ? s->ow * cblocks * block : block_rows * k) : NULL;
+        float *cols = !(dw || db) ? NULL
+                      : fc_scratch(FC_SCRATCH_A, direct        ? s->ow * cblocks * block
+                                                 : implicit_dw ? implicit_dw_floats(s)
+                                                               : block_rows * k);
         float *dcols = dx ? fc_scratch(FC_SCRATCH_B, direct_dx ? s->w * s->kw + s->kh : block_rows * k) : NULL;
         #pragma omp for schedule(dynamic)
         for (int64_t part = 0; part < partials; part++) {
@@ -547,7 +617,11 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
                     dk->weight_grad(s, x, dy, row0 / s->ow, rows / s->ow, dw ? dw_partial + part * dw_size : NULL,
                                     db ? db_partial + part * db_size : NULL, b == part, cols);
                 } else {
-                    if (dw) {  /* dw_part (+)= cols^T @ dy_block, or its transpose for few output channels */
+                    if (dw && implicit_dw) {
+                        for (int64_t i = 0; i < rows / pixels; i++)
+                            implicit_weight_grad_image(s, kernel, x, dy, row0 / pixels + i, b != part || i > 0,
+                                                       dw_partial + part * dw_size, cols);
+                    } else if (dw) {  /* dw_part (+)= cols^T @ dy_block, or its transpose for few output channels */
                         im2col_rows(s, x, row0, rows, cols);
                         const float beta = b == part ? 0.0f : 1.0f;
                         const fc_gemm_problem g = dw_transposed ? (fc_gemm_problem){

@@ -103,11 +103,21 @@ static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, in
     }
 }
 
+/* A column-major op(A) (trans_a: conv's weight gradient, cols^T) is read in place when N is narrow:
+ * packing would cost a large part of the multiply. */
+static int a_columns_in_place(const fc_gemm_problem *p)
+{
+    return p->a_cs != 1 && p->a_rs == 1 && p->n <= A_IN_PLACE_MAX_COLUMNS;
+}
+
 /* K blocks of equal size (K = 288 is 2 x 144, not 256 + 32): fewer passes over C for the same L1
- * footprint of the B panel. Both sizes depend on the shape only, never on the thread count. */
+ * footprint of the B panel. An A read in place by columns takes a cache line per k step of each
+ * tile, so its K block is the kernel's kc_columns_of_a, which keeps those lines and the B panel in
+ * L1. Both sizes depend on the shape only, never on the thread count. */
 static int64_t k_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
 {
-    return ceil_div(p->k, ceil_div(p->k, kr->kc));
+    const int64_t kc_max = a_columns_in_place(p) ? kr->kc_columns_of_a : kr->kc;
+    return ceil_div(p->k, ceil_div(p->k, kc_max));
 }
 static int64_t n_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
 {
@@ -285,7 +295,7 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
      * (dispatch.c): then each row block is copied row by row (memcpy) with a padded stride and read
      * from there. Column-major A is packed: the k loop would step lda floats at a time. */
     const int a_rows_fit_l1 = p->a_rs % 1024 != 0 || kr->aliased_a_in_place;
-    plan.a_in_place = p->a_cs == 1 ? a_rows_fit_l1 : p->a_rs == 1 && p->n <= A_IN_PLACE_MAX_COLUMNS;
+    plan.a_in_place = p->a_cs == 1 ? a_rows_fit_l1 : a_columns_in_place(p);
     plan.a_restrided = p->a_cs == 1 && !a_rows_fit_l1;
     /* A row-major B with whole NR panels is read in place when few row tiles share each panel (M at
      * most the kernel's b_in_place_max_m: a Dense layer's batch, conv's weight gradient), where
