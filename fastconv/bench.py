@@ -157,11 +157,12 @@ def run_peak(args):
     return 0
 
 
-# Default sizes: squares, then the CNN shapes (M x K x N) the GEMM serves: Dense layers, im2col
-# forward, and the two conv backward products, dw = cols^T @ dy (/ta: trans_a) and dcols = dy @ w^T
-# (/tb: trans_b).
+# Default sizes: squares, then the CNN shapes (M x K x N) the GEMM serves: Dense layers and keras-cnn's
+# Dense backward (dw = x^T @ dy, /ta: trans_a; dx = dy @ w^T, /tb: trans_b), im2col forward, and the two
+# conv backward products, dw = cols^T @ dy and dcols = dy @ w^T.
 GEMM_SIZES = ("64", "128", "256", "512", "1024", "2048", "64x3136x128", "128x9216x128", "128x128x10",
-              "100352x288x64", "6272x288x64", "288x6272x64/ta", "6272x64x288/tb")
+              "9216x128x128/ta", "128x128x9216/tb", "100352x288x64", "6272x288x64", "288x6272x64/ta",
+              "6272x64x288/tb")
 
 
 def gemm_case(spec):

@@ -98,6 +98,17 @@ def test_wide_and_tall_row_major_a(isa, cache_fit):
         assert_close(fastconv.gemm(a, b), a, b)
 
 
+def test_trans_a_read_in_place_or_packed(isa, cache_fit):
+    """A transposed A (a weight gradient's x^T) is read in place by columns when N is narrow, with its
+    own K block, unless its columns are a multiple of 4 KiB apart (then packed): both, with several K
+    blocks and a partial last panel."""
+    rng = np.random.default_rng(12)
+    mr, nr, _, kc, _ = _C.gemm_blocking()
+    for m, k, n in [(1024, 300, 64), (2048, 33, 2 * nr), (1000, 300, 64), (3 * mr + 5, 2 * kc + 7, nr + 3)]:
+        a, b = operands(rng, m, k, n, trans_a=True)
+        assert_close(fastconv.gemm(a, b, trans_a=True), a, b, trans_a=True)
+
+
 def test_row_major_b_in_place_for_short_m(isa):
     """A row-major B of whole NR panels is read in place when M is short: several K blocks, alpha/beta,
     bias and ReLU, a 4 KiB row stride (packed instead), and N with a partial last panel (packed)."""
