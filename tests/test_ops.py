@@ -200,6 +200,31 @@ def test_weight_gradient_of_few_output_channels(isa, rng, algorithm):
         assert_close(db, want_db, 9 * 13 * 11)
 
 
+@pytest.mark.parametrize("cout", [1, 2, 3, 4])
+def test_few_output_channels_forward(isa, rng, cout):
+    """A stride-1 conv with 1..4 output channels runs each output row through the direct kernels' dot
+    products along the taps: kw * cin off the vector width, rows of 7 pixels (not whole groups of 4),
+    padding of every form, bias and ReLU, against the reference; auto picks it (as "implicit")."""
+    cases = [((3, 9, 7, 33), (3, 3), "same"), ((2, 12, 13, 5), (3, 5), ((2, 0), (1, 3))),
+             ((2, 10, 11, 16), (5, 3), "valid"), ((1, 6, 7, 64), (1, 3), "same")]
+    for x_shape, (kh, kw), padding in cases:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal((kh, kw, x_shape[3], cout)).astype(np.float32)
+        b = rng.standard_normal(cout).astype(np.float32)
+        assert fastconv.conv2d_algorithm(x.shape, w.shape, padding=padding) == "implicit"
+        for activation in (None, "relu"):
+            y = fastconv.conv2d(x, w, b, padding=padding, activation=activation)
+            want = reference.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                                    padding=padding, activation=activation)
+            assert y.shape == want.shape
+            assert_close(y, want, kh * kw * x_shape[3])
+    x = rng.standard_normal((1, 5, 6, 20)).astype(np.float32)
+    x[0, 2, 3, 7] = np.nan
+    y = fastconv.conv2d(x, rng.standard_normal((3, 3, 20, cout)).astype(np.float32), padding="same",
+                        activation="relu")
+    assert np.isnan(y[0, 1:4, 2:5]).all() and not np.isnan(y[0, 0]).any()
+
+
 # Stride-1 convs whose dw takes the implicit GEMM path (cin * cout >= 2048, padded rows at most a fifth
 # wider): several images per block and several blocks, odd cin (a partial tile reads past the padded
 # image), cout off the register tile, asymmetric padding, a non-square kernel, valid 5x5.

@@ -124,7 +124,16 @@ static enum implicit_tiling implicit_tiling(const fc_conv_shape *s)
     return 8 * (s->ow + s->kw - 1) <= 9 * s->ow ? IMPLICIT_BAND : IMPLICIT_NONE;
 }
 
-static int implicit_applies(const fc_conv_shape *s) { return implicit_tiling(s) != IMPLICIT_NONE; }
+/* A stride-1, undilated conv with at most FC_FEW_OUTPUTS_MAX_COUT output channels: implicit GEMM's
+ * bands of padded rows, but each row through the direct kernels' few_outputs_row (vectorised along the
+ * taps), as the GEMM's lanes would run along those few channels (n128 28x28 32->1: 10 GFLOPS). */
+static int few_outputs(const fc_conv_shape *s)
+{
+    return s->stride_h == 1 && s->stride_w == 1 && s->dilation_h == 1 && s->dilation_w == 1 &&
+           s->cout <= FC_FEW_OUTPUTS_MAX_COUT && !is_pointwise(s);
+}
+
+static int implicit_applies(const fc_conv_shape *s) { return few_outputs(s) || implicit_tiling(s) != IMPLICIT_NONE; }
 
 int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
 {
@@ -214,7 +223,8 @@ static int64_t implicit_band_floats(const fc_conv_shape *s)
 /* The per-thread staging of a band's results, padding columns included, when tiling by band. */
 static int64_t implicit_band_out_floats(const fc_conv_shape *s)
 {
-    return implicit_tiling(s) == IMPLICIT_BAND ? implicit_band_rows(s) * implicit_padded_width(s) * s->cout : 0;
+    return !few_outputs(s) && implicit_tiling(s) == IMPLICIT_BAND
+               ? implicit_band_rows(s) * implicit_padded_width(s) * s->cout : 0;
 }
 
 /* Kernel row r as the B of a GEMM: (kw * cin) x cout, packed by fc_gemm_pack_b. */
@@ -225,6 +235,14 @@ static fc_gemm_problem kernel_row_gemm(const fc_conv_shape *s, const float *w, i
         .n = s->cout, .k = k, .b = w ? w + r * k * s->cout : NULL, .b_rs = s->cout, .b_cs = 1,
     };
     return p;
+}
+
+/* The kernel as implicit GEMM reads it: kh packed kernel rows, or for few outputs [cout][kh][kw * cin]. */
+static int64_t implicit_weights_floats(const fc_conv_shape *s)
+{
+    if (few_outputs(s)) return s->cout * patch_size(s);
+    const fc_gemm_problem row = kernel_row_gemm(s, NULL, 0);
+    return s->kh * fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &row);
 }
 
 /* Copies padded input rows [row0, row0 + rows) of image img (zeros outside x) into buf. */
@@ -276,12 +294,16 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
                              const float *mask_by, float *y)
 {
     const fc_gemm_kernel *kr = fc_active_gemm_kernel();
-    const int64_t mr = kr->mr, wp = implicit_padded_width(s);
-    const int by_band = implicit_tiling(s) == IMPLICIT_BAND;
+    const int64_t mr = kr->mr, wp = implicit_padded_width(s), k = patch_size(s);
+    const int few = few_outputs(s), by_band = !few && implicit_tiling(s) == IMPLICIT_BAND;
     const fc_gemm_problem row0_gemm = kernel_row_gemm(s, w, 0);
-    const int64_t packed = fc_gemm_packed_b_floats(kr, &row0_gemm);  /* the same for every kernel row */
-    float *wpack = fc_scratch(FC_SCRATCH_CALL, s->kh * packed);
-    for (int64_t r = 0; r < s->kh; r++) {
+    const int64_t packed = few ? 0 : fc_gemm_packed_b_floats(kr, &row0_gemm);  /* the same for every kernel row */
+    float *wpack = fc_scratch(FC_SCRATCH_CALL, implicit_weights_floats(s));
+    if (few) {  /* wpack[co][r][c * cin + ci] = w[r][c][ci][co] */
+        for (int64_t e = 0; e < k; e++)
+            for (int64_t co = 0; co < s->cout; co++) wpack[co * k + e] = w[e * s->cout + co];
+    }
+    for (int64_t r = 0; !few && r < s->kh; r++) {
         const fc_gemm_problem g = kernel_row_gemm(s, w, r);
         fc_gemm_pack_b(kr, &g, wpack + r * packed);
     }
@@ -298,7 +320,12 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
             /* the slack a last, partial tile reads: zeros rather than stale values */
             memset(buf + (rows + s->kh - 1) * wp * s->cin, 0, sizeof(float) * (size_t)(mr * s->cin));
             const int64_t out_row = s->ow * s->cout, first = (img * s->oh + oy0) * out_row;
-            if (by_band) {  /* then drop the padding columns' results */
+            if (few) {
+                for (int64_t i = 0; i < rows; i++)
+                    fc_active_conv_direct()->few_outputs_row(buf + i * wp * s->cin, wp * s->cin, s->cin,
+                                                             s->kw * s->cin, (int)s->kh, wpack, (int)s->cout,
+                                                             bias, relu, s->ow, y + first + i * out_row);
+            } else if (by_band) {  /* then drop the padding columns' results */
                 implicit_run(s, kr, buf, (rows - 1) * wp + s->ow, 0, s->kh, wpack, packed, bias, relu, band_out);
                 for (int64_t i = 0; i < rows; i++)
                     memcpy(y + first + i * out_row, band_out + i * wp * s->cout, sizeof(float) * (size_t)out_row);
@@ -434,11 +461,8 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
         const int threads = fc_threads_for_work(forward_flops(s));
         if (direct) return direct_packed_floats(s, block) + threads * fc_conv_direct_band_floats(s, dk->pixels);
         if (is_pointwise(s)) return 0;
-        if (fc_conv2d_algorithm(s, algo) == FC_CONV_IMPLICIT) {
-            const fc_gemm_problem row = kernel_row_gemm(s, NULL, 0);
-            return s->kh * fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &row) +
-                   threads * (implicit_band_floats(s) + implicit_band_out_floats(s));
-        }
+        if (fc_conv2d_algorithm(s, algo) == FC_CONV_IMPLICIT)
+            return implicit_weights_floats(s) + threads * (implicit_band_floats(s) + implicit_band_out_floats(s));
         const fc_gemm_problem p = forward_gemm(s, NULL, NULL, 0);
         return fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &p) + threads * forward_block_rows(s) * k;
     }
@@ -453,9 +477,7 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
     if (implicit_input_grad(s, algo, &t)) {
         /* dw and db as im2col's without dx (partial sums, dw_floats per thread), then dx as an
          * implicit forward conv (packed kernel rows, a band per thread) of the flipped kernel. */
-        const fc_gemm_problem row = kernel_row_gemm(&t, NULL, 0);
-        const int64_t packed_rows = t.kh * fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &row);
-        return max64(partials * (k * s->cout + s->cout), packed_rows) + k * s->cout +
+        return max64(partials * (k * s->cout + s->cout), implicit_weights_floats(&t)) + k * s->cout +
                threads * (max64(dw_floats, implicit_band_floats(&t)) + implicit_band_out_floats(&t));
     }
     /* The packed weights for dx, and per thread: for dw, the direct kernel's padded output row or

@@ -306,7 +306,41 @@ static void input_grad(const fc_conv_shape *s, const float *dy, const float *wp,
     }
 }
 
+/* Few output channels (see direct.h): PX pixels at a time, one channel at a time, each kernel row's
+ * kw * cin taps (contiguous in the padded input and in wt) in LANES-wide FMAs into one accumulator per
+ * pixel; each loaded weight vector serves all PX pixels. The last, partial group of pixels repeats its
+ * last pixel, whose sums are not stored. */
+static void few_outputs_row(const float *x, int64_t row_stride, int64_t pixel_stride, int64_t len, int kh,
+                            const float *wt, int cout, const float *bias, int relu, int64_t count, float *y)
+{
+    const int64_t vec_len = len / LANES * LANES;
+    for (int64_t p0 = 0; p0 < count; p0 += PX) {
+        const float *xp[PX];
+        for (int i = 0; i < PX; i++) xp[i] = x + (p0 + i < count ? p0 + i : count - 1) * pixel_stride;
+        for (int co = 0; co < cout; co++) {
+            vfloat acc[PX];
+            float tail[PX];
+            for (int i = 0; i < PX; i++) acc[i] = (vfloat){0}, tail[i] = 0.0f;
+            for (int r = 0; r < kh; r++) {
+                const float *w = wt + (co * kh + r) * len;
+                const int64_t at = r * row_stride;
+                for (int64_t j = 0; j < vec_len; j += LANES) {
+                    const vfloat wv = *(const vfloat_unaligned *)(w + j);
+                    for (int i = 0; i < PX; i++) acc[i] += *(const vfloat_unaligned *)(xp[i] + at + j) * wv;
+                }
+                for (int64_t j = vec_len; j < len; j++)
+                    for (int i = 0; i < PX; i++) tail[i] += xp[i][at + j] * w[j];
+            }
+            for (int i = 0; i < PX && p0 + i < count; i++) {
+                float v = sum_lanes(acc[i]) + tail[i] + (bias ? bias[co] : 0.0f);
+                if (relu && v < 0.0f) v = 0.0f;  /* NaN stays NaN */
+                y[(p0 + i) * cout + co] = v;
+            }
+        }
+    }
+}
+
 const fc_conv_direct_kernels DIRECT_TABLE = {
     .name = DIRECT_NAME, .block = BLOCK, .pixels = PX, .forward = forward, .weight_grad = weight_grad,
-    .input_grad = input_grad,
+    .input_grad = input_grad, .few_outputs_row = few_outputs_row,
 };

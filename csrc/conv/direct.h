@@ -1,6 +1,7 @@
 /* The direct convolution kernels for few input channels (first layers, Cin = 1..4), where im2col +
- * GEMM would multiply by a K = kh*kw*cin of only 9..36. csrc/conv/direct.c is compiled once per
- * instruction set; each compile defines the table named after its set, and dispatch.c picks one.
+ * GEMM would multiply by a K = kh*kw*cin of only 9..36, and for few output channels (few_outputs_row),
+ * where its N would be 1..4. csrc/conv/direct.c is compiled once per instruction set; each compile
+ * defines the table named after its set, and dispatch.c picks one.
  *
  * Weights are packed by conv.c into blocks of `block` output channels (zero padded past cout):
  *     wp[cblock][kh][kw][cin][block],  bias bp[cblock][block]  (zeros when the conv has no bias).
@@ -31,12 +32,25 @@ typedef struct {
      * scratch holds w * kw + kh int32. */
     void (*input_grad)(const fc_conv_shape *s, const float *dy, const float *wp, float *dx, int64_t row0,
                        int64_t rows, int32_t *scratch);
+    /* A stride-1, undilated conv with few output channels (FC_FEW_OUTPUTS_MAX_COUT), where a GEMM
+     * would fill cout of its lanes: one output row, vectorised along each kernel row's taps instead.
+     * For pixels p < count and channels co < cout:
+     *     y[p * cout + co] = bias[co] + sum over r < kh of dot(x + r * row_stride + p * pixel_stride,
+     *                                                         wt + (co * kh + r) * len, len),
+     * then ReLU if asked; bias may be NULL. x is a padded input row (pixel_stride = cin, len = kw * cin)
+     * and wt the kernel as [cout][kh][kw * cin]. */
+    void (*few_outputs_row)(const float *x, int64_t row_stride, int64_t pixel_stride, int64_t len, int kh,
+                            const float *wt, int cout, const float *bias, int relu, int64_t count, float *y);
 } fc_conv_direct_kernels;
+
+enum { FC_FEW_OUTPUTS_MAX_COUT = 4 };
 
 extern const fc_conv_direct_kernels fc_conv_direct_generic;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const fc_conv_direct_kernels fc_conv_direct_avx2;
 extern const fc_conv_direct_kernels fc_conv_direct_avx512;
+#endif
+
 /* The padded input rows a forward task holds: kh rows of enough columns for whole tiles of `pixels`. */
 static inline int64_t fc_conv_direct_band_cols(const fc_conv_shape *s, int pixels)
 {
@@ -47,7 +61,5 @@ static inline int64_t fc_conv_direct_band_floats(const fc_conv_shape *s, int pix
 {
     return s->kh * fc_conv_direct_band_cols(s, pixels) * s->cin;
 }
-
-#endif
 
 #endif
