@@ -14,7 +14,8 @@ from fastconv.bench_suite import torch_or_none
 
 
 
-# (name, batch, height/width, cin, cout, padding): the MNIST-sized layers of our models.
+# (name, batch, height/width, cin, cout, padding): the MNIST-sized layers of our models, and the
+# one-channel output layer of keras.io's denoising autoencoder.
 CONV_SHAPES = {
     "n128_28x28_1to32_same": (128, 28, 1, 32, "same"),
     "n128_28x28_32to64_same": (128, 28, 32, 64, "same"),
@@ -23,6 +24,7 @@ CONV_SHAPES = {
     "n32_56x56_64to64_same": (32, 56, 64, 64, "same"),
     "n128_28x28_1to32_valid": (128, 28, 1, 32, "valid"),
     "n128_26x26_32to64_valid": (128, 26, 32, 64, "valid"),
+    "n128_28x28_32to1_same": (128, 28, 32, 1, "same"),
 }
 IMPLS = ["fastconv", "numpy", "torch"]
 

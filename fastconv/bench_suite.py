@@ -13,7 +13,8 @@ import numpy as np
 import fastconv
 from fastconv import bench_training, keras, reference
 
-# (label, batch, height/width, cin, cout, padding) of the conv rows: the MNIST models' layers.
+# (label, batch, height/width, cin, cout, padding) of the conv rows: the MNIST models' layers, and the
+# one-channel output layer of keras.io's denoising autoencoder.
 CONV_SHAPES = [
     ("n128 28x28 1->32 same", 128, 28, 1, 32, "same"),
     ("n128 28x28 32->64 same", 128, 28, 32, 64, "same"),
@@ -22,6 +23,7 @@ CONV_SHAPES = [
     ("n32 56x56 64->64 same", 32, 56, 64, 64, "same"),
     ("n128 28x28 1->32 valid", 128, 28, 1, 32, "valid"),
     ("n128 26x26 32->64 valid", 128, 26, 32, 64, "valid"),
+    ("n128 28x28 32->1 same", 128, 28, 32, 1, "same"),
 ]
 QUICK_CONV = {"n128 28x28 1->32 same", "n128 14x14 32->64 same"}
 GEMM_SHAPES = [(1024, 1024, 1024), (64, 3136, 128), (6272, 288, 64)]
