@@ -142,14 +142,15 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     algorithm: "auto" (default) uses the direct kernel (vectorised over Cout, weights in registers)
     for 1..4 input channels; otherwise implicit GEMM where it applies (stride 1, dilation 1, output
     rows that fill the GEMM's register tiles: the micro-kernel reads the patches in place from a
-    padded copy of a few input rows), else im2col + GEMM; and one plain GEMM for a 1x1 stride-1
-    unpadded conv. "direct" or "im2col" forces one for any shape, "implicit" where it applies. None
+    padded copy of a few input rows; with 1..4 output channels, any stride-1 undilated conv, each
+    output row then computed as dot products along the taps rather than by the GEMM), else im2col +
+    GEMM; and one plain GEMM for a 1x1 stride-1 unpadded conv. "direct" or "im2col" forces one for any shape, "implicit" where it applies. None
     reads $FASTCONV_CONV_ALGO (same values). `conv2d_algorithm` tells which one a shape gets.
 
     Extra memory (scratch cached per thread and reused by later calls, freed at thread exit): direct,
     the packed weights (Cout rounded up to the vector block x (kh*kw*Cin + 1) floats) and kh padded
-    input rows per thread; implicit, the
-    packed weights and about 256 KiB of padded input rows per thread; im2col, the packed weights and
+    input rows per thread; implicit, the packed weights and about 256 KiB of padded input rows per
+    thread; im2col, the packed weights and
     one block of about 256 KiB of patches per thread. `conv2d_workspace_bytes` gives the exact peak.
     """
     x32 = as_float_array(x, "x", ndim=4)

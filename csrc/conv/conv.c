@@ -361,7 +361,7 @@ enum {
 
 /* Taken when the products are not too small (cin x cout tiles) and the extra columns add at most a
  * fifth to the work. Against im2col's dw on Emerald Rapids, 2 threads: n32 56x56 64->64 same 33.3 ->
- * 27.1 ms, n128 26x26 32->64 valid 12.2 -> 11.4, n64 28x28 32->32 5x5 15.7 -> 8.9, n128 9x9 64->64
+ * 27.1 ms, n128 26x26 32->64 same 12.2 -> 11.4, n64 28x28 32->32 5x5 15.7 -> 8.9, n128 9x9 64->64
  * 3.3 -> 3.1; level at 16->64 and 32->32 14x14, while 16->16 took twice as long and 8x8 valid
  * (a 28% wider run) 14% longer. */
 static int implicit_weight_grad(const fc_conv_shape *s, int algo)
