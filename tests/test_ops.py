@@ -185,17 +185,20 @@ def test_direct_conv_matches_reference(isa, rng, x_shape, w_shape, kwargs):
     np.testing.assert_array_equal(fastconv.conv2d_backward(dy, x, w, **kwargs)[1], got[1])
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "implicit"])
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "implicit"])
 def test_weight_gradient_of_few_output_channels(isa, rng, algorithm):
-    """Up to 8 output channels dw is computed transposed (dy^T @ patches): around that bound, with
-    several blocks of images and partial register tiles, against the reference."""
-    for cout in (1, 3, 8, 9):
-        x = rng.standard_normal((9, 13, 11, 21)).astype(np.float32)
-        w = rng.standard_normal((3, 3, 21, cout)).astype(np.float32)
-        dy = rng.standard_normal(fastconv.conv2d(x, w, padding="same").shape).astype(np.float32)
-        _, dw, db = fastconv.conv2d_backward(dy, x, w, padding="same", need_dx=False, algorithm=algorithm)
+    """Up to 8 output channels dw is computed transposed (dy^T @ patches; for 1..4 channels under
+    auto and implicit, by the direct kernels' rows over each padded image): around those bounds, with
+    several blocks of images, partial register tiles and tap counts off the vector width, against
+    the reference."""
+    for cout, cin, padding in [(1, 21, "same"), (3, 21, "same"), (4, 21, "same"), (5, 21, "same"), (8, 21, "same"),
+                               (9, 21, "same"), (1, 32, "valid"), (4, 32, ((0, 2), (1, 0)))]:
+        x = rng.standard_normal((9, 13, 11, cin)).astype(np.float32)
+        w = rng.standard_normal((3, 3, cin, cout)).astype(np.float32)
+        dy = rng.standard_normal(fastconv.conv2d(x, w, padding=padding).shape).astype(np.float32)
+        _, dw, db = fastconv.conv2d_backward(dy, x, w, padding=padding, need_dx=False, algorithm=algorithm)
         _, want_dw, want_db = reference.conv2d_backward(dy.astype(np.float64), x.astype(np.float64),
-                                                        w.astype(np.float64), padding="same", need_dx=False)
+                                                        w.astype(np.float64), padding=padding, need_dx=False)
         assert_close(dw, want_dw, 9 * 13 * 11)
         assert_close(db, want_db, 9 * 13 * 11)
 
@@ -515,7 +518,8 @@ def test_results_are_bitwise_identical_for_any_thread_count(isa, threads, rng):
         y3 = fastconv.conv2d(x, w, strides=2, padding="same")
         grads4 = fastconv.conv2d_backward(y[..., :3], x, w[..., :3], padding="same")  # dw transposed (cout 3)
         grads5 = fastconv.conv2d_backward(dy5, x5, w5, padding="same")  # implicit GEMM dw
-        return [y, *grads, y1, *grads1, y2, *grads2, y3, *grads4, *grads5, pooled, argmax, fastconv.gemm(a, m),
+        grads6 = fastconv.conv2d_backward(dy5[..., :2], x5, w5[..., :2], padding="same")  # few-output dw
+        return [y, *grads, y1, *grads1, y2, *grads2, y3, *grads4, *grads5, *grads6, pooled, argmax, fastconv.gemm(a, m),
                 fastconv.maxpool2d_backward(pooled, y, 2), fastconv.maxpool2d_backward(pooled, y, 2, argmax=argmax)]
 
     threads(1)

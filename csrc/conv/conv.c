@@ -409,6 +409,28 @@ static void implicit_weight_grad_image(const fc_conv_shape *s, const fc_gemm_ker
         }
 }
 
+/* With few output channels, dw comes from the direct kernels' few_outputs_weight_grad_row over each
+ * padded image, in the transposed layout ([cout][kh][kw * cin]) of the partial sums of few output
+ * channels; im2col wrote kh * kw copies of each image for a product whose lanes held 1..4 channels. */
+static int few_outputs_weight_grad(const fc_conv_shape *s, int algo)
+{
+    return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && few_outputs(s) &&
+           fc_conv2d_algorithm(s, algo) != FC_CONV_DIRECT;
+}
+
+/* dwt += image img's weight gradient, transposed (see above); buf holds implicit_dw_image_floats. */
+static void few_outputs_weight_grad_image(const fc_conv_shape *s, const float *x, const float *dy, int64_t img,
+                                          float *dwt, float *buf)
+{
+    const int64_t wp = implicit_padded_width(s);
+    copy_padded_rows(s, x, img, 0, s->oh + s->kh - 1, buf);
+    for (int64_t oy = 0; oy < s->oh; oy++)
+        fc_active_conv_direct()->few_outputs_weight_grad_row(buf + oy * wp * s->cin, wp * s->cin, s->cin,
+                                                             s->kw * s->cin, (int)s->kh,
+                                                             dy + (img * s->oh + oy) * s->ow * s->cout,
+                                                             (int)s->cout, s->ow, dwt);
+}
+
 /* The input gradient of a stride-1, undilated conv is itself such a conv: of dy, padded by kh - 1 -
  * pad_top rows above (kw - 1 - pad_left columns left), with the kernel flipped in both axes and its
  * channel axes swapped. Fills t with that conv's shape; 0 when s is not of this kind. */
@@ -471,8 +493,10 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
     const int64_t blocks = (s->n + backward_block_images(s) - 1) / backward_block_images(s);
     const int64_t partials = min64(blocks, MAX_PARTIAL_SUMS);
     const int64_t cblocks = (s->cout + block - 1) / block;
-    /* per thread, for the im2col path's dw: a padded image and its dy (implicit), or a block of patches */
-    const int64_t dw_floats = implicit_weight_grad(s, algo) ? implicit_dw_floats(s) : block_rows * k;
+    /* per thread, for the im2col path's dw: a padded image (and its dy, implicit), or a block of patches */
+    const int64_t dw_floats = implicit_weight_grad(s, algo)    ? implicit_dw_floats(s)
+                              : few_outputs_weight_grad(s, algo) ? implicit_dw_image_floats(s)
+                                                                 : block_rows * k;
     fc_conv_shape t;
     if (implicit_input_grad(s, algo, &t)) {
         /* dw and db as im2col's without dx (partial sums, dw_floats per thread), then dx as an
@@ -585,7 +609,7 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
      * partials then hold dw^T = dy^T @ cols, whose lanes run along the patch (n128 28x28 32->1:
      * 7.2-8.0 -> 3.0 ms; level with the other way round at 16 and 32 channels, slower at 64). */
     const int dw_transposed = !direct && s->cout <= DW_TRANSPOSED_MAX_COUT;
-    const int implicit_dw = implicit_weight_grad(s, algo);
+    const int implicit_dw = implicit_weight_grad(s, algo), few_dw = few_outputs_weight_grad(s, algo);
     fc_conv_shape t;
     if (dx && implicit_input_grad(s, algo, &t)) {
         if (dw || db) fc_conv2d_backward(s, algo, dy, x, w, 0, NULL, dw, db);
@@ -628,6 +652,7 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
         float *cols = !(dw || db) ? NULL
                       : fc_scratch(FC_SCRATCH_A, direct        ? s->ow * cblocks * block
                                                  : implicit_dw ? implicit_dw_floats(s)
+                                                 : few_dw      ? implicit_dw_image_floats(s)
                                                                : block_rows * k);
         float *dcols = dx ? fc_scratch(FC_SCRATCH_B, direct_dx ? s->w * s->kw + s->kh : block_rows * k) : NULL;
         #pragma omp for schedule(dynamic)
@@ -643,6 +668,11 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
                         for (int64_t i = 0; i < rows / pixels; i++)
                             implicit_weight_grad_image(s, kernel, x, dy, row0 / pixels + i, b != part || i > 0,
                                                        dw_partial + part * dw_size, cols);
+                    } else if (dw && few_dw) {
+                        if (b == part) memset(dw_partial + part * dw_size, 0, sizeof(float) * (size_t)dw_size);
+                        for (int64_t i = 0; i < rows / pixels; i++)
+                            few_outputs_weight_grad_image(s, x, dy, row0 / pixels + i, dw_partial + part * dw_size,
+                                                          cols);
                     } else if (dw) {  /* dw_part (+)= cols^T @ dy_block, or its transpose for few output channels */
                         im2col_rows(s, x, row0, rows, cols);
                         const float beta = b == part ? 0.0f : 1.0f;

@@ -35,6 +35,7 @@ enum {
     BLOCK = NV * LANES,     /* output channels per block */
     PX = 4,                 /* output pixels per forward tile */
     U = 4,                  /* interleaved accumulators of the weight gradient */
+    DW_VECTORS = 4,         /* tap vectors per pass of the few-output weight gradient */
 };
 
 typedef float vfloat __attribute__((vector_size(LANES * sizeof(float))));
@@ -340,7 +341,43 @@ static void few_outputs_row(const float *x, int64_t row_stride, int64_t pixel_st
     }
 }
 
+/* Its weight gradient: for each channel and kernel row, DW_VECTORS vectors of taps at a time are held
+ * in registers while the row's pixels stream by, each pixel's dy broadcast once for all of them. */
+static void few_outputs_weight_grad_row(const float *x, int64_t row_stride, int64_t pixel_stride, int64_t len,
+                                        int kh, const float *dy, int cout, int64_t count, float *dwt)
+{
+    const int64_t vec_len = len / LANES * LANES;
+    for (int co = 0; co < cout; co++)
+        for (int r = 0; r < kh; r++) {
+            const float *xr = x + r * row_stride;
+            float *acc_out = dwt + (co * kh + r) * len;
+            int64_t j = 0;
+            for (; j + DW_VECTORS * LANES <= vec_len; j += DW_VECTORS * LANES) {
+                vfloat acc[DW_VECTORS];
+                for (int v = 0; v < DW_VECTORS; v++) acc[v] = *(const vfloat_unaligned *)(acc_out + j + v * LANES);
+                for (int64_t p = 0; p < count; p++) {
+                    const vfloat d = splat(dy[p * cout + co]);
+                    for (int v = 0; v < DW_VECTORS; v++)
+                        acc[v] += d * *(const vfloat_unaligned *)(xr + p * pixel_stride + j + v * LANES);
+                }
+                for (int v = 0; v < DW_VECTORS; v++) *(vfloat_unaligned *)(acc_out + j + v * LANES) = acc[v];
+            }
+            for (; j < vec_len; j += LANES) {
+                vfloat acc = *(const vfloat_unaligned *)(acc_out + j);
+                for (int64_t p = 0; p < count; p++)
+                    acc += splat(dy[p * cout + co]) * *(const vfloat_unaligned *)(xr + p * pixel_stride + j);
+                *(vfloat_unaligned *)(acc_out + j) = acc;
+            }
+            for (; j < len; j++) {
+                float acc = acc_out[j];
+                for (int64_t p = 0; p < count; p++) acc += dy[p * cout + co] * xr[p * pixel_stride + j];
+                acc_out[j] = acc;
+            }
+        }
+}
+
 const fc_conv_direct_kernels DIRECT_TABLE = {
     .name = DIRECT_NAME, .block = BLOCK, .pixels = PX, .forward = forward, .weight_grad = weight_grad,
     .input_grad = input_grad, .few_outputs_row = few_outputs_row,
+    .few_outputs_weight_grad_row = few_outputs_weight_grad_row,
 };

@@ -41,6 +41,12 @@ typedef struct {
      * and wt the kernel as [cout][kh][kw * cin]. */
     void (*few_outputs_row)(const float *x, int64_t row_stride, int64_t pixel_stride, int64_t len, int kh,
                             const float *wt, int cout, const float *bias, int relu, int64_t count, float *y);
+    /* Its weight gradient over one output row, in the same layout: for co < cout, r < kh, j < len,
+     *     dwt[(co * kh + r) * len + j] += sum over p < count of dy[p * cout + co] *
+     *                                                          x[r * row_stride + p * pixel_stride + j],
+     * the pixels summed in order (the result does not depend on the threads). */
+    void (*few_outputs_weight_grad_row)(const float *x, int64_t row_stride, int64_t pixel_stride, int64_t len,
+                                        int kh, const float *dy, int cout, int64_t count, float *dwt);
 } fc_conv_direct_kernels;
 
 enum { FC_FEW_OUTPUTS_MAX_COUT = 4 };
