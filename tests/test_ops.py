@@ -187,8 +187,8 @@ def test_direct_conv_matches_reference(isa, rng, x_shape, w_shape, kwargs):
 
 @pytest.mark.parametrize("algorithm", ["auto", "im2col", "implicit"])
 def test_weight_gradient_of_few_output_channels(isa, rng, algorithm):
-    """Up to 8 output channels dw is computed transposed (dy^T @ patches; for 1..4 channels under
-    auto and implicit, by the direct kernels' rows over each padded image): around those bounds, with
+    """Up to 8 output channels dw is computed transposed (dy^T @ patches with im2col; under auto and
+    implicit, by the direct kernels' rows over each padded image): around that bound, with
     several blocks of images, partial register tiles and tap counts off the vector width, against
     the reference."""
     for cout, cin, padding in [(1, 21, "same"), (3, 21, "same"), (4, 21, "same"), (5, 21, "same"), (8, 21, "same"),

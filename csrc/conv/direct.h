@@ -41,7 +41,8 @@ typedef struct {
      * and wt the kernel as [cout][kh][kw * cin]. */
     void (*few_outputs_row)(const float *x, int64_t row_stride, int64_t pixel_stride, int64_t len, int kh,
                             const float *wt, int cout, const float *bias, int relu, int64_t count, float *y);
-    /* Its weight gradient over one output row, in the same layout: for co < cout, r < kh, j < len,
+    /* Its weight gradient over one output row, in the same layout (any cout; conv.c uses it up to 8):
+     * for co < cout, r < kh, j < len,
      *     dwt[(co * kh + r) * len + j] += sum over p < count of dy[p * cout + co] *
      *                                                          x[r * row_stride + p * pixel_stride + j],
      * the pixels summed in order (the result does not depend on the threads). */
