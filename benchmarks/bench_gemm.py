@@ -12,6 +12,8 @@ import pytest
 import fastconv
 from fastconv import bench
 
+from conftest import record_rate
+
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 CASES = [bench.gemm_case(size) for size in bench.GEMM_SIZES]
@@ -38,4 +40,4 @@ def test_gemm(benchmark, gemm_threads, case, impl):
     else:
         op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
         benchmark(np.matmul, op_a, op_b, out=out)
-    benchmark.extra_info["gflops"] = 2.0 * m * n * k / benchmark.stats.stats.min / 1e9
+    record_rate(benchmark, "gflops", 2.0 * m * n * k)

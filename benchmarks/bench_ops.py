@@ -12,6 +12,8 @@ import fastconv
 from fastconv import reference
 from fastconv.bench_suite import torch_or_none
 
+from conftest import record_rate
+
 
 
 # (name, batch, height/width, cin, cout, padding): the MNIST-sized layers of our models, and the
@@ -72,7 +74,7 @@ def test_conv2d_forward(benchmark, num_threads, rng, shape, impl):
         with torch.no_grad():
             benchmark(lambda: torch.relu(torch.nn.functional.conv2d(tx, tw, tb, padding=pad)))
         y = fastconv.conv2d(x, w, b, padding=padding)
-    benchmark.extra_info["gflops"] = conv_flops(x, w, y) / benchmark.stats.stats.min / 1e9
+    record_rate(benchmark, "gflops", conv_flops(x, w, y))
 
 
 @pytest.mark.parametrize("impl", ["fastconv", "torch"])
@@ -92,7 +94,7 @@ def test_conv2d_backward_first_layer_without_dx(benchmark, num_threads, rng, sha
         tdy = torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)))
         out = torch.nn.functional.conv2d(tx, tw, tb, padding=pad)
         benchmark(lambda: torch.autograd.grad(out, (tw, tb), tdy, retain_graph=True))
-    benchmark.extra_info["gflops"] = conv_flops(x, w, y) / benchmark.stats.stats.min / 1e9
+    record_rate(benchmark, "gflops", conv_flops(x, w, y))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -112,7 +114,7 @@ def test_conv2d_backward(benchmark, num_threads, rng, shape, impl):
         tdy = torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)))
         out = torch.nn.functional.conv2d(tx, tw, tb, padding=pad)
         benchmark(lambda: torch.autograd.grad(out, (tx, tw, tb), tdy, retain_graph=True))
-    benchmark.extra_info["gflops"] = 2 * conv_flops(x, w, y) / benchmark.stats.stats.min / 1e9
+    record_rate(benchmark, "gflops", 2 * conv_flops(x, w, y))
 
 
 # (batch, height/width, cin, cout): a decoder's upsampling layer and its 1-channel output layer, 3x3 stride 2
@@ -136,7 +138,7 @@ def test_conv2d_transpose(benchmark, num_threads, rng, shape, impl):
     else:
         ops = fastconv if impl == "fastconv" else reference
         benchmark(ops.conv2d_transpose, x, w, strides=2, padding="same")
-    benchmark.extra_info["gflops"] = 2.0 * x.size * 9 * cout / benchmark.stats.stats.min / 1e9
+    record_rate(benchmark, "gflops", 2.0 * x.size * 9 * cout)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -163,4 +165,4 @@ def test_maxpool2d(benchmark, num_threads, rng, direction, impl):
             argmax = ops.maxpool2d(x, 2, return_argmax=True)[1]
             benchmark(ops.maxpool2d_backward, dy, x, 2, argmax=argmax)
     moved = x.nbytes + dy.nbytes if direction == "forward" else 2 * x.nbytes + dy.nbytes
-    benchmark.extra_info["gb_per_s"] = moved / benchmark.stats.stats.min / 1e9
+    record_rate(benchmark, "gb_per_s", moved)

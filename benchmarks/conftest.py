@@ -17,3 +17,9 @@ def num_threads(request):
 def rng():
     return np.random.default_rng(0)
 
+
+def record_rate(benchmark, key, amount):
+    """extra_info[key] = amount per second of the fastest round (in billions); nothing when the run has
+    no timings (--benchmark-disable runs each case once, as a smoke test)."""
+    if benchmark.stats is not None:
+        benchmark.extra_info[key] = amount / benchmark.stats.stats.min / 1e9
