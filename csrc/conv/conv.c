@@ -98,6 +98,14 @@ static void relu_mask(const float *x, float *dx, int64_t n)
     fc_active_elementwise()->relu_backward(0, n, dx, x, dx);
 }
 
+/* Stride 1 and dilation 1: a kernel row's taps of neighbouring output pixels are then overlapping
+ * runs of kw*cin floats, cin apart, in a padded input row (what implicit GEMM and the few-channel
+ * kernels read). */
+static int unit_stride_and_dilation(const fc_conv_shape *s)
+{
+    return s->stride_h == 1 && s->stride_w == 1 && s->dilation_h == 1 && s->dilation_w == 1;
+}
+
 static int is_pointwise(const fc_conv_shape *s)
 {
     return s->kh == 1 && s->kw == 1 && s->stride_h == 1 && s->stride_w == 1 && s->pad_top == 0 &&
@@ -110,13 +118,11 @@ static int is_pointwise(const fc_conv_shape *s)
  * dropped), when those are at most an eighth of the row. */
 enum implicit_tiling { IMPLICIT_NONE, IMPLICIT_ROWS, IMPLICIT_BAND };
 
-/* Implicit GEMM needs stride 1 and dilation 1 (a kernel row's taps of neighbouring output pixels are
- * then overlapping runs of kw*cin floats, cin apart) and one K block per kernel row. */
+/* Implicit GEMM needs stride 1 and dilation 1 and one K block per kernel row. */
 static enum implicit_tiling implicit_tiling(const fc_conv_shape *s)
 {
     const fc_gemm_kernel *kr = fc_active_gemm_kernel();
-    if (s->stride_h != 1 || s->stride_w != 1 || s->dilation_h != 1 || s->dilation_w != 1 || is_pointwise(s) ||
-        s->kw * s->cin > kr->kc || s->cout > kr->nc)
+    if (!unit_stride_and_dilation(s) || is_pointwise(s) || s->kw * s->cin > kr->kc || s->cout > kr->nc)
         return IMPLICIT_NONE;
     /* the rows a row's tiles compute: a partial tile runs its rows rounded up to even (gemm.h) */
     const int64_t computed = s->ow / kr->mr * kr->mr + ((s->ow % kr->mr + 1) & ~(int64_t)1);
@@ -129,8 +135,7 @@ static enum implicit_tiling implicit_tiling(const fc_conv_shape *s)
  * taps), as the GEMM's lanes would run along those few channels (n128 28x28 32->1: 10 GFLOPS). */
 static int few_outputs(const fc_conv_shape *s)
 {
-    return s->stride_h == 1 && s->stride_w == 1 && s->dilation_h == 1 && s->dilation_w == 1 &&
-           s->cout <= FC_FEW_OUTPUTS_MAX_COUT && !is_pointwise(s);
+    return unit_stride_and_dilation(s) && s->cout <= FC_FEW_OUTPUTS_MAX_COUT && !is_pointwise(s);
 }
 
 static int implicit_applies(const fc_conv_shape *s) { return few_outputs(s) || implicit_tiling(s) != IMPLICIT_NONE; }
@@ -302,10 +307,11 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
     if (few) {  /* wpack[co][r][c * cin + ci] = w[r][c][ci][co] */
         for (int64_t e = 0; e < k; e++)
             for (int64_t co = 0; co < s->cout; co++) wpack[co * k + e] = w[e * s->cout + co];
-    }
-    for (int64_t r = 0; !few && r < s->kh; r++) {
-        const fc_gemm_problem g = kernel_row_gemm(s, w, r);
-        fc_gemm_pack_b(kr, &g, wpack + r * packed);
+    } else {
+        for (int64_t r = 0; r < s->kh; r++) {
+            const fc_gemm_problem g = kernel_row_gemm(s, w, r);
+            fc_gemm_pack_b(kr, &g, wpack + r * packed);
+        }
     }
     const int64_t band = implicit_band_rows(s), bands = (s->oh + band - 1) / band;
     const int threads = fc_threads_for_work(forward_flops(s));
@@ -354,6 +360,13 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
  * and the extra columns add zeros. No patches are written: the image and dy stay in L2 for all
  * kh * kw products, where im2col wrote kh * kw copies of the image per image. */
 
+/* May the backward pass compute dw from padded images (the two paths below) rather than im2col? */
+static int weight_grad_from_padded_images(const fc_conv_shape *s, int algo)
+{
+    return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && unit_stride_and_dilation(s) &&
+           fc_conv2d_algorithm(s, algo) != FC_CONV_DIRECT;
+}
+
 enum {
     IMPLICIT_DW_SLACK = 16,           /* floats a partial tile may read past the padded image (rows rounded to even) */
     IMPLICIT_DW_MIN_PRODUCT = 2048,   /* cin * cout of the smallest per-tap product worth its own GEMM */
@@ -367,10 +380,8 @@ enum {
 static int implicit_weight_grad(const fc_conv_shape *s, int algo)
 {
     const int64_t run = (s->oh - 1) * implicit_padded_width(s) + s->ow;
-    return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && s->stride_h == 1 && s->stride_w == 1 &&
-           s->dilation_h == 1 && s->dilation_w == 1 && fc_conv2d_algorithm(s, algo) != FC_CONV_DIRECT &&
-           s->cout > DW_TRANSPOSED_MAX_COUT && s->cin * s->cout >= IMPLICIT_DW_MIN_PRODUCT &&
-           5 * run <= 6 * s->oh * s->ow;
+    return weight_grad_from_padded_images(s, algo) && s->cout > DW_TRANSPOSED_MAX_COUT &&
+           s->cin * s->cout >= IMPLICIT_DW_MIN_PRODUCT && 5 * run <= 6 * s->oh * s->ow;
 }
 
 /* The padded image (rounded to whole cache lines, so the padded dy after it is aligned), then the padded dy. */
@@ -415,9 +426,7 @@ static void implicit_weight_grad_image(const fc_conv_shape *s, const fc_gemm_ker
  * n128 28x28 32->1 3.1 -> 1.0 ms, 32->5 3.2 -> 2.2, 32->8 3.4 -> 3.0, n128 14x14 64->8 2.2 -> 1.2. */
 static int few_outputs_weight_grad(const fc_conv_shape *s, int algo)
 {
-    return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && s->stride_h == 1 && s->stride_w == 1 &&
-           s->dilation_h == 1 && s->dilation_w == 1 && s->cout <= DW_TRANSPOSED_MAX_COUT && !is_pointwise(s) &&
-           fc_conv2d_algorithm(s, algo) != FC_CONV_DIRECT;
+    return weight_grad_from_padded_images(s, algo) && s->cout <= DW_TRANSPOSED_MAX_COUT && !is_pointwise(s);
 }
 
 /* dwt += image img's weight gradient, transposed (see above); buf holds implicit_dw_image_floats. */
@@ -438,9 +447,7 @@ static void few_outputs_weight_grad_image(const fc_conv_shape *s, const float *x
  * channel axes swapped. Fills t with that conv's shape; 0 when s is not of this kind. */
 static int input_grad_as_conv(const fc_conv_shape *s, fc_conv_shape *t)
 {
-    if (s->stride_h != 1 || s->stride_w != 1 || s->dilation_h != 1 || s->dilation_w != 1 ||
-        s->pad_top > s->kh - 1 || s->pad_left > s->kw - 1)
-        return 0;
+    if (!unit_stride_and_dilation(s) || s->pad_top > s->kh - 1 || s->pad_left > s->kw - 1) return 0;
     *t = *s;
     t->h = s->oh; t->w = s->ow; t->cin = s->cout; t->cout = s->cin;
     t->pad_top = s->kh - 1 - s->pad_top; t->pad_left = s->kw - 1 - s->pad_left;
