@@ -59,15 +59,19 @@ static long cache_parameter(int name)
     return value > 0 ? value : 0;
 }
 
-void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways)
+void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, int64_t l2_ways)
 {
-#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_ASSOC)
+#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_ASSOC) && \
+    defined(_SC_LEVEL2_CACHE_ASSOC)
     if (l2_bytes < 0) l2_bytes = cache_parameter(_SC_LEVEL2_CACHE_SIZE);
     if (l1_bytes < 0) l1_bytes = cache_parameter(_SC_LEVEL1_DCACHE_SIZE);
     if (l1_ways < 0) l1_ways = cache_parameter(_SC_LEVEL1_DCACHE_ASSOC);
+    if (l2_ways < 0) l2_ways = cache_parameter(_SC_LEVEL2_CACHE_ASSOC);
 #endif
-    /* Unknown (still negative, or 0): the table's K block, a 32 KiB L1, and copies of aliased rows. */
+    /* Unknown (still negative, or 0): the table's K block, a 32 KiB L1, copies of aliased rows, and
+     * 64 KiB L2 ways (the smallest span of these machines' L2 sets: Zen 5's 1 MiB in 16 ways). */
     if (l1_bytes <= 0) l1_bytes = 32 << 10;
+    const int64_t l2_way_bytes = l2_bytes > 0 && l2_ways > 0 ? l2_bytes / l2_ways : 64 << 10;
     for (int i = 0; i < ISA_COUNT; i++) {
         if (!kernel_table[i].gemm) continue;
         fc_gemm_kernel *k = &gemm_kernels[i];
@@ -76,10 +80,11 @@ void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways)
         k->aliased_a_in_place = k->mr <= l1_ways || l1_ways >= 12;
         const int64_t line_and_b_row = 64 + (int64_t)sizeof(float) * k->nr;
         k->kc_columns_of_a = (int)min64(k->kc, max64(32, l1_bytes / 2 / line_and_b_row / 16 * 16));
+        k->l2_way_bytes = l2_way_bytes;
     }
 }
 
-__attribute__((constructor)) static void fit_gemm_blocking_to_this_cpu(void) { fc_fit_gemm_blocking(-1, -1, -1); }
+__attribute__((constructor)) static void fit_gemm_blocking_to_this_cpu(void) { fc_fit_gemm_blocking(-1, -1, -1, -1); }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>

@@ -22,7 +22,7 @@ cdef extern from "fastconv.h" nogil:
     int fc_get_num_threads()
     int64_t fc_fma_peak(const char *isa, int64_t iters, int threads)
     void fc_gemm_blocking(int out[5])
-    void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways)
+    void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, int64_t l2_ways)
 
     void fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
@@ -78,9 +78,9 @@ def gemm_blocking():
     return tuple(out[i] for i in range(5))
 
 
-def fit_gemm_blocking(int64_t l2_bytes=-1, int64_t l1_bytes=-1, int64_t l1_ways=-1):
+def fit_gemm_blocking(int64_t l2_bytes=-1, int64_t l1_bytes=-1, int64_t l1_ways=-1, int64_t l2_ways=-1):
     """Fit the GEMM blocking to a core with these caches (-1: this CPU's)."""
-    fc_fit_gemm_blocking(l2_bytes, l1_bytes, l1_ways)
+    fc_fit_gemm_blocking(l2_bytes, l1_bytes, l1_ways, l2_ways)
 
 
 def fma_peak(isa, int64_t iters, int threads):

@@ -21,9 +21,9 @@ def isa(request):
     fastconv.set_isa(previous)
 
 
-# Cores whose caches change the GEMM blocking (dispatch.c), as (L2 bytes, L1 bytes, L1 ways): Zen 4's
-# 1 MiB L2 and 32 KiB 8-way L1, and Emerald Rapids' 2 MiB L2 and 48 KiB 12-way L1.
-CACHE_FITS = {"zen4-caches": (1 << 20, 32 << 10, 8), "emerald-rapids-caches": (2 << 20, 48 << 10, 12)}
+# Cores whose caches change the GEMM blocking (dispatch.c), as (L2 bytes, L1 bytes, L1 ways, L2 ways):
+# Zen 4's 1 MiB 8-way L2 and 32 KiB 8-way L1, and Emerald Rapids' 2 MiB 16-way L2 and 48 KiB 12-way L1.
+CACHE_FITS = {"zen4-caches": (1 << 20, 32 << 10, 8, 8), "emerald-rapids-caches": (2 << 20, 48 << 10, 12, 16)}
 
 
 @pytest.fixture(params=sorted(CACHE_FITS))

@@ -63,9 +63,9 @@ def test_blocking_is_the_kernel_table(isa):
 def test_k_block_follows_the_l2(isa):
     """The K block is the table's for a 1 MiB L2 and no smaller for a 2 MiB one (AVX-512: 384, 1024)."""
     try:
-        _C.fit_gemm_blocking(1 << 20, 32 << 10, 8)
+        _C.fit_gemm_blocking(1 << 20, 32 << 10, 8, 8)
         small = _C.gemm_blocking()
-        _C.fit_gemm_blocking(2 << 20, 48 << 10, 12)
+        _C.fit_gemm_blocking(2 << 20, 48 << 10, 12, 16)
         large = _C.gemm_blocking()
     finally:
         _C.fit_gemm_blocking()
@@ -143,11 +143,30 @@ def test_b_rows_at_any_alignment(isa, offset):
     sides of the aligned and misaligned limits, with B at each offset, gives the same products."""
     rng = np.random.default_rng(11)
     _, nr, _, kc, _ = _C.gemm_blocking()
-    for m, k, n in [(255, 40, 2 * nr), (257, kc + 3, nr), (300, 17, 3 * nr), (1023, 9, nr), (1030, 5, nr)]:
+    for m, k, n in [(111, 40, 2 * nr), (113, kc + 3, nr), (255, 40, 2 * nr), (257, kc + 3, nr), (1023, 9, nr),
+                    (1030, 5, nr)]:
         a, b = operands(rng, m, k, n)
         b = offset_copy(b, offset)
         assert b.ctypes.data % 64 == 4 * offset
         assert_close(fastconv.gemm(a, b), a, b)
+
+
+def test_b_rows_on_few_l2_sets(isa, cache_fit):
+    """A row-major B read in place whose row stride is a large power of two (a Dense layer of 512
+    units: rows 2 KiB apart) gets K blocks short enough to keep its panel in the L2: long K, a strided
+    B view, alpha/beta, bias and ReLU, with short M (in place) and tall M (packed)."""
+    rng = np.random.default_rng(13)
+    mr, nr, _, kc, _ = _C.gemm_blocking()
+    for m, k, n, ldb in [(mr + 1, 3 * kc + 5, 512, 512), (100, 2000, 256, 768), (3, 1100, 2 * nr, 512),
+                         (1500, 700, 512, 512)]:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, ldb)).astype(np.float32)[:, :n]
+        assert_close(fastconv.gemm(a, b), a, b)
+        out = rng.standard_normal((m, n)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        expected = np.maximum(0.5 * (a.astype(np.float64) @ b) - out + bias, 0)
+        np.testing.assert_allclose(fastconv.gemm(a, b, alpha=0.5, beta=-1.0, out=out, bias=bias, activation="relu"),
+                                   expected, atol=1e-4 * np.sqrt(k) * max(1.0, np.abs(expected).max()))
 
 
 def test_non_contiguous_and_fortran_inputs(isa):

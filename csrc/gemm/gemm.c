@@ -36,6 +36,7 @@ enum {
     PACK_CHUNK = 16,               /* elements of a row a transposing pack reads at once: a cache line */
     PACK_PREFETCH_COLUMNS = 4,     /* how far ahead a column-major A block's pack prefetches */
     LINE_FLOATS = 16,              /* floats in a 64-byte cache line */
+    B_PANEL_MAX_L2_WAYS = 4,       /* how deep a B panel read in place may stack in the L2's sets */
     MAX_PANEL_WIDTH = 32,          /* the widest register tile side (MR or NR) of any kernel */
 };
 
@@ -137,13 +138,53 @@ static int a_columns_in_place(const fc_gemm_problem *p)
     return p->a_cs != 1 && p->a_rs == 1 && p->n <= A_IN_PLACE_MAX_COLUMNS && p->a_cs % 1024 != 0;
 }
 
+/* A row-major B with whole NR panels is read in place when few row tiles share each panel (M at most
+ * the kernel's b_in_place_max_m: a Dense layer's batch, conv's weight gradient), where packing would
+ * cost a large part of the multiply; not when its rows are a multiple of 4 KiB apart, as they would
+ * then share L1 sets. Rows that are not 64-byte aligned make every vector load of the panel split
+ * across two cache lines, a cost paid again by each row tile, so the kernel may set a lower M limit
+ * for them (AVX-512 on Emerald Rapids, B 48 bytes off a line, 1 thread: 128x1024x512 138 GFLOPS in
+ * place, 147 packed; 96 rows, equal; 64x3136x128 148 in place, 128 packed). */
+static int b_in_place(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
+{
+    const int b_rows_aligned = (uintptr_t)p->b % 64 == 0 && p->b_rs % 16 == 0;
+    const int64_t max_m = b_rows_aligned ? kr->b_in_place_max_m : kr->b_in_place_max_m_misaligned;
+    return !p->b_packed && p->b_cs == 1 && p->n % kr->nr == 0 && p->m <= max_m && p->b_rs % 1024 != 0;
+}
+
+static int64_t gcd64(int64_t a, int64_t b)
+{
+    while (b != 0) {
+        const int64_t r = a % b;
+        a = b;
+        b = r;
+    }
+    return a;
+}
+
+/* The rows of a B panel read in place lie ldb apart, so they fall on W / gcd(ldb bytes, W) of the L2's
+ * sets, W being the span of its sets (its size over its ways), and kc rows stack kc * gcd / W lines
+ * deep on each. Deeper than B_PANEL_MAX_L2_WAYS, the panel evicts itself before the next row tile
+ * reads it again, and comes from L3 every time: a Dense layer of 512 units, 128x1024x512 (B rows
+ * 2 KiB apart, K block 1024, 16 lines deep in a 16-way L2), ran at 96 GFLOPS on Emerald Rapids;
+ * packed, 142; in place with K blocks of 256 (4 deep), 150. So such a B's K block is cut to this. */
+static int64_t b_panel_max_rows(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
+{
+    const int64_t way = kr->l2_way_bytes, row_bytes = p->b_rs * (int64_t)sizeof(float);
+    if (way <= 0) return INT64_MAX;  /* a kernel dispatch.c did not fit (none is used unfitted) */
+    return way * B_PANEL_MAX_L2_WAYS / gcd64(row_bytes < 0 ? -row_bytes : row_bytes, way);
+}
+
 /* K blocks of equal size (K = 288 is 2 x 144, not 256 + 32): fewer passes over C for the same L1
  * footprint of the B panel. An A read in place by columns takes a cache line per k step of each
  * tile, so its K block is the kernel's kc_columns_of_a, which keeps those lines and the B panel in
- * L1. Both sizes depend on the shape only, never on the thread count. */
-static int64_t k_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
+ * L1; a B read in place keeps its panel's rows in few enough L2 ways. The sizes depend on the shape
+ * and on whether B is read in place (false for a B packed by fc_gemm_pack_b, so its K blocks are
+ * the same for every M that uses it), never on the thread count. */
+static int64_t k_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int b_read_in_place)
 {
-    const int64_t kc_max = a_columns_in_place(p) ? kr->kc_columns_of_a : kr->kc;
+    int64_t kc_max = a_columns_in_place(p) ? kr->kc_columns_of_a : kr->kc;
+    if (b_read_in_place) kc_max = min64(kc_max, b_panel_max_rows(kr, p));
     return ceil_div(p->k, ceil_div(p->k, kc_max));
 }
 static int64_t n_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
@@ -154,12 +195,12 @@ static int64_t n_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
 int64_t fc_gemm_packed_b_floats(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
 {
     if (p->k <= 0 || p->n <= 0 || p->n > kr->nc) return 0;
-    return ceil_div(p->k, k_block(kr, p)) * k_block(kr, p) * n_block(kr, p);
+    return ceil_div(p->k, k_block(kr, p, 0)) * k_block(kr, p, 0) * n_block(kr, p);
 }
 
 void fc_gemm_pack_b(const fc_gemm_kernel *kr, const fc_gemm_problem *p, float *dst)
 {
-    pack_b_panels(kr, p, k_block(kr, p), n_block(kr, p), 0, 0, p->k, 0, ceil_div(p->n, kr->nr), dst);
+    pack_b_panels(kr, p, k_block(kr, p, 0), n_block(kr, p), 0, 0, p->k, 0, ceil_div(p->n, kr->nr), dst);
 }
 
 /* Scales C by beta (and adds bias/relu) when k == 0: nothing to multiply, only the epilogue. */
@@ -308,7 +349,8 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     if (p->k <= 0) { epilogue_only(p); return; }
     const int64_t nr = kr->nr;
     gemm_plan plan;
-    plan.kc = k_block(kr, p);
+    plan.b_in_place = b_in_place(kr, p);
+    plan.kc = k_block(kr, p, plan.b_in_place);
     plan.nc = n_block(kr, p);
     plan.m_blocks = plan_m_blocks(kr, p->m, plan.nc / nr, threads);
     plan.mc = ceil_div(ceil_div(p->m, kr->mr), plan.m_blocks) * kr->mr;
@@ -322,17 +364,6 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     const int a_rows_fit_l1 = p->a_rs % 1024 != 0 || kr->aliased_a_in_place;
     plan.a_in_place = p->a_cs == 1 ? a_rows_fit_l1 : a_columns_in_place(p);
     plan.a_restrided = p->a_cs == 1 && !a_rows_fit_l1;
-    /* A row-major B with whole NR panels is read in place when few row tiles share each panel (M at
-     * most the kernel's b_in_place_max_m: a Dense layer's batch, conv's weight gradient), where
-     * packing would cost a large part of the multiply; not when its rows are a multiple of 4 KiB
-     * apart, as they would then share L1 sets. Rows that are not 64-byte aligned make every vector
-     * load of the panel split across two cache lines, a cost paid again by each row tile, so the
-     * kernel may set a lower M limit for them (AVX-512 on Emerald Rapids, 512^3 with a 16-byte
-     * offset B: 157 GFLOPS in place, 166 packed; at 256^3 the two are equal). */
-    const int b_rows_aligned = (uintptr_t)p->b % 64 == 0 && p->b_rs % 16 == 0;
-    const int64_t b_in_place_max_m = b_rows_aligned ? kr->b_in_place_max_m : kr->b_in_place_max_m_misaligned;
-    plan.b_in_place = !p->b_packed && p->b_cs == 1 && p->n % nr == 0 && p->m <= b_in_place_max_m &&
-                      p->b_rs % 1024 != 0;
     plan.threads = threads;
     /* Pack B for as many K blocks at once as fit the budget: a Dense layer's long K then costs two
      * barriers per call rather than two per K block (a sleeping thread's wake-up is microseconds). */

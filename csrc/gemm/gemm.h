@@ -32,6 +32,7 @@ typedef struct {
     int kc_large_l2;     /* kc where a core has 2 MiB of L2 or more (dispatch.c picks) */
     int aliased_a_in_place;  /* set by dispatch.c: MR rows of A 4 KiB apart (one L1 set) are read in place */
     int kc_columns_of_a;     /* set by dispatch.c: kc when A is read in place by columns (a line per k step) */
+    int64_t l2_way_bytes;    /* set by dispatch.c: the L2's size over its ways, the span of its sets */
     int b_in_place_max_m;  /* a row-major B is read unpacked when M is at most this (few tiles reuse a panel) */
     int b_in_place_max_m_misaligned;  /* ... or this, when B's rows are not 64-byte aligned (split vector loads) */
     fc_gemm_ukr ukr;
