@@ -21,6 +21,7 @@ PORTABLE_SOURCES = [
     "csrc/workspace.c",
     "csrc/gemm/gemm.c",
     "csrc/gemm/ukr_generic_4x16.c",
+    "csrc/gemm/pack.c",  # also in ISA_SOURCES
     "csrc/bench/peak_generic.c",
     "csrc/conv/conv.c",
     "csrc/conv/direct.c",  # also in ISA_SOURCES: one source, one compile (and kernel table) per set
@@ -32,9 +33,9 @@ PORTABLE_SOURCES = [
 
 # Files compiled once more with an instruction set's flags: {isa: (sources, flags)}.
 ISA_SOURCES = {
-    "avx2": (["csrc/gemm/ukr_avx2_6x16.c", "csrc/conv/direct.c", "csrc/train/elementwise.c",
+    "avx2": (["csrc/gemm/ukr_avx2_6x16.c", "csrc/gemm/pack.c", "csrc/conv/direct.c", "csrc/train/elementwise.c",
               "csrc/pool/maxpool2x2.c", "csrc/bench/peak_avx2.c"], ["-mavx2", "-mfma"]),
-    "avx512": (["csrc/gemm/ukr_avx512_14x32.c", "csrc/conv/direct.c", "csrc/train/elementwise.c",
+    "avx512": (["csrc/gemm/ukr_avx512_14x32.c", "csrc/gemm/pack.c", "csrc/conv/direct.c", "csrc/train/elementwise.c",
                 "csrc/pool/maxpool2x2.c", "csrc/bench/peak_avx512.c"], ["-mavx512f", "-mavx2", "-mfma"]),
 }
 

@@ -33,50 +33,20 @@ enum {
     A_IN_PLACE_MAX_COLUMNS = 128,  /* read A with a unit stride in place when N is at most this */
     B_CHUNK_FLOATS = 1 << 20,      /* packed B per chunk of K blocks: 4 MiB, an eighth of the L3 */
     A_ROW_PAD = 16,                /* floats added to a restrided A row: kc + 16 is no multiple of 1024 (kc <= 512) */
-    PACK_CHUNK = 16,               /* elements of a row a transposing pack reads at once: a cache line */
     PACK_PREFETCH_COLUMNS = 4,     /* how far ahead a column-major A block's pack prefetches */
     LINE_FLOATS = 16,              /* floats in a 64-byte cache line */
     B_PANEL_MAX_L2_WAYS = 4,       /* how deep a B panel read in place may stack in the L2's sets */
-    MAX_PANEL_WIDTH = 32,          /* the widest register tile side (MR or NR) of any kernel */
 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Copies `rows` x k elements, element (i, q) at src[i * rs + q * cs], into k groups of `width` floats
- * (dst[q * width + i]), zero-filling rows [rows, width). Used for A panels (width MR) and B panels
- * (width NR). The loop runs along whichever source stride is 1, so reads are contiguous. */
-static void pack_panel(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst)
+/* dst[0, n) = src[0, n) and dst[n, width) = 0: one k step of a panel whose source is contiguous. */
+static inline void copy_padded(const float *src, int n, int width, float *dst)
 {
-    if (rs == 1) {
-        for (int64_t q = 0; q < k; q++) {
-            const float *s = src + q * cs;
-            float *d = dst + q * width;
-            for (int i = 0; i < rows; i++) d[i] = s[i];
-            for (int i = rows; i < width; i++) d[i] = 0.0f;
-        }
-        return;
-    }
-    /* A transposing copy (B^T's panels), PACK_CHUNK elements of each row at a time: a row's chunk (one
-     * cache line when cs == 1) is read once into a small tile, then written out by column. Rows are
-     * fetched side by side, with a prefetch ahead, so their lines arrive in parallel; and rows a
-     * multiple of 4 KiB apart, which share one L1 set, are not read again element by element after
-     * evicting each other (1024^3 with trans_b: +3-5% on Zen 4). */
-    for (int64_t q0 = 0; q0 < k; q0 += PACK_CHUNK) {
-        const int len = (int)min64(PACK_CHUNK, k - q0);
-        float tile[MAX_PANEL_WIDTH][PACK_CHUNK];
-        for (int i = 0; i < rows; i++) {
-            const float *s = src + i * rs + q0 * cs;
-            __builtin_prefetch(s + 4 * PACK_CHUNK * cs);
-            for (int t = 0; t < len; t++) tile[i][t] = s[t * cs];
-        }
-        for (int t = 0; t < len; t++) {
-            float *d = dst + (q0 + t) * width;
-            for (int i = 0; i < rows; i++) d[i] = tile[i][t];
-            for (int i = rows; i < width; i++) d[i] = 0.0f;
-        }
-    }
+    for (int i = 0; i < n; i++) dst[i] = src[i];
+    for (int i = n; i < width; i++) dst[i] = 0.0f;
 }
 
 /* Packs rows [first, mc) of an mc x kc block of op(A), element (i, q) at a[i * rs + q * cs], into
@@ -85,12 +55,12 @@ static void pack_panel(const float *src, int64_t rs, int64_t cs, int rows, int64
  * read of mc floats per k step, while the column PACK_PREFETCH_COLUMNS ahead is fetched: no hardware
  * prefetcher follows a stride of lda, and panel by panel each column was read in short pieces, 14
  * times over (the Dense dw 9216x128x128/ta on Emerald Rapids: 138 -> 143 GFLOPS on one thread). */
-static void pack_a_block(const float *a, int64_t rs, int64_t cs, int64_t first, int64_t mc, int64_t kc, int mr,
-                         float *dst)
+static void pack_a_block(const fc_gemm_kernel *kr, const float *a, int64_t rs, int64_t cs, int64_t first,
+                         int64_t mc, int64_t kc, int mr, float *dst)
 {
     if (rs != 1) {
         for (int64_t ir = first; ir < mc; ir += mr)
-            pack_panel(a + ir * rs, rs, cs, (int)min64(mr, mc - ir), kc, mr, dst + ir * kc);
+            kr->pack(a + ir * rs, rs, cs, (int)min64(mr, mc - ir), kc, mr, dst + ir * kc);
         return;
     }
     for (int64_t q = 0; q < kc; q++) {
@@ -98,7 +68,7 @@ static void pack_a_block(const float *a, int64_t rs, int64_t cs, int64_t first, 
         for (int64_t i = first; i < mc + LINE_FLOATS; i += LINE_FLOATS)
             __builtin_prefetch(column + PACK_PREFETCH_COLUMNS * cs + i);
         for (int64_t ir = first; ir < mc; ir += mr)
-            pack_panel(column + ir, 1, 0, (int)min64(mr, mc - ir), 1, mr, dst + ir * kc + q * mr);
+            copy_padded(column + ir, (int)min64(mr, mc - ir), mr, dst + ir * kc + q * mr);
     }
 }
 
@@ -116,14 +86,14 @@ static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, in
             for (int64_t q = 0; q < kc; q++) {
                 const float *row = p->b + (pc + q) * p->b_rs + jc;
                 for (int64_t jp = jp_lo; jp < jp_hi; jp++)
-                    pack_panel(row + jp * nr, 1, 0, (int)min64(nr, p->n - jc - jp * nr), 1, (int)nr,
-                               dst + (pc - k0) * nc + jp * nr * kc + q * nr);
+                    copy_padded(row + jp * nr, (int)min64(nr, p->n - jc - jp * nr), (int)nr,
+                                dst + (pc - k0) * nc + jp * nr * kc + q * nr);
             }
             continue;
         }
         for (int64_t jp = jp_lo; jp < jp_hi; jp++) {
             const int64_t j = jc + jp * nr;
-            pack_panel(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j), kc, (int)nr,
+            kr->pack(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j), kc, (int)nr,
                        dst + (pc - k0) * nc + jp * nr * kc);
         }
     }
@@ -314,7 +284,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                             for (int64_t i = 0; i < mc; i++)
                                 memcpy(a_pack + i * a_ld, a_block + i * p->a_rs, sizeof(float) * (size_t)kc);
                         } else {
-                            pack_a_block(a_block, p->a_rs, p->a_cs, in_place_end, mc, kc, (int)mr, a_pack);
+                            pack_a_block(kr, a_block, p->a_rs, p->a_cs, in_place_end, mc, kc, (int)mr, a_pack);
                         }
                         packed_block = ib;
                     }

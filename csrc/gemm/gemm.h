@@ -24,7 +24,14 @@ typedef struct {
 typedef void (*fc_gemm_ukr)(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b_panel,
                             int64_t rs_b, float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep);
 
-/* One instruction set's GEMM configuration: the tile, the cache blocking and the micro-kernel. */
+/* Packs `rows` x k elements, element (i, q) at src[i * rs + q * cs], into k groups of `width` floats
+ * (dst[q * width + i]), zero-filling rows [rows, width): A panels (width MR) and B panels (width NR).
+ * One per instruction set (pack.c), as the micro-kernels. */
+typedef void (*fc_gemm_pack_fn)(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width,
+                                float *dst);
+
+/* One instruction set's GEMM configuration: the tile, the cache blocking, the micro-kernel and the
+ * packing routine. */
 typedef struct {
     const char *name;
     int mr, nr;          /* register tile */
@@ -36,12 +43,16 @@ typedef struct {
     int b_in_place_max_m;  /* a row-major B is read unpacked when M is at most this (few tiles reuse a panel) */
     int b_in_place_max_m_misaligned;  /* ... or this, when B's rows are not 64-byte aligned (split vector loads) */
     fc_gemm_ukr ukr;
+    fc_gemm_pack_fn pack;
 } fc_gemm_kernel;
 
 extern const fc_gemm_kernel fc_gemm_generic_4x16;
+void fc_gemm_pack_panel_generic(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst);
 #if defined(__x86_64__) || defined(_M_X64)
 extern const fc_gemm_kernel fc_gemm_avx2_6x16;
 extern const fc_gemm_kernel fc_gemm_avx512_14x32;
+void fc_gemm_pack_panel_avx2(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst);
+void fc_gemm_pack_panel_avx512(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst);
 #endif
 
 /* A GEMM problem with op(A)(i, p) = a[i * a_rs + p * a_cs] and op(B)(p, j) = b[p * b_rs + j * b_cs]. */

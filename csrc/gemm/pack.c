@@ -1,0 +1,146 @@
+/* Packing of GEMM operand panels (BLIS's packm kernels), compiled once per instruction set like the
+ * micro-kernels (setup.py): each kernel's table entry names its own set's copy (gemm.h).
+ *
+ * A panel is `rows` x k elements, element (i, q) at src[i * rs + q * cs], stored as k groups of `width`
+ * floats (dst[q * width + i]) with rows [rows, width) zero: A panels have width MR, B panels NR. A
+ * source with rs == 1 (a column-major A, a row of a row-major B) is a plain copy. One with cs == 1 (B^T,
+ * a row-major A) is a transpose: AVX-512 and AVX2 transpose squares of 16 or 8 floats in registers, and
+ * every set has a scalar copy for the edges and for other strides. */
+#include "gemm.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+#define PACK_PANEL fc_gemm_pack_panel_avx512
+#define SQUARE 16  /* the side of the squares transposed in registers */
+#elif defined(__AVX2__)
+#define PACK_PANEL fc_gemm_pack_panel_avx2
+#define SQUARE 8
+#else
+#define PACK_PANEL fc_gemm_pack_panel_generic
+#define SQUARE 0   /* no register transpose */
+#endif
+
+enum {
+    CHUNK = 16,            /* elements of a row the scalar transpose reads at once: a cache line */
+    MAX_PANEL_WIDTH = 32,  /* the widest register tile side (MR or NR) of any kernel */
+    PREFETCH_AHEAD = 64,   /* how far along a row (in floats) a transpose prefetches */
+};
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* dst[q * width + i] = src[i * rs + q * cs] for rows [r0, r1) and k steps [q0, q1), CHUNK elements of
+ * each row at a time: a row's chunk (one cache line when cs == 1) is read once into a small tile, then
+ * written out by column. Rows are fetched side by side, with a prefetch ahead, so their lines arrive in
+ * parallel; and rows a multiple of 4 KiB apart, which share one L1 set, are not read again element by
+ * element after evicting each other (1024^3 with trans_b: +3-5% on Zen 4). */
+static void transpose_scalar(const float *src, int64_t rs, int64_t cs, int r0, int r1, int64_t q0, int64_t q1,
+                             int width, float *dst)
+{
+    for (int64_t c0 = q0; c0 < q1; c0 += CHUNK) {
+        const int len = (int)min64(CHUNK, q1 - c0);
+        float tile[MAX_PANEL_WIDTH][CHUNK];
+        for (int i = r0; i < r1; i++) {
+            const float *s = src + i * rs + c0 * cs;
+            __builtin_prefetch(s + PREFETCH_AHEAD * cs);
+            for (int t = 0; t < len; t++) tile[i - r0][t] = s[t * cs];
+        }
+        for (int t = 0; t < len; t++) {
+            float *d = dst + (c0 + t) * width;
+            for (int i = r0; i < r1; i++) d[i] = tile[i - r0][t];
+        }
+    }
+}
+
+#if SQUARE == 16
+/* dst[t * width + i] = src[i * rs + t] for a 16 x 16 square: pairs, then quads of rows are interleaved
+ * within 128-bit lanes, then the lanes are gathered across registers (64 shuffles in all). */
+static void transpose_square(const float *src, int64_t rs, float *dst, int width)
+{
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) {
+        r[i] = _mm512_loadu_ps(src + i * rs);
+        _mm_prefetch((const char *)(src + i * rs + PREFETCH_AHEAD), _MM_HINT_T0);
+    }
+    for (int j = 0; j < 8; j++) {  /* t[2j] lane L = r2j[4L], r2j+1[4L], r2j[4L+1], r2j+1[4L+1]; t[2j+1]: +2 */
+        t[2 * j] = _mm512_unpacklo_ps(r[2 * j], r[2 * j + 1]);
+        t[2 * j + 1] = _mm512_unpackhi_ps(r[2 * j], r[2 * j + 1]);
+    }
+    for (int j = 0; j < 4; j++) {  /* r[4j+m] lane L = rows 4j..4j+3 of column 4L+m */
+        const __m512d a = _mm512_castps_pd(t[4 * j]), b = _mm512_castps_pd(t[4 * j + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * j + 2]), d = _mm512_castps_pd(t[4 * j + 3]);
+        r[4 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int m = 0; m < 4; m++) {  /* column 4L+m = lane L of r[m], r[4+m], r[8+m], r[12+m] */
+        const __m512 low01 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), high01 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
+        const __m512 low23 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44);
+        const __m512 high23 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
+        _mm512_storeu_ps(dst + m * width, _mm512_shuffle_f32x4(low01, low23, 0x88));
+        _mm512_storeu_ps(dst + (4 + m) * width, _mm512_shuffle_f32x4(low01, low23, 0xDD));
+        _mm512_storeu_ps(dst + (8 + m) * width, _mm512_shuffle_f32x4(high01, high23, 0x88));
+        _mm512_storeu_ps(dst + (12 + m) * width, _mm512_shuffle_f32x4(high01, high23, 0xDD));
+    }
+}
+#elif SQUARE == 8
+/* dst[t * width + i] = src[i * rs + t] for an 8 x 8 square: pairs, then quads of rows are interleaved
+ * within 128-bit lanes, then the two lanes are exchanged (24 shuffles in all). */
+static void transpose_square(const float *src, int64_t rs, float *dst, int width)
+{
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm256_loadu_ps(src + i * rs);
+        _mm_prefetch((const char *)(src + i * rs + PREFETCH_AHEAD), _MM_HINT_T0);
+    }
+    for (int j = 0; j < 4; j++) {
+        t[2 * j] = _mm256_unpacklo_ps(r[2 * j], r[2 * j + 1]);
+        t[2 * j + 1] = _mm256_unpackhi_ps(r[2 * j], r[2 * j + 1]);
+    }
+    for (int j = 0; j < 2; j++) {  /* r[4j+m] lane L = rows 4j..4j+3 of column 4L+m */
+        const __m256d a = _mm256_castps_pd(t[4 * j]), b = _mm256_castps_pd(t[4 * j + 1]);
+        const __m256d c = _mm256_castps_pd(t[4 * j + 2]), d = _mm256_castps_pd(t[4 * j + 3]);
+        r[4 * j] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, c));
+        r[4 * j + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, c));
+        r[4 * j + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d));
+        r[4 * j + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
+    }
+    for (int m = 0; m < 4; m++) {
+        _mm256_storeu_ps(dst + m * width, _mm256_permute2f128_ps(r[m], r[4 + m], 0x20));
+        _mm256_storeu_ps(dst + (4 + m) * width, _mm256_permute2f128_ps(r[m], r[4 + m], 0x31));
+    }
+}
+#endif
+
+void PACK_PANEL(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst)
+{
+    if (rs == 1) {
+        for (int64_t q = 0; q < k; q++) {
+            const float *s = src + q * cs;
+            float *d = dst + q * width;
+            for (int i = 0; i < rows; i++) d[i] = s[i];
+            for (int i = rows; i < width; i++) d[i] = 0.0f;
+        }
+        return;
+    }
+    int square_rows = 0;
+    int64_t square_k = 0;
+#if SQUARE
+    if (cs == 1) {
+        square_rows = rows / SQUARE * SQUARE;
+        square_k = k / SQUARE * SQUARE;
+        for (int64_t q0 = 0; q0 < square_k; q0 += SQUARE)  /* whole groups of dst written together */
+            for (int r0 = 0; r0 < square_rows; r0 += SQUARE)
+                transpose_square(src + r0 * rs + q0, rs, dst + q0 * width + r0, width);
+    }
+#endif
+    transpose_scalar(src, rs, cs, 0, square_rows, square_k, k, width, dst);
+    transpose_scalar(src, rs, cs, square_rows, rows, 0, k, width, dst);
+    if (rows < width) {
+        for (int64_t q = 0; q < k; q++)
+            for (int i = rows; i < width; i++) dst[q * width + i] = 0.0f;
+    }
+}
