@@ -159,10 +159,11 @@ def run_peak(args):
 
 # Default sizes: squares, then the CNN shapes (M x K x N) the GEMM serves: Dense layers and keras-cnn's
 # Dense backward (dw = x^T @ dy, /ta: trans_a; dx = dy @ w^T, /tb: trans_b), im2col forward, and the two
-# conv backward products, dw = cols^T @ dy and dcols = dy @ w^T.
+# conv backward products, dw = cols^T @ dy and dcols = dy @ w^T; then an MLP's Dense(512) on MNIST
+# (batch 128, 784 inputs: forward, dw, dx), whose weight rows lie 2 KiB apart.
 GEMM_SIZES = ("64", "128", "256", "512", "1024", "2048", "64x3136x128", "128x9216x128", "128x128x10",
               "9216x128x128/ta", "128x128x9216/tb", "100352x288x64", "6272x288x64", "288x6272x64/ta",
-              "6272x64x288/tb")
+              "6272x64x288/tb", "128x784x512", "784x128x512/ta", "128x512x784/tb")
 
 
 def gemm_case(spec):
