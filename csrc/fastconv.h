@@ -91,5 +91,9 @@ void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, flo
                     float beta_2, float epsilon);
 void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,
                         float lr, float rho, float epsilon);
+/* Keras' RMSprop and SGD; momentum_buffer and velocity are NULL when momentum == 0 (the plain rules). */
+void fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
+                       float rho, float momentum, float epsilon);
+void fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov);
 
 #endif

@@ -53,6 +53,9 @@ cdef extern from "fastconv.h" nogil:
                         float beta_2, float epsilon)
     void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad,
                             float *accumulated_delta, float lr, float rho, float epsilon)
+    void fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
+                           float rho, float momentum, float epsilon)
+    void fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov)
 
 
 def isa_name():
@@ -274,6 +277,19 @@ def adadelta_update(float[::1] w, const float[::1] g, float[::1] accumulated_gra
                     float lr, float rho, float epsilon):
     with nogil:
         fc_adadelta_update(w.shape[0], &w[0], &g[0], &accumulated_grad[0], &accumulated_delta[0], lr, rho, epsilon)
+
+
+def rmsprop_update(float[::1] w, const float[::1] g, float[::1] velocity, float[::1] momentum_buffer, float lr,
+                   float rho, float momentum, float epsilon):
+    cdef float *momentum_buffer_ptr = NULL if momentum_buffer is None else &momentum_buffer[0]  # None: momentum 0
+    with nogil:
+        fc_rmsprop_update(w.shape[0], &w[0], &g[0], &velocity[0], momentum_buffer_ptr, lr, rho, momentum, epsilon)
+
+
+def sgd_update(float[::1] w, const float[::1] g, float[::1] velocity, float lr, float momentum, bint nesterov):
+    cdef float *velocity_ptr = NULL if velocity is None else &velocity[0]  # None: momentum 0
+    with nogil:
+        fc_sgd_update(w.shape[0], &w[0], &g[0], velocity_ptr, lr, momentum, nesterov)
 
 
 def dropout_forward(const float[::1] x, float rate, uint64_t seed, float[::1] y, float[::1] mask):

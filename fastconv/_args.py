@@ -279,3 +279,12 @@ def pool_geometry(x_shape, pool_size, strides, padding):
 def check_shape(arr, expected, name):
     if tuple(arr.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(arr.shape)}")
+
+
+def check_momentum_buffer(momentum, buffer, name):
+    """An optimizer's momentum slot exists exactly when momentum != 0 (as the Keras optimizers create it):
+    a missing one cannot be updated, and one given with momentum 0 would be silently left alone."""
+    if momentum and buffer is None:
+        raise ValueError(f"{name} is required when momentum != 0 (got momentum={momentum!r})")
+    if not momentum and buffer is not None:
+        raise ValueError(f"{name} must be None when momentum == 0 (the update without momentum has no {name})")

@@ -12,13 +12,15 @@ import numpy as np
 
 from fastconv import _C, reference
 from fastconv._args import (
-    as_float_array, check_shape, checked_product, conv_geometry, conv_transpose_geometry, pool_geometry,
+    as_float_array, check_momentum_buffer, check_shape, checked_product, conv_geometry, conv_transpose_geometry,
+    pool_geometry,
 )
 
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
-    "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update", "conv2d_algorithm", "CONV_ALGORITHMS",
+    "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update",
+    "rmsprop_update", "sgd_update", "conv2d_algorithm", "CONV_ALGORITHMS",
 ]
 
 # conv2d algorithms: "auto" picks per shape, the others force one (see conv2d). Codes as in fastconv.h.
@@ -454,3 +456,37 @@ def adadelta_update(w, g, accumulated_grad, accumulated_delta, lr, rho, epsilon)
                     g32.shape)
     if w.size:
         _C.adadelta_update(_flat(w), _flat(g32), _flat(accumulated_grad), _flat(accumulated_delta), lr, rho, epsilon)
+
+
+def rmsprop_update(w, g, velocity, lr, rho, epsilon, momentum=0.0, momentum_buffer=None):
+    """One RMSprop step in place (Keras 3 rule): velocity = rho * velocity + (1 - rho) * g * g, then
+    w -= increment = lr * g / sqrt(velocity + epsilon); with momentum, the increment goes through
+    momentum_buffer = momentum * momentum_buffer + increment and w -= momentum_buffer.
+
+    momentum_buffer is required when momentum != 0 and must be None when it is 0 (ValueError otherwise).
+    """
+    check_momentum_buffer(momentum, momentum_buffer, "momentum_buffer")
+    g32 = as_float_array(g, "g")
+    in_place = {"w": w, "velocity": velocity}
+    if momentum_buffer is not None:
+        in_place["momentum_buffer"] = momentum_buffer
+    _check_in_place(in_place, g32.shape)
+    if w.size:
+        _C.rmsprop_update(_flat(w), _flat(g32), _flat(velocity), _flat(momentum_buffer), lr, rho, momentum, epsilon)
+
+
+def sgd_update(w, g, lr, momentum=0.0, velocity=None, nesterov=False):
+    """One SGD step in place (Keras rule): w -= lr * g; with momentum, velocity = momentum * velocity -
+    lr * g, then w += velocity (nesterov: w += momentum * velocity - lr * g).
+
+    velocity is required when momentum != 0 and must be None when it is 0 (ValueError otherwise);
+    nesterov matters only with momentum.
+    """
+    check_momentum_buffer(momentum, velocity, "velocity")
+    g32 = as_float_array(g, "g")
+    in_place = {"w": w}
+    if velocity is not None:
+        in_place["velocity"] = velocity
+    _check_in_place(in_place, g32.shape)
+    if w.size:
+        _C.sgd_update(_flat(w), _flat(g32), _flat(velocity), lr, momentum, bool(nesterov))

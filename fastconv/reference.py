@@ -6,12 +6,14 @@ tests can use this as a high-precision oracle; every other dtype computes in flo
 """
 import numpy as np
 
-from fastconv._args import as_float_array, check_shape, conv_geometry, conv_transpose_geometry, pool_geometry
+from fastconv._args import (
+    as_float_array, check_momentum_buffer, check_shape, conv_geometry, conv_transpose_geometry, pool_geometry,
+)
 
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward",
     "avgpool2d", "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward",
-    "relu_backward", "dropout", "adam_update", "adadelta_update",
+    "relu_backward", "dropout", "adam_update", "adadelta_update", "rmsprop_update", "sgd_update",
 ]
 
 
@@ -298,3 +300,30 @@ def adadelta_update(w, g, accumulated_grad, accumulated_delta, lr, rho, epsilon)
     accumulated_delta *= rho
     accumulated_delta += (1 - rho) * delta * delta
     w += lr * delta
+
+
+def rmsprop_update(w, g, velocity, lr, rho, epsilon, momentum=0.0, momentum_buffer=None):
+    """One RMSprop step in place (any float dtype): the same maths as fastconv.rmsprop_update."""
+    check_momentum_buffer(momentum, momentum_buffer, "momentum_buffer")
+    velocity *= rho
+    velocity += (1 - rho) * g * g
+    increment = lr * g / np.sqrt(velocity + epsilon)
+    if momentum_buffer is not None:
+        momentum_buffer *= momentum
+        momentum_buffer += increment
+        increment = momentum_buffer
+    w -= increment
+
+
+def sgd_update(w, g, lr, momentum=0.0, velocity=None, nesterov=False):
+    """One SGD step in place (any float dtype): the same maths as fastconv.sgd_update."""
+    check_momentum_buffer(momentum, velocity, "velocity")
+    if velocity is None:
+        w -= lr * g
+        return
+    velocity *= momentum
+    velocity -= lr * g
+    if nesterov:
+        w += momentum * velocity - lr * g
+    else:
+        w += velocity

@@ -114,6 +114,25 @@ def test_sgd_and_momentum_and_nesterov():
     np.testing.assert_allclose(_one_step(optimizers.SGD(0.1, momentum=0.9, nesterov=True), W, G, 2), nesterov)
 
 
+@pytest.mark.parametrize("make_optimizer", [
+    lambda: optimizers.SGD(0.1),
+    lambda: optimizers.SGD(0.1, momentum=0.9),
+    lambda: optimizers.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    lambda: optimizers.RMSprop(0.01),
+    lambda: optimizers.RMSprop(0.01, momentum=0.9),
+    lambda: optimizers.Adam(0.01),
+    lambda: optimizers.Adadelta(1.0),
+], ids=["sgd", "sgd-momentum", "sgd-nesterov-decay", "rmsprop", "rmsprop-momentum", "adam", "adadelta"])
+def test_fused_c_updates_of_float32_weights_match_the_float64_numpy_rule(make_optimizer):
+    """float32 weights are updated by fastconv's kernels, float64 ones by fastconv.reference (ops_for)."""
+    rng = np.random.default_rng(0)
+    w, g = rng.standard_normal(1000), rng.standard_normal(1000)
+    assert keras.backend.get_backend() == "fastconv"
+    got = _one_step(make_optimizer(), w.astype(np.float32), g.astype(np.float32), steps=3)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, _one_step(make_optimizer(), w, g, steps=3), rtol=1e-5, atol=1e-6)
+
+
 def test_adam_rmsprop_adagrad_adadelta_one_step():
     m, v = 0.1 * G, 0.001 * G * G
     lr_t = 0.01 * math.sqrt(1 - 0.999) / (1 - 0.9)

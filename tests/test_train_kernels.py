@@ -1,4 +1,4 @@
-"""The elementwise training kernels (ReLU gradient, Adam, Adadelta) against fastconv.reference."""
+"""The elementwise training kernels (ReLU gradient, dropout, optimizer updates) against fastconv.reference."""
 import numpy as np
 import pytest
 
@@ -36,6 +36,48 @@ def test_optimizer_updates_match_reference(rng, size):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+# 250_007 floats are split over 2 threads (fewer than 125_000 stay on one: fc_threads_for_values).
+STATE_SIZES = [1, 17, 100_003, 250_007]
+
+
+def _steps_match_reference(update, reference_update, w, grads, slots, *args, **kwargs):
+    """Runs update (fastconv) on the float32 w and slots and reference_update on float64 copies, one
+    call a gradient, passing the slots by keyword (None stays None), then compares every array."""
+    expected_w = w.astype(np.float64)
+    expected_slots = {name: None if a is None else a.astype(np.float64) for name, a in slots.items()}
+    for g in grads:
+        update(w, g, *args, **slots, **kwargs)
+        reference_update(expected_w, g.astype(np.float64), *args, **expected_slots, **kwargs)
+    np.testing.assert_allclose(w, expected_w, rtol=1e-5, atol=1e-6)
+    for name, got in slots.items():
+        if got is not None:
+            np.testing.assert_allclose(got, expected_slots[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("size", STATE_SIZES)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_rmsprop_update_matches_reference(isa, threads, rng, size, momentum):
+    threads(2)
+    grads = [rng.standard_normal(size).astype(np.float32) for _ in range(3)]
+    slots = {"velocity": np.abs(rng.standard_normal(size)).astype(np.float32),
+             "momentum_buffer": rng.standard_normal(size).astype(np.float32) if momentum else None}
+    # epsilon 0.01 so that it counts next to every velocity, not only the smallest
+    w = rng.standard_normal(size).astype(np.float32)
+    _steps_match_reference(fastconv.rmsprop_update, reference.rmsprop_update, w, grads, slots,
+                           lr=0.01, rho=0.8, epsilon=0.01, momentum=momentum)
+
+
+@pytest.mark.parametrize("size", STATE_SIZES)
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.0, True), (0.9, False), (0.9, True)])
+def test_sgd_update_matches_reference(isa, threads, rng, size, momentum, nesterov):
+    threads(2)
+    grads = [rng.standard_normal(size).astype(np.float32) for _ in range(3)]
+    slots = {"velocity": rng.standard_normal(size).astype(np.float32) if momentum else None}
+    w = rng.standard_normal(size).astype(np.float32)
+    _steps_match_reference(fastconv.sgd_update, reference.sgd_update, w, grads, slots,
+                           lr=0.1, momentum=momentum, nesterov=nesterov)
+
+
 def test_in_place_updates_reject_arrays_they_cannot_update():
     g = np.ones(4, np.float32)
     with pytest.raises(TypeError, match="w must be a float32"):
@@ -48,6 +90,29 @@ def test_in_place_updates_reject_arrays_they_cannot_update():
                                  1.0, 0.95, 1e-7)
     with pytest.raises(ValueError, match="y must have shape"):
         fastconv.relu_backward(g, np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="velocity must be a float32"):
+        fastconv.rmsprop_update(np.ones(4, np.float32), g, np.ones(4), 0.1, 0.9, 1e-7)
+    with pytest.raises(ValueError, match="momentum_buffer must be a writeable, aligned, C-contiguous"):
+        fastconv.rmsprop_update(np.ones(4, np.float32), g, np.ones(4, np.float32), 0.1, 0.9, 1e-7, 0.9,
+                                np.ones(8, np.float32)[::2])
+    with pytest.raises(ValueError, match="velocity must have shape"):
+        fastconv.sgd_update(np.ones(4, np.float32), g, 0.1, 0.9, np.ones(5, np.float32))
+    with pytest.raises(TypeError, match="w must be a float32"):
+        fastconv.sgd_update(np.ones(4, np.float16), g, 0.1)
+
+
+@pytest.mark.parametrize("ops", [fastconv, reference], ids=["fastconv", "reference"])
+def test_momentum_buffers_are_given_exactly_when_momentum_is_not_zero(ops):
+    w, g, velocity = np.ones(4, np.float32), np.ones(4, np.float32), np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="momentum_buffer is required when momentum != 0"):
+        ops.rmsprop_update(w, g, velocity, 0.1, 0.9, 1e-7, momentum=0.9)
+    with pytest.raises(ValueError, match="momentum_buffer must be None when momentum == 0"):
+        ops.rmsprop_update(w, g, velocity, 0.1, 0.9, 1e-7, momentum_buffer=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="velocity is required when momentum != 0"):
+        ops.sgd_update(w, g, 0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="velocity must be None when momentum == 0"):
+        ops.sgd_update(w, g, 0.1, velocity=velocity)
+    np.testing.assert_array_equal(w, 1.0)  # nothing was updated
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.25, 0.5, 0.9])

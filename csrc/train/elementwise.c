@@ -78,10 +78,59 @@ static void adadelta(int64_t i0, int64_t i1, float *w, const float *g, float *ac
     }
 }
 
+/* Updates element i's velocity and returns its step lr * g / sqrt(velocity + epsilon), with the
+ * operations in the order of fastconv.reference's NumPy rule, so float32 results agree to rounding. */
+static inline float rmsprop_increment(int64_t i, const float *g, float *velocity, float lr, float rho, float epsilon)
+{
+    velocity[i] = rho * velocity[i] + (1.0f - rho) * g[i] * g[i];
+    return lr * g[i] / sqrtf(velocity[i] + epsilon);
+}
+
+static void rmsprop(int64_t i0, int64_t i1, float *w, const float *g, float *velocity, float *momentum_buffer,
+                    float lr, float rho, float momentum, float epsilon)
+{
+    if (!momentum_buffer) {
+        #pragma omp simd
+        for (int64_t i = i0; i < i1; i++)
+            w[i] -= rmsprop_increment(i, g, velocity, lr, rho, epsilon);
+        return;
+    }
+    #pragma omp simd
+    for (int64_t i = i0; i < i1; i++) {
+        momentum_buffer[i] = momentum * momentum_buffer[i] + rmsprop_increment(i, g, velocity, lr, rho, epsilon);
+        w[i] -= momentum_buffer[i];
+    }
+}
+
+/* One loop per rule (plain, momentum, Nesterov), so no loop tests the rule per element. */
+static void sgd(int64_t i0, int64_t i1, float *w, const float *g, float *velocity, float lr, float momentum,
+                int nesterov)
+{
+    if (!velocity) {
+        #pragma omp simd
+        for (int64_t i = i0; i < i1; i++)
+            w[i] -= lr * g[i];
+    } else if (nesterov) {
+        #pragma omp simd
+        for (int64_t i = i0; i < i1; i++) {
+            velocity[i] = momentum * velocity[i] - lr * g[i];
+            w[i] += momentum * velocity[i] - lr * g[i];
+        }
+    } else {
+        #pragma omp simd
+        for (int64_t i = i0; i < i1; i++) {
+            velocity[i] = momentum * velocity[i] - lr * g[i];
+            w[i] += velocity[i];
+        }
+    }
+}
+
 const fc_elementwise_kernels ELEMENTWISE_TABLE = {
     .name = ELEMENTWISE_NAME,
     .relu_backward = relu_backward,
     .dropout = dropout,
     .adam = adam,
     .adadelta = adadelta,
+    .rmsprop = rmsprop,
+    .sgd = sgd,
 };

@@ -16,6 +16,11 @@ typedef struct {
                  float beta_2, float epsilon);
     void (*adadelta)(int64_t i0, int64_t i1, float *w, const float *g, float *accumulated_grad,
                      float *accumulated_delta, float lr, float rho, float epsilon);
+    /* momentum_buffer (RMSprop) and velocity (SGD) are NULL when momentum == 0. */
+    void (*rmsprop)(int64_t i0, int64_t i1, float *w, const float *g, float *velocity, float *momentum_buffer,
+                    float lr, float rho, float momentum, float epsilon);
+    void (*sgd)(int64_t i0, int64_t i1, float *w, const float *g, float *velocity, float lr, float momentum,
+                int nesterov);
 } fc_elementwise_kernels;
 
 extern const fc_elementwise_kernels fc_elementwise_generic;

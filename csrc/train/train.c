@@ -74,3 +74,28 @@ void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_
         kernels->adadelta(i0, i1, w, g, accumulated_grad, accumulated_delta, lr, rho, epsilon);
     }
 }
+
+void fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
+                       float rho, float momentum, float epsilon)
+{
+    const fc_elementwise_kernels *kernels = fc_active_elementwise();
+    const int threads = threads_for(n);
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t i0, i1;
+        my_share(n, &i0, &i1);
+        kernels->rmsprop(i0, i1, w, g, velocity, momentum_buffer, lr, rho, momentum, epsilon);
+    }
+}
+
+void fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov)
+{
+    const fc_elementwise_kernels *kernels = fc_active_elementwise();
+    const int threads = threads_for(n);
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t i0, i1;
+        my_share(n, &i0, &i1);
+        kernels->sgd(i0, i1, w, g, velocity, lr, momentum, nesterov);
+    }
+}

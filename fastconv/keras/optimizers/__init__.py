@@ -105,16 +105,8 @@ class SGD(Optimizer):
         return (np.zeros_like(value),) if self.momentum else ()
 
     def _update(self, value, grad, lr, slots):
-        if not self.momentum:
-            value -= lr * grad
-            return
-        (velocity,) = slots
-        velocity *= self.momentum
-        velocity -= lr * grad
-        if self.nesterov:
-            value += self.momentum * velocity - lr * grad
-        else:
-            value += velocity
+        velocity = slots[0] if self.momentum else None
+        backend.ops_for(value).sgd_update(value, grad, lr, self.momentum, velocity, self.nesterov)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -188,15 +180,9 @@ class RMSprop(Optimizer):
 
     def _update(self, value, grad, lr, slots):
         velocity = slots[0]
-        velocity *= self.rho
-        velocity += (1 - self.rho) * grad * grad
-        increment = lr * grad / np.sqrt(velocity + self.epsilon)
-        if self.momentum:
-            momentum = slots[1]
-            momentum *= self.momentum
-            momentum += increment
-            increment = momentum
-        value -= increment
+        momentum_buffer = slots[1] if self.momentum else None
+        backend.ops_for(value).rmsprop_update(value, grad, velocity, lr, self.rho, self.epsilon, self.momentum,
+                                              momentum_buffer)
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon}
