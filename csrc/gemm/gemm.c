@@ -94,7 +94,7 @@ static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, in
         for (int64_t jp = jp_lo; jp < jp_hi; jp++) {
             const int64_t j = jc + jp * nr;
             kr->pack(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j), kc, (int)nr,
-                       dst + (pc - k0) * nc + jp * nr * kc);
+                     dst + (pc - k0) * nc + jp * nr * kc);
         }
     }
 }
