@@ -1,7 +1,7 @@
 """`fastconv bench`: one table of fastconv against the NumPy reference and PyTorch (when installed).
 
 Rows: gemm, conv2d forward and backward, maxpool forward and backward, and one training step of
-the `seed` and `keras-cnn` models. Each row times every implementation on the same data, in turn,
+the `seed`, `keras-cnn` and `mlp` models. Each row times every implementation on the same data, in turn,
 round after round (best kept), so load from other processes hits them alike. NHWC<->NCHW
 conversions for PyTorch happen outside the timed calls.
 """
@@ -27,7 +27,7 @@ CONV_SHAPES = [
 ]
 QUICK_CONV = {"n128 28x28 1->32 same", "n128 14x14 32->64 same"}
 GEMM_SHAPES = [(1024, 1024, 1024), (64, 3136, 128), (6272, 288, 64)]
-TRAIN_STEPS = [("seed", 64), ("keras-cnn", 128)]
+TRAIN_STEPS = [("seed", 64), ("keras-cnn", 128), ("mlp", 128)]
 IMPLS = ("fastconv", "numpy", "torch")
 
 

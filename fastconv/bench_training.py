@@ -1,4 +1,4 @@
-"""Training-speed benchmarks: one step, or one epoch of MNIST, of the `seed` and `keras-cnn` models on
+"""Training-speed benchmarks: one step, or one epoch of MNIST, of the `seed`, `keras-cnn` and `mlp` models on
 fastconv, on the NumPy backend, and on PyTorch (CPU) when it is installed.
 
 The PyTorch models below are the same networks (NCHW, same layer sizes, same optimizers and
@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-MODELS = ("seed", "keras-cnn")
+MODELS = ("seed", "keras-cnn", "mlp")
 
 
 def torch_model(name):
@@ -25,6 +25,10 @@ def torch_model(name):
                             nn.Dropout(0.25), nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5),
                             nn.Linear(128, 10))
         return net, torch.optim.Adadelta(net.parameters(), lr=1.0, rho=0.95, eps=1e-7)
+    if name == "mlp":
+        net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 512),
+                            nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 10))
+        return net, torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
     raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
 
 
