@@ -288,6 +288,27 @@ def test_deterministic_across_thread_counts(isa, threads):
             np.testing.assert_array_equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_wide_c_split_into_column_groups(isa, threads, trans_b):
+    """A C at least as wide as tall is cut into one column group per thread, each packing its own B
+    panels with no barrier: 2 and 3 threads (more groups than panels on the last NC block, K in
+    several chunks of unequal size, partial panels, B packed or read in place) match the reference and
+    1 thread bit for bit, call after call (a thread overwriting another's panel showed as a race)."""
+    rng = np.random.default_rng(17)
+    mr, nr, mc, kc, nc = _C.gemm_blocking()
+    shapes = [(mr + 3, 2 * kc + 3, 3 * nr + 5), (200, kc + 7, 5 * nr), (2 * mc + 1, 300, nc + nr + 1),
+              (64, 50, 2 * nr), (189, kc + 53, 87 * nr - 12)]
+    for m, k, n in shapes:
+        a, b = operands(rng, m, k, n, trans_b=trans_b)
+        threads(1)
+        single = fastconv.gemm(a, b, trans_b=trans_b)
+        assert_close(single, a, b, trans_b=trans_b)
+        for count in (2, 3):
+            threads(count)
+            for _ in range(5):
+                np.testing.assert_array_equal(fastconv.gemm(a, b, trans_b=trans_b), single)
+
+
 def test_fma_peak_runs_every_available_isa():
     for name in fastconv.available_isas():
         assert _C.fma_peak(name, 1000, 1) > 0

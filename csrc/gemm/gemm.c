@@ -3,15 +3,18 @@
  *   -> jr over NR columns -> ir over MR rows -> micro-kernel.
  *
  * Threads. K is never split, so every element of C is summed in the same order whatever the thread
- * count (results are bitwise identical for 1 and N threads). Each KC step, the threads pack the
- * shared B block together (a contiguous share of its NR panels each; the block lives in the shared
- * L3), then share out the tiles of C: a tile is one row block (up to MC rows, its A block in the
- * thread's private L2) times a group of NR column panels.
- * Large M: one column group, and the row blocks are sized so their count is a multiple of the thread
- * count (no thread idles on the last round). Small M (a Dense layer's batch, a weight gradient):
- * the columns (jr) are cut into groups first, then the row blocks shrink towards MR, so up to
- * (M / MR) * (N / NR) threads get work; this scales to 16+ cores while each tile still runs whole
- * KC-long micro-kernel calls. */
+ * count (results are bitwise identical for 1 and N threads). A tile of C is one row block (up to MC
+ * rows, its A block in the thread's private L2) times a group of NR column panels.
+ * A C at least as wide as it is tall (B no smaller than A) is cut into one column group per thread:
+ * each thread packs and reads only its own B panels, with no barrier, and every thread reads all of
+ * A, the smaller operand (2 threads: 1024^3 254-323 -> 330 GFLOPS, 2048^3 316 -> 333 on Emerald
+ * Rapids; taller shapes lost up to 20% this way, as each thread streamed all of their large A).
+ * Otherwise, each KC step, the threads pack the shared B block together (a contiguous share of its NR
+ * panels each; the block lives in the shared L3), then share out the tiles. Large M: one column
+ * group, and the row blocks are sized so their count is a multiple of the thread count (no thread
+ * idles on the last round). Small M (a weight gradient): the columns (jr) are cut into groups first,
+ * then the row blocks shrink towards MR, so up to (M / MR) * (N / NR) threads get work; this scales to
+ * 16+ cores while each tile still runs whole KC-long micro-kernel calls. */
 #include <stddef.h>
 #include <string.h>
 
@@ -73,7 +76,9 @@ static void pack_a_block(const fc_gemm_kernel *kr, const float *a, int64_t rs, i
 }
 
 /* Packs the NR-column panels [jp_lo, jp_hi) of op(B)'s columns from jc, K rows [k0, k1), into the
- * layout the loops read: K block pc at dst + (pc - k0) * nc, panel jp of it at + jp * NR * kc. */
+ * layout the loops read: K block pc at dst + (pc - k0) * nc, panel jp of it at + jp * NR * kc_max (the
+ * full block's size, so a panel keeps its place in a shorter last block: with split columns, the
+ * thread packing it for the next block must not write into another thread's panel). */
 static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int64_t kc_max, int64_t nc,
                           int64_t jc, int64_t k0, int64_t k1, int64_t jp_lo, int64_t jp_hi, float *dst)
 {
@@ -87,14 +92,14 @@ static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, in
                 const float *row = p->b + (pc + q) * p->b_rs + jc;
                 for (int64_t jp = jp_lo; jp < jp_hi; jp++)
                     copy_padded(row + jp * nr, (int)min64(nr, p->n - jc - jp * nr), (int)nr,
-                                dst + (pc - k0) * nc + jp * nr * kc + q * nr);
+                                dst + (pc - k0) * nc + jp * nr * kc_max + q * nr);
             }
             continue;
         }
         for (int64_t jp = jp_lo; jp < jp_hi; jp++) {
             const int64_t j = jc + jp * nr;
             kr->pack(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j), kc, (int)nr,
-                     dst + (pc - k0) * nc + jp * nr * kc);
+                     dst + (pc - k0) * nc + jp * nr * kc_max);
         }
     }
 }
@@ -189,10 +194,10 @@ static void epilogue_only(const fc_gemm_problem *p)
 /* Number of row blocks: enough for blocks of at most about MC rows, and as many as the threads need
  * (see the comment at the top). Block ib holds MR-row panels [P * ib / blocks, P * (ib + 1) / blocks)
  * of the P panels, so the blocks, and the threads' shares of them, differ by one panel at most. */
-static int64_t plan_m_blocks(const fc_gemm_kernel *kr, int64_t m, int64_t n_panels, int threads)
+static int64_t plan_m_blocks(const fc_gemm_kernel *kr, int64_t m, int64_t n_panels, int threads, int split_columns)
 {
     int64_t m_blocks = ceil_div(m, kr->mc);
-    if (threads > 1) {
+    if (threads > 1 && !split_columns) {
         if (m_blocks >= threads) {
             m_blocks = ceil_div(m_blocks, threads) * threads;
         } else {
@@ -211,6 +216,7 @@ typedef struct {
     int a_in_place;      /* the micro-kernel reads A (unit row or column stride) where it lies */
     int a_restrided;     /* ... or a row-major A from a copy of its rows with a stride that is no multiple of 4 KiB */
     int b_in_place;      /* ... and B (row-major, whole NR panels) */
+    int split_columns;   /* one column group per thread, each packing its own B panels */
     int threads;         /* the team size the tiles are cut for */
 } gemm_plan;
 
@@ -245,22 +251,36 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
         const int64_t nc = min64(nc_max, p->n - jc);
         const int64_t n_panels = ceil_div(nc, nr);
         const int64_t m_blocks = plan->m_blocks, m_panels = ceil_div(p->m, mr);
-        int64_t groups = m_blocks >= threads ? 1 : min64(n_panels, ceil_div(threads, m_blocks));
+        int64_t groups = plan->split_columns ? min64(n_panels, threads)
+                         : m_blocks >= threads ? 1 : min64(n_panels, ceil_div(threads, m_blocks));
         const int64_t panels_per_group = ceil_div(n_panels, groups);
         groups = ceil_div(n_panels, panels_per_group);
+        /* Tiles t in [lo, hi) are (row block t / groups, group t % groups); with split columns, this
+         * thread's group is tid, and its B panels are its own to pack. */
+        int64_t lo, hi, own_lo, own_hi;
+        if (plan->split_columns) {
+            const int64_t group = tid < groups ? tid : groups;
+            lo = group, hi = group < groups ? m_blocks * groups : group;
+            own_lo = min64(n_panels, group * panels_per_group);
+            own_hi = min64(n_panels, (group + 1) * panels_per_group);
+        } else {
+            share(m_blocks * groups, tid, team, &lo, &hi);
+            share(n_panels, tid, team, &own_lo, &own_hi);
+        }
+        const int64_t tile_step = plan->split_columns ? groups : 1;
         /* The same tiles of C go to the same thread for every K block, so C needs no barrier; the
-         * threads only meet around each packed chunk of B (one or more K blocks). */
+         * threads only meet around each packed chunk of B (one or more K blocks) that they share. */
+        const int shared_b = !p->b_packed && !plan->b_in_place && !plan->split_columns;
+        /* A narrower last NC block moves panels to other groups: their new owners must not overwrite
+         * them while the old ones may still read them. */
+        if (plan->split_columns && jc > 0 && !p->b_packed && !plan->b_in_place) team_barrier(team);
         for (int64_t chunk = 0; chunk < p->k; chunk += plan->k_chunk) {
             const int64_t chunk_end = min64(p->k, chunk + plan->k_chunk);
-            int64_t lo, hi;
-            const int pack_b = !p->b_packed && !plan->b_in_place;
-            if (pack_b) {
-                share(n_panels, tid, team, &lo, &hi);
-                pack_b_panels(kr, p, kc_max, nc_max, jc, chunk, chunk_end, lo, hi, b_pack);
-                team_barrier(team);  /* B chunk packed */
+            if (!p->b_packed && !plan->b_in_place) {
+                pack_b_panels(kr, p, kc_max, nc_max, jc, chunk, chunk_end, own_lo, own_hi, b_pack);
+                if (shared_b) team_barrier(team);  /* B chunk packed */
             }
             const float *b_chunk = p->b_packed ? p->b_packed : b_pack;
-            share(m_blocks * groups, tid, team, &lo, &hi);
             for (int64_t pc = chunk; pc < chunk_end; pc += kc_max) {
                 const int64_t kc = min64(kc_max, p->k - pc);
                 const int last_k_block = pc + kc == p->k;
@@ -270,7 +290,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                     .bias = NULL, .relu = last_k_block && p->relu,
                 };
                 int64_t packed_block = -1;
-                for (int64_t t = lo; t < hi; t++) {
+                for (int64_t t = lo; t < hi; t += tile_step) {
                     const int64_t ib = t / groups, g = t % groups;
                     const int64_t ic = mr * (m_panels * ib / m_blocks);
                     const int64_t mc = min64(p->m, mr * (m_panels * (ib + 1) / m_blocks)) - ic;
@@ -293,7 +313,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         const int64_t j = jc + jp * nr;
                         const int cols = (int)min64(nr, p->n - j);
                         ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
-                        const float *b_panel = plan->b_in_place ? p->b + pc * p->b_rs + j : b_block + jp * nr * kc;
+                        const float *b_panel = plan->b_in_place ? p->b + pc * p->b_rs + j : b_block + jp * nr * kc_max;
                         const int64_t rs_b = plan->b_in_place ? p->b_rs : nr;
                         for (int64_t ir = 0; ir < mc; ir += mr) {
                             const int rows = (int)min64(mr, mc - ir);
@@ -308,7 +328,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                     }
                 }
             }
-            if (pack_b) team_barrier(team);  /* B chunk no longer read */
+            if (shared_b) team_barrier(team);  /* B chunk no longer read */
         }
     }
 }
@@ -322,7 +342,8 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     plan.b_in_place = b_in_place(kr, p);
     plan.kc = k_block(kr, p, plan.b_in_place);
     plan.nc = n_block(kr, p);
-    plan.m_blocks = plan_m_blocks(kr, p->m, plan.nc / nr, threads);
+    plan.split_columns = threads > 1 && p->m <= p->n && plan.nc / nr >= threads;
+    plan.m_blocks = plan_m_blocks(kr, p->m, plan.nc / nr, threads, plan.split_columns);
     plan.mc = ceil_div(ceil_div(p->m, kr->mr), plan.m_blocks) * kr->mr;
     /* op(A) with a unit stride (row-major, or trans_a as in conv's weight gradient) is read in place
      * by the micro-kernel when N is narrow (im2col GEMMs, Dense layers, dw): packing would cost a
