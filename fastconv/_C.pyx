@@ -6,6 +6,7 @@ Callers (fastconv.ops) pass validated, C-contiguous, non-empty float32 arrays fl
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 cimport numpy as cnp
+import numpy as np
 
 cnp.import_array()
 
@@ -147,6 +148,25 @@ cdef inline bint plain_matrix(object x):
             cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
 
 
+# Outputs of at least this many bytes start on a cache line (empty_aligned); smaller ones are not worth
+# the extra Python calls on a path that takes a few microseconds.
+ALIGNED_MIN_BYTES = 1 << 16
+
+
+def empty_aligned(shape, dtype=np.float32):
+    """A new C-contiguous array whose data starts on a 64-byte boundary. NumPy promises only 16 bytes,
+    so three arrays in four start inside a cache line, and every vector load or store of their rows then
+    splits two lines: a Dense layer's weights read in place ran 12% slower (128x1024x512, Emerald Rapids)."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    nbytes = dtype.itemsize
+    for extent in shape:
+        nbytes *= extent
+    buffer = np.empty(nbytes + 63, dtype=np.uint8)
+    cdef size_t start = (64 - <size_t>cnp.PyArray_DATA(buffer) % 64) % 64
+    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
 cdef inline bint disjoint(cnp.ndarray x, cnp.ndarray y):
     """Whether two contiguous arrays share no byte."""
     cdef char *xs = <char *>cnp.PyArray_DATA(x)
@@ -171,7 +191,10 @@ def gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out):
         return None
     if out is None:
         dims[0], dims[1] = m, n
-        c_arr = <cnp.ndarray>cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
+        if m * n * 4 >= ALIGNED_MIN_BYTES:
+            c_arr = <cnp.ndarray>empty_aligned((m, n))
+        else:
+            c_arr = <cnp.ndarray>cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
         beta = 0.0
     else:
         if not plain_matrix(out):

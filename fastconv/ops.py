@@ -5,6 +5,7 @@ to C-contiguous float32 (other real dtypes, non-contiguous and negatively-stride
 and copied), and hands pointers and sizes to the C kernels with the GIL released. Empty inputs give
 empty (or zero) results of the right shape without entering C.
 """
+import math
 import operator
 import os
 
@@ -22,6 +23,14 @@ __all__ = [
     "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update",
     "rmsprop_update", "sgd_update", "conv2d_algorithm", "CONV_ALGORITHMS",
 ]
+
+def _empty(shape, dtype=np.float32):
+    """A new output array; from 64 KiB on, it starts on a cache line (see _C.empty_aligned), so the
+    kernels writing it and the next layer reading it never split a line."""
+    if np.dtype(dtype).itemsize * math.prod(shape) >= _C.ALIGNED_MIN_BYTES:
+        return _C.empty_aligned(shape, dtype)
+    return np.empty(shape, dtype=dtype)
+
 
 # conv2d algorithms: "auto" picks per shape, the others force one (see conv2d). Codes as in fastconv.h.
 CONV_ALGORITHMS = {"auto": 0, "im2col": 1, "direct": 2, "implicit": 3}
@@ -107,7 +116,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
     alpha, beta = _real(alpha, "alpha"), _real(beta, "beta")
     if out is None:
         checked_product((m, n), "out")  # a given out already has this shape
-        out = np.empty((m, n), dtype=np.float32)
+        out = _empty((m, n), dtype=np.float32)
         beta = 0.0
     else:
         _check_out(out, (m, n), {"a": a, "b": b})
@@ -162,7 +171,7 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     algo = _conv_algorithm(algorithm)
     b32 = _bias(b, g.cout)
     if out is None:
-        out = np.empty(g.out_shape, dtype=np.float32)
+        out = _empty(g.out_shape, dtype=np.float32)
     else:
         _check_out(out, g.out_shape, {"x": x, "w": w, "b": b})
     if out.size == 0:
@@ -200,9 +209,9 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
     algo = _conv_algorithm(algorithm)
     dy32 = as_float_array(dy, "dy", ndim=4)
     check_shape(dy32, g.out_shape, "dy")
-    dx = np.empty(x32.shape, dtype=np.float32) if need_dx else None
-    dw = np.empty(w32.shape, dtype=np.float32)
-    db = np.empty((g.cout,), dtype=np.float32)
+    dx = _empty(x32.shape, dtype=np.float32) if need_dx else None
+    dw = _empty(w32.shape, dtype=np.float32)
+    db = _empty((g.cout,), dtype=np.float32)
     if dy32.size == 0 or x32.size == 0:
         if dx is not None:
             dx[...] = 0.0
@@ -237,7 +246,7 @@ def conv2d_transpose(x, w, b=None, *, strides=1, padding="valid", output_padding
     algo = _conv_algorithm(algorithm)
     b32 = _bias(b, g.cin)
     if out is None:
-        out = np.empty(out_shape, dtype=np.float32)
+        out = _empty(out_shape, dtype=np.float32)
     else:
         _check_out(out, out_shape, {"x": x, "w": w, "b": b})
     if out.size == 0:
@@ -282,9 +291,9 @@ def _pool_forward(kernel, x, pool_size, strides, padding, out, return_argmax=Fal
     argmax = None
     if return_argmax:
         _check_argmax_window(g)
-        argmax = np.empty(g.out_shape, dtype=np.uint8)
+        argmax = _empty(g.out_shape, dtype=np.uint8)
     if out is None:
-        out = np.empty(g.out_shape, dtype=np.float32)
+        out = _empty(g.out_shape, dtype=np.float32)
     else:
         _check_out(out, g.out_shape, {"x": x})
     if out.size:
@@ -297,7 +306,7 @@ def _pool_backward_args(dy, x, pool_size, strides, padding):
     g = pool_geometry(x32.shape, pool_size, strides, padding)
     dy32 = as_float_array(dy, "dy", ndim=4)
     check_shape(dy32, g.out_shape, "dy")
-    return g, dy32, x32, np.empty(x32.shape, dtype=np.float32)  # the kernels write every element
+    return g, dy32, x32, _empty(x32.shape, dtype=np.float32)  # the kernels write every element
 
 
 # Argmax bytes (maxpool2d(return_argmax=True)): the row-major tap of each window's first maximum, or
@@ -396,7 +405,7 @@ def relu_backward(dy, y, *, out=None):
     y32 = as_float_array(y, "y")
     check_shape(y32, dy32.shape, "y")
     if out is None:
-        out = np.empty(dy32.shape, dtype=np.float32)
+        out = _empty(dy32.shape, dtype=np.float32)
     else:  # elementwise, so writing over dy itself is safe
         _check_out(out, dy32.shape, {} if out is dy else {"y": y})
     if out.size:
@@ -420,8 +429,8 @@ def dropout(x, rate, seed):
     """
     rate, seed = _check_dropout(rate, seed)
     x32 = as_float_array(x, "x")
-    y = np.empty(x32.shape, dtype=np.float32)
-    mask = np.empty(x32.shape, dtype=np.float32)
+    y = _empty(x32.shape, dtype=np.float32)
+    mask = _empty(x32.shape, dtype=np.float32)
     if x32.size:
         _C.dropout_forward(_flat(x32), rate, seed, _flat(y), _flat(mask))
     return y, mask

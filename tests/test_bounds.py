@@ -185,3 +185,27 @@ def test_misaligned_inputs_are_copied_and_misaligned_out_refused():
         fastconv.gemm(a, b, out=misaligned((9, 6)))
     with pytest.raises(ValueError, match="out must be a writeable, aligned"):
         fastconv.maxpool2d(x, 2, out=misaligned((2, 3, 3, 3)))
+
+
+def test_large_outputs_and_weights_start_on_a_cache_line():
+    """NumPy aligns arrays to 16 bytes only; outputs from 64 KiB on and Keras weights are 64-byte aligned,
+    so no kernel's vector access to their rows splits a cache line. They are ordinary writeable arrays."""
+    from fastconv import _C, keras
+    rng = np.random.default_rng(4)
+    for shape in [(5,), (128, 512), (3, 0), (2, 3, 4)]:
+        array = _C.empty_aligned(shape)
+        assert array.shape == shape and array.dtype == np.float32 and array.flags.c_contiguous
+        assert array.flags.writeable and (array.size == 0 or array.ctypes.data % 64 == 0)
+    assert _C.empty_aligned((3, 5), np.float64).dtype == np.float64
+    a, b = rng.standard_normal((128, 300), dtype=np.float32), rng.standard_normal((300, 200), dtype=np.float32)
+    x = rng.standard_normal((8, 30, 30, 32), dtype=np.float32)
+    w = rng.standard_normal((3, 3, 32, 64), dtype=np.float32)
+    dy = rng.standard_normal((8, 28, 28, 64), dtype=np.float32)
+    outputs = [fastconv.gemm(a, b), fastconv.gemm(a, b, bias=np.ones(200, np.float32)), fastconv.conv2d(x, w),
+               *fastconv.conv2d_backward(dy, x, w)[:2], fastconv.maxpool2d(x, 2), fastconv.relu_backward(dy, dy)]
+    for out in outputs:
+        assert out.nbytes >= _C.ALIGNED_MIN_BYTES and out.ctypes.data % 64 == 0
+    np.testing.assert_allclose(outputs[0], a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+    layer = keras.layers.Dense(300)
+    layer.build((None, 70))
+    assert all(v.value.ctypes.data % 64 == 0 for v in layer.weights)

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 
+from fastconv import _C
 from fastconv.keras import backend, initializers, regularizers
 
 _name_counts = {}
@@ -49,7 +50,8 @@ class Variable:
 
     def __init__(self, name, value, trainable=True, regularizer=None):
         self.name = name
-        self.value = value
+        self.value = _C.empty_aligned(value.shape, value.dtype)  # rows on cache lines: see empty_aligned
+        self.value[...] = value
         self.grad = None
         self.trainable = trainable
         self.regularizer = regularizer
