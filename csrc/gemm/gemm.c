@@ -255,12 +255,15 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                          : m_blocks >= threads ? 1 : min64(n_panels, ceil_div(threads, m_blocks));
         const int64_t panels_per_group = ceil_div(n_panels, groups);
         groups = ceil_div(n_panels, panels_per_group);
-        /* Tiles t in [lo, hi) are (row block t / groups, group t % groups); with split columns, this
-         * thread's group is tid, and its B panels are its own to pack. */
+        /* Tile t is (row block t / groups, group t % groups). A shared B: the team shares out a range
+         * [lo, hi) of tiles and of panels to pack. Split columns: thread tid takes every tile of group
+         * tid (t = tid, tid + groups, ...) and packs that group's panels; a thread past the last group
+         * has nothing to do. */
         int64_t lo, hi, own_lo, own_hi;
         if (plan->split_columns) {
-            const int64_t group = tid < groups ? tid : groups;
-            lo = group, hi = group < groups ? m_blocks * groups : group;
+            const int64_t group = min64(tid, groups);
+            lo = group;
+            hi = group < groups ? m_blocks * groups : group;
             own_lo = min64(n_panels, group * panels_per_group);
             own_hi = min64(n_panels, (group + 1) * panels_per_group);
         } else {
