@@ -6,11 +6,13 @@
 #include "conv/direct.h"
 #include "train/elementwise.h"
 #include "pool/maxpool2x2.h"
+#include "norm/batchnorm.h"
 
 const fc_gemm_kernel *fc_active_gemm_kernel(void);
 const fc_conv_direct_kernels *fc_active_conv_direct(void);
 const fc_elementwise_kernels *fc_active_elementwise(void);
 const fc_maxpool2x2_kernels *fc_active_maxpool2x2(void);
+const fc_batchnorm_kernels *fc_active_batchnorm(void);
 
 /* Threads worth using for `flops` of work: 1 below the size where OpenMP start-up costs more than
  * it saves, else the user's setting (set_num_threads, OMP_NUM_THREADS, threadpoolctl). */
