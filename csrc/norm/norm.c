@@ -98,7 +98,7 @@ void fc_batchnorm_statistics(int64_t rows, int64_t channels, const float *x, flo
         const double shifted_mean = sum[c] / (double)rows;
         const double var = sum_sq[c] / (double)rows - shifted_mean * shifted_mean;
         mean[c] = (float)((double)x[c] + shifted_mean);
-        variance[c] = (float)(var > 0.0 ? var : 0.0);  /* rounding can leave a tiny negative */
+        variance[c] = (float)(var < 0.0 ? 0.0 : var);  /* rounding can leave a tiny negative; NaN stays */
     }
 }
 
