@@ -247,3 +247,17 @@ int fc_threads_for_values(double values)
     /* Streaming one float through a simple kernel costs about as long as 16 FLOPs of GEMM. */
     return fc_threads_for_work(16.0 * values);
 }
+
+void fc_thread_share(int64_t n, int64_t unit, int64_t *i0, int64_t *i1)
+{
+#ifdef _OPENMP
+    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+    const int64_t tid = 0, team = 1;
+#endif
+    const int64_t units = (n + unit - 1) / unit;
+    *i0 = units * tid / team * unit;
+    *i1 = tid == team - 1 ? n : units * (tid + 1) / team * unit;
+    if (*i0 > n) *i0 = n;
+    if (*i1 > n) *i1 = n;
+}

@@ -19,5 +19,7 @@ const fc_batchnorm_kernels *fc_active_batchnorm(void);
 int fc_threads_for_work(double flops);
 /* The same for memory-bound passes over `values` floats (pooling, elementwise training kernels). */
 int fc_threads_for_values(double values);
+/* The calling OpenMP thread's share [*i0, *i1) of n items, cut at multiples of `unit` items. */
+void fc_thread_share(int64_t n, int64_t unit, int64_t *i0, int64_t *i1);
 
 #endif

@@ -62,22 +62,6 @@ static void chunked_sums(int64_t rows, int64_t channels, const sums_inputs *in, 
     }
 }
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-/* This thread's share [*r0, *r1) of the rows (elementwise passes: any split gives the same result). */
-static void my_rows(int64_t rows, int64_t *r0, int64_t *r1)
-{
-#ifdef _OPENMP
-    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-    const int64_t tid = 0, team = 1;
-#endif
-    *r0 = rows * tid / team;
-    *r1 = rows * (tid + 1) / team;
-}
-
 static int elementwise_threads(int64_t rows, int64_t channels)
 {
     const int threads = fc_threads_for_values((double)rows * (double)channels);
@@ -115,7 +99,7 @@ void fc_batchnorm_forward(int64_t rows, int64_t channels, const float *x, const 
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int64_t r0, r1;
-        my_rows(rows, &r0, &r1);
+        fc_thread_share(rows, 1, &r0, &r1);
         kernels->normalize(r0, r1, channels, x, mean, scale, offset, y);
     }
 }
@@ -147,7 +131,7 @@ void fc_batchnorm_backward(int64_t rows, int64_t channels, const float *dy, cons
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int64_t r0, r1;
-        my_rows(rows, &r0, &r1);
+        fc_thread_share(rows, 1, &r0, &r1);
         kernels->input_grad(r0, r1, channels, dy, x, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx);
     }
 }
