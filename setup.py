@@ -29,14 +29,16 @@ PORTABLE_SOURCES = [
     "csrc/pool/maxpool2x2.c",  # also in ISA_SOURCES
     "csrc/train/train.c",
     "csrc/train/elementwise.c",  # also in ISA_SOURCES
+    "csrc/norm/norm.c",
+    "csrc/norm/batchnorm.c",  # also in ISA_SOURCES
 ]
 
 # Files compiled once more with an instruction set's flags: {isa: (sources, flags)}.
 ISA_SOURCES = {
     "avx2": (["csrc/gemm/ukr_avx2_6x16.c", "csrc/gemm/pack.c", "csrc/conv/direct.c", "csrc/train/elementwise.c",
-              "csrc/pool/maxpool2x2.c", "csrc/bench/peak_avx2.c"], ["-mavx2", "-mfma"]),
+              "csrc/pool/maxpool2x2.c", "csrc/norm/batchnorm.c", "csrc/bench/peak_avx2.c"], ["-mavx2", "-mfma"]),
     "avx512": (["csrc/gemm/ukr_avx512_14x32.c", "csrc/gemm/pack.c", "csrc/conv/direct.c", "csrc/train/elementwise.c",
-                "csrc/pool/maxpool2x2.c", "csrc/bench/peak_avx512.c"], ["-mavx512f", "-mavx2", "-mfma"]),
+                "csrc/pool/maxpool2x2.c", "csrc/norm/batchnorm.c", "csrc/bench/peak_avx512.c"], ["-mavx512f", "-mavx2", "-mfma"]),
 }
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
@@ -84,7 +86,8 @@ extension = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     # The instruction-set files are linked as extra objects: listed here so editing one relinks.
     depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/conv/direct.h", "csrc/workspace.h",
-             "csrc/bench/peak.h", "csrc/train/elementwise.h", "csrc/pool/maxpool2x2.h"]
+             "csrc/bench/peak.h", "csrc/train/elementwise.h", "csrc/pool/maxpool2x2.h",
+             "csrc/norm/batchnorm.h"]
     + sorted({source for sources, _ in ISA_SOURCES.values() for source in sources}),
 )
 

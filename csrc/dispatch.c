@@ -22,15 +22,16 @@ static const struct isa_kernels {
     const fc_conv_direct_kernels *conv_direct;
     const fc_elementwise_kernels *elementwise;
     const fc_maxpool2x2_kernels *maxpool2x2;
+    const fc_batchnorm_kernels *batchnorm;
     fc_fma_peak_fn fma_peak;
 } kernel_table[ISA_COUNT] = {
     [ISA_GENERIC] = { &fc_gemm_generic_4x16, &fc_conv_direct_generic, &fc_elementwise_generic,
-                      &fc_maxpool2x2_generic, fc_fma_peak_generic },
+                      &fc_maxpool2x2_generic, &fc_batchnorm_generic, fc_fma_peak_generic },
 #if defined(__x86_64__) || defined(_M_X64)
     [ISA_AVX2] = { &fc_gemm_avx2_6x16, &fc_conv_direct_avx2, &fc_elementwise_avx2, &fc_maxpool2x2_avx2,
-                   fc_fma_peak_avx2 },
+                   &fc_batchnorm_avx2, fc_fma_peak_avx2 },
     [ISA_AVX512] = { &fc_gemm_avx512_14x32, &fc_conv_direct_avx512, &fc_elementwise_avx512, &fc_maxpool2x2_avx512,
-                     fc_fma_peak_avx512 },
+                     &fc_batchnorm_avx512, fc_fma_peak_avx512 },
 #endif
 };
 
@@ -180,6 +181,8 @@ const fc_elementwise_kernels *fc_active_elementwise(void) { return kernel_table[
 
 const fc_maxpool2x2_kernels *fc_active_maxpool2x2(void) { return kernel_table[current_isa()].maxpool2x2; }
 
+const fc_batchnorm_kernels *fc_active_batchnorm(void) { return kernel_table[current_isa()].batchnorm; }
+
 void fc_gemm_blocking(int out[5])
 {
     const fc_gemm_kernel *k = fc_active_gemm_kernel();
@@ -243,4 +246,18 @@ int fc_threads_for_values(double values)
 {
     /* Streaming one float through a simple kernel costs about as long as 16 FLOPs of GEMM. */
     return fc_threads_for_work(16.0 * values);
+}
+
+void fc_thread_share(int64_t n, int64_t unit, int64_t *i0, int64_t *i1)
+{
+#ifdef _OPENMP
+    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+    const int64_t tid = 0, team = 1;
+#endif
+    const int64_t units = (n + unit - 1) / unit;
+    *i0 = units * tid / team * unit;
+    *i1 = tid == team - 1 ? n : units * (tid + 1) / team * unit;
+    if (*i0 > n) *i0 = n;
+    if (*i1 > n) *i1 = n;
 }

@@ -6,16 +6,20 @@
 #include "conv/direct.h"
 #include "train/elementwise.h"
 #include "pool/maxpool2x2.h"
+#include "norm/batchnorm.h"
 
 const fc_gemm_kernel *fc_active_gemm_kernel(void);
 const fc_conv_direct_kernels *fc_active_conv_direct(void);
 const fc_elementwise_kernels *fc_active_elementwise(void);
 const fc_maxpool2x2_kernels *fc_active_maxpool2x2(void);
+const fc_batchnorm_kernels *fc_active_batchnorm(void);
 
 /* Threads worth using for `flops` of work: 1 below the size where OpenMP start-up costs more than
  * it saves, else the user's setting (set_num_threads, OMP_NUM_THREADS, threadpoolctl). */
 int fc_threads_for_work(double flops);
 /* The same for memory-bound passes over `values` floats (pooling, elementwise training kernels). */
 int fc_threads_for_values(double values);
+/* The calling OpenMP thread's share [*i0, *i1) of n items, cut at multiples of `unit` items. */
+void fc_thread_share(int64_t n, int64_t unit, int64_t *i0, int64_t *i1);
 
 #endif

@@ -96,4 +96,18 @@ void fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, flo
                        float rho, float momentum, float epsilon);
 void fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov);
 
+/* ---- batch normalisation: x is rows x channels (NHWC: every axis but the last is a row) ----
+ * Per-channel sums are taken in double over fixed chunks of rows and combined in a fixed order, so
+ * the results do not depend on the thread count. gamma and beta may be NULL (1 and 0). */
+/* The batch's mean and biased variance of each channel. */
+void fc_batchnorm_statistics(int64_t rows, int64_t channels, const float *x, float *mean, float *variance);
+/* y = (x - mean) / sqrt(variance + epsilon) * gamma + beta. */
+void fc_batchnorm_forward(int64_t rows, int64_t channels, const float *x, const float *mean, const float *variance,
+                          const float *gamma, const float *beta, float epsilon, float *y);
+/* dbeta = sum(dy), dgamma = sum(dy * xhat), xhat = (x - mean) / sqrt(variance + epsilon); dx (NULL to
+ * skip) through the batch statistics when batch_statistics, else as if mean and variance were constants. */
+void fc_batchnorm_backward(int64_t rows, int64_t channels, const float *dy, const float *x, const float *mean,
+                           const float *variance, const float *gamma, float epsilon, int batch_statistics,
+                           float *dx, float *dgamma, float *dbeta);
+
 #endif

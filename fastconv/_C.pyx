@@ -57,6 +57,12 @@ cdef extern from "fastconv.h" nogil:
     void fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
                            float rho, float momentum, float epsilon)
     void fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov)
+    void fc_batchnorm_statistics(int64_t rows, int64_t channels, const float *x, float *mean, float *variance)
+    void fc_batchnorm_forward(int64_t rows, int64_t channels, const float *x, const float *mean,
+                              const float *variance, const float *gamma, const float *beta, float epsilon, float *y)
+    void fc_batchnorm_backward(int64_t rows, int64_t channels, const float *dy, const float *x, const float *mean,
+                               const float *variance, const float *gamma, float epsilon, int batch_statistics,
+                               float *dx, float *dgamma, float *dbeta)
 
 
 def isa_name():
@@ -318,3 +324,27 @@ def sgd_update(float[::1] w, const float[::1] g, float[::1] velocity, float lr, 
 def dropout_forward(const float[::1] x, float rate, uint64_t seed, float[::1] y, float[::1] mask):
     with nogil:
         fc_dropout_forward(x.shape[0], &x[0], rate, seed, &y[0], &mask[0])
+
+
+def batchnorm_statistics(int64_t channels, const float[::1] x, float[::1] mean, float[::1] variance):
+    with nogil:
+        fc_batchnorm_statistics(x.shape[0] // channels, channels, &x[0], &mean[0], &variance[0])
+
+
+def batchnorm_forward(int64_t channels, const float[::1] x, const float[::1] mean, const float[::1] variance,
+                      const float[::1] gamma, const float[::1] beta, float epsilon, float[::1] y):
+    cdef const float *gamma_ptr = optional(gamma)  # None: scale=False
+    cdef const float *beta_ptr = optional(beta)  # None: center=False
+    with nogil:
+        fc_batchnorm_forward(x.shape[0] // channels, channels, &x[0], &mean[0], &variance[0], gamma_ptr, beta_ptr,
+                             epsilon, &y[0])
+
+
+def batchnorm_backward(int64_t channels, const float[::1] dy, const float[::1] x, const float[::1] mean,
+                       const float[::1] variance, const float[::1] gamma, float epsilon, bint batch_statistics,
+                       float[::1] dx, float[::1] dgamma, float[::1] dbeta):
+    cdef const float *gamma_ptr = optional(gamma)
+    cdef float *dx_ptr = NULL if dx is None else &dx[0]  # None: the input gradient is not needed
+    with nogil:
+        fc_batchnorm_backward(x.shape[0] // channels, channels, &dy[0], &x[0], &mean[0], &variance[0], gamma_ptr,
+                              epsilon, batch_statistics, dx_ptr, &dgamma[0], &dbeta[0])

@@ -288,3 +288,29 @@ def check_momentum_buffer(momentum, buffer, name):
         raise ValueError(f"{name} is required when momentum != 0 (got momentum={momentum!r})")
     if not momentum and buffer is not None:
         raise ValueError(f"{name} must be None when momentum == 0 (the update without momentum has no {name})")
+
+
+def batch_norm_arrays(x, per_channel, epsilon, dtype):
+    """x (2-D or more, channels last) and its per-channel arrays (a dict name -> array or None) as
+    aligned C-contiguous `dtype` arrays, each per-channel one 1-D of x's channel count; epsilon > 0."""
+    if isinstance(epsilon, (bool, np.bool_)) or not isinstance(epsilon, (int, float, np.integer, np.floating)):
+        raise TypeError(f"epsilon must be a real number, got {epsilon!r}")
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be positive, got {epsilon!r}")
+    x = as_float_array(x, "x", dtype=dtype)
+    if x.ndim < 2:
+        raise ValueError(f"x must have a batch axis and a channel axis (2-D or more), got shape {x.shape}")
+    checked_product(x.shape, "x")
+    converted = {}
+    for name, arr in per_channel.items():
+        if arr is not None:
+            arr = as_float_array(arr, name, ndim=1, dtype=dtype)
+            check_shape(arr, (x.shape[-1],), name)
+        converted[name] = arr
+    return x, converted
+
+
+def check_batch_statistics(mean, variance):
+    """mean and variance are given together (inference statistics) or not at all (the batch's)."""
+    if (mean is None) != (variance is None):
+        raise ValueError("mean and variance must be given together (or neither, for the batch's statistics)")

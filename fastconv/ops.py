@@ -13,7 +13,7 @@ import numpy as np
 
 from fastconv import _C, reference
 from fastconv._args import (
-    as_float_array, check_momentum_buffer, check_shape, checked_product, conv_geometry, conv_transpose_geometry,
+    as_float_array, batch_norm_arrays, check_batch_statistics, check_momentum_buffer, check_shape, checked_product, conv_geometry, conv_transpose_geometry,
     pool_geometry,
 )
 
@@ -21,7 +21,7 @@ __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
     "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update",
-    "rmsprop_update", "sgd_update", "conv2d_algorithm", "CONV_ALGORITHMS",
+    "rmsprop_update", "sgd_update", "batch_norm", "batch_norm_backward", "conv2d_algorithm", "CONV_ALGORITHMS",
 ]
 
 def _empty(shape, dtype=np.float32):
@@ -499,3 +499,55 @@ def sgd_update(w, g, lr, momentum=0.0, velocity=None, nesterov=False):
     _check_in_place(in_place, g32.shape)
     if w.size:
         _C.sgd_update(_flat(w), _flat(g32), _flat(velocity), lr, momentum, bool(nesterov))
+
+
+def batch_norm(x, gamma=None, beta=None, *, epsilon=1e-3, mean=None, variance=None):
+    """Batch normalisation over every axis but the last (channels last): returns (y, mean, variance),
+    y = (x - mean) / sqrt(variance + epsilon) * gamma + beta, gamma and beta (C,) or None (1 and 0).
+
+    Without mean and variance (training), they are the batch's own per-channel mean and biased
+    variance, summed in double over fixed chunks of rows (the same for any thread count), shifted by
+    the first row so that a large mean does not cancel the variance; with them (inference, the moving
+    statistics), those are used. Returns float32 arrays; the float32 mean and variance given back are
+    what batch_norm_backward takes.
+    """
+    check_batch_statistics(mean, variance)
+    x32, c = batch_norm_arrays(x, dict(gamma=gamma, beta=beta, mean=mean, variance=variance), epsilon, np.float32)
+    channels = x32.shape[-1]
+    y = np.empty(x32.shape, dtype=np.float32)
+    if c["mean"] is None:
+        mean, variance = np.empty(channels, dtype=np.float32), np.empty(channels, dtype=np.float32)
+        if x32.size:
+            _C.batchnorm_statistics(channels, _flat(x32), mean, variance)
+        else:
+            mean[...] = variance[...] = np.nan  # the statistics of no rows
+    else:
+        mean, variance = c["mean"], c["variance"]
+    if x32.size:
+        _C.batchnorm_forward(channels, _flat(x32), mean, variance, c["gamma"], c["beta"], float(epsilon), _flat(y))
+    return y, mean, variance
+
+
+def batch_norm_backward(dy, x, mean, variance, gamma=None, *, epsilon=1e-3, batch_statistics=True, need_dx=True):
+    """Gradients (dx, dgamma, dbeta) of batch_norm given dy: dbeta = sum(dy), dgamma = sum(dy * xhat),
+    xhat = (x - mean) / sqrt(variance + epsilon), recomputed from x (nothing of the forward pass kept).
+
+    batch_statistics: mean and variance were x's own (training), so dx flows through them too; else
+    dx = dy * gamma / sqrt(variance + epsilon). need_dx=False skips dx and returns None for it.
+    Sums as in batch_norm: the same for any thread count.
+    """
+    x32, c = batch_norm_arrays(x, dict(mean=mean, variance=variance, gamma=gamma), epsilon, np.float32)
+    for name in ("mean", "variance"):
+        if c[name] is None:
+            raise TypeError(f"{name} must be the array batch_norm returned, got None")
+    dy32 = as_float_array(dy, "dy")
+    check_shape(dy32, x32.shape, "dy")
+    channels = x32.shape[-1]
+    dx = np.empty(x32.shape, dtype=np.float32) if need_dx else None
+    dgamma, dbeta = np.zeros(channels, dtype=np.float32), np.zeros(channels, dtype=np.float32)
+    if x32.size:
+        _C.batchnorm_backward(channels, _flat(dy32), _flat(x32), c["mean"], c["variance"], c["gamma"], float(epsilon),
+                              bool(batch_statistics), _flat(dx), dgamma, dbeta)
+    elif dx is not None:
+        dx[...] = 0.0
+    return dx, dgamma, dbeta

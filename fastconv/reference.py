@@ -7,13 +7,15 @@ tests can use this as a high-precision oracle; every other dtype computes in flo
 import numpy as np
 
 from fastconv._args import (
-    as_float_array, check_momentum_buffer, check_shape, conv_geometry, conv_transpose_geometry, pool_geometry,
+    as_float_array, batch_norm_arrays, check_batch_statistics, check_momentum_buffer, check_shape, conv_geometry,
+    conv_transpose_geometry, pool_geometry,
 )
 
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward",
     "avgpool2d", "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward",
-    "relu_backward", "dropout", "adam_update", "adadelta_update", "rmsprop_update", "sgd_update",
+    "relu_backward", "dropout", "adam_update", "adadelta_update", "rmsprop_update", "sgd_update", "batch_norm",
+    "batch_norm_backward",
 ]
 
 
@@ -327,3 +329,48 @@ def sgd_update(w, g, lr, momentum=0.0, velocity=None, nesterov=False):
         w += momentum * velocity - lr * g
     else:
         w += velocity
+
+
+def batch_norm(x, gamma=None, beta=None, *, epsilon=1e-3, mean=None, variance=None):
+    """Batch normalisation over every axis but the last: (x - mean) / sqrt(variance + epsilon) * gamma + beta.
+
+    Without mean and variance, the batch's own (the variance biased); returns (y, mean, variance) used.
+    """
+    check_batch_statistics(mean, variance)
+    dtype = _dtype(x, gamma, beta, mean, variance)
+    x, c = batch_norm_arrays(x, dict(gamma=gamma, beta=beta, mean=mean, variance=variance), epsilon, dtype)
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes) if c["mean"] is None else c["mean"]
+    variance = x.var(axis=axes) if c["variance"] is None else c["variance"]
+    y = (x - mean) * (1 / np.sqrt(variance + dtype(epsilon)))
+    if c["gamma"] is not None:
+        y *= c["gamma"]
+    if c["beta"] is not None:
+        y += c["beta"]
+    return y, mean, variance
+
+
+def batch_norm_backward(dy, x, mean, variance, gamma=None, *, epsilon=1e-3, batch_statistics=True, need_dx=True):
+    """Gradients (dx, dgamma, dbeta) of batch_norm given dy: dbeta = sum(dy), dgamma = sum(dy * xhat).
+
+    batch_statistics: mean and variance were x's own, so dx flows through them too; else dx =
+    dy * gamma / sqrt(variance + epsilon). need_dx=False returns None for dx.
+    """
+    dtype = _dtype(dy, x, mean, variance, gamma)
+    x, c = batch_norm_arrays(x, dict(mean=mean, variance=variance, gamma=gamma), epsilon, dtype)
+    dy = as_float_array(dy, "dy", dtype=dtype)
+    check_shape(dy, x.shape, "dy")
+    axes = tuple(range(x.ndim - 1))
+    inv_std = 1 / np.sqrt(c["variance"] + dtype(epsilon))
+    normalized = (x - c["mean"]) * inv_std
+    dgamma, dbeta = (dy * normalized).sum(axis=axes), dy.sum(axis=axes)
+    if not need_dx:
+        return None, dgamma, dbeta
+    dnormalized = dy if c["gamma"] is None else dy * c["gamma"]
+    if not batch_statistics:
+        return dnormalized * inv_std, dgamma, dbeta
+    # Batch statistics depend on every input: subtract the mean gradient and its projection on xhat.
+    count = max(x.size // x.shape[-1], 1)
+    mean_d = dnormalized.sum(axis=axes) / count
+    mean_dx = (dnormalized * normalized).sum(axis=axes) / count
+    return (dnormalized - mean_d - normalized * mean_dx) * inv_std, dgamma, dbeta

@@ -102,6 +102,10 @@ def test_pooling_backward(float64_numpy, layer_class, kwargs):
     (lambda: layers.Softmax(), [(3, 5)]),
     (lambda: layers.ReLU(), [(3, 5)]),
     (lambda: layers.ReLU(max_value=0.5, negative_slope=0.1), [(3, 5)]),
+    (lambda: layers.ReLU(max_value=0.5), [(3, 5)]),
+    (lambda: layers.ReLU(negative_slope=0.2), [(3, 5)]),
+    (lambda: layers.ReLU(threshold=0.3), [(3, 5)]),
+    (lambda: layers.ReLU(max_value=1.0, negative_slope=0.1, threshold=-0.2), [(3, 5)]),
     (lambda: layers.LeakyReLU(negative_slope=0.2), [(3, 5)]),
     (lambda: layers.Add(), [(3, 4), (3, 4), (3, 4)]),
     (lambda: layers.Concatenate(), [(3, 2, 4), (3, 2, 1)]),
@@ -171,9 +175,56 @@ def test_merge_layers_forward_and_bad_input():
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_normalization_backward(float64_numpy, seeded, training):
-    layer = layers.BatchNormalization(gamma_initializer="random_normal", beta_initializer="random_normal")
-    check_layer_gradients(layer, (4, 3, 3, 5), training=training)
+@pytest.mark.parametrize("options", [dict(), dict(center=False), dict(scale=False), dict(center=False, scale=False)])
+def test_batch_normalization_backward(float64_numpy, seeded, training, options):
+    for shape in [(4, 3, 3, 5), (7, 3)]:  # a conv's output and a Dense layer's
+        layer = layers.BatchNormalization(gamma_initializer="random_normal", beta_initializer="random_normal",
+                                          **options)
+        check_layer_gradients(layer, shape, training=training)
+
+
+def test_relu_layers_keep_the_input_dtype_and_nan():
+    x = np.array([[-1.0, 0.0, 0.5, 2.0, np.nan]], dtype=np.float32)
+    for layer in [layers.ReLU(), layers.ReLU(max_value=1.0, negative_slope=0.1, threshold=0.2)]:
+        out, ctx = layer.forward(x, training=True)
+        grad = layer.backward(ctx, np.ones_like(x))
+        assert out.dtype == grad.dtype == np.float32 and np.isnan(out[0, -1])
+    np.testing.assert_array_equal(layers.ReLU()(x)[0, :4], [0.0, 0.0, 0.5, 2.0])
+
+
+def test_batch_normalization_and_relu_agree_on_both_backends(seeded):
+    """One SGD step of a model of BatchNormalization and ReLU layers: the C kernels (float32) against
+    the NumPy backend in float64. The step's size is the gradient, so this compares the gradients too."""
+    def make_model():
+        keras.utils.set_random_seed(7)
+        return keras.Sequential([
+            layers.Conv2D(6, 3, input_shape=(7, 6, 2)),
+            layers.BatchNormalization(gamma_initializer="random_normal", beta_initializer="random_normal"),
+            layers.ReLU(), layers.Conv2D(5, 3), layers.BatchNormalization(center=False, scale=False),
+            layers.ReLU(max_value=1.0, negative_slope=0.1), layers.Flatten(), layers.Dense(4, use_bias=False),
+            layers.BatchNormalization(momentum=0.5), layers.ReLU(), layers.Dense(3, activation="softmax")])
+
+    x = np.random.default_rng(1).standard_normal((6, 7, 6, 2))
+    y = keras.utils.to_categorical(np.arange(6) % 3, 3)
+    results = {}
+    old_backend, old_floatx = backend.get_backend(), backend.floatx()
+    for name, floatx in (("fastconv", "float32"), ("numpy", "float64")):
+        backend.set_backend(name)
+        backend.set_floatx(floatx)
+        try:
+            model = make_model()
+            start = [w.astype(floatx) for w in model.get_weights()]
+            model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.SGD(1.0))
+            loss = model.train_on_batch(x.astype(floatx), y)
+            results[name] = (loss, model.get_weights(), model.predict(x.astype(floatx), verbose=0))
+        finally:
+            backend.set_backend(old_backend)
+            backend.set_floatx(old_floatx)
+    assert [w.dtype for w in results["numpy"][1]] == [np.float64] * len(start)
+    np.testing.assert_allclose(results["fastconv"][0], results["numpy"][0], rtol=1e-5)
+    for got, want in zip(results["fastconv"][1], results["numpy"][1]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(results["fastconv"][2], results["numpy"][2], rtol=1e-4, atol=1e-5)
 
 
 def test_batch_normalization_statistics():

@@ -4,24 +4,8 @@
 #include "../fastconv.h"
 #include "../dispatch.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 /* This thread's share [*i0, *i1) of n elements, cut at multiples of 16 floats (whole vectors). */
-static void my_share(int64_t n, int64_t *i0, int64_t *i1)
-{
-#ifdef _OPENMP
-    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-    const int64_t tid = 0, team = 1;
-#endif
-    const int64_t vectors = (n + 15) / 16;
-    *i0 = vectors * tid / team * 16;
-    *i1 = tid == team - 1 ? n : vectors * (tid + 1) / team * 16;
-    if (*i0 > n) *i0 = n;
-    if (*i1 > n) *i1 = n;
-}
+static void my_share(int64_t n, int64_t *i0, int64_t *i1) { fc_thread_share(n, 16, i0, i1); }
 
 static int threads_for(int64_t n) { return fc_threads_for_values((double)n); }
 

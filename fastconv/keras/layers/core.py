@@ -129,12 +129,16 @@ class ReLU(Layer):
         self.threshold = float(threshold)
 
     def forward(self, inputs, training=False):
+        if self.activation is activations.relu:
+            out = np.maximum(inputs, 0)  # keeps NaN, like max(x, 0) in the kernels
+            return out, out
+        dtype = inputs.dtype.type  # scalars of the input's dtype keep every temporary in it
         above = inputs >= self.threshold if self.negative_slope else inputs > self.threshold
-        slope = np.where(above, 1, self.negative_slope).astype(inputs.dtype)
-        out = np.where(above, inputs, (inputs - self.threshold) * inputs.dtype.type(self.negative_slope))
+        slope = np.where(above, dtype(1), dtype(self.negative_slope))
+        out = np.where(above, inputs, (inputs - dtype(self.threshold)) * dtype(self.negative_slope))
         if self.max_value is not None:
-            slope = slope * (out < self.max_value)
-            out = np.minimum(out, inputs.dtype.type(self.max_value))
+            slope *= out < self.max_value
+            out = np.minimum(out, dtype(self.max_value))
         return out, slope
 
     @property
@@ -144,7 +148,11 @@ class ReLU(Layer):
         return activations.relu if plain else None
 
     def backward(self, ctx, grad, from_preactivation=False):
-        return grad if from_preactivation else grad * ctx
+        if from_preactivation:
+            return grad
+        if self.activation is activations.relu:  # ctx is the output: the gradient passes where it is > 0
+            return backend.ops_for(grad).relu_backward(grad, ctx)
+        return grad * ctx
 
     def get_config(self):
         return {**super().get_config(), "max_value": self.max_value, "negative_slope": self.negative_slope,

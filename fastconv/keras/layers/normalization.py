@@ -1,7 +1,5 @@
 """BatchNormalization over the channel (last) axis, with Keras' momentum and epsilon defaults."""
-import numpy as np
-
-from fastconv.keras import initializers, regularizers
+from fastconv.keras import backend, initializers, regularizers
 from fastconv.keras.layers.base import Layer
 
 
@@ -46,42 +44,32 @@ class BatchNormalization(Layer):
         self._set_input_spec(len(input_shape), {-1: channels})
 
     def forward(self, inputs, training=False):
-        axes = tuple(range(inputs.ndim - 1))
-        if training and self.trainable:
-            mean = inputs.mean(axis=axes)
-            variance = inputs.var(axis=axes)
+        batch_statistics = bool(training and self.trainable)
+        given = {} if batch_statistics else {"mean": self.moving_mean.value, "variance": self.moving_variance.value}
+        out, mean, variance = backend.ops_for(inputs).batch_norm(inputs, self._value(self.gamma),
+                                                                 self._value(self.beta), epsilon=self.epsilon, **given)
+        if batch_statistics:
             self.moving_mean.value *= self.momentum
             self.moving_mean.value += (1 - self.momentum) * mean
             self.moving_variance.value *= self.momentum
             self.moving_variance.value += (1 - self.momentum) * variance
-        else:
-            mean, variance = self.moving_mean.value, self.moving_variance.value
-        inv_std = (1 / np.sqrt(variance + self.epsilon)).astype(inputs.dtype)
-        normalized = (inputs - mean.astype(inputs.dtype)) * inv_std
-        out = normalized
-        if self.gamma is not None:
-            out = out * self.gamma.value
-        if self.beta is not None:
-            out = out + self.beta.value
-        return out, (normalized, inv_std, bool(training and self.trainable))
+        # The backward pass recomputes the normalized inputs from x: cheaper than keeping them.
+        return out, (inputs, mean, variance, batch_statistics)
 
     def backward(self, ctx, grad, need_input_grad=True):
-        normalized, inv_std, used_batch_statistics = ctx
-        axes = tuple(range(grad.ndim - 1))
+        inputs, mean, variance, batch_statistics = ctx
+        dx, dgamma, dbeta = backend.ops_for(grad).batch_norm_backward(
+            grad, inputs, mean, variance, self._value(self.gamma), epsilon=self.epsilon,
+            batch_statistics=batch_statistics, need_dx=need_input_grad)
         if self.gamma is not None:
-            self.gamma.add_grad((grad * normalized).sum(axis=axes))
+            self.gamma.add_grad(dgamma)
         if self.beta is not None:
-            self.beta.add_grad(grad.sum(axis=axes))
-        if not need_input_grad:
-            return None
-        dnormalized = grad if self.gamma is None else grad * self.gamma.value
-        if not used_batch_statistics:
-            return dnormalized * inv_std
-        # Batch statistics depend on every input: subtract the mean gradient and its projection on x_hat.
-        count = grad.size // grad.shape[-1]
-        mean_d = dnormalized.sum(axis=axes) / count
-        mean_dx = (dnormalized * normalized).sum(axis=axes) / count
-        return (dnormalized - mean_d - normalized * mean_dx) * inv_std
+            self.beta.add_grad(dbeta)
+        return dx
+
+    @staticmethod
+    def _value(variable):
+        return None if variable is None else variable.value
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,
