@@ -514,7 +514,7 @@ def batch_norm(x, gamma=None, beta=None, *, epsilon=1e-3, mean=None, variance=No
     check_batch_statistics(mean, variance)
     x32, c = batch_norm_arrays(x, dict(gamma=gamma, beta=beta, mean=mean, variance=variance), epsilon, np.float32)
     channels = x32.shape[-1]
-    y = np.empty(x32.shape, dtype=np.float32)
+    y = _empty(x32.shape, dtype=np.float32)
     if c["mean"] is None:
         mean, variance = np.empty(channels, dtype=np.float32), np.empty(channels, dtype=np.float32)
         if x32.size:
@@ -543,7 +543,7 @@ def batch_norm_backward(dy, x, mean, variance, gamma=None, *, epsilon=1e-3, batc
     dy32 = as_float_array(dy, "dy")
     check_shape(dy32, x32.shape, "dy")
     channels = x32.shape[-1]
-    dx = np.empty(x32.shape, dtype=np.float32) if need_dx else None
+    dx = _empty(x32.shape, dtype=np.float32) if need_dx else None
     dgamma, dbeta = np.zeros(channels, dtype=np.float32), np.zeros(channels, dtype=np.float32)
     if x32.size:
         _C.batchnorm_backward(channels, _flat(dy32), _flat(x32), c["mean"], c["variance"], c["gamma"], float(epsilon),
