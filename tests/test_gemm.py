@@ -138,17 +138,20 @@ def offset_copy(array, offset_floats):
 
 
 @pytest.mark.parametrize("offset", [0, 1, 4, 12])
-def test_b_rows_at_any_alignment(isa, offset):
-    """Whether a row-major B is read in place depends on its rows being 64-byte aligned: M on both
-    sides of the aligned and misaligned limits, with B at each offset, gives the same products."""
+def test_b_rows_at_any_alignment(isa, threads, offset):
+    """Whether a row-major B is read in place depends on its rows being 64-byte aligned, and on 2
+    threads on the rows each thread takes: M on both sides of the aligned and misaligned limits, with
+    B at each offset, on 1 and 2 threads, gives the same products."""
     rng = np.random.default_rng(11)
     _, nr, _, kc, _ = _C.gemm_blocking()
-    for m, k, n in [(111, 40, 2 * nr), (113, kc + 3, nr), (255, 40, 2 * nr), (257, kc + 3, nr), (1023, 9, nr),
-                    (1030, 5, nr)]:
+    for m, k, n in [(111, 40, 2 * nr), (113, kc + 3, nr), (255, 40, 2 * nr), (257, kc + 3, nr), (639, 30, nr),
+                    (643, 2 * kc + 1, 2 * nr), (1023, 9, nr), (1030, 5, nr)]:
         a, b = operands(rng, m, k, n)
         b = offset_copy(b, offset)
         assert b.ctypes.data % 64 == 4 * offset
-        assert_close(fastconv.gemm(a, b), a, b)
+        for count in (1, 2):
+            threads(count)
+            assert_close(fastconv.gemm(a, b), a, b)
 
 
 def test_b_rows_on_few_l2_sets(isa, cache_fit):

@@ -119,12 +119,18 @@ static int a_columns_in_place(const fc_gemm_problem *p)
  * then share L1 sets. Rows that are not 64-byte aligned make every vector load of the panel split
  * across two cache lines, a cost paid again by each row tile, so the kernel may set a lower M limit
  * for them (AVX-512 on Emerald Rapids, B 48 bytes off a line, 1 thread: 128x1024x512 138 GFLOPS in
- * place, 147 packed; 96 rows, equal; 64x3136x128 148 in place, 128 packed). */
-static int b_in_place(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
+ * place, 147 packed; 96 rows, equal; 64x3136x128 148 in place, 128 packed). When `sharing` threads
+ * split the rows, a packed B is shared: each reads the panels the others packed, from their caches.
+ * Reading a misaligned B in place then pays up to more rows per thread (2 threads, B 48 bytes off:
+ * 288x6272x64/ta 219 -> 247, 576x3136x64/ta 220 -> 255, 512x2048x256 278 -> 299 in place; at 512
+ * rows a thread, 1024x1024x256, packed stays ahead, 324 against 306). */
+static int b_in_place(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int sharing)
 {
     const int b_rows_aligned = (uintptr_t)p->b % 64 == 0 && p->b_rs % 16 == 0;
-    const int64_t max_m = b_rows_aligned ? kr->b_in_place_max_m : kr->b_in_place_max_m_misaligned;
-    return !p->b_packed && p->b_cs == 1 && p->n % kr->nr == 0 && p->m <= max_m && p->b_rs % 1024 != 0;
+    const int misaligned_ok = sharing > 1 ? ceil_div(p->m, sharing) <= kr->b_in_place_max_m_misaligned_shared
+                                          : p->m <= kr->b_in_place_max_m_misaligned;
+    return !p->b_packed && p->b_cs == 1 && p->n % kr->nr == 0 && p->m <= kr->b_in_place_max_m &&
+           (b_rows_aligned || misaligned_ok) && p->b_rs % 1024 != 0;
 }
 
 static int64_t gcd64(int64_t a, int64_t b)
@@ -342,10 +348,10 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     if (p->k <= 0) { epilogue_only(p); return; }
     const int64_t nr = kr->nr;
     gemm_plan plan;
-    plan.b_in_place = b_in_place(kr, p);
-    plan.kc = k_block(kr, p, plan.b_in_place);
     plan.nc = n_block(kr, p);
     plan.split_columns = threads > 1 && p->m <= p->n && plan.nc / nr >= threads;
+    plan.b_in_place = b_in_place(kr, p, plan.split_columns ? 1 : threads);
+    plan.kc = k_block(kr, p, plan.b_in_place);
     plan.m_blocks = plan_m_blocks(kr, p->m, plan.nc / nr, threads, plan.split_columns);
     plan.mc = ceil_div(ceil_div(p->m, kr->mr), plan.m_blocks) * kr->mr;
     /* op(A) with a unit stride (row-major, or trans_a as in conv's weight gradient) is read in place
