@@ -28,10 +28,10 @@ from fastconv.ops import (  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "CONV_ALGORITHMS", "adadelta_update", "adam_update", "available_isas", "avgpool2d", "avgpool2d_backward",
-    "batch_norm", "batch_norm_backward",
-    "config", "conv2d", "conv2d_algorithm", "conv2d_backward", "conv2d_transpose", "conv2d_workspace_bytes", "dropout", "gemm", "get_isa",
-    "get_num_threads", "global_avgpool2d", "global_avgpool2d_backward", "maxpool2d", "maxpool2d_backward",
-    "relu_backward", "rmsprop_update", "set_isa", "set_num_threads", "sgd_update", "show_config",
+    "batch_norm", "batch_norm_backward", "config", "conv2d", "conv2d_algorithm", "conv2d_backward",
+    "conv2d_transpose", "conv2d_workspace_bytes", "dropout", "gemm", "get_isa", "get_num_threads",
+    "global_avgpool2d", "global_avgpool2d_backward", "maxpool2d", "maxpool2d_backward", "relu_backward",
+    "rmsprop_update", "set_isa", "set_num_threads", "sgd_update", "show_config",
 ]
 
 ISAS = ("avx512", "avx2", "generic")  # best first

@@ -13,8 +13,8 @@ import numpy as np
 
 from fastconv import _C, reference
 from fastconv._args import (
-    as_float_array, batch_norm_arrays, check_batch_statistics, check_momentum_buffer, check_shape, checked_product, conv_geometry, conv_transpose_geometry,
-    pool_geometry,
+    as_float_array, batch_norm_arrays, check_batch_statistics, check_momentum_buffer, check_shape, checked_product,
+    conv_geometry, conv_transpose_geometry, pool_geometry,
 )
 
 __all__ = [
