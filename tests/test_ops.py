@@ -646,6 +646,22 @@ def test_forcing_a_path_by_environment_in_a_subprocess():
     assert out.stdout.strip() == "generic"
 
 
+def test_gemm_with_a_smaller_team_than_asked_for():
+    """OpenMP may run fewer threads than set_num_threads asks (here OMP_THREAD_LIMIT=1): a wide
+    product, cut into one column group per thread, still computes every column."""
+    import subprocess
+    code = """if True:
+        import numpy as np, fastconv
+        fastconv.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        a, b = rng.standard_normal((300, 500), dtype=np.float32), rng.standard_normal((500, 900), dtype=np.float32)
+        print(float(np.abs(fastconv.gemm(a, b) - a.astype(np.float64) @ b).max()))
+    """
+    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(OMP_THREAD_LIMIT="1"),
+                         capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 1e-3
+
+
 def test_config_reports_the_build():
     cfg = fastconv.config()
     assert cfg["isa"] in cfg["isas_available"] and "generic" in cfg["isas_available"]

@@ -257,7 +257,9 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
         const int64_t nc = min64(nc_max, p->n - jc);
         const int64_t n_panels = ceil_div(nc, nr);
         const int64_t m_blocks = plan->m_blocks, m_panels = ceil_div(p->m, mr);
-        int64_t groups = plan->split_columns ? min64(n_panels, threads)
+        /* Split columns: one group per thread of the team that actually runs, which OpenMP may make
+         * smaller than asked (OMP_THREAD_LIMIT, a nested region): every group then has a thread. */
+        int64_t groups = plan->split_columns ? min64(n_panels, team)
                          : m_blocks >= threads ? 1 : min64(n_panels, ceil_div(threads, m_blocks));
         const int64_t panels_per_group = ceil_div(n_panels, groups);
         groups = ceil_div(n_panels, panels_per_group);
