@@ -47,7 +47,9 @@ static const struct isa_kernels {
  * - An A read in place by columns (conv's weight gradient, cols^T @ dy) brings one cache line into L1
  *   per k step of a tile, beside the B panel's NR floats: its K block keeps both in half of L1
  *   (AVX-512, 48 KiB: 128; 576x3136x64 with trans_a on Emerald Rapids 114-120 -> 131-138 GFLOPS,
- *   576x12544x64 91 -> 120-127, where 192 and more lose and 64 loses). */
+ *   576x12544x64 91 -> 120-127, where 192 and more lose and 64 loses).
+ * - The span of the L2's sets (its size over its ways), from which gemm.c caps the K block of a B read
+ *   in place whose row stride would stack its panel too deep in few sets (b_panel_max_rows). */
 static fc_gemm_kernel gemm_kernels[ISA_COUNT];
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
