@@ -16,6 +16,7 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
     #pragma GCC unroll 4
     for (int64_t p = 0; p < k; p++) {
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        _mm_prefetch((const char *)(b + FC_B_PREFETCH_STEPS * rs_b), _MM_HINT_T0);
         #pragma GCC unroll 6
         for (int i = 0; i < MR; i++) {
             if (i >= rows) break;

@@ -21,6 +21,8 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
     for (int g = 0; g < 5; g++) base[g] = a + 3 * g * rs;
     for (int64_t p = 0; p < k; p++) {
         const __m512 b0 = _mm512_loadu_ps(b), b1 = halves == 2 ? _mm512_loadu_ps(b + 16) : b0;
+        _mm_prefetch((const char *)(b + FC_B_PREFETCH_STEPS * rs_b), _MM_HINT_T0);
+        if (halves == 2) _mm_prefetch((const char *)(b + FC_B_PREFETCH_STEPS * rs_b + 16), _MM_HINT_T0);
         #pragma GCC unroll 14
         for (int i = 0; i < MR; i++) {
             if (i >= rows) break;
