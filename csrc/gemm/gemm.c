@@ -61,6 +61,7 @@ static inline void copy_padded(const float *src, int n, int width, float *dst)
 static void pack_a_block(const fc_gemm_kernel *kr, const float *a, int64_t rs, int64_t cs, int64_t first,
                          int64_t mc, int64_t kc, int mr, float *dst)
 {
+    if (first >= mc) return;  /* every panel is read in place */
     if (rs != 1) {
         for (int64_t ir = first; ir < mc; ir += mr)
             kr->pack(a + ir * rs, rs, cs, (int)min64(mr, mc - ir), kc, mr, dst + ir * kc);
