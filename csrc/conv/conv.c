@@ -358,8 +358,12 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
  * over the output pixels. Copy an image with its padding to width wp = ow + kw - 1, and its dy to the
  * same width with zeros in the kw - 1 extra columns: output pixel q = oy * wp + ox then reads tap
  * (r, c) at q + r * wp + c, so every tap's A is the padded image read in place from its own offset,
- * and the extra columns add zeros. No patches are written: the image and dy stay in L2 for all
- * kh * kw products, where im2col wrote kh * kw copies of the image per image. */
+ * and the extra columns add zeros. The kw taps of kernel row r are then one A of kw * cin rows, row
+ * c * cin + ci of column q at (q + r * wp) * cin + c * cin + ci: columns cin apart, overlapping, and
+ * its product is dw's rows for that kernel row, so each image takes kh GEMMs (n128 14x14 64->64 on 2
+ * threads, 9 GEMMs of 64 rows -> 3 of 192: 7.1-7.5 -> 6.8-7.0 ms with the vectorised reduction). No
+ * patches are written: the image and dy stay in L2 for all the products, where im2col wrote kh * kw
+ * copies of the image per image. */
 
 /* May the backward pass compute dw from padded images (the two paths below) rather than im2col? */
 static int weight_grad_from_padded_images(const fc_conv_shape *s, int algo)
