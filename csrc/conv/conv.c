@@ -374,14 +374,16 @@ static int weight_grad_from_padded_images(const fc_conv_shape *s, int algo)
 
 enum {
     IMPLICIT_DW_SLACK = 16,           /* floats a partial tile may read past the padded image (rows rounded to even) */
-    IMPLICIT_DW_MIN_PRODUCT = 2048,   /* cin * cout of the smallest per-tap product worth its own GEMM */
+    IMPLICIT_DW_MIN_PRODUCT = 512,    /* cin * cout of the smallest products worth the padded images */
 };
 
 /* Taken when the products are not too small (cin x cout tiles) and the extra columns add at most a
  * fifth to the work. Against im2col's dw on Emerald Rapids, 2 threads: n32 56x56 64->64 same 33.3 ->
  * 27.1 ms, n128 26x26 32->64 same 12.2 -> 11.4, n64 28x28 32->32 5x5 15.7 -> 8.9, n128 9x9 64->64
- * 3.3 -> 3.1; level at 16->64 and 32->32 14x14, while 16->16 took twice as long and 8x8 valid
- * (a 28% wider run) 14% longer. */
+ * 3.3 -> 3.1, and 8x8 valid (a 28% wider run) 14% longer. Since a kernel row's taps are one GEMM,
+ * smaller products win too (n128, 3x3 same, 2 threads): 28x28 16->32 4.72 -> 3.74 ms, 28x28 8->64
+ * 4.90 -> 4.21, 28x28 32->16 6.17 -> 5.52, 14x14 32->32 2.19 -> 1.89; 28x28 16->16 3.44 -> 3.53 and
+ * 8->16 2.37 -> 2.39 stay with im2col. */
 static int implicit_weight_grad(const fc_conv_shape *s, int algo)
 {
     const int64_t run = (s->oh - 1) * implicit_padded_width(s) + s->ow;
