@@ -192,9 +192,10 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
     need it). x_from_relu=True says x is the output of a ReLU and returns, as dx, the gradient at that
     ReLU's input (zero where x <= 0): relu_backward(dx, x) fused into the same pass.
     algorithm as in conv2d: dw and db come from the direct kernel, or for stride 1 and dilation 1
-    (auto and "implicit") from one GEMM per kernel tap reading the padded image in place (when
-    cin * cout >= 2048 and the padded rows are at most a fifth wider than the output's) or, with 1..8
-    output channels, from the direct kernels' rows over the padded image; or else from im2col + GEMM; dx from an implicit-GEMM conv of dy with the flipped kernel (when conv2d would use
+    (auto and "implicit") from one GEMM per kernel row reading the padded image in place (when
+    cin * cout >= 512 and the padded rows are at most a fifth wider than the output's) or, with 1..8
+    output channels, from the direct kernels' rows over the padded image; or else from im2col + GEMM;
+    dx from an implicit-GEMM conv of dy with the flipped kernel (when conv2d would use
     implicit GEMM and the conv has stride 1 and dilation 1), or else as dy @ w^T scattered back
     (col2im), also for the shapes where auto picks the direct kernel (faster there); the direct
     kernel's dx only with algorithm="direct".
