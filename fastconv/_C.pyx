@@ -135,8 +135,9 @@ cdef inline float *array_data(cnp.ndarray arr):
 def gemm(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k, float alpha,
          cnp.ndarray a, int64_t lda, cnp.ndarray b, int64_t ldb, float beta,
          cnp.ndarray c, int64_t ldc, cnp.ndarray bias=None, bint relu=False):
-    """The arrays are C-contiguous float32 (checked by fastconv.ops.gemm, the only caller): read
-    through their data pointers, as typed memoryviews would cost more than a small product."""
+    """The arrays are float32 with unit column strides and row strides lda, ldb, ldc in elements
+    (checked by fastconv.ops.gemm, the only caller): read through their data pointers, as typed
+    memoryviews would cost more than a small product."""
     cdef const float *a_ptr = array_data(a)
     cdef const float *b_ptr = array_data(b)
     cdef float *c_ptr = array_data(c)

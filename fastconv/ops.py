@@ -105,8 +105,8 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
         result = _C.gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out)
         if result is not None:
             return result
-    a32, trans_a = _gemm_operand(a, "a", bool(trans_a))
-    b32, trans_b = _gemm_operand(b, "b", bool(trans_b))
+    a32, lda, trans_a = _gemm_operand(a, "a", bool(trans_a))
+    b32, ldb, trans_b = _gemm_operand(b, "b", bool(trans_b))
     m, k = a32.shape[::-1] if trans_a else a32.shape
     k_b, n = b32.shape[::-1] if trans_b else b32.shape
     if k != k_b:
@@ -127,19 +127,28 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
         if relu:
             np.maximum(out, 0, out=out)
         return out
-    _C.gemm(trans_a, trans_b, m, n, k, alpha, a32, a32.shape[1], b32, b32.shape[1], beta, out, n, bias32, relu)
+    _C.gemm(trans_a, trans_b, m, n, k, alpha, a32, lda, b32, ldb, beta, out, n, bias32, relu)
     return out
 
 
 def _gemm_operand(x, name, trans):
-    """x as a C-contiguous float32 matrix and its transpose flag: a Fortran-ordered float32 matrix is
-    passed as its (C-ordered) transpose with the flag flipped instead of being copied."""
+    """x as a row-major float32 matrix, its row stride in elements and its transpose flag. A matrix whose
+    rows are padded (a column slice of a wider array, x[:, :k]) is read in place with that stride, and
+    a column-major one (Fortran order, or a row slice of one) is passed as its row-major transpose with
+    the flag flipped; anything else (other dtypes, negative or element strides, misaligned data) is copied."""
     if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.aligned:
+        rows, cols = x.shape
+        row_step, col_step = x.strides
         if x.flags.c_contiguous:
-            return x, trans
+            return x, cols, trans
         if x.flags.f_contiguous:
-            return x.T, not trans
-    return as_float_array(x, name, ndim=2), trans
+            return x.T, rows, not trans
+        if col_step == 4 and row_step % 4 == 0 and row_step >= 4 * cols:
+            return x, row_step // 4, trans
+        if row_step == 4 and col_step % 4 == 0 and col_step >= 4 * rows:
+            return x.T, col_step // 4, not trans
+    x = as_float_array(x, name, ndim=2)
+    return x, x.shape[1], trans
 
 
 def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activation=None, out=None,

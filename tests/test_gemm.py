@@ -171,6 +171,34 @@ def test_b_rows_on_few_l2_sets(isa, cache_fit):
                                    expected, atol=1e-4 * np.sqrt(k) * max(1.0, np.abs(expected).max()))
 
 
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_row_padded_views(isa, threads, trans_a, trans_b):
+    """Column slices of wider arrays (rows padded, x[:, :k]) and row slices of Fortran-ordered ones are
+    passed with their row stride instead of being copied: strides that are and are not multiples of
+    4 KiB, with alpha/beta, bias and ReLU, on 1 and 2 threads."""
+    rng = np.random.default_rng(19)
+    mr, nr, _, kc, _ = _C.gemm_blocking()
+    for m, k, n, pad in [(3 * mr + 2, kc + 9, 2 * nr + 3, 7), (200, 300, 3 * nr, 1024 - 300), (5, 40, 9, 1)]:
+        a_ = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+        b_ = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+        a_view = np.zeros((a_.shape[0], a_.shape[1] + pad), np.float32)[:, :a_.shape[1]]
+        a_view[...] = a_
+        b_view = np.asfortranarray(np.zeros((b_.shape[0] + pad, b_.shape[1]), np.float32))[:b_.shape[0]]
+        b_view[...] = b_
+        assert not a_view.flags.c_contiguous and not b_view.flags.f_contiguous
+        op_a, op_b = (a_.T if trans_a else a_), (b_.T if trans_b else b_)
+        out = rng.standard_normal((m, n)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        expected = np.maximum(1.5 * (op_a.astype(np.float64) @ op_b) - 0.5 * out + bias, 0)
+        for count in (1, 2):
+            threads(count)
+            assert_close(fastconv.gemm(a_view, b_view, trans_a=trans_a, trans_b=trans_b),
+                         np.ascontiguousarray(op_a), np.ascontiguousarray(op_b))
+            got = fastconv.gemm(a_view, b_view, trans_a=trans_a, trans_b=trans_b, alpha=1.5, beta=-0.5,
+                                out=out.copy(), bias=bias, activation="relu")
+            np.testing.assert_allclose(got, expected, atol=1e-4 * np.sqrt(k) * max(1.0, np.abs(expected).max()))
+
+
 def test_non_contiguous_and_fortran_inputs(isa):
     rng = np.random.default_rng(3)
     a, b = operands(rng, 37, 45, 53)
