@@ -58,16 +58,21 @@ def _check_activation(activation):
     raise ValueError(f"activation must be None, 'linear' or 'relu', got {activation!r}")
 
 
-def _check_out(out, shape, inputs):
-    """`out` must be a C-contiguous float32 array of `shape` that shares no memory with an input."""
+def _check_out(out, shape, inputs, padded_rows=False):
+    """`out` must be a C-contiguous float32 array of `shape` (or, with padded_rows, one whose rows may be
+    further apart: a column slice of a wider array) that shares no memory with an input."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.dtype != np.float32:
         raise TypeError(f"out must have dtype float32, got {out.dtype}")
     check_shape(out, shape, "out")
     flags = out.flags
-    if not flags.c_contiguous or not flags.writeable or not flags.aligned:
-        raise ValueError("out must be a writeable, aligned, C-contiguous array")
+    rows_in_place = flags.c_contiguous or (padded_rows and out.strides[1] == 4 and out.strides[0] % 4 == 0
+                                           and out.strides[0] >= 4 * out.shape[1])
+    if not rows_in_place or not flags.writeable or not flags.aligned:
+        kind = "C-contiguous array or one with padded rows (out[:, :n] of a wider array)" if padded_rows \
+            else "C-contiguous array"
+        raise ValueError(f"out must be a writeable, aligned, {kind}")
     for name, arr in inputs.items():
         if not isinstance(arr, np.ndarray):
             continue
@@ -97,9 +102,9 @@ def _bias(b, cout):
 def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, bias=None, activation=None):
     """Return alpha * op(a) @ op(b) + beta * out (+ bias per column, then ReLU if activation="relu").
 
-    op(x) is x.T when trans_x is true. The result is written into `out` (float32, C-contiguous,
-    shape (M, N), no overlap with a or b) when given, else into a new array. As in BLAS, `out` is
-    not read when beta == 0, so NaNs already in it do not propagate.
+    op(x) is x.T when trans_x is true. The result is written into `out` (float32, shape (M, N), rows
+    contiguous and possibly padded, no overlap with a or b) when given, else into a new array. As in
+    BLAS, `out` is not read when beta == 0, so NaNs already in it do not propagate.
     """
     if bias is None and activation is None:
         result = _C.gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out)
@@ -119,7 +124,8 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
         out = _empty((m, n), dtype=np.float32)
         beta = 0.0
     else:
-        _check_out(out, (m, n), {"a": a, "b": b})
+        _check_out(out, (m, n), {"a": a, "b": b}, padded_rows=True)
+    ldc = n if out.flags.c_contiguous else out.strides[0] // 4
     if m == 0 or n == 0:
         return out
     if k == 0:  # nothing to multiply: only the scaling, bias and activation
@@ -127,7 +133,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
         if relu:
             np.maximum(out, 0, out=out)
         return out
-    _C.gemm(trans_a, trans_b, m, n, k, alpha, a32, lda, b32, ldb, beta, out, n, bias32, relu)
+    _C.gemm(trans_a, trans_b, m, n, k, alpha, a32, lda, b32, ldb, beta, out, ldc, bias32, relu)
     return out
 
 

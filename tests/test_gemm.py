@@ -174,8 +174,9 @@ def test_b_rows_on_few_l2_sets(isa, cache_fit):
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 def test_row_padded_views(isa, threads, trans_a, trans_b):
     """Column slices of wider arrays (rows padded, x[:, :k]) and row slices of Fortran-ordered ones are
-    passed with their row stride instead of being copied: strides that are and are not multiples of
-    4 KiB, with alpha/beta, bias and ReLU, on 1 and 2 threads."""
+    passed with their row stride instead of being copied, and an out with padded rows is written in
+    place without touching its padding: strides that are and are not multiples of 4 KiB, with
+    alpha/beta, bias and ReLU, on 1 and 2 threads."""
     rng = np.random.default_rng(19)
     mr, nr, _, kc, _ = _C.gemm_blocking()
     for m, k, n, pad in [(3 * mr + 2, kc + 9, 2 * nr + 3, 7), (200, 300, 3 * nr, 1024 - 300), (5, 40, 9, 1)]:
@@ -194,9 +195,14 @@ def test_row_padded_views(isa, threads, trans_a, trans_b):
             threads(count)
             assert_close(fastconv.gemm(a_view, b_view, trans_a=trans_a, trans_b=trans_b),
                          np.ascontiguousarray(op_a), np.ascontiguousarray(op_b))
+            wide = np.full((m, n + pad), 7.0, np.float32)  # out with padded rows: the padding keeps its values
+            out_view = wide[:, :n]
+            out_view[...] = out
             got = fastconv.gemm(a_view, b_view, trans_a=trans_a, trans_b=trans_b, alpha=1.5, beta=-0.5,
-                                out=out.copy(), bias=bias, activation="relu")
+                                out=out_view, bias=bias, activation="relu")
+            assert got is out_view
             np.testing.assert_allclose(got, expected, atol=1e-4 * np.sqrt(k) * max(1.0, np.abs(expected).max()))
+            assert (wide[:, n:] == 7.0).all()
 
 
 def test_non_contiguous_and_fortran_inputs(isa):
