@@ -57,26 +57,50 @@ def assert_bounded(got, want, scale, terms, what):
 
 
 # ---------------------------------------------------------------- gemm
+def laid_out(values, layout, pad):
+    """The same matrix as a C-ordered array, a column slice of a wider one ("padded"), or a row slice of a
+    taller Fortran-ordered one ("fortran"): gemm reads the last two in place with their strides."""
+    rows, cols = values.shape
+    if layout == "padded":
+        view = np.zeros((rows, cols + pad), np.float32)[:, :cols]
+    elif layout == "fortran":
+        view = np.asfortranarray(np.zeros((rows + pad, cols), np.float32))[:rows]
+    else:
+        return values
+    view[...] = values
+    return view
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @SETTINGS
 @given(m=st.integers(0, 40), n=st.integers(0, 70), k=st.integers(0, 90), trans_a=st.booleans(),
        trans_b=st.booleans(), alpha=st.sampled_from([1.0, 0.0, -1.5, 0.25]),
        beta=st.sampled_from([0.0, 1.0, -0.5, 2.0]), with_out=st.booleans(), with_bias=st.booleans(),
-       relu=st.booleans(), seed=st.integers(0, 2**32 - 1))
+       relu=st.booleans(), layouts=st.tuples(*[st.sampled_from(["c", "padded", "fortran"])] * 2),
+       out_padded=st.booleans(), pad=st.integers(1, 9), seed=st.integers(0, 2**32 - 1))
 @example(m=1, n=1, k=1, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, with_out=False, with_bias=False,
-         relu=False, seed=0)
-def test_gemm_matches_reference(isa, m, n, k, trans_a, trans_b, alpha, beta, with_out, with_bias, relu, seed):
+         relu=False, layouts=("c", "c"), out_padded=False, pad=1, seed=0)
+def test_gemm_matches_reference(isa, m, n, k, trans_a, trans_b, alpha, beta, with_out, with_bias, relu, layouts,
+                                out_padded, pad, seed):
     a = data_for(seed, (k, m) if trans_a else (m, k))
     b = data_for(seed + 1, (n, k) if trans_b else (k, n))
     c0 = data_for(seed + 2, (m, n)) if with_out else None
     bias = data_for(seed + 3, (n,)) if with_bias else None
     activation = "relu" if relu else None
-    out = None if c0 is None else c0.copy()
+    out = wide = None
+    if c0 is not None and out_padded:
+        wide = np.full((m, n + pad), 7.0, np.float32)
+        out = wide[:, :n]
+        out[...] = c0
+    elif c0 is not None:
+        out = c0.copy()
     with using_isa(isa):
-        got = fastconv.gemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=out, bias=bias,
-                            activation=activation)
+        got = fastconv.gemm(laid_out(a, layouts[0], pad), laid_out(b, layouts[1], pad), trans_a=trans_a,
+                            trans_b=trans_b, alpha=alpha, beta=beta, out=out, bias=bias, activation=activation)
     if out is not None:
         assert got is out
+    if wide is not None:
+        assert (wide[:, n:] == 7.0).all(), "gemm wrote into the padding of out's rows"
     f64 = lambda v: None if v is None else v.astype(np.float64)  # noqa: E731
     eff_beta = beta if with_out else 0.0
     want = reference.gemm(f64(a), f64(b), trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=eff_beta,
