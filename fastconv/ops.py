@@ -58,6 +58,18 @@ def _check_activation(activation):
     raise ValueError(f"activation must be None, 'linear' or 'relu', got {activation!r}")
 
 
+def _row_stride(x):
+    """The row stride, in elements, of a 2-D float32 array whose rows are contiguous and do not overlap
+    (C order, or a column slice x[:, :k] of a wider array); None for any other layout."""
+    if x.flags.c_contiguous:  # first: every Dense layer's call takes this
+        return x.shape[1]
+    cols = x.shape[1]
+    row_step, col_step = x.strides
+    if col_step == 4 and row_step % 4 == 0 and row_step >= 4 * cols:
+        return row_step // 4
+    return None
+
+
 def _check_out(out, shape, inputs, padded_rows=False):
     """`out` must be a C-contiguous float32 array of `shape` (or, with padded_rows, one whose rows may be
     further apart: a column slice of a wider array) that shares no memory with an input."""
@@ -67,8 +79,7 @@ def _check_out(out, shape, inputs, padded_rows=False):
         raise TypeError(f"out must have dtype float32, got {out.dtype}")
     check_shape(out, shape, "out")
     flags = out.flags
-    rows_in_place = flags.c_contiguous or (padded_rows and out.strides[1] == 4 and out.strides[0] % 4 == 0
-                                           and out.strides[0] >= 4 * out.shape[1])
+    rows_in_place = flags.c_contiguous or (padded_rows and _row_stride(out) is not None)
     if not rows_in_place or not flags.writeable or not flags.aligned:
         kind = "C-contiguous array or one with padded rows (out[:, :n] of a wider array)" if padded_rows \
             else "C-contiguous array"
@@ -125,7 +136,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
         beta = 0.0
     else:
         _check_out(out, (m, n), {"a": a, "b": b}, padded_rows=True)
-    ldc = n if out.flags.c_contiguous else out.strides[0] // 4
+    ldc = _row_stride(out)
     if m == 0 or n == 0:
         return out
     if k == 0:  # nothing to multiply: only the scaling, bias and activation
@@ -143,16 +154,12 @@ def _gemm_operand(x, name, trans):
     a column-major one (Fortran order, or a row slice of one) is passed as its row-major transpose with
     the flag flipped; anything else (other dtypes, negative or element strides, misaligned data) is copied."""
     if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.aligned:
-        rows, cols = x.shape
-        row_step, col_step = x.strides
-        if x.flags.c_contiguous:
-            return x, cols, trans
-        if x.flags.f_contiguous:
-            return x.T, rows, not trans
-        if col_step == 4 and row_step % 4 == 0 and row_step >= 4 * cols:
-            return x, row_step // 4, trans
-        if row_step == 4 and col_step % 4 == 0 and col_step >= 4 * rows:
-            return x.T, col_step // 4, not trans
+        ld = _row_stride(x)
+        if ld is not None:
+            return x, ld, trans
+        ld = _row_stride(x.T)  # column-major: its transpose is row-major
+        if ld is not None:
+            return x.T, ld, not trans
     x = as_float_array(x, name, ndim=2)
     return x, x.shape[1], trans
 
