@@ -36,45 +36,12 @@ enum {
     A_IN_PLACE_MAX_COLUMNS = 128,  /* read A with a unit stride in place when N is at most this */
     B_CHUNK_FLOATS = 1 << 20,      /* packed B per chunk of K blocks: 4 MiB, an eighth of the L3 */
     A_ROW_PAD = 16,                /* floats added to a restrided A row: kc + 16 is no multiple of 1024 (kc <= 512) */
-    PACK_PREFETCH_COLUMNS = 4,     /* how far ahead a column-major A block's pack prefetches */
-    LINE_FLOATS = 16,              /* floats in a 64-byte cache line */
     B_PANEL_MAX_L2_WAYS = 4,       /* how deep a B panel read in place may stack in the L2's sets */
 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-/* dst[0, n) = src[0, n) and dst[n, width) = 0: one k step of a panel whose source is contiguous. */
-static inline void copy_padded(const float *src, int n, int width, float *dst)
-{
-    for (int i = 0; i < n; i++) dst[i] = src[i];
-    for (int i = n; i < width; i++) dst[i] = 0.0f;
-}
-
-/* Packs rows [first, mc) of an mc x kc block of op(A), element (i, q) at a[i * rs + q * cs], into
- * MR-row panels, panel ir at dst + ir * kc; `first` is a multiple of MR. A column-major block (rs 1:
- * trans_a, a Dense layer's x^T) is copied a column at a time across all its panels, one sequential
- * read of mc floats per k step, while the column PACK_PREFETCH_COLUMNS ahead is fetched: no hardware
- * prefetcher follows a stride of lda, and panel by panel each column was read in short pieces, 14
- * times over (the Dense dw 9216x128x128/ta on Emerald Rapids: 138 -> 143 GFLOPS on one thread). */
-static void pack_a_block(const fc_gemm_kernel *kr, const float *a, int64_t rs, int64_t cs, int64_t first,
-                         int64_t mc, int64_t kc, int mr, float *dst)
-{
-    if (first >= mc) return;  /* every panel is read in place */
-    if (rs != 1) {
-        for (int64_t ir = first; ir < mc; ir += mr)
-            kr->pack(a + ir * rs, rs, cs, (int)min64(mr, mc - ir), kc, mr, dst + ir * kc);
-        return;
-    }
-    for (int64_t q = 0; q < kc; q++) {
-        const float *column = a + q * cs;
-        for (int64_t i = first; i < mc + LINE_FLOATS; i += LINE_FLOATS)
-            __builtin_prefetch(column + PACK_PREFETCH_COLUMNS * cs + i);
-        for (int64_t ir = first; ir < mc; ir += mr)
-            copy_padded(column + ir, (int)min64(mr, mc - ir), mr, dst + ir * kc + q * mr);
-    }
-}
 
 /* Packs the NR-column panels [jp_lo, jp_hi) of op(B)'s columns from jc, K rows [k0, k1), into the
  * layout the loops read: K block pc at dst + (pc - k0) * nc, panel jp of it at + jp * NR * kc_max (the
@@ -84,25 +51,9 @@ static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, in
                           int64_t jc, int64_t k0, int64_t k1, int64_t jp_lo, int64_t jp_hi, float *dst)
 {
     const int64_t nr = kr->nr;
-    for (int64_t pc = k0; pc < k1; pc += kc_max) {
-        const int64_t kc = min64(kc_max, p->k - pc);
-        if (p->b_cs == 1) {
-            /* Row-major B: copy each row of the block across all the panels, one long sequential
-             * read, rather than panel by panel, which reads 64 bytes from each of kc rows. */
-            for (int64_t q = 0; q < kc; q++) {
-                const float *row = p->b + (pc + q) * p->b_rs + jc;
-                for (int64_t jp = jp_lo; jp < jp_hi; jp++)
-                    copy_padded(row + jp * nr, (int)min64(nr, p->n - jc - jp * nr), (int)nr,
-                                dst + (pc - k0) * nc + jp * nr * kc_max + q * nr);
-            }
-            continue;
-        }
-        for (int64_t jp = jp_lo; jp < jp_hi; jp++) {
-            const int64_t j = jc + jp * nr;
-            kr->pack(p->b + pc * p->b_rs + j * p->b_cs, p->b_cs, p->b_rs, (int)min64(nr, p->n - j), kc, (int)nr,
-                     dst + (pc - k0) * nc + jp * nr * kc_max);
-        }
-    }
+    for (int64_t pc = k0; pc < k1; pc += kc_max)
+        kr->pack(p->b + pc * p->b_rs + jc * p->b_cs, p->b_cs, p->b_rs, jp_lo * nr, min64(jp_hi * nr, p->n - jc),
+                 min64(kc_max, p->k - pc), (int)nr, nr * kc_max, dst + (pc - k0) * nc);
 }
 
 /* A column-major op(A) (trans_a: conv's weight gradient, cols^T) is read in place when N is narrow:
@@ -316,7 +267,8 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                             for (int64_t i = 0; i < mc; i++)
                                 memcpy(a_pack + i * a_ld, a_block + i * p->a_rs, sizeof(float) * (size_t)kc);
                         } else {
-                            pack_a_block(kr, a_block, p->a_rs, p->a_cs, in_place_end, mc, kc, (int)mr, a_pack);
+                            /* the panels not read in place, panel ir at a_pack + ir * kc */
+                            kr->pack(a_block, p->a_rs, p->a_cs, in_place_end, mc, kc, (int)mr, mr * kc, a_pack);
                         }
                         packed_block = ib;
                     }

@@ -24,11 +24,12 @@ typedef struct {
 typedef void (*fc_gemm_ukr)(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b_panel,
                             int64_t rs_b, float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep);
 
-/* Packs `rows` x k elements, element (i, q) at src[i * rs + q * cs], into k groups of `width` floats
- * (dst[q * width + i]), zero-filling rows [rows, width): A panels (width MR) and B panels (width NR).
- * One per instruction set (pack.c), as the micro-kernels. */
-typedef void (*fc_gemm_pack_fn)(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width,
-                                float *dst);
+/* Packs rows [first, rows) x k of an operand, element (i, q) at src[i * rs + q * cs], into panels of
+ * `width` rows: element (i, q) goes to dst[(i / width) * panel_stride + q * width + i % width], and the
+ * last panel's rows past `rows` are zero; `first` is a multiple of width. A panels have width MR, B
+ * panels NR. One per instruction set (pack.c), as the micro-kernels. */
+typedef void (*fc_gemm_pack_fn)(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k,
+                                int width, int64_t panel_stride, float *dst);
 
 /* One instruction set's GEMM configuration: the tile, the cache blocking, the micro-kernel and the
  * packing routine. */
@@ -48,12 +49,15 @@ typedef struct {
 } fc_gemm_kernel;
 
 extern const fc_gemm_kernel fc_gemm_generic_4x16;
-void fc_gemm_pack_panel_generic(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst);
+void fc_gemm_pack_generic(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,
+                          int64_t panel_stride, float *dst);
 #if defined(__x86_64__) || defined(_M_X64)
 extern const fc_gemm_kernel fc_gemm_avx2_6x16;
 extern const fc_gemm_kernel fc_gemm_avx512_14x32;
-void fc_gemm_pack_panel_avx2(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst);
-void fc_gemm_pack_panel_avx512(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst);
+void fc_gemm_pack_avx2(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,
+                       int64_t panel_stride, float *dst);
+void fc_gemm_pack_avx512(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,
+                         int64_t panel_stride, float *dst);
 #endif
 
 /* A GEMM problem with op(A)(i, p) = a[i * a_rs + p * a_cs] and op(B)(p, j) = b[p * b_rs + j * b_cs]. */

@@ -1,11 +1,11 @@
-/* Packing of GEMM operand panels (BLIS's packm kernels), compiled once per instruction set like the
+/* Packing of GEMM operand blocks (BLIS's packm kernels), compiled once per instruction set like the
  * micro-kernels (setup.py): each kernel's table entry names its own set's copy (gemm.h).
  *
- * A panel is `rows` x k elements, element (i, q) at src[i * rs + q * cs], stored as k groups of `width`
- * floats (dst[q * width + i]) with rows [rows, width) zero: A panels have width MR, B panels NR. A
- * source with rs == 1 (a column-major A, a row of a row-major B) is a plain copy. One with cs == 1 (B^T,
- * a row-major A) is a transpose: AVX-512 and AVX2 transpose squares of 16 or 8 floats in registers, and
- * every set has a scalar copy for the edges and for other strides. */
+ * A block's rows are cut into panels of `width` rows (A panels have width MR, B panels NR), each stored
+ * as k groups of `width` floats, rows past the block's last zero. A source with rs == 1 (a column-major
+ * A, the rows of a row-major B) is a copy of contiguous runs, one vector load and store per 16 (or 8)
+ * floats. One with cs == 1 (B^T, a row-major A) is a transpose: AVX-512 and AVX2 transpose squares of
+ * 16 or 8 floats in registers, and every set has a scalar copy for the edges and for other strides. */
 #include "gemm.h"
 
 #if defined(__AVX2__)
@@ -13,13 +13,13 @@
 #endif
 
 #if defined(__AVX512F__)
-#define PACK_PANEL fc_gemm_pack_panel_avx512
+#define PACK fc_gemm_pack_avx512
 #define SQUARE 16  /* the side of the squares transposed in registers */
 #elif defined(__AVX2__)
-#define PACK_PANEL fc_gemm_pack_panel_avx2
+#define PACK fc_gemm_pack_avx2
 #define SQUARE 8
 #else
-#define PACK_PANEL fc_gemm_pack_panel_generic
+#define PACK fc_gemm_pack_generic
 #define SQUARE 0   /* no register transpose */
 #endif
 
@@ -27,6 +27,8 @@ enum {
     CHUNK = 16,            /* elements of a row the scalar transpose reads at once: a cache line */
     MAX_PANEL_WIDTH = 32,  /* the widest register tile side (MR or NR) of any kernel */
     PREFETCH_AHEAD = 64,   /* how far along a row (in floats) a transpose prefetches */
+    PREFETCH_STEPS = 4,    /* how many k steps ahead a copy of contiguous runs prefetches */
+    LINE_FLOATS = 16,      /* floats in a 64-byte cache line */
 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -115,17 +117,49 @@ static void transpose_square(const float *src, int64_t rs, float *dst, int width
 }
 #endif
 
-void PACK_PANEL(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst)
+/* d[0, n) = s[0, n) and d[n, width) = 0, for 0 <= n <= width: masked vector loads read no float past n
+ * (so nothing past the source's end), masked stores write no float past width. */
+static inline void copy_run(const float *s, int n, int width, float *d)
 {
-    if (rs == 1) {
-        for (int64_t q = 0; q < k; q++) {
-            const float *s = src + q * cs;
-            float *d = dst + q * width;
-            for (int i = 0; i < rows; i++) d[i] = s[i];
-            for (int i = rows; i < width; i++) d[i] = 0.0f;
-        }
-        return;
+#if defined(__AVX512F__)
+    for (int j = 0; j < width; j += 16) {
+        const int len = n - j < 0 ? 0 : n - j > 16 ? 16 : n - j, room = width - j > 16 ? 16 : width - j;
+        const __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << len) - 1), s + j);
+        _mm512_mask_storeu_ps(d + j, (__mmask16)((1u << room) - 1), v);
     }
+#elif defined(__AVX2__)
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int j = 0; j < width; j += 8) {
+        const __m256i load = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - j), lanes);
+        const __m256i store = _mm256_cmpgt_epi32(_mm256_set1_epi32(width - j), lanes);
+        _mm256_maskstore_ps(d + j, store, _mm256_maskload_ps(s + j, load));
+    }
+#else
+    for (int i = 0; i < n; i++) d[i] = s[i];
+    for (int i = n; i < width; i++) d[i] = 0.0f;
+#endif
+}
+
+/* Rows [first, rows) of a block whose runs src + q * cs are contiguous, one k step across all the panels
+ * at a time (one sequential read per step), while the step PREFETCH_STEPS ahead is fetched: no hardware
+ * prefetcher follows a stride of cs, and panel by panel each run was read in short pieces. */
+static void pack_runs(const float *src, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,
+                      int64_t panel_stride, float *dst)
+{
+    dst += first / width * panel_stride;
+    for (int64_t q = 0; q < k; q++) {
+        const float *run = src + q * cs;
+        for (int64_t i = first; i < rows + LINE_FLOATS; i += LINE_FLOATS)
+            __builtin_prefetch(run + PREFETCH_STEPS * cs + i);
+        float *d = dst + q * width;
+        for (int64_t i = first; i < rows; i += width, d += panel_stride)
+            copy_run(run + i, (int)min64(width, rows - i), width, d);
+    }
+}
+
+/* One panel of `rows` <= width rows, element (i, q) at src[i * rs + q * cs] with rs != 1. */
+static void pack_transposed(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst)
+{
     int square_rows = 0;
     int64_t square_k = 0;
 #if SQUARE
@@ -143,4 +177,17 @@ void PACK_PANEL(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, i
         for (int64_t q = 0; q < k; q++)
             for (int i = rows; i < width; i++) dst[q * width + i] = 0.0f;
     }
+}
+
+void PACK(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,
+          int64_t panel_stride, float *dst)
+{
+    if (first >= rows) return;
+    if (rs == 1) {
+        pack_runs(src, cs, first, rows, k, width, panel_stride, dst);
+        return;
+    }
+    dst += first / width * panel_stride;
+    for (int64_t i = first; i < rows; i += width, dst += panel_stride)
+        pack_transposed(src + i * rs, rs, cs, (int)min64(width, rows - i), k, width, dst);
 }
