@@ -6,11 +6,13 @@
 
 A benchmark is a function registered with `@benchmark(name, help)`; its `options` callback adds its
 argparse options. Timings are the best of several rounds; fastconv and the baseline are interleaved
-round by round, so load from other processes hits both alike. For timed suites with statistics see
+round by round, so load from other processes hits both alike (gemm also reports the median over the
+rounds of the two libraries' ratio in the same round). For timed suites with statistics see
 benchmarks/ (pytest-benchmark).
 """
 import argparse
 import contextlib
+import statistics
 import sys
 import time
 
@@ -87,18 +89,27 @@ def seconds_per_call(fn, min_time=0.05):
         calls = max(calls * 2, int(calls * min_time / max(elapsed, 1e-9)) + 1)
 
 
-def interleaved_best(fns, rounds=5, min_time=0.05, settle=0.1):
-    """Best seconds per call of each function, timing them in turn in every round.
+def interleaved_times(fns, rounds=5, min_time=0.05, settle=0.1):
+    """Seconds per call of each function in each round, times[round][i]: the functions are timed in
+    turn, in reverse order every other round, so that neither is always the one timed after the other.
 
     Waits `settle` seconds before each timing: OpenBLAS's threads keep spinning for tens of
     milliseconds after a call and would otherwise take the core from the next library's threads.
     """
-    best = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
+    times = []
+    for r in range(rounds):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        row = [0.0] * len(fns)
+        for i in order:
             time.sleep(settle)
-            best[i] = min(best[i], seconds_per_call(fn, min_time))
-    return best
+            row[i] = seconds_per_call(fns[i], min_time)
+        times.append(row)
+    return times
+
+
+def interleaved_best(fns, rounds=5, min_time=0.05, settle=0.1):
+    """Best seconds per call of each function over `rounds` interleaved rounds (interleaved_times)."""
+    return [min(column) for column in zip(*interleaved_times(fns, rounds, min_time, settle))]
 
 
 def fma_peak_gflops(isa=None, threads=1, rounds=5, seconds=0.1):
@@ -188,16 +199,19 @@ def gemm_operands(m, k, n, trans_a, trans_b, seed=0):
 
 
 def gemm_gflops(m, k, n, trans_a, trans_b, count, rounds=5):
-    """(fastconv GFLOPS, numpy.matmul GFLOPS) of one product on `count` threads, interleaved."""
+    """fastconv's and numpy.matmul's best GFLOPS for one product on `count` threads, and the median over
+    the rounds of numpy's time over fastconv's in the same round: on a shared machine whose load comes
+    and goes, a ratio of two bests can pair one library's lucky second with the other's busy one."""
     a, b, out = gemm_operands(m, k, n, trans_a, trans_b)
     op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
     with threads(count):
-        t_fc, t_np = interleaved_best([
+        times = interleaved_times([
             lambda: fastconv.gemm(a, b, trans_a=trans_a, trans_b=trans_b, out=out),
             lambda: np.matmul(op_a, op_b, out=out),
         ], rounds=rounds)
     flops = 2.0 * m * n * k
-    return flops / t_fc / 1e9, flops / t_np / 1e9
+    t_fc, t_np = (min(column) for column in zip(*times))
+    return flops / t_fc / 1e9, flops / t_np / 1e9, statistics.median(t_np / t_fc for t_fc, t_np in times)
 
 
 def gemm_options(parser):
@@ -207,7 +221,8 @@ def gemm_options(parser):
                         default=[gemm_case(size) for size in GEMM_SIZES],
                         help="N (square) or MxKxN, with /ta or /tb for a transposed a or b (default: "
                              + " ".join(GEMM_SIZES) + ")")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds, best kept (default: 5)")
+    parser.add_argument("--rounds", type=int, default=9,
+                        help="interleaved rounds: the best GFLOPS and the median ratio are kept (default: 9)")
 
 
 @benchmark("gemm", "fastconv.gemm vs numpy.matmul: GFLOPS, %% of the FMA peak, ratio", gemm_options)
@@ -223,11 +238,11 @@ def run_gemm(args):
         rows = []
         for label, (m, k, n, trans_a, trans_b) in args.sizes:
             for count in args.threads:
-                fc, ref = gemm_gflops(m, k, n, trans_a, trans_b, count, args.rounds)
+                fc, ref, median_ratio = gemm_gflops(m, k, n, trans_a, trans_b, count, args.rounds)
                 rows.append([label, count, f"{fc:.1f}", f"{100 * fc / peaks[count]:.0f}%", f"{ref:.1f}",
-                             f"{fc / ref:.2f}"])
-        print_table(["shape (MxKxN)", "threads", "fastconv GFLOPS", "% of peak", "numpy GFLOPS", "fastconv/numpy"],
-                    rows)
+                             f"{fc / ref:.2f}", f"{median_ratio:.2f}"])
+        print_table(["shape (MxKxN)", "threads", "fastconv GFLOPS", "% of peak", "numpy GFLOPS", "fastconv/numpy",
+                     "median of rounds"], rows)
     return 0
 
 

@@ -117,6 +117,26 @@ def test_bench_peak_prints_a_table():
     assert all(float(line.split()[-1]) > 0 for line in lines[2:])
 
 
+def test_bench_gemm_prints_gflops_and_both_ratios():
+    result = run("bench", "gemm", "--threads", "1", "--sizes", "48x32x40/ta", "--rounds", "3")
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.strip().splitlines()[-1].split()
+    assert row[:2] == ["48x32x40/ta", "1"]
+    fc, peak_share, ref, best_ratio, median_ratio = float(row[2]), row[3], float(row[4]), float(row[5]), float(row[6])
+    assert fc > 0 and ref > 0 and peak_share.endswith("%")
+    assert best_ratio == pytest.approx(fc / ref, abs=0.006) and median_ratio > 0
+
+
+def test_interleaved_times_alternate_the_order_of_the_libraries(monkeypatch):
+    from fastconv import bench
+    calls = []
+    monkeypatch.setattr(bench, "seconds_per_call", lambda fn, min_time: fn())
+    times = bench.interleaved_times([lambda: calls.append("a") or 1.0, lambda: calls.append("b") or 2.0],
+                                    rounds=3, settle=0)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert times == [[1.0, 2.0]] * 3
+
+
 def test_bench_quick_prints_the_table_and_writes_json(tmp_path):
     path = tmp_path / "bench.json"
     result = run("bench", "--quick", "--json", str(path))
