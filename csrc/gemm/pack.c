@@ -5,7 +5,8 @@
  * as k groups of `width` floats, rows past the block's last zero. A source with rs == 1 (a column-major
  * A, the rows of a row-major B) is a copy of contiguous runs, one vector load and store per 16 (or 8)
  * floats. One with cs == 1 (B^T, a row-major A) is a transpose: AVX-512 and AVX2 transpose squares of
- * 16 or 8 floats in registers, and every set has a scalar copy for the edges and for other strides. */
+ * 16 or 8 floats in registers, partial ones (an MR of 14 or 6 rows, a panel's last rows) with masked
+ * stores, and every set has a scalar copy for the k steps short of a square and for other strides. */
 #include "gemm.h"
 
 #if defined(__AVX2__)
@@ -57,12 +58,18 @@ static void transpose_scalar(const float *src, int64_t rs, int64_t cs, int r0, i
 }
 
 #if SQUARE == 16
-/* dst[t * width + i] = src[i * rs + t] for a 16 x 16 square: pairs, then quads of rows are interleaved
- * within 128-bit lanes, then the lanes are gathered across registers (64 shuffles in all). */
-static void transpose_square(const float *src, int64_t rs, float *dst, int width)
+/* dst[t * width + i] = src[i * rs + t] for a 16 x 16 square of which the first `rows` rows exist (the
+ * others read as zeros) and the first `lanes` columns of dst are written (an MR of 14): pairs, then quads
+ * of rows are interleaved within 128-bit lanes, then the lanes are gathered across registers (64
+ * shuffles in all). */
+static void transpose_square(const float *src, int64_t rs, int rows, float *dst, int width, int lanes)
 {
     __m512 r[16], t[16];
     for (int i = 0; i < 16; i++) {
+        if (i >= rows) {
+            r[i] = _mm512_setzero_ps();
+            continue;
+        }
         r[i] = _mm512_loadu_ps(src + i * rs);
         _mm_prefetch((const char *)(src + i * rs + PREFETCH_AHEAD), _MM_HINT_T0);
     }
@@ -78,23 +85,29 @@ static void transpose_square(const float *src, int64_t rs, float *dst, int width
         r[4 * j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
         r[4 * j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
     }
+    const __mmask16 store = (__mmask16)((1u << lanes) - 1);
     for (int m = 0; m < 4; m++) {  /* column 4L+m = lane L of r[m], r[4+m], r[8+m], r[12+m] */
         const __m512 low01 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), high01 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
         const __m512 low23 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44);
         const __m512 high23 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
-        _mm512_storeu_ps(dst + m * width, _mm512_shuffle_f32x4(low01, low23, 0x88));
-        _mm512_storeu_ps(dst + (4 + m) * width, _mm512_shuffle_f32x4(low01, low23, 0xDD));
-        _mm512_storeu_ps(dst + (8 + m) * width, _mm512_shuffle_f32x4(high01, high23, 0x88));
-        _mm512_storeu_ps(dst + (12 + m) * width, _mm512_shuffle_f32x4(high01, high23, 0xDD));
+        _mm512_mask_storeu_ps(dst + m * width, store, _mm512_shuffle_f32x4(low01, low23, 0x88));
+        _mm512_mask_storeu_ps(dst + (4 + m) * width, store, _mm512_shuffle_f32x4(low01, low23, 0xDD));
+        _mm512_mask_storeu_ps(dst + (8 + m) * width, store, _mm512_shuffle_f32x4(high01, high23, 0x88));
+        _mm512_mask_storeu_ps(dst + (12 + m) * width, store, _mm512_shuffle_f32x4(high01, high23, 0xDD));
     }
 }
 #elif SQUARE == 8
-/* dst[t * width + i] = src[i * rs + t] for an 8 x 8 square: pairs, then quads of rows are interleaved
- * within 128-bit lanes, then the two lanes are exchanged (24 shuffles in all). */
-static void transpose_square(const float *src, int64_t rs, float *dst, int width)
+/* dst[t * width + i] = src[i * rs + t] for an 8 x 8 square of which the first `rows` rows exist (the
+ * others read as zeros) and the first `lanes` columns of dst are written (an MR of 6): pairs, then quads
+ * of rows are interleaved within 128-bit lanes, then the two lanes are exchanged (24 shuffles in all). */
+static void transpose_square(const float *src, int64_t rs, int rows, float *dst, int width, int lanes)
 {
     __m256 r[8], t[8];
     for (int i = 0; i < 8; i++) {
+        if (i >= rows) {
+            r[i] = _mm256_setzero_ps();
+            continue;
+        }
         r[i] = _mm256_loadu_ps(src + i * rs);
         _mm_prefetch((const char *)(src + i * rs + PREFETCH_AHEAD), _MM_HINT_T0);
     }
@@ -110,9 +123,10 @@ static void transpose_square(const float *src, int64_t rs, float *dst, int width
         r[4 * j + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d));
         r[4 * j + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
     }
+    const __m256i store = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     for (int m = 0; m < 4; m++) {
-        _mm256_storeu_ps(dst + m * width, _mm256_permute2f128_ps(r[m], r[4 + m], 0x20));
-        _mm256_storeu_ps(dst + (4 + m) * width, _mm256_permute2f128_ps(r[m], r[4 + m], 0x31));
+        _mm256_maskstore_ps(dst + m * width, store, _mm256_permute2f128_ps(r[m], r[4 + m], 0x20));
+        _mm256_maskstore_ps(dst + (4 + m) * width, store, _mm256_permute2f128_ps(r[m], r[4 + m], 0x31));
     }
 }
 #endif
@@ -160,19 +174,17 @@ static void pack_runs(const float *src, int64_t cs, int64_t first, int64_t rows,
 /* One panel of `rows` <= width rows, element (i, q) at src[i * rs + q * cs] with rs != 1. */
 static void pack_transposed(const float *src, int64_t rs, int64_t cs, int rows, int64_t k, int width, float *dst)
 {
-    int square_rows = 0;
-    int64_t square_k = 0;
+    int64_t square_k = 0;  /* k steps [0, square_k) are transposed in registers */
 #if SQUARE
     if (cs == 1) {
-        square_rows = rows / SQUARE * SQUARE;
         square_k = k / SQUARE * SQUARE;
         for (int64_t q0 = 0; q0 < square_k; q0 += SQUARE)  /* whole groups of dst written together */
-            for (int r0 = 0; r0 < square_rows; r0 += SQUARE)
-                transpose_square(src + r0 * rs + q0, rs, dst + q0 * width + r0, width);
+            for (int r0 = 0; r0 < rows; r0 += SQUARE)
+                transpose_square(src + r0 * rs + q0, rs, rows - r0, dst + q0 * width + r0, width,
+                                 width - r0 < SQUARE ? width - r0 : SQUARE);
     }
 #endif
-    transpose_scalar(src, rs, cs, 0, square_rows, square_k, k, width, dst);
-    transpose_scalar(src, rs, cs, square_rows, rows, 0, k, width, dst);
+    transpose_scalar(src, rs, cs, 0, rows, square_k, k, width, dst);
     if (rows < width) {
         for (int64_t q = 0; q < k; q++)
             for (int i = rows; i < width; i++) dst[q * width + i] = 0.0f;
