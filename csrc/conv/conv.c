@@ -278,6 +278,7 @@ static void implicit_run(const fc_conv_shape *s, const fc_gemm_kernel *kr, const
                          float *c)
 {
     const int64_t mr = kr->mr, nr = kr->nr, k = s->kw * s->cin, wp = implicit_padded_width(s);
+    const int64_t rs_b = fc_gemm_b_panel_width(kr, s->cout);
     for (int64_t q = 0; q < count; q += mr) {
         const int m = (int)min64(mr, count - q);
         for (int64_t j = 0; j < s->cout; j += nr) {
@@ -287,8 +288,8 @@ static void implicit_run(const fc_conv_shape *s, const fc_gemm_kernel *kr, const
                     .alpha = 1.0f, .beta = r == r0 ? 0.0f : 1.0f, .bias = last && bias ? bias + j : NULL,
                     .relu = last && relu,
                 };
-                kr->ukr(k, at + (q + r * wp) * s->cin, s->cin, 1, wpack + r * packed + j * k, nr, c + q * s->cout + j,
-                        s->cout, m, (int)min64(nr, s->cout - j), &ep);
+                kr->ukr(k, at + (q + r * wp) * s->cin, s->cin, 1, wpack + r * packed + j * k, rs_b,
+                        c + q * s->cout + j, s->cout, m, (int)min64(nr, s->cout - j), &ep);
             }
         }
     }

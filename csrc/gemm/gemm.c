@@ -53,7 +53,7 @@ static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, in
     const int64_t nr = kr->nr;
     for (int64_t pc = k0; pc < k1; pc += kc_max)
         kr->pack(p->b + pc * p->b_rs + jc * p->b_cs, p->b_cs, p->b_rs, jp_lo * nr, min64(jp_hi * nr, p->n - jc),
-                 min64(kc_max, p->k - pc), (int)nr, nr * kc_max, dst + (pc - k0) * nc);
+                 min64(kc_max, p->k - pc), (int)fc_gemm_b_panel_width(kr, p->n), nr * kc_max, dst + (pc - k0) * nc);
 }
 
 /* A column-major op(A) (trans_a: conv's weight gradient, cols^T) is read in place when N is narrow:
@@ -278,7 +278,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         const int cols = (int)min64(nr, p->n - j);
                         ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
                         const float *b_panel = plan->b_in_place ? p->b + pc * p->b_rs + j : b_block + jp * nr * kc_max;
-                        const int64_t rs_b = plan->b_in_place ? p->b_rs : nr;
+                        const int64_t rs_b = plan->b_in_place ? p->b_rs : fc_gemm_b_panel_width(kr, p->n);
                         for (int64_t ir = 0; ir < mc; ir += mr) {
                             const int rows = (int)min64(mr, mc - ir);
                             const int in_place = ir < in_place_end;

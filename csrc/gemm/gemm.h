@@ -44,6 +44,7 @@ typedef struct {
     int b_in_place_max_m;  /* a row-major B is read unpacked when M is at most this (few tiles reuse a panel) */
     int b_in_place_max_m_misaligned;  /* ... or this, when B's rows are not 64-byte aligned (split vector loads) */
     int b_in_place_max_m_misaligned_shared;  /* ... or this many rows a thread when threads share a packed B */
+    int nr_narrow;       /* 0, or the columns of a narrower loop the kernel runs for tiles of at most that many */
     fc_gemm_ukr ukr;
     fc_gemm_pack_fn pack;
 } fc_gemm_kernel;
@@ -71,6 +72,14 @@ typedef struct {
     int relu;
     const float *b_packed;  /* NULL, or op(B) already packed by fc_gemm_pack_b (then b is not read) */
 } fc_gemm_problem;
+
+/* The floats of a packed B panel's rows: NR, or the kernel's narrower width when all of N fits it.
+ * Such a kernel reads no more of each row (a Dense layer of 10 units, a conv of 16 outputs), so its B
+ * packs, and takes in L1, half the floats. */
+static inline int64_t fc_gemm_b_panel_width(const fc_gemm_kernel *kr, int64_t n)
+{
+    return kr->nr_narrow > 0 && n <= kr->nr_narrow ? kr->nr_narrow : kr->nr;
+}
 
 /* A GEMM called many times with the same B (a conv's weights, block after block) can pack B once:
  * fc_gemm_packed_b_floats gives the size of the packed copy, 0 when N is too wide for one (then pack
