@@ -89,13 +89,21 @@ def seconds_per_call(fn, min_time=0.05):
         calls = max(calls * 2, int(calls * min_time / max(elapsed, 1e-9)) + 1)
 
 
-def interleaved_times(fns, rounds=5, min_time=0.05, settle=0.1):
+# OpenBLAS's threads spin for 2**28 TSC ticks after a call before they sleep: 0.117 s on a 2.3 GHz
+# TSC (measured: 0.12 s of CPU time whatever the pause after it). A pause shorter than that left one
+# of them spinning through the first ~20 ms of the next timing, on the core fastconv's second thread
+# needed. 0.25 s covers TSCs down to 1.1 GHz.
+SETTLE_SECONDS = 0.25
+
+
+def interleaved_times(fns, rounds=5, min_time=0.05, settle=None):
     """Seconds per call of each function in each round, times[round][i]: the functions are timed in
     turn, in reverse order every other round, so that neither is always the one timed after the other.
 
-    Waits `settle` seconds before each timing: OpenBLAS's threads keep spinning for tens of
-    milliseconds after a call and would otherwise take the core from the next library's threads.
+    Waits `settle` seconds (default SETTLE_SECONDS) before each timing: OpenBLAS's threads keep
+    spinning after a call and would otherwise take a core from the next library's threads.
     """
+    settle = SETTLE_SECONDS if settle is None else settle
     times = []
     for r in range(rounds):
         order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
@@ -107,7 +115,7 @@ def interleaved_times(fns, rounds=5, min_time=0.05, settle=0.1):
     return times
 
 
-def interleaved_best(fns, rounds=5, min_time=0.05, settle=0.1):
+def interleaved_best(fns, rounds=5, min_time=0.05, settle=None):
     """Best seconds per call of each function over `rounds` interleaved rounds (interleaved_times)."""
     return [min(column) for column in zip(*interleaved_times(fns, rounds, min_time, settle))]
 
