@@ -37,6 +37,7 @@ enum {
     B_CHUNK_FLOATS = 1 << 20,      /* packed B per chunk of K blocks: 4 MiB, an eighth of the L3 */
     A_ROW_PAD = 16,                /* floats added to a restrided A row: kc + 16 is no multiple of 1024 (kc <= 512) */
     B_PANEL_MAX_L2_WAYS = 4,       /* how deep a B panel read in place may stack in the L2's sets */
+    B_FEW_PANELS = 8,              /* a misaligned B this many NR panels wide is read in place for more rows */
 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -68,19 +69,26 @@ static int a_columns_in_place(const fc_gemm_problem *p)
 /* A row-major B with whole NR panels is read in place when few row tiles share each panel (M at most
  * the kernel's b_in_place_max_m: a Dense layer's batch, conv's weight gradient), where packing would
  * cost a large part of the multiply; not when its rows are a multiple of 4 KiB apart, as they would
- * then share L1 sets. Rows that are not 64-byte aligned make every vector load of the panel split
- * across two cache lines, a cost paid again by each row tile, so the kernel may set a lower M limit
- * for them (AVX-512 on Emerald Rapids, B 48 bytes off a line, 1 thread: 128x1024x512 138 GFLOPS in
- * place, 147 packed; 96 rows, equal; 64x3136x128 148 in place, 128 packed). When `sharing` threads
- * split the rows, a packed B is shared: each reads the panels the others packed, from their caches.
- * Reading a misaligned B in place then pays up to more rows per thread (2 threads, B 48 bytes off:
- * 288x6272x64/ta 219 -> 247, 576x3136x64/ta 220 -> 255, 512x2048x256 278 -> 299 in place; at 512
- * rows a thread, 1024x1024x256, packed stays ahead, 324 against 306). */
+ * then share L1 sets. Rows that are not 64-byte aligned (NumPy's arrays start anywhere on 16 bytes)
+ * make every vector load of the panel split across two cache lines, a cost paid again by each row
+ * tile, so the kernel sets lower M limits for them: one for any B, a higher one for a B at most
+ * B_FEW_PANELS panels wide. Python processes on Emerald Rapids, B 16 bytes off a line, 1 thread, the
+ * old limits (AVX-512 112 rows, AVX2 256) against the new, GFLOPS:
+ *   AVX-512: 96x784x512 (16 panels) 136 -> 144; 128x9216x128 (4) 140 -> 147; 128x3136x128 146 -> 157;
+ *            256x3136x128 163 -> 166 (2 threads, 128x3136x128 275 -> 293);
+ *   AVX2:    128x784x512 (32 panels) 70 -> 81; 128x1024x256 76 -> 82; 64x3136x128 and 128x3136x128
+ *            (8 panels) level (2 threads, 128x784x512 138 -> 163, 256x1024x256 150 -> 170).
+ * When `sharing` threads split the rows, a packed B is shared: each reads the panels the others packed,
+ * from their caches. Reading a misaligned B in place then pays up to more rows per thread (AVX-512, 2
+ * threads, B 48 bytes off: 288x6272x64/ta 219 -> 247, 576x3136x64/ta 220 -> 255, 512x2048x256 278 ->
+ * 299 in place; at 512 rows a thread, 1024x1024x256, packed stays ahead, 324 against 306). */
 static int b_in_place(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int sharing)
 {
     const int b_rows_aligned = (uintptr_t)p->b % 64 == 0 && p->b_rs % 16 == 0;
+    const int64_t max_m = p->n <= B_FEW_PANELS * kr->nr ? kr->b_in_place_max_m_misaligned_few_panels
+                                                        : kr->b_in_place_max_m_misaligned;
     const int misaligned_ok = sharing > 1 ? ceil_div(p->m, sharing) <= kr->b_in_place_max_m_misaligned_shared
-                                          : p->m <= kr->b_in_place_max_m_misaligned;
+                                          : p->m <= max_m;
     return !p->b_packed && p->b_cs == 1 && p->n % kr->nr == 0 && p->m <= kr->b_in_place_max_m &&
            (b_rows_aligned || misaligned_ok) && p->b_rs % 1024 != 0;
 }

@@ -43,6 +43,7 @@ typedef struct {
     int64_t l2_way_bytes;    /* set by dispatch.c: the L2's size over its ways, the span of its sets */
     int b_in_place_max_m;  /* a row-major B is read unpacked when M is at most this (few tiles reuse a panel) */
     int b_in_place_max_m_misaligned;  /* ... or this, when B's rows are not 64-byte aligned (split vector loads) */
+    int b_in_place_max_m_misaligned_few_panels;  /* ... or this, when such a B is also at most 8 panels wide */
     int b_in_place_max_m_misaligned_shared;  /* ... or this many rows a thread when threads share a packed B */
     int nr_narrow;       /* 0, or the columns of a narrower loop the kernel runs for tiles of at most that many */
     fc_gemm_ukr ukr;

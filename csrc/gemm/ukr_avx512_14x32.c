@@ -90,7 +90,8 @@ static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs
 
 const fc_gemm_kernel fc_gemm_avx512_14x32 = {
     .name = "avx512_14x32", .mr = MR, .nr = NR, .mc = 168, .kc = 384, .nc = 4096, .kc_large_l2 = 1024,
-    .b_in_place_max_m = 1024, .b_in_place_max_m_misaligned = 112, .b_in_place_max_m_misaligned_shared = 320,
+    .b_in_place_max_m = 1024, .b_in_place_max_m_misaligned = 56, .b_in_place_max_m_misaligned_few_panels = 256,
+    .b_in_place_max_m_misaligned_shared = 320,
     .nr_narrow = 16,
     .ukr = ukr_avx512_14x32, .pack = fc_gemm_pack_avx512,
 };

@@ -19,6 +19,7 @@ static void ukr_generic_4x16(int64_t k, const float *a, int64_t rs_a, int64_t cs
 
 const fc_gemm_kernel fc_gemm_generic_4x16 = {
     .name = "generic_4x16", .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096, .kc_large_l2 = 256,
-    .b_in_place_max_m = 1024, .b_in_place_max_m_misaligned = 1024, .b_in_place_max_m_misaligned_shared = 1024,
+    .b_in_place_max_m = 1024, .b_in_place_max_m_misaligned = 1024, .b_in_place_max_m_misaligned_few_panels = 1024,
+    .b_in_place_max_m_misaligned_shared = 1024,
     .ukr = ukr_generic_4x16, .pack = fc_gemm_pack_generic,
 };
