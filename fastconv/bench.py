@@ -218,8 +218,9 @@ def gemm_gflops(m, k, n, trans_a, trans_b, count, rounds=5):
             lambda: np.matmul(op_a, op_b, out=out),
         ], rounds=rounds)
     flops = 2.0 * m * n * k
-    t_fc, t_np = (min(column) for column in zip(*times))
-    return flops / t_fc / 1e9, flops / t_np / 1e9, statistics.median(t_np / t_fc for t_fc, t_np in times)
+    best_fc, best_np = (min(column) for column in zip(*times))
+    median_ratio = statistics.median(round_np / round_fc for round_fc, round_np in times)
+    return flops / best_fc / 1e9, flops / best_np / 1e9, median_ratio
 
 
 def gemm_options(parser):
