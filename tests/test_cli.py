@@ -124,7 +124,9 @@ def test_bench_gemm_prints_gflops_and_both_ratios():
     assert row[:2] == ["48x32x40/ta", "1"]
     fc, peak_share, ref, best_ratio, median_ratio = float(row[2]), row[3], float(row[4]), float(row[5]), float(row[6])
     assert fc > 0 and ref > 0 and peak_share.endswith("%")
-    assert best_ratio == pytest.approx(fc / ref, abs=0.006) and median_ratio > 0
+    # the table rounds GFLOPS to 0.1 and ratios to 0.01: the printed ratio is the ratio of the unrounded GFLOPS
+    assert (fc - 0.05) / (ref + 0.05) - 0.0051 <= best_ratio <= (fc + 0.05) / (ref - 0.05) + 0.0051
+    assert median_ratio > 0
 
 
 def test_interleaved_times_alternate_the_order_of_the_libraries(monkeypatch):
