@@ -208,6 +208,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         int tid, int team)
 {
     const int64_t mr = kr->mr, nr = kr->nr, kc_max = plan->kc, nc_max = plan->nc, mc_max = plan->mc;
+    const int64_t rs_b = plan->b_in_place ? p->b_rs : fc_gemm_b_panel_width(kr, p->n);  /* B panel row stride */
     const int a_in_place = plan->a_in_place, a_restrided = plan->a_restrided, threads = plan->threads;
     /* A restrided block holds mc_max + 1 rows of kc_max + A_ROW_PAD floats: the row past a partial
      * tile's last may be read (and is ignored). */
@@ -286,7 +287,6 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         const int cols = (int)min64(nr, p->n - j);
                         ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
                         const float *b_panel = plan->b_in_place ? p->b + pc * p->b_rs + j : b_block + jp * nr * kc_max;
-                        const int64_t rs_b = plan->b_in_place ? p->b_rs : fc_gemm_b_panel_width(kr, p->n);
                         for (int64_t ir = 0; ir < mc; ir += mr) {
                             const int rows = (int)min64(mr, mc - ir);
                             const int in_place = ir < in_place_end;

@@ -27,7 +27,8 @@ typedef void (*fc_gemm_ukr)(int64_t k, const float *a, int64_t rs_a, int64_t cs_
 /* Packs rows [first, rows) x k of an operand, element (i, q) at src[i * rs + q * cs], into panels of
  * `width` rows: element (i, q) goes to dst[(i / width) * panel_stride + q * width + i % width], and the
  * last panel's rows past `rows` are zero; `first` is a multiple of width. A panels have width MR, B
- * panels NR. One per instruction set (pack.c), as the micro-kernels. */
+ * panels fc_gemm_b_panel_width (NR, or narrower for a narrow B). One per instruction set (pack.c), as
+ * the micro-kernels. */
 typedef void (*fc_gemm_pack_fn)(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k,
                                 int width, int64_t panel_stride, float *dst);
 
@@ -43,7 +44,7 @@ typedef struct {
     int64_t l2_way_bytes;    /* set by dispatch.c: the L2's size over its ways, the span of its sets */
     int b_in_place_max_m;  /* a row-major B is read unpacked when M is at most this (few tiles reuse a panel) */
     int b_in_place_max_m_misaligned;  /* ... or this, when B's rows are not 64-byte aligned (split vector loads) */
-    int b_in_place_max_m_misaligned_few_panels;  /* ... or this, when such a B is also at most 8 panels wide */
+    int b_in_place_max_m_misaligned_few_panels;  /* ... or this, when such a B is at most B_FEW_PANELS (gemm.c) wide */
     int b_in_place_max_m_misaligned_shared;  /* ... or this many rows a thread when threads share a packed B */
     int nr_narrow;       /* 0, or the columns of a narrower loop the kernel runs for tiles of at most that many */
     fc_gemm_ukr ukr;
