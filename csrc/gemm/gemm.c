@@ -294,8 +294,15 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                                              : in_place ? a_block + ir * p->a_rs : a_pack + ir * kc;
                             const int64_t rs_a = a_restrided ? a_ld : in_place ? p->a_rs : 1;
                             const int64_t cs_a = a_restrided || in_place ? p->a_cs : mr;
-                            kr->ukr(kc, a, rs_a, cs_a, b_panel, rs_b, p->c + (ic + ir) * p->ldc + j, p->ldc, rows,
-                                    cols, &ep);
+                            /* A read in place comes from memory (or L3) for the group's first panel,
+                             * in short rows the hardware prefetchers pick up late: the next tile's rows
+                             * are fetched while this one runs. Emerald Rapids, NumPy-like offsets, 1
+                             * thread: 100352x288x64 (A 115 MB) 105 -> 153 GFLOPS (2 threads 175 ->
+                             * 219), 6272x288x64 153 -> 167; AVX2 70 -> 85 and 84 -> 88; squares level. */
+                            const float *a_next = in_place && p->a_cs == 1 && jp == g * panels_per_group &&
+                                                  ic + ir + mr < p->m ? a + mr * rs_a : NULL;
+                            kr->ukr(kc, a, rs_a, cs_a, a_next, b_panel, rs_b, p->c + (ic + ir) * p->ldc + j, p->ldc,
+                                    rows, cols, &ep);
                         }
                     }
                 }

@@ -9,7 +9,9 @@
  * kernel runs only those rows (conv tiling relies on it). Packed panels are k groups of MR floats
  * (rs_a = 1, cs_a = MR), and a row-major A can be passed in place (rs_a = lda, cs_a = 1). Row p of the B panel is the NR floats at
  * b_panel + p * rs_b: packed panels have rs_b = NR, and a row-major B can be passed in place (rs_b =
- * ldb) where all NR of its columns exist. */
+ * ldb) where all NR of its columns exist. a_next is NULL, or (for a row-major A, cs_a = 1) the next
+ * tile's MR rows, rs_a apart, which a full tile fetches into L2 a line per k step while it runs
+ * (partial tiles ignore it): the caller passes them where A is first read from memory. */
 #ifndef FASTCONV_GEMM_H
 #define FASTCONV_GEMM_H
 
@@ -21,8 +23,9 @@ typedef struct {
     int relu;
 } fc_tile_epilogue;
 
-typedef void (*fc_gemm_ukr)(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b_panel,
-                            int64_t rs_b, float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep);
+typedef void (*fc_gemm_ukr)(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *a_next,
+                            const float *b_panel, int64_t rs_b, float *c, int64_t ldc, int m, int n,
+                            const fc_tile_epilogue *ep);
 
 /* Packs rows [first, rows) x k of an operand, element (i, q) at src[i * rs + q * cs], into panels of
  * `width` rows: element (i, q) goes to dst[(i / width) * panel_stride + q * width + i % width], and the

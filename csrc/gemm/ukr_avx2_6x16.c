@@ -10,7 +10,8 @@ enum { MR = 6, NR = 16 };
 /* acc += A panel @ B panel for the first `rows` rows. Row i of A is base[i / 3][(i % 3) * rs]: two
  * pointers and the broadcast's addressing mode, whatever the layout of A. */
 static inline __attribute__((always_inline)) void tile_fma(int64_t k, const float *a, int64_t rs, int64_t cs,
-                                                           const float *b, int64_t rs_b, int rows, __m256 acc[MR][2])
+                                                           const float *a_next, const float *b, int64_t rs_b,
+                                                           int rows, __m256 acc[MR][2])
 {
     const float *base[2] = { a, a + 3 * rs };
     #pragma GCC unroll 4
@@ -24,6 +25,10 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
             acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
         }
+        if (a_next) {  /* row p % 8 of the next tile (the last row thrice), at the line this tile reads */
+            const int64_t row = (p & 7) < MR ? (p & 7) : MR - 1;
+            _mm_prefetch((const char *)(a_next + row * rs + (p & ~(int64_t)15)), _MM_HINT_T1);
+        }
         base[0] += cs;
         base[1] += cs;
         b += rs_b;
@@ -32,13 +37,14 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
 
 /* One tile of `rows` rows (a constant where this is inlined), of which the first m are written. */
 static inline __attribute__((always_inline)) void tile(int rows, int64_t k, const float *a, int64_t rs_a,
-                                                       int64_t cs_a, const float *b, int64_t rs_b, float *c,
-                                                       int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
+                                                       int64_t cs_a, const float *a_next, const float *b,
+                                                       int64_t rs_b, float *c, int64_t ldc, int m, int n,
+                                                       const fc_tile_epilogue *ep)
 {
     __m256 acc[MR][2];
     #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    tile_fma(k, a, rs_a, cs_a, b, rs_b, rows, acc);
+    tile_fma(k, a, rs_a, cs_a, a_next, b, rs_b, rows, acc);
     /* The epilogue needs 7 more registers than the 16 ymm: park the tile in memory once here, or
      * the compiler keeps the accumulators there through the whole k loop. */
     float parked[MR][NR];
@@ -68,15 +74,20 @@ static inline __attribute__((always_inline)) void tile(int rows, int64_t k, cons
     }
 }
 
-static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b, int64_t rs_b,
-                          float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
+static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *a_next,
+                          const float *b, int64_t rs_b, float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
     fc_prefetch_tile(c, ldc, m, NR);
     /* A partial tile runs only its rows, rounded up to even (the row past m is readable). */
     switch ((m + 1) / 2) {
-    case 1: tile(2, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
-    case 2: tile(4, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
-    default: tile(6, k, a, rs_a, cs_a, b, rs_b, c, ldc, m, n, ep); break;
+    case 1: tile(2, k, a, rs_a, cs_a, NULL, b, rs_b, c, ldc, m, n, ep); break;
+    case 2: tile(4, k, a, rs_a, cs_a, NULL, b, rs_b, c, ldc, m, n, ep); break;
+    default:  /* a constant NULL takes the prefetch out of the k loop */
+        if (a_next)
+            tile(6, k, a, rs_a, cs_a, a_next, b, rs_b, c, ldc, m, n, ep);
+        else
+            tile(6, k, a, rs_a, cs_a, NULL, b, rs_b, c, ldc, m, n, ep);
+        break;
     }
 }
 

@@ -3,9 +3,10 @@
 
 enum { MR = 4, NR = 16 };
 
-static void ukr_generic_4x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *b, int64_t rs_b,
-                             float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
+static void ukr_generic_4x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *a_next,
+                             const float *b, int64_t rs_b, float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
+    (void)a_next;  /* no prefetch: the portable kernel runs where the hardware's prefetchers must do */
     float acc[MR * NR] = {0};
     const int rows = (m + 1) & ~1;  /* a partial tile runs only its rows, rounded up to even (gemm.h) */
     for (int64_t p = 0; p < k; p++, a += cs_a, b += rs_b) {
