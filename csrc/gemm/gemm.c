@@ -69,10 +69,11 @@ static int a_columns_in_place(const fc_gemm_problem *p)
 /* A row-major B with whole NR panels is read in place when few row tiles share each panel (M at most
  * the kernel's b_in_place_max_m: a Dense layer's batch, conv's weight gradient), where packing would
  * cost a large part of the multiply; not when its rows are a multiple of 4 KiB apart, as they would
- * then share L1 sets. Rows that are not 64-byte aligned (NumPy's arrays start anywhere on 16 bytes)
- * make every vector load of the panel split across two cache lines, a cost paid again by each row
+ * then share L1 sets. Rows not aligned to the kernel's vectors (NumPy's arrays start anywhere on 16
+ * bytes) make vector loads of the panel split across two cache lines, a cost paid again by each row
  * tile, so the kernel sets lower M limits for them: one for any B, a higher one for a B at most
- * B_FEW_PANELS panels wide. Python processes on Emerald Rapids, B 16 bytes off a line, 1 thread, the
+ * B_FEW_PANELS panels wide. (AVX2's 32-byte loads never split on rows 32 bytes into a line, which
+ * needed 64 bytes before: 128x784x512 81 -> 83 GFLOPS, 256x1024x256 88 -> 89.) Python processes on Emerald Rapids, B 16 bytes off a line, 1 thread, the
  * old limits (AVX-512 112 rows, AVX2 256) against the new, GFLOPS:
  *   AVX-512: 96x784x512 (16 panels) 136 -> 144; 128x9216x128 (4) 140 -> 147; 128x3136x128 146 -> 157;
  *            256x3136x128 163 -> 166 (2 threads, 128x3136x128 275 -> 293);
@@ -84,7 +85,8 @@ static int a_columns_in_place(const fc_gemm_problem *p)
  * 299 in place; at 512 rows a thread, 1024x1024x256, packed stays ahead, 324 against 306). */
 static int b_in_place(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int sharing)
 {
-    const int b_rows_aligned = (uintptr_t)p->b % 64 == 0 && p->b_rs % 16 == 0;
+    const int64_t align = kr->vector_bytes;
+    const int b_rows_aligned = (uintptr_t)p->b % align == 0 && p->b_rs * (int64_t)sizeof(float) % align == 0;
     const int64_t max_m = p->n <= B_FEW_PANELS * kr->nr ? kr->b_in_place_max_m_misaligned_few_panels
                                                         : kr->b_in_place_max_m_misaligned;
     const int misaligned_ok = sharing > 1 ? ceil_div(p->m, sharing) <= kr->b_in_place_max_m_misaligned_shared

@@ -50,6 +50,7 @@ typedef struct {
     int b_in_place_max_m_misaligned_few_panels;  /* ... or this, when such a B is at most B_FEW_PANELS (gemm.c) wide */
     int b_in_place_max_m_misaligned_shared;  /* ... or this many rows a thread when threads share a packed B */
     int nr_narrow;       /* 0, or the columns of a narrower loop the kernel runs for tiles of at most that many */
+    int vector_bytes;    /* the kernel's vector loads: B rows aligned to this never split across cache lines */
     fc_gemm_ukr ukr;
     fc_gemm_pack_fn pack;
 } fc_gemm_kernel;

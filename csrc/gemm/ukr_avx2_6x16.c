@@ -97,6 +97,7 @@ const fc_gemm_kernel fc_gemm_avx2_6x16 = {
     .name = "avx2_6x16", .mr = MR, .nr = NR, .mc = 144, .kc = 384, .nc = 4080, .kc_large_l2 = 384,
     .b_in_place_max_m = 256, .b_in_place_max_m_misaligned = 48, .b_in_place_max_m_misaligned_few_panels = 256,
     .b_in_place_max_m_misaligned_shared = 256,
+    .vector_bytes = 32,
     .ukr = ukr_avx2_6x16, .pack = fc_gemm_pack_avx2,
 };
 #endif

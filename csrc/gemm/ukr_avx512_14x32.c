@@ -103,6 +103,7 @@ const fc_gemm_kernel fc_gemm_avx512_14x32 = {
     .b_in_place_max_m = 1024, .b_in_place_max_m_misaligned = 56, .b_in_place_max_m_misaligned_few_panels = 256,
     .b_in_place_max_m_misaligned_shared = 320,
     .nr_narrow = 16,
+    .vector_bytes = 64,
     .ukr = ukr_avx512_14x32, .pack = fc_gemm_pack_avx512,
 };
 #endif

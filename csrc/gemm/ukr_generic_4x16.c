@@ -22,5 +22,6 @@ const fc_gemm_kernel fc_gemm_generic_4x16 = {
     .name = "generic_4x16", .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096, .kc_large_l2 = 256,
     .b_in_place_max_m = 1024, .b_in_place_max_m_misaligned = 1024, .b_in_place_max_m_misaligned_few_panels = 1024,
     .b_in_place_max_m_misaligned_shared = 1024,
+    .vector_bytes = 4,
     .ukr = ukr_generic_4x16, .pack = fc_gemm_pack_generic,
 };
