@@ -72,8 +72,9 @@ static int a_columns_in_place(const fc_gemm_problem *p)
  * then share L1 sets. Rows not aligned to the kernel's vectors (NumPy's arrays start anywhere on 16
  * bytes) make vector loads of the panel split across two cache lines, a cost paid again by each row
  * tile, so the kernel sets lower M limits for them: one for any B, a higher one for a B at most
- * B_FEW_PANELS panels wide. (AVX2's 32-byte loads never split on rows 32 bytes into a line, which
- * needed 64 bytes before: 128x784x512 81 -> 83 GFLOPS, 256x1024x256 88 -> 89.) Python processes on Emerald Rapids, B 16 bytes off a line, 1 thread, the
+ * B_FEW_PANELS panels wide. (AVX2's 32-byte loads do not split on rows 32 bytes into a line, which
+ * counted as misaligned when 64 bytes were asked of every kernel: 128x784x512 81 -> 83 GFLOPS,
+ * 256x1024x256 88 -> 89.) Python processes on Emerald Rapids, B 16 bytes off a line, 1 thread, the
  * old limits (AVX-512 112 rows, AVX2 256) against the new, GFLOPS:
  *   AVX-512: 96x784x512 (16 panels) 136 -> 144; 128x9216x128 (4) 140 -> 147; 128x3136x128 146 -> 157;
  *            256x3136x128 163 -> 166 (2 threads, 128x3136x128 275 -> 293);
