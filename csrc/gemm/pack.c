@@ -58,13 +58,16 @@ static void transpose_scalar(const float *src, int64_t rs, int64_t cs, int r0, i
 }
 
 #if SQUARE == 16
+/* The mask of a vector's first n lanes, 0 <= n <= 16. */
+static inline __mmask16 first_lanes(int n) { return (__mmask16)((1u << n) - 1); }
+
 /* d[0, lanes) = v[0, lanes): a masked store only when it must be (masked stores are slow on some CPUs). */
 static inline void store_lanes(float *d, __m512 v, int lanes)
 {
     if (lanes == 16)
         _mm512_storeu_ps(d, v);
     else
-        _mm512_mask_storeu_ps(d, (__mmask16)((1u << lanes) - 1), v);
+        _mm512_mask_storeu_ps(d, first_lanes(lanes), v);
 }
 
 /* dst[t * width + i] = src[i * rs + t] for a 16 x 16 square of which the first `rows` rows exist (the
@@ -105,13 +108,19 @@ static void transpose_square(const float *src, int64_t rs, int rows, float *dst,
     }
 }
 #elif SQUARE == 8
+/* The mask of a vector's first n lanes (all ones in each), 0 <= n <= 8. */
+static inline __m256i first_lanes(int n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 /* d[0, lanes) = v[0, lanes): a masked store only when it must be (AVX2's are microcoded on some CPUs). */
 static inline void store_lanes(float *d, __m256 v, int lanes)
 {
     if (lanes == 8)
         _mm256_storeu_ps(d, v);
     else
-        _mm256_maskstore_ps(d, _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), v);
+        _mm256_maskstore_ps(d, first_lanes(lanes), v);
 }
 
 /* dst[t * width + i] = src[i * rs + t] for an 8 x 8 square of which the first `rows` rows exist (the
@@ -157,15 +166,13 @@ static inline void copy_run(const float *s, int n, int width, float *d)
 #if SQUARE == 16
     for (int j = 0; j < width; j += 16) {
         const int len = n - j < 0 ? 0 : n - j > 16 ? 16 : n - j, room = width - j > 16 ? 16 : width - j;
-        const __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << len) - 1), s + j);
-        _mm512_mask_storeu_ps(d + j, (__mmask16)((1u << room) - 1), v);
+        const __m512 v = _mm512_maskz_loadu_ps(first_lanes(len), s + j);
+        _mm512_mask_storeu_ps(d + j, first_lanes(room), v);
     }
 #elif SQUARE == 8
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int j = 0; j < width; j += 8) {
         const int len = n - j < 0 ? 0 : n - j > 8 ? 8 : n - j, room = width - j > 8 ? 8 : width - j;
-        const __m256 v = len == 8 ? _mm256_loadu_ps(s + j)
-                                  : _mm256_maskload_ps(s + j, _mm256_cmpgt_epi32(_mm256_set1_epi32(len), lanes));
+        const __m256 v = len == 8 ? _mm256_loadu_ps(s + j) : _mm256_maskload_ps(s + j, first_lanes(len));
         store_lanes(d + j, v, room);
     }
 #else
@@ -225,13 +232,13 @@ static void pack_run_group(const float *run, int64_t cs, int n, const run_groups
 {
 #if SQUARE == 16
     __m512 v[SQUARE];
-    const __mmask16 valid = (__mmask16)((1u << n) - 1);
+    const __mmask16 valid = first_lanes(n);
     for (int r = 0; r < g->runs_per_group; r++) v[r] = _mm512_maskz_loadu_ps(valid, run + r * cs);
     for (int o = 0; o < g->vectors_per_group; o++)
         _mm512_storeu_ps(dst + SQUARE * o, _mm512_permutex2var_ps(v[g->first_run[o]], g->index[o], v[g->first_run[o] + 1]));
 #else
     __m256 v[SQUARE];
-    const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i valid = first_lanes(n);
     for (int r = 0; r < g->runs_per_group; r++) v[r] = _mm256_maskload_ps(run + r * cs, valid);
     for (int o = 0; o < g->vectors_per_group; o++) {
         const __m256 a = _mm256_permutevar8x32_ps(v[g->first_run[o]], g->index[o]);
