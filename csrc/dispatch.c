@@ -42,8 +42,11 @@ static const struct isa_kernels {
  * - A row-major A whose rows are 4 KiB apart puts a tile's MR rows in one L1 set. Up to the set's
  *   ways that is harmless; an 8-way L1 (Zen 4) thrashes with the 14 rows of the AVX-512 tile, so such
  *   an A is copied to a padded stride first (a Dense layer's 128 x 9216 input: 76 -> 88 GFLOPS).
- *   A 12-way L1 (Golden Cove, Zen 5) loses less to the extra misses than to that copy (Emerald
- *   Rapids: 145 -> 160 GFLOPS in place).
+ *   A 12-way L1 (Golden Cove, Zen 5) loses 2-4% of the multiply to the extra misses, and the copy
+ *   costs a share that shrinks as N grows (it is made once per block of A): there the copy pays from
+ *   N = 2048 on (Emerald Rapids, NumPy's operand offsets, 1 thread: 2048^3 169.6 -> 173.6 GFLOPS,
+ *   1024x2048x2048 159 -> 165, 2 threads 2048^3 331 -> 338), and below it costs up to 2% (1024^3
+ *   171.3 / 169.3, the 128 x 9216 input 160 in place against 145).
  * - An A read in place by columns (conv's weight gradient, cols^T @ dy) brings one cache line into L1
  *   per k step of a tile, beside the B panel's NR floats: its K block keeps both in half of L1
  *   (AVX-512, 48 KiB: 128; 576x3136x64 with trans_a on Emerald Rapids 114-120 -> 131-138 GFLOPS,
@@ -51,6 +54,8 @@ static const struct isa_kernels {
  * - The span of the L2's sets (its size over its ways), from which gemm.c caps the K block of a B read
  *   in place whose row stride would stack its panel too deep in few sets (b_panel_max_rows). */
 static fc_gemm_kernel gemm_kernels[ISA_COUNT];
+
+enum { ALIASED_A_COPIED_FROM_N = 2048 };  /* a 12-way L1 reads 14 aliased rows in place below this N */
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -80,7 +85,7 @@ void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, i
         fc_gemm_kernel *k = &gemm_kernels[i];
         *k = *kernel_table[i].gemm;
         if (l2_bytes >= 2L << 20) k->kc = k->kc_large_l2;
-        k->aliased_a_in_place = k->mr <= l1_ways || l1_ways >= 12;
+        k->aliased_a_max_n = k->mr <= l1_ways ? INT64_MAX : l1_ways >= 12 ? ALIASED_A_COPIED_FROM_N - 1 : 0;
         const int64_t line_and_b_row = 64 + (int64_t)sizeof(float) * k->nr;
         k->kc_columns_of_a = (int)min64(k->kc, max64(32, l1_bytes / 2 / line_and_b_row / 16 * 16));
         k->l2_way_bytes = l2_way_bytes;

@@ -87,13 +87,14 @@ def test_shapes_and_transposes(isa, cache_fit, trans_a, trans_b):
 
 def test_wide_and_tall_row_major_a(isa, cache_fit):
     """Row-major A is read in place, or from a copy with a padded row stride when its rows are 4 KiB
-    apart (they alias in L1) and the L1 has few ways (cache_fit): such strides with narrow and wide N,
-    partial last panels, several row and K blocks, N wider than the narrow-N rule."""
+    apart (they alias in L1) and the L1 has few ways (cache_fit) or N is 2048 or more: such strides
+    with narrow, wide and very wide N, partial last panels, several row and K blocks, N wider than
+    the narrow-N rule."""
     rng = np.random.default_rng(2)
     mr, nr, mc, kc, _ = _C.gemm_blocking()
     for m, k, n in [(3 * mr + 5, 1024, 10), (4 * mr - 1, 2048, 4 * nr), (200, 288, 64), (65, 129, 4 * nr + 1),
                     (3 * mr + 5, 1024, 300), (2 * mc + mr + 1, 2 * kc + 3, 9 * nr + 5), (mr - 1, 700, 257),
-                    (2 * mc + mr + 1, 2048, 2 * nr + 3)]:
+                    (2 * mc + mr + 1, 2048, 2 * nr + 3), (mr + 3, 1024, 2048 + nr + 5)]:
         a, b = operands(rng, m, k, n)
         assert_close(fastconv.gemm(a, b), a, b)
 

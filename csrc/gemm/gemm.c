@@ -331,12 +331,12 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
      * by the micro-kernel when N is narrow (im2col GEMMs, Dense layers, dw): packing would cost a
      * large part of the multiply. A wider product reads a row-major A in place too (packing is a
      * scalar transpose, 3-5% of a square product), unless the tile's MR rows would share one L1 set
-     * (a multiple of 4 KiB apart) and the kernel's blocking says this L1 does not stand that
-     * (dispatch.c): then each row block is copied row by row (memcpy) with a padded stride and read
+     * (a multiple of 4 KiB apart) and the kernel's blocking says this L1 does not stand that at this
+     * N (dispatch.c): then each row block is copied row by row (memcpy) with a padded stride and read
      * from there. Column-major A is packed: the k loop would step lda floats at a time. */
-    const int a_rows_fit_l1 = p->a_rs % 1024 != 0 || kr->aliased_a_in_place;
-    plan.a_in_place = p->a_cs == 1 ? a_rows_fit_l1 : a_columns_in_place(p);
-    plan.a_restrided = p->a_cs == 1 && !a_rows_fit_l1;
+    const int a_rows_in_place = p->a_rs % 1024 != 0 || p->n <= kr->aliased_a_max_n;
+    plan.a_in_place = p->a_cs == 1 ? a_rows_in_place : a_columns_in_place(p);
+    plan.a_restrided = p->a_cs == 1 && !a_rows_in_place;
     plan.threads = threads;
     /* Pack B for as many K blocks at once as fit the budget: a Dense layer's long K then costs two
      * barriers per call rather than two per K block (a sleeping thread's wake-up is microseconds). */

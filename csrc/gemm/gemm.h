@@ -42,7 +42,8 @@ typedef struct {
     int mr, nr;          /* register tile */
     int mc, kc, nc;      /* cache blocks: A block mc x kc in L2, B block kc x nc in L3 */
     int kc_large_l2;     /* kc where a core has 2 MiB of L2 or more (dispatch.c picks) */
-    int aliased_a_in_place;  /* set by dispatch.c: MR rows of A 4 KiB apart (one L1 set) are read in place */
+    int64_t aliased_a_max_n; /* set by dispatch.c: MR rows of A 4 KiB apart (one L1 set) are read in place up
+                              * to this N, and from a copy with a padded row stride beyond it */
     int kc_columns_of_a;     /* set by dispatch.c: kc when A is read in place by columns (a line per k step) */
     int64_t l2_way_bytes;    /* set by dispatch.c: the L2's size over its ways, the span of its sets */
     int b_in_place_max_m;  /* a row-major B is read unpacked when M is at most this (few tiles reuse a panel) */
