@@ -35,6 +35,20 @@ static inline __attribute__((always_inline)) void tile_fma(int64_t k, const floa
     }
 }
 
+/* A row's columns of C: all 8, or those `mask` selects. AVX2's masked loads and stores are microcoded,
+ * and slow, on some of the CPUs this kernel is for (AMD's Zen 1-3), so whole tiles use plain ones. */
+static inline __m256 load_columns(const float *p, __m256i mask, int all)
+{
+    return all ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
+}
+static inline void store_columns(float *p, __m256i mask, int all, __m256 v)
+{
+    if (all)
+        _mm256_storeu_ps(p, v);
+    else
+        _mm256_maskstore_ps(p, mask, v);
+}
+
 /* One tile of `rows` rows (a constant where this is inlined), of which the first m are written. */
 static inline __attribute__((always_inline)) void tile(int rows, int64_t k, const float *a, int64_t rs_a,
                                                        int64_t cs_a, const float *a_next, const float *b,
@@ -60,17 +74,18 @@ static inline __attribute__((always_inline)) void tile(int rows, int64_t k, cons
     const __m256 alpha = _mm256_set1_ps(ep->alpha), beta = _mm256_set1_ps(ep->beta), zero = _mm256_setzero_ps();
     const __m256 bias0 = ep->bias ? _mm256_maskload_ps(ep->bias, mask0) : zero;
     const __m256 bias1 = ep->bias ? _mm256_maskload_ps(ep->bias + 8, mask1) : zero;
+    const int full = n >= NR;
     for (int i = 0; i < m; i++) {
         float *row = c + i * ldc;
         __m256 v0 = _mm256_mul_ps(alpha, _mm256_loadu_ps(parked[i])), v1 = _mm256_mul_ps(alpha, _mm256_loadu_ps(parked[i] + 8));
         if (ep->beta != 0.0f) {
-            v0 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(row, mask0), v0);
-            v1 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(row + 8, mask1), v1);
+            v0 = _mm256_fmadd_ps(beta, load_columns(row, mask0, full), v0);
+            v1 = _mm256_fmadd_ps(beta, load_columns(row + 8, mask1, full), v1);
         }
         if (ep->bias) { v0 = _mm256_add_ps(v0, bias0); v1 = _mm256_add_ps(v1, bias1); }
         if (ep->relu) { v0 = _mm256_max_ps(zero, v0); v1 = _mm256_max_ps(zero, v1); }  /* max(0, NaN) = NaN */
-        _mm256_maskstore_ps(row, mask0, v0);
-        _mm256_maskstore_ps(row + 8, mask1, v1);
+        store_columns(row, mask0, full, v0);
+        store_columns(row + 8, mask1, full, v1);
     }
 }
 
