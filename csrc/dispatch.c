@@ -39,6 +39,9 @@ static const struct isa_kernels {
  * - K block: a core with 2 MiB of L2 holds a taller A block (AVX-512: 168 x 1024 floats, a third of
  *   it), and C is then read and written once per 1024 of K, not per 384: 1024^3-2048^3 run 3-8%
  *   faster on Emerald Rapids. The table's KC stays for 1 MiB L2s (Zen 4 and 5, where it was tuned).
+ *   AVX2's 512 (Raptor Lake's P-cores; this CPU's AVX2 path) makes a K of 512 one block, not two of
+ *   256 (Emerald Rapids, --isa avx2, 1 thread: 512^3 89.3 -> 90.5 GFLOPS, 128x512x784/tb 82.5 ->
+ *   84.9; other shapes level, and blocks of 768 or 1024 gained no more).
  * - A row-major A whose rows are 4 KiB apart puts a tile's MR rows in one L1 set. Up to the set's
  *   ways that is harmless; an 8-way L1 (Zen 4) thrashes with the 14 rows of the AVX-512 tile, so such
  *   an A is copied to a padded stride first (a Dense layer's 128 x 9216 input: 76 -> 88 GFLOPS).
