@@ -44,17 +44,25 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* The floats of a packed K block of B: nc / NR panels of kc_max rows, fc_gemm_b_panel_stride apart. */
+static int64_t b_block_floats(const fc_gemm_kernel *kr, int64_t kc_max, int64_t nc)
+{
+    return nc / kr->nr * fc_gemm_b_panel_stride(kr, kc_max);
+}
+
 /* Packs the NR-column panels [jp_lo, jp_hi) of op(B)'s columns from jc, K rows [k0, k1), into the
- * layout the loops read: K block pc at dst + (pc - k0) * nc, panel jp of it at + jp * NR * kc_max (the
- * full block's size, so a panel keeps its place in a shorter last block: with split columns, the
- * thread packing it for the next block must not write into another thread's panel). */
+ * layout the loops read: K block pc at dst + (pc - k0) / kc_max * b_block_floats, panel jp of it at
+ * + jp * fc_gemm_b_panel_stride(kc_max) (the full block's size, so a panel keeps its place in a shorter
+ * last block: with split columns, the thread packing it for the next block must not write into
+ * another thread's panel). */
 static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int64_t kc_max, int64_t nc,
                           int64_t jc, int64_t k0, int64_t k1, int64_t jp_lo, int64_t jp_hi, float *dst)
 {
     const int64_t nr = kr->nr;
     for (int64_t pc = k0; pc < k1; pc += kc_max)
         kr->pack(p->b + pc * p->b_rs + jc * p->b_cs, p->b_cs, p->b_rs, jp_lo * nr, min64(jp_hi * nr, p->n - jc),
-                 min64(kc_max, p->k - pc), (int)fc_gemm_b_panel_width(kr, p->n), nr * kc_max, dst + (pc - k0) * nc);
+                 min64(kc_max, p->k - pc), (int)fc_gemm_b_panel_width(kr, p->n), fc_gemm_b_panel_stride(kr, kc_max),
+                 dst + (pc - k0) / kc_max * b_block_floats(kr, kc_max, nc));
 }
 
 /* A column-major op(A) (trans_a: conv's weight gradient, cols^T) is read in place when N is narrow:
@@ -139,7 +147,7 @@ static int64_t n_block(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
 int64_t fc_gemm_packed_b_floats(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
 {
     if (p->k <= 0 || p->n <= 0 || p->n > kr->nc) return 0;
-    return ceil_div(p->k, k_block(kr, p, 0)) * k_block(kr, p, 0) * n_block(kr, p);
+    return ceil_div(p->k, k_block(kr, p, 0)) * b_block_floats(kr, k_block(kr, p, 0), n_block(kr, p));
 }
 
 void fc_gemm_pack_b(const fc_gemm_kernel *kr, const fc_gemm_problem *p, float *dst)
@@ -259,7 +267,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
             for (int64_t pc = chunk; pc < chunk_end; pc += kc_max) {
                 const int64_t kc = min64(kc_max, p->k - pc);
                 const int last_k_block = pc + kc == p->k;
-                const float *b_block = plan->b_in_place ? NULL : b_chunk + (pc - chunk) * nc_max;
+                const float *b_block = plan->b_in_place ? NULL : b_chunk + (pc - chunk) / kc_max * b_block_floats(kr, kc_max, nc_max);
                 fc_tile_epilogue ep = {
                     .alpha = p->alpha, .beta = pc == 0 ? p->beta : 1.0f,
                     .bias = NULL, .relu = last_k_block && p->relu,
@@ -289,7 +297,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         const int64_t j = jc + jp * nr;
                         const int cols = (int)min64(nr, p->n - j);
                         ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
-                        const float *b_panel = plan->b_in_place ? p->b + pc * p->b_rs + j : b_block + jp * nr * kc_max;
+                        const float *b_panel = plan->b_in_place ? p->b + pc * p->b_rs + j : b_block + jp * fc_gemm_b_panel_stride(kr, kc_max);
                         for (int64_t ir = 0; ir < mc; ir += mr) {
                             const int rows = (int)min64(mr, mc - ir);
                             const int in_place = ir < in_place_end;
@@ -345,7 +353,8 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     if (p->b_packed || plan.b_in_place)  /* packed whole by fc_gemm_pack_b, or not packed: no barriers */
         plan.k_chunk = ceil_div(p->k, plan.kc) * plan.kc;
     else
-        b_pack = fc_scratch(FC_SCRATCH_GEMM_B, min64(plan.k_chunk, ceil_div(p->k, plan.kc) * plan.kc) * plan.nc);
+        b_pack = fc_scratch(FC_SCRATCH_GEMM_B, min64(plan.k_chunk / plan.kc, ceil_div(p->k, plan.kc)) *
+                                                   b_block_floats(kr, plan.kc, plan.nc));
     if (threads > 1) {
         #pragma omp parallel num_threads(threads)
         gemm_thread(kr, p, &plan, b_pack, thread_num(), team_size());

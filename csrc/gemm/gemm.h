@@ -88,6 +88,17 @@ static inline int64_t fc_gemm_b_panel_width(const fc_gemm_kernel *kr, int64_t n)
     return kr->nr_narrow > 0 && n <= kr->nr_narrow ? kr->nr_narrow : kr->nr;
 }
 
+/* Floats from one packed B panel to the next, in a K block of kc rows: its kc rows and one more. Laid
+ * end to end, the panels sat kc * NR floats apart (128 KiB on AVX-512 with kc 1024, 32 KiB on AVX2
+ * with 512), so the pack's stores of one k step to every panel fell in one L1 set, and evicted each
+ * other. The spare row moves each panel to the next sets (C harness, Emerald Rapids, 1 thread, NumPy's
+ * offsets: --isa avx2 256^3 87.1 -> 91.0 GFLOPS, 512^3 90.7 -> 92.6; AVX-512 512^3 175.2 -> 178.3,
+ * 1024^3 173.5 -> 177.2; the other shapes, and 2 threads, level or better). */
+static inline int64_t fc_gemm_b_panel_stride(const fc_gemm_kernel *kr, int64_t kc)
+{
+    return (kc + 1) * kr->nr;
+}
+
 /* A GEMM called many times with the same B (a conv's weights, block after block) can pack B once:
  * fc_gemm_packed_b_floats gives the size of the packed copy, 0 when N is too wide for one (then pack
  * nothing and leave b_packed NULL), and fc_gemm_pack_b writes it. Only m, c and a may differ between
