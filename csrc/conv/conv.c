@@ -288,8 +288,9 @@ static void implicit_run(const fc_conv_shape *s, const fc_gemm_kernel *kr, const
                     .alpha = 1.0f, .beta = r == r0 ? 0.0f : 1.0f, .bias = last && bias ? bias + j : NULL,
                     .relu = last && relu,
                 };
-                kr->ukr(k, at + (q + r * wp) * s->cin, s->cin, 1, NULL, wpack + r * packed + j / nr * fc_gemm_b_panel_stride(kr, k), rs_b,
-                        c + q * s->cout + j, s->cout, m, (int)min64(nr, s->cout - j), &ep);
+                const float *b_panel = wpack + r * packed + j / nr * fc_gemm_b_panel_stride(kr, k);
+                kr->ukr(k, at + (q + r * wp) * s->cin, s->cin, 1, NULL, b_panel, rs_b, c + q * s->cout + j, s->cout, m,
+                        (int)min64(nr, s->cout - j), &ep);
             }
         }
     }

@@ -267,7 +267,8 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
             for (int64_t pc = chunk; pc < chunk_end; pc += kc_max) {
                 const int64_t kc = min64(kc_max, p->k - pc);
                 const int last_k_block = pc + kc == p->k;
-                const float *b_block = plan->b_in_place ? NULL : b_chunk + (pc - chunk) / kc_max * b_block_floats(kr, kc_max, nc_max);
+                const float *b_block =
+                    plan->b_in_place ? NULL : b_chunk + (pc - chunk) / kc_max * b_block_floats(kr, kc_max, nc_max);
                 fc_tile_epilogue ep = {
                     .alpha = p->alpha, .beta = pc == 0 ? p->beta : 1.0f,
                     .bias = NULL, .relu = last_k_block && p->relu,
@@ -297,7 +298,8 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         const int64_t j = jc + jp * nr;
                         const int cols = (int)min64(nr, p->n - j);
                         ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
-                        const float *b_panel = plan->b_in_place ? p->b + pc * p->b_rs + j : b_block + jp * fc_gemm_b_panel_stride(kr, kc_max);
+                        const float *b_panel = plan->b_in_place ? p->b + pc * p->b_rs + j
+                                                                : b_block + jp * fc_gemm_b_panel_stride(kr, kc_max);
                         for (int64_t ir = 0; ir < mc; ir += mr) {
                             const int rows = (int)min64(mr, mc - ir);
                             const int in_place = ir < in_place_end;
