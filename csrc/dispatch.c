@@ -88,7 +88,7 @@ void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, i
         fc_gemm_kernel *k = &gemm_kernels[i];
         *k = *kernel_table[i].gemm;
         if (l2_bytes >= 2L << 20) k->kc = k->kc_large_l2;
-        k->aliased_a_max_n = k->mr <= l1_ways ? INT64_MAX : l1_ways >= 12 ? ALIASED_A_COPIED_FROM_N - 1 : 0;
+        k->aliased_a_copied_from_n = k->mr <= l1_ways ? INT64_MAX : l1_ways >= 12 ? ALIASED_A_COPIED_FROM_N : 0;
         const int64_t line_and_b_row = 64 + (int64_t)sizeof(float) * k->nr;
         k->kc_columns_of_a = (int)min64(k->kc, max64(32, l1_bytes / 2 / line_and_b_row / 16 * 16));
         k->l2_way_bytes = l2_way_bytes;

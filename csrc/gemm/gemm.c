@@ -220,6 +220,8 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
 {
     const int64_t mr = kr->mr, nr = kr->nr, kc_max = plan->kc, nc_max = plan->nc, mc_max = plan->mc;
     const int64_t rs_b = plan->b_in_place ? p->b_rs : fc_gemm_b_panel_width(kr, p->n);  /* B panel row stride */
+    const int64_t b_panel_stride = fc_gemm_b_panel_stride(kr, kc_max);
+    const int64_t b_block_size = b_block_floats(kr, kc_max, nc_max);
     const int a_in_place = plan->a_in_place, a_restrided = plan->a_restrided, threads = plan->threads;
     /* A restrided block holds mc_max + 1 rows of kc_max + A_ROW_PAD floats: the row past a partial
      * tile's last may be read (and is ignored). */
@@ -267,8 +269,7 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
             for (int64_t pc = chunk; pc < chunk_end; pc += kc_max) {
                 const int64_t kc = min64(kc_max, p->k - pc);
                 const int last_k_block = pc + kc == p->k;
-                const float *b_block =
-                    plan->b_in_place ? NULL : b_chunk + (pc - chunk) / kc_max * b_block_floats(kr, kc_max, nc_max);
+                const float *b_block = plan->b_in_place ? NULL : b_chunk + (pc - chunk) / kc_max * b_block_size;
                 fc_tile_epilogue ep = {
                     .alpha = p->alpha, .beta = pc == 0 ? p->beta : 1.0f,
                     .bias = NULL, .relu = last_k_block && p->relu,
@@ -298,8 +299,8 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         const int64_t j = jc + jp * nr;
                         const int cols = (int)min64(nr, p->n - j);
                         ep.bias = last_k_block && p->bias ? p->bias + j : NULL;
-                        const float *b_panel = plan->b_in_place ? p->b + pc * p->b_rs + j
-                                                                : b_block + jp * fc_gemm_b_panel_stride(kr, kc_max);
+                        const float *b_panel =
+                            plan->b_in_place ? p->b + pc * p->b_rs + j : b_block + jp * b_panel_stride;
                         for (int64_t ir = 0; ir < mc; ir += mr) {
                             const int rows = (int)min64(mr, mc - ir);
                             const int in_place = ir < in_place_end;
@@ -344,7 +345,7 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
      * (a multiple of 4 KiB apart) and the kernel's blocking says this L1 does not stand that at this
      * N (dispatch.c): then each row block is copied row by row (memcpy) with a padded stride and read
      * from there. Column-major A is packed: the k loop would step lda floats at a time. */
-    const int a_rows_in_place = p->a_rs % 1024 != 0 || p->n <= kr->aliased_a_max_n;
+    const int a_rows_in_place = p->a_rs % 1024 != 0 || p->n < kr->aliased_a_copied_from_n;
     plan.a_in_place = p->a_cs == 1 ? a_rows_in_place : a_columns_in_place(p);
     plan.a_restrided = p->a_cs == 1 && !a_rows_in_place;
     plan.threads = threads;

@@ -42,12 +42,12 @@ typedef struct {
     int mr, nr;          /* register tile */
     int mc, kc, nc;      /* cache blocks: A block mc x kc in L2, B block kc x nc in L3 */
     int kc_large_l2;     /* kc where a core has 2 MiB of L2 or more (dispatch.c picks) */
-    int64_t aliased_a_max_n; /* set by dispatch.c: MR rows of A 4 KiB apart (one L1 set) are read in place up
-                              * to this N, and from a copy with a padded row stride beyond it */
+    int64_t aliased_a_copied_from_n;  /* set by dispatch.c: MR rows of A 4 KiB apart (one L1 set) are read in
+                                       * place below this N, from a copy with a padded row stride from it on */
     int kc_columns_of_a;     /* set by dispatch.c: kc when A is read in place by columns (a line per k step) */
     int64_t l2_way_bytes;    /* set by dispatch.c: the L2's size over its ways, the span of its sets */
     int b_in_place_max_m;  /* a row-major B is read unpacked when M is at most this (few tiles reuse a panel) */
-    int b_in_place_max_m_misaligned;  /* ... or this, when B's rows are not 64-byte aligned (split vector loads) */
+    int b_in_place_max_m_misaligned;  /* ... or this, when B's rows are not aligned to vector_bytes (split loads) */
     int b_in_place_max_m_misaligned_few_panels;  /* ... or this, when such a B is at most B_FEW_PANELS (gemm.c) wide */
     int b_in_place_max_m_misaligned_shared;  /* ... or this many rows a thread when threads share a packed B */
     int nr_narrow;       /* 0, or the columns of a narrower loop the kernel runs for tiles of at most that many */
