@@ -54,11 +54,20 @@ static const struct isa_kernels {
  *   per k step of a tile, beside the B panel's NR floats: its K block keeps both in half of L1
  *   (AVX-512, 48 KiB: 128; 576x3136x64 with trans_a on Emerald Rapids 114-120 -> 131-138 GFLOPS,
  *   576x12544x64 91 -> 120-127, where 192 and more lose and 64 loses).
+ * - A kernel that reads its B block from L2 (b_block_in_l2, gemm.h: AVX2) gets an N block of half the
+ *   L2: 512 columns with a K block of 512 in 2 MiB. Each 6-row tile of A then stays in L1 across the
+ *   block's panels, as in OpenBLAS's Haswell kernels, where the B panel of 32 KiB stayed in L1 while
+ *   the A block came from L2 (Emerald Rapids, --isa avx2, C harness, NumPy-like offsets, 1 thread:
+ *   1024^3 90.4 -> 93.2 GFLOPS, 2048^3 89.4 -> 92.5; 768 columns gained less, 256-384 as much or
+ *   less). Whatever the L2, at least B_BLOCK_MIN_NC columns.
  * - The span of the L2's sets (its size over its ways), from which gemm.c caps the K block of a B read
  *   in place whose row stride would stack its panel too deep in few sets (b_panel_max_rows). */
 static fc_gemm_kernel gemm_kernels[ISA_COUNT];
 
-enum { ALIASED_A_COPIED_FROM_N = 2048 };  /* a 12-way L1 reads 14 aliased rows in place below this N */
+enum {
+    ALIASED_A_COPIED_FROM_N = 2048,  /* a 12-way L1 reads 14 aliased rows in place below this N */
+    B_BLOCK_MIN_NC = 256,            /* conv packs its weights once when its outputs fit one B block */
+};
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -88,6 +97,11 @@ void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, i
         fc_gemm_kernel *k = &gemm_kernels[i];
         *k = *kernel_table[i].gemm;
         if (l2_bytes >= 2L << 20) k->kc = k->kc_large_l2;
+        if (k->b_block_in_l2) {  /* a block of half the L2 (a 512 KiB L2 where the size is unknown) */
+            const int64_t l2 = l2_bytes > 0 ? l2_bytes : 512 << 10;
+            const int64_t fit = l2 / 2 / ((int64_t)sizeof(float) * k->kc) / k->nr * k->nr;
+            k->nc = (int)min64(k->nc, max64(B_BLOCK_MIN_NC, fit));
+        }
         k->aliased_a_copied_from_n = k->mr <= l1_ways ? INT64_MAX : l1_ways >= 12 ? ALIASED_A_COPIED_FROM_N : 0;
         const int64_t line_and_b_row = 64 + (int64_t)sizeof(float) * k->nr;
         k->kc_columns_of_a = (int)min64(k->kc, max64(32, l1_bytes / 2 / line_and_b_row / 16 * 16));

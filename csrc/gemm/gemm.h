@@ -40,7 +40,12 @@ typedef void (*fc_gemm_pack_fn)(const float *src, int64_t rs, int64_t cs, int64_
 typedef struct {
     const char *name;
     int mr, nr;          /* register tile */
-    int mc, kc, nc;      /* cache blocks: A block mc x kc in L2, B block kc x nc in L3 */
+    int mc, kc, nc;      /* cache blocks: A block mc x kc in L2, B block kc x nc in L3 (or L2, below) */
+    int b_block_in_l2;   /* 0: each B panel runs down the row block's tiles (the panel stays in L1, the A
+                          * block in L2: BLIS's order). 1: dispatch.c fits nc to half the L2, and in a
+                          * product at least as wide as tall each tile of A runs across the column group's
+                          * panels (the tile stays in L1, the B block in L2: OpenBLAS's order), each K
+                          * block of B packed just before use */
     int kc_large_l2;     /* kc where a core has 2 MiB of L2 or more (dispatch.c picks) */
     int64_t aliased_a_copied_from_n;  /* set by dispatch.c: MR rows of A 4 KiB apart (one L1 set) are read in
                                        * place below this N, from a copy with a padded row stride from it on */

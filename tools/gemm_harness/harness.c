@@ -6,7 +6,8 @@
  *
  * Environment: AOFF, BOFF, COFF (offsets in floats, default 0), HUGE=1 (2 MiB pages, as NumPy gives
  * arrays of 4 MiB and more), PREPACK=1 (B packed once beforehand by fc_gemm_pack_b: the cost of
- * packing B, by difference), ROUNDS (default 9), FASTCONV_ISA (a lower instruction set). */
+ * packing B, by difference), BETA=1 (C is read and added to, as a GEMM's later K blocks do), ROUNDS
+ * (default 9), FASTCONV_ISA (a lower instruction set). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +69,7 @@ int main(int argc, char **argv)
         .m = m, .n = n, .k = k,
         .a = a, .a_rs = trans_a ? 1 : k, .a_cs = trans_a ? m : 1,
         .b = b, .b_rs = trans_b ? 1 : n, .b_cs = trans_b ? k : 1,
-        .c = c, .ldc = n, .alpha = 1.0f, .beta = 0.0f,
+        .c = c, .ldc = n, .alpha = 1.0f, .beta = (float)env_int("BETA", 0),
     };
     if (env_int("PREPACK", 0)) {
         const int64_t floats = fc_gemm_packed_b_floats(kernel, &p);
