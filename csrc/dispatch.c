@@ -56,10 +56,11 @@ static const struct isa_kernels {
  *   576x12544x64 91 -> 120-127, where 192 and more lose and 64 loses).
  * - A kernel that reads its B block from L2 (b_block_in_l2, gemm.h: AVX2) gets an N block of half the
  *   L2: 512 columns with a K block of 512 in 2 MiB. Each 6-row tile of A then stays in L1 across the
- *   block's panels, as in OpenBLAS's Haswell kernels, where the B panel of 32 KiB stayed in L1 while
- *   the A block came from L2 (Emerald Rapids, --isa avx2, C harness, NumPy-like offsets, 1 thread:
- *   1024^3 90.4 -> 93.2 GFLOPS, 2048^3 89.4 -> 92.5; 768 columns gained less, 256-384 as much or
- *   less). Whatever the L2, at least B_BLOCK_MIN_NC columns.
+ *   block's panels, as in OpenBLAS's Haswell kernels. Before, a 32 KiB B panel stayed in L1 while
+ *   12 KiB tiles of A streamed past it from L2, too much for a 48 KiB L1 (Emerald Rapids, --isa avx2,
+ *   C harness, NumPy-like offsets, 1 thread: 1024^3 91.1 -> 92.5 GFLOPS, 2048^3 91.4 -> 92.6,
+ *   128x128x9216/tb 80.4 -> 83.3; 768 columns gained less, 256-384 as much or less). Whatever the
+ *   L2, at least B_BLOCK_MIN_NC columns.
  * - The span of the L2's sets (its size over its ways), from which gemm.c caps the K block of a B read
  *   in place whose row stride would stack its panel too deep in few sets (b_panel_max_rows). */
 static fc_gemm_kernel gemm_kernels[ISA_COUNT];

@@ -109,7 +109,8 @@ static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
 /* B is read unpacked up to M = 256 only: its 16-float rows are one cache line each and crowd fewer L1
  * sets than packed (conv's weight gradient 288x6272x64 went from 1.00x to 1.03-1.07x numpy). */
 const fc_gemm_kernel fc_gemm_avx2_6x16 = {
-    .name = "avx2_6x16", .mr = MR, .nr = NR, .mc = 144, .kc = 384, .nc = 4080, .kc_large_l2 = 512, .b_block_in_l2 = 1,
+    .name = "avx2_6x16", .mr = MR, .nr = NR, .mc = 144, .kc = 384, .nc = 4080, .kc_large_l2 = 512,
+    .b_block_in_l2 = 1,
     .b_in_place_max_m = 256, .b_in_place_max_m_misaligned = 48, .b_in_place_max_m_misaligned_few_panels = 256,
     .b_in_place_max_m_misaligned_shared = 256,
     .vector_bytes = 32,
