@@ -83,22 +83,19 @@ def seconds_per_call(fn, min_time=0.05, batch_time=1e-3):
     milliseconds at a time, and a mean over 50 ms read 6.3 to 16 ms for the same 2-thread 1024^3 product
     (any library's), where the fastest of its batches reads the product's own speed.
     """
-    fn()
-    calls = 1
-    while True:  # size a batch
+    def batch(calls):
         start = time.perf_counter()
         for _ in range(calls):
             fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= batch_time:
-            break
+        return time.perf_counter() - start
+
+    fn()
+    calls = 1
+    while (elapsed := batch(calls)) < batch_time:  # size a batch
         calls = max(calls * 2, int(calls * batch_time / max(elapsed, 1e-9)) + 1)
     best, total = elapsed / calls, elapsed
     while total < min_time:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
+        elapsed = batch(calls)
         best, total = min(best, elapsed / calls), total + elapsed
     return best
 

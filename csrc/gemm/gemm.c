@@ -341,17 +341,17 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
     gemm_plan plan;
     plan.nc = n_block(kr, p);
     plan.split_columns = threads > 1 && p->m <= p->n && plan.nc / nr >= threads;
+    /* Only a product at least as wide as tall: a tall one's few panels, each read from L1 down the row
+     * block, ran 0.3-1.8% faster the BLIS way (--isa avx2, 1 thread: 9216x128x128/ta, 6272x288x64,
+     * 784x128x512/ta, 6272x64x288/tb). */
+    plan.b_block_in_l2 = kr->b_block_in_l2 && p->m <= p->n;
     /* Split columns give each thread its share of a B block to pack and read: one kept in L2 is then
      * `threads` times as wide, each share the half of its core's L2 (--isa avx2, 2 threads, C harness:
      * 128x128x9216/tb 164.7 -> 167.0 GFLOPS, 128x512x784/tb 169.8 -> 172.4, 2048^3 184.6 -> 185.4; the
      * other shapes level or up to 0.7% faster). Not for a B packed beforehand, whose layout has the
      * blocks of n_block. */
-    if (kr->b_block_in_l2 && plan.split_columns && !p->b_packed)
+    if (plan.b_block_in_l2 && plan.split_columns && !p->b_packed)
         plan.nc = min64(plan.nc * threads, ceil_div(p->n, nr) * nr);
-    /* Only a product at least as wide as tall: a tall one's few panels, each read from L1 down the row
-     * block, ran 0.3-1.8% faster the BLIS way (--isa avx2, 1 thread: 9216x128x128/ta, 6272x288x64,
-     * 784x128x512/ta, 6272x64x288/tb). */
-    plan.b_block_in_l2 = kr->b_block_in_l2 && p->m <= p->n;
     plan.b_in_place = b_in_place(kr, p, plan.split_columns ? 1 : threads);
     plan.kc = k_block(kr, p, plan.b_in_place);
     plan.m_blocks = plan_m_blocks(kr, p->m, plan.nc / nr, threads, plan.split_columns);
