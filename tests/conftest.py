@@ -22,8 +22,11 @@ def isa(request):
 
 
 # Cores whose caches change the GEMM blocking (dispatch.c), as (L2 bytes, L1 bytes, L1 ways, L2 ways):
-# Zen 4's 1 MiB 8-way L2 and 32 KiB 8-way L1, and Emerald Rapids' 2 MiB 16-way L2 and 48 KiB 12-way L1.
-CACHE_FITS = {"zen4-caches": (1 << 20, 32 << 10, 8, 8), "emerald-rapids-caches": (2 << 20, 48 << 10, 12, 16)}
+# Zen 4's 1 MiB 8-way L2 and 32 KiB 8-way L1, Emerald Rapids' 2 MiB 16-way L2 and 48 KiB 12-way L1, and
+# two AVX2-only ones, Zen 3's 512 KiB 8-way L2 and Skylake's 256 KiB 4-way (AVX2's B block at its
+# narrowest, 256 columns).
+CACHE_FITS = {"zen4-caches": (1 << 20, 32 << 10, 8, 8), "emerald-rapids-caches": (2 << 20, 48 << 10, 12, 16),
+              "zen3-caches": (512 << 10, 32 << 10, 8, 8), "skylake-caches": (256 << 10, 32 << 10, 8, 4)}
 
 
 @pytest.fixture(params=sorted(CACHE_FITS))

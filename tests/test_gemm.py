@@ -62,21 +62,27 @@ def test_blocking_is_the_kernel_table(isa):
 
 def test_k_block_follows_the_l2(isa):
     """The K block is the table's for a 1 MiB L2 and no smaller for a 2 MiB one (AVX-512: 384, 1024).
-    AVX2 keeps its B block in L2: kc x nc floats are half the L2, in whole panels (336 and 512 columns)."""
+    AVX2 keeps its B block in L2: kc x nc floats are half the L2, in whole panels (336 and 512 columns),
+    and never fewer than 256 columns (512 and 256 KiB L2s, where the block is then larger)."""
     try:
         _C.fit_gemm_blocking(1 << 20, 32 << 10, 8, 8)
         small = _C.gemm_blocking()
         _C.fit_gemm_blocking(2 << 20, 48 << 10, 12, 16)
         large = _C.gemm_blocking()
+        _C.fit_gemm_blocking(512 << 10, 32 << 10, 8, 8)
+        zen3 = _C.gemm_blocking()
+        _C.fit_gemm_blocking(256 << 10, 32 << 10, 8, 4)
+        skylake = _C.gemm_blocking()
     finally:
         _C.fit_gemm_blocking()
-    assert small[:3] == large[:3]
+    assert small[:3] == large[:3] == zen3[:3] == skylake[:3]
     assert large[3] >= small[3]
     if isa == "avx512":
         assert (small[3], large[3]) == (384, 1024)
         assert small[4] == large[4]
     if isa == "avx2":
         assert (small[3], small[4]) == (384, 336) and (large[3], large[4]) == (512, 512)
+        assert zen3[3:] == skylake[3:] == (384, 256)
 
 
 @pytest.mark.parametrize("trans_a", [False, True])

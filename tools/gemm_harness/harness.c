@@ -7,7 +7,8 @@
  * Environment: AOFF, BOFF, COFF (offsets in floats, default 0), HUGE=1 (2 MiB pages, as NumPy gives
  * arrays of 4 MiB and more), PREPACK=1 (B packed once beforehand by fc_gemm_pack_b: the cost of
  * packing B, by difference), BETA=1 (C is read and added to, as a GEMM's later K blocks do), ROUNDS
- * (default 9), FASTCONV_ISA (a lower instruction set). */
+ * (default 9), FASTCONV_ISA (a lower instruction set), FIT=L2/L1/L1_WAYS/L2_WAYS (the GEMM blocking
+ * dispatch.c fits to those caches, in bytes and ways, rather than this CPU's). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 
 #include "gemm/gemm.h"
 #include "dispatch.h"
+#include "fastconv.h"
 
 static double now(void)
 {
@@ -64,6 +66,15 @@ int main(int argc, char **argv)
     float *c = operand((size_t)m * n, env_int("COFF", 0), huge);
     for (long i = 0; i < m * k; i++) a[i] = 1e-3f * (float)(i % 7);
     for (long i = 0; i < k * n; i++) b[i] = 1e-3f * (float)(i % 5);
+    const char *fit = getenv("FIT");
+    if (fit) {  /* the blocking of another CPU's caches: "L2/L1/L1_WAYS/L2_WAYS" in bytes and ways */
+        long l2, l1, l1_ways, l2_ways;
+        if (sscanf(fit, "%ld/%ld/%ld/%ld", &l2, &l1, &l1_ways, &l2_ways) != 4) {
+            fprintf(stderr, "harness: FIT is L2/L1/L1_WAYS/L2_WAYS\n");
+            return 2;
+        }
+        fc_fit_gemm_blocking(l2, l1, l1_ways, l2_ways);
+    }
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
     fc_gemm_problem p = {
         .m = m, .n = n, .k = k,
