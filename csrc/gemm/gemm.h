@@ -1,6 +1,6 @@
 /* The GEMM micro-kernel contract, shared by every instruction set (the BLIS design).
  *
- * A micro-kernel multiplies an MR x k panel of A by a packed k x NR panel of B and writes the
+ * A micro-kernel multiplies an MR x k panel of A (k >= 1) by a packed k x NR panel of B and writes the
  * m x n corner (m <= MR, n <= NR) of the tile at c (row stride ldc):
  *     c = alpha * (A_panel @ B_panel) + beta * c      (c is not read when beta == 0)
  *     then c += bias[0..n) per column and c = max(c, 0) when asked, while the tile is in registers.
