@@ -96,9 +96,6 @@ static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs
                              const float *b, int64_t rs_b, float *c, int64_t ldc, int m, int n, const fc_tile_epilogue *ep)
 {
     fc_prefetch_tile(c, ldc, m, NR);
-    /* A partial tile runs only its rows, rounded up to even (the row past m is readable, by the
-     * contract): a conv's 24-pixel output rows are tiles of 14 and 10 rows, and the 10-row tile
-     * takes 10/14 of a full tile's time. */
     /* A whole-height tile of the plain product (every K block of a plain GEMM, all but the last of a
      * conv's kernel rows) has its own copy of the loop, whose write-back needs no more registers than
      * the 28 accumulators: the general one needs five more, so the compiler parks the tile on the
@@ -107,6 +104,9 @@ static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs
      * 1024x32x1024 127.1 -> 132.9, 6272x64x288/tb 149.4 -> 155.0, 6272x288x64 172.4 -> 176.2, squares
      * level. */
     const int plain = ep->alpha == 1.0f && !ep->bias && !ep->relu && (ep->beta == 0.0f || ep->beta == 1.0f);
+    /* A partial tile runs only its rows, rounded up to even (the row past m is readable, by the
+     * contract): a conv's 24-pixel output rows are tiles of 14 and 10 rows, and the 10-row tile
+     * takes 10/14 of a full tile's time. */
     switch ((m + 1) / 2) {
     case 1: tile(2, 0, k, a, rs_a, cs_a, NULL, b, rs_b, c, ldc, m, n, ep); break;
     case 2: tile(4, 0, k, a, rs_a, cs_a, NULL, b, rs_b, c, ldc, m, n, ep); break;
