@@ -23,6 +23,13 @@ typedef struct {
     int relu;
 } fc_tile_epilogue;
 
+/* The plain product's write-back (every K block of a plain GEMM): C is stored, or added to, as is. The
+ * micro-kernels write such tiles straight from their accumulators. */
+static inline int fc_epilogue_is_plain(const fc_tile_epilogue *ep)
+{
+    return ep->alpha == 1.0f && (ep->beta == 0.0f || ep->beta == 1.0f) && !ep->bias && !ep->relu;
+}
+
 typedef void (*fc_gemm_ukr)(int64_t k, const float *a, int64_t rs_a, int64_t cs_a, const float *a_next,
                             const float *b_panel, int64_t rs_b, float *c, int64_t ldc, int m, int n,
                             const fc_tile_epilogue *ep);

@@ -65,8 +65,7 @@ static inline __attribute__((always_inline)) void tile(int rows, int64_t k, cons
      * per tile, which shows at a short K (Emerald Rapids, --isa avx2, C harness, 1 thread, two runs:
      * 1024x32x1024 74.4 / 72.6 -> 75.8 / 76.0 GFLOPS, 6272x64x288/tb 82.0 / 82.0 -> 83.1 / 84.8; K of
      * 128 and more level). */
-    if (m == rows && n == NR && ep->alpha == 1.0f && !ep->bias && !ep->relu &&
-        (ep->beta == 0.0f || ep->beta == 1.0f)) {
+    if (m == rows && n == NR && fc_epilogue_is_plain(ep)) {
         const int add = ep->beta != 0.0f;
         #pragma GCC unroll 6
         for (int i = 0; i < MR; i++) {

@@ -103,7 +103,7 @@ static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs
      * GFLOPS, now 153 / 174 / 183 / 190 (with the k >= 1 hint in tile()); C harness, 1 thread:
      * 1024x32x1024 127.1 -> 132.9, 6272x64x288/tb 149.4 -> 155.0, 6272x288x64 172.4 -> 176.2, squares
      * level. */
-    const int plain = ep->alpha == 1.0f && !ep->bias && !ep->relu && (ep->beta == 0.0f || ep->beta == 1.0f);
+    const int plain = fc_epilogue_is_plain(ep);
     /* A partial tile runs only its rows, rounded up to even (the row past m is readable, by the
      * contract): a conv's 24-pixel output rows are tiles of 14 and 10 rows, and the 10-row tile
      * takes 10/14 of a full tile's time. */
