@@ -1,6 +1,7 @@
 """Download of data files into a cache directory, verified and written atomically."""
 
 import contextlib
+import hashlib
 import http.client
 import os
 import sys
@@ -26,23 +27,26 @@ def download_timeout():
         raise ValueError(f"FASTCONV_DOWNLOAD_TIMEOUT must be a number of seconds, got {value!r}") from None
 
 
-def fetch(name, mirrors, expected_sha256, cache_dir, timeout, dead_mirrors):
+def fetch(name, mirrors, expected_sha256, cache_dir, timeout, dead_mirrors, *, as_served=False):
     """Download ``<mirror>/<name>.gz`` from the first mirror that serves it intact.
 
     The decompressed content must have sha256 ``expected_sha256``. The file
     lands in ``cache_dir`` under ``name`` (plus ``.gz`` if compressed) only
-    once complete and verified. Mirrors that cannot be reached are added to
-    ``dead_mirrors`` and skipped, so an offline machine pays each timeout once.
+    once complete and verified. With ``as_served``, ``name`` is the whole
+    file name on the mirror (an archive such as CIFAR's, whose published
+    checksum is of the compressed bytes): fetched, checked and kept as is.
+    Mirrors that cannot be reached are added to ``dead_mirrors`` and
+    skipped, so an offline machine pays each timeout once.
     Returns the cached path; raises ``OSError`` listing every attempt if all fail.
     """
     failures = []
     for mirror in mirrors:
-        url = f"{mirror.rstrip('/')}/{name}.gz"
+        url = f"{mirror.rstrip('/')}/{name}" + ("" if as_served else ".gz")
         if mirror in dead_mirrors:
             failures.append(f"{url}: skipped, mirror unreachable earlier")
             continue
         try:
-            return _download_verified(url, name, expected_sha256, Path(cache_dir), timeout)
+            return _download_verified(url, name, expected_sha256, Path(cache_dir), timeout, as_served)
         except urllib.error.HTTPError as error:
             failures.append(f"{url}: HTTP {error.code} {error.reason}")
         except (OSError, http.client.HTTPException) as error:
@@ -55,7 +59,7 @@ def fetch(name, mirrors, expected_sha256, cache_dir, timeout, dead_mirrors):
     raise OSError(f"could not download {name}: " + "; ".join(failures))
 
 
-def _download_verified(url, name, expected_sha256, cache_dir, timeout):
+def _download_verified(url, name, expected_sha256, cache_dir, timeout, as_served=False):
     # The temporary file lives in the cache directory so os.replace is atomic.
     fd, temporary = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}.", suffix=".part")
     try:
@@ -63,12 +67,11 @@ def _download_verified(url, name, expected_sha256, cache_dir, timeout):
             _copy_response(url, out, timeout)
             out.flush()
             os.fsync(out.fileno())
-        actual_sha256 = content_sha256(temporary)
+        actual_sha256 = _file_sha256(temporary) if as_served else content_sha256(temporary)
         if actual_sha256 != expected_sha256:
-            raise ValueError(
-                f"sha256 of the decompressed content is {actual_sha256}, expected {expected_sha256}; discarded"
-            )
-        final = cache_dir / (f"{name}.gz" if is_gzip(temporary) else name)
+            what = "the file" if as_served else "the decompressed content"
+            raise ValueError(f"sha256 of {what} is {actual_sha256}, expected {expected_sha256}; discarded")
+        final = cache_dir / (f"{name}.gz" if is_gzip(temporary) and not as_served else name)
         os.replace(temporary, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -96,6 +99,14 @@ def _copy_response(url, out, timeout):
             progress.finish(received)
     if total is not None and received != total:
         raise OSError(f"connection closed after {received} of {total} bytes")
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync_directory(directory):

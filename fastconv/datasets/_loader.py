@@ -59,7 +59,7 @@ def load_dataset(spec, path=None, download=True):
             return load_npz(npz)
         looked.append(f"{label} {location}: {_describe_incomplete(location, files)}")
 
-    if not download or os.environ.get("FASTCONV_NO_DOWNLOAD", "") not in ("", "0"):
+    if not download_enabled(download):
         looked.append("download: disabled (download=False or FASTCONV_NO_DOWNLOAD set)")
     else:
         try:
@@ -75,6 +75,17 @@ def load_dataset(spec, path=None, download=True):
         f"Put the four IDX files ({', '.join(IDX_NAMES)}, each raw or .gz) or {spec.name}.npz "
         f"into one of these directories, or pass load_data(path=...)."
     )
+
+
+def download_enabled(download):
+    """True unless ``download`` is false or ``$FASTCONV_NO_DOWNLOAD`` is set (to anything but 0)."""
+    return bool(download) and os.environ.get("FASTCONV_NO_DOWNLOAD", "") in ("", "0")
+
+
+def mirrors(spec):
+    """``spec``'s mirrors, or those listed (comma-separated) in ``$FASTCONV_<NAME>_MIRRORS``."""
+    listed = os.environ.get(spec.mirrors_env, "")
+    return [url.strip() for url in listed.split(",") if url.strip()] or list(spec.mirrors)
 
 
 def cache_dir(name):
@@ -165,15 +176,14 @@ def _describe_incomplete(location, files):
 
 def _download_into_cache(spec, cache):
     """Download the IDX files missing from ``cache``; return the complete set."""
-    env_mirrors = os.environ.get(spec.mirrors_env, "")
-    mirrors = [url.strip() for url in env_mirrors.split(",") if url.strip()] or list(spec.mirrors)
+    base_urls = mirrors(spec)
     timeout = _download.download_timeout()
     cache.mkdir(parents=True, exist_ok=True)
     files = _idx_files_in(cache)
     dead_mirrors = set()
     for name in IDX_NAMES:
         if name not in files:
-            files[name] = _download.fetch(name, mirrors, spec.sha256[name], cache, timeout, dead_mirrors)
+            files[name] = _download.fetch(name, base_urls, spec.sha256[name], cache, timeout, dead_mirrors)
     return files
 
 
