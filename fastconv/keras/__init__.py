@@ -9,13 +9,13 @@ Layers run their ops through `keras.backend`: fastconv's C kernels by default, o
 reference with `keras.backend.set_backend("numpy")` or FASTCONV_BACKEND=numpy.
 """
 from fastconv.keras import (
-    activations, backend, callbacks, datasets, initializers, layers, losses, metrics, models, optimizers,
+    activations, backend, callbacks, config, datasets, initializers, layers, losses, metrics, models, optimizers,
     regularizers, utils,
 )
 from fastconv.keras.layers import Input
 from fastconv.keras.models import Model, Sequential, load_model
 
 __all__ = [
-    "Input", "Model", "Sequential", "load_model", "activations", "backend", "callbacks", "datasets",
+    "Input", "Model", "Sequential", "load_model", "activations", "backend", "callbacks", "config", "datasets",
     "initializers", "layers", "losses", "metrics", "models", "optimizers", "regularizers", "utils",
 ]
