@@ -1,4 +1,4 @@
-"""keras.datasets: MNIST and Fashion-MNIST from fastconv.datasets (uint8 arrays, Keras layout)."""
-from fastconv.datasets import fashion_mnist, mnist
+"""keras.datasets: MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 from fastconv.datasets (uint8 arrays, Keras layout)."""
+from fastconv.datasets import cifar10, cifar100, fashion_mnist, mnist
 
-__all__ = ["fashion_mnist", "mnist"]
+__all__ = ["cifar10", "cifar100", "fashion_mnist", "mnist"]
