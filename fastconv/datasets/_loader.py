@@ -1,5 +1,6 @@
 """Finding, validating and loading MNIST-like data sets (IDX files or Keras .npz)."""
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ IDX_NAMES = tuple(name for _, images, labels in SPLITS for name in (images, labe
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
+# The most examples a split of an MNIST-like data set has. Files are refused if their headers declare
+# more, before anything is allocated or decompressed: a small gzip or npz can claim gigabytes.
+MAX_EXAMPLES = {"train": 60000, "test": 10000}
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -94,11 +98,28 @@ def cache_dir(name):
     return Path(root) / "fastconv" / name
 
 
+def max_shapes(split):
+    """The largest (images, labels) shapes a ``split`` of an MNIST-like data set can have."""
+    count = MAX_EXAMPLES[split]
+    return (count,) + IMAGE_SHAPE, (count,)
+
+
+def max_idx_bytes(name):
+    """The largest an IDX file ``name`` of an MNIST-like data set can be, uncompressed."""
+    for split, images_name, labels_name in SPLITS:
+        if name in (images_name, labels_name):
+            shape = max_shapes(split)[0 if name == images_name else 1]
+            return 4 + 4 * len(shape) + math.prod(shape)
+    raise KeyError(name)
+
+
 def load_idx_files(files):
     """Load the four IDX files given as a mapping from IDX file name to path."""
     splits = []
     for split, images_name, labels_name in SPLITS:
-        images, labels = read_idx(files[images_name]), read_idx(files[labels_name])
+        max_images, max_labels = max_shapes(split)
+        images = read_idx(files[images_name], max_shape=max_images)
+        labels = read_idx(files[labels_name], max_shape=max_labels)
         _check_split(images, labels, f"{files[images_name]} and {files[labels_name]}", split)
         splits.append((images, labels))
     return tuple(splits)
@@ -117,7 +138,10 @@ def load_npz(path):
                     f"{path}: missing arrays {', '.join(missing)}; expected keys "
                     f"{', '.join(NPZ_KEYS)}, found {', '.join(archive.files) or 'none'}"
                 )
-            arrays = {key: _npz_array(archive, key, path) for key in NPZ_KEYS}
+            arrays = {}
+            for split, _, _ in SPLITS:
+                for key, max_shape in zip((f"x_{split}", f"y_{split}"), max_shapes(split)):
+                    arrays[key] = _npz_array(archive, key, path, max_shape)
     except (zipfile.BadZipFile, EOFError) as error:
         raise ValueError(f"{path}: corrupt .npz archive ({error})") from error
     splits = []
@@ -128,11 +152,39 @@ def load_npz(path):
     return tuple(splits)
 
 
-def _npz_array(archive, key, path):
+def _npz_array(archive, key, path, max_shape):
+    _check_npy_header(archive, key, path, max_shape)
     try:
         return archive[key]
     except ValueError as error:  # e.g. an object array, refused without pickle
         raise ValueError(f"{path}: cannot load array {key!r}: {error}") from error
+    except MemoryError:
+        raise ValueError(f"{path}: array {key!r} does not fit in memory") from None
+
+
+def _check_npy_header(archive, key, path, max_shape):
+    """Refuse an array whose .npy header claims more bytes than its archive member holds or than an
+    MNIST-like array of ``max_shape`` needs, before numpy allocates room for it."""
+    member = archive.zip.getinfo(f"{key}.npy")
+    with archive.zip.open(member) as stream:
+        try:
+            version = np.lib.format.read_magic(stream)
+            # Versions 2 and 3 share the header layout; 3 only allows UTF-8 field names.
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = reader(stream)
+        except ValueError as error:
+            raise ValueError(f"{path}: array {key!r} has a malformed .npy header ({error})") from error
+        header_bytes = stream.tell()
+    if dtype.hasobject:
+        return  # np.load refuses it without pickle, with its own message
+    claimed = math.prod(shape) * dtype.itemsize
+    limit = math.prod(max_shape)  # MNIST-like arrays are uint8
+    if claimed > member.file_size - header_bytes or claimed > limit:
+        raise ValueError(
+            f"{path}: array {key!r} claims shape {shape} of {dtype} ({claimed} bytes), more than "
+            + (f"the {member.file_size - header_bytes} bytes stored for it"
+               if claimed > member.file_size - header_bytes else f"an MNIST-like {key} can hold (shape {max_shape})")
+        )
 
 
 def _search_locations(spec, path, cache, looked):
@@ -183,8 +235,15 @@ def _download_into_cache(spec, cache):
     dead_mirrors = set()
     for name in IDX_NAMES:
         if name not in files:
-            files[name] = _download.fetch(name, base_urls, spec.sha256[name], cache, timeout, dead_mirrors)
+            files[name] = _download.fetch(name, base_urls, spec.sha256[name], cache, timeout, dead_mirrors,
+                                          max_bytes=_max_download_bytes(max_idx_bytes(name)))
     return files
+
+
+def _max_download_bytes(content_bytes):
+    """The most a download of ``content_bytes`` of content can take: gzip of incompressible data adds a
+    few bytes per deflate block plus its header and trailer."""
+    return content_bytes + content_bytes // 1000 + 4096
 
 
 def _check_split(images, labels, source, split):

@@ -36,25 +36,31 @@ _CHUNK_BYTES = 1 << 20
 _INITIAL_UNKNOWN_BYTES = 1 << 26
 
 
-def read_idx(source):
+def read_idx(source, *, max_shape=None):
     """Read an IDX file into a numpy array in native byte order.
 
     ``source`` is a path or a seekable binary file object (read from its
     current position), holding IDX data raw or gzip-compressed.
     The element type follows the header's type code (0x08 gives uint8).
+    ``max_shape``, if given, is the largest shape the file may declare (same
+    number of dimensions, none larger); a header beyond it is refused before
+    any data is read or decompressed, which bounds a gzip bomb's expansion.
 
     Raises ``ValueError`` naming the file if it is empty, truncated, has
     trailing bytes, a bad magic number, an unsupported type code, an
-    implausible number of dimensions or size, or corrupt gzip data.
+    implausible number of dimensions or size, a shape beyond ``max_shape``,
+    or corrupt gzip data.
     """
+    if max_shape is not None:
+        max_shape = tuple(int(size) for size in max_shape)
     if isinstance(source, (str, bytes, os.PathLike)):
         with open(source, "rb") as file:
-            return _read_idx_file(file, os.fsdecode(source))
+            return _read_idx_file(file, os.fsdecode(source), max_shape)
     if not all(hasattr(source, method) for method in ("read", "seek", "tell")):
         raise TypeError(
             f"read_idx expects a path or a seekable binary file object, got {type(source).__name__}"
         )
-    return _read_idx_file(source, str(getattr(source, "name", repr(source))))
+    return _read_idx_file(source, str(getattr(source, "name", repr(source))), max_shape)
 
 
 def is_gzip(path):
@@ -73,7 +79,7 @@ def content_sha256(path):
     return digest.hexdigest()
 
 
-def _read_idx_file(file, name):
+def _read_idx_file(file, name, max_shape):
     if not file.seekable():
         raise TypeError(f"{name}: read_idx needs a seekable file object")
     start = file.tell()
@@ -83,17 +89,17 @@ def _read_idx_file(file, name):
     file.seek(start)
     if magic == GZIP_MAGIC:
         with _gzip_errors_as_value_error(name), gzip.GzipFile(fileobj=file, mode="rb") as stream:
-            return _parse_idx(stream, name, available_bytes=None)
+            return _parse_idx(stream, name, None, max_shape)
     # Uncompressed: the size is usually known up front, so bad sizes fail before reading.
     try:
         available_bytes = file.seek(0, os.SEEK_END) - start
     except (OSError, ValueError):  # e.g. a GzipFile cannot seek from the end
         available_bytes = None
     file.seek(start)
-    return _parse_idx(file, name, available_bytes)
+    return _parse_idx(file, name, available_bytes, max_shape)
 
 
-def _parse_idx(stream, name, available_bytes):
+def _parse_idx(stream, name, available_bytes, max_shape):
     """Parse IDX data from ``stream``; ``available_bytes`` is its size when known."""
     magic = _read_up_to(stream, 4)
     if not magic:
@@ -116,6 +122,10 @@ def _parse_idx(stream, name, available_bytes):
     if len(dims) < 4 * ndim:
         raise ValueError(f"{name}: truncated IDX header: {ndim} dimensions declared, file ends inside them")
     shape = tuple(int.from_bytes(dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
+    if max_shape is not None and (len(shape) != len(max_shape) or any(map(int.__gt__, shape, max_shape))):
+        raise ValueError(
+            f"{name}: IDX header declares shape {shape}; this file may hold at most shape {max_shape}"
+        )
     dtype = IDX_DTYPES[type_code]
     payload_bytes = math.prod(shape) * dtype.itemsize  # Python ints: cannot overflow
     if payload_bytes > MAX_PAYLOAD_BYTES:
