@@ -1,4 +1,4 @@
-"""The `fastconv` command: train, evaluate and predict with MNIST models, and run the benchmarks.
+"""The `fastconv` command: train, evaluate and predict with MNIST/CIFAR-10 models, and run the benchmarks.
 
 Errors a user can cause (bad options, missing or corrupt files, wrong image sizes) end in a one-line
 message and a non-zero exit, never a traceback.
@@ -11,16 +11,18 @@ import time
 
 import numpy as np
 
-from fastconv.augment import random_shift_rotate
+from fastconv.datasets.cifar10 import CLASS_NAMES as CIFAR10_CLASS_NAMES
 from fastconv.keras.callbacks import Callback
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
 CLASS_NAMES = {
     "mnist": [str(d) for d in range(10)],
     "fashion_mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"],
+    "cifar10": list(CIFAR10_CLASS_NAMES),
 }
+DEFAULT_MODEL = {"mnist": "seed", "fashion_mnist": "seed", "cifar10": "cifar"}
 
 
 class UserError(Exception):
@@ -29,6 +31,10 @@ class UserError(Exception):
 
 def load_dataset(name):
     from fastconv import datasets
+    if name == "cifar10":
+        (x_train, y_train), (x_test, y_test) = datasets.cifar10.load_data()
+        # Already (N, 32, 32, 3); Keras' (N, 1) labels flattened (views) for the accuracy and confusion matrix.
+        return (x_train, y_train.reshape(-1)), (x_test, y_test.reshape(-1))
     module = {"mnist": datasets.mnist, "fashion_mnist": datasets.fashion_mnist}[name]
     (x_train, y_train), (x_test, y_test) = module.load_data()
     # Keep uint8; add the channel axis as a view (no copy).
@@ -87,24 +93,27 @@ class EpochReport(Callback):
 
 
 class Augmenter(Callback):
-    """Writes a new random shift/rotation of every training image into the array `fit` reads."""
+    """Writes a new random variant (`augmentation(images, rng)`, e.g. a shift and rotation) of every
+    training image into the array `fit` reads."""
 
-    def __init__(self, originals, training_array, rng):
+    def __init__(self, originals, training_array, rng, augmentation):
         super().__init__()
         self.originals, self.training_array, self.rng = originals, training_array, rng
+        self.augmentation = augmentation
 
     chunk = 4096  # images per call: the sampling grids of all 60,000 at once would take ~2 GB
 
     def on_epoch_begin(self, epoch, logs=None):
         for start in range(0, len(self.originals), self.chunk):
             stop = start + self.chunk
-            self.training_array[start:stop] = random_shift_rotate(self.originals[start:stop], self.rng)
+            self.training_array[start:stop] = self.augmentation(self.originals[start:stop], self.rng)
 
 
 def cmd_train(args):
     from fastconv import keras, recipes, set_num_threads
 
-    recipe = recipes.RECIPES[args.model]
+    model_name = args.model or DEFAULT_MODEL[args.dataset]
+    recipe = recipes.RECIPES[model_name]
     if args.plot:
         from fastconv.plotting import require_matplotlib
         require_matplotlib()
@@ -117,13 +126,17 @@ def cmd_train(args):
     batch_size = args.batch_size or recipe.batch_size
     learning_rate = args.lr or recipe.learning_rate
     augment = recipe.augment if args.augment is None else args.augment
-    save_path = args.save or f"{args.model}-{args.dataset}.fastconv"
+    save_path = args.save or f"{model_name}-{args.dataset}.fastconv"
 
     (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset)
+    if tuple(x_train.shape[1:]) != tuple(recipe.input_shape):
+        suitable = ", ".join(name for name, other in recipes.RECIPES.items() if other.input_shape == x_train.shape[1:])
+        raise UserError(f"model {model_name} takes {'x'.join(map(str, recipe.input_shape))} images, dataset "
+                        f"{args.dataset} has {'x'.join(map(str, x_train.shape[1:]))}; choose --model {suitable}")
     if args.train_size:
         x_train, y_train = x_train[:args.train_size], y_train[:args.train_size]
     model = recipe.compiled_model(args.optimizer, learning_rate)
-    print(f"fastconv train: model {args.model} ({recipe.description}), dataset {args.dataset} "
+    print(f"fastconv train: model {model_name} ({recipe.description}), dataset {args.dataset} "
           f"({len(x_train)} train / {len(x_test)} test), {epochs} epochs, batch {batch_size}, "
           f"{args.optimizer or recipe.optimizer} lr {learning_rate:g}, augment {'on' if augment else 'off'}, "
           f"backend {args.backend}", flush=True)
@@ -136,8 +149,8 @@ def cmd_train(args):
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch, lr: learning_rate * recipe.decay_per_epoch ** epoch))
     if augment:
-        x_fit = x_train.copy()  # refilled with freshly shifted/rotated digits before every epoch
-        callbacks.append(Augmenter(x_train, x_fit, np.random.default_rng(args.seed)))
+        x_fit = x_train.copy()  # refilled with freshly augmented images before every epoch
+        callbacks.append(Augmenter(x_train, x_fit, np.random.default_rng(args.seed), recipe.augmentation))
     else:
         x_fit = x_train
     previous_handler = signal.signal(signal.SIGINT, report.request_stop)
@@ -209,16 +222,18 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="fastconv", description="Train and run CNNs on the CPU with fastconv.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train an MNIST model")
+    train = commands.add_parser("train", help="train a model on MNIST, Fashion-MNIST or CIFAR-10")
     train.add_argument("--dataset", choices=DATASETS, default="mnist")
-    train.add_argument("--model", choices=list(RECIPES), default="seed")
+    train.add_argument("--model", choices=list(RECIPES),
+                       help="default: seed for MNIST and Fashion-MNIST, cifar for CIFAR-10")
     train.add_argument("--epochs", type=positive_int)
     train.add_argument("--batch-size", type=positive_int)
     train.add_argument("--optimizer", help="sgd, adam, adamw, nadam, rmsprop, adagrad or adadelta (default: the model's)")
     train.add_argument("--lr", type=positive_float, help="learning rate (default: the model's)")
     train.add_argument("--threads", type=positive_int)
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                       help="random shifts and rotations of the training images (default: the model's)")
+                       help="random variants of the training images: shifts and rotations of digits, "
+                            "flips and shifts for the cifar model (default: the model's)")
     train.add_argument("--backend", choices=("fastconv", "numpy"), default=os.environ.get("FASTCONV_BACKEND", "fastconv"))
     train.add_argument("--save", metavar="PATH", help="where to save the model (default: MODEL-DATASET.fastconv)")
     train.add_argument("--plot", metavar="PATH", help="write a PNG of the curves, confusion matrix and filters")

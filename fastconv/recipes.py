@@ -1,11 +1,14 @@
-"""The MNIST models of the `fastconv train` command, written with the Keras API.
+"""The models of the `fastconv train` command (MNIST-like and CIFAR-10), written with the Keras API.
 
-Every model takes uint8 images (N, 28, 28, 1) and rescales them itself, so datasets stay uint8 in
-memory and are converted to float32 one batch at a time.
+Every model takes uint8 images ((N, 28, 28, 1) digits, (N, 32, 32, 3) CIFAR-10) and rescales them
+itself, so datasets stay uint8 in memory and are converted to float32 one batch at a time.
 """
 from dataclasses import dataclass
 
+import numpy as np
+
 from fastconv import keras
+from fastconv.augment import random_shift_rotate
 from fastconv.keras import layers
 
 
@@ -20,6 +23,8 @@ class Recipe:
     epochs: int
     augment: bool = False
     decay_per_epoch: float = 1.0  # learning rate multiplied by this after every epoch
+    input_shape: tuple = (28, 28, 1)  # of one uint8 image
+    augmentation: object = random_shift_rotate  # (uint8 images, rng) -> a new random variant of each
 
     def compiled_model(self, optimizer=None, learning_rate=None):
         """The model, compiled for sparse labels with the recipe's optimizer (or `optimizer`, a name)."""
@@ -30,8 +35,8 @@ class Recipe:
         return model
 
 
-def _inputs():
-    return [keras.Input(shape=(28, 28, 1)), layers.Rescaling(1.0 / 255)]
+def _inputs(shape=(28, 28, 1)):
+    return [keras.Input(shape=shape), layers.Rescaling(1.0 / 255)]
 
 
 def seed():
@@ -96,6 +101,28 @@ def best():
                                layers.Dropout(0.4), layers.Dense(10, activation="softmax")], name="best")
 
 
+def cifar():
+    """Three VGG-style blocks of two batch-normalised 3x3 convolutions (32, 64, 128 filters)."""
+    blocks = []
+    for filters in (32, 64, 128):
+        blocks += _conv_bn_relu(filters) + _conv_bn_relu(filters) + [layers.MaxPooling2D(2)]
+    return keras.Sequential(_inputs((32, 32, 3)) + blocks + [
+        layers.Flatten(), layers.Dropout(0.3), layers.Dense(10, activation="softmax")], name="cifar")
+
+
+def random_flip_translate(images, rng, max_shift=4):
+    """A copy of uint8 NHWC `images`, each mirrored left-right with probability 1/2 and moved by up to
+    `max_shift` pixels per axis, the uncovered border filled by reflection (the usual CIFAR-10 scheme)."""
+    images = np.asarray(images)
+    n, h, w = images.shape[:3]
+    flipped = np.where(rng.random(n)[:, None, None, None] < 0.5, images[:, :, ::-1], images)
+    padded = np.pad(flipped, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="reflect")
+    tops, lefts = rng.integers(0, 2 * max_shift + 1, size=(2, n))
+    rows = tops[:, None] + np.arange(h)[None, :]
+    cols = lefts[:, None] + np.arange(w)[None, :]
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
 RECIPES = {
     "seed": Recipe("conv32(same)-pool-conv64(same)-pool-dense128-dense10", seed, "adam", 1e-3, 64, 3),
     "keras-cnn": Recipe("the Keras mnist_cnn example (conv32-conv64-pool-dropout-dense128-dropout)", keras_cnn,
@@ -104,4 +131,7 @@ RECIPES = {
     "mlp": Recipe("two hidden layers of 512 with dropout", mlp, "adam", 1e-3, 128, 10),
     "best": Recipe("batch-normalised conv net, augmentation, decaying learning rate", best, "adam", 2e-3, 64, 12,
                    augment=True, decay_per_epoch=0.75),
+    "cifar": Recipe("CIFAR-10: three blocks of two batch-normalised convolutions (32, 64, 128), flips and shifts",
+                    cifar, "adam", 1e-3, 64, 20, augment=True, decay_per_epoch=0.9, input_shape=(32, 32, 3),
+                    augmentation=random_flip_translate),
 }
