@@ -398,6 +398,15 @@ def test_corrupt_download_rejected_and_leaves_nothing(mirror, monkeypatch):
     assert list(cifar10_cache().iterdir()) == []
 
 
+def test_download_cut_off_beyond_the_archive_size(mirror, monkeypatch):
+    base, _, _ = mirror
+    monkeypatch.setenv("FASTCONV_CIFAR10_MIRRORS", f"{base}/good/")
+    monkeypatch.setattr(cifar10, "ARCHIVE_BYTES", 1000)  # the served archive is tens of kilobytes
+    with pytest.raises(FileNotFoundError, match=r"announces \d+ bytes, more than the 1000"):
+        cifar10.load_data()
+    assert list(cifar10_cache().iterdir()) == []
+
+
 def test_corrupt_mirror_falls_back_to_the_next(mirror, monkeypatch):
     base, members, requests = mirror
     monkeypatch.setenv("FASTCONV_CIFAR10_MIRRORS", f"{base}/bad/,{base}/missing/,{base}/good/")

@@ -13,14 +13,19 @@ file size, the JSON structure, that the arrays exactly fill the rest of the file
 names only known layer classes and asks for no more weights than the file holds, and that each array
 matches its layer's weight. Arrays are read as raw numbers (numpy.frombuffer), so a file can never run
 code. Writes go to a temporary file in the same directory, are fsynced, then os.replace'd over the
-target, so a crash mid-save leaves the previous file intact.
+target, so a crash mid-save leaves the previous file intact. Saving over a symlink rewrites the file it
+points to, an existing file keeps its permissions, and temporaries left by killed saves of the same
+target are removed.
 """
+import contextlib
 import json
 import os
+import stat
 import struct
-import tempfile
 
 import numpy as np
+
+from fastconv._tempfiles import locked_temporary, remove_abandoned
 
 MAGIC = b"\x89FCKERAS"
 VERSION = 1
@@ -32,22 +37,15 @@ _DTYPES = ("<f4", "<f8")
 # ----- writing -----
 def _atomic_write(path, chunks):
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            for chunk in chunks:
-                file.write(chunk)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException as error:
-        os.unlink(temporary)
-        if isinstance(error, OSError):  # e.g. a full disk: say which file, and that nothing was lost
-            message = f"could not save {path}: {error.strerror or error}; the previous file, if any, is unchanged"
-            raise (OSError(error.errno, message) if error.errno is not None else OSError(message)) from error
-        raise
+    # Like an editor: a symlink keeps pointing at the file it names, which is the one rewritten, and
+    # the rewritten file keeps its permissions.
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
+    prefix = f".{os.path.basename(target)}."
+    remove_abandoned(directory, prefix, ".tmp")  # left by saves that were killed
+    mode = _mode_for(target)
+    with locked_temporary(directory, prefix, ".tmp") as (fd, temporary):
+        _write_and_replace(fd, temporary, target, path, chunks, mode)
     try:  # make the rename itself durable; not every platform can open a directory
         dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -60,11 +58,46 @@ def _atomic_write(path, chunks):
         os.close(dir_fd)
 
 
+def _mode_for(target):
+    """The permission bits for ``target``: those it has, or for a new file 0o666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask():
+    # os.umask can only be read by setting it, which would race with other threads creating files.
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    return 0o022
+
+
+def _write_and_replace(fd, temporary, target, path, chunks, mode):
+    try:
+        with os.fdopen(fd, "wb") as file:
+            for chunk in chunks:
+                file.write(chunk)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    except BaseException as error:
+        os.unlink(temporary)
+        if isinstance(error, OSError):  # e.g. a full disk: say which file, and that nothing was lost
+            message = f"could not save {path}: {error.strerror or error}; the previous file, if any, is unchanged"
+            raise (OSError(error.errno, message) if error.errno is not None else OSError(message)) from error
+        raise
+
+
 def _write(path, kind, model_config, compile_config, variables):
     arrays = [np.ascontiguousarray(v.value, dtype=v.value.dtype.newbyteorder("<")) for v in variables]
     header = {
         "kind": kind, "model": model_config, "compile": compile_config,
-        "weights": [{"name": v.name, "shape": list(a.shape), "dtype": a.dtype.str} for v, a in zip(variables, arrays)],
+        "weights": [{"name": v.path, "shape": list(a.shape), "dtype": a.dtype.str} for v, a in zip(variables, arrays)],
     }
     header_bytes = json.dumps(header).encode("utf-8")
     chunks = [_PREFIX.pack(MAGIC, VERSION, len(header_bytes)), header_bytes] + [memoryview(a).cast("B") for a in arrays]
