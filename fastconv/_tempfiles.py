@@ -42,7 +42,10 @@ def remove_abandoned(directory, prefix, suffix):
         return removed
     now = time.time()
     for name in names:
-        if not (name.startswith(prefix) and name.endswith(suffix)) or len(name) <= len(prefix) + len(suffix):
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        random_part = name[len(prefix):len(name) - len(suffix)]
+        if not random_part or "." in random_part:  # another target's, e.g. ".a.b.x1y2.tmp" for prefix ".a."
             continue
         path = os.path.join(directory, name)
         with contextlib.suppress(OSError):

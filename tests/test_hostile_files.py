@@ -249,3 +249,88 @@ def test_importing_fastconv_does_not_load_the_network_stack():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- saving models: permissions, symlinks, leftovers of killed saves -------------------
+
+
+def small_model():
+    from fastconv import keras
+    model = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
+    model.build((None, 3))
+    return model
+
+
+def test_resaving_keeps_the_file_mode(tmp_path):
+    path = tmp_path / "private.fastconv"
+    model = small_model()
+    model.save(path)
+    os.chmod(path, 0o600)
+    model.save(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    os.chmod(path, 0o664)
+    model.save_weights(path)
+    assert path.stat().st_mode & 0o777 == 0o664
+
+
+def test_a_new_file_gets_the_umask_mode(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        small_model().save(tmp_path / "new.fastconv")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "new.fastconv").stat().st_mode & 0o777 == 0o640
+
+
+def test_saving_over_a_symlink_rewrites_the_file_it_points_to(tmp_path):
+    from fastconv import keras
+    real_dir = tmp_path / "runs"
+    real_dir.mkdir()
+    real = real_dir / "model-v1.fastconv"
+    link = tmp_path / "latest.fastconv"
+    model = small_model()
+    model.save(real)
+    link.symlink_to(real)
+    model.layers[-1].kernel.assign(np.full((3, 2), 7, np.float32))
+    model.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    np.testing.assert_array_equal(keras.models.load_model(real).layers[-1].get_weights()[0], 7)
+    assert sorted(os.listdir(tmp_path)) == ["latest.fastconv", "runs"]
+    assert os.listdir(real_dir) == ["model-v1.fastconv"]
+
+
+def test_a_save_removes_temporaries_of_killed_saves_of_the_same_target(tmp_path):
+    path = tmp_path / "m.fastconv"
+    an_hour_ago = time.time() - 3600
+    left_over = tmp_path / ".m.fastconv.ab12cd34.tmp"
+    other_target = tmp_path / ".m.fastconv.v2.ab12cd34.tmp"  # a temporary of "m.fastconv.v2"
+    for leftover in (left_over, other_target):
+        leftover.write_bytes(b"half a model")
+        os.utime(leftover, (an_hour_ago, an_hour_ago))
+    small_model().save(path)
+    assert not left_over.exists()
+    assert other_target.exists()
+    assert sorted(os.listdir(tmp_path)) == sorted([path.name, other_target.name])
+
+
+def test_a_killed_save_leaves_a_temporary_that_the_next_save_removes(tmp_path):
+    """SIGKILL in the middle of writing (the writer is stopped inside its write call)."""
+    path = tmp_path / "m.fastconv"
+    code = (
+        "import os, sys, signal\n"
+        "from fastconv import keras\n"
+        "model = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)]); model.build((None, 3))\n"
+        "def chunks():\n"
+        "    yield b'partial'\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from fastconv.keras import saving\n"
+        "saving._atomic_write(sys.argv[1], chunks())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=60)
+    assert result.returncode == -9
+    leftovers = [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+    assert len(leftovers) == 1 and not path.exists()
+    an_hour_ago = time.time() - 3600
+    os.utime(tmp_path / leftovers[0], (an_hour_ago, an_hour_ago))
+    small_model().save(path)
+    assert os.listdir(tmp_path) == [path.name]
