@@ -108,3 +108,11 @@ def _check_isa_environment():
 
 _check_isa_environment()
 _KEEPS_FREED_MEMORY = _keep_freed_memory()
+
+
+def __getattr__(name):
+    # The autodiff API lives with keras.ops; importing it lazily keeps `import fastconv` light.
+    if name in ("GradientTape", "value_and_grad"):
+        from fastconv.keras import autodiff
+        return getattr(autodiff, name)
+    raise AttributeError(f"module 'fastconv' has no attribute {name!r}")

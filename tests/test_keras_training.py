@@ -93,11 +93,9 @@ def test_label_shape_errors_name_the_problem():
 
 # ----- optimizers -----
 def _one_step(optimizer, w, g, steps=1):
-    from fastconv.keras.layers.base import Variable
-    variable = Variable("w", w.copy())
+    variable = keras.Variable(w.copy(), dtype=w.dtype, name="w")
     for _ in range(steps):
-        variable.grad = g.copy()
-        optimizer.apply([variable])
+        optimizer.apply([g.copy()], [variable])
     return variable.value
 
 

@@ -12,10 +12,14 @@ from fastconv.keras import (
     activations, backend, callbacks, config, datasets, initializers, layers, losses, metrics, models, optimizers,
     regularizers, utils,
 )
-from fastconv.keras.layers import Input
+from fastconv.keras import ops  # noqa: E402  (after layers: ops installs the Variable/Tensor operators)
+from fastconv.keras.autodiff import GradientTape, value_and_grad
+from fastconv.keras.layers import Input, Layer
 from fastconv.keras.models import Model, Sequential, load_model
+from fastconv.keras.variables import Variable
 
 __all__ = [
-    "Input", "Model", "Sequential", "load_model", "activations", "backend", "callbacks", "config", "datasets",
+    "GradientTape", "Input", "Layer", "Model", "Sequential", "Variable", "load_model", "ops", "value_and_grad",
+    "activations", "backend", "callbacks", "config", "datasets",
     "initializers", "layers", "losses", "metrics", "models", "optimizers", "regularizers", "utils",
 ]

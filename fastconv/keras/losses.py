@@ -8,7 +8,7 @@ per-sample values like Keras.
 """
 import numpy as np
 
-from fastconv.keras import activations
+from fastconv.keras import activations, autodiff, backend
 
 EPSILON = 1e-7  # Keras' backend epsilon: probabilities are clipped to [EPSILON, 1 - EPSILON]
 
@@ -31,9 +31,28 @@ class Loss:
         if name is not None:
             self.name = name
 
-    def __call__(self, y_true, y_pred):
-        y_pred = np.asarray(y_pred)
-        return float(np.mean(self.per_sample(self.prepare_targets(y_true, y_pred.shape, y_pred.dtype), y_pred)))
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """The batch loss: the mean of the per-sample losses (each scaled by sample_weight when given),
+        Keras' "sum_over_batch_size". Differentiable with respect to y_pred under a GradientTape."""
+        pred = np.asarray(autodiff.unwrap(y_pred))
+        if pred.dtype.kind != "f":
+            pred = pred.astype(backend.floatx())
+        target = self.prepare_targets(autodiff.unwrap(y_true), pred.shape, pred.dtype)
+        per_sample = self.per_sample(target, pred)
+        weights = None
+        if sample_weight is not None:
+            weights = np.asarray(autodiff.unwrap(sample_weight), dtype=per_sample.dtype)
+            weights = np.broadcast_to(weights.reshape(weights.shape + (1,) * (per_sample.ndim - weights.ndim)),
+                                      per_sample.shape)
+            per_sample = per_sample * weights
+        value = np.asarray(np.mean(per_sample), dtype=pred.dtype)
+
+        def vjp(g):
+            grad = self.gradient(target, pred)
+            if weights is not None:
+                grad = grad * weights.reshape(weights.shape + (1,) * (grad.ndim - weights.ndim))
+            return (grad * g,)
+        return autodiff.record(value, (y_pred,), vjp)
 
     def check_target_shape(self, y_shape, pred_shape):
         """Raise a ValueError saying why labels of y_shape do not fit predictions of pred_shape."""
@@ -53,10 +72,24 @@ class Loss:
         return ""
 
     def per_sample(self, y_true, y_pred):
-        raise NotImplementedError
+        """The loss of each sample (the last axis reduced). A Loss subclass written Keras' way
+        defines call(y_true, y_pred) with keras.ops instead."""
+        if type(self).call is Loss.call:
+            raise NotImplementedError(f"loss {type(self).__name__} must define call(y_true, y_pred)")
+        return np.asarray(autodiff.unwrap(self.call(y_true, y_pred)))
 
     def gradient(self, y_true, y_pred):
-        raise NotImplementedError
+        """d(mean of per_sample)/d(y_pred); for a call-based loss, from a GradientTape."""
+        pred = np.array(y_pred)
+        with autodiff.GradientTape() as tape:
+            tape.watch(pred)
+            per_sample = self.call(y_true, pred)
+        return tape.gradient(per_sample, pred, output_gradients=np.full(np.shape(autodiff.unwrap(per_sample)),
+                                                                        1 / max(np.size(autodiff.unwrap(per_sample)), 1),
+                                                                        pred.dtype), unconnected_gradients="zero")
+
+    def call(self, y_true, y_pred):
+        raise NotImplementedError(f"loss {type(self).__name__} must define call(y_true, y_pred)")
 
     def fused(self, y_true, logits, activation):
         """(per_sample, dLoss/dlogits) when the output came out of `activation`, or None if not fusable."""
@@ -219,10 +252,31 @@ class MeanAbsoluteError(Loss):
 
 
 def _values(loss, y_true, y_pred):
-    y_pred = np.asarray(y_pred)
-    if y_pred.dtype.kind != "f":
-        y_pred = y_pred.astype(np.float32)
-    return loss.per_sample(loss.prepare_targets(y_true, y_pred.shape, y_pred.dtype), y_pred)
+    """Per-sample losses, differentiable with respect to y_pred under a GradientTape."""
+    pred = np.asarray(autodiff.unwrap(y_pred))
+    if pred.dtype.kind != "f":
+        pred = pred.astype(np.float32)
+    target = loss.prepare_targets(autodiff.unwrap(y_true), pred.shape, pred.dtype)
+    per_sample = loss.per_sample(target, pred)
+    count = max(per_sample.size, 1)
+    # gradient() is that of the mean over the per-sample values: scale by their count.
+    return autodiff.record(per_sample, (y_pred,),
+                           lambda g: (loss.gradient(target, pred) * (count * g.reshape(per_sample.shape + (1,))),))
+
+
+class LossFunctionWrapper(Loss):
+    """A loss from a function fn(y_true, y_pred) -> per-sample values, written with keras.ops."""
+
+    def __init__(self, fn, name=None, **kwargs):
+        super().__init__(name=name or getattr(fn, "__name__", "loss"), **kwargs)
+        self.fn = fn
+
+    def prepare_targets(self, y_true, pred_shape, dtype):
+        y = np.asarray(y_true)
+        return y.astype(dtype, copy=False) if y.dtype.kind in "biuf" and y.dtype != dtype else y
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
 
 
 def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0):
@@ -280,9 +334,8 @@ def get(identifier):
         if not isinstance(config, dict):
             raise ValueError(f"loss config must be a dict, got {config!r}")
         return LOSS_CLASSES[identifier["class_name"]](**config)
-    if callable(identifier):
-        raise ValueError(f"loss {identifier!r} has no known gradient; use a built-in loss or subclass "
-                         "keras.losses.Loss and implement per_sample and gradient")
+    if callable(identifier) and not isinstance(identifier, type):
+        return LossFunctionWrapper(identifier)
     raise ValueError(f"unknown loss {identifier!r}; expected one of {', '.join(_BY_NAME)}")
 
 

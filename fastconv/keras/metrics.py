@@ -1,4 +1,5 @@
-"""Metrics: per-sample values that the trainer averages over an epoch.
+"""Metrics: per-sample values that the trainer averages over an epoch, and Keras' stateful metric
+objects (`update_state`, `result`, `reset_state`) for custom training steps and loops.
 
 A metric sees the targets after the loss prepared them (always shaped like the predictions; sparse
 labels arrive one-hot), so "accuracy" only has to choose between the binary (threshold 0.5) and the
@@ -6,7 +7,7 @@ categorical (argmax) form, as Keras does from the loss and the output shape.
 """
 import numpy as np
 
-from fastconv.keras import losses
+from fastconv.keras import autodiff, losses
 
 
 def binary_accuracy(y_true, y_pred, threshold=0.5):
@@ -25,14 +26,110 @@ def top_k_categorical_accuracy(y_true, y_pred, k=5):
 
 
 class Metric:
-    """A named per-sample function; `values(y_true, y_pred)` returns one number per sample."""
+    """A named per-sample function; `values(y_true, y_pred)` returns one number per sample.
 
-    def __init__(self, name, fn):
+    As a Keras metric object it also keeps a running, sample-weighted mean: `update_state(y_true,
+    y_pred, sample_weight=None)`, `result()`, `reset_state()`. Integer class labels are turned
+    one-hot first when the predictions have a class axis (sparse metrics, or a compiled sparse loss).
+    """
+
+    def __init__(self, name, fn, target_loss=None):
         self.name = name
         self.fn = fn
+        self.target_loss = target_loss  # the compiled loss whose prepare_targets shapes y_true
+        self.reset_state()
 
     def values(self, y_true, y_pred):
         return self.fn(y_true, y_pred)
+
+    def _targets(self, y_true, y_pred):
+        y_true = np.asarray(y_true)
+        if self.target_loss is not None:
+            return self.target_loss.prepare_targets(y_true, y_pred.shape, y_pred.dtype)
+        if y_true.shape != y_pred.shape and y_pred.ndim >= 1 and y_pred.shape[-1] > 1 and \
+                y_true.dtype.kind in "biuf" and y_true.size * y_pred.shape[-1] == y_pred.size:
+            labels = y_true.reshape(y_pred.shape[:-1]).astype(np.int64)
+            return (labels[..., None] == np.arange(y_pred.shape[-1])).astype(y_pred.dtype)
+        return y_true.reshape(y_pred.shape) if y_true.size == y_pred.size else y_true
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = np.asarray(autodiff.unwrap(y_pred))
+        values = np.asarray(self.values(self._targets(autodiff.unwrap(y_true), y_pred), y_pred), np.float64)
+        values = values.reshape(len(values), -1).mean(axis=1) if values.ndim > 1 else values.reshape(-1)
+        if sample_weight is None:
+            self._total += float(values.sum())
+            self._count += values.size
+        else:
+            weights = np.broadcast_to(np.asarray(autodiff.unwrap(sample_weight), np.float64).reshape(-1),
+                                      values.shape)
+            self._total += float((values * weights).sum())
+            self._count += float(weights.sum())
+
+    def result(self):
+        return np.float32(self._total / self._count) if self._count else np.float32(0.0)
+
+    def reset_state(self):
+        self._total, self._count = 0.0, 0
+
+    reset_states = reset_state  # the Keras 2 name
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """The metric of this batch alone (the running state is left as it was)."""
+        total, count = self._total, self._count
+        self.reset_state()
+        self.update_state(y_true, y_pred, sample_weight)
+        result = self.result()
+        self._total, self._count = total, count
+        return result
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+class Mean(Metric):
+    """keras.metrics.Mean: the running (weighted) mean of the values given to update_state."""
+
+    def __init__(self, name="mean", dtype=None):
+        super().__init__(name, None)
+
+    def update_state(self, values, sample_weight=None):
+        values = np.asarray(autodiff.unwrap(values), np.float64).reshape(-1)
+        if sample_weight is None:
+            self._total += float(values.sum())
+            self._count += values.size
+        else:
+            weights = np.broadcast_to(np.asarray(autodiff.unwrap(sample_weight), np.float64).reshape(-1),
+                                      values.shape)
+            self._total += float((values * weights).sum())
+            self._count += float(weights.sum())
+
+
+class Sum(Mean):
+    """keras.metrics.Sum: the running sum of the values given to update_state."""
+
+    def __init__(self, name="sum", dtype=None):
+        super().__init__(name)
+
+    def result(self):
+        return np.float32(self._total)
+
+
+class MeanMetricWrapper(Metric):
+    """keras.metrics.MeanMetricWrapper(fn, name): the running mean of fn(y_true, y_pred) per sample."""
+
+    def __init__(self, fn, name=None, dtype=None, **kwargs):
+        super().__init__(name or getattr(fn, "__name__", "metric"), lambda y_true, y_pred: np.asarray(
+            autodiff.unwrap(fn(y_true, y_pred, **kwargs))))
+
+
+class MeanSquaredError(Metric):
+    def __init__(self, name="mean_squared_error", dtype=None):
+        super().__init__(name, lambda y_true, y_pred: ((y_pred - y_true) ** 2).mean(axis=-1))
+
+
+class MeanAbsoluteError(Metric):
+    def __init__(self, name="mean_absolute_error", dtype=None):
+        super().__init__(name, lambda y_true, y_pred: np.abs(y_pred - y_true).mean(axis=-1))
 
 
 class CategoricalAccuracy(Metric):
@@ -80,8 +177,8 @@ class BinaryAccuracy(Metric):
 class Accuracy(Metric):
     """Keras' "accuracy": binary for one-unit outputs or a binary cross-entropy loss, else categorical."""
 
-    def __init__(self, name, loss):
-        super().__init__(name, None)
+    def __init__(self, name="accuracy", loss=None):
+        super().__init__(name, None, target_loss=loss)
         self.binary_loss = isinstance(loss, losses.BinaryCrossentropy)
 
     def values(self, y_true, y_pred):
@@ -102,20 +199,22 @@ _FUNCTIONS = {
 def get(identifier, loss):
     """A Metric from a name ("accuracy", "acc", "binary_accuracy", "mse", ...) given the compiled loss."""
     if isinstance(identifier, Metric):
+        if identifier.target_loss is None and loss is not None:
+            identifier.target_loss = loss
         return identifier
     if identifier in (binary_accuracy, categorical_accuracy):
-        return Metric(identifier.__name__, identifier)
+        return Metric(identifier.__name__, identifier, target_loss=loss)
     if isinstance(identifier, str):
         name = identifier.lower()
         if name in ("accuracy", "acc"):
             return Accuracy(identifier, loss)
         if name in _FUNCTIONS:
-            return Metric(identifier, _FUNCTIONS[name])
+            return Metric(identifier, _FUNCTIONS[name], target_loss=loss)
         try:
             metric_loss = losses.get(name)
         except ValueError:
             pass
         else:
-            return Metric(identifier, metric_loss.per_sample)
+            return Metric(identifier, metric_loss.per_sample, target_loss=loss)
     raise ValueError(f"unknown metric {identifier!r}; expected 'accuracy', 'acc', "
                      f"{', '.join(repr(n) for n in _FUNCTIONS)} or a loss name such as 'mse'")

@@ -5,8 +5,10 @@ summary and configuration. Training, evaluation and prediction loops live in `tr
 """
 import numpy as np
 
-from fastconv.keras import activations, backend, saving
-from fastconv.keras.layers.base import InputLayer, KerasTensor, Layer, Input, _format_shape, unique_name
+from fastconv.keras import activations, autodiff, backend, saving
+from fastconv.keras.layers.base import (
+    InputLayer, KerasTensor, Layer, Input, Node, _format_shape, _snake_case, _values, unique_name,
+)
 from fastconv.keras.summary import print_summary
 
 
@@ -37,23 +39,39 @@ def _topological_nodes(outputs):
     return order
 
 
-class Model:
-    """A functional model: `Model(inputs=keras.Input(...), outputs=<tensor from layer calls>)`."""
+class Model(Layer):
+    """A model: a functional graph, `Model(inputs=keras.Input(...), outputs=<tensor from layer calls>)`,
+    or a subclass that makes its layers in `__init__` and computes in `call(inputs, training=False)`.
 
-    def __init__(self, inputs=None, outputs=None, name=None):
-        if inputs is None or outputs is None:
+    A model is also a layer: it can be called in another model's `call` or functional graph.
+    """
+
+    def __init__(self, *args, **kwargs):
+        inputs = kwargs.pop("inputs", args[0] if len(args) > 0 else None)
+        outputs = kwargs.pop("outputs", args[1] if len(args) > 1 else None)
+        if len(args) > 2:
+            raise TypeError(f"Model takes at most two positional arguments (inputs, outputs), got {len(args)}")
+        functional = inputs is not None or outputs is not None
+        name = kwargs.pop("name", None)
+        default_name = "functional" if functional or type(self) is Model else _snake_case(type(self).__name__)
+        super().__init__(name=name or unique_name(default_name), **kwargs)
+        self._init_state()
+        self._subclassed = not functional
+        if functional:
+            if inputs is None or outputs is None:
+                raise TypeError("a functional Model needs both inputs= (keras.Input tensors) and outputs=")
+            self._set_graph(inputs, outputs)
+        elif type(self) is Model or type(self).call is Model.call:
             raise TypeError("Model needs inputs= (keras.Input tensors) and outputs= (tensors from calling layers "
-                            "on them); subclassed models are not supported")
-        self._init_state(name or unique_name("functional"))
-        self._set_graph(inputs, outputs)
+                            "on them), or subclass Model and define call(self, inputs, training=False)")
 
-    def _init_state(self, name):
-        self.name = name
+    def _init_state(self):
         self.stop_training = False
         self.history = None
         self.optimizer = None
         self.loss = None
         self._trainer = None
+        self._subclassed = False
         self._nodes = None  # set by _set_graph; None while a Sequential waits for its input shape
 
     # ----- graph -----
@@ -91,7 +109,7 @@ class Model:
         # in an activation (softmax/sigmoid are what the losses fuse with).
         self._fusable_outputs = [
             plan_index[i] if (i in plan_index and consumers.get(i, 0) == 0 and self._output_ids.count(i) == 1
-                              and hasattr(self._plan[plan_index[i]][0], "preactivation")) else None
+                              and self._plan[plan_index[i]][0].fuses_output_activation) else None
             for i in self._output_ids]
         # A layer ending in ReLU whose output feeds nothing but a layer that can apply the ReLU's
         # gradient itself (conv2d and max pooling mask their input gradient where x <= 0, in the same
@@ -99,15 +117,26 @@ class Model:
         self._relu_consumers, self._relu_producers = set(), set()
         for k, (layer, input_ids, multi, _) in enumerate(self._plan):
             producer = None if multi else plan_index.get(input_ids[0])
-            if (producer is not None and getattr(layer, "fuses_input_relu", False)
+            producer_layer = None if producer is None else self._plan[producer][0]
+            if (producer is not None and layer.fuses_input_relu
                     and consumers[input_ids[0]] == 1 and input_ids[0] not in self._output_ids
-                    and getattr(self._plan[producer][0], "activation", None) is activations.relu):
+                    and producer_layer.fuses_output_activation and producer_layer.activation is activations.relu):
                 self._relu_consumers.add(k)
                 self._relu_producers.add(producer)
 
     @property
     def built(self):
-        return self._nodes is not None
+        return self.__dict__.get("_nodes") is not None
+
+    @built.setter
+    def built(self, value):
+        # `built` reads "has a graph" (see _ensure_built); a subclassed model's own build() state is kept apart.
+        self.__dict__["_layer_built"] = bool(value)
+
+    def _maybe_build(self, input_shape):
+        if not self.__dict__.get("_layer_built"):
+            self.build(input_shape)
+            self.__dict__["_layer_built"] = True
 
     @property
     def input_shape(self):
@@ -127,6 +156,8 @@ class Model:
 
     @property
     def layers(self):
+        if self._subclassed:
+            return list(self._tracked_layers)
         seen, layers = set(), []
         for node in self._nodes or []:
             if node.layer not in seen:
@@ -143,7 +174,22 @@ class Model:
         raise ValueError(f"no layer named {name!r} in model {self.name!r}")
 
     def _ensure_built(self, xs):
-        """Sequential builds here on first use; a functional model is always built."""
+        """A subclassed model is built on its first data: its call runs once on (up to) two samples,
+        which builds its layers, and the model becomes a one-node graph around itself. Sequential
+        builds here too; a functional model is always built."""
+        if not self._subclassed or self._nodes is not None:
+            return
+        sample = [x[:2] for x in xs]
+        self(sample if len(sample) > 1 else sample[0], training=False)
+        inputs = [Input(shape=x.shape[1:]) for x in xs]
+        input_shape = [t.shape for t in inputs] if len(inputs) > 1 else inputs[0].shape
+        output_shape = self._infer_output_shape(input_shape)
+        if isinstance(output_shape, list):
+            raise ValueError(f"model {self.name!r}: subclassed models with several outputs are not supported "
+                             "by fit/evaluate/predict; return one array from call()")
+        node = Node(self, inputs, len(inputs) > 1)
+        node.output = KerasTensor(output_shape, node, name=self.name)
+        self._set_graph(inputs if len(inputs) > 1 else inputs[0], node.output)
 
     def _check_inputs(self, xs):
         if len(xs) != len(self.inputs):
@@ -171,7 +217,8 @@ class Model:
         if k is None:
             return None
         layer = self._plan[k][0]
-        return layer.activation, layer.preactivation(contexts[k])
+        preactivation = layer.preactivation(contexts[k])
+        return None if preactivation is None else (layer.activation, preactivation)
 
     def _backward(self, contexts, output_grads, preactivation_outputs=()):
         """Push output gradients back; weight gradients accumulate in each Variable's .grad.
@@ -210,29 +257,77 @@ class Model:
             upstream_learns[out_id] = needed[-1] or bool(layer.trainable_weights)
         return needed
 
-    def __call__(self, inputs, training=False):
+    def call(self, inputs, training=None):
+        """Run the functional graph, each layer through its own call (recorded under a GradientTape)."""
+        xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if len(xs) != len(self.inputs):
+            raise ValueError(f"model {self.name!r} expects {len(self.inputs)} inputs, got {len(xs)}")
+        values = [None] * len(self._nodes)
+        for i, x in zip(self._input_ids, xs):
+            values[i] = x
+        for layer, input_ids, multi, out_id in self._plan:
+            layer_inputs = [values[i] for i in input_ids] if multi else values[input_ids[0]]
+            values[out_id] = layer(layer_inputs, training=training)
+        outputs = [values[i] for i in self._output_ids]
+        return outputs[0] if self._single_output else outputs
+
+    def build(self, input_shape):
+        """Build a subclassed model for inputs of input_shape (batch axis included), as in Keras."""
+        if not self._subclassed:
+            return
+        self.__dict__["_layer_built"] = True
+        shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+        for shape in shapes:
+            if any(d is None for d in tuple(shape)[1:]):
+                raise ValueError(f"model {self.name!r}: build needs every size but the batch, got {tuple(shape)}")
+        self._ensure_built([np.zeros((2,) + tuple(shape)[1:], backend.floatx()) for shape in shapes])
+
+    def compute_output_shape(self, input_shape):
+        if self._subclassed:
+            return self._infer_output_shape(input_shape)
+        return self.output_shape
+
+    def __call__(self, inputs, training=None, **kwargs):
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         if any(isinstance(x, KerasTensor) for x in items):
-            raise TypeError("calling a model on symbolic tensors (nesting models) is not supported; "
-                            "build one functional graph from the layers instead")
-        xs = [np.asarray(x, dtype=backend.floatx()) for x in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+            if not self.built:
+                raise ValueError(f"model {self.name!r} must be built before it is called on symbolic tensors")
+            return super().__call__(inputs, training=training, **kwargs)
+        if self._subclassed:
+            return super().__call__(inputs, training=training, **kwargs)
+        xs = [np.asarray(autodiff.unwrap(x), dtype=backend.floatx()) for x in items]
         self._ensure_built(xs)
         self._check_inputs(xs)
-        outputs, _ = self._forward(xs, training)
+        if autodiff.recording() or kwargs:
+            return super().__call__(inputs, training=training, **kwargs)
+        outputs, _ = self._forward(xs, bool(training))
         return outputs[0] if self._single_output else outputs
 
     # ----- weights -----
     @property
     def weights(self):
-        return [v for layer in self.layers for v in layer.weights]
+        if self._subclassed:
+            return self._all_variables()
+        return _unique([v for layer in self.layers for v in layer.weights])
+
+    variables = weights
 
     @property
     def trainable_weights(self):
-        return [v for layer in self.layers for v in layer.trainable_weights]
+        if not self.trainable:
+            return []
+        if self._subclassed:
+            return Layer.trainable_weights.fget(self)
+        return _unique([v for layer in self.layers for v in layer.trainable_weights])
+
+    trainable_variables = trainable_weights
 
     @property
     def non_trainable_weights(self):
-        return [v for layer in self.layers for v in layer.non_trainable_weights]
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trainable]
+
+    non_trainable_variables = non_trainable_weights
 
     def get_weights(self):
         return [v.numpy() for v in self.weights]
@@ -254,13 +349,19 @@ class Model:
         print_summary(self, line_length=line_length, print_fn=print_fn)
 
     # ----- training (the loops live in fastconv.keras.trainer) -----
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, **kwargs):
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, weighted_metrics=None,
+                run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True):
+        """Keras 3's compile (its argument order). run_eagerly, jit_compile and auto_scale_loss are accepted
+        and have no effect: every step here runs eagerly on the C kernels, in float32."""
         from fastconv.keras.trainer import Trainer
-        if kwargs:
-            raise TypeError(f"compile() got unsupported arguments: {', '.join(sorted(kwargs))}")
+        from fastconv.keras.compile_utils import check_compile_options
+        loss, loss_weights, steps_per_execution = check_compile_options(
+            self, loss, loss_weights, weighted_metrics, run_eagerly, steps_per_execution, jit_compile, auto_scale_loss)
         self._trainer = Trainer(self, optimizer, loss, metrics, loss_weights)
+        self._trainer.steps_per_execution = steps_per_execution
         self.optimizer = self._trainer.optimizer
         self.loss = loss
+        self.steps_per_execution, self.run_eagerly, self.jit_compile = steps_per_execution, run_eagerly, jit_compile
 
     def _compiled_trainer(self):
         if self._trainer is None:
@@ -268,22 +369,27 @@ class Model:
         return self._trainer
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0):
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
+        """x: arrays (a dict keyed by Input names for several inputs), a generator or a keras.utils.PyDataset."""
         return self._compiled_trainer().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                                             callbacks=callbacks, validation_split=validation_split,
                                             validation_data=validation_data, shuffle=shuffle,
                                             class_weight=class_weight, sample_weight=sample_weight,
-                                            initial_epoch=initial_epoch)
+                                            initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                                            validation_steps=validation_steps,
+                                            validation_batch_size=validation_batch_size,
+                                            validation_freq=validation_freq)
 
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, callbacks=None,
-                 return_dict=False):
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False):
         return self._compiled_trainer().evaluate(x, y, batch_size=batch_size, verbose=verbose,
-                                                 sample_weight=sample_weight, callbacks=callbacks,
+                                                 sample_weight=sample_weight, steps=steps, callbacks=callbacks,
                                                  return_dict=return_dict)
 
-    def predict(self, x, batch_size=None, verbose="auto", callbacks=None):
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         from fastconv.keras.trainer import predict
-        return predict(self, x, batch_size=batch_size, verbose=verbose, callbacks=callbacks)
+        return predict(self, x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         return self._compiled_trainer().train_on_batch(x, y, sample_weight=sample_weight, class_weight=class_weight,
@@ -294,6 +400,97 @@ class Model:
 
     def predict_on_batch(self, x):
         return self(x, training=False)
+
+    # ----- custom training (keras.io, "Customizing what happens in fit()") -----
+    @property
+    def metrics(self):
+        """The loss tracker and the compiled metrics, stateful (update_state/result/reset_state)."""
+        return [] if self._trainer is None else self._trainer.metric_objects()
+
+    @property
+    def metrics_names(self):
+        return [metric.name for metric in self.metrics]
+
+    def reset_metrics(self):
+        for metric in self.metrics:
+            metric.reset_state()
+
+    def train_step(self, data):
+        """One step of fit on `data` = (x, y) or (x, y, sample_weight). Override it to customise fit;
+        this default (also reached through super().train_step) is the built-in fused step."""
+        trainer = self._compiled_trainer()
+        xs, ys, weights = self._step_arrays(trainer, data)
+        trainer.builtin_train_step(xs, ys, weights)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def test_step(self, data):
+        """One step of evaluate (and of fit's validation); override it to customise them."""
+        trainer = self._compiled_trainer()
+        xs, ys, weights = self._step_arrays(trainer, data)
+        trainer.builtin_test_step(xs, ys, weights)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def _step_arrays(self, trainer, data):
+        from fastconv.keras.utils import unpack_x_y_sample_weight
+        x, y, sample_weight = unpack_x_y_sample_weight(data)
+        xs, ys = trainer._standardize(x, y)
+        weights = None if sample_weight is None else np.asarray(sample_weight, np.float64).reshape(len(xs[0]))
+        return [np.asarray(a, dtype=backend.floatx()) for a in xs], ys, weights
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The compiled loss of y_pred against y plus the weight regularization penalties and the
+        losses layers added: differentiable under a GradientTape, as in Keras 3."""
+        trainer = self._compiled_trainer()
+        if y is None or y_pred is None:
+            raise ValueError("compute_loss needs y= and y_pred=")
+        ys = y if isinstance(y, (list, tuple)) and len(trainer.losses) > 1 else [y]
+        preds = y_pred if isinstance(y_pred, (list, tuple)) and len(trainer.losses) > 1 else [y_pred]
+        if len(ys) != len(trainer.losses) or len(preds) != len(trainer.losses):
+            raise ValueError(f"compute_loss needs one y and one y_pred per output ({len(trainer.losses)})")
+        total = None
+        for loss, weight, target, pred in zip(trainer.losses, trainer.loss_weights, ys, preds):
+            if loss is None:
+                raise ValueError("compile the model with a loss before calling compute_loss")
+            term = loss(target, pred, sample_weight=sample_weight)
+            if weight != 1.0:
+                term = term * weight
+            total = term if total is None else total + term
+        for penalty in self._penalties():
+            total = total + penalty
+        return total
+
+    def _penalties(self):
+        """Each trainable weight's regularization penalty (differentiable) and the losses added by
+        layers during the last call."""
+        from fastconv.keras import autodiff
+        penalties = []
+        for variable in self.trainable_weights:
+            regularizer = variable.regularizer
+            if regularizer is not None:
+                value = np.asarray(regularizer(variable.value), dtype=variable.value.dtype)
+                penalties.append(autodiff.record(value, (variable,), lambda g, v=variable: (
+                    v.regularizer.gradient(v.value) * g,)))
+        layers = [self] + (self._tracked_layers if self._subclassed else self.layers)
+        for layer in layers:
+            penalties.extend(layer._losses if layer is self else layer.losses_added())
+        return penalties
+
+    @property
+    def compiled_loss(self):
+        """The Keras 2 spelling: compiled_loss(y, y_pred, sample_weight=None, regularization_losses=None)."""
+        def compiled_loss(y, y_pred, sample_weight=None, regularization_losses=None):
+            return self.compute_loss(y=y, y_pred=y_pred, sample_weight=sample_weight)
+        return compiled_loss
+
+    @property
+    def compiled_metrics(self):
+        """The Keras 2 spelling: compiled_metrics.update_state(y, y_pred, sample_weight=None)."""
+        return _CompiledMetrics(self)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Update the compiled metrics with this batch and return every metric's result."""
+        self.compiled_metrics.update_state(y, y_pred, sample_weight)
+        return {metric.name: metric.result() for metric in self.metrics}
 
     # ----- saving -----
     def save(self, filepath):
@@ -328,8 +525,9 @@ class Model:
 class Sequential(Model):
     """A linear stack of layers; it builds as soon as the input shape is known (or on first use)."""
 
-    def __init__(self, layers=None, name=None):
-        self._init_state(name or unique_name("sequential"))
+    def __init__(self, layers=None, name=None, trainable=True):
+        Layer.__init__(self, name=name or unique_name("sequential"), trainable=trainable)
+        self._init_state()
         self._layers = []
         self._input = None
         for layer in layers or []:
@@ -400,6 +598,39 @@ class Sequential(Model):
         if self._input is not None:
             config["input_shape"] = list(self._input.shape[1:])
         return config
+
+
+class _CompiledMetrics:
+    """The compiled metrics (not the loss tracker) as one object, as Keras 2's model.compiled_metrics."""
+
+    def __init__(self, model):
+        self._trainer = model._compiled_trainer()
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        trainer = self._trainer
+        ys = y_true if len(trainer.metrics) > 1 else [y_true]
+        preds = y_pred if len(trainer.metrics) > 1 else [y_pred]
+        for group, target, pred in zip(trainer.metrics, ys, preds):
+            for metric in group:
+                metric.update_state(target, pred, sample_weight)
+
+    def result(self):
+        return {metric.name: metric.result() for group in self._trainer.metrics for metric in group}
+
+    def reset_state(self):
+        for group in self._trainer.metrics:
+            for metric in group:
+                metric.reset_state()
+
+
+def _unique(variables):
+    """Each variable once (a layer shared by two nested models appears twice in their layers)."""
+    seen, out = set(), []
+    for variable in variables:
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            out.append(variable)
+    return out
 
 
 def _index(value, limit, what):

@@ -213,7 +213,7 @@ class Trainer:
             if variable.regularizer is not None:
                 total += variable.regularizer(variable.value)
                 variable.add_grad(variable.regularizer.gradient(variable.value))
-        self.optimizer.apply(variables)
+        self.optimizer.apply([variable.grad for variable in variables], variables)
         for variable in variables:
             variable.grad = None  # free the gradient arrays between steps
         count = len(outputs[0])

@@ -1,9 +1,24 @@
-"""Layer, Variable and the symbolic tensors that record a functional graph.
+"""Layer, the protocol every layer follows, and the symbolic tensors that record a functional graph.
 
-A layer's `forward(inputs, training)` returns its output and a context holding what `backward`
-needs; `backward(ctx, grad)` returns the gradient for the inputs and adds the weight gradients to
-each Variable's `.grad`. Keeping the context outside the layer lets one layer be called at several
-places of a graph (shared layers).
+The layer protocol
+------------------
+A layer computes in one of two ways:
+
+* **Built-in layers** implement `forward(inputs, training) -> (outputs, ctx)` and
+  `backward(ctx, grad, **fusions) -> input gradient`; backward adds the weight gradients to each
+  Variable's `.grad`. Keeping `ctx` outside the layer lets one layer be called at several places of
+  a graph (shared layers). The fusions a model may ask of `backward` are declared by class
+  attributes, never discovered: `fuses_output_activation` (backward takes `from_preactivation=True`
+  and `preactivation(ctx)` returns the input of the layer's final activation, so a loss can fuse
+  with it), `fuses_input_relu` (backward takes `x_from_relu=True` and applies the gradient of a ReLU
+  that produced its input), and, for layers with weights, `need_input_grad=False` (only the weight
+  gradients are wanted).
+* **Custom layers** (Keras' way) implement `call(inputs, training=None, ...)` with `keras.ops`.
+  Their `forward` runs `call` under a GradientTape and their `backward` replays that tape, so they
+  train inside Sequential, functional and subclassed models like any built-in layer.
+
+Called directly (`layer(x)`), a layer returns its output; under an active GradientTape a built-in
+layer is recorded as one node whose vector-Jacobian product is its own fused `backward`.
 """
 import contextlib
 import contextvars
@@ -11,8 +26,8 @@ import re
 
 import numpy as np
 
-from fastconv import _C
-from fastconv.keras import backend, initializers, regularizers
+from fastconv.keras import autodiff, backend, initializers, regularizers
+from fastconv.keras.variables import Variable
 
 _name_counts = {}
 
@@ -42,42 +57,6 @@ def _snake_case(class_name):
     """Keras' rule: MaxPooling2D -> max_pooling2d, Conv2D -> conv2d, InputLayer -> input_layer."""
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
-class Variable:
-    """A weight array plus its gradient; the optimizer updates `.value` in place."""
-    __slots__ = ("name", "value", "grad", "trainable", "regularizer")
-
-    def __init__(self, name, value, trainable=True, regularizer=None):
-        self.name = name
-        self.value = _C.empty_aligned(value.shape, value.dtype)  # rows on cache lines: see empty_aligned
-        self.value[...] = value
-        self.grad = None
-        self.trainable = trainable
-        self.regularizer = regularizer
-
-    @property
-    def shape(self):
-        return self.value.shape
-
-    def numpy(self):
-        return self.value.copy()
-
-    def __array__(self, dtype=None, copy=None):
-        return self.value if dtype is None else self.value.astype(dtype)
-
-    def assign(self, value):
-        value = np.asarray(value)
-        if value.shape != self.value.shape:
-            raise ValueError(f"weight {self.name!r} has shape {self.value.shape}, got a value of shape {value.shape}")
-        self.value[...] = value
-
-    def add_grad(self, grad):
-        """Sum gradients over the several calls of a shared layer within one step."""
-        self.grad = grad if self.grad is None else self.grad + grad
-
-    def __repr__(self):
-        return f"<Variable {self.name} shape={self.value.shape} dtype={self.value.dtype}>"
 
 
 class KerasTensor:
@@ -122,25 +101,101 @@ def _format_shape(shape):
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
 
 
+# The `training` flag of the outermost call in progress: a layer called inside another layer's or a
+# model's `call` without training= inherits it, as in Keras.
+_call_training = contextvars.ContextVar("fastconv_call_training", default=False)
+# Whether a layer call is already in progress: the outermost call starts with no added losses.
+_in_call = contextvars.ContextVar("fastconv_in_call", default=False)
+
+
+def _as_float_inputs(inputs):
+    """Concrete inputs as floatx arrays; Tensors and Variables pass through (a tape follows them)."""
+    def convert(x):
+        if isinstance(x, autodiff.Tensor) or autodiff._is_variable(x):
+            return x
+        return np.asarray(x, dtype=backend.floatx())
+    if isinstance(inputs, (list, tuple)):
+        return [convert(x) for x in inputs]
+    return convert(inputs)
+
+
+def _values(inputs):
+    if isinstance(inputs, (list, tuple)):
+        return [autodiff.unwrap(x) for x in inputs]
+    return autodiff.unwrap(inputs)
+
+
 class Layer:
-    """Base class: names, weights, lazy build on first call, symbolic calls, input checks."""
+    """Base class of every layer: names, weights and sublayers, lazy build on first call, symbolic
+    calls for functional models, and the forward/backward protocol described in the module docstring."""
 
     takes_list = False  # True for layers called on a list of inputs (Add, Concatenate)
+    fuses_output_activation = False  # see the module docstring
+    fuses_input_relu = False
+    activation = None  # the final activation of layers that fuse it (Dense, Conv2D, Activation, ReLU)
 
-    def __init__(self, name=None, trainable=True, input_shape=None, input_dim=None, batch_size=None, dtype=None):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A class that writes `call` (Keras' way) computes through it, also when it subclasses a
+        # built-in layer: forward/backward become the tape-based ones, and no fusion is assumed.
+        if "call" in cls.__dict__ and "forward" not in cls.__dict__:
+            cls.forward = Layer.forward
+            cls.backward = Layer.backward
+            cls.fuses_output_activation = False
+            cls.fuses_input_relu = False
+
+    def __init__(self, name=None, trainable=True, input_shape=None, input_dim=None, batch_size=None, dtype=None,
+                 autocast=True, activity_regularizer=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty string, got {name!r}")
+        if dtype not in (None, "float32", np.float32) and not (isinstance(dtype, dict) or hasattr(dtype, "name")):
+            if np.dtype(dtype) != np.dtype(backend.floatx()):
+                raise ValueError(f"layer dtype must be {backend.floatx()!r} (fastconv computes in it), got {dtype!r}")
+        if activity_regularizer is not None:
+            raise ValueError("activity_regularizer is not supported; add the penalty with self.add_loss in call()")
+        object.__setattr__(self, "_tracked_layers", [])
+        object.__setattr__(self, "_variables", [])
+        object.__setattr__(self, "_losses", [])
         self.name = name or unique_name(_snake_case(type(self).__name__))
         self.trainable = bool(trainable)
         self.built = False
-        self._variables = []
         # Filled in by build(): the rank and the fixed axis sizes the weights were made for.
         self._input_ndim = None
         self._input_axes = {}
         self._batch_input_shape = _batch_input_shape(input_shape, input_dim, batch_size)
 
+    def __setattr__(self, name, value):
+        # Sublayers and Variables assigned as attributes are tracked, as in Keras: their weights
+        # become this layer's weights.
+        if "_tracked_layers" not in self.__dict__ and (isinstance(value, (Layer, Variable)) or _holds_layers(value)):
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning "
+                               f"layers or variables (attribute {name!r})")
+        if isinstance(value, Layer) and value is not self:
+            if not any(value is layer for layer in self._tracked_layers):
+                self._tracked_layers.append(value)
+        elif _holds_layers(value):
+            for item in _flat_items(value):
+                if isinstance(item, Layer) and item is not self and \
+                        not any(item is layer for layer in self._tracked_layers):
+                    self._tracked_layers.append(item)
+        elif isinstance(value, Variable) and not any(value is v for v in self._variables):
+            self._variables.append(value)
+        object.__setattr__(self, name, value)
+
     # ----- weights -----
-    def add_weight(self, name, shape, initializer, trainable=True, regularizer=None):
+    def add_weight(self, shape=None, initializer=None, dtype=None, trainable=True, autocast=True, regularizer=None,
+                   constraint=None, aggregation="none", overwrite_with_gradient=False, name=None):
+        """A new Variable owned by this layer (Keras 3's signature: shape first; initializer default
+        glorot_uniform). The Keras 2 order `add_weight(name, shape, initializer)` is accepted too."""
+        if isinstance(shape, str):  # Keras 2: add_weight("kernel", shape, initializer, ...)
+            name, shape, initializer, dtype = shape, initializer, dtype, None
+        if constraint is not None:
+            raise ValueError(f"layer {self.name!r}: weight constraints are not supported")
+        shape = () if shape is None else tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"layer {self.name!r}: weight shape must be non-negative ints, got {shape}")
         budget = _weight_budget.get()
         if budget is not None:
             size = int(np.prod(shape, dtype=object))
@@ -148,42 +203,118 @@ class Layer:
                 raise ValueError(f"layer {self.name!r} asks for a weight of shape {tuple(shape)}, more values "
                                  "than the file holds")
             budget[0] -= size
-        value = initializers.get(initializer)(tuple(shape), dtype=backend.floatx())
-        variable = Variable(f"{self.name}/{name}", value, trainable, regularizers.get(regularizer))
+        name = name or "variable"
+        dtype = dtype or backend.floatx()
+        value = initializers.get("glorot_uniform" if initializer is None else initializer)(shape, dtype=dtype)
+        variable = Variable(value, dtype=dtype, trainable=trainable, name=name, path=f"{self.name}/{name}",
+                            regularizer=regularizers.get(regularizer))
         self._variables.append(variable)
         return variable
 
+    def _all_variables(self):
+        """Own variables, then each sublayer's, each once."""
+        seen, out = set(), []
+        for variable in self._variables:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                out.append(variable)
+        for layer in self._tracked_layers:
+            for variable in layer.weights:
+                if id(variable) not in seen:
+                    seen.add(id(variable))
+                    out.append(variable)
+        return out
+
     @property
     def weights(self):
-        return list(self._variables)
+        return self._all_variables()
+
+    variables = weights
 
     @property
     def trainable_weights(self):
-        return [v for v in self._variables if v.trainable] if self.trainable else []
+        if not self.trainable:
+            return []
+        own = [v for v in self._variables if v.trainable]
+        seen = {id(v) for v in own}
+        for layer in self._tracked_layers:
+            for variable in layer.trainable_weights:
+                if id(variable) not in seen:
+                    seen.add(id(variable))
+                    own.append(variable)
+        return own
+
+    trainable_variables = trainable_weights
 
     @property
     def non_trainable_weights(self):
-        return [v for v in self._variables if not (v.trainable and self.trainable)]
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trainable]
+
+    non_trainable_variables = non_trainable_weights
 
     def get_weights(self):
-        return [v.numpy() for v in self._variables]
+        return [v.numpy() for v in self.weights]
 
     def set_weights(self, weights):
-        weights = list(weights)
-        if len(weights) != len(self._variables):
-            raise ValueError(f"layer {self.name!r} has {len(self._variables)} weights, got {len(weights)} arrays")
-        for variable, value in zip(self._variables, weights):
+        weights, variables = list(weights), self.weights
+        if len(weights) != len(variables):
+            raise ValueError(f"layer {self.name!r} has {len(variables)} weights, got {len(weights)} arrays")
+        for variable, value in zip(variables, weights):
             variable.assign(value)
 
     def count_params(self):
-        return int(sum(v.value.size for v in self._variables))
+        return int(sum(v.value.size for v in self.weights))
+
+    # ----- losses added in call (Keras' add_loss) -----
+    def add_loss(self, loss):
+        """Add a scalar to the training loss of the current step (from inside call)."""
+        self._losses.append(loss)
+
+    @property
+    def losses(self):
+        """This layer's and its sublayers' added losses plus their weight regularization penalties."""
+        out = list(self._losses)
+        for layer in self._tracked_layers:
+            out.extend(layer.losses)
+        for variable in self._variables:
+            if variable.regularizer is not None and variable.trainable:
+                out.append(variable.regularizer(variable.value))
+        return out
+
+    def losses_added(self):
+        """The losses this layer and its sublayers added with add_loss during their last call."""
+        out = list(self._losses)
+        for layer in self._tracked_layers:
+            out.extend(layer.losses_added())
+        return out
+
+    def _clear_losses(self):
+        self._losses.clear()
+        for layer in self._tracked_layers:
+            layer._clear_losses()
 
     # ----- shapes -----
     def build(self, input_shape):
         self.built = True
 
     def compute_output_shape(self, input_shape):
+        if self._computes_with_call():
+            return self._infer_output_shape(input_shape)
         return input_shape
+
+    def _infer_output_shape(self, input_shape):
+        """A custom layer's output shape, found by running call on a batch of two zero samples."""
+        def zeros(shape):
+            if any(d is None for d in shape[1:]):
+                raise ValueError(f"layer {self.name!r}: cannot infer the output shape for input shape "
+                                 f"{_format_shape(shape)} with unknown sizes; define compute_output_shape")
+            return np.zeros((2,) + tuple(shape[1:]), dtype=backend.floatx())
+        sample = [zeros(s) for s in input_shape] if isinstance(input_shape, list) else zeros(input_shape)
+        output = self.call(sample, **self._call_kwargs(False))
+        shapes = [(None,) + np.shape(autodiff.unwrap(o))[1:] for o in output] \
+            if isinstance(output, (list, tuple)) else (None,) + np.shape(autodiff.unwrap(output))[1:]
+        return shapes
 
     def _set_input_spec(self, ndim, axes=None):
         """Remember what later inputs must match: their rank and the sizes the weights depend on."""
@@ -203,36 +334,91 @@ class Layer:
 
     def _maybe_build(self, input_shape):
         if not self.built:
+            if type(self).call is Layer.call and type(self).forward is Layer.forward:
+                raise NotImplementedError(f"layer {self.name!r} ({type(self).__name__}) defines neither call() "
+                                          "nor forward()/backward(): write call(self, inputs) with keras.ops")
             self.build(input_shape)
             self.built = True
         self._check_input_shape(input_shape)
 
     # ----- computation -----
+    @classmethod
+    def _computes_with_call(cls):
+        return cls.forward is Layer.forward
+
+    def _call_kwargs(self, training):
+        """The keyword arguments this layer's call accepts: training= only where call declares it."""
+        accepts = self.__dict__.get("_call_accepts_training")
+        if accepts is None:
+            import inspect
+            params = inspect.signature(self.call).parameters
+            accepts = "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+            object.__setattr__(self, "_call_accepts_training", accepts)
+        return {"training": training} if accepts else {}
+
+    def call(self, inputs, training=None, mask=None):
+        """The layer's computation. Custom layers override this with keras.ops; for a built-in layer
+        (and `super().call(x)` from a subclass of one) it runs the built-in forward pass."""
+        return _fused_call(self, _builtin_class(type(self)), inputs, bool(training))
+
     def forward(self, inputs, training=False):
-        """Return (outputs, ctx); ctx is whatever backward needs."""
-        raise NotImplementedError
+        """(outputs, ctx) for the model's backward pass: a custom layer's call, run under a tape when
+        gradients will be asked for (training)."""
+        kwargs = self._call_kwargs(training)
+        self._clear_losses()
+        token, call_token = _call_training.set(bool(training)), _in_call.set(True)
+        try:
+            if not training:
+                return _values(self.call(inputs, **kwargs)), None
+            with autodiff.GradientTape() as tape:
+                sources = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+                tape.watch(sources)
+                outputs = self.call(inputs, **kwargs)
+        finally:
+            _call_training.reset(token)
+            _in_call.reset(call_token)
+        if self.losses_added():
+            raise ValueError(f"layer {self.name!r} called add_loss: added losses are supported in a custom "
+                             "train_step or GradientTape loop (model.compute_loss adds them), not yet in the "
+                             "built-in fit step")
+        return _values(outputs), (tape, sources, outputs, isinstance(inputs, (list, tuple)))
 
-    def backward(self, ctx, grad):
-        """Return dLoss/dInputs and add the weight gradients to each Variable's .grad."""
-        raise NotImplementedError
-
-    def call(self, inputs, training=False):
-        return self.forward(inputs, training)[0]
+    def backward(self, ctx, grad, need_input_grad=True):
+        """Replay the tape of forward: weight gradients into each Variable's .grad, input gradients out."""
+        tape, sources, outputs, multi = ctx
+        variables = self.trainable_weights
+        grads = tape.gradient(outputs, sources + variables, output_gradients=grad, unconnected_gradients="zero")
+        for variable, g in zip(variables, grads[len(sources):]):
+            variable.add_grad(g)
+        input_grads = grads[:len(sources)]
+        return input_grads if multi else input_grads[0]
 
     def _check_list_input(self, inputs):
-        if isinstance(inputs, (list, tuple)) and not self.takes_list:
+        if isinstance(inputs, (list, tuple)) and not self.takes_list and not self._computes_with_call():
             raise ValueError(f"layer {self.name!r} takes one input, got a list of {len(inputs)}")
 
-    def __call__(self, inputs, training=False):
+    def __call__(self, inputs, *args, training=None, **kwargs):
         self._check_list_input(inputs)
         if _is_symbolic(inputs):
+            if args or kwargs:
+                raise TypeError(f"layer {self.name!r}: extra call arguments are not supported in a functional graph")
             return self._call_symbolic(inputs)
-        if isinstance(inputs, (list, tuple)):
-            inputs = [np.asarray(x, dtype=backend.floatx()) for x in inputs]
-        else:
-            inputs = np.asarray(inputs, dtype=backend.floatx())
-        self._maybe_build(_shape_of(inputs))
-        return self.forward(inputs, training)[0]
+        inputs = _as_float_inputs(inputs)
+        self._maybe_build(_shape_of(_values(inputs)))
+        training = _call_training.get() if training is None else bool(training)
+        if not _in_call.get():
+            self._clear_losses()
+        token, call_token = _call_training.set(training), _in_call.set(True)
+        try:
+            if self._computes_with_call():
+                return self.call(inputs, *args, **self._call_kwargs(training), **kwargs)
+            if args or kwargs:
+                raise TypeError(f"layer {self.name!r} takes no call arguments besides inputs and training, "
+                                f"got {', '.join(kwargs) or len(args)}")
+            return _fused_call(self, type(self), inputs, training)
+        finally:
+            _call_training.reset(token)
+            _in_call.reset(call_token)
 
     def _call_symbolic(self, inputs):
         multi = isinstance(inputs, (list, tuple))
@@ -242,8 +428,12 @@ class Layer:
                 raise TypeError(f"layer {self.name!r} was called on a mix of symbolic and concrete inputs")
         input_shape = [t.shape for t in tensors] if multi else tensors[0].shape
         self._maybe_build(input_shape)
+        output_shape = self.compute_output_shape(input_shape)
+        if isinstance(output_shape, list):
+            raise ValueError(f"layer {self.name!r} returns several outputs; fastconv's functional models take "
+                             "layers with one output")
         node = Node(self, tensors, multi)
-        node.output = KerasTensor(self.compute_output_shape(input_shape), node, name=self.name)
+        node.output = KerasTensor(output_shape, node, name=self.name)
         return node.output
 
     # ----- serialisation -----
@@ -257,6 +447,7 @@ class Layer:
     def from_config(cls, config):
         config = dict(config)
         batch_input_shape = config.pop("batch_input_shape", None)
+        config.pop("dtype", None)
         layer = cls(**config)
         if batch_input_shape is not None:
             layer._batch_input_shape = _batch_input_shape(batch_input_shape[1:], None, batch_input_shape[0])
@@ -264,6 +455,53 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}>"
+
+
+def _holds_layers(value):
+    return isinstance(value, (list, tuple, dict)) and any(isinstance(item, Layer) for item in _flat_items(value))
+
+
+def _flat_items(value):
+    if isinstance(value, dict):
+        value = list(value.values())
+    for item in value:
+        if isinstance(item, (list, tuple, dict)):
+            yield from _flat_items(item)
+        else:
+            yield item
+
+
+def _builtin_class(cls):
+    """The nearest class in cls's MRO whose forward is a built-in one (not the call-based default)."""
+    for klass in cls.__mro__:
+        if "forward" in klass.__dict__ and klass.__dict__["forward"] is not Layer.__dict__["forward"]:
+            return klass
+    raise NotImplementedError(f"{cls.__name__} defines neither call() nor forward()/backward()")
+
+
+def _fused_call(layer, klass, inputs, training):
+    """Run the built-in forward of `klass` on layer; under a tape, record it as one node whose vjp is
+    the built-in backward (weight gradients read back from each Variable's .grad)."""
+    values = _values(inputs)
+    if not autodiff.recording():
+        return klass.forward(layer, values, training)[0]
+    output, ctx = klass.forward(layer, values, training)
+    variables = layer.trainable_weights
+    sources = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+    def vjp(grad):
+        saved = [v.grad for v in variables]
+        for variable in variables:
+            variable.grad = None
+        try:
+            input_grads = klass.backward(layer, ctx, np.ascontiguousarray(grad, dtype=np.asarray(output).dtype))
+            weight_grads = [v.grad for v in variables]
+        finally:
+            for variable, previous in zip(variables, saved):
+                variable.grad = previous
+        input_grads = list(input_grads) if isinstance(inputs, (list, tuple)) else [input_grads]
+        return input_grads + weight_grads
+    return autodiff.record(output, sources + variables, vjp)
 
 
 def _batch_input_shape(input_shape, input_dim, batch_size):

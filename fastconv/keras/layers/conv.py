@@ -24,6 +24,7 @@ def conv_output_length(size, window, padding, stride, dilation=1):
 
 
 class Conv2D(Layer):
+    fuses_output_activation = True
     fuses_input_relu = True  # backward(x_from_relu=True) also applies the gradient of a ReLU before it
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None, dilation_rate=(1, 1),
@@ -57,10 +58,11 @@ class Conv2D(Layer):
             raise ValueError(f"{type(self).__name__} {self.name!r} needs 4-D inputs (batch, height, width, channels), "
                              f"got shape {input_shape}")
         channels = input_shape[-1]
-        self.kernel = self.add_weight("kernel", self.kernel_shape(channels), self.kernel_initializer,
-                                      regularizer=self.kernel_regularizer)
+        self.kernel = self.add_weight(shape=self.kernel_shape(channels), initializer=self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer, name="kernel")
         if self.use_bias:
-            self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer, regularizer=self.bias_regularizer)
+            self.bias = self.add_weight(shape=(self.filters,), initializer=self.bias_initializer,
+                                        regularizer=self.bias_regularizer, name="bias")
         self._set_input_spec(4, {-1: channels})
 
     def compute_output_shape(self, input_shape):

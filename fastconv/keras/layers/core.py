@@ -21,6 +21,7 @@ def activation_backward(fn, grad, pre, out, from_preactivation):
 
 class Dense(Layer):
     """units outputs = activation(inputs @ kernel + bias) over the last axis, one fused gemm."""
+    fuses_output_activation = True
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
@@ -38,10 +39,11 @@ class Dense(Layer):
         if len(input_shape) < 2 or input_shape[-1] is None:
             raise ValueError(f"Dense {self.name!r} needs inputs with a known last axis, got shape {input_shape}")
         in_dim = input_shape[-1]
-        self.kernel = self.add_weight("kernel", (in_dim, self.units), self.kernel_initializer,
-                                      regularizer=self.kernel_regularizer)
+        self.kernel = self.add_weight(shape=(in_dim, self.units), initializer=self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer, name="kernel")
         if self.use_bias:
-            self.bias = self.add_weight("bias", (self.units,), self.bias_initializer, regularizer=self.bias_regularizer)
+            self.bias = self.add_weight(shape=(self.units,), initializer=self.bias_initializer,
+                                        regularizer=self.bias_regularizer, name="bias")
         self._set_input_spec(len(input_shape), {-1: in_dim})
 
     def compute_output_shape(self, input_shape):
@@ -81,6 +83,7 @@ class Dense(Layer):
 
 class Activation(Layer):
     """Applies an activation function by name (or one of keras.activations)."""
+    fuses_output_activation = True
 
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
@@ -117,6 +120,7 @@ class Softmax(Activation):
 
 class ReLU(Layer):
     """max(x, 0), with Keras' optional max_value, negative_slope and threshold."""
+    fuses_output_activation = True  # as plain max(x, 0), a conv or pool after it can apply its gradient
 
     def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -146,6 +150,9 @@ class ReLU(Layer):
         """relu when this layer is plain max(x, 0): a conv or max pool after it may then apply its gradient."""
         plain = self.max_value is None and not self.negative_slope and not self.threshold
         return activations.relu if plain else None
+
+    def preactivation(self, ctx):
+        return None  # only the output is kept; no loss fuses with a ReLU
 
     def backward(self, ctx, grad, from_preactivation=False):
         if from_preactivation:

@@ -35,12 +35,15 @@ class BatchNormalization(Layer):
         if channels is None:
             raise ValueError(f"BatchNormalization {self.name!r} needs a known channel axis, got shape {input_shape}")
         if self.scale:
-            self.gamma = self.add_weight("gamma", (channels,), self.gamma_initializer, regularizer=self.gamma_regularizer)
+            self.gamma = self.add_weight(shape=(channels,), initializer=self.gamma_initializer,
+                                         regularizer=self.gamma_regularizer, name="gamma")
         if self.center:
-            self.beta = self.add_weight("beta", (channels,), self.beta_initializer, regularizer=self.beta_regularizer)
-        self.moving_mean = self.add_weight("moving_mean", (channels,), self.moving_mean_initializer, trainable=False)
-        self.moving_variance = self.add_weight("moving_variance", (channels,), self.moving_variance_initializer,
-                                               trainable=False)
+            self.beta = self.add_weight(shape=(channels,), initializer=self.beta_initializer,
+                                        regularizer=self.beta_regularizer, name="beta")
+        self.moving_mean = self.add_weight(shape=(channels,), initializer=self.moving_mean_initializer,
+                                               trainable=False, name="moving_mean")
+        self.moving_variance = self.add_weight(shape=(channels,), initializer=self.moving_variance_initializer,
+                                                   trainable=False, name="moving_variance")
         self._set_input_spec(len(input_shape), {-1: channels})
 
     def forward(self, inputs, training=False):

@@ -44,27 +44,41 @@ class Optimizer:
 
     lr = learning_rate  # the Keras 2 name
 
-    def apply(self, variables):
-        """One update of every variable that has a gradient, then advance the step count."""
+    def apply(self, grads, trainable_variables):
+        """One update of each variable from its gradient (None skips it), then advance the step count.
+
+        Keras 3's signature: `optimizer.apply(grads, model.trainable_variables)`.
+        """
+        grads, trainable_variables = list(grads), list(trainable_variables)
+        if len(grads) != len(trainable_variables):
+            raise ValueError(f"apply needs one gradient per variable, got {len(grads)} gradients for "
+                             f"{len(trainable_variables)} variables")
         lr = self.learning_rate
-        for variable in variables:
-            if variable.grad is None:
+        for grad, variable in zip(grads, trainable_variables):
+            if grad is None:
                 continue
+            value = getattr(variable, "value", None)
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"apply updates keras Variables, got {type(variable).__name__}")
+            grad = np.asarray(grad, dtype=value.dtype)
+            if grad.shape != value.shape:
+                raise ValueError(f"gradient of shape {grad.shape} for variable {variable.name!r} of shape {value.shape}")
             if variable not in self._slots:
-                self._slots[variable] = self._new_slots(variable.value)
+                self._slots[variable] = self._new_slots(value)
             if self.weight_decay:
-                variable.value -= variable.value * variable.value.dtype.type(lr * self.weight_decay)
-            self._update(variable.value, variable.grad.astype(variable.value.dtype, copy=False), lr,
-                         self._slots[variable])
+                value -= value * value.dtype.type(lr * self.weight_decay)
+            self._update(value, grad, lr, self._slots[variable])
         self.iterations += 1
 
     def apply_gradients(self, grads_and_vars):
-        """Keras' form: an iterable of (gradient, variable) pairs."""
-        variables = []
-        for grad, variable in grads_and_vars:
-            variable.grad = np.asarray(grad)
-            variables.append(variable)
-        self.apply(variables)
+        """Keras' older form: an iterable of (gradient, variable) pairs."""
+        pairs = list(grads_and_vars)
+        self.apply([grad for grad, _ in pairs], [variable for _, variable in pairs])
+
+    @property
+    def variables(self):
+        """The optimizer's state arrays (momenta, accumulators), in the order variables were first updated."""
+        return [slot for slots in self._slots.values() for slot in slots]
 
     def _new_slots(self, value):
         return ()
@@ -149,9 +163,9 @@ class Nadam(Adam):
     def _momentum(self, step):
         return self.beta_1 * (1 - 0.5 * 0.96 ** (0.004 * step))
 
-    def apply(self, variables):
+    def apply(self, grads, trainable_variables):
         step = self.iterations + 1
-        super().apply(variables)
+        super().apply(grads, trainable_variables)
         self._momentum_product *= self._momentum(step)
 
     def _update(self, value, grad, lr, slots):

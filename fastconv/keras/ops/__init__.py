@@ -1,0 +1,51 @@
+"""`keras.ops`: Keras 3's ops namespace with NumPy semantics, differentiable under a GradientTape.
+
+Each op takes NumPy arrays, Python numbers, Variables or Tensors, computes with NumPy (matmul,
+conv, conv_transpose and the pools on fastconv's C kernels for float32), and, when a tape tracks
+one of its inputs, records a hand-written vector-Jacobian product (see fastconv.keras.autodiff).
+Outside a tape the results are plain NumPy arrays.
+"""
+from fastconv.keras.ops.core import *  # noqa: F401,F403
+from fastconv.keras.ops.core import __all__ as _core_all
+from fastconv.keras.ops.nn import *  # noqa: F401,F403
+from fastconv.keras.ops.nn import __all__ as _nn_all
+
+__all__ = list(_core_all) + list(_nn_all)
+
+import sys as _sys  # noqa: E402
+
+from fastconv.keras.autodiff import Tensor as _Tensor  # noqa: E402
+from fastconv.keras.variables import Variable as _Variable  # noqa: E402
+
+_ops = _sys.modules[__name__]
+
+
+def _install_operators(cls):
+    """Arithmetic, comparisons and indexing through keras.ops, so they are recorded on a tape."""
+
+    def binary(op, reflected=False):
+        if reflected:
+            return lambda self, other: op(other, self)
+        return lambda self, other: op(self, other)
+    for name, op in (("add", _ops.add), ("sub", _ops.subtract), ("mul", _ops.multiply), ("truediv", _ops.divide),
+                     ("pow", _ops.power), ("matmul", _ops.matmul)):
+        setattr(cls, f"__{name}__", binary(op))
+        setattr(cls, f"__r{name}__", binary(op, reflected=True))
+    for name, op in (("lt", _ops.less), ("le", _ops.less_equal), ("gt", _ops.greater), ("ge", _ops.greater_equal)):
+        setattr(cls, f"__{name}__", binary(op))
+    cls.__neg__ = lambda self: _ops.negative(self)
+    cls.__pos__ = lambda self: self
+    cls.__abs__ = lambda self: _ops.abs(self)
+    cls.__getitem__ = lambda self, key: _ops.get_item(self, key)
+    cls.T = property(lambda self: _ops.transpose(self))
+    cls.reshape = lambda self, *shape: _ops.reshape(self, shape[0] if len(shape) == 1 else shape)
+    cls.transpose = lambda self, *axes: _ops.transpose(self, axes or None)
+    cls.sum = lambda self, axis=None, keepdims=False: _ops.sum(self, axis=axis, keepdims=keepdims)
+    cls.mean = lambda self, axis=None, keepdims=False: _ops.mean(self, axis=axis, keepdims=keepdims)
+    cls.max = lambda self, axis=None, keepdims=False: _ops.max(self, axis=axis, keepdims=keepdims)
+    cls.min = lambda self, axis=None, keepdims=False: _ops.min(self, axis=axis, keepdims=keepdims)
+    cls.astype = lambda self, dtype: _ops.cast(self, dtype)
+
+
+_install_operators(_Tensor)
+_install_operators(_Variable)

@@ -1,0 +1,702 @@
+"""Creation, arithmetic, reductions, shape ops and linear algebra of keras.ops (NumPy semantics)."""
+import builtins
+import math
+import string
+
+import numpy as np
+
+from fastconv.keras import backend
+from fastconv.keras.autodiff import Tensor, record, unwrap
+
+__all__ = [
+    "convert_to_tensor", "convert_to_numpy", "cast", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
+    "arange", "eye", "shape", "ndim", "size", "stop_gradient",
+    "add", "subtract", "multiply", "divide", "true_divide", "negative", "power", "square", "sqrt", "rsqrt", "exp",
+    "log", "log1p", "expm1", "abs", "absolute", "sign", "maximum", "minimum", "clip", "where", "tanh", "sin", "cos",
+    "erf", "reciprocal", "floor", "ceil", "round",
+    "equal", "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or",
+    "logical_not", "isnan", "isfinite", "all", "any",
+    "sum", "mean", "max", "min", "amax", "amin", "prod", "var", "std", "argmax", "argmin", "logsumexp", "cumsum",
+    "reshape", "transpose", "expand_dims", "squeeze", "concatenate", "stack", "split", "take", "take_along_axis",
+    "flatten", "ravel", "tile", "repeat", "broadcast_to", "pad", "get_item", "slice", "flip", "swapaxes", "moveaxis",
+    "matmul", "dot", "einsum", "tensordot", "outer", "sort", "argsort", "top_k", "norm",
+]
+
+
+# ----- conversion -----
+def _array(x):
+    """The NumPy value of any op argument; Python floats and float lists become floatx, as in Keras."""
+    x = unwrap(x)
+    if isinstance(x, np.ndarray):
+        return x
+    array = np.asarray(x)
+    if array.dtype == np.float64 and not isinstance(x, np.generic):
+        array = array.astype(backend.floatx())
+    if array.dtype == object:
+        raise TypeError(f"keras.ops takes arrays and numbers, got {type(x).__name__}")
+    return array
+
+
+def convert_to_tensor(x, dtype=None, sparse=None, ragged=None):
+    """x as an array (a Tensor or Variable passes through, so gradients still flow)."""
+    if dtype is not None:
+        return cast(x, dtype)
+    if isinstance(x, Tensor) or getattr(type(x), "_is_keras_variable", False):
+        return x
+    return _array(x)
+
+
+def convert_to_numpy(x):
+    return np.array(unwrap(x))
+
+
+def cast(x, dtype):
+    value = _array(x)
+    dtype = np.dtype(dtype)
+    out = value.astype(dtype)
+    if dtype.kind != "f" or value.dtype.kind != "f":
+        return out
+    return record(out, (x,), lambda g: (g.astype(value.dtype),))
+
+
+def stop_gradient(x):
+    return np.array(_array(x))
+
+
+def zeros(shape, dtype=None):
+    return np.zeros(shape, dtype or backend.floatx())
+
+
+def ones(shape, dtype=None):
+    return np.ones(shape, dtype or backend.floatx())
+
+
+def full(shape, fill_value, dtype=None):
+    return np.full(shape, unwrap(fill_value), dtype or backend.floatx())
+
+
+def zeros_like(x, dtype=None):
+    return np.zeros_like(_array(x), dtype=dtype)
+
+
+def ones_like(x, dtype=None):
+    return np.ones_like(_array(x), dtype=dtype)
+
+
+def full_like(x, fill_value, dtype=None):
+    return np.full_like(_array(x), unwrap(fill_value), dtype=dtype)
+
+
+def arange(start, stop=None, step=1, dtype=None):
+    values = np.arange(start, stop, step) if stop is not None else np.arange(start)
+    if dtype is None and values.dtype == np.float64:
+        dtype = backend.floatx()
+    return values if dtype is None else values.astype(dtype)
+
+
+def eye(N, M=None, k=0, dtype=None):
+    return np.eye(N, M, k, dtype=dtype or backend.floatx())
+
+
+def shape(x):
+    return tuple(np.shape(unwrap(x)))
+
+
+def ndim(x):
+    return np.ndim(unwrap(x))
+
+
+def size(x):
+    return np.size(unwrap(x))
+
+
+# ----- element-wise arithmetic -----
+def _operand(x, other):
+    """Python numbers stay Python numbers beside an array, so NumPy's weak-scalar promotion keeps
+    float32 * 2 in float32 (a 0-d int64 array would promote it to float64)."""
+    if type(x) in (int, float, bool) and not (type(other) in (int, float, bool)):
+        return x
+    return _array(x)
+
+
+def _binary(x1, x2, fn, vjp):
+    a, b = _operand(x1, x2), _operand(x2, x1)
+    out = fn(a, b)
+    return record(out, (x1, x2), lambda g: vjp(g, a, b, out))
+
+
+def add(x1, x2):
+    return _binary(x1, x2, np.add, lambda g, a, b, out: (g, g))
+
+
+def subtract(x1, x2):
+    return _binary(x1, x2, np.subtract, lambda g, a, b, out: (g, -g))
+
+
+def multiply(x1, x2):
+    return _binary(x1, x2, np.multiply, lambda g, a, b, out: (g * b, g * a))
+
+
+def divide(x1, x2):
+    return _binary(x1, x2, np.true_divide, lambda g, a, b, out: (g / b, -g * out / b))
+
+
+true_divide = divide
+
+
+def power(x1, x2):
+    def vjp(g, a, b, out):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            da = g * b * np.power(a, b - 1)
+            db = g * out * np.log(np.where(a > 0, a, 1))
+        return da, db
+    return _binary(x1, x2, np.power, vjp)
+
+
+def maximum(x1, x2):
+    # A tie sends the whole gradient to the first argument.
+    return _binary(x1, x2, np.maximum, lambda g, a, b, out: (g * (a >= b), g * (a < b)))
+
+
+def minimum(x1, x2):
+    return _binary(x1, x2, np.minimum, lambda g, a, b, out: (g * (a <= b), g * (a > b)))
+
+
+def _unary(x, fn, vjp):
+    a = _array(x)
+    out = fn(a)
+    return record(out, (x,), lambda g: (vjp(g, a, out),))
+
+
+def negative(x):
+    return _unary(x, np.negative, lambda g, a, out: -g)
+
+
+def square(x):
+    return _unary(x, np.square, lambda g, a, out: 2 * a * g)
+
+
+def sqrt(x):
+    return _unary(x, np.sqrt, lambda g, a, out: g / (2 * out))
+
+
+def rsqrt(x):
+    return _unary(x, lambda a: 1 / np.sqrt(a), lambda g, a, out: -0.5 * g * out / a)
+
+
+def reciprocal(x):
+    return _unary(x, lambda a: 1 / a, lambda g, a, out: -g * out * out)
+
+
+def exp(x):
+    return _unary(x, np.exp, lambda g, a, out: g * out)
+
+
+def expm1(x):
+    return _unary(x, np.expm1, lambda g, a, out: g * (out + 1))
+
+
+def log(x):
+    return _unary(x, np.log, lambda g, a, out: g / a)
+
+
+def log1p(x):
+    return _unary(x, np.log1p, lambda g, a, out: g / (1 + a))
+
+
+def abs(x):
+    return _unary(x, np.abs, lambda g, a, out: g * np.sign(a))
+
+
+absolute = abs
+
+
+def tanh(x):
+    return _unary(x, np.tanh, lambda g, a, out: g * (1 - out * out))
+
+
+def sin(x):
+    return _unary(x, np.sin, lambda g, a, out: g * np.cos(a))
+
+
+def cos(x):
+    return _unary(x, np.cos, lambda g, a, out: -g * np.sin(a))
+
+
+def _erf(a):
+    # Abramowitz-Stegun 7.1.26 is too coarse for gradient checks; math.erf per element is exact.
+    return np.vectorize(math.erf, otypes=[a.dtype if a.dtype.kind == "f" else np.float64])(a)
+
+
+def erf(x):
+    return _unary(x, _erf, lambda g, a, out: g * (2 / math.sqrt(math.pi)) * np.exp(-a * a))
+
+
+def _no_grad(fn):
+    def op(*args, **kwargs):
+        return fn(*[_array(a) for a in args], **kwargs)
+    op.__name__ = fn.__name__
+    return op
+
+
+sign = _no_grad(np.sign)
+floor = _no_grad(np.floor)
+ceil = _no_grad(np.ceil)
+round = _no_grad(np.round)
+equal = _no_grad(np.equal)
+not_equal = _no_grad(np.not_equal)
+greater = _no_grad(np.greater)
+greater_equal = _no_grad(np.greater_equal)
+less = _no_grad(np.less)
+less_equal = _no_grad(np.less_equal)
+logical_and = _no_grad(np.logical_and)
+logical_or = _no_grad(np.logical_or)
+logical_not = _no_grad(np.logical_not)
+isnan = _no_grad(np.isnan)
+isfinite = _no_grad(np.isfinite)
+
+
+def all(x, axis=None, keepdims=False):
+    return np.all(_array(x), axis=axis, keepdims=keepdims)
+
+
+def any(x, axis=None, keepdims=False):
+    return np.any(_array(x), axis=axis, keepdims=keepdims)
+
+
+def clip(x, x_min, x_max):
+    a = _array(x)
+    out = np.clip(a, unwrap(x_min), unwrap(x_max))
+    return record(out, (x,), lambda g: (g * ((a >= unwrap(x_min)) & (a <= unwrap(x_max))),))
+
+
+def where(condition, x1=None, x2=None):
+    cond = _array(condition).astype(bool)
+    if x1 is None and x2 is None:
+        return np.nonzero(cond)
+    a, b = _array(x1), _array(x2)
+    out = np.where(cond, a, b)
+    return record(out, (x1, x2), lambda g: (np.where(cond, g, 0), np.where(cond, 0, g)))
+
+
+# ----- reductions -----
+def _axes(axis, ndim_):
+    if axis is None:
+        return tuple(range(ndim_))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    return tuple(a % ndim_ if ndim_ else a for a in axes)
+
+
+def _expand_reduced(g, axes, keepdims):
+    """Reinsert the reduced axes into a gradient so it broadcasts against the input."""
+    if keepdims:
+        return g
+    for axis in sorted(axes):
+        g = np.expand_dims(g, axis)
+    return g
+
+
+def sum(x, axis=None, keepdims=False):
+    a = _array(x)
+    out = np.sum(a, axis=axis, keepdims=keepdims)
+    axes = _axes(axis, a.ndim)
+    return record(out, (x,), lambda g: (np.broadcast_to(_expand_reduced(g, axes, keepdims), a.shape),))
+
+
+def mean(x, axis=None, keepdims=False):
+    a = _array(x)
+    out = np.mean(a, axis=axis, keepdims=keepdims)
+    if out.dtype != a.dtype and a.dtype.kind == "f":
+        out = out.astype(a.dtype)
+    axes = _axes(axis, a.ndim)
+    count = math.prod(a.shape[i] for i in axes) if a.ndim else 1
+    return record(out, (x,), lambda g: (np.broadcast_to(_expand_reduced(g, axes, keepdims) / count, a.shape),))
+
+
+def _extreme(x, axis, keepdims, fn):
+    a = _array(x)
+    out = fn(a, axis=axis, keepdims=keepdims)
+    axes = _axes(axis, a.ndim)
+
+    def vjp(g):
+        # Ties share the gradient equally (as TensorFlow's reduce_max does).
+        hit = a == _expand_reduced(out, axes, keepdims)
+        share = hit / hit.sum(axis=axes, keepdims=True)
+        return (share * _expand_reduced(g, axes, keepdims),)
+    return record(out, (x,), vjp)
+
+
+def max(x, axis=None, keepdims=False, initial=None):
+    return _extreme(x, axis, keepdims, np.max)
+
+
+def min(x, axis=None, keepdims=False, initial=None):
+    return _extreme(x, axis, keepdims, np.min)
+
+
+amax, amin = max, min
+
+
+def prod(x, axis=None, keepdims=False, dtype=None):
+    a = _array(x)
+    out = np.prod(a, axis=axis, keepdims=keepdims)
+    axes = _axes(axis, a.ndim)
+
+    def vjp(g):
+        # Product of the others, computed without dividing so zeros are handled.
+        others = np.ones_like(a)
+        for axis_ in axes:
+            moved = np.moveaxis(a, axis_, -1)
+            left = np.cumprod(np.concatenate([np.ones_like(moved[..., :1]), moved[..., :-1]], -1), -1)
+            right = np.flip(np.cumprod(np.concatenate([np.ones_like(moved[..., :1]),
+                                                       np.flip(moved, -1)[..., :-1]], -1), -1), -1)
+            others = others * np.moveaxis(left * right, -1, axis_)
+        if len(axes) > 1:  # products over several axes: fall back to the quotient where no zeros
+            others = np.where(a != 0, _expand_reduced(out, axes, keepdims) / np.where(a != 0, a, 1), others)
+        return (_expand_reduced(g, axes, keepdims) * others,)
+    return record(out, (x,), vjp)
+
+
+def var(x, axis=None, keepdims=False):
+    centered = subtract(x, mean(x, axis=axis, keepdims=True))
+    return mean(square(centered), axis=axis, keepdims=keepdims)
+
+
+def std(x, axis=None, keepdims=False):
+    return sqrt(var(x, axis=axis, keepdims=keepdims))
+
+
+def argmax(x, axis=None, keepdims=False):
+    return np.argmax(_array(x), axis=axis, keepdims=keepdims)
+
+
+def argmin(x, axis=None, keepdims=False):
+    return np.argmin(_array(x), axis=axis, keepdims=keepdims)
+
+
+def logsumexp(x, axis=None, keepdims=False):
+    a = _array(x)
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0)
+    total = np.sum(np.exp(a - peak), axis=axis, keepdims=True)
+    out_keep = np.log(total) + peak
+    axes = _axes(axis, a.ndim)
+    out = out_keep if keepdims else np.squeeze(out_keep, axis=axes)
+    return record(out, (x,), lambda g: (_expand_reduced(g, axes, keepdims) * np.exp(a - out_keep),))
+
+
+def cumsum(x, axis=None, dtype=None):
+    a = _array(x)
+    out = np.cumsum(a, axis=axis)
+    if axis is None:
+        return record(out, (x,), lambda g: (np.flip(np.cumsum(np.flip(g))).reshape(a.shape),))
+    return record(out, (x,), lambda g: (np.flip(np.cumsum(np.flip(g, axis), axis=axis), axis),))
+
+
+def norm(x, ord=None, axis=None, keepdims=False):
+    if ord not in (None, 2, "fro", "euclidean"):
+        raise ValueError(f"norm supports the Euclidean/Frobenius norm only, got ord={ord!r}")
+    return sqrt(sum(square(x), axis=axis, keepdims=keepdims))
+
+
+# ----- shapes -----
+def reshape(x, newshape):
+    a = _array(x)
+    return record(a.reshape(newshape), (x,), lambda g: (g.reshape(a.shape),))
+
+
+def flatten(x):
+    return reshape(x, (-1,))
+
+
+ravel = flatten
+
+
+def transpose(x, axes=None):
+    a = _array(x)
+    out = np.transpose(a, axes)
+    inverse = None if axes is None else np.argsort([ax % a.ndim for ax in axes])
+    return record(out, (x,), lambda g: (np.transpose(g, inverse),))
+
+
+def swapaxes(x, axis1, axis2):
+    axes = list(range(ndim(x)))
+    axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
+    return transpose(x, axes)
+
+
+def moveaxis(x, source, destination):
+    order = list(np.moveaxis(np.arange(ndim(x)), source, destination))
+    return transpose(x, order)
+
+
+def expand_dims(x, axis):
+    a = _array(x)
+    return reshape(x, np.expand_dims(a, axis).shape)
+
+
+def squeeze(x, axis=None):
+    a = _array(x)
+    return reshape(x, np.squeeze(a, axis).shape)
+
+
+def broadcast_to(x, shape):
+    a = _array(x)
+    return record(np.broadcast_to(a, shape).copy(), (x,), lambda g: (g,))  # the tape sums g back to a's shape
+
+
+def concatenate(xs, axis=0):
+    arrays = [_array(x) for x in xs]
+    out = np.concatenate(arrays, axis=axis)
+    bounds = np.cumsum([a.shape[axis] for a in arrays])[:-1]
+    return record(out, tuple(xs), lambda g: tuple(np.split(g, bounds, axis=axis)))
+
+
+def stack(xs, axis=0):
+    return concatenate([expand_dims(x, axis) for x in xs], axis=axis)
+
+
+def get_item(x, key):
+    a = _array(x)
+    key = unwrap(key) if isinstance(key, Tensor) else key
+    out = a[key]
+
+    def vjp(g):
+        grad = np.zeros_like(a)
+        np.add.at(grad, key, g)  # add.at: repeated indices each get their share
+        return (grad,)
+    return record(np.array(out) if isinstance(out, np.ndarray) else out, (x,), vjp)
+
+
+def slice(inputs, start_indices, shape):
+    key = tuple(builtins.slice(int(start), int(start) + int(length)) for start, length in zip(start_indices, shape))
+    return get_item(inputs, key)
+
+
+def _py_slice(start, stop):
+    return builtins.slice(start, stop)
+
+
+def split(x, indices_or_sections, axis=0):
+    a = _array(x)
+    pieces = np.split(np.arange(a.shape[axis]), indices_or_sections)
+    return [get_item(x, (_py_slice(None, None),) * (axis % a.ndim) + (_py_slice(int(p[0]), int(p[-1]) + 1),))
+            if len(p) else np.take(a, [], axis=axis) for p in pieces]
+
+
+def take(x, indices, axis=None):
+    a = _array(x)
+    idx = np.asarray(unwrap(indices))
+    out = np.take(a, idx, axis=axis)
+
+    def vjp(g):
+        if axis is None:
+            grad = np.zeros(a.size, a.dtype)
+            np.add.at(grad, idx.reshape(-1), g.reshape(-1))
+            return (grad.reshape(a.shape),)
+        ax = axis % a.ndim
+        grad = np.zeros_like(np.moveaxis(a, ax, 0))
+        moved = np.moveaxis(g, tuple(range(ax, ax + idx.ndim)), tuple(range(idx.ndim)))
+        np.add.at(grad, idx, moved)
+        return (np.moveaxis(grad, 0, ax),)
+    return record(out, (x,), vjp)
+
+
+def take_along_axis(x, indices, axis=None):
+    a = _array(x)
+    idx = np.asarray(unwrap(indices))
+    out = np.take_along_axis(a, idx, axis=axis)
+
+    def vjp(g):
+        grad = np.zeros_like(a)
+        np.put_along_axis(grad, idx, 0, axis=axis)
+        # put_along_axis does not accumulate: add per slot through add.at on explicit coordinates
+        coords = list(np.indices(idx.shape, sparse=True))
+        coords[axis % a.ndim] = idx
+        np.add.at(grad, tuple(coords), g)
+        return (grad,)
+    return record(out, (x,), vjp)
+
+
+def tile(x, repeats):
+    a = _array(x)
+    reps = (repeats,) if isinstance(repeats, int) else tuple(repeats)
+    out = np.tile(a, reps)
+    full_reps = (1,) * (out.ndim - len(reps)) + reps
+    base = (1,) * (out.ndim - a.ndim) + a.shape
+
+    def vjp(g):
+        split_shape = [d for r, s in zip(full_reps, base) for d in (r, s)]
+        grad = g.reshape(split_shape).sum(axis=tuple(range(0, 2 * out.ndim, 2)))
+        return (grad.reshape(a.shape),)
+    return record(out, (x,), vjp)
+
+
+def repeat(x, repeats, axis=None):
+    a = _array(x)
+    out = np.repeat(a, repeats, axis=axis)
+    if not isinstance(repeats, int):
+        raise ValueError("repeat supports an int repeats only")
+
+    def vjp(g):
+        if axis is None:
+            return (g.reshape(-1, repeats).sum(axis=1).reshape(a.shape),)
+        ax = axis % a.ndim
+        shape_ = a.shape[:ax] + (a.shape[ax], repeats) + a.shape[ax + 1:]
+        return (g.reshape(shape_).sum(axis=ax + 1),)
+    return record(out, (x,), vjp)
+
+
+def flip(x, axis=None):
+    a = _array(x)
+    return record(np.flip(a, axis).copy(), (x,), lambda g: (np.flip(g, axis),))
+
+
+def pad(x, pad_width, mode="constant", constant_values=None):
+    a = _array(x)
+    if mode != "constant":
+        raise ValueError(f"pad supports mode='constant' only, got {mode!r}")
+    widths = np.broadcast_to(np.asarray(pad_width), (a.ndim, 2))
+    out = np.pad(a, widths, constant_values=0 if constant_values is None else constant_values)
+    key = tuple(_py_slice(int(lo), int(lo) + n) for (lo, _), n in zip(widths, a.shape))
+    return record(out, (x,), lambda g: (g[key],))
+
+
+def sort(x, axis=-1):
+    a = _array(x)
+    order = np.argsort(a, axis=axis, kind="stable")
+    return take_along_axis(x, order, axis=axis)
+
+
+def argsort(x, axis=-1):
+    return np.argsort(_array(x), axis=axis, kind="stable")
+
+
+def top_k(x, k, sorted=True):
+    a = _array(x)
+    order = np.argsort(-a, axis=-1, kind="stable")[..., :k]
+    return take_along_axis(x, order, axis=-1), order
+
+
+# ----- linear algebra -----
+def _ops_for(*arrays):
+    """fastconv's C kernels for float32 operands, else None (NumPy)."""
+    return backend.ops() if builtins.all(a.dtype == np.float32 for a in arrays) else None
+
+
+def matmul(x1, x2):
+    a, b = _array(x1), _array(x2)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul takes arrays of at least one dimension; use multiply for scalars")
+    kernels = _ops_for(a, b)
+    if kernels is not None and a.ndim == 2 and b.ndim == 2:
+        out = kernels.gemm(a, b)
+
+        def vjp(g):
+            return kernels.gemm(g, b, trans_b=True), kernels.gemm(a, g, trans_a=True)
+        return record(out, (x1, x2), vjp)
+    out = np.matmul(a, b)
+
+    def vjp(g):
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = np.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = np.expand_dims(g2, -1)
+        da = np.matmul(g2, np.swapaxes(b2, -1, -2))
+        db = np.matmul(np.swapaxes(a2, -1, -2), g2)
+        if a.ndim == 1:
+            da = da.reshape(da.shape[:-2] + (-1,)) if da.ndim > 2 else da[0]
+        if b.ndim == 1:
+            db = db[..., 0]
+        return da, db
+    return record(out, (x1, x2), vjp)
+
+
+def dot(x1, x2):
+    a, b = _array(x1), _array(x2)
+    if a.ndim == 0 or b.ndim == 0:
+        return multiply(x1, x2)
+    if b.ndim <= 2:
+        return matmul(x1, x2)
+    return tensordot(x1, x2, axes=([a.ndim - 1], [b.ndim - 2]))
+
+
+def tensordot(x1, x2, axes=2):
+    a, b = _array(x1), _array(x2)
+    if isinstance(axes, int):
+        axes_a, axes_b = list(range(a.ndim - axes, a.ndim)), list(range(axes))
+    else:
+        axes_a, axes_b = [list(np.atleast_1d(ax)) for ax in axes]
+    axes_a = [ax % a.ndim for ax in axes_a]
+    axes_b = [ax % b.ndim for ax in axes_b]
+    letters = iter(string.ascii_letters)
+    sa = [next(letters) for _ in range(a.ndim)]
+    sb = [next(letters) for _ in range(b.ndim)]
+    for ia, ib in zip(axes_a, axes_b):
+        sb[ib] = sa[ia]
+    out_subs = [c for i, c in enumerate(sa) if i not in axes_a] + [c for i, c in enumerate(sb) if i not in axes_b]
+    return einsum(f"{''.join(sa)},{''.join(sb)}->{''.join(out_subs)}", x1, x2)
+
+
+def outer(x1, x2):
+    return multiply(reshape(x1, (-1, 1)), reshape(x2, (1, -1)))
+
+
+def einsum(subscripts, *operands):
+    """Einstein summation; differentiable for one or two operands without ellipses."""
+    arrays = [_array(x) for x in operands]
+    out = np.einsum(subscripts, *arrays)
+    spec = subscripts.replace(" ", "")
+    if "->" in spec:
+        inputs_spec, output_spec = spec.split("->")
+    else:
+        inputs_spec = spec
+        letters = inputs_spec.replace(",", "")
+        output_spec = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    terms = inputs_spec.split(",")
+    if "." in spec or len(terms) > 2:
+        return record(out, tuple(operands), lambda g: _refuse_einsum(spec))
+
+    def vjp(g):
+        grads = []
+        for i, term in enumerate(terms):
+            others = [t for j, t in enumerate(terms) if j != i]
+            other_arrays = [arr for j, arr in enumerate(arrays) if j != i]
+            # Letters of this operand missing from the output and the other operand are summed in the
+            # forward pass: broadcast the gradient back over them with a ones array.
+            available = set(output_spec) | set("".join(others))
+            missing = [c for c in term if c not in available]
+            ones_terms, ones_arrays = [], []
+            if missing:
+                ones_terms.append("".join(missing))
+                ones_arrays.append(np.ones([arrays[i].shape[term.index(c)] for c in missing], arrays[i].dtype))
+            grad = np.einsum(",".join([output_spec] + others + ones_terms) + "->" + _diag_free(term),
+                             g, *other_arrays, *ones_arrays)
+            grads.append(_undiag(grad, term, arrays[i].shape))
+        return tuple(grads)
+    return record(out, tuple(operands), vjp)
+
+
+def _diag_free(term):
+    """An operand's subscripts with repeated letters (diagonals) kept once."""
+    seen = []
+    for c in term:
+        if c not in seen:
+            seen.append(c)
+    return "".join(seen)
+
+
+def _undiag(grad, term, shape):
+    free = _diag_free(term)
+    if free == term:
+        return grad
+    out = np.zeros(shape, grad.dtype)
+    np.einsum(f"{term}->{free}", out)[...] = grad  # a writeable diagonal view
+    return out
+
+
+def _refuse_einsum(spec):
+    raise ValueError(f"einsum {spec!r} is differentiable for one or two operands without '...'")
