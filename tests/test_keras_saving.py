@@ -48,7 +48,7 @@ def test_functional_model_round_trip(tmp_path, data):
     x, y = data
     model = functional_model()
     model.fit(x, y, epochs=2, batch_size=8, verbose=0)
-    path = tmp_path / "model.keras"
+    path = tmp_path / "model.fastconv"
     model.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
@@ -73,7 +73,7 @@ def test_merge_layers_round_trip(tmp_path, data):
     model = keras.Model(inputs, layers.Dense(3, activation="softmax")(pooled))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)
-    path = tmp_path / "merge.keras"
+    path = tmp_path / "merge.fastconv"
     model.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
@@ -90,8 +90,8 @@ def test_metric_objects_and_names_that_cannot_be_rebuilt(tmp_path, data):
     history = model.fit(x, y, epochs=1, verbose=0)
     assert set(history.history) == {"loss", "sparse_categorical_accuracy", "mine"}
     assert history.history["sparse_categorical_accuracy"] == history.history["mine"]
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
+    model.save(tmp_path / "m.fastconv")
+    loaded = keras.models.load_model(tmp_path / "m.fastconv")
     assert set(loaded.evaluate(x, y, verbose=0, return_dict=True)) == {"loss", "sparse_categorical_accuracy"}
 
 
@@ -100,8 +100,8 @@ def test_sequential_round_trip_and_weights_only(tmp_path):
     model = keras.Sequential([layers.Dense(4, input_dim=3, activation="tanh"), layers.Reshape((2, 2)),
                               layers.Flatten(), layers.Dense(1, activation="sigmoid")])
     x = np.random.default_rng(0).random((5, 3))
-    model.save(tmp_path / "seq.keras")
-    loaded = keras.models.load_model(tmp_path / "seq.keras")
+    model.save(tmp_path / "seq.fastconv")
+    loaded = keras.models.load_model(tmp_path / "seq.fastconv")
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert loaded._trainer is None  # never compiled, so nothing to restore
     model.save_weights(tmp_path / "w.bin")
@@ -117,7 +117,7 @@ def test_sequential_round_trip_and_weights_only(tmp_path):
 
 
 def test_unknown_layer_class_is_rejected(tmp_path):
-    path = tmp_path / "m.keras"
+    path = tmp_path / "m.fastconv"
     functional_model().save(path)
     blob, header, start = read_parts(path)
     header["model"]["config"]["layers"][1]["class_name"] = "Lambda"
@@ -137,7 +137,7 @@ def test_unknown_layer_class_is_rejected(tmp_path):
     (lambda h: h["compile"].update(loss=[{"class_name": "Unpickler"}]), "invalid compile config"),
 ])
 def test_tampered_header_is_rejected(tmp_path, edit, message):
-    path = tmp_path / "m.keras"
+    path = tmp_path / "m.fastconv"
     functional_model().save(path)
     blob, header, start = read_parts(path)
     edit(header)
@@ -147,7 +147,7 @@ def test_tampered_header_is_rejected(tmp_path, edit, message):
 
 
 def test_weight_shape_mismatch_is_rejected(tmp_path):
-    path = tmp_path / "m.keras"
+    path = tmp_path / "m.fastconv"
     functional_model().save(path)
     blob, header, start = read_parts(path)
     header["weights"][0]["shape"] = [3, 3, 4, 2]  # same byte count, wrong shape for the kernel
@@ -167,22 +167,22 @@ def test_weight_shape_mismatch_is_rejected(tmp_path):
     lambda blob: blob + b"\x00",             # trailing garbage
 ])
 def test_damaged_file_is_rejected(tmp_path, damage):
-    path = tmp_path / "m.keras"
+    path = tmp_path / "m.fastconv"
     functional_model().save(path)
     path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(ValueError, match="m.keras: "):
+    with pytest.raises(ValueError, match="m.fastconv: "):
         keras.models.load_model(path)
 
 
 def test_pickle_file_is_not_loaded(tmp_path):
-    path = tmp_path / "evil.keras"
+    path = tmp_path / "evil.fastconv"
     path.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(ValueError, match="bad magic"):
         keras.models.load_model(path)
 
 
 def test_loading_never_unpickles(tmp_path, monkeypatch, data):
-    path = tmp_path / "m.keras"
+    path = tmp_path / "m.fastconv"
     functional_model().save(path)
 
     def forbidden(*args, **kwargs):
@@ -195,7 +195,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch, data):
 
 
 def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
-    path = tmp_path / "m.keras"
+    path = tmp_path / "m.fastconv"
     model = functional_model()
     model.save(path)
     before = path.read_bytes()
@@ -207,4 +207,4 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         model.save(path)
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]  # no temporary left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["m.fastconv"]  # no temporary left behind

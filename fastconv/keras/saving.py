@@ -26,6 +26,7 @@ import struct
 import numpy as np
 
 from fastconv._tempfiles import locked_temporary, remove_abandoned
+from fastconv.keras import keras_format
 
 MAGIC = b"\x89FCKERAS"
 VERSION = 1
@@ -129,12 +130,16 @@ def _metric_from_name(name, loss):
 
 
 def save_model(model, filepath):
+    if keras_format.is_keras_archive_path(filepath):  # Keras 3's own zip format, which Keras opens
+        return keras_format.save_model(model, filepath)
     if not model.built:
         raise ValueError(f"model {model.name!r} has not been built yet, so it has no weights to save")
     _write(filepath, "model", model.to_config(), _compile_config(model), model.weights)
 
 
 def save_weights(model, filepath):
+    if keras_format.is_weights_h5_path(filepath):  # Keras 3's HDF5 layout
+        return keras_format.save_weights(model, filepath)
     if not model.built:
         raise ValueError(f"model {model.name!r} has not been built yet, so it has no weights to save")
     _write(filepath, "weights", None, None, model.weights)
@@ -199,6 +204,8 @@ def _read_weights(file, entries, variables):
 
 def load_model(filepath, compile=True):
     """Rebuild a model saved by model.save: architecture, weights and (if saved) compile settings."""
+    if keras_format.holds_keras_format(filepath):  # a Keras 3 .keras archive, by its first bytes
+        return keras_format.load_model(filepath, compile=compile)
     from fastconv.keras.layers import LAYER_CLASSES
     from fastconv.keras.layers.base import limit_weights
     from fastconv.keras.models import model_from_config
@@ -235,6 +242,8 @@ def _compile_from_config(model, config, path):
 
 def load_weights(model, filepath):
     """Load weights saved by save_weights (or model.save) into a model of the same architecture."""
+    if keras_format.holds_keras_format(filepath):  # Keras 3's .weights.h5 or .keras, by their first bytes
+        return keras_format.load_weights(model, filepath)
     if not model.built:
         raise ValueError(f"model {model.name!r} has not been built yet; build it before loading weights")
     with open(filepath, "rb") as file:
