@@ -129,7 +129,16 @@ def _metric_from_name(name, loss):
         return None
 
 
+def _chief():
+    """Under a keras.distribution over several ranks only rank 0 writes: the others hold the same
+    weights, and two writers of one path would race."""
+    from fastconv.keras import distribution
+    return distribution.is_chief()
+
+
 def save_model(model, filepath):
+    if not _chief():
+        return None
     if keras_format.is_keras_archive_path(filepath):  # Keras 3's own zip format, which Keras opens
         return keras_format.save_model(model, filepath)
     if not model.built:
@@ -138,6 +147,8 @@ def save_model(model, filepath):
 
 
 def save_weights(model, filepath):
+    if not _chief():
+        return None
     if keras_format.is_weights_h5_path(filepath):  # Keras 3's HDF5 layout
         return keras_format.save_weights(model, filepath)
     if not model.built:

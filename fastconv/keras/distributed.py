@@ -1,0 +1,527 @@
+"""Data-parallel training on MPI through mpi4py, with Horovod's names.
+
+    mpiexec -n 4 python -m mpi4py train.py
+
+    from fastconv.keras import distributed as hvd
+    hvd.init()
+    optimizer = hvd.DistributedOptimizer(keras.optimizers.Adam(0.001 * hvd.size()))
+    model.compile(optimizer=optimizer, loss=..., metrics=[...])
+    model.fit(x_shard, y_shard, batch_size=64, verbose=1 if hvd.rank() == 0 else 0,
+              callbacks=[hvd.BroadcastGlobalVariablesCallback(0), hvd.MetricAverageCallback()])
+
+mpi4py is imported on first use (init() or any collective), so a single-process program never loads
+it. Every reduction here is deterministic: each rank's contribution is summed in rank order (a
+reduce-scatter whose segments are summed rank 0, 1, 2, ..., then an allgather), never with
+MPI_Allreduce, whose algorithm (and so its rounding) depends on the MPI library, its settings and the
+message size. Every rank therefore gets bitwise the same result, run after run, on any MPI.
+
+Horovod's contract holds here: each rank trains on the data it is given and `batch_size` is per
+rank. `keras.distribution.DataParallel` (see fastconv.keras.distribution) is the Keras 3 way, where
+fit shards one global batch across the ranks by itself.
+"""
+import contextlib
+import copy
+import math
+import os
+import warnings
+
+import numpy as np
+
+from fastconv.keras.callbacks import Callback
+
+INSTALL_HINT = 'pip install "fastconv[mpi]"'
+
+_comm = None  # a private duplicate of the communicator given to init(), so user traffic never mixes in
+_local_comm = None
+_step_weight = None  # set by a DataParallel fit step: this rank's share of the global batch
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as error:
+        raise ImportError("distributed training needs mpi4py and an MPI library; install them with "
+                          f"{INSTALL_HINT} (mpi4py>=4.1 and the mpich wheel), or on a cluster build mpi4py "
+                          "against the site's MPI (pip install --no-binary mpi4py mpi4py)") from error
+    return MPI
+
+
+def launched_by_mpi():
+    """Whether this process is one of several started by an MPI launcher (mpiexec, mpirun, srun).
+    Read from the launchers' environment, so it does not load MPI."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(name)
+        if value is not None and value.isdigit() and int(value) > 1:
+            return True
+    return False
+
+
+def is_initialized():
+    return _comm is not None
+
+
+def init(comm=None):
+    """Start (or join) MPI and make its ranks this job's workers. Calling it again does nothing.
+
+    `comm` is an mpi4py communicator (default COMM_WORLD), e.g. to train on a subset of the ranks.
+    When OMP_NUM_THREADS is not set, each rank takes an equal share of this machine's cores, so that
+    ranks x threads <= cores.
+    """
+    global _comm, _local_comm
+    if _comm is not None:
+        return
+    MPI = _mpi()
+    if comm is None:
+        comm = MPI.COMM_WORLD
+    elif not isinstance(comm, MPI.Comm):
+        raise TypeError(f"comm must be an mpi4py communicator, got {type(comm).__name__}")
+    _comm = comm.Dup()
+    _local_comm = _comm.Split_type(MPI.COMM_TYPE_SHARED, key=_comm.Get_rank())
+    _share_cores()
+
+
+def _share_cores():
+    from fastconv import get_num_threads, set_num_threads
+    local = _local_comm.Get_size()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if "OMP_NUM_THREADS" not in os.environ and local > 1:
+        set_num_threads(max(1, cores // local))
+    # With an affinity mask per rank (mpiexec -bind-to core) the cores are not shared, so only a
+    # machine-wide mask can be oversubscribed.
+    elif local * get_num_threads() > (os.cpu_count() or 1) and _local_comm.Get_rank() == 0:
+        warnings.warn(f"{local} ranks on this machine x {get_num_threads()} threads each is more than its "
+                      f"{os.cpu_count()} cores; set OMP_NUM_THREADS (or --threads) so that ranks x threads <= cores",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _world():
+    if _comm is None:
+        init()
+    return _comm
+
+
+def shutdown():
+    """Free the communicators made by init() (MPI itself ends when the process exits)."""
+    global _comm, _local_comm
+    if _comm is not None:
+        _local_comm.Free()
+        _comm.Free()
+    _comm = _local_comm = None
+
+
+def rank():
+    """This process's rank, 0 to size() - 1."""
+    return _world().Get_rank()
+
+
+def size():
+    """The number of ranks training together."""
+    return _world().Get_size()
+
+
+def local_rank():
+    """This process's rank among those on the same machine."""
+    _world()
+    return _local_comm.Get_rank()
+
+
+def local_size():
+    """The number of ranks on this machine."""
+    _world()
+    return _local_comm.Get_size()
+
+
+def is_chief():
+    """True on rank 0, and in a process that has not started MPI (it is alone)."""
+    return _comm is None or _comm.Get_rank() == 0
+
+
+def barrier():
+    _world().Barrier()
+
+
+# ----- collectives on NumPy arrays -----
+
+def _numeric(value, what):
+    array = np.asarray(value.value if hasattr(value, "_is_keras_variable") else value)
+    if array.dtype == object or array.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must be a numeric array, got dtype {array.dtype}")
+    return array
+
+
+def agree(value, what):
+    """Check that `value` (any picklable, comparable object) is the same on every rank; raise a
+    ValueError naming the first rank that differs, on every rank at once, so none is left waiting."""
+    values = _world().allgather(value)
+    for index, other in enumerate(values[1:], start=1):
+        if other != values[0]:
+            raise ValueError(f"{what} differs across ranks: rank {index} has {other!r}, rank 0 has {values[0]!r}")
+    return values[0]
+
+
+def _segments(count, ranks):
+    bounds = [count * r // ranks for r in range(ranks + 1)]
+    return [bounds[r + 1] - bounds[r] for r in range(ranks)], bounds[:-1]
+
+
+def _rank_ordered_sum(flat, weights=None, divisor=None):
+    """Every rank's 1-D `flat` (same length and dtype everywhere) summed in rank order, each scaled by
+    its rank's entry of `weights` when given, then divided by `divisor` when given; the same bits on
+    every rank.
+
+    A reduce-scatter (Alltoallv: rank r receives segment r of every rank's buffer and sums the p
+    copies in rank order, in float64 for float data) followed by an allgather of the summed
+    segments: each rank sends and receives 2(p-1)/p of the buffer, as in a ring allreduce."""
+    comm = _world()
+    ranks, me = comm.Get_size(), comm.Get_rank()
+    accumulate = np.float64 if flat.dtype.kind == "f" else np.int64
+    counts, displs = _segments(flat.size, ranks)
+    mine = counts[me]
+    if ranks == 1:
+        received = flat.reshape(1, -1)
+    else:
+        received = np.empty((ranks, mine), flat.dtype)
+        comm.Alltoallv([flat, (counts, displs)], [received, ([mine] * ranks, [mine * r for r in range(ranks)])])
+    total = np.zeros(mine, accumulate)
+    for source in range(ranks):  # the fixed order that makes the result independent of MPI
+        if weights is None:
+            total += received[source]
+        elif weights[source]:
+            total += received[source].astype(accumulate) * weights[source]
+    if divisor is not None:
+        total /= divisor
+    total = total.astype(flat.dtype)
+    if ranks == 1:
+        return total
+    out = np.empty(flat.size, flat.dtype)
+    comm.Allgatherv(total, [out, (counts, displs)])
+    return out
+
+
+def allreduce(tensor, op="average", name=None):
+    """The element-wise sum ("sum") or mean ("average") of `tensor` over all ranks, identical on each.
+
+    Every rank must pass an array of the same shape and dtype (checked). Integer arrays are summed in
+    int64, float arrays in float64; the result has the input's dtype ("average" of ints is float64)."""
+    if op not in ("average", "sum"):
+        raise ValueError(f"op must be 'average' or 'sum', got {op!r}")
+    array = _numeric(tensor, "allreduce's tensor")
+    agree((array.shape, array.dtype.str), f"allreduce{'' if name is None else f' {name!r}'}'s (shape, dtype)")
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if op == "sum":
+        return _rank_ordered_sum(flat).reshape(array.shape)
+    if array.dtype.kind != "f":
+        flat = flat.astype(np.float64)
+    return _rank_ordered_sum(flat, divisor=size()).reshape(array.shape)
+
+
+def broadcast(tensor, root_rank=0, name=None):
+    """Rank root_rank's array, on every rank (the others' `tensor` only gives the expected shape)."""
+    comm = _world()
+    root_rank = _check_root(root_rank)
+    array = _numeric(tensor, "broadcast's tensor")
+    shape, dtype = comm.bcast((array.shape, array.dtype.str), root=root_rank)
+    if (array.shape, array.dtype.str) != (shape, dtype):
+        raise ValueError(f"broadcast{'' if name is None else f' {name!r}'}: rank {comm.Get_rank()} has shape "
+                         f"{array.shape} {np.dtype(array.dtype.str)}, rank {root_rank} has {shape} {np.dtype(dtype)}")
+    buffer = np.ascontiguousarray(array).copy() if comm.Get_rank() == root_rank else np.empty(shape, dtype)
+    comm.Bcast(buffer, root=root_rank)
+    return buffer
+
+
+def allgather(tensor, name=None):
+    """Every rank's array concatenated along the first axis, in rank order (first axes may differ)."""
+    comm = _world()
+    array = _numeric(tensor, "allgather's tensor")
+    if array.ndim == 0:
+        array = array.reshape(1)
+    shapes = agree((array.shape[1:], array.dtype.str), f"allgather{'' if name is None else f' {name!r}'}'s "
+                   "(shape after the first axis, dtype)")
+    lengths = comm.allgather(len(array))
+    row = int(np.prod(shapes[0], dtype=np.int64))
+    counts = [length * row for length in lengths]
+    displs = [sum(counts[:r]) for r in range(len(counts))]
+    out = np.empty((sum(lengths),) + tuple(array.shape[1:]), array.dtype)
+    comm.Allgatherv(np.ascontiguousarray(array), [out, (counts, displs)])
+    return out
+
+
+def broadcast_object(obj, root_rank=0):
+    return _world().bcast(obj, root=_check_root(root_rank))
+
+
+def allgather_object(obj):
+    return _world().allgather(obj)
+
+
+def _check_root(root_rank):
+    if isinstance(root_rank, bool) or not isinstance(root_rank, (int, np.integer)) or \
+            not 0 <= root_rank < _world().Get_size():
+        raise ValueError(f"root_rank must be a rank from 0 to {_world().Get_size() - 1}, got {root_rank!r}")
+    return int(root_rank)
+
+
+def broadcast_variables(variables, root_rank=0):
+    """Give every rank root_rank's values of `variables` (keras Variables), in one message."""
+    variables = list(variables)
+    agree([(v.path, v.shape, v.dtype.str) for v in variables], "the variables to broadcast (path, shape, dtype)")
+    for dtype in sorted({v.dtype.str for v in variables}):
+        group = [v for v in variables if v.dtype.str == dtype]
+        flat = np.concatenate([v.value.reshape(-1) for v in group]) if group else np.empty(0, dtype)
+        flat = broadcast(flat, root_rank)
+        offset = 0
+        for variable in group:
+            variable.value[...] = flat[offset:offset + variable.size].reshape(variable.shape)
+            offset += variable.size
+
+
+# ----- gradients -----
+
+def reduce_gradients(grads, variables, weight=1.0, op="average"):
+    """The weighted mean of each gradient over the ranks, sum_r(weight_r * g_r) / sum_r(weight_r)
+    (op="sum": that times the number of ranks), bitwise identical on every rank. A gradient that is
+    None on this rank but not on another counts as zeros here; one that is None on every rank stays
+    None. All gradients travel in one buffer, with one small message to check that the ranks agree."""
+    grads, variables = list(grads), list(variables)
+    if len(grads) != len(variables):
+        raise ValueError(f"one gradient per variable is needed, got {len(grads)} gradients for "
+                         f"{len(variables)} variables")
+    arrays = [None if g is None else _numeric(g, f"the gradient of {getattr(v, 'path', v)!r}")
+              for g, v in zip(grads, variables)]
+    shapes = [tuple(np.shape(v)) for v in variables]
+    for array, shape, variable in zip(arrays, shapes, variables):
+        if array is not None and array.shape != shape:
+            raise ValueError(f"gradient of shape {array.shape} for variable {getattr(variable, 'path', '?')!r} "
+                             f"of shape {shape}")
+    dtypes = [a.dtype for a in arrays if a is not None] or [np.dtype(getattr(v, "dtype", np.float32))
+                                                              for v in variables[:1]] or [np.dtype(np.float32)]
+    dtype = np.result_type(*dtypes)
+    if dtype.kind != "f":
+        dtype = np.dtype(np.float64)
+    comm = _world()
+    meta = comm.allgather((float(weight), shapes, [a is not None for a in arrays], dtype.str))
+    me = comm.Get_rank()
+    for index, (_, other_shapes, _, other_dtype) in enumerate(meta):
+        if other_shapes != shapes:
+            raise ValueError(f"rank {index} applies gradients to variables of shapes {other_shapes}, rank {me} to "
+                             f"{shapes}: every rank must train the same model")
+        if other_dtype != dtype.str:
+            raise ValueError(f"rank {index} has {np.dtype(other_dtype)} gradients, rank {me} {dtype}")
+    weights = [m[0] for m in meta]
+    total_weight = sum(weights)
+    if not total_weight > 0:
+        raise ValueError("the ranks' gradient weights sum to zero: at least one rank needs samples")
+    present = [any(m[2][i] for m in meta) for i in range(len(arrays))]
+    sizes = [int(np.prod(s, dtype=np.int64)) if p else 0 for s, p in zip(shapes, present)]
+    flat = np.zeros(sum(sizes), dtype)
+    offset = 0
+    for array, count in zip(arrays, sizes):
+        if array is not None:
+            flat[offset:offset + count] = array.reshape(-1)
+        offset += count
+    divisor = total_weight if op == "average" else total_weight / len(weights)
+    summed = _rank_ordered_sum(flat, None if all(w == 1 for w in weights) else weights,
+                               None if divisor == 1 else divisor)
+    out, offset = [], 0
+    for shape, count, here in zip(shapes, sizes, present):
+        out.append(summed[offset:offset + count].reshape(shape) if here else None)
+        offset += count
+    return out
+
+
+@contextlib.contextmanager
+def step_weight(weight):
+    """Within this block a distributed optimizer weighs this rank's gradients by `weight` (a
+    DataParallel fit step: the rank's number of samples in the global batch)."""
+    global _step_weight
+    previous, _step_weight = _step_weight, float(weight)
+    try:
+        yield
+    finally:
+        _step_weight = previous
+
+
+def _distributed_apply(optimizer, op):
+    apply = type(optimizer).apply
+
+    def distributed_apply(grads, trainable_variables):
+        grads, trainable_variables = list(grads), list(trainable_variables)
+        weight = 1.0 if _step_weight is None else _step_weight
+        return apply(optimizer, reduce_gradients(grads, trainable_variables, weight, op), trainable_variables)
+
+    return distributed_apply
+
+
+def is_distributed(optimizer):
+    return getattr(optimizer, "_distributed_op", None) is not None
+
+
+def make_distributed(optimizer, op="average"):
+    """Make `optimizer` (in place) average its gradients over the ranks before each update."""
+    if op not in ("average", "sum"):
+        raise ValueError(f"op must be 'average' or 'sum', got {op!r}")
+    optimizer._distributed_op = op
+    optimizer.apply = _distributed_apply(optimizer, op)  # apply_gradients goes through apply
+    return optimizer
+
+
+def make_local(optimizer):
+    """Undo make_distributed."""
+    for name in ("apply", "_distributed_op"):
+        optimizer.__dict__.pop(name, None)
+    return optimizer
+
+
+def DistributedOptimizer(optimizer, op="average", name=None):  # noqa: N802  (Horovod's name)
+    """A copy of `optimizer` (any fastconv optimizer, or its name) whose `apply` / `apply_gradients`
+    first average the gradients over all ranks (op="sum": sum them), in a fixed order, so that every
+    rank takes the same step. Works with fit and with custom GradientTape loops alike. As in Horovod,
+    scale the learning rate with size() yourself (and see LearningRateWarmupCallback)."""
+    from fastconv.keras import optimizers
+    optimizer = optimizers.get(optimizer)
+    if is_distributed(optimizer):
+        raise ValueError("this optimizer is already a DistributedOptimizer")
+    wrapped = copy.copy(optimizer)
+    wrapped._slots = {variable: tuple(slot.copy() for slot in slots) for variable, slots in optimizer._slots.items()}
+    if name is not None:
+        wrapped.name = name
+    _world()
+    return make_distributed(wrapped, op)
+
+
+# ----- callbacks -----
+
+class BroadcastGlobalVariablesCallback(Callback):
+    """At the start of training, give every rank root_rank's weights (and optimizer state, when it has
+    any), so that all ranks start from the same point whatever their random initialisation."""
+
+    def __init__(self, root_rank=0):
+        super().__init__()
+        self.root_rank = root_rank
+
+    def on_train_begin(self, logs=None):
+        broadcast_model(self.model, self.root_rank)
+
+
+def broadcast_model(model, root_rank=0):
+    """Broadcast a model's weights, and its optimizer's step count and state, from root_rank."""
+    broadcast_variables(model.weights, root_rank)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return
+    optimizer.iterations = broadcast_object(optimizer.iterations, root_rank)
+    if hasattr(optimizer, "_momentum_product"):
+        optimizer._momentum_product = broadcast_object(optimizer._momentum_product, root_rank)
+    index = {id(v): i for i, v in enumerate(model.weights)}
+    # Optimizer state is keyed by variable; send which variables have it, then the arrays.
+    owned = sorted(index[id(v)] for v in optimizer._slots if id(v) in index)
+    owned = broadcast_object(owned, root_rank)
+    weights = model.weights
+    for i in owned:
+        variable = weights[i]
+        slots = optimizer._slots.get(variable)
+        if slots is None:
+            slots = optimizer._slots[variable] = optimizer._new_slots(variable.value)
+        for slot in slots:
+            slot[...] = broadcast(slot, root_rank)
+
+
+class MetricAverageCallback(Callback):
+    """At the end of every epoch, replace each logged metric by its average over the ranks (in rank
+    order), so that every rank's History, EarlyStopping and checkpoints see the same numbers."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        gathered = allgather_object(dict(logs))
+        for key in list(logs):
+            values = [g[key] for g in gathered if key in g]
+            if len(values) != len(gathered):
+                raise ValueError(f"metric {key!r} is logged on some ranks only")
+            if all(isinstance(v, (int, float, np.integer, np.floating)) for v in values):
+                total = 0.0
+                for value in values:
+                    total += float(value)
+                logs[key] = total / len(values)
+
+
+class LearningRateWarmupCallback(Callback):
+    """Horovod's gradual warm-up (Goyal et al., 2017): over the first `warmup_epochs` epochs, raise
+    the learning rate step by step from initial_lr / size() to initial_lr (the rate scaled for the
+    larger global batch). With momentum_correction, SGD's momentum is scaled by the rate's change in
+    the step the rate changes, as in Horovod."""
+
+    def __init__(self, initial_lr, warmup_epochs=5, momentum_correction=True, steps_per_epoch=None, verbose=0):
+        super().__init__()
+        if isinstance(initial_lr, bool) or not isinstance(initial_lr, (int, float, np.floating)) or \
+                not 0 <= initial_lr < math.inf:
+            raise ValueError(f"initial_lr must be a finite number >= 0, got {initial_lr!r}")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not warmup_epochs > 0:
+            raise ValueError(f"warmup_epochs must be a positive number, got {warmup_epochs!r}")
+        self.initial_lr, self.warmup_epochs = float(initial_lr), warmup_epochs
+        self.momentum_correction, self.steps_per_epoch, self.verbose = momentum_correction, steps_per_epoch, verbose
+        self.current_epoch = 0
+        self._restore_momentum = None
+
+    def _multiplier(self, epoch):
+        ranks = size()
+        return 1.0 / ranks * (epoch * (ranks - 1) / self.warmup_epochs + 1)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current_epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.current_epoch >= self.warmup_epochs:
+            return
+        steps = self.steps_per_epoch or self.params.get("steps")
+        if not steps:
+            raise ValueError("LearningRateWarmupCallback needs steps_per_epoch when fit does not know the "
+                             "number of steps per epoch")
+        optimizer = self.model.optimizer
+        old_lr = optimizer.learning_rate
+        new_lr = self.initial_lr * self._multiplier(self.current_epoch + (batch + 1) / steps)
+        optimizer.learning_rate = new_lr
+        momentum = getattr(optimizer, "momentum", 0.0)
+        if self.momentum_correction and momentum and old_lr > 0:
+            self._restore_momentum = momentum
+            optimizer.momentum = momentum * new_lr / old_lr
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._restore_momentum is not None:
+            self.model.optimizer.momentum = self._restore_momentum
+            self._restore_momentum = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = self.model.optimizer.learning_rate
+        if epoch == math.ceil(self.warmup_epochs) - 1 and self.verbose and is_chief():
+            print(f"\nEpoch {epoch + 1}: finished gradual learning rate warmup to {self.model.optimizer.learning_rate:g}.")
+
+
+# ----- error handling under mpiexec -----
+
+def abort_on_error(function, *args):
+    """Run function(*args); if it raises, print the traceback and abort every rank (as
+    `python -m mpi4py` does for a script), so that no rank waits forever in a collective."""
+    import sys
+    import traceback
+    try:
+        return function(*args)
+    except SystemExit as exit_:
+        code = exit_.code
+        if code not in (None, 0) and _comm is not None and _comm.Get_size() > 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _mpi().COMM_WORLD.Abort(code if isinstance(code, int) else 1)
+        raise
+    except BaseException:
+        if _comm is None or _comm.Get_size() == 1:
+            raise
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _mpi().COMM_WORLD.Abort(1)
+        raise

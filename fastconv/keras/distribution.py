@@ -1,0 +1,214 @@
+"""Keras 3's `keras.distribution` names for data-parallel training, on MPI ranks (one CPU "device"
+per rank), over the same machinery as fastconv.keras.distributed.
+
+    # mpiexec -n 4 python -m mpi4py train.py
+    keras.distribution.initialize()          # optional: the first distributed call does it
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    model.fit(x, y, batch_size=256)          # 256 is the global batch: 64 samples per rank
+
+Under a DataParallel distribution with more than one rank, fit and evaluate split the data by
+themselves: every rank gets the whole x and y, draws the same seeded permutation each epoch (rank
+0's random state is sent to all ranks at the start of every epoch) and computes on its own slice of
+each global batch; the gradients are averaged weighted by each slice's size (so an uneven last batch
+counts each sample once, as on one process), and the loss and metric sums are added over the ranks,
+so every rank logs and returns the same numbers. fit starts by giving every rank rank 0's weights and
+checking that the ranks agree on the model and the data, failing with a message naming the rank that
+differs. Progress bars, CSVLogger, ModelCheckpoint and model.save act on rank 0 only.
+"""
+import contextlib
+
+import numpy as np
+
+from fastconv.keras import backend, distributed
+
+_distribution = None
+
+
+def initialize(job_addresses=None, num_processes=None, process_id=None):
+    """Start MPI (every argument is optional: under mpiexec, MPI knows them). Given, num_processes
+    and process_id are checked against MPI's size and rank; job_addresses is accepted for Keras'
+    signature (MPI's launcher has already connected the processes). Calling it twice is fine."""
+    distributed.init()
+    if num_processes is not None and num_processes != distributed.size():
+        raise ValueError(f"num_processes is {num_processes!r} but MPI started {distributed.size()} processes")
+    if process_id is not None and process_id != distributed.rank():
+        raise ValueError(f"process_id is {process_id!r} but this process is MPI rank {distributed.rank()}")
+
+
+def list_devices(device_type=None):
+    """One "cpu:RANK" device per MPI rank (each rank runs its threads on its share of a machine)."""
+    if device_type is not None and str(device_type).lower() != "cpu":
+        raise ValueError(f"device_type must be None or 'cpu' (fastconv runs on CPUs), got {device_type!r}")
+    return [f"cpu:{rank}" for rank in range(distributed.size())]
+
+
+class DataParallel:
+    """Replicate the model on every rank and split each global batch across them (Keras 3's
+    `keras.distribution.DataParallel`). `devices` must be all ranks' devices (list_devices()):
+    a subset would leave ranks out of the collectives."""
+
+    def __init__(self, device_mesh=None, devices=None, auto_shard_dataset=True):
+        if device_mesh is not None:
+            raise ValueError("device_mesh is not supported: fastconv's data parallelism spans all MPI ranks; "
+                             "pass devices=list_devices() or nothing")
+        all_devices = list_devices()
+        if devices is not None and list(devices) != all_devices:
+            raise ValueError(f"devices must be every rank's device, {all_devices}, got {list(devices)!r}")
+        if not auto_shard_dataset:
+            raise ValueError("auto_shard_dataset=False is not supported: fit shards arrays, generators and "
+                             "PyDatasets by slicing each global batch; give every rank the same data")
+        self.devices = all_devices
+        self.auto_shard_dataset = True
+        self.batch_dim_name = "batch"
+
+    @property
+    def num_processes(self):
+        return distributed.size()
+
+    @property
+    def process_id(self):
+        return distributed.rank()
+
+    @contextlib.contextmanager
+    def scope(self):
+        """Make this the distribution within a `with` block."""
+        global _distribution
+        previous, _distribution = _distribution, self
+        try:
+            yield self
+        finally:
+            _distribution = previous
+
+    def __repr__(self):
+        return f"<DataParallel devices={self.devices}>"
+
+
+def set_distribution(value):
+    """Make `value` (a DataParallel, or None to train on this process alone) the global distribution."""
+    global _distribution
+    if value is not None and not isinstance(value, DataParallel):
+        raise TypeError(f"set_distribution takes a keras.distribution.DataParallel or None, got {type(value).__name__}")
+    _distribution = value
+
+
+def distribution():
+    """The distribution set by set_distribution (or a scope), else None."""
+    return _distribution
+
+
+# ----- what the trainer calls -----
+
+def active():
+    """The distribution fit and evaluate split their data for: set, and over more than one rank."""
+    if _distribution is None or distributed.size() == 1:
+        return None
+    return _distribution
+
+
+def is_chief():
+    """False on the ranks other than 0 of an active distribution: they print, log and save nothing."""
+    return _distribution is None or distributed.is_chief()
+
+
+def _shard(batch_size, ranks, rank):
+    return slice(batch_size * rank // ranks, batch_size * (rank + 1) // ranks)
+
+
+def _source_size(data):
+    source = getattr(data, "source", None)
+    return getattr(source, "count", None), getattr(source, "batch_size", None)
+
+
+@contextlib.contextmanager
+def fit_scope(trainer, train_data):
+    """Around a fit under an active distribution: check that the ranks agree, start them from rank
+    0's weights, and make the optimizer reduce gradients across the ranks for the duration."""
+    model, optimizer = trainer.model, trainer.optimizer
+    distributed.agree([(w.path, tuple(w.shape), w.dtype.str) for w in model.weights],
+                      "the model's weights (path, shape, dtype)")
+    distributed.agree((type(optimizer).__name__, optimizer.get_config()), "the optimizer (class, config)")
+    distributed.agree((train_data.num_batches,) + _source_size(train_data),
+                      "the training data (batches per epoch, samples, batch size)")
+    distributed.broadcast_model(model, 0)
+    installed = not distributed.is_distributed(optimizer)
+    if installed:
+        distributed.make_distributed(optimizer)
+    try:
+        yield
+    finally:
+        if installed:
+            distributed.make_local(optimizer)
+
+
+def _sync_random_state():
+    """Every rank takes rank 0's generator, so that they draw the same permutation of the data."""
+    state = distributed.broadcast_object(backend.rng().bit_generator.state, 0)
+    backend.rng().bit_generator.state = state
+
+
+def _split_random_state():
+    """After the epoch's permutation, give each rank a stream of its own for the epoch (dropout masks
+    must differ between ranks), derived from the shared state without advancing it; return that
+    state, which the ranks go back to at the epoch's end. So the shared stream only ever draws the
+    permutations, as on one process without dropout, and a seeded run repeats."""
+    shared = backend.rng().bit_generator.state
+    probe = np.random.default_rng()
+    probe.bit_generator.state = shared
+    backend.seed(np.random.SeedSequence([int(probe.integers(0, 2**63)), distributed.rank()]))
+    return shared
+
+
+def _restore_random_state(shared):
+    generator = np.random.default_rng()
+    generator.bit_generator.state = shared
+    backend._rng = generator
+
+
+def _combine(gathered):
+    """The ranks' step logs, in rank order: (total, count) pairs added, plain values (from a model's
+    own train_step) averaged weighted by the ranks' sample counts."""
+    combined, plain = {}, {}
+    for count, stats in gathered:
+        for name, value in stats.items():
+            if isinstance(value, tuple):
+                total, weight = combined.get(name, (0.0, 0))
+                combined[name] = (total + value[0], weight + value[1])
+            elif count:
+                total, weight = plain.get(name, (0.0, 0))
+                plain[name] = (total + float(value) * count, weight + count)
+    combined.update({name: total / weight for name, (total, weight) in plain.items()})
+    return combined
+
+
+def sharded(trainer, batches, step_function, training):
+    """This rank's part of an epoch: each global batch sliced to this rank's rows, and a step
+    function returning the logs reduced over all ranks."""
+    ranks, rank = distributed.size(), distributed.rank()
+
+    def local_batches():
+        _sync_random_state()
+        shared = None
+        try:
+            for xs, ys, weights in batches:
+                if shared is None:
+                    shared = _split_random_state()
+                part = _shard(len(xs[0]), ranks, rank)
+                yield ([x[part] for x in xs], None if ys is None else [y[part] for y in ys],
+                       None if weights is None else weights[part])
+        finally:
+            if shared is not None:
+                _restore_random_state(shared)
+
+    def step(xs, ys, weights):
+        count = len(xs[0])
+        with distributed.step_weight(count):
+            if count:
+                stats = step_function(xs, ys, weights)
+            else:
+                stats = {}
+                if training:  # an empty slice still joins the gradient reduction, with weight 0
+                    variables = trainer.model.trainable_weights
+                    trainer.optimizer.apply([None] * len(variables), variables)
+        return _combine(distributed.allgather_object((count, stats)))
+
+    return local_batches(), step
