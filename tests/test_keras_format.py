@@ -1,0 +1,407 @@
+"""Keras 3's .keras and .weights.h5 files without real Keras: round trips, the layout Keras expects,
+files real Keras 3.15 wrote (tests/data/keras3, made by make_fixtures.py there), hostile or malformed
+files rejected with a ValueError naming the file, and the one-line error without h5py.
+
+tests/test_keras_interop.py checks the same files against real Keras, in CI's separate Keras step.
+"""
+import io
+import json
+import pathlib
+import pickle
+import struct
+import sys
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+
+from fastconv import keras
+from fastconv.keras import keras_format, layers
+
+FIXTURES = pathlib.Path(__file__).parent / "data" / "keras3"
+
+
+def functional_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(8, 8, 2))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", kernel_regularizer="l2")(inputs)
+    x = layers.BatchNormalization()(x)
+    skip = layers.Conv2D(4, 1)(inputs)
+    x = layers.Add()([x, skip])
+    x = layers.MaxPooling2D()(x)
+    x = layers.Concatenate()([layers.GlobalAveragePooling2D()(x), layers.Flatten()(layers.AvgPool2D(4)(x))])
+    x = layers.Dropout(0.2)(x)
+    outputs = layers.Dense(3, activation="softmax")(layers.LeakyReLU()(layers.Dense(6)(x)))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.005), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def sequential_model():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([layers.Dense(4, input_dim=3, activation="tanh"), layers.Reshape((2, 2)),
+                              layers.Flatten(), layers.Dense(4), layers.BatchNormalization(),
+                              layers.Dense(1, activation="sigmoid")])
+    return model
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return rng.random((16, 8, 8, 2)).astype(np.float32), rng.integers(0, 3, 16)
+
+
+@pytest.fixture
+def saved(tmp_path, data):
+    """A trained functional model saved as m.keras."""
+    x, y = data
+    model = functional_model()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    return model, path
+
+
+def members(path):
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def rewrite(path, config=None, weights=None, drop=()):
+    """Write the archive again with config.json and/or model.weights.h5 replaced."""
+    parts = members(path)
+    if config is not None:
+        parts["config.json"] = json.dumps(config).encode()
+    if weights is not None:
+        parts["model.weights.h5"] = weights
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, blob in parts.items():
+            if name not in drop:
+                zf.writestr(name, blob)
+
+
+def edit_weights(path, edit):
+    """Apply edit(h5py.File) to the archive's weights."""
+    buffer = io.BytesIO(members(path)["model.weights.h5"])
+    with h5py.File(buffer, "r+") as h5:
+        edit(h5)
+    rewrite(path, weights=buffer.getvalue())
+
+
+def config_of(path):
+    return json.loads(members(path)["config.json"])
+
+
+# ----- round trips -----
+def test_functional_round_trip_keeps_predictions_and_compile(saved, data):
+    model, path = saved
+    x, y = data
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert sorted(l.name for l in loaded.layers) == sorted(l.name for l in model.layers)
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam) and loaded.optimizer.learning_rate == 0.005
+    assert loaded.evaluate(x, y, verbose=0) == pytest.approx(model.evaluate(x, y, verbose=0), rel=1e-6)
+    loaded.fit(x, y, epochs=1, verbose=0)  # trainable right away
+    assert keras.models.load_model(path, compile=False)._trainer is None
+
+
+def test_sequential_round_trip_and_keras_weights_file(tmp_path):
+    model = sequential_model()
+    x = np.random.default_rng(0).random((5, 3)).astype(np.float32)
+    model.layers[4].moving_mean.assign(np.arange(4.0))  # the non-trainable weights travel too
+    model.save(tmp_path / "s.keras")
+    loaded = keras.models.load_model(tmp_path / "s.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert loaded._trainer is None  # never compiled, so nothing to restore
+
+    model.save_weights(tmp_path / "w.weights.h5")
+    assert (tmp_path / "w.weights.h5").read_bytes()[:8] == keras_format.HDF5_MAGIC
+    other = sequential_model()
+    assert not np.array_equal(other.predict(x, verbose=0), model.predict(x, verbose=0))
+    other.load_weights(tmp_path / "w.weights.h5")
+    np.testing.assert_array_equal(other.predict(x, verbose=0), model.predict(x, verbose=0))
+    third = sequential_model()
+    third.load_weights(tmp_path / "s.keras")  # as in Keras: the weights of a whole-model file
+    np.testing.assert_array_equal(third.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_other_extensions_keep_the_native_format(tmp_path):
+    model = sequential_model()
+    model.save(tmp_path / "m.fastconv")
+    model.save_weights(tmp_path / "w.h5")
+    for name in ("m.fastconv", "w.h5"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89FCKERAS"
+    keras.models.load_model(tmp_path / "m.fastconv")
+    # A .keras file from an older fastconv (its native format under that name) still loads.
+    (tmp_path / "m.fastconv").rename(tmp_path / "old.keras")
+    keras.models.load_model(tmp_path / "old.keras")
+
+
+def test_archive_layout_is_keras_3s(tmp_path):
+    model = sequential_model()
+    model.save(tmp_path / "s.keras")
+    parts = members(tmp_path / "s.keras")
+    assert sorted(parts) == ["config.json", "metadata.json", "model.weights.h5"]
+    assert json.loads(parts["metadata.json"])["keras_version"].startswith("3.")
+    config = json.loads(parts["config.json"])
+    assert (config["module"], config["class_name"]) == ("keras", "Sequential")
+    entries = config["config"]["layers"]
+    assert [e["class_name"] for e in entries] == ["InputLayer", "Dense", "Reshape", "Flatten", "Dense",
+                                                  "BatchNormalization", "Dense"]
+    assert entries[0]["config"]["batch_shape"] == [None, 3]
+    assert entries[1]["config"]["kernel_initializer"] == {
+        "module": "keras.initializers", "class_name": "GlorotUniform", "config": {"seed": None},
+        "registered_name": None}
+    assert entries[1]["config"]["activation"] == "tanh" and entries[1]["build_config"] == {"input_shape": [None, 3]}
+    with h5py.File(io.BytesIO(parts["model.weights.h5"]), "r") as h5:
+        # Keras names each layer's group by its class, numbered in layer order, never by the layer name.
+        assert sorted(h5["layers"]) == ["batch_normalization", "dense", "dense_1", "dense_2", "flatten", "reshape"]
+        assert h5["layers/dense_1/vars"].attrs["name"] == model.layers[3].name
+        assert [h5[f"layers/batch_normalization/vars/{i}"].shape for i in range(4)] == [(4,)] * 4
+        np.testing.assert_array_equal(h5["layers/dense_2/vars/0"][()], model.layers[5].kernel.value)
+        assert h5["layers/dense/vars/0"].dtype == np.float32 and len(h5["layers/flatten/vars"]) == 0
+
+
+def test_functional_config_names_tensors_by_layer_and_node(tmp_path):
+    """A shared layer lists one inbound node per call; tensors are [layer, node index, 0]."""
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    shared = layers.Dense(3, name="shared")
+    merged = layers.Concatenate(name="joined")([shared(a), shared(layers.Dense(4, name="pre")(b))])
+    model = keras.Model([a, b], [layers.Dense(2, name="out")(merged), merged])
+    model.save(tmp_path / "f.keras")
+    body = config_of(tmp_path / "f.keras")["config"]
+    by_name = {entry["name"]: entry for entry in body["layers"]}
+    history = [node["args"][0]["config"]["keras_history"] for node in by_name["shared"]["inbound_nodes"]]
+    assert history == [["a", 0, 0], ["pre", 0, 0]]
+    assert [t["config"]["keras_history"] for t in by_name["joined"]["inbound_nodes"][0]["args"][0]] == \
+        [["shared", 0, 0], ["shared", 1, 0]]
+    assert body["input_layers"] == [["a", 0, 0], ["b", 0, 0]]
+    assert body["output_layers"] == [["out", 0, 0], ["joined", 0, 0]]
+    loaded = keras.models.load_model(tmp_path / "f.keras")
+    x = [np.ones((2, 4), np.float32), np.full((2, 4), 2, np.float32)]
+    for got, want in zip(loaded.predict(x, verbose=0), model.predict(x, verbose=0)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_layer_order_is_keras_map_graph_order():
+    """Keras 3.15 lists this model's layers in this order (printed by real Keras for the same graph):
+    deepest first, ties in the order a walk back from the outputs first meets them. The HDF5 paths
+    follow it, so it must agree exactly."""
+    model = functional_model()
+    order = keras_format.keras_layer_order(model)
+    assert [type(l).__name__ for l in order] == [
+        "InputLayer", "Conv2D", "BatchNormalization", "Conv2D", "Add", "MaxPooling2D", "AveragePooling2D",
+        "GlobalAveragePooling2D", "Flatten", "Concatenate", "Dropout", "Dense", "LeakyReLU", "Dense"]
+    assert order[1].kernel_size == (3, 3) and order[3].kernel_size == (1, 1)
+    assert order[11].units == 6 and order[13].units == 3
+    assert keras_format.weight_paths(order)[11:] == ["layers/dense", "layers/leaky_re_lu", "layers/dense_1"]
+
+
+# ----- files real Keras 3 wrote -----
+def test_sequential_file_from_real_keras_predicts_the_same():
+    expected = np.load(FIXTURES / "expected.npz")
+    model = keras.models.load_model(FIXTURES / "sequential.keras")
+    assert [l.name for l in keras_format.keras_layer_order(model)] == list(expected["seq_layers"])
+    np.testing.assert_allclose(model.predict(expected["seq_x"], verbose=0), expected["seq_y"], atol=1e-5)
+    assert isinstance(model.optimizer, keras.optimizers.Adam) and model.optimizer.learning_rate == pytest.approx(0.01)
+    relu6 = model.get_layer("re_lu")
+    assert (relu6.max_value, model.get_layer("rescaling").offset) == (6.0, -0.5)
+
+    fresh = keras.models.load_model(FIXTURES / "sequential.keras")
+    for variable in fresh.weights:
+        variable.assign(np.zeros(variable.shape))
+    fresh.load_weights(FIXTURES / "sequential.weights.h5")  # Keras' save_weights file
+    np.testing.assert_allclose(fresh.predict(expected["seq_x"], verbose=0), expected["seq_y"], atol=1e-5)
+
+
+def test_functional_file_from_real_keras_predicts_the_same():
+    """Two inputs, two outputs, a layer shared by two calls and every merge layer."""
+    expected = np.load(FIXTURES / "expected.npz")
+    model = keras.models.load_model(FIXTURES / "functional.keras")
+    assert [l.name for l in keras_format.keras_layer_order(model)] == list(expected["func_layers"])
+    probabilities, grid = model.predict([expected["image"], expected["vector"]], verbose=0)
+    np.testing.assert_allclose(probabilities, expected["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(grid, expected["grid"], atol=1e-5)
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+
+
+# ----- hostile and malformed files -----
+def first_layer(config, class_name):
+    return next(e for e in config["config"]["layers"] if e["class_name"] == class_name)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: first_layer(c, "Dense").update(class_name="Lambda"), "Lambda layer holds Python code"),
+    (lambda c: first_layer(c, "Dense").update(class_name="Evil"), "layer class 'Evil' is not one fastconv reads"),
+    (lambda c: first_layer(c, "Dense").update(registered_name="my_package>Dense"), "'my_package>Dense' is not one"),
+    (lambda c: first_layer(c, "Dense").update(class_name="Sequential"), "nested model"),
+    (lambda c: c.update(class_name="MyModel", registered_name="pkg>MyModel"), "model class 'pkg>MyModel'"),
+    (lambda c: first_layer(c, "Dense")["config"].update(kernel_constraint={"class_name": "MaxNorm"}),
+     "option kernel_constraint=.* is not supported"),
+    (lambda c: first_layer(c, "Dense")["config"].update(evil="os.system"), "option fastconv does not know: 'evil'"),
+    (lambda c: first_layer(c, "Dense")["config"].update(activation="gelu"), "activation 'gelu' is not one"),
+    (lambda c: first_layer(c, "Dense")["config"].update(units=-3), "Dense 'dense.*': units"),
+    (lambda c: first_layer(c, "Dense")["config"].update(units=10**9), "more values than the file holds"),
+    (lambda c: first_layer(c, "Dense")["config"].update(dtype="mixed_float16"), "dtype 'mixed_float16'"),
+    (lambda c: first_layer(c, "Conv2D")["config"].update(data_format="channels_first"), "data_format"),
+    (lambda c: first_layer(c, "Conv2D")["config"].update(kernel_initializer={"class_name": "Orthogonal",
+                                                                             "config": {}}),
+     "initializer 'Orthogonal' is not one fastconv has"),
+    (lambda c: first_layer(c, "Dense")["inbound_nodes"][0]["args"][0]["config"].update(
+        keras_history=["nowhere", 0, 0]), "unknown layer 'nowhere'"),
+    (lambda c: first_layer(c, "Add")["inbound_nodes"][0]["args"][0][0]["config"].update(
+        keras_history=[first_layer(c, "Add")["name"], 0, 0]), "refers to tensors no node produces"),  # a cycle
+    (lambda c: first_layer(c, "Add")["inbound_nodes"][0]["args"][0][0]["config"].update(
+        keras_history=[first_layer(c, "Conv2D")["name"], 7, 0]), "refers to tensors no node produces"),
+    (lambda c: c["config"].update(input_layers={"x": ["input_layer", 0, 0]}), "dict inputs"),
+    (lambda c: c["config"]["layers"].append(dict(c["config"]["layers"][1])), "two layers are named"),
+    (lambda c: c["config"]["layers"][0]["config"].update(batch_shape=[None, -8, 8, 2]), "batch_shape"),
+    (lambda c: c.update(config=[1, 2]), "needs a 'config' object"),
+])
+def test_hostile_config_is_rejected(saved, edit, message):
+    _, path = saved
+    config = config_of(path)
+    edit(config)
+    rewrite(path, config=config)
+    with pytest.raises(ValueError, match=message) as error:
+        keras.models.load_model(path)
+    assert str(path) in str(error.value)
+
+
+def test_lambda_stays_refused_with_unsafe_deserialization(saved, monkeypatch):
+    """Keras would run the layer's marshalled bytecode once unsafe deserialization is on; fastconv has
+    no Lambda layer to run it in, so the file is still refused, with a message saying why."""
+    _, path = saved
+    config = config_of(path)
+    first_layer(config, "Dense").update(class_name="Lambda")
+    rewrite(path, config=config)
+    monkeypatch.setattr(keras.config, "_unsafe_deserialization", True)
+    with pytest.raises(ValueError, match="fastconv has no Lambda layer"):
+        keras.models.load_model(path)
+
+
+def soft_link(h5):
+    del h5["layers/dense/vars/0"]
+    h5["layers/dense/vars/0"] = h5py.SoftLink("/layers/dense/vars/1")
+
+
+def external_link(h5):
+    del h5["layers/dense/vars/0"]
+    h5["layers/dense/vars/0"] = h5py.ExternalLink("/etc/passwd", "/data")
+
+
+def replace_dataset(name, **kwargs):
+    def edit(h5):
+        if name in h5:
+            del h5[name]
+        h5.create_dataset(name, **kwargs)
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (soft_link, "SoftLink; links are not followed"),
+    (external_link, "ExternalLink; links are not followed"),
+    (replace_dataset("layers/dense/vars/0", data=np.zeros((6, 3), np.int32)), "not an array of IEEE floats"),
+    (replace_dataset("layers/dense/vars/0", data=np.zeros((6, 8), np.float32)), r"has shape \(6, 8\) but layer"),
+    (replace_dataset("layers/dense/vars/0", shape=(2**28,), dtype=np.float32, chunks=(1024,)),
+     "declares 1073741824 bytes but stores 0"),  # a shape bomb: nothing stored behind a 1 GiB shape
+    (replace_dataset("layers/dense/vars/2", data=np.zeros(3, np.float32)), "has 2 weight arrays but the file holds 3"),
+    (lambda h5: h5["layers/dense/vars"].attrs.modify("name", "dense_1"), "holds the weights of layer 'dense_1'"),
+    (lambda h5: h5.move("layers/dense/vars/1", "layers/dense/vars/x"), "should hold datasets named 0..1"),
+    (lambda h5: h5.move("layers/dense", "layers/elsewhere"), "has 2 weight arrays but the file holds 0"),
+])
+def test_hostile_weights_are_rejected(saved, edit, message):
+    _, path = saved
+    edit_weights(path, edit)
+    with pytest.raises(ValueError, match=message) as error:
+        keras.models.load_model(path)
+    assert str(path) in str(error.value)
+
+
+def patch_central_directory_size(path, member, size):
+    """Make the zip's central directory claim `size` uncompressed bytes for `member`."""
+    blob = bytearray(path.read_bytes())
+    name = member.encode()
+    start = 0
+    while True:
+        entry = blob.index(b"PK\x01\x02", start)
+        name_length = struct.unpack_from("<H", blob, entry + 28)[0]
+        if blob[entry + 46:entry + 46 + name_length] == name:
+            struct.pack_into("<I", blob, entry + 24, size)
+            break
+        start = entry + 4
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a readable zip archive"),
+    (lambda p: rewrite(p, drop=("config.json",)), "has no config.json"),
+    (lambda p: rewrite(p, drop=("model.weights.h5",)), "has no model.weights.h5"),
+    (lambda p: rewrite(p, weights=b"\x89HDF\r\n\x1a\n" + b"\x00" * 100), "not a readable HDF5 file"),
+    (lambda p: _replace_member(p, "config.json", b"{not json"), "config.json is not valid JSON"),
+    (lambda p: _replace_member(p, "config.json", b"[1, 2]"), "config.json must hold an object"),
+    (lambda p: _replace_member(p, "config.json", b"[" * 100000 + b"]" * 100000), "not valid JSON"),
+    (lambda p: patch_central_directory_size(p, "model.weights.h5", 2**32 - 1), "decompression bomb"),
+])
+def test_damaged_archive_is_rejected(saved, damage, message):
+    _, path = saved
+    damage(path)
+    with pytest.raises(ValueError, match=message) as error:
+        keras.models.load_model(path)
+    assert str(path) in str(error.value)
+
+
+def _replace_member(path, name, blob):
+    parts = members(path)
+    parts[name] = blob
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in parts.items():
+            zf.writestr(member, data)
+
+
+def test_loading_never_unpickles(saved, monkeypatch, data):
+    _, path = saved
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pickle used while loading")
+
+    for name in ("loads", "load", "Unpickler"):
+        monkeypatch.setattr(pickle, name, forbidden)
+    keras.models.load_model(path).predict(data[0], verbose=0)
+
+
+def test_compile_settings_fastconv_lacks_leave_the_model_uncompiled(saved):
+    _, path = saved
+    config = config_of(path)
+    config["compile_config"]["optimizer"]["config"]["clipnorm"] = 1.0
+    rewrite(path, config=config)
+    with pytest.warns(UserWarning, match="returned uncompiled.*clipnorm"):
+        model = keras.models.load_model(path)
+    assert model._trainer is None
+
+
+def test_saving_a_layer_keras_lacks_names_it_and_writes_nothing(tmp_path):
+    class Doubled(layers.Dense):
+        pass
+
+    model = keras.Sequential([keras.Input((3,)), Doubled(2)])
+    with pytest.raises(ValueError, match=r"\(Doubled\) has no Keras 3 counterpart.*\.fastconv"):
+        model.save(tmp_path / "d.keras")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----- without h5py -----
+def test_without_h5py_saving_keras_files_says_how_to_get_it(tmp_path, monkeypatch, saved):
+    model, keras_file = saved
+    monkeypatch.setitem(sys.modules, "h5py", None)  # makes `import h5py` fail
+    for action in (lambda: model.save(tmp_path / "x.keras"), lambda: model.save_weights(tmp_path / "w.weights.h5"),
+                   lambda: keras.models.load_model(keras_file)):
+        with pytest.raises(ImportError) as error:
+            action()
+        message = str(error.value)
+        assert "\n" not in message and "pip install 'fastconv[keras-format]'" in message and "h5py" in message
+    assert not (tmp_path / "x.keras").exists() and not (tmp_path / "w.weights.h5").exists()
+    model.save(tmp_path / "x.fastconv")  # fastconv's own format needs nothing
+    keras.models.load_model(tmp_path / "x.fastconv")
