@@ -283,6 +283,30 @@ def main(argv=None):
         from fastconv import bench
         return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        from fastconv.keras import distributed
+        if distributed.launched_by_mpi():
+            # One rank of `mpiexec -n N fastconv train`: data-parallel, and an error on any rank
+            # aborts them all (as python -m mpi4py does), rather than leaving them in a collective.
+            try:
+                _start_data_parallel()
+            except ImportError as exc:  # every rank fails alike, so none waits for another
+                print(f"fastconv train: error: {exc}", file=sys.stderr)
+                return EXIT_ERROR
+            return distributed.abort_on_error(_run, args)
+    return _run(args)
+
+
+def _start_data_parallel():
+    """Make this process a rank of a keras.distribution.DataParallel job; only rank 0 prints."""
+    from fastconv import keras
+    from fastconv.keras import distributed
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    if distributed.rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+
+
+def _run(args):
     try:
         return args.run(args)
     except (UserError, ValueError, TypeError, OSError, ImportError) as exc:

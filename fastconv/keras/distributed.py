@@ -504,24 +504,30 @@ class LearningRateWarmupCallback(Callback):
 # ----- error handling under mpiexec -----
 
 def abort_on_error(function, *args):
-    """Run function(*args); if it raises, print the traceback and abort every rank (as
-    `python -m mpi4py` does for a script), so that no rank waits forever in a collective."""
+    """Run function(*args) and return its result; if it raises, or returns a non-zero exit code,
+    abort every rank (as `python -m mpi4py` does for a script that raises), so that no rank waits
+    forever in a collective for one that has left. Without MPI started, only runs it."""
     import sys
     import traceback
     try:
-        return function(*args)
-    except SystemExit as exit_:
-        code = exit_.code
-        if code not in (None, 0) and _comm is not None and _comm.Get_size() > 1:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            _mpi().COMM_WORLD.Abort(code if isinstance(code, int) else 1)
-        raise
-    except BaseException:
+        result = function(*args)
+    except BaseException as error:
         if _comm is None or _comm.Get_size() == 1:
             raise
-        traceback.print_exc()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        _mpi().COMM_WORLD.Abort(1)
+        code = error.code if isinstance(error, SystemExit) else 1
+        if code in (None, 0):
+            raise
+        if not isinstance(error, SystemExit):
+            traceback.print_exc()
+        _abort(code if isinstance(code, int) else 1)
         raise
+    if result not in (None, 0) and _comm is not None and _comm.Get_size() > 1:
+        _abort(result if isinstance(result, int) else 1)
+    return result
+
+
+def _abort(code):
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _mpi().COMM_WORLD.Abort(code)

@@ -180,9 +180,15 @@ def _combine(gathered):
     return combined
 
 
-def sharded(trainer, batches, step_function, training):
-    """This rank's part of an epoch: each global batch sliced to this rank's rows, and a step
-    function returning the logs reduced over all ranks."""
+def any_rank(flag):
+    """Whether `flag` is true on any rank (e.g. model.stop_training), the same answer on all."""
+    return any(distributed.allgather_object(bool(flag)))
+
+
+def sharded(trainer, batches, step_function, batch_end, training):
+    """This rank's part of an epoch: each global batch sliced to this rank's rows, a step function
+    returning the logs reduced over all ranks, and batch_end hooks after which the ranks agree on
+    model.stop_training (a callback may stop one rank only, e.g. on its own Ctrl-C)."""
     ranks, rank = distributed.size(), distributed.rank()
 
     def local_batches():
@@ -211,4 +217,8 @@ def sharded(trainer, batches, step_function, training):
                     trainer.optimizer.apply([None] * len(variables), variables)
         return _combine(distributed.allgather_object((count, stats)))
 
-    return local_batches(), step
+    def agreed_batch_end(step_index, logs):
+        batch_end(step_index, logs)
+        trainer.model.stop_training = any_rank(trainer.model.stop_training)
+
+    return local_batches(), step, None if batch_end is None else agreed_batch_end
