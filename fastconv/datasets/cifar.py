@@ -11,7 +11,6 @@ straight into memory; nothing is ever extracted to disk.
 """
 
 import gzip
-import os
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -91,7 +90,7 @@ def load_cifar(spec, label_name, path=None, download=True):
     )
 
 
-def read_records(stream, size, source, spec, label_column, labels_out, images_out):
+def _read_records(stream, size, source, spec, label_column, labels_out, images_out):
     """Parse ``size`` bytes of ``spec`` records from ``stream`` into the given arrays.
 
     ``labels_out`` (uint8, ``(N, 1)``) receives label byte ``label_column`` of
@@ -199,7 +198,7 @@ def _read_splits(spec, sizes, open_member, label_column):
             stream, source = open_member(member)
             with stream:
                 window = slice(start, start + count)
-                read_records(stream, sizes[member], source, spec, label_column, labels[window], images[window])
+                _read_records(stream, sizes[member], source, spec, label_column, labels[window], images[window])
             start += count
         splits.append((images, labels))
     return tuple(splits)
