@@ -319,6 +319,31 @@ def test_member_that_is_a_link_refused(isolated, rng):
         cifar10.load_data(path=path)
 
 
+def test_member_twice_in_the_archive_refused(isolated, rng):
+    members = cifar10_members(rng)
+    files = [(f"{CIFAR10_DIRECTORY}/{name}", binary_records(*arrays)) for name, arrays in members.items()]
+    files.append((f"{CIFAR10_DIRECTORY}/data_batch_1.bin", files[-1][1]))  # a second data_batch_1.bin
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    path = isolated / "twice.tar"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match=r"data_batch_1\.bin: appears twice"):
+        cifar10.load_data(path=path)
+
+
+def test_extracted_file_of_wrong_size_named(isolated, rng):
+    members = cifar10_members(rng)
+    records = {name: binary_records(*arrays) for name, arrays in members.items()}
+    records["test_batch.bin"] += b"\x00"
+    write_cifar10_directory(isolated / "d" / CIFAR10_DIRECTORY, records)
+    with pytest.raises(ValueError, match=r"test_batch\.bin: \d+ bytes is not a whole number of 3073-byte records"):
+        cifar10.load_data(path=isolated / "d")
+
+
 def test_path_of_wrong_type(isolated):
     with pytest.raises(TypeError, match="path"):
         cifar10.load_data(path=42)
