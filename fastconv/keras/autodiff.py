@@ -31,7 +31,11 @@ class Tensor:
 
     # ----- array protocol -----
     def __array__(self, dtype=None, copy=None):
-        return self.value if dtype is None else self.value.astype(dtype)
+        # value may be a NumPy scalar (a full reduction): __array__ must return an ndarray
+        value = np.asarray(self.value)
+        if dtype is not None and value.dtype != dtype:
+            return value.astype(dtype)
+        return value.copy() if copy else value
 
     def numpy(self):
         return np.array(self.value)
@@ -188,7 +192,7 @@ class GradientTape:
         for item in _flatten(tensor):
             if isinstance(item, (np.ndarray, Tensor)) or _is_variable(item):
                 self._tracked[id(item)] = item
-            elif not np.isscalar(item):
+            elif not (item is None or isinstance(item, (bool, int, float, np.number))):  # constants: nothing to track
                 raise TypeError(f"watch takes arrays, Variables or Tensors, got {type(item).__name__}")
 
     def watched_variables(self):
@@ -235,9 +239,10 @@ class GradientTape:
             for x, g in zip(node.inputs, node.vjp(grad)):
                 if g is not None and id(x) in self._tracked:
                     _accumulate(grads, x, _sum_to_shape(g, np.shape(unwrap(x))))
-        if not self.persistent:
+        if not self.persistent:  # free the recording; watched_variables() still answers, as in TF
             self._used = True
-            self.reset()
+            self._nodes = []
+            self._tracked = {key: x for key, x in self._tracked.items() if _is_variable(x)}
 
         def result(source):
             if not (isinstance(source, (np.ndarray, Tensor)) or _is_variable(source)):
@@ -298,13 +303,18 @@ def value_and_grad(fn, argnums=0, has_aux=False):
             raise ValueError(f"value_and_grad needs fn to return a scalar, got shape {np.shape(unwrap(value))}")
         grads = tuple(tape.gradient(value, args[p], unconnected_gradients="zero") for p in positions)
         plain_value = np.asarray(unwrap(value))
-        return ((plain_value, aux) if has_aux else plain_value), (grads[0] if single else grads)
+        if has_aux:  # aux comes back as arrays, as jax gives them: no Tensor escapes the function
+            aux = _map_structure(lambda leaf: np.asarray(leaf.value) if isinstance(leaf, Tensor) else leaf, aux)
+            return (plain_value, aux), (grads[0] if single else grads)
+        return plain_value, (grads[0] if single else grads)
     return wrapped
 
 
 def _as_watchable(x):
-    """Arguments to differentiate become fresh arrays, so the tape tracks exactly these objects."""
+    """Arguments to differentiate become fresh Tensors, so the tape tracks exactly these objects and
+    fn may use operators on them (`x * w`, `x[0]`, `x @ w`): on a plain ndarray NumPy would compute
+    those without recording them."""
     if _is_variable(x):
         return x
     value = np.asarray(unwrap(x))
-    return np.array(value, dtype=np.float32 if value.dtype.kind in "biu" else value.dtype)
+    return Tensor(np.array(value, dtype=np.float32 if value.dtype.kind in "biu" else value.dtype))

@@ -40,10 +40,15 @@ def _install_operators(cls):
     cls.T = property(lambda self: _ops.transpose(self))
     cls.reshape = lambda self, *shape: _ops.reshape(self, shape[0] if len(shape) == 1 else shape)
     cls.transpose = lambda self, *axes: _ops.transpose(self, axes or None)
-    cls.sum = lambda self, axis=None, keepdims=False: _ops.sum(self, axis=axis, keepdims=keepdims)
-    cls.mean = lambda self, axis=None, keepdims=False: _ops.mean(self, axis=axis, keepdims=keepdims)
-    cls.max = lambda self, axis=None, keepdims=False: _ops.max(self, axis=axis, keepdims=keepdims)
-    cls.min = lambda self, axis=None, keepdims=False: _ops.min(self, axis=axis, keepdims=keepdims)
+    def reduction(op):
+        # np.sum(t) and friends call t.sum(axis=..., dtype=None, out=None): accept NumPy's signature
+        def method(self, axis=None, dtype=None, out=None, keepdims=False, **kwargs):
+            if out is not None:
+                raise TypeError(f"{op.__name__} of a Tensor or Variable cannot write into out=")
+            result = op(self, axis=axis, keepdims=keepdims)
+            return result if dtype is None else _ops.cast(result, dtype)
+        return method
+    cls.sum, cls.mean, cls.max, cls.min = (reduction(op) for op in (_ops.sum, _ops.mean, _ops.max, _ops.min))
     cls.astype = lambda self, dtype: _ops.cast(self, dtype)
 
 

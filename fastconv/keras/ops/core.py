@@ -280,6 +280,11 @@ def where(condition, x1=None, x2=None):
 
 
 # ----- reductions -----
+def _axis_arg(axis):
+    """Keras takes an axis as an int, a tuple or a list; NumPy's reductions want an int or a tuple."""
+    return tuple(int(a) for a in axis) if isinstance(axis, (list, tuple)) else axis
+
+
 def _axes(axis, ndim_):
     if axis is None:
         return tuple(range(ndim_))
@@ -298,6 +303,7 @@ def _expand_reduced(g, axes, keepdims):
 
 def sum(x, axis=None, keepdims=False):
     a = _array(x)
+    axis = _axis_arg(axis)
     out = np.sum(a, axis=axis, keepdims=keepdims)
     axes = _axes(axis, a.ndim)
     return record(out, (x,), lambda g: (np.broadcast_to(_expand_reduced(g, axes, keepdims), a.shape),))
@@ -305,6 +311,7 @@ def sum(x, axis=None, keepdims=False):
 
 def mean(x, axis=None, keepdims=False):
     a = _array(x)
+    axis = _axis_arg(axis)
     out = np.mean(a, axis=axis, keepdims=keepdims)
     if out.dtype != a.dtype and a.dtype.kind == "f":
         out = out.astype(a.dtype)
@@ -315,6 +322,7 @@ def mean(x, axis=None, keepdims=False):
 
 def _extreme(x, axis, keepdims, fn):
     a = _array(x)
+    axis = _axis_arg(axis)
     out = fn(a, axis=axis, keepdims=keepdims)
     axes = _axes(axis, a.ndim)
 
@@ -339,20 +347,21 @@ amax, amin = max, min
 
 def prod(x, axis=None, keepdims=False, dtype=None):
     a = _array(x)
+    axis = _axis_arg(axis)
     out = np.prod(a, axis=axis, keepdims=keepdims)
     axes = _axes(axis, a.ndim)
 
     def vjp(g):
-        # Product of the others, computed without dividing so zeros are handled.
-        others = np.ones_like(a)
-        for axis_ in axes:
-            moved = np.moveaxis(a, axis_, -1)
-            left = np.cumprod(np.concatenate([np.ones_like(moved[..., :1]), moved[..., :-1]], -1), -1)
-            right = np.flip(np.cumprod(np.concatenate([np.ones_like(moved[..., :1]),
-                                                       np.flip(moved, -1)[..., :-1]], -1), -1), -1)
-            others = others * np.moveaxis(left * right, -1, axis_)
-        if len(axes) > 1:  # products over several axes: fall back to the quotient where no zeros
-            others = np.where(a != 0, _expand_reduced(out, axes, keepdims) / np.where(a != 0, a, 1), others)
+        # The product of the others in each reduced group, without dividing so zeros are handled:
+        # the reduced axes go last, flattened into one, then exclusive cumulative products from
+        # both ends.
+        kept = [i for i in range(a.ndim) if i not in axes]
+        moved = np.transpose(a, kept + list(axes))
+        flat = moved.reshape(moved.shape[:len(kept)] + (-1,))
+        ones = np.ones_like(flat[..., :1])
+        left = np.cumprod(np.concatenate([ones, flat[..., :-1]], -1), -1)
+        right = np.flip(np.cumprod(np.concatenate([ones, np.flip(flat, -1)[..., :-1]], -1), -1), -1)
+        others = np.transpose((left * right).reshape(moved.shape), np.argsort(kept + list(axes)))
         return (_expand_reduced(g, axes, keepdims) * others,)
     return record(out, (x,), vjp)
 
@@ -376,6 +385,7 @@ def argmin(x, axis=None, keepdims=False):
 
 def logsumexp(x, axis=None, keepdims=False):
     a = _array(x)
+    axis = _axis_arg(axis)
     peak = np.max(a, axis=axis, keepdims=True)
     peak = np.where(np.isfinite(peak), peak, 0)
     total = np.sum(np.exp(a - peak), axis=axis, keepdims=True)
@@ -426,7 +436,14 @@ def swapaxes(x, axis1, axis2):
 
 
 def moveaxis(x, source, destination):
-    order = list(np.moveaxis(np.arange(ndim(x)), source, destination))
+    n = ndim(x)
+    sources = [int(source) % n] if np.ndim(source) == 0 else [int(s) % n for s in source]
+    destinations = [int(destination) % n] if np.ndim(destination) == 0 else [int(d) % n for d in destination]
+    if len(sources) != len(destinations):
+        raise ValueError(f"moveaxis needs as many destinations as sources, got {source!r} and {destination!r}")
+    order = [axis for axis in range(n) if axis not in sources]
+    for dest, src in sorted(zip(destinations, sources)):
+        order.insert(dest, src)
     return transpose(x, order)
 
 
@@ -508,9 +525,12 @@ def take_along_axis(x, indices, axis=None):
     out = np.take_along_axis(a, idx, axis=axis)
 
     def vjp(g):
+        if axis is None:  # indices into the flattened array
+            grad = np.zeros(a.size, a.dtype)
+            np.add.at(grad, idx, g)
+            return (grad.reshape(a.shape),)
         grad = np.zeros_like(a)
-        np.put_along_axis(grad, idx, 0, axis=axis)
-        # put_along_axis does not accumulate: add per slot through add.at on explicit coordinates
+        # put_along_axis would not accumulate repeated indices: add.at on explicit coordinates does
         coords = list(np.indices(idx.shape, sparse=True))
         coords[axis % a.ndim] = idx
         np.add.at(grad, tuple(coords), g)
@@ -598,17 +618,19 @@ def matmul(x1, x2):
     out = np.matmul(a, b)
 
     def vjp(g):
+        # 1-D operands are a row (a) or a column (b) matrix, as np.matmul treats them; the gradient
+        # gets the dimensions matmul removed, and the tape sums broadcast batch axes back.
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
-        g2 = g
+        g2 = np.asarray(g)
+        if b.ndim == 1:
+            g2 = g2[..., None]
         if a.ndim == 1:
             g2 = np.expand_dims(g2, -2)
-        if b.ndim == 1:
-            g2 = np.expand_dims(g2, -1)
         da = np.matmul(g2, np.swapaxes(b2, -1, -2))
         db = np.matmul(np.swapaxes(a2, -1, -2), g2)
         if a.ndim == 1:
-            da = da.reshape(da.shape[:-2] + (-1,)) if da.ndim > 2 else da[0]
+            da = da[..., 0, :]
         if b.ndim == 1:
             db = db[..., 0]
         return da, db

@@ -227,9 +227,15 @@ def one_hot(x, num_classes, axis=-1, dtype=None, sparse=False):
     return np.moveaxis(out, -1, axis) if axis != -1 else out
 
 
+def _target_like(target, output):
+    """Targets are constants: take the predictions' float type, so float32 predictions give float32 losses."""
+    target, dtype = _array(target), _array(output).dtype
+    return target.astype(dtype) if dtype.kind == "f" and target.dtype != dtype else target
+
+
 def categorical_crossentropy(target, output, from_logits=False, axis=-1):
     """Per-sample cross-entropy of one-hot (or soft) targets against probabilities or logits."""
-    target = _array(target)
+    target = _target_like(target, output)
     if from_logits:
         return core.negative(core.sum(core.multiply(target, log_softmax(output, axis=axis)), axis=axis))
     probabilities = core.divide(output, core.sum(output, axis=axis, keepdims=True))
@@ -254,7 +260,7 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
 
 def binary_crossentropy(target, output, from_logits=False):
     """Element-wise binary cross-entropy (no reduction), as keras.ops.binary_crossentropy."""
-    target = _array(target)
+    target = _target_like(target, output)
     if from_logits:  # max(z, 0) - z * t + log(1 + exp(-|z|)), the stable form
         return core.subtract(softplus(output), core.multiply(output, target))
     p = core.clip(output, EPSILON, 1 - EPSILON)

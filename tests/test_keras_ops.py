@@ -1,0 +1,899 @@
+"""keras.ops and its reverse-mode autodiff: every op's forward against NumPy (or a hand-written
+formula), every differentiable op's vector-Jacobian product against central finite differences in
+float64, and the GradientTape / value_and_grad contracts."""
+import math
+
+import numpy as np
+import pytest
+
+from fastconv import keras
+from fastconv.keras import GradientTape, Variable, losses, ops, value_and_grad
+from fastconv.keras.autodiff import Tensor
+
+# ----- helpers -----
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def arr(*shape, low=-1.0, high=1.0, seed=0):
+    """A float64 array of distinct values (no ties, so max/sort/abs are differentiable at it)."""
+    return _rng(seed).uniform(low, high, size=shape)
+
+
+def pos(*shape, seed=0):
+    return arr(*shape, low=0.5, high=2.0, seed=seed)
+
+
+def _leaves(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def numeric_vjp(fn, args, index, cotangents, eps=1e-6):
+    """d sum(fn(*args) * cotangent) / d args[index] by central differences, element by element."""
+    x = args[index]
+    grad = np.zeros_like(x)
+
+    def objective():
+        return builtins_sum(float(np.sum(np.asarray(o, np.float64) * c)) for o, c in zip(_leaves(fn(*args)), cotangents))
+    for idx in np.ndindex(x.shape):
+        original = x[idx]
+        x[idx] = original + eps
+        plus = objective()
+        x[idx] = original - eps
+        minus = objective()
+        x[idx] = original
+        grad[idx] = (plus - minus) / (2 * eps)
+    return grad
+
+
+builtins_sum = sum
+
+
+def tape_vjp(fn, args, wrt, cotangents):
+    """The tape's gradient of sum(fn(*args) * cotangent) with respect to args[i] for i in wrt."""
+    with GradientTape() as tape:
+        sources = [args[i] for i in wrt]
+        tape.watch(sources)
+        out = _leaves(fn(*args))
+    return tape.gradient(out, sources, output_gradients=cotangents)
+
+
+def check_vjp(fn, *args, wrt=None, rtol=1e-6, atol=1e-8, seed=1):
+    """The tape's vjp of fn at float64 args (a random cotangent) against finite differences.
+    Returns fn's plain output (outside any tape)."""
+    args = [np.array(a, dtype=np.float64) if isinstance(a, np.ndarray) else a for a in args]
+    wrt = [i for i, a in enumerate(args) if isinstance(a, np.ndarray)] if wrt is None else wrt
+    out = fn(*args)
+    rng = _rng(seed)
+    cotangents = [rng.standard_normal(np.shape(o)) for o in _leaves(out)]
+    grads = tape_vjp(fn, args, wrt, cotangents)
+    for i, grad in zip(wrt, grads):
+        assert grad is not None, f"no gradient for argument {i}"
+        assert np.shape(grad) == args[i].shape, f"argument {i}: gradient shape {np.shape(grad)} != {args[i].shape}"
+        expected = numeric_vjp(fn, args, i, cotangents)
+        np.testing.assert_allclose(np.asarray(grad), expected, rtol=rtol, atol=atol, err_msg=f"argument {i}")
+    return out
+
+
+# ----- naive NN references, written independently of fastconv -----
+
+
+def _same_pad(size, window, stride):
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
+
+
+def naive_conv(x, w, strides=1, padding="valid", dilation_rate=1):
+    n, h, wd, cin = x.shape
+    kh, kw, _, cout = w.shape
+    s, d = strides, dilation_rate
+    eh, ew = (kh - 1) * d + 1, (kw - 1) * d + 1
+    if padding == "same":
+        (pt, pb), (pl, pr) = _same_pad(h, eh, s), _same_pad(wd, ew, s)
+    else:
+        pt = pb = pl = pr = 0
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh, ow = (xp.shape[1] - eh) // s + 1, (xp.shape[2] - ew) // s + 1
+    out = np.zeros((n, oh, ow, cout))
+    for i in range(oh):
+        for j in range(ow):
+            for a in range(kh):
+                for b in range(kw):
+                    out[:, i, j, :] += xp[:, i * s + a * d, j * s + b * d, :] @ w[a, b]
+    return out
+
+
+def naive_pool(x, pool, strides, padding, kind):
+    n, h, w, c = x.shape
+    s = strides or pool
+    if padding == "same":
+        (pt, pb), (pl, pr) = _same_pad(h, pool, s), _same_pad(w, pool, s)
+    else:
+        pt = pb = pl = pr = 0
+    fill = -np.inf if kind == "max" else np.nan
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=fill)
+    oh, ow = (xp.shape[1] - pool) // s + 1, (xp.shape[2] - pool) // s + 1
+    out = np.zeros((n, oh, ow, c))
+    for i in range(oh):
+        for j in range(ow):
+            window = xp[:, i * s:i * s + pool, j * s:j * s + pool, :]
+            out[:, i, j, :] = window.max(axis=(1, 2)) if kind == "max" else np.nanmean(window, axis=(1, 2))
+    return out
+
+
+def tensor(x):
+    """x as a recorded Tensor (a watched ndarray stays an ndarray, whose own operators NumPy runs
+    unrecorded; a Tensor's operators go through keras.ops)."""
+    return ops.add(x, 0.0)
+
+
+def np_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+# ----- the differentiable ops: (op name, variant, fn, NumPy reference, args) -----
+# fn and the reference take the same arguments; the arrays among them are differentiated.
+
+INDEX = np.array([2, 0, 2, 1])  # a repeated index: its gradient must accumulate
+LABELS = np.array([2, 0, 1])
+ONE_HOT = np.eye(4)[[1, 3, 0]]
+SOFT = np_softmax(arr(3, 4, seed=7))
+BITS = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+
+DIFF_CASES = [
+    # element-wise arithmetic, with broadcasting summed back to each input's shape
+    ("add", "broadcast", ops.add, np.add, [arr(2, 3, 4), arr(3, 1, seed=1)]),
+    ("add", "scalar-array", ops.add, np.add, [arr(1, seed=2), arr(2, 3)]),
+    ("subtract", "broadcast", ops.subtract, np.subtract, [arr(4), arr(3, 1, seed=1)]),
+    ("multiply", "broadcast", ops.multiply, np.multiply, [arr(2, 1, 4), arr(3, 1, seed=1)]),
+    ("divide", "broadcast", ops.divide, np.divide, [arr(2, 3), pos(3, seed=1)]),
+    ("true_divide", "", ops.true_divide, np.true_divide, [arr(2, 3), pos(2, 1, seed=1)]),
+    ("negative", "", ops.negative, np.negative, [arr(2, 3)]),
+    ("power", "both", ops.power, np.power, [pos(2, 3), arr(3, seed=1)]),
+    ("power", "int-exponent", lambda x: ops.power(x, 3), lambda x: x ** 3, [arr(2, 3)]),
+    ("square", "", ops.square, np.square, [arr(2, 3)]),
+    ("sqrt", "", ops.sqrt, np.sqrt, [pos(2, 3)]),
+    ("rsqrt", "", ops.rsqrt, lambda x: 1 / np.sqrt(x), [pos(2, 3)]),
+    ("reciprocal", "", ops.reciprocal, np.reciprocal, [pos(2, 3)]),
+    ("exp", "", ops.exp, np.exp, [arr(2, 3)]),
+    ("expm1", "", ops.expm1, np.expm1, [arr(2, 3)]),
+    ("log", "", ops.log, np.log, [pos(2, 3)]),
+    ("log1p", "", ops.log1p, np.log1p, [pos(2, 3)]),
+    ("abs", "", ops.abs, np.abs, [arr(2, 3)]),
+    ("absolute", "", ops.absolute, np.abs, [arr(2, 3)]),
+    ("tanh", "", ops.tanh, np.tanh, [arr(2, 3)]),
+    ("sin", "", ops.sin, np.sin, [arr(2, 3)]),
+    ("cos", "", ops.cos, np.cos, [arr(2, 3)]),
+    ("erf", "", ops.erf, np.vectorize(math.erf), [arr(2, 3)]),
+    ("maximum", "broadcast", ops.maximum, np.maximum, [arr(2, 3), arr(3, seed=1)]),
+    ("minimum", "broadcast", ops.minimum, np.minimum, [arr(3, 1), arr(3, seed=1)]),
+    ("clip", "", lambda x: ops.clip(x, -0.5, 0.4), lambda x: np.clip(x, -0.5, 0.4), [arr(3, 4)]),
+    ("where", "broadcast", lambda x1, x2: ops.where(arr(2, 3, seed=5) > 0, x1, x2),
+     lambda x1, x2: np.where(arr(2, 3, seed=5) > 0, x1, x2), [arr(3), arr(2, 1, seed=1)]),
+    ("cast", "float64", lambda x: ops.cast(x, "float64"), lambda x: x, [arr(2, 3)]),
+    # reductions
+    ("sum", "all", ops.sum, np.sum, [arr(2, 3)]),
+    ("sum", "axis", lambda x: ops.sum(x, axis=1), lambda x: x.sum(axis=1), [arr(2, 3, 4)]),
+    ("sum", "neg-axes-keepdims", lambda x: ops.sum(x, axis=(-1, 0), keepdims=True),
+     lambda x: x.sum(axis=(-1, 0), keepdims=True), [arr(2, 3, 4)]),
+    ("mean", "all", ops.mean, np.mean, [arr(2, 3)]),
+    ("mean", "axis", lambda x: ops.mean(x, axis=-2), lambda x: x.mean(axis=-2), [arr(2, 3, 4)]),
+    ("mean", "keepdims", lambda x: ops.mean(x, axis=(0, 2), keepdims=True),
+     lambda x: x.mean(axis=(0, 2), keepdims=True), [arr(2, 3, 4)]),
+    ("max", "all", ops.max, np.max, [arr(2, 3)]),
+    ("max", "axis", lambda x: ops.max(x, axis=-1), lambda x: x.max(axis=-1), [arr(2, 3, 4)]),
+    ("max", "keepdims", lambda x: ops.max(x, axis=(0, 1), keepdims=True),
+     lambda x: x.max(axis=(0, 1), keepdims=True), [arr(2, 3, 4)]),
+    ("min", "axis", lambda x: ops.min(x, axis=0), lambda x: x.min(axis=0), [arr(2, 3)]),
+    ("min", "keepdims", lambda x: ops.min(x, axis=1, keepdims=True), lambda x: x.min(axis=1, keepdims=True),
+     [arr(2, 3)]),
+    ("amax", "", lambda x: ops.amax(x, axis=1), lambda x: x.max(axis=1), [arr(2, 3)]),
+    ("amin", "", lambda x: ops.amin(x, axis=1), lambda x: x.min(axis=1), [arr(2, 3)]),
+    ("prod", "all", ops.prod, np.prod, [arr(2, 3)]),
+    ("prod", "axis", lambda x: ops.prod(x, axis=-1, keepdims=True), lambda x: x.prod(axis=-1, keepdims=True),
+     [arr(2, 3, 4)]),
+    ("prod", "axes", lambda x: ops.prod(x, axis=(0, 2)), lambda x: x.prod(axis=(0, 2)), [arr(2, 3, 4)]),
+    ("var", "all", ops.var, np.var, [arr(2, 3)]),
+    ("var", "axis-keepdims", lambda x: ops.var(x, axis=0, keepdims=True), lambda x: x.var(axis=0, keepdims=True),
+     [arr(3, 4)]),
+    ("std", "axis", lambda x: ops.std(x, axis=-1), lambda x: x.std(axis=-1), [arr(3, 4)]),
+    ("logsumexp", "all", ops.logsumexp, lambda x: np.log(np.exp(x).sum()), [arr(2, 3)]),
+    ("logsumexp", "axis-keepdims", lambda x: ops.logsumexp(x, axis=-1, keepdims=True),
+     lambda x: np.log(np.exp(x).sum(axis=-1, keepdims=True)), [arr(2, 3)]),
+    ("logsumexp", "axes", lambda x: ops.logsumexp(x, axis=(0, 2)),
+     lambda x: np.log(np.exp(x).sum(axis=(0, 2))), [arr(2, 3, 4)]),
+    ("cumsum", "flat", ops.cumsum, np.cumsum, [arr(2, 3)]),
+    ("cumsum", "axis", lambda x: ops.cumsum(x, axis=-1), lambda x: np.cumsum(x, axis=-1), [arr(2, 3)]),
+    ("norm", "all", ops.norm, np.linalg.norm, [arr(2, 3)]),
+    ("norm", "axis", lambda x: ops.norm(x, axis=-1, keepdims=True),
+     lambda x: np.linalg.norm(x, axis=-1, keepdims=True), [arr(2, 3)]),
+    # shapes
+    ("reshape", "", lambda x: ops.reshape(x, (3, -1)), lambda x: x.reshape(3, -1), [arr(2, 3, 2)]),
+    ("transpose", "default", ops.transpose, np.transpose, [arr(2, 3, 4)]),
+    ("transpose", "axes", lambda x: ops.transpose(x, (1, -1, 0)), lambda x: np.transpose(x, (1, 2, 0)),
+     [arr(2, 3, 4)]),
+    ("expand_dims", "", lambda x: ops.expand_dims(x, -1), lambda x: x[..., None], [arr(2, 3)]),
+    ("squeeze", "", lambda x: ops.squeeze(x, 1), lambda x: x[:, 0], [arr(2, 1, 3)]),
+    ("squeeze", "all", ops.squeeze, np.squeeze, [arr(1, 3, 1)]),
+    ("flatten", "", ops.flatten, np.ravel, [arr(2, 3)]),
+    ("ravel", "", ops.ravel, np.ravel, [arr(2, 3)]),
+    ("concatenate", "", lambda a, b: ops.concatenate([a, b], axis=-1),
+     lambda a, b: np.concatenate([a, b], axis=-1), [arr(2, 3), arr(2, 2, seed=1)]),
+    ("stack", "", lambda a, b: ops.stack([a, b], axis=1), lambda a, b: np.stack([a, b], axis=1),
+     [arr(2, 3), arr(2, 3, seed=1)]),
+    ("stack", "neg-axis", lambda a, b: ops.stack([a, b], axis=-1), lambda a, b: np.stack([a, b], axis=-1),
+     [arr(2, 3), arr(2, 3, seed=1)]),
+    ("split", "sections", lambda x: ops.split(x, 3, axis=1), lambda x: np.split(x, 3, axis=1), [arr(2, 6)]),
+    ("split", "indices", lambda x: ops.split(x, [1, 3], axis=-1), lambda x: np.split(x, [1, 3], axis=-1),
+     [arr(2, 5)]),
+    ("take", "flat", lambda x: ops.take(x, INDEX), lambda x: np.take(x, INDEX), [arr(2, 3)]),
+    ("take", "axis", lambda x: ops.take(x, INDEX, axis=1), lambda x: np.take(x, INDEX, axis=1), [arr(2, 3, 2)]),
+    ("take", "2d-indices", lambda x: ops.take(x, INDEX.reshape(2, 2), axis=-1),
+     lambda x: np.take(x, INDEX.reshape(2, 2), axis=-1), [arr(2, 3)]),
+    ("take_along_axis", "", lambda x: ops.take_along_axis(x, np.array([[0, 0, 2], [1, 2, 1]]), axis=1),
+     lambda x: np.take_along_axis(x, np.array([[0, 0, 2], [1, 2, 1]]), axis=1), [arr(2, 3)]),
+    ("take_along_axis", "flat", lambda x: ops.take_along_axis(x, np.array([5, 0, 5]), axis=None),
+     lambda x: np.take_along_axis(x, np.array([5, 0, 5]), axis=None), [arr(2, 3)]),
+    ("tile", "", lambda x: ops.tile(x, (2, 1, 3)), lambda x: np.tile(x, (2, 1, 3)), [arr(2, 3)]),
+    ("repeat", "axis", lambda x: ops.repeat(x, 2, axis=-1), lambda x: np.repeat(x, 2, axis=-1), [arr(2, 3)]),
+    ("repeat", "flat", lambda x: ops.repeat(x, 3), lambda x: np.repeat(x, 3), [arr(2, 2)]),
+    ("broadcast_to", "", lambda x: ops.broadcast_to(x, (2, 3, 4)), lambda x: np.broadcast_to(x, (2, 3, 4)),
+     [arr(3, 1)]),
+    ("pad", "", lambda x: ops.pad(x, ((1, 0), (2, 1))), lambda x: np.pad(x, ((1, 0), (2, 1))), [arr(2, 3)]),
+    ("get_item", "slices", lambda x: ops.get_item(x, (slice(1, None), slice(None, None, 2))),
+     lambda x: x[1:, ::2], [arr(3, 5)]),
+    ("get_item", "operator-slices", lambda x: tensor(x)[1:, ::-2], lambda x: x[1:, ::-2], [arr(3, 5)]),
+    ("get_item", "int-array-repeated", lambda x: tensor(x)[INDEX], lambda x: x[INDEX], [arr(3, 2)]),
+    ("get_item", "list-repeated", lambda x: tensor(x)[[1, 1, 0]], lambda x: x[[1, 1, 0]], [arr(3, 2)]),
+    ("get_item", "mixed", lambda x: tensor(x)[INDEX, 1:], lambda x: x[INDEX, 1:], [arr(3, 3)]),
+    ("get_item", "two-int-arrays", lambda x: tensor(x)[INDEX, INDEX[::-1]], lambda x: x[INDEX, INDEX[::-1]],
+     [arr(3, 3)]),
+    ("get_item", "int-and-newaxis", lambda x: tensor(x)[-1, None, ..., 0], lambda x: x[-1, None, ..., 0],
+     [arr(2, 3, 4)]),
+    ("get_item", "bool-mask", lambda x: ops.get_item(x, arr(2, 3, seed=3) > 0),
+     lambda x: x[arr(2, 3, seed=3) > 0], [arr(2, 3)]),
+    ("get_item", "scalar", lambda x: tensor(x)[1, 2], lambda x: x[1, 2], [arr(2, 3)]),
+    ("slice", "", lambda x: ops.slice(x, (1, 0), (2, 2)), lambda x: x[1:3, 0:2], [arr(3, 3)]),
+    ("flip", "", lambda x: ops.flip(x, axis=-1), lambda x: np.flip(x, -1), [arr(2, 3)]),
+    ("swapaxes", "", lambda x: ops.swapaxes(x, 0, -1), lambda x: np.swapaxes(x, 0, -1), [arr(2, 3, 4)]),
+    ("moveaxis", "", lambda x: ops.moveaxis(x, 0, -1), lambda x: np.moveaxis(x, 0, -1), [arr(2, 3, 4)]),
+    ("sort", "", lambda x: ops.sort(x, axis=0), lambda x: np.sort(x, axis=0), [arr(3, 4)]),
+    ("top_k", "", lambda x: ops.top_k(x, 2)[0], lambda x: -np.sort(-x, axis=-1)[..., :2], [arr(3, 4)]),
+    # linear algebra
+    ("matmul", "2d", ops.matmul, np.matmul, [arr(2, 3), arr(3, 4, seed=1)]),
+    ("matmul", "vector-matrix", ops.matmul, np.matmul, [arr(3), arr(3, 4, seed=1)]),
+    ("matmul", "matrix-vector", ops.matmul, np.matmul, [arr(2, 3), arr(3, seed=1)]),
+    ("matmul", "vector-vector", ops.matmul, np.matmul, [arr(3), arr(3, seed=1)]),
+    ("matmul", "batched", ops.matmul, np.matmul, [arr(2, 2, 3), arr(2, 3, 4, seed=1)]),
+    ("matmul", "batched-broadcast", ops.matmul, np.matmul, [arr(2, 1, 2, 3), arr(3, 3, 2, seed=1)]),
+    ("matmul", "vector-batched", ops.matmul, np.matmul, [arr(3), arr(2, 3, 4, seed=1)]),
+    ("matmul", "batched-vector", ops.matmul, np.matmul, [arr(2, 4, 3), arr(3, seed=1)]),
+    ("matmul", "operator", lambda a, b: tensor(a) @ b, np.matmul, [arr(2, 3), arr(3, 2, seed=1)]),
+    ("matmul", "reflected-operator", lambda a, b: a @ tensor(b), np.matmul, [arr(2, 3), arr(3, 2, seed=1)]),
+    ("dot", "2d", ops.dot, np.dot, [arr(2, 3), arr(3, 4, seed=1)]),
+    ("dot", "nd", ops.dot, np.dot, [arr(2, 3), arr(2, 3, 4, seed=1)]),
+    ("dot", "scalar", ops.dot, np.dot, [arr(2, 3), np.array(1.5)]),
+    ("tensordot", "int", lambda a, b: ops.tensordot(a, b, axes=2), lambda a, b: np.tensordot(a, b, axes=2),
+     [arr(2, 3, 4), arr(3, 4, 2, seed=1)]),
+    ("tensordot", "lists", lambda a, b: ops.tensordot(a, b, axes=([0, 2], [1, 0])),
+     lambda a, b: np.tensordot(a, b, axes=([0, 2], [1, 0])), [arr(2, 3, 4), arr(4, 2, 3, seed=1)]),
+    ("outer", "", ops.outer, np.outer, [arr(3), arr(2, 2, seed=1)]),
+    ("einsum", "matmul", lambda a, b: ops.einsum("ij,jk->ik", a, b), lambda a, b: np.einsum("ij,jk->ik", a, b),
+     [arr(2, 3), arr(3, 4, seed=1)]),
+    ("einsum", "implicit", lambda a, b: ops.einsum("ij,jk", a, b), lambda a, b: np.einsum("ij,jk", a, b),
+     [arr(2, 3), arr(3, 4, seed=1)]),
+    ("einsum", "transpose", lambda a: ops.einsum("ij->ji", a), lambda a: a.T, [arr(2, 3)]),
+    ("einsum", "trace", lambda a: ops.einsum("ii->", a), np.trace, [arr(3, 3)]),
+    ("einsum", "diagonal", lambda a: ops.einsum("ii->i", a), np.diagonal, [arr(3, 3)]),
+    ("einsum", "outer", lambda a, b: ops.einsum("i,j->ij", a, b), np.outer, [arr(3), arr(2, seed=1)]),
+    ("einsum", "sum-axis", lambda a: ops.einsum("ij->j", a), lambda a: a.sum(0), [arr(2, 3)]),
+    ("einsum", "summed-letter", lambda a, b: ops.einsum("ij,k->k", a, b),
+     lambda a, b: np.einsum("ij,k->k", a, b), [arr(2, 3), arr(4, seed=1)]),
+    ("einsum", "batched", lambda a, b: ops.einsum("bij,bjk->bik", a, b), np.matmul,
+     [arr(2, 2, 3), arr(2, 3, 2, seed=1)]),
+    ("einsum", "spaces-dot", lambda a, b: ops.einsum("i, i -> ", a, b), np.dot, [arr(3), arr(3, seed=1)]),
+    ("einsum", "trace-times", lambda a, b: ops.einsum("ii,ij->j", a, b), lambda a, b: np.einsum("ii,ij->j", a, b),
+     [arr(3, 3), arr(3, 2, seed=1)]),
+    # activations
+    ("relu", "", ops.relu, lambda x: np.maximum(x, 0), [arr(3, 4)]),
+    ("relu6", "", ops.relu6, lambda x: np.clip(x, 0, 6), [arr(3, 4, low=-3, high=9)]),
+    ("leaky_relu", "default", ops.leaky_relu, lambda x: np.where(x > 0, x, 0.2 * x), [arr(3, 4)]),
+    ("leaky_relu", "slope", lambda x: ops.leaky_relu(x, negative_slope=0.1), lambda x: np.where(x > 0, x, 0.1 * x),
+     [arr(3, 4)]),
+    ("elu", "", lambda x: ops.elu(x, alpha=0.7), lambda x: np.where(x > 0, x, 0.7 * (np.exp(x) - 1)), [arr(3, 4)]),
+    ("selu", "", ops.selu,
+     lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * (np.exp(x) - 1)), [arr(3, 4)]),
+    ("gelu", "approximate", ops.gelu,
+     lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))), [arr(3, 4, low=-3, high=3)]),
+    ("gelu", "exact", lambda x: ops.gelu(x, approximate=False),
+     lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2))), [arr(3, 4, low=-3, high=3)]),
+    ("silu", "", ops.silu, lambda x: x * np_sigmoid(x), [arr(3, 4, low=-4, high=4)]),
+    ("swish", "", ops.swish, lambda x: x * np_sigmoid(x), [arr(3, 4)]),
+    ("sigmoid", "", ops.sigmoid, np_sigmoid, [arr(3, 4, low=-30, high=30)]),
+    ("hard_sigmoid", "", ops.hard_sigmoid, lambda x: np.clip(x / 6 + 0.5, 0, 1), [arr(3, 4, low=-5, high=5)]),
+    ("softmax", "", ops.softmax, np_softmax, [arr(3, 4, low=-3, high=3)]),
+    ("softmax", "axis", lambda x: ops.softmax(x, axis=0), lambda x: np_softmax(x, 0), [arr(3, 4)]),
+    ("log_softmax", "", ops.log_softmax, lambda x: np.log(np_softmax(x)), [arr(3, 4, low=-3, high=3)]),
+    ("log_softmax", "axis", lambda x: ops.log_softmax(x, axis=-2), lambda x: np.log(np_softmax(x, -2)),
+     [arr(3, 4, 2)]),
+    ("softplus", "", ops.softplus, lambda x: np.log1p(np.exp(x)), [arr(3, 4, low=-30, high=30)]),
+    ("softsign", "", ops.softsign, lambda x: x / (1 + np.abs(x)), [arr(3, 4)]),
+    ("log_sigmoid", "", ops.log_sigmoid, lambda x: np.log(np_sigmoid(x)), [arr(3, 4, low=-5, high=5)]),
+    # convolution and pooling (float64 runs fastconv.reference; float32 is checked separately below)
+    ("conv", "valid", ops.conv, naive_conv, [arr(2, 5, 5, 2), arr(3, 3, 2, 3, seed=1)]),
+    ("conv", "same-strided", lambda x, w: ops.conv(x, w, strides=2, padding="same"),
+     lambda x, w: naive_conv(x, w, 2, "same"), [arr(1, 5, 6, 2), arr(3, 2, 2, 2, seed=1)]),
+    ("conv", "dilated", lambda x, w: ops.conv(x, w, padding="same", dilation_rate=2),
+     lambda x, w: naive_conv(x, w, 1, "same", 2), [arr(1, 6, 5, 1), arr(2, 3, 1, 2, seed=1)]),
+    ("conv_transpose", "valid", lambda x, w: ops.conv_transpose(x, w, strides=2),
+     None, [arr(1, 3, 3, 2), arr(3, 3, 2, 2, seed=1)]),
+    ("conv_transpose", "same", lambda x, w: ops.conv_transpose(x, w, strides=2, padding="same"),
+     None, [arr(1, 3, 2, 2), arr(3, 2, 1, 2, seed=1)]),
+    ("max_pool", "valid", lambda x: ops.max_pool(x, 2), lambda x: naive_pool(x, 2, None, "valid", "max"),
+     [arr(2, 4, 5, 2)]),
+    ("max_pool", "same-strided", lambda x: ops.max_pool(x, 3, strides=2, padding="same"),
+     lambda x: naive_pool(x, 3, 2, "same", "max"), [arr(1, 5, 4, 2)]),
+    ("average_pool", "valid", lambda x: ops.average_pool(x, 2, strides=1),
+     lambda x: naive_pool(x, 2, 1, "valid", "avg"), [arr(2, 4, 3, 2)]),
+    ("average_pool", "same", lambda x: ops.average_pool(x, 3, strides=2, padding="same"),
+     lambda x: naive_pool(x, 3, 2, "same", "avg"), [arr(1, 5, 4, 2)]),
+    # normalization
+    ("batch_normalization", "", lambda x, m, v, o, s: ops.batch_normalization(x, m, v, axis=-1, offset=o, scale=s),
+     lambda x, m, v, o, s: (x - m) / np.sqrt(v + 1e-3) * s + o,
+     [arr(4, 3), arr(3, seed=1), pos(3, seed=2), arr(3, seed=3), arr(3, seed=4)]),
+    ("batch_normalization", "axis1", lambda x, m, v: ops.batch_normalization(x, m, v, axis=1, epsilon=0.01),
+     lambda x, m, v: (x - m[:, None]) / np.sqrt(v[:, None] + 0.01), [arr(2, 3, 2), arr(3, seed=1), pos(3, seed=2)]),
+    ("moments", "", lambda x: ops.moments(x, axes=(0, 1)), lambda x: (x.mean(axis=(0, 1)), x.var(axis=(0, 1))),
+     [arr(2, 3, 2)]),
+    ("moments", "keepdims", lambda x: ops.moments(x, axes=[-1], keepdims=True),
+     lambda x: (x.mean(-1, keepdims=True), x.var(-1, keepdims=True)), [arr(2, 3)]),
+    ("normalize", "", ops.normalize, lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True), [arr(3, 4)]),
+    # losses (differentiated with respect to the predictions)
+    ("categorical_crossentropy", "probabilities", lambda p: ops.categorical_crossentropy(ONE_HOT[:, :4] * 0.8 + 0.05, p),
+     lambda p: -(((ONE_HOT * 0.8 + 0.05) * np.log(p / p.sum(-1, keepdims=True))).sum(-1)), [pos(3, 4)]),
+    ("categorical_crossentropy", "logits", lambda z: ops.categorical_crossentropy(ONE_HOT, z, from_logits=True),
+     lambda z: -(ONE_HOT * np.log(np_softmax(z))).sum(-1), [arr(3, 4, low=-3, high=3)]),
+    ("sparse_categorical_crossentropy", "probabilities",
+     lambda p: ops.sparse_categorical_crossentropy(LABELS, p),
+     lambda p: -np.log((p / p.sum(-1, keepdims=True))[np.arange(3), LABELS]), [pos(3, 4)]),
+    ("sparse_categorical_crossentropy", "logits",
+     lambda z: ops.sparse_categorical_crossentropy(LABELS, z, from_logits=True),
+     lambda z: -np.log(np_softmax(z)[np.arange(3), LABELS]), [arr(3, 4, low=-3, high=3)]),
+    ("binary_crossentropy", "probabilities", lambda p: ops.binary_crossentropy(BITS, p),
+     lambda p: -(BITS * np.log(p) + (1 - BITS) * np.log(1 - p)), [arr(2, 3, low=0.05, high=0.95)]),
+    ("binary_crossentropy", "logits", lambda z: ops.binary_crossentropy(BITS, z, from_logits=True),
+     lambda z: -(BITS * np.log(np_sigmoid(z)) + (1 - BITS) * np.log(1 - np_sigmoid(z))), [arr(2, 3, low=-4, high=4)]),
+]
+
+
+def _case_id(case):
+    return f"{case[0]}-{case[1]}" if case[1] else case[0]
+
+
+def _forward_cases():
+    return [pytest.param(c, id=_case_id(c)) for c in DIFF_CASES if c[3] is not None]
+
+
+@pytest.mark.parametrize("case", _forward_cases())
+def test_forward_matches_numpy(case):
+    _, _, fn, reference, args = case
+    out = fn(*[a.copy() for a in args])
+    expected = reference(*[a.copy() for a in args])
+    for o, e in zip(_leaves(out), _leaves(expected)):
+        assert not isinstance(o, Tensor), "outside a tape ops return plain arrays"
+        assert np.shape(o) == np.shape(e)
+        np.testing.assert_allclose(np.asarray(o), e, rtol=1e-10, atol=1e-12)
+        assert np.asarray(o).dtype == np.float64, "float64 in, float64 out"
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in DIFF_CASES])
+def test_vjp_matches_finite_differences(case):
+    _, _, fn, _, args = case
+    check_vjp(fn, *args)
+
+
+@pytest.mark.parametrize("case", _forward_cases())
+def test_float32_in_float32_out(case):
+    name, _, fn, reference, args = case
+    if name == "cast":
+        return  # casts to float64 on purpose
+    out = fn(*[a.astype(np.float32) for a in args])
+    expected = reference(*args)
+    for o, e in zip(_leaves(out), _leaves(expected)):
+        assert np.asarray(o).dtype == np.float32, f"{name}: {np.asarray(o).dtype}"
+        # float32 rounding through a few ops; the log-based losses amplify it near small probabilities
+        np.testing.assert_allclose(np.asarray(o), e, rtol=2e-5, atol=2e-5)
+
+
+NON_DIFFERENTIABLE = {
+    "convert_to_tensor", "convert_to_numpy", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
+    "arange", "eye", "shape", "ndim", "size", "stop_gradient", "sign", "floor", "ceil", "round", "equal",
+    "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or", "logical_not",
+    "isnan", "isfinite", "all", "any", "argmax", "argmin", "argsort", "one_hot",
+}
+
+
+def test_every_op_is_covered():
+    """A new op in keras.ops.__all__ must come with a gradient case or a forward check here."""
+    differentiable = {case[0] for case in DIFF_CASES}
+    missing = set(ops.__all__) - differentiable - NON_DIFFERENTIABLE
+    assert not missing, f"ops without tests: {sorted(missing)}"
+    assert not differentiable & NON_DIFFERENTIABLE
+
+
+# ----- conv and pooling in float32: fastconv's C kernels against the float64 reference -----
+
+FLOAT32_CASES = [c for c in DIFF_CASES if c[0] in ("conv", "conv_transpose", "max_pool", "average_pool")]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in FLOAT32_CASES])
+def test_c_kernels_in_float32_match_float64(case):
+    _, _, fn, _, args = case
+    args64 = [a.copy() for a in args]
+    args32 = [a.astype(np.float32) for a in args]
+    out64 = fn(*args64)
+    out32 = fn(*args32)
+    assert out32.dtype == np.float32
+    # Inputs in [-1, 1] and at most 18 products per output: float32 rounding stays below 1e-5.
+    np.testing.assert_allclose(out32, out64, rtol=1e-5, atol=1e-5)
+    cotangent = [_rng(3).standard_normal(out64.shape)]
+    grads64 = tape_vjp(fn, args64, range(len(args)), cotangent)
+    grads32 = tape_vjp(fn, args32, range(len(args)), [cotangent[0].astype(np.float32)])
+    for g32, g64 in zip(grads32, grads64):
+        assert g32.dtype == np.float32
+        np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose_is_the_adjoint_of_conv():
+    """<conv(z, w), x> == <conv_transpose(x, w), z>: conv_transpose is conv's input gradient, as in Keras."""
+    for strides, padding, zshape in ((2, "valid", (1, 7, 7, 2)), (2, "same", (1, 6, 4, 2)), (1, "same", (1, 4, 4, 2))):
+        w = arr(3, 3, 2, 3, seed=1)
+        z = arr(*zshape, seed=2)
+        y = ops.conv(z, w, strides=strides, padding=padding)
+        x = arr(*y.shape, seed=3)
+        t = ops.conv_transpose(x, w, strides=strides, padding=padding)
+        assert t.shape == z.shape
+        np.testing.assert_allclose(np.sum(y * x), np.sum(t * z), rtol=1e-10)
+
+
+def test_conv_rejects_channels_first_and_wrong_rank():
+    with pytest.raises(ValueError, match="data_format"):
+        ops.conv(arr(1, 4, 4, 1), arr(2, 2, 1, 1), data_format="channels_first")
+    with pytest.raises(ValueError, match="inputs"):
+        ops.max_pool(arr(4, 4, 1), 2)
+
+
+# ----- specific gradient semantics -----
+
+
+def grad_of(fn, *args):
+    """Gradients of sum(fn(*args)) with respect to every array argument."""
+    args = [np.array(a, dtype=np.float64) for a in args]
+    with GradientTape() as tape:
+        tape.watch(args)
+        out = fn(*args)
+    return tape.gradient(out, args)
+
+
+def test_max_min_share_the_gradient_between_ties():
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
+    np.testing.assert_allclose(grad_of(lambda a: ops.max(a, axis=1), x)[0], [[0, 0.5, 0.5], [1 / 3] * 3])
+    np.testing.assert_allclose(grad_of(ops.min, x)[0], [[1, 0, 0], [0, 0, 0]])
+    np.testing.assert_allclose(grad_of(lambda a: ops.min(a, axis=-1), x)[0], [[1, 0, 0], [1 / 3] * 3])
+    np.testing.assert_allclose(grad_of(ops.max, x)[0], [[0, 0.5, 0.5], [0, 0, 0]])
+    np.testing.assert_allclose(grad_of(lambda a: ops.max(a, axis=0, keepdims=True), x)[0],
+                               [[0, 1, 1], [1, 0, 0]])
+    # element-wise: a tie sends the whole gradient to one side, never twice
+    ga, gb = grad_of(ops.maximum, [1.0, 2.0], [1.0, 0.0])
+    np.testing.assert_allclose(ga + gb, [1, 1])
+    ga, gb = grad_of(ops.minimum, [1.0, 2.0], [1.0, 0.0])
+    np.testing.assert_allclose(ga + gb, [1, 1])
+
+
+def test_prod_gradient_with_zeros():
+    x = np.array([[0.0, 2.0, 3.0], [0.0, 0.0, 4.0]])
+    np.testing.assert_allclose(grad_of(lambda a: ops.prod(a, axis=1), x)[0], [[6, 0, 0], [0, 0, 0]])
+    np.testing.assert_allclose(grad_of(ops.prod, np.array([[0.0, 2.0], [3.0, 4.0]]))[0], [[24, 0], [0, 0]])
+
+
+def test_repeated_indices_accumulate():
+    (g,) = grad_of(lambda a: tensor(a)[np.array([0, 0, 2, 0])], np.zeros(3))
+    np.testing.assert_allclose(g, [3, 0, 1])
+    (g,) = grad_of(lambda a: ops.take(a, np.array([[1, 1], [1, 0]]), axis=0), np.zeros((2, 2)))
+    np.testing.assert_allclose(g, [[1, 1], [3, 3]])
+
+
+def test_operators_on_tensors_and_variables_are_recorded():
+    v = Variable(np.array([1.0, 2.0, 3.0]), dtype="float64")
+    with GradientTape() as tape:
+        y = ops.sum((2 * v - 1) ** 2 / 4 + abs(-v) + v[1:].sum() + v.T.reshape(3, 1).mean())
+    # the two scalars inside are broadcast over v's 3 entries before the outer sum: 3 times each
+    np.testing.assert_allclose(tape.gradient(y, v), (2 * v.value - 1) + 1 + 3 * np.array([0, 1, 1]) + 1)
+
+
+def test_numpy_ufuncs_on_tensors_are_recorded():
+    x = np.array([0.5, 1.5])
+    with GradientTape() as tape:
+        tape.watch(x)
+        t = tensor(x)
+        y = np.sum(np.exp(t) * 2.0 + np.sqrt(t))
+    np.testing.assert_allclose(tape.gradient(y, x), 2 * np.exp(x) + 0.5 / np.sqrt(x))
+
+
+def test_stop_gradient_and_non_float_casts_cut_the_graph():
+    x = np.array([1.0, 2.0])
+    with GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = ops.sum(ops.multiply(ops.stop_gradient(x), x))
+        z = ops.sum(ops.cast(x, "int32"))
+    np.testing.assert_allclose(tape.gradient(y, x), x)
+    assert tape.gradient(z, x) is None
+
+
+def test_einsum_with_three_operands_refuses_the_gradient_clearly():
+    a = np.ones((2, 2))
+    assert np.allclose(ops.einsum("ij,jk,kl->il", a, a, a), np.ones((2, 2)) * 4)
+    with GradientTape() as tape:
+        tape.watch(a)
+        y = ops.einsum("ij,jk,kl->il", a, a, a)
+    with pytest.raises(ValueError, match="einsum"):
+        tape.gradient(y, a)
+
+
+# ----- non-differentiable ops: forward only -----
+
+
+def test_comparisons_and_logic():
+    a, b = arr(2, 3), arr(2, 3, seed=1)
+    for name, ref in (("equal", np.equal), ("not_equal", np.not_equal), ("greater", np.greater),
+                      ("greater_equal", np.greater_equal), ("less", np.less), ("less_equal", np.less_equal),
+                      ("logical_and", np.logical_and), ("logical_or", np.logical_or)):
+        np.testing.assert_array_equal(getattr(ops, name)(a > 0, b) if "logical" in name else getattr(ops, name)(a, b),
+                                      ref(a > 0, b) if "logical" in name else ref(a, b))
+    np.testing.assert_array_equal(ops.logical_not(a > 0), a <= 0)
+    x = np.array([1.0, np.nan, np.inf, -2.5])
+    np.testing.assert_array_equal(ops.isnan(x), np.isnan(x))
+    np.testing.assert_array_equal(ops.isfinite(x), np.isfinite(x))
+    np.testing.assert_array_equal(ops.all(a > -2, axis=1), [True, True])
+    assert not ops.all(a > 0) and ops.any(a > 0)
+    np.testing.assert_array_equal(ops.any(a > 0, axis=0, keepdims=True), np.any(a > 0, axis=0, keepdims=True))
+
+
+def test_rounding_and_sign():
+    x = np.array([-1.5, -0.4, 0.0, 0.6, 2.5])
+    np.testing.assert_array_equal(ops.sign(x), np.sign(x))
+    np.testing.assert_array_equal(ops.floor(x), np.floor(x))
+    np.testing.assert_array_equal(ops.ceil(x), np.ceil(x))
+    np.testing.assert_array_equal(ops.round(x), np.round(x))
+    np.testing.assert_array_equal(ops.round(np.array([1.234, 5.678]), 1), [1.2, 5.7])
+
+
+def test_arg_reductions_and_sorting():
+    x = arr(3, 4)
+    np.testing.assert_array_equal(ops.argmax(x), np.argmax(x))
+    np.testing.assert_array_equal(ops.argmax(x, axis=-1), np.argmax(x, axis=-1))
+    np.testing.assert_array_equal(ops.argmin(x, axis=0, keepdims=True), np.argmin(x, axis=0, keepdims=True))
+    np.testing.assert_array_equal(ops.argsort(x, axis=0), np.argsort(x, axis=0))
+    values, indices = ops.top_k(x, 3)
+    np.testing.assert_array_equal(indices, np.argsort(-x, axis=-1)[:, :3])
+    np.testing.assert_allclose(values, np.take_along_axis(x, indices, -1))
+
+
+def test_one_hot():
+    np.testing.assert_array_equal(ops.one_hot(np.array([1, 0, 3]), 4), np.eye(4)[[1, 0, 3]])
+    assert ops.one_hot(np.array([1, 0]), 3).dtype == np.float32
+    out = ops.one_hot(np.array([[1, 0], [2, 2]]), 3, axis=1)
+    assert out.shape == (2, 3, 2)
+    np.testing.assert_array_equal(out, np.moveaxis(np.eye(3)[[[1, 0], [2, 2]]], -1, 1))
+    np.testing.assert_array_equal(ops.one_hot(np.array([-1]), 2), [[0, 0]])  # out of range: a zero row, as Keras
+    with pytest.raises(TypeError, match="integer"):
+        ops.one_hot(np.array([0.5]), 2)
+
+
+def test_creation():
+    assert ops.zeros((2, 3)).dtype == np.float32 and ops.zeros((2, 3)).shape == (2, 3)
+    assert ops.ones(4, dtype="int32").dtype == np.int32
+    np.testing.assert_array_equal(ops.full((2,), 7.0), [7, 7])
+    assert ops.full((2,), 7.0).dtype == np.float32
+    x = arr(2, 3)
+    np.testing.assert_array_equal(ops.zeros_like(x), np.zeros((2, 3)))
+    assert ops.ones_like(x).dtype == np.float64
+    np.testing.assert_array_equal(ops.full_like(x, 3, dtype="int64"), np.full((2, 3), 3))
+    np.testing.assert_array_equal(ops.arange(5), np.arange(5))
+    np.testing.assert_allclose(ops.arange(0, 1, 0.25), [0, 0.25, 0.5, 0.75])
+    assert ops.arange(0, 1, 0.25).dtype == np.float32
+    np.testing.assert_array_equal(ops.arange(2, 8, 3), [2, 5])
+    np.testing.assert_array_equal(ops.eye(3, 2, k=-1), np.eye(3, 2, k=-1))
+    assert ops.shape(x) == (2, 3) and ops.ndim(x) == 2 and ops.size(x) == 6
+    assert ops.convert_to_tensor([1.0, 2.0]).dtype == np.float32  # Python floats become floatx
+    assert ops.convert_to_tensor([1, 2]).dtype.kind == "i"
+    assert ops.convert_to_tensor(x, dtype="float32").dtype == np.float32
+    v = Variable(np.ones(2))
+    assert ops.convert_to_tensor(v) is v  # a Variable passes through, so gradients still flow to it
+    np.testing.assert_array_equal(ops.convert_to_numpy(v), [1, 1])
+    assert isinstance(ops.convert_to_numpy(v), np.ndarray)
+    with pytest.raises(TypeError):
+        ops.add(object(), 1)
+
+
+# ----- dtypes: NumPy's weak Python scalars -----
+
+
+@pytest.mark.parametrize("op", [ops.add, ops.subtract, ops.multiply, ops.divide, ops.power, ops.maximum,
+                                ops.minimum])
+def test_python_scalars_keep_float32(op):
+    x = arr(2, 3, low=0.5, high=1.5).astype(np.float32)
+    assert op(x, 2).dtype == np.float32
+    assert op(x, 2.5).dtype == np.float32
+    assert op(2.5, x).dtype == np.float32
+    v = Variable(x)
+    with GradientTape() as tape:
+        y = op(v, 2.5)
+        total = ops.sum(y)
+    assert y.dtype == np.float32 and tape.gradient(total, v).dtype == np.float32
+
+
+def test_float32_operators_and_reductions_stay_float32():
+    v = Variable(pos(2, 3))
+    with GradientTape() as tape:
+        y = ops.mean(ops.square(v * 0.5 - 1.0) / 3 + ops.log(v + 1) + ops.where(v > 0, v, 0.0)
+                     + ops.clip(v, 0.0, 0.5)) + ops.var(v) + ops.std(v, axis=0)[0]
+    assert np.asarray(y).dtype == np.float32
+    grad = tape.gradient(y, v)
+    assert grad.dtype == np.float32 and np.all(np.isfinite(grad))
+
+
+# ----- losses agree with keras.losses -----
+
+
+def test_crossentropies_match_keras_losses():
+    p = np_softmax(arr(3, 4, low=-2, high=2)).astype(np.float32)
+    z = arr(3, 4, low=-3, high=3).astype(np.float32)
+    y = ONE_HOT.astype(np.float32)
+    np.testing.assert_allclose(ops.categorical_crossentropy(y, p), losses.categorical_crossentropy(y, p), rtol=1e-6)
+    np.testing.assert_allclose(ops.categorical_crossentropy(y, z, from_logits=True),
+                               losses.categorical_crossentropy(y, z, from_logits=True), rtol=1e-6)
+    np.testing.assert_allclose(ops.sparse_categorical_crossentropy(LABELS, p),
+                               losses.sparse_categorical_crossentropy(LABELS, p), rtol=1e-6)
+    np.testing.assert_allclose(ops.sparse_categorical_crossentropy(LABELS, z, from_logits=True),
+                               losses.sparse_categorical_crossentropy(LABELS, z, from_logits=True), rtol=1e-6)
+    b = arr(2, 3, low=0.05, high=0.95).astype(np.float32)
+    # keras.losses.binary_crossentropy averages the last axis; keras.ops' is element-wise
+    np.testing.assert_allclose(ops.mean(ops.binary_crossentropy(BITS, b), axis=-1),
+                               losses.binary_crossentropy(BITS, b), rtol=1e-6)
+    np.testing.assert_allclose(ops.mean(ops.binary_crossentropy(BITS, z[:2, :3], from_logits=True), axis=-1),
+                               losses.binary_crossentropy(BITS, z[:2, :3], from_logits=True), rtol=1e-6)
+    # the probabilities are clipped to [1e-7, 1 - 1e-7] before the log, as Keras does
+    np.testing.assert_allclose(ops.binary_crossentropy(np.array([1.0, 0.0]), np.array([0.0, 1.0])),
+                               [-np.log(1e-7)] * 2, rtol=1e-6)
+    np.testing.assert_allclose(ops.sparse_categorical_crossentropy(LABELS[:, None], p),
+                               ops.sparse_categorical_crossentropy(LABELS, p))
+    with pytest.raises(ValueError, match="sparse targets"):
+        ops.sparse_categorical_crossentropy(np.array([4]), p[:1])
+
+
+def test_crossentropy_gradients_match_keras_losses():
+    z = arr(3, 4, low=-3, high=3)
+    for fn in (lambda loss, x: loss(ONE_HOT, x, from_logits=True),):
+        got = grad_of(lambda x: fn(ops.categorical_crossentropy, x), z)[0]
+        expected = grad_of(lambda x: fn(losses.categorical_crossentropy, x), z)[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+    got = grad_of(lambda x: ops.mean(ops.binary_crossentropy(BITS, x, from_logits=True), axis=-1), z[:2, :3])[0]
+    expected = grad_of(lambda x: losses.binary_crossentropy(BITS, x, from_logits=True), z[:2, :3])[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+
+
+# ----- GradientTape -----
+
+
+def test_tape_none_for_unconnected_sources():
+    a, b = Variable(np.ones(2)), Variable(np.ones(3))
+    with GradientTape() as tape:
+        loss = ops.sum(a * 3.0)
+    grads = tape.gradient(loss, [a, b])
+    np.testing.assert_allclose(grads[0], [3, 3])
+    assert grads[1] is None
+
+
+def test_tape_unconnected_zero():
+    a, b = Variable(np.ones(2)), Variable(np.ones(3))
+    with GradientTape() as tape:
+        loss = ops.sum(a)
+    np.testing.assert_array_equal(tape.gradient(loss, b, unconnected_gradients="zero"), np.zeros(3))
+    with pytest.raises(ValueError, match="unconnected_gradients"):
+        GradientTape().gradient(loss, b, unconnected_gradients="nan")
+
+
+def test_non_persistent_tape_allows_one_gradient_call():
+    v = Variable(np.ones(2))
+    with GradientTape() as tape:
+        y = ops.sum(v * v)
+    tape.gradient(y, v)
+    with pytest.raises(RuntimeError, match="persistent"):
+        tape.gradient(y, v)
+
+
+def test_persistent_tape():
+    v = Variable(np.array([1.0, 2.0]))
+    with GradientTape(persistent=True) as tape:
+        y = ops.sum(v * v)
+        z = ops.sum(ops.exp(v))
+    np.testing.assert_allclose(tape.gradient(y, v), 2 * v.value)
+    np.testing.assert_allclose(tape.gradient(z, v), np.exp(v.value), rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(y, v), 2 * v.value)
+
+
+def test_watch_arrays_and_untrainable_variables():
+    x = np.array([1.0, 2.0])
+    frozen = Variable(np.array([3.0]), trainable=False)
+    trainable = Variable(np.array([4.0]))
+    with GradientTape() as tape:
+        y = ops.sum(ops.square(x)) + ops.sum(frozen * trainable)
+    gx, gf, gt = tape.gradient(y, [x, frozen, trainable])
+    assert gx is None and gf is None  # neither watched: an array and an untrainable Variable are constants
+    np.testing.assert_allclose(gt, [3.0])
+    with GradientTape() as tape:
+        tape.watch([x, frozen])
+        y = ops.sum(ops.square(x)) + ops.sum(frozen * trainable)
+    gx, gf, gt = tape.gradient(y, [x, frozen, trainable])
+    np.testing.assert_allclose(gx, 2 * x)
+    np.testing.assert_allclose(gf, [4.0])
+    np.testing.assert_allclose(gt, [3.0])
+    assert {id(v) for v in tape.watched_variables()} == {id(frozen), id(trainable)}
+    with pytest.raises(TypeError, match="watch"):
+        GradientTape().watch("x")
+
+
+def test_watch_accessed_variables_false():
+    a, b = Variable(np.ones(2)), Variable(np.ones(2))
+    with GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(a)
+        y = ops.sum(a * b)
+    ga, gb = tape.gradient(y, [a, b])
+    np.testing.assert_allclose(ga, [1, 1])
+    assert gb is None
+
+
+def test_output_gradients_and_several_targets():
+    x = np.array([1.0, 2.0, 3.0])
+    with GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = ops.square(x)
+        z = ops.sum(x)
+    np.testing.assert_allclose(tape.gradient(y, x, output_gradients=np.array([1.0, 0.0, 2.0])), [2, 0, 12])
+    np.testing.assert_allclose(tape.gradient([y, z], x), 2 * x + 1)
+    np.testing.assert_allclose(tape.gradient([y, z], x, output_gradients=[np.ones(3), 2.0]), 2 * x + 2)
+    with pytest.raises(ValueError, match="output_gradients"):
+        tape.gradient([y, z], x, output_gradients=[np.ones(3)])
+    with pytest.raises(ValueError, match="shape"):
+        tape.gradient(y, x, output_gradients=np.ones(2))
+
+
+def test_nested_structures_of_sources():
+    params = {"w": Variable(np.array([[1.0, 2.0]])), "b": [Variable(np.array([0.5])), Variable(np.zeros(1))]}
+    x = np.array([[3.0], [4.0]])
+    with GradientTape() as tape:
+        y = ops.sum(ops.matmul(x, params["w"]) + params["b"][0])
+    grads = tape.gradient(y, params)
+    assert set(grads) == {"w", "b"} and isinstance(grads["b"], list)
+    np.testing.assert_allclose(grads["w"], [[7, 7]])
+    np.testing.assert_allclose(grads["b"][0], [4.0])
+    assert grads["b"][1] is None
+
+
+def test_tuple_sources_keep_their_structure():
+    a, b = Variable(np.ones(1)), Variable(np.ones(1))
+    with GradientTape() as tape:
+        y = ops.sum(a * 2 + b)
+    grads = tape.gradient(y, (a, (b,)))
+    assert isinstance(grads, tuple) and isinstance(grads[1], tuple)
+    np.testing.assert_allclose(grads[0], [2])
+    np.testing.assert_allclose(grads[1][0], [1])
+
+
+def test_gradient_of_a_source_itself_and_a_reused_input():
+    x = np.array([2.0])
+    with GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = ops.multiply(x, x) * x
+    np.testing.assert_allclose(tape.gradient(x, x), [1.0])
+    np.testing.assert_allclose(tape.gradient(y, x), [12.0])
+
+
+def test_nested_tapes_both_record():
+    v = Variable(np.array([2.0]))
+    with GradientTape() as outer:
+        with GradientTape() as inner:
+            y = ops.sum(v * v)
+        z = y * 3.0
+    np.testing.assert_allclose(inner.gradient(y, v), [4.0])
+    np.testing.assert_allclose(outer.gradient(z, v), [12.0])
+
+
+def test_ops_outside_a_tape_return_arrays_and_the_tape_can_be_reused():
+    v = Variable(np.ones(2))
+    assert isinstance(ops.add(v, 1.0), np.ndarray)
+    tape = GradientTape()
+    with tape:
+        y = ops.sum(v)
+    assert isinstance(y, Tensor)
+    with pytest.raises(RuntimeError):
+        with tape:
+            with tape:
+                pass
+
+
+def test_gradient_sources_must_be_tensors_or_variables():
+    v = Variable(np.ones(2))
+    with GradientTape() as tape:
+        y = ops.sum(v)
+    with pytest.raises(TypeError, match="sources"):
+        tape.gradient(y, [v, 3.0])
+
+
+def test_fastconv_exports_the_tape():
+    import fastconv
+    assert fastconv.GradientTape is GradientTape and fastconv.value_and_grad is value_and_grad
+    assert keras.GradientTape is GradientTape
+
+
+# ----- value_and_grad -----
+
+
+def test_value_and_grad_argnums():
+    def fn(a, b, c):
+        return ops.sum(a * b) + ops.sum(c)
+    a, b, c = np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.array([5.0])
+    value, grad = value_and_grad(fn)(a, b, c)
+    np.testing.assert_allclose(value, 16.0)
+    np.testing.assert_allclose(grad, b)
+    value, grads = value_and_grad(fn, argnums=(1, 2))(a, b, c)
+    assert isinstance(grads, tuple) and len(grads) == 2
+    np.testing.assert_allclose(grads[0], a)
+    np.testing.assert_allclose(grads[1], [1.0])
+    _, grad = value_and_grad(fn, argnums=-1)(a, b, c)
+    np.testing.assert_allclose(grad, [1.0])
+    with pytest.raises(ValueError, match="argnums"):
+        value_and_grad(fn, argnums=3)(a, b, c)
+
+
+def test_value_and_grad_has_aux_and_pytrees():
+    def loss(params, x):
+        pred = ops.matmul(x, params["w"]) + params["b"][0]
+        return ops.mean(ops.square(pred)), {"pred": pred}
+    params = {"w": np.array([[1.0], [2.0]]), "b": [np.array([0.5])]}
+    x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    (value, aux), grads = value_and_grad(loss, has_aux=True)(params, x)
+    pred = x @ params["w"] + 0.5
+    np.testing.assert_allclose(value, np.mean(pred ** 2))
+    np.testing.assert_allclose(np.asarray(aux["pred"]), pred)
+    assert set(grads) == {"w", "b"} and isinstance(grads["b"], list)
+    np.testing.assert_allclose(grads["w"], x.T @ pred)
+    np.testing.assert_allclose(grads["b"][0], [pred.sum()])
+
+
+def test_value_and_grad_unconnected_is_zero_and_scalar_required():
+    _, grads = value_and_grad(lambda a, b: ops.sum(a), argnums=(0, 1))(np.ones(2), np.ones(3))
+    np.testing.assert_array_equal(grads[1], np.zeros(3))
+    with pytest.raises(ValueError, match="scalar"):
+        value_and_grad(lambda a: a * 2)(np.ones(2))
+
+
+def test_value_and_grad_of_variables_and_ints():
+    v = Variable(np.array([1.0, 2.0]))
+    value, grad = value_and_grad(lambda w: ops.sum(w * w))(v)
+    np.testing.assert_allclose(value, 5.0)
+    np.testing.assert_allclose(grad, [2.0, 4.0])
+    _, grad = value_and_grad(lambda w: ops.sum(w * w))(np.array([1, 2]))
+    np.testing.assert_allclose(grad, [2.0, 4.0])
+    # a closed-over trainable Variable is a constant here (jax semantics): only the argument is differentiated
+    value, grad = value_and_grad(lambda x: ops.sum(x * v))(np.array([1.0, 1.0]))
+    np.testing.assert_allclose(grad, v.value)
