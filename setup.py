@@ -14,6 +14,7 @@ import numpy  # build requirement: the bindings read array data through its C AP
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 from setuptools.errors import CCompilerError, CompileError, LinkError
 
 PORTABLE_SOURCES = [
@@ -45,6 +46,9 @@ IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 COMMON_FLAGS = ["-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 SANITIZE = os.environ.get("FASTCONV_SANITIZE") == "1"
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+# The shipped .so carries no symbol table or debug info (-s); FASTCONV_NO_STRIP=1 keeps them for a debugger.
+STRIP_FLAGS = [] if SANITIZE or os.environ.get("FASTCONV_NO_STRIP") == "1" else ["-s"]
+CHECKOUT = os.path.dirname(os.path.abspath(__file__))
 
 
 def compiler_accepts(compiler, flags):
@@ -70,13 +74,27 @@ class BuildExt(build_ext):
         flags = COMMON_FLAGS + openmp + (SANITIZE_FLAGS if SANITIZE else [])
         for ext in self.extensions:
             ext.extra_compile_args = flags
-            ext.extra_link_args = openmp + (SANITIZE_FLAGS if SANITIZE else [])
+            ext.extra_link_args = openmp + (SANITIZE_FLAGS if SANITIZE else []) + STRIP_FLAGS
             if IS_X86_64:
                 for isa, (sources, isa_flags) in ISA_SOURCES.items():
                     ext.extra_objects += self.compiler.compile(  # one folder per set: same source names
                         sources, output_dir=os.path.join(self.build_temp, isa), include_dirs=ext.include_dirs,
                         extra_postargs=flags + isa_flags, depends=ext.depends)
         super().build_extensions()
+
+
+class BuildPy(build_py):
+    """Also records where this checkout's vendored data sets are, so that a fastconv installed from it
+    finds MNIST offline, from any directory (fastconv.datasets copies it into the user cache)."""
+
+    def run(self):
+        super().run()
+        data = os.path.join(CHECKOUT, "data")
+        if os.path.isdir(os.path.join(data, "mnist")):
+            record = os.path.join(self.build_lib, "fastconv", "datasets", "_checkout.py")
+            with open(record, "w") as f:
+                f.write(f'"""Written by setup.py: the data folder of the checkout this was built from."""\n'
+                        f"CHECKOUT_DATA = {data!r}\n")
 
 
 extension = Extension(
@@ -93,5 +111,5 @@ extension = Extension(
 
 setup(
     ext_modules=cythonize([extension], compiler_directives={"language_level": "3"}),
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )

@@ -7,13 +7,14 @@ import argparse
 import os
 import signal
 import sys
-import time
 
 import numpy as np
 
 from fastconv.datasets.cifar10 import CLASS_NAMES as CIFAR10_CLASS_NAMES
 from fastconv.keras.callbacks import Callback
+from fastconv.keras.progbar import Progbar
 
+OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "rmsprop", "adagrad", "adadelta")
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -41,6 +42,16 @@ def load_dataset(name):
     return (x_train[..., None], y_train), (x_test[..., None], y_test)
 
 
+def load_test_set(name):
+    """Only the test split: MNIST-like data sets then need none of the training files."""
+    from fastconv import datasets
+    module = {"mnist": datasets.mnist, "fashion_mnist": datasets.fashion_mnist}.get(name)
+    if module is None:
+        return load_dataset(name)[1]
+    x_test, y_test = module.load_test_data()
+    return x_test[..., None], y_test
+
+
 def confusion_matrix(labels, predicted, classes=10):
     matrix = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(matrix, (labels, predicted), 1)
@@ -57,39 +68,65 @@ def format_confusion(matrix, names):
 
 
 class EpochReport(Callback):
-    """Saves a checkpoint and prints images per second after each epoch; on Ctrl-C, stops cleanly
-    after the current step."""
+    """One Keras-style progress bar per epoch, with the training rate in images/s inside it; saves a
+    checkpoint after every complete epoch. On Ctrl-C, stops cleanly after the current step (a second
+    Ctrl-C quits at once)."""
 
-    def __init__(self, images_per_epoch, checkpoint_path):
+    def __init__(self, images_per_epoch, batch_size, checkpoint_path):
         super().__init__()
         self.images_per_epoch = images_per_epoch
+        self.batch_size = batch_size
         self.checkpoint_path = checkpoint_path
         self.interrupted = False
         self.epoch = self.step = 0
         self.last_saved_epoch = None
-        self.started = self.trained_at = time.perf_counter()
+        self.bar = None
 
     def request_stop(self, signum, frame):
+        if self.interrupted:
+            raise KeyboardInterrupt
         self.interrupted = True
+
+    def images_trained(self):
+        """Images of the current epoch trained on so far (the last batch may be short)."""
+        return min(self.step * self.batch_size, self.images_per_epoch)
+
+    def epoch_complete(self):
+        return self.step == self.params.get("steps")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch, self.step = epoch, 0
-        self.started = self.trained_at = time.perf_counter()
+        print(f"Epoch {epoch + 1}/{self.params.get('epochs')}", flush=True)
+        self.bar = Progbar(self.params.get("steps"), count_name="images")
+
+    def _show(self, logs, finalize, count=None):
+        logs = logs or {}
+        self.bar.stateful_metrics.update(logs)  # the trainer's logs are already running averages
+        self.bar.update(self.step, list(logs.items()), finalize=finalize, count=count)
 
     def on_train_batch_end(self, batch, logs=None):
         self.step = batch + 1
-        self.trained_at = time.perf_counter()
+        self._show(logs, finalize=False, count=self.images_trained())
         if self.interrupted:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        training, validation = self.trained_at - self.started, now - self.trained_at
-        if not self.interrupted:  # an epoch cut short by Ctrl-C must not replace the last complete one
+        self._show(logs, finalize=True)
+        # Every training step ran, so the epoch is complete even if Ctrl-C came during validation;
+        # an epoch cut short must not replace the last complete one.
+        if self.epoch_complete():
             self.model.save(self.checkpoint_path)  # atomic: a crash mid-save keeps the previous file
             self.last_saved_epoch = epoch + 1
-        print(f"epoch {epoch + 1}: training {training:.1f} s ({self.images_per_epoch / training:,.0f} images/s), "
-              f"validation {validation:.1f} s", flush=True)
+        if self.interrupted:
+            self.model.stop_training = True
+
+    def interruption_message(self):
+        if self.epoch_complete():
+            return (f"Interrupted after epoch {self.epoch + 1}, which completed; "
+                    f"its checkpoint is {self.checkpoint_path}.")
+        where = (f"the last completed checkpoint is {self.checkpoint_path} (epoch {self.last_saved_epoch})"
+                 if self.last_saved_epoch else "no epoch completed in this run, so nothing was saved")
+        return f"Interrupted during epoch {self.epoch + 1}, after step {self.step}; {where}."
 
 
 class Augmenter(Callback):
@@ -137,14 +174,17 @@ def cmd_train(args):
         x_train, y_train = x_train[:args.train_size], y_train[:args.train_size]
     model = recipe.compiled_model(args.optimizer, learning_rate)
     print(f"fastconv train: model {model_name} ({recipe.description}), dataset {args.dataset} "
-          f"({len(x_train)} train / {len(x_test)} test), {epochs} epochs, batch {batch_size}, "
+          f"({len(x_train)} train / {len(x_test)} test), {plural(epochs, 'epoch')}, batch {batch_size}, "
           f"{args.optimizer or recipe.optimizer} lr {learning_rate:g}, augment {'on' if augment else 'off'}, "
           f"backend {args.backend}", flush=True)
+    replaces = os.path.exists(save_path)
+    if replaces:
+        print(f"{save_path} exists: each completed epoch replaces it", flush=True)
     if args.verbose:
         model.summary()
 
-    report = EpochReport(len(x_train), save_path)
-    callbacks = [report]
+    report = EpochReport(len(x_train), batch_size, save_path)
+    callbacks = []
     if recipe.decay_per_epoch != 1.0:
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch, lr: learning_rate * recipe.decay_per_epoch ** epoch))
@@ -153,16 +193,15 @@ def cmd_train(args):
         callbacks.append(Augmenter(x_train, x_fit, np.random.default_rng(args.seed), recipe.augmentation))
     else:
         x_fit = x_train
+    callbacks.append(report)  # last, so that its clock starts after the augmentation
     previous_handler = signal.signal(signal.SIGINT, report.request_stop)
     try:
         history = model.fit(x_fit, y_train, batch_size=batch_size, epochs=epochs, validation_data=(x_test, y_test),
-                            callbacks=callbacks, verbose=1).history
+                            callbacks=callbacks, verbose=0).history
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     if report.interrupted:
-        where = (f"the last completed checkpoint is {save_path} (epoch {report.last_saved_epoch})"
-                 if report.last_saved_epoch else "no epoch completed in this run, so nothing was saved")
-        print(f"\nInterrupted during epoch {report.epoch + 1}, after step {report.step}; {where}.", flush=True)
+        print(report.interruption_message(), flush=True)
         return EXIT_INTERRUPTED
 
     probabilities = model.predict(x_test, batch_size=256, verbose=0)
@@ -171,12 +210,16 @@ def cmd_train(args):
     print(f"test accuracy: {accuracy:.4f} ({int((predicted == y_test).sum())}/{len(y_test)})")
     matrix = confusion_matrix(y_test, predicted)
     print(format_confusion(matrix, CLASS_NAMES[args.dataset]))
-    print(f"model saved to {save_path}")
+    print(f"model saved to {save_path}" + (" (replacing the file that was there)" if replaces else ""))
     if args.plot:
         from fastconv.plotting import plot_training
         plot_training(args.plot, history, matrix, CLASS_NAMES[args.dataset], model)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def plural(count, noun):
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _load_model(path):
@@ -188,7 +231,7 @@ def _load_model(path):
 
 def cmd_evaluate(args):
     model = _load_model(args.model_path)
-    _, (x_test, y_test) = load_dataset(args.dataset)
+    x_test, y_test = load_test_set(args.dataset)
     predicted = model.predict(x_test, batch_size=256, verbose=0).argmax(axis=1)
     print(f"test accuracy on {args.dataset}: {float((predicted == y_test).mean()):.4f}")
     print(format_confusion(confusion_matrix(y_test, predicted), CLASS_NAMES[args.dataset]))
@@ -206,14 +249,25 @@ def read_image(path, shape):
 
 
 def cmd_predict(args):
+    from fastconv.images import has_light_background
     model = _load_model(args.model_path)
     expected = tuple(model.input_shape[1:3])
-    batch = np.stack([read_image(path, expected) for path in args.images])
-    probabilities = model.predict(batch, verbose=0)
-    for path, probs in zip(args.images, probabilities):
+    images, inverted = [], []
+    for path in args.images:
+        image = read_image(path, expected)
+        # MNIST digits are light on a dark background; a scan or drawing is usually the reverse.
+        invert = has_light_background(image) if args.invert is None else args.invert
+        images.append(255 - image if invert else image)
+        inverted.append(invert)
+    probabilities = model.predict(np.stack(images), verbose=0)
+    for path, probs, invert in zip(args.images, probabilities, inverted):
         top = np.argsort(probs)[::-1][:3]
         ranked = ", ".join(f"{k}: {probs[k]:.3f}" for k in top)
-        print(f"{path}: {top[0]}  ({ranked})")
+        note = ""
+        if invert:
+            note = ("  [inverted: light background; the model expects light digits on dark, as in MNIST]"
+                    if args.invert is None else "  [inverted (--invert)]")
+        print(f"{path}: {top[0]}  ({ranked}){note}")
     return 0
 
 
@@ -228,7 +282,7 @@ def build_parser():
                        help="default: seed for MNIST and Fashion-MNIST, cifar for CIFAR-10")
     train.add_argument("--epochs", type=positive_int)
     train.add_argument("--batch-size", type=positive_int)
-    train.add_argument("--optimizer", help="sgd, adam, adamw, nadam, rmsprop, adagrad or adadelta (default: the model's)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the model's")
     train.add_argument("--lr", type=positive_float, help="learning rate (default: the model's)")
     train.add_argument("--threads", type=positive_int)
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -250,6 +304,8 @@ def build_parser():
     predict = commands.add_parser("predict", help="classify images (PNG, PGM or .npy) with a saved model")
     predict.add_argument("model_path", metavar="MODEL")
     predict.add_argument("images", metavar="IMAGE", nargs="+")
+    predict.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
+                         help="invert the images (default: only those with a light background)")
     predict.set_defaults(run=cmd_predict)
 
     # `fastconv bench ...` is handed to fastconv.bench, which parses its own options (see main).

@@ -59,3 +59,12 @@ def read_grayscale(path):
             return np.asarray(image.convert("L"), dtype=np.uint8)
     except OSError as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from None
+
+
+def has_light_background(image):
+    """True if the image's border (where a centred digit's background is) is mostly light."""
+    image = np.asarray(image)
+    if image.ndim == 3:
+        image = image[..., 0]
+    border = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+    return bool(np.median(border) > 127)

@@ -42,6 +42,11 @@ def test_train_reports_and_saves_a_model_that_learned(trained):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "images/s" in out and "confusion matrix" in out and path.exists()
+    assert ", 1 epoch, " in out and "epochs" not in out
+    # One line per epoch: the progress bar, with the rate and the validation metrics inside it.
+    bars = [line for line in out.splitlines() if "images/s" in line]
+    assert len(bars) == 1 and bars[0].startswith("47/47 [") and "val_accuracy" in bars[0]
+    assert "epoch 1: training" not in out
     accuracy = float(out.split("test accuracy: ")[1].split()[0])
     assert accuracy > 0.85  # 3000 images, one epoch: well above chance (0.10)
 
@@ -103,7 +108,9 @@ def test_ctrl_c_stops_after_the_step_and_keeps_the_last_checkpoint(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "Interrupted" in out and "last completed checkpoint" in out and str(path) in out
+    # Mid-epoch ("the last completed checkpoint is ...") or, if Ctrl-C came during validation, after the
+    # epoch completed ("its checkpoint is ..."): either way the message names the saved file.
+    assert "Interrupted" in out and "checkpoint is" in out and str(path) in out
     assert "Traceback" not in err
     check = run("evaluate", str(path))
     assert check.returncode == 0, check.stderr
@@ -221,3 +228,61 @@ def test_bench_train_rows_step_with_their_own_batch(monkeypatch):
     for row in rows:
         row.fns["fastconv"]()
     assert seen == [(name, batch, batch) for name, batch in bench_suite.TRAIN_STEPS]
+
+
+def test_predict_inverts_a_light_background_and_says_so(trained, tmp_path):
+    path, _ = trained
+    from fastconv.datasets import mnist
+    x_test, y_test = mnist.load_test_data(REPO / "data" / "mnist")
+    picks = [0, 1]  # a 7 and a 2, which the model classifies right as MNIST has them (checked above)
+    files = []
+    for index in picks:
+        files.append(tmp_path / f"black-on-white-{index}.npy")
+        np.save(files[-1], 255 - x_test[index])  # a dark digit drawn on white paper
+    result = run("predict", str(path), *map(str, files))
+    assert result.returncode == 0, result.stderr
+    for line, index in zip(result.stdout.strip().splitlines(), picks):
+        assert line.split(": ")[1].split()[0] == str(y_test[index])
+        assert "inverted: light background" in line
+    result = run("predict", "--no-invert", str(path), str(files[0]))
+    assert "inverted" not in result.stdout
+
+
+def test_evaluate_needs_only_the_test_files(trained, tmp_path):
+    path, _ = trained
+    only_test = tmp_path / "data" / "mnist"
+    only_test.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (only_test / name).symlink_to(REPO / "data" / "mnist" / name)
+    env = {**ENV, "FASTCONV_DATA": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "fastconv", "evaluate", str(path)], capture_output=True,
+                            text=True, timeout=120, env=env, cwd=OUTSIDE)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split(": ")[1].split()[0]) > 0.85
+
+
+def test_train_says_when_it_replaces_a_model_file(tmp_path):
+    path = tmp_path / "m.fastconv"
+    path.write_bytes(b"an older model")
+    result = run("train", "--model", "mlp", "--epochs", "1", "--train-size", "256", "--save", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"{path} exists: each completed epoch replaces it" in result.stdout
+    assert f"model saved to {path} (replacing the file that was there)" in result.stdout
+
+
+def test_unknown_optimizer_lists_the_names_a_user_can_give():
+    result = run("train", "--optimizer", "adamax")
+    assert result.returncode != 0 and "invalid choice: 'adamax'" in result.stderr
+    assert "sgd" in result.stderr and "Optimizer" not in result.stderr
+
+
+def test_installed_from_the_checkout_finds_mnist_offline_from_anywhere(trained, tmp_path):
+    """No FASTCONV_DATA, an empty cache, no download: the checkout's vendored copy is found and cached."""
+    path, _ = trained
+    cache = tmp_path / "cache"
+    env = {key: value for key, value in ENV.items() if key != "FASTCONV_DATA"}
+    env["XDG_CACHE_HOME"] = str(cache)
+    result = subprocess.run([sys.executable, "-m", "fastconv", "evaluate", str(path)], capture_output=True,
+                            text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(cache / "fastconv" / "mnist")) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]

@@ -5,6 +5,7 @@ import http.server
 import io
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastconv.datasets import _download, fashion_mnist, mnist, read_idx
+from fastconv.datasets import _download, _loader, fashion_mnist, mnist, read_idx
 from fastconv.datasets.idx import MAX_PAYLOAD_BYTES, content_sha256
 
 from datafiles_helpers import (
@@ -43,6 +44,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTCONV_DOWNLOAD_TIMEOUT", "2")
     monkeypatch.delenv("FASTCONV_MNIST_MIRRORS", raising=False)
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIRS", [])
+    monkeypatch.setattr(_loader, "checkout_data_roots", lambda: [])  # the vendored copy would be found
     return tmp_path
 
 
@@ -439,3 +441,74 @@ def test_download_disabled_by_argument(mirror, monkeypatch):
     with pytest.raises(FileNotFoundError, match="download: disabled"):
         mnist.load_data(download=False)
     assert requests == []
+
+
+# --- only the test split; the checkout's vendored copy; what to do when nothing is found ---
+
+
+def test_test_split_alone_needs_only_the_test_files(isolated):
+    dataset = synthetic_dataset()
+    directory = write_idx_dataset(isolated / "d", dataset)
+    for name in IDX_NAMES[:2]:
+        os.unlink(directory / f"{name}.gz")
+    x_test, y_test = mnist.load_test_data(path=directory)
+    np.testing.assert_array_equal(x_test, dataset[1][0])
+    np.testing.assert_array_equal(y_test, dataset[1][1])
+    with pytest.raises(FileNotFoundError, match="missing train-images-idx3-ubyte"):
+        mnist.load_data(path=directory)
+
+
+def test_test_split_alone_from_npz(isolated):
+    dataset = synthetic_dataset()
+    path = isolated / "m.npz"
+    save_npz(path, dataset)
+    x_test, y_test = mnist.load_test_data(path=path)
+    np.testing.assert_array_equal(x_test, dataset[1][0])
+
+
+def test_checkout_copy_is_found_and_cached_for_when_the_checkout_is_gone(isolated, monkeypatch):
+    dataset = synthetic_dataset()
+    checkout_data = isolated / "checkout" / "data"
+    write_idx_dataset(checkout_data / "mnist", dataset)
+    monkeypatch.setattr(mnist, "SHA256", sha256_table(dataset))
+    monkeypatch.setattr(_loader, "checkout_data_roots", lambda: [checkout_data])
+    assert_same_dataset(mnist.load_data(), dataset)
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "fastconv" / "mnist"
+    assert sorted(os.listdir(cache)) == sorted(f"{name}.gz" for name in IDX_NAMES)
+    import shutil
+    shutil.rmtree(isolated / "checkout")
+    assert_same_dataset(mnist.load_data(), dataset)
+
+
+def test_a_modified_checkout_copy_is_used_but_not_cached(isolated, monkeypatch):
+    dataset = synthetic_dataset()
+    checkout_data = isolated / "checkout" / "data"
+    write_idx_dataset(checkout_data / "mnist", dataset)
+    monkeypatch.setattr(_loader, "checkout_data_roots", lambda: [checkout_data])
+    assert_same_dataset(mnist.load_data(), dataset)  # the real MNIST's checksums do not match it
+    assert not (Path(os.environ["XDG_CACHE_HOME"]) / "fastconv" / "mnist").exists()
+
+
+def test_checkout_roots_come_from_the_build_record_and_the_source_tree(tmp_path, monkeypatch):
+    import types
+    recorded = tmp_path / "recorded-data"
+    recorded.mkdir()
+    record = types.ModuleType("fastconv.datasets._checkout")
+    record.CHECKOUT_DATA = str(recorded)
+    monkeypatch.setitem(sys.modules, "fastconv.datasets._checkout", record)
+    roots = _loader.checkout_data_roots()
+    assert roots[0] == recorded
+    source_tree = Path(_loader.__file__).resolve().parents[2]
+    if (source_tree / "pyproject.toml").is_file():  # an editable install or a checkout
+        assert roots[1:] == [source_tree / "data"]
+
+
+def test_not_found_says_exactly_what_to_do(isolated):
+    with pytest.raises(FileNotFoundError) as error:
+        mnist.load_test_data()
+    message = str(error.value)
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "fastconv" / "mnist"
+    assert f"into {cache}" in message
+    assert "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte" in message and "train-images" not in message
+    assert "export FASTCONV_DATA=/path/to/fastconv/data" in message
+    assert "unset FASTCONV_NO_DOWNLOAD" in message

@@ -1,5 +1,6 @@
 """Finding, validating and loading MNIST-like data sets (IDX files or Keras .npz)."""
 
+import contextlib
 import math
 import os
 import zipfile
@@ -9,8 +10,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from fastconv._tempfiles import locked_temporary
+
 from . import _download
-from .idx import read_idx
+from .idx import content_sha256, read_idx
 
 # (split, images file, labels file), in the order load_data returns them.
 SPLITS = (
@@ -42,42 +45,58 @@ class DatasetSpec:
         return "FASTCONV_" + self.name.upper().replace("-", "_") + "_MIRRORS"
 
 
-def load_dataset(spec, path=None, download=True):
+def load_dataset(spec, path=None, download=True, splits=("train", "test")):
     """Find ``spec``'s data set and return ``((x_train, y_train), (x_test, y_test))``.
 
     Looks in ``path``, ``$FASTCONV_DATA/<name>``, ``./data/<name>``, the user
-    cache, then ``spec.system_dirs``; finally downloads into the cache unless
+    cache, the ``data`` folder of the fastconv checkout this package was
+    installed from (copied into the cache on first use), then
+    ``spec.system_dirs``; finally downloads into the cache unless
     ``download`` is false or ``$FASTCONV_NO_DOWNLOAD`` is set. Raises
-    ``FileNotFoundError`` listing every place looked if nothing was found.
+    ``FileNotFoundError`` listing every place looked, and what to do, if
+    nothing was found. ``splits=("test",)`` returns ``((x_test, y_test),)``
+    and needs only the test files.
     """
+    splits = tuple(splits)
+    needed = [name for split, images, labels in SPLITS if split in splits for name in (images, labels)]
     looked = []
     cache = cache_dir(spec.name)
-    for label, location in _search_locations(spec, path, cache, looked):
+    locations = list(_search_locations(spec, path, cache, looked))
+    system = [place for place in locations if place[0] == "system"]
+    locations = [place for place in locations if place[0] != "system"]
+    locations += [("checkout", root / spec.name) for root in checkout_data_roots()] + system
+    for label, location in locations:
         if location.is_file():
-            return load_npz(location)
+            return load_npz(location, splits)
         files = _idx_files_in(location)
-        if len(files) == len(IDX_NAMES):
-            return load_idx_files(files)
+        if all(name in files for name in needed):
+            if label == "checkout":
+                files = _copy_into_cache(spec, files, needed, cache)
+            return load_idx_files(files, splits)
         npz = location / f"{spec.name}.npz"
         if npz.is_file():
-            return load_npz(npz)
-        looked.append(f"{label} {location}: {_describe_incomplete(location, files)}")
+            return load_npz(npz, splits)
+        looked.append(f"{label} {location}: {_describe_incomplete(location, files, needed)}")
 
     if not download_enabled(download):
         looked.append("download: disabled (download=False or FASTCONV_NO_DOWNLOAD set)")
     else:
         try:
-            downloaded = _download_into_cache(spec, cache)
+            downloaded = _download_into_cache(spec, cache, needed)
         except OSError as error:
             looked.append(f"download into {cache}: {error}")
         else:
-            return load_idx_files(downloaded)
+            return load_idx_files(downloaded, splits)
 
     places = "\n".join(f"  - {place}" for place in looked)
     raise FileNotFoundError(
         f"{spec.title} data set not found. Looked in:\n{places}\n"
-        f"Put the four IDX files ({', '.join(IDX_NAMES)}, each raw or .gz) or {spec.name}.npz "
-        f"into one of these directories, or pass load_data(path=...)."
+        f"To fix it, do one of:\n"
+        f"  - put the IDX files {', '.join(needed)} (each raw or .gz), or {spec.name}.npz, into {cache}\n"
+        f"  - point FASTCONV_DATA at a directory holding a {spec.name}/ folder of them; in a fastconv checkout:"
+        f" export FASTCONV_DATA=/path/to/fastconv/data\n"
+        f"  - allow the download: unset FASTCONV_NO_DOWNLOAD, call load_data() without download=False, and be online\n"
+        f"  - pass load_data(path=...) with the directory or .npz file"
     )
 
 
@@ -113,19 +132,68 @@ def max_idx_bytes(name):
     raise KeyError(name)
 
 
-def load_idx_files(files):
-    """Load the four IDX files given as a mapping from IDX file name to path."""
-    splits = []
+def checkout_data_roots():
+    """The ``data`` folders of the fastconv checkout this package was installed or is run from."""
+    roots = []
+    try:
+        from ._checkout import CHECKOUT_DATA  # written by setup.py when a wheel is built from a checkout
+    except ImportError:
+        pass
+    else:
+        roots.append(Path(CHECKOUT_DATA))
+    source_tree = Path(__file__).resolve().parents[2]  # an editable install, or the checkout itself
+    if (source_tree / "pyproject.toml").is_file() and (source_tree / "fastconv").is_dir():
+        roots.append(source_tree / "data")
+    unique = []
+    for root in roots:
+        if root.is_dir() and root not in unique:
+            unique.append(root)
+    return unique
+
+
+def _copy_into_cache(spec, files, needed, cache):
+    """Copy a checkout's data files, verified, into the cache so that they stay found once the checkout
+    is gone; return the paths to load (the checkout's own if the cache cannot be written)."""
+    import shutil
+
+    if any(content_sha256(files[name]) != spec.sha256[name] for name in needed):
+        return files  # a modified checkout: use it as it is, but do not cache it
+    copied = {}
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        for name in needed:
+            source = files[name]
+            target = cache / source.name
+            with locked_temporary(cache, f".{source.name}.", ".part") as (fd, temporary):
+                try:
+                    with open(source, "rb") as reader, os.fdopen(fd, "wb") as writer:
+                        shutil.copyfileobj(reader, writer)
+                    os.replace(temporary, target)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temporary)
+                    raise
+            copied[name] = target
+    except OSError:
+        return files
+    return {**files, **copied}
+
+
+def load_idx_files(files, splits=("train", "test")):
+    """Load the IDX files of ``splits``, given as a mapping from IDX file name to path."""
+    loaded = []
     for split, images_name, labels_name in SPLITS:
+        if split not in splits:
+            continue
         max_images, max_labels = max_shapes(split)
         images = read_idx(files[images_name], max_shape=max_images)
         labels = read_idx(files[labels_name], max_shape=max_labels)
         _check_split(images, labels, f"{files[images_name]} and {files[labels_name]}", split)
-        splits.append((images, labels))
-    return tuple(splits)
+        loaded.append((images, labels))
+    return tuple(loaded)
 
 
-def load_npz(path):
+def load_npz(path, splits=("train", "test")):
     """Load a Keras-style ``mnist.npz`` (keys x_train, y_train, x_test, y_test), validated."""
     with open(path, "rb") as file:
         if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
@@ -140,16 +208,19 @@ def load_npz(path):
                 )
             arrays = {}
             for split, _, _ in SPLITS:
+                if split not in splits:
+                    continue
                 for key, max_shape in zip((f"x_{split}", f"y_{split}"), max_shapes(split)):
                     arrays[key] = _npz_array(archive, key, path, max_shape)
     except (zipfile.BadZipFile, EOFError) as error:
         raise ValueError(f"{path}: corrupt .npz archive ({error})") from error
-    splits = []
+    loaded = []
     for split, _, _ in SPLITS:
-        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        _check_split(images, labels, path, split)
-        splits.append((images, labels))
-    return tuple(splits)
+        if split in splits:
+            images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+            _check_split(images, labels, path, split)
+            loaded.append((images, labels))
+    return tuple(loaded)
 
 
 def _npz_array(archive, key, path, max_shape):
@@ -215,25 +286,25 @@ def _idx_files_in(directory):
     return found
 
 
-def _describe_incomplete(location, files):
+def _describe_incomplete(location, files, needed=IDX_NAMES):
     if not location.exists():
         return "does not exist"
     if not location.is_dir():
         return "not a directory or .npz file"
     if not files:
         return "no IDX files"
-    missing = [name for name in IDX_NAMES if name not in files]
+    missing = [name for name in needed if name not in files]
     return "missing " + ", ".join(f"{name}[.gz]" for name in missing)
 
 
-def _download_into_cache(spec, cache):
-    """Download the IDX files missing from ``cache``; return the complete set."""
+def _download_into_cache(spec, cache, needed=IDX_NAMES):
+    """Download the ``needed`` IDX files missing from ``cache``; return the paths of all it holds."""
     base_urls = mirrors(spec)
     timeout = _download.download_timeout()
     cache.mkdir(parents=True, exist_ok=True)
     files = _idx_files_in(cache)
     dead_mirrors = set()
-    for name in IDX_NAMES:
+    for name in needed:
         if name not in files:
             files[name] = _download.fetch(name, base_urls, spec.sha256[name], cache, timeout, dead_mirrors,
                                           max_bytes=_max_download_bytes(max_idx_bytes(name)))

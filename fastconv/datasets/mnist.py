@@ -31,5 +31,16 @@ def load_data(path=None, *, download=True):
     Raises ``FileNotFoundError`` listing every place looked if nothing is
     found, ``ValueError`` for corrupt or malformed files.
     """
-    spec = DatasetSpec(name="mnist", title="MNIST", sha256=SHA256, mirrors=MIRRORS)
-    return load_dataset(spec, path=path, download=download)
+    return load_dataset(_spec(), path=path, download=download)
+
+
+def load_test_data(path=None, *, download=True):
+    """Only the test split ``(x_test, y_test)``, found as ``load_data`` finds it; needs only the two
+    test files (``t10k-*``), so it works where the training files are absent."""
+    ((x_test, y_test),) = load_dataset(_spec(), path=path, download=download, splits=("test",))
+    return x_test, y_test
+
+
+def _spec():
+    # Built per call: SHA256, MIRRORS (and SYSTEM_DIRS) are read when loading, so they can be replaced.
+    return DatasetSpec(name="mnist", title="MNIST", sha256=SHA256, mirrors=MIRRORS)

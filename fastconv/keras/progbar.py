@@ -33,14 +33,20 @@ class Progbar:
     """Progress towards `target` steps (None if unknown) with averaged metric values.
 
     Values named in `stateful_metrics` are shown as given; others are averaged over the steps seen.
+    With `count_name` (e.g. "images"), `update(..., count=n)` reports that n of them have been
+    processed so far, and the bar shows their rate ("9,271 images/s") after the timing.
     """
 
-    def __init__(self, target, width=30, verbose=1, interval=0.05, stateful_metrics=None, unit_name="step"):
+    def __init__(self, target, width=30, verbose=1, interval=0.05, stateful_metrics=None, unit_name="step",
+                 count_name=None):
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         self.target, self.width, self.verbose, self.interval = target, width, verbose, interval
         self.stateful_metrics = set(stateful_metrics or ())
         self.unit_name = unit_name
+        self.count_name = count_name
+        self._count = None
+        self._count_elapsed = 0.0  # seconds from the start to the last update that gave a count
         self._values = {}  # name -> [weighted sum, weight] or a stateful value
         self._seen = 0
         self._start = time.time()
@@ -57,7 +63,9 @@ class Progbar:
             self._dynamic = hasattr(stream, "isatty") and stream.isatty()
         return self._dynamic
 
-    def update(self, current, values=None, finalize=None):
+    def update(self, current, values=None, finalize=None, count=None):
+        if count is not None:
+            self._count, self._count_elapsed = count, time.time() - self._start
         if finalize is None:
             finalize = self.target is not None and current >= self.target
         for name, value in values or ():
@@ -82,6 +90,12 @@ class Progbar:
     def add(self, n, values=None):
         self.update(self._seen + n, values)
 
+    def _rate_text(self):
+        # Over the time the counted items took, so that later work (validation) does not dilute it.
+        if self.count_name is None or self._count is None or self._count_elapsed <= 0:
+            return ""
+        return f" - {self._count / self._count_elapsed:,.0f} {self.count_name}/s"
+
     def _metric_text(self):
         parts = []
         for name, value in self._values.items():
@@ -94,7 +108,7 @@ class Progbar:
         per_step = elapsed / current if current else 0.0
         if self.verbose == 2:
             text = (f"{current}/{self.target} - {_format_duration(elapsed)}"
-                    f" - {_format_per_unit(per_step, self.unit_name)}{self._metric_text()}\n")
+                    f" - {_format_per_unit(per_step, self.unit_name)}{self._rate_text()}{self._metric_text()}\n")
             self._write(text)
             return
         count = f"{current}/{self.target}" if self.target else f"{current}/Unknown"
@@ -112,7 +126,7 @@ class Progbar:
         else:
             eta = per_step * (self.target - current) if self.target else 0
             timing = f" - ETA: {_format_duration(eta)}"
-        text = f"{count} {bar}{timing}{self._metric_text()}"
+        text = f"{count} {bar}{timing}{self._rate_text()}{self._metric_text()}"
         if redraw:
             padding = " " * max(self._drawn_width - len(text), 0)
             self._drawn_width = len(text)
