@@ -32,6 +32,7 @@ PORTABLE_SOURCES = [
     "csrc/train/elementwise.c",  # also in ISA_SOURCES
     "csrc/norm/norm.c",
     "csrc/norm/batchnorm.c",  # also in ISA_SOURCES
+    "csrc/image/affine.c",
 ]
 
 # Files compiled once more with an instruction set's flags: {isa: (sources, flags)}.

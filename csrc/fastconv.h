@@ -110,4 +110,17 @@ void fc_batchnorm_backward(int64_t rows, int64_t channels, const float *dy, cons
                            const float *variance, const float *gamma, float epsilon, int batch_statistics,
                            float *dx, float *dgamma, float *dbeta);
 
+/* ---- image resampling: NHWC (image/affine.c) ---- */
+enum { FC_INTERP_NEAREST = 0, FC_INTERP_BILINEAR = 1 };
+enum { FC_FILL_CONSTANT = 0, FC_FILL_NEAREST = 1, FC_FILL_REFLECT = 2, FC_FILL_WRAP = 3, FC_FILL_MIRROR = 4 };
+typedef struct {
+    int64_t n, h, w, c;      /* the input images */
+    int64_t out_h, out_w;    /* the output images: n x out_h x out_w x c */
+} fc_affine_shape;
+/* y[i] = x[i] resampled through transforms[8 i .. 8 i + 8) = a0 a1 a2 b0 b1 b2 c0 c1 (Keras' order):
+ * output pixel (col, row) reads x at ((a0 col + a1 row + a2) / k, (b0 col + b1 row + b2) / k),
+ * k = c0 col + c1 row + 1. Neighbours outside the image follow fill_mode (constant: fill_value). */
+void fc_affine_transform(const fc_affine_shape *s, const float *x, const double *transforms, int interpolation,
+                         int fill_mode, float fill_value, float *y);
+
 #endif

@@ -65,6 +65,12 @@ cdef extern from "fastconv.h" nogil:
                                float *dx, float *dgamma, float *dbeta)
 
 
+    ctypedef struct fc_affine_shape:
+        int64_t n, h, w, c, out_h, out_w
+    void fc_affine_transform(const fc_affine_shape *s, const float *x, const double *transforms, int interpolation,
+                             int fill_mode, float fill_value, float *y)
+
+
 def isa_name():
     return fc_isa_name().decode()
 
@@ -349,3 +355,12 @@ def batchnorm_backward(int64_t channels, const float[::1] dy, const float[::1] x
     with nogil:
         fc_batchnorm_backward(x.shape[0] // channels, channels, &dy[0], &x[0], &mean[0], &variance[0], gamma_ptr,
                               epsilon, batch_statistics, dx_ptr, &dgamma[0], &dbeta[0])
+
+
+def affine_transform(shape, const float[::1] x, const double[::1] transforms, int interpolation, int fill_mode,
+                     float fill_value, float[::1] y):
+    """shape: (n, h, w, c, out_h, out_w); transforms: n rows of 8, flattened."""
+    cdef fc_affine_shape s
+    s.n, s.h, s.w, s.c, s.out_h, s.out_w = shape
+    with nogil:
+        fc_affine_transform(&s, &x[0], &transforms[0], interpolation, fill_mode, fill_value, &y[0])

@@ -314,3 +314,46 @@ def check_batch_statistics(mean, variance):
     """mean and variance are given together (inference statistics) or not at all (the batch's)."""
     if (mean is None) != (variance is None):
         raise ValueError("mean and variance must be given together (or neither, for the batch's statistics)")
+
+
+# affine_transform's options and their codes in C (fastconv.h), as Keras' ops.image.affine_transform spells them.
+INTERPOLATIONS = {"nearest": 0, "bilinear": 1}
+FILL_MODES = {"constant": 0, "nearest": 1, "reflect": 2, "wrap": 3, "mirror": 4}
+
+
+def affine_arguments(images, transform, interpolation, fill_mode, fill_value, data_format, output_size, dtype):
+    """Checks affine_transform's arguments; returns (images as a 4-D array of `dtype`, transforms as a
+    float64 (n, 8) array, was_unbatched, (out_h, out_w))."""
+    if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    if not isinstance(fill_mode, str) or fill_mode not in FILL_MODES:
+        raise ValueError(f"fill_mode must be one of {', '.join(FILL_MODES)}, got {fill_mode!r}")
+    if isinstance(fill_value, (bool, np.bool_)) or not isinstance(fill_value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"fill_value must be a number, got {fill_value!r}")
+    if data_format not in (None, "channels_last"):
+        raise ValueError(f"data_format must be 'channels_last' (fastconv's only image layout), got {data_format!r}")
+    x = as_float_array(images, "images", dtype=dtype)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"images must be 3-D (height, width, channels) or 4-D (batch, height, width, channels), "
+                         f"got shape {x.shape}")
+    if x.shape[-3] == 0 or x.shape[-2] == 0:
+        raise ValueError(f"images must have a height and a width of at least 1 to sample from, got shape {x.shape}")
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[None]
+    t = np.asarray(transform)
+    if t.dtype == object or t.dtype.kind not in "fiu":
+        raise TypeError(f"transform must hold real numbers, got dtype {t.dtype}")
+    t = np.require(t.reshape(1, -1) if t.ndim == 1 else t, dtype=np.float64, requirements=["C", "A"])
+    if t.ndim != 2 or t.shape[1] != 8:
+        raise ValueError(f"transform must have shape (8,) or (batch, 8) (a0 a1 a2 b0 b1 b2 c0 c1), got shape "
+                         f"{np.shape(transform)}")
+    if t.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"transform holds {t.shape[0]} transforms for a batch of {x.shape[0]} images")
+    if not np.isfinite(t).all():
+        raise ValueError("transform must hold finite numbers")
+    if t.shape[0] != x.shape[0]:  # one transform for the whole batch
+        t = np.ascontiguousarray(np.broadcast_to(t, (x.shape[0], 8)))
+    out_size = x.shape[1:3] if output_size is None else pair(output_size, "output_size")
+    checked_product((x.shape[0],) + tuple(out_size) + (x.shape[3],), "the output")
+    return x, t, unbatched, tuple(out_size)

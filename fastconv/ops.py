@@ -16,12 +16,14 @@ from fastconv._args import (
     as_float_array, batch_norm_arrays, check_batch_statistics, check_momentum_buffer, check_shape, checked_product,
     conv_geometry, conv_transpose_geometry, pool_geometry,
 )
+from fastconv._args import FILL_MODES, INTERPOLATIONS, affine_arguments
 
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
     "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update",
     "rmsprop_update", "sgd_update", "batch_norm", "batch_norm_backward", "conv2d_algorithm", "CONV_ALGORITHMS",
+    "affine_transform",
 ]
 
 def _empty(shape, dtype=np.float32):
@@ -574,3 +576,25 @@ def batch_norm_backward(dy, x, mean, variance, gamma=None, *, epsilon=1e-3, batc
     elif dx is not None:
         dx[...] = 0.0
     return dx, dgamma, dbeta
+
+
+def affine_transform(images, transform, interpolation="bilinear", fill_mode="constant", fill_value=0.0,
+                     data_format=None, *, output_size=None):
+    """Resamples NHWC images through one transform each, as Keras' ops.image.affine_transform.
+
+    transform: (8,) or (batch, 8), a0 a1 a2 b0 b1 b2 c0 c1: output pixel (x, y) reads the input at
+    ((a0 x + a1 y + a2) / k, (b0 x + b1 y + b2) / k), k = c0 x + c1 y + 1 (c0 = c1 = 0: affine).
+    One transform applies to the whole batch. interpolation "bilinear" or "nearest" (rounding half to
+    even); fill_mode for the neighbours outside the image: "constant" (fill_value), "nearest",
+    "reflect" (d c b a | a b c d), "wrap" or "mirror" (d c b | a b c d), each neighbour mapped on its
+    own as in jax.scipy.ndimage.map_coordinates. output_size=(height, width) samples a grid of
+    another size (default: the input's). A 3-D image gives a 3-D result. Returns float32.
+    """
+    x, t, unbatched, (out_h, out_w) = affine_arguments(images, transform, interpolation, fill_mode, fill_value,
+                                                       data_format, output_size, np.float32)
+    n, h, w, c = x.shape
+    y = _empty((n, out_h, out_w, c), dtype=np.float32)
+    if y.size:
+        _C.affine_transform((n, h, w, c, out_h, out_w), _flat(x), t.reshape(-1), INTERPOLATIONS[interpolation],
+                            FILL_MODES[fill_mode], float(fill_value), _flat(y))
+    return y[0] if unbatched else y

@@ -10,12 +10,13 @@ from fastconv._args import (
     as_float_array, batch_norm_arrays, check_batch_statistics, check_momentum_buffer, check_shape, conv_geometry,
     conv_transpose_geometry, pool_geometry,
 )
+from fastconv._args import affine_arguments
 
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward",
     "avgpool2d", "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward",
     "relu_backward", "dropout", "adam_update", "adadelta_update", "rmsprop_update", "sgd_update", "batch_norm",
-    "batch_norm_backward",
+    "batch_norm_backward", "affine_transform",
 ]
 
 
@@ -374,3 +375,66 @@ def batch_norm_backward(dy, x, mean, variance, gamma=None, *, epsilon=1e-3, batc
     mean_d = dnormalized.sum(axis=axes) / count
     mean_dx = (dnormalized * normalized).sum(axis=axes) / count
     return (dnormalized - mean_d - normalized * mean_dx) * inv_std, dgamma, dbeta
+
+
+def _fill_index(i, size, fill_mode):
+    """Integer positions i (float64 array) -> pixel indices along an axis of `size`; -1 reads fill_value."""
+    inside = (i >= 0) & (i < size)
+    if fill_mode == "constant":
+        return np.where(inside, i, -1).astype(np.int64)
+    if fill_mode == "nearest":
+        return np.clip(i, 0, size - 1).astype(np.int64)
+    if fill_mode == "wrap":
+        return np.mod(i, size).astype(np.int64)
+    if fill_mode == "reflect":
+        m = np.mod(i, 2 * size)
+        return np.where(m < size, m, 2 * size - 1 - m).astype(np.int64)
+    if size == 1:  # mirror
+        return np.zeros(i.shape, dtype=np.int64)
+    m = np.mod(i, 2 * (size - 1))
+    return np.where(m < size, m, 2 * (size - 1) - m).astype(np.int64)
+
+
+def _affine_samples(transforms, h, w, out_h, out_w, interpolation, fill_mode, dtype):
+    """Where each output pixel of affine_transform reads: a list of (rows, cols, weights) over the
+    (n, out_h, out_w) grid, one entry per neighbour (1 for nearest, 4 for bilinear); an index of -1
+    reads fill_value. Also returns the mask of degenerate pixels (k == 0), which read fill_value only."""
+    cols = np.arange(out_w, dtype=np.float64)[None, None, :]
+    rows = np.arange(out_h, dtype=np.float64)[None, :, None]
+    a0, a1, a2, b0, b1, b2, c0, c1 = (transforms[:, j, None, None] for j in range(8))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        k = c0 * cols + c1 * rows + 1.0
+        sx = (a0 * cols + a1 * rows + a2) / k
+        sy = (b0 * cols + b1 * rows + b2) / k
+    degenerate = ~(np.isfinite(sx) & np.isfinite(sy))
+    sx, sy = np.where(degenerate, 0.0, sx), np.where(degenerate, 0.0, sy)
+    if interpolation == "nearest":
+        ones = np.ones(sx.shape, dtype=dtype)
+        return [(_fill_index(np.rint(sy), h, fill_mode), _fill_index(np.rint(sx), w, fill_mode), ones)], degenerate
+    fy, fx = np.floor(sy), np.floor(sx)
+    wy1, wx1 = (sy - fy).astype(dtype), (sx - fx).astype(dtype)
+    wy0, wx0 = 1 - wy1, 1 - wx1
+    iy0, iy1 = _fill_index(fy, h, fill_mode), _fill_index(fy + 1, h, fill_mode)
+    ix0, ix1 = _fill_index(fx, w, fill_mode), _fill_index(fx + 1, w, fill_mode)
+    return [(iy0, ix0, wy0 * wx0), (iy0, ix1, wy0 * wx1), (iy1, ix0, wy1 * wx0), (iy1, ix1, wy1 * wx1)], degenerate
+
+
+def affine_transform(images, transform, interpolation="bilinear", fill_mode="constant", fill_value=0.0,
+                     data_format=None, *, output_size=None):
+    """Resamples NHWC images through one transform each (see fastconv.ops.affine_transform): every
+    output pixel's source coordinates at once, then a gather of its neighbours."""
+    dtype = _dtype(images)
+    x, t, unbatched, (out_h, out_w) = affine_arguments(images, transform, interpolation, fill_mode, fill_value,
+                                                       data_format, output_size, dtype)
+    n, h, w, c = x.shape
+    samples, degenerate = _affine_samples(t, h, w, out_h, out_w, interpolation, fill_mode, dtype)
+    batch = np.arange(n)[:, None, None]
+    fill = dtype(fill_value)
+    out = None
+    for rows, cols, weights in samples:
+        values = np.where(((rows >= 0) & (cols >= 0))[..., None], x[batch, np.maximum(rows, 0), np.maximum(cols, 0)],
+                          fill)
+        term = weights[..., None] * values
+        out = term if out is None else out + term
+    out = np.where(degenerate[..., None], fill, out).astype(dtype, copy=False)
+    return out[0] if unbatched else out

@@ -95,7 +95,8 @@ def _write_and_replace(fd, temporary, target, path, chunks, mode):
 
 
 def _write(path, kind, model_config, compile_config, variables):
-    arrays = [np.ascontiguousarray(v.value, dtype=v.value.dtype.newbyteorder("<")) for v in variables]
+    # np.require, not ascontiguousarray: that makes a scalar weight (Normalization's count) 1-D.
+    arrays = [np.require(v.value, dtype=v.value.dtype.newbyteorder("<"), requirements="C") for v in variables]
     header = {
         "kind": kind, "model": model_config, "compile": compile_config,
         "weights": [{"name": v.path, "shape": list(a.shape), "dtype": a.dtype.str} for v, a in zip(variables, arrays)],

@@ -28,7 +28,8 @@ def _install_operators(cls):
             return lambda self, other: op(other, self)
         return lambda self, other: op(self, other)
     for name, op in (("add", _ops.add), ("sub", _ops.subtract), ("mul", _ops.multiply), ("truediv", _ops.divide),
-                     ("pow", _ops.power), ("matmul", _ops.matmul)):
+                     ("pow", _ops.power), ("matmul", _ops.matmul), ("floordiv", _ops.floor_divide),
+                     ("mod", _ops.mod)):
         setattr(cls, f"__{name}__", binary(op))
         setattr(cls, f"__r{name}__", binary(op, reflected=True))
     for name, op in (("lt", _ops.less), ("le", _ops.less_equal), ("gt", _ops.greater), ("ge", _ops.greater_equal)):

@@ -15,7 +15,7 @@ __all__ = [
     "log", "log1p", "expm1", "abs", "absolute", "sign", "maximum", "minimum", "clip", "where", "tanh", "sin", "cos",
     "erf", "reciprocal", "floor", "ceil", "round",
     "equal", "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or",
-    "logical_not", "isnan", "isfinite", "all", "any",
+    "logical_not", "isnan", "isfinite", "all", "any", "floor_divide", "mod",
     "sum", "mean", "max", "min", "amax", "amin", "prod", "var", "std", "argmax", "argmin", "logsumexp", "cumsum",
     "reshape", "transpose", "expand_dims", "squeeze", "concatenate", "stack", "split", "take", "take_along_axis",
     "flatten", "ravel", "tile", "repeat", "broadcast_to", "pad", "get_item", "slice", "flip", "swapaxes", "moveaxis",
@@ -59,8 +59,9 @@ def cast(x, dtype):
     return record(out, (x,), lambda g: (g.astype(value.dtype),))
 
 
-def stop_gradient(x):
-    return np.array(_array(x))
+def stop_gradient(variable):
+    """The value of `variable` as a constant: no gradient flows through it."""
+    return np.array(_array(variable))
 
 
 def zeros(shape, dtype=None):
@@ -87,8 +88,9 @@ def full_like(x, fill_value, dtype=None):
     return np.full_like(_array(x), unwrap(fill_value), dtype=dtype)
 
 
-def arange(start, stop=None, step=1, dtype=None):
-    values = np.arange(start, stop, step) if stop is not None else np.arange(start)
+def arange(start, stop=None, step=None, dtype=None):
+    step = 1 if step is None else step
+    values = np.arange(start, stop, step) if stop is not None else np.arange(0, start, step)
     if dtype is None and values.dtype == np.float64:
         dtype = backend.floatx()
     return values if dtype is None else values.astype(dtype)
@@ -232,36 +234,86 @@ def erf(x):
     return _unary(x, _erf, lambda g, a, out: g * (2 / math.sqrt(math.pi)) * np.exp(-a * a))
 
 
-def _no_grad(fn):
-    def op(*args, **kwargs):
-        return fn(*[_array(a) for a in args], **kwargs)
-    op.__name__ = fn.__name__
-    return op
+# Piecewise-constant ops and predicates: no gradient (the tape sees a constant), Keras' signatures.
+def sign(x):
+    return np.sign(_array(x))
 
 
-sign = _no_grad(np.sign)
-floor = _no_grad(np.floor)
-ceil = _no_grad(np.ceil)
-round = _no_grad(np.round)
-equal = _no_grad(np.equal)
-not_equal = _no_grad(np.not_equal)
-greater = _no_grad(np.greater)
-greater_equal = _no_grad(np.greater_equal)
-less = _no_grad(np.less)
-less_equal = _no_grad(np.less_equal)
-logical_and = _no_grad(np.logical_and)
-logical_or = _no_grad(np.logical_or)
-logical_not = _no_grad(np.logical_not)
-isnan = _no_grad(np.isnan)
-isfinite = _no_grad(np.isfinite)
+def floor(x):
+    return np.floor(_array(x))
+
+
+def ceil(x):
+    return np.ceil(_array(x))
+
+
+def round(x, decimals=0):
+    return np.round(_array(x), decimals)
+
+
+def _compare(fn, x1, x2):
+    return fn(_operand(x1, x2), _operand(x2, x1))
+
+
+def equal(x1, x2):
+    return _compare(np.equal, x1, x2)
+
+
+def not_equal(x1, x2):
+    return _compare(np.not_equal, x1, x2)
+
+
+def greater(x1, x2):
+    return _compare(np.greater, x1, x2)
+
+
+def greater_equal(x1, x2):
+    return _compare(np.greater_equal, x1, x2)
+
+
+def less(x1, x2):
+    return _compare(np.less, x1, x2)
+
+
+def less_equal(x1, x2):
+    return _compare(np.less_equal, x1, x2)
+
+
+def logical_and(x1, x2):
+    return np.logical_and(_array(x1), _array(x2))
+
+
+def logical_or(x1, x2):
+    return np.logical_or(_array(x1), _array(x2))
+
+
+def logical_not(x):
+    return np.logical_not(_array(x))
+
+
+def isnan(x):
+    return np.isnan(_array(x))
+
+
+def isfinite(x):
+    return np.isfinite(_array(x))
+
+
+def floor_divide(x1, x2):
+    return _compare(np.floor_divide, x1, x2)
+
+
+def mod(x1, x2):
+    """x1 - floor(x1 / x2) * x2, differentiable almost everywhere like TF's floormod."""
+    return _binary(x1, x2, np.mod, lambda g, a, b, out: (g, -g * np.floor_divide(a, b)))
 
 
 def all(x, axis=None, keepdims=False):
-    return np.all(_array(x), axis=axis, keepdims=keepdims)
+    return np.all(_array(x), axis=_axis_arg(axis), keepdims=keepdims)
 
 
 def any(x, axis=None, keepdims=False):
-    return np.any(_array(x), axis=axis, keepdims=keepdims)
+    return np.any(_array(x), axis=_axis_arg(axis), keepdims=keepdims)
 
 
 def clip(x, x_min, x_max):
@@ -404,9 +456,24 @@ def cumsum(x, axis=None, dtype=None):
 
 
 def norm(x, ord=None, axis=None, keepdims=False):
-    if ord not in (None, 2, "fro", "euclidean"):
-        raise ValueError(f"norm supports the Euclidean/Frobenius norm only, got ord={ord!r}")
-    return sqrt(sum(square(x), axis=axis, keepdims=keepdims))
+    """Vector norms (any ord, inf, -inf) over one axis, or the Frobenius norm (ord None or 'fro')."""
+    axis = _axis_arg(axis)
+    vector = isinstance(axis, (int, np.integer)) or (axis is None and ndim(x) == 1) or \
+        (isinstance(axis, tuple) and len(axis) == 1)
+    if ord is None or ord == "fro" or (ord == 2 and vector):
+        if ord == "fro" and vector:
+            raise ValueError("norm: ord='fro' is a matrix norm; give two axes or a 2-D x")
+        return sqrt(sum(square(x), axis=axis, keepdims=keepdims))
+    if not vector or isinstance(ord, str):
+        raise ValueError(f"norm supports vector norms over one axis and the Frobenius norm, got ord={ord!r} "
+                         f"with axis={axis!r}")
+    if ord == np.inf:
+        return max(abs(x), axis=axis, keepdims=keepdims)
+    if ord == -np.inf:
+        return min(abs(x), axis=axis, keepdims=keepdims)
+    if ord == 0:
+        return np.sum(_array(x) != 0, axis=axis, keepdims=keepdims).astype(_array(x).dtype)
+    return power(sum(power(abs(x), ord), axis=axis, keepdims=keepdims), 1.0 / ord)
 
 
 # ----- shapes -----
@@ -469,8 +536,8 @@ def concatenate(xs, axis=0):
     return record(out, tuple(xs), lambda g: tuple(np.split(g, bounds, axis=axis)))
 
 
-def stack(xs, axis=0):
-    return concatenate([expand_dims(x, axis) for x in xs], axis=axis)
+def stack(x, axis=0):
+    return concatenate([expand_dims(item, axis) for item in x], axis=axis)
 
 
 def get_item(x, key):
@@ -592,7 +659,7 @@ def argsort(x, axis=-1):
     return np.argsort(_array(x), axis=axis, kind="stable")
 
 
-def top_k(x, k, sorted=True):
+def top_k(x, k, sorted=True, is_stable=True):
     a = _array(x)
     order = np.argsort(-a, axis=-1, kind="stable")[..., :k]
     return take_along_axis(x, order, axis=-1), order

@@ -209,10 +209,14 @@ def batch_normalization(x, mean, variance, axis, offset=None, scale=None, epsilo
 
 
 def normalize(x, axis=-1, order=2, epsilon=None):
-    if order != 2:
-        raise ValueError(f"normalize supports order=2 only, got {order!r}")
-    norm = core.sqrt(core.maximum(core.sum(core.square(x), axis=axis, keepdims=True), epsilon or 1e-12))
-    return core.divide(x, norm)
+    """x divided by its `order`-norm along `axis`, the norm floored at epsilon (Keras' 1e-7 by default)."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an int >= 1, got order={order!r}")
+    epsilon = EPSILON if epsilon is None else epsilon
+    if order == 2:  # as Keras: x * rsqrt(max(sum of squares, epsilon^2)), finite for a zero vector
+        return core.multiply(x, core.rsqrt(core.maximum(core.sum(core.square(x), axis=axis, keepdims=True),
+                                                        epsilon * epsilon)))
+    return core.divide(x, core.maximum(core.norm(x, ord=order, axis=axis, keepdims=True), epsilon))
 
 
 # ----- one-hot and losses -----
