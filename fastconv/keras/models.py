@@ -9,6 +9,7 @@ from fastconv.keras import activations, autodiff, backend, saving
 from fastconv.keras.layers.base import (
     InputLayer, KerasTensor, Layer, Input, Node, _format_shape, _snake_case, _values, unique_name,
 )
+from fastconv.keras.object_registry import get_registered_name
 from fastconv.keras.summary import print_summary
 
 
@@ -503,18 +504,27 @@ class Model(Layer):
         saving.load_weights(self, filepath)
 
     def to_config(self):
-        """{"class_name", "config"}: what model_from_config rebuilds."""
+        """{"class_name", "config"}: what model_from_config rebuilds. A subclassed model is saved by
+        its registered name, its get_config and the input shapes it was built for."""
+        if self._subclassed:
+            if not self.built:
+                raise ValueError(f"model {self.name!r} has not been built yet: call it on data (or fit) first")
+            return {"class_name": get_registered_name(type(self)), "config": self.get_config(),
+                    "build_input_shape": [list(tensor.shape) for tensor in self.inputs]}
         return {"class_name": "Sequential" if isinstance(self, Sequential) else "Functional",
                 "config": self.get_config()}
 
     def get_config(self):
-        """The graph as JSON-able data: layers, and the nodes in execution order referring to them."""
+        """The graph as JSON-able data: layers, and the nodes in execution order referring to them.
+        A subclassed model returns its constructor arguments (Keras' automatic config) instead."""
+        if self._subclassed:
+            return Layer.get_config(self)
         layers = self.layers
         layer_index = {layer: i for i, layer in enumerate(layers)}
         node_index = {node: i for i, node in enumerate(self._nodes)}
         return {
             "name": self.name,
-            "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in layers],
+            "layers": [{"class_name": get_registered_name(type(layer)), "config": layer.get_config()} for layer in layers],
             "nodes": [{"layer": layer_index[node.layer], "inputs": [node_index[t.node] for t in node.inputs],
                        "multi_input": node.multi_input} for node in self._nodes],
             "inputs": list(self._input_ids) if not self._single_input else self._input_ids[0],
@@ -594,7 +604,8 @@ class Sequential(Model):
 
     def get_config(self):
         config = {"name": self.name,
-                  "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self._layers]}
+                  "layers": [{"class_name": get_registered_name(type(layer)), "config": layer.get_config()}
+                             for layer in self._layers]}
         if self._input is not None:
             config["input_shape"] = list(self._input.shape[1:])
         return config
@@ -639,30 +650,36 @@ def _index(value, limit, what):
     return value
 
 
-def _layer_from_config(item, layer_classes):
+def _layer_from_config(item, resolve):
     if not isinstance(item, dict) or not isinstance(item.get("config"), dict):
         raise ValueError(f"each layer entry must be {{'class_name': ..., 'config': {{...}}}}, got {item!r}")
     class_name = item.get("class_name")
-    if class_name not in layer_classes:
-        raise ValueError(f"unknown layer class {class_name!r}; known: {', '.join(sorted(layer_classes))}")
+    cls = resolve(class_name) if isinstance(class_name, str) else None
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise ValueError(f"unknown layer class {class_name!r}: a custom layer must be registered with "
+                         "@keras.saving.register_keras_serializable() or passed as custom_objects={...}")
     try:
-        return layer_classes[class_name].from_config(item["config"])
+        return cls.from_config(item["config"])
     except (TypeError, ValueError, KeyError) as error:
         raise ValueError(f"invalid config for layer class {class_name!r}: {error}") from None
 
 
-def model_from_config(config, layer_classes):
-    """Rebuild a model from {"class_name": "Sequential"|"Functional", "config": get_config()}.
+def model_from_config(config, resolve):
+    """Rebuild a model from {"class_name": "Sequential"|"Functional"|<registered model>, "config": ...}.
 
-    Only classes in `layer_classes` are ever instantiated; every index into the graph is checked.
+    `resolve(class_name)` gives the class for a name (built-in layers, then the user's registered or
+    custom_objects classes; see object_registry): only those are ever instantiated, and every index
+    into the graph is checked.
     """
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise ValueError("model config must be {'class_name': ..., 'config': {...}}")
     kind, body = config.get("class_name"), config["config"]
+    if kind not in ("Sequential", "Functional"):
+        return _subclassed_model_from_config(config, resolve)
     name = body.get("name")
     if not isinstance(name, str) or not isinstance(body.get("layers"), list):
         raise ValueError("model config needs a string 'name' and a list 'layers'")
-    layers = [_layer_from_config(item, layer_classes) for item in body["layers"]]
+    layers = [_layer_from_config(item, resolve) for item in body["layers"]]
     if kind == "Sequential":
         model = Sequential(name=name)
         if "input_shape" in body:
@@ -701,6 +718,23 @@ def model_from_config(config, layer_classes):
     return Model(inputs=pick(body.get("inputs"), "inputs"), outputs=pick(body.get("outputs"), "outputs"), name=name)
 
 
-def load_model(filepath, compile=True):
+def _subclassed_model_from_config(config, resolve):
+    """A registered Model subclass: from_config, then built for the saved input shapes so that the
+    saved weights have variables to go into."""
+    class_name = config.get("class_name")
+    cls = resolve(class_name) if isinstance(class_name, str) else None
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise ValueError(f"unknown model class {class_name!r}: a subclassed model must be registered with "
+                         "@keras.saving.register_keras_serializable() or passed as custom_objects={...}")
+    shapes = config.get("build_input_shape")
+    if not isinstance(shapes, list) or not shapes or not all(
+            isinstance(shape, list) and all(d is None or (type(d) is int and d > 0) for d in shape) for shape in shapes):
+        raise ValueError("a subclassed model's config needs build_input_shape, a list of input shapes")
+    model = cls.from_config(config["config"])
+    model.build([tuple(shape) for shape in shapes] if len(shapes) > 1 else tuple(shapes[0]))
+    return model
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Load a model saved with model.save (architecture, weights and, when possible, compile settings)."""
-    return saving.load_model(filepath, compile=compile)
+    return saving.load_model(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

@@ -26,7 +26,10 @@ import struct
 import numpy as np
 
 from fastconv._tempfiles import locked_temporary, remove_abandoned
-from fastconv.keras import keras_format
+from fastconv.keras import keras_format, object_registry
+from fastconv.keras.object_registry import (  # noqa: F401  (keras.saving's public names)
+    custom_object_scope, get_custom_objects, get_registered_name, get_registered_object, register_keras_serializable,
+)
 
 MAGIC = b"\x89FCKERAS"
 VERSION = 1
@@ -214,10 +217,15 @@ def _read_weights(file, entries, variables):
         variable.assign(array)
 
 
-def load_model(filepath, compile=True):
-    """Rebuild a model saved by model.save: architecture, weights and (if saved) compile settings."""
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """Rebuild a model saved by model.save: architecture, weights and (if saved) compile settings.
+
+    Custom layers and subclassed models load when registered with register_keras_serializable or
+    given in custom_objects ({class name: class})."""
     if keras_format.holds_keras_format(filepath):  # a Keras 3 .keras archive, by its first bytes
         return keras_format.load_model(filepath, compile=compile)
+    if custom_objects is not None and not isinstance(custom_objects, dict):
+        raise TypeError(f"custom_objects must be a dict {{name: class}}, got {type(custom_objects).__name__}")
     from fastconv.keras.layers import LAYER_CLASSES
     from fastconv.keras.layers.base import limit_weights
     from fastconv.keras.models import model_from_config
@@ -229,7 +237,7 @@ def load_model(filepath, compile=True):
         total_values = sum(int(np.prod(entry["shape"], dtype=object)) for entry in header["weights"])
         try:
             with limit_weights(total_values):
-                model = model_from_config(header["model"], LAYER_CLASSES)
+                model = model_from_config(header["model"], object_registry.resolver(LAYER_CLASSES, custom_objects))
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as error:
             _fail(filepath, f"invalid model config: {error}")
         _check_matches(filepath, header["weights"], model.weights)
@@ -242,10 +250,13 @@ def load_model(filepath, compile=True):
 def _compile_from_config(model, config, path):
     if not isinstance(config, dict) or set(config) != {"loss", "optimizer", "metrics", "loss_weights"}:
         _fail(path, "invalid compile config")
+    from fastconv.keras import losses
     loss = config["loss"]
     if isinstance(loss, list) and len(loss) == 1:
         loss = loss[0]
     try:
+        # Serialized losses become Loss objects first: a dict passed to compile means one loss per output.
+        loss = [losses.get(item) for item in loss] if isinstance(loss, list) else losses.get(loss)
         model.compile(optimizer=config["optimizer"], loss=loss, metrics=config["metrics"],
                       loss_weights=config["loss_weights"])
     except (ValueError, TypeError) as error:

@@ -10,10 +10,12 @@ def _cells(model, show_connections):
         inbound.setdefault(node.layer, []).extend(t.node.layer.name for t in node.inputs)
     rows = []
     for layer in model.layers:
-        row = [f"{layer.name} ({type(layer).__name__})", _format_shape(first_node[layer].output.shape),
+        # A subclassed model's layers are called inside its call(), not in a graph: shape unknown.
+        node = first_node.get(layer)
+        row = [f"{layer.name} ({type(layer).__name__})", "?" if node is None else _format_shape(node.output.shape),
                str(layer.count_params())]
         if show_connections:
-            row.append(", ".join(inbound[layer]))
+            row.append(", ".join(inbound.get(layer, [])))
         rows.append(row)
     return rows
 

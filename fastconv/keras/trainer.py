@@ -108,18 +108,45 @@ def _inputs_batch(xs, index):
 
 
 class _RunningMeans:
-    """Sample-weighted means of the loss and metrics over the batches seen so far."""
+    """Sample-weighted means of the loss and metrics over the batches seen so far. A plain number
+    (from a model's own train_step, whose metrics keep their running state) replaces the last one."""
 
     def __init__(self):
-        self.totals, self.counts = {}, {}
+        self.totals, self.counts, self.latest = {}, {}, {}
 
     def add(self, stats):
-        for name, (total, count) in stats.items():
-            self.totals[name] = self.totals.get(name, 0.0) + total
-            self.counts[name] = self.counts.get(name, 0) + count
+        for name, value in stats.items():
+            if isinstance(value, tuple):
+                total, count = value
+                self.totals[name] = self.totals.get(name, 0.0) + total
+                self.counts[name] = self.counts.get(name, 0) + count
+            else:
+                self.latest[name] = value
 
     def results(self):
-        return {name: self.totals[name] / self.counts[name] for name in self.totals if self.counts[name]}
+        means = {name: self.totals[name] / self.counts[name] for name in self.totals if self.counts[name]}
+        return {**means, **self.latest}
+
+
+def _step_data(xs, ys, weights, model):
+    """What Keras hands train_step/test_step: (x, y) or (x, y, sample_weight), one array per
+    single input or output."""
+    x = xs[0] if len(xs) == 1 else list(xs)
+    y = ys[0] if len(ys) == 1 else list(ys)
+    return (x, y) if weights is None else (x, y, weights)
+
+
+def _plain_logs(logs, what):
+    """A custom step's returned logs as floats (nested dicts, as from a metrics container, flattened)."""
+    if not isinstance(logs, dict):
+        raise TypeError(f"{what} must return a dict of metric names to values, got {type(logs).__name__}")
+    plain = {}
+    for name, value in logs.items():
+        if isinstance(value, dict):
+            plain.update(_plain_logs(value, what))
+        else:
+            plain[name] = float(np.asarray(value))
+    return plain
 
 
 class Trainer:
@@ -146,6 +173,26 @@ class Trainer:
         prefixes = [""] if output_count == 1 else [f"{tensor.node.layer.name}_" for tensor in model.outputs]
         self.metric_names = [[prefix + metric.name for metric in group] for prefix, group in zip(prefixes, self.metrics)]
         self.output_loss_names = [] if output_count == 1 else [f"{prefix}loss" for prefix in prefixes]
+        # Stateful views of the built-in steps' statistics, for model.metrics and custom train_steps.
+        self.loss_tracker = metrics_module.Mean(name="loss")
+        self.output_loss_trackers = [metrics_module.Mean(name=name) for name in self.output_loss_names]
+
+    def metric_objects(self):
+        """model.metrics: the loss tracker, each output's loss tracker, then the compiled metrics."""
+        return [self.loss_tracker] + self.output_loss_trackers + [m for group in self.metrics for m in group]
+
+    def _track(self, stats):
+        """Add a built-in step's (total, count) statistics to the stateful metric objects."""
+        trackers = {"loss": self.loss_tracker}
+        trackers.update(zip(self.output_loss_names, self.output_loss_trackers))
+        for names, group in zip(self.metric_names, self.metrics):
+            trackers.update(zip(names, group))
+        for name, (total, count) in stats.items():
+            tracker = trackers.get(name)
+            if tracker is not None:
+                tracker._total += total
+                tracker._count += count
+        return stats
 
     # ----- data -----
     def _standardize(self, x, y):
@@ -153,12 +200,13 @@ class Trainer:
         xs = _arrays(x, len(model.inputs) if model.built else 1, "x")
         model._ensure_built(xs)
         model._check_inputs(xs)
-        if self.losses[0] is None:
+        custom_steps = self._overridden("train_step") or self._overridden("test_step")
+        if self.losses[0] is None and not custom_steps:
             raise ValueError("compile the model with a loss before training or evaluating it")
         ys = _arrays(y, len(model.outputs), "y")
         _check_lengths(xs, ys)
         for loss, y_array, tensor in zip(self.losses, ys, model.outputs):
-            if None not in tensor.shape[1:]:
+            if loss is not None and None not in tensor.shape[1:]:
                 loss.check_target_shape(y_array.shape, (len(y_array),) + tensor.shape[1:])
         return xs, ys
 
@@ -201,7 +249,23 @@ class Trainer:
                     stats[name] = (float(np.sum(weighted)), float(np.sum(weights)))
         return total, stats, grads, preactivation_outputs
 
+    def _overridden(self, name):
+        from fastconv.keras.models import Model
+        return getattr(type(self.model), name) is not getattr(Model, name)
+
     def train_step(self, xs, ys, weights=None):
+        """One training step on a batch: the model's own train_step when it overrides Keras' (its logs
+        are running values), else the built-in fused one (its logs are (total, count) pairs)."""
+        if self._overridden("train_step"):
+            return _plain_logs(self.model.train_step(_step_data(xs, ys, weights, self.model)), "train_step")
+        return self.builtin_train_step(xs, ys, weights)
+
+    def test_step(self, xs, ys, weights=None):
+        if self._overridden("test_step"):
+            return _plain_logs(self.model.test_step(_step_data(xs, ys, weights, self.model)), "test_step")
+        return self.builtin_test_step(xs, ys, weights)
+
+    def builtin_train_step(self, xs, ys, weights=None):
         model = self.model
         outputs, contexts = model._forward(xs, training=True)
         total, stats, grads, preactivation_outputs = self._losses_and_gradients(outputs, ys, contexts, True, weights)
@@ -217,14 +281,14 @@ class Trainer:
         for variable in variables:
             variable.grad = None  # free the gradient arrays between steps
         count = len(outputs[0])
-        return {"loss": (total * count, count), **stats}
+        return self._track({"loss": (total * count, count), **stats})
 
-    def test_step(self, xs, ys, weights=None):
+    def builtin_test_step(self, xs, ys, weights=None):
         outputs, _ = self.model._forward(xs, training=False)
         total, stats, _, _ = self._losses_and_gradients(outputs, ys, None, False, weights)
         total += sum(v.regularizer(v.value) for v in self.model.trainable_weights if v.regularizer is not None)
         count = len(outputs[0])
-        return {"loss": (total * count, count), **stats}
+        return self._track({"loss": (total * count, count), **stats})
 
     # ----- loops -----
     def fit(self, x, y, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,

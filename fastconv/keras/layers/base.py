@@ -22,6 +22,8 @@ layer is recorded as one node whose vector-Jacobian product is its own fused `ba
 """
 import contextlib
 import contextvars
+import inspect
+import json
 import re
 
 import numpy as np
@@ -133,6 +135,14 @@ class Layer:
     fuses_output_activation = False  # see the module docstring
     fuses_input_relu = False
     activation = None  # the final activation of layers that fuse it (Dense, Conv2D, Activation, ReLU)
+
+    def __new__(cls, *args, **kwargs):
+        layer = super().__new__(cls)
+        # Keras' automatic config: a custom layer's constructor arguments, when they are plain data,
+        # so that get_config/from_config round-trip without the user writing get_config.
+        object.__setattr__(layer, "_auto_config", _constructor_arguments(cls, args, kwargs)
+                           if cls.forward is Layer.forward else None)
+        return layer
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -441,6 +451,9 @@ class Layer:
         config = {"name": self.name, "trainable": self.trainable}
         if self._batch_input_shape is not None:
             config["batch_input_shape"] = list(self._batch_input_shape)
+        auto_config = self.__dict__.get("_auto_config")
+        if auto_config:
+            config = {**auto_config, **config}
         return config
 
     @classmethod
@@ -448,13 +461,41 @@ class Layer:
         config = dict(config)
         batch_input_shape = config.pop("batch_input_shape", None)
         config.pop("dtype", None)
-        layer = cls(**config)
+        try:
+            layer = cls(**config)
+        except TypeError:
+            # A custom class whose __init__ does not pass name/trainable on: set them afterwards.
+            base = {key: config.pop(key) for key in ("name", "trainable") if key in config}
+            layer = cls(**config)
+            for key, value in base.items():
+                setattr(layer, key, value)
         if batch_input_shape is not None:
             layer._batch_input_shape = _batch_input_shape(batch_input_shape[1:], None, batch_input_shape[0])
         return layer
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}>"
+
+
+def _constructor_arguments(cls, args, kwargs):
+    """The keyword form of a constructor call when every value is JSON data, else None."""
+    try:
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+    except TypeError:
+        return None
+    arguments = dict(bound.arguments)
+    arguments.pop(next(iter(arguments)))  # self
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if parameter.kind is parameter.VAR_KEYWORD and name in arguments:
+            arguments.update(arguments.pop(name))
+        elif parameter.kind is parameter.VAR_POSITIONAL and name in arguments:
+            if arguments.pop(name):
+                return None
+    try:
+        json.dumps(arguments)
+    except (TypeError, ValueError):
+        return None
+    return arguments
 
 
 def _holds_layers(value):

@@ -1,0 +1,329 @@
+"""Keras beyond Sequential: custom layers, subclassed models, train_step overrides and GradientTape
+loops, written as keras.io writes them, with only the imports changed."""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import keras
+from fastconv.keras import layers, ops
+
+
+# ----- the keras.io custom Dense ("Making new layers and models via subclassing") -----
+class Linear(keras.layers.Layer):
+    def __init__(self, units=32, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="random_normal", trainable=True)
+        self.b = self.add_weight(shape=(self.units,), initializer="zeros", trainable=True)
+
+    def call(self, inputs):
+        return ops.matmul(inputs, self.w) + self.b
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def _data(rng, samples=256, features=20, classes=5):
+    x = rng.normal(size=(samples, features)).astype(np.float32)
+    return x, rng.integers(0, classes, samples)
+
+
+def test_custom_layer_shapes_params_and_summary():
+    model = keras.Sequential([keras.Input((784,)), Linear(64), layers.Dense(10)])
+    assert model.layers[0].compute_output_shape((None, 784)) == (None, 64)
+    assert model.output_shape == (None, 10)
+    assert [layer.count_params() for layer in model.layers] == [784 * 64 + 64, 650]
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert any("(None, 64)" in line and "linear" in line for line in lines)
+
+
+def test_custom_dense_trains_like_the_builtin_dense(rng):
+    """Same initial weights, same data order: the ops-written Dense gives the built-in's losses."""
+    x, y = _data(rng)
+    builtin = keras.Sequential([keras.Input((20,)), layers.Dense(16, activation="relu"), layers.Dense(5)])
+    custom = keras.Sequential([keras.Input((20,)), Linear(16), layers.ReLU(), layers.Dense(5)])
+    custom.set_weights(builtin.get_weights())
+    histories = []
+    for model in (builtin, custom):
+        model.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        histories.append(model.fit(x, y, epochs=3, batch_size=32, shuffle=False, verbose=0).history["loss"])
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-5)
+    for a, b in zip(custom.get_weights(), builtin.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_tape_gradients_of_builtin_layers_match_ops_written_ones(rng):
+    """A Conv2D + Dense model through the tape (fused C backward per layer) against the same maths
+    written with keras.ops (a vjp per primitive op)."""
+    x = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
+    conv, dense = layers.Conv2D(6, 3, padding="same", activation="relu"), layers.Dense(4)
+    model = keras.Sequential([keras.Input((8, 8, 3)), conv, layers.MaxPooling2D(2), layers.Flatten(), dense])
+    cotangent = rng.normal(size=(4, 4)).astype(np.float32)
+    with fastconv.GradientTape(persistent=True) as tape:
+        fused = model(x, training=True)
+        by_ops = ops.relu(ops.conv(x, conv.kernel, padding="same") + conv.bias)
+        by_ops = ops.matmul(ops.reshape(ops.max_pool(by_ops, 2), (4, -1)), dense.kernel) + dense.bias
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(by_ops), rtol=1e-5, atol=1e-5)
+    variables = model.trainable_weights
+    for g_fused, g_ops in zip(tape.gradient(fused, variables, output_gradients=cotangent),
+                              tape.gradient(by_ops, variables, output_gradients=cotangent)):
+        np.testing.assert_allclose(g_fused, g_ops, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_without_call_or_forward_fails_clearly_at_build():
+    class Empty(keras.layers.Layer):
+        pass
+    with pytest.raises(NotImplementedError, match="'empty'.*neither call"):
+        keras.Sequential([keras.Input((3,)), Empty()])
+
+
+def test_subclass_of_a_builtin_layer_with_its_own_call(rng):
+    class ScaledDense(layers.Dense):
+        def call(self, inputs):
+            return super().call(inputs) * 2.0
+
+    layer = ScaledDense(3)
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+    out = layer(x)
+    np.testing.assert_allclose(out, 2 * (x @ layer.kernel.numpy() + layer.bias.numpy()), rtol=1e-6)
+    with fastconv.GradientTape() as tape:
+        loss = ops.sum(layer(x))
+    np.testing.assert_allclose(tape.gradient(loss, layer.kernel), 2 * x.sum(axis=0)[:, None].repeat(3, 1), rtol=1e-5)
+
+
+def test_training_flag_reaches_layers_inside_call(rng):
+    class WithDropout(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dropout = layers.Dropout(0.5)
+
+        def call(self, inputs, training=False):
+            return self.dropout(inputs)
+
+    model, x = WithDropout(), np.ones((8, 10), np.float32)
+    np.testing.assert_array_equal(model(x), x)
+    assert np.count_nonzero(np.asarray(model(x, training=True)) == 0) > 0
+
+
+# ----- save and load -----
+@keras.saving.register_keras_serializable(package="tests")
+class RegisteredLinear(Linear):
+    pass
+
+
+class UnregisteredLinear(Linear):
+    pass
+
+
+def test_save_load_with_a_registered_custom_layer(tmp_path, rng):
+    x, _ = _data(rng)
+    inputs = keras.Input((20,))
+    model = keras.Model(inputs, layers.Dense(3)(RegisteredLinear(7)(inputs)))
+    model.compile(optimizer="adam", loss="mse")
+    model.save(tmp_path / "m.fastconv")
+    loaded = keras.models.load_model(tmp_path / "m.fastconv")
+    assert isinstance(loaded.layers[1], RegisteredLinear) and loaded.layers[1].units == 7
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_unregistered_custom_layer_needs_custom_objects(tmp_path, rng):
+    x, _ = _data(rng)
+    model = keras.Sequential([keras.Input((20,)), UnregisteredLinear(4)])
+    model.save(tmp_path / "m.fastconv")
+    with pytest.raises(ValueError, match="unknown layer class 'UnregisteredLinear'.*register_keras_serializable"):
+        keras.models.load_model(tmp_path / "m.fastconv")
+    loaded = keras.models.load_model(tmp_path / "m.fastconv", custom_objects={"UnregisteredLinear": UnregisteredLinear})
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class TwoLayerNet(keras.Model):
+    def __init__(self, hidden=8, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = hidden
+        self.dense1 = layers.Dense(hidden, activation="relu")
+        self.dense2 = layers.Dense(3)
+
+    def call(self, inputs, training=False):
+        return self.dense2(self.dense1(inputs))
+
+
+def test_subclassed_model_save_weights_and_save(tmp_path, rng):
+    x, y = _data(rng, classes=3)
+    model = TwoLayerNet(hidden=6)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, verbose=0)
+    assert [v.shape for v in model.weights] == [(20, 6), (6,), (6, 3), (3,)]
+    model.save_weights(tmp_path / "w.fastconv")
+    twin = TwoLayerNet(hidden=6)
+    twin.build((None, 20))
+    twin.load_weights(tmp_path / "w.fastconv")
+    np.testing.assert_array_equal(twin.predict(x, verbose=0), model.predict(x, verbose=0))
+    model.save(tmp_path / "m.fastconv")
+    loaded = keras.models.load_model(tmp_path / "m.fastconv")
+    assert type(loaded) is TwoLayerNet and loaded.hidden == 6
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_model_without_call_or_graph_is_refused():
+    with pytest.raises(TypeError, match="subclass Model and define call"):
+        keras.Model()
+
+
+# ----- custom training: train_step override and compute_loss -----
+class CustomFitModel(keras.Model):
+    """keras.io's "Customizing what happens in fit()", with the tape in place of tf.GradientTape."""
+
+    def train_step(self, data):
+        x, y = data
+        with fastconv.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(y=y, y_pred=y_pred)
+        trainable_vars = self.trainable_variables
+        gradients = tape.gradient(loss, trainable_vars)
+        self.optimizer.apply(gradients, trainable_vars)
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            else:
+                metric.update_state(y, y_pred)
+        return {m.name: m.result() for m in self.metrics}
+
+
+def test_train_step_override_matches_the_builtin_step(rng):
+    x, y = _data(rng)
+    histories = []
+    for cls in (keras.Model, CustomFitModel):
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((20,))
+        outputs = layers.Dense(5, activation="softmax")(layers.Dense(16, activation="relu")(inputs))
+        model = cls(inputs, outputs)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        histories.append(model.fit(x, y, epochs=2, batch_size=64, shuffle=False, verbose=0).history)
+    for name in ("loss", "accuracy"):
+        np.testing.assert_allclose(histories[1][name], histories[0][name], rtol=1e-5)
+
+
+def test_train_step_with_own_metrics_and_no_compiled_loss(rng):
+    x, y = _data(rng, classes=3)
+
+    class OwnMetrics(TwoLayerNet):
+        def __init__(self):
+            super().__init__(hidden=16)
+            self.loss_tracker = keras.metrics.Mean(name="loss")
+            self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="acc")
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker, self.accuracy]
+
+        def train_step(self, data):
+            x, y = data
+            with fastconv.GradientTape() as tape:
+                logits = self(x, training=True)
+                loss = ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+            grads = tape.gradient(loss, self.trainable_weights)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+            self.loss_tracker.update_state(loss)
+            self.accuracy.update_state(y, logits)
+            return {"loss": self.loss_tracker.result(), "acc": self.accuracy.result()}
+
+        def test_step(self, data):
+            x, y = data
+            self.accuracy.update_state(y, self(x, training=False))
+            return {"acc": self.accuracy.result()}
+
+    model = OwnMetrics()
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    history = model.fit(x, y, epochs=4, batch_size=32, validation_data=(x, y), verbose=0).history
+    assert set(history) == {"loss", "acc", "val_acc"}
+    assert history["loss"][-1] < history["loss"][0]
+    logits = model.predict(x, verbose=0)
+    assert model.evaluate(x, y, verbose=0, return_dict=True)["acc"] == pytest.approx(np.mean(logits.argmax(1) == y))
+
+
+# ----- MNIST: each way of writing the training reaches 98% in one epoch -----
+@pytest.fixture(scope="module")
+def mnist():
+    (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+    return (x_train[..., None].astype(np.float32) / 255, y_train), (x_test[..., None].astype(np.float32) / 255, y_test)
+
+
+class ResidualNet(keras.Model):
+    """A subclassed model with a residual block written in call()."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = layers.Conv2D(16, 3, padding="same", activation="relu")
+        self.block = [layers.Conv2D(16, 3, padding="same", activation="relu"), layers.Conv2D(16, 3, padding="same")]
+        self.pool = layers.MaxPooling2D(2)
+        self.conv = layers.Conv2D(32, 3, padding="same", activation="relu")
+        self.flatten = layers.Flatten()
+        self.classifier = layers.Dense(10)
+
+    def call(self, inputs, training=False):
+        x = self.pool(self.stem(inputs))
+        shortcut = x
+        for layer in self.block:
+            x = layer(x)
+        x = ops.relu(x + shortcut)
+        return self.classifier(self.flatten(self.pool(self.conv(x))))
+
+
+def _accuracy(model, x, y):
+    return float(np.mean(model.predict(x, batch_size=500, verbose=0).argmax(axis=1) == y))
+
+
+def test_mnist_residual_subclassed_model(mnist):
+    (x_train, y_train), (x_test, y_test) = mnist
+    keras.utils.set_random_seed(1)
+    model = ResidualNet()
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
+    assert _accuracy(model, x_test, y_test) >= 0.98
+
+
+def _small_cnn(cls=keras.Model, softmax=False):
+    inputs = keras.Input((28, 28, 1))
+    x = layers.MaxPooling2D(2)(layers.Conv2D(32, 3, activation="relu")(inputs))
+    x = layers.MaxPooling2D(2)(layers.Conv2D(64, 3, activation="relu")(x))
+    outputs = layers.Dense(10, activation="softmax" if softmax else None)(layers.Flatten()(x))
+    return cls(inputs, outputs)
+
+
+def test_mnist_train_step_override(mnist):
+    (x_train, y_train), (x_test, y_test) = mnist
+    keras.utils.set_random_seed(1)
+    model = _small_cnn(CustomFitModel, softmax=True)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0).history
+    assert history["accuracy"][0] > 0.9
+    assert _accuracy(model, x_test, y_test) >= 0.98
+
+
+def test_mnist_gradient_tape_loop(mnist):
+    """keras.io's "Writing a training loop from scratch"."""
+    (x_train, y_train), (x_test, y_test) = mnist
+    keras.utils.set_random_seed(1)
+    model = _small_cnn()
+    optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    train_acc_metric = keras.metrics.SparseCategoricalAccuracy()
+    order = np.random.default_rng(0).permutation(len(x_train))
+    for start in range(0, len(x_train), 32):
+        batch = order[start:start + 32]
+        x_batch, y_batch = x_train[batch], y_train[batch]
+        with fastconv.GradientTape() as tape:
+            logits = model(x_batch, training=True)
+            loss_value = loss_fn(y_batch, logits)
+        grads = tape.gradient(loss_value, model.trainable_weights)
+        optimizer.apply(grads, model.trainable_weights)
+        train_acc_metric.update_state(y_batch, logits)
+    assert float(train_acc_metric.result()) > 0.9
+    assert _accuracy(model, x_test, y_test) >= 0.98
