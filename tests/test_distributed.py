@@ -1,0 +1,365 @@
+"""Data-parallel training on MPI: real `mpiexec -n 2` / `-n 3` jobs, each a subprocess with a timeout,
+so a hang fails the test instead of blocking the suite.
+
+These need mpi4py and an MPI launcher (`pip install ".[test,mpi]"`); CI runs this file in a step of
+its own that installs them.
+"""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+import pytest
+
+mpi4py = pytest.importorskip("mpi4py")
+
+import fastconv  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# mpiexec comes with the mpich wheel, next to this Python; a site's MPI puts it on PATH.
+MPIEXEC = shutil.which("mpiexec", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("mpiexec")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FASTCONV_NO_DOWNLOAD": "1", "FASTCONV_DATA": str(REPO / "data"),
+       "PYTHONPATH": str(pathlib.Path(fastconv.__file__).resolve().parents[1])}
+OUTSIDE = tempfile.gettempdir()
+
+
+def launch(command, timeout):
+    """Run a command in its own process group; on timeout kill the whole group (every rank) and fail."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               cwd=OUTSIDE, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"{' '.join(map(str, command))} hung for {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def mpirun(ranks, script, *args, timeout=90):
+    assert MPIEXEC, "mpiexec not found: install the mpi extra (pip install '.[test,mpi]')"
+    return launch([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", str(script), *map(str, args)], timeout)
+
+
+def ok(result):
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+# One training run, configured by a JSON argument: "one" (a single process), "dp" (a
+# keras.distribution.DataParallel over the ranks), "hvd" (Horovod style: DistributedOptimizer, each
+# rank its own part of the data) or "tape" (a GradientTape loop with a DistributedOptimizer). Each
+# rank writes its weights and logs to OUT-RANK.npz / OUT-RANK.json.
+TRAIN = textwrap.dedent("""
+    import json, os, signal, sys
+    import numpy as np
+    from fastconv import keras
+
+    config = json.loads(sys.argv[1])
+    mode, out = config["mode"], config["out"]
+    rank = ranks = None
+    if mode != "one":
+        from fastconv.keras import distributed
+        distributed.init()
+        rank, ranks = distributed.rank(), distributed.size()
+    keras.utils.set_random_seed(config.get("seed", 0) + (rank or 0) * config.get("seed_per_rank", 0))
+    data = np.random.default_rng(1)
+    count = config["samples"]
+    x = data.normal(size=(count, 8, 8, 1)).astype(np.float32)
+    y = data.integers(0, 3, count)
+    x_val, y_val = data.normal(size=(40, 8, 8, 1)).astype(np.float32), data.integers(0, 3, 40)
+    # tanh, not relu: a relu input within rounding of 0 can flip and turn rounding into a real difference
+    layers = [keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="tanh"), keras.layers.Flatten()]
+    if config.get("dropout"):
+        layers.append(keras.layers.Dropout(0.3))
+    model = keras.Sequential(layers + [keras.layers.Dense(3, activation="softmax")])
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    callbacks = []
+    if mode in ("hvd", "tape"):
+        optimizer = distributed.DistributedOptimizer(optimizer)
+        callbacks = [distributed.BroadcastGlobalVariablesCallback(0), distributed.MetricAverageCallback()]
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    if "fail_rank" in config and config["fail_rank"] == rank:
+        class Fail(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 2:
+                    if config["how"] == "raise":
+                        raise RuntimeError(f"rank {rank} fails on purpose")
+                    os.kill(os.getpid(), signal.SIGKILL)
+        callbacks.append(Fail())
+    if config.get("checkpoint"):
+        callbacks += [keras.callbacks.ModelCheckpoint(config["checkpoint"]),
+                      keras.callbacks.CSVLogger(config["csv"], append=True)]
+
+    logs = {}
+    if mode == "dp":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+        if rank == 1 and config.get("drop_on_rank_1"):
+            x, y = x[:-config["drop_on_rank_1"]], y[:-config["drop_on_rank_1"]]
+    if mode == "hvd":  # Horovod's contract: each rank its own rows, batch_size per rank
+        x, y = x[rank::ranks], y[rank::ranks]
+    if mode == "tape":
+        x, y = x[rank::ranks], y[rank::ranks]
+        loss_function = keras.losses.SparseCategoricalCrossentropy()
+        for start in range(0, len(x), config["batch"]):
+            with keras.GradientTape() as tape:
+                loss = loss_function(y[start:start + config["batch"]], model(x[start:start + config["batch"]]))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+    else:
+        if config.get("initial_epoch"):
+            model = keras.models.load_model(config["resume"])
+        history = model.fit(x, y, batch_size=config["batch"], epochs=config["epochs"], shuffle=config["shuffle"],
+                            validation_data=(x_val, y_val), callbacks=callbacks, verbose=config.get("verbose", 0),
+                            initial_epoch=config.get("initial_epoch", 0))
+        logs = {"history": history.history, "evaluate": model.evaluate(x_val, y_val, verbose=0, return_dict=True)}
+    np.savez(f"{out}-{rank or 0}.npz", *model.get_weights())
+    with open(f"{out}-{rank or 0}.json", "w") as file:
+        json.dump(logs, file)
+""")
+
+
+@pytest.fixture
+def train(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+
+    def run(ranks, timeout=90, **config):
+        config = {"seed": 0, "samples": 160, "batch": 32, "epochs": 2, "shuffle": True, **config}
+        config.setdefault("out", str(tmp_path / f"{config['mode']}{ranks}"))
+        if ranks is None:
+            return launch([sys.executable, str(script), json.dumps(config)], timeout)
+        return mpirun(ranks, script, json.dumps(config), timeout=timeout)
+    return run
+
+
+def results(out, ranks=1):
+    weights = [np.load(f"{out}-{rank}.npz") for rank in range(ranks)]
+    weights = [[w[name] for name in sorted(w.files, key=lambda n: int(n.split("_")[1]))] for w in weights]
+    logs = [json.loads(pathlib.Path(f"{out}-{rank}.json").read_text()) for rank in range(ranks)]
+    return weights, logs
+
+
+def assert_bitwise_equal(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def assert_close_logs(first, second):
+    assert first.keys() == second.keys()
+    for key in first:
+        if isinstance(first[key], dict):
+            assert_close_logs(first[key], second[key])
+        else:
+            np.testing.assert_allclose(first[key], second[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("ranks, samples", [(2, 160), (3, 97)])
+def test_data_parallel_fit_matches_one_process_on_the_global_batch(train, tmp_path, ranks, samples):
+    """batch_size is the global batch; 97 samples in batches of 32 end with a batch of 1, so on 3 ranks
+    two of them have nothing in it and still take part in the step."""
+    ok(train(None, mode="one", samples=samples, out=str(tmp_path / "one")))
+    ok(train(ranks, mode="dp", samples=samples, verbose=1, out=str(tmp_path / "a")))
+    result = ok(train(ranks, mode="dp", samples=samples, out=str(tmp_path / "b")))
+    (single,), (single_logs,) = results(tmp_path / "one")
+    first, first_logs = results(tmp_path / "a", ranks)
+    second, _ = results(tmp_path / "b", ranks)
+    for weights in first[1:] + second:  # every rank, and a second run, bitwise the same
+        assert_bitwise_equal(first[0], weights)
+    assert all(logs == first_logs[0] for logs in first_logs)  # every rank logs and returns the same
+    for mine, reference in zip(first[0], single):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+    assert_close_logs(first_logs[0], single_logs)
+    assert first_logs[0]["history"]["accuracy"] == single_logs["history"]["accuracy"]  # exact counts
+    assert result.stdout == ""  # verbose=0 prints nothing on any rank
+
+
+def test_progress_is_printed_by_rank_0_only(train, tmp_path):
+    result = ok(train(2, mode="dp", verbose=2, epochs=2))
+    assert result.stdout.count("Epoch 2/2") == 1
+    assert result.stdout.count("val_accuracy") == 2
+
+
+def test_horovod_style_training_matches_one_process(train, tmp_path):
+    """DistributedOptimizer averages the ranks' gradients: two ranks with per-rank batches of 16 on the
+    even and odd rows take the steps of one process on batches of 32 made of both ranks' rows. The
+    ranks start from different seeds; BroadcastGlobalVariablesCallback gives them rank 0's weights."""
+    count = 160
+    order = np.concatenate([np.arange(count)[r::2][start:start + 16] for start in range(0, count // 2, 16)
+                            for r in range(2)])
+    assert sorted(order) == list(range(count))
+    ok(train(2, mode="hvd", batch=16, shuffle=False, seed_per_rank=7, samples=count))
+    weights, logs = results(tmp_path / "hvd2", 2)
+    assert_bitwise_equal(weights[0], weights[1])
+    assert logs[0]["history"] == logs[1]["history"]  # MetricAverageCallback
+
+    # the same steps on one process: rows reordered so that each batch of 32 is both ranks' batches
+    script = tmp_path / "one.py"
+    script.write_text(TRAIN.replace("x, y = x[rank::ranks], y[rank::ranks]",
+                                    f"x, y = x[{order.tolist()}], y[{order.tolist()}]")
+                      .replace('if mode == "hvd":', 'if mode == "one":'))
+    ok(launch([sys.executable, str(script), json.dumps({"mode": "one", "out": str(tmp_path / "one"), "batch": 32,
+                                                        "shuffle": False, "samples": count, "epochs": 2})], 90))
+    (single,), _ = results(tmp_path / "one")
+    for mine, reference in zip(weights[0], single):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_tape_loop_with_distributed_optimizer(train, tmp_path):
+    ok(train(2, mode="tape", batch=16, samples=96))
+    weights, _ = results(tmp_path / "tape2", 2)
+    assert_bitwise_equal(weights[0], weights[1])
+    ok(train(2, mode="tape", batch=16, samples=96, out=str(tmp_path / "again")))
+    assert_bitwise_equal(weights[0], results(tmp_path / "again", 2)[0][0])
+
+
+def test_dropout_runs_repeat_bitwise_and_agree_across_ranks(train, tmp_path):
+    ok(train(2, mode="dp", dropout=True, out=str(tmp_path / "a")))
+    ok(train(2, mode="dp", dropout=True, out=str(tmp_path / "b")))
+    first, _ = results(tmp_path / "a", 2)
+    assert_bitwise_equal(first[0], first[1])
+    assert_bitwise_equal(first[0], results(tmp_path / "b", 2)[0][0])
+
+
+@pytest.mark.parametrize("how", ["raise", "kill"])
+def test_a_failing_rank_ends_the_whole_job(train, how):
+    """Rank 1 raises (python -m mpi4py aborts the job) or is SIGKILLed (mpiexec ends the others) in
+    the middle of an epoch, while rank 0 waits in the gradient reduction: the job ends, not hangs."""
+    result = train(2, timeout=60, mode="dp", samples=320, epochs=5, fail_rank=1, how=how)
+    assert result.returncode != 0
+    if how == "raise":
+        assert "rank 1 fails on purpose" in result.stderr
+
+
+def test_ranks_with_different_data_fail_at_the_start_naming_the_rank(train):
+    result = train(2, timeout=60, mode="dp", drop_on_rank_1=7)
+    assert result.returncode != 0
+    assert "the training data" in result.stderr and "rank 1 has" in result.stderr
+
+
+def test_checkpoints_and_logs_are_written_once_by_rank_0_and_resume(train, tmp_path):
+    checkpoint, csv = tmp_path / "model.fastconv", tmp_path / "log.csv"
+    ok(train(2, mode="dp", epochs=2, checkpoint=str(checkpoint), csv=str(csv)))
+    assert checkpoint.exists()
+    rows = csv.read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch")  # a header and one row per epoch, not per rank
+    saved, _ = results(tmp_path / "dp2", 2)
+    # a new job (3 ranks now) starts from the checkpoint and goes on from epoch 2
+    ok(train(3, mode="dp", epochs=3, initial_epoch=2, resume=str(checkpoint), checkpoint=str(checkpoint),
+             csv=str(csv), out=str(tmp_path / "resumed")))
+    resumed, logs = results(tmp_path / "resumed", 3)
+    assert_bitwise_equal(resumed[0], resumed[2])
+    assert len(logs[0]["history"]["loss"]) == 1
+    assert len(csv.read_text().splitlines()) == 4
+    assert not np.array_equal(resumed[0][0], saved[0][0])
+
+
+COLLECTIVES = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from fastconv import keras
+    from fastconv.keras import distributed as hvd
+
+    keras.distribution.initialize()
+    keras.distribution.initialize(num_processes=hvd.size())  # again, and checked
+    rank, ranks = hvd.rank(), hvd.size()
+    mine = np.random.default_rng(rank).normal(size=1001).astype(np.float32) * 10.0 ** rank
+    report = {"devices": keras.distribution.list_devices(), "local": [hvd.local_rank(), hvd.local_size()]}
+    report["sum"] = hvd.allreduce(mine, op="sum").tobytes().hex()
+    report["average"] = hvd.allreduce(mine).tobytes().hex()
+    expected = np.zeros(1001)
+    for r in range(ranks):  # rank order, in float64, then rounded once
+        expected += np.random.default_rng(r).normal(size=1001).astype(np.float32) * 10.0 ** r
+    report["sum_as_expected"] = hvd.allreduce(mine, op="sum").tobytes() == expected.astype(np.float32).tobytes()
+    report["ints"] = hvd.allreduce(np.array([rank, 1]), op="sum").tolist()
+    report["gathered"] = hvd.allgather(np.full((rank + 1, 2), rank)).tolist()
+    report["broadcast"] = hvd.broadcast(np.array([rank, rank], np.float32), root_rank=1).tolist()
+    errors = {}
+    for name, call in {"shape": lambda: hvd.allreduce(np.zeros(3 + rank)),
+                       "root": lambda: hvd.broadcast(np.zeros(2), root_rank=ranks),
+                       "processes": lambda: keras.distribution.initialize(num_processes=ranks + 1),
+                       "devices": lambda: keras.distribution.DataParallel(devices=["cpu:0"]),
+                       "op": lambda: hvd.allreduce(mine, op="max")}.items():
+        try:
+            call()
+        except (ValueError, TypeError) as error:
+            errors[name] = str(error)
+    report["errors"] = errors
+    with open(f"{sys.argv[1]}-{rank}.json", "w") as file:
+        json.dump(report, file)
+""")
+
+
+def test_collectives_sum_in_rank_order_and_agree_bitwise(tmp_path):
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES)
+    ok(mpirun(3, script, tmp_path / "out"))
+    reports = [json.loads((tmp_path / f"out-{rank}.json").read_text()) for rank in range(3)]
+    for report in reports:
+        assert report["sum"] == reports[0]["sum"] and report["average"] == reports[0]["average"]
+        assert report["sum_as_expected"]
+        assert report["ints"] == [3, 3]
+        assert report["gathered"] == [[0, 0], [1, 1], [1, 1], [2, 2], [2, 2], [2, 2]]
+        assert report["broadcast"] == [1.0, 1.0]
+        assert report["devices"] == ["cpu:0", "cpu:1", "cpu:2"]
+        assert report["local"][1] == 3
+    assert sorted(report["local"][0] for report in reports) == [0, 1, 2]
+    errors = reports[1]["errors"]
+    assert "rank 1 has ((4,)" in errors["shape"]
+    assert "root_rank must be a rank from 0 to 2" in errors["root"]
+    assert "num_processes is 4" in errors["processes"]
+    assert "devices must be every rank's device" in errors["devices"]
+    assert "op must be" in errors["op"]
+
+
+def test_cli_train_under_mpiexec(tmp_path):
+    saved = tmp_path / "seed.fastconv"
+    result = ok(launch([MPIEXEC, "-n", "2", sys.executable, "-m", "fastconv", "train", "--train-size", "3000",
+                        "--epochs", "1", "--seed", "1", "--save", str(saved)], 180))
+    assert result.stdout.count("test accuracy:") == 1  # rank 0 alone prints
+    bars = [line for line in result.stdout.splitlines() if "images/s" in line]
+    assert len(bars) == 1 and bars[0].startswith("47/47 [")  # 47 global batches of 64, as on one process
+    accuracy = float(result.stdout.split("test accuracy:")[1].split()[0])
+    assert accuracy > 0.85  # as test_cli's single-process run of the same command
+    assert saved.exists()
+
+
+def test_cli_error_on_one_rank_ends_the_job(tmp_path):
+    """Only rank 0 saves, into a directory that does not exist: its error ends every rank."""
+    result = launch([MPIEXEC, "-n", "2", sys.executable, "-m", "fastconv", "train", "--train-size", "256",
+                     "--epochs", "1", "--save", str(tmp_path / "missing" / "model.fastconv")], 120)
+    assert result.returncode != 0
+    assert "fastconv train: error:" in result.stderr
+
+
+def test_without_mpi4py_the_error_names_the_extra_and_plain_training_never_loads_it():
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from fastconv import keras
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(np.zeros((8, 3)), np.zeros((8, 2)), verbose=0)
+        assert "mpi4py" not in sys.modules, "a single-process fit loaded mpi4py"
+        sys.modules["mpi4py"] = None  # as if it were not installed
+        from fastconv.keras import distributed
+        for call in (distributed.init, distributed.rank, keras.distribution.DataParallel,
+                     lambda: distributed.DistributedOptimizer("sgd")):
+            try:
+                call()
+            except ImportError as error:
+                assert 'pip install "fastconv[mpi]"' in str(error), error
+            else:
+                raise AssertionError("no ImportError")
+        print("ok")
+    """)
+    result = ok(launch([sys.executable, "-c", code], 60))
+    assert result.stdout.strip() == "ok"
