@@ -235,11 +235,16 @@ RANDOM_LAYERS = [
 @pytest.mark.parametrize("make", RANDOM_LAYERS)
 def test_random_layers_are_identity_at_inference_and_seeded(make, rng):
     images = rng.uniform(0, 255, size=(6, 8, 10, 3)).astype(np.float32)
-    np.testing.assert_array_equal(make(3)(images), images)
     np.testing.assert_array_equal(make(3)(images, training=False), images)
     first, again = make(3)(images, training=True), make(3)(images, training=True)
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, images)
+    # Called on its own without training=, an augmentation layer augments (Keras' call default);
+    # inside a model, only fit trains it.
+    np.testing.assert_array_equal(make(3)(images), first)
+    model = keras.Sequential([keras.Input(shape=(8, 10, 3)), make(3)])
+    np.testing.assert_array_equal(model.predict(images, verbose=0), images)
+    np.testing.assert_array_equal(model(images), images)
     layer = make(3)
     assert not np.array_equal(layer(images, training=True), layer(images, training=True))  # the stream goes on
     # Without seed=, the shared generator behind keras.utils.set_random_seed decides.
@@ -365,9 +370,11 @@ def test_random_crop(rng):
     assert len(tops_lefts) > 5
     # At inference: the largest centred window of the target's aspect ratio (6:5 in 10 x 12 is
     # 10 x 8, columns 2..9), resized to the target.
-    np.testing.assert_allclose(layer(images), keras_resize_bilinear(images[:, :, 2:10], 6, 5), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer(images, training=False), keras_resize_bilinear(images[:, :, 2:10], 6, 5),
+                               rtol=1e-5, atol=1e-5)
     # Images smaller than the target are resized while training too.
     assert L.RandomCrop(12, 12)(images, training=True).shape == (4, 12, 12, 2)
+    np.testing.assert_array_equal(L.RandomCrop(6, 5, seed=0)(images), out)  # on its own: training
     assert layer.compute_output_shape((None, 10, 12, 2)) == (None, 6, 5, 2)
 
 

@@ -2,10 +2,11 @@
 
 The random layers (RandomFlip, RandomRotation, RandomTranslation, RandomZoom, RandomContrast,
 RandomBrightness, RandomCrop) change their inputs only when training; at inference they pass them
-through (RandomCrop then crops the centre, see its docstring). Called directly, a layer augments
-with `layer(x, training=True)`. Each draws from its own generator when given `seed=`, otherwise
-from the shared one behind `keras.utils.set_random_seed`. The draws follow Keras' order and
-distributions, one per image (RandomCrop: one per batch).
+through (RandomCrop then crops the centre, see its docstring). As in Keras, a model runs them in
+training mode only in fit, while a layer called on its own (`aug(images)`, not inside a model or
+another layer) augments unless given training=False. Each draws from its own generator when given
+`seed=`, otherwise from the shared one behind `keras.utils.set_random_seed`. The draws follow
+Keras' order and distributions, one per image (RandomCrop: one per batch).
 
 Rotation, translation, zoom and resizing are one resampling each, done by the C kernel behind
 `fastconv.ops.affine_transform`: a transform per image (Keras' 8 numbers a0 a1 a2 b0 b1 b2 c0 c1),
@@ -21,7 +22,7 @@ import numpy as np
 from fastconv import reference
 from fastconv._args import FILL_MODES, checked_int
 from fastconv.keras import backend
-from fastconv.keras.layers.base import Layer
+from fastconv.keras.layers.base import Layer, _in_call
 
 # Keras' backend.epsilon() default: Normalization divides by max(sqrt(variance), this).
 _EPSILON = 1e-7
@@ -170,8 +171,16 @@ class _ImagePreprocessingLayer(Layer):
         return {**super().get_config(), "data_format": self.data_format}
 
 
+def _training_by_default(training):
+    """Keras' augmentation layers declare call(..., training=True): called on their own, they augment."""
+    return True if training is None and not _in_call.get() else training
+
+
 class _RandomImageLayer(_ImagePreprocessingLayer):
     """An augmentation: random while training, identity at inference."""
+
+    def __call__(self, inputs, *args, training=None, **kwargs):
+        return super().__call__(inputs, *args, training=_training_by_default(training), **kwargs)
 
     def __init__(self, seed=None, data_format=None, **kwargs):
         super().__init__(data_format, **kwargs)
@@ -424,6 +433,9 @@ class RandomCrop(_SizedImageLayer):
     as Keras' documentation says. (Keras 3's code passes images through unchanged at inference, an
     open bug that breaks the next layer's shape: keras-team/keras#21868; and it crops at random only
     when both sides are strictly larger than the target: here a side equal to it is cropped at 0.)"""
+
+    def __call__(self, inputs, *args, training=None, **kwargs):
+        return super().__call__(inputs, *args, training=_training_by_default(training), **kwargs)
 
     def __init__(self, height, width, seed=None, data_format=None, **kwargs):
         super().__init__(height, width, data_format, **kwargs)
