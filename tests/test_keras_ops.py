@@ -428,7 +428,7 @@ NON_DIFFERENTIABLE = {
     "convert_to_tensor", "convert_to_numpy", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
     "arange", "eye", "shape", "ndim", "size", "stop_gradient", "sign", "floor", "ceil", "round", "equal",
     "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or", "logical_not",
-    "isnan", "isfinite", "all", "any", "floor_divide", "argmax", "argmin", "argsort", "one_hot",
+    "isnan", "isfinite", "all", "any", "floor_divide", "argmax", "count_nonzero", "argmin", "argsort", "one_hot",
 }
 
 
@@ -618,7 +618,10 @@ def test_arg_reductions_and_sorting():
     np.testing.assert_array_equal(ops.argmax(x), np.argmax(x))
     np.testing.assert_array_equal(ops.argmax(x, axis=-1), np.argmax(x, axis=-1))
     np.testing.assert_array_equal(ops.argmin(x, axis=0, keepdims=True), np.argmin(x, axis=0, keepdims=True))
+    assert ops.argmax(x, axis=1).dtype == np.int32  # Keras 3's index type
     np.testing.assert_array_equal(ops.argsort(x, axis=0), np.argsort(x, axis=0))
+    np.testing.assert_array_equal(ops.count_nonzero(x > 0, axis=[0]), np.count_nonzero(x > 0, axis=0))
+    assert ops.count_nonzero(np.array([0, 3, 0, 1])) == 2
     values, indices = ops.top_k(x, 3)
     np.testing.assert_array_equal(indices, np.argsort(-x, axis=-1)[:, :3])
     np.testing.assert_allclose(values, np.take_along_axis(x, indices, -1))
@@ -678,6 +681,15 @@ def test_python_scalars_keep_float32(op):
         y = op(v, 2.5)
         total = ops.sum(y)
     assert y.dtype == np.float32 and tape.gradient(total, v).dtype == np.float32
+
+
+def test_integer_averages_and_quotients_are_floatx():
+    ints = np.arange(5)
+    for out, expected in ((ops.mean(ints), 2.0), (ops.var(ints), 2.0), (ops.std(ints), np.sqrt(2.0)),
+                          (ops.divide(ints, 2), ints / 2), (ops.mean(ints > 2), 0.4)):
+        assert np.asarray(out).dtype == np.float32
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert ops.divide(ints.astype(np.float64), 2).dtype == np.float64
 
 
 def test_float32_operators_and_reductions_stay_float32():

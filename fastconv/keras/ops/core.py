@@ -16,7 +16,8 @@ __all__ = [
     "erf", "reciprocal", "floor", "ceil", "round",
     "equal", "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or",
     "logical_not", "isnan", "isfinite", "all", "any", "floor_divide", "mod",
-    "sum", "mean", "max", "min", "amax", "amin", "prod", "var", "std", "argmax", "argmin", "logsumexp", "cumsum",
+    "sum", "mean", "max", "min", "amax", "amin", "prod", "var", "std", "argmax", "argmin", "count_nonzero",
+    "logsumexp", "cumsum",
     "reshape", "transpose", "expand_dims", "squeeze", "concatenate", "stack", "split", "take", "take_along_axis",
     "flatten", "ravel", "tile", "repeat", "broadcast_to", "pad", "get_item", "slice", "flip", "swapaxes", "moveaxis",
     "matmul", "dot", "einsum", "tensordot", "outer", "sort", "argsort", "top_k", "norm",
@@ -140,7 +141,13 @@ def multiply(x1, x2):
 
 
 def divide(x1, x2):
-    return _binary(x1, x2, np.true_divide, lambda g, a, b, out: (g / b, -g * out / b))
+    def fn(a, b):
+        out = np.true_divide(a, b)
+        # int / int is floatx in Keras (NumPy would give float64)
+        if np.result_type(a, b).kind in "biu":
+            out = np.asarray(out).astype(backend.floatx())[()]
+        return out
+    return _binary(x1, x2, fn, lambda g, a, b, out: (g / b, -g * out / b))
 
 
 true_divide = divide
@@ -365,8 +372,8 @@ def mean(x, axis=None, keepdims=False):
     a = _array(x)
     axis = _axis_arg(axis)
     out = np.mean(a, axis=axis, keepdims=keepdims)
-    if out.dtype != a.dtype and a.dtype.kind == "f":
-        out = out.astype(a.dtype)
+    # float inputs keep their type; integers and booleans average to floatx, as in Keras
+    out = np.asarray(out).astype(a.dtype if a.dtype.kind == "f" else backend.floatx())[()]
     axes = _axes(axis, a.ndim)
     count = math.prod(a.shape[i] for i in axes) if a.ndim else 1
     return record(out, (x,), lambda g: (np.broadcast_to(_expand_reduced(g, axes, keepdims) / count, a.shape),))
@@ -419,6 +426,8 @@ def prod(x, axis=None, keepdims=False, dtype=None):
 
 
 def var(x, axis=None, keepdims=False):
+    if _array(x).dtype.kind in "biu":  # integers: the variance of their floatx values, as Keras
+        x = _array(x).astype(backend.floatx())
     centered = subtract(x, mean(x, axis=axis, keepdims=True))
     return mean(square(centered), axis=axis, keepdims=keepdims)
 
@@ -428,11 +437,15 @@ def std(x, axis=None, keepdims=False):
 
 
 def argmax(x, axis=None, keepdims=False):
-    return np.argmax(_array(x), axis=axis, keepdims=keepdims)
+    return np.argmax(_array(x), axis=axis, keepdims=keepdims).astype(np.int32)  # int32 in Keras 3
 
 
 def argmin(x, axis=None, keepdims=False):
-    return np.argmin(_array(x), axis=axis, keepdims=keepdims)
+    return np.argmin(_array(x), axis=axis, keepdims=keepdims).astype(np.int32)
+
+
+def count_nonzero(x, axis=None):
+    return np.count_nonzero(_array(x), axis=_axis_arg(axis)).astype(np.int32)
 
 
 def logsumexp(x, axis=None, keepdims=False):
