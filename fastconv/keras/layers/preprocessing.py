@@ -10,9 +10,9 @@ Keras' order and distributions, one per image (RandomCrop: one per batch).
 
 Rotation, translation, zoom and resizing are one resampling each, done by the C kernel behind
 `fastconv.ops.affine_transform`: a transform per image (Keras' 8 numbers a0 a1 a2 b0 b1 b2 c0 c1),
-bilinear or nearest, with Keras' fill modes. Resizing, CenterCrop, Normalization and the value
-layers (flip, crop, contrast, brightness) pass gradients back; the random geometric layers are
-meant to sit right after the input, where none is asked of them.
+bilinear or nearest, with Keras' fill modes. Every layer passes gradients back (for the
+resampling ones, the transpose of the resampling, in NumPy), though augmentation usually sits
+right after the input, where none is asked of it.
 """
 import math
 import numbers
@@ -20,7 +20,7 @@ import numbers
 import numpy as np
 
 from fastconv import reference
-from fastconv._args import FILL_MODES, checked_int
+from fastconv._args import checked_int
 from fastconv.keras import backend
 from fastconv.keras.layers.base import Layer, _in_call
 
@@ -50,7 +50,7 @@ def _symmetric_range(factor, name, low=-1.0, high=1.0, low_open=False):
     """Keras' factor of the geometric layers: a number f gives (-|f|, |f|), a pair its sorted self;
     every value within [low, high] ((low, high] when low_open)."""
     values = list(factor) if isinstance(factor, (tuple, list)) else [factor]
-    if len(values) not in (1, 2) or (isinstance(factor, (tuple, list)) and len(values) != 2):
+    if isinstance(factor, (tuple, list)) and len(values) != 2:
         raise ValueError(f"{name} must be a number or a pair of numbers, got {factor!r}")
     for value in values:
         if not _is_number(value):
@@ -179,9 +179,6 @@ def _training_by_default(training):
 class _RandomImageLayer(_ImagePreprocessingLayer):
     """An augmentation: random while training, identity at inference."""
 
-    def __call__(self, inputs, *args, training=None, **kwargs):
-        return super().__call__(inputs, *args, training=_training_by_default(training), **kwargs)
-
     def __init__(self, seed=None, data_format=None, **kwargs):
         super().__init__(data_format, **kwargs)
         if seed is not None:
@@ -189,6 +186,9 @@ class _RandomImageLayer(_ImagePreprocessingLayer):
         # A per-layer seed gives the layer its own stream; otherwise the seeded backend generator is used.
         self.seed = seed
         self._generator = None if seed is None else np.random.default_rng(seed)
+
+    def __call__(self, inputs, *args, training=None, **kwargs):
+        return super().__call__(inputs, *args, training=_training_by_default(training), **kwargs)
 
     def _rng(self):
         return self._generator or backend.rng()
@@ -434,15 +434,15 @@ class RandomCrop(_SizedImageLayer):
     open bug that breaks the next layer's shape: keras-team/keras#21868; and it crops at random only
     when both sides are strictly larger than the target: here a side equal to it is cropped at 0.)"""
 
-    def __call__(self, inputs, *args, training=None, **kwargs):
-        return super().__call__(inputs, *args, training=_training_by_default(training), **kwargs)
-
     def __init__(self, height, width, seed=None, data_format=None, **kwargs):
         super().__init__(height, width, data_format, **kwargs)
         if seed is not None:
             seed = checked_int(seed, "seed")
         self.seed = seed
         self._generator = None if seed is None else np.random.default_rng(seed)
+
+    def __call__(self, inputs, *args, training=None, **kwargs):
+        return super().__call__(inputs, *args, training=_training_by_default(training), **kwargs)
 
     def _forward_batch(self, images, training):
         in_height, in_width = images.shape[1:3]
