@@ -248,9 +248,9 @@ def test_random_layers_are_identity_at_inference_and_seeded(make, rng):
     layer = make(3)
     assert not np.array_equal(layer(images, training=True), layer(images, training=True))  # the stream goes on
     # Without seed=, the shared generator behind keras.utils.set_random_seed decides.
-    backend.seed(7)
+    keras.utils.set_random_seed(7)
     unseeded = make(None)(images, training=True)
-    backend.seed(7)
+    keras.utils.set_random_seed(7)
     np.testing.assert_array_equal(make(None)(images, training=True), unseeded)
 
 
