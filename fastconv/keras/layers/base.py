@@ -5,14 +5,15 @@ The layer protocol
 A layer computes in one of two ways:
 
 * **Built-in layers** implement `forward(inputs, training) -> (outputs, ctx)` and
-  `backward(ctx, grad, **fusions) -> input gradient`; backward adds the weight gradients to each
-  Variable's `.grad`. Keeping `ctx` outside the layer lets one layer be called at several places of
-  a graph (shared layers). The fusions a model may ask of `backward` are declared by class
-  attributes, never discovered: `fuses_output_activation` (backward takes `from_preactivation=True`
-  and `preactivation(ctx)` returns the input of the layer's final activation, so a loss can fuse
-  with it), `fuses_input_relu` (backward takes `x_from_relu=True` and applies the gradient of a ReLU
-  that produced its input), and, for layers with weights, `need_input_grad=False` (only the weight
-  gradients are wanted).
+  `backward(ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False) -> input
+  gradient`; backward adds the weight gradients to each Variable's `.grad`. Keeping `ctx` outside
+  the layer lets one layer be called at several places of a graph (shared layers). A model asks a
+  layer for a fusion only where the layer declares it with a class attribute, never by probing:
+  `fuses_output_activation` (from_preactivation=True: the gradient arrives at the input of the
+  layer's final `activation`, and `preactivation(ctx)` returns that input, so a loss can fuse with
+  it), `fuses_input_relu` (x_from_relu=True: the layer also applies the gradient of the ReLU that
+  produced its input). need_input_grad=False (only the weight gradients are wanted) is asked of
+  layers with trainable weights only.
 * **Custom layers** (Keras' way) implement `call(inputs, training=None, ...)` with `keras.ops`.
   Their `forward` runs `call` under a GradientTape and their `backward` replays that tape, so they
   train inside Sequential, functional and subclassed models like any built-in layer.
@@ -393,7 +394,7 @@ class Layer:
                              "built-in fit step")
         return _values(outputs), (tape, sources, outputs, isinstance(inputs, (list, tuple)))
 
-    def backward(self, ctx, grad, need_input_grad=True):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         """Replay the tape of forward: weight gradients into each Variable's .grad, input gradients out."""
         tape, sources, outputs, multi = ctx
         variables = self.trainable_weights
@@ -579,7 +580,7 @@ class InputLayer(Layer):
     def forward(self, inputs, training=False):
         return inputs, None
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return grad
 
     def get_config(self):

@@ -78,7 +78,7 @@ class Conv2D(Layer):
         out = pre if relu else apply_activation(self.activation, pre)
         return out, (inputs, pre, out)
 
-    def backward(self, ctx, grad, from_preactivation=False, need_input_grad=True, x_from_relu=False):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         x, pre, out = ctx
         dpre = activation_backward(self.activation, grad, pre, out, from_preactivation)
         dx, dw, db = backend.ops().conv2d_backward(dpre, x, self.kernel.value, strides=self.strides,
@@ -136,7 +136,7 @@ class Conv2DTranspose(Conv2D):
         out = pre if relu else apply_activation(self.activation, pre)
         return out, (inputs, pre, out)
 
-    def backward(self, ctx, grad, from_preactivation=False, need_input_grad=True):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         x, pre, out = ctx
         dpre = activation_backward(self.activation, grad, pre, out, from_preactivation)
         ops = backend.ops()

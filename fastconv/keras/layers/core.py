@@ -57,7 +57,7 @@ class Dense(Layer):
         out = pre if relu else apply_activation(self.activation, pre)
         return out.reshape(inputs.shape[:-1] + (self.units,)), (x, pre, out, inputs.shape)
 
-    def backward(self, ctx, grad, from_preactivation=False, need_input_grad=True):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         x, pre, out, input_shape = ctx
         dpre = activation_backward(self.activation, grad.reshape(pre.shape), pre, out, from_preactivation)
         gemm = backend.ops().gemm
@@ -93,7 +93,7 @@ class Activation(Layer):
         out = apply_activation(self.activation, inputs)
         return out, (inputs, out)
 
-    def backward(self, ctx, grad, from_preactivation=False):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         x, out = ctx
         return activation_backward(self.activation, grad, x, out, from_preactivation)
 
@@ -154,7 +154,7 @@ class ReLU(Layer):
     def preactivation(self, ctx):
         return None  # only the output is kept; no loss fuses with a ReLU
 
-    def backward(self, ctx, grad, from_preactivation=False):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         if from_preactivation:
             return grad
         if self.activation is activations.relu:  # ctx is the output: the gradient passes where it is > 0
@@ -179,7 +179,7 @@ class LeakyReLU(Layer):
         positive = inputs > 0
         return np.where(positive, inputs, inputs * inputs.dtype.type(self.negative_slope)), positive
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return np.where(ctx, grad, grad * grad.dtype.type(self.negative_slope))
 
     def get_config(self):
@@ -203,7 +203,7 @@ class Rescaling(Layer):
             out += dtype(self.offset)
         return out, None
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return grad * grad.dtype.type(self.scale)
 
     def get_config(self):
@@ -220,7 +220,7 @@ class Flatten(Layer):
     def forward(self, inputs, training=False):
         return inputs.reshape(inputs.shape[0], -1), inputs.shape
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return grad.reshape(ctx)
 
 
@@ -250,7 +250,7 @@ class Reshape(Layer):
     def forward(self, inputs, training=False):
         return inputs.reshape((inputs.shape[0],) + self.target_shape), inputs.shape
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return grad.reshape(ctx)
 
     def get_config(self):
@@ -277,7 +277,7 @@ class Dropout(Layer):
         seed = int((self._rng or backend.rng()).integers(0, 2**63))
         return backend.ops_for(inputs).dropout(inputs, self.rate, seed)
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return grad if ctx is None else grad * ctx
 
     def get_config(self):

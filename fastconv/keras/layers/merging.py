@@ -32,7 +32,7 @@ class Add(_ElementwiseMerge):
             total += x
         return total, len(inputs)
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return [grad] * ctx
 
 
@@ -48,7 +48,7 @@ class Subtract(_ElementwiseMerge):
     def forward(self, inputs, training=False):
         return inputs[0] - inputs[1], None
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return [grad, -grad]
 
 
@@ -61,7 +61,7 @@ class Multiply(_ElementwiseMerge):
             product *= x
         return product, inputs
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         grads = []
         for i in range(len(ctx)):  # the product of the other inputs (not product / x: x may be 0)
             others = grad.copy()
@@ -81,7 +81,7 @@ class Average(_ElementwiseMerge):
             total += x
         return total / len(inputs), len(inputs)
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return [grad / ctx] * ctx
 
 
@@ -96,7 +96,7 @@ class Maximum(_ElementwiseMerge):
         winners = self._winners(stacked)
         return np.take_along_axis(stacked, winners[None], axis=0)[0], (winners, len(inputs))
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         winners, count = ctx
         zero = grad.dtype.type(0)
         return [np.where(winners == i, grad, zero) for i in range(count)]
@@ -140,7 +140,7 @@ class Concatenate(Layer):
     def forward(self, inputs, training=False):
         return np.concatenate(inputs, axis=self.axis), [x.shape[self.axis] for x in inputs]
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return np.split(grad, np.cumsum(ctx)[:-1], axis=self.axis)
 
     def get_config(self):

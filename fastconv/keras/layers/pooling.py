@@ -42,7 +42,7 @@ class MaxPooling2D(_Pooling2D):
         out, argmax = ops.maxpool2d(inputs, self.pool_size, self.strides, self.padding, return_argmax=True)
         return out, (inputs, argmax)
 
-    def backward(self, ctx, grad, x_from_relu=False):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         inputs, argmax = ctx
         return backend.ops().maxpool2d_backward(grad, inputs, self.pool_size, self.strides, self.padding,
                                                 x_from_relu=x_from_relu, argmax=argmax)
@@ -52,7 +52,7 @@ class AveragePooling2D(_Pooling2D):
     def forward(self, inputs, training=False):
         return backend.ops().avgpool2d(inputs, self.pool_size, self.strides, self.padding), inputs
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return backend.ops().avgpool2d_backward(grad, ctx, self.pool_size, self.strides, self.padding)
 
 
@@ -86,7 +86,7 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
     def forward(self, inputs, training=False):
         return self._shaped(backend.ops().global_avgpool2d(inputs)), inputs
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return backend.ops().global_avgpool2d_backward(grad.reshape(grad.shape[0], -1), ctx)
 
 
@@ -98,7 +98,7 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
         winners = np.argmax(pixels, axis=1)[:, None, :]
         return self._shaped(np.take_along_axis(pixels, winners, axis=1)[:, 0, :]), (inputs.shape, winners)
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         shape, winners = ctx
         dx = np.zeros((shape[0], shape[1] * shape[2], shape[3]), dtype=grad.dtype)
         np.put_along_axis(dx, winners, grad.reshape(shape[0], 1, shape[3]), axis=1)

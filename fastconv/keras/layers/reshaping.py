@@ -47,7 +47,7 @@ class ZeroPadding2D(_ImageLayer):
     def forward(self, inputs, training=False):
         return np.pad(inputs, ((0, 0),) + self.padding + ((0, 0),)), inputs.shape
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         (top, _), (left, _) = self.padding
         return grad[:, top:top + ctx[1], left:left + ctx[2], :]
 
@@ -80,7 +80,7 @@ class Cropping2D(_ImageLayer):
         rows, cols = inputs.shape[1], inputs.shape[2]
         return inputs[:, top:rows - bottom, left:cols - right, :], inputs.shape
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         (top, _), (left, _) = self.cropping
         dx = np.zeros(ctx, dtype=grad.dtype)
         dx[:, top:top + grad.shape[1], left:left + grad.shape[2], :] = grad
@@ -107,7 +107,7 @@ class UpSampling2D(_ImageLayer):
     def forward(self, inputs, training=False):
         return inputs.repeat(self.size[0], axis=1).repeat(self.size[1], axis=2), None
 
-    def backward(self, ctx, grad):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         n, rows, cols, c = grad.shape
         blocks = grad.reshape(n, rows // self.size[0], self.size[0], cols // self.size[1], self.size[1], c)
         return blocks.sum(axis=(2, 4))
