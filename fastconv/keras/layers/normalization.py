@@ -41,9 +41,9 @@ class BatchNormalization(Layer):
             self.beta = self.add_weight(shape=(channels,), initializer=self.beta_initializer,
                                         regularizer=self.beta_regularizer, name="beta")
         self.moving_mean = self.add_weight(shape=(channels,), initializer=self.moving_mean_initializer,
-                                               trainable=False, name="moving_mean")
+                                           trainable=False, name="moving_mean")
         self.moving_variance = self.add_weight(shape=(channels,), initializer=self.moving_variance_initializer,
-                                                   trainable=False, name="moving_variance")
+                                               trainable=False, name="moving_variance")
         self._set_input_spec(len(input_shape), {-1: channels})
 
     def forward(self, inputs, training=False):
