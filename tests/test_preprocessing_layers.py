@@ -8,6 +8,7 @@ with real Keras 3 and runs only where keras is importable.
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import fastconv
 from fastconv import keras, ops, reference
@@ -109,6 +110,27 @@ def test_kernel_matches_reference(rng, fill_mode, interpolation):
     single = ops.affine_transform(images[1], transforms[1], interpolation, fill_mode, 0.25)
     np.testing.assert_allclose(single, reference.affine_transform(images, transforms, interpolation, fill_mode,
                                                                   0.25)[1], rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.data())
+def test_kernel_matches_reference_on_any_geometry(data):
+    n, h, w, c = (data.draw(st.integers(1, limit), label=name) for name, limit in
+                  (("n", 3), ("h", 6), ("w", 6), ("c", 4)))
+    output_size = data.draw(st.tuples(st.integers(1, 7), st.integers(1, 7)), label="output_size")
+    numbers = st.floats(-8, 8, allow_nan=False, width=32)
+    transforms = np.array(data.draw(st.lists(st.lists(numbers, min_size=6, max_size=6), min_size=n, max_size=n),
+                                    label="affine part"))
+    perspective = data.draw(st.sampled_from([0.0, 0.3]), label="perspective") * np.array(
+        data.draw(st.lists(st.lists(st.floats(-1, 1, allow_nan=False), min_size=2, max_size=2), min_size=n,
+                           max_size=n), label="c0 c1"))
+    transforms = np.concatenate([transforms, perspective], axis=1)
+    fill_mode = data.draw(st.sampled_from(FILL_MODES), label="fill_mode")
+    interpolation = data.draw(st.sampled_from(INTERPOLATIONS), label="interpolation")
+    images = np.random.default_rng(n * 100 + h * 10 + w).normal(size=(n, h, w, c)).astype(np.float32)
+    got = ops.affine_transform(images, transforms, interpolation, fill_mode, 0.5, output_size=output_size)
+    want = reference.affine_transform(images, transforms, interpolation, fill_mode, 0.5, output_size=output_size)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
 
 
 def test_reference_keeps_float64(rng):
