@@ -76,6 +76,8 @@ TRAIN = textwrap.dedent("""
     x_val, y_val = data.normal(size=(40, 8, 8, 1)).astype(np.float32), data.integers(0, 3, 40)
     # tanh, not relu: a relu input within rounding of 0 can flip and turn rounding into a real difference
     layers = [keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="tanh"), keras.layers.Flatten()]
+    if config.get("batchnorm"):
+        layers.insert(2, keras.layers.BatchNormalization(momentum=0.5))
     if config.get("dropout"):
         layers.append(keras.layers.Dropout(0.3))
     model = keras.Sequential(layers + [keras.layers.Dense(3, activation="softmax")])
@@ -180,6 +182,22 @@ def test_data_parallel_fit_matches_one_process_on_the_global_batch(train, tmp_pa
     assert_close_logs(first_logs[0], single_logs)
     assert first_logs[0]["history"]["accuracy"] == single_logs["history"]["accuracy"]  # exact counts
     assert result.stdout == ""  # verbose=0 prints nothing on any rank
+
+
+@pytest.mark.parametrize("ranks, samples", [(2, 160), (3, 97)])
+def test_batch_normalization_is_synchronised_across_ranks(train, tmp_path, ranks, samples):
+    """In training, BatchNormalization normalises with the global batch's statistics and updates its
+    moving ones from them, so the run matches one process (not a per-rank normalisation)."""
+    ok(train(None, mode="one", samples=samples, batchnorm=True, out=str(tmp_path / "one")))
+    ok(train(ranks, mode="dp", samples=samples, batchnorm=True, out=str(tmp_path / "dp")))
+    (single,), (single_logs,) = results(tmp_path / "one")
+    weights, logs = results(tmp_path / "dp", ranks)
+    for other in weights[1:]:
+        assert_bitwise_equal(weights[0], other)
+    assert len(single) == 8  # conv 2, batch norm 4 (with the moving statistics), dense 2
+    for mine, reference in zip(weights[0], single):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-5)
+    assert_close_logs(logs[0], single_logs)
 
 
 def test_progress_is_printed_by_rank_0_only(train, tmp_path):

@@ -212,7 +212,8 @@ def sharded(trainer, batches, step_function, batch_end, training):
                 stats = step_function(xs, ys, weights)
             else:
                 stats = {}
-                if training:  # an empty slice still joins the gradient reduction, with weight 0
+                if training:  # an empty slice still joins the reductions, with weight 0
+                    _join_empty_step(trainer.model)
                     variables = trainer.model.trainable_weights
                     trainer.optimizer.apply([None] * len(variables), variables)
         return _combine(distributed.allgather_object((count, stats)))
@@ -222,3 +223,95 @@ def sharded(trainer, batches, step_function, batch_end, training):
         trainer.model.stop_training = any_rank(trainer.model.stop_training)
 
     return local_batches(), step, None if batch_end is None else agreed_batch_end
+
+
+# ----- synchronised batch normalization -----
+# Under an active distribution a BatchNormalization in training normalises with the statistics of the
+# whole global batch, as one process would: one reduction of the per-channel sums in the forward pass
+# and one of the gradient sums in the backward pass, both in rank order.
+
+def _channel_sums(array):
+    flat = array.reshape(-1, array.shape[-1])
+    return flat.sum(axis=0, dtype=np.float64), np.einsum("ij,ij->j", flat, flat, dtype=np.float64)
+
+
+def _global_statistics(layer, inputs):
+    """The global batch's per-channel mean and (biased, as the kernel's) variance, from every rank's
+    sums (`inputs` None: this rank has no samples); the moving statistics are updated with them."""
+    channels = layer.moving_mean.shape[0]
+    if inputs is not None and inputs.size:
+        total, squares = _channel_sums(inputs)
+        elements = inputs.size // channels
+    else:
+        total = squares = np.zeros(channels)
+        elements = 0
+    sums = distributed._rank_ordered_sum(np.concatenate([total, squares, [float(elements)]]))
+    count = sums[-1]
+    mean = sums[:channels] / count
+    variance = np.maximum(sums[channels:2 * channels] / count - mean * mean, 0.0)
+    dtype = layer.moving_mean.dtype
+    mean, variance = mean.astype(dtype), variance.astype(dtype)
+    layer.moving_mean.value *= layer.momentum
+    layer.moving_mean.value += (1 - layer.momentum) * mean
+    layer.moving_variance.value *= layer.momentum
+    layer.moving_variance.value += (1 - layer.momentum) * variance
+    return mean, variance, count
+
+
+def sync_batch_norm_forward(layer, inputs):
+    """The forward pass of `layer` (a BatchNormalization in training) over the global batch."""
+    mean, variance, count = _global_statistics(layer, inputs)
+    mean, variance = mean.astype(inputs.dtype), variance.astype(inputs.dtype)
+    out, _, _ = backend.ops_for(inputs).batch_norm(inputs, layer._value(layer.gamma), layer._value(layer.beta),
+                                                   epsilon=layer.epsilon, mean=mean, variance=variance)
+    return out, (inputs, mean, variance, "global", count)
+
+
+def sync_batch_norm_backward(layer, ctx, grad, need_input_grad):
+    """The backward pass matching sync_batch_norm_forward. This rank's loss gradient is scaled for
+    its own n samples (the trainer weighs the ranks by n afterwards), so the global sums of dy and
+    dy * xhat are taken over n_r-weighted contributions and brought back to this rank's scale."""
+    inputs, mean, variance, _, count = ctx
+    samples = len(inputs)
+    dx, dgamma, dbeta = backend.ops_for(grad).batch_norm_backward(
+        grad, inputs, mean, variance, layer._value(layer.gamma), epsilon=layer.epsilon,
+        batch_statistics=False, need_dx=need_input_grad)
+    if layer.gamma is not None:
+        layer.gamma.add_grad(dgamma)
+    if layer.beta is not None:
+        layer.beta.add_grad(dbeta)
+    sums = distributed._rank_ordered_sum(np.concatenate([dbeta, dgamma]).astype(np.float64) * samples)
+    if not need_input_grad:
+        return None
+    channels = inputs.shape[-1]
+    inv_std = 1.0 / np.sqrt(variance.astype(np.float64) + layer.epsilon)
+    scale = inv_std if layer.gamma is None else inv_std * layer.gamma.value
+    scale = scale / (samples * count)
+    normalized = (inputs - mean) * inv_std.astype(inputs.dtype)
+    dx -= (scale * sums[:channels]).astype(dx.dtype)
+    dx -= normalized * (scale * sums[channels:]).astype(dx.dtype)
+    return dx
+
+
+def _synchronised_norms(model):
+    """The BatchNormalization layers that reduce across ranks in a training step, in forward order."""
+    from fastconv.keras.layers.normalization import BatchNormalization
+    found = []
+
+    def walk(layer):
+        for inner in getattr(layer, "layers", ()):
+            walk(inner)
+        if isinstance(layer, BatchNormalization) and layer.trainable:
+            found.append(layer)
+    for layer in model.layers:
+        walk(layer)
+    return found
+
+
+def _join_empty_step(model):
+    """A rank without samples in a global batch joins the batch-norm reductions with zeros."""
+    norms = _synchronised_norms(model)
+    for layer in norms:
+        _global_statistics(layer, None)
+    for layer in reversed(norms):
+        distributed._rank_ordered_sum(np.zeros(2 * layer.moving_mean.shape[0]))

@@ -1,5 +1,5 @@
 """BatchNormalization over the channel (last) axis, with Keras' momentum and epsilon defaults."""
-from fastconv.keras import backend, initializers, regularizers
+from fastconv.keras import backend, distribution, initializers, regularizers
 from fastconv.keras.layers.base import Layer
 
 
@@ -48,6 +48,8 @@ class BatchNormalization(Layer):
 
     def forward(self, inputs, training=False):
         batch_statistics = bool(training and self.trainable)
+        if batch_statistics and distribution.active():  # synchronised: the global batch's statistics
+            return distribution.sync_batch_norm_forward(self, inputs)
         given = {} if batch_statistics else {"mean": self.moving_mean.value, "variance": self.moving_variance.value}
         out, mean, variance = backend.ops_for(inputs).batch_norm(inputs, self._value(self.gamma),
                                                                  self._value(self.beta), epsilon=self.epsilon, **given)
@@ -60,6 +62,8 @@ class BatchNormalization(Layer):
         return out, (inputs, mean, variance, batch_statistics)
 
     def backward(self, ctx, grad, need_input_grad=True):
+        if len(ctx) == 5:  # from sync_batch_norm_forward
+            return distribution.sync_batch_norm_backward(self, ctx, grad, need_input_grad)
         inputs, mean, variance, batch_statistics = ctx
         dx, dgamma, dbeta = backend.ops_for(grad).batch_norm_backward(
             grad, inputs, mean, variance, self._value(self.gamma), epsilon=self.epsilon,
