@@ -86,6 +86,8 @@ TRAIN = textwrap.dedent("""
     if mode in ("hvd", "tape"):
         optimizer = distributed.DistributedOptimizer(optimizer)
         callbacks = [distributed.BroadcastGlobalVariablesCallback(0), distributed.MetricAverageCallback()]
+        if config.get("warmup"):
+            callbacks.append(distributed.LearningRateWarmupCallback(0.1, warmup_epochs=2))
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     if "fail_rank" in config and config["fail_rank"] == rank:
@@ -118,7 +120,15 @@ TRAIN = textwrap.dedent("""
     else:
         if config.get("initial_epoch"):
             model = keras.models.load_model(config["resume"])
-        history = model.fit(x, y, batch_size=config["batch"], epochs=config["epochs"], shuffle=config["shuffle"],
+        fit_x, fit_y, batch, steps = x, y, config["batch"], None
+        if config.get("generator"):  # read once: every rank reads all of it and keeps its rows
+            def batches():
+                for _ in range(config["epochs"]):
+                    for start in range(0, len(x), config["batch"]):
+                        yield x[start:start + config["batch"]], y[start:start + config["batch"]]
+            fit_x, fit_y, batch, steps = batches(), None, None, -(-len(x) // config["batch"])
+        history = model.fit(fit_x, fit_y, batch_size=batch, epochs=config["epochs"], shuffle=config["shuffle"],
+                            steps_per_epoch=steps,
                             validation_data=(x_val, y_val), callbacks=callbacks, verbose=config.get("verbose", 0),
                             initial_epoch=config.get("initial_epoch", 0))
         logs = {"history": history.history, "evaluate": model.evaluate(x_val, y_val, verbose=0, return_dict=True)}
@@ -229,6 +239,25 @@ def test_horovod_style_training_matches_one_process(train, tmp_path):
     (single,), _ = results(tmp_path / "one")
     for mine, reference in zip(weights[0], single):
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_generator_data_is_split_the_same_way(train, tmp_path):
+    ok(train(None, mode="one", generator=True, samples=97, out=str(tmp_path / "one")))
+    ok(train(2, mode="dp", generator=True, samples=97))
+    (single,), (single_logs,) = results(tmp_path / "one")
+    weights, logs = results(tmp_path / "dp2", 2)
+    assert_bitwise_equal(weights[0], weights[1])
+    for mine, reference in zip(weights[0], single):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+    assert_close_logs(logs[0], single_logs)
+
+
+def test_learning_rate_warmup_reaches_the_scaled_rate(train, tmp_path):
+    """Horovod's warm-up on 2 ranks over 2 epochs: from 0.1 / 2 towards 0.1, reached at the end of
+    epoch 2 (0.1 / 2 * (1 / 2 + 1) after the first)."""
+    ok(train(2, mode="hvd", warmup=True, epochs=3))
+    _, logs = results(tmp_path / "hvd2", 2)
+    np.testing.assert_allclose(logs[0]["history"]["lr"], [0.075, 0.1, 0.1], rtol=1e-12)
 
 
 def test_gradient_tape_loop_with_distributed_optimizer(train, tmp_path):
