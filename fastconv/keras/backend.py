@@ -70,6 +70,41 @@ def rng():
     return _rng
 
 
+# Keras 2 scripts reach the global settings through `keras.backend` (`K.image_data_format()`, ...);
+# these are the same functions as in keras.config.
+def backend():
+    """The engine's name, "fastconv" (Keras' `K.backend()`; get_backend() tells which ops run)."""
+    from fastconv.keras import config
+    return config.backend()
+
+
+def image_data_format():
+    from fastconv.keras import config
+    return config.image_data_format()
+
+
+def set_image_data_format(data_format):
+    from fastconv.keras import config
+    config.set_image_data_format(data_format)
+
+
+def epsilon():
+    from fastconv.keras import config
+    return config.epsilon()
+
+
+def set_epsilon(value):
+    from fastconv.keras import config
+    config.set_epsilon(value)
+
+
+def clear_session(free_memory=True):
+    """Restart automatic layer names (dense, dense_1, ... count from zero again), as Keras does.
+    Models built before keep their layers and weights."""
+    from fastconv.keras.layers import base
+    base._name_counts.clear()
+
+
 def _backend_from_environment():
     name = os.environ.get("FASTCONV_BACKEND")
     if name:

@@ -3,9 +3,12 @@
 Data stays in the caller's dtype; each batch is gathered and converted to the backend float type on
 its own, so a uint8 dataset is never copied whole to float32.
 """
+import contextlib
+
 import numpy as np
 
-from fastconv.keras import backend, callbacks as callbacks_module, losses, metrics as metrics_module, optimizers
+from fastconv.keras import backend, callbacks as callbacks_module, config, data_adapters, losses, \
+    metrics as metrics_module, optimizers
 
 
 def _check_positive_int(value, name):
@@ -20,6 +23,21 @@ def _check_verbose(verbose):
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
     return verbose
+
+
+def _check_validation_freq(validation_freq):
+    if isinstance(validation_freq, (int, np.integer)) and not isinstance(validation_freq, bool):
+        if validation_freq < 1:
+            raise ValueError(f"validation_freq must be a positive int or a list of epochs, got {validation_freq!r}")
+    elif not isinstance(validation_freq, (list, tuple)):
+        raise ValueError(f"validation_freq must be a positive int or a list of epochs, got {validation_freq!r}")
+
+
+def _validates_after(epoch, validation_freq):
+    """Keras' rule: validate after every validation_freq-th epoch, or after the (1-based) epochs listed."""
+    if isinstance(validation_freq, (list, tuple)):
+        return epoch + 1 in validation_freq
+    return (epoch + 1) % validation_freq == 0
 
 
 def _arrays(data, count, what):
@@ -94,13 +112,6 @@ def _sample_weights(sample_weight, class_weight, ys, count):
 def _per_row(weights, array):
     """The per-sample weights in array's dtype, shaped to scale its rows (the batch axis)."""
     return weights.astype(array.dtype).reshape((len(weights),) + (1,) * (array.ndim - 1))
-
-
-def _batches(count, batch_size, order=None):
-    """Slices (in order) or index arrays (shuffled) covering `count` samples."""
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
-        yield slice(start, stop) if order is None else order[start:stop]
 
 
 def _inputs_batch(xs, index):
@@ -292,60 +303,68 @@ class Trainer:
 
     # ----- loops -----
     def fit(self, x, y, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0):
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
         verbose = _check_verbose(verbose)
-        batch_size = _check_positive_int(32 if batch_size is None else batch_size, "batch_size")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-        if not 0 <= validation_split < 1:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-        xs, ys = self._standardize(x, y)
-        count = len(xs[0])
-        weights = _sample_weights(sample_weight, class_weight, ys, count)
-        validation = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (list, tuple)) or len(validation_data) not in (2, 3):
-                raise ValueError("validation_data must be a tuple (x_val, y_val) or (x_val, y_val, val_sample_weight)")
-            val_xs, val_ys = self._standardize(*validation_data[:2])
-            val_weights = None
-            if len(validation_data) == 3:
-                val_weights = _sample_weights(validation_data[2], None, val_ys, len(val_xs[0]))
-            validation = (val_xs, val_ys, val_weights)
-        elif validation_split:
-            # Keras takes the last fraction of the samples, before any shuffling.
-            split = int(count * (1 - validation_split))
-            validation = ([a[split:] for a in xs], [a[split:] for a in ys], None)
-            if weights is not None:
-                validation, weights = validation[:2] + (weights[split:],), weights[:split]
-            xs, ys, count = [a[:split] for a in xs], [a[:split] for a in ys], split
-        if count == 0:
-            raise ValueError("fit needs at least one training sample")
-        steps = -(-count // batch_size)
+        if config.max_epochs() and config.max_epochs() < epochs:
+            epochs = config.max_epochs()
+        _check_validation_freq(validation_freq)
+        train_data, validation = data_adapters.fit_iterators(
+            self.model, self, x, y, sample_weight, class_weight, batch_size, max(epochs - initial_epoch, 1), shuffle,
+            steps_per_epoch, validation_split, validation_data, validation_steps, validation_batch_size)
         model = self.model
-        callback_list = self._callbacks(callbacks, verbose, {"epochs": epochs, "steps": steps, "verbose": verbose},
-                                        with_history=True)
-        model.stop_training = False
-        callback_list.on_train_begin()
-        for epoch in range(initial_epoch, epochs):
-            callback_list.on_epoch_begin(epoch)
-            order = backend.rng().permutation(count) if shuffle else None
-            means = _RunningMeans()
-            for step, index in enumerate(_batches(count, batch_size, order)):
-                callback_list.on_train_batch_begin(step)
-                means.add(self.train_step(_inputs_batch(xs, index), [y[index] for y in ys],
-                                          None if weights is None else weights[index]))
-                callback_list.on_train_batch_end(step, means.results())
+        try:
+            if not train_data.has_more() or train_data.num_batches == 0:
+                raise ValueError("fit got no batch from x: the generator or PyDataset is empty")
+            callback_list = self._callbacks(callbacks, verbose, {"epochs": epochs, "steps": train_data.num_batches,
+                                                                 "verbose": verbose}, with_history=True)
+            model.stop_training = False
+            callback_list.on_train_begin()
+            for epoch in range(initial_epoch, epochs):
+                if not train_data.has_more():
+                    data_adapters.warn_ran_out()  # a generator is read once: no data is left for this epoch
+                    break
+                callback_list.on_epoch_begin(epoch)
+                logs = self._run_epoch(train_data, self.train_step, callback_list.on_train_batch_begin,
+                                       callback_list.on_train_batch_end)
+                if validation is not None and _validates_after(epoch, validation_freq):
+                    validation.restart()
+                    val_logs = self._run_epoch(validation, self.test_step)
+                    if not val_logs:
+                        data_adapters.warn_validation_ran_out()
+                    logs.update({f"val_{name}": value for name, value in val_logs.items()})
+                callback_list.on_epoch_end(epoch, logs)
                 if model.stop_training:
                     break
-            logs = means.results()
+            callback_list.on_train_end()
+        finally:
+            train_data.close()
             if validation is not None:
-                val_logs = self._evaluate_arrays(*validation, batch_size, None)
-                logs.update({f"val_{name}": value for name, value in val_logs.items()})
-            callback_list.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-        callback_list.on_train_end()
+                validation.close()
         return model.history
+
+    def _run_epoch(self, data, step_function, batch_begin=None, batch_end=None):
+        """Run step_function on each batch of one epoch of `data` (an EpochIterator); return the mean
+        logs. The batch hooks run once per compile's steps_per_execution steps, as in Keras."""
+        every = getattr(self, "steps_per_execution", 1)
+        self.model.reset_metrics()
+        means, group_open, step = _RunningMeans(), False, -1
+        with contextlib.closing(data.epoch()) as batches:
+            for step, (xs, ys, weights) in enumerate(batches):
+                if batch_begin and not group_open:
+                    batch_begin(step)
+                    group_open = True
+                means.add(step_function(xs, ys, weights))
+                if batch_end and (step + 1) % every == 0:
+                    group_open = False
+                    batch_end(step, means.results())
+                    if self.model.stop_training:
+                        break
+        if group_open:
+            batch_end(step, means.results())
+        return means.results()
 
     def _callbacks(self, callbacks, verbose, params, with_history=False):
         callbacks = list(callbacks or [])
@@ -355,17 +374,6 @@ class Trainer:
             callbacks.append(callbacks_module.ProgbarLogger(verbose))
         return callbacks_module.CallbackList(callbacks, self.model, params)
 
-    def _evaluate_arrays(self, xs, ys, weights, batch_size, callback_list):
-        means = _RunningMeans()
-        for step, index in enumerate(_batches(len(xs[0]), batch_size)):
-            if callback_list:
-                callback_list.on_test_batch_begin(step)
-            means.add(self.test_step(_inputs_batch(xs, index), [y[index] for y in ys],
-                                     None if weights is None else weights[index]))
-            if callback_list:
-                callback_list.on_test_batch_end(step, means.results())
-        return means.results()
-
     def _result(self, logs, return_dict):
         if return_dict:
             return logs
@@ -373,16 +381,20 @@ class Trainer:
             return logs["loss"]
         return [logs["loss"]] + [value for name, value in logs.items() if name != "loss"]
 
-    def evaluate(self, x, y, batch_size=None, verbose="auto", sample_weight=None, callbacks=None, return_dict=False):
+    def evaluate(self, x, y, batch_size=None, verbose="auto", sample_weight=None, steps=None, callbacks=None,
+                 return_dict=False):
         verbose = _check_verbose(verbose)
-        batch_size = _check_positive_int(32 if batch_size is None else batch_size, "batch_size")
-        xs, ys = self._standardize(x, y)
-        weights = _sample_weights(sample_weight, None, ys, len(xs[0]))
-        steps = -(-len(xs[0]) // batch_size)
-        callback_list = self._callbacks(callbacks, verbose, {"steps": steps, "verbose": verbose})
-        callback_list.on_test_begin()
-        logs = self._evaluate_arrays(xs, ys, weights, batch_size, callback_list)
-        callback_list.on_test_end(logs)
+        data = data_adapters.epoch_iterator(self.model, self, x, y, sample_weight, batch_size, steps)
+        try:
+            callback_list = self._callbacks(callbacks, verbose, {"steps": data.num_batches, "verbose": verbose})
+            callback_list.on_test_begin()
+            logs = self._run_epoch(data, self.test_step, callback_list.on_test_batch_begin,
+                                   callback_list.on_test_batch_end)
+            if not logs:
+                raise ValueError("evaluate got no batch from x: the generator or PyDataset is empty or exhausted")
+            callback_list.on_test_end(logs)
+        finally:
+            data.close()
         return self._result(logs, return_dict)
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
@@ -400,27 +412,31 @@ class Trainer:
         return self._result(logs.results(), return_dict)
 
 
-def predict(model, x, batch_size=None, verbose="auto", callbacks=None):
-    """Outputs for x in batches, concatenated (a list of arrays for a multi-output model)."""
+def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+    """Outputs for x in batches, concatenated (a list of arrays for a multi-output model). x: arrays, a
+    generator or a PyDataset (whose batches may hold targets too; only x is used)."""
     verbose = _check_verbose(verbose)
-    batch_size = _check_positive_int(32 if batch_size is None else batch_size, "batch_size")
-    xs = _arrays(x, len(model.inputs) if model.built else 1, "x")
-    model._ensure_built(xs)
-    model._check_inputs(xs)
-    count = _check_lengths(xs, None)
-    callbacks = list(callbacks or [])
-    if verbose:
-        callbacks.append(callbacks_module.ProgbarLogger(verbose))
-    callback_list = callbacks_module.CallbackList(callbacks, model, {"steps": -(-count // batch_size), "verbose": verbose})
-    callback_list.on_predict_begin()
-    chunks = [[] for _ in model.outputs]
-    for step, index in enumerate(_batches(count, batch_size)):
-        callback_list.on_predict_batch_begin(step)
-        outputs, _ = model._forward(_inputs_batch(xs, index), training=False)
-        for chunk, output in zip(chunks, outputs):
-            chunk.append(output)
-        callback_list.on_predict_batch_end(step, {"outputs": outputs})
-    callback_list.on_predict_end()
+    data = data_adapters.epoch_iterator(model, None, x, batch_size=batch_size, steps=steps, needs_targets=False)
+    try:
+        callbacks = list(callbacks or [])
+        if verbose:
+            callbacks.append(callbacks_module.ProgbarLogger(verbose))
+        callback_list = callbacks_module.CallbackList(callbacks, model, {"steps": data.num_batches, "verbose": verbose})
+        callback_list.on_predict_begin()
+        chunks = [[] for _ in model.outputs] if model.built else None
+        with contextlib.closing(data.epoch()) as batches:
+            for step, (xs, _, _) in enumerate(batches):
+                callback_list.on_predict_batch_begin(step)
+                outputs, _ = model._forward(xs, training=False)
+                chunks = chunks or [[] for _ in model.outputs]  # a Sequential is built by its first batch
+                for chunk, output in zip(chunks, outputs):
+                    chunk.append(output)
+                callback_list.on_predict_batch_end(step, {"outputs": outputs})
+        callback_list.on_predict_end()
+    finally:
+        data.close()
+    if chunks is None:
+        raise ValueError("predict got no batch from x: the generator or PyDataset is empty")
     results = [np.concatenate(chunk) if chunk else np.empty((0,) + tuple(t.shape[1:]), backend.floatx())
                for chunk, t in zip(chunks, model.outputs)]
     return results[0] if model._single_output else results

@@ -1,10 +1,13 @@
-"""Utilities: to_categorical, set_random_seed, and the Progbar."""
+"""Utilities: to_categorical, set_random_seed, the Progbar, and PyDataset (Keras 2's Sequence)."""
 import random
 
 import numpy as np
 
 from fastconv.keras import backend
+from fastconv.keras.data_adapters import PyDataset, pack_x_y_sample_weight, unpack_x_y_sample_weight
 from fastconv.keras.progbar import Progbar
+
+Sequence = PyDataset  # Keras 2's name; Keras 3 keeps it as an alias
 
 
 def to_categorical(y, num_classes=None, dtype="float32"):
@@ -35,4 +38,5 @@ def set_random_seed(seed):
     backend.seed(int(seed))
 
 
-__all__ = ["Progbar", "set_random_seed", "to_categorical"]
+__all__ = ["Progbar", "PyDataset", "Sequence", "pack_x_y_sample_weight", "set_random_seed", "to_categorical",
+           "unpack_x_y_sample_weight"]
