@@ -120,6 +120,11 @@ def recording():
     return bool(_active_tapes.get())
 
 
+def tracked(x):
+    """True when some active tape already tracks x (its gradient may be asked for)."""
+    return any([tape._tracks(x) for tape in _active_tapes.get()])
+
+
 def record(value, inputs, vjp):
     """The result of an op: `value` itself when no active tape tracks any of `inputs`, else a Tensor
     holding it, recorded with `vjp` on each tape that tracks an input."""

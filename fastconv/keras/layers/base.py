@@ -530,19 +530,25 @@ def _fused_call(layer, klass, inputs, training):
     output, ctx = klass.forward(layer, values, training)
     variables = layer.trainable_weights
     sources = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    # As in a model's first layer: when no tape follows the inputs, only weight gradients are needed.
+    fusions = {} if not variables or any(autodiff.tracked(x) for x in sources) else {"need_input_grad": False}
 
     def vjp(grad):
         saved = [v.grad for v in variables]
         for variable in variables:
             variable.grad = None
         try:
-            input_grads = klass.backward(layer, ctx, np.ascontiguousarray(grad, dtype=np.asarray(output).dtype))
+            input_grads = klass.backward(layer, ctx, np.ascontiguousarray(grad, dtype=np.asarray(output).dtype),
+                                         **fusions)
             weight_grads = [v.grad for v in variables]
         finally:
             for variable, previous in zip(variables, saved):
                 variable.grad = previous
-        input_grads = list(input_grads) if isinstance(inputs, (list, tuple)) else [input_grads]
-        return input_grads + weight_grads
+        if input_grads is None:
+            input_grads = [None] * len(sources)
+        elif not isinstance(inputs, (list, tuple)):
+            input_grads = [input_grads]
+        return list(input_grads) + weight_grads
     return autodiff.record(output, sources + variables, vjp)
 
 
