@@ -177,6 +177,10 @@ DIFF_CASES = [
     ("maximum", "broadcast", ops.maximum, np.maximum, [arr(2, 3), arr(3, seed=1)]),
     ("minimum", "broadcast", ops.minimum, np.minimum, [arr(3, 1), arr(3, seed=1)]),
     ("clip", "", lambda x: ops.clip(x, -0.5, 0.4), lambda x: np.clip(x, -0.5, 0.4), [arr(3, 4)]),
+    ("clip", "array-bounds", ops.clip, np.clip, [arr(3, 4), arr(4, low=-0.6, high=-0.1, seed=1),
+                                                  arr(3, 1, low=0.1, high=0.6, seed=2)]),
+    ("clip", "crossed-bounds", ops.clip, np.clip, [arr(3, 4), arr(4, low=-0.5, high=0.5, seed=1),
+                                                    arr(3, 1, low=-0.5, high=0.5, seed=2)]),
     ("where", "broadcast", lambda x1, x2: ops.where(arr(2, 3, seed=5) > 0, x1, x2),
      lambda x1, x2: np.where(arr(2, 3, seed=5) > 0, x1, x2), [arr(3), arr(2, 1, seed=1)]),
     ("cast", "float64", lambda x: ops.cast(x, "float64"), lambda x: x, [arr(2, 3)]),
@@ -254,9 +258,20 @@ DIFF_CASES = [
     ("tile", "", lambda x: ops.tile(x, (2, 1, 3)), lambda x: np.tile(x, (2, 1, 3)), [arr(2, 3)]),
     ("repeat", "axis", lambda x: ops.repeat(x, 2, axis=-1), lambda x: np.repeat(x, 2, axis=-1), [arr(2, 3)]),
     ("repeat", "flat", lambda x: ops.repeat(x, 3), lambda x: np.repeat(x, 3), [arr(2, 2)]),
+    ("repeat", "counts", lambda x: ops.repeat(x, [2, 0, 3], axis=0), lambda x: np.repeat(x, [2, 0, 3], axis=0),
+     [arr(3, 2)]),
     ("broadcast_to", "", lambda x: ops.broadcast_to(x, (2, 3, 4)), lambda x: np.broadcast_to(x, (2, 3, 4)),
      [arr(3, 1)]),
     ("pad", "", lambda x: ops.pad(x, ((1, 0), (2, 1))), lambda x: np.pad(x, ((1, 0), (2, 1))), [arr(2, 3)]),
+    ("pad", "constant-values", lambda x: ops.pad(x, 1, constant_values=2.0),
+     lambda x: np.pad(x, 1, constant_values=2.0), [arr(2, 3)]),
+    ("pad", "reflect", lambda x: ops.pad(x, ((2, 1), (0, 2)), mode="reflect"),
+     lambda x: np.pad(x, ((2, 1), (0, 2)), mode="reflect"), [arr(3, 3)]),
+    ("pad", "symmetric", lambda x: ops.pad(x, ((1, 2), (2, 0)), mode="symmetric"),
+     lambda x: np.pad(x, ((1, 2), (2, 0)), mode="symmetric"), [arr(2, 3)]),
+    ("pad", "edge", lambda x: ops.pad(x, 2, mode="edge"), lambda x: np.pad(x, 2, mode="edge"), [arr(2, 3)]),
+    ("pad", "wrap", lambda x: ops.pad(x, ((0, 3), (1, 1)), mode="wrap"),
+     lambda x: np.pad(x, ((0, 3), (1, 1)), mode="wrap"), [arr(2, 3)]),
     ("get_item", "slices", lambda x: ops.get_item(x, (slice(1, None), slice(None, None, 2))),
      lambda x: x[1:, ::2], [arr(3, 5)]),
     ("get_item", "operator-slices", lambda x: tensor(x)[1:, ::-2], lambda x: x[1:, ::-2], [arr(3, 5)]),
@@ -382,6 +397,17 @@ DIFF_CASES = [
      lambda p: -(BITS * np.log(p) + (1 - BITS) * np.log(1 - p)), [arr(2, 3, low=0.05, high=0.95)]),
     ("binary_crossentropy", "logits", lambda z: ops.binary_crossentropy(BITS, z, from_logits=True),
      lambda z: -(BITS * np.log(np_sigmoid(z)) + (1 - BITS) * np.log(1 - np_sigmoid(z))), [arr(2, 3, low=-4, high=4)]),
+    # soft targets are differentiable too (as in Keras), e.g. a teacher's probabilities in distillation
+    ("categorical_crossentropy", "soft-targets", lambda t, p: ops.categorical_crossentropy(t, p),
+     lambda t, p: -(t * np.log(p / p.sum(-1, keepdims=True))).sum(-1), [SOFT, pos(3, 4)]),
+    ("categorical_crossentropy", "soft-targets-logits", lambda t, z: ops.categorical_crossentropy(t, z, True),
+     lambda t, z: -(t * np.log(np_softmax(z))).sum(-1), [SOFT, arr(3, 4)]),
+    ("binary_crossentropy", "soft-targets", ops.binary_crossentropy,
+     lambda t, p: -(t * np.log(p) + (1 - t) * np.log(1 - p)), [arr(2, 3, low=0, high=1, seed=3),
+                                                                arr(2, 3, low=0.05, high=0.95)]),
+    ("binary_crossentropy", "soft-targets-logits", lambda t, z: ops.binary_crossentropy(t, z, from_logits=True),
+     lambda t, z: -(t * np.log(np_sigmoid(z)) + (1 - t) * np.log(1 - np_sigmoid(z))),
+     [arr(2, 3, low=0, high=1, seed=3), arr(2, 3, low=-4, high=4)]),
 ]
 
 
@@ -425,7 +451,7 @@ def test_float32_in_float32_out(case):
 
 
 NON_DIFFERENTIABLE = {
-    "convert_to_tensor", "convert_to_numpy", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
+    "convert_to_tensor", "convert_to_numpy", "array", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
     "arange", "eye", "shape", "ndim", "size", "stop_gradient", "sign", "floor", "ceil", "round", "equal",
     "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or", "logical_not",
     "isnan", "isfinite", "all", "any", "floor_divide", "argmax", "count_nonzero", "argmin", "argsort", "one_hot",
@@ -681,6 +707,18 @@ def test_python_scalars_keep_float32(op):
         y = op(v, 2.5)
         total = ops.sum(y)
     assert y.dtype == np.float32 and tape.gradient(total, v).dtype == np.float32
+
+
+def test_integer_inputs_follow_keras_dtypes():
+    ints = np.arange(1, 5)
+    for op in (ops.sqrt, ops.exp, ops.log, ops.log1p, ops.tanh, ops.reciprocal, ops.rsqrt, ops.sin):
+        assert op(ints).dtype == np.float32, op.__name__
+    assert ops.multiply(ints, 0.5).dtype == np.float32 and ops.add(0.5, ints).dtype == np.float32
+    assert ops.add(ints, 1).dtype == ints.dtype and ops.square(ints).dtype == ints.dtype
+    assert ops.arange(5).dtype == np.int32 and ops.convert_to_tensor([1, 2]).dtype == np.int32
+    assert ops.convert_to_tensor([2**40]).dtype == np.int64  # too big for int32: kept
+    assert ops.array([1.0, 2.0]).dtype == np.float32 and ops.array([1, 2], dtype="float64").dtype == np.float64
+    assert ops.top_k(arr(3), 2)[1].dtype == np.int32
 
 
 def test_integer_averages_and_quotients_are_floatx():

@@ -9,7 +9,7 @@ from fastconv.keras import backend
 from fastconv.keras.autodiff import Tensor, record, unwrap
 
 __all__ = [
-    "convert_to_tensor", "convert_to_numpy", "cast", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
+    "convert_to_tensor", "convert_to_numpy", "array", "cast", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
     "arange", "eye", "shape", "ndim", "size", "stop_gradient",
     "add", "subtract", "multiply", "divide", "true_divide", "negative", "power", "square", "sqrt", "rsqrt", "exp",
     "log", "log1p", "expm1", "abs", "absolute", "sign", "maximum", "minimum", "clip", "where", "tanh", "sin", "cos",
@@ -26,13 +26,17 @@ __all__ = [
 
 # ----- conversion -----
 def _array(x):
-    """The NumPy value of any op argument; Python floats and float lists become floatx, as in Keras."""
+    """The NumPy value of any op argument; Python floats and float lists become floatx, Python ints
+    int32 (when they fit), as in Keras."""
     x = unwrap(x)
     if isinstance(x, np.ndarray):
         return x
     array = np.asarray(x)
     if array.dtype == np.float64 and not isinstance(x, np.generic):
         array = array.astype(backend.floatx())
+    elif array.dtype == np.int64 and not isinstance(x, np.generic) and \
+            (array.size == 0 or (array.min() >= -2**31 and array.max() < 2**31)):
+        array = array.astype(np.int32)
     if array.dtype == object:
         raise TypeError(f"keras.ops takes arrays and numbers, got {type(x).__name__}")
     return array
@@ -45,6 +49,10 @@ def convert_to_tensor(x, dtype=None, sparse=None, ragged=None):
     if isinstance(x, Tensor) or getattr(type(x), "_is_keras_variable", False):
         return x
     return _array(x)
+
+
+def array(x, dtype=None):
+    return convert_to_tensor(x, dtype=dtype)
 
 
 def convert_to_numpy(x):
@@ -92,6 +100,8 @@ def full_like(x, fill_value, dtype=None):
 def arange(start, stop=None, step=None, dtype=None):
     step = 1 if step is None else step
     values = np.arange(start, stop, step) if stop is not None else np.arange(0, start, step)
+    if dtype is None and values.dtype == np.int64:
+        dtype = np.int32  # Keras' default integer type
     if dtype is None and values.dtype == np.float64:
         dtype = backend.floatx()
     return values if dtype is None else values.astype(dtype)
@@ -124,6 +134,11 @@ def _operand(x, other):
 
 def _binary(x1, x2, fn, vjp):
     a, b = _operand(x1, x2), _operand(x2, x1)
+    # an integer array with a Python float is floatx in Keras (NumPy would say float64)
+    if type(a) is float and b.dtype.kind in "biu":
+        b = b.astype(backend.floatx())
+    elif type(b) is float and a.dtype.kind in "biu":
+        a = a.astype(backend.floatx())
     out = fn(a, b)
     return record(out, (x1, x2), lambda g: vjp(g, a, b, out))
 
@@ -171,8 +186,10 @@ def minimum(x1, x2):
     return _binary(x1, x2, np.minimum, lambda g, a, b, out: (g * (a <= b), g * (a > b)))
 
 
-def _unary(x, fn, vjp):
+def _unary(x, fn, vjp, floating=False):
     a = _array(x)
+    if floating and a.dtype.kind in "biu":  # sqrt, exp, ... of integers are floatx, as in Keras
+        a = a.astype(backend.floatx())
     out = fn(a)
     return record(out, (x,), lambda g: (vjp(g, a, out),))
 
@@ -186,31 +203,31 @@ def square(x):
 
 
 def sqrt(x):
-    return _unary(x, np.sqrt, lambda g, a, out: g / (2 * out))
+    return _unary(x, np.sqrt, lambda g, a, out: g / (2 * out), floating=True)
 
 
 def rsqrt(x):
-    return _unary(x, lambda a: 1 / np.sqrt(a), lambda g, a, out: -0.5 * g * out / a)
+    return _unary(x, lambda a: 1 / np.sqrt(a), lambda g, a, out: -0.5 * g * out / a, floating=True)
 
 
 def reciprocal(x):
-    return _unary(x, lambda a: 1 / a, lambda g, a, out: -g * out * out)
+    return _unary(x, lambda a: 1 / a, lambda g, a, out: -g * out * out, floating=True)
 
 
 def exp(x):
-    return _unary(x, np.exp, lambda g, a, out: g * out)
+    return _unary(x, np.exp, lambda g, a, out: g * out, floating=True)
 
 
 def expm1(x):
-    return _unary(x, np.expm1, lambda g, a, out: g * (out + 1))
+    return _unary(x, np.expm1, lambda g, a, out: g * (out + 1), floating=True)
 
 
 def log(x):
-    return _unary(x, np.log, lambda g, a, out: g / a)
+    return _unary(x, np.log, lambda g, a, out: g / a, floating=True)
 
 
 def log1p(x):
-    return _unary(x, np.log1p, lambda g, a, out: g / (1 + a))
+    return _unary(x, np.log1p, lambda g, a, out: g / (1 + a), floating=True)
 
 
 def abs(x):
@@ -221,15 +238,15 @@ absolute = abs
 
 
 def tanh(x):
-    return _unary(x, np.tanh, lambda g, a, out: g * (1 - out * out))
+    return _unary(x, np.tanh, lambda g, a, out: g * (1 - out * out), floating=True)
 
 
 def sin(x):
-    return _unary(x, np.sin, lambda g, a, out: g * np.cos(a))
+    return _unary(x, np.sin, lambda g, a, out: g * np.cos(a), floating=True)
 
 
 def cos(x):
-    return _unary(x, np.cos, lambda g, a, out: -g * np.sin(a))
+    return _unary(x, np.cos, lambda g, a, out: -g * np.sin(a), floating=True)
 
 
 def _erf(a):
@@ -238,7 +255,7 @@ def _erf(a):
 
 
 def erf(x):
-    return _unary(x, _erf, lambda g, a, out: g * (2 / math.sqrt(math.pi)) * np.exp(-a * a))
+    return _unary(x, _erf, lambda g, a, out: g * (2 / math.sqrt(math.pi)) * np.exp(-a * a), floating=True)
 
 
 # Piecewise-constant ops and predicates: no gradient (the tape sees a constant), Keras' signatures.
@@ -325,8 +342,16 @@ def any(x, axis=None, keepdims=False):
 
 def clip(x, x_min, x_max):
     a = _array(x)
-    out = np.clip(a, unwrap(x_min), unwrap(x_max))
-    return record(out, (x,), lambda g: (g * ((a >= unwrap(x_min)) & (a <= unwrap(x_max))),))
+    low, high = _operand(x_min, a), _operand(x_max, a)
+    out = np.clip(a, low, high)
+
+    def vjp(g):
+        # minimum(maximum(x, x_min), x_max): each entry's gradient goes to whichever value it took
+        # (x_max wins when the bounds cross, as np.clip)
+        above = np.maximum(a, low) > high
+        below = (a < low) & ~above
+        return g * ~(below | above), g * below, g * above
+    return record(out, (x, x_min, x_max), vjp)
 
 
 def where(condition, x1=None, x2=None):
@@ -633,18 +658,13 @@ def tile(x, repeats):
 
 
 def repeat(x, repeats, axis=None):
-    a = _array(x)
-    out = np.repeat(a, repeats, axis=axis)
-    if not isinstance(repeats, int):
-        raise ValueError("repeat supports an int repeats only")
-
-    def vjp(g):
-        if axis is None:
-            return (g.reshape(-1, repeats).sum(axis=1).reshape(a.shape),)
-        ax = axis % a.ndim
-        shape_ = a.shape[:ax] + (a.shape[ax], repeats) + a.shape[ax + 1:]
-        return (g.reshape(shape_).sum(axis=ax + 1),)
-    return record(out, (x,), vjp)
+    """np.repeat, as a gather (take) so the gradient sums each entry's copies."""
+    counts = np.asarray(unwrap(repeats))
+    if counts.dtype.kind not in "iu":
+        raise TypeError(f"repeats must be an int or ints, got {repeats!r}")
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    return take(x, np.repeat(np.arange(np.shape(_array(x))[axis]), counts), axis=axis)
 
 
 def flip(x, axis=None):
@@ -652,11 +672,23 @@ def flip(x, axis=None):
     return record(np.flip(a, axis).copy(), (x,), lambda g: (np.flip(g, axis),))
 
 
+_PAD_BY_INDEX = ("edge", "reflect", "symmetric", "wrap")
+
+
 def pad(x, pad_width, mode="constant", constant_values=None):
     a = _array(x)
-    if mode != "constant":
-        raise ValueError(f"pad supports mode='constant' only, got {mode!r}")
     widths = np.broadcast_to(np.asarray(pad_width), (a.ndim, 2))
+    if mode in _PAD_BY_INDEX:
+        # These modes copy entries of x: a gather per padded axis, differentiable through take.
+        if constant_values is not None:
+            raise ValueError(f"constant_values is for mode='constant', not {mode!r}")
+        out = x
+        for axis_, (lo, hi) in enumerate(widths):
+            if lo or hi:
+                out = take(out, np.pad(np.arange(a.shape[axis_]), (int(lo), int(hi)), mode=mode), axis=axis_)
+        return out if out is not x else a.copy()
+    if mode != "constant":
+        raise ValueError(f"pad mode must be 'constant' or one of {', '.join(_PAD_BY_INDEX)}, got {mode!r}")
     out = np.pad(a, widths, constant_values=0 if constant_values is None else constant_values)
     key = tuple(_py_slice(int(lo), int(lo) + n) for (lo, _), n in zip(widths, a.shape))
     return record(out, (x,), lambda g: (g[key],))
@@ -674,7 +706,7 @@ def argsort(x, axis=-1):
 
 def top_k(x, k, sorted=True, is_stable=True):
     a = _array(x)
-    order = np.argsort(-a, axis=-1, kind="stable")[..., :k]
+    order = np.argsort(-a, axis=-1, kind="stable")[..., :k].astype(np.int32)
     return take_along_axis(x, order, axis=-1), order
 
 

@@ -232,9 +232,12 @@ def one_hot(x, num_classes, axis=-1, dtype=None, sparse=False):
 
 
 def _target_like(target, output):
-    """Targets are constants: take the predictions' float type, so float32 predictions give float32 losses."""
-    target, dtype = _array(target), _array(output).dtype
-    return target.astype(dtype) if dtype.kind == "f" and target.dtype != dtype else target
+    """Targets in the predictions' float type, so float32 predictions give float32 losses. Float targets
+    stay differentiable (as in Keras: soft targets may be computed); integer labels are constants."""
+    value, dtype = _array(target), _array(output).dtype
+    if dtype.kind != "f" or value.dtype == dtype:
+        return target if value.dtype.kind == "f" else value
+    return core.cast(target, dtype) if value.dtype.kind == "f" else value.astype(dtype)
 
 
 def categorical_crossentropy(target, output, from_logits=False, axis=-1):
