@@ -162,6 +162,9 @@ def cmd_train(args):
     epochs = args.epochs or recipe.epochs
     batch_size = args.batch_size or recipe.batch_size
     learning_rate = args.lr or recipe.learning_rate
+    if recipe.augmentation is None and args.augment is not None:
+        raise UserError(f"model {model_name} varies its training images itself (augmentation layers); "
+                        "--augment and --no-augment do not apply to it")
     augment = recipe.augment if args.augment is None else args.augment
     save_path = args.save or f"{model_name}-{args.dataset}.fastconv"
 
@@ -175,7 +178,8 @@ def cmd_train(args):
     model = recipe.compiled_model(args.optimizer, learning_rate)
     print(f"fastconv train: model {model_name} ({recipe.description}), dataset {args.dataset} "
           f"({len(x_train)} train / {len(x_test)} test), {plural(epochs, 'epoch')}, batch {batch_size}, "
-          f"{args.optimizer or recipe.optimizer} lr {learning_rate:g}, augment {'on' if augment else 'off'}, "
+          f"{args.optimizer or recipe.optimizer} lr {learning_rate:g}, "
+          f"augment {'in the model' if recipe.augmentation is None else 'on' if augment else 'off'}, "
           f"backend {args.backend}", flush=True)
     replaces = os.path.exists(save_path)
     if replaces:
@@ -286,8 +290,8 @@ def build_parser():
     train.add_argument("--lr", type=positive_float, help="learning rate (default: the model's)")
     train.add_argument("--threads", type=positive_int)
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                       help="random variants of the training images: shifts and rotations of digits, "
-                            "flips and shifts for the cifar model (default: the model's)")
+                       help="random shifts and rotations of the training digits (default: the model's; "
+                            "the cifar model has augmentation layers instead)")
     train.add_argument("--backend", choices=("fastconv", "numpy"), default=os.environ.get("FASTCONV_BACKEND", "fastconv"))
     train.add_argument("--save", metavar="PATH", help="where to save the model (default: MODEL-DATASET.fastconv)")
     train.add_argument("--plot", metavar="PATH", help="write a PNG of the curves, confusion matrix and filters")

@@ -5,8 +5,6 @@ itself, so datasets stay uint8 in memory and are converted to float32 one batch 
 """
 from dataclasses import dataclass
 
-import numpy as np
-
 from fastconv import keras
 from fastconv.augment import random_shift_rotate
 from fastconv.keras import layers
@@ -24,7 +22,9 @@ class Recipe:
     augment: bool = False
     decay_per_epoch: float = 1.0  # learning rate multiplied by this after every epoch
     input_shape: tuple = (28, 28, 1)  # of one uint8 image
-    augmentation: object = random_shift_rotate  # (uint8 images, rng) -> a new random variant of each
+    # (uint8 images, rng) -> a new random variant of each, applied before every epoch when augmenting;
+    # None for a model whose own augmentation layers vary the images at every step.
+    augmentation: object = random_shift_rotate
 
     def compiled_model(self, optimizer=None, learning_rate=None):
         """The model, compiled for sparse labels with the recipe's optimizer (or `optimizer`, a name)."""
@@ -102,25 +102,14 @@ def best():
 
 
 def cifar():
-    """Three VGG-style blocks of two batch-normalised 3x3 convolutions (32, 64, 128 filters)."""
+    """Random mirroring and shifts of up to 4 pixels (active only in training), then three VGG-style
+    blocks of two batch-normalised 3x3 convolutions (32, 64, 128 filters)."""
+    augmentation = [layers.RandomFlip("horizontal"), layers.RandomTranslation(0.125, 0.125)]
     blocks = []
     for filters in (32, 64, 128):
         blocks += _conv_bn_relu(filters) + _conv_bn_relu(filters) + [layers.MaxPooling2D(2)]
-    return keras.Sequential(_inputs((32, 32, 3)) + blocks + [
+    return keras.Sequential(_inputs((32, 32, 3)) + augmentation + blocks + [
         layers.Flatten(), layers.Dropout(0.3), layers.Dense(10, activation="softmax")], name="cifar")
-
-
-def random_flip_translate(images, rng, max_shift=4):
-    """A copy of uint8 NHWC `images`, each mirrored left-right with probability 1/2 and moved by up to
-    `max_shift` pixels per axis, the uncovered border filled by reflection (the usual CIFAR-10 scheme)."""
-    images = np.asarray(images)
-    n, h, w = images.shape[:3]
-    flipped = np.where(rng.random(n)[:, None, None, None] < 0.5, images[:, :, ::-1], images)
-    padded = np.pad(flipped, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="reflect")
-    tops, lefts = rng.integers(0, 2 * max_shift + 1, size=(2, n))
-    rows = tops[:, None] + np.arange(h)[None, :]
-    cols = lefts[:, None] + np.arange(w)[None, :]
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 RECIPES = {
@@ -131,7 +120,7 @@ RECIPES = {
     "mlp": Recipe("two hidden layers of 512 with dropout", mlp, "adam", 1e-3, 128, 10),
     "best": Recipe("batch-normalised conv net, augmentation, decaying learning rate", best, "adam", 2e-3, 64, 12,
                    augment=True, decay_per_epoch=0.75),
-    "cifar": Recipe("CIFAR-10: three blocks of two batch-normalised convolutions (32, 64, 128), flips and shifts",
-                    cifar, "adam", 1e-3, 64, 20, augment=True, decay_per_epoch=0.9, input_shape=(32, 32, 3),
-                    augmentation=random_flip_translate),
+    "cifar": Recipe("CIFAR-10: RandomFlip and RandomTranslation layers, three blocks of two batch-normalised "
+                    "convolutions (32, 64, 128)", cifar, "adam", 1e-3, 64, 20, decay_per_epoch=0.9,
+                    input_shape=(32, 32, 3), augmentation=None),
 }

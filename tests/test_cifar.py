@@ -483,26 +483,6 @@ def test_cifar100_download(isolated, monkeypatch, rng):
 # --- fastconv train --dataset cifar10 -------------------------------------------------------------
 
 
-def test_random_flip_translate_moves_whole_images(rng):
-    from fastconv.recipes import random_flip_translate
-
-    images = rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
-    augmented = random_flip_translate(images, np.random.default_rng(5), max_shift=4)
-    assert augmented.shape == images.shape and augmented.dtype == np.uint8
-    flips = 0
-    for original, result in zip(images, augmented):
-        # The result must be a 32x32 window of the reflect-padded image, mirrored or not.
-        matches = []
-        for mirrored in (False, True):
-            source = original[:, ::-1] if mirrored else original
-            padded = np.pad(source, ((4, 4), (4, 4), (0, 0)), mode="reflect")
-            matches += [mirrored for top in range(9) for left in range(9)
-                        if np.array_equal(padded[top:top + 32, left:left + 32], result)]
-        assert len(matches) == 1
-        flips += matches[0]
-    assert 16 < flips < 48  # about half mirrored
-
-
 def learnable_cifar10(directory, rng, per_batch=100, test_count=100):
     """A CIFAR-10 archive whose class sets each image's mean colour: learnable in a few steps."""
     palette = rng.integers(30, 226, size=(10, 3))
@@ -523,11 +503,19 @@ def test_cli_trains_the_cifar_recipe(isolated, rng, monkeypatch, capsys):
     saved = isolated / "cifar.fastconv"
     assert cli.main(["train", "--dataset", "cifar10", "--epochs", "1", "--seed", "3", "--save", str(saved)]) == 0
     out = capsys.readouterr().out
-    assert "model cifar (" in out and "(500 train / 100 test)" in out and "augment on" in out
+    assert "model cifar (" in out and "(500 train / 100 test)" in out and "augment in the model" in out
     assert "airplane" in out and "truck" in out  # the confusion matrix names CIFAR-10's classes
     # Batch norm's moving averages lag behind after 8 steps, so the training accuracy is what shows learning.
     assert float(out.split(" - accuracy: ")[1].split()[0]) > 0.5
     assert keras.models.load_model(saved).input_shape == (None, 32, 32, 3)
+
+
+def test_cli_refuses_augment_flags_for_a_model_with_augmentation_layers(isolated, capsys):
+    from fastconv import cli
+
+    for flag in ("--augment", "--no-augment"):
+        assert cli.main(["train", "--dataset", "cifar10", flag]) == cli.EXIT_ERROR
+        assert "model cifar varies its training images itself" in capsys.readouterr().err
 
 
 def test_cli_refuses_a_digit_model_for_cifar10(isolated, rng, monkeypatch, capsys):
