@@ -290,10 +290,12 @@ def test_mnist_residual_subclassed_model(mnist):
 
 
 def _small_cnn(cls=keras.Model, softmax=False):
+    """The `seed` recipe of `fastconv train`."""
     inputs = keras.Input((28, 28, 1))
-    x = layers.MaxPooling2D(2)(layers.Conv2D(32, 3, activation="relu")(inputs))
-    x = layers.MaxPooling2D(2)(layers.Conv2D(64, 3, activation="relu")(x))
-    outputs = layers.Dense(10, activation="softmax" if softmax else None)(layers.Flatten()(x))
+    x = layers.MaxPooling2D(2)(layers.Conv2D(32, 3, padding="same", activation="relu")(inputs))
+    x = layers.MaxPooling2D(2)(layers.Conv2D(64, 3, padding="same", activation="relu")(x))
+    x = layers.Dense(128, activation="relu")(layers.Flatten()(x))
+    outputs = layers.Dense(10, activation="softmax" if softmax else None)(x)
     return cls(inputs, outputs)
 
 
@@ -327,3 +329,119 @@ def test_mnist_gradient_tape_loop(mnist):
         train_acc_metric.update_state(y_batch, logits)
     assert float(train_acc_metric.result()) > 0.9
     assert _accuracy(model, x_test, y_test) >= 0.98
+
+
+# ----- keras.io, "Making new layers and models via subclassing", end to end -----
+class Sampling(layers.Layer):
+    """Uses (z_mean, z_log_var) to sample z, the vector encoding a digit."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seed_generator = keras.random.SeedGenerator(1337)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        batch, dim = ops.shape(z_mean)[0], ops.shape(z_mean)[1]
+        epsilon = keras.random.normal(shape=(batch, dim), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+
+class Encoder(layers.Layer):
+    def __init__(self, latent_dim=32, intermediate_dim=64, name="encoder", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.dense_proj = layers.Dense(intermediate_dim, activation="relu")
+        self.dense_mean = layers.Dense(latent_dim)
+        self.dense_log_var = layers.Dense(latent_dim)
+        self.sampling = Sampling()
+
+    def call(self, inputs):
+        x = self.dense_proj(inputs)
+        z_mean, z_log_var = self.dense_mean(x), self.dense_log_var(x)
+        return z_mean, z_log_var, self.sampling((z_mean, z_log_var))
+
+
+class Decoder(layers.Layer):
+    def __init__(self, original_dim, intermediate_dim=64, name="decoder", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.dense_proj = layers.Dense(intermediate_dim, activation="relu")
+        self.dense_output = layers.Dense(original_dim, activation="sigmoid")
+
+    def call(self, inputs):
+        return self.dense_output(self.dense_proj(inputs))
+
+
+class VariationalAutoEncoder(keras.Model):
+    def __init__(self, original_dim, intermediate_dim=64, latent_dim=32, name="autoencoder", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.original_dim = original_dim
+        self.encoder = Encoder(latent_dim=latent_dim, intermediate_dim=intermediate_dim)
+        self.decoder = Decoder(original_dim, intermediate_dim=intermediate_dim)
+
+    def call(self, inputs):
+        z_mean, z_log_var, z = self.encoder(inputs)
+        reconstructed = self.decoder(z)
+        kl_loss = -0.5 * ops.mean(z_log_var - ops.square(z_mean) - ops.exp(z_log_var) + 1)
+        self.add_loss(kl_loss)
+        return reconstructed
+
+
+def test_the_keras_io_vae_trains_with_add_loss(mnist):
+    (x_train, _), _ = mnist
+    x = x_train[:2048].reshape(-1, 784)
+    keras.utils.set_random_seed(0)
+    vae = VariationalAutoEncoder(784, 64, 32)
+    vae.compile(keras.optimizers.Adam(learning_rate=1e-3), loss=keras.losses.MeanSquaredError())
+    history = vae.fit(x, x, epochs=3, batch_size=64, verbose=0).history["loss"]
+    assert history[-1] < history[0]
+    # The reported loss includes the KL term: more than the reconstruction error alone.
+    reconstruction = float(np.mean((vae.predict(x, verbose=0) - x) ** 2))
+    assert vae.evaluate(x, x, verbose=0) > reconstruction
+    assert len(vae.losses) == 1
+
+
+def test_add_loss_gradient_reaches_the_weights_in_fit(rng):
+    """A layer whose only training signal is its added loss: fit must move its weights."""
+    class Shrink(layers.Layer):
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(), initializer="ones")
+
+        def call(self, inputs):
+            self.add_loss(ops.square(self.scale))
+            return inputs * 0.0 + ops.stop_gradient(self.scale)
+
+    model = keras.Sequential([keras.Input((3,)), Shrink()])
+    model.compile(optimizer=keras.optimizers.SGD(0.25), loss="mse")
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    history = model.fit(x, np.ones((8, 3), np.float32), epochs=1, batch_size=8, verbose=0).history
+    # loss = mse(1, scale) + scale^2 = 0 + 1 at scale 1; one SGD step on d(scale^2) = 2: 1 - 0.25 * 2.
+    assert history["loss"][0] == pytest.approx(1.0)
+    assert float(model.layers[0].scale.numpy()) == pytest.approx(0.5)
+
+
+def test_keras_io_guide_layers_with_weights_in_init_and_state():
+    class Linear(keras.layers.Layer):
+        def __init__(self, units=32, input_dim=32):
+            super().__init__()
+            self.w = self.add_weight(shape=(input_dim, units), initializer="random_normal", trainable=True)
+            self.b = self.add_weight(shape=(units,), initializer="zeros", trainable=True)
+
+        def call(self, inputs):
+            return ops.matmul(inputs, self.w) + self.b
+
+    class ComputeSum(keras.layers.Layer):
+        def __init__(self, input_dim):
+            super().__init__()
+            self.total = self.add_weight(initializer="zeros", shape=(input_dim,), trainable=False)
+
+        def call(self, inputs):
+            self.total.assign_add(ops.sum(inputs, axis=0))
+            return self.total
+
+    x = ops.ones((2, 2))
+    linear_layer = Linear(4, 2)
+    assert linear_layer.weights == [linear_layer.w, linear_layer.b]
+    np.testing.assert_allclose(linear_layer(x), x @ linear_layer.w.numpy(), rtol=1e-6)
+    my_sum = ComputeSum(2)
+    my_sum(x)
+    np.testing.assert_array_equal(my_sum(x).numpy(), [4.0, 4.0])
+    assert (len(my_sum.weights), len(my_sum.non_trainable_weights), len(my_sum.trainable_weights)) == (1, 1, 0)

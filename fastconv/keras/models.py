@@ -249,6 +249,10 @@ class Model(Layer):
                 # A new array, never +=: merge layers hand the same gradient array to several inputs.
                 grads[i] = g if grads[i] is None else grads[i] + g
 
+    def _added_loss(self, contexts):
+        """The losses the model's call-based layers added (add_loss) in the forward pass of contexts."""
+        return sum(layer.added_loss(ctx) for (layer, _, _, _), ctx in zip(self._plan, contexts))
+
     def _input_grads_needed(self):
         """For each plan entry: does any trainable weight lie upstream of its inputs?"""
         upstream_learns = [False] * len(self._nodes)

@@ -284,6 +284,7 @@ class Trainer:
         for variable in variables:
             variable.grad = None
         model._backward(contexts, grads, preactivation_outputs)
+        total += model._added_loss(contexts)
         for variable in variables:
             if variable.regularizer is not None:
                 total += variable.regularizer(variable.value)
@@ -295,8 +296,9 @@ class Trainer:
         return self._track({"loss": (total * count, count), **stats})
 
     def builtin_test_step(self, xs, ys, weights=None):
-        outputs, _ = self.model._forward(xs, training=False)
+        outputs, contexts = self.model._forward(xs, training=False)
         total, stats, _, _ = self._losses_and_gradients(outputs, ys, None, False, weights)
+        total += self.model._added_loss(contexts)
         total += sum(v.regularizer(v.value) for v in self.model.trainable_weights if v.regularizer is not None)
         count = len(outputs[0])
         return self._track({"loss": (total * count, count), **stats})

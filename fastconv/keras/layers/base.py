@@ -380,7 +380,8 @@ class Layer:
         token, call_token = _call_training.set(bool(training)), _in_call.set(True)
         try:
             if not training:
-                return _values(self.call(inputs, **kwargs)), None
+                outputs = self.call(inputs, **kwargs)
+                return _values(outputs), _CallContext(None, None, None, False, self.losses_added())
             with autodiff.GradientTape() as tape:
                 sources = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
                 tape.watch(sources)
@@ -388,21 +389,28 @@ class Layer:
         finally:
             _call_training.reset(token)
             _in_call.reset(call_token)
-        if self.losses_added():
-            raise ValueError(f"layer {self.name!r} called add_loss: added losses are supported in a custom "
-                             "train_step or GradientTape loop (model.compute_loss adds them), not yet in the "
-                             "built-in fit step")
-        return _values(outputs), (tape, sources, outputs, isinstance(inputs, (list, tuple)))
+        return _values(outputs), _CallContext(tape, sources, outputs, isinstance(inputs, (list, tuple)),
+                                              self.losses_added())
 
     def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
-        """Replay the tape of forward: weight gradients into each Variable's .grad, input gradients out."""
-        tape, sources, outputs, multi = ctx
+        """Replay the tape of forward: weight gradients into each Variable's .grad, input gradients out.
+        Losses added with add_loss during the call are part of the training loss: their gradients too."""
         variables = self.trainable_weights
-        grads = tape.gradient(outputs, sources + variables, output_gradients=grad, unconnected_gradients="zero")
-        for variable, g in zip(variables, grads[len(sources):]):
+        targets = [ctx.outputs] + list(ctx.added_losses)
+        seeds = [grad] + [np.ones_like(np.asarray(autodiff.unwrap(loss))) for loss in ctx.added_losses]
+        grads = ctx.tape.gradient(targets, ctx.sources + variables, output_gradients=seeds,
+                                  unconnected_gradients="zero")
+        for variable, g in zip(variables, grads[len(ctx.sources):]):
             variable.add_grad(g)
-        input_grads = grads[:len(sources)]
-        return input_grads if multi else input_grads[0]
+        input_grads = grads[:len(ctx.sources)]
+        return input_grads if ctx.multi else input_grads[0]
+
+    @staticmethod
+    def added_loss(ctx):
+        """The sum of the losses a call-based layer added during the forward pass that made ctx."""
+        if not isinstance(ctx, _CallContext):
+            return 0.0
+        return float(sum(float(np.sum(autodiff.unwrap(loss))) for loss in ctx.added_losses))
 
     def _check_list_input(self, inputs):
         if isinstance(inputs, (list, tuple)) and not self.takes_list and not self._computes_with_call():
@@ -497,6 +505,16 @@ def _constructor_arguments(cls, args, kwargs):
     except (TypeError, ValueError):
         return None
     return arguments
+
+
+class _CallContext:
+    """What a call-based layer's forward keeps for its backward: the tape, the watched inputs, the
+    outputs, whether the inputs were a list, and the losses added with add_loss."""
+    __slots__ = ("tape", "sources", "outputs", "multi", "added_losses")
+
+    def __init__(self, tape, sources, outputs, multi, added_losses):
+        self.tape, self.sources, self.outputs, self.multi = tape, sources, outputs, multi
+        self.added_losses = added_losses
 
 
 def _holds_layers(value):
