@@ -212,6 +212,32 @@ def test_cifar100_rejects_unknown_label_mode(isolated):
         cifar100.load_data(label_mode="medium")
 
 
+def test_test_split_alone_from_an_archive_or_just_the_test_file(isolated, rng):
+    members = cifar10_members(rng)
+    archive = isolated / "cifar-10-binary.tar.gz"
+    archive.write_bytes(cifar10_archive(members))
+    x_test, y_test = cifar10.load_test_data(path=archive)
+    np.testing.assert_array_equal(x_test, members["test_batch.bin"][1])
+    np.testing.assert_array_equal(y_test[:, 0], members["test_batch.bin"][0])
+    # Extracted, only test_batch.bin is needed (load_data would not find a complete set here).
+    write_cifar10_directory(isolated / "only-test", {"test_batch.bin": binary_records(*members["test_batch.bin"])})
+    x_test, y_test = cifar10.load_test_data(path=isolated / "only-test")
+    np.testing.assert_array_equal(x_test, members["test_batch.bin"][1])
+    with pytest.raises(FileNotFoundError, match="data_batch_1.bin"):
+        cifar10.load_data(path=isolated / "only-test")
+
+
+def test_cifar100_test_split_alone(isolated, rng):
+    members = cifar100_members(rng)
+    archive = isolated / "c100.tar.gz"
+    archive.write_bytes(cifar100_archive(members))
+    x_test, y_test = cifar100.load_test_data("coarse", path=archive)
+    np.testing.assert_array_equal(x_test, members["test.bin"][1])
+    np.testing.assert_array_equal(y_test[:, 0], members["test.bin"][0][:, 0])
+    with pytest.raises(ValueError, match="label_mode"):
+        cifar100.load_test_data("medium", path=archive)
+
+
 def test_not_found_lists_every_place(isolated, monkeypatch):
     monkeypatch.setenv("FASTCONV_DATA", str(isolated / "root"))
     with pytest.raises(FileNotFoundError) as raised:
@@ -508,6 +534,10 @@ def test_cli_trains_the_cifar_recipe(isolated, rng, monkeypatch, capsys):
     # Batch norm's moving averages lag behind after 8 steps, so the training accuracy is what shows learning.
     assert float(out.split(" - accuracy: ")[1].split()[0]) > 0.5
     assert keras.models.load_model(saved).input_shape == (None, 32, 32, 3)
+    # evaluate reads the test split alone and names CIFAR-10's classes.
+    assert cli.main(["evaluate", str(saved), "--dataset", "cifar10"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy on cifar10: " in out and "automobile" in out
 
 
 def test_cli_refuses_augment_flags_for_a_model_with_augmentation_layers(isolated, capsys):

@@ -13,6 +13,7 @@ straight into memory; nothing is ever extracted to disk.
 import gzip
 import tarfile
 import zlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Tuple
@@ -114,6 +115,12 @@ def _read_records(stream, size, source, spec, label_column, labels_out, images_o
         images_out[start:stop] = planar.transpose(0, 2, 3, 1)
     if stream.read(1):
         raise ValueError(f"{source}: longer than the {size} bytes expected")
+
+
+def test_files_only(spec):
+    """``spec`` without its training files: loading it reads the test split alone (the training split
+    comes back empty), and an extracted directory needs only the test files."""
+    return dataclasses.replace(spec, train_files=())
 
 
 def _read_exactly(stream, view, source, offset, size):

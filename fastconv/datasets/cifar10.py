@@ -1,7 +1,7 @@
 """CIFAR-10: 50,000 training and 10,000 test 32x32 colour images in 10 classes."""
 
 from ._loader import DatasetSpec
-from .cifar import BinaryCifarSpec, load_cifar
+from .cifar import BinaryCifarSpec, load_cifar, test_files_only
 
 ARCHIVE = "cifar-10-binary.tar.gz"
 # Of the archive as served (sha256 and size as recorded by tensorflow_datasets; md5 as published
@@ -51,3 +51,10 @@ def load_data(path=None, *, download=True):
     found, ``ValueError`` naming the file for corrupt or malformed data.
     """
     return load_cifar(spec(), "label", path=path, download=download)
+
+
+def load_test_data(path=None, *, download=True):
+    """Only the test split ``(x_test, y_test)``, found as ``load_data`` finds it; needs only
+    ``test_batch.bin`` when the files are extracted, and allocates nothing for the training split."""
+    _, test = load_cifar(test_files_only(spec()), "label", path=path, download=download)
+    return test

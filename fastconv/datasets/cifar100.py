@@ -1,7 +1,7 @@
 """CIFAR-100: 50,000 training and 10,000 test 32x32 colour images in 100 classes (20 superclasses)."""
 
 from ._loader import DatasetSpec
-from .cifar import BinaryCifarSpec, load_cifar
+from .cifar import BinaryCifarSpec, load_cifar, test_files_only
 
 ARCHIVE = "cifar-100-binary.tar.gz"
 # Of the archive as served (sha256 and size as recorded by tensorflow_datasets; md5 as published
@@ -50,6 +50,18 @@ def load_data(label_mode="fine", path=None, *, download=True):
     Raises ``FileNotFoundError`` listing every place looked if nothing is
     found, ``ValueError`` naming the file for corrupt or malformed data.
     """
+    _check_label_mode(label_mode)
+    return load_cifar(spec(), label_mode, path=path, download=download)
+
+
+def load_test_data(label_mode="fine", path=None, *, download=True):
+    """Only the test split ``(x_test, y_test)``, found as ``load_data`` finds it; needs only
+    ``test.bin`` when the files are extracted, and allocates nothing for the training split."""
+    _check_label_mode(label_mode)
+    _, test = load_cifar(test_files_only(spec()), label_mode, path=path, download=download)
+    return test
+
+
+def _check_label_mode(label_mode):
     if label_mode not in LABEL_MODES:
         raise ValueError(f'label_mode must be "fine" or "coarse", got {label_mode!r}')
-    return load_cifar(spec(), label_mode, path=path, download=download)
