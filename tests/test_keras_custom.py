@@ -445,3 +445,16 @@ def test_keras_io_guide_layers_with_weights_in_init_and_state():
     my_sum(x)
     np.testing.assert_array_equal(my_sum(x).numpy(), [4.0, 4.0])
     assert (len(my_sum.weights), len(my_sum.non_trainable_weights), len(my_sum.trainable_weights)) == (1, 1, 0)
+
+
+def test_lambda_layer_trains_and_refuses_to_be_saved(tmp_path, rng):
+    x, y = _data(rng, classes=3)
+    inputs = keras.Input((20,))
+    hidden = layers.Lambda(lambda t: ops.tanh(t) * 2.0)(layers.Dense(8)(inputs))
+    model = keras.Model(inputs, layers.Dense(3)(hidden))
+    assert model.layers[2].compute_output_shape((None, 8)) == (None, 8)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, epochs=5, verbose=0).history["loss"]
+    assert history[-1] < history[0]
+    with pytest.raises(ValueError, match="Lambda layer .* cannot be saved"):
+        model.save(tmp_path / "m.fastconv")

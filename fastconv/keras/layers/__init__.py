@@ -2,7 +2,7 @@
 from fastconv.keras.layers.base import Input, InputLayer, Layer
 from fastconv.keras.layers.conv import Conv2D, Conv2DTranspose
 from fastconv.keras.layers.core import (
-    Activation, Dense, Dropout, Flatten, LeakyReLU, ReLU, Rescaling, Reshape, Softmax, SpatialDropout2D,
+    Activation, Dense, Dropout, Flatten, Lambda, LeakyReLU, ReLU, Rescaling, Reshape, Softmax, SpatialDropout2D,
 )
 from fastconv.keras.layers.merging import (
     Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract,
@@ -35,7 +35,7 @@ __all__ = [
     "RandomTranslation", "RandomZoom", "Resizing",
     "Activation", "Add", "Average", "AveragePooling2D", "AvgPool2D", "BatchNormalization", "Concatenate", "Conv2D",
     "Conv2DTranspose", "Convolution2D", "Convolution2DTranspose", "Cropping2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
-    "Input", "InputLayer", "Layer", "LeakyReLU", "MaxPool2D", "MaxPooling2D", "Maximum", "Minimum", "Multiply",
+    "Input", "InputLayer", "Lambda", "Layer", "LeakyReLU", "MaxPool2D", "MaxPooling2D", "Maximum", "Minimum", "Multiply",
     "ReLU", "Rescaling", "Reshape", "Softmax", "SpatialDropout2D", "Subtract", "UpSampling2D", "ZeroPadding2D",
     "add", "average", "concatenate", "maximum", "minimum", "multiply", "subtract",
 ]

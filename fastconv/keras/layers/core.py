@@ -304,3 +304,36 @@ class SpatialDropout2D(Dropout):
         keep = rng.random((inputs.shape[0], 1, 1, inputs.shape[3])) >= self.rate
         mask = (keep / (1 - self.rate)).astype(inputs.dtype)
         return inputs * mask, mask
+
+
+class Lambda(Layer):
+    """Wraps a function written with keras.ops as a layer: `Lambda(lambda x: ops.square(x))`.
+
+    Its gradient comes from the ops it calls. A model holding one cannot be saved to a file (its code
+    would have to be), as with Keras' safe mode; write a layer class for that.
+    """
+
+    def __init__(self, function, output_shape=None, mask=None, arguments=None, **kwargs):
+        super().__init__(**kwargs)
+        if not callable(function):
+            raise TypeError(f"Lambda needs a function, got {type(function).__name__}")
+        if mask is not None:
+            raise ValueError("Lambda mask= is not supported")
+        self.function = function
+        self.arguments = dict(arguments or {})
+        self.output_shape_spec = output_shape
+
+    def call(self, inputs):
+        return self.function(inputs, **self.arguments)
+
+    def compute_output_shape(self, input_shape):
+        if self.output_shape_spec is None:
+            return self._infer_output_shape(input_shape)
+        if callable(self.output_shape_spec):
+            return tuple(self.output_shape_spec(input_shape))
+        return (input_shape[0],) + tuple(self.output_shape_spec)
+
+    def get_config(self):
+        raise ValueError(f"Lambda layer {self.name!r} cannot be saved: a file cannot hold its Python code. "
+                         "Write a Layer subclass with call() and register it with "
+                         "@keras.saving.register_keras_serializable()")
