@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from fastconv._tempfiles import locked_temporary
+from fastconv._tempfiles import locked_temporary, remove_abandoned
 
 from . import _download
 from .idx import content_sha256, read_idx
@@ -164,7 +164,9 @@ def _copy_into_cache(spec, files, needed, cache):
         for name in needed:
             source = files[name]
             target = cache / source.name
-            with locked_temporary(cache, f".{source.name}.", ".part") as (fd, temporary):
+            # Named like a download's temporary, so that either cleans up the other's leftovers.
+            remove_abandoned(cache, f".{name}.", ".part")
+            with locked_temporary(cache, f".{name}.", ".part") as (fd, temporary):
                 try:
                     with open(source, "rb") as reader, os.fdopen(fd, "wb") as writer:
                         shutil.copyfileobj(reader, writer)
