@@ -247,6 +247,8 @@ def _layer_entry(layer, input_shape):
         raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no Keras 3 counterpart fastconv can "
                          "write; save under another extension (e.g. .fastconv) for fastconv's own format")
     config = {"name": layer.name, "trainable": layer.trainable, "dtype": dict(_DTYPE_POLICY), **_WRITERS[class_name](layer)}
+    if class_name == "SpatialDropout2D":
+        del config["trainable"]  # Keras' SpatialDropout2D takes no trainable argument (and has no weights)
     entry = {"module": "keras.layers", "class_name": class_name, "config": config, "registered_name": None}
     if input_shape is not None:
         entry["build_config"] = {"input_shape": input_shape}
@@ -895,7 +897,8 @@ def _build_model(config, path):
 
 # ----- reading: compile settings -----
 _OPTIMIZER_OFF = {"clipnorm": None, "global_clipnorm": None, "clipvalue": None, "use_ema": False,
-                  "loss_scale_factor": None, "gradient_accumulation_steps": None, "amsgrad": False}
+                  "loss_scale_factor": None, "gradient_accumulation_steps": None, "amsgrad": False,
+                  "centered": False}
 _OPTIMIZER_IGNORED = ("name", "ema_momentum", "ema_overwrite_frequency", "is_legacy_optimizer")
 
 

@@ -1,0 +1,186 @@
+"""fastconv and real Keras 3 open each other's .keras and .weights.h5 files and predict the same.
+
+Real Keras (with jax, scipy and h5py: about 400 MB) is not in the test extra: CI runs this file alone in
+its own venv step (.ci/run). Without Keras installed the file is skipped; tests/test_keras_format.py
+covers the same format against files real Keras wrote.
+"""
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+real_keras = pytest.importorskip("keras")
+pytest.importorskip("h5py")
+
+from fastconv import keras  # noqa: E402  (after the skip: real Keras must be importable first)
+from fastconv.keras import keras_format, layers  # noqa: E402
+
+TOLERANCE = 1e-5
+
+
+def max_difference(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def every_layer_model():
+    """A functional model with every layer both libraries have, a shared layer and two outputs."""
+    keras.utils.set_random_seed(3)
+    image, extra = keras.Input((10, 10, 3), name="image"), keras.Input((4,), name="extra")
+    x = layers.Rescaling(1 / 255.0, offset=-0.5)(image)
+    x = layers.ZeroPadding2D(((1, 0), (0, 1)))(x)
+    x = layers.Conv2D(6, 3, activation="relu", kernel_regularizer="l2")(x)
+    x = layers.BatchNormalization(momentum=0.5)(x)
+    x = layers.ReLU(max_value=6.0)(x)
+    branch = layers.Conv2D(6, 1, strides=2, use_bias=False)(x)
+    x = layers.MaxPooling2D(padding="same")(x)
+    x = layers.Add()([x, branch])
+    up = layers.Conv2DTranspose(4, 3, strides=2, padding="same", activation="tanh")(x)
+    up = layers.Cropping2D(1)(up)
+    up = layers.UpSampling2D()(up)
+    up = layers.AveragePooling2D(4)(up)
+    up = layers.SpatialDropout2D(0.1)(up)
+    pooled = [layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x), layers.Flatten()(up)]
+    shared = layers.Dense(6, name="shared")
+    a, b = shared(layers.Dense(6)(extra)), shared(layers.Activation("sigmoid")(layers.Dense(6)(extra)))
+    merged = [layers.Subtract()([a, b]), layers.Multiply()([a, b]), layers.Average()([a, b]),
+              layers.Maximum()([a, b]), layers.Minimum()([a, b])]
+    joined = layers.Concatenate()(pooled + merged)
+    joined = layers.Dropout(0.3)(layers.LeakyReLU(0.2)(layers.Dense(16)(joined)))
+    classes = layers.Softmax(name="classes")(layers.Dense(5)(joined))
+    grid = layers.Reshape((2, 3))(layers.Dense(6, activation="linear")(joined))
+    model = keras.Model([image, extra], [classes, grid])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=["sparse_categorical_crossentropy", "mse"])
+    return model
+
+
+def every_layer_data(n=32):
+    rng = np.random.default_rng(3)
+    x = [rng.integers(0, 256, (n, 10, 10, 3)).astype(np.float32), rng.random((n, 4)).astype(np.float32)]
+    y = [rng.integers(0, 5, n), rng.random((n, 2, 3)).astype(np.float32)]
+    return x, y
+
+
+def test_model_trained_in_fastconv_predicts_the_same_in_keras(tmp_path):
+    model = every_layer_model()
+    x, y = every_layer_data()
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    model.save(tmp_path / "fastconv.keras")
+    with pytest.warns(UserWarning, match="optimizer"):  # fastconv writes no optimizer state; Keras starts afresh
+        loaded = real_keras.models.load_model(tmp_path / "fastconv.keras")
+    assert [l.name for l in loaded.layers] == [l.name for l in keras_format.keras_layer_order(model)]
+    for ours, theirs in zip(model.predict(x, verbose=0), loaded.predict(x, verbose=0)):
+        assert max_difference(ours, theirs) <= TOLERANCE
+    # Compiled as in fastconv (training it here would spend minutes in XLA compilation).
+    assert isinstance(loaded.optimizer, real_keras.optimizers.Adam)
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_weights_file_from_fastconv_loads_in_keras(tmp_path):
+    model = every_layer_model()
+    x, y = every_layer_data()
+    model.save(tmp_path / "untrained.keras")
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    model.save_weights(tmp_path / "trained.weights.h5")
+    loaded = real_keras.models.load_model(tmp_path / "untrained.keras", compile=False)
+    loaded.load_weights(tmp_path / "trained.weights.h5")
+    for ours, theirs in zip(model.predict(x, verbose=0), loaded.predict(x, verbose=0)):
+        assert max_difference(ours, theirs) <= TOLERANCE
+
+
+def test_sequential_model_from_fastconv_in_keras(tmp_path):
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([layers.Conv2D(3, 3, input_shape=(6, 6, 1), padding="same"), layers.BatchNormalization(),
+                              layers.Activation("relu"), layers.Flatten(), layers.Dense(2, activation="sigmoid")])
+    x = np.random.default_rng(4).random((8, 6, 6, 1)).astype(np.float32)
+    model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=["accuracy"])
+    model.fit(x, np.ones((8, 2)), epochs=2, verbose=0)
+    model.save(tmp_path / "seq.keras")
+    with pytest.warns(UserWarning, match="optimizer"):
+        loaded = real_keras.models.load_model(tmp_path / "seq.keras")
+    assert isinstance(loaded, real_keras.Sequential)
+    assert max_difference(model.predict(x, verbose=0), loaded.predict(x, verbose=0)) <= TOLERANCE
+
+
+def keras_built_model():
+    """The same architecture built with real Keras."""
+    L = real_keras.layers
+    real_keras.utils.set_random_seed(5)
+    image, extra = real_keras.Input((10, 10, 3), name="image"), real_keras.Input((4,), name="extra")
+    x = L.Rescaling(1 / 255.0, offset=-0.5)(image)
+    x = L.ZeroPadding2D(((1, 0), (0, 1)))(x)
+    x = L.Conv2D(6, 3, activation="relu", kernel_regularizer="l2")(x)
+    x = L.BatchNormalization(momentum=0.5)(x)
+    x = L.ReLU(max_value=6.0)(x)
+    branch = L.Conv2D(6, 1, strides=2, use_bias=False)(x)
+    x = L.Add()([L.MaxPooling2D(padding="same")(x), branch])
+    up = L.Conv2DTranspose(4, 3, strides=2, padding="same", activation="tanh")(x)
+    up = L.AveragePooling2D(4)(L.UpSampling2D()(L.Cropping2D(1)(up)))
+    up = L.SpatialDropout2D(0.1)(up)
+    pooled = [L.GlobalAveragePooling2D()(x), L.GlobalMaxPooling2D()(x), L.Flatten()(up)]
+    shared = L.Dense(6, name="shared")
+    a, b = shared(L.Dense(6)(extra)), shared(L.Activation("sigmoid")(L.Dense(6)(extra)))
+    merged = [L.Subtract()([a, b]), L.Multiply()([a, b]), L.Average()([a, b]), L.Maximum()([a, b]),
+              L.Minimum()([a, b])]
+    joined = L.Dropout(0.3)(L.LeakyReLU(0.2)(L.Dense(16)(L.Concatenate()(pooled + merged))))
+    classes = L.Softmax(name="classes")(L.Dense(5)(joined))
+    grid = L.Reshape((2, 3))(L.Dense(6)(joined))
+    model = real_keras.Model([image, extra], [classes, grid])
+    model.compile(optimizer=real_keras.optimizers.Adam(0.01), loss=["sparse_categorical_crossentropy", "mse"])
+    return model
+
+
+def test_model_trained_in_keras_predicts_the_same_in_fastconv(tmp_path):
+    model = keras_built_model()
+    x, y = every_layer_data()
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    model.save(tmp_path / "keras.keras")
+    model.save_weights(tmp_path / "keras.weights.h5")
+    loaded = keras.models.load_model(tmp_path / "keras.keras")
+    assert [l.name for l in keras_format.keras_layer_order(loaded)] == [l.name for l in model.layers]
+    for ours, theirs in zip(loaded.predict(x, verbose=0), model.predict(x, verbose=0)):
+        assert max_difference(ours, theirs) <= TOLERANCE
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam)
+    loaded.fit(x, y, epochs=1, batch_size=8, verbose=0)
+
+    fresh = keras.models.load_model(tmp_path / "keras.keras", compile=False)
+    for variable in fresh.weights:
+        variable.assign(np.zeros(variable.shape))
+    fresh.load_weights(tmp_path / "keras.weights.h5")
+    for ours, theirs in zip(fresh.predict(x, verbose=0), model.predict(x, verbose=0)):
+        assert max_difference(ours, theirs) <= TOLERANCE
+
+
+def test_sequential_model_from_keras_in_fastconv(tmp_path):
+    L = real_keras.layers
+    real_keras.utils.set_random_seed(6)
+    model = real_keras.Sequential([real_keras.Input((6, 6, 1)), L.Conv2D(3, 3), L.BatchNormalization(),
+                                   L.LeakyReLU(), L.MaxPooling2D(), L.Flatten(), L.Dense(4, activation="softmax")])
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(6).random((16, 6, 6, 1)).astype(np.float32)
+    model.fit(x, np.eye(4)[np.arange(16) % 4], epochs=2, verbose=0)
+    model.save(tmp_path / "seq.keras")
+    loaded = keras.models.load_model(tmp_path / "seq.keras")
+    assert isinstance(loaded, keras.Sequential) and isinstance(loaded.optimizer, keras.optimizers.RMSprop)
+    assert max_difference(loaded.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE
+
+
+def test_layer_order_agrees_on_graphs_with_shared_layers_and_an_unused_input(tmp_path):
+    """Keras places each weight group by its own layer order; a disagreement would swap same-shaped
+    weights silently, so the orders are compared on graphs where depth and first meeting disagree."""
+    keras.utils.set_random_seed(7)
+    a, b, unused = keras.Input((4,), name="a"), keras.Input((4,), name="b"), keras.Input((2,), name="unused")
+    deep = layers.Dense(4)(layers.Dense(4)(layers.Dense(4)(b)))
+    shared = layers.Dense(4, name="shared")
+    early, late = shared(a), shared(deep)
+    out1 = layers.Dense(4)(layers.Add()([early, late]))
+    out2 = layers.Dense(4)(early)
+    model = keras.Model([a, unused, b], [out2, out1, late])
+    model.save(tmp_path / "order.keras")
+    loaded = real_keras.models.load_model(tmp_path / "order.keras")
+    assert [l.name for l in loaded.layers] == [l.name for l in keras_format.keras_layer_order(model)]
+    rng = np.random.default_rng(7)
+    x = [rng.random((3, 4)).astype(np.float32), rng.random((3, 2)).astype(np.float32),
+         rng.random((3, 4)).astype(np.float32)]
+    for ours, theirs in zip(model.predict(x, verbose=0), loaded.predict(x, verbose=0)):
+        assert max_difference(ours, theirs) <= TOLERANCE
