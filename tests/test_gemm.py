@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastconv
+from conftest import CACHE_FITS
 from fastconv import _C, reference
 
 EPS32 = np.finfo(np.float32).eps
@@ -60,29 +61,27 @@ def test_blocking_is_the_kernel_table(isa):
     assert mc % mr == 0 and nc % nr == 0 and kc > 0
 
 
-def test_k_block_follows_the_l2(isa):
-    """The K block is the table's for a 1 MiB L2 and no smaller for a 2 MiB one (AVX-512: 384, 1024).
-    AVX2 keeps its B block in L2: kc x nc floats are half the L2, in whole panels (336 and 512 columns),
-    and never fewer than 256 columns (512 and 256 KiB L2s, where the block is then larger)."""
+def test_blocking_fits_each_cache(isa):
+    """Properties the blocking must have on any CPU, checked on the caches of four real ones:
+    the micro-kernel's tile (mr, nr, mc) is fixed; a larger L2 never gets a smaller K block; an AVX2
+    B block kept in L2 takes at most half of it, in whole panels, unless at its 256-column floor."""
+    fits = {}
     try:
-        _C.fit_gemm_blocking(1 << 20, 32 << 10, 8, 8)
-        small = _C.gemm_blocking()
-        _C.fit_gemm_blocking(2 << 20, 48 << 10, 12, 16)
-        large = _C.gemm_blocking()
-        _C.fit_gemm_blocking(512 << 10, 32 << 10, 8, 8)
-        zen3 = _C.gemm_blocking()
-        _C.fit_gemm_blocking(256 << 10, 32 << 10, 8, 4)
-        skylake = _C.gemm_blocking()
+        for name, caches in CACHE_FITS.items():
+            _C.fit_gemm_blocking(*caches)
+            fits[name] = _C.gemm_blocking()
     finally:
         _C.fit_gemm_blocking()
-    assert small[:3] == large[:3] == zen3[:3] == skylake[:3]
-    assert large[3] >= small[3]
-    if isa == "avx512":
-        assert (small[3], large[3]) == (384, 1024)
-        assert small[4] == large[4]
-    if isa == "avx2":
-        assert (small[3], small[4]) == (384, 336) and (large[3], large[4]) == (512, 512)
-        assert zen3[3:] == skylake[3:] == (384, 256)
+    table = _C.gemm_blocking()
+    for name, (mr, nr, mc, kc, nc) in fits.items():
+        l2_bytes = CACHE_FITS[name][0]
+        assert (mr, nr, mc) == table[:3], name
+        assert kc > 0 and nc % nr == 0 and nc > 0, name
+        for other, (_, _, _, other_kc, _) in fits.items():
+            if CACHE_FITS[other][0] > l2_bytes:
+                assert other_kc >= kc, (name, other)
+        if isa == "avx2":
+            assert 4 * kc * nc <= l2_bytes // 2 or nc == 256, name
 
 
 @pytest.mark.parametrize("trans_a", [False, True])
