@@ -98,6 +98,14 @@ TRAIN = textwrap.dedent("""
                         raise RuntimeError(f"rank {rank} fails on purpose")
                     os.kill(os.getpid(), signal.SIGKILL)
         callbacks.append(Fail())
+    if config.get("backup"):
+        callbacks.append(keras.callbacks.BackupAndRestore(config["backup"]))
+    if "crash_at_epoch" in config:
+        class Crash(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == config["crash_at_epoch"] and rank == ranks - 1:
+                    raise RuntimeError("the last rank crashes")
+        callbacks.append(Crash())
     if config.get("checkpoint"):
         callbacks += [keras.callbacks.ModelCheckpoint(config["checkpoint"]),
                       keras.callbacks.CSVLogger(config["csv"], append=True)]
@@ -307,6 +315,31 @@ def test_checkpoints_and_logs_are_written_once_by_rank_0_and_resume(train, tmp_p
     assert len(logs[0]["history"]["loss"]) == 1
     assert len(csv.read_text().splitlines()) == 4
     assert not np.array_equal(resumed[0][0], saved[0][0])
+
+
+def test_backup_and_restore_resumes_a_crashed_job_exactly(train, tmp_path):
+    """A job whose last rank crashes at the start of epoch 3 is started again with the same
+    BackupAndRestore directory: it goes on from epoch 3 with the weights, optimizer state and random
+    state (the shuffling's, from which the ranks' dropout streams derive) saved after epoch 2, and
+    ends bitwise where an uninterrupted run does; restarted on 3 ranks instead, it ends there to
+    float rounding."""
+    common = dict(mode="dp", epochs=4, samples=128)
+    ok(train(2, out=str(tmp_path / "whole"), **common))
+    crashed = train(2, backup=str(tmp_path / "backup"), crash_at_epoch=2, out=str(tmp_path / "crashed"), **common)
+    assert crashed.returncode != 0 and "the last rank crashes" in crashed.stderr
+    assert (tmp_path / "backup" / "training_state.npz").exists()
+    for ranks in (2, 3):
+        backup = tmp_path / f"backup{ranks}"
+        shutil.copytree(tmp_path / "backup", backup)
+        ok(train(ranks, backup=str(backup), out=str(tmp_path / f"resumed{ranks}"), **common))
+        assert not (backup / "training_state.npz").exists()  # a completed fit deletes its backup
+    whole, _ = results(tmp_path / "whole", 2)
+    resumed, logs = results(tmp_path / "resumed2", 2)
+    assert_bitwise_equal(whole[0], resumed[0])
+    assert len(logs[0]["history"]["loss"]) == 2  # epochs 3 and 4
+    on_three, _ = results(tmp_path / "resumed3", 3)
+    for mine, reference in zip(on_three[0], whole[0]):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
 
 
 COLLECTIVES = textwrap.dedent("""

@@ -334,3 +334,6 @@ class ReduceLROnPlateau(Callback):
                 if self.verbose:
                     print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_lr}.")
             self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+from fastconv.keras.backup import BackupAndRestore  # noqa: E402  (it subclasses Callback, defined above)

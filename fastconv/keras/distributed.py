@@ -267,7 +267,7 @@ def _check_root(root_rank):
 def broadcast_variables(variables, root_rank=0):
     """Give every rank root_rank's values of `variables` (keras Variables), in one message."""
     variables = list(variables)
-    agree([(v.path, v.shape, v.dtype.str) for v in variables], "the variables to broadcast (path, shape, dtype)")
+    agree([(v.shape, v.dtype.str) for v in variables], "the variables to broadcast (shape, dtype)")
     for dtype in sorted({v.dtype.str for v in variables}):
         group = [v for v in variables if v.dtype.str == dtype]
         flat = np.concatenate([v.value.reshape(-1) for v in group]) if group else np.empty(0, dtype)

@@ -124,8 +124,8 @@ def fit_scope(trainer, train_data):
     """Around a fit under an active distribution: check that the ranks agree, start them from rank
     0's weights, and make the optimizer reduce gradients across the ranks for the duration."""
     model, optimizer = trainer.model, trainer.optimizer
-    distributed.agree([(w.path, tuple(w.shape), w.dtype.str) for w in model.weights],
-                      "the model's weights (path, shape, dtype)")
+    # shapes, not names: layer names count up per process, and a rank may have built another model
+    distributed.agree([(tuple(w.shape), w.dtype.str) for w in model.weights], "the model's weights (shape, dtype)")
     distributed.agree((type(optimizer).__name__, optimizer.get_config()), "the optimizer (class, config)")
     distributed.agree((train_data.num_batches,) + _source_size(train_data),
                       "the training data (batches per epoch, samples, batch size)")

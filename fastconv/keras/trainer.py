@@ -7,6 +7,7 @@ import contextlib
 
 import numpy as np
 
+from fastconv.keras import distribution as distribution_lib
 from fastconv.keras import backend, callbacks as callbacks_module, config, data_adapters, losses, \
     metrics as metrics_module, optimizers
 
@@ -317,13 +318,18 @@ class Trainer:
             self.model, self, x, y, sample_weight, class_weight, batch_size, max(epochs - initial_epoch, 1), shuffle,
             steps_per_epoch, validation_split, validation_data, validation_steps, validation_batch_size)
         model = self.model
+        distributed_fit = contextlib.ExitStack()  # under keras.distribution: ranks agree, gradients reduced
         try:
+            if distribution_lib.active():
+                distributed_fit.enter_context(distribution_lib.fit_scope(self, train_data))
             if not train_data.has_more() or train_data.num_batches == 0:
                 raise ValueError("fit got no batch from x: the generator or PyDataset is empty")
             callback_list = self._callbacks(callbacks, verbose, {"epochs": epochs, "steps": train_data.num_batches,
                                                                  "verbose": verbose}, with_history=True)
             model.stop_training = False
             callback_list.on_train_begin()
+            # BackupAndRestore, having restored an interrupted run, says where it goes on
+            initial_epoch = model.__dict__.pop("_initial_epoch", None) or initial_epoch
             for epoch in range(initial_epoch, epochs):
                 if not train_data.has_more():
                     data_adapters.warn_ran_out()  # a generator is read once: no data is left for this epoch
@@ -338,10 +344,13 @@ class Trainer:
                         data_adapters.warn_validation_ran_out()
                     logs.update({f"val_{name}": value for name, value in val_logs.items()})
                 callback_list.on_epoch_end(epoch, logs)
+                if distribution_lib.active():  # one rank stopping alone would leave the others waiting
+                    model.stop_training = distribution_lib.any_rank(model.stop_training)
                 if model.stop_training:
                     break
             callback_list.on_train_end()
         finally:
+            distributed_fit.close()
             train_data.close()
             if validation is not None:
                 validation.close()
@@ -354,6 +363,9 @@ class Trainer:
         self.model.reset_metrics()
         means, group_open, step = _RunningMeans(), False, -1
         with contextlib.closing(data.epoch()) as batches:
+            if distribution_lib.active():  # this rank's slice of each global batch, logs over all ranks
+                batches, step_function, batch_end = distribution_lib.sharded(
+                    self, batches, step_function, batch_end, step_function == self.train_step)
             for step, (xs, ys, weights) in enumerate(batches):
                 if batch_begin and not group_open:
                     batch_begin(step)
@@ -372,7 +384,7 @@ class Trainer:
         callbacks = list(callbacks or [])
         if with_history:
             callbacks.append(callbacks_module.History())
-        if verbose:
+        if verbose and distribution_lib.is_chief():
             callbacks.append(callbacks_module.ProgbarLogger(verbose))
         return callbacks_module.CallbackList(callbacks, self.model, params)
 
