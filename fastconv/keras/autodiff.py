@@ -9,6 +9,7 @@ backwards. Outside a tape, ops return plain NumPy arrays, as Keras' NumPy backen
 A built-in layer called under a tape is one node whose vjp is the layer's own fused backward pass
 (see Layer.__call__), so training a built-in model through a tape costs what `fit` costs.
 """
+import contextlib
 import contextvars
 
 import numpy as np
@@ -118,6 +119,16 @@ class _Node:
 def recording():
     """True while some GradientTape is recording (ops then check whether to record)."""
     return bool(_active_tapes.get())
+
+
+@contextlib.contextmanager
+def stop_recording():
+    """Within this block no tape records (e.g. a shape inference run that is not part of the step)."""
+    token = _active_tapes.set(())
+    try:
+        yield
+    finally:
+        _active_tapes.reset(token)
 
 
 def tracked(x):

@@ -161,9 +161,8 @@ class Layer:
             raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty string, got {name!r}")
-        if dtype not in (None, "float32", np.float32) and not (isinstance(dtype, dict) or hasattr(dtype, "name")):
-            if np.dtype(dtype) != np.dtype(backend.floatx()):
-                raise ValueError(f"layer dtype must be {backend.floatx()!r} (fastconv computes in it), got {dtype!r}")
+        if dtype is not None and not isinstance(dtype, dict) and _dtype_name(dtype) != backend.floatx():
+            raise ValueError(f"layer dtype must be {backend.floatx()!r} (fastconv computes in it), got {dtype!r}")
         if activity_regularizer is not None:
             raise ValueError("activity_regularizer is not supported; add the penalty with self.add_loss in call()")
         object.__setattr__(self, "_tracked_layers", [])
@@ -322,7 +321,9 @@ class Layer:
                                  f"{_format_shape(shape)} with unknown sizes; define compute_output_shape")
             return np.zeros((2,) + tuple(shape[1:]), dtype=backend.floatx())
         sample = [zeros(s) for s in input_shape] if isinstance(input_shape, list) else zeros(input_shape)
-        output = self.call(sample, **self._call_kwargs(False))
+        with autodiff.stop_recording():
+            output = self.call(sample, **self._call_kwargs(False))
+        self._clear_losses()  # what the trial call added is not part of any step
         shapes = [(None,) + np.shape(autodiff.unwrap(o))[1:] for o in output] \
             if isinstance(output, (list, tuple)) else (None,) + np.shape(autodiff.unwrap(output))[1:]
         return shapes
@@ -484,6 +485,14 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}>"
+
+
+def _dtype_name(dtype):
+    """"float32" for float32, np.float32 or a dtype; a dtype policy's own name (e.g. "mixed_bfloat16")."""
+    try:
+        return np.dtype(getattr(dtype, "name", dtype)).name
+    except TypeError:
+        return str(getattr(dtype, "name", dtype))
 
 
 def _constructor_arguments(cls, args, kwargs):
