@@ -4,6 +4,7 @@ Errors a user can cause (bad options, missing or corrupt files, wrong image size
 message and a non-zero exit, never a traceback.
 """
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -198,6 +199,10 @@ def cmd_train(args):
         callbacks.append(Augmenter(x_train, x_fit, np.random.default_rng(args.seed), recipe.augmentation))
     else:
         x_fit = x_train
+    if args.resume:
+        # First, so that the weights and the epoch are restored before the other callbacks start;
+        # kept when a Ctrl-C ends fit early, deleted below once every epoch has run.
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(args.resume, delete_checkpoint=False))
     callbacks.append(report)  # last, so that its clock starts after the augmentation
     previous_handler = signal.signal(signal.SIGINT, report.request_stop)
     try:
@@ -208,6 +213,10 @@ def cmd_train(args):
     if report.interrupted:
         print(report.interruption_message(), flush=True)
         return EXIT_INTERRUPTED
+    if args.resume and keras.distribution.is_chief():
+        from fastconv.keras.backup import STATE_FILE
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(args.resume, STATE_FILE))
 
     probabilities = model.predict(x_test, batch_size=256, verbose=0)
     predicted = probabilities.argmax(axis=1)
@@ -297,6 +306,9 @@ def build_parser():
     train.add_argument("--save", metavar="PATH", help="where to save the model (default: MODEL-DATASET.fastconv)")
     train.add_argument("--plot", metavar="PATH", help="write a PNG of the curves, confusion matrix and filters")
     train.add_argument("--seed", type=int)
+    train.add_argument("--resume", metavar="DIR",
+                       help="keep the training state (weights, optimizer, epoch, random state) in DIR after "
+                            "every epoch; when DIR holds one, from a run that was cut off, go on from it")
     train.add_argument("--train-size", type=positive_int, help="train on the first N images only")
     train.add_argument("--verbose", action="store_true", help="print the model summary")
     train.set_defaults(run=cmd_train)

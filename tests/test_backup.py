@@ -96,3 +96,35 @@ def test_bad_arguments_and_files_are_clear_errors(tmp_path, data):
     x, y = data
     with pytest.raises(ValueError, match="not a readable training state"):
         make_model().fit(x, y, epochs=1, verbose=0, callbacks=[keras.callbacks.BackupAndRestore(tmp_path)])
+
+
+def test_fastconv_train_resume_goes_on_after_a_killed_run(tmp_path):
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+
+    import fastconv
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "FASTCONV_NO_DOWNLOAD": "1", "FASTCONV_DATA": str(repo / "data"),
+           "PYTHONPATH": str(pathlib.Path(fastconv.__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "fastconv", "train", "--train-size", "512", "--epochs", "2", "--seed", "1",
+               "--resume", str(tmp_path / "state"), "--save", str(tmp_path / "model.fastconv")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        for line in process.stdout:
+            if line.startswith("Epoch 2/2"):  # epoch 1 is complete and backed up
+                process.send_signal(signal.SIGKILL)
+                break
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.stdout.close()
+    assert process.returncode == -signal.SIGKILL
+    assert (tmp_path / "state" / "training_state.npz").exists()
+
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Epoch 2/2" in resumed.stdout and "Epoch 1/2" not in resumed.stdout
+    assert "test accuracy" in resumed.stdout
+    assert not (tmp_path / "state" / "training_state.npz").exists()  # the run completed
