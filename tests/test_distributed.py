@@ -132,7 +132,8 @@ TRAIN = textwrap.dedent("""
         if config.get("generator"):  # read once: every rank reads all of it and keeps its rows
             def batches():
                 for _ in range(config["epochs"]):
-                    for start in range(0, len(x), config["batch"]):
+                    end = len(x) - (config.get("rank_1_short", 0) if rank == 1 else 0)
+                    for start in range(0, end, config["batch"]):
                         yield x[start:start + config["batch"]], y[start:start + config["batch"]]
             fit_x, fit_y, batch, steps = batches(), None, None, -(-len(x) // config["batch"])
         history = model.fit(fit_x, fit_y, batch_size=batch, epochs=config["epochs"], shuffle=config["shuffle"],
@@ -258,6 +259,12 @@ def test_generator_data_is_split_the_same_way(train, tmp_path):
     for mine, reference in zip(weights[0], single):
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
     assert_close_logs(logs[0], single_logs)
+
+
+def test_a_rank_whose_generator_ends_early_fails_naming_it(train):
+    result = train(2, timeout=60, mode="dp", generator=True, samples=96, epochs=1, rank_1_short=64)
+    assert result.returncode != 0
+    assert "at batch 2, rank 1 has no data left and rank 0 has" in result.stderr
 
 
 def test_learning_rate_warmup_reaches_the_scaled_rate(train, tmp_path):

@@ -16,6 +16,7 @@ checking that the ranks agree on the model and the data, failing with a message 
 differs. Progress bars, CSVLogger, ModelCheckpoint and model.save act on rank 0 only.
 """
 import contextlib
+import itertools
 
 import numpy as np
 
@@ -194,10 +195,25 @@ def sharded(trainer, batches, step_function, batch_end, training):
     def local_batches():
         _sync_random_state()
         shared = None
+        iterator = iter(batches)
         try:
-            for xs, ys, weights in batches:
+            for index in itertools.count():
+                batch = next(iterator, None)
+                # A rank whose data ends first would leave the others waiting in the next reduction.
+                have = distributed.allgather_object(None if batch is None else len(batch[0][0]))
+                if None in have:
+                    if any(size is not None for size in have):
+                        raise ValueError(f"the ranks' data ran out at different steps: at batch {index + 1}, rank "
+                                         f"{have.index(None)} has no data left and rank "
+                                         f"{next(r for r, size in enumerate(have) if size is not None)} has; "
+                                         "give every rank the same data")
+                    return
+                if len(set(have)) > 1:
+                    raise ValueError(f"the ranks' global batch {index + 1} differs in size: {have} samples on ranks "
+                                     f"0 to {ranks - 1}; give every rank the same data")
                 if shared is None:
                     shared = _split_random_state()
+                xs, ys, weights = batch
                 part = _shard(len(xs[0]), ranks, rank)
                 yield ([x[part] for x in xs], None if ys is None else [y[part] for y in ys],
                        None if weights is None else weights[part])
