@@ -184,3 +184,32 @@ def test_layer_order_agrees_on_graphs_with_shared_layers_and_an_unused_input(tmp
          rng.random((3, 4)).astype(np.float32)]
     for ours, theirs in zip(model.predict(x, verbose=0), loaded.predict(x, verbose=0)):
         assert max_difference(ours, theirs) <= TOLERANCE
+
+
+def test_augmentation_model_trained_in_fastconv_predicts_the_same_in_keras(tmp_path):
+    """keras.io's image-classification recipe: augmentation and Normalization inside the model.
+    (RandomCrop is left out: at inference fastconv crops the centre, as Keras documents, while Keras 3's
+    code passes the images through unchanged.)"""
+    keras.utils.set_random_seed(8)
+    rng = np.random.default_rng(8)
+    x = (rng.random((24, 12, 12, 3)) * 255).astype(np.float32)
+    normalization = layers.Normalization()
+    normalization.adapt(x)
+    model = keras.Sequential([
+        keras.Input((12, 12, 3)), layers.RandomFlip("horizontal"), layers.RandomRotation(0.1),
+        layers.RandomTranslation(0.1, 0.1), layers.RandomZoom(0.1), layers.RandomContrast(0.1),
+        layers.RandomBrightness(0.1), layers.Resizing(10, 10), layers.CenterCrop(8, 8), normalization,
+        layers.Conv2D(4, 3, activation="relu"), layers.GlobalAveragePooling2D(), layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, rng.integers(0, 3, 24), epochs=2, batch_size=8, verbose=0)
+    model.save(tmp_path / "augmented.keras")
+    with pytest.warns(UserWarning, match="optimizer"):
+        loaded = real_keras.models.load_model(tmp_path / "augmented.keras")
+    assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in model.layers]
+    assert max_difference(model.predict(x, verbose=0), loaded.predict(x, verbose=0)) <= TOLERANCE
+
+    back = keras.models.load_model(tmp_path / "augmented.keras")  # and Keras' own save of it, back here
+    loaded.save(tmp_path / "from_keras.keras")
+    again = keras.models.load_model(tmp_path / "from_keras.keras")
+    for restored in (back, again):
+        assert max_difference(restored.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE

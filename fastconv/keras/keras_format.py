@@ -228,6 +228,14 @@ _WRITERS = {
     "Average": lambda layer: {}, "Maximum": lambda layer: {}, "Minimum": lambda layer: {},
     "Concatenate": lambda layer: {"axis": layer.axis},
 }
+# The preprocessing layers' get_config already holds exactly Keras 3's keys.
+_PREPROCESSING = ("RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom", "RandomContrast",
+                  "RandomBrightness", "RandomCrop", "Resizing", "CenterCrop", "Normalization")
+_WRITERS.update({name: lambda layer: {key: value for key, value in layer.get_config().items()
+                                      if key not in ("name", "trainable", "batch_input_shape")}
+                 for name in _PREPROCESSING})
+# Keras keeps Normalization's sample count as an int32 scalar (its third variable).
+_INTEGER_WEIGHTS = {("Normalization", 2)}
 
 
 def _shared_class(layer):
@@ -354,7 +362,9 @@ def _write_weights_h5(h5py, model, file):
             group = h5.create_group(path).create_group("vars")
             group.attrs["name"] = layer.name
             for i, variable in enumerate(layer.weights):
-                group.create_dataset(str(i), data=np.ascontiguousarray(variable.value, dtype="<f4"))
+                integer = (type(layer).__name__, i) in _INTEGER_WEIGHTS
+                value = np.rint(variable.value).astype("<i4") if integer else variable.value.astype("<f4")
+                group.create_dataset(str(i), data=value)
 
 
 def _h5_bytes(h5py, model):
@@ -484,8 +494,10 @@ class _WeightsFile:
                 stored = dataset.id.get_storage_size()
             except (OSError, RuntimeError, ValueError, TypeError) as error:
                 _fail(self.path, f"cannot read {dataset.name} ({error})")
-            if shape is None or dtype.kind != "f" or dtype.itemsize not in (2, 4, 8) or "dtype" in dataset.attrs:
-                _fail(self.path, f"{dataset.name} is not an array of IEEE floats (dtype {dtype}, shape {shape})")
+            # IEEE floats, or integers (Keras' Normalization count); bfloat16 carries a "dtype" attribute.
+            if (shape is None or dtype.kind not in "fiu" or dtype.itemsize not in (1, 2, 4, 8)
+                    or (dtype.kind == "f" and dtype.itemsize == 1) or "dtype" in dataset.attrs):
+                _fail(self.path, f"{dataset.name} is not an array of numbers (dtype {dtype}, shape {shape})")
             if external or virtual:
                 _fail(self.path, f"{dataset.name} keeps its data outside the file; refused")
             declared = math.prod(shape) * dtype.itemsize
@@ -692,6 +704,8 @@ _READERS = {
     "Average": ({}, {}, ()), "Maximum": ({}, {}, ()), "Minimum": ({}, {}, ()),
     "Concatenate": ({"axis": _as_is}, {}, ()),
 }
+# The preprocessing layers take Keras' options under Keras' names; their constructors check them.
+_READERS.update({name: None for name in _PREPROCESSING})
 # Every layer's options that do not change what it computes in fastconv.
 _COMMON_IGNORED = ("dtype", "autocast", "input_dim", "input_shape", "batch_input_shape", "batch_size")
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
@@ -723,7 +737,8 @@ def _layer_from_entry(entry):
              and registered in (None, class_name),
              f"layer class {registered or class_name!r} is not one fastconv reads from .keras files "
              f"(it reads {', '.join(sorted(_READERS))} and InputLayer)")
-    passed, off, ignored = _READERS[class_name]
+    passed, off, ignored = _READERS[class_name] or ({key: _as_is for key in config if key not in _COMMON_IGNORED},
+                                                    {}, ())
     _check_dtype(config.get("dtype"))
     kwargs = {}
     for key, value in config.items():
