@@ -222,6 +222,8 @@ def cmd_train(args):
     predicted = probabilities.argmax(axis=1)
     accuracy = float((predicted == y_test).mean())
     print(f"test accuracy: {accuracy:.4f} ({int((predicted == y_test).sum())}/{len(y_test)})")
+    if keras.distribution.active():
+        print(_reduction_report())
     matrix = confusion_matrix(y_test, predicted)
     print(format_confusion(matrix, CLASS_NAMES[args.dataset]))
     print(f"model saved to {save_path}" + (" (replacing the file that was there)" if replaces else ""))
@@ -230,6 +232,18 @@ def cmd_train(args):
         plot_training(args.plot, history, matrix, CLASS_NAMES[args.dataset], model)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _reduction_report():
+    """Rank 0's time in the gradient reductions of a data-parallel run, per step and as a share."""
+    from fastconv.keras import distributed
+    spent = distributed.timings()
+    if not spent["steps"] or not spent["reductions"]:
+        return f"data-parallel over {distributed.size()} ranks"
+    return (f"data-parallel over {distributed.size()} ranks: gradient reduction "
+            f"{1e3 * spent['reduce_seconds'] / spent['reductions']:.1f} ms per step "
+            f"({spent['reduce_seconds'] / spent['step_seconds']:.0%} of the training step, waiting for the "
+            "slowest rank included)")
 
 
 def plural(count, noun):

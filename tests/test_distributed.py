@@ -416,6 +416,8 @@ def test_cli_train_under_mpiexec(tmp_path):
     assert len(bars) == 1 and bars[0].startswith("47/47 [")  # 47 global batches of 64, as on one process
     accuracy = float(result.stdout.split("test accuracy:")[1].split()[0])
     assert accuracy > 0.85  # as test_cli's single-process run of the same command
+    report = result.stdout.split("data-parallel over 2 ranks: gradient reduction ")[1].split("\n")[0]
+    assert " ms per step (" in report and "% of the training step" in report
     assert saved.exists()
 
 

@@ -23,6 +23,7 @@ import contextlib
 import copy
 import math
 import os
+import time
 import warnings
 
 import numpy as np
@@ -34,6 +35,7 @@ INSTALL_HINT = 'pip install "fastconv[mpi]"'
 _comm = None  # a private duplicate of the communicator given to init(), so user traffic never mixes in
 _local_comm = None
 _step_weight = None  # set by a DataParallel fit step: this rank's share of the global batch
+_timings = {"reductions": 0, "reduce_seconds": 0.0, "steps": 0, "step_seconds": 0.0}
 
 
 def _mpi():
@@ -302,6 +304,7 @@ def reduce_gradients(grads, variables, weight=1.0, op="average"):
     if dtype.kind != "f":
         dtype = np.dtype(np.float64)
     comm = _world()
+    started = time.perf_counter()
     meta = comm.allgather((float(weight), shapes, [a is not None for a in arrays], dtype.str))
     me = comm.Get_rank()
     for index, (_, other_shapes, _, other_dtype) in enumerate(meta):
@@ -325,11 +328,23 @@ def reduce_gradients(grads, variables, weight=1.0, op="average"):
     divisor = total_weight if op == "average" else total_weight / len(weights)
     summed = _rank_ordered_sum(flat, None if all(w == 1 for w in weights) else weights,
                                None if divisor == 1 else divisor)
+    _timings["reductions"] += 1
+    _timings["reduce_seconds"] += time.perf_counter() - started
     out, offset = [], 0
     for shape, count, here in zip(shapes, sizes, present):
         out.append(summed[offset:offset + count].reshape(shape) if here else None)
         offset += count
     return out
+
+
+def timings(reset=False):
+    """What the gradient reductions have cost this rank: their number and seconds (which include
+    waiting for the slowest rank), and, for DataParallel fits, the training steps' number and
+    seconds (computation and reductions together)."""
+    result = dict(_timings)
+    if reset:
+        _timings.update(reductions=0, reduce_seconds=0.0, steps=0, step_seconds=0.0)
+    return result
 
 
 @contextlib.contextmanager

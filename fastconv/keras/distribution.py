@@ -17,6 +17,7 @@ differs. Progress bars, CSVLogger, ModelCheckpoint and model.save act on rank 0 
 """
 import contextlib
 import itertools
+import time
 
 import numpy as np
 
@@ -223,6 +224,7 @@ def sharded(trainer, batches, step_function, batch_end, training):
 
     def step(xs, ys, weights):
         count = len(xs[0])
+        started = time.perf_counter()
         with distributed.step_weight(count):
             if count:
                 stats = step_function(xs, ys, weights)
@@ -232,7 +234,11 @@ def sharded(trainer, batches, step_function, batch_end, training):
                     _join_empty_step(trainer.model)
                     variables = trainer.model.trainable_weights
                     trainer.optimizer.apply([None] * len(variables), variables)
-        return _combine(distributed.allgather_object((count, stats)))
+        logs = _combine(distributed.allgather_object((count, stats)))
+        if training:
+            distributed._timings["steps"] += 1
+            distributed._timings["step_seconds"] += time.perf_counter() - started
+        return logs
 
     def agreed_batch_end(step_index, logs):
         batch_end(step_index, logs)
