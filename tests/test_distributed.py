@@ -367,6 +367,18 @@ COLLECTIVES = textwrap.dedent("""
         expected += np.random.default_rng(r).normal(size=1001).astype(np.float32) * 10.0 ** r
     report["sum_as_expected"] = hvd.allreduce(mine, op="sum").tobytes() == expected.astype(np.float32).tobytes()
     report["ints"] = hvd.allreduce(np.array([rank, 1]), op="sum").tolist()
+    # large buffers go through a reduce-scatter, small ones (and 2 ranks) an allgather: the same bits
+    big = np.random.default_rng(10 + rank).normal(size=100_003).astype(np.float32)
+    weights = [0.5, 2.0, 3.0][:ranks]
+    paths = {}
+    for limit in (0, 1 << 40):
+        hvd._GATHER_BYTES = limit
+        paths[limit] = hvd._rank_ordered_sum(big, weights, divisor=7.0).tobytes()
+    report["paths_agree"] = paths[0] == paths[1 << 40]
+    expected = np.zeros(big.size)
+    for r in range(ranks):
+        expected += np.random.default_rng(10 + r).normal(size=100_003).astype(np.float32).astype(np.float64) * weights[r]
+    report["big_as_expected"] = paths[0] == (expected / 7.0).astype(np.float32).tobytes()
     report["gathered"] = hvd.allgather(np.full((rank + 1, 2), rank)).tolist()
     report["broadcast"] = hvd.broadcast(np.array([rank, rank], np.float32), root_rank=1).tolist()
     errors = {}
@@ -392,7 +404,7 @@ def test_collectives_sum_in_rank_order_and_agree_bitwise(tmp_path):
     reports = [json.loads((tmp_path / f"out-{rank}.json").read_text()) for rank in range(3)]
     for report in reports:
         assert report["sum"] == reports[0]["sum"] and report["average"] == reports[0]["average"]
-        assert report["sum_as_expected"]
+        assert report["sum_as_expected"] and report["big_as_expected"] and report["paths_agree"]
         assert report["ints"] == [3, 3]
         assert report["gathered"] == [[0, 0], [1, 1], [1, 1], [2, 2], [2, 2], [2, 2]]
         assert report["broadcast"] == [1.0, 1.0]

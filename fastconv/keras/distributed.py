@@ -169,6 +169,9 @@ def _segments(count, ranks):
     return [bounds[r + 1] - bounds[r] for r in range(ranks)], bounds[:-1]
 
 
+_GATHER_BYTES = 1 << 20  # below this much gathered data, one allgather beats two collectives' latency
+
+
 def _rank_ordered_sum(flat, weights=None, divisor=None):
     """Every rank's 1-D `flat` (same length and dtype everywhere) summed in rank order, each scaled by
     its rank's entry of `weights` when given, then divided by `divisor` when given; the same bits on
@@ -176,18 +179,24 @@ def _rank_ordered_sum(flat, weights=None, divisor=None):
 
     A reduce-scatter (Alltoallv: rank r receives segment r of every rank's buffer and sums the p
     copies in rank order, in float64 for float data) followed by an allgather of the summed
-    segments: each rank sends and receives 2(p-1)/p of the buffer, as in a ring allreduce."""
+    segments: each rank sends and receives 2(p-1)/p of the buffer, as in a ring allreduce. On 2
+    ranks, or for small buffers, one allgather of the whole buffers moves as much (or little) in one
+    collective, and each rank sums all of it; every element gets the same operations either way."""
     comm = _world()
     ranks, me = comm.Get_size(), comm.Get_rank()
     accumulate = np.float64 if flat.dtype.kind == "f" else np.int64
-    counts, displs = _segments(flat.size, ranks)
-    mine = counts[me]
+    whole = ranks == 1 or ranks == 2 or flat.nbytes * ranks <= _GATHER_BYTES
     if ranks == 1:
         received = flat.reshape(1, -1)
+    elif whole:
+        received = np.empty((ranks, flat.size), flat.dtype)
+        comm.Allgather(flat, received)
     else:
+        counts, displs = _segments(flat.size, ranks)
+        mine = counts[me]
         received = np.empty((ranks, mine), flat.dtype)
         comm.Alltoallv([flat, (counts, displs)], [received, ([mine] * ranks, [mine * r for r in range(ranks)])])
-    total = np.zeros(mine, accumulate)
+    total = np.zeros(received.shape[1], accumulate)
     for source in range(ranks):  # the fixed order that makes the result independent of MPI
         if weights is None:
             total += received[source]
@@ -196,7 +205,7 @@ def _rank_ordered_sum(flat, weights=None, divisor=None):
     if divisor is not None:
         total /= divisor
     total = total.astype(flat.dtype)
-    if ranks == 1:
+    if whole:
         return total
     out = np.empty(flat.size, flat.dtype)
     comm.Allgatherv(total, [out, (counts, displs)])
