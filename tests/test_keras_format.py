@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fastconv import keras
-from fastconv.keras import keras_format, layers
+from fastconv.keras import keras_format, layers, ops
 
 FIXTURES = pathlib.Path(__file__).parent / "data" / "keras3"
 
@@ -262,9 +262,8 @@ def first_layer(config, class_name):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: first_layer(c, "Dense").update(class_name="Lambda"), "Lambda layer holds Python code"),
-    (lambda c: first_layer(c, "Dense").update(class_name="Evil"), "layer class 'Evil' is not one fastconv reads"),
-    (lambda c: first_layer(c, "Dense").update(registered_name="my_package>Dense"), "'my_package>Dense' is not one"),
+    (lambda c: first_layer(c, "Dense").update(class_name="Evil"), "layer class 'Evil' is neither one fastconv"),
+    (lambda c: first_layer(c, "Dense").update(registered_name="my_package>Dense"), "'my_package>Dense' is neither"),
     (lambda c: first_layer(c, "Dense").update(class_name="Sequential"), "nested model"),
     (lambda c: c.update(class_name="MyModel", registered_name="pkg>MyModel"), "model class 'pkg>MyModel'"),
     (lambda c: first_layer(c, "Dense")["config"].update(kernel_constraint={"class_name": "MaxNorm"}),
@@ -297,18 +296,6 @@ def test_hostile_config_is_rejected(saved, edit, message):
     with pytest.raises(ValueError, match=message) as error:
         keras.models.load_model(path)
     assert str(path) in str(error.value)
-
-
-def test_lambda_stays_refused_with_unsafe_deserialization(saved, monkeypatch):
-    """Keras would run the layer's marshalled bytecode once unsafe deserialization is on; fastconv has
-    no Lambda layer to run it in, so the file is still refused, with a message saying why."""
-    _, path = saved
-    config = config_of(path)
-    first_layer(config, "Dense").update(class_name="Lambda")
-    rewrite(path, config=config)
-    monkeypatch.setattr(keras.config, "_unsafe_deserialization", True)
-    with pytest.raises(ValueError, match="fastconv has no Lambda layer"):
-        keras.models.load_model(path)
 
 
 def soft_link(h5):
@@ -411,14 +398,126 @@ def test_compile_settings_fastconv_lacks_leave_the_model_uncompiled(saved):
     assert model._trainer is None
 
 
-def test_saving_a_layer_keras_lacks_names_it_and_writes_nothing(tmp_path):
-    class Doubled(layers.Dense):
-        pass
+@keras.saving.register_keras_serializable(package="keras_format_test")
+class ScaledShift(keras.layers.Layer):
+    """A user's layer with a non-trainable weight made before the trainable one (Keras saves the
+    trainable ones first)."""
 
-    model = keras.Sequential([keras.Input((3,)), Doubled(2)])
-    with pytest.raises(ValueError, match=r"\(Doubled\) has no Keras 3 counterpart.*\.fastconv"):
-        model.save(tmp_path / "d.keras")
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def build(self, input_shape):
+        self.offset = self.add_weight(shape=(input_shape[-1],), initializer="ones", trainable=False, name="offset")
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="random_normal", name="scale")
+
+    def call(self, inputs):
+        return inputs * self.scale * self.factor + self.offset
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+def custom_layer_model():
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((3,)), layers.Dense(4), ScaledShift(3.0)])
+    model.layers[1].offset.assign(np.arange(4.0))
+    return model
+
+
+def test_registered_custom_layer_round_trip(tmp_path):
+    model = custom_layer_model()
+    model.save(tmp_path / "c.keras")
+    entry = first_layer(config_of(tmp_path / "c.keras"), "ScaledShift")
+    assert entry["registered_name"] == "keras_format_test>ScaledShift" and entry["config"]["factor"] == 3.0
+    with h5py.File(io.BytesIO(members(tmp_path / "c.keras")["model.weights.h5"]), "r") as h5:
+        np.testing.assert_array_equal(h5["layers/scaled_shift/vars/0"][()], model.layers[1].scale.value)
+        np.testing.assert_array_equal(h5["layers/scaled_shift/vars/1"][()], np.arange(4.0))
+    loaded = keras.models.load_model(tmp_path / "c.keras")
+    x = np.random.default_rng(5).random((4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_unregistered_custom_layer_loads_only_from_custom_objects(tmp_path):
+    class Halved(keras.layers.Layer):
+        def call(self, inputs):
+            return inputs * 0.5
+
+    model = keras.Sequential([keras.Input((3,)), Halved()])
+    model.save(tmp_path / "h.keras")
+    with pytest.raises(ValueError, match="'Halved' is neither one fastconv shares.*custom_objects"):
+        keras.models.load_model(tmp_path / "h.keras")
+    loaded = keras.models.load_model(tmp_path / "h.keras", custom_objects={"Halved": Halved})
+    np.testing.assert_array_equal(loaded.predict(np.ones((1, 3)), verbose=0), [[0.5, 0.5, 0.5]])
+
+
+def test_layer_holding_layers_with_weights_is_not_written(tmp_path):
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = layers.Dense(3)
+
+        def call(self, inputs):
+            return self.inner(inputs)
+
+    model = keras.Sequential([keras.Input((3,)), Block()])
+    with pytest.raises(ValueError, match=r"\(Block\) holds layers with weights.*\.fastconv"):
+        model.save(tmp_path / "b.keras")
     assert list(tmp_path.iterdir()) == []
+
+
+def lambda_file(tmp_path, function_config):
+    """A model file whose last layer is a Keras Lambda with the given "function" entry."""
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([keras.Input((3,)), layers.Dense(2), layers.LeakyReLU()])
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    config = config_of(path)
+    config["config"]["layers"][-1] = {"module": "keras.layers", "class_name": "Lambda", "registered_name": None,
+                                      "config": {"name": "lambda", "trainable": True, "function": function_config,
+                                                 "arguments": {}}}
+    rewrite(path, config=config)
+    return model, path
+
+
+def bytecode_entry(function):
+    """What Keras' Lambda.get_config writes for a lambda: its marshalled code, base64."""
+    import base64
+    import marshal
+    return {"class_name": "__lambda__", "config": {"code": base64.b64encode(marshal.dumps(function.__code__)).decode(),
+                                                   "defaults": None, "closure": None}}
+
+
+def test_lambda_bytecode_runs_only_when_allowed(tmp_path, monkeypatch):
+    model, path = lambda_file(tmp_path, bytecode_entry(lambda x: ops.square(x) + 1))
+    with pytest.raises(ValueError, match="holds Python bytecode.*enable_unsafe_deserialization") as error:
+        keras.models.load_model(path)
+    assert str(path) in str(error.value)
+    x = np.random.default_rng(6).random((4, 3)).astype(np.float32)
+    dense = model.layers[0](x)
+    loaded = keras.models.load_model(path, safe_mode=False)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), dense ** 2 + 1, rtol=1e-6)
+    monkeypatch.setattr(keras.config, "_unsafe_deserialization", True)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0), dense ** 2 + 1, rtol=1e-6)
+
+
+def test_lambda_naming_a_function_finds_it_in_custom_objects(tmp_path):
+    def plus_one(x):
+        return x + 1
+
+    model, path = lambda_file(tmp_path, {"module": __name__, "class_name": "function", "config": "plus_one",
+                                         "registered_name": "function"})
+    with pytest.raises(ValueError, match="'plus_one' is not a function registered"):
+        keras.models.load_model(path)
+    loaded = keras.models.load_model(path, custom_objects={"plus_one": plus_one})
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.layers[0](x) + 1, rtol=1e-6)
+
+
+def test_lambda_in_a_fastconv_model_is_not_saved(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), layers.Lambda(lambda x: x * 2)])
+    with pytest.raises(ValueError, match="cannot be saved"):
+        model.save(tmp_path / "l.keras")
 
 
 # ----- without h5py -----

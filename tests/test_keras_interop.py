@@ -213,3 +213,66 @@ def test_augmentation_model_trained_in_fastconv_predicts_the_same_in_keras(tmp_p
     again = keras.models.load_model(tmp_path / "from_keras.keras")
     for restored in (back, again):
         assert max_difference(restored.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE
+
+
+def keras_affine_class():
+    """The same layer for real Keras (a class of the same name: Keras names weight groups after it)."""
+    @real_keras.saving.register_keras_serializable(package="interop")
+    class Affine(real_keras.layers.Layer):
+        def __init__(self, factor=1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def build(self, input_shape):
+            self.shift = self.add_weight(shape=(input_shape[-1],), initializer="ones", trainable=False, name="shift")
+            self.scale = self.add_weight(shape=(input_shape[-1],), initializer="random_normal", name="scale")
+
+        def call(self, inputs):
+            return inputs * self.scale * self.factor + self.shift
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+    return Affine
+
+
+def test_custom_layer_defined_in_both_libraries(tmp_path):
+    """A user's layer written once for each library under one registered name travels both ways."""
+    @keras.saving.register_keras_serializable(package="interop")
+    class Affine(keras.layers.Layer):
+        def __init__(self, factor=1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def build(self, input_shape):
+            self.shift = self.add_weight(shape=(input_shape[-1],), initializer="ones", trainable=False, name="shift")
+            self.scale = self.add_weight(shape=(input_shape[-1],), initializer="random_normal", name="scale")
+
+        def call(self, inputs):
+            return inputs * self.scale * self.factor + self.shift
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+    keras_affine_class()  # registered in real Keras under the same name
+    keras.utils.set_random_seed(9)
+    model = keras.Sequential([keras.Input((3,)), layers.Dense(4), Affine(2.0)])
+    model.layers[1].shift.assign(np.arange(4.0))
+    model.save(tmp_path / "custom.keras")
+    loaded = real_keras.models.load_model(tmp_path / "custom.keras")
+    x = np.random.default_rng(9).random((5, 3)).astype(np.float32)
+    assert max_difference(model.predict(x, verbose=0), loaded.predict(x, verbose=0)) <= TOLERANCE
+    loaded.save(tmp_path / "custom_from_keras.keras")
+    back = keras.models.load_model(tmp_path / "custom_from_keras.keras")
+    assert max_difference(back.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE
+
+
+def test_keras_lambda_loads_only_when_unsafe_deserialization_is_allowed(tmp_path):
+    L = real_keras.layers
+    real_keras.utils.set_random_seed(10)
+    model = real_keras.Sequential([real_keras.Input((3,)), L.Dense(2), L.Lambda(lambda x: x * 2.0 + 1.0)])
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="enable_unsafe_deserialization"):
+        keras.models.load_model(tmp_path / "lambda.keras")
+    loaded = keras.models.load_model(tmp_path / "lambda.keras", safe_mode=False)
+    x = np.random.default_rng(10).random((4, 3)).astype(np.float32)
+    assert max_difference(loaded.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE

@@ -12,11 +12,13 @@ A `.keras` file is a zip archive of three members:
 A `.weights.h5` file is that HDF5 part alone.
 
 Both need the h5py package (`pip install 'fastconv[keras-format]'`). Reading is as guarded as fastconv's
-native format (saving.py): no pickle and no code from the file is ever run, only the layer classes the
-two libraries share are built (Lambda is refused, as Keras refuses it unless unsafe deserialization is
-on), every option fastconv cannot honour is named in the error rather than dropped, the archive members
-and HDF5 datasets are size-checked before they are read, and the model is built under a budget of the
-weight values the file actually holds, so a config cannot make it allocate more.
+native format (saving.py): no pickle, and only the layer classes the two libraries share are built,
+besides the user's own classes (registered with keras.saving or passed as custom_objects, never looked
+up from the module a file names); a Lambda's bytecode runs only once the user allowed it, as in Keras
+(safe_mode=False or keras.config.enable_unsafe_deserialization()). Every option fastconv cannot honour
+is named in the error rather than dropped, the archive members and HDF5 datasets are size-checked before
+they are read, and the model is built under a budget of the weight values the file actually holds, so a
+config cannot make it allocate more.
 """
 import datetime
 import io
@@ -249,11 +251,40 @@ def _input_layer_config(layer):
     return {"batch_shape": list(layer.output.shape), "dtype": "float32", "sparse": False, "name": layer.name}
 
 
+def _custom_layer_entry(layer):
+    """A user's layer class, as Keras writes one: its get_config under its registered name. Keras
+    loads it when the user gives Keras a class of that name (registered or in custom_objects)."""
+    from fastconv.keras.object_registry import get_registered_name
+    if any(sublayer.weights for sublayer in getattr(layer, "_tracked_layers", [])):
+        raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) holds layers with weights of its own, "
+                         "which fastconv cannot place in a .keras file; save under another extension (e.g. "
+                         ".fastconv) for fastconv's own format")
+    config = {key: value for key, value in layer.get_config().items() if key != "batch_input_shape"}
+    config.setdefault("dtype", dict(_DTYPE_POLICY))
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"layer {layer.name!r}: get_config() must return JSON data ({error})") from None
+    return {"module": type(layer).__module__, "class_name": type(layer).__name__, "config": config,
+            "registered_name": get_registered_name(type(layer))}
+
+
+def keras_variables(layer):
+    """A layer's own weights in Keras' order: trainable ones first, each group as created."""
+    own = list(getattr(layer, "_variables", layer.weights))
+    return [v for v in own if v.trainable] + [v for v in own if not v.trainable]
+
+
 def _layer_entry(layer, input_shape):
+    from fastconv.keras.layers import Lambda
     class_name = _shared_class(layer)
+    if class_name is None and isinstance(layer, Lambda):
+        layer.get_config()  # raises, saying why a Lambda cannot be saved
     if class_name is None:
-        raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no Keras 3 counterpart fastconv can "
-                         "write; save under another extension (e.g. .fastconv) for fastconv's own format")
+        entry = _custom_layer_entry(layer)
+        if input_shape is not None:
+            entry["build_config"] = {"input_shape": input_shape}
+        return entry
     config = {"name": layer.name, "trainable": layer.trainable, "dtype": dict(_DTYPE_POLICY), **_WRITERS[class_name](layer)}
     if class_name == "SpatialDropout2D":
         del config["trainable"]  # Keras' SpatialDropout2D takes no trainable argument (and has no weights)
@@ -361,7 +392,7 @@ def _write_weights_h5(h5py, model, file):
         for layer, path in zip(order, weight_paths(order)):
             group = h5.create_group(path).create_group("vars")
             group.attrs["name"] = layer.name
-            for i, variable in enumerate(layer.weights):
+            for i, variable in enumerate(keras_variables(layer)):
                 integer = (type(layer).__name__, i) in _INTEGER_WEIGHTS
                 value = np.rint(variable.value).astype("<i4") if integer else variable.value.astype("<f4")
                 group.create_dataset(str(i), data=value)
@@ -529,10 +560,14 @@ def _load_into(weights_file, layers, paths, check_names):
             if saved_name != layer.name:
                 _fail(weights_file.path, f"{layer_path} holds the weights of layer {saved_name!r}, but the model's "
                                          f"layer at that place is {layer.name!r}")
-        if len(datasets) != len(layer.weights):
-            _fail(weights_file.path, f"layer {layer.name!r} has {len(layer.weights)} weight arrays but the file holds "
+        variables = keras_variables(layer)
+        if len(variables) != len(layer.weights):
+            _fail(weights_file.path, f"layer {layer.name!r} holds layers with weights of their own, which fastconv "
+                                     "cannot find in a Keras weights file")
+        if len(datasets) != len(variables):
+            _fail(weights_file.path, f"layer {layer.name!r} has {len(variables)} weight arrays but the file holds "
                                      f"{len(datasets)} at {layer_path}/vars")
-        for dataset, variable in zip(datasets, layer.weights):
+        for dataset, variable in zip(datasets, variables):
             if tuple(dataset.shape) != variable.shape:
                 _fail(weights_file.path, f"{dataset.name} has shape {tuple(dataset.shape)} but layer "
                                          f"{layer.name!r}'s {variable.name!r} has shape {variable.shape}")
@@ -561,10 +596,15 @@ def load_weights(model, filepath):
         weights_file.close()
 
 
-def load_model(filepath, compile=True):
-    """Rebuild a model from a Keras 3 `.keras` archive (written by Keras or by fastconv)."""
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """Rebuild a model from a Keras 3 `.keras` archive (written by Keras or by fastconv).
+
+    Layer classes beyond the shared ones come only from custom_objects or the keras.saving registry;
+    a Lambda's bytecode runs only with safe_mode=False or keras.config.enable_unsafe_deserialization()."""
+    from fastconv.keras import config as keras_config
     from fastconv.keras.layers.base import limit_weights
     h5py = import_h5py(filepath, "loading")
+    loading = _Loading(custom_objects, allow_code=not safe_mode or keras_config.unsafe_deserialization_enabled())
     config, weights = _open_archive(filepath)
     weights_file = _WeightsFile(h5py, io.BytesIO(weights), filepath)
     try:
@@ -572,7 +612,7 @@ def load_model(filepath, compile=True):
         layers_group = weights_file._child(weights_file.file, "layers", h5py.Group)
         layer_paths = [] if layers_group is None else [f"layers/{name}" for name in layers_group.keys()]
         with limit_weights(weights_file.total_values(layer_paths)):
-            model = _build_model(config, filepath)
+            model = _build_model(config, filepath, loading)
         order = keras_layer_order(model)
         _load_into(weights_file, order, weight_paths(order), check_names=True)
     finally:
@@ -717,26 +757,29 @@ def _check_dtype(policy):
     _require(policy in (None, "float32"), f"dtype {str(policy)[:60]!r} is not supported (fastconv computes in float32)")
 
 
-def _layer_from_entry(entry):
+class _Loading:
+    """What one load_model call may use beyond the built-in layers."""
+
+    def __init__(self, custom_objects, allow_code):
+        self.custom_objects, self.allow_code = custom_objects, allow_code
+
+    def resolve(self, name):
+        from fastconv.keras import object_registry
+        return object_registry.get_registered_object(name, self.custom_objects) if isinstance(name, str) else None
+
+
+def _layer_from_entry(entry, loading):
     """A fastconv layer from one Keras layer entry; _ConfigError says what cannot be represented."""
-    from fastconv.keras import config as keras_config
     from fastconv.keras.layers import LAYER_CLASSES
     _require(isinstance(entry, dict) and isinstance(entry.get("config"), dict),
              f"each layer must be {{'class_name': ..., 'config': {{...}}}}, got {str(entry)[:100]}")
-    class_name, config = entry.get("class_name"), entry["config"]
-    if class_name == "Lambda":
-        if not keras_config.unsafe_deserialization_enabled():
-            raise _ConfigError("a Lambda layer holds Python code, which loading would run; refused unless you "
-                               "trust the file and call keras.config.enable_unsafe_deserialization()")
-        raise _ConfigError("a Lambda layer holds Python code fastconv cannot differentiate; fastconv has no "
-                           "Lambda layer (rebuild that part from built-in layers)")
+    class_name, config, registered = entry.get("class_name"), entry["config"], entry.get("registered_name")
+    if class_name == "Lambda" and registered in (None, "Lambda"):
+        return _lambda_layer(config, loading)
     if class_name in _MODEL_CLASSES:
         raise _ConfigError(f"a nested model ({config.get('name')!r}) is not supported; flatten it into one model")
-    registered = entry.get("registered_name")
-    _require(class_name in _READERS and LAYER_CLASSES.get(class_name) is not None
-             and registered in (None, class_name),
-             f"layer class {registered or class_name!r} is not one fastconv reads from .keras files "
-             f"(it reads {', '.join(sorted(_READERS))} and InputLayer)")
+    if not (class_name in _READERS and LAYER_CLASSES.get(class_name) is not None and registered in (None, class_name)):
+        return _custom_layer(entry, loading)
     passed, off, ignored = _READERS[class_name] or ({key: _as_is for key in config if key not in _COMMON_IGNORED},
                                                     {}, ())
     _check_dtype(config.get("dtype"))
@@ -754,12 +797,101 @@ def _layer_from_entry(entry):
                      f"{class_name} option {key}={str(value)[:80]} is not supported by fastconv")
         elif key not in ignored and key not in _COMMON_IGNORED:
             raise _ConfigError(f"{class_name} has an option fastconv does not know: {key!r}")
-    _require(isinstance(kwargs.get("name"), str) and kwargs["name"], f"{class_name} needs a non-empty string name")
-    _require(isinstance(kwargs.get("trainable", True), bool), f"{class_name} trainable must be true or false")
+    _check_name(kwargs, class_name)
     try:
         return LAYER_CLASSES[class_name](**kwargs)
     except (TypeError, ValueError, OverflowError) as error:
         raise _ConfigError(f"{class_name} {kwargs['name']!r}: {error}") from None
+
+
+def _check_name(config, class_name):
+    _require(isinstance(config.get("name"), str) and config["name"], f"{class_name} needs a non-empty string name")
+    _require(isinstance(config.get("trainable", True), bool), f"{class_name} trainable must be true or false")
+
+
+def _custom_layer(entry, loading):
+    """A user's layer class, found only among the classes the user registered or passed in
+    custom_objects (their own code), never imported from the module the file names."""
+    from fastconv.keras.layers.base import Layer
+    from fastconv.keras.models import Model
+    class_name, config = entry.get("class_name"), entry["config"]
+    name = entry.get("registered_name") or class_name
+    cls = loading.resolve(name)
+    _require(isinstance(cls, type) and issubclass(cls, Layer) and not issubclass(cls, Model),
+             f"layer class {name!r} is neither one fastconv shares with Keras ({', '.join(sorted(_READERS))}, "
+             "InputLayer) nor a layer class registered with @keras.saving.register_keras_serializable() or "
+             "passed as custom_objects={...}")
+    _check_dtype(config.get("dtype"))
+    _check_name(config, class_name)
+    try:
+        return cls.from_config(dict(config))
+    except (TypeError, ValueError, KeyError, OverflowError) as error:
+        raise _ConfigError(f"{name} {config['name']!r}: {error}") from None
+
+
+def _lambda_layer(config, loading):
+    """Keras' Lambda: a function named in the file is looked up among the user's registered objects;
+    a lambda's marshalled bytecode is run only when the user allowed it (as Keras' safe mode does)."""
+    from fastconv.keras.layers import Lambda
+    function = config.get("function")
+    if isinstance(function, dict) and function.get("class_name") == "__lambda__":
+        if not loading.allow_code:
+            raise _ConfigError("a Lambda layer holds Python bytecode, which loading would run; refused unless you "
+                               "trust the file and call keras.config.enable_unsafe_deserialization() (or pass "
+                               "safe_mode=False)")
+        function = _function_from_bytecode(function.get("config"))
+    else:
+        name = function
+        if isinstance(function, dict):  # Keras: registered_name "package>name", or "function" and the name
+            registered = function.get("registered_name")
+            name = registered if registered not in (None, "function") else function.get("config")
+        function = loading.resolve(name)
+        _require(callable(function), f"Lambda function {str(name)[:80]!r} is not a function registered with "
+                                     "keras.saving or passed in custom_objects")
+    for key in ("mask", "output_shape_type", "mask_type"):
+        _require(config.get(key) in (None, "raw"), f"Lambda option {key} is not supported")
+    output_shape = config.get("output_shape")
+    _require(output_shape is None or (isinstance(output_shape, list) and all(
+        d is None or (type(d) is int and d > 0) for d in output_shape)),
+        "Lambda output_shape must be a list of positive ints (a function for it is not supported)")
+    arguments = config.get("arguments") or {}
+    _require(isinstance(arguments, dict), "Lambda arguments must be an object")
+    unknown = set(config) - {"name", "trainable", "dtype", "function", "arguments", "output_shape", "mask",
+                             "output_shape_type", "mask_type"}
+    _require(not unknown, f"Lambda has options fastconv does not know: {sorted(unknown)}")
+    _check_dtype(config.get("dtype"))
+    _check_name(config, "Lambda")
+    try:
+        return Lambda(function, output_shape=None if output_shape is None else tuple(output_shape),
+                      arguments=arguments, name=config["name"], trainable=config.get("trainable", True))
+    except (TypeError, ValueError) as error:
+        raise _ConfigError(f"Lambda {config['name']!r}: {error}") from None
+
+
+def _function_from_bytecode(config):
+    """The function Keras' func_dump wrote: base64 of its marshalled code object, plus defaults.
+
+    Only reached with unsafe deserialization on: marshal data from another Python version or a hostile
+    file can fail or misbehave when run, which is what the user accepted. The function sees fastconv's
+    keras and keras.ops under the names `keras` and `ops`."""
+    import base64
+    import binascii
+    import builtins
+    import marshal
+    import types
+    from fastconv import keras
+    _require(isinstance(config, dict) and isinstance(config.get("code"), str), "Lambda bytecode must be a string")
+    _require(config.get("closure") is None, "a Lambda whose function has a closure is not supported")
+    defaults = config.get("defaults")
+    _require(defaults is None or isinstance(defaults, list), "Lambda defaults must be a list")
+    try:
+        code = marshal.loads(base64.b64decode(config["code"].encode("ascii"), validate=False))
+    except (binascii.Error, UnicodeEncodeError, ValueError, EOFError, TypeError) as error:
+        raise _ConfigError(f"Lambda bytecode cannot be read by this Python ({error})") from None
+    _require(isinstance(code, types.CodeType) and not code.co_freevars,
+             "Lambda bytecode is not a function without a closure")
+    scope = {"__builtins__": builtins, "keras": keras, "ops": keras.ops}
+    return types.FunctionType(code, scope, code.co_name, None if defaults is None else tuple(defaults))
 
 
 def _input_layer(config, name=None):
@@ -782,7 +914,7 @@ def _input_layer(config, name=None):
         raise _ConfigError(f"InputLayer: {error}") from None
 
 
-def _build_sequential(body):
+def _build_sequential(body, loading):
     from fastconv.keras.models import Sequential
     entries = body.get("layers")
     _require(isinstance(entries, list), "a Sequential config needs a list 'layers'")
@@ -795,7 +927,7 @@ def _build_sequential(body):
         if shape is not None:
             model.add(_input_layer({"batch_shape": shape}))
     for entry in entries:
-        model.add(_layer_from_entry(entry))
+        model.add(_layer_from_entry(entry, loading))
     _require(model.built, "the Sequential model has no input shape (no InputLayer or build_input_shape)")
     return model
 
@@ -827,7 +959,7 @@ def _node_inputs(node, created_names):
     return keys, multi
 
 
-def _build_functional(body):
+def _build_functional(body, loading):
     from fastconv.keras.layers.base import InputLayer
     from fastconv.keras.models import Model
     entries = body.get("layers")
@@ -845,7 +977,7 @@ def _build_functional(body):
             _require(layers[name].name == name and nodes == [],
                      f"InputLayer {name!r} must name itself {name!r} and have no inbound nodes")
             continue
-        layers[name] = _layer_from_entry(entry)
+        layers[name] = _layer_from_entry(entry, loading)
         _require(layers[name].name == name, f"layer {name!r} names itself differently in its config")
         _require(isinstance(nodes, list) and nodes, f"layer {name!r} needs a non-empty list 'inbound_nodes'")
         for index, node in enumerate(nodes):
@@ -893,7 +1025,7 @@ def _build_functional(body):
         raise _ConfigError(str(error)) from None
 
 
-def _build_model(config, path):
+def _build_model(config, path, loading):
     class_name = config.get("class_name")
     body = config.get("config")
     try:
@@ -903,7 +1035,7 @@ def _build_model(config, path):
                  "(Sequential and functional models only; subclassed models hold Python code)")
         _require(body.get("name") is None or isinstance(body.get("name"), str), "the model name must be a string")
         _check_dtype(body.get("dtype"))
-        return _build_sequential(body) if class_name == "Sequential" else _build_functional(body)
+        return _build_sequential(body, loading) if class_name == "Sequential" else _build_functional(body, loading)
     except _ConfigError as error:
         _fail(path, f"cannot rebuild the model: {error}")
     except RecursionError:

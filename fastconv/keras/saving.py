@@ -222,10 +222,10 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
 
     Custom layers and subclassed models load when registered with register_keras_serializable or
     given in custom_objects ({class name: class})."""
-    if keras_format.holds_keras_format(filepath):  # a Keras 3 .keras archive, by its first bytes
-        return keras_format.load_model(filepath, compile=compile)
     if custom_objects is not None and not isinstance(custom_objects, dict):
         raise TypeError(f"custom_objects must be a dict {{name: class}}, got {type(custom_objects).__name__}")
+    if keras_format.holds_keras_format(filepath):  # a Keras 3 .keras archive, by its first bytes
+        return keras_format.load_model(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
     from fastconv.keras.layers import LAYER_CLASSES
     from fastconv.keras.layers.base import limit_weights
     from fastconv.keras.models import model_from_config
