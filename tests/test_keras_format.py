@@ -533,3 +533,32 @@ def test_without_h5py_saving_keras_files_says_how_to_get_it(tmp_path, monkeypatc
     assert not (tmp_path / "x.keras").exists() and not (tmp_path / "w.weights.h5").exists()
     model.save(tmp_path / "x.fastconv")  # fastconv's own format needs nothing
     keras.models.load_model(tmp_path / "x.fastconv")
+
+
+def test_subclassed_and_nested_models_are_not_written(tmp_path):
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = layers.Dense(2)
+
+        def call(self, inputs, training=False):
+            return self.dense(inputs)
+
+    net = Net()
+    net(np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match="subclassed model.*\\.fastconv"):
+        net.save(tmp_path / "net.keras")
+    inputs = keras.Input((3,))
+    inner = keras.Sequential([keras.Input((3,)), layers.Dense(2)])
+    outer = keras.Model(inputs, layers.Dense(1)(inner(inputs)))
+    with pytest.raises(ValueError, match="is nested in another"):
+        outer.save(tmp_path / "outer.keras")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_frozen_keras_model_loads_frozen(saved):
+    _, path = saved
+    config = config_of(path)
+    config["config"]["trainable"] = False
+    rewrite(path, config=config)
+    assert keras.models.load_model(path).trainable_weights == []

@@ -277,6 +277,10 @@ def keras_variables(layer):
 
 def _layer_entry(layer, input_shape):
     from fastconv.keras.layers import Lambda
+    from fastconv.keras.models import Model
+    if isinstance(layer, Model):
+        raise ValueError(f"model {layer.name!r} is nested in another; fastconv writes a .keras file for one "
+                         "flat Sequential or functional model (build the graph from its layers instead)")
     class_name = _shared_class(layer)
     if class_name is None and isinstance(layer, Lambda):
         layer.get_config()  # raises, saying why a Lambda cannot be saved
@@ -350,6 +354,10 @@ def _sequential_config(model):
 def model_config(model):
     """The model as Keras 3's config.json holds it (compile settings included when Keras can rebuild them)."""
     from fastconv.keras.models import Sequential
+    if getattr(model, "_subclassed", False):
+        raise ValueError(f"model {model.name!r} is a subclassed model ({type(model).__name__}), whose call() is "
+                         "Python code; fastconv writes Sequential and functional models to .keras files: save under "
+                         "another extension (e.g. .fastconv) for fastconv's own format")
     order = keras_layer_order(model)
     config = _sequential_config(model) if isinstance(model, Sequential) else _functional_config(model, order)
     config["compile_config"] = _compile_config(model)
@@ -1035,7 +1043,12 @@ def _build_model(config, path, loading):
                  "(Sequential and functional models only; subclassed models hold Python code)")
         _require(body.get("name") is None or isinstance(body.get("name"), str), "the model name must be a string")
         _check_dtype(body.get("dtype"))
-        return _build_sequential(body, loading) if class_name == "Sequential" else _build_functional(body, loading)
+        _require(body.get("trainable", True) in (True, False), "the model's trainable must be true or false")
+        model = _build_sequential(body, loading) if class_name == "Sequential" else _build_functional(body, loading)
+        if body.get("trainable") is False:  # Keras freezes every layer of a frozen model
+            for layer in model.layers:
+                layer.trainable = False
+        return model
     except _ConfigError as error:
         _fail(path, f"cannot rebuild the model: {error}")
     except RecursionError:
