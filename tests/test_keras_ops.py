@@ -986,3 +986,14 @@ def test_value_and_grad_of_variables_and_ints():
     # a closed-over trainable Variable is a constant here (jax semantics): only the argument is differentiated
     value, grad = value_and_grad(lambda x: ops.sum(x * v))(np.array([1.0, 1.0]))
     np.testing.assert_allclose(grad, v.value)
+
+
+def test_gradients_are_writeable_arrays_of_the_source_dtype():
+    a, b = Variable(np.ones((2, 3))), Variable(np.ones((2, 3)))
+    with GradientTape() as tape:
+        y = ops.sum(a + b) + ops.sum(ops.cast(a, "float64") * 2.0)
+    ga, gb = tape.gradient(y, [a, b])
+    assert ga.dtype == np.float32 and gb.dtype == np.float32
+    ga *= 0.5  # in place, as gradient clipping does: must not change the other gradient
+    np.testing.assert_array_equal(gb, np.ones((2, 3)))
+    np.testing.assert_array_equal(ga, np.full((2, 3), 1.5))

@@ -265,9 +265,19 @@ class GradientTape:
                 raise TypeError(f"gradient sources must be Variables, Tensors or watched arrays, "
                                 f"got {type(source).__name__}")
             grad = grads.get(id(source))
-            if grad is None and unconnected_gradients == "zero":
-                grad = np.zeros_like(np.asarray(unwrap(source)))
+            value = np.asarray(unwrap(source))
+            if grad is None:
+                return np.zeros_like(value) if unconnected_gradients == "zero" else None
+            grad = np.asarray(grad)
+            # Each gradient is the source's float type (as TF promises) and an array of its own: vjps
+            # return read-only broadcast views, and one array for several inputs (add's (g, g)),
+            # which an in-place update of one gradient (clipping, scaling) must not see.
+            dtype = value.dtype if value.dtype.kind == "f" else grad.dtype
+            if grad.dtype != dtype or not grad.flags.writeable or grad.base is not None or id(grad) in returned:
+                grad = np.array(grad, dtype=dtype)
+            returned[id(grad)] = grad
             return grad
+        returned = {}
         return _map_structure(result, sources)
 
 
