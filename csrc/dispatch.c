@@ -1,15 +1,21 @@
 /* The one place that knows about CPUs: detects what the CPU and OS support (CPUID + XGETBV), picks
- * each op's kernels once, honours FASTCONV_ISA, and owns the thread-count setting. */
+ * each op's kernels once, honours FASTCONV_ISA, and owns the thread-count setting, the call frame
+ * (the per-call snapshot of the instruction set) and what happens to threads across fork(). */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "fastconv.h"
 #include "dispatch.h"
+#include "workspace.h"
 #include "bench/peak.h"
 
 #ifdef _OPENMP
 #include <omp.h>
+/* OpenMP 5.0; looked up at run time, so that a runtime without it (libgomp before GCC 9) still loads. */
+#pragma weak omp_pause_resource_all
 #endif
 
 enum isa { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_COUNT };
@@ -155,19 +161,47 @@ static int isa_from_name(const char *name)
     return -1;
 }
 
-static enum isa active_isa = ISA_COUNT;  /* ISA_COUNT: not chosen yet */
+/* The process-wide choice: made once (pthread_once), then changed only by fc_set_isa. */
+static _Atomic int active_isa = ISA_COUNT;
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 
-static enum isa current_isa(void)
+static void choose_isa(void)
 {
-    if (active_isa == ISA_COUNT) {
-        /* FASTCONV_ISA can only lower the choice; the Python layer reports a bad value. */
-        enum isa chosen = best_isa();
-        const int forced = isa_from_name(getenv("FASTCONV_ISA"));
-        if (forced >= 0 && cpu_supports((enum isa)forced)) chosen = (enum isa)forced;
-        active_isa = chosen;
-    }
-    return active_isa;
+    /* FASTCONV_ISA can only lower the choice; the Python layer reports a bad value. */
+    enum isa chosen = best_isa();
+    const int forced = isa_from_name(getenv("FASTCONV_ISA"));
+    if (forced >= 0 && cpu_supports((enum isa)forced)) chosen = (enum isa)forced;
+    atomic_store(&active_isa, (int)chosen);
 }
+
+static enum isa process_isa(void)
+{
+    pthread_once(&isa_once, choose_isa);
+    return (enum isa)atomic_load_explicit(&active_isa, memory_order_relaxed);
+}
+
+/* The calling thread's call frame (workspace.h): its depth and, inside a call, the instruction set the
+ * outermost fc_call_begin saw. Every kernel of the call, and every size it computes, uses that one:
+ * fc_set_isa from another thread takes effect from the next call on. OpenMP workers never look it up;
+ * the calling thread hands them the kernel tables it took. */
+static __thread int call_depth;
+static __thread int call_isa = -1;
+
+void fc_call_begin(void)
+{
+    if (call_depth++ == 0) call_isa = (int)process_isa();
+}
+
+int fc_call_end(int status)
+{
+    if (--call_depth == 0) {
+        fc_workspace_call_end();
+        call_isa = -1;
+    }
+    return status;
+}
+
+static enum isa current_isa(void) { return call_isa >= 0 ? (enum isa)call_isa : process_isa(); }
 
 const char *fc_isa_name(void) { return isa_names[current_isa()]; }
 
@@ -181,7 +215,8 @@ int fc_set_isa(const char *name)
 {
     const int isa = isa_from_name(name);
     if (isa < 0 || !cpu_supports((enum isa)isa)) return -1;
-    active_isa = (enum isa)isa;
+    pthread_once(&isa_once, choose_isa);  /* the first choice never overwrites this one */
+    atomic_store(&active_isa, isa);
     return 0;
 }
 
@@ -235,11 +270,14 @@ int fc_openmp_enabled(void)
 }
 
 /* 0 means "not set": follow the OpenMP runtime (OMP_NUM_THREADS, threadpoolctl). */
-static int thread_limit = 0;
+static _Atomic int thread_limit = 0;
+/* Set in a child made by fork() (below): one thread until the child sets its own count. */
+static _Atomic int forked_child = 0;
 
 void fc_set_num_threads(int n)
 {
-    thread_limit = n;
+    atomic_store(&thread_limit, n);
+    atomic_store(&forked_child, 0);
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
@@ -248,13 +286,46 @@ void fc_set_num_threads(int n)
 int fc_get_num_threads(void)
 {
 #ifdef _OPENMP
+    if (atomic_load_explicit(&forked_child, memory_order_relaxed)) return 1;
     /* omp_get_max_threads() is per calling thread: threadpoolctl lowers it, so the smaller wins. */
     int n = omp_get_max_threads();
-    if (thread_limit > 0 && thread_limit < n) n = thread_limit;
+    const int limit = atomic_load_explicit(&thread_limit, memory_order_relaxed);
+    if (limit > 0 && limit < n) n = limit;
     return n;
 #else
     return 1;
 #endif
+}
+
+/* fork(). GNU libgomp keeps, per thread that has started a parallel region, a pool of worker threads
+ * that it reuses; fork() copies the pool's bookkeeping but not its threads, so a child's first
+ * parallel region waited forever for workers that do not exist. Before every fork, the forking
+ * thread's pool is stopped (omp_pause_resource_all: its workers exit and are joined; the parent
+ * starts new ones at its next parallel region, about 50 us), so the child starts from no pool and
+ * can create its own. The child then runs every kernel on one thread until it calls
+ * fc_set_num_threads (as other OpenMP libraries do: N forked workers each using every core would
+ * oversubscribe the machine, and a runtime that cannot pause stays safe with one thread). The
+ * workspace registry's lock is held across the fork, so the child never inherits it locked. */
+static void before_fork(void)
+{
+#ifdef _OPENMP
+    /* Not from inside a parallel region or a call (a kernel never forks; libgomp refuses there). */
+    if (omp_pause_resource_all && call_depth == 0 && !omp_in_parallel()) omp_pause_resource_all(omp_pause_soft);
+#endif
+    fc_workspace_before_fork();
+}
+
+static void after_fork_in_parent(void) { fc_workspace_after_fork(0); }
+
+static void after_fork_in_child(void)
+{
+    fc_workspace_after_fork(1);
+    atomic_store(&forked_child, 1);
+}
+
+__attribute__((constructor)) static void install_fork_handlers(void)
+{
+    pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 }
 
 int fc_threads_for_work(double flops)
@@ -271,6 +342,15 @@ int fc_threads_for_values(double values)
 {
     /* Streaming one float through a simple kernel costs about as long as 16 FLOPs of GEMM. */
     return fc_threads_for_work(16.0 * values);
+}
+
+int fc_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
 }
 
 void fc_thread_share(int64_t n, int64_t unit, int64_t *i0, int64_t *i1)

@@ -8,6 +8,8 @@
 #include "pool/maxpool2x2.h"
 #include "norm/batchnorm.h"
 
+/* The kernels of the instruction set in use: inside a call (fc_call_begin), the call's snapshot; call
+ * these on the calling thread only, and hand the tables to the OpenMP workers. */
 const fc_gemm_kernel *fc_active_gemm_kernel(void);
 const fc_conv_direct_kernels *fc_active_conv_direct(void);
 const fc_elementwise_kernels *fc_active_elementwise(void);
@@ -19,6 +21,8 @@ const fc_batchnorm_kernels *fc_active_batchnorm(void);
 int fc_threads_for_work(double flops);
 /* The same for memory-bound passes over `values` floats (pooling, elementwise training kernels). */
 int fc_threads_for_values(double values);
+/* The calling thread's number in its OpenMP team (0 outside a parallel region): its slice of a block. */
+int fc_thread_num(void);
 /* The calling OpenMP thread's share [*i0, *i1) of n items, cut at multiples of `unit` items. */
 void fc_thread_share(int64_t n, int64_t unit, int64_t *i0, int64_t *i1);
 

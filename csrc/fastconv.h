@@ -1,9 +1,15 @@
 /* The C API of fastconv's ops. Python (fastconv/_C.pyx) validates every argument first: these
- * functions see C-contiguous float32 buffers, consistent sizes and no empty dimensions. */
+ * functions see C-contiguous float32 buffers, consistent sizes and no empty dimensions.
+ *
+ * The ops that return int return 0, or FC_ERROR_NO_MEMORY when their scratch memory could not be
+ * allocated: then nothing was computed (the output is left as it was, or partly written) and no
+ * memory is kept. Every allocation is made by the calling thread before any parallel work starts. */
 #ifndef FASTCONV_H
 #define FASTCONV_H
 
 #include <stdint.h>
+
+enum { FC_OK = 0, FC_ERROR_NO_MEMORY = -1 };
 
 /* ---- configuration (dispatch.c) ---- */
 const char *fc_isa_name(void);           /* the instruction set in use: "avx512", "avx2" or "generic" */
@@ -14,6 +20,18 @@ const char *fc_compiler(void);
 /* glibc only: serve allocations below `bytes` from the heap and keep up to `bytes` of freed memory
  * mapped, so that per-step arrays stop page-faulting; returns 1 if applied (workspace.c). */
 int fc_keep_freed_memory(int64_t bytes);
+/* Scratch memory (workspace.c): each calling thread caches its buffers for its next call while all
+ * threads together hold at most the limit (bytes; default FC_WORKSPACE_DEFAULT_LIMIT); a call that
+ * ends above it frees its thread's. fc_release_workspace frees every buffer not in use by a call and
+ * returns the bytes freed. Stats: out[0] bytes held now, out[1] the most held since the last reset,
+ * out[2] the limit. */
+enum { FC_WORKSPACE_DEFAULT_LIMIT = 64 << 20 };
+int64_t fc_release_workspace(void);
+void fc_set_workspace_limit(int64_t bytes);
+void fc_workspace_stats(int64_t out[3]);
+void fc_reset_workspace_peak(void);
+/* Tests only: every scratch request of at least `bytes` fails as if memory were short (-1: none). */
+void fc_fail_scratch_from(int64_t bytes);
 int fc_openmp_enabled(void);
 void fc_set_num_threads(int n);
 int fc_get_num_threads(void);
@@ -30,7 +48,7 @@ void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, i
 
 /* ---- GEMM: C = alpha * op(A) @ op(B) + beta * C, row-major, op(A) is m x k, op(B) is k x n ----
  * bias (length n, or NULL) is added per column and relu applied after, both while C is in registers. */
-void fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+int fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
              const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
              float *c, int64_t ldc, const float *bias, int relu);
 
@@ -53,14 +71,15 @@ int fc_conv2d_algorithm(const fc_conv_shape *s, int algo);  /* the one `algo` re
 const char *fc_conv_direct_kernel_name(void);
 
 /* y (n, oh, ow, cout) = conv(x, w) + bias, then relu if asked; bias may be NULL. */
-void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
+int fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
                        int relu, float *y);
 /* Gradients of the conv without activation; any of dx, dw, db may be NULL to skip it. x_from_relu: x is
  * a ReLU's output, and dx is the gradient at that ReLU's input (zero where x <= 0), in the same pass. */
-void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
+int fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
                         int x_from_relu, float *dx, float *dw, float *db);
-/* Peak floats of scratch a conv call uses (call-level buffers plus one set per thread, at the thread
- * count it would use now). The buffers are cached per thread and reused by later calls. */
+/* The floats of scratch a conv call takes (the call's buffers plus one slice per thread, at the thread
+ * count it would use now), exactly: the call allocates this much, cached for the calling thread's next
+ * call (workspace.h). */
 int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward);
 
 /* ---- pooling: NHWC ---- */
@@ -75,38 +94,38 @@ typedef struct {
  * first maximum, FC_ARGMAX_NONE for a window of nothing but -inf, plus FC_ARGMAX_NOT_POSITIVE when the
  * maximum is not > 0. Needs pool_h * pool_w < FC_ARGMAX_NONE. */
 enum { FC_ARGMAX_NONE = 0x7F, FC_ARGMAX_NOT_POSITIVE = 0x80 };
-void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax);
+int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax);
 /* From argmax when it is not NULL (x is then not read), else by finding each window's maximum in x.
  * x_from_relu: x is a ReLU's output; dx is then the gradient at that ReLU's input (zero where x <= 0). */
-void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
+int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
                            int x_from_relu, float *dx);
-void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
-void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);
+int fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
+int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);
 
 /* ---- training: elementwise, in place where it updates ---- */
-void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx);  /* dx = y > 0 ? dy : 0 */
+int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx);  /* dx = y > 0 ? dy : 0 */
 /* y = x * mask, mask[i] = 1/(1-rate) or 0 from a counter-based hash of (seed, i). */
-void fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask);
-void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
+int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask);
+int fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                     float beta_2, float epsilon);
-void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,
+int fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,
                         float lr, float rho, float epsilon);
 /* Keras' RMSprop and SGD; momentum_buffer and velocity are NULL when momentum == 0 (the plain rules). */
-void fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
+int fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
                        float rho, float momentum, float epsilon);
-void fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov);
+int fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov);
 
 /* ---- batch normalisation: x is rows x channels (NHWC: every axis but the last is a row) ----
  * Per-channel sums are taken in double over fixed chunks of rows and combined in a fixed order, so
  * the results do not depend on the thread count. gamma and beta may be NULL (1 and 0). */
 /* The batch's mean and biased variance of each channel. */
-void fc_batchnorm_statistics(int64_t rows, int64_t channels, const float *x, float *mean, float *variance);
+int fc_batchnorm_statistics(int64_t rows, int64_t channels, const float *x, float *mean, float *variance);
 /* y = (x - mean) / sqrt(variance + epsilon) * gamma + beta. */
-void fc_batchnorm_forward(int64_t rows, int64_t channels, const float *x, const float *mean, const float *variance,
+int fc_batchnorm_forward(int64_t rows, int64_t channels, const float *x, const float *mean, const float *variance,
                           const float *gamma, const float *beta, float epsilon, float *y);
 /* dbeta = sum(dy), dgamma = sum(dy * xhat), xhat = (x - mean) / sqrt(variance + epsilon); dx (NULL to
  * skip) through the batch statistics when batch_statistics, else as if mean and variance were constants. */
-void fc_batchnorm_backward(int64_t rows, int64_t channels, const float *dy, const float *x, const float *mean,
+int fc_batchnorm_backward(int64_t rows, int64_t channels, const float *dy, const float *x, const float *mean,
                            const float *variance, const float *gamma, float epsilon, int batch_statistics,
                            float *dx, float *dgamma, float *dbeta);
 

@@ -18,6 +18,11 @@ cdef extern from "fastconv.h" nogil:
     const char *fc_gemm_kernel_name()
     const char *fc_compiler()
     int fc_keep_freed_memory(int64_t bytes)
+    int64_t fc_release_workspace()
+    void fc_set_workspace_limit(int64_t bytes)
+    void fc_workspace_stats(int64_t out[3])
+    void fc_reset_workspace_peak()
+    void fc_fail_scratch_from(int64_t bytes)
     int fc_openmp_enabled()
     void fc_set_num_threads(int n)
     int fc_get_num_threads()
@@ -25,7 +30,7 @@ cdef extern from "fastconv.h" nogil:
     void fc_gemm_blocking(int out[5])
     void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, int64_t l2_ways)
 
-    void fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+    int fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
                  float *c, int64_t ldc, const float *bias, int relu)
 
@@ -35,40 +40,74 @@ cdef extern from "fastconv.h" nogil:
         int64_t pad_top, pad_left, oh, ow
     int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
     const char *fc_conv_direct_kernel_name()
-    void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
+    int fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
                            int relu, float *y)
-    void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
+    int fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
                             int x_from_relu, float *dx, float *dw, float *db)
     int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
 
     ctypedef struct fc_pool_shape:
         int64_t n, h, w, c, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, oh, ow
-    void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax)
-    void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
+    int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax)
+    int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
                                int x_from_relu, float *dx)
-    void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
-    void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
-    void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
-    void fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask)
-    void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
+    int fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
+    int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
+    int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
+    int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask)
+    int fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                         float beta_2, float epsilon)
-    void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad,
+    int fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad,
                             float *accumulated_delta, float lr, float rho, float epsilon)
-    void fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
+    int fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
                            float rho, float momentum, float epsilon)
-    void fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov)
-    void fc_batchnorm_statistics(int64_t rows, int64_t channels, const float *x, float *mean, float *variance)
-    void fc_batchnorm_forward(int64_t rows, int64_t channels, const float *x, const float *mean,
+    int fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov)
+    int fc_batchnorm_statistics(int64_t rows, int64_t channels, const float *x, float *mean, float *variance)
+    int fc_batchnorm_forward(int64_t rows, int64_t channels, const float *x, const float *mean,
                               const float *variance, const float *gamma, const float *beta, float epsilon, float *y)
-    void fc_batchnorm_backward(int64_t rows, int64_t channels, const float *dy, const float *x, const float *mean,
+    int fc_batchnorm_backward(int64_t rows, int64_t channels, const float *dy, const float *x, const float *mean,
                                const float *variance, const float *gamma, float epsilon, int batch_statistics,
                                float *dx, float *dgamma, float *dbeta)
-
 
     ctypedef struct fc_affine_shape:
         int64_t n, h, w, c, out_h, out_w
     void fc_affine_transform(const fc_affine_shape *s, const float *x, const double *transforms, int interpolation,
                              int fill_mode, float fill_value, float *y)
+
+
+cdef int check(int status, const char *op) except -1:
+    """Raises MemoryError for a kernel that could not allocate its scratch memory (fastconv.h)."""
+    if status != 0:
+        raise MemoryError(f"not enough memory for the scratch buffers of {op.decode()} "
+                          f"(see fastconv.conv2d_workspace_bytes for a convolution's)")
+    return 0
+
+
+def release_workspace():
+    """Free every cached scratch buffer no call is using; returns the bytes freed."""
+    with nogil:
+        released = fc_release_workspace()
+    return released
+
+
+def workspace_stats():
+    """(bytes of scratch held now, the most held since reset_workspace_peak, the cache limit)."""
+    cdef int64_t out[3]
+    fc_workspace_stats(out)
+    return out[0], out[1], out[2]
+
+
+def reset_workspace_peak():
+    fc_reset_workspace_peak()
+
+
+def set_workspace_limit(int64_t nbytes):
+    fc_set_workspace_limit(nbytes)
+
+
+def fail_scratch_from(int64_t nbytes):
+    """Tests only: every scratch request of at least nbytes fails as if memory were short (-1: none)."""
+    fc_fail_scratch_from(nbytes)
 
 
 def isa_name():
@@ -148,8 +187,10 @@ def gemm(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k, float alph
     cdef const float *b_ptr = array_data(b)
     cdef float *c_ptr = array_data(c)
     cdef const float *bias_ptr = array_data(bias)
+    cdef int status
     with nogil:
-        fc_gemm(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc, bias_ptr, relu)
+        status = fc_gemm(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc, bias_ptr, relu)
+    check(status, b"gemm")
 
 
 cdef inline bint plain_matrix(object x):
@@ -250,8 +291,10 @@ def conv2d_algorithm(g, int algo):
 def conv2d_forward(g, int algo, const float[::1] x, const float[::1] w, const float[::1] bias, bint relu, float[::1] y):
     cdef fc_conv_shape s = conv_shape(g)
     cdef const float *bias_ptr = optional(bias)
+    cdef int status
     with nogil:
-        fc_conv2d_forward(&s, algo, &x[0], &w[0], bias_ptr, relu, &y[0])
+        status = fc_conv2d_forward(&s, algo, &x[0], &w[0], bias_ptr, relu, &y[0])
+    check(status, b"conv2d")
 
 
 def conv2d_backward(g, int algo, const float[::1] dy, const float[::1] x, const float[::1] w, bint x_from_relu,
@@ -261,8 +304,10 @@ def conv2d_backward(g, int algo, const float[::1] dy, const float[::1] x, const 
     cdef float *dx_ptr = NULL if dx is None else &dx[0]
     cdef float *dw_ptr = NULL if dw is None else &dw[0]
     cdef float *db_ptr = NULL if db is None else &db[0]
+    cdef int status
     with nogil:
-        fc_conv2d_backward(&s, algo, &dy[0], x_ptr, &w[0], x_from_relu, dx_ptr, dw_ptr, db_ptr)
+        status = fc_conv2d_backward(&s, algo, &dy[0], x_ptr, &w[0], x_from_relu, dx_ptr, dw_ptr, db_ptr)
+    check(status, b"conv2d_backward")
 
 
 def conv2d_workspace_bytes(g, int algo, bint backward):
@@ -273,8 +318,10 @@ def conv2d_workspace_bytes(g, int algo, bint backward):
 def maxpool2d_forward(g, const float[::1] x, float[::1] y, uint8_t[::1] argmax=None):
     cdef fc_pool_shape s = pool_shape(g)
     cdef uint8_t *argmax_ptr = NULL if argmax is None else &argmax[0]
+    cdef int status
     with nogil:
-        fc_maxpool2d_forward(&s, &x[0], &y[0], argmax_ptr)
+        status = fc_maxpool2d_forward(&s, &x[0], &y[0], argmax_ptr)
+    check(status, b"maxpool2d")
 
 
 def maxpool2d_backward(g, const float[::1] dy, const float[::1] x, const uint8_t[::1] argmax, bint x_from_relu,
@@ -282,8 +329,10 @@ def maxpool2d_backward(g, const float[::1] dy, const float[::1] x, const uint8_t
     cdef fc_pool_shape s = pool_shape(g)
     cdef const float *x_ptr = NULL if x is None else &x[0]
     cdef const uint8_t *argmax_ptr = NULL if argmax is None else &argmax[0]
+    cdef int status
     with nogil:
-        fc_maxpool2d_backward(&s, &dy[0], x_ptr, argmax_ptr, x_from_relu, &dx[0])
+        status = fc_maxpool2d_backward(&s, &dy[0], x_ptr, argmax_ptr, x_from_relu, &dx[0])
+    check(status, b"maxpool2d_backward")
 
 
 def avgpool2d_forward(g, const float[::1] x, float[::1] y):
@@ -334,17 +383,21 @@ def dropout_forward(const float[::1] x, float rate, uint64_t seed, float[::1] y,
 
 
 def batchnorm_statistics(int64_t channels, const float[::1] x, float[::1] mean, float[::1] variance):
+    cdef int status
     with nogil:
-        fc_batchnorm_statistics(x.shape[0] // channels, channels, &x[0], &mean[0], &variance[0])
+        status = fc_batchnorm_statistics(x.shape[0] // channels, channels, &x[0], &mean[0], &variance[0])
+    check(status, b"batch_norm")
 
 
 def batchnorm_forward(int64_t channels, const float[::1] x, const float[::1] mean, const float[::1] variance,
                       const float[::1] gamma, const float[::1] beta, float epsilon, float[::1] y):
     cdef const float *gamma_ptr = optional(gamma)  # None: scale=False
     cdef const float *beta_ptr = optional(beta)  # None: center=False
+    cdef int status
     with nogil:
-        fc_batchnorm_forward(x.shape[0] // channels, channels, &x[0], &mean[0], &variance[0], gamma_ptr, beta_ptr,
-                             epsilon, &y[0])
+        status = fc_batchnorm_forward(x.shape[0] // channels, channels, &x[0], &mean[0], &variance[0], gamma_ptr,
+                                      beta_ptr, epsilon, &y[0])
+    check(status, b"batch_norm")
 
 
 def batchnorm_backward(int64_t channels, const float[::1] dy, const float[::1] x, const float[::1] mean,
@@ -352,9 +405,11 @@ def batchnorm_backward(int64_t channels, const float[::1] dy, const float[::1] x
                        float[::1] dx, float[::1] dgamma, float[::1] dbeta):
     cdef const float *gamma_ptr = optional(gamma)
     cdef float *dx_ptr = NULL if dx is None else &dx[0]  # None: the input gradient is not needed
+    cdef int status
     with nogil:
-        fc_batchnorm_backward(x.shape[0] // channels, channels, &dy[0], &x[0], &mean[0], &variance[0], gamma_ptr,
-                              epsilon, batch_statistics, dx_ptr, &dgamma[0], &dbeta[0])
+        status = fc_batchnorm_backward(x.shape[0] // channels, channels, &dy[0], &x[0], &mean[0], &variance[0],
+                                       gamma_ptr, epsilon, batch_statistics, dx_ptr, &dgamma[0], &dbeta[0])
+    check(status, b"batch_norm_backward")
 
 
 def affine_transform(shape, const float[::1] x, const double[::1] transforms, int interpolation, int fill_mode,

@@ -4,6 +4,7 @@ Low-level ops (float32, NHWC images, Keras weight layout): gemm, conv2d, conv2d_
 conv2d_transpose, maxpool2d, maxpool2d_backward, avgpool2d, avgpool2d_backward. `fastconv.reference` holds the same
 ops in pure NumPy. `fastconv.keras` is a Keras-style model API on top.
 """
+import operator
 import os
 import warnings
 
@@ -30,8 +31,9 @@ __all__ = [
     "CONV_ALGORITHMS", "adadelta_update", "adam_update", "available_isas", "avgpool2d", "avgpool2d_backward",
     "batch_norm", "batch_norm_backward", "config", "conv2d", "conv2d_algorithm", "conv2d_backward",
     "conv2d_transpose", "conv2d_workspace_bytes", "dropout", "gemm", "get_isa", "get_num_threads",
-    "global_avgpool2d", "global_avgpool2d_backward", "maxpool2d", "maxpool2d_backward", "relu_backward",
-    "rmsprop_update", "set_isa", "set_num_threads", "sgd_update", "show_config",
+    "global_avgpool2d", "global_avgpool2d_backward", "maxpool2d", "maxpool2d_backward", "release_workspace",
+    "relu_backward", "rmsprop_update", "set_isa", "set_num_threads", "set_workspace_limit", "sgd_update",
+    "show_config", "workspace_bytes",
 ]
 
 ISAS = ("avx512", "avx2", "generic")  # best first
@@ -43,7 +45,10 @@ def available_isas():
 
 
 def set_isa(name):
-    """Force the kernels of one instruction set ("avx512", "avx2" or "generic") for this process."""
+    """Force the kernels of one instruction set ("avx512", "avx2" or "generic") for this process.
+
+    Safe while other threads run kernels: each call takes the instruction set once, when it starts, and
+    sizes and runs everything with that one; calls that start after set_isa returns use the new one."""
     if name not in ISAS:
         raise ValueError(f"isa must be one of {', '.join(ISAS)}, got {name!r}")
     if not _C.set_isa(name):
@@ -53,6 +58,32 @@ def set_isa(name):
 def get_isa():
     """The instruction-set path in use."""
     return _C.isa_name()
+
+
+def release_workspace():
+    """Free the cached scratch memory of every thread that is not inside a kernel call now; returns the
+    bytes freed. Each calling thread keeps its scratch buffers for its next call while all of them
+    together hold at most the limit (set_workspace_limit, 64 MiB by default); a call that ends above it
+    frees its thread's. So one large call does not hold its memory for the life of the process, and this
+    returns the rest (for instance before forking workers, or after the last large call)."""
+    return _C.release_workspace()
+
+
+def workspace_bytes():
+    """Bytes of scratch memory all threads hold now (in use by calls, or cached for their next)."""
+    return _C.workspace_stats()[0]
+
+
+def set_workspace_limit(nbytes):
+    """Cache at most `nbytes` of scratch memory across calls (default 64 MiB; 0 frees every call's
+    scratch when it ends). A call's own need is not limited: see conv2d_workspace_bytes."""
+    try:
+        value = None if isinstance(nbytes, bool) else operator.index(nbytes)
+    except TypeError:
+        value = None
+    if value is None or value < 0:
+        raise ValueError(f"nbytes must be a non-negative int, got {nbytes!r}")
+    _C.set_workspace_limit(min(value, 2**62))
 
 
 def config():
@@ -74,6 +105,7 @@ def config():
         "num_threads": get_num_threads(),
         "compiler": _C.compiler(),
         "keeps_freed_memory": _KEEPS_FREED_MEMORY,
+        "workspace_limit": _C.workspace_stats()[2],
     }
 
 

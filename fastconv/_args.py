@@ -276,6 +276,46 @@ def pool_geometry(x_shape, pool_size, strides, padding):
     return PoolGeometry(n, h, w, c, ph, pw, sh, sw, top, bottom, left, right, oh, ow)
 
 
+# Work allowed to np.shares_memory's exact test of two strided arrays whose bounds overlap; past it, the
+# arrays count as overlapping (a refusal, never a wrong result).
+OVERLAP_MAX_WORK = 100_000
+_TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError")  # numpy.exceptions from NumPy 1.25
+
+
+def _same_elements(a, b):
+    """a and b are the same elements of memory in the same order (an elementwise op may read and write them)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.dtype == b.dtype
+            and a.size == b.size and a.flags.c_contiguous and b.flags.c_contiguous)
+
+
+def check_disjoint(written, read, written_name="out", same_ok=()):
+    """Refuse a `written` array that shares memory with any array of `read` (name -> the array the kernel
+    reads while it writes `written`: pass the arrays as handed to C, after any conversion, so that a
+    converted copy does not count). Names in `same_ok` may be exactly `written` (same first element,
+    same contiguous layout): elementwise kernels read each element before writing it. Arrays whose
+    bounds overlap but whose elements do not (interleaved column slices) pass; when that cannot be
+    decided within OVERLAP_MAX_WORK, they count as overlapping."""
+    if not isinstance(written, np.ndarray):
+        return
+    for name, arr in read.items():
+        if not isinstance(arr, np.ndarray) or arr.size == 0 or written.size == 0:
+            continue
+        if arr is written or _same_elements(arr, written):
+            if name in same_ok:
+                continue
+            raise ValueError(f"{written_name} overlaps input {name} (the same memory); pass a separate output array")
+        if not np.may_share_memory(written, arr):
+            continue
+        overlap = True
+        if not (written.flags.c_contiguous and arr.flags.c_contiguous):  # bounds overlap; elements may not
+            try:
+                overlap = np.shares_memory(written, arr, max_work=OVERLAP_MAX_WORK)
+            except _TooHardError:
+                overlap = True
+        if overlap:
+            raise ValueError(f"{written_name} overlaps input {name}; pass a separate output array")
+
+
 def check_shape(arr, expected, name):
     if tuple(arr.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(arr.shape)}")

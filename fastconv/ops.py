@@ -13,8 +13,8 @@ import numpy as np
 
 from fastconv import _C, reference
 from fastconv._args import (
-    as_float_array, batch_norm_arrays, check_batch_statistics, check_momentum_buffer, check_shape, checked_product,
-    conv_geometry, conv_transpose_geometry, pool_geometry,
+    as_float_array, batch_norm_arrays, check_batch_statistics, check_disjoint, check_momentum_buffer, check_shape,
+    checked_product, conv_geometry, conv_transpose_geometry, pool_geometry,
 )
 from fastconv._args import FILL_MODES, INTERPOLATIONS, affine_arguments
 
@@ -72,9 +72,11 @@ def _row_stride(x):
     return None
 
 
-def _check_out(out, shape, inputs, padded_rows=False):
+def _check_out(out, shape, inputs, padded_rows=False, same_ok=()):
     """`out` must be a C-contiguous float32 array of `shape` (or, with padded_rows, one whose rows may be
-    further apart: a column slice of a wider array) that shares no memory with an input."""
+    further apart: a column slice of a wider array) that shares no memory with an input: `inputs` maps
+    each name to the array the kernel reads (after conversion; see _args.check_disjoint, which every op
+    with an `out` or updated in place uses)."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.dtype != np.float32:
@@ -86,13 +88,7 @@ def _check_out(out, shape, inputs, padded_rows=False):
         kind = "C-contiguous array or one with padded rows (out[:, :n] of a wider array)" if padded_rows \
             else "C-contiguous array"
         raise ValueError(f"out must be a writeable, aligned, {kind}")
-    for name, arr in inputs.items():
-        if not isinstance(arr, np.ndarray):
-            continue
-        # Two distinct arrays that own their memory cannot overlap: skip the costlier bounds test.
-        owners = arr is not out and flags.owndata and arr.flags.owndata
-        if not owners and np.may_share_memory(out, arr):
-            raise ValueError(f"out overlaps input {name}; pass a separate output array")
+    check_disjoint(out, inputs, same_ok=same_ok)
 
 
 def _real(value, name):
@@ -137,7 +133,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
         out = _empty((m, n), dtype=np.float32)
         beta = 0.0
     else:
-        _check_out(out, (m, n), {"a": a, "b": b}, padded_rows=True)
+        _check_out(out, (m, n), {"a": a32, "b": b32, "bias": bias32}, padded_rows=True)
     ldc = _row_stride(out)
     if m == 0 or n == 0:
         return out
@@ -182,11 +178,15 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     GEMM; and one plain GEMM for a 1x1 stride-1 unpadded conv. "direct" or "im2col" forces one for any shape, "implicit" where it applies. None
     reads $FASTCONV_CONV_ALGO (same values). `conv2d_algorithm` tells which one a shape gets.
 
-    Extra memory (scratch cached per thread and reused by later calls, freed at thread exit): direct,
-    the packed weights (Cout rounded up to the vector block x (kh*kw*Cin + 1) floats) and kh padded
-    input rows per thread; implicit, the packed weights and about 256 KiB of padded input rows per
-    thread; im2col, the packed weights and
-    one block of about 256 KiB of patches per thread. `conv2d_workspace_bytes` gives the exact peak.
+    Extra memory (scratch of the calling thread, cached for its next call up to a limit: see
+    fastconv.release_workspace): direct, the packed weights (Cout rounded up to the vector block x
+    (kh*kw*Cin + 1) floats) and per thread kh input rows (only the columns the taps read, when a stride
+    or dilation larger than the kernel would leave most of a row unread); implicit, the packed weights
+    and about 256 KiB of padded input rows per thread; im2col, the packed weights and one block of about
+    256 KiB of patches per thread. `conv2d_workspace_bytes` gives what a call takes. Bound, forward or
+    backward: 4 * (18 * (|w| + Cout) + T * (4 * kh * kw * |padded x| + 4 * |y| + 2**20)) bytes for T
+    threads (|.| in elements), whatever the strides and dilations; tests/test_workspace_memory.py.
+    If it cannot be allocated, MemoryError (nothing computed).
     """
     x32 = as_float_array(x, "x", ndim=4)
     w32 = as_float_array(w, "w", ndim=4)
@@ -197,7 +197,7 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     if out is None:
         out = _empty(g.out_shape, dtype=np.float32)
     else:
-        _check_out(out, g.out_shape, {"x": x, "w": w, "b": b})
+        _check_out(out, g.out_shape, {"x": x32, "w": w32, "b": b32})
     if out.size == 0:
         return out
     if g.cin == 0:
@@ -273,7 +273,7 @@ def conv2d_transpose(x, w, b=None, *, strides=1, padding="valid", output_padding
     if out is None:
         out = _empty(out_shape, dtype=np.float32)
     else:
-        _check_out(out, out_shape, {"x": x, "w": w, "b": b})
+        _check_out(out, out_shape, {"x": x32, "w": w32, "b": b32})
     if out.size == 0:
         return out
     if x32.size == 0:
@@ -304,8 +304,10 @@ def conv2d_algorithm(x_shape, w_shape, *, strides=1, padding="valid", dilation_r
 
 def conv2d_workspace_bytes(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, backward=False,
                            algorithm=None):
-    """Peak scratch memory, in bytes, of one conv2d (or conv2d_backward) call: the call's own buffers
-    plus one set per thread at the current thread count. The buffers are cached per thread."""
+    """Scratch memory, in bytes, that one conv2d (or conv2d_backward) call takes: the call's own buffers
+    plus one slice per thread at the current thread count (a call allocates this, or less where its
+    GEMMs read an operand in place). Cached for the calling thread's next call up to a limit: see
+    fastconv.release_workspace and fastconv.set_workspace_limit."""
     g = conv_geometry(x_shape, w_shape, strides, padding, dilation_rate)
     return _C.conv2d_workspace_bytes(g, _conv_algorithm(algorithm), backward)
 
@@ -320,7 +322,7 @@ def _pool_forward(kernel, x, pool_size, strides, padding, out, return_argmax=Fal
     if out is None:
         out = _empty(g.out_shape, dtype=np.float32)
     else:
-        _check_out(out, g.out_shape, {"x": x})
+        _check_out(out, g.out_shape, {"x": x32})
     if out.size:
         kernel(g, _flat(x32), _flat(out), *([] if argmax is None else [_flat(argmax)]))
     return (out, argmax) if return_argmax else out
@@ -431,8 +433,8 @@ def relu_backward(dy, y, *, out=None):
     check_shape(y32, dy32.shape, "y")
     if out is None:
         out = _empty(dy32.shape, dtype=np.float32)
-    else:  # elementwise, so writing over dy itself is safe
-        _check_out(out, dy32.shape, {} if out is dy else {"y": y})
+    else:  # elementwise: out may be dy or y itself, but no other overlap
+        _check_out(out, dy32.shape, {"dy": dy32, "y": y32}, same_ok=("dy", "y"))
     if out.size:
         _C.relu_backward(_flat(dy32), _flat(y32), _flat(out))
     return out
@@ -461,8 +463,9 @@ def dropout(x, rate, seed):
     return y, mask
 
 
-def _check_in_place(arrays, shape):
-    """Optimizer state is updated in place: every array must be float32, C-contiguous and of one shape."""
+def _check_in_place(arrays, shape, g=None):
+    """Optimizer state is updated in place: every array must be float32, C-contiguous and of one shape,
+    and share no memory with another of them or with the gradient g (as read by the kernel)."""
     for name, arr in arrays.items():
         if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
             raise TypeError(f"{name} must be a float32 numpy array (updated in place), got "
@@ -470,6 +473,9 @@ def _check_in_place(arrays, shape):
         check_shape(arr, shape, name)
         if not arr.flags.c_contiguous or not arr.flags.writeable or not arr.flags.aligned:
             raise ValueError(f"{name} must be a writeable, aligned, C-contiguous array (it is updated in place)")
+    names = list(arrays)
+    for i, name in enumerate(names):
+        check_disjoint(arrays[name], {"g": g, **{other: arrays[other] for other in names[i + 1:]}}, written_name=name)
 
 
 def adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon):
@@ -478,7 +484,7 @@ def adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon):
     lr_t is the learning rate with the bias corrections of this step already applied (as Keras does).
     """
     g32 = as_float_array(g, "g")
-    _check_in_place({"w": w, "m": m, "v": v}, g32.shape)
+    _check_in_place({"w": w, "m": m, "v": v}, g32.shape, g32)
     if w.size:
         _C.adam_update(_flat(w), _flat(g32), _flat(m), _flat(v), lr_t, beta_1, beta_2, epsilon)
 
@@ -487,7 +493,7 @@ def adadelta_update(w, g, accumulated_grad, accumulated_delta, lr, rho, epsilon)
     """One Adadelta step in place (Keras 3 rule)."""
     g32 = as_float_array(g, "g")
     _check_in_place({"w": w, "accumulated_grad": accumulated_grad, "accumulated_delta": accumulated_delta},
-                    g32.shape)
+                    g32.shape, g32)
     if w.size:
         _C.adadelta_update(_flat(w), _flat(g32), _flat(accumulated_grad), _flat(accumulated_delta), lr, rho, epsilon)
 
@@ -504,7 +510,7 @@ def rmsprop_update(w, g, velocity, lr, rho, epsilon, momentum=0.0, momentum_buff
     in_place = {"w": w, "velocity": velocity}
     if momentum_buffer is not None:
         in_place["momentum_buffer"] = momentum_buffer
-    _check_in_place(in_place, g32.shape)
+    _check_in_place(in_place, g32.shape, g32)
     if w.size:
         _C.rmsprop_update(_flat(w), _flat(g32), _flat(velocity), _flat(momentum_buffer), lr, rho, momentum, epsilon)
 
@@ -521,7 +527,7 @@ def sgd_update(w, g, lr, momentum=0.0, velocity=None, nesterov=False):
     in_place = {"w": w}
     if velocity is not None:
         in_place["velocity"] = velocity
-    _check_in_place(in_place, g32.shape)
+    _check_in_place(in_place, g32.shape, g32)
     if w.size:
         _C.sgd_update(_flat(w), _flat(g32), _flat(velocity), lr, momentum, bool(nesterov))
 

@@ -93,10 +93,10 @@ static void col2im_rows(const fc_conv_shape *s, const float *dcols, int64_t row0
 }
 
 /* dx = x > 0 ? dx : 0 over n values: the gradient through the ReLU whose output is x (the training
- * kernels' ReLU gradient, in place, on this thread). */
-static void relu_mask(const float *x, float *dx, int64_t n)
+ * kernels' ReLU gradient, in place, on this thread; ew is the call's table, taken by the calling thread). */
+static void relu_mask(const fc_elementwise_kernels *ew, const float *x, float *dx, int64_t n)
 {
-    fc_active_elementwise()->relu_backward(0, n, dx, x, dx);
+    ew->relu_backward(0, n, dx, x, dx);
 }
 
 /* Stride 1 and dilation 1: a kernel row's taps of neighbouring output pixels are then overlapping
@@ -141,7 +141,7 @@ static int few_outputs(const fc_conv_shape *s)
 
 static int implicit_applies(const fc_conv_shape *s) { return few_outputs(s) || implicit_tiling(s) != IMPLICIT_NONE; }
 
-int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
+static int resolve_algorithm(const fc_conv_shape *s, int algo)
 {
     if (algo == FC_CONV_IM2COL || algo == FC_CONV_DIRECT) return algo;
     if (algo == FC_CONV_IMPLICIT) return implicit_applies(s) ? FC_CONV_IMPLICIT : FC_CONV_IM2COL;
@@ -150,14 +150,43 @@ int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
     return implicit_applies(s) ? FC_CONV_IMPLICIT : FC_CONV_IM2COL;
 }
 
+int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
+{
+    fc_call_begin();
+    return fc_call_end(resolve_algorithm(s, algo));
+}
+
 const char *fc_conv_direct_kernel_name(void) { return fc_active_conv_direct()->name; }
+
+/* The floats GEMMs of problem p take (gemm.c) on `threads` threads, for m1 and for m2 rows (a full
+ * block and the last). B read in place (not packed beforehand) is taken as misaligned, the case that
+ * needs the most (gemm.c's b_in_place): the blocks' B (dy) starts at any float. */
+static int64_t gemm_floats_bound(const fc_gemm_kernel *kr, fc_gemm_problem p, int64_t m1, int64_t m2, int threads)
+{
+    static const float misaligned[2] __attribute__((aligned(64)));
+    if (!p.b_packed) p.b = misaligned + 1;
+    p.m = m1;
+    const int64_t first = fc_gemm_workspace_floats(kr, &p, threads);
+    p.m = m2;
+    return max64(first, fc_gemm_workspace_floats(kr, &p, threads));
+}
+
+/* ... for the GEMMs one thread runs inside a parallel region, in its slice. */
+static int64_t gemm_slice_floats(const fc_gemm_kernel *kr, fc_gemm_problem p, int64_t m1, int64_t m2)
+{
+    return gemm_floats_bound(kr, p, m1, m2, 1);
+}
+
+/* Stands for the packed weights when a layout is computed from the shape alone (never read). */
+static const float packed_placeholder[1];
 
 /* Output pixels per forward block: the patches fill about FORWARD_BLOCK_FLOATS, in whole register
  * tiles of the GEMM (113 rows would run 9 tiles of 14 with one row in the last). */
 static int64_t forward_block_rows(const fc_conv_shape *s)
 {
-    const int64_t mr = fc_active_gemm_kernel()->mr;
-    return max64(mr, FORWARD_BLOCK_FLOATS / patch_size(s) / mr * mr);
+    const int64_t mr = fc_active_gemm_kernel()->mr, rows = s->n * s->oh * s->ow;
+    /* no larger than all the rows: a small conv takes only the scratch it fills (one block either way) */
+    return min64(max64(mr, FORWARD_BLOCK_FLOATS / patch_size(s) / mr * mr), (rows + mr - 1) / mr * mr);
 }
 
 /* Whole images per backward block: about BACKWARD_BLOCK_ROWS output pixels. Up to a quarter fewer when
@@ -166,7 +195,8 @@ static int64_t forward_block_rows(const fc_conv_shape *s)
  * not). A function of the shape only, so the reduction order stays independent of the threads. */
 static int64_t backward_block_images(const fc_conv_shape *s)
 {
-    const int64_t most = max64(1, BACKWARD_BLOCK_ROWS / (s->oh * s->ow));
+    /* at most the batch: one block either way, and its scratch no larger than the batch's patches */
+    const int64_t most = min64(s->n, max64(1, BACKWARD_BLOCK_ROWS / (s->oh * s->ow)));
     for (int64_t images = most; images >= 1 && 4 * images >= 3 * most; images--)
         if ((s->n + images - 1) / images % 4 == 0) return images;
     return most;
@@ -296,17 +326,41 @@ static void implicit_run(const fc_conv_shape *s, const fc_gemm_kernel *kr, const
     }
 }
 
+/* Implicit GEMM's scratch: the packed kernel rows, then per thread its band and its band's results. */
+typedef struct {
+    int64_t weights, band, band_out;
+    int threads;
+} implicit_layout;
+
+static implicit_layout implicit_forward_layout(const fc_conv_shape *s)
+{
+    const implicit_layout l = {
+        .weights = fc_lines(implicit_weights_floats(s)), .band = fc_lines(implicit_band_floats(s)),
+        .band_out = fc_lines(implicit_band_out_floats(s)), .threads = fc_threads_for_work(forward_flops(s)),
+    };
+    return l;
+}
+
+static int64_t implicit_forward_floats(const implicit_layout *l)
+{
+    return l->weights + l->threads * (l->band + l->band_out);
+}
+
 /* y = conv(x, w) + bias, then ReLU if asked, and zeroed where mask_by <= 0 when mask_by (the size of
  * y) is not NULL: the input gradient through the ReLU that produced x (see fc_conv2d_backward). */
-static void implicit_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias, int relu,
-                             const float *mask_by, float *y)
+static int implicit_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias, int relu,
+                            const float *mask_by, float *y)
 {
     const fc_gemm_kernel *kr = fc_active_gemm_kernel();
+    const fc_conv_direct_kernels *dk = fc_active_conv_direct();
+    const fc_elementwise_kernels *ew = fc_active_elementwise();
     const int64_t mr = kr->mr, wp = implicit_padded_width(s), k = patch_size(s);
     const int few = few_outputs(s), by_band = !few && implicit_tiling(s) == IMPLICIT_BAND;
     const fc_gemm_problem row0_gemm = kernel_row_gemm(s, w, 0);
     const int64_t packed = few ? 0 : fc_gemm_packed_b_floats(kr, &row0_gemm);  /* the same for every kernel row */
-    float *wpack = fc_scratch(FC_SCRATCH_CALL, implicit_weights_floats(s));
+    const implicit_layout layout = implicit_forward_layout(s);
+    float *wpack = fc_scratch(FC_SCRATCH_CALL, implicit_forward_floats(&layout));
+    if (!wpack) return FC_ERROR_NO_MEMORY;
     if (few) {  /* wpack[co][r][c * cin + ci] = w[r][c][ci][co] */
         for (int64_t e = 0; e < k; e++)
             for (int64_t co = 0; co < s->cout; co++) wpack[co * k + e] = w[e * s->cout + co];
@@ -317,11 +371,11 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
         }
     }
     const int64_t band = implicit_band_rows(s), bands = (s->oh + band - 1) / band;
-    const int threads = fc_threads_for_work(forward_flops(s));
+    const int threads = layout.threads;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *buf = fc_scratch(FC_SCRATCH_A, implicit_band_floats(s));
-        float *band_out = by_band ? fc_scratch(FC_SCRATCH_B, implicit_band_out_floats(s)) : NULL;
+        float *buf = wpack + layout.weights + fc_thread_num() * (layout.band + layout.band_out);
+        float *band_out = by_band ? buf + layout.band : NULL;
         #pragma omp for schedule(dynamic)
         for (int64_t task = 0; task < s->n * bands; task++) {
             const int64_t img = task / bands, oy0 = task % bands * band, rows = min64(band, s->oh - oy0);
@@ -331,9 +385,8 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
             const int64_t out_row = s->ow * s->cout, first = (img * s->oh + oy0) * out_row;
             if (few) {
                 for (int64_t i = 0; i < rows; i++)
-                    fc_active_conv_direct()->few_outputs_row(buf + i * wp * s->cin, wp * s->cin, s->cin,
-                                                             s->kw * s->cin, (int)s->kh, wpack, (int)s->cout,
-                                                             bias, relu, s->ow, y + first + i * out_row);
+                    dk->few_outputs_row(buf + i * wp * s->cin, wp * s->cin, s->cin, s->kw * s->cin, (int)s->kh,
+                                        wpack, (int)s->cout, bias, relu, s->ow, y + first + i * out_row);
             } else if (by_band) {  /* then drop the padding columns' results */
                 implicit_run(s, kr, buf, (rows - 1) * wp + s->ow, 0, s->kh, wpack, packed, bias, relu, band_out);
                 for (int64_t i = 0; i < rows; i++)
@@ -350,9 +403,10 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
                 }
             }
             if (mask_by)  /* the band's rows are still in cache */
-                relu_mask(mask_by + first, y + first, rows * out_row);
+                relu_mask(ew, mask_by + first, y + first, rows * out_row);
         }
     }
+    return FC_OK;
 }
 
 /* ---- implicit GEMM weight gradient ----
@@ -371,7 +425,7 @@ static void implicit_forward(const fc_conv_shape *s, const float *x, const float
 static int weight_grad_from_padded_images(const fc_conv_shape *s, int algo)
 {
     return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && unit_stride_and_dilation(s) &&
-           fc_conv2d_algorithm(s, algo) != FC_CONV_DIRECT;
+           resolve_algorithm(s, algo) != FC_CONV_DIRECT;
 }
 
 enum {
@@ -405,8 +459,20 @@ static int64_t implicit_dw_floats(const fc_conv_shape *s)
 }
 
 /* dw (+)= image img's weight gradient (dw is (kh * kw * cin) x cout; overwritten unless accumulate). */
+static fc_gemm_problem implicit_dw_gemm(const fc_conv_shape *s)
+{
+    const int64_t wp = implicit_padded_width(s);
+    const fc_gemm_problem g = {
+        .m = s->kw * s->cin, .n = s->cout, .k = (s->oh - 1) * wp + s->ow, .a_rs = 1, .a_cs = s->cin,
+        .b_rs = s->cout, .b_cs = 1, .ldc = s->cout, .alpha = 1.0f,
+    };
+    return g;
+}
+
+/* gemm_ws: gemm_slice_floats of implicit_dw_gemm. */
 static void implicit_weight_grad_image(const fc_conv_shape *s, const fc_gemm_kernel *kr, const float *x,
-                                       const float *dy, int64_t img, int accumulate, float *dw, float *buf)
+                                       const float *dy, int64_t img, int accumulate, float *dw, float *buf,
+                                       float *gemm_ws)
 {
     const int64_t wp = implicit_padded_width(s), rows = s->oh + s->kh - 1, out_row = s->ow * s->cout;
     float *xpad = buf, *dypad = buf + implicit_dw_image_floats(s);
@@ -417,14 +483,12 @@ static void implicit_weight_grad_image(const fc_conv_shape *s, const fc_gemm_ker
         memset(dypad + oy * wp * s->cout + out_row, 0, sizeof(float) * (size_t)((wp - s->ow) * s->cout));
     }
     for (int64_t r = 0; r < s->kh; r++) {
-        const fc_gemm_problem g = {
-            .m = s->kw * s->cin, .n = s->cout, .k = (s->oh - 1) * wp + s->ow,
-            .a = xpad + r * wp * s->cin, .a_rs = 1, .a_cs = s->cin,
-            .b = dypad, .b_rs = s->cout, .b_cs = 1,
-            .c = dw + r * s->kw * s->cin * s->cout, .ldc = s->cout,
-            .alpha = 1.0f, .beta = accumulate ? 1.0f : 0.0f,
-        };
-        fc_gemm_run(kr, &g, 1);
+        fc_gemm_problem g = implicit_dw_gemm(s);
+        g.a = xpad + r * wp * s->cin;
+        g.b = dypad;
+        g.c = dw + r * s->kw * s->cin * s->cout;
+        g.beta = accumulate ? 1.0f : 0.0f;
+        fc_gemm_run_in(kr, &g, 1, gemm_ws);
     }
 }
 
@@ -438,16 +502,14 @@ static int few_outputs_weight_grad(const fc_conv_shape *s, int algo)
 }
 
 /* dwt += image img's weight gradient, transposed (see above); buf holds implicit_dw_image_floats. */
-static void few_outputs_weight_grad_image(const fc_conv_shape *s, const float *x, const float *dy, int64_t img,
-                                          float *dwt, float *buf)
+static void few_outputs_weight_grad_image(const fc_conv_direct_kernels *dk, const fc_conv_shape *s, const float *x,
+                                          const float *dy, int64_t img, float *dwt, float *buf)
 {
     const int64_t wp = implicit_padded_width(s);
     copy_padded_rows(s, x, img, 0, s->oh + s->kh - 1, buf);
     for (int64_t oy = 0; oy < s->oh; oy++)
-        fc_active_conv_direct()->few_outputs_weight_grad_row(buf + oy * wp * s->cin, wp * s->cin, s->cin,
-                                                             s->kw * s->cin, (int)s->kh,
-                                                             dy + (img * s->oh + oy) * s->ow * s->cout,
-                                                             (int)s->cout, s->ow, dwt);
+        dk->few_outputs_weight_grad_row(buf + oy * wp * s->cin, wp * s->cin, s->cin, s->kw * s->cin, (int)s->kh,
+                                        dy + (img * s->oh + oy) * s->ow * s->cout, (int)s->cout, s->ow, dwt);
 }
 
 /* The input gradient of a stride-1, undilated conv is itself such a conv: of dy, padded by kh - 1 -
@@ -480,59 +542,19 @@ static void flip_kernel(const fc_conv_shape *s, const float *w, float *wt)
  * the direct weight gradient stays the fastest dw. */
 static int direct_input_grad(const fc_conv_shape *s, int algo)
 {
-    return algo == FC_CONV_DIRECT && fc_conv2d_algorithm(s, algo) == FC_CONV_DIRECT;
+    return algo == FC_CONV_DIRECT && resolve_algorithm(s, algo) == FC_CONV_DIRECT;
 }
 
 /* Does the backward pass take dx as input_grad_as_conv through implicit GEMM (else im2col's col2im)? */
 static int implicit_input_grad(const fc_conv_shape *s, int algo, fc_conv_shape *t)
 {
-    return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && fc_conv2d_algorithm(s, algo) != FC_CONV_DIRECT &&
+    return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && resolve_algorithm(s, algo) != FC_CONV_DIRECT &&
            input_grad_as_conv(s, t) && implicit_applies(t);
 }
 
-int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
-{
-    const int64_t k = patch_size(s);
-    const int direct = fc_conv2d_algorithm(s, algo) == FC_CONV_DIRECT;
-    const fc_conv_direct_kernels *dk = fc_active_conv_direct();
-    const int block = dk->block;
-    if (!backward) {
-        const int threads = fc_threads_for_work(forward_flops(s));
-        if (direct) return direct_packed_floats(s, block) + threads * fc_conv_direct_band_floats(s, dk->pixels);
-        if (is_pointwise(s)) return 0;
-        if (fc_conv2d_algorithm(s, algo) == FC_CONV_IMPLICIT)
-            return implicit_weights_floats(s) + threads * (implicit_band_floats(s) + implicit_band_out_floats(s));
-        const fc_gemm_problem p = forward_gemm(s, NULL, NULL, 0);
-        return fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &p) + threads * forward_block_rows(s) * k;
-    }
-    const int threads = fc_threads_for_work(3 * forward_flops(s));
-    const int64_t block_rows = backward_block_images(s) * s->oh * s->ow;
-    const int64_t blocks = (s->n + backward_block_images(s) - 1) / backward_block_images(s);
-    const int64_t partials = min64(blocks, MAX_PARTIAL_SUMS);
-    const int64_t cblocks = (s->cout + block - 1) / block;
-    /* per thread, for the im2col path's dw: a padded image (and its dy, implicit), or a block of patches */
-    const int64_t dw_floats = implicit_weight_grad(s, algo)    ? implicit_dw_floats(s)
-                              : few_outputs_weight_grad(s, algo) ? implicit_dw_image_floats(s)
-                                                                 : block_rows * k;
-    fc_conv_shape t;
-    if (implicit_input_grad(s, algo, &t)) {
-        /* dw and db as im2col's without dx (partial sums, dw_floats per thread), then dx as an
-         * implicit forward conv (packed kernel rows, a band per thread) of the flipped kernel. */
-        return max64(partials * (k * s->cout + s->cout), implicit_weights_floats(&t)) + k * s->cout +
-               threads * (max64(dw_floats, implicit_band_floats(&t)) + implicit_band_out_floats(&t));
-    }
-    /* The packed weights for dx, and per thread: for dw, the direct kernel's padded output row or
-     * dw_floats; for dx, the direct kernel's row of dy padded to whole blocks (when forced) or one
-     * block of patches. */
-    const fc_gemm_problem dx_gemm = input_grad_gemm(s, NULL);
-    const int direct_dx = direct_input_grad(s, algo);
-    const int64_t packed = direct_dx ? direct_packed_floats(s, block)
-                                     : fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &dx_gemm);
-    const int64_t per_thread = (direct ? s->ow * cblocks * block : dw_floats) +
-                               (direct_dx ? s->w * s->kw + s->kh : block_rows * k);
-    const int64_t shared = partials * (direct ? direct_packed_floats(s, block) : k * s->cout + s->cout) + packed;
-    return shared + threads * per_thread;
-}
+/* ---- the scratch of each path: one block from the calling thread's FC_SCRATCH_CALL slot, shared
+ * buffers first, then one slice per thread (every part whole cache lines). The same functions size the
+ * block for the call and for fc_conv2d_workspace_floats, so that tells exactly what a call takes. ---- */
 
 /* Packs w (kh, kw, cin, cout) and bias into the direct kernels' layout (direct.h) at wp. */
 static void direct_pack(const fc_conv_shape *s, int64_t block, const float *w, const float *bias, float *wp)
@@ -550,57 +572,216 @@ static void direct_pack(const fc_conv_shape *s, int64_t block, const float *w, c
     }
 }
 
-static void direct_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
-                           int relu, float *y)
+/* The forward pass of the direct and im2col paths: shared (packed weights) + threads * per_thread. */
+typedef struct {
+    int64_t shared, per_thread, cols;  /* cols: im2col's block of patches, the start of a slice */
+    int threads;
+} forward_layout;
+
+static forward_layout direct_forward_layout(const fc_conv_shape *s)
 {
     const fc_conv_direct_kernels *dk = fc_active_conv_direct();
+    const forward_layout l = {
+        .shared = fc_lines(direct_packed_floats(s, dk->block)),
+        .per_thread = fc_lines(fc_conv_direct_band_floats(s, dk->pixels)),
+        .threads = fc_threads_for_work(forward_flops(s)),
+    };
+    return l;
+}
+
+/* p: forward_gemm with b_packed set when the kernel is packed once (packed floats). */
+static forward_layout im2col_forward_layout(const fc_conv_shape *s, const fc_gemm_problem *p, int64_t packed)
+{
+    const int64_t rows = s->n * s->oh * s->ow, block = forward_block_rows(s);
+    const int64_t last = rows - (rows + block - 1) / block * block + block;
+    forward_layout l = { .shared = fc_lines(packed), .cols = fc_lines(block * patch_size(s)),
+                         .threads = fc_threads_for_work(forward_flops(s)) };
+    l.per_thread = l.cols + fc_lines(gemm_slice_floats(fc_active_gemm_kernel(), *p, block, last));
+    return l;
+}
+
+/* The backward pass (not the implicit-GEMM dx): the partial dw/db sums, then the packed weights for
+ * dx; per thread its dw block (cols), its dx block (dcols) and its GEMMs' scratch. */
+typedef struct {
+    int64_t partials, dw_size, db_size, packed;  /* packed: floats of the packed weights (0: none) */
+    int64_t images_per_block, blocks, block_rows, last_rows;
+    int direct, direct_dx, implicit_dw, few_dw, dw_transposed;
+    int64_t shared, cols, dcols, gemm, per_thread;
+    int threads;
+} backward_layout;
+
+/* dw transposed (dy^T @ cols) or not (cols^T @ dy), with K the block's rows (filled in per block). */
+static fc_gemm_problem dw_gemm(const fc_conv_shape *s, int transposed)
+{
+    const int64_t k = patch_size(s);
+    const fc_gemm_problem g = transposed ? (fc_gemm_problem){
+        .m = s->cout, .n = k, .a_rs = 1, .a_cs = s->cout, .b_rs = k, .b_cs = 1, .ldc = k, .alpha = 1.0f,
+    } : (fc_gemm_problem){
+        .m = k, .n = s->cout, .a_rs = 1, .a_cs = k, .b_rs = s->cout, .b_cs = 1, .ldc = s->cout, .alpha = 1.0f,
+    };
+    return g;
+}
+
+static backward_layout make_backward_layout(const fc_conv_shape *s, int algo, int need_dx, int need_dw, int need_db)
+{
+    const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
+    const fc_conv_direct_kernels *dk = fc_active_conv_direct();
+    const int64_t k = patch_size(s), pixels = s->oh * s->ow, block = dk->block;
+    const int64_t cblocks = (s->cout + block - 1) / block;
+    backward_layout l = { 0 };
+    l.direct = resolve_algorithm(s, algo) == FC_CONV_DIRECT;
+    l.direct_dx = direct_input_grad(s, algo);
+    /* With few output channels, cols^T @ dy would fill cout of the micro-kernel's NR lanes: the
+     * partials then hold dw^T = dy^T @ cols, whose lanes run along the patch (n128 28x28 32->1:
+     * 7.2-8.0 -> 3.0 ms; level with the other way round at 16 and 32 channels, slower at 64). */
+    l.dw_transposed = !l.direct && s->cout <= DW_TRANSPOSED_MAX_COUT;
+    l.implicit_dw = implicit_weight_grad(s, algo);
+    l.few_dw = few_outputs_weight_grad(s, algo);
+    l.images_per_block = backward_block_images(s);
+    l.blocks = (s->n + l.images_per_block - 1) / l.images_per_block;
+    l.block_rows = l.images_per_block * pixels;
+    l.last_rows = s->n * pixels - (l.blocks - 1) * l.block_rows;
+    /* Each partial sum owns blocks b, b + partials, b + 2*partials, ... in that order. In the direct
+     * layout a partial is the packed dw followed by the packed db (direct.h). */
+    l.partials = min64(l.blocks, MAX_PARTIAL_SUMS);
+    l.dw_size = l.direct ? cblocks * block * k : k * s->cout;
+    l.db_size = l.direct ? cblocks * block : s->cout;
+    const fc_gemm_problem dx_gemm = input_grad_gemm(s, NULL);
+    l.packed = !need_dx ? 0 : l.direct_dx ? direct_packed_floats(s, block) : fc_gemm_packed_b_floats(kernel, &dx_gemm);
+    l.shared = fc_lines(l.partials * (l.dw_size + l.db_size)) + fc_lines(l.packed);
+    const int direct_grads = l.direct && (need_dw || need_db);
+    l.cols = fc_lines(direct_grads ? s->ow * cblocks * block
+                      : !need_dw ? 0
+                      : l.implicit_dw ? implicit_dw_floats(s)
+                      : l.few_dw ? implicit_dw_image_floats(s)
+                                 : l.block_rows * k);
+    /* the direct dx's int32 tables, counted as floats */
+    l.dcols = fc_lines(!need_dx ? 0 : l.direct_dx ? s->w * s->kw + s->kh : l.block_rows * k);
+    int64_t gemm = 0;
+    if (need_dw && !l.direct && l.implicit_dw) {
+        gemm = gemm_slice_floats(kernel, implicit_dw_gemm(s), s->kw * s->cin, s->kw * s->cin);
+    } else if (need_dw && !l.direct && !l.few_dw) {  /* K is the block's rows, M fixed */
+        fc_gemm_problem g = dw_gemm(s, l.dw_transposed);
+        g.k = l.block_rows;
+        gemm = gemm_slice_floats(kernel, g, g.m, g.m);
+        g.k = l.last_rows;
+        gemm = max64(gemm, gemm_slice_floats(kernel, g, g.m, g.m));
+    }
+    if (need_dx && !l.direct_dx) {
+        fc_gemm_problem g = dx_gemm;
+        if (l.packed) g.b_packed = packed_placeholder;
+        gemm = max64(gemm, gemm_slice_floats(kernel, g, l.block_rows, l.last_rows));
+    }
+    l.gemm = fc_lines(gemm);
+    l.per_thread = l.cols + l.dcols + l.gemm;
+    l.threads = fc_threads_for_work(forward_flops(s) * ((need_dw || need_db ? 1 : 0) + (need_dx ? 1 : 0)));
+    return l;
+}
+
+static int64_t backward_floats(const backward_layout *l) { return l->shared + l->threads * l->per_thread; }
+
+/* The floats of the two blocks of the backward pass whose dx is an implicit-GEMM conv (t): the dw/db
+ * pass, then the flipped kernel (FC_SCRATCH_KERNEL) and the conv of dy with it (reusing the first). */
+static int64_t implicit_dx_backward_floats(const fc_conv_shape *s, const fc_conv_shape *t, int algo, int need_dw,
+                                           int need_db)
+{
+    const backward_layout grads = make_backward_layout(s, algo, 0, need_dw, need_db);
+    const implicit_layout dx = implicit_forward_layout(t);
+    return max64(need_dw || need_db ? backward_floats(&grads) : 0, implicit_forward_floats(&dx)) +
+           fc_lines(patch_size(s) * s->cout);
+}
+
+static int64_t forward_floats(const fc_conv_shape *s, int algo)
+{
+    const int resolved = resolve_algorithm(s, algo);
+    if (resolved == FC_CONV_DIRECT) {
+        const forward_layout l = direct_forward_layout(s);
+        return l.shared + l.threads * l.per_thread;
+    }
+    if (resolved == FC_CONV_IMPLICIT) {
+        const implicit_layout l = implicit_forward_layout(s);
+        return implicit_forward_floats(&l);
+    }
+    fc_gemm_problem p = forward_gemm(s, NULL, NULL, 0);
+    p.m = s->n * s->oh * s->ow;
+    if (is_pointwise(s))  /* one GEMM reading x in place, in its FC_SCRATCH_GEMM block (at most this) */
+        return gemm_floats_bound(fc_active_gemm_kernel(), p, p.m, p.m, fc_threads_for_work(forward_flops(s)));
+    const int64_t packed = fc_gemm_packed_b_floats(fc_active_gemm_kernel(), &p);
+    if (packed) p.b_packed = packed_placeholder;
+    const forward_layout l = im2col_forward_layout(s, &p, packed);
+    return l.shared + l.threads * l.per_thread;
+}
+
+int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
+{
+    fc_call_begin();
+    int64_t floats;
+    fc_conv_shape t;
+    if (!backward)
+        floats = forward_floats(s, algo);
+    else if (implicit_input_grad(s, algo, &t))
+        floats = implicit_dx_backward_floats(s, &t, algo, 1, 1);
+    else {
+        const backward_layout l = make_backward_layout(s, algo, 1, 1, 1);
+        floats = backward_floats(&l);
+    }
+    fc_call_end(FC_OK);
+    return floats;
+}
+
+static int direct_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
+                          int relu, float *y)
+{
+    const fc_conv_direct_kernels *dk = fc_active_conv_direct();
+    const forward_layout l = direct_forward_layout(s);
+    float *wp = fc_scratch(FC_SCRATCH_CALL, l.shared + l.threads * l.per_thread);
+    if (!wp) return FC_ERROR_NO_MEMORY;
     const int64_t cblocks = (s->cout + dk->block - 1) / dk->block;
-    float *wp = fc_scratch(FC_SCRATCH_CALL, direct_packed_floats(s, dk->block));
     const float *bp = wp + cblocks * patch_size(s) * dk->block;
     direct_pack(s, dk->block, w, bias, wp);
     const int64_t rows = s->n * s->oh;
-    const int threads = fc_threads_for_work(forward_flops(s));
+    const int threads = l.threads;
     /* About 4096 output pixels per task: small enough to balance, large enough to amortise. */
     const int64_t chunk = max64(1, 4096 / s->ow), chunks = (rows + chunk - 1) / chunk;
-    #pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
-    for (int64_t t = 0; t < chunks; t++)
-        dk->forward(s, x, wp, bp, relu, y, t * chunk, min64(chunk, rows - t * chunk));
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *band = wp + l.shared + fc_thread_num() * l.per_thread;
+        #pragma omp for schedule(dynamic)
+        for (int64_t t = 0; t < chunks; t++)
+            dk->forward(s, x, wp, bp, relu, y, t * chunk, min64(chunk, rows - t * chunk), band);
+    }
+    return FC_OK;
 }
 
-void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
-                       int relu, float *y)
+static int conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
+                          int relu, float *y)
 {
-    const int resolved = fc_conv2d_algorithm(s, algo);
-    if (resolved == FC_CONV_DIRECT) {
-        direct_forward(s, x, w, bias, relu, y);
-        return;
-    }
-    if (resolved == FC_CONV_IMPLICIT) {
-        implicit_forward(s, x, w, bias, relu, NULL, y);
-        return;
-    }
+    const int resolved = resolve_algorithm(s, algo);
+    if (resolved == FC_CONV_DIRECT) return direct_forward(s, x, w, bias, relu, y);
+    if (resolved == FC_CONV_IMPLICIT) return implicit_forward(s, x, w, bias, relu, NULL, y);
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
-    const int64_t rows = s->n * s->oh * s->ow, k = patch_size(s);
+    const int64_t rows = s->n * s->oh * s->ow;
     const int threads = fc_threads_for_work(forward_flops(s));
     fc_gemm_problem p = forward_gemm(s, w, bias, relu);
     p.m = rows;
     p.a = x;
     p.c = y;
-    if (is_pointwise(s)) {
-        fc_gemm_run(kernel, &p, threads);
-        return;
-    }
+    if (is_pointwise(s)) return fc_gemm_run(kernel, &p, threads);
     /* The kernel is the B of every block's GEMM: packed once here instead of once per block. */
     const int64_t packed = fc_gemm_packed_b_floats(kernel, &p);
+    fc_gemm_problem sized = p;
+    if (packed) sized.b_packed = packed_placeholder;
+    const forward_layout l = im2col_forward_layout(s, &sized, packed);
+    float *ws = fc_scratch(FC_SCRATCH_CALL, l.shared + l.threads * l.per_thread);
+    if (!ws) return FC_ERROR_NO_MEMORY;
     if (packed) {
-        float *wp = fc_scratch(FC_SCRATCH_CALL, packed);
-        fc_gemm_pack_b(kernel, &p, wp);
-        p.b_packed = wp;
+        fc_gemm_pack_b(kernel, &p, ws);
+        p.b_packed = ws;
     }
     const int64_t block = forward_block_rows(s), blocks = (rows + block - 1) / block;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *cols = fc_scratch(FC_SCRATCH_A, block * k);
+        float *cols = ws + l.shared + fc_thread_num() * l.per_thread, *gemm_ws = cols + l.cols;
         fc_gemm_problem part = p;
         part.a = cols;
         #pragma omp for schedule(dynamic)
@@ -609,69 +790,65 @@ void fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const f
             part.m = min64(block, rows - row0);
             part.c = y + row0 * s->cout;
             im2col_rows(s, x, row0, part.m, cols);
-            fc_gemm_run(kernel, &part, 1);
+            fc_gemm_run_in(kernel, &part, 1, gemm_ws);
         }
     }
+    return FC_OK;
 }
 
-void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
-                        int x_from_relu, float *dx, float *dw, float *db)
+int fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
+                      int relu, float *y)
+{
+    fc_call_begin();
+    return fc_call_end(conv2d_forward(s, algo, x, w, bias, relu, y));
+}
+
+static int conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
+                           int x_from_relu, float *dx, float *dw, float *db)
 {
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
     const fc_conv_direct_kernels *dk = fc_active_conv_direct();
-    const int direct = fc_conv2d_algorithm(s, algo) == FC_CONV_DIRECT;
-    const int direct_dx = direct_input_grad(s, algo);
+    const fc_elementwise_kernels *ew = fc_active_elementwise();
     const int64_t k = patch_size(s), pixels = s->oh * s->ow;
-    /* With few output channels, cols^T @ dy would fill cout of the micro-kernel's NR lanes: the
-     * partials then hold dw^T = dy^T @ cols, whose lanes run along the patch (n128 28x28 32->1:
-     * 7.2-8.0 -> 3.0 ms; level with the other way round at 16 and 32 channels, slower at 64). */
-    const int dw_transposed = !direct && s->cout <= DW_TRANSPOSED_MAX_COUT;
-    const int implicit_dw = implicit_weight_grad(s, algo), few_dw = few_outputs_weight_grad(s, algo);
     fc_conv_shape t;
     if (dx && implicit_input_grad(s, algo, &t)) {
-        if (dw || db) fc_conv2d_backward(s, algo, dy, x, w, 0, NULL, dw, db);
+        if (dw || db) {
+            const int status = conv2d_backward(s, algo, dy, x, w, 0, NULL, dw, db);
+            if (status != FC_OK) return status;
+        }
         float *wt = fc_scratch(FC_SCRATCH_KERNEL, patch_size(s) * s->cout);
+        if (!wt) return FC_ERROR_NO_MEMORY;
         flip_kernel(s, w, wt);
-        implicit_forward(&t, dy, wt, NULL, 0, x_from_relu ? x : NULL, dx);
-        return;
+        return implicit_forward(&t, dy, wt, NULL, 0, x_from_relu ? x : NULL, dx);
     }
-    const int64_t images_per_block = backward_block_images(s);
-    const int64_t blocks = (s->n + images_per_block - 1) / images_per_block;
-    /* Each partial sum owns blocks b, b + partials, b + 2*partials, ... in that order. In the direct
-     * layout a partial is the packed dw followed by the packed db (direct.h). */
-    const int64_t partials = min64(blocks, MAX_PARTIAL_SUMS);
-    const int64_t block = dk->block, cblocks = (s->cout + block - 1) / block;
-    const int64_t dw_size = direct ? cblocks * block * k : k * s->cout;
-    const int64_t db_size = direct ? cblocks * block : s->cout;
-    /* im2col: dcols = dy_block @ w^T, the same B (w^T) for every block, packed once. */
-    fc_gemm_problem dx_gemm = input_grad_gemm(s, w);
-    const int64_t packed = !dx ? 0
-                           : direct_dx ? direct_packed_floats(s, block) : fc_gemm_packed_b_floats(kernel, &dx_gemm);
-    float *partial = fc_scratch(FC_SCRATCH_CALL, partials * (dw_size + db_size) + packed);
+    const backward_layout l = make_backward_layout(s, algo, dx != NULL, dw != NULL, db != NULL);
+    const int direct = l.direct, direct_dx = l.direct_dx, dw_transposed = l.dw_transposed;
+    const int implicit_dw = l.implicit_dw, few_dw = l.few_dw;
+    const int64_t blocks = l.blocks, partials = l.partials, dw_size = l.dw_size, db_size = l.db_size;
+    const int64_t block = dk->block;
+    float *partial = fc_scratch(FC_SCRATCH_CALL, backward_floats(&l));
+    if (!partial) return FC_ERROR_NO_MEMORY;
     float *dw_partial = dw ? partial : NULL;
     float *db_partial = db ? partial + partials * dw_size : NULL;
-    float *wp = partial + partials * (dw_size + db_size);  /* the packed weights for dx */
+    float *wp = partial + fc_lines(partials * (dw_size + db_size));  /* the packed weights for dx */
+    /* im2col: dcols = dy_block @ w^T, the same B (w^T) for every block, packed once. */
+    fc_gemm_problem dx_gemm = input_grad_gemm(s, w);
     if (dx && direct_dx) {
         direct_pack(s, block, w, NULL, wp);
     } else if (dx) {
         memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->cin));
-        if (packed) {
+        if (l.packed) {
             fc_gemm_pack_b(kernel, &dx_gemm, wp);
             dx_gemm.b_packed = wp;
         }
     }
-    const double flops = forward_flops(s) * ((dw || db ? 1 : 0) + (dx ? 1 : 0));
-    const int threads = fc_threads_for_work(flops);
+    const int threads = l.threads;
 
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        const int64_t block_rows = images_per_block * pixels;
-        float *cols = !(dw || db) ? NULL
-                      : fc_scratch(FC_SCRATCH_A, direct        ? s->ow * cblocks * block
-                                                 : implicit_dw ? implicit_dw_floats(s)
-                                                 : few_dw      ? implicit_dw_image_floats(s)
-                                                               : block_rows * k);
-        float *dcols = dx ? fc_scratch(FC_SCRATCH_B, direct_dx ? s->w * s->kw + s->kh : block_rows * k) : NULL;
+        const int64_t block_rows = l.block_rows;
+        float *cols = partial + l.shared + fc_thread_num() * l.per_thread;
+        float *dcols = cols + l.cols, *gemm_ws = dcols + l.dcols;
         #pragma omp for schedule(dynamic)
         for (int64_t part = 0; part < partials; part++) {
             for (int64_t b = part; b < blocks; b += partials) {
@@ -684,25 +861,21 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
                     if (dw && implicit_dw) {
                         for (int64_t i = 0; i < rows / pixels; i++)
                             implicit_weight_grad_image(s, kernel, x, dy, row0 / pixels + i, b != part || i > 0,
-                                                       dw_partial + part * dw_size, cols);
+                                                       dw_partial + part * dw_size, cols, gemm_ws);
                     } else if (dw && few_dw) {
                         if (b == part) memset(dw_partial + part * dw_size, 0, sizeof(float) * (size_t)dw_size);
                         for (int64_t i = 0; i < rows / pixels; i++)
-                            few_outputs_weight_grad_image(s, x, dy, row0 / pixels + i, dw_partial + part * dw_size,
+                            few_outputs_weight_grad_image(dk, s, x, dy, row0 / pixels + i, dw_partial + part * dw_size,
                                                           cols);
                     } else if (dw) {  /* dw_part (+)= cols^T @ dy_block, or its transpose for few output channels */
                         im2col_rows(s, x, row0, rows, cols);
-                        const float beta = b == part ? 0.0f : 1.0f;
-                        const fc_gemm_problem g = dw_transposed ? (fc_gemm_problem){
-                            .m = s->cout, .n = k, .k = rows, .a = dy_block, .a_rs = 1, .a_cs = s->cout,
-                            .b = cols, .b_rs = k, .b_cs = 1, .c = dw_partial + part * dw_size,
-                            .ldc = k, .alpha = 1.0f, .beta = beta,
-                        } : (fc_gemm_problem){
-                            .m = k, .n = s->cout, .k = rows, .a = cols, .a_rs = 1, .a_cs = k,
-                            .b = dy_block, .b_rs = s->cout, .b_cs = 1, .c = dw_partial + part * dw_size,
-                            .ldc = s->cout, .alpha = 1.0f, .beta = beta,
-                        };
-                        fc_gemm_run(kernel, &g, 1);
+                        fc_gemm_problem g = dw_gemm(s, dw_transposed);
+                        g.k = rows;
+                        g.a = dw_transposed ? dy_block : cols;
+                        g.b = dw_transposed ? cols : dy_block;
+                        g.c = dw_partial + part * dw_size;
+                        g.beta = b == part ? 0.0f : 1.0f;
+                        fc_gemm_run_in(kernel, &g, 1, gemm_ws);
                     }
                     if (db) {
                         float *acc = db_partial + part * db_size;
@@ -716,11 +889,11 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
                     g.m = rows;
                     g.a = dy_block;
                     g.c = dcols;
-                    fc_gemm_run(kernel, &g, 1);
+                    fc_gemm_run_in(kernel, &g, 1, gemm_ws);
                     col2im_rows(s, dcols, row0, rows, dx);
                     if (x_from_relu) {  /* this block's images of dx are complete and still in cache */
                         const int64_t image = s->h * s->w * s->cin, first = row0 / pixels;
-                        relu_mask(x + first * image, dx + first * image, rows / pixels * image);
+                        relu_mask(ew, x + first * image, dx + first * image, rows / pixels * image);
                     }
                 }
             }
@@ -731,7 +904,7 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
             for (int64_t t = 0; t < (in_rows + chunk - 1) / chunk; t++) {
                 const int64_t rows = min64(chunk, in_rows - t * chunk), row_size = s->w * s->cin;
                 dk->input_grad(s, dy, wp, dx, t * chunk, rows, (int32_t *)dcols);
-                if (x_from_relu) relu_mask(x + t * chunk * row_size, dx + t * chunk * row_size, rows * row_size);
+                if (x_from_relu) relu_mask(ew, x + t * chunk * row_size, dx + t * chunk * row_size, rows * row_size);
             }
         }
 
@@ -768,4 +941,12 @@ void fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const
             }
         }
     }
+    return FC_OK;
+}
+
+int fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
+                       int x_from_relu, float *dx, float *dw, float *db)
+{
+    fc_call_begin();
+    return fc_call_end(conv2d_backward(s, algo, dy, x, w, x_from_relu, dx, dw, db));
 }

@@ -14,7 +14,6 @@
 #endif
 
 #include "direct.h"
-#include "../workspace.h"
 
 #if defined(__AVX512F__)
 #define DIRECT_TABLE fc_conv_direct_avx512
@@ -150,24 +149,53 @@ static void padded_rows(const fc_conv_shape *s, const float *image, int64_t oy, 
     }
 }
 
+/* The same rows gathered (direct.h): for each of `cols` / kw output pixels, its kw taps side by side,
+ * zeros for taps in the padding and for pixels past ow. */
+static void gathered_rows(const fc_conv_shape *s, const float *image, int64_t oy, int64_t cols, float *dst)
+{
+    const int64_t cin = s->cin, pixels = cols / s->kw;
+    for (int64_t i = 0; i < s->kh; i++) {
+        float *row = dst + i * cols * cin;
+        const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
+        if (iy < 0 || iy >= s->h) {
+            memset(row, 0, sizeof(float) * (size_t)(cols * cin));
+            continue;
+        }
+        for (int64_t p = 0; p < pixels; p++)
+            for (int64_t j = 0; j < s->kw; j++) {
+                const int64_t ix = p * s->stride_w - s->pad_left + j * s->dilation_w;
+                float *d = row + (p * s->kw + j) * cin;
+                if (p < s->ow && ix >= 0 && ix < s->w)
+                    memcpy(d, image + (iy * s->w + ix) * cin, sizeof(float) * (size_t)cin);
+                else
+                    memset(d, 0, sizeof(float) * (size_t)cin);
+            }
+    }
+}
+
 static void forward(const fc_conv_shape *s, const float *x, const float *wp, const float *bp, int relu,
-                    float *y, int64_t row0, int64_t rows)
+                    float *y, int64_t row0, int64_t rows, float *band_rows)
 {
     const int64_t cblocks = (s->cout + BLOCK - 1) / BLOCK, taps_cin = s->kh * s->kw * s->cin;
-    const int64_t xstep = s->stride_w * s->cin;
     const int first_layer_3x3 = s->kh == 3 && s->kw == 3 && s->cin == 1 && s->stride_w == 1 && s->dilation_w == 1;
     /* The padded rows as an image of kh rows that needs no padding: the tile reads row i for kernel row i.
-     * Columns reach the last tile's last tap, past ow when the last tile is partial. */
+     * Columns reach the last tile's last tap, past ow when the last tile is partial. Gathered, pixel p's
+     * tap j is column p * kw + j: a stride of kw and no dilation. */
+    const int gathered = fc_conv_direct_band_gathered(s, PX);
     fc_conv_shape band = *s;
     band.h = s->kh;
     band.w = fc_conv_direct_band_cols(s, PX);
     band.stride_h = band.dilation_h = 1;
     band.pad_top = band.pad_left = 0;
-    float *band_rows = fc_scratch(FC_SCRATCH_A, fc_conv_direct_band_floats(s, PX));
+    if (gathered) band.stride_w = s->kw, band.dilation_w = 1;
+    const int64_t xstep = band.stride_w * s->cin;
 
     for (int64_t r = row0; r < row0 + rows; r++) {
         const int64_t img = r / s->oh, oy = r % s->oh;
-        padded_rows(s, x + img * s->h * s->w * s->cin, oy, band.w, band_rows);
+        if (gathered)
+            gathered_rows(s, x + img * s->h * s->w * s->cin, oy, band.w, band_rows);
+        else
+            padded_rows(s, x + img * s->h * s->w * s->cin, oy, band.w, band_rows);
         float *out = y + r * s->ow * s->cout;
         for (int64_t cb = 0; cb < cblocks; cb++) {
             const float *wb = wp + cb * taps_cin * BLOCK, *bb = bp + cb * BLOCK;
@@ -178,7 +206,7 @@ static void forward(const fc_conv_shape *s, const float *x, const float *wp, con
                     forward_tile(&band, band_rows, wb, bb, 0, ox, 0, 3, 3, 3, 1, 1, 1, acc);
                 else
                     forward_tile(&band, band_rows, wb, bb, 0, ox, 0, s->kh, s->kh, s->kw, s->cin, xstep,
-                                 s->dilation_w, acc);
+                                 band.dilation_w, acc);
                 const int pixels = s->ow - ox < PX ? (int)(s->ow - ox) : PX;
                 for (int p = 0; p < pixels; p++)
                     for (int v = 0; v < NV; v++)

@@ -18,10 +18,10 @@ typedef struct {
     int block;   /* output channels per vector block (a multiple of the vector width) */
     int pixels;  /* output pixels per forward tile */
     /* y rows [row0, row0 + rows) = conv(x, w) + bias, then relu; y is the whole (n, oh, ow, cout).
-     * Uses the calling thread's FC_SCRATCH_A for fc_conv_direct_band_floats floats: the kh input rows
-     * under an output row, zero padded, so that every pixel, borders included, takes the tile path. */
+     * band holds fc_conv_direct_band_floats floats (the thread's own): the kh input rows under an output
+     * row, zero padded, so that every pixel, borders included, takes the tile path. */
     void (*forward)(const fc_conv_shape *s, const float *x, const float *wp, const float *bp, int relu,
-                    float *y, int64_t row0, int64_t rows);
+                    float *y, int64_t row0, int64_t rows, float *band);
     /* dwp (+)= x patches^T @ dy and dbp (+)= sum dy over rows [row0, row0 + rows), in the packed
      * layout; `first` overwrites instead of adding. dwp or dbp may be NULL. scratch holds
      * ow * cblocks * block floats. The order of the sums depends only on the shape. */
@@ -58,10 +58,21 @@ extern const fc_conv_direct_kernels fc_conv_direct_avx2;
 extern const fc_conv_direct_kernels fc_conv_direct_avx512;
 #endif
 
-/* The padded input rows a forward task holds: kh rows of enough columns for whole tiles of `pixels`. */
+/* The input columns a forward task holds per kernel row, for whole tiles of `pixels` output pixels:
+ * either the padded row itself, from the first tile's first tap to the last tile's last (strided: every
+ * column between them, read or not), or, when that is longer, only the columns the taps read, each
+ * pixel's kw taps side by side (gathered: a stride or dilation larger than the kernel would otherwise
+ * make the band as long as the stride times the row, 51 GB for a 3x3 image at a stride of 2**31 - 1). */
+static inline int fc_conv_direct_band_gathered(const fc_conv_shape *s, int pixels)
+{
+    const int64_t tiles = (s->ow + pixels - 1) / pixels, span = (s->kw - 1) * s->dilation_w + 1;
+    /* (tiles * pixels - 1) * stride + span > tiles * pixels * kw, without overflowing */
+    return s->stride_w > s->kw || span > s->kw * tiles * pixels - (tiles * pixels - 1) * s->stride_w;
+}
 static inline int64_t fc_conv_direct_band_cols(const fc_conv_shape *s, int pixels)
 {
     const int64_t tiles = (s->ow + pixels - 1) / pixels;
+    if (fc_conv_direct_band_gathered(s, pixels)) return tiles * pixels * s->kw;
     return (tiles * pixels - 1) * s->stride_w + (s->kw - 1) * s->dilation_w + 1;
 }
 static inline int64_t fc_conv_direct_band_floats(const fc_conv_shape *s, int pixels)

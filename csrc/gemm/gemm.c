@@ -218,9 +218,9 @@ static void team_barrier(int team)
 /* Thread `tid`'s share of the loops, run by every thread of a team of `team`. The work is shared by
  * hand rather than with `omp for`, which would bind to an enclosing region when team == 1. */
 static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, const gemm_plan *plan, float *b_pack,
-                        int tid, int team)
+                        float *a_pack, int tid, int team)
 {
-    const int64_t mr = kr->mr, nr = kr->nr, kc_max = plan->kc, nc_max = plan->nc, mc_max = plan->mc;
+    const int64_t mr = kr->mr, nr = kr->nr, kc_max = plan->kc, nc_max = plan->nc;
     const int64_t rs_b = plan->b_in_place ? p->b_rs : fc_gemm_b_panel_width(kr, p->n);  /* B panel row stride */
     const int64_t b_panel_stride = fc_gemm_b_panel_stride(kr, kc_max);
     const int64_t b_block_size = b_block_floats(kr, kc_max, nc_max);
@@ -228,7 +228,6 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
     /* A restrided block holds mc_max + 1 rows of kc_max + A_ROW_PAD floats: the row past a partial
      * tile's last may be read (and is ignored). */
     const int64_t a_ld = kc_max + A_ROW_PAD;
-    float *a_pack = fc_scratch(FC_SCRATCH_GEMM_A, a_restrided ? (mc_max + 1) * a_ld : mc_max * kc_max);
     for (int64_t jc = 0; jc < p->n; jc += nc_max) {
         const int64_t nc = min64(nc_max, p->n - jc);
         const int64_t n_panels = ceil_div(nc, nr);
@@ -341,10 +340,13 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
     }
 }
 
-void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads)
+/* The plan of a problem with at least one element of C and a K of at least 1, and the floats of its
+ * scratch: the packed B chunk (0 when B is read in place or packed beforehand) and each thread's
+ * packed A block (a restrided block holds mc + 1 rows of kc + A_ROW_PAD floats: the row past a partial
+ * tile's last may be read, and is ignored). */
+static void make_plan(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads, gemm_plan *plan_out,
+                      int64_t *b_floats, int64_t *a_floats)
 {
-    if (p->m <= 0 || p->n <= 0) return;
-    if (p->k <= 0) { epilogue_only(p); return; }
     const int64_t nr = kr->nr;
     gemm_plan plan;
     plan.nc = n_block(kr, p);
@@ -381,23 +383,54 @@ void fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads
      * K blocks packed ahead would evict the one in use. */
     const int64_t chunk_floats = plan.b_block_in_l2 ? (int64_t)kr->kc * kr->nc : B_CHUNK_FLOATS;
     plan.k_chunk = plan.kc * max64(1, chunk_floats / (plan.kc * plan.nc));
-    float *b_pack = NULL;
+    *b_floats = 0;
     if (p->b_packed || plan.b_in_place)  /* packed whole by fc_gemm_pack_b, or not packed: no barriers */
         plan.k_chunk = ceil_div(p->k, plan.kc) * plan.kc;
     else
-        b_pack = fc_scratch(FC_SCRATCH_GEMM_B, min64(plan.k_chunk / plan.kc, ceil_div(p->k, plan.kc)) *
-                                                   b_block_floats(kr, plan.kc, plan.nc));
+        *b_floats = fc_lines(min64(plan.k_chunk / plan.kc, ceil_div(p->k, plan.kc)) *
+                             b_block_floats(kr, plan.kc, plan.nc));
+    *a_floats = fc_lines(plan.a_restrided ? (plan.mc + 1) * (plan.kc + A_ROW_PAD) : plan.mc * plan.kc);
+    *plan_out = plan;
+}
+
+int64_t fc_gemm_workspace_floats(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads)
+{
+    if (p->m <= 0 || p->n <= 0 || p->k <= 0) return 0;
+    gemm_plan plan;
+    int64_t b_floats, a_floats;
+    make_plan(kr, p, threads, &plan, &b_floats, &a_floats);
+    return b_floats + threads * a_floats;
+}
+
+void fc_gemm_run_in(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads, float *ws)
+{
+    if (p->m <= 0 || p->n <= 0) return;
+    if (p->k <= 0) { epilogue_only(p); return; }
+    gemm_plan plan;
+    int64_t b_floats, a_floats;
+    make_plan(kr, p, threads, &plan, &b_floats, &a_floats);
+    float *b_pack = b_floats ? ws : NULL, *a_packs = ws + b_floats;
     if (threads > 1) {
+        /* A runtime may give fewer threads than asked, never more: each has its own A block. */
         #pragma omp parallel num_threads(threads)
-        gemm_thread(kr, p, &plan, b_pack, thread_num(), team_size());
+        gemm_thread(kr, p, &plan, b_pack, a_packs + thread_num() * a_floats, thread_num(), team_size());
     } else {
-        gemm_thread(kr, p, &plan, b_pack, 0, 1);
+        gemm_thread(kr, p, &plan, b_pack, a_packs, 0, 1);
     }
 }
 
-void fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-             const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
-             float *c, int64_t ldc, const float *bias, int relu)
+int fc_gemm_run(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int threads)
+{
+    const int64_t floats = fc_gemm_workspace_floats(kr, p, threads);
+    float *ws = floats ? fc_scratch(FC_SCRATCH_GEMM, floats) : NULL;
+    if (floats && !ws) return FC_ERROR_NO_MEMORY;
+    fc_gemm_run_in(kr, p, threads, ws);
+    return FC_OK;
+}
+
+int fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+            const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+            float *c, int64_t ldc, const float *bias, int relu)
 {
     const fc_gemm_problem p = {
         .m = m, .n = n, .k = k,
@@ -405,5 +438,6 @@ void fc_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float al
         .b = b, .b_rs = trans_b ? 1 : ldb, .b_cs = trans_b ? ldb : 1,
         .c = c, .ldc = ldc, .alpha = alpha, .beta = beta, .bias = bias, .relu = relu,
     };
-    fc_gemm_run(fc_active_gemm_kernel(), &p, fc_threads_for_work((double)m * n * k));
+    fc_call_begin();
+    return fc_call_end(fc_gemm_run(fc_active_gemm_kernel(), &p, fc_threads_for_work((double)m * n * k)));
 }

@@ -119,8 +119,14 @@ int64_t fc_gemm_packed_b_floats(const fc_gemm_kernel *kernel, const fc_gemm_prob
 void fc_gemm_pack_b(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, float *dst);
 
 /* Runs the problem with `kernel`; threads > 1 splits the blocks of C (never K) over OpenMP threads,
- * so every element of C gets the same arithmetic whatever the thread count. */
-void fc_gemm_run(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, int threads);
+ * so every element of C gets the same arithmetic whatever the thread count. Its scratch (the packed B
+ * and each thread's packed A) comes from the calling thread's FC_SCRATCH_GEMM slot: returns 0, or
+ * FC_ERROR_NO_MEMORY (nothing computed) when that cannot be had. Between fc_call_begin and fc_call_end. */
+int fc_gemm_run(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, int threads);
+/* The same in the caller's scratch: `ws` holds fc_gemm_workspace_floats(kernel, p, threads) floats,
+ * 64-byte aligned (conv2d gives each thread's GEMMs a slice of its own block). */
+int64_t fc_gemm_workspace_floats(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, int threads);
+void fc_gemm_run_in(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, int threads, float *ws);
 
 /* How many k steps ahead a micro-kernel fetches its B panel into L1. The panel (up to kc x NR, 128 KiB
  * on AVX-512 with kc 1024) is read again for every row tile from L2, or from memory when read in

@@ -62,7 +62,7 @@ static void maxpool_backward_from_argmax(const fc_pool_shape *s, const float *dy
     }
 }
 
-void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax)
+static void maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax)
 {
     const int threads = threads_for(s);
     if (is_2x2_stride_2(s)) {
@@ -99,8 +99,15 @@ void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint
     }
 }
 
-void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
-                           int x_from_relu, float *dx)
+int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax)
+{
+    fc_call_begin();
+    maxpool2d_forward(s, x, y, argmax);
+    return fc_call_end(FC_OK);
+}
+
+static int maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
+                              int x_from_relu, float *dx)
 {
     const int threads = threads_for(s);
     if (is_2x2_stride_2(s)) {
@@ -108,17 +115,21 @@ void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float 
         #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
         for (int64_t row = 0; row < s->n * s->oh; row++)
             kernels->backward_row(s, dy, x, argmax, x_from_relu, dx, row);
-        return;
+        return FC_OK;
     }
     if (argmax) {
         maxpool_backward_from_argmax(s, dy, argmax, x_from_relu, dx);
-        return;
+        return FC_OK;
     }
+    /* per thread: each channel's best value so far and where it is (int64, two floats each) */
+    const int64_t slice = fc_lines(s->c) + fc_lines(2 * s->c);
+    float *ws = fc_scratch(FC_SCRATCH_CALL, threads * slice);
+    if (!ws) return FC_ERROR_NO_MEMORY;
     memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->c));
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *best = fc_scratch(FC_SCRATCH_A, s->c);
-        int64_t *where = (int64_t *)fc_scratch(FC_SCRATCH_B, 2 * s->c);
+        float *best = ws + fc_thread_num() * slice;
+        int64_t *where = (int64_t *)(best + fc_lines(s->c));
         #pragma omp for schedule(static)
         for (int64_t img = 0; img < s->n; img++) {
             const float *image = x + img * s->h * s->w * s->c;
@@ -146,9 +157,17 @@ void fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float 
             }
         }
     }
+    return FC_OK;
 }
 
-void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
+int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
+                          int x_from_relu, float *dx)
+{
+    fc_call_begin();
+    return fc_call_end(maxpool2d_backward(s, dy, x, argmax, x_from_relu, dx));
+}
+
+int fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
 {
     const int threads = threads_for(s);
     #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
@@ -168,9 +187,10 @@ void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
             for (int64_t c = 0; c < s->c; c++) out[c] /= count;
         }
     }
+    return FC_OK;
 }
 
-void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
+int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
 {
     const int threads = threads_for(s);
     memset(dx, 0, sizeof(float) * (size_t)(s->n * s->h * s->w * s->c));
@@ -190,4 +210,5 @@ void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
             }
         }
     }
+    return FC_OK;
 }

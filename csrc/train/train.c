@@ -9,9 +9,9 @@ static void my_share(int64_t n, int64_t *i0, int64_t *i1) { fc_thread_share(n, 1
 
 static int threads_for(int64_t n) { return fc_threads_for_values((double)n); }
 
-void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
+int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
 {
-    const fc_elementwise_kernels *kernels = fc_active_elementwise();
+    const fc_elementwise_kernels *kernels = fc_active_elementwise();  /* one look-up: the call's */
     const int threads = threads_for(n);
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -19,11 +19,12 @@ void fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
         my_share(n, &i0, &i1);
         kernels->relu_backward(i0, i1, dy, y, dx);
     }
+    return FC_OK;
 }
 
-void fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask)
+int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask)
 {
-    const fc_elementwise_kernels *kernels = fc_active_elementwise();
+    const fc_elementwise_kernels *kernels = fc_active_elementwise();  /* one look-up: the call's */
     const int threads = threads_for(n);
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -31,12 +32,13 @@ void fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, fl
         my_share(n, &i0, &i1);
         kernels->dropout(i0, i1, x, rate, seed, y, mask);
     }
+    return FC_OK;
 }
 
-void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
+int fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                     float beta_2, float epsilon)
 {
-    const fc_elementwise_kernels *kernels = fc_active_elementwise();
+    const fc_elementwise_kernels *kernels = fc_active_elementwise();  /* one look-up: the call's */
     const int threads = threads_for(n);
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -44,12 +46,13 @@ void fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, flo
         my_share(n, &i0, &i1);
         kernels->adam(i0, i1, w, g, m, v, lr_t, beta_1, beta_2, epsilon);
     }
+    return FC_OK;
 }
 
-void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,
+int fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,
                         float lr, float rho, float epsilon)
 {
-    const fc_elementwise_kernels *kernels = fc_active_elementwise();
+    const fc_elementwise_kernels *kernels = fc_active_elementwise();  /* one look-up: the call's */
     const int threads = threads_for(n);
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -57,12 +60,13 @@ void fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_
         my_share(n, &i0, &i1);
         kernels->adadelta(i0, i1, w, g, accumulated_grad, accumulated_delta, lr, rho, epsilon);
     }
+    return FC_OK;
 }
 
-void fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
+int fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
                        float rho, float momentum, float epsilon)
 {
-    const fc_elementwise_kernels *kernels = fc_active_elementwise();
+    const fc_elementwise_kernels *kernels = fc_active_elementwise();  /* one look-up: the call's */
     const int threads = threads_for(n);
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -70,11 +74,12 @@ void fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, flo
         my_share(n, &i0, &i1);
         kernels->rmsprop(i0, i1, w, g, velocity, momentum_buffer, lr, rho, momentum, epsilon);
     }
+    return FC_OK;
 }
 
-void fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov)
+int fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov)
 {
-    const fc_elementwise_kernels *kernels = fc_active_elementwise();
+    const fc_elementwise_kernels *kernels = fc_active_elementwise();  /* one look-up: the call's */
     const int threads = threads_for(n);
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -82,4 +87,5 @@ void fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float l
         my_share(n, &i0, &i1);
         kernels->sgd(i0, i1, w, g, velocity, lr, momentum, nesterov);
     }
+    return FC_OK;
 }
