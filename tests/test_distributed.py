@@ -98,6 +98,12 @@ TRAIN = textwrap.dedent("""
                         raise RuntimeError(f"rank {rank} fails on purpose")
                     os.kill(os.getpid(), signal.SIGKILL)
         callbacks.append(Fail())
+    if config.get("stop_on_last_rank"):
+        class StopAlone(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 1 and rank == ranks - 1:
+                    self.model.stop_training = True
+        callbacks.append(StopAlone())
     if config.get("backup"):
         callbacks.append(keras.callbacks.BackupAndRestore(config["backup"]))
     if "crash_at_epoch" in config:
@@ -299,6 +305,15 @@ def test_a_failing_rank_ends_the_whole_job(train, how):
     assert result.returncode != 0
     if how == "raise":
         assert "rank 1 fails on purpose" in result.stderr
+
+
+def test_a_callback_stopping_one_rank_stops_all_at_the_same_batch(train, tmp_path):
+    """Only the last rank's callback sets stop_training, after batch 2: every rank ends fit there
+    (none waits for the others in the next reduction) with the same weights."""
+    ok(train(2, timeout=60, mode="dp", epochs=3, stop_on_last_rank=True))
+    weights, logs = results(tmp_path / "dp2", 2)
+    assert_bitwise_equal(weights[0], weights[1])
+    assert len(logs[0]["history"]["loss"]) == 1 and logs[0] == logs[1]
 
 
 def test_ranks_with_different_data_fail_at_the_start_naming_the_rank(train):

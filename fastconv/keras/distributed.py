@@ -34,7 +34,8 @@ INSTALL_HINT = 'pip install "fastconv[mpi]"'
 
 _comm = None  # a private duplicate of the communicator given to init(), so user traffic never mixes in
 _local_comm = None
-_step_weight = None  # set by a DataParallel fit step: this rank's share of the global batch
+_step_weights = None  # set by a DataParallel fit step: every rank's share of the global batch
+_checked_layouts = set()  # the gradient layouts all ranks are known to share
 _timings = {"reductions": 0, "reduce_seconds": 0.0, "steps": 0, "step_seconds": 0.0}
 
 
@@ -291,11 +292,16 @@ def broadcast_variables(variables, root_rank=0):
 
 # ----- gradients -----
 
-def reduce_gradients(grads, variables, weight=1.0, op="average"):
-    """The weighted mean of each gradient over the ranks, sum_r(weight_r * g_r) / sum_r(weight_r)
-    (op="sum": that times the number of ranks), bitwise identical on every rank. A gradient that is
-    None on this rank but not on another counts as zeros here; one that is None on every rank stays
-    None. All gradients travel in one buffer, with one small message to check that the ranks agree."""
+def reduce_gradients(grads, variables, weights=None, op="average"):
+    """The weighted mean of each gradient over the ranks, sum_r(weights[r] * g_r) / sum(weights)
+    (op="sum": that times the number of ranks), bitwise identical on every rank. `weights` holds one
+    weight per rank, the same list on every rank (None: all 1, a plain mean). A gradient that is None
+    on this rank but not on another counts as zeros here; one that is None on every rank (or on every
+    rank of weight 0) stays None.
+
+    All gradients travel in one buffer, with a flag per variable saying which ranks had a gradient.
+    The first reduction of a given list of variables also checks that every rank reduces the same
+    shapes, so a mismatch is an error naming the rank rather than a failure inside MPI."""
     grads, variables = list(grads), list(variables)
     if len(grads) != len(variables):
         raise ValueError(f"one gradient per variable is needed, got {len(grads)} gradients for "
@@ -307,41 +313,46 @@ def reduce_gradients(grads, variables, weight=1.0, op="average"):
         if array is not None and array.shape != shape:
             raise ValueError(f"gradient of shape {array.shape} for variable {getattr(variable, 'path', '?')!r} "
                              f"of shape {shape}")
-    dtypes = [a.dtype for a in arrays if a is not None] or [np.dtype(getattr(v, "dtype", np.float32))
-                                                              for v in variables[:1]] or [np.dtype(np.float32)]
-    dtype = np.result_type(*dtypes)
+    # The variables' dtype, not the gradients': a rank without samples has no gradients to look at.
+    dtype = np.result_type(*[v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype for v in variables]) \
+        if variables else np.dtype(np.float32)
     if dtype.kind != "f":
         dtype = np.dtype(np.float64)
     comm = _world()
-    started = time.perf_counter()
-    meta = comm.allgather((float(weight), shapes, [a is not None for a in arrays], dtype.str))
-    me = comm.Get_rank()
-    for index, (_, other_shapes, _, other_dtype) in enumerate(meta):
-        if other_shapes != shapes:
-            raise ValueError(f"rank {index} applies gradients to variables of shapes {other_shapes}, rank {me} to "
-                             f"{shapes}: every rank must train the same model")
-        if other_dtype != dtype.str:
-            raise ValueError(f"rank {index} has {np.dtype(other_dtype)} gradients, rank {me} {dtype}")
-    weights = [m[0] for m in meta]
-    total_weight = sum(weights)
-    if not total_weight > 0:
+    ranks = comm.Get_size()
+    if weights is None:
+        weights = [1.0] * ranks
+    weights = [float(w) for w in weights]
+    if len(weights) != ranks:
+        raise ValueError(f"weights must hold one weight per rank ({ranks}), got {len(weights)}")
+    if not sum(weights) > 0:
         raise ValueError("the ranks' gradient weights sum to zero: at least one rank needs samples")
-    present = [any(m[2][i] for m in meta) for i in range(len(arrays))]
-    sizes = [int(np.prod(s, dtype=np.int64)) if p else 0 for s, p in zip(shapes, present)]
-    flat = np.zeros(sum(sizes), dtype)
+    started = time.perf_counter()
+    layout = (tuple(shapes), dtype.str)
+    if layout not in _checked_layouts:
+        for index, other in enumerate(comm.allgather(layout)):
+            if other != layout:
+                raise ValueError(f"rank {index} reduces gradients of shapes {list(other[0])} ({np.dtype(other[1])}), "
+                                 f"rank {comm.Get_rank()} of {shapes} ({dtype}): every rank must train the same model")
+        _checked_layouts.add(layout)
+    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+    total = sum(sizes)
+    flat = np.zeros(total + len(arrays), dtype)
     offset = 0
-    for array, count in zip(arrays, sizes):
+    for index, (array, count) in enumerate(zip(arrays, sizes)):
         if array is not None:
             flat[offset:offset + count] = array.reshape(-1)
+            flat[total + index] = 1
         offset += count
-    divisor = total_weight if op == "average" else total_weight / len(weights)
+    total_weight = sum(weights)
+    divisor = total_weight if op == "average" else total_weight / ranks
     summed = _rank_ordered_sum(flat, None if all(w == 1 for w in weights) else weights,
                                None if divisor == 1 else divisor)
     _timings["reductions"] += 1
     _timings["reduce_seconds"] += time.perf_counter() - started
     out, offset = [], 0
-    for shape, count, here in zip(shapes, sizes, present):
-        out.append(summed[offset:offset + count].reshape(shape) if here else None)
+    for index, (shape, count) in enumerate(zip(shapes, sizes)):
+        out.append(summed[offset:offset + count].reshape(shape) if summed[total + index] > 0 else None)
         offset += count
     return out
 
@@ -357,15 +368,15 @@ def timings(reset=False):
 
 
 @contextlib.contextmanager
-def step_weight(weight):
-    """Within this block a distributed optimizer weighs this rank's gradients by `weight` (a
-    DataParallel fit step: the rank's number of samples in the global batch)."""
-    global _step_weight
-    previous, _step_weight = _step_weight, float(weight)
+def step_weights(weights):
+    """Within this block a distributed optimizer weighs rank r's gradients by weights[r] (a
+    DataParallel fit step: each rank's number of samples in the global batch)."""
+    global _step_weights
+    previous, _step_weights = _step_weights, list(weights)
     try:
         yield
     finally:
-        _step_weight = previous
+        _step_weights = previous
 
 
 def _distributed_apply(optimizer, op):
@@ -373,8 +384,7 @@ def _distributed_apply(optimizer, op):
 
     def distributed_apply(grads, trainable_variables):
         grads, trainable_variables = list(grads), list(trainable_variables)
-        weight = 1.0 if _step_weight is None else _step_weight
-        return apply(optimizer, reduce_gradients(grads, trainable_variables, weight, op), trainable_variables)
+        return apply(optimizer, reduce_gradients(grads, trainable_variables, _step_weights, op), trainable_variables)
 
     return distributed_apply
 

@@ -189,9 +189,16 @@ def any_rank(flag):
 
 def sharded(trainer, batches, step_function, batch_end, training):
     """This rank's part of an epoch: each global batch sliced to this rank's rows, a step function
-    returning the logs reduced over all ranks, and batch_end hooks after which the ranks agree on
-    model.stop_training (a callback may stop one rank only, e.g. on its own Ctrl-C)."""
+    returning the logs reduced over all ranks, and batch_end hooks whose model.stop_training the
+    ranks agree on (a callback may stop one rank only, e.g. on its own Ctrl-C).
+
+    Before each batch the ranks exchange one small message: the size of their global batch (or that
+    their data has ended) and whether a callback asked to stop after the previous batch. So the data
+    is checked, the weights of the ranks' gradients are known to all, and a stop takes effect on
+    every rank at the same batch, without a message of its own."""
     ranks, rank = distributed.size(), distributed.rank()
+    model = trainer.model
+    state = {"stop": False, "finished": False, "weights": None}
 
     def local_batches():
         _sync_random_state()
@@ -200,8 +207,13 @@ def sharded(trainer, batches, step_function, batch_end, training):
         try:
             for index in itertools.count():
                 batch = next(iterator, None)
+                exchanged = distributed.allgather_object((None if batch is None else len(batch[0][0]),
+                                                          state["stop"]))
+                have = [size for size, _ in exchanged]
+                if any(stop for _, stop in exchanged):
+                    model.stop_training = True
+                    return
                 # A rank whose data ends first would leave the others waiting in the next reduction.
-                have = distributed.allgather_object(None if batch is None else len(batch[0][0]))
                 if None in have:
                     if any(size is not None for size in have):
                         raise ValueError(f"the ranks' data ran out at different steps: at batch {index + 1}, rank "
@@ -215,24 +227,27 @@ def sharded(trainer, batches, step_function, batch_end, training):
                 if shared is None:
                     shared = _split_random_state()
                 xs, ys, weights = batch
-                part = _shard(len(xs[0]), ranks, rank)
+                size = have[0]
+                state["weights"] = [_shard(size, ranks, r).stop - _shard(size, ranks, r).start for r in range(ranks)]
+                part = _shard(size, ranks, rank)
                 yield ([x[part] for x in xs], None if ys is None else [y[part] for y in ys],
                        None if weights is None else weights[part])
         finally:
+            state["finished"] = True
             if shared is not None:
                 _restore_random_state(shared)
 
     def step(xs, ys, weights):
         count = len(xs[0])
         started = time.perf_counter()
-        with distributed.step_weight(count):
+        with distributed.step_weights(state["weights"]):
             if count:
                 stats = step_function(xs, ys, weights)
             else:
                 stats = {}
                 if training:  # an empty slice still joins the reductions, with weight 0
-                    _join_empty_step(trainer.model)
-                    variables = trainer.model.trainable_weights
+                    _join_empty_step(model)
+                    variables = model.trainable_weights
                     trainer.optimizer.apply([None] * len(variables), variables)
         logs = _combine(distributed.allgather_object((count, stats)))
         if training:
@@ -242,7 +257,10 @@ def sharded(trainer, batches, step_function, batch_end, training):
 
     def agreed_batch_end(step_index, logs):
         batch_end(step_index, logs)
-        trainer.model.stop_training = any_rank(trainer.model.stop_training)
+        if state["finished"]:  # after the last batch: every rank is here, so agree at once
+            model.stop_training = any_rank(model.stop_training)
+        elif model.stop_training:  # carried to the other ranks with the next batch's sizes
+            state["stop"], model.stop_training = True, False
 
     return local_batches(), step, None if batch_end is None else agreed_batch_end
 
