@@ -52,7 +52,10 @@ def _mpi():
 def launched_by_mpi():
     """Whether this process is one of several started by an MPI launcher (mpiexec, mpirun, srun).
     Read from the launchers' environment, so it does not load MPI."""
-    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+    names = ["PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"]
+    if "PMIX_RANK" in os.environ:  # srun --mpi=pmix tells the size through Slurm's variables only
+        names.append("SLURM_STEP_NUM_TASKS")
+    for name in names:
         value = os.environ.get(name)
         if value is not None and value.isdigit() and int(value) > 1:
             return True
@@ -113,6 +116,7 @@ def shutdown():
         _local_comm.Free()
         _comm.Free()
     _comm = _local_comm = None
+    _checked_layouts.clear()
 
 
 def rank():
@@ -235,11 +239,9 @@ def broadcast(tensor, root_rank=0, name=None):
     comm = _world()
     root_rank = _check_root(root_rank)
     array = _numeric(tensor, "broadcast's tensor")
-    shape, dtype = comm.bcast((array.shape, array.dtype.str), root=root_rank)
-    if (array.shape, array.dtype.str) != (shape, dtype):
-        raise ValueError(f"broadcast{'' if name is None else f' {name!r}'}: rank {comm.Get_rank()} has shape "
-                         f"{array.shape} {np.dtype(array.dtype.str)}, rank {root_rank} has {shape} {np.dtype(dtype)}")
-    buffer = np.ascontiguousarray(array).copy() if comm.Get_rank() == root_rank else np.empty(shape, dtype)
+    # checked on every rank at once (an error on some ranks only would leave the others in Bcast)
+    agree((array.shape, array.dtype.str), f"broadcast{'' if name is None else f' {name!r}'}'s (shape, dtype)")
+    buffer = np.ascontiguousarray(array).copy() if comm.Get_rank() == root_rank else np.empty_like(array)
     comm.Bcast(buffer, root=root_rank)
     return buffer
 
