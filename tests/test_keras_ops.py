@@ -324,6 +324,15 @@ DIFF_CASES = [
     ("einsum", "batched", lambda a, b: ops.einsum("bij,bjk->bik", a, b), np.matmul,
      [arr(2, 2, 3), arr(2, 3, 2, seed=1)]),
     ("einsum", "spaces-dot", lambda a, b: ops.einsum("i, i -> ", a, b), np.dot, [arr(3), arr(3, seed=1)]),
+    ("einsum", "three-operands", lambda a, b, c: ops.einsum("ij,jk,kl->il", a, b, c),
+     lambda a, b, c: a @ b @ c, [arr(2, 3), arr(3, 2, seed=1), arr(2, 2, seed=2)]),
+    ("einsum", "ellipsis-batched", lambda a, b: ops.einsum("...ij,...jk->...ik", a, b), np.matmul,
+     [arr(2, 2, 3), arr(2, 3, 2, seed=1)]),
+    ("einsum", "ellipsis-broadcast", lambda a, b: ops.einsum("...ij,jk->...ik", a, b), np.matmul,
+     [arr(2, 2, 2, 3), arr(3, 2, seed=1)]),
+    ("einsum", "ellipsis-implicit", lambda a, b: ops.einsum("i...,i...", a, b),
+     lambda a, b: np.einsum("i...,i...", a, b), [arr(3, 2), arr(3, 2, seed=1)]),
+    ("einsum", "ellipsis-sum", lambda a: ops.einsum("...i->...", a), lambda a: a.sum(-1), [arr(2, 3, 2)]),
     ("einsum", "trace-times", lambda a, b: ops.einsum("ii,ij->j", a, b), lambda a, b: np.einsum("ii,ij->j", a, b),
      [arr(3, 3), arr(3, 2, seed=1)]),
     # activations
@@ -570,12 +579,12 @@ def test_stop_gradient_and_non_float_casts_cut_the_graph():
     assert tape.gradient(z, x) is None
 
 
-def test_einsum_with_three_operands_refuses_the_gradient_clearly():
-    a = np.ones((2, 2))
-    assert np.allclose(ops.einsum("ij,jk,kl->il", a, a, a), np.ones((2, 2)) * 4)
+def test_einsum_refuses_the_gradient_of_a_broadcast_ellipsis_clearly():
+    a, b = np.ones((1, 2, 2)), np.ones((3, 2, 2))
+    assert ops.einsum("...ij,...jk->...ik", a, b).shape == (3, 2, 2)
     with GradientTape() as tape:
         tape.watch(a)
-        y = ops.einsum("ij,jk,kl->il", a, a, a)
+        y = ops.einsum("...ij,...jk->...ik", a, b)
     with pytest.raises(ValueError, match="einsum"):
         tape.gradient(y, a)
 

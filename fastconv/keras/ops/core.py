@@ -780,38 +780,65 @@ def outer(x1, x2):
 
 
 def einsum(subscripts, *operands):
-    """Einstein summation; differentiable for one or two operands without ellipses."""
+    """Einstein summation (np.einsum), differentiable for any number of operands, with '...' too."""
     arrays = [_array(x) for x in operands]
     out = np.einsum(subscripts, *arrays)
-    spec = subscripts.replace(" ", "")
-    if "->" in spec:
-        inputs_spec, output_spec = spec.split("->")
-    else:
-        inputs_spec = spec
-        letters = inputs_spec.replace(",", "")
-        output_spec = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
-    terms = inputs_spec.split(",")
-    if "." in spec or len(terms) > 2:
-        return record(out, tuple(operands), lambda g: _refuse_einsum(spec))
+    terms, output_spec = _einsum_letters(subscripts.replace(" ", ""), arrays)
+    if terms is None:  # '...' broadcasting a size-1 axis against a longer one
+        return record(out, tuple(operands), lambda g: _refuse_einsum(subscripts))
 
     def vjp(g):
         grads = []
         for i, term in enumerate(terms):
             others = [t for j, t in enumerate(terms) if j != i]
             other_arrays = [arr for j, arr in enumerate(arrays) if j != i]
-            # Letters of this operand missing from the output and the other operand are summed in the
-            # forward pass: broadcast the gradient back over them with a ones array.
+            # d sum(g * einsum(...)) / d operand i is the einsum of g with the other operands. Letters
+            # of this operand found neither in the output nor in the others were summed in the forward
+            # pass: a ones array broadcasts the gradient back over them.
             available = set(output_spec) | set("".join(others))
-            missing = [c for c in term if c not in available]
+            missing = _diag_free("".join(c for c in term if c not in available))
             ones_terms, ones_arrays = [], []
             if missing:
-                ones_terms.append("".join(missing))
+                ones_terms.append(missing)
                 ones_arrays.append(np.ones([arrays[i].shape[term.index(c)] for c in missing], arrays[i].dtype))
             grad = np.einsum(",".join([output_spec] + others + ones_terms) + "->" + _diag_free(term),
                              g, *other_arrays, *ones_arrays)
             grads.append(_undiag(grad, term, arrays[i].shape))
         return tuple(grads)
     return record(out, tuple(operands), vjp)
+
+
+def _einsum_letters(spec, arrays):
+    """(input terms, output term) of an einsum with '...' spelled out as letters and the implicit
+    output made explicit; (None, None) when '...' broadcasts axes of different sizes."""
+    inputs_spec, arrow, output_spec = spec.partition("->")
+    terms = inputs_spec.split(",")
+    if len(terms) != len(arrays):
+        raise ValueError(f"einsum {spec!r} names {len(terms)} operands, got {len(arrays)}")
+    ellipsis_letters = ""
+    if "..." in spec:
+        free = [c for c in string.ascii_letters if c not in spec]
+        spans = [a.ndim - (len(t) - 3) for t, a in zip(terms, arrays) if "..." in t]
+        ellipsis_letters = "".join(free[:builtins.max(spans + [0])])
+        expanded = []
+        for t, a in zip(terms, arrays):
+            if "..." in t:  # an operand's '...' covers the trailing axes of the broadcast shape
+                span = a.ndim - (len(t) - 3)
+                t = t.replace("...", ellipsis_letters[len(ellipsis_letters) - span:])
+            expanded.append(t)
+        terms = expanded
+        sizes = {}
+        for t, a in zip(terms, arrays):
+            for c, n in zip(t, a.shape):
+                if sizes.setdefault(c, n) != n:
+                    return None, None
+    if arrow:
+        output_spec = output_spec.replace("...", ellipsis_letters)
+    else:  # NumPy's implicit output: the '...' axes, then the letters used once, in alphabetical order
+        letters = "".join(terms)
+        named = inputs_spec.replace("...", "").replace(",", "")
+        output_spec = ellipsis_letters + "".join(sorted(c for c in set(named) if letters.count(c) == 1))
+    return terms, output_spec
 
 
 def _diag_free(term):
@@ -833,4 +860,4 @@ def _undiag(grad, term, shape):
 
 
 def _refuse_einsum(spec):
-    raise ValueError(f"einsum {spec!r} is differentiable for one or two operands without '...'")
+    raise ValueError(f"einsum {spec!r}: no gradient when '...' broadcasts a size-1 axis against a longer one")
