@@ -53,7 +53,8 @@ def import_h5py(path, action):
     try:
         import h5py
     except ImportError:
-        raise ImportError(f"{action} {os.fspath(path)} in Keras 3's format needs the h5py package: {INSTALL_HINT}") from None
+        raise ImportError(f"{action} {os.fspath(path)} in Keras 3's format needs the h5py package: "
+                          f"{INSTALL_HINT}") from None
     return h5py
 
 
@@ -289,7 +290,8 @@ def _layer_entry(layer, input_shape):
         if input_shape is not None:
             entry["build_config"] = {"input_shape": input_shape}
         return entry
-    config = {"name": layer.name, "trainable": layer.trainable, "dtype": dict(_DTYPE_POLICY), **_WRITERS[class_name](layer)}
+    config = {"name": layer.name, "trainable": layer.trainable, "dtype": dict(_DTYPE_POLICY),
+              **_WRITERS[class_name](layer)}
     if class_name == "SpatialDropout2D":
         del config["trainable"]  # Keras' SpatialDropout2D takes no trainable argument (and has no weights)
     entry = {"module": "keras.layers", "class_name": class_name, "config": config, "registered_name": None}
@@ -331,7 +333,7 @@ def _functional_config(model, order):
         return items[0] if single else items
 
     return {"module": "keras.src.models.functional", "class_name": "Functional",
-            "config": {"name": model.name, "trainable": True, "layers": layers,
+            "config": {"name": model.name, "trainable": bool(getattr(model, "trainable", True)), "layers": layers,
                        "input_layers": refs(model.inputs, model._single_input),
                        "output_layers": refs(model.outputs, model._single_output)},
             "registered_name": "Functional", "build_config": {"input_shape": None}}
@@ -346,8 +348,8 @@ def _sequential_config(model):
         layers.append(_layer_entry(layer, list(node.inputs[0].shape)))
     input_shape = list(model._input.shape)
     return {"module": "keras", "class_name": "Sequential",
-            "config": {"name": model.name, "trainable": True, "dtype": dict(_DTYPE_POLICY), "layers": layers,
-                       "build_input_shape": input_shape},
+            "config": {"name": model.name, "trainable": bool(getattr(model, "trainable", True)),
+                       "dtype": dict(_DTYPE_POLICY), "layers": layers, "build_input_shape": input_shape},
             "registered_name": None, "build_config": {"input_shape": input_shape}}
 
 
@@ -386,7 +388,7 @@ def _compile_config(model):
     # Metrics by name only, and only names that resolve again (as fastconv's own format does).
     metric_names = [metric.name for metric in trainer.metrics[0] if _metric_from_name(metric.name, trainer.losses[0])]
     return {"optimizer": {"module": "keras.optimizers", "class_name": optimizer["class_name"],
-                          "config": {"name": snake_case(optimizer["class_name"]), **optimizer["config"]},
+                          "config": {"name": optimizer["class_name"].lower(), **optimizer["config"]},
                           "registered_name": None},
             "loss": list(loss) if isinstance(loss, (list, tuple)) else loss,
             "loss_weights": trainer.loss_weights, "metrics": metric_names,
@@ -481,7 +483,7 @@ def _open_archive(path):
 
 class _WeightsFile:
     """Read-only access to a Keras HDF5 weights file that refuses links, external or virtual storage,
-    non-float arrays and datasets declaring far more data than they store."""
+    arrays of anything but numbers and datasets declaring far more data than they store."""
 
     def __init__(self, h5py, source, path):
         self.h5py, self.path = h5py, path
@@ -493,13 +495,17 @@ class _WeightsFile:
     def close(self):
         self.file.close()
 
-    def _child(self, group, name, kind):
+    def child(self, group, name, kind):
+        """group[name] if it is a `kind` (Group or Dataset) reached by a hard link, None if absent."""
         try:
             link = group.get(name, default=None, getlink=True)
-            if link is None:
-                return None
-            if not isinstance(link, self.h5py.HardLink):
-                _fail(self.path, f"{group.name}/{name} is a {type(link).__name__}; links are not followed")
+        except (KeyError, OSError, ValueError, RuntimeError) as error:
+            _fail(self.path, f"cannot read {group.name}/{name} ({error})")
+        if link is None:
+            return None
+        if not isinstance(link, self.h5py.HardLink):  # soft and external links could point anywhere
+            _fail(self.path, f"{group.name}/{name} is a {type(link).__name__}; links are not followed")
+        try:
             item = group[name]
         except (KeyError, OSError, ValueError, RuntimeError) as error:
             _fail(self.path, f"cannot read {group.name}/{name} ({error})")
@@ -511,13 +517,13 @@ class _WeightsFile:
         """The group layers/<name>/vars, or None when the file has none for that layer."""
         group = self.file
         for part in layer_path.split("/") + ["vars"]:
-            group = self._child(group, part, self.h5py.Group)
+            group = self.child(group, part, self.h5py.Group)
             if group is None:
                 return None
         return group
 
     def arrays(self, group):
-        """The datasets 0, 1, ... of a vars group, checked, as (name, dataset) in index order."""
+        """The datasets 0, 1, ... of a vars group, in index order, each checked."""
         try:
             names = list(group.keys())
         except (OSError, RuntimeError) as error:
@@ -526,16 +532,17 @@ class _WeightsFile:
             _fail(self.path, f"{group.name} should hold datasets named 0..{len(names) - 1}, got {sorted(names)[:10]}")
         datasets = []
         for i in range(len(names)):
-            dataset = self._child(group, str(i), self.h5py.Dataset)
+            dataset = self.child(group, str(i), self.h5py.Dataset)
             try:
                 dtype, shape = dataset.dtype, dataset.shape
                 external, virtual = dataset.external, dataset.is_virtual
                 stored = dataset.id.get_storage_size()
+                marked = "dtype" in dataset.attrs
             except (OSError, RuntimeError, ValueError, TypeError) as error:
                 _fail(self.path, f"cannot read {dataset.name} ({error})")
             # IEEE floats, or integers (Keras' Normalization count); bfloat16 carries a "dtype" attribute.
             if (shape is None or dtype.kind not in "fiu" or dtype.itemsize not in (1, 2, 4, 8)
-                    or (dtype.kind == "f" and dtype.itemsize == 1) or "dtype" in dataset.attrs):
+                    or (dtype.kind == "f" and dtype.itemsize == 1) or marked):
                 _fail(self.path, f"{dataset.name} is not an array of numbers (dtype {dtype}, shape {shape})")
             if external or virtual:
                 _fail(self.path, f"{dataset.name} keeps its data outside the file; refused")
@@ -617,7 +624,7 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     weights_file = _WeightsFile(h5py, io.BytesIO(weights), filepath)
     try:
         # The budget: every array under layers/ in the file; no layer may allocate beyond it.
-        layers_group = weights_file._child(weights_file.file, "layers", h5py.Group)
+        layers_group = weights_file.child(weights_file.file, "layers", h5py.Group)
         layer_paths = [] if layers_group is None else [f"layers/{name}" for name in layers_group.keys()]
         with limit_weights(weights_file.total_values(layer_paths)):
             model = _build_model(config, filepath, loading)
@@ -913,7 +920,8 @@ def _input_layer(config, name=None):
     shape = config.get("batch_shape", config.get("batch_input_shape"))
     _require(isinstance(shape, list) and len(shape) >= 2
              and all(d is None or (type(d) is int and d > 0) for d in shape),
-             f"InputLayer batch_shape must be a list [batch, dim, ...] of positive ints or null, got {str(shape)[:100]}")
+             "InputLayer batch_shape must be a list [batch, dim, ...] of positive ints or null, got "
+             f"{str(shape)[:100]}")
     layer_name = config.get("name", name)
     _require(layer_name is None or (isinstance(layer_name, str) and layer_name), "InputLayer name must be a string")
     try:
@@ -1024,7 +1032,8 @@ def _build_functional(body, loading):
 
     inputs, outputs = pick(body.get("input_layers"), "input_layers"), pick(body.get("output_layers"), "output_layers")
     for tensor in inputs if isinstance(inputs, list) else [inputs]:
-        _require(tensor is not None and isinstance(tensor.node.layer, InputLayer), "every model input must be an InputLayer")
+        _require(tensor is not None and isinstance(tensor.node.layer, InputLayer),
+                 "every model input must be an InputLayer")
     _require(all(t is not None for t in (outputs if isinstance(outputs, list) else [outputs])),
              "an output refers to a node that does not exist")
     try:
