@@ -454,20 +454,21 @@ def test_vjp_matches_finite_differences(case):
     check_vjp(fn, *args)
 
 
-NON_DIFFERENTIABLE = {
+# Ops without a gradient (forward checks below) and custom_gradient (its own test).
+TESTED_SEPARATELY = {
     "convert_to_tensor", "convert_to_numpy", "array", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
     "arange", "eye", "shape", "ndim", "size", "stop_gradient", "sign", "floor", "ceil", "round", "equal",
     "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or", "logical_not",
-    "isnan", "isfinite", "all", "any", "floor_divide", "argmax", "count_nonzero", "argmin", "argsort", "one_hot",
+    "isnan", "isfinite", "all", "any", "floor_divide", "custom_gradient", "argmax", "count_nonzero", "argmin", "argsort", "one_hot",
 }
 
 
 def test_every_op_is_covered():
     """A new op in keras.ops.__all__ must come with a gradient case or a forward check here."""
     differentiable = {case[0] for case in DIFF_CASES}
-    missing = set(ops.__all__) - differentiable - NON_DIFFERENTIABLE
+    missing = set(ops.__all__) - differentiable - TESTED_SEPARATELY
     assert not missing, f"ops without tests: {sorted(missing)}"
-    assert not differentiable & NON_DIFFERENTIABLE
+    assert not differentiable & TESTED_SEPARATELY
 
 
 # ----- conv and pooling in float32: fastconv's C kernels against the float64 reference -----
@@ -1056,3 +1057,57 @@ def test_ops_gradients_match_the_built_in_layers(name):
     for got, expected in zip(built_in[1], composed_result[1]):
         assert got is not None and expected is not None
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_tape_stop_recording():
+    v = Variable(np.array([2.0]))
+    with GradientTape(persistent=True) as outer:
+        with GradientTape() as tape:
+            y = v * v
+            with tape.stop_recording():
+                z = v * 3.0  # outer still records it; this tape does not
+            total = ops.sum(y + z)
+        outer_total = ops.sum(y + z)
+    np.testing.assert_allclose(tape.gradient(total, v), [4.0])
+    np.testing.assert_allclose(outer.gradient(outer_total, v), [7.0])
+    with pytest.raises(RuntimeError, match="recording"):
+        with GradientTape().stop_recording():
+            pass
+
+
+def test_custom_gradient():
+    @ops.custom_gradient
+    def log1pexp(x):
+        e = ops.exp(x)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return ops.multiply(upstream, 1.0 - 1.0 / ops.add(1, e))
+        return ops.log(1 + e), grad
+
+    x = np.array([0.0, 1.0, 100.0])
+    np.testing.assert_allclose(log1pexp(x), np.log1p(np.exp(x)))
+    with GradientTape() as tape:
+        tape.watch(x)
+        y = ops.sum(log1pexp(x) * 2.0)
+    np.testing.assert_allclose(tape.gradient(y, x), 2 * np_sigmoid(x))  # finite at x = 100
+
+    @ops.custom_gradient
+    def clip_gradient(x, scale):
+        return ops.multiply(x, scale), lambda g: (ops.clip(g, -1.0, 1.0), None)
+    v, s = Variable(np.array([3.0, 4.0])), Variable(np.array(5.0))
+    with GradientTape() as tape:
+        y = ops.sum(clip_gradient(v, s) * np.array([0.5, 3.0]))
+    gv, gs = tape.gradient(y, [v, s])
+    np.testing.assert_allclose(gv, [0.5, 1.0])
+    assert gs is None
+
+    @ops.custom_gradient
+    def wrong(x):
+        return x, lambda g: (g, g)
+    with GradientTape() as tape:
+        tape.watch(x)
+        y = wrong(x)
+    with pytest.raises(ValueError, match="gradients"):
+        tape.gradient(y, x)

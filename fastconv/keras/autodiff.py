@@ -204,12 +204,29 @@ class GradientTape:
         return False
 
     def watch(self, tensor):
-        """Track `tensor` (an array, Variable or Tensor, or a list/tuple/dict of them)."""
+        """Track `tensor` (an array, Variable or Tensor, or a list/tuple/dict of them).
+
+        keras.ops calls on a watched NumPy array are recorded; NumPy's own operators on it
+        (`x * x`, `x[0]`) are not, since NumPy runs them: start from a Tensor or Variable for those
+        (value_and_grad hands fn Tensors).
+        """
         for item in _flatten(tensor):
             if isinstance(item, (np.ndarray, Tensor)) or _is_variable(item):
                 self._tracked[id(item)] = item
             elif not (item is None or isinstance(item, (bool, int, float, np.number))):  # constants: nothing to track
                 raise TypeError(f"watch takes arrays, Variables or Tensors, got {type(item).__name__}")
+
+    @contextlib.contextmanager
+    def stop_recording(self):
+        """Within this block this tape records nothing (other active tapes still do), as TF's."""
+        tapes = _active_tapes.get()
+        if self not in tapes:
+            raise RuntimeError("stop_recording() needs the tape to be recording (inside its with block)")
+        token = _active_tapes.set(tuple(tape for tape in tapes if tape is not self))
+        try:
+            yield
+        finally:
+            _active_tapes.reset(token)
 
     def watched_variables(self):
         return [x for x in self._tracked.values() if _is_variable(x)]

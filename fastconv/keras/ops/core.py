@@ -1,12 +1,13 @@
 """Creation, arithmetic, reductions, shape ops and linear algebra of keras.ops (NumPy semantics)."""
 import builtins
+import functools
 import math
 import string
 
 import numpy as np
 
 from fastconv.keras import backend
-from fastconv.keras.autodiff import Tensor, record, unwrap
+from fastconv.keras.autodiff import Tensor, record, stop_recording, unwrap
 
 __all__ = [
     "convert_to_tensor", "convert_to_numpy", "array", "cast", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
@@ -20,7 +21,7 @@ __all__ = [
     "logsumexp", "cumsum",
     "reshape", "transpose", "expand_dims", "squeeze", "concatenate", "stack", "split", "take", "take_along_axis",
     "flatten", "ravel", "tile", "repeat", "broadcast_to", "pad", "get_item", "slice", "flip", "swapaxes", "moveaxis",
-    "matmul", "dot", "einsum", "tensordot", "outer", "sort", "argsort", "top_k", "norm",
+    "matmul", "dot", "einsum", "tensordot", "outer", "sort", "argsort", "top_k", "norm", "custom_gradient",
 ]
 
 
@@ -861,3 +862,34 @@ def _undiag(grad, term, shape):
 
 def _refuse_einsum(spec):
     raise ValueError(f"einsum {spec!r}: no gradient when '...' broadcasts a size-1 axis against a longer one")
+
+
+# ----- user-defined gradients -----
+def custom_gradient(f):
+    """Decorator: `f(*args)` returns `(output, grad_fn)`, and the result computes `output` with
+    `grad_fn(upstream)` as its vector-Jacobian product, as `keras.ops.custom_gradient` (JAX/TF style).
+
+    grad_fn returns one gradient per argument (a tuple, or a single array for one argument; None for
+    an argument without gradient). f runs unrecorded: only the custom gradient reaches the tape.
+    The output is a single tensor.
+    """
+    @functools.wraps(f)
+    def wrapper(*args):
+        with stop_recording():
+            result = f(*args)
+        if not (isinstance(result, (tuple, list)) and len(result) == 2 and callable(result[1])):
+            raise TypeError(f"a custom_gradient function must return (output, grad_fn), got {type(result).__name__}")
+        output, grad_fn = result
+        if isinstance(output, (tuple, list, dict)):
+            raise TypeError("custom_gradient supports functions with a single tensor output")
+
+        def vjp(g):
+            with stop_recording():
+                grads = grad_fn(g)
+            grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
+            if len(grads) != len(args):
+                raise ValueError(f"the grad_fn of {f.__name__} returned {len(grads)} gradients for "
+                                 f"{len(args)} arguments")
+            return tuple(None if grad is None else np.asarray(unwrap(grad)) for grad in grads)
+        return record(_array(output), args, vjp)
+    return wrapper
