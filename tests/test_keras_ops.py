@@ -174,6 +174,16 @@ DIFF_CASES = [
     ("cos", "", ops.cos, np.cos, [arr(2, 3)]),
     ("erf", "", ops.erf, np.vectorize(math.erf), [arr(2, 3)]),
     ("mod", "", ops.mod, np.mod, [arr(2, 3, low=-3, high=3), pos(3, seed=1)]),
+    ("log2", "", ops.log2, np.log2, [pos(2, 3)]),
+    ("log10", "", ops.log10, np.log10, [pos(2, 3)]),
+    ("sinh", "", ops.sinh, np.sinh, [arr(2, 3)]),
+    ("cosh", "", ops.cosh, np.cosh, [arr(2, 3)]),
+    ("arctan", "", ops.arctan, np.arctan, [arr(2, 3, low=-3, high=3)]),
+    ("arcsin", "", ops.arcsin, np.arcsin, [arr(2, 3, low=-0.9, high=0.9)]),
+    ("arccos", "", ops.arccos, np.arccos, [arr(2, 3, low=-0.9, high=0.9)]),
+    ("logaddexp", "broadcast", ops.logaddexp, np.logaddexp, [arr(2, 3, low=-50, high=50), arr(3, seed=1)]),
+    ("nan_to_num", "", lambda x: ops.nan_to_num(ops.where(x > 0.5, np.inf, ops.where(x < -0.5, np.nan, x)), posinf=9.0),
+     lambda x: np.nan_to_num(np.where(x > 0.5, np.inf, np.where(x < -0.5, np.nan, x)), posinf=9.0), [arr(3, 4)]),
     ("maximum", "broadcast", ops.maximum, np.maximum, [arr(2, 3), arr(3, seed=1)]),
     ("minimum", "broadcast", ops.minimum, np.minimum, [arr(3, 1), arr(3, seed=1)]),
     ("clip", "", lambda x: ops.clip(x, -0.5, 0.4), lambda x: np.clip(x, -0.5, 0.4), [arr(3, 4)]),
@@ -215,6 +225,11 @@ DIFF_CASES = [
      lambda x: np.log(np.exp(x).sum(axis=-1, keepdims=True)), [arr(2, 3)]),
     ("logsumexp", "axes", lambda x: ops.logsumexp(x, axis=(0, 2)),
      lambda x: np.log(np.exp(x).sum(axis=(0, 2))), [arr(2, 3, 4)]),
+    ("average", "plain", lambda x: ops.average(x, axis=1), lambda x: np.average(x, axis=1), [arr(2, 3)]),
+    ("average", "weights-1d", lambda x, w: ops.average(x, axis=-1, weights=w),
+     lambda x, w: np.average(x, axis=-1, weights=w), [arr(2, 3), pos(3, seed=1)]),
+    ("average", "weights-full", lambda x, w: ops.average(x, weights=w), lambda x, w: np.average(x, weights=w),
+     [arr(2, 3), pos(2, 3, seed=1)]),
     ("cumsum", "flat", ops.cumsum, np.cumsum, [arr(2, 3)]),
     ("cumsum", "axis", lambda x: ops.cumsum(x, axis=-1), lambda x: np.cumsum(x, axis=-1), [arr(2, 3)]),
     ("norm", "all", ops.norm, np.linalg.norm, [arr(2, 3)]),
@@ -289,6 +304,24 @@ DIFF_CASES = [
     ("flip", "", lambda x: ops.flip(x, axis=-1), lambda x: np.flip(x, -1), [arr(2, 3)]),
     ("swapaxes", "", lambda x: ops.swapaxes(x, 0, -1), lambda x: np.swapaxes(x, 0, -1), [arr(2, 3, 4)]),
     ("moveaxis", "", lambda x: ops.moveaxis(x, 0, -1), lambda x: np.moveaxis(x, 0, -1), [arr(2, 3, 4)]),
+    ("hstack", "", lambda a, b: ops.hstack([a, b]), lambda a, b: np.hstack([a, b]), [arr(2, 3), arr(2, 1, seed=1)]),
+    ("hstack", "1d", lambda a, b: ops.hstack([a, b]), lambda a, b: np.hstack([a, b]), [arr(3), arr(2, seed=1)]),
+    ("vstack", "", lambda a, b: ops.vstack([a, b]), lambda a, b: np.vstack([a, b]), [arr(3), arr(2, 3, seed=1)]),
+    ("roll", "axis", lambda x: ops.roll(x, -1, axis=1), lambda x: np.roll(x, -1, axis=1), [arr(2, 3)]),
+    ("roll", "flat", lambda x: ops.roll(x, 4), lambda x: np.roll(x, 4), [arr(2, 3)]),
+    ("roll", "axes", lambda x: ops.roll(x, (1, 2), axis=(0, 1)), lambda x: np.roll(x, (1, 2), axis=(0, 1)),
+     [arr(2, 3)]),
+    ("tril", "", ops.tril, np.tril, [arr(2, 3, 4)]),
+    ("tril", "k", lambda x: ops.tril(x, -1), lambda x: np.tril(x, -1), [arr(3, 4)]),
+    ("triu", "", ops.triu, np.triu, [arr(4, 3)]),
+    ("triu", "k", lambda x: ops.triu(x, 2), lambda x: np.triu(x, 2), [arr(2, 3, 4)]),
+    ("diagonal", "", ops.diagonal, np.diagonal, [arr(3, 4)]),
+    ("diagonal", "offset-axes", lambda x: ops.diagonal(x, -1, 2, 0), lambda x: np.diagonal(x, -1, 2, 0),
+     [arr(3, 2, 4)]),
+    ("diag", "from-vector", lambda x: ops.diag(x, 1), lambda x: np.diag(x, 1), [arr(3)]),
+    ("diag", "from-matrix", lambda x: ops.diag(x, -1), lambda x: np.diag(x, -1), [arr(3, 3)]),
+    ("trace", "", ops.trace, np.trace, [arr(3, 4)]),
+    ("trace", "offset-axes", lambda x: ops.trace(x, 1, 1, 2), lambda x: np.trace(x, 1, 1, 2), [arr(2, 3, 3)]),
     ("sort", "", lambda x: ops.sort(x, axis=0), lambda x: np.sort(x, axis=0), [arr(3, 4)]),
     ("top_k", "", lambda x: ops.top_k(x, 2)[0], lambda x: -np.sort(-x, axis=-1)[..., :2], [arr(3, 4)]),
     # linear algebra
@@ -459,7 +492,8 @@ TESTED_SEPARATELY = {
     "convert_to_tensor", "convert_to_numpy", "array", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
     "arange", "eye", "shape", "ndim", "size", "stop_gradient", "sign", "floor", "ceil", "round", "equal",
     "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or", "logical_not",
-    "isnan", "isfinite", "all", "any", "floor_divide", "custom_gradient", "argmax", "count_nonzero", "argmin", "argsort", "one_hot",
+    "isnan", "isfinite", "isinf", "all", "any", "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
+    "tri", "cond", "fori_loop", "while_loop", "count_nonzero", "argmin", "argsort", "one_hot",
 }
 
 
@@ -1111,3 +1145,23 @@ def test_custom_gradient():
         y = wrong(x)
     with pytest.raises(ValueError, match="gradients"):
         tape.gradient(y, x)
+
+
+def test_more_creation_and_control_flow():
+    np.testing.assert_allclose(ops.linspace(0, 1, 5), np.linspace(0, 1, 5))
+    assert ops.linspace(0, 1, 5).dtype == np.float32
+    values, step = ops.linspace(0.0, 2.0, 4, endpoint=False, retstep=True)
+    np.testing.assert_allclose(values, [0, 0.5, 1, 1.5]) and np.testing.assert_allclose(step, 0.5)
+    np.testing.assert_array_equal(ops.identity(3), np.eye(3))
+    np.testing.assert_array_equal(ops.tri(3, 4, k=1), np.tri(3, 4, k=1))
+    np.testing.assert_array_equal(ops.isinf(np.array([1.0, np.inf, -np.inf, np.nan])), [False, True, True, False])
+    v = Variable(np.array([1.5]))
+    with GradientTape() as tape:
+        y = ops.cond(ops.sum(v) > 1, lambda: v * 3.0, lambda: v * 5.0)
+        z = ops.fori_loop(0, 3, lambda i, acc: acc * v, ops.ones_like(v))  # v ** 3
+        n, w = ops.while_loop(lambda n, w: n < 2, lambda n, w: (n + 1, w * v), (0, v))  # v ** 3
+        total = ops.sum(y + z + w)
+    assert n == 2
+    np.testing.assert_allclose(tape.gradient(total, v), [3 + 2 * 3 * 1.5 ** 2])
+    assert ops.while_loop(lambda x: x < 10, lambda x: x * 2, 1) == 16
+    assert ops.while_loop(lambda x: x < 10, lambda x: x * 2, 1, maximum_iterations=2) == 4

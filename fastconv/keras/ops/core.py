@@ -10,18 +10,21 @@ from fastconv.keras import backend
 from fastconv.keras.autodiff import Tensor, record, stop_recording, unwrap
 
 __all__ = [
-    "convert_to_tensor", "convert_to_numpy", "array", "cast", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
-    "arange", "eye", "shape", "ndim", "size", "stop_gradient",
+    "convert_to_tensor", "convert_to_numpy", "array", "cast", "zeros", "ones", "zeros_like", "ones_like", "full",
+    "full_like", "arange", "linspace", "eye", "identity", "tri", "shape", "ndim", "size", "stop_gradient",
     "add", "subtract", "multiply", "divide", "true_divide", "negative", "power", "square", "sqrt", "rsqrt", "exp",
     "log", "log1p", "expm1", "abs", "absolute", "sign", "maximum", "minimum", "clip", "where", "tanh", "sin", "cos",
-    "erf", "reciprocal", "floor", "ceil", "round",
+    "erf", "reciprocal", "floor", "ceil", "round", "log2", "log10", "sinh", "cosh", "arctan", "arcsin", "arccos",
+    "logaddexp", "nan_to_num", "isinf",
     "equal", "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or",
     "logical_not", "isnan", "isfinite", "all", "any", "floor_divide", "mod",
     "sum", "mean", "max", "min", "amax", "amin", "prod", "var", "std", "argmax", "argmin", "count_nonzero",
-    "logsumexp", "cumsum",
+    "logsumexp", "cumsum", "average",
     "reshape", "transpose", "expand_dims", "squeeze", "concatenate", "stack", "split", "take", "take_along_axis",
     "flatten", "ravel", "tile", "repeat", "broadcast_to", "pad", "get_item", "slice", "flip", "swapaxes", "moveaxis",
+    "hstack", "vstack", "roll", "tril", "triu", "diagonal", "diag", "trace",
     "matmul", "dot", "einsum", "tensordot", "outer", "sort", "argsort", "top_k", "norm", "custom_gradient",
+    "cond", "fori_loop", "while_loop",
 ]
 
 
@@ -106,6 +109,22 @@ def arange(start, stop=None, step=None, dtype=None):
     if dtype is None and values.dtype == np.float64:
         dtype = backend.floatx()
     return values if dtype is None else values.astype(dtype)
+
+
+def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0):
+    values = np.linspace(unwrap(start), unwrap(stop), num, endpoint=endpoint, retstep=retstep, axis=axis)
+    if retstep:
+        values, step = values
+    values = values.astype(dtype or backend.floatx())
+    return (values, step) if retstep else values
+
+
+def identity(n, dtype=None):
+    return np.identity(n, dtype=dtype or backend.floatx())
+
+
+def tri(N, M=None, k=0, dtype=None):
+    return np.tri(N, M, k, dtype=dtype or backend.floatx())
 
 
 def eye(N, M=None, k=0, dtype=None):
@@ -248,6 +267,52 @@ def sin(x):
 
 def cos(x):
     return _unary(x, np.cos, lambda g, a, out: -g * np.sin(a), floating=True)
+
+
+def log2(x):
+    return _unary(x, np.log2, lambda g, a, out: g / (a * math.log(2)), floating=True)
+
+
+def log10(x):
+    return _unary(x, np.log10, lambda g, a, out: g / (a * math.log(10)), floating=True)
+
+
+def sinh(x):
+    return _unary(x, np.sinh, lambda g, a, out: g * np.cosh(a), floating=True)
+
+
+def cosh(x):
+    return _unary(x, np.cosh, lambda g, a, out: g * np.sinh(a), floating=True)
+
+
+def arctan(x):
+    return _unary(x, np.arctan, lambda g, a, out: g / (1 + a * a), floating=True)
+
+
+def arcsin(x):
+    return _unary(x, np.arcsin, lambda g, a, out: g / np.sqrt(1 - a * a), floating=True)
+
+
+def arccos(x):
+    return _unary(x, np.arccos, lambda g, a, out: -g / np.sqrt(1 - a * a), floating=True)
+
+
+def logaddexp(x1, x2):
+    """log(exp(x1) + exp(x2)) without overflow."""
+    def vjp(g, a, b, out):
+        return g * np.exp(a - out), g * np.exp(b - out)
+    return _binary(x1, x2, np.logaddexp, vjp)
+
+
+def nan_to_num(x, nan=0.0, posinf=None, neginf=None):
+    """NaN and infinities replaced by numbers; the gradient passes where x was finite."""
+    a = _array(x)
+    out = np.nan_to_num(a, nan=nan, posinf=posinf, neginf=neginf)
+    return record(out, (x,), lambda g: (g * np.isfinite(a),))
+
+
+def isinf(x):
+    return np.isinf(_array(x))
 
 
 def _erf(a):
@@ -486,6 +551,20 @@ def logsumexp(x, axis=None, keepdims=False):
     return record(out, (x,), lambda g: (_expand_reduced(g, axes, keepdims) * np.exp(a - out_keep),))
 
 
+def average(x, axis=None, weights=None):
+    """The mean of x along axis, weighted by `weights` (x's shape, or 1-D along axis) if given."""
+    if weights is None:
+        return mean(x, axis=axis)
+    w = weights
+    if np.ndim(_array(weights)) == 1 and np.ndim(_array(x)) > 1:
+        if axis is None:
+            raise ValueError("average: 1-D weights for an N-D x need axis=")
+        shape_ = [1] * np.ndim(_array(x))
+        shape_[axis] = -1
+        w = reshape(weights, shape_)
+    return divide(sum(multiply(x, w), axis=axis), sum(multiply(ones_like(x), w), axis=axis))
+
+
 def cumsum(x, axis=None, dtype=None):
     a = _array(x)
     out = np.cumsum(a, axis=axis)
@@ -695,6 +774,64 @@ def pad(x, pad_width, mode="constant", constant_values=None):
     return record(out, (x,), lambda g: (g[key],))
 
 
+def hstack(xs):
+    return concatenate(xs, axis=1 if builtins.all(np.ndim(_array(x)) > 1 for x in xs) else 0)
+
+
+def vstack(xs):
+    return concatenate([reshape(x, (1, -1)) if np.ndim(_array(x)) == 1 else x for x in xs], axis=0)
+
+
+def roll(x, shift, axis=None):
+    a = _array(x)
+    out = np.roll(a, shift, axis=axis)
+    return record(out, (x,), lambda g: (np.roll(g, np.negative(shift), axis=axis),))
+
+
+def _triangle(x, k, lower):
+    a = _array(x)
+    rows, cols = a.shape[-2:]
+    mask = np.tri(rows, cols, k, dtype=bool) if lower else ~np.tri(rows, cols, k - 1, dtype=bool)
+    return record(np.where(mask, a, 0).astype(a.dtype, copy=False), (x,), lambda g: (np.where(mask, g, 0),))
+
+
+def tril(x, k=0):
+    return _triangle(x, k, lower=True)
+
+
+def triu(x, k=0):
+    return _triangle(x, k, lower=False)
+
+
+def diagonal(x, offset=0, axis1=0, axis2=1):
+    a = _array(x)
+    out = np.diagonal(a, offset, axis1, axis2).copy()
+
+    def vjp(g):
+        grad = np.zeros_like(a)
+        view = np.moveaxis(grad, (axis1, axis2), (-2, -1))
+        n = out.shape[-1]
+        rows = np.arange(n) + builtins.max(-offset, 0)
+        cols = np.arange(n) + builtins.max(offset, 0)
+        view[..., rows, cols] = g  # view shares grad's memory
+        return (grad,)
+    return record(out, (x,), vjp)
+
+
+def diag(x, k=0):
+    a = _array(x)
+    if a.ndim == 1:
+        out = np.diag(a, k)
+        return record(out, (x,), lambda g: (np.diagonal(g, k).copy(),))
+    if a.ndim != 2:
+        raise ValueError(f"diag takes a 1-D or 2-D x, got shape {a.shape}")
+    return diagonal(x, offset=k)
+
+
+def trace(x, offset=0, axis1=0, axis2=1):
+    return sum(diagonal(x, offset, axis1, axis2), axis=-1)
+
+
 def sort(x, axis=-1):
     a = _array(x)
     order = np.argsort(a, axis=axis, kind="stable")
@@ -893,3 +1030,27 @@ def custom_gradient(f):
             return tuple(None if grad is None else np.asarray(unwrap(grad)) for grad in grads)
         return record(_array(output), args, vjp)
     return wrapper
+
+
+# ----- control flow: eager Python, recorded op by op -----
+def cond(pred, true_fn, false_fn):
+    return true_fn() if bool(np.asarray(unwrap(pred))) else false_fn()
+
+
+def fori_loop(lower, upper, body_fun, init_val):
+    value = init_val
+    for i in range(int(lower), int(upper)):
+        value = body_fun(i, value)
+    return value
+
+
+def while_loop(cond, body, loop_vars, maximum_iterations=None):
+    """body(*loop_vars) while cond(*loop_vars); loop_vars a tuple or list (a single value also works)."""
+    single = not isinstance(loop_vars, (tuple, list))
+    values = (loop_vars,) if single else tuple(loop_vars)
+    count = 0
+    while bool(np.asarray(unwrap(cond(*values)))) and (maximum_iterations is None or count < maximum_iterations):
+        values = body(*values)
+        values = (values,) if single or not isinstance(values, (tuple, list)) else tuple(values)
+        count += 1
+    return values[0] if single else values
