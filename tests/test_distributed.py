@@ -146,7 +146,8 @@ TRAIN = textwrap.dedent("""
                             steps_per_epoch=steps,
                             validation_data=(x_val, y_val), callbacks=callbacks, verbose=config.get("verbose", 0),
                             initial_epoch=config.get("initial_epoch", 0))
-        logs = {"history": history.history, "evaluate": model.evaluate(x_val, y_val, verbose=0, return_dict=True)}
+        logs = {"history": history.history, "evaluate": model.evaluate(x_val, y_val, verbose=0, return_dict=True),
+                "predicted": len(model.predict(x_val, verbose=0))}  # predict is not split
     np.savez(f"{out}-{rank or 0}.npz", *model.get_weights())
     with open(f"{out}-{rank or 0}.json", "w") as file:
         json.dump(logs, file)
@@ -206,6 +207,7 @@ def test_data_parallel_fit_matches_one_process_on_the_global_batch(train, tmp_pa
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
     assert_close_logs(first_logs[0], single_logs)
     assert first_logs[0]["history"]["accuracy"] == single_logs["history"]["accuracy"]  # exact counts
+    assert first_logs[0]["predicted"] == 40
     assert result.stdout == ""  # verbose=0 prints nothing on any rank
 
 

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from fastconv.keras import backend, config
+from fastconv.keras import backend, config, distribution
 from fastconv.keras import trainer as _trainer
 from fastconv.keras.compile_utils import input_names, list_by_name, output_names
 
@@ -242,9 +242,11 @@ class ArraySource:
                 index = start + rng.permutation(stop - start)
             else:
                 index = slice(start, stop) if order is None else order[start:stop]
-            yield (_trainer._inputs_batch(self.xs, index),
-                   None if self.ys is None else [y[index] for y in self.ys],
-                   None if self.weights is None else self.weights[index])
+            local = distribution.local_rows(index, stop - start)  # in a DataParallel fit: this rank's rows
+            rows = index if local is None else local
+            batch = (_trainer._inputs_batch(self.xs, rows), None if self.ys is None else [y[rows] for y in self.ys],
+                     None if self.weights is None else self.weights[rows])
+            yield batch if local is None else distribution.LocalBatch(batch, stop - start)
 
     def on_epoch_begin(self):
         pass

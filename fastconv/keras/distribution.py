@@ -150,20 +150,19 @@ def _sync_random_state():
 
 def _split_random_state():
     """After the epoch's permutation, give each rank a stream of its own for the epoch (dropout masks
-    must differ between ranks), derived from the shared state without advancing it; return that
-    state, which the ranks go back to at the epoch's end. So the shared stream only ever draws the
-    permutations, as on one process without dropout, and a seeded run repeats."""
-    shared = backend.rng().bit_generator.state
+    must differ between ranks), derived from the shared generator without advancing it; return that
+    generator, which the ranks go back to at the epoch's end. So the shared stream only draws the
+    data's order (the data source keeps drawing from it, e.g. for shuffle="batch"), as on one process
+    without dropout, and a seeded run repeats."""
+    shared = backend.rng()
     probe = np.random.default_rng()
-    probe.bit_generator.state = shared
+    probe.bit_generator.state = shared.bit_generator.state
     backend.seed(np.random.SeedSequence([int(probe.integers(0, 2**63)), distributed.rank()]))
     return shared
 
 
 def _restore_random_state(shared):
-    generator = np.random.default_rng()
-    generator.bit_generator.state = shared
-    backend._rng = generator
+    backend._rng = shared
 
 
 def _combine(gathered):
@@ -187,6 +186,39 @@ def any_rank(flag):
     return any(distributed.allgather_object(bool(flag)))
 
 
+class LocalBatch(tuple):
+    """A batch of which an array source gathered this rank's rows only; global_size is the whole
+    batch's sample count."""
+
+    def __new__(cls, batch, global_size):
+        instance = super().__new__(cls, batch)
+        instance.global_size = global_size
+        return instance
+
+
+_reading_shard = False  # set while sharded() draws a batch, so predict and plain loops are unaffected
+
+
+def local_rows(index, size):
+    """For an array source: this rank's rows of a global batch `index` (a slice, or an index array, of
+    `size` samples) while sharded() reads it, so only they are gathered and converted; else None."""
+    if not _reading_shard:
+        return None
+    part = _shard(size, distributed.size(), distributed.rank())
+    if isinstance(index, slice):
+        return slice(index.start + part.start, index.start + part.stop)
+    return index[part]
+
+
+def _next_global_batch(iterator):
+    global _reading_shard
+    _reading_shard = True
+    try:
+        return next(iterator, None)
+    finally:
+        _reading_shard = False
+
+
 def sharded(trainer, batches, step_function, batch_end, training):
     """This rank's part of an epoch: each global batch sliced to this rank's rows, a step function
     returning the logs reduced over all ranks, and batch_end hooks whose model.stop_training the
@@ -206,9 +238,9 @@ def sharded(trainer, batches, step_function, batch_end, training):
         iterator = iter(batches)
         try:
             for index in itertools.count():
-                batch = next(iterator, None)
-                exchanged = distributed.allgather_object((None if batch is None else len(batch[0][0]),
-                                                          state["stop"]))
+                batch = _next_global_batch(iterator)
+                size = None if batch is None else getattr(batch, "global_size", None) or len(batch[0][0])
+                exchanged = distributed.allgather_object((size, state["stop"]))
                 have = [size for size, _ in exchanged]
                 if any(stop for _, stop in exchanged):
                     model.stop_training = True
@@ -226,9 +258,11 @@ def sharded(trainer, batches, step_function, batch_end, training):
                                      f"0 to {ranks - 1}; give every rank the same data")
                 if shared is None:
                     shared = _split_random_state()
-                xs, ys, weights = batch
-                size = have[0]
                 state["weights"] = [_shard(size, ranks, r).stop - _shard(size, ranks, r).start for r in range(ranks)]
+                if isinstance(batch, LocalBatch):  # only this rank's rows were read
+                    yield tuple(batch)
+                    continue
+                xs, ys, weights = batch
                 part = _shard(size, ranks, rank)
                 yield ([x[part] for x in xs], None if ys is None else [y[part] for y in ys],
                        None if weights is None else weights[part])
