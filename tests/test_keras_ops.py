@@ -1165,3 +1165,17 @@ def test_more_creation_and_control_flow():
     np.testing.assert_allclose(tape.gradient(total, v), [3 + 2 * 3 * 1.5 ** 2])
     assert ops.while_loop(lambda x: x < 10, lambda x: x * 2, 1) == 16
     assert ops.while_loop(lambda x: x < 10, lambda x: x * 2, 1, maximum_iterations=2) == 4
+
+
+def test_tensor_comparisons_format_and_iteration():
+    t = Tensor(np.array([1.0, 2.0, 3.0]))
+    with GradientTape() as tape:
+        tape.watch(t)
+        u = t * 1.0
+        np.testing.assert_array_equal(u == 2.0, [False, True, False])
+        np.testing.assert_array_equal(u != 2.0, [True, False, True])
+        np.testing.assert_array_equal(u >= 2.0, [False, True, True])
+        rows = [row for row in u]  # iteration indexes the tensor, recorded
+        total = rows[0] + rows[2]
+        assert f"{ops.sum(u):.2f}" == "6.00"
+    np.testing.assert_allclose(tape.gradient(total, t), [1, 0, 1])

@@ -75,6 +75,22 @@ class Tensor:
     def __repr__(self):
         return f"<Tensor shape={self.value.shape} dtype={self.value.dtype}\n{self.value!r}>"
 
+    def __format__(self, spec):
+        # f"{loss:.4f}" on a scalar result, as on a NumPy scalar
+        return format(self.value[()] if np.ndim(self.value) == 0 else self.value, spec)
+
+    # Element-wise, as tensors compare in Keras (never identity); the tape keys on id(), so hashing
+    # by identity stays valid.
+    def __eq__(self, other):
+        from fastconv.keras import ops
+        return ops.equal(self, other)
+
+    def __ne__(self, other):
+        from fastconv.keras import ops
+        return ops.not_equal(self, other)
+
+    __hash__ = object.__hash__
+
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         return array_ufunc(ufunc, method, inputs, kwargs)
 
