@@ -55,7 +55,11 @@ class Metric:
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_pred = np.asarray(autodiff.unwrap(y_pred))
         values = np.asarray(self.values(self._targets(autodiff.unwrap(y_true), y_pred), y_pred), np.float64)
-        values = values.reshape(len(values), -1).mean(axis=1) if values.ndim > 1 else values.reshape(-1)
+        self._accumulate(values.reshape(len(values), -1).mean(axis=1) if values.ndim > 1 else values.reshape(-1),
+                         sample_weight)
+
+    def _accumulate(self, values, sample_weight):
+        """Add one value per sample to the running total, each weighted by sample_weight if given."""
         if sample_weight is None:
             self._total += float(values.sum())
             self._count += values.size
@@ -93,15 +97,7 @@ class Mean(Metric):
         super().__init__(name, None)
 
     def update_state(self, values, sample_weight=None):
-        values = np.asarray(autodiff.unwrap(values), np.float64).reshape(-1)
-        if sample_weight is None:
-            self._total += float(values.sum())
-            self._count += values.size
-        else:
-            weights = np.broadcast_to(np.asarray(autodiff.unwrap(sample_weight), np.float64).reshape(-1),
-                                      values.shape)
-            self._total += float((values * weights).sum())
-            self._count += float(weights.sum())
+        self._accumulate(np.asarray(autodiff.unwrap(values), np.float64).reshape(-1), sample_weight)
 
 
 class Sum(Mean):

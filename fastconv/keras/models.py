@@ -7,7 +7,7 @@ import numpy as np
 
 from fastconv.keras import activations, autodiff, backend, saving
 from fastconv.keras.layers.base import (
-    InputLayer, KerasTensor, Layer, Input, Node, _format_shape, _snake_case, _values, unique_name,
+    InputLayer, KerasTensor, Layer, Input, Node, _format_shape, _snake_case, _values, unique_name, unique_variables,
 )
 from fastconv.keras.object_registry import get_registered_name
 from fastconv.keras.summary import print_summary
@@ -313,7 +313,7 @@ class Model(Layer):
     def weights(self):
         if self._subclassed:
             return self._all_variables()
-        return _unique([v for layer in self.layers for v in layer.weights])
+        return unique_variables([v for layer in self.layers for v in layer.weights])
 
     variables = weights
 
@@ -323,7 +323,7 @@ class Model(Layer):
             return []
         if self._subclassed:
             return Layer.trainable_weights.fget(self)
-        return _unique([v for layer in self.layers for v in layer.trainable_weights])
+        return unique_variables([v for layer in self.layers for v in layer.trainable_weights])
 
     trainable_variables = trainable_weights
 
@@ -636,16 +636,6 @@ class _CompiledMetrics:
         for group in self._trainer.metrics:
             for metric in group:
                 metric.reset_state()
-
-
-def _unique(variables):
-    """Each variable once (a layer shared by two nested models appears twice in their layers)."""
-    seen, out = set(), []
-    for variable in variables:
-        if id(variable) not in seen:
-            seen.add(id(variable))
-            out.append(variable)
-    return out
 
 
 def _index(value, limit, what):

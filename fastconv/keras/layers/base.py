@@ -223,17 +223,7 @@ class Layer:
 
     def _all_variables(self):
         """Own variables, then each sublayer's, each once."""
-        seen, out = set(), []
-        for variable in self._variables:
-            if id(variable) not in seen:
-                seen.add(id(variable))
-                out.append(variable)
-        for layer in self._tracked_layers:
-            for variable in layer.weights:
-                if id(variable) not in seen:
-                    seen.add(id(variable))
-                    out.append(variable)
-        return out
+        return unique_variables(self._variables + [v for layer in self._tracked_layers for v in layer.weights])
 
     @property
     def weights(self):
@@ -245,14 +235,8 @@ class Layer:
     def trainable_weights(self):
         if not self.trainable:
             return []
-        own = [v for v in self._variables if v.trainable]
-        seen = {id(v) for v in own}
-        for layer in self._tracked_layers:
-            for variable in layer.trainable_weights:
-                if id(variable) not in seen:
-                    seen.add(id(variable))
-                    own.append(variable)
-        return own
+        return unique_variables([v for v in self._variables if v.trainable] +
+                                [v for layer in self._tracked_layers for v in layer.trainable_weights])
 
     trainable_variables = trainable_weights
 
@@ -485,6 +469,16 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}>"
+
+
+def unique_variables(variables):
+    """Each variable once, in order (a layer shared by two sublayers or nested models appears twice)."""
+    seen, out = set(), []
+    for variable in variables:
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            out.append(variable)
+    return out
 
 
 def _dtype_name(dtype):
