@@ -806,6 +806,14 @@ def test_crossentropies_match_keras_losses():
                                ops.sparse_categorical_crossentropy(LABELS, p))
     with pytest.raises(ValueError, match="sparse targets"):
         ops.sparse_categorical_crossentropy(np.array([4]), p[:1])
+    with pytest.raises(ValueError, match="same shape"):
+        ops.categorical_crossentropy(LABELS, p)  # integer labels given to the one-hot loss
+    with pytest.raises(ValueError, match="same shape"):
+        ops.binary_crossentropy(BITS[0], b)
+    with pytest.raises(ValueError, match="class axis"):
+        ops.sparse_categorical_crossentropy(ONE_HOT, p)
+    with pytest.raises(ValueError, match="integer"):
+        ops.sparse_categorical_crossentropy(np.array([0.5, 1.0, 2.0]), p)
 
 
 def test_crossentropy_gradients_match_keras_losses():

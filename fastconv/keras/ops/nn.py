@@ -240,8 +240,17 @@ def _target_like(target, output):
     return core.cast(target, dtype) if value.dtype.kind == "f" else value.astype(dtype)
 
 
+def _check_same_shape(target, output, name):
+    # Keras refuses what NumPy would broadcast: (batch,) labels against (batch, classes) outputs
+    # would otherwise give a (batch, batch) loss without a word.
+    t, o = np.shape(_array(target)), np.shape(_array(output))
+    if t != o:
+        raise ValueError(f"{name}: target and output must have the same shape, got target {t} and output {o}")
+
+
 def categorical_crossentropy(target, output, from_logits=False, axis=-1):
     """Per-sample cross-entropy of one-hot (or soft) targets against probabilities or logits."""
+    _check_same_shape(target, output, "categorical_crossentropy")
     target = _target_like(target, output)
     if from_logits:
         return core.negative(core.sum(core.multiply(target, log_softmax(output, axis=axis)), axis=axis))
@@ -253,10 +262,17 @@ def categorical_crossentropy(target, output, from_logits=False, axis=-1):
 def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
     """Per-sample cross-entropy of integer class targets against probabilities or logits."""
     labels = np.asarray(_array(target))
-    classes = np.shape(_array(output))[axis]
-    if labels.ndim == np.ndim(_array(output)) and labels.shape[axis] == 1:
+    out_shape = np.shape(_array(output))
+    classes = out_shape[axis]
+    if labels.ndim == len(out_shape) and labels.shape[axis] == 1:
         labels = np.squeeze(labels, axis)
+    expected = out_shape[:axis % len(out_shape)] + out_shape[axis % len(out_shape) + 1:]
+    if labels.shape != expected:
+        raise ValueError(f"sparse_categorical_crossentropy: target must have the output's shape without the "
+                         f"class axis, {expected}, got {labels.shape} for output {out_shape}")
     if labels.dtype.kind == "f":
+        if np.any(labels != np.round(labels)):
+            raise ValueError("sparse_categorical_crossentropy: target must hold integer class indices")
         labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise ValueError(f"sparse targets must be integers in [0, {classes}), got values from {labels.min()} "
@@ -267,6 +283,7 @@ def sparse_categorical_crossentropy(target, output, from_logits=False, axis=-1):
 
 def binary_crossentropy(target, output, from_logits=False):
     """Element-wise binary cross-entropy (no reduction), as keras.ops.binary_crossentropy."""
+    _check_same_shape(target, output, "binary_crossentropy")
     target = _target_like(target, output)
     if from_logits:  # max(z, 0) - z * t + log(1 + exp(-|z|)), the stable form
         return core.subtract(softplus(output), core.multiply(output, target))
