@@ -1187,3 +1187,19 @@ def test_tensor_comparisons_format_and_iteration():
         total = rows[0] + rows[2]
         assert f"{ops.sum(u):.2f}" == "6.00"
     np.testing.assert_allclose(tape.gradient(total, t), [1, 0, 1])
+
+
+def test_second_order_gradients_are_refused_not_silently_wrong():
+    v = Variable(np.array([2.0]))
+    with GradientTape() as outer:
+        with GradientTape() as inner:
+            y = ops.sum(v * v * v)
+        with pytest.raises(NotImplementedError, match="gradients of gradients"):
+            inner.gradient(y, v)
+    with GradientTape() as outer:  # an unrelated outer tape does not stop a gradient inside it
+        with GradientTape() as inner:
+            x = np.array([3.0])
+            inner.watch(x)
+            z = ops.square(x)
+        np.testing.assert_allclose(inner.gradient(z, x), [6.0])
+    assert outer.gradient(z, x) is None

@@ -271,6 +271,14 @@ class GradientTape:
             raise RuntimeError("a non-persistent GradientTape can compute gradients only once; "
                                "use GradientTape(persistent=True) to call gradient() several times")
         targets = _flatten(target)
+        # The vjps compute with NumPy, unrecorded: a gradient taken while another tape records the
+        # target would reach that tape as a constant, and a second-order gradient (a gradient
+        # penalty) would silently miss its terms. Refuse instead.
+        for tape in _active_tapes.get():
+            if tape is not self and any(id(item) in tape._tracked for item in targets):
+                raise NotImplementedError(
+                    "gradients of gradients are not supported: this gradient is taken while another "
+                    "GradientTape records its target, which would see the result as a constant")
         seeds = [None] * len(targets) if output_gradients is None else _flatten(output_gradients)
         if len(seeds) != len(targets):
             raise ValueError(f"output_gradients must match target: {len(seeds)} gradients for {len(targets)} targets")
