@@ -183,6 +183,14 @@ def cmd_train(args):
           f"{args.optimizer or recipe.optimizer} lr {learning_rate:g}, "
           f"augment {'in the model' if recipe.augmentation is None else 'on' if augment else 'off'}, "
           f"backend {args.backend}", flush=True)
+    if keras.distribution.active():
+        from fastconv import get_num_threads
+        from fastconv.keras import distributed
+        ranks = distributed.size()
+        low, high = batch_size // ranks, -(-batch_size // ranks)
+        print(f"data-parallel over {ranks} ranks ({distributed.local_size()} on this machine): {batch_size} images "
+              f"per step, {low if low == high else f'{low}-{high}'} on each rank, "
+              f"{plural(get_num_threads(), 'thread')} per rank", flush=True)
     replaces = os.path.exists(save_path)
     if replaces:
         print(f"{save_path} exists: each completed epoch replaces it", flush=True)

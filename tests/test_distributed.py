@@ -441,6 +441,7 @@ def test_cli_train_under_mpiexec(tmp_path):
     result = ok(launch([MPIEXEC, "-n", "2", sys.executable, "-m", "fastconv", "train", "--train-size", "3000",
                         "--epochs", "1", "--seed", "1", "--save", str(saved)], 180))
     assert result.stdout.count("test accuracy:") == 1  # rank 0 alone prints
+    assert "data-parallel over 2 ranks (2 on this machine): 64 images per step, 32 on each rank" in result.stdout
     bars = [line for line in result.stdout.splitlines() if "images/s" in line]
     assert len(bars) == 1 and bars[0].startswith("47/47 [")  # 47 global batches of 64, as on one process
     accuracy = float(result.stdout.split("test accuracy:")[1].split()[0])

@@ -95,11 +95,10 @@ def _share_cores():
         cores = os.cpu_count() or 1
     if "OMP_NUM_THREADS" not in os.environ and local > 1:
         set_num_threads(max(1, cores // local))
-    # With an affinity mask per rank (mpiexec -bind-to core) the cores are not shared, so only a
-    # machine-wide mask can be oversubscribed.
-    elif local * get_num_threads() > (os.cpu_count() or 1) and _local_comm.Get_rank() == 0:
-        warnings.warn(f"{local} ranks on this machine x {get_num_threads()} threads each is more than its "
-                      f"{os.cpu_count()} cores; set OMP_NUM_THREADS (or --threads) so that ranks x threads <= cores",
+    threads, machine = get_num_threads(), os.cpu_count() or 1
+    if local * threads > machine and _local_comm.Get_rank() == 0:
+        warnings.warn(f"{local} ranks on this machine x {threads} thread{'s' if threads > 1 else ''} each is more "
+                      f"than its {machine} cores; set OMP_NUM_THREADS (or --threads) so that ranks x threads <= cores",
                       RuntimeWarning, stacklevel=3)
 
 
