@@ -479,7 +479,8 @@ def test_lazy_sequential_builds_on_first_fit_and_counts_params(capsys):
     model.summary()
     out = capsys.readouterr().out
     assert "conv2d" in out and "(None, 3, 3, 4)" in out and "112" in out
-    assert f"Total params: {model.count_params():,}" in out
+    # after fit, Keras 3's total also counts the optimizer's state
+    assert f"Trainable params: {model.count_params() - 8:,}" in out
     assert "Non-trainable params: 8" in out
     assert model.count_params() == 112 + 16 + 74
 

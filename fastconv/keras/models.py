@@ -347,11 +347,13 @@ class Model(Layer):
     def count_params(self):
         return int(sum(v.value.size for v in self.weights))
 
-    def summary(self, line_length=None, print_fn=None):
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,
+                layer_range=None):
         if not self.built:
             raise ValueError(f"model {self.name!r} has not been built yet: give the first layer input_shape=, "
                              "add a keras.Input, or call fit/predict once")
-        print_summary(self, line_length=line_length, print_fn=print_fn)
+        print_summary(self, line_length=line_length, positions=positions, print_fn=print_fn,
+                      expand_nested=expand_nested, show_trainable=show_trainable, layer_range=layer_range)
 
     # ----- training (the loops live in fastconv.keras.trainer) -----
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, weighted_metrics=None,
