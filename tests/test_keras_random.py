@@ -38,6 +38,22 @@ def test_a_seed_generator_changes_on_each_call_and_replays_from_its_seed():
     np.testing.assert_array_equal(krandom.normal((4,), seed=42), a)
 
 
+def test_seeds_draw_as_keras_numpy_backend():
+    """Keras' NumPy backend seeds a default_rng with the [seed, counter] pair: same seed, same values."""
+    np.testing.assert_array_equal(krandom.normal((3, 2), seed=42),
+                                  np.random.default_rng([42, 0]).normal(size=(3, 2)).astype(np.float32))
+    gen = krandom.SeedGenerator(7)
+    krandom.uniform((2,), seed=gen)
+    np.testing.assert_array_equal(krandom.uniform((2,), seed=gen),
+                                  np.random.default_rng([7, 1]).uniform(size=2).astype(np.float32))
+    # truncated_normal: whole batches of 1000 draws, those within 2 stddevs kept in order
+    rng, kept = np.random.default_rng([5, 0]), []
+    while len(kept) < 1000:
+        batch = rng.normal(size=1000)
+        kept.extend(batch[np.abs(batch) <= 2])
+    np.testing.assert_array_equal(krandom.truncated_normal((1000,), seed=5), np.float32(kept[:1000]))
+
+
 def test_seed_generator_state_config_and_errors():
     gen = krandom.SeedGenerator(5, name="noise")
     assert isinstance(gen.state, Variable) and not gen.state.trainable
