@@ -6,6 +6,7 @@ Every function takes `seed`:
 - None (the default): a draw from the engine's shared generator (`keras.backend.rng()`), which
   `keras.utils.set_random_seed` reseeds, so unseeded scripts repeat exactly after it.
 
+An int seed or a SeedGenerator draws the values Keras 3's NumPy backend draws for it.
 `dropout` is differentiable under a GradientTape: its vjp applies the same scaled mask. `shuffle` is
 `take` with a random permutation, differentiable too.
 """
@@ -146,10 +147,12 @@ def categorical(logits, num_samples, dtype="int32", seed=None):
         raise ValueError(f"logits must be 2-D (batch_size, num_classes), got shape {z.shape}")
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
         raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
-    # Gumbel-max: argmax(logits + Gumbel noise) is a sample of softmax(logits); one draw per sample and class.
-    gumbel = -np.log(-np.log(_generator(seed).uniform(np.finfo(np.float64).tiny, 1.0,
-                                                       size=(z.shape[0], int(num_samples), z.shape[1]))))
-    return np.argmax(z[:, None, :] + gumbel, axis=-1).astype(dtype)
+    # As Keras' NumPy backend: one rng.choice per row with the row's softmax, so seeds agree.
+    rng = _generator(seed)
+    shifted = np.exp(z - z.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    samples = [rng.choice(z.shape[1], size=int(num_samples), p=row) for row in probabilities]
+    return np.array(samples, dtype=dtype).reshape(z.shape[0], int(num_samples))
 
 
 def dropout(inputs, rate, noise_shape=None, seed=None):
