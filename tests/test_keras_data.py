@@ -100,6 +100,21 @@ def test_compile_takes_every_keras3_argument():
             small_model(**bad)
 
 
+def test_weighted_metrics_use_sample_weights_and_metrics_do_not():
+    """Values and names as real Keras 3 gives them for this model and data."""
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    y = np.arange(8) % 3
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"],
+                  weighted_metrics=["accuracy", "sparse_categorical_crossentropy"])
+    model.set_weights([np.array([[0.1], [0.2], [0.3], [0.4]], np.float32) * np.arange(3, dtype=np.float32),
+                       np.zeros(3, np.float32)])
+    logs = model.evaluate(x, y, sample_weight=np.arange(8.0), verbose=0, return_dict=True)
+    assert logs == pytest.approx({"loss": 3.413947582244873, "accuracy": 0.375, "weighted_accuracy": 0.5,
+                                  "sparse_categorical_crossentropy": 0.9754136204719543}, rel=1e-6)
+    assert [m.name for m in model.metrics][-3:] == ["accuracy", "accuracy", "sparse_categorical_crossentropy"]
+
+
 class BatchLog(keras.callbacks.Callback):
     """Records each epoch's batch hooks as ("begin"|"end", step) and every epoch's logs."""
 

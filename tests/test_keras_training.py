@@ -346,7 +346,8 @@ def test_fit_history_validation_and_evaluate_forms():
 
 def test_sample_weight_scales_each_sample_loss_and_gradient():
     """Keras' sample_weight: batch loss = sum(w * loss) / batch size, so weights (2, 2, 0, 0) on four
-    samples train exactly as the first two alone; evaluate's loss and metrics are weighted the same way."""
+    samples train exactly as the first two alone; evaluate's loss is weighted the same way, and so are
+    weighted_metrics (compile's metrics are not, as in Keras 3)."""
     x, y = small_data(8)
     weighted, plain = small_model(optimizer="sgd"), small_model(optimizer="sgd")
     weights = np.array([2, 2, 2, 2, 0, 0, 0, 0], dtype=np.float64)
@@ -359,6 +360,9 @@ def test_sample_weight_scales_each_sample_loss_and_gradient():
     w = np.arange(8.0)
     logs = weighted.evaluate(x, y, sample_weight=w, batch_size=8, verbose=0, return_dict=True)
     assert logs["loss"] == pytest.approx(np.sum(w * per_sample) / 8, rel=1e-5)
+    assert logs["accuracy"] == pytest.approx(np.mean(correct), rel=1e-6)
+    weighted.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
+    logs = weighted.evaluate(x, y, sample_weight=w, batch_size=8, verbose=0, return_dict=True)
     assert logs["accuracy"] == pytest.approx(np.sum(w * correct) / np.sum(w), rel=1e-6)
 
 

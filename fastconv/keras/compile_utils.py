@@ -64,3 +64,24 @@ def check_compile_options(model, loss, loss_weights, weighted_metrics, run_eager
             steps_per_execution < 1:
         raise ValueError(f"steps_per_execution must be a positive int, got {steps_per_execution!r}")
     return loss, loss_weights, int(steps_per_execution)
+
+
+def add_weighted_metrics(trainer, weighted_metrics):
+    """Compile's weighted_metrics: computed with the sample weights (compile's metrics are not), after
+    the metrics of each output; a name already taken by a metric gets Keras' "weighted_" prefix."""
+    from fastconv.keras import metrics as metrics_module
+    if not weighted_metrics:
+        return
+    outputs = len(trainer.losses)
+    taken = {name for names in trainer.metric_names for name in names}
+    for j, loss in enumerate(trainer.losses):
+        prefix = "" if outputs == 1 else f"{trainer.model.outputs[j].node.layer.name}_"
+        for item in weighted_metrics:
+            metric = metrics_module.get(item, loss)
+            name = prefix + metric.name
+            if name in taken:
+                name = f"{prefix}weighted_{metric.name}"
+            taken.add(name)
+            trainer.metrics[j].append(metric)
+            trainer.metric_names[j].append(name)
+            trainer.metric_weighted[j].append(True)

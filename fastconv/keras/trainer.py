@@ -184,6 +184,7 @@ class Trainer:
         self.metrics = [[metrics_module.get(m, loss) for m in metrics or []] for loss in self.losses]
         prefixes = [""] if output_count == 1 else [f"{tensor.node.layer.name}_" for tensor in model.outputs]
         self.metric_names = [[prefix + metric.name for metric in group] for prefix, group in zip(prefixes, self.metrics)]
+        self.metric_weighted = [[False] * len(group) for group in self.metrics]  # compile's weighted_metrics: True
         self.output_loss_names = [] if output_count == 1 else [f"{prefix}loss" for prefix in prefixes]
         # Stateful views of the built-in steps' statistics, for model.metrics and custom train_steps.
         self.loss_tracker = metrics_module.Mean(name="loss")
@@ -252,9 +253,9 @@ class Trainer:
             total += weight * value
             if self.output_loss_names:
                 stats[self.output_loss_names[j]] = (value * count, count)
-            for name, metric in zip(self.metric_names[j], self.metrics[j]):
+            for name, metric, weighted in zip(self.metric_names[j], self.metrics[j], self.metric_weighted[j]):
                 values = metric.values(target, output)
-                if weights is None:
+                if weights is None or not weighted:  # as in Keras, sample weights weigh only weighted_metrics
                     stats[name] = (float(np.sum(values)), values.size)
                 else:
                     weighted = values.reshape(count, -1).mean(axis=1) * weights
