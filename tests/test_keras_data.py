@@ -115,6 +115,33 @@ def test_weighted_metrics_use_sample_weights_and_metrics_do_not():
     assert [m.name for m in model.metrics][-3:] == ["accuracy", "accuracy", "sparse_categorical_crossentropy"]
 
 
+def test_metrics_per_output_by_name_as_in_keras3():
+    """Names and values real Keras 3 gives for the same weights and data."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 4)).astype(np.float32)
+    y, size = np.arange(12) % 3, x.sum(axis=1, keepdims=True)
+    inputs = keras.Input((4,), name="x")
+    hidden = layers.Dense(5, activation="relu", name="h")(inputs)
+    model = keras.Model(inputs, [layers.Dense(3, activation="softmax", name="kind")(hidden),
+                                 layers.Dense(1, name="size")(hidden)])
+    model.compile("sgd", loss={"kind": "sparse_categorical_crossentropy", "size": "mse"},
+                  metrics={"kind": ["accuracy"], "size": ["mae", "mae"]}, weighted_metrics={"size": ["mae"]})
+    model.set_weights([np.full(w.shape, 0.1 * (i + 1), np.float32) for i, w in enumerate(model.get_weights())])
+    logs = model.evaluate({"x": x}, {"kind": y, "size": size}, sample_weight=np.arange(12.0), verbose=0,
+                          return_dict=True)
+    assert logs == pytest.approx({"loss": 20.928260803222656, "kind_loss": 6.042367458343506,
+                                  "size_loss": 14.885893821716309, "kind_accuracy": 1 / 3,
+                                  "size_mae": 1.3876004219055176, "size_mae_1": 1.3876004219055176,
+                                  "size_weighted_mae": 1.1751850843429565}, rel=1e-6)
+    model.compile("sgd", loss=["sparse_categorical_crossentropy", "mse"], metrics=[["accuracy"], []])
+    assert set(model.evaluate(x, [y, size], verbose=0, return_dict=True)) == {"loss", "kind_loss", "size_loss",
+                                                                             "kind_accuracy"}
+    with pytest.raises(ValueError, match=r"\['sise'\] that name no output"):
+        model.compile("sgd", loss="mse", metrics={"sise": ["mae"]})
+    with pytest.raises(ValueError, match="one list per output \\(2\\), got 1"):
+        model.compile("sgd", loss="mse", metrics=[["mae"]])
+
+
 class BatchLog(keras.callbacks.Callback):
     """Records each epoch's batch hooks as ("begin"|"end", step) and every epoch's logs."""
 

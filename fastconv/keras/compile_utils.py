@@ -3,6 +3,7 @@
 Keras names a model's inputs after their `Input` layers and its outputs after the layers producing
 them; a dict given for x, y, loss or loss_weights is turned into the list in the model's order here.
 """
+import itertools
 import numbers
 
 
@@ -34,9 +35,42 @@ def _outputs_of_built_model(model, what):
     return output_names(model)
 
 
-def check_compile_options(model, loss, loss_weights, weighted_metrics, run_eagerly, steps_per_execution, jit_compile,
-                          auto_scale_loss):
-    """Validate compile's arguments; return (loss, loss_weights, steps_per_execution) with dicts made lists."""
+class CompileOptions:
+    """compile's arguments in the forms the Trainer takes: lists in output order instead of dicts, and
+    metrics given per output (a dict, or a list of lists) split out of the metrics for every output."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def _as_list(metrics):
+    if metrics is None:
+        return []
+    return list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+
+
+def _metrics_by_output(model, metrics, what):
+    """One list per output from a dict keyed by output name or a list of lists; None for a plain list
+    (each of its metrics is computed for every output)."""
+    if isinstance(metrics, dict):
+        names = _outputs_of_built_model(model, what)
+        unknown = [key for key in metrics if key not in names]
+        if unknown:
+            raise ValueError(f"{what} has key(s) {unknown} that name no output of this model; its outputs are {names}")
+        return [_as_list(metrics.get(name)) for name in names]
+    if isinstance(metrics, (list, tuple)) and metrics and all(m is None or isinstance(m, (list, tuple)) for m in metrics):
+        outputs = len(model.outputs) if model.built else 1
+        if len(metrics) != outputs:
+            raise ValueError(f"{what} given as a list of lists needs one list per output ({outputs}), got {len(metrics)}")
+        return [_as_list(m) for m in metrics]
+    if metrics is not None and not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"{what} must be a list (or a dict by output name), got {type(metrics).__name__}")
+    return None
+
+
+def check_compile_options(model, loss, loss_weights, metrics, weighted_metrics, run_eagerly, steps_per_execution,
+                          jit_compile, auto_scale_loss):
+    """Validate compile's arguments and put them in the Trainer's forms (a CompileOptions)."""
     if isinstance(loss, dict):
         loss = list_by_name(loss, _outputs_of_built_model(model, "loss"), "loss", allow_extra_keys=False)
     if isinstance(loss_weights, dict):
@@ -52,8 +86,10 @@ def check_compile_options(model, loss, loss_weights, weighted_metrics, run_eager
             raise TypeError("loss_weights must be a list (or a dict by output name) of numbers, got "
                             f"{loss_weights!r}; note that Keras 3's compile takes loss_weights third and metrics "
                             "fourth: pass metrics=[...] by keyword")
-    if weighted_metrics is not None and not isinstance(weighted_metrics, (list, tuple)):
-        raise TypeError(f"weighted_metrics must be a list, got {type(weighted_metrics).__name__}")
+    metrics_by_output = _metrics_by_output(model, metrics, "metrics")
+    weighted_by_output = _metrics_by_output(model, weighted_metrics, "weighted_metrics")
+    if weighted_by_output is None and weighted_metrics:
+        weighted_by_output = [list(weighted_metrics) for _ in (model.outputs if model.built else [None])]
     if not isinstance(run_eagerly, bool):
         raise TypeError(f"run_eagerly must be a bool, got {run_eagerly!r}")
     if jit_compile not in (True, False, "auto"):
@@ -63,25 +99,31 @@ def check_compile_options(model, loss, loss_weights, weighted_metrics, run_eager
     if isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, numbers.Integral) or \
             steps_per_execution < 1:
         raise ValueError(f"steps_per_execution must be a positive int, got {steps_per_execution!r}")
-    return loss, loss_weights, int(steps_per_execution)
+    return CompileOptions(loss=loss, loss_weights=loss_weights, metrics=None if metrics_by_output else metrics,
+                          metrics_by_output=metrics_by_output, weighted_by_output=weighted_by_output,
+                          steps_per_execution=int(steps_per_execution))
 
 
-def add_weighted_metrics(trainer, weighted_metrics):
-    """Compile's weighted_metrics: computed with the sample weights (compile's metrics are not), after
-    the metrics of each output; a name already taken by a metric gets Keras' "weighted_" prefix."""
+def add_output_metrics(trainer, metrics_by_output, weighted):
+    """Add one list of metrics per output to the trainer, after the metrics it has. Names as in Keras:
+    prefixed by the output's name when there are several outputs; a name already taken gets "_1",
+    "_2", ... or, for a weighted metric, the prefix "weighted_"."""
     from fastconv.keras import metrics as metrics_module
-    if not weighted_metrics:
+    if not metrics_by_output:
         return
-    outputs = len(trainer.losses)
+    several = len(trainer.losses) > 1
     taken = {name for names in trainer.metric_names for name in names}
-    for j, loss in enumerate(trainer.losses):
-        prefix = "" if outputs == 1 else f"{trainer.model.outputs[j].node.layer.name}_"
-        for item in weighted_metrics:
+    for j, (loss, items) in enumerate(zip(trainer.losses, metrics_by_output)):
+        prefix = f"{trainer.model.outputs[j].node.layer.name}_" if several else ""
+        for item in items:
             metric = metrics_module.get(item, loss)
             name = prefix + metric.name
             if name in taken:
-                name = f"{prefix}weighted_{metric.name}"
+                if weighted:
+                    name = f"{prefix}weighted_{metric.name}"
+                else:
+                    name = next(f"{name}_{k}" for k in itertools.count(1) if f"{name}_{k}" not in taken)
             taken.add(name)
             trainer.metrics[j].append(metric)
             trainer.metric_names[j].append(name)
-            trainer.metric_weighted[j].append(True)
+            trainer.metric_weighted[j].append(weighted)

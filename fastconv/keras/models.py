@@ -361,15 +361,17 @@ class Model(Layer):
         """Keras 3's compile (its argument order). run_eagerly, jit_compile and auto_scale_loss are accepted
         and have no effect: every step here runs eagerly on the C kernels, in float32."""
         from fastconv.keras.trainer import Trainer
-        from fastconv.keras.compile_utils import add_weighted_metrics, check_compile_options
-        loss, loss_weights, steps_per_execution = check_compile_options(
-            self, loss, loss_weights, weighted_metrics, run_eagerly, steps_per_execution, jit_compile, auto_scale_loss)
-        self._trainer = Trainer(self, optimizer, loss, metrics, loss_weights)
-        self._trainer.steps_per_execution = steps_per_execution
-        add_weighted_metrics(self._trainer, weighted_metrics)
+        from fastconv.keras.compile_utils import add_output_metrics, check_compile_options
+        options = check_compile_options(self, loss, loss_weights, metrics, weighted_metrics, run_eagerly,
+                                        steps_per_execution, jit_compile, auto_scale_loss)
+        self._trainer = Trainer(self, optimizer, options.loss, options.metrics, options.loss_weights)
+        self._trainer.steps_per_execution = options.steps_per_execution
+        add_output_metrics(self._trainer, options.metrics_by_output, weighted=False)
+        add_output_metrics(self._trainer, options.weighted_by_output, weighted=True)
         self.optimizer = self._trainer.optimizer
-        self.loss = loss
-        self.steps_per_execution, self.run_eagerly, self.jit_compile = steps_per_execution, run_eagerly, jit_compile
+        self.loss = options.loss
+        self.steps_per_execution, self.run_eagerly, self.jit_compile = options.steps_per_execution, run_eagerly, \
+            jit_compile
 
     def _compiled_trainer(self):
         if self._trainer is None:
