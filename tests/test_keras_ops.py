@@ -130,6 +130,30 @@ def tensor(x):
     return ops.add(x, 0.0)
 
 
+ATTENTION_MASK = np.array([[True, False, True], [True, True, False], [False, True, True]])
+
+
+def naive_attention(q, k, v, bias=None, mask=None, causal=False, scale=None, cap=None):
+    """Attention written with loops over batch and heads, independent of keras.ops."""
+    b, t, n, h = q.shape
+    s = k.shape[1]
+    scale = 1 / np.sqrt(h) if scale is None else scale
+    out = np.zeros((b, t, n, v.shape[-1]))
+    for i in range(b):
+        for j in range(n):
+            logits = q[i, :, j] @ k[i, :, j].T * scale
+            if cap is not None:
+                logits = cap * np.tanh(logits / cap)
+            if bias is not None:
+                logits = logits + bias
+            keep = np.ones((t, s), bool) if mask is None else mask.copy()
+            if causal:
+                keep &= np.tri(t, s, dtype=bool)
+            weights = np.exp(np.where(keep, logits, -np.inf) - logits.max(axis=-1, keepdims=True))
+            out[i, :, j] = (weights / weights.sum(-1, keepdims=True)) @ v[i, :, j]
+    return out
+
+
 def np_softmax(x, axis=-1):
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -393,6 +417,20 @@ DIFF_CASES = [
     ("softplus", "", ops.softplus, lambda x: np.log1p(np.exp(x)), [arr(3, 4, low=-30, high=30)]),
     ("softsign", "", ops.softsign, lambda x: x / (1 + np.abs(x)), [arr(3, 4)]),
     ("log_sigmoid", "", ops.log_sigmoid, lambda x: np.log(np_sigmoid(x)), [arr(3, 4, low=-5, high=5)]),
+    ("hard_silu", "", ops.hard_silu, lambda x: x * np.clip(x / 6 + 0.5, 0, 1), [arr(3, 4, low=-5, high=5)]),
+    ("hard_swish", "", ops.hard_swish, lambda x: x * np.clip(x / 6 + 0.5, 0, 1), [arr(3, 4, low=-5, high=5)]),
+    ("hard_tanh", "", ops.hard_tanh, lambda x: np.clip(x, -1, 1), [arr(3, 4, low=-2, high=2)]),
+    ("celu", "", lambda x: ops.celu(x, alpha=0.5), lambda x: np.where(x > 0, x, 0.5 * np.expm1(x / 0.5)),
+     [arr(3, 4, low=-2, high=2)]),
+    ("glu", "", lambda x: ops.glu(x, axis=0), lambda x: x[:2] * np_sigmoid(x[2:]), [arr(4, 3)]),
+    ("squareplus", "", lambda x: ops.squareplus(x, b=2), lambda x: (x + np.sqrt(x * x + 2)) / 2, [arr(3, 4)]),
+    ("soft_shrink", "", ops.soft_shrink, lambda x: np.sign(x) * np.maximum(np.abs(x) - 0.5, 0), [arr(3, 4)]),
+    ("hard_shrink", "", lambda x: ops.hard_shrink(x, 0.3), lambda x: np.where(np.abs(x) > 0.3, x, 0), [arr(3, 4)]),
+    ("tanh_shrink", "", ops.tanh_shrink, lambda x: x - np.tanh(x), [arr(3, 4)]),
+    ("threshold", "", lambda x: ops.threshold(x, 0.2, -1.0), lambda x: np.where(x > 0.2, x, -1.0), [arr(3, 4)]),
+    ("sparse_plus", "", ops.sparse_plus, lambda x: np.where(x <= -1, 0, np.where(x >= 1, x, (x + 1) ** 2 / 4)),
+     [arr(3, 4, low=-2, high=2)]),
+    ("sparse_sigmoid", "", ops.sparse_sigmoid, lambda x: np.clip((x + 1) / 2, 0, 1), [arr(3, 4, low=-2, high=2)]),
     # convolution and pooling (float64 runs fastconv.reference; float32 is checked separately below)
     ("conv", "valid", ops.conv, naive_conv, [arr(2, 5, 5, 2), arr(3, 3, 2, 3, seed=1)]),
     ("conv", "same-strided", lambda x, w: ops.conv(x, w, strides=2, padding="same"),
@@ -403,6 +441,12 @@ DIFF_CASES = [
      None, [arr(1, 3, 3, 2), arr(3, 3, 2, 2, seed=1)]),
     ("conv_transpose", "same", lambda x, w: ops.conv_transpose(x, w, strides=2, padding="same"),
      None, [arr(1, 3, 2, 2), arr(3, 2, 1, 2, seed=1)]),
+    ("depthwise_conv", "valid", ops.depthwise_conv, None, [arr(2, 5, 4, 2), arr(3, 2, 2, 3, seed=1)]),
+    ("depthwise_conv", "same-strided-dilated",
+     lambda x, w: ops.depthwise_conv(x, w, strides=(2, 1), padding="same", dilation_rate=(1, 2)), None,
+     [arr(1, 5, 6, 3), arr(2, 3, 3, 1, seed=1)]),
+    ("separable_conv", "", lambda x, d, p: ops.separable_conv(x, d, p, padding="same"), None,
+     [arr(1, 4, 4, 2), arr(3, 3, 2, 2, seed=1), arr(1, 1, 4, 3, seed=2)]),
     ("max_pool", "valid", lambda x: ops.max_pool(x, 2), lambda x: naive_pool(x, 2, None, "valid", "max"),
      [arr(2, 4, 5, 2)]),
     ("max_pool", "same-strided", lambda x: ops.max_pool(x, 3, strides=2, padding="same"),
@@ -421,6 +465,27 @@ DIFF_CASES = [
      [arr(2, 3, 2)]),
     ("moments", "keepdims", lambda x: ops.moments(x, axes=[-1], keepdims=True),
      lambda x: (x.mean(-1, keepdims=True), x.var(-1, keepdims=True)), [arr(2, 3)]),
+    ("layer_normalization", "", lambda x, g, b: ops.layer_normalization(x, g, b),
+     lambda x, g, b: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-7) * g + b,
+     [arr(3, 4), arr(4, seed=1), arr(4, seed=2)]),
+    ("layer_normalization", "axes", lambda x, g: ops.layer_normalization(x, g, axis=(1, 2), epsilon=0.01),
+     lambda x, g: (x - x.mean((1, 2), keepdims=True)) / np.sqrt(x.var((1, 2), keepdims=True) + 0.01) * g,
+     [arr(2, 3, 2), arr(3, 2, seed=1)]),
+    ("layer_normalization", "rms-scaling", lambda x: ops.layer_normalization(x, axis=0, rms_scaling=True),
+     lambda x: x / np.sqrt(x.var(0, keepdims=True) + 1e-7), [arr(3, 4)]),
+    ("rms_normalization", "", lambda x, s: ops.rms_normalization(x, s, epsilon=0.1),
+     lambda x, s: x / np.sqrt((x * x).mean(-1, keepdims=True) + 0.1) * s, [arr(3, 4), arr(4, seed=1)]),
+    ("dot_product_attention", "", ops.dot_product_attention, lambda q, k, v: naive_attention(q, k, v),
+     [arr(2, 3, 2, 4), arr(2, 5, 2, 4, seed=1), arr(2, 5, 2, 3, seed=2)]),
+    ("dot_product_attention", "causal-bias-scale",
+     lambda q, k, v, b: ops.dot_product_attention(q, k, v, bias=b, is_causal=True, scale=0.3),
+     lambda q, k, v, b: naive_attention(q, k, v, bias=b, causal=True, scale=0.3),
+     [arr(1, 4, 2, 3), arr(1, 4, 2, 3, seed=1), arr(1, 4, 2, 2, seed=2), arr(4, 4, seed=3)]),
+    ("dot_product_attention", "mask-grouped-softcap",
+     lambda q, k, v: ops.dot_product_attention(q, k, v, mask=ATTENTION_MASK, attn_logits_soft_cap=2.0),
+     lambda q, k, v: naive_attention(q, np.repeat(k, 2, axis=2), np.repeat(v, 2, axis=2), mask=ATTENTION_MASK,
+                                     cap=2.0),
+     [arr(2, 3, 4, 2), arr(2, 3, 2, 2, seed=1), arr(2, 3, 2, 2, seed=2)]),
     ("normalize", "", ops.normalize, lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True), [arr(3, 4)]),
     ("normalize", "order1-axis0", lambda x: ops.normalize(x, axis=0, order=1),
      lambda x: x / np.abs(x).sum(axis=0, keepdims=True), [arr(3, 4)]),
@@ -492,7 +557,7 @@ TESTED_SEPARATELY = {
     "convert_to_tensor", "convert_to_numpy", "array", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
     "arange", "eye", "shape", "ndim", "size", "stop_gradient", "sign", "floor", "ceil", "round", "equal",
     "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or", "logical_not",
-    "isnan", "isfinite", "isinf", "all", "any", "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
+    "isnan", "isfinite", "isinf", "all", "any", "multi_hot", "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
     "tri", "cond", "fori_loop", "while_loop", "count_nonzero", "argmin", "argsort", "one_hot",
 }
 
@@ -508,6 +573,38 @@ def test_every_op_is_covered():
 # ----- conv and pooling in float32: fastconv's C kernels against the float64 reference -----
 
 FLOAT32_CASES = [c for c in DIFF_CASES if c[0] in ("conv", "conv_transpose", "max_pool", "average_pool")]
+
+
+def naive_depthwise(x, w, strides=1, padding="valid", dilation_rate=1):
+    """Each channel c convolved alone with w[..., c, m]; output channel c * multiplier + m."""
+    channels = [naive_conv(x[..., c:c + 1], w[:, :, c:c + 1, :], strides, padding, dilation_rate)
+                for c in range(x.shape[-1])]
+    return np.concatenate(channels, axis=-1)
+
+
+def test_depthwise_and_separable_conv_forward():
+    x, w = arr(2, 5, 4, 2), arr(3, 2, 2, 3, seed=1)
+    np.testing.assert_allclose(ops.depthwise_conv(x, w), naive_depthwise(x, w), rtol=1e-10)
+    x, w = arr(1, 5, 6, 3), arr(2, 3, 3, 1, seed=1)
+    np.testing.assert_allclose(ops.depthwise_conv(x, w, strides=2, padding="same", dilation_rate=1),
+                               naive_depthwise(x, w, 2, "same"), rtol=1e-10)
+    np.testing.assert_allclose(ops.depthwise_conv(x, w, padding="same", dilation_rate=2),
+                               naive_depthwise(x, w, 1, "same", 2), rtol=1e-10)
+    d, p = arr(3, 3, 3, 2, seed=2), arr(1, 1, 6, 4, seed=3)
+    np.testing.assert_allclose(ops.separable_conv(x, d, p, padding="same"),
+                               naive_conv(naive_depthwise(x, d, 1, "same"), p), rtol=1e-10)
+    assert ops.depthwise_conv(x.astype(np.float32), w.astype(np.float32)).dtype == np.float32
+    with pytest.raises(ValueError, match="kernel"):
+        ops.depthwise_conv(x, arr(3, 3, 2, 1))
+
+
+def test_multi_hot():
+    np.testing.assert_array_equal(ops.multi_hot(np.array([[0, 2, 2], [1, 1, 3]]), 4),
+                                  [[1, 0, 1, 0], [0, 1, 0, 1]])
+    np.testing.assert_array_equal(ops.multi_hot(np.array([3, 0]), 5), [1, 0, 0, 1, 0])
+    assert ops.multi_hot(np.array([[1]]), 2).dtype == np.float32
+    with pytest.raises(TypeError, match="integer"):
+        ops.multi_hot(np.array([0.5]), 2)
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in FLOAT32_CASES])

@@ -917,10 +917,10 @@ def outer(x1, x2):
     return multiply(reshape(x1, (-1, 1)), reshape(x2, (1, -1)))
 
 
-def einsum(subscripts, *operands):
+def einsum(subscripts, *operands, **kwargs):
     """Einstein summation (np.einsum), differentiable for any number of operands, with '...' too."""
     arrays = [_array(x) for x in operands]
-    out = np.einsum(subscripts, *arrays)
+    out = np.einsum(subscripts, *arrays, **kwargs)  # NumPy's optimize= and friends
     terms, output_spec = _einsum_letters(subscripts.replace(" ", ""), arrays)
     if terms is None:  # '...' broadcasting a size-1 axis against a longer one
         return record(out, tuple(operands), lambda g: _refuse_einsum(subscripts))

@@ -13,9 +13,12 @@ from fastconv.keras.ops.core import _array
 
 __all__ = [
     "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "sigmoid", "hard_sigmoid", "softmax",
-    "log_softmax", "softplus", "softsign", "log_sigmoid",
-    "conv", "conv_transpose", "max_pool", "average_pool", "batch_normalization", "moments", "normalize",
-    "one_hot", "categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy",
+    "log_softmax", "softplus", "softsign", "log_sigmoid", "hard_silu", "hard_swish", "hard_tanh", "celu", "glu",
+    "squareplus", "soft_shrink", "hard_shrink", "tanh_shrink", "threshold", "sparse_plus", "sparse_sigmoid",
+    "conv", "conv_transpose", "depthwise_conv", "separable_conv", "max_pool", "average_pool",
+    "batch_normalization", "moments", "normalize", "layer_normalization", "rms_normalization",
+    "dot_product_attention", "one_hot", "multi_hot", "categorical_crossentropy", "sparse_categorical_crossentropy",
+    "binary_crossentropy",
 ]
 
 EPSILON = 1e-7  # Keras' backend epsilon, used to clip probabilities in the cross-entropies
@@ -115,6 +118,64 @@ def log_softmax(x, axis=-1):
     return record(out, (x,), lambda g: (g - np.exp(out) * g.sum(axis=axis, keepdims=True),))
 
 
+def hard_silu(x):
+    return core.multiply(x, hard_sigmoid(x))
+
+
+hard_swish = hard_silu
+
+
+def hard_tanh(x):
+    return core.clip(x, -1.0, 1.0)
+
+
+def celu(x, alpha=1.0):
+    """x for x >= 0, alpha * (exp(x / alpha) - 1) below."""
+    negative = core.multiply(core.expm1(core.divide(core.minimum(x, 0.0), alpha)), alpha)
+    return core.add(core.maximum(x, 0.0), negative)
+
+
+def glu(x, axis=-1):
+    """The first half of x along axis, gated by the sigmoid of the second half."""
+    if np.shape(_array(x))[axis] % 2:
+        raise ValueError(f"glu splits axis {axis} in two halves: its size must be even, got shape "
+                         f"{np.shape(_array(x))}")
+    a, b = core.split(x, 2, axis=axis)
+    return core.multiply(a, sigmoid(b))
+
+
+def squareplus(x, b=4):
+    return core.divide(core.add(x, core.sqrt(core.add(core.square(x), b))), 2.0)
+
+
+def soft_shrink(x, threshold=0.5):
+    return core.where(core.greater(x, threshold), core.subtract(x, threshold),
+                      core.where(core.less(x, -threshold), core.add(x, threshold), 0.0))
+
+
+def hard_shrink(x, threshold=0.5):
+    return core.where(core.greater(core.abs(x), threshold), x, 0.0)
+
+
+def tanh_shrink(x):
+    return core.subtract(x, core.tanh(x))
+
+
+def threshold(x, threshold, default_value):
+    return core.where(core.greater(x, threshold), x, default_value)
+
+
+def sparse_plus(x):
+    """0 below -1, (x + 1)^2 / 4 between, x above 1."""
+    middle = core.divide(core.square(core.add(x, 1.0)), 4.0)
+    return core.where(core.less_equal(x, -1.0), 0.0, core.where(core.greater_equal(x, 1.0), x, middle))
+
+
+def sparse_sigmoid(x):
+    """0 below -1, (x + 1) / 2 between, 1 above 1."""
+    return core.clip(core.divide(core.add(x, 1.0), 2.0), 0.0, 1.0)
+
+
 # ----- convolution and pooling (fastconv's C kernels for float32) -----
 def _channels_last(data_format):
     if data_format not in (None, "channels_last"):
@@ -158,6 +219,67 @@ def conv_transpose(inputs, kernel, strides=1, padding="valid", output_padding=No
         _, dw, _ = kernels.conv2d_backward(x, g, w, need_dx=False, **args)
         return kernels.conv2d(g, w, **args), dw
     return record(out, (inputs, kernel), vjp)
+
+
+def _pair(value, name):
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+    return tuple(int(v) for v in pair)
+
+
+def _window_taps(shape, kernel_hw, strides, padding, dilation_rate):
+    """Padding, output size and each tap's (row, column) slices of a 2-D window over NHWC inputs."""
+    (sh, sw), (dh, dw) = _pair(strides, "strides"), _pair(dilation_rate, "dilation_rate")
+    if padding not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    pads, outs = [], []
+    for size, k, s, d in ((shape[1], kernel_hw[0], sh, dh), (shape[2], kernel_hw[1], sw, dw)):
+        span = (k - 1) * d + 1
+        if padding == "same":
+            out = -(-size // s)
+            total = max((out - 1) * s + span - size, 0)
+            pads.append((total // 2, total - total // 2))
+        else:
+            out = (size - span) // s + 1 if size >= span else 0
+            pads.append((0, 0))
+        outs.append(out)
+    taps = [(i, j, slice(i * dh, i * dh + (outs[0] - 1) * sh + 1, sh),
+             slice(j * dw, j * dw + (outs[1] - 1) * sw + 1, sw))
+            for i in range(kernel_hw[0]) for j in range(kernel_hw[1])]
+    return pads, outs, taps
+
+
+def depthwise_conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+    """Depthwise 2-D convolution: each input channel convolved with its own `multiplier` filters.
+    The kernel is (kh, kw, in_channels, multiplier); output channel c * multiplier + m, as in Keras."""
+    _channels_last(data_format)
+    x, w = _array(inputs), _array(kernel)
+    _four_d(x, "inputs")
+    if w.ndim != 4 or w.shape[2] != x.shape[3]:
+        raise ValueError(f"kernel must be (kh, kw, in_channels={x.shape[3]}, multiplier), got shape {w.shape}")
+    ((pt, pb), (pl, pr)), (oh, ow), taps = _window_taps(x.shape, w.shape[:2], strides, padding, dilation_rate)
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    dtype = np.result_type(x, w)
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3], w.shape[3]), dtype)
+    for i, j, rows, cols in taps:  # NumPy over the kh * kw taps: no C kernel for depthwise convolution
+        out += xp[:, rows, cols, :, None] * w[i, j]
+
+    def vjp(g):
+        g = np.asarray(g).reshape(out.shape)
+        dxp, dw_ = np.zeros(xp.shape, dtype), np.zeros(w.shape, dtype)
+        for i, j, rows, cols in taps:
+            dxp[:, rows, cols, :] += (g * w[i, j]).sum(axis=-1)
+            dw_[i, j] = np.einsum("nhwc,nhwcm->cm", xp[:, rows, cols, :], g)
+        return dxp[:, pt:pt + x.shape[1], pl:pl + x.shape[2], :], dw_
+    return record(out.reshape(out.shape[:3] + (-1,)), (inputs, kernel), vjp)
+
+
+def separable_conv(inputs, depthwise_kernel, pointwise_kernel, strides=1, padding="valid", data_format=None,
+                   dilation_rate=1):
+    """A depthwise convolution, then a 1x1 convolution with pointwise_kernel (1, 1, channels, filters)."""
+    depthwise = depthwise_conv(inputs, depthwise_kernel, strides, padding, data_format, dilation_rate)
+    return conv(depthwise, pointwise_kernel, strides=1, padding="valid", data_format=data_format)
 
 
 def _pool_args(pool_size, strides, padding, data_format):
@@ -208,6 +330,37 @@ def batch_normalization(x, mean, variance, axis, offset=None, scale=None, epsilo
     return out if offset is None else core.add(out, per_axis(offset))
 
 
+def layer_normalization(x, gamma=None, beta=None, axis=-1, epsilon=None, **kwargs):
+    """(x - mean) / sqrt(variance + epsilon) * gamma + beta over `axis`, Keras' epsilon 1e-7 by default.
+    rms_scaling=True divides by sqrt(variance + epsilon) without centering (Keras' option)."""
+    rms_scaling = kwargs.pop("rms_scaling", False)
+    if kwargs:
+        raise TypeError(f"layer_normalization got unexpected arguments {sorted(kwargs)}")
+    epsilon = EPSILON if epsilon is None else epsilon
+    ndim = np.ndim(_array(x))
+    axes = sorted(a % ndim for a in ((axis,) if isinstance(axis, (int, np.integer)) else axis))
+    shape = [np.shape(_array(x))[a] if a in axes else 1 for a in range(ndim)]
+
+    def broadcast(v):
+        return v if v is None or axes == [ndim - 1] else core.reshape(v, shape)
+    mean, variance = moments(x, axes=axes, keepdims=True)
+    inv = core.rsqrt(core.add(variance, epsilon))
+    if gamma is not None:
+        inv = core.multiply(inv, broadcast(gamma))
+    if rms_scaling:
+        return core.multiply(x, inv)
+    out = core.multiply(core.subtract(x, mean), inv)
+    return out if beta is None else core.add(out, broadcast(beta))
+
+
+def rms_normalization(x, scale=None, axis=-1, epsilon=None):
+    """x / sqrt(mean(x^2) + epsilon) * scale over `axis`."""
+    epsilon = EPSILON if epsilon is None else epsilon
+    axis = tuple(axis) if isinstance(axis, list) else axis
+    out = core.multiply(x, core.rsqrt(core.add(core.mean(core.square(x), axis=axis, keepdims=True), epsilon)))
+    return out if scale is None else core.multiply(out, scale)
+
+
 def normalize(x, axis=-1, order=2, epsilon=None):
     """x divided by its `order`-norm along `axis`, the norm floored at epsilon (Keras' 1e-7 by default)."""
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
@@ -220,6 +373,37 @@ def normalize(x, axis=-1, order=2, epsilon=None):
 
 
 # ----- one-hot and losses -----
+def dot_product_attention(query, key, value, bias=None, mask=None, scale=None, is_causal=False,
+                          flash_attention=None, attn_logits_soft_cap=None):
+    """softmax(query . key / sqrt(head_dim) + bias, masked) . value on (batch, length, heads, head_dim)
+    arrays, as Keras; key and value may have fewer heads (grouped-query attention)."""
+    if flash_attention:
+        raise ValueError("flash_attention is not available: fastconv computes attention with NumPy")
+    q, k = _array(query), _array(key)
+    if q.ndim != 4 or k.ndim != 4:
+        raise ValueError(f"query and key must be 4-D (batch, length, heads, head_dim), got {q.shape} and {k.shape}")
+    heads, kv_heads = q.shape[2], k.shape[2]
+    if heads % kv_heads:
+        raise ValueError(f"query has {heads} heads, not a multiple of key's {kv_heads}")
+    if kv_heads != heads:  # grouped-query attention: each key/value head serves several query heads
+        key = core.repeat(key, heads // kv_heads, axis=2)
+        value = core.repeat(value, heads // kv_heads, axis=2)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    logits = core.multiply(core.einsum("btnh,bsnh->bnts", query, key), scale)
+    if attn_logits_soft_cap is not None:
+        logits = core.multiply(core.tanh(core.divide(logits, attn_logits_soft_cap)), attn_logits_soft_cap)
+    if bias is not None:
+        logits = core.add(logits, bias)
+    keep = None if mask is None else np.asarray(_array(mask)).astype(bool)
+    if is_causal:
+        causal = np.tri(q.shape[1], k.shape[1], dtype=bool)
+        keep = causal if keep is None else keep & causal
+    if keep is not None:  # Keras' masked logit: -0.7 times the largest float, finite for the softmax
+        dtype = _array(logits).dtype
+        logits = core.where(keep, logits, np.asarray(-0.7 * np.finfo(dtype).max, dtype))
+    return core.einsum("bnts,bsnh->btnh", softmax(logits, axis=-1), value)
+
+
 def one_hot(x, num_classes, axis=-1, dtype=None, sparse=False):
     labels = np.asarray(_array(x))
     if labels.dtype.kind not in "iu":
@@ -291,3 +475,17 @@ def binary_crossentropy(target, output, from_logits=False):
     positive = core.multiply(target, core.log(p))
     negative = core.multiply(core.subtract(1.0, target), core.log(core.subtract(1.0, p)))
     return core.negative(core.add(positive, negative))
+
+
+def multi_hot(inputs, num_classes=None, axis=-1, dtype=None, sparse=False, **kwargs):
+    """1 for each class a row of integer labels contains (a 1-D input is one row)."""
+    if num_classes is None:
+        num_classes = kwargs.pop("num_tokens", None)  # Keras' older name
+    if kwargs or num_classes is None:
+        raise TypeError(f"multi_hot needs num_classes, got {sorted(kwargs) or 'none'}")
+    labels = np.asarray(_array(inputs))
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"multi_hot needs integer labels, got dtype {labels.dtype}")
+    encoded = one_hot(labels, num_classes, dtype=dtype)
+    out = encoded.max(axis=-2) if labels.ndim > 0 else encoded
+    return np.moveaxis(out, -1, axis) if axis != -1 else out
