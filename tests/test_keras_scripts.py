@@ -48,3 +48,18 @@ def test_classic_keras2_mnist_cnn(tmp_path, monkeypatch):
     loss = float(re.search(r"Test loss: (\S+)", output).group(1))
     accuracy = float(re.search(r"Test accuracy: (\S+)", output).group(1))
     assert 0 < loss < 10 and 0 <= accuracy <= 1
+
+
+def test_pydataset_feeding_a_two_input_model_with_dicts(tmp_path, monkeypatch):
+    """A Keras 3 script (tests/scripts/pydataset_two_inputs.py; the same file with `import keras` runs
+    in real Keras 3 and prints the same history keys and summary): a PyDataset read in two worker
+    threads feeds a two-input, two-output functional model with dicts by layer name; it learns the
+    task (shapes the network tells apart from the first epochs)."""
+    monkeypatch.setenv("COLUMNS", "200")  # summary() at its full 108 columns
+    output = run_script("pydataset_two_inputs.py", tmp_path, monkeypatch)
+    assert "Epoch 4/4" in output and "15/15" in output
+    assert ("history keys: ['brightness_loss', 'loss', 'shape_accuracy', 'shape_loss', 'val_brightness_loss', "
+            "'val_loss', 'val_shape_accuracy', 'val_shape_loss']") in output
+    assert "│ concatenate (Concatenate)" in output and "flatten[0][0], meta[0][0]" in output
+    assert float(re.search(r"test accuracy: (\S+)", output).group(1)) >= 0.9
+    assert "predicted shapes: (96, 2) (96, 1)" in output
