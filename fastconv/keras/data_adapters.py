@@ -161,6 +161,16 @@ def _by_output_names(model, y):
     return y
 
 
+def _model_inputs(model, x, what):
+    """x (arrays, a list of them, or a dict by Input name) as the model's list of inputs, checked
+    against it; a Sequential without an input shape is built for them."""
+    xs = _trainer._arrays(_by_input_names(model, x), len(model.inputs) if model.built else 1, what)
+    model._ensure_built(xs)
+    model._check_inputs(xs)
+    _trainer._check_lengths(xs, None)
+    return xs
+
+
 class _BatchConverter:
     """Turns a raw batch into (inputs cast to floatx, targets, per-sample weights) for one model.
     `needs_targets` is False for predict, which uses only x."""
@@ -176,11 +186,7 @@ class _BatchConverter:
         x, y, sample_weight = unpack_x_y_sample_weight(batch)
         model = self.model
         if not self.needs_targets:
-            xs = _trainer._arrays(_by_input_names(model, x), len(model.inputs) if model.built else 1, "x")
-            model._ensure_built(xs)
-            model._check_inputs(xs)
-            _trainer._check_lengths(xs, None)
-            return _trainer._inputs_batch(xs, slice(None)), None, None
+            return _trainer._inputs_batch(_model_inputs(model, x, "x"), slice(None)), None, None
         if y is None:
             raise ValueError("fit and evaluate need targets: each batch must be (x, y) or (x, y, sample_weight), "
                              "got a batch without y")
@@ -430,14 +436,9 @@ def _standardized_arrays(model, trainer, x, y, sample_weight, needs_targets, wha
     """Arrays x (and y) in the model's order, checked against it, and the per-sample weights (or None)."""
     if x is None:
         raise ValueError(f"{what} is required")
-    model_x = _by_input_names(model, x)
     if not needs_targets:
-        xs = _trainer._arrays(model_x, len(model.inputs) if model.built else 1, what)
-        model._ensure_built(xs)
-        model._check_inputs(xs)
-        _trainer._check_lengths(xs, None)
-        return xs, None, None
-    xs, ys = trainer._standardize(model_x, _by_output_names(model, y))
+        return _model_inputs(model, x, what), None, None
+    xs, ys = trainer._standardize(_by_input_names(model, x), _by_output_names(model, y))
     return xs, ys, _trainer._sample_weights(sample_weight, None, ys, len(xs[0]))
 
 
