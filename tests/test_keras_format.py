@@ -228,6 +228,60 @@ def test_preprocessing_layers_round_trip(tmp_path):
     x = np.random.default_rng(0).random((4, 8, 8, 3)).astype(np.float32) * 255
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
+def test_optimizer_state_travels_with_the_model(saved, data):
+    """Adam's step count and moments are saved where Keras keeps them, so training goes on exactly."""
+    model, path = saved
+    x, y = data
+    loaded = keras.models.load_model(path)
+    assert loaded.optimizer.iterations == model.optimizer.iterations == 4
+    with h5py.File(io.BytesIO(members(path)["model.weights.h5"]), "r") as h5:
+        state = h5["optimizer/vars"]
+        # iterations, learning rate, then (momentum, velocity) per trainable weight in Keras' order
+        assert len(state) == 2 + 2 * len(model.trainable_weights) and state["0"][()] == 4
+        first = keras_format.keras_layer_order(model)[1]  # the first Conv2D in Keras' order
+        np.testing.assert_array_equal(state["2"][()], model.optimizer._slots[first.kernel][0])
+        np.testing.assert_array_equal(state["3"][()], model.optimizer._slots[first.kernel][1])
+    for trained in (model, loaded):
+        keras.utils.set_random_seed(11)  # the same dropout masks for both
+        trained.train_on_batch(x[:8], y[:8])
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+OPTIMIZERS = {
+    "sgd": lambda: keras.optimizers.SGD(momentum=0.9), "rmsprop": lambda: keras.optimizers.RMSprop(momentum=0.5),
+    "rmsprop_plain": lambda: keras.optimizers.RMSprop(), "adagrad": lambda: keras.optimizers.Adagrad(),
+    "adadelta": lambda: keras.optimizers.Adadelta(), "adamw": lambda: keras.optimizers.AdamW(),
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_each_optimizers_state_round_trips(tmp_path, data, optimizer):
+    x, y = data
+    model = functional_model()
+    model.compile(optimizer=OPTIMIZERS[optimizer](), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.save(tmp_path / "o.keras")
+    loaded = keras.models.load_model(tmp_path / "o.keras")
+    assert loaded.optimizer.iterations == 2
+    for trained in (model, loaded):
+        keras.utils.set_random_seed(11)  # the same dropout masks for both
+        trained.train_on_batch(x[:8], y[:8])
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_nadam_state_is_not_written(tmp_path, data):
+    """fastconv's Nadam keeps its momentum product differently from Keras' _u_product: no state is
+    exchanged, so either library starts that optimizer afresh."""
+    x, y = data
+    model = functional_model()
+    model.compile(optimizer=keras.optimizers.Nadam(), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.save(tmp_path / "n.keras")
+    with h5py.File(io.BytesIO(members(tmp_path / "n.keras")["model.weights.h5"]), "r") as h5:
+        assert "optimizer" not in h5
+    assert keras.models.load_model(tmp_path / "n.keras").optimizer.iterations == 0
+
+
 # ----- files real Keras 3 wrote -----
 def test_sequential_file_from_real_keras_predicts_the_same():
     expected = np.load(FIXTURES / "expected.npz")
@@ -235,6 +289,8 @@ def test_sequential_file_from_real_keras_predicts_the_same():
     assert [l.name for l in keras_format.keras_layer_order(model)] == list(expected["seq_layers"])
     np.testing.assert_allclose(model.predict(expected["seq_x"], verbose=0), expected["seq_y"], atol=1e-5)
     assert isinstance(model.optimizer, keras.optimizers.Adam) and model.optimizer.learning_rate == pytest.approx(0.01)
+    assert model.optimizer.iterations == 6  # Keras' step count and moments come along (2 epochs of 3 batches)
+    assert all(np.any(model.optimizer._slots[v][1]) for v in model.trainable_weights)
     relu6 = model.get_layer("re_lu")
     assert (relu6.max_value, model.get_layer("rescaling").offset) == (6.0, -0.5)
 
@@ -561,4 +617,4 @@ def test_a_frozen_keras_model_loads_frozen(saved):
     config = config_of(path)
     config["config"]["trainable"] = False
     rewrite(path, config=config)
-    assert keras.models.load_model(path).trainable_weights == []
+    assert keras.models.load_model(path, compile=False).trainable_weights == []

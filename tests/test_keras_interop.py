@@ -66,13 +66,12 @@ def test_model_trained_in_fastconv_predicts_the_same_in_keras(tmp_path):
     x, y = every_layer_data()
     model.fit(x, y, epochs=3, batch_size=8, verbose=0)
     model.save(tmp_path / "fastconv.keras")
-    with pytest.warns(UserWarning, match="optimizer"):  # fastconv writes no optimizer state; Keras starts afresh
-        loaded = real_keras.models.load_model(tmp_path / "fastconv.keras")
+    loaded = real_keras.models.load_model(tmp_path / "fastconv.keras")
     assert [l.name for l in loaded.layers] == [l.name for l in keras_format.keras_layer_order(model)]
     for ours, theirs in zip(model.predict(x, verbose=0), loaded.predict(x, verbose=0)):
         assert max_difference(ours, theirs) <= TOLERANCE
-    # Compiled as in fastconv (training it here would spend minutes in XLA compilation).
-    assert isinstance(loaded.optimizer, real_keras.optimizers.Adam)
+    # Compiled as in fastconv, its Adam at fastconv's step (training goes on: see the optimizer tests below).
+    assert isinstance(loaded.optimizer, real_keras.optimizers.Adam) and int(loaded.optimizer.iterations) == 12
     assert float(loaded.optimizer.learning_rate) == pytest.approx(0.01)
 
 
@@ -96,8 +95,7 @@ def test_sequential_model_from_fastconv_in_keras(tmp_path):
     model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=["accuracy"])
     model.fit(x, np.ones((8, 2)), epochs=2, verbose=0)
     model.save(tmp_path / "seq.keras")
-    with pytest.warns(UserWarning, match="optimizer"):
-        loaded = real_keras.models.load_model(tmp_path / "seq.keras")
+    loaded = real_keras.models.load_model(tmp_path / "seq.keras")
     assert isinstance(loaded, real_keras.Sequential)
     assert max_difference(model.predict(x, verbose=0), loaded.predict(x, verbose=0)) <= TOLERANCE
 
@@ -203,8 +201,7 @@ def test_augmentation_model_trained_in_fastconv_predicts_the_same_in_keras(tmp_p
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, rng.integers(0, 3, 24), epochs=2, batch_size=8, verbose=0)
     model.save(tmp_path / "augmented.keras")
-    with pytest.warns(UserWarning, match="optimizer"):
-        loaded = real_keras.models.load_model(tmp_path / "augmented.keras")
+    loaded = real_keras.models.load_model(tmp_path / "augmented.keras")
     assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in model.layers]
     assert max_difference(model.predict(x, verbose=0), loaded.predict(x, verbose=0)) <= TOLERANCE
 
@@ -275,4 +272,58 @@ def test_keras_lambda_loads_only_when_unsafe_deserialization_is_allowed(tmp_path
         keras.models.load_model(tmp_path / "lambda.keras")
     loaded = keras.models.load_model(tmp_path / "lambda.keras", safe_mode=False)
     x = np.random.default_rng(10).random((4, 3)).astype(np.float32)
+    assert max_difference(loaded.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE
+
+
+KERAS_OPTIMIZERS = {
+    "adam": lambda: real_keras.optimizers.Adam(0.01),
+    "sgd_momentum": lambda: real_keras.optimizers.SGD(0.05, momentum=0.9),
+    "rmsprop_momentum": lambda: real_keras.optimizers.RMSprop(0.01, momentum=0.5),
+    "adagrad": lambda: real_keras.optimizers.Adagrad(0.05),
+    "adadelta": lambda: real_keras.optimizers.Adadelta(1.0),
+    "adamw": lambda: real_keras.optimizers.AdamW(0.01),
+}
+
+
+def small_keras_model(optimizer):
+    L = real_keras.layers
+    real_keras.utils.set_random_seed(12)
+    model = real_keras.Sequential([real_keras.Input((5,)), L.Dense(6, activation="tanh"), L.BatchNormalization(),
+                                   L.Dense(3, activation="softmax")])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.parametrize("optimizer", sorted(KERAS_OPTIMIZERS))
+def test_training_goes_on_in_fastconv_from_keras_optimizer_state(tmp_path, optimizer):
+    """Keras trains, saves; one more step in Keras and in fastconv from the file agree: the optimizer's
+    state (step count, moments, accumulators) was read into the right places."""
+    rng = np.random.default_rng(12)
+    x, y = rng.random((32, 5)).astype(np.float32), rng.integers(0, 3, 32)
+    model = small_keras_model(KERAS_OPTIMIZERS[optimizer]())
+    model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    model.save(tmp_path / "trained.keras")
+    loaded = keras.models.load_model(tmp_path / "trained.keras")
+    assert loaded.optimizer.iterations == 8
+    model.train_on_batch(x[:8], y[:8])
+    loaded.train_on_batch(x[:8], y[:8])
+    assert max_difference(loaded.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE
+
+
+def test_training_goes_on_in_keras_from_fastconv_optimizer_state(tmp_path):
+    keras.utils.set_random_seed(13)
+    model = keras.Sequential([keras.Input((5,)), layers.Dense(6, activation="tanh"), layers.BatchNormalization(),
+                              layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.RMSprop(0.01, momentum=0.5), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(13)
+    x, y = rng.random((32, 5)).astype(np.float32), rng.integers(0, 3, 32)
+    model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    model.save(tmp_path / "trained.keras")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the state fits: Keras does not start afresh
+        loaded = real_keras.models.load_model(tmp_path / "trained.keras")
+    assert int(loaded.optimizer.iterations) == 8
+    model.train_on_batch(x[:8], y[:8])
+    loaded.train_on_batch(x[:8], y[:8])
     assert max_difference(loaded.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE

@@ -395,6 +395,89 @@ def _compile_config(model):
             "weighted_metrics": None, "run_eagerly": False, "steps_per_execution": 1, "jit_compile": False}
 
 
+# ----- optimizer state -----
+def _slot_groups(optimizer):
+    """How Keras lays out an optimizer's state after iterations and learning_rate: groups of fastconv
+    slot indices; each group holds, per trainable variable in order, its slots of the group (Keras'
+    add_optimizer_variables with several names interleaves them; separate calls follow each other).
+    None for an optimizer whose state fastconv does not exchange."""
+    name = type(optimizer).__name__
+    if name in ("Adam", "AdamW", "Adadelta"):
+        return [(0, 1)]
+    if name == "SGD":
+        return [(0,)] if optimizer.momentum else []
+    if name == "RMSprop":
+        return [(0,), (1,)] if optimizer.momentum else [(0,)]
+    if name == "Adagrad":
+        return [(0,)]
+    return None  # Nadam keeps a momentum product Keras computes differently; Keras then starts afresh
+
+
+def _keras_trainable_variables(model):
+    """model.trainable_variables in Keras' order, the order its optimizer state follows."""
+    return [variable for layer in keras_layer_order(model) if layer.trainable
+            for variable in keras_variables(layer) if variable.trainable]
+
+
+def _optimizer_arrays(model):
+    """Keras' optimizer/vars/0, 1, ... for the model's optimizer, or None when it has no state to give."""
+    from fastconv.keras.optimizers import Optimizer, OPTIMIZER_CLASSES
+    optimizer = getattr(model._trainer, "optimizer", None) if model._trainer is not None else None
+    if not isinstance(optimizer, Optimizer) or OPTIMIZER_CLASSES.get(type(optimizer).__name__) is not type(optimizer):
+        return None
+    groups = _slot_groups(optimizer)
+    if groups is None or not isinstance(optimizer._learning_rate, float) or not optimizer.iterations:
+        return None
+    arrays = [np.array(optimizer.iterations, "<i8"), np.array(optimizer.learning_rate, "<f4")]
+    variables = _keras_trainable_variables(model)
+    for group in groups:
+        for variable in variables:
+            slots = optimizer._slots.get(variable) or optimizer._new_slots(variable.value)
+            arrays.extend(np.asarray(slots[i], "<f4") for i in group)
+    return arrays
+
+
+def _restore_optimizer_state(weights_file, model, path):
+    """Give a compiled model's optimizer the state Keras saved, when it is one fastconv shares;
+    otherwise the optimizer starts afresh with a warning, as Keras does."""
+    optimizer = model._trainer.optimizer
+    group = weights_file.vars_group("optimizer")
+    if group is None:
+        return
+    datasets = weights_file.arrays(group)
+    groups = _slot_groups(optimizer)
+    variables = _keras_trainable_variables(model)
+    problem = None
+    if groups is None:
+        problem = f"fastconv does not exchange {type(optimizer).__name__}'s state"
+    elif not isinstance(optimizer._learning_rate, float):
+        problem = "the optimizer follows a learning-rate schedule"
+    else:
+        slots_per_variable = sum(len(g) for g in groups)
+        if len(datasets) != 2 + slots_per_variable * len(variables):
+            problem = (f"the file holds {len(datasets)} arrays, not the {2 + slots_per_variable * len(variables)} "
+                       f"of {type(optimizer).__name__} for {len(variables)} variables")
+    if problem is None:
+        expected = [()] * 2 + [variable.shape for g in groups for variable in variables for _ in g]
+        if [tuple(d.shape) for d in datasets] != expected:
+            problem = "its arrays do not match the model's trainable weights"
+    if problem is not None:
+        warnings.warn(f"{os.fspath(path)}: the optimizer starts afresh: {problem}", stacklevel=4)
+        return
+    values = [d[()] for d in datasets]
+    slots = {variable: list(optimizer._new_slots(variable.value)) for variable in variables}
+    position = 2
+    for group in groups:
+        for variable in variables:
+            for i in group:
+                slots[variable][i] = np.array(values[position], dtype=variable.value.dtype)
+                position += 1
+    optimizer.iterations = int(values[0])
+    if np.float32(optimizer.learning_rate) != np.float32(values[1]):  # changed while training, e.g. by a callback
+        optimizer.learning_rate = float(values[1])
+    optimizer._slots.update({variable: tuple(state) for variable, state in slots.items()})
+
+
 def _write_weights_h5(h5py, model, file):
     order = keras_layer_order(model)
     with h5py.File(file, "w") as h5:
@@ -405,6 +488,12 @@ def _write_weights_h5(h5py, model, file):
             for i, variable in enumerate(keras_variables(layer)):
                 integer = (type(layer).__name__, i) in _INTEGER_WEIGHTS
                 value = np.rint(variable.value).astype("<i4") if integer else variable.value.astype("<f4")
+                group.create_dataset(str(i), data=value)
+        optimizer_arrays = _optimizer_arrays(model)
+        if optimizer_arrays is not None:  # Keras saves its optimizer's state here too
+            group = h5.create_group("optimizer").create_group("vars")
+            group.attrs["name"] = model._trainer.optimizer.name
+            for i, value in enumerate(optimizer_arrays):
                 group.create_dataset(str(i), data=value)
 
 
@@ -528,7 +617,7 @@ class _WeightsFile:
             names = list(group.keys())
         except (OSError, RuntimeError) as error:
             _fail(self.path, f"cannot list {group.name} ({error})")
-        if sorted(names) != [str(i) for i in range(len(names))]:
+        if set(names) != {str(i) for i in range(len(names))}:
             _fail(self.path, f"{group.name} should hold datasets named 0..{len(names) - 1}, got {sorted(names)[:10]}")
         datasets = []
         for i in range(len(names)):
@@ -630,10 +719,12 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
             model = _build_model(config, filepath, loading)
         order = keras_layer_order(model)
         _load_into(weights_file, order, weight_paths(order), check_names=True)
+        if compile and config.get("compile_config"):
+            _compile_from_keras(model, config["compile_config"], filepath)
+            if model._trainer is not None:
+                _restore_optimizer_state(weights_file, model, filepath)
     finally:
         weights_file.close()
-    if compile and config.get("compile_config"):
-        _compile_from_keras(model, config["compile_config"], filepath)
     return model
 
 
