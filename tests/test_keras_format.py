@@ -246,6 +246,12 @@ def test_optimizer_state_travels_with_the_model(saved, data):
         trained.train_on_batch(x[:8], y[:8])
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
+    # A weights file carries it too, into a compiled model (as Keras' load_weights does).
+    model.save_weights(path.with_name("w.weights.h5"))
+    fresh = functional_model()
+    fresh.load_weights(path.with_name("w.weights.h5"))
+    assert fresh.optimizer.iterations == model.optimizer.iterations == 5
+
 
 OPTIMIZERS = {
     "sgd": lambda: keras.optimizers.SGD(momentum=0.9), "rmsprop": lambda: keras.optimizers.RMSprop(momentum=0.5),

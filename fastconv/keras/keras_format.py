@@ -696,6 +696,8 @@ def load_weights(model, filepath):
         order = keras_layer_order(model)
         # Names may differ between two instances of one architecture, so only the paths are matched.
         _load_into(weights_file, order, weight_paths(order), check_names=False)
+        if model._trainer is not None:  # as Keras does, a compiled model takes the optimizer's state too
+            _restore_optimizer_state(weights_file, model, filepath)
     finally:
         weights_file.close()
 
