@@ -275,6 +275,29 @@ def test_each_optimizers_state_round_trips(tmp_path, data, optimizer):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_loss_objects_are_written_as_keras_loss_configs(tmp_path, data):
+    x, y = data
+    model = keras.Sequential([keras.Input((8, 8, 2)), layers.Flatten(), layers.Dense(3)])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy()])
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "logits.keras")
+    compile_config = config_of(tmp_path / "logits.keras")["compile_config"]
+    assert compile_config["loss"] == {"module": "keras.losses", "class_name": "SparseCategoricalCrossentropy",
+                                      "config": {"name": "sparse_categorical_crossentropy", "from_logits": True},
+                                      "registered_name": None}
+    assert compile_config["metrics"] == ["sparse_categorical_accuracy"]
+    loaded = keras.models.load_model(tmp_path / "logits.keras")
+    assert loaded.evaluate(x, y, verbose=0, return_dict=True) == pytest.approx(
+        model.evaluate(x, y, verbose=0, return_dict=True), rel=1e-6)
+
+    config = config_of(tmp_path / "logits.keras")
+    config["compile_config"]["loss"]["config"]["reduction"] = "sum"
+    rewrite(tmp_path / "logits.keras", config=config)
+    with pytest.warns(UserWarning, match="uncompiled.*reduction"):
+        assert keras.models.load_model(tmp_path / "logits.keras")._trainer is None
+
+
 def test_nadam_state_is_not_written(tmp_path, data):
     """fastconv's Nadam keeps its momentum product differently from Keras' _u_product: no state is
     exchanged, so either library starts that optimizer afresh."""

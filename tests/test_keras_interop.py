@@ -327,3 +327,26 @@ def test_training_goes_on_in_keras_from_fastconv_optimizer_state(tmp_path):
     model.train_on_batch(x[:8], y[:8])
     loaded.train_on_batch(x[:8], y[:8])
     assert max_difference(loaded.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE
+
+
+def test_loss_objects_and_metric_objects_both_ways(tmp_path):
+    """keras.io's usual compile: a from_logits loss object and metric objects, restored in each library."""
+    rng = np.random.default_rng(14)
+    x, y = rng.random((16, 5)).astype(np.float32), rng.integers(0, 3, 16)
+    L = real_keras.layers
+    real_keras.utils.set_random_seed(14)
+    theirs = real_keras.Sequential([real_keras.Input((5,)), L.Dense(3)])
+    theirs.compile(optimizer="adam", loss=real_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   metrics=[real_keras.metrics.SparseCategoricalAccuracy()])
+    theirs.fit(x, y, epochs=1, verbose=0)
+    theirs.save(tmp_path / "theirs.keras")
+    ours = keras.models.load_model(tmp_path / "theirs.keras")
+    expected = theirs.evaluate(x, y, verbose=0, return_dict=True)
+    got = ours.evaluate(x, y, verbose=0, return_dict=True)
+    assert got["loss"] == pytest.approx(expected["loss"], abs=TOLERANCE)
+    assert got["sparse_categorical_accuracy"] == pytest.approx(expected["sparse_categorical_accuracy"])
+
+    ours.save(tmp_path / "ours.keras")
+    back = real_keras.models.load_model(tmp_path / "ours.keras")
+    assert back.loss.get_config()["from_logits"] is True
+    assert back.evaluate(x, y, verbose=0, return_dict=True)["loss"] == pytest.approx(expected["loss"], abs=TOLERANCE)

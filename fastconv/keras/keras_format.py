@@ -366,11 +366,24 @@ def model_config(model):
     return config
 
 
+def _loss_config(given, loss_object):
+    """A loss as Keras' compile_config holds it: the name it was given by, or the loss object's config."""
+    from fastconv.keras import losses
+    if isinstance(given, str):
+        return given
+    config = losses.serialize(loss_object)
+    if config is None:
+        raise ValueError(f"loss {loss_object!r} is the user's own class")
+    return {"module": "keras.losses", "class_name": config["class_name"], "config": config["config"],
+            "registered_name": None}
+
+
 def _compile_config(model):
     """Keras' compile_config for a model compiled with built-in pieces Keras shares, else None.
 
-    Only names Keras resolves the same way are written (losses and metrics given as strings); anything
-    else leaves the model uncompiled in Keras rather than compiled differently.
+    Only what Keras rebuilds the same way is written (built-in optimizers with a constant learning rate,
+    losses by name or built-in class, metrics by name); anything else leaves the model uncompiled in
+    Keras rather than compiled differently.
     """
     from fastconv.keras import optimizers
     trainer = model._trainer
@@ -379,18 +392,23 @@ def _compile_config(model):
     optimizer = optimizers.serialize(trainer.optimizer)
     if optimizer is None or not isinstance(optimizer.get("config", {}).get("learning_rate"), (int, float)):
         return None
-    loss = model.loss
-    if not (isinstance(loss, str) or (isinstance(loss, (list, tuple)) and all(isinstance(l, str) for l in loss))):
-        return None
     if trainer.losses[0] is None:
         return None
+    given = model.loss
+    try:
+        if isinstance(given, (list, tuple)):
+            loss = [_loss_config(item, loss_object) for item, loss_object in zip(given, trainer.losses)]
+        else:
+            loss = _loss_config(given, trainer.losses[0])
+    except ValueError:
+        return None  # a loss Keras would not rebuild the same way: Keras loads the model uncompiled
     from fastconv.keras.saving import _metric_from_name
     # Metrics by name only, and only names that resolve again (as fastconv's own format does).
     metric_names = [metric.name for metric in trainer.metrics[0] if _metric_from_name(metric.name, trainer.losses[0])]
     return {"optimizer": {"module": "keras.optimizers", "class_name": optimizer["class_name"],
                           "config": {"name": optimizer["class_name"].lower(), **optimizer["config"]},
                           "registered_name": None},
-            "loss": list(loss) if isinstance(loss, (list, tuple)) else loss,
+            "loss": loss,
             "loss_weights": trainer.loss_weights, "metrics": metric_names,
             "weighted_metrics": None, "run_eagerly": False, "steps_per_execution": 1, "jit_compile": False}
 
@@ -1164,6 +1182,36 @@ _OPTIMIZER_OFF = {"clipnorm": None, "global_clipnorm": None, "clipvalue": None, 
 _OPTIMIZER_IGNORED = ("name", "ema_momentum", "ema_overwrite_frequency", "is_legacy_optimizer")
 
 
+# Keras loss options fastconv's losses lack, accepted at the value that means what fastconv does.
+_LOSS_OFF = {"reduction": "sum_over_batch_size", "ignore_class": None, "axis": -1}
+
+
+def _keras_loss(value):
+    """A loss name as it is, or a Keras loss object config as the fastconv loss of the same class."""
+    from fastconv.keras import losses
+    if isinstance(value, str):
+        return value
+    _require(isinstance(value, dict) and value.get("class_name") in losses.LOSS_CLASSES
+             and isinstance(value.get("config") or {}, dict), f"loss {str(value)[:80]} is not one fastconv has")
+    config = dict(value.get("config") or {})
+    config.pop("dtype", None)
+    for key, default in _LOSS_OFF.items():
+        if key in config:
+            _require(config.pop(key) in (default, None), f"loss option {key} other than {default!r} is not supported")
+    return losses.get({"class_name": value["class_name"], "config": config})
+
+
+def _keras_metric(value):
+    """A metric name as it is, or a Keras metric object config as the name fastconv resolves."""
+    if isinstance(value, str):
+        return value
+    _require(isinstance(value, dict) and isinstance(value.get("class_name"), str), "metrics must be names or objects")
+    name = snake_case(value["class_name"])
+    # Keras' Accuracy class is exact equality, not the accuracy the name "accuracy" picks for the loss.
+    _require(name != "accuracy", "Keras' Accuracy metric object is not restored")
+    return name
+
+
 def _compile_from_keras(model, config, path):
     """Compile as the file says when fastconv has every piece; otherwise warn and leave it uncompiled,
     as Keras does when a compile config cannot be restored."""
@@ -1184,16 +1232,14 @@ def _compile_from_keras(model, config, path):
             _require(isinstance(kept.get("learning_rate", 0.001), (int, float)),
                      "a learning-rate schedule from Keras is not restored")
             optimizer = optimizers.get({"class_name": optimizer.get("class_name"), "config": kept})
-        for key in ("weighted_metrics", "run_eagerly", "jit_compile", "auto_scale_loss"):
-            _require(key != "weighted_metrics" or not config.get(key), "weighted_metrics are not restored")
+        _require(not config.get("weighted_metrics"), "weighted_metrics are not restored")
         loss = config.get("loss")
-        _require(isinstance(loss, str) or (isinstance(loss, list) and all(isinstance(l, str) for l in loss)),
-                 "only losses given by name are restored")
+        loss = [_keras_loss(item) for item in loss] if isinstance(loss, list) else _keras_loss(loss)
         metrics = config.get("metrics")
         if isinstance(metrics, list) and len(metrics) == 1 and isinstance(metrics[0], list):
             metrics = metrics[0]  # Keras nests per-output metrics for a one-output model
-        _require(metrics is None or (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)),
-                 "only metrics given by name are restored")
+        _require(metrics is None or isinstance(metrics, list), "metrics must be a list")
+        metrics = None if metrics is None else [_keras_metric(item) for item in metrics]
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=config.get("loss_weights"))
     except (_ConfigError, ValueError, TypeError) as error:
         warnings.warn(f"{os.fspath(path)}: the model is returned uncompiled: its compile settings cannot be "
