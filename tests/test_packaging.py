@@ -29,6 +29,7 @@ def test_cibuildwheel_builds_manylinux2014_wheels_and_checks_them():
     assert config["manylinux-x86_64-image"] == "manylinux2014"  # glibc 2.17
     assert "cp39-*" in config["build"] and "cp313-*" in config["build"]
     assert "import fastconv" in config["test-command"]
+    assert config["environment"] == {"FASTCONV_RECORD_CHECKOUT": "0"}  # no path of the build machine inside
 
 
 def elf_section_names(path):
