@@ -12,7 +12,10 @@ benchmarks/ (pytest-benchmark).
 """
 import argparse
 import contextlib
+import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -22,6 +25,45 @@ import fastconv
 from fastconv import _C
 
 BENCHMARKS = {}
+
+
+def cpu_name():
+    """The CPU's model name with its family and model numbers (a VM may show only a vendor's brand)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = fields.get("model name", platform.machine())
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
+
+
+def commit():
+    """The git commit of the checkout fastconv runs from, '+' when its sources differ from it; None
+    for an installed copy."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        changed = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "csrc", "fastconv", "setup.py"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+" if changed.stdout.strip() else "")
+
+
+def stamp():
+    """One line naming what was measured: fastconv's version and commit, the CPU, cores, load average."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"fastconv {fastconv.__version__} (commit {commit() or 'unknown'}), NumPy {np.__version__}; "
+            f"{cpu_name()}, {os.cpu_count()} logical CPUs; load average {load:.2f} at the start")
 
 
 def benchmark(name, help, options=None):
@@ -121,7 +163,9 @@ def interleaved_times(fns, rounds=5, min_time=0.05, settle=None):
         row = [0.0] * len(fns)
         for i in order:
             time.sleep(settle)
-            row[i] = seconds_per_call(fns[i], min_time)
+            # a function timed elsewhere (the PyTorch process of bench_torch) times itself
+            timer = getattr(fns[i], "seconds_per_call", None)
+            row[i] = timer(min_time) if timer else seconds_per_call(fns[i], min_time)
         times.append(row)
     return times
 
@@ -179,6 +223,7 @@ def peak_options(parser):
 @benchmark("peak", "FP32 FMA peak (GFLOPS) per instruction set and thread count", peak_options)
 def run_peak(args):
     names = [args.isa] if args.isa else fastconv.available_isas()
+    print(stamp(), flush=True)
     rows = []
     for name in names:
         for count in args.threads:
@@ -253,6 +298,7 @@ def run_gemm(args):
         # on N threads instead would charge other processes' load on a shared machine to the peak).
         core_peak = fma_peak_gflops(active, 1)
         peaks = {count: count * core_peak for count in args.threads}
+        print(stamp())
         print(f"isa {active}, kernel {_C.gemm_kernel_name()}; FMA peak {core_peak:.0f} GFLOPS per core "
               "(% of peak: of threads x that)")
         rows = []
@@ -276,6 +322,9 @@ def build_parser():
     parser.add_argument("--quick", action="store_true", help="fewer shapes and one round (the suite only)")
     parser.add_argument("--json", metavar="PATH", help="also write the suite's timings as JSON")
     parser.add_argument("--plot", metavar="PATH", help="also write a PNG of the suite's speed-ups")
+    parser.add_argument("--torch-python", metavar="PYTHON",
+                        help="the Python whose PyTorch the suite runs, in a process of its own (default: this "
+                             "Python, when it has PyTorch)")
     parser.set_defaults(run=run_suite)
     commands = parser.add_subparsers(dest="name", metavar="BENCHMARK")
     for name, (run, help, options) in BENCHMARKS.items():

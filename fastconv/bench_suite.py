@@ -1,17 +1,19 @@
 """`fastconv bench`: one table of fastconv against the NumPy reference and PyTorch (when installed).
 
 Rows: gemm, conv2d forward and backward, maxpool forward and backward, and one training step of
-the `seed`, `keras-cnn` and `mlp` models. Each row times every implementation on the same data, in turn,
-round after round (best kept), so load from other processes hits them alike. NHWC<->NCHW
-conversions for PyTorch happen outside the timed calls.
+the `seed`, `keras-cnn`, `mlp` and `cifar` models. Each row times every implementation on the same shapes,
+in turn, round after round (best kept), so load from other processes hits them alike. PyTorch runs in a
+process of its own (fastconv/bench_torch.py), with its own OpenMP runtime and settings, in NCHW.
 """
+import importlib.util
 import json
 import platform
+import sys
 
 import numpy as np
 
 import fastconv
-from fastconv import bench_training, keras, reference
+from fastconv import bench_torch, bench_training, keras, reference
 
 # (label, batch, height/width, cin, cout, padding) of the conv rows: the MNIST models' layers, and the
 # one-channel output layer of keras.io's denoising autoencoder.
@@ -26,18 +28,21 @@ CONV_SHAPES = [
     ("n128 28x28 32->1 same", 128, 28, 32, 1, "same"),
 ]
 QUICK_CONV = {"n128 28x28 1->32 same", "n128 14x14 32->64 same"}
+QUICK_TRAIN = {"seed", "keras-cnn", "mlp"}  # the cifar step takes seconds on the NumPy backend
 GEMM_SHAPES = [(1024, 1024, 1024), (64, 3136, 128), (6272, 288, 64)]
-TRAIN_STEPS = [("seed", 64), ("keras-cnn", 128), ("mlp", 128)]
+TRAIN_STEPS = [("seed", 64), ("keras-cnn", 128), ("mlp", 128), ("cifar", 64)]
 IMPLS = ("fastconv", "numpy", "torch")
 
 
-def torch_or_none():
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(fastconv.get_num_threads())
-    return torch
+def torch_process(python):
+    """The PyTorch child process (bench_torch.TorchProcess) run by `python`; by default this Python when
+    it has PyTorch, else None (no PyTorch column)."""
+    from fastconv.bench_torch import TorchProcess
+    if python is None:
+        if importlib.util.find_spec("torch") is None:
+            return None
+        python = sys.executable
+    return TorchProcess(python, fastconv.get_num_threads())
 
 
 class Row:
@@ -58,8 +63,7 @@ def gemm_rows(rng, torch):
         fns = {"fastconv": lambda a=a, b=b, out=out: fastconv.gemm(a, b, out=out),
                "numpy": lambda a=a, b=b, out=out: np.matmul(a, b, out=out)}
         if torch:
-            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-            fns["torch"] = lambda ta=ta, tb=tb: torch.mm(ta, tb)
+            fns["torch"] = torch.timer(bench_torch.gemm_spec(m, k, n))
         rows.append(Row("gemm", f"{m}x{k}x{n}", fns, flops=2.0 * m * n * k))
     return rows
 
@@ -80,21 +84,8 @@ def conv_rows(rng, torch, quick):
         backward = {"fastconv": lambda dy=dy, x=x, w=w, p=padding: fastconv.conv2d_backward(dy, x, w, padding=p),
                     "numpy": lambda dy=dy, x=x, w=w, p=padding: reference.conv2d_backward(dy, x, w, padding=p)}
         if torch:
-            tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(True)
-            tw = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1))).requires_grad_(True)
-            tb = torch.from_numpy(b).requires_grad_(True)
-            tdy = torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)))
-            pad = 1 if padding == "same" else 0
-            conv = torch.nn.functional.conv2d
-
-            def torch_forward(tx=tx, tw=tw, tb=tb, pad=pad):
-                with torch.no_grad():
-                    return torch.relu(conv(tx, tw, tb, padding=pad))
-
-            out = conv(tx, tw, tb, padding=pad)
-            forward["torch"] = torch_forward
-            backward["torch"] = lambda out=out, tx=tx, tw=tw, tb=tb, tdy=tdy: torch.autograd.grad(
-                out, (tx, tw, tb), tdy, retain_graph=True)
+            forward["torch"] = torch.timer(bench_torch.conv_spec("fwd", n, hw, cin, cout, padding))
+            backward["torch"] = torch.timer(bench_torch.conv_spec("bwd", n, hw, cin, cout, padding))
         rows.append(Row("conv2d fwd", label, forward, flops=flops))
         rows.append(Row("conv2d bwd", label, backward, flops=2 * flops))
     return rows
@@ -112,33 +103,30 @@ def pool_rows(rng, torch):
     backward = {"fastconv": lambda: fastconv.maxpool2d_backward(dy, x, 2, argmax=argmax),
                 "numpy": lambda: reference.maxpool2d_backward(dy, x, 2)}
     if torch:
-        tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(True)
-        tdy = torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)))
-        out = torch.nn.functional.max_pool2d(tx, 2)
-
-        def torch_forward():
-            with torch.no_grad():
-                return torch.nn.functional.max_pool2d(tx, 2)
-
-        forward["torch"] = torch_forward
-        training_forward["torch"] = lambda: torch.nn.functional.max_pool2d_with_indices(tx, 2)
-        backward["torch"] = lambda: torch.autograd.grad(out, tx, tdy, retain_graph=True)
+        forward["torch"] = torch.timer(bench_torch.pool_spec("fwd"))
+        training_forward["torch"] = torch.timer(bench_torch.pool_spec("fwd_argmax"))
+        backward["torch"] = torch.timer(bench_torch.pool_spec("bwd"))
     label = "n128 28x28x32 2x2"
     return [Row("maxpool fwd", label, forward, bytes_moved=x.nbytes + dy.nbytes),
             Row("maxpool fwd+argmax", label, training_forward, bytes_moved=x.nbytes + dy.nbytes + argmax.nbytes),
             Row("maxpool bwd", label, backward, bytes_moved=x.nbytes + dy.nbytes + argmax.nbytes)]
 
 
-def train_rows(rng, torch):
+def train_rows(rng, torch, quick=False):
     rows = []
     for name, batch in TRAIN_STEPS:
-        images = rng.integers(0, 256, size=(batch, 28, 28, 1), dtype=np.uint8)
+        if quick and name not in QUICK_TRAIN:
+            continue
+        shape = bench_training.image_shape(name)
+        images = rng.integers(0, 256, size=(batch, *shape), dtype=np.uint8)
         labels = rng.integers(0, 10, size=batch)
         fns = {}
-        for impl in ("fastconv", "numpy") + (("torch",) if torch else ()):
+        for impl in ("fastconv", "numpy"):
             step = bench_training.make_trainer(impl, name)
             # bound now: a free `images` would be the last loop's (keras-cnn's batch of 128) by timing time
             fns[impl] = lambda step=step, images=images, labels=labels: step(images, labels)
+        if torch:
+            fns["torch"] = torch.timer(bench_torch.train_spec(name, batch, shape))
         rows.append(Row("train step", f"{name} batch {batch}", fns))
     return rows
 
@@ -166,20 +154,29 @@ def table(rows, core_peak, threads):
 
 
 def run_suite(args, interleaved_best, fma_peak_gflops, print_table):
-    torch = torch_or_none()
+    from fastconv.bench import stamp
     threads = fastconv.get_num_threads()
-    rng = np.random.default_rng(0)
-    rows = gemm_rows(rng, torch) + conv_rows(rng, torch, args.quick) + pool_rows(rng, torch) + train_rows(rng, torch)
-    core_peak = fma_peak_gflops(None, 1)
-    print(f"fastconv {fastconv.__version__}, isa {fastconv.get_isa()}, {threads} threads, FMA peak "
-          f"{core_peak:.0f} GFLOPS per core; numpy = fastconv.reference (pure NumPy); "
-          f"torch = {'PyTorch ' + torch.__version__ if torch else 'not installed'}", flush=True)
-    time_rows(rows, 1 if args.quick else 3, interleaved_best)
+    torch = torch_process(args.torch_python)
+    try:
+        rng = np.random.default_rng(0)
+        rows = (gemm_rows(rng, torch) + conv_rows(rng, torch, args.quick) + pool_rows(rng, torch)
+                + train_rows(rng, torch, args.quick))
+        core_peak = fma_peak_gflops(None, 1)
+        header_line = stamp()
+        torch_name = f"PyTorch {torch.version} in its own process" if torch else "not installed"
+        print(header_line)
+        print(f"isa {fastconv.get_isa()}, {threads} threads, FMA peak {core_peak:.0f} GFLOPS per core; "
+              f"numpy = fastconv.reference (pure NumPy); torch = {torch_name}", flush=True)
+        time_rows(rows, 1 if args.quick else 3, interleaved_best)
+    finally:
+        if torch:
+            torch.close()
     header, lines = table(rows, core_peak, threads)
     print_table(header, lines)
     keras.backend.set_backend("fastconv")
     if args.json:
-        results = {"machine": platform.processor() or platform.machine(), "threads": threads,
+        results = {"stamp": header_line, "machine": platform.processor() or platform.machine(), "threads": threads,
+                   "torch": torch.version if torch else None,
                    "isa": fastconv.get_isa(), "fma_peak_gflops_per_core": core_peak,
                    "rows": [{"op": r.op, "shape": r.shape, "seconds": r.seconds, "flops": r.flops,
                              "bytes": r.bytes_moved} for r in rows]}
@@ -187,26 +184,58 @@ def run_suite(args, interleaved_best, fma_peak_gflops, print_table):
             json.dump(results, f, indent=2)
         print(f"results written to {args.json}")
     if args.plot:
-        plot_speedups(args.plot, rows)
+        plot_speedups(args.plot, rows, f"{header_line}\nisa {fastconv.get_isa()}, {threads} threads; "
+                      f"PyTorch {torch.version if torch else 'not installed'}")
         print(f"plot written to {args.plot}")
     return 0
 
 
-def plot_speedups(path, rows):
+def plot_speedups(path, rows, subtitle=""):
+    """A PNG of each row's speed-up: the other implementation's time over fastconv's, one bar per
+    baseline, on a log scale (right of 1x: fastconv is faster)."""
     from fastconv.plotting import require_matplotlib
     require_matplotlib()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    labels = [f"{r.op}\n{r.shape}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.7), 5), constrained_layout=True)
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    baselines = [(impl, name, color) for impl, name, color in
+                 (("numpy", "NumPy reference", "tab:blue"), ("torch", "PyTorch", "tab:orange"))
+                 if any(impl in r.seconds for r in rows)]
+    height = 0.8 / max(len(baselines), 1)
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.42 * len(rows)), layout="constrained")
     positions = np.arange(len(rows))
-    for offset, impl in ((-0.2, "numpy"), (0.2, "torch")):
-        speedups = [r.seconds[impl] / r.seconds["fastconv"] if impl in r.seconds else 0 for r in rows]
-        ax.bar(positions + offset, speedups, width=0.4, label=f"fastconv speed-up over {impl}")
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xticks(positions, labels, rotation=90, fontsize=7)
-    ax.legend()
-    fig.savefig(path, dpi=110)
+    speedups = []
+    for i, (impl, name, color) in enumerate(baselines):
+        offset = (i - (len(baselines) - 1) / 2) * height
+        for y, row in zip(positions, rows):
+            if impl not in row.seconds:
+                continue
+            speedup = row.seconds[impl] / row.seconds["fastconv"]
+            speedups.append(speedup)
+            ax.barh(y + offset, speedup, height=height, color=color)
+            ax.text(speedup * 1.04, y + offset, f"{speedup:.1f}x" if speedup >= 1 else f"{speedup:.2f}x",
+                    va="center", fontsize=7)
+    handles = [matplotlib.patches.Patch(color=color, label=f"vs {name}") for _, name, color in baselines]
+    ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.95)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    low = min([0.5] + [v / 1.3 for v in speedups])
+    high = max([2.0] + [v * 1.6 for v in speedups])
+    ax.set_xlim(low, high)
+    ticks = [t for t in (0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if low <= t <= high]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticklabels([f"{t:g}x" for t in ticks])
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_yticks(positions, [f"{r.op}  {r.shape}" for r in rows], fontsize=8)
+    ax.invert_yaxis()  # first row of the table on top
+    ax.set_xlabel("fastconv's speed-up: the other implementation's time / fastconv's time\n"
+                  "(log scale; right of 1x, fastconv is faster)")
+    fig.suptitle("fastconv bench: fastconv against the NumPy reference and PyTorch, same shapes", fontsize=12)
+    if subtitle:
+        ax.set_title(subtitle, fontsize=8, loc="left")
+    fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,14 +1,42 @@
-"""Training-speed benchmarks: one step, or one epoch of MNIST, of the `seed`, `keras-cnn` and `mlp` models on
+"""Training-speed benchmarks: one step, or one epoch, of the `seed`, `keras-cnn`, `mlp` and `cifar` models on
 fastconv, on the NumPy backend, and on PyTorch (CPU) when it is installed.
 
 The PyTorch models below are the same networks (NCHW, same layer sizes, same optimizers and
-settings); every implementation gets uint8 images converted to float32 per batch.
+settings); every implementation gets uint8 images converted to float32 per batch. This module imports
+neither fastconv nor PyTorch at the top: `fastconv bench` loads it by path in a PyTorch-only process.
 """
 import time
 
 import numpy as np
 
-MODELS = ("seed", "keras-cnn", "mlp")
+MODELS = ("seed", "keras-cnn", "mlp", "cifar")
+
+
+def image_shape(name):
+    """(height, width, channels) of the uint8 images model `name` takes."""
+    return (32, 32, 3) if name == "cifar" else (28, 28, 1)
+
+
+def _torch_flip_translate():
+    """The cifar recipe's RandomFlip("horizontal") and RandomTranslation(0.125, 0.125) (bilinear,
+    reflected edges), active in training only: one affine resampling per batch."""
+    import torch
+    from torch import nn
+
+    class FlipTranslate(nn.Module):
+        def forward(self, x):
+            if not self.training:
+                return x
+            n = x.shape[0]
+            theta = torch.zeros(n, 2, 3)
+            theta[:, 0, 0] = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+            theta[:, 1, 1] = 1.0
+            theta[:, :, 2] = (torch.rand(n, 2) * 2 - 1) * 0.25  # 0.125 of the size, in [-1, 1] coordinates
+            grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+            return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
+                                             align_corners=False)
+
+    return FlipTranslate()
 
 
 def torch_model(name):
@@ -28,6 +56,16 @@ def torch_model(name):
     if name == "mlp":
         net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 512),
                             nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 10))
+        return net, torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
+    if name == "cifar":
+        blocks, cin = [], 3
+        for filters in (32, 64, 128):
+            for _ in range(2):  # Keras' BatchNormalization: momentum 0.99 (PyTorch's 0.01), epsilon 1e-3
+                blocks += [nn.Conv2d(cin, filters, 3, padding=1, bias=False),
+                           nn.BatchNorm2d(filters, eps=1e-3, momentum=0.01), nn.ReLU()]
+                cin = filters
+            blocks.append(nn.MaxPool2d(2))
+        net = nn.Sequential(_torch_flip_translate(), *blocks, nn.Flatten(), nn.Dropout(0.3), nn.Linear(2048, 10))
         return net, torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
     raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
 
@@ -67,9 +105,9 @@ def make_trainer(impl, name):
 
 
 def step_seconds(impl, name, batch_size, steps=10, warmup=2, seed=0):
-    """Best time of one training step on random digits-shaped data."""
+    """Best time of one training step on random data of the model's image shape."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(batch_size, 28, 28, 1), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(batch_size, *image_shape(name)), dtype=np.uint8)
     labels = rng.integers(0, 10, size=batch_size)
     step = make_trainer(impl, name)
     for _ in range(warmup):

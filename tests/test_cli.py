@@ -119,7 +119,8 @@ def test_ctrl_c_stops_after_the_step_and_keeps_the_last_checkpoint(tmp_path):
 def test_bench_peak_prints_a_table():
     result = run("bench", "peak", "--threads", "1")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
+    stamp, *lines = result.stdout.strip().splitlines()
+    assert stamp.startswith("fastconv ") and "commit" in stamp and "load average" in stamp
     assert lines[0].split() == ["isa", "threads", "peak", "GFLOPS"]
     assert all(float(line.split()[-1]) > 0 for line in lines[2:])
 

@@ -1,0 +1,45 @@
+#!/bin/bash
+# Every measurement of BENCHMARKS.md, in order, each with the load average before and after it.
+#
+#   benchmarks/benchmark_page.sh OUT_DIR [FASTCONV_PYTHON] [TORCH_PYTHON] [BEFORE_PYTHON]
+#
+# FASTCONV_PYTHON: a Python with fastconv (and threadpoolctl, matplotlib) installed, default python3;
+# TORCH_PYTHON: a Python with PyTorch, used only in processes that do not import fastconv;
+# BEFORE_PYTHON: an install of an older commit for benchmarks/compare_training_step.py (skipped if unset).
+# STEPS="peak gemm suite epochs compare" chooses the steps (default: all, in that order).
+set -u
+out=${1:?usage: benchmark_page.sh OUT_DIR [FASTCONV_PYTHON] [TORCH_PYTHON] [BEFORE_PYTHON]}
+fc=${2:-python3}
+torch=${3:-}
+before=${4:-}
+steps=${STEPS:-peak gemm suite epochs compare}
+here=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out"
+log="$out/load.log"
+
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+step() {  # step NAME COMMAND...: runs it from an empty directory, output in OUT_DIR/NAME.txt
+    local name=$1; shift
+    echo "$name start $(date -u +%H:%M:%S) load $(load)" | tee -a "$log"
+    (cd "$(mktemp -d)" && "$@") > "$out/$name.txt" 2>&1
+    local status=$?
+    echo "$name end   $(date -u +%H:%M:%S) load $(load) exit $status" | tee -a "$log"
+}
+
+for s in $steps; do
+    case $s in
+    peak) step peak "$fc" -m fastconv bench peak ;;
+    gemm) step gemm "$fc" -m fastconv bench gemm --threads 1 2 --rounds 5 ;;
+    suite)
+        step suite "$fc" -m fastconv bench ${torch:+--torch-python "$torch"} --json "$out/suite.json" \
+            --plot "$out/bench.png" ;;
+    epochs)  # alternated, fastconv first, each library in its own process
+        for round in 1 2; do
+            step "epochs-fastconv-$round" "$fc" "$here/benchmarks/epochs.py" fastconv
+            [ -n "$torch" ] && step "epochs-torch-$round" "$torch" "$here/benchmarks/epochs.py" torch
+        done ;;
+    compare)
+        [ -n "$before" ] && step compare "$fc" "$here/benchmarks/compare_training_step.py" --before "$before" ;;
+    *) echo "unknown step $s" >&2 ;;
+    esac
+done
