@@ -403,12 +403,16 @@ COLLECTIVES = textwrap.dedent("""
                        "root": lambda: hvd.broadcast(np.zeros(2), root_rank=ranks),
                        "processes": lambda: keras.distribution.initialize(num_processes=ranks + 1),
                        "devices": lambda: keras.distribution.DataParallel(devices=["cpu:0"]),
+                       "mesh": lambda: keras.distribution.DataParallel(
+                           keras.distribution.DeviceMesh((1, ranks), ["model", "batch"])),
                        "op": lambda: hvd.allreduce(mine, op="max")}.items():
         try:
             call()
         except (ValueError, TypeError) as error:
             errors[name] = str(error)
     report["errors"] = errors
+    mesh = keras.distribution.DeviceMesh((ranks,), ["data"])
+    report["mesh"] = [keras.distribution.DataParallel(mesh).batch_dim_name, keras.distribution.DataParallel().devices]
     with open(f"{sys.argv[1]}-{rank}.json", "w") as file:
         json.dump(report, file)
 """)
@@ -433,6 +437,8 @@ def test_collectives_sum_in_rank_order_and_agree_bitwise(tmp_path):
     assert "root_rank must be a rank from 0 to 2" in errors["root"]
     assert "num_processes is 4" in errors["processes"]
     assert "devices must be every rank's device" in errors["devices"]
+    assert "device_mesh must be a one-axis" in errors["mesh"]
+    assert reports[0]["mesh"] == ["data", ["cpu:0", "cpu:1", "cpu:2"]]
     assert "op must be" in errors["op"]
 
 

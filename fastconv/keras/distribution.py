@@ -44,24 +44,44 @@ def list_devices(device_type=None):
     return [f"cpu:{rank}" for rank in range(distributed.size())]
 
 
+class DeviceMesh:
+    """Keras 3's `keras.distribution.DeviceMesh(shape, axis_names, devices=None)`. fastconv's data
+    parallelism takes a one-axis mesh over every rank's device, e.g. DeviceMesh((4,), ["batch"])."""
+
+    def __init__(self, shape, axis_names, devices=None):
+        shape, axis_names = tuple(shape), list(axis_names)
+        if len(shape) != len(axis_names):
+            raise ValueError(f"shape {shape} and axis_names {axis_names} must have the same length")
+        self.shape, self.axis_names = shape, axis_names
+        self.devices = np.array(list_devices() if devices is None else list(devices), dtype=object).reshape(shape)
+
+    def __repr__(self):
+        return f"<DeviceMesh shape={self.shape} axis_names={self.axis_names}>"
+
+
 class DataParallel:
     """Replicate the model on every rank and split each global batch across them (Keras 3's
-    `keras.distribution.DataParallel`). `devices` must be all ranks' devices (list_devices()):
-    a subset would leave ranks out of the collectives."""
+    `keras.distribution.DataParallel`). `devices` (or a one-axis `device_mesh`) must be all ranks'
+    devices, list_devices(): a subset would leave ranks out of the collectives."""
 
     def __init__(self, device_mesh=None, devices=None, auto_shard_dataset=True):
-        if device_mesh is not None:
-            raise ValueError("device_mesh is not supported: fastconv's data parallelism spans all MPI ranks; "
-                             "pass devices=list_devices() or nothing")
         all_devices = list_devices()
+        if device_mesh is not None:
+            if not isinstance(device_mesh, DeviceMesh) or len(device_mesh.shape) != 1:
+                raise ValueError("device_mesh must be a one-axis keras.distribution.DeviceMesh over every rank's "
+                                 f"device (fastconv's data parallelism spans all MPI ranks), got {device_mesh!r}")
+            if devices is not None:
+                raise ValueError("pass device_mesh or devices, not both")
+            devices = list(device_mesh.devices)
         if devices is not None and list(devices) != all_devices:
             raise ValueError(f"devices must be every rank's device, {all_devices}, got {list(devices)!r}")
         if not auto_shard_dataset:
             raise ValueError("auto_shard_dataset=False is not supported: fit shards arrays, generators and "
                              "PyDatasets by slicing each global batch; give every rank the same data")
         self.devices = all_devices
+        self.device_mesh = device_mesh or DeviceMesh((len(all_devices),), ["batch"], all_devices)
+        self.batch_dim_name = self.device_mesh.axis_names[0]
         self.auto_shard_dataset = True
-        self.batch_dim_name = "batch"
 
     @property
     def num_processes(self):
