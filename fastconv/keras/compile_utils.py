@@ -1,7 +1,7 @@
-"""Checks of compile's Keras 3 arguments, and the names that key dict inputs, targets and losses.
+"""Checks of compile's Keras 3 arguments, and the names that key dict inputs, targets, losses and metrics.
 
 Keras names a model's inputs after their `Input` layers and its outputs after the layers producing
-them; a dict given for x, y, loss or loss_weights is turned into the list in the model's order here.
+them; a dict given for x, y, loss, loss_weights or metrics is turned into lists in the model's order here.
 """
 import itertools
 import numbers
@@ -15,6 +15,12 @@ def output_names(model):
     return [tensor.node.layer.name for tensor in model.outputs]
 
 
+def _refuse_unknown_keys(mapping, names, what):
+    unknown = [key for key in mapping if key not in names]
+    if unknown:
+        raise ValueError(f"{what} has key(s) {unknown} that name no output of this model; its outputs are {names}")
+
+
 def list_by_name(mapping, names, what, allow_extra_keys=True):
     """The values of `mapping` in the order of `names`; every name must be a key. Extra keys are
     ignored for data (Keras feeds only the inputs a model has) and refused for compile settings."""
@@ -22,9 +28,7 @@ def list_by_name(mapping, names, what, allow_extra_keys=True):
     if missing:
         raise ValueError(f"{what} is a dict without the key(s) {missing}; this model's names are {names}")
     if not allow_extra_keys:
-        unknown = [key for key in mapping if key not in names]
-        if unknown:
-            raise ValueError(f"{what} has key(s) {unknown} that name no output of this model; its outputs are {names}")
+        _refuse_unknown_keys(mapping, names, what)
     return [mapping[name] for name in names]
 
 
@@ -54,9 +58,7 @@ def _metrics_by_output(model, metrics, what):
     (each of its metrics is computed for every output)."""
     if isinstance(metrics, dict):
         names = _outputs_of_built_model(model, what)
-        unknown = [key for key in metrics if key not in names]
-        if unknown:
-            raise ValueError(f"{what} has key(s) {unknown} that name no output of this model; its outputs are {names}")
+        _refuse_unknown_keys(metrics, names, what)
         return [_as_list(metrics.get(name)) for name in names]
     if isinstance(metrics, (list, tuple)) and metrics and all(m is None or isinstance(m, (list, tuple)) for m in metrics):
         outputs = len(model.outputs) if model.built else 1
@@ -75,10 +77,7 @@ def check_compile_options(model, loss, loss_weights, metrics, weighted_metrics, 
         loss = list_by_name(loss, _outputs_of_built_model(model, "loss"), "loss", allow_extra_keys=False)
     if isinstance(loss_weights, dict):
         names = _outputs_of_built_model(model, "loss_weights")
-        unknown = [key for key in loss_weights if key not in names]
-        if unknown:
-            raise ValueError(f"loss_weights has key(s) {unknown} that name no output of this model; "
-                             f"its outputs are {names}")
+        _refuse_unknown_keys(loss_weights, names, "loss_weights")
         loss_weights = [loss_weights.get(name, 1.0) for name in names]
     if loss_weights is not None:
         weights = loss_weights if isinstance(loss_weights, (list, tuple)) else None
