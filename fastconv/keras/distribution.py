@@ -239,6 +239,46 @@ def _next_global_batch(iterator):
         _reading_shard = False
 
 
+def _same_batch(have, index):
+    """Whether every rank has global batch `index` (False: every rank's data has ended); an error
+    when only some ranks have it, or when its size differs: a rank whose data ends first would leave
+    the others waiting in the next collective."""
+    if None in have:
+        if any(size is not None for size in have):
+            raise ValueError(f"the ranks' data ran out at different steps: at batch {index + 1}, rank "
+                             f"{have.index(None)} has no data left and rank "
+                             f"{next(r for r, size in enumerate(have) if size is not None)} has; "
+                             "give every rank the same data")
+        return False
+    if len(set(have)) > 1:
+        raise ValueError(f"the ranks' global batch {index + 1} differs in size: {have} samples on ranks "
+                         f"0 to {len(have) - 1}; give every rank the same data")
+    return True
+
+
+def sharded_predict(batches, forward):
+    """predict under an active distribution: each rank runs `forward` on its rows of every batch, and
+    the outputs are gathered in rank order (which is the batch's order), so every rank returns all."""
+    ranks, rank = distributed.size(), distributed.rank()
+
+    def local_batches():
+        iterator = iter(batches)
+        for index in itertools.count():
+            batch = _next_global_batch(iterator)
+            size = None if batch is None else getattr(batch, "global_size", None) or len(batch[0][0])
+            if not _same_batch(distributed.allgather_object(size), index):
+                return
+            xs = batch[0] if isinstance(batch, LocalBatch) else [x[_shard(size, ranks, rank)] for x in batch[0]]
+            yield xs, None, None
+
+    def gathered(xs):
+        parts = distributed.allgather_object(forward(xs) if len(xs[0]) else None)
+        present = [part for part in parts if part is not None]
+        return [np.concatenate([part[j] for part in present]) for j in range(len(present[0]))]
+
+    return local_batches(), gathered
+
+
 def sharded(trainer, batches, step_function, batch_end, training):
     """This rank's part of an epoch: each global batch sliced to this rank's rows, a step function
     returning the logs reduced over all ranks, and batch_end hooks whose model.stop_training the
@@ -265,17 +305,8 @@ def sharded(trainer, batches, step_function, batch_end, training):
                 if any(stop for _, stop in exchanged):
                     model.stop_training = True
                     return
-                # A rank whose data ends first would leave the others waiting in the next reduction.
-                if None in have:
-                    if any(size is not None for size in have):
-                        raise ValueError(f"the ranks' data ran out at different steps: at batch {index + 1}, rank "
-                                         f"{have.index(None)} has no data left and rank "
-                                         f"{next(r for r, size in enumerate(have) if size is not None)} has; "
-                                         "give every rank the same data")
+                if not _same_batch(have, index):
                     return
-                if len(set(have)) > 1:
-                    raise ValueError(f"the ranks' global batch {index + 1} differs in size: {have} samples on ranks "
-                                     f"0 to {ranks - 1}; give every rank the same data")
                 if shared is None:
                     shared = _split_random_state()
                 state["weights"] = [_shard(size, ranks, r).stop - _shard(size, ranks, r).start for r in range(ranks)]

@@ -434,15 +434,18 @@ def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=Non
     data = data_adapters.epoch_iterator(model, None, x, batch_size=batch_size, steps=steps, needs_targets=False)
     try:
         callbacks = list(callbacks or [])
-        if verbose:
+        if verbose and distribution_lib.is_chief():
             callbacks.append(callbacks_module.ProgbarLogger(verbose))
         callback_list = callbacks_module.CallbackList(callbacks, model, {"steps": data.num_batches, "verbose": verbose})
         callback_list.on_predict_begin()
         chunks = [[] for _ in model.outputs] if model.built else None
         with contextlib.closing(data.epoch()) as batches:
+            forward = lambda xs: model._forward(xs, training=False)[0]  # noqa: E731
+            if distribution_lib.active():  # each rank its rows of every batch, gathered in order
+                batches, forward = distribution_lib.sharded_predict(batches, forward)
             for step, (xs, _, _) in enumerate(batches):
                 callback_list.on_predict_batch_begin(step)
-                outputs, _ = model._forward(xs, training=False)
+                outputs = forward(xs)
                 chunks = chunks or [[] for _ in model.outputs]  # a Sequential is built by its first batch
                 for chunk, output in zip(chunks, outputs):
                     chunk.append(output)
