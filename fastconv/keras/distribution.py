@@ -6,14 +6,15 @@ per rank), over the same machinery as fastconv.keras.distributed.
     keras.distribution.set_distribution(keras.distribution.DataParallel())
     model.fit(x, y, batch_size=256)          # 256 is the global batch: 64 samples per rank
 
-Under a DataParallel distribution with more than one rank, fit and evaluate split the data by
-themselves: every rank gets the whole x and y, draws the same seeded permutation each epoch (rank
+Under a DataParallel distribution with more than one rank, fit, evaluate and predict split the data
+by themselves: every rank gets the whole x and y, draws the same seeded permutation each epoch (rank
 0's random state is sent to all ranks at the start of every epoch) and computes on its own slice of
 each global batch; the gradients are averaged weighted by each slice's size (so an uneven last batch
-counts each sample once, as on one process), and the loss and metric sums are added over the ranks,
-so every rank logs and returns the same numbers. fit starts by giving every rank rank 0's weights and
-checking that the ranks agree on the model and the data, failing with a message naming the rank that
-differs. Progress bars, CSVLogger, ModelCheckpoint and model.save act on rank 0 only.
+counts each sample once, as on one process), the loss and metric sums are added over the ranks, so
+every rank logs and returns the same numbers, and predict gathers every rank's outputs. BatchNormalization
+uses the global batch's statistics. fit starts by giving every rank rank 0's weights and checking
+that the ranks agree on the model and the data, failing with a message naming the rank that differs.
+Progress bars, CSVLogger, ModelCheckpoint and model.save act on rank 0 only.
 """
 import contextlib
 import itertools
