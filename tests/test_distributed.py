@@ -396,7 +396,8 @@ COLLECTIVES = textwrap.dedent("""
     report["paths_agree"] = paths[0] == paths[1 << 40]
     expected = np.zeros(big.size)
     for r in range(ranks):
-        expected += np.random.default_rng(10 + r).normal(size=100_003).astype(np.float32).astype(np.float64) * weights[r]
+        theirs = np.random.default_rng(10 + r).normal(size=100_003).astype(np.float32)
+        expected += theirs.astype(np.float64) * weights[r]
     report["big_as_expected"] = paths[0] == (expected / 7.0).astype(np.float32).tobytes()
     report["gathered"] = hvd.allgather(np.full((rank + 1, 2), rank)).tolist()
     report["broadcast"] = hvd.broadcast(np.array([rank, rank], np.float32), root_rank=1).tolist()

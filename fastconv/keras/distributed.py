@@ -533,7 +533,8 @@ class LearningRateWarmupCallback(Callback):
         if logs is not None:
             logs["lr"] = self.model.optimizer.learning_rate
         if epoch == math.ceil(self.warmup_epochs) - 1 and self.verbose and is_chief():
-            print(f"\nEpoch {epoch + 1}: finished gradual learning rate warmup to {self.model.optimizer.learning_rate:g}.")
+            print(f"\nEpoch {epoch + 1}: finished gradual learning rate warmup to "
+                  f"{self.model.optimizer.learning_rate:g}.")
 
 
 # ----- error handling under mpiexec -----
@@ -542,7 +543,6 @@ def abort_on_error(function, *args):
     """Run function(*args) and return its result; if it raises, or returns a non-zero exit code,
     abort every rank (as `python -m mpi4py` does for a script that raises), so that no rank waits
     forever in a collective for one that has left. Without MPI started, only runs it."""
-    import sys
     import traceback
     try:
         result = function(*args)
