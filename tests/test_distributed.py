@@ -413,6 +413,19 @@ COLLECTIVES = textwrap.dedent("""
             call()
         except (ValueError, TypeError) as error:
             errors[name] = str(error)
+    # DistributedOptimizer's update: SGD(1.0) moves a variable by minus the reduced gradient
+    updates = {}
+    for op, grad in (("average", np.full(3, rank + 1.0)), ("sum", np.full(3, rank + 1.0)),
+                     ("half", None if rank == 0 else np.full(3, 4.0)), ("none", None)):
+        variable = keras.Variable(np.zeros(3, np.float32))
+        optimizer = hvd.DistributedOptimizer(keras.optimizers.SGD(1.0), op="sum" if op == "sum" else "average")
+        optimizer.apply([grad], [variable])
+        updates[op] = variable.numpy().tolist()
+    report["updates"] = updates
+    try:
+        hvd.DistributedOptimizer(optimizer)
+    except ValueError as error:
+        errors["twice"] = str(error)
     report["errors"] = errors
     mesh = keras.distribution.DeviceMesh((ranks,), ["data"])
     report["mesh"] = [keras.distribution.DataParallel(mesh).batch_dim_name, keras.distribution.DataParallel().devices]
@@ -441,6 +454,10 @@ def test_collectives_sum_in_rank_order_and_agree_bitwise(tmp_path):
     assert "num_processes is 4" in errors["processes"]
     assert "devices must be every rank's device" in errors["devices"]
     assert "device_mesh must be a one-axis" in errors["mesh"]
+    assert "already a DistributedOptimizer" in errors["twice"]
+    # ranks 1, 2, 3 give the gradients 1, 2, 3; a rank without a gradient counts as zeros
+    assert reports[0]["updates"] == {"average": [-2.0] * 3, "sum": [-6.0] * 3, "half": [float(np.float32(-8 / 3))] * 3,
+                                     "none": [0.0] * 3}
     assert reports[0]["mesh"] == ["data", ["cpu:0", "cpu:1", "cpu:2"]]
     assert "op must be" in errors["op"]
 
