@@ -20,6 +20,7 @@ is named in the error rather than dropped, the archive members and HDF5 datasets
 they are read, and the model is built under a budget of the weight values the file actually holds, so a
 config cannot make it allocate more.
 """
+import contextlib
 import datetime
 import io
 import json
@@ -636,20 +637,23 @@ class _WeightsFile:
         except (OSError, RuntimeError) as error:
             _fail(self.path, f"cannot list {group.name} ({error})")
         if set(names) != {str(i) for i in range(len(names))}:
-            _fail(self.path, f"{group.name} should hold datasets named 0..{len(names) - 1}, got {sorted(names)[:10]}")
+            _fail(self.path, f"{group.name} should hold datasets named 0..{len(names) - 1}, "
+                             f"got {sorted(map(repr, names))[:10]}")
         datasets = []
         for i in range(len(names)):
             dataset = self.child(group, str(i), self.h5py.Dataset)
+            if dataset is None:  # listed, yet not found: a damaged link table
+                _fail(self.path, f"{group.name}/{i} is listed but cannot be opened")
             try:
                 dtype, shape = dataset.dtype, dataset.shape
                 external, virtual = dataset.external, dataset.is_virtual
                 stored = dataset.id.get_storage_size()
-                marked = "dtype" in dataset.attrs
             except (OSError, RuntimeError, ValueError, TypeError) as error:
                 _fail(self.path, f"cannot read {dataset.name} ({error})")
-            # IEEE floats, or integers (Keras' Normalization count); bfloat16 carries a "dtype" attribute.
+            # IEEE floats, or integers (Keras' Normalization count). (A bfloat16 layer's config is refused
+            # before its arrays are read.)
             if (shape is None or dtype.kind not in "fiu" or dtype.itemsize not in (1, 2, 4, 8)
-                    or (dtype.kind == "f" and dtype.itemsize == 1) or marked):
+                    or (dtype.kind == "f" and dtype.itemsize == 1)):
                 _fail(self.path, f"{dataset.name} is not an array of numbers (dtype {dtype}, shape {shape})")
             if external or virtual:
                 _fail(self.path, f"{dataset.name} keeps its data outside the file; refused")
@@ -670,18 +674,12 @@ class _WeightsFile:
         return total
 
 
-def _load_into(weights_file, layers, paths, check_names):
+def _load_into(weights_file, layers, paths):
     """Copy the file's arrays into the layers' weights, after checking all of them match."""
     plan = []
     for layer, layer_path in zip(layers, paths):
         group = weights_file.vars_group(layer_path)
         datasets = [] if group is None else weights_file.arrays(group)
-        if check_names and group is not None and "name" in group.attrs:
-            saved_name = group.attrs["name"]
-            saved_name = saved_name.decode("utf-8", "replace") if isinstance(saved_name, bytes) else str(saved_name)
-            if saved_name != layer.name:
-                _fail(weights_file.path, f"{layer_path} holds the weights of layer {saved_name!r}, but the model's "
-                                         f"layer at that place is {layer.name!r}")
         variables = keras_variables(layer)
         if len(variables) != len(layer.weights):
             _fail(weights_file.path, f"layer {layer.name!r} holds layers with weights of their own, which fastconv "
@@ -701,6 +699,17 @@ def _load_into(weights_file, layers, paths, check_names):
             _fail(weights_file.path, f"cannot read {dataset.name} ({error})")
 
 
+@contextlib.contextmanager
+def _damaged_weights_named(path):
+    """HDF5 structures damaged past what the checks above look at surface from h5py as OSError,
+    RuntimeError, KeyError or TypeError (an attribute's unknown string encoding) at any access: each
+    becomes a ValueError naming the file."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError, TypeError) as error:
+        _fail(path, f"the weights are damaged ({error})")
+
+
 def load_weights(model, filepath):
     """Load a `.weights.h5` file (or the weights of a `.keras` archive) written by Keras 3 or fastconv."""
     h5py = import_h5py(filepath, "loading weights from")
@@ -712,10 +721,11 @@ def load_weights(model, filepath):
     weights_file = _WeightsFile(h5py, source, filepath)
     try:
         order = keras_layer_order(model)
-        # Names may differ between two instances of one architecture, so only the paths are matched.
-        _load_into(weights_file, order, weight_paths(order), check_names=False)
-        if model._trainer is not None:  # as Keras does, a compiled model takes the optimizer's state too
-            _restore_optimizer_state(weights_file, model, filepath)
+        with _damaged_weights_named(filepath):
+            # By path, as Keras does: layer names differ between two instances of one architecture.
+            _load_into(weights_file, order, weight_paths(order))
+            if model._trainer is not None:  # as Keras does, a compiled model takes the optimizer's state too
+                _restore_optimizer_state(weights_file, model, filepath)
     finally:
         weights_file.close()
 
@@ -732,17 +742,21 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     config, weights = _open_archive(filepath)
     weights_file = _WeightsFile(h5py, io.BytesIO(weights), filepath)
     try:
-        # The budget: every array under layers/ in the file; no layer may allocate beyond it.
-        layers_group = weights_file.child(weights_file.file, "layers", h5py.Group)
-        layer_paths = [] if layers_group is None else [f"layers/{name}" for name in layers_group.keys()]
-        with limit_weights(weights_file.total_values(layer_paths)):
+        with _damaged_weights_named(filepath):
+            # The budget: every array under layers/ in the file; no layer may allocate beyond it.
+            layers_group = weights_file.child(weights_file.file, "layers", h5py.Group)
+            layer_paths = [] if layers_group is None else [f"layers/{name}" for name in layers_group.keys()]
+            budget = weights_file.total_values(layer_paths)
+        with limit_weights(budget):
             model = _build_model(config, filepath, loading)
         order = keras_layer_order(model)
-        _load_into(weights_file, order, weight_paths(order), check_names=True)
+        with _damaged_weights_named(filepath):
+            _load_into(weights_file, order, weight_paths(order))
         if compile and config.get("compile_config"):
             _compile_from_keras(model, config["compile_config"], filepath)
             if model._trainer is not None:
-                _restore_optimizer_state(weights_file, model, filepath)
+                with _damaged_weights_named(filepath):
+                    _restore_optimizer_state(weights_file, model, filepath)
     finally:
         weights_file.close()
     return model
@@ -791,6 +805,7 @@ def _initializer(value):
     _require(isinstance(value, dict) and isinstance(value.get("config", {}), dict),
              f"initializer must be a name or a {{'class_name', 'config'}} object, got {str(value)[:100]}")
     class_name, config = value.get("class_name"), dict(value.get("config") or {})
+    _require(isinstance(class_name, str), f"an initializer's class_name must be a string, got {str(class_name)[:60]}")
     if class_name in _INITIALIZER_EQUIVALENTS:
         class_name, config = _INITIALIZER_EQUIVALENTS[class_name][0], {**_INITIALIZER_EQUIVALENTS[class_name][1],
                                                                         "seed": config.get("seed")}
@@ -900,6 +915,8 @@ def _layer_from_entry(entry, loading):
     _require(isinstance(entry, dict) and isinstance(entry.get("config"), dict),
              f"each layer must be {{'class_name': ..., 'config': {{...}}}}, got {str(entry)[:100]}")
     class_name, config, registered = entry.get("class_name"), entry["config"], entry.get("registered_name")
+    _require(isinstance(class_name, str) and (registered is None or isinstance(registered, str)),
+             f"a layer's class_name and registered_name must be strings, got {str(class_name)[:60]}")
     if class_name == "Lambda" and registered in (None, "Lambda"):
         return _lambda_layer(config, loading)
     if class_name in _MODEL_CLASSES:
@@ -1173,6 +1190,8 @@ def _build_model(config, path, loading):
         _fail(path, f"cannot rebuild the model: {error}")
     except RecursionError:
         _fail(path, "cannot rebuild the model: the config nests too deeply")
+    except (TypeError, KeyError, AttributeError, OverflowError) as error:  # a value of the wrong kind
+        _fail(path, f"cannot rebuild the model: malformed config ({type(error).__name__}: {error})")
 
 
 # ----- reading: compile settings -----
@@ -1241,6 +1260,6 @@ def _compile_from_keras(model, config, path):
         _require(metrics is None or isinstance(metrics, list), "metrics must be a list")
         metrics = None if metrics is None else [_keras_metric(item) for item in metrics]
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=config.get("loss_weights"))
-    except (_ConfigError, ValueError, TypeError) as error:
+    except (_ConfigError, ValueError, TypeError, KeyError, AttributeError) as error:
         warnings.warn(f"{os.fspath(path)}: the model is returned uncompiled: its compile settings cannot be "
                       f"restored ({error})", stacklevel=3)
