@@ -36,7 +36,7 @@ def numeric_vjp(fn, args, index, cotangents, eps=1e-6):
     grad = np.zeros_like(x)
 
     def objective():
-        return builtins_sum(float(np.sum(np.asarray(o, np.float64) * c)) for o, c in zip(_leaves(fn(*args)), cotangents))
+        return sum(float(np.sum(np.asarray(o, np.float64) * c)) for o, c in zip(_leaves(fn(*args)), cotangents))
     for idx in np.ndindex(x.shape):
         original = x[idx]
         x[idx] = original + eps
@@ -46,9 +46,6 @@ def numeric_vjp(fn, args, index, cotangents, eps=1e-6):
         x[idx] = original
         grad[idx] = (plus - minus) / (2 * eps)
     return grad
-
-
-builtins_sum = sum
 
 
 def tape_vjp(fn, args, wrt, cotangents):
