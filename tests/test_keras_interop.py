@@ -282,6 +282,7 @@ KERAS_OPTIMIZERS = {
     "adagrad": lambda: real_keras.optimizers.Adagrad(0.05),
     "adadelta": lambda: real_keras.optimizers.Adadelta(1.0),
     "adamw": lambda: real_keras.optimizers.AdamW(0.01),
+    "nadam": lambda: real_keras.optimizers.Nadam(0.01),
 }
 
 

@@ -162,14 +162,15 @@ def test_schedules_and_optimizer_lookup():
 
 def test_weight_decay_adamw_and_nadam_steps():
     """Keras 3's rules: decoupled weight decay w -= lr * wd * w before the update (AdamW: Adam with 0.004),
-    and Nadam's momentum schedule mu_t = beta_1 * (1 - 0.5 * 0.96 ** (0.004 t)) over three steps."""
+    and Nadam's momentum schedule mu_t = beta_1 * (1 - 0.5 * 0.96 ** t) over three steps (Keras 3's
+    nadam.py; tf.keras had 0.96 ** (0.004 t))."""
     m, v = 0.1 * G, 0.001 * G * G
     adam_delta = 0.01 * math.sqrt(1 - 0.999) / (1 - 0.9) * m / (np.sqrt(v) + 1e-7)
     np.testing.assert_allclose(_one_step(optimizers.AdamW(0.01), W, G), W * (1 - 0.01 * 0.004) - adam_delta)
     np.testing.assert_allclose(_one_step(optimizers.SGD(0.1, weight_decay=0.5), W, G), W * (1 - 0.05) - 0.1 * G)
     w, m, v, product = W.copy(), np.zeros(3), np.zeros(3), 1.0
     for t in (1, 2, 3):
-        mu, mu_next = (0.9 * (1 - 0.5 * 0.96 ** (0.004 * step)) for step in (t, t + 1))
+        mu, mu_next = (0.9 * (1 - 0.5 * 0.96 ** step) for step in (t, t + 1))
         product *= mu
         m = 0.9 * m + 0.1 * G
         v = 0.999 * v + 0.001 * G * G

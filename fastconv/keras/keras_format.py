@@ -421,7 +421,7 @@ def _slot_groups(optimizer):
     add_optimizer_variables with several names interleaves them; separate calls follow each other).
     None for an optimizer whose state fastconv does not exchange."""
     name = type(optimizer).__name__
-    if name in ("Adam", "AdamW", "Adadelta"):
+    if name in ("Adam", "AdamW", "Nadam", "Adadelta"):
         return [(0, 1)]
     if name == "SGD":
         return [(0,)] if optimizer.momentum else []
@@ -429,7 +429,12 @@ def _slot_groups(optimizer):
         return [(0,), (1,)] if optimizer.momentum else [(0,)]
     if name == "Adagrad":
         return [(0,)]
-    return None  # Nadam keeps a momentum product Keras computes differently; Keras then starts afresh
+    return None
+
+
+def _trailing_scalars(optimizer):
+    """State Keras keeps after the per-variable slots: Nadam's product of its momenta (_u_product)."""
+    return ["_momentum_product"] if type(optimizer).__name__ == "Nadam" else []
 
 
 def _keras_trainable_variables(model):
@@ -453,6 +458,7 @@ def _optimizer_arrays(model):
         for variable in variables:
             slots = optimizer._slots.get(variable) or optimizer._new_slots(variable.value)
             arrays.extend(np.asarray(slots[i], "<f4") for i in group)
+    arrays.extend(np.array(getattr(optimizer, name), "<f4") for name in _trailing_scalars(optimizer))
     return arrays
 
 
@@ -472,12 +478,12 @@ def _restore_optimizer_state(weights_file, model, path):
     elif not isinstance(optimizer._learning_rate, float):
         problem = "the optimizer follows a learning-rate schedule"
     else:
-        slots_per_variable = sum(len(g) for g in groups)
-        if len(datasets) != 2 + slots_per_variable * len(variables):
-            problem = (f"the file holds {len(datasets)} arrays, not the {2 + slots_per_variable * len(variables)} "
-                       f"of {type(optimizer).__name__} for {len(variables)} variables")
+        expected = ([()] * 2 + [variable.shape for g in groups for variable in variables for _ in g]
+                    + [()] * len(_trailing_scalars(optimizer)))
+        if len(datasets) != len(expected):
+            problem = (f"the file holds {len(datasets)} arrays, not the {len(expected)} of "
+                       f"{type(optimizer).__name__} for {len(variables)} variables")
     if problem is None:
-        expected = [()] * 2 + [variable.shape for g in groups for variable in variables for _ in g]
         if [tuple(d.shape) for d in datasets] != expected:
             problem = "its arrays do not match the model's trainable weights"
     if problem is not None:
@@ -491,6 +497,8 @@ def _restore_optimizer_state(weights_file, model, path):
             for i in group:
                 slots[variable][i] = np.array(values[position], dtype=variable.value.dtype)
                 position += 1
+    for name, value in zip(_trailing_scalars(optimizer), values[position:]):
+        setattr(optimizer, name, float(value))
     optimizer.iterations = int(values[0])
     if np.float32(optimizer.learning_rate) != np.float32(values[1]):  # changed while training, e.g. by a callback
         optimizer.learning_rate = float(values[1])

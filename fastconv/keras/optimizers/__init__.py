@@ -161,7 +161,8 @@ class Nadam(Adam):
         self._momentum_product = 1.0  # the product of the schedule's momenta over the steps taken
 
     def _momentum(self, step):
-        return self.beta_1 * (1 - 0.5 * 0.96 ** (0.004 * step))
+        # Keras 3's schedule (0.96 ** step; Keras 2 / tf.keras had 0.96 ** (0.004 * step)).
+        return self.beta_1 * (1 - 0.5 * 0.96 ** step)
 
     def apply(self, grads, trainable_variables):
         step = self.iterations + 1
