@@ -17,6 +17,10 @@ from fastconv._args import conv_geometry
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MiB = 2**20
+# tools/sanitize preloads ASan, whose quarantine keeps freed memory resident: RSS says nothing there.
+rss_measurable = pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", "") or
+                                    not os.path.exists("/proc/self/statm"),
+                                    reason="RSS is not meaningful under ASan (or without /proc)")
 
 
 def rss_bytes():
@@ -124,7 +128,8 @@ def test_workspace_per_call_is_within_the_stated_bound(n, h, w, cin, cout, kh, k
 def test_a_call_allocates_what_conv2d_workspace_bytes_says(n, h, w, cin, cout, kh, kw, strides, dilation, padding,
                                                              algorithm, backward):
     """Measured: the most scratch held during the call (after releasing the cache) is the reported size
-    (or less, where the GEMM reads an operand in place that the size had to allow packing for)."""
+    (or less, where the GEMM reads an operand in place that the size had to allow packing for), up to
+    whole pages for the buffers of 256 KiB and more (their own mappings) and 16 floats at least."""
     kwargs = dict(strides=strides, padding=padding, dilation_rate=dilation, algorithm=algorithm)
     try:
         g = conv_geometry((n, h, w, cin), (kh, kw, cin, cout), strides, padding, dilation)
@@ -140,7 +145,7 @@ def test_a_call_allocates_what_conv2d_workspace_bytes_says(n, h, w, cin, cout, k
         fastconv.conv2d_backward(np.ones(g.out_shape, np.float32), x, k, **kwargs)
     else:
         fastconv.conv2d(x, k, **kwargs)
-    assert _C.workspace_stats()[1] <= max(reported, 64 * 16)  # a slot's smallest buffer: 16 floats
+    assert _C.workspace_stats()[1] <= max(reported, 64) + 3 * PAGE  # 3 slots, each up to a page more
 
 
 @pytest.fixture
@@ -228,6 +233,7 @@ def large_backward():
     return x, w, np.ones((1, 64, 64, 1), np.float32), kwargs
 
 
+@rss_measurable
 def test_a_large_call_gives_its_scratch_back_when_it_ends(threads):
     """One large backward pass kept 1.2 GiB in the main thread until exit before; now a call that ends
     with more than the cache limit held frees its thread's buffers."""
@@ -249,6 +255,7 @@ def test_a_large_call_gives_its_scratch_back_when_it_ends(threads):
     assert growth < 16 * MiB, f"RSS grew {growth / MiB:.1f} MiB after a call that used {need / MiB:.0f} MiB"
 
 
+@rss_measurable
 def test_many_shapes_stay_under_the_cache_limit_and_release_returns_to_baseline():
     """50 convolutions of varied shapes ratcheted RSS up 62 MiB without coming back before."""
     rng = np.random.default_rng(3)
