@@ -265,6 +265,26 @@ def test_evaluate_and_predict_take_generators_with_steps():
     np.testing.assert_allclose(model.predict(batches_of(x, y, 10), verbose=0), model.predict(x, verbose=0))
 
 
+def test_a_generator_is_read_ahead_in_a_background_thread():
+    x, y = small_data(60)
+    requested = [threading.Event() for _ in range(6)]
+    threads = set()
+
+    def batches():
+        for i in range(6):
+            requested[i].set()
+            threads.add(threading.current_thread().name)
+            yield x[10 * i:10 * (i + 1)], y[10 * i:10 * (i + 1)]
+
+    class WaitForNext(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 < 6:  # the next batch is being read while this step's end runs
+                assert requested[batch + 1].wait(timeout=30)
+
+    small_model().fit(batches(), verbose=0, callbacks=[WaitForNext()])
+    assert threads and threading.current_thread().name not in threads
+
+
 def test_bad_generator_uses_raise_clear_errors():
     x, y = small_data(20)
     model = small_model()
