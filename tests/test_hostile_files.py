@@ -192,11 +192,10 @@ def test_a_gzip_bomb_is_refused_from_its_header_without_inflating(isolated):  # 
     directory = write_idx_dataset(isolated / "bomb", dataset)
     count = (1 << 30) // (28 * 28)
     bomb = directory / "train-images-idx3-ubyte.gz"
-    with gzip.open(bomb, "wb", compresslevel=1) as stream:
-        stream.write(idx_header(0x08, (count, 28, 28)))
-        zeros = bytes(1 << 20)
-        for _ in range(count * 28 * 28 >> 20):
-            stream.write(zeros)
+    # gzip members concatenated read as one stream: the header, then a compressed MiB of zeros repeated.
+    mebibyte_of_zeros = gzip.compress(bytes(1 << 20))
+    bomb.write_bytes(gzip.compress(idx_header(0x08, (count, 28, 28))) + mebibyte_of_zeros * (count * 28 * 28 >> 20))
+    assert gzip.open(bomb).read(1 << 24)[:16] == idx_header(0x08, (count, 28, 28))
     assert bomb.stat().st_size < 8 << 20
     started = time.monotonic()
     with pytest.raises(ValueError, match=rf"{bomb}: IDX header declares shape \({count}, 28, 28\); "
@@ -334,3 +333,17 @@ def test_a_killed_save_leaves_a_temporary_that_the_next_save_removes(tmp_path):
     os.utime(tmp_path / leftovers[0], (an_hour_ago, an_hour_ago))
     small_model().save(path)
     assert os.listdir(tmp_path) == [path.name]
+
+
+def test_a_downloaded_gzip_bomb_is_refused_once_it_inflates_past_the_cap(raw_server):
+    """A small body within the download cap whose content would inflate far beyond any MNIST file."""
+    bomb = gzip.compress(bytes(100 << 20), compresslevel=1)  # twice the largest MNIST file
+    assert len(bomb) < 1 << 20
+
+    def serve_bomb(server, connection):
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(bomb) + bomb)
+
+    raw_server(serve_bomb)
+    outcome, _ = run_bounded(mnist.load_data, 60)
+    assert "decompresses to more than" in str(outcome.get("error")), outcome
+    assert os.listdir(mnist_cache()) == []

@@ -113,7 +113,8 @@ def _fill_and_rename(fd, temporary, url, name, expected_sha256, cache_dir, timeo
             _copy_response(url, out, timeout, deadline, max_bytes)
             out.flush()
             os.fsync(out.fileno())
-        actual_sha256 = _file_sha256(temporary) if as_served else content_sha256(temporary)
+        # The decompressed content of a legitimate file is no larger than the cap on what is downloaded.
+        actual_sha256 = _file_sha256(temporary) if as_served else content_sha256(temporary, max_bytes)
         if actual_sha256 != expected_sha256:
             what = "the file" if as_served else "the decompressed content"
             raise ValueError(f"sha256 of {what} is {actual_sha256}, expected {expected_sha256}; discarded")

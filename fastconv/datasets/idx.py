@@ -69,12 +69,20 @@ def is_gzip(path):
         return file.read(len(GZIP_MAGIC)) == GZIP_MAGIC
 
 
-def content_sha256(path):
-    """Return the hex sha256 of a file's content, decompressed first if it is gzip."""
+def content_sha256(path, max_bytes=None):
+    """Return the hex sha256 of a file's content, decompressed first if it is gzip.
+
+    With ``max_bytes``, content longer than that raises ``ValueError`` as soon as it is read past:
+    a small gzip from an untrusted server could otherwise keep the hash busy over gigabytes.
+    """
     digest = hashlib.sha256()
     opener = gzip.open if is_gzip(path) else open
+    hashed = 0
     with _gzip_errors_as_value_error(os.fsdecode(path)), opener(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
+            hashed += len(chunk)
+            if max_bytes is not None and hashed > max_bytes:
+                raise ValueError(f"{os.fsdecode(path)}: content decompresses to more than {max_bytes} bytes")
             digest.update(chunk)
     return digest.hexdigest()
 
