@@ -70,7 +70,8 @@ def test_keras2_backend_names():
 # ----- compile -----
 
 def small_model(**compile_kwargs):
-    model = keras.Sequential([keras.Input((4,)), layers.Dense(8, activation="relu"), layers.Dense(3, activation="softmax")])
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(8, activation="relu"),
+                              layers.Dense(3, activation="softmax")])
     model.compile(**{"optimizer": "sgd", "loss": "sparse_categorical_crossentropy", **compile_kwargs})
     return model
 

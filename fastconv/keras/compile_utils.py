@@ -60,10 +60,12 @@ def _metrics_by_output(model, metrics, what):
         names = _outputs_of_built_model(model, what)
         _refuse_unknown_keys(metrics, names, what)
         return [_as_list(metrics.get(name)) for name in names]
-    if isinstance(metrics, (list, tuple)) and metrics and all(m is None or isinstance(m, (list, tuple)) for m in metrics):
+    per_output = isinstance(metrics, (list, tuple)) and metrics
+    if per_output and all(m is None or isinstance(m, (list, tuple)) for m in metrics):
         outputs = len(model.outputs) if model.built else 1
         if len(metrics) != outputs:
-            raise ValueError(f"{what} given as a list of lists needs one list per output ({outputs}), got {len(metrics)}")
+            raise ValueError(f"{what} given as a list of lists needs one list per output ({outputs}), "
+                             f"got {len(metrics)}")
         return [_as_list(m) for m in metrics]
     if metrics is not None and not isinstance(metrics, (list, tuple)):
         raise TypeError(f"{what} must be a list (or a dict by output name), got {type(metrics).__name__}")
