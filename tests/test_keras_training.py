@@ -296,15 +296,15 @@ def test_functional_graph_gradients_with_shared_layers_and_merges(float64_numpy)
     trainer = model._trainer
 
     def total_loss():
-        outputs, contexts = model._forward(xs, training=True)
+        outputs, contexts = model.forward_graph(xs, training=True)
         return trainer._losses_and_gradients(outputs, ys, contexts, False)[0]
 
-    outputs, contexts = model._forward(xs, training=True)
+    outputs, contexts = model.forward_graph(xs, training=True)
     _, _, grads, fused = trainer._losses_and_gradients(outputs, ys, contexts, True)
     assert fused == [0]  # the softmax output takes the fused gradient
     for variable in model.weights:
         variable.grad = None
-    model._backward(contexts, grads, fused)
+    model.backward_graph(contexts, grads, fused)
     for variable in model.trainable_weights:
         picks, numeric = numeric_gradient(total_loss, variable.value, count=6)
         np.testing.assert_allclose(variable.grad.reshape(-1)[picks], numeric, rtol=1e-5, atol=1e-8, err_msg=variable.name)
@@ -606,11 +606,11 @@ def relu_chain_model():
 
 def gradients_of(model, x, y):
     trainer = model._trainer
-    outputs, contexts = model._forward([x], training=True)
+    outputs, contexts = model.forward_graph([x], training=True)
     _, _, grads, fused = trainer._losses_and_gradients(outputs, [y], contexts, True)
     for variable in model.weights:
         variable.grad = None
-    model._backward(contexts, grads, fused)
+    model.backward_graph(contexts, grads, fused)
     return [variable.grad for variable in model.trainable_weights]
 
 
@@ -638,7 +638,7 @@ def test_relu_gradients_applied_by_the_next_conv_or_pool_match_the_numpy_backend
         oracle.set_weights(weights)
         want = gradients_of(oracle, x, y)
         picks, numeric = numeric_gradient(
-            lambda: oracle._trainer._losses_and_gradients(oracle._forward([x], True)[0], [y], None, False)[0],
+            lambda: oracle._trainer._losses_and_gradients(oracle.forward_graph([x], True)[0], [y], None, False)[0],
             oracle.trainable_weights[0].value, count=8)
     finally:
         keras.backend.set_backend("fastconv")

@@ -165,8 +165,7 @@ def _model_inputs(model, x, what):
     """x (arrays, a list of them, or a dict by Input name) as the model's list of inputs, checked
     against it; a Sequential without an input shape is built for them."""
     xs = _trainer._arrays(_by_input_names(model, x), len(model.inputs) if model.built else 1, what)
-    model._ensure_built(xs)
-    model._check_inputs(xs)
+    model.prepare_inputs(xs)
     _trainer._check_lengths(xs, None)
     return xs
 

@@ -5,7 +5,7 @@ summary and configuration. Training, evaluation and prediction loops live in `tr
 """
 import numpy as np
 
-from fastconv.keras import activations, autodiff, backend, saving
+from fastconv.keras import activations, autodiff, backend
 from fastconv.keras.layers.base import (
     InputLayer, KerasTensor, Layer, Input, Node, _format_shape, _snake_case, _values, unique_name, unique_variables,
 )
@@ -192,6 +192,12 @@ class Model(Layer):
         node.output = KerasTensor(output_shape, node, name=self.name)
         self._set_graph(inputs if len(inputs) > 1 else inputs[0], node.output)
 
+    def prepare_inputs(self, xs):
+        """Build the model on its first data (Sequential and subclassed models), then check that the
+        list of input arrays xs fits its inputs. The training loops call this on every batch source."""
+        self._ensure_built(xs)
+        self._check_inputs(xs)
+
     def _check_inputs(self, xs):
         if len(xs) != len(self.inputs):
             raise ValueError(f"model {self.name!r} expects {len(self.inputs)} input arrays, got {len(xs)}")
@@ -201,7 +207,8 @@ class Model(Layer):
                 raise ValueError(f"input {i} of model {self.name!r} must have shape {_format_shape(expected)}, "
                                  f"got an array of shape {_format_shape(x.shape)}")
 
-    def _forward(self, xs, training):
+    # ----- the graph as the training loops run it (trainer.py uses these public methods only) -----
+    def forward_graph(self, xs, training):
         """Run the graph on a list of input arrays; return the output arrays and every layer's context."""
         values = [None] * len(self._nodes)
         for i, x in zip(self._input_ids, xs):
@@ -212,7 +219,7 @@ class Model(Layer):
             values[out_id], contexts[k] = layer.forward(inputs, training)
         return [values[i] for i in self._output_ids], contexts
 
-    def _output_logits(self, contexts, j):
+    def graph_preactivation(self, contexts, j):
         """(activation, pre-activation) of output j when the loss may fuse with it, else None."""
         k = self._fusable_outputs[j]
         if k is None:
@@ -221,7 +228,7 @@ class Model(Layer):
         preactivation = layer.preactivation(contexts[k])
         return None if preactivation is None else (layer.activation, preactivation)
 
-    def _backward(self, contexts, output_grads, preactivation_outputs=()):
+    def backward_graph(self, contexts, output_grads, preactivation_outputs=()):
         """Push output gradients back; weight gradients accumulate in each Variable's .grad.
 
         Output j in `preactivation_outputs` carries the gradient at its layer's pre-activation (fused loss).
@@ -249,7 +256,7 @@ class Model(Layer):
                 # A new array, never +=: merge layers hand the same gradient array to several inputs.
                 grads[i] = g if grads[i] is None else grads[i] + g
 
-    def _added_loss(self, contexts):
+    def graph_added_loss(self, contexts):
         """The losses the model's call-based layers added (add_loss) in the forward pass of contexts."""
         return sum(layer.added_loss(ctx) for (layer, _, _, _), ctx in zip(self._plan, contexts))
 
@@ -301,11 +308,10 @@ class Model(Layer):
         if self._subclassed:
             return super().__call__(inputs, training=training, **kwargs)
         xs = [np.asarray(autodiff.unwrap(x), dtype=backend.floatx()) for x in items]
-        self._ensure_built(xs)
-        self._check_inputs(xs)
+        self.prepare_inputs(xs)
         if autodiff.recording() or kwargs:
             return super().__call__(inputs, training=training, **kwargs)
-        outputs, _ = self._forward(xs, bool(training))
+        outputs, _ = self.forward_graph(xs, bool(training))
         return outputs[0] if self._single_output else outputs
 
     # ----- weights -----
@@ -502,14 +508,17 @@ class Model(Layer):
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
         return {metric.name: metric.result() for metric in self.metrics}
 
-    # ----- saving -----
+    # ----- saving (fastconv.keras.saving builds on this module, so it is imported when used) -----
     def save(self, filepath):
+        from fastconv.keras import saving
         saving.save_model(self, filepath)
 
     def save_weights(self, filepath):
+        from fastconv.keras import saving
         saving.save_weights(self, filepath)
 
     def load_weights(self, filepath):
+        from fastconv.keras import saving
         saving.load_weights(self, filepath)
 
     def to_config(self):
@@ -736,4 +745,5 @@ def _subclassed_model_from_config(config, resolve):
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Load a model saved with model.save (architecture, weights and, when possible, compile settings)."""
+    from fastconv.keras import saving
     return saving.load_model(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

@@ -27,6 +27,9 @@ import numpy as np
 
 from fastconv._tempfiles import locked_temporary, remove_abandoned
 from fastconv.keras import keras_format, object_registry
+from fastconv.keras.layers import LAYER_CLASSES
+from fastconv.keras.layers.base import limit_weights
+from fastconv.keras.models import model_from_config
 from fastconv.keras.object_registry import (  # noqa: F401  (keras.saving's public names)
     custom_object_scope, get_custom_objects, get_registered_name, get_registered_object, register_keras_serializable,
 )
@@ -226,9 +229,6 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
         raise TypeError(f"custom_objects must be a dict {{name: class}}, got {type(custom_objects).__name__}")
     if keras_format.holds_keras_format(filepath):  # a Keras 3 .keras archive, by its first bytes
         return keras_format.load_model(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
-    from fastconv.keras.layers import LAYER_CLASSES
-    from fastconv.keras.layers.base import limit_weights
-    from fastconv.keras.models import model_from_config
 
     with open(filepath, "rb") as file:
         header = _read_header(file, filepath, os.fstat(file.fileno()).st_size)

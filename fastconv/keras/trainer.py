@@ -211,8 +211,7 @@ class Trainer:
     def _standardize(self, x, y):
         model = self.model
         xs = _arrays(x, len(model.inputs) if model.built else 1, "x")
-        model._ensure_built(xs)
-        model._check_inputs(xs)
+        model.prepare_inputs(xs)
         custom_steps = self._overridden("train_step") or self._overridden("test_step")
         if self.losses[0] is None and not custom_steps:
             raise ValueError("compile the model with a loss before training or evaluating it")
@@ -234,7 +233,7 @@ class Trainer:
             target = loss.prepare_targets(y, output.shape, output.dtype)
             fused = None
             if with_gradients:
-                logits = self.model._output_logits(contexts, j)
+                logits = self.model.graph_preactivation(contexts, j)
                 fused = logits and loss.fused(target, logits[1], logits[0])
             if fused:
                 per_sample, grad = fused
@@ -280,13 +279,13 @@ class Trainer:
 
     def builtin_train_step(self, xs, ys, weights=None):
         model = self.model
-        outputs, contexts = model._forward(xs, training=True)
+        outputs, contexts = model.forward_graph(xs, training=True)
         total, stats, grads, preactivation_outputs = self._losses_and_gradients(outputs, ys, contexts, True, weights)
         variables = model.trainable_weights
         for variable in variables:
             variable.grad = None
-        model._backward(contexts, grads, preactivation_outputs)
-        total += model._added_loss(contexts)
+        model.backward_graph(contexts, grads, preactivation_outputs)
+        total += model.graph_added_loss(contexts)
         for variable in variables:
             if variable.regularizer is not None:
                 total += variable.regularizer(variable.value)
@@ -298,9 +297,9 @@ class Trainer:
         return self._track({"loss": (total * count, count), **stats})
 
     def builtin_test_step(self, xs, ys, weights=None):
-        outputs, contexts = self.model._forward(xs, training=False)
+        outputs, contexts = self.model.forward_graph(xs, training=False)
         total, stats, _, _ = self._losses_and_gradients(outputs, ys, None, False, weights)
-        total += self.model._added_loss(contexts)
+        total += self.model.graph_added_loss(contexts)
         total += sum(v.regularizer(v.value) for v in self.model.trainable_weights if v.regularizer is not None)
         count = len(outputs[0])
         return self._track({"loss": (total * count, count), **stats})
@@ -440,7 +439,7 @@ def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=Non
         callback_list.on_predict_begin()
         chunks = [[] for _ in model.outputs] if model.built else None
         with contextlib.closing(data.epoch()) as batches:
-            forward = lambda xs: model._forward(xs, training=False)[0]  # noqa: E731
+            forward = lambda xs: model.forward_graph(xs, training=False)[0]  # noqa: E731
             if distribution_lib.active():  # each rank its rows of every batch, gathered in order
                 batches, forward = distribution_lib.sharded_predict(batches, forward)
             for step, (xs, _, _) in enumerate(batches):
