@@ -128,19 +128,81 @@ def compare_table(out):
     return "\n".join(lines)
 
 
-def main():
-    out = pathlib.Path(sys.argv[1])
+def summary(out, loads):
+    """A few lines of the headline ratios, each with the load it was measured under."""
+    lines = []
+    try:
+        text = (out / "gemm.txt").read_text().splitlines()
+        by_threads = {}
+        for line in text:
+            cells = line.split()
+            if len(cells) == 7 and re.match(r"\d", cells[0]) and cells[3].endswith("%"):
+                by_threads.setdefault(cells[1], []).append((float(cells[6]), int(cells[3][:-1])))
+        for threads, values in sorted(by_threads.items()):
+            ratios = [r for r, _ in values]
+            peaks = [p for _, p in values]
+            lines.append(f"- **GEMM**, {threads} thread(s): {statistics.median(ratios):.2f}x numpy.matmul's speed "
+                         f"(median over {len(ratios)} shapes, {min(ratios):.2f}-{max(ratios):.2f}x), "
+                         f"{min(peaks)}-{max(peaks)}% of the FMA peak ({load_note(loads, 'gemm')}).")
+    except OSError:
+        pass
+    try:
+        data = json.loads((out / "suite.json").read_text())
+        groups = {}
+        for row in data["rows"]:
+            s = row["seconds"]
+            for impl in ("numpy", "torch"):
+                if impl in s:
+                    key = row["op"].split()[0] if row["op"] != "train step" else "train step"
+                    groups.setdefault((key, impl), []).append(s[impl] / s["fastconv"])
+        names = {"conv2d": "Conv2D forward and backward", "maxpool": "2x2 max pooling",
+                 "train step": "one training step", "gemm": "GEMM rows of the suite"}
+        for key in ("conv2d", "maxpool", "train step"):
+            parts = []
+            for impl, label in (("torch", "PyTorch"), ("numpy", "the NumPy reference")):
+                values = groups.get((key, impl))
+                if values:
+                    parts.append(f"{min(values):.1f}-{max(values):.1f}x {label} (median {statistics.median(values):.1f}x)")
+            if parts:
+                lines.append(f"- **{names[key]}**: " + ", ".join(parts) + f" ({data['threads']} threads).")
+        lines.append(f"  (suite: {load_note(loads, 'suite')})")
+    except OSError:
+        pass
+    return "\n".join(lines)
+
+
+SECTIONS = {"peak": (peak_table, ["peak"]), "gemm": (gemm_table, ["gemm"]), "suite": (suite_table, ["suite"]),
+            "epochs": (epochs_table, None), "compare": (compare_table, ["compare"])}
+
+
+def sections(out):
     loads = load_lines(out)
-    for title, make, steps in (("FMA peak", peak_table, ["peak"]), ("GEMM", gemm_table, ["gemm"]),
-                               ("Suite", suite_table, ["suite"]),
-                               ("Epochs", epochs_table, sorted(k for k in loads if k.startswith("epochs"))),
-                               ("Built-in layers stay fast", compare_table, ["compare"])):
-        print(f"### {title}\n\n_{load_note(loads, *steps)}_\n")
+    result = {"summary": summary(out, loads)}
+    for name, (make, steps) in SECTIONS.items():
+        steps = steps or sorted(k for k in loads if k.startswith("epochs"))
         try:
-            print(make(out))
+            body = make(out)
         except (OSError, ValueError, KeyError) as exc:
-            print(f"(not measured: {exc})")
-        print()
+            body = f"(not measured: {exc})"
+        result[name] = f"_Measured {load_note(loads, *steps) or 'with no load record'}._\n\n{body}"
+    return result
+
+
+def main():
+    """Prints every table; with --fill PAGE, replaces each `<!-- begin NAME -->...<!-- end NAME -->`
+    block of PAGE with the table NAME instead."""
+    out = pathlib.Path(sys.argv[1])
+    parts = sections(out)
+    if len(sys.argv) > 3 and sys.argv[2] == "--fill":
+        page = pathlib.Path(sys.argv[3])
+        text = page.read_text()
+        for name, body in parts.items():
+            text = re.sub(rf"(<!-- begin {name} -->\n).*?(<!-- end {name} -->)",
+                          lambda m: m.group(1) + body + "\n" + m.group(2), text, flags=re.S)
+        page.write_text(text)
+        return
+    for name, body in parts.items():
+        print(f"### {name}\n\n{body}\n")
 
 
 if __name__ == "__main__":
