@@ -1297,3 +1297,18 @@ def test_second_order_gradients_are_refused_not_silently_wrong():
             z = ops.square(x)
         np.testing.assert_allclose(inner.gradient(z, x), [6.0])
     assert outer.gradient(z, x) is None
+
+
+def test_numpy_functions_on_tensors_are_recorded():
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    with GradientTape() as tape:
+        tape.watch(x)
+        t = tensor(x)
+        parts = [np.concatenate([t, t], axis=1), np.mean(t, axis=0), np.reshape(t, shape=(4,)), np.linalg.norm(t),
+                 np.transpose(t), np.where(x > 2, t, 0.0), np.log1p(t), np.sin(t), np.stack([t, t]).sum(axis=0)]
+        total = sum(ops.sum(p) for p in parts)
+        plain = np.sum(t, dtype=np.float64)  # an argument keras.ops lacks: NumPy computes it, unrecorded
+        assert np.shape(t) == (2, 2) and np.ndim(t) == 2 and np.allclose(t, x)
+    assert not isinstance(plain, Tensor) and plain == 10.0
+    expected = (2 + 0.5 + 1 + x / np.linalg.norm(x) + 1 + (x > 2) + 1 / (1 + x) + np.cos(x) + 2)
+    np.testing.assert_allclose(tape.gradient(total, x), expected)

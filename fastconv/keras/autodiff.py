@@ -11,6 +11,7 @@ A built-in layer called under a tape is one node whose vjp is the layer's own fu
 """
 import contextlib
 import contextvars
+import inspect
 
 import numpy as np
 
@@ -94,6 +95,9 @@ class Tensor:
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         return array_ufunc(ufunc, method, inputs, kwargs)
 
+    def __array_function__(self, func, types, args, kwargs):
+        return array_function(func, args, kwargs)
+
 
 def array_ufunc(ufunc, method, inputs, kwargs):
     """NumPy ufuncs on tensors or variables: the ones keras.ops has are recorded, the rest see values."""
@@ -110,8 +114,44 @@ def array_ufunc(ufunc, method, inputs, kwargs):
 _UFUNC_OPS = {
     "add": "add", "subtract": "subtract", "multiply": "multiply", "true_divide": "divide", "negative": "negative",
     "power": "power", "square": "square", "sqrt": "sqrt", "exp": "exp", "log": "log", "absolute": "abs",
-    "maximum": "maximum", "minimum": "minimum", "tanh": "tanh", "matmul": "matmul",
+    "maximum": "maximum", "minimum": "minimum", "tanh": "tanh", "matmul": "matmul", "log1p": "log1p",
+    "expm1": "expm1", "sin": "sin", "cos": "cos", "sinh": "sinh", "cosh": "cosh", "arctan": "arctan",
+    "arcsin": "arcsin", "arccos": "arccos", "log2": "log2", "log10": "log10", "logaddexp": "logaddexp",
+    "reciprocal": "reciprocal", "remainder": "mod",
 }
+
+# NumPy functions that keras.ops has with NumPy's argument order: on a Tensor they are recorded
+# (np.concatenate([t, u]) would otherwise compute unrecorded and cut the gradient without a word).
+_FUNCTION_OPS = {
+    "concatenate", "stack", "hstack", "vstack", "reshape", "transpose", "swapaxes", "moveaxis", "expand_dims",
+    "squeeze", "ravel", "tile", "repeat", "broadcast_to", "pad", "flip", "roll", "take", "take_along_axis", "split",
+    "sum", "mean", "max", "min", "amax", "amin", "prod", "var", "std", "cumsum", "average", "sort", "where", "clip",
+    "dot", "einsum", "tensordot", "outer", "trace", "diagonal", "tril", "triu", "norm",
+}
+
+
+def array_function(func, args, kwargs):
+    """NumPy functions on tensors: the keras.ops equivalent when it takes the same arguments (recorded
+    on a tape), else NumPy on the plain values."""
+    from fastconv.keras import ops
+    name = func.__name__
+    if name in _FUNCTION_OPS and func.__module__ in ("numpy", "numpy.linalg"):
+        op = getattr(ops, name)
+        if name == "reshape" and "shape" in kwargs:  # NumPy 2's keyword, keras.ops' newshape
+            kwargs = dict(kwargs, newshape=kwargs.pop("shape"))
+        try:
+            inspect.signature(op).bind(*args, **kwargs)
+        except TypeError:  # a NumPy-only argument (out=, dtype=, ddof=...): NumPy computes it
+            pass
+        else:
+            return op(*args, **kwargs)
+    return func(*_unwrap_all(args), **{key: _unwrap_all(value) for key, value in kwargs.items()})
+
+
+def _unwrap_all(x):
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap_all(item) for item in x)
+    return unwrap(x)
 
 
 def unwrap(x):
