@@ -1312,3 +1312,8 @@ def test_numpy_functions_on_tensors_are_recorded():
     assert not isinstance(plain, Tensor) and plain == 10.0
     expected = (2 + 0.5 + 1 + x / np.linalg.norm(x) + 1 + (x > 2) + 1 / (1 + x) + np.cos(x) + 2)
     np.testing.assert_allclose(tape.gradient(total, x), expected)
+
+
+def test_keras_sub_namespaces():
+    assert ops.numpy.add is ops.add and ops.math.logsumexp is ops.logsumexp
+    assert ops.linalg.norm is ops.norm and ops.nn.softmax is ops.softmax

@@ -12,6 +12,12 @@ from fastconv.keras.ops.nn import __all__ as _nn_all
 
 __all__ = list(_core_all) + list(_nn_all)
 
+# Keras 3's sub-namespaces (keras.ops.numpy.add, keras.ops.math.logsumexp, keras.ops.linalg.norm,
+# keras.ops.nn.relu): the same functions.
+from fastconv.keras.ops import core as numpy  # noqa: E402
+from fastconv.keras.ops import core as math  # noqa: E402
+from fastconv.keras.ops import core as linalg  # noqa: E402
+
 import sys as _sys  # noqa: E402
 
 from fastconv.keras.autodiff import Tensor as _Tensor  # noqa: E402
