@@ -7,10 +7,10 @@ tests can use this as a high-precision oracle; every other dtype computes in flo
 import numpy as np
 
 from fastconv._args import (
-    as_float_array, batch_norm_arrays, check_batch_statistics, check_momentum_buffer, check_shape, conv_geometry,
-    conv_transpose_geometry, pool_geometry,
+    as_float_array, batch_norm_arrays, check_batch_statistics, check_momentum_buffer, check_shape,
 )
 from fastconv._args import affine_arguments
+from fastconv.shapes import conv_geometry, conv_transpose_geometry, pool_geometry
 
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward",

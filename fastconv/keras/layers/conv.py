@@ -1,26 +1,8 @@
 """Conv2D, channels_last with the kernel stored (kh, kw, cin, cout) as Keras does, and Conv2DTranspose."""
-from fastconv._args import checked_int, deconv_output_length, output_padding_pair, pair
 from fastconv.keras import activations, backend, initializers, regularizers
 from fastconv.keras.layers.base import Layer
 from fastconv.keras.layers.core import activation_backward, apply_activation
-
-
-def parse_padding(padding):
-    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
-        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
-    return padding.lower()
-
-
-def conv_output_length(size, window, padding, stride, dilation=1):
-    """Output length along one axis (TensorFlow/Keras rules); None stays None."""
-    if size is None:
-        return None
-    extent = dilation * (window - 1) + 1
-    if padding == "same":
-        return -(-size // stride)
-    if size < extent:
-        raise ValueError(f"window of extent {extent} does not fit an input of size {size} with padding='valid'")
-    return (size - extent) // stride + 1
+from fastconv.shapes import checked_int, conv_window, deconv_output_length, output_padding_pair
 
 
 class Conv2D(Layer):
@@ -36,12 +18,10 @@ class Conv2D(Layer):
         if groups != 1:
             raise ValueError(f"groups must be 1 (grouped convolutions are not supported), got {groups!r}")
         self.filters = checked_int(filters, "filters", minimum=1)
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.strides = pair(strides, "strides")
-        self.padding = parse_padding(padding)
-        self.dilation_rate = pair(dilation_rate, "dilation_rate")
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError("strides > 1 together with dilation_rate > 1 is not supported (as in Keras)")
+        # parsed once: the ops find this window's geometry per input shape in fastconv.shapes' cache
+        self.window = conv_window(kernel_size, strides, padding, dilation_rate, explicit_padding=False)
+        self.kernel_size, self.strides = self.window.kernel_size, self.window.strides
+        self.padding, self.dilation_rate = self.window.padding, self.window.dilation_rate
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
@@ -66,9 +46,7 @@ class Conv2D(Layer):
         self._set_input_spec(4, {-1: channels})
 
     def compute_output_shape(self, input_shape):
-        rows, cols = (conv_output_length(input_shape[axis], self.kernel_size[i], self.padding, self.strides[i],
-                                         self.dilation_rate[i]) for i, axis in enumerate((1, 2)))
-        return (input_shape[0], rows, cols, self.filters)
+        return self.window.output_shape(input_shape, self.filters)
 
     def forward(self, inputs, training=False):
         relu = self.activation is activations.relu

@@ -3,9 +3,9 @@ import math
 
 import numpy as np
 
-from fastconv._args import checked_int
 from fastconv.keras import activations, backend, initializers, regularizers
 from fastconv.keras.layers.base import Layer
+from fastconv.shapes import checked_int
 
 
 def apply_activation(fn, pre):

@@ -1,10 +1,9 @@
 """Max, average, global average and global max pooling over NHWC inputs."""
 import numpy as np
 
-from fastconv._args import pair
 from fastconv.keras import backend
 from fastconv.keras.layers.base import Layer
-from fastconv.keras.layers.conv import conv_output_length, parse_padding
+from fastconv.shapes import output_length, padding_mode, pair
 
 
 class _Pooling2D(Layer):
@@ -14,7 +13,7 @@ class _Pooling2D(Layer):
             raise ValueError(f"data_format must be 'channels_last', got {data_format!r}")
         self.pool_size = pair(pool_size, "pool_size")
         self.strides = self.pool_size if strides is None else pair(strides, "strides")
-        self.padding = parse_padding(padding)
+        self.padding = padding_mode(padding)
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -22,7 +21,7 @@ class _Pooling2D(Layer):
         self._set_input_spec(4)
 
     def compute_output_shape(self, input_shape):
-        rows, cols = (conv_output_length(input_shape[axis], self.pool_size[i], self.padding, self.strides[i])
+        rows, cols = (output_length(input_shape[axis], self.pool_size[i], self.padding, self.strides[i])
                       for i, axis in enumerate((1, 2)))
         return (input_shape[0], rows, cols, input_shape[3])
 

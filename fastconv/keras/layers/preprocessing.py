@@ -20,9 +20,9 @@ import numbers
 import numpy as np
 
 from fastconv import reference
-from fastconv._args import checked_int
 from fastconv.keras import backend
 from fastconv.keras.layers.base import Layer, _in_call
+from fastconv.shapes import checked_int
 
 # Keras' backend.epsilon() default: Normalization divides by max(sqrt(variance), this).
 _EPSILON = 1e-7

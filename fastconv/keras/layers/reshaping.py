@@ -1,8 +1,8 @@
 """Layers that resize NHWC images without weights: ZeroPadding2D, Cropping2D, UpSampling2D."""
 import numpy as np
 
-from fastconv._args import checked_int, pair
 from fastconv.keras.layers.base import Layer
+from fastconv.shapes import checked_int, pair
 
 
 def _margins(value, name):
