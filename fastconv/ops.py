@@ -5,6 +5,7 @@ to C-contiguous float32 (other real dtypes, non-contiguous and negatively-stride
 and copied), and hands pointers and sizes to the C kernels with the GIL released. Empty inputs give
 empty (or zero) results of the right shape without entering C.
 """
+import functools
 import math
 import operator
 import os
@@ -14,8 +15,8 @@ import numpy as np
 from fastconv import _C, reference
 from fastconv._args import (
     as_float_array, batch_norm_arrays, check_batch_statistics, check_disjoint, check_momentum_buffer, check_shape,
-    checked_product, conv_geometry, conv_transpose_geometry, pool_geometry,
 )
+from fastconv.shapes import checked_product, conv_geometry, conv_transpose_geometry, pool_geometry
 from fastconv._args import FILL_MODES, INTERPOLATIONS, affine_arguments
 
 __all__ = [
@@ -39,13 +40,25 @@ CONV_ALGORITHMS = {"auto": 0, "im2col": 1, "direct": 2, "implicit": 3}
 
 
 def _conv_algorithm(algorithm):
-    """The C code of `algorithm`; None means $FASTCONV_CONV_ALGO, or "auto" when that is unset."""
-    source = "algorithm"
+    """The C code of `algorithm`; None means $FASTCONV_CONV_ALGO, or "auto" when that is unset. The
+    variable is looked up on each call (so setting it later takes effect) but parsed once per value."""
     if algorithm is None:
-        algorithm, source = os.environ.get("FASTCONV_CONV_ALGO", "auto"), "FASTCONV_CONV_ALGO"
+        return _environment_algorithm(_environ.get("FASTCONV_CONV_ALGO"))
     if not isinstance(algorithm, str) or algorithm.lower() not in CONV_ALGORITHMS:
-        raise ValueError(f"{source} must be one of {', '.join(CONV_ALGORITHMS)}, got {algorithm!r}")
+        raise ValueError(f"algorithm must be one of {', '.join(CONV_ALGORITHMS)}, got {algorithm!r}")
     return CONV_ALGORITHMS[algorithm.lower()]
+
+
+_environ = os.environ
+
+
+@functools.lru_cache(maxsize=8)
+def _environment_algorithm(value):
+    if value is None:
+        return CONV_ALGORITHMS["auto"]
+    if value.lower() not in CONV_ALGORITHMS:
+        raise ValueError(f"FASTCONV_CONV_ALGO must be one of {', '.join(CONV_ALGORITHMS)}, got {value!r}")
+    return CONV_ALGORITHMS[value.lower()]
 
 
 def _flat(arr):
@@ -298,8 +311,7 @@ def conv2d_algorithm(x_shape, w_shape, *, strides=1, padding="valid", dilation_r
         return "direct"
     if resolved == CONV_ALGORITHMS["implicit"]:
         return "implicit"
-    pointwise = (g.kh, g.kw, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.oh, g.ow) == (1, 1, 1, 1, 0, 0, g.h, g.w)
-    return "gemm" if pointwise else "im2col"
+    return "gemm" if g.pointwise else "im2col"
 
 
 def conv2d_workspace_bytes(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, backward=False,
