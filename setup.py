@@ -25,6 +25,7 @@ PORTABLE_SOURCES = [
     "csrc/gemm/pack.c",  # also in ISA_SOURCES
     "csrc/bench/peak_generic.c",
     "csrc/conv/conv.c",
+    "csrc/conv/winograd.c",
     "csrc/conv/direct.c",  # also in ISA_SOURCES: one source, one compile (and kernel table) per set
     "csrc/pool/pool.c",
     "csrc/pool/maxpool2x2.c",  # also in ISA_SOURCES

@@ -19,6 +19,7 @@
 #include "../dispatch.h"
 #include "../workspace.h"
 #include "direct.h"
+#include "winograd.h"
 
 enum {
     FORWARD_BLOCK_FLOATS = 65536,   /* im2col block of the forward pass: 256 KiB, stays in L2 */
@@ -144,6 +145,7 @@ static int implicit_applies(const fc_conv_shape *s) { return few_outputs(s) || i
 static int resolve_algorithm(const fc_conv_shape *s, int algo)
 {
     if (algo == FC_CONV_IM2COL || algo == FC_CONV_DIRECT) return algo;
+    if (algo == FC_CONV_WINOGRAD) return fc_winograd_applies(s) ? FC_CONV_WINOGRAD : resolve_algorithm(s, FC_CONV_AUTO);
     if (algo == FC_CONV_IMPLICIT) return implicit_applies(s) ? FC_CONV_IMPLICIT : FC_CONV_IM2COL;
     /* With 1..4 input channels the GEMM's K (kh*kw*cin) is too short to pay for the im2col copy. */
     if (s->cin <= 4 && !is_pointwise(s)) return FC_CONV_DIRECT;
@@ -521,6 +523,8 @@ static int input_grad_as_conv(const fc_conv_shape *s, fc_conv_shape *t)
     *t = *s;
     t->h = s->oh; t->w = s->ow; t->cin = s->cout; t->cout = s->cin;
     t->pad_top = s->kh - 1 - s->pad_top; t->pad_left = s->kw - 1 - s->pad_left;
+    /* negative when s pads more than kh - 1 at the bottom (kw - 1 right): t then drops those rows of dy */
+    t->pad_bottom = s->kh - 1 - s->pad_bottom; t->pad_right = s->kw - 1 - s->pad_right;
     t->oh = s->h; t->ow = s->w;
     return 1;
 }
@@ -550,6 +554,13 @@ static int implicit_input_grad(const fc_conv_shape *s, int algo, fc_conv_shape *
 {
     return (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) && resolve_algorithm(s, algo) != FC_CONV_DIRECT &&
            input_grad_as_conv(s, t) && implicit_applies(t);
+}
+
+/* Does the backward pass take dx as input_grad_as_conv through Winograd (forced, or auto's choice)? */
+static int winograd_input_grad(const fc_conv_shape *s, int algo, fc_conv_shape *t)
+{
+    return (algo == FC_CONV_AUTO || algo == FC_CONV_WINOGRAD) && resolve_algorithm(s, algo) != FC_CONV_DIRECT &&
+           input_grad_as_conv(s, t) && resolve_algorithm(t, algo) == FC_CONV_WINOGRAD;
 }
 
 /* ---- the scratch of each path: one block from the calling thread's FC_SCRATCH_CALL slot, shared
@@ -702,6 +713,11 @@ static int64_t forward_floats(const fc_conv_shape *s, int algo)
         const implicit_layout l = implicit_forward_layout(s);
         return implicit_forward_floats(&l);
     }
+    if (resolved == FC_CONV_WINOGRAD) {
+        int64_t call, kernel;
+        fc_winograd_workspace(s, &call, &kernel);
+        return call + kernel;
+    }
     fc_gemm_problem p = forward_gemm(s, NULL, NULL, 0);
     p.m = s->n * s->oh * s->ow;
     if (is_pointwise(s))  /* one GEMM reading x in place, in its FC_SCRATCH_GEMM block (at most this) */
@@ -719,7 +735,17 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
     fc_conv_shape t;
     if (!backward)
         floats = forward_floats(s, algo);
-    else if (implicit_input_grad(s, algo, &t))
+    else if (winograd_input_grad(s, algo, &t)) {
+        const backward_layout grads = make_backward_layout(s, FC_CONV_AUTO, 0, 1, 1);
+        int64_t call, kernel;
+        fc_winograd_workspace(&t, &call, &kernel);
+        floats = max64(backward_floats(&grads), call) + kernel;
+    } else if (algo == FC_CONV_WINOGRAD && implicit_input_grad(s, FC_CONV_AUTO, &t))
+        floats = implicit_dx_backward_floats(s, &t, FC_CONV_AUTO, 1, 1);
+    else if (algo == FC_CONV_WINOGRAD) {
+        const backward_layout l = make_backward_layout(s, FC_CONV_AUTO, 1, 1, 1);
+        floats = backward_floats(&l);
+    } else if (implicit_input_grad(s, algo, &t))
         floats = implicit_dx_backward_floats(s, &t, algo, 1, 1);
     else {
         const backward_layout l = make_backward_layout(s, algo, 1, 1, 1);
@@ -759,6 +785,7 @@ static int conv2d_forward(const fc_conv_shape *s, int algo, const float *x, cons
     const int resolved = resolve_algorithm(s, algo);
     if (resolved == FC_CONV_DIRECT) return direct_forward(s, x, w, bias, relu, y);
     if (resolved == FC_CONV_IMPLICIT) return implicit_forward(s, x, w, bias, relu, NULL, y);
+    if (resolved == FC_CONV_WINOGRAD) return fc_winograd_forward(s, x, w, 0, bias, relu, NULL, y);
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
     const int64_t rows = s->n * s->oh * s->ow;
     const int threads = fc_threads_for_work(forward_flops(s));
@@ -811,6 +838,14 @@ static int conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, co
     const fc_elementwise_kernels *ew = fc_active_elementwise();
     const int64_t k = patch_size(s), pixels = s->oh * s->ow;
     fc_conv_shape t;
+    if (dx && winograd_input_grad(s, algo, &t)) {  /* dw and db as auto computes them, then dx */
+        if (dw || db) {
+            const int status = conv2d_backward(s, FC_CONV_AUTO, dy, x, w, 0, NULL, dw, db);
+            if (status != FC_OK) return status;
+        }
+        return fc_winograd_forward(&t, dy, w, 1, NULL, 0, x_from_relu ? x : NULL, dx);
+    }
+    if (algo == FC_CONV_WINOGRAD) algo = FC_CONV_AUTO;  /* Winograd computes dx only */
     if (dx && implicit_input_grad(s, algo, &t)) {
         if (dw || db) {
             const int status = conv2d_backward(s, algo, dy, x, w, 0, NULL, dw, db);
