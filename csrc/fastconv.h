@@ -66,7 +66,7 @@ typedef struct {
  * GEMM); the others force one. Implicit GEMM (forward only; stride 1, dilation 1, output rows of
  * nearly whole register tiles) falls back to im2col where it does not apply, and its backward pass
  * is im2col's. */
-enum { FC_CONV_AUTO = 0, FC_CONV_IM2COL = 1, FC_CONV_DIRECT = 2, FC_CONV_IMPLICIT = 3 };
+enum { FC_CONV_AUTO = 0, FC_CONV_IM2COL = 1, FC_CONV_DIRECT = 2, FC_CONV_IMPLICIT = 3, FC_CONV_WINOGRAD = 4 };
 int fc_conv2d_algorithm(const fc_conv_shape *s, int algo);  /* the one `algo` resolves to */
 const char *fc_conv_direct_kernel_name(void);
 
