@@ -343,6 +343,28 @@ DIFF_CASES = [
     ("diag", "from-matrix", lambda x: ops.diag(x, -1), lambda x: np.diag(x, -1), [arr(3, 3)]),
     ("trace", "", ops.trace, np.trace, [arr(3, 4)]),
     ("trace", "offset-axes", lambda x: ops.trace(x, 1, 1, 2), lambda x: np.trace(x, 1, 1, 2), [arr(2, 3, 3)]),
+    ("unstack", "", lambda x: ops.unstack(x, axis=1), lambda x: [x[:, i] for i in range(3)], [arr(2, 3)]),
+    ("cumprod", "axis", lambda x: ops.cumprod(x, axis=-1), lambda x: np.cumprod(x, axis=-1), [arr(2, 4)]),
+    ("cumprod", "flat-with-zero", ops.cumprod, np.cumprod, [np.array([[0.5, -1.5], [0.0, 2.0], [1.2, 0.7]])]),
+    ("slice_update", "", lambda x, u: ops.slice_update(x, (1, 0), u),
+     lambda x, u: np.concatenate([x[:1], np.concatenate([u, x[1:3, 2:]], 1), x[3:]]), [arr(4, 4), arr(2, 2, seed=1)]),
+    ("scatter", "repeated", lambda v: ops.scatter(np.array([[0, 1], [2, 0], [0, 1]]), v, (3, 2)),
+     lambda v: np.array([[0, v[0] + v[2]], [0, 0], [v[1], 0]]), [arr(3)]),
+    ("scatter_update", "replace-rows", lambda x, u: ops.scatter_update(x, np.array([[2], [0]]), u),
+     lambda x, u: np.stack([u[1], x[1], u[0], x[3]]), [arr(4, 2), arr(2, 2, seed=1)]),
+    ("scatter_update", "add", lambda x, u: ops.scatter_update(x, np.array([[1, 1], [1, 1], [0, 2]]), u, "add"),
+     lambda x, u: x + np.array([[0, 0, u[2]], [0, u[0] + u[1], 0]]), [arr(2, 3), arr(3, seed=1)]),
+    ("segment_sum", "", lambda x: ops.segment_sum(x, np.array([1, 0, 1, 3])),
+     lambda x: np.stack([x[1], x[0] + x[2], np.zeros(2), x[3]]), [arr(4, 2)]),
+    ("segment_max", "", lambda x: ops.segment_max(x, np.array([1, 0, 1, 1]), num_segments=2),
+     lambda x: np.stack([x[1], x[[0, 2, 3]].max(0)]), [arr(4, 2)]),
+    ("meshgrid", "xy", lambda a, b, c: ops.meshgrid(a, b, c), lambda a, b, c: np.meshgrid(a, b, c),
+     [arr(2), arr(3, seed=1), arr(2, seed=2)]),
+    ("meshgrid", "ij", lambda a, b: ops.meshgrid(a, b, indexing="ij"), lambda a, b: np.meshgrid(a, b, indexing="ij"),
+     [arr(2), arr(3, seed=1)]),
+    ("select", "", lambda x, y: ops.select([x > 0.3, x < -0.3], [x, y], default=1.0),
+     lambda x, y: np.select([x > 0.3, x < -0.3], [x, y], default=1.0), [arr(3, 4), arr(3, 4, seed=1)]),
+    ("copy", "", ops.copy, np.copy, [arr(2, 3)]),
     ("sort", "", lambda x: ops.sort(x, axis=0), lambda x: np.sort(x, axis=0), [arr(3, 4)]),
     ("top_k", "", lambda x: ops.top_k(x, 2)[0], lambda x: -np.sort(-x, axis=-1)[..., :2], [arr(3, 4)]),
     # linear algebra
@@ -487,7 +509,7 @@ DIFF_CASES = [
     ("normalize", "order1-axis0", lambda x: ops.normalize(x, axis=0, order=1),
      lambda x: x / np.abs(x).sum(axis=0, keepdims=True), [arr(3, 4)]),
     # losses (differentiated with respect to the predictions)
-    ("categorical_crossentropy", "probabilities", lambda p: ops.categorical_crossentropy(ONE_HOT[:, :4] * 0.8 + 0.05, p),
+    ("categorical_crossentropy", "probabilities", lambda p: ops.categorical_crossentropy(ONE_HOT * 0.8 + 0.05, p),
      lambda p: -(((ONE_HOT * 0.8 + 0.05) * np.log(p / p.sum(-1, keepdims=True))).sum(-1)), [pos(3, 4)]),
     ("categorical_crossentropy", "logits", lambda z: ops.categorical_crossentropy(ONE_HOT, z, from_logits=True),
      lambda z: -(ONE_HOT * np.log(np_softmax(z))).sum(-1), [arr(3, 4, low=-3, high=3)]),
@@ -554,7 +576,8 @@ TESTED_SEPARATELY = {
     "convert_to_tensor", "convert_to_numpy", "array", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
     "arange", "eye", "shape", "ndim", "size", "stop_gradient", "sign", "floor", "ceil", "round", "equal",
     "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or", "logical_not",
-    "isnan", "isfinite", "isinf", "all", "any", "multi_hot", "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
+    "isnan", "isfinite", "isinf", "all", "any", "multi_hot", "empty", "isclose", "nonzero", "bincount",
+    "searchsorted", "in_top_k", "logical_xor", "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
     "tri", "cond", "fori_loop", "while_loop", "count_nonzero", "argmin", "argsort", "one_hot",
 }
 
@@ -1317,3 +1340,25 @@ def test_numpy_functions_on_tensors_are_recorded():
 def test_keras_sub_namespaces():
     assert ops.numpy.add is ops.add and ops.math.logsumexp is ops.logsumexp
     assert ops.linalg.norm is ops.norm and ops.nn.softmax is ops.softmax
+
+
+
+def test_more_forward_only_ops():
+    assert ops.empty((2, 3)).shape == (2, 3) and ops.empty((1,)).dtype == np.float32
+    np.testing.assert_array_equal(ops.isclose(np.array([1.0, 1.1]), 1.0 + 1e-9), [True, False])
+    np.testing.assert_array_equal(ops.nonzero(np.array([[0, 2], [3, 0]]))[1], [1, 0])
+    np.testing.assert_array_equal(ops.bincount(np.array([0, 2, 2]), minlength=4), [1, 0, 2, 0])
+    assert ops.bincount(np.array([0, 2, 2])).dtype == np.int32
+    np.testing.assert_allclose(ops.bincount(np.array([1, 1]), weights=np.array([0.5, 2.0])), [0, 2.5])
+    np.testing.assert_array_equal(ops.bincount(np.array([[0, 1], [1, 1]])), [[1, 1], [0, 2]])
+    np.testing.assert_array_equal(ops.searchsorted(np.array([1.0, 3.0, 5.0]), np.array([0.0, 3.0, 6.0])), [0, 1, 3])
+    np.testing.assert_array_equal(ops.searchsorted(np.array([1.0, 3.0]), 3.0, side="right"), 2)
+    scores = np.array([[0.1, 0.5, 0.4], [0.7, 0.2, 0.1]])
+    np.testing.assert_array_equal(ops.in_top_k(np.array([2, 2]), scores, 2), [True, False])
+    np.testing.assert_array_equal(ops.logical_xor(np.array([True, False]), np.array([True, True])), [False, True])
+    with pytest.raises(ValueError, match="num"):
+        ops.unstack(arr(2, 3), num=3)
+    with pytest.raises(ValueError, match="reduction"):
+        ops.scatter_update(arr(2), np.array([[0]]), arr(1), reduction="max")
+    with pytest.raises(ValueError, match="segment_ids"):
+        ops.segment_sum(arr(3, 2), np.array([0, 1]))

@@ -25,6 +25,8 @@ __all__ = [
     "hstack", "vstack", "roll", "tril", "triu", "diagonal", "diag", "trace",
     "matmul", "dot", "einsum", "tensordot", "outer", "sort", "argsort", "top_k", "norm", "custom_gradient",
     "cond", "fori_loop", "while_loop",
+    "unstack", "cumprod", "slice_update", "scatter", "scatter_update", "segment_sum", "segment_max", "meshgrid",
+    "select", "copy", "empty", "isclose", "nonzero", "bincount", "searchsorted", "in_top_k", "logical_xor",
 ]
 
 
@@ -1054,3 +1056,194 @@ def while_loop(cond, body, loop_vars, maximum_iterations=None):
         values = (values,) if single or not isinstance(values, (tuple, list)) else tuple(values)
         count += 1
     return values[0] if single else values
+
+
+# ----- more of Keras 3's numpy namespace -----
+def unstack(x, num=None, axis=0):
+    size = np.shape(_array(x))[axis]
+    if num is not None and num != size:
+        raise ValueError(f"unstack: num={num} but axis {axis} has size {size}")
+    n = ndim(x)
+    return [get_item(x, (builtins.slice(None),) * (axis % n) + (i,)) for i in range(size)]
+
+
+def cumprod(x, axis=None, dtype=None):
+    a = _array(x)
+    flat = axis is None
+    work = a.reshape(-1) if flat else a
+    ax = 0 if flat else axis % a.ndim
+    out = np.cumprod(work, axis=ax)
+
+    def vjp(g):
+        g = np.asarray(g).reshape(out.shape)
+        moved_x, moved_g, moved_out = (np.moveaxis(v, ax, -1) for v in (work, g, out))
+        if np.all(moved_x != 0):  # d out_j / d x_i = out_j / x_i for j >= i
+            grad = np.flip(np.cumsum(np.flip(moved_g * moved_out, -1), -1), -1) / moved_x
+        else:  # zeros: the products of the others, term by term (O(n^2) along the axis)
+            n = moved_x.shape[-1]
+            grad = np.zeros_like(moved_out)
+            for i in range(n):
+                others = moved_x.copy()
+                others[..., i] = 1
+                grad[..., i] = (moved_g[..., i:] * np.cumprod(others, -1)[..., i:]).sum(-1)
+        grad = np.moveaxis(grad, -1, ax)
+        return (grad.reshape(a.shape),)
+    return record(out, (x,), vjp)
+
+
+def slice_update(inputs, start_indices, updates):
+    """inputs with the block at start_indices replaced by updates (differentiable in both)."""
+    a, u = _array(inputs), _array(updates)
+    key = tuple(builtins.slice(int(s), int(s) + n) for s, n in zip(start_indices, u.shape))
+    out = a.copy()
+    out[key] = u
+
+    def vjp(g):
+        grad = np.array(g)
+        grad[key] = 0
+        return grad, np.asarray(g)[key]
+    return record(out, (inputs, updates), vjp)
+
+
+def _index_tuple(indices):
+    idx = np.asarray(unwrap(indices))
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
+    return tuple(np.moveaxis(idx, -1, 0))
+
+
+def scatter(indices, values, shape):
+    """zeros(shape) with values added at indices (N, rank) - repeated indices add up."""
+    key = _index_tuple(indices)
+    v = _array(values)
+    out = np.zeros(tuple(shape), v.dtype)
+    np.add.at(out, key, v)
+    return record(out, (values,), lambda g: (np.asarray(g)[key],))
+
+
+def scatter_update(inputs, indices, updates, reduction=None):
+    """inputs with the entries (or slices) at indices replaced by updates, or combined with
+    reduction="add"."""
+    if reduction not in (None, "add"):
+        raise ValueError(f"scatter_update supports reduction=None or 'add', got {reduction!r}")
+    key = _index_tuple(indices)
+    a, u = _array(inputs), _array(updates)
+    out = a.copy()
+    if reduction == "add":
+        np.add.at(out, key, u)
+    else:
+        out[key] = u
+
+    def vjp(g):
+        grad = np.array(g)
+        if reduction is None:
+            grad[key] = 0  # replaced entries no longer depend on inputs
+        return grad, np.asarray(g)[key]
+    return record(out, (inputs, updates), vjp)
+
+
+def _segments(data, segment_ids, num_segments):
+    ids = np.asarray(unwrap(segment_ids))
+    if ids.dtype.kind not in "iu" or ids.ndim != 1 or ids.shape[0] != np.shape(_array(data))[0]:
+        raise ValueError(f"segment_ids must be 1-D integers, one per row of data, got {ids.shape} {ids.dtype}")
+    count = int(ids.max()) + 1 if num_segments is None and ids.size else int(num_segments or 0)
+    return ids, count
+
+
+def segment_sum(data, segment_ids, num_segments=None, sorted=False):
+    a = _array(data)
+    ids, count = _segments(data, segment_ids, num_segments)
+    out = np.zeros((count,) + a.shape[1:], a.dtype)
+    keep = ids < count
+    np.add.at(out, ids[keep], a[keep])
+    return record(out, (data,), lambda g: (np.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)),
+                                                    np.asarray(g)[np.minimum(ids, count - 1)], 0),))
+
+
+def segment_max(data, segment_ids, num_segments=None, sorted=False):
+    a = _array(data)
+    ids, count = _segments(data, segment_ids, num_segments)
+    lowest = -np.inf if a.dtype.kind == "f" else np.iinfo(a.dtype).min
+    out = np.full((count,) + a.shape[1:], lowest, a.dtype)
+    keep = ids < count
+    np.maximum.at(out, ids[keep], a[keep])
+
+    def vjp(g):
+        # each segment's gradient shared by the rows holding its maximum
+        safe = np.minimum(ids, count - 1)
+        hit = (a == out[safe]) & keep.reshape((-1,) + (1,) * (a.ndim - 1))
+        ties = np.zeros(out.shape)
+        np.add.at(ties, safe, hit)
+        return (np.where(hit, np.asarray(g)[safe] / np.maximum(ties[safe], 1), 0).astype(a.dtype),)
+    return record(out, (data,), vjp)
+
+
+def meshgrid(*x, indexing="xy"):
+    if indexing not in ("xy", "ij"):
+        raise ValueError(f"indexing must be 'xy' or 'ij', got {indexing!r}")
+    sizes = [np.size(_array(v)) for v in x]
+    shape_ = list(sizes)
+    if indexing == "xy" and len(x) >= 2:
+        shape_[0], shape_[1] = shape_[1], shape_[0]
+    grids = []
+    for i, v in enumerate(x):
+        position = i if indexing == "ij" or len(x) < 2 or i > 1 else 1 - i
+        view = [1] * len(x)
+        view[position] = sizes[i]
+        grids.append(broadcast_to(reshape(v, view), shape_))
+    return grids
+
+
+def select(condlist, choicelist, default=0):
+    """The first choice whose condition holds, per entry; default where none does."""
+    if len(condlist) != len(choicelist):
+        raise ValueError(f"select needs as many conditions as choices, got {len(condlist)} and {len(choicelist)}")
+    out = default
+    for condition, choice in reversed(list(zip(condlist, choicelist))):
+        out = where(condition, choice, out)
+    return out
+
+
+def copy(x):
+    a = _array(x)
+    return record(a.copy(), (x,), lambda g: (g,))
+
+
+def empty(shape, dtype=None):
+    return np.empty(shape, dtype or backend.floatx())
+
+
+def isclose(x1, x2, rtol=1e-5, atol=1e-8, equal_nan=False):
+    return np.isclose(_array(x1), _array(x2), rtol=rtol, atol=atol, equal_nan=equal_nan)
+
+
+def nonzero(x):
+    return np.nonzero(_array(x))
+
+
+def bincount(x, weights=None, minlength=0, sparse=False):
+    a = np.asarray(_array(x))
+    w = None if weights is None else _array(weights)
+    if w is None:  # counts are int32 in Keras
+        return bincount(x, np.ones(a.shape, np.int32), minlength, sparse)
+    if a.ndim == 1:
+        return np.bincount(a, weights=w, minlength=minlength).astype(w.dtype)
+    if a.ndim != 2:
+        raise ValueError(f"bincount takes a 1-D or 2-D x, got shape {a.shape}")
+    length = builtins.max(minlength, int(a.max()) + 1 if a.size else 0)  # 2-D: one count per row, as Keras
+    return np.stack([np.bincount(row, weights=w[i], minlength=length) for i, row in enumerate(a)]).astype(w.dtype)
+
+
+def searchsorted(sorted_sequence, values, side="left"):
+    return np.searchsorted(_array(sorted_sequence), _array(values), side=side).astype(np.int32)
+
+
+def in_top_k(targets, predictions, k):
+    """Whether each row's target class is among its k largest predictions (ties count as in)."""
+    p, t = _array(predictions), np.asarray(_array(targets))
+    target_scores = np.take_along_axis(p, t.reshape(-1, 1), axis=1)
+    return (p > target_scores).sum(axis=1) < k
+
+
+def logical_xor(x1, x2):
+    return np.logical_xor(_array(x1), _array(x2))
