@@ -1362,3 +1362,16 @@ def test_more_forward_only_ops():
         ops.scatter_update(arr(2), np.array([[0]]), arr(1), reduction="max")
     with pytest.raises(ValueError, match="segment_ids"):
         ops.segment_sum(arr(3, 2), np.array([0, 1]))
+
+
+def test_unconnected_gradients_enum_and_scalar_arguments():
+    class Zero:  # what tf.UnconnectedGradients.ZERO looks like: an enum holding "zero"
+        value = "zero"
+    a, b = Variable(np.ones(2)), Variable(np.ones(3))
+    with GradientTape() as tape:
+        y = ops.sum(a)
+    np.testing.assert_array_equal(tape.gradient(y, b, unconnected_gradients=Zero()), np.zeros(3))
+    value, grad = value_and_grad(lambda s: s * s * 3.0)(2.0)
+    np.testing.assert_allclose(value, 12.0)
+    np.testing.assert_allclose(grad, 12.0)
+    assert np.asarray(grad).dtype == np.float32

@@ -305,6 +305,8 @@ class GradientTape:
 
     def gradient(self, target, sources, output_gradients=None, unconnected_gradients="none"):
         """d(sum of target * output_gradients)/d(source) for each source, in the structure of `sources`."""
+        # tf.UnconnectedGradients.ZERO and friends carry the string in .value
+        unconnected_gradients = str(getattr(unconnected_gradients, "value", unconnected_gradients)).lower()
         if unconnected_gradients not in ("none", "zero"):
             raise ValueError(f"unconnected_gradients must be 'none' or 'zero', got {unconnected_gradients!r}")
         if self._used and not self.persistent:
@@ -423,5 +425,8 @@ def _as_watchable(x):
     those without recording them."""
     if _is_variable(x):
         return x
+    from fastconv.keras import backend
     value = np.asarray(unwrap(x))
-    return Tensor(np.array(value, dtype=np.float32 if value.dtype.kind in "biu" else value.dtype))
+    # integers and Python floats become floatx (jax would say float32); arrays keep their float type
+    as_floatx = value.dtype.kind in "biu" or (isinstance(x, float) and not isinstance(x, np.floating))
+    return Tensor(np.array(value, dtype=backend.floatx() if as_floatx else value.dtype))
