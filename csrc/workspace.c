@@ -40,6 +40,8 @@ static _Atomic int64_t held_bytes;  /* in every set's buffers */
 static _Atomic int64_t peak_bytes;  /* the most held_bytes has been since the last reset */
 static _Atomic int64_t limit_bytes = FC_WORKSPACE_DEFAULT_LIMIT;
 static _Atomic int64_t fail_from_bytes = -1;  /* tests: requests of at least this many bytes fail */
+static __thread int64_t requested[FC_SCRATCH_SLOTS];  /* tests: this thread's largest request per slot */
+_Static_assert(FC_SCRATCH_SLOTS == 3, "fc_scratch_requested reports three slots");
 
 static void count(int64_t delta)
 {
@@ -125,6 +127,7 @@ float *fc_scratch(enum fc_scratch_slot slot, int64_t floats)
     if (floats < 16) floats = 16;
     if (floats > (INT64_MAX >> 3)) return NULL;  /* no machine has that; keeps the byte count in range */
     const int64_t bytes = (floats * (int64_t)sizeof(float) + 63) & ~(int64_t)63;
+    if (bytes > requested[slot]) requested[slot] = bytes;
     const int64_t fail_from = atomic_load_explicit(&fail_from_bytes, memory_order_relaxed);
     if (fail_from >= 0 && bytes >= fail_from) return NULL;
     if (set->bytes[slot] >= bytes) return set->ptr[slot];
@@ -183,6 +186,11 @@ void fc_reset_workspace_peak(void) { atomic_store(&peak_bytes, atomic_load(&held
 void fc_set_workspace_limit(int64_t bytes) { atomic_store(&limit_bytes, bytes < 0 ? 0 : bytes); }
 
 void fc_fail_scratch_from(int64_t bytes) { atomic_store(&fail_from_bytes, bytes); }
+
+void fc_scratch_requested(int64_t out[3])
+{
+    for (int i = 0; i < FC_SCRATCH_SLOTS; i++) out[i] = requested[i], requested[i] = 0;
+}
 
 void fc_workspace_before_fork(void) { pthread_mutex_lock(&registry_lock); }
 

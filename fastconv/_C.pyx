@@ -23,6 +23,7 @@ cdef extern from "fastconv.h" nogil:
     void fc_workspace_stats(int64_t out[3])
     void fc_reset_workspace_peak()
     void fc_fail_scratch_from(int64_t bytes)
+    void fc_scratch_requested(int64_t out[3])
     int fc_openmp_enabled()
     void fc_set_num_threads(int n)
     int fc_get_num_threads()
@@ -37,7 +38,7 @@ cdef extern from "fastconv.h" nogil:
     ctypedef struct fc_conv_shape:
         int64_t n, h, w, cin, kh, kw, cout
         int64_t stride_h, stride_w, dilation_h, dilation_w
-        int64_t pad_top, pad_left, oh, ow
+        int64_t pad_top, pad_bottom, pad_left, pad_right, oh, ow
     int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
     const char *fc_conv_direct_kernel_name()
     int fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
@@ -108,6 +109,14 @@ def set_workspace_limit(int64_t nbytes):
 def fail_scratch_from(int64_t nbytes):
     """Tests only: every scratch request of at least nbytes fails as if memory were short (-1: none)."""
     fc_fail_scratch_from(nbytes)
+
+
+def scratch_requested():
+    """Tests only: this thread's largest scratch request (bytes) per slot (call, kernel, gemm) since the
+    last call; resets them."""
+    cdef int64_t out[3]
+    fc_scratch_requested(out)
+    return out[0], out[1], out[2]
 
 
 def isa_name():
@@ -266,7 +275,8 @@ cdef fc_conv_shape conv_shape(g):
     s.n, s.h, s.w, s.cin = g.n, g.h, g.w, g.cin
     s.kh, s.kw, s.cout = g.kh, g.kw, g.cout
     s.stride_h, s.stride_w, s.dilation_h, s.dilation_w = g.stride_h, g.stride_w, g.dilation_h, g.dilation_w
-    s.pad_top, s.pad_left, s.oh, s.ow = g.pad_top, g.pad_left, g.oh, g.ow
+    s.pad_top, s.pad_bottom, s.pad_left, s.pad_right = g.pad_top, g.pad_bottom, g.pad_left, g.pad_right
+    s.oh, s.ow = g.oh, g.ow
     return s
 
 

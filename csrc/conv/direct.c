@@ -186,7 +186,7 @@ static void forward(const fc_conv_shape *s, const float *x, const float *wp, con
     band.h = s->kh;
     band.w = fc_conv_direct_band_cols(s, PX);
     band.stride_h = band.dilation_h = 1;
-    band.pad_top = band.pad_left = 0;
+    band.pad_top = band.pad_bottom = band.pad_left = band.pad_right = 0;
     if (gathered) band.stride_w = s->kw, band.dilation_w = 1;
     const int64_t xstep = band.stride_w * s->cin;
 
