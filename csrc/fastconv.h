@@ -32,6 +32,9 @@ void fc_workspace_stats(int64_t out[3]);
 void fc_reset_workspace_peak(void);
 /* Tests only: every scratch request of at least `bytes` fails as if memory were short (-1: none). */
 void fc_fail_scratch_from(int64_t bytes);
+/* Tests only: the largest scratch request (bytes) of each slot (call, kernel, gemm; workspace.h) that the
+ * calling thread made since its last call of this; resets them. Checks what the plans report. */
+void fc_scratch_requested(int64_t out[3]);
 int fc_openmp_enabled(void);
 void fc_set_num_threads(int n);
 int fc_get_num_threads(void);
@@ -57,7 +60,7 @@ typedef struct {
     int64_t n, h, w, cin;
     int64_t kh, kw, cout;
     int64_t stride_h, stride_w, dilation_h, dilation_w;
-    int64_t pad_top, pad_left;       /* bottom/right padding is implied by oh/ow */
+    int64_t pad_top, pad_bottom, pad_left, pad_right;  /* zeros around x (fastconv/shapes.py) */
     int64_t oh, ow;
 } fc_conv_shape;
 
