@@ -844,8 +844,10 @@ def test_creation():
     assert ops.convert_to_tensor(v) is v  # a Variable passes through, so gradients still flow to it
     np.testing.assert_array_equal(ops.convert_to_numpy(v), [1, 1])
     assert isinstance(ops.convert_to_numpy(v), np.ndarray)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="arrays and numbers"):
         ops.add(object(), 1)
+    with pytest.raises(TypeError, match="Lambda"):
+        ops.relu(keras.Input((3,)))
 
 
 # ----- dtypes: NumPy's weak Python scalars -----

@@ -44,6 +44,9 @@ def _array(x):
             (array.size == 0 or (array.min() >= -2**31 and array.max() < 2**31)):
         array = array.astype(np.int32)
     if array.dtype == object:
+        if type(x).__name__ == "KerasTensor":  # a symbolic keras.Input: fastconv's graphs hold layers only
+            raise TypeError("keras.ops cannot be applied to a symbolic tensor (keras.Input) in a functional "
+                            "model here: put the computation in a Layer's call, or a keras.layers.Lambda")
         raise TypeError(f"keras.ops takes arrays and numbers, got {type(x).__name__}")
     return array
 
