@@ -269,29 +269,33 @@ int fc_openmp_enabled(void)
 #endif
 }
 
-/* 0 means "not set": follow the OpenMP runtime (OMP_NUM_THREADS, threadpoolctl). */
-static _Atomic int thread_limit = 0;
+/* set_num_threads is one setting for the whole process, as OMP_NUM_THREADS is: calls from every
+ * Python thread follow it, threads started later included, whichever thread set it. 0: not set,
+ * follow the OpenMP runtime (OMP_NUM_THREADS, else every core). */
+static _Atomic int thread_setting = 0;
 /* Set in a child made by fork() (below): one thread until the child sets its own count. */
 static _Atomic int forked_child = 0;
+#ifdef _OPENMP
+/* The OpenMP default when the library loaded. A thread whose OpenMP limit is below it was lowered on
+ * purpose (threadpoolctl's threadpool_limits, per thread), and that lower limit wins in that thread. */
+static int openmp_default_threads;
+__attribute__((constructor)) static void read_openmp_default(void) { openmp_default_threads = omp_get_max_threads(); }
+#endif
 
 void fc_set_num_threads(int n)
 {
-    atomic_store(&thread_limit, n);
+    atomic_store(&thread_setting, n);
     atomic_store(&forked_child, 0);
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#endif
 }
 
 int fc_get_num_threads(void)
 {
 #ifdef _OPENMP
     if (atomic_load_explicit(&forked_child, memory_order_relaxed)) return 1;
-    /* omp_get_max_threads() is per calling thread: threadpoolctl lowers it, so the smaller wins. */
-    int n = omp_get_max_threads();
-    const int limit = atomic_load_explicit(&thread_limit, memory_order_relaxed);
-    if (limit > 0 && limit < n) n = limit;
-    return n;
+    const int here = omp_get_max_threads();  /* this thread's OpenMP limit */
+    const int setting = atomic_load_explicit(&thread_setting, memory_order_relaxed);
+    if (setting <= 0) return here;
+    return here < openmp_default_threads && here < setting ? here : setting;
 #else
     return 1;
 #endif

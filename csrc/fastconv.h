@@ -36,6 +36,8 @@ void fc_fail_scratch_from(int64_t bytes);
  * calling thread made since its last call of this; resets them. Checks what the plans report. */
 void fc_scratch_requested(int64_t out[3]);
 int fc_openmp_enabled(void);
+/* One thread count for the whole process, whichever thread sets it (0 before: OpenMP's default). The
+ * calling thread's count is that, or its own OpenMP limit where threadpoolctl lowered it. */
 void fc_set_num_threads(int n);
 int fc_get_num_threads(void);
 /* Runs the FP32 FMA peak loop of one instruction set (NULL: the active one) for `iters` steps on

@@ -423,7 +423,10 @@ def global_avgpool2d_backward(dy, x):
 
 
 def set_num_threads(n):
-    """Use at most n threads in every kernel (default: all cores, or OMP_NUM_THREADS)."""
+    """Use n threads in every large kernel call, from every Python thread (default: OMP_NUM_THREADS, else
+    all cores). One setting for the whole process, as OMP_NUM_THREADS: a call from any thread changes it
+    for all threads, those started later included. Within one thread, `threadpoolctl.threadpool_limits`
+    can lower it for the calls that thread makes."""
     if isinstance(n, (bool, np.bool_)):
         raise TypeError(f"n must be a positive int, got {n!r}")
     try:
@@ -436,7 +439,8 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The number of threads a large kernel call will use from this Python thread."""
+    """The number of threads a large kernel call from this Python thread uses: set_num_threads's setting,
+    or the lower limit threadpoolctl put on this thread."""
     return _C.get_num_threads()
 
 

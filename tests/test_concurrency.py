@@ -1,11 +1,15 @@
 """Many Python threads calling the ops and predict on one model at once: results equal to the serial
-ones bit for bit, no crash, no deadlock with OpenMP (every join has a timeout).
+ones bit for bit, no crash, no deadlock with OpenMP (every join has a timeout). set_num_threads is one
+setting for the whole process, whichever thread calls it.
 
 Each test runs for FASTCONV_CONCURRENCY_SECONDS (default 2) of wall time; raise it for a soak, e.g.
 FASTCONV_CONCURRENCY_SECONDS=60 python -m pytest tests/test_concurrency.py.
 """
 import multiprocessing
 import os
+import queue
+import subprocess
+import sys
 import threading
 import time
 
@@ -21,7 +25,9 @@ JOIN_TIMEOUT = SECONDS + 60
 
 
 def run_threads(jobs, seconds=SECONDS, threads=THREADS):
-    """Run the (callable, expected) jobs round-robin from `threads` threads for `seconds`.
+    """Run the (callable, expected) jobs round-robin from `threads` threads for `seconds`, half of them
+    switching the process's thread count between 1 and 2 before each call: results must not change.
+    The caller restores the thread count (the `threads` fixture).
 
     Returns the number of calls made; fails on any exception, mismatch or thread still alive.
     """
@@ -31,12 +37,11 @@ def run_threads(jobs, seconds=SECONDS, threads=THREADS):
 
     def worker(t):
         try:
-            # Half the threads use one OpenMP thread, the others the default: results must not change.
-            if t % 2:
-                fastconv.set_num_threads(1)
             start.wait(timeout=30)
             i = t
             while time.monotonic() < deadline and not errors:
+                if t % 2:  # calls already running keep the count they started with
+                    fastconv.set_num_threads(1 + i // 2 % 2)
                 call, expected = jobs[i % len(jobs)]
                 got = call()
                 for g, e in zip(got if isinstance(got, (tuple, list)) else (got,),
@@ -82,7 +87,7 @@ def op_jobs(rng):
     return [(call, call()) for call in calls]
 
 
-def test_ops_from_many_threads_match_serial():
+def test_ops_from_many_threads_match_serial(threads):
     calls = run_threads(op_jobs(np.random.default_rng(7)))
     assert calls >= THREADS
 
@@ -101,7 +106,7 @@ def small_cnn():
     return model
 
 
-def test_predict_on_one_model_from_many_threads_matches_serial():
+def test_predict_on_one_model_from_many_threads_matches_serial(threads):
     model = small_cnn()
     rng = np.random.default_rng(3)
     batches = [rng.random((n, 28, 28, 1), dtype=np.float32) for n in (1, 7, 40)]
@@ -109,6 +114,77 @@ def test_predict_on_one_model_from_many_threads_matches_serial():
             for x in batches]
     jobs.append((lambda: model.predict_on_batch(batches[1]), model.predict_on_batch(batches[1])))
     run_threads(jobs)
+
+
+class Helper:
+    """A Python thread that runs the functions it is given, one at a time, and stays alive between them."""
+
+    def __init__(self):
+        self.requests, self.results = queue.Queue(), queue.Queue()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while (function := self.requests.get()) is not None:
+            self.results.put(function())
+
+    def __call__(self, function):
+        self.requests.put(function)
+        return self.results.get(timeout=JOIN_TIMEOUT)
+
+    def stop(self):
+        self.requests.put(None)
+        self.thread.join(timeout=JOIN_TIMEOUT)
+
+
+def test_set_num_threads_in_one_thread_applies_to_every_thread(threads):
+    threads(3)
+    helper = Helper()
+    try:
+        assert helper(fastconv.get_num_threads) == 3  # a thread started later follows the setting
+        helper(lambda: fastconv.set_num_threads(1))
+        assert fastconv.get_num_threads() == 1  # the main thread follows the helper's call
+        threads(2)
+        assert helper(fastconv.get_num_threads) == 2  # and the helper the main thread's
+    finally:
+        helper.stop()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_the_thread_count_a_worker_sets_is_the_one_the_main_threads_kernels_run():
+    """What the kernels actually run, not only what get_num_threads says. In a fresh process started with
+    OMP_NUM_THREADS=1, a large GEMM from the main thread starts no OpenMP worker after a helper thread set
+    1, and one after the helper set 2 (libgomp keeps a team's threads, so /proc counts them after the
+    call; the helper stays alive, so no thread ends while they are counted)."""
+    if not fastconv.config()["openmp"]:
+        pytest.skip("built without OpenMP")
+    script = """if True:
+        import os, queue, threading
+        import numpy as np, fastconv
+        requests, done = queue.Queue(), queue.Queue()
+        def helper():
+            while True:
+                done.put(fastconv.set_num_threads(requests.get()))
+        threading.Thread(target=helper, daemon=True).start()
+        def set_in_helper(n):
+            requests.put(n)
+            done.get()
+        def tasks():
+            return len(os.listdir("/proc/self/task"))
+        a = np.ones((512, 512), np.float32)
+        set_in_helper(1)
+        before = tasks()
+        fastconv.gemm(a, a)
+        one = tasks()
+        set_in_helper(2)
+        fastconv.gemm(a, a)
+        print(one - before, tasks() - one)
+    """
+    env = {key: value for key, value in os.environ.items() if key != "OMP_THREAD_LIMIT"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "1"]
 
 
 def _child_convolves(queue):
