@@ -204,8 +204,8 @@ int fc_keep_freed_memory(int64_t bytes)
 {
 #ifdef __GLIBC__
     /* NumPy arrays of training activations (MBs each) are allocated and freed every step. glibc
-     * serves them with fresh mmaps, or trims the freed heap, so every step page-faults them in again:
-     * measured 30% of a training step. Keeping up to `bytes` on the heap reuses the pages. */
+     * serves them with fresh mmaps, or trims the freed heap, so every step page-faults them in again;
+     * keeping up to `bytes` on the heap reuses the pages. */
     return mallopt(M_MMAP_THRESHOLD, (int)bytes) && mallopt(M_TRIM_THRESHOLD, (int)bytes);
 #else
     (void)bytes;

@@ -8,14 +8,15 @@ import operator
 import os
 import warnings
 
-# Threads that finish a parallel region sleep instead of spinning: on a laptop or shared machine
-# where another process holds a core, spinning OpenMP threads made training steps 5x slower than
-# one thread (measured). Must be set before the OpenMP runtime loads; OMP_WAIT_POLICY=active overrides.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# ...but first spin briefly (a few microseconds; GOMP_SPINCOUNT applies under PASSIVE too): waking a
-# sleeping thread costs ~25 us on this VM, and a 2-thread GEMM meets at 3-4 such points per call, so
-# without it 2 threads were slower than 1 up to 256^3 and 512^3 scaled 1.6x instead of 1.8x (measured).
-os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+# OpenMP's wait policy, only where the user set none (README, "Environment variables"); read when the
+# OpenMP runtime loads, so set before _C is imported. Threads that finish a parallel region sleep rather
+# than spin, so a core another process needs is not taken from it (docs/perf-log.md has the cost)...
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    # ...after a short spin: a GEMM meets its threads at a few barriers per call, and waking a sleeping
+    # thread at each made small products slower on 2 threads than on 1. Not under a policy the user
+    # chose: a GOMP_SPINCOUNT of ours would cut OMP_WAIT_POLICY=active's spin short.
+    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
 from fastconv import _C  # noqa: E402
 from fastconv.ops import (  # noqa: E402
@@ -120,12 +121,21 @@ def show_config():
             print(f"{key + ':':<16}{', '.join(value) if isinstance(value, list) else value}")
 
 
+# The user's own glibc malloc settings, which fastconv then leaves alone.
+_MALLOC_ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+_MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
+
+
 def _keep_freed_memory():
-    """Let glibc reuse freed pages for the arrays every training step allocates (30% of a step went
-    to page faults otherwise, measured); FASTCONV_KEEP_FREED_MEMORY=0 leaves malloc alone."""
-    if os.environ.get("FASTCONV_KEEP_FREED_MEMORY", "1") != "0":
-        return _C.keep_freed_memory(256 * 2**20)
-    return False
+    """Let glibc reuse freed pages for the arrays every training step allocates, which it would otherwise
+    return to the OS and page-fault in again each step. Not when FASTCONV_KEEP_FREED_MEMORY=0, nor when
+    the user set glibc's thresholds (MALLOC_*_THRESHOLD_, GLIBC_TUNABLES)."""
+    if os.environ.get("FASTCONV_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(name in os.environ for name in _MALLOC_ENVIRONMENT) or any(name in tunables for name in _MALLOC_TUNABLES):
+        return False
+    return _C.keep_freed_memory(256 * 2**20)
 
 
 def _check_isa_environment():
