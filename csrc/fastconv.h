@@ -70,8 +70,12 @@ typedef struct {
  * GEMM when the forward pass can use it, else im2col + GEMM; 1x1 stride-1 unpadded as one plain
  * GEMM); the others force one. Implicit GEMM (forward only; stride 1, dilation 1, output rows of
  * nearly whole register tiles) falls back to im2col where it does not apply, and its backward pass
- * is im2col's. */
-enum { FC_CONV_AUTO = 0, FC_CONV_IM2COL = 1, FC_CONV_DIRECT = 2, FC_CONV_IMPLICIT = 3, FC_CONV_WINOGRAD = 4 };
+ * is im2col's. Winograd F(2x2, 3x3) and F(4x4, 3x3) (csrc/conv/winograd.h: 3x3, stride 1, dilation
+ * 1; the forward pass and dx, dw as auto computes it) fall back to auto's choice elsewhere. */
+enum {
+    FC_CONV_AUTO = 0, FC_CONV_IM2COL = 1, FC_CONV_DIRECT = 2, FC_CONV_IMPLICIT = 3, FC_CONV_WINOGRAD = 4,
+    FC_CONV_WINOGRAD4X4 = 5,
+};
 int fc_conv2d_algorithm(const fc_conv_shape *s, int algo);  /* the one `algo` resolves to */
 const char *fc_conv_direct_kernel_name(void);
 

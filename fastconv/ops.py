@@ -36,7 +36,7 @@ def _empty(shape, dtype=np.float32):
 
 
 # conv2d algorithms: "auto" picks per shape, the others force one (see conv2d). Codes as in fastconv.h.
-CONV_ALGORITHMS = {"auto": 0, "im2col": 1, "direct": 2, "implicit": 3, "winograd": 4}
+CONV_ALGORITHMS = {"auto": 0, "im2col": 1, "direct": 2, "implicit": 3, "winograd": 4, "winograd4x4": 5}
 
 
 def _conv_algorithm(algorithm):
@@ -311,8 +311,8 @@ def conv2d_algorithm(x_shape, w_shape, *, strides=1, padding="valid", dilation_r
         return "direct"
     if resolved == CONV_ALGORITHMS["implicit"]:
         return "implicit"
-    if resolved == CONV_ALGORITHMS["winograd"]:
-        return "winograd"
+    if resolved in (CONV_ALGORITHMS["winograd"], CONV_ALGORITHMS["winograd4x4"]):
+        return "winograd" if resolved == CONV_ALGORITHMS["winograd"] else "winograd4x4"
     return "gemm" if g.pointwise else "im2col"
 
 

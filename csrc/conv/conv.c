@@ -142,10 +142,14 @@ static int few_outputs(const fc_conv_shape *s)
 
 static int implicit_applies(const fc_conv_shape *s) { return few_outputs(s) || implicit_tiling(s) != IMPLICIT_NONE; }
 
+/* The Winograd codes, and their output tile's side. */
+static int is_winograd(int algo) { return algo == FC_CONV_WINOGRAD || algo == FC_CONV_WINOGRAD4X4; }
+static int winograd_tile(int algo) { return algo == FC_CONV_WINOGRAD4X4 ? 4 : 2; }
+
 static int resolve_algorithm(const fc_conv_shape *s, int algo)
 {
     if (algo == FC_CONV_IM2COL || algo == FC_CONV_DIRECT) return algo;
-    if (algo == FC_CONV_WINOGRAD) return fc_winograd_applies(s) ? FC_CONV_WINOGRAD : resolve_algorithm(s, FC_CONV_AUTO);
+    if (is_winograd(algo)) return fc_winograd_applies(s) ? algo : resolve_algorithm(s, FC_CONV_AUTO);
     if (algo == FC_CONV_IMPLICIT) return implicit_applies(s) ? FC_CONV_IMPLICIT : FC_CONV_IM2COL;
     /* With 1..4 input channels the GEMM's K (kh*kw*cin) is too short to pay for the im2col copy. */
     if (s->cin <= 4 && !is_pointwise(s)) return FC_CONV_DIRECT;
@@ -559,8 +563,8 @@ static int implicit_input_grad(const fc_conv_shape *s, int algo, fc_conv_shape *
 /* Does the backward pass take dx as input_grad_as_conv through Winograd (forced, or auto's choice)? */
 static int winograd_input_grad(const fc_conv_shape *s, int algo, fc_conv_shape *t)
 {
-    return (algo == FC_CONV_AUTO || algo == FC_CONV_WINOGRAD) && resolve_algorithm(s, algo) != FC_CONV_DIRECT &&
-           input_grad_as_conv(s, t) && resolve_algorithm(t, algo) == FC_CONV_WINOGRAD;
+    return (algo == FC_CONV_AUTO || is_winograd(algo)) && resolve_algorithm(s, algo) != FC_CONV_DIRECT &&
+           input_grad_as_conv(s, t) && is_winograd(resolve_algorithm(t, algo));
 }
 
 /* ---- the scratch of each path: one block from the calling thread's FC_SCRATCH_CALL slot, shared
@@ -713,9 +717,9 @@ static int64_t forward_floats(const fc_conv_shape *s, int algo)
         const implicit_layout l = implicit_forward_layout(s);
         return implicit_forward_floats(&l);
     }
-    if (resolved == FC_CONV_WINOGRAD) {
+    if (is_winograd(resolved)) {
         int64_t call, kernel;
-        fc_winograd_workspace(s, &call, &kernel);
+        fc_winograd_workspace(s, winograd_tile(resolved), &call, &kernel);
         return call + kernel;
     }
     fc_gemm_problem p = forward_gemm(s, NULL, NULL, 0);
@@ -738,11 +742,11 @@ int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backwar
     else if (winograd_input_grad(s, algo, &t)) {
         const backward_layout grads = make_backward_layout(s, FC_CONV_AUTO, 0, 1, 1);
         int64_t call, kernel;
-        fc_winograd_workspace(&t, &call, &kernel);
+        fc_winograd_workspace(&t, winograd_tile(resolve_algorithm(&t, algo)), &call, &kernel);
         floats = max64(backward_floats(&grads), call) + kernel;
-    } else if (algo == FC_CONV_WINOGRAD && implicit_input_grad(s, FC_CONV_AUTO, &t))
+    } else if (is_winograd(algo) && implicit_input_grad(s, FC_CONV_AUTO, &t))
         floats = implicit_dx_backward_floats(s, &t, FC_CONV_AUTO, 1, 1);
-    else if (algo == FC_CONV_WINOGRAD) {
+    else if (is_winograd(algo)) {
         const backward_layout l = make_backward_layout(s, FC_CONV_AUTO, 1, 1, 1);
         floats = backward_floats(&l);
     } else if (implicit_input_grad(s, algo, &t))
@@ -785,7 +789,7 @@ static int conv2d_forward(const fc_conv_shape *s, int algo, const float *x, cons
     const int resolved = resolve_algorithm(s, algo);
     if (resolved == FC_CONV_DIRECT) return direct_forward(s, x, w, bias, relu, y);
     if (resolved == FC_CONV_IMPLICIT) return implicit_forward(s, x, w, bias, relu, NULL, y);
-    if (resolved == FC_CONV_WINOGRAD) return fc_winograd_forward(s, x, w, 0, bias, relu, NULL, y);
+    if (is_winograd(resolved)) return fc_winograd_forward(s, winograd_tile(resolved), x, w, 0, bias, relu, NULL, y);
     const fc_gemm_kernel *kernel = fc_active_gemm_kernel();
     const int64_t rows = s->n * s->oh * s->ow;
     const int threads = fc_threads_for_work(forward_flops(s));
@@ -843,9 +847,10 @@ static int conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, co
             const int status = conv2d_backward(s, FC_CONV_AUTO, dy, x, w, 0, NULL, dw, db);
             if (status != FC_OK) return status;
         }
-        return fc_winograd_forward(&t, dy, w, 1, NULL, 0, x_from_relu ? x : NULL, dx);
+        return fc_winograd_forward(&t, winograd_tile(resolve_algorithm(&t, algo)), dy, w, 1, NULL, 0,
+                                   x_from_relu ? x : NULL, dx);
     }
-    if (algo == FC_CONV_WINOGRAD) algo = FC_CONV_AUTO;  /* Winograd computes dx only */
+    if (is_winograd(algo)) algo = FC_CONV_AUTO;  /* Winograd computes dx only */
     if (dx && implicit_input_grad(s, algo, &t)) {
         if (dw || db) {
             const int status = conv2d_backward(s, algo, dy, x, w, 0, NULL, dw, db);

@@ -1,10 +1,13 @@
-/* Winograd convolution F(2x2, 3x3) for 3x3 convolutions of stride 1 and dilation 1 (Lavin & Gray,
- * "Fast Algorithms for Convolutional Neural Networks", 2015).
+/* Winograd convolution F(2x2, 3x3) and F(4x4, 3x3) for 3x3 convolutions of stride 1 and dilation 1
+ * (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
  *
- * Each 2x2 tile of output pixels comes from a 4x4 tile of input pixels:
+ * Each m x m tile of output pixels (m = 2 or 4, `tile` below) comes from an (m + 2)^2 tile of input
+ * pixels:
  *     Y = A^T [ (G g G^T) (.) (B^T d B) ] A
- * so the 36 multiplies per tile and channel pair of a direct 3x3 conv become 16 (2.25x fewer). The 16
- * element-wise products, summed over the input channels, are 16 GEMMs per block of tiles,
+ * so the 9 m^2 multiplies per tile and channel pair of a direct 3x3 conv become (m + 2)^2: 2.25x fewer
+ * for F(2x2, 3x3), 4x fewer for F(4x4, 3x3), whose larger transform coefficients cost float32 accuracy
+ * (the bounds are in fastconv.conv2d's docstring). The (m + 2)^2 element-wise products, summed over the
+ * input channels, are as many GEMMs per block of tiles,
  *     M[xi] (tiles x cout) = V[xi] (tiles x cin) @ U[xi] (cin x cout),
  * on the active GEMM micro-kernel, with U (the transformed kernel) packed once per call. The input and
  * output transforms are vectorised along the channels (8 floats with AVX2, chosen from the active GEMM
@@ -19,20 +22,21 @@
 
 #include "../fastconv.h"
 
-/* Can s run as Winograd F(2x2, 3x3)? 3x3 kernel, stride 1, dilation 1, padding of at most 2 before. */
+/* Can s run as Winograd? A 3x3 kernel, stride 1, dilation 1 (any padding). */
 int fc_winograd_applies(const fc_conv_shape *s);
 
 /* The scratch of fc_winograd_forward: *call floats from FC_SCRATCH_CALL (the packed transformed kernel
  * and one slice per thread) and *kernel floats from FC_SCRATCH_KERNEL (the transformed kernel before
  * packing), at the thread count a call would use now. */
-void fc_winograd_workspace(const fc_conv_shape *s, int64_t *call, int64_t *kernel);
+void fc_winograd_workspace(const fc_conv_shape *s, int tile, int64_t *call, int64_t *kernel);
 
-/* y (n, oh, ow, cout) = conv(x, w) + bias (may be NULL), then ReLU if asked, then zeroed where
- * mask_by <= 0 when mask_by (the size of y) is not NULL. w is the (3, 3, cin, cout) kernel, or with
- * `flipped`, the (3, 3, cout, cin) kernel of the conv whose input gradient this is (s then being that
- * gradient's conv, input_grad_as_conv in conv.c): read flipped in both axes with its channel axes
- * swapped. Between fc_call_begin and fc_call_end; returns FC_OK or FC_ERROR_NO_MEMORY (nothing written). */
-int fc_winograd_forward(const fc_conv_shape *s, const float *x, const float *w, int flipped, const float *bias,
-                        int relu, const float *mask_by, float *y);
+/* y (n, oh, ow, cout) = conv(x, w) + bias (may be NULL) as F(tile x tile, 3x3), tile 2 or 4, then ReLU
+ * if asked, then zeroed where mask_by <= 0 when mask_by (the size of y) is not NULL. w is the
+ * (3, 3, cin, cout) kernel, or with `flipped`, the (3, 3, cout, cin) kernel of the conv whose input
+ * gradient this is (s then being that gradient's conv, input_grad_as_conv in conv.c): read flipped in
+ * both axes with its channel axes swapped. Between fc_call_begin and fc_call_end; returns FC_OK or
+ * FC_ERROR_NO_MEMORY (nothing written). */
+int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const float *w, int flipped,
+                        const float *bias, int relu, const float *mask_by, float *y);
 
 #endif
