@@ -151,6 +151,14 @@ def naive_attention(q, k, v, bias=None, mask=None, causal=False, scale=None, cap
     return out
 
 
+def naive_scan(x, carry):
+    ys = []
+    for row in x:
+        carry, y = carry * row, carry + row
+        ys.append(y)
+    return carry, np.stack(ys)
+
+
 def np_softmax(x, axis=-1):
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -205,6 +213,21 @@ DIFF_CASES = [
     ("logaddexp", "broadcast", ops.logaddexp, np.logaddexp, [arr(2, 3, low=-50, high=50), arr(3, seed=1)]),
     ("nan_to_num", "", lambda x: ops.nan_to_num(ops.where(x > 0.5, np.inf, ops.where(x < -0.5, np.nan, x)), posinf=9.0),
      lambda x: np.nan_to_num(np.where(x > 0.5, np.inf, np.where(x < -0.5, np.nan, x)), posinf=9.0), [arr(3, 4)]),
+    ("tan", "", ops.tan, np.tan, [arr(2, 3)]),
+    ("arcsinh", "", ops.arcsinh, np.arcsinh, [arr(2, 3, low=-3, high=3)]),
+    ("arccosh", "", ops.arccosh, np.arccosh, [arr(2, 3, low=1.2, high=3)]),
+    ("arctanh", "", ops.arctanh, np.arctanh, [arr(2, 3, low=-0.9, high=0.9)]),
+    ("cbrt", "", ops.cbrt, np.cbrt, [pos(2, 3)]),
+    ("exp2", "", ops.exp2, np.exp2, [arr(2, 3)]),
+    ("fabs", "", ops.fabs, np.fabs, [arr(2, 3)]),
+    ("deg2rad", "", ops.deg2rad, np.deg2rad, [arr(2, 3)]),
+    ("rad2deg", "", ops.rad2deg, np.rad2deg, [arr(2, 3)]),
+    ("erfinv", "", ops.erfinv, None, [arr(2, 3, low=-0.99, high=0.99)]),
+    ("arctan2", "broadcast", ops.arctan2, np.arctan2, [arr(2, 3), arr(3, seed=1)]),
+    ("hypot", "", ops.hypot, np.hypot, [arr(2, 3), arr(2, 3, seed=1)]),
+    ("logaddexp2", "", ops.logaddexp2, np.logaddexp2, [arr(2, 3, low=-9, high=9), arr(2, 3, seed=1)]),
+    ("divide_no_nan", "", lambda a, b: ops.divide_no_nan(a, ops.multiply(b, np.abs(b) > 0.3)),
+     lambda a, b: np.where(np.abs(b) > 0.3, a / np.where(np.abs(b) > 0.3, b, 1), 0), [arr(2, 3), arr(2, 3, seed=1)]),
     ("maximum", "broadcast", ops.maximum, np.maximum, [arr(2, 3), arr(3, seed=1)]),
     ("minimum", "broadcast", ops.minimum, np.minimum, [arr(3, 1), arr(3, seed=1)]),
     ("clip", "", lambda x: ops.clip(x, -0.5, 0.4), lambda x: np.clip(x, -0.5, 0.4), [arr(3, 4)]),
@@ -212,6 +235,7 @@ DIFF_CASES = [
                                                   arr(3, 1, low=0.1, high=0.6, seed=2)]),
     ("clip", "crossed-bounds", ops.clip, np.clip, [arr(3, 4), arr(4, low=-0.5, high=0.5, seed=1),
                                                     arr(3, 1, low=-0.5, high=0.5, seed=2)]),
+    ("where", "python-scalar", lambda x: ops.where(x > 0, x, 0), lambda x: np.where(x > 0, x, 0.0), [arr(2, 3)]),
     ("where", "broadcast", lambda x1, x2: ops.where(arr(2, 3, seed=5) > 0, x1, x2),
      lambda x1, x2: np.where(arr(2, 3, seed=5) > 0, x1, x2), [arr(3), arr(2, 1, seed=1)]),
     ("cast", "float64", lambda x: ops.cast(x, "float64"), lambda x: x, [arr(2, 3)]),
@@ -251,6 +275,30 @@ DIFF_CASES = [
      lambda x, w: np.average(x, axis=-1, weights=w), [arr(2, 3), pos(3, seed=1)]),
     ("average", "weights-full", lambda x, w: ops.average(x, weights=w), lambda x, w: np.average(x, weights=w),
      [arr(2, 3), pos(2, 3, seed=1)]),
+    ("nansum", "", lambda x: ops.nansum(ops.where(x > 0.5, np.nan, x), axis=1),
+     lambda x: np.nansum(np.where(x > 0.5, np.nan, x), axis=1), [arr(3, 4)]),
+    ("nanmean", "", lambda x: ops.nanmean(ops.where(x > 0.5, np.nan, x), axis=0, keepdims=True),
+     lambda x: np.nanmean(np.where(x > 0.5, np.nan, x), axis=0, keepdims=True), [arr(3, 4, seed=1)]),
+    ("nanmax", "", lambda x: ops.nanmax(ops.where(x > 0.5, np.nan, x)), lambda x: np.nanmax(np.where(x > 0.5, np.nan, x)),
+     [arr(3, 4)]),
+    ("nanmin", "", lambda x: ops.nanmin(ops.where(x < -0.5, np.nan, x), axis=-1),
+     lambda x: np.nanmin(np.where(x < -0.5, np.nan, x), axis=-1), [arr(3, 4)]),
+    ("ptp", "", lambda x: ops.ptp(x, axis=0), lambda x: np.ptp(x, axis=0), [arr(3, 4)]),
+    ("quantile", "linear", lambda x: ops.quantile(x, 0.3), lambda x: np.quantile(x, 0.3), [arr(3, 4)]),
+    ("quantile", "levels-axis", lambda x: ops.quantile(x, np.array([0.1, 0.9]), axis=1, keepdims=True),
+     lambda x: np.quantile(x, [0.1, 0.9], axis=1, keepdims=True), [arr(3, 5)]),
+    ("quantile", "lower-axes", lambda x: ops.quantile(x, 0.4, axis=(0, 2), method="lower"),
+     lambda x: np.quantile(x, 0.4, axis=(0, 2), method="lower"), [arr(2, 3, 4)]),
+    ("quantile", "higher", lambda x: ops.quantile(x, 0.4, axis=0, method="higher"),
+     lambda x: np.quantile(x, 0.4, axis=0, method="higher"), [arr(4, 3)]),
+    ("quantile", "nearest", lambda x: ops.quantile(x, 0.7, method="nearest"),
+     lambda x: np.quantile(x, 0.7, method="nearest"), [arr(7)]),
+    ("quantile", "midpoint", lambda x: ops.quantile(x, 0.5, axis=-1, method="midpoint"),
+     lambda x: np.quantile(x, 0.5, axis=-1, method="midpoint"), [arr(2, 4)]),
+    ("percentile", "", lambda x: ops.percentile(x, 25, axis=0), lambda x: np.percentile(x, 25, axis=0), [arr(5, 2)]),
+    ("median", "even", lambda x: ops.median(x, axis=1), lambda x: np.median(x, axis=1), [arr(3, 4)]),
+    ("median", "odd-keepdims", lambda x: ops.median(x, keepdims=True), lambda x: np.median(x, keepdims=True),
+     [arr(3, 3)]),
     ("cumsum", "flat", ops.cumsum, np.cumsum, [arr(2, 3)]),
     ("cumsum", "axis", lambda x: ops.cumsum(x, axis=-1), lambda x: np.cumsum(x, axis=-1), [arr(2, 3)]),
     ("norm", "all", ops.norm, np.linalg.norm, [arr(2, 3)]),
@@ -332,6 +380,28 @@ DIFF_CASES = [
     ("roll", "flat", lambda x: ops.roll(x, 4), lambda x: np.roll(x, 4), [arr(2, 3)]),
     ("roll", "axes", lambda x: ops.roll(x, (1, 2), axis=(0, 1)), lambda x: np.roll(x, (1, 2), axis=(0, 1)),
      [arr(2, 3)]),
+    ("rot90", "", ops.rot90, np.rot90, [arr(2, 3, 2)]),
+    ("rot90", "k-axes", lambda x: ops.rot90(x, k=3, axes=(2, 0)), lambda x: np.rot90(x, k=3, axes=(2, 0)),
+     [arr(2, 3, 2)]),
+    ("rot90", "k2", lambda x: ops.rot90(x, 2), lambda x: np.rot90(x, 2), [arr(2, 3)]),
+    ("fliplr", "", ops.fliplr, np.fliplr, [arr(2, 3)]),
+    ("flipud", "", ops.flipud, np.flipud, [arr(2, 3)]),
+    ("diff", "", ops.diff, np.diff, [arr(2, 4)]),
+    ("diff", "n-axis", lambda x: ops.diff(x, n=2, axis=0), lambda x: np.diff(x, n=2, axis=0), [arr(4, 2)]),
+    ("inner", "", ops.inner, np.inner, [arr(2, 3), arr(4, 3, seed=1)]),
+    ("vdot", "", ops.vdot, np.vdot, [arr(2, 3), arr(3, 2, seed=1)]),
+    ("column_stack", "", lambda a, b: ops.column_stack([a, b]), lambda a, b: np.column_stack([a, b]),
+     [arr(3), arr(3, 2, seed=1)]),
+    ("dstack", "", lambda a, b: ops.dstack([a, b]), lambda a, b: np.dstack([a, b]), [arr(2, 3), arr(2, 3, seed=1)]),
+    ("array_split", "", lambda x: ops.array_split(x, 3, axis=1), lambda x: np.array_split(x, 3, axis=1), [arr(2, 5)]),
+    ("append", "flat", ops.append, np.append, [arr(2, 2), arr(3, seed=1)]),
+    ("append", "axis", lambda a, b: ops.append(a, b, axis=0), lambda a, b: np.append(a, b, axis=0),
+     [arr(2, 2), arr(1, 2, seed=1)]),
+    ("map", "", lambda x: ops.map(lambda row: ops.sum(row * row), x), lambda x: (x * x).sum(1), [arr(3, 2)]),
+    ("vectorized_map", "", lambda x: ops.vectorized_map(ops.softmax, x), np_softmax, [arr(3, 2)]),
+    ("scan", "cumulative", lambda x, c: ops.scan(lambda carry, row: (carry * row, carry + row), c, x),
+     lambda x, c: naive_scan(x, c), [arr(3, 2), arr(2, seed=1)]),
+    ("switch", "", lambda x: ops.switch(5, [ops.exp, ops.sin], x), np.sin, [arr(2, 3)]),
     ("tril", "", ops.tril, np.tril, [arr(2, 3, 4)]),
     ("tril", "k", lambda x: ops.tril(x, -1), lambda x: np.tril(x, -1), [arr(3, 4)]),
     ("triu", "", ops.triu, np.triu, [arr(4, 3)]),
@@ -571,7 +641,8 @@ TESTED_SEPARATELY = {
     "arange", "eye", "shape", "ndim", "size", "stop_gradient", "sign", "floor", "ceil", "round", "equal",
     "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or", "logical_not",
     "isnan", "isfinite", "isinf", "all", "any", "multi_hot", "empty", "isclose", "nonzero", "bincount",
-    "searchsorted", "in_top_k", "logical_xor", "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
+    "searchsorted", "in_top_k", "logical_xor", "trunc", "signbit", "isposinf", "isneginf", "heaviside", "empty_like",
+    "is_tensor", "dtype", "allclose", "isin", "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
     "tri", "cond", "fori_loop", "while_loop", "count_nonzero", "argmin", "argsort", "one_hot",
 }
 
@@ -1371,3 +1442,34 @@ def test_unconnected_gradients_enum_and_scalar_arguments():
     np.testing.assert_allclose(value, 12.0)
     np.testing.assert_allclose(grad, 12.0)
     assert np.asarray(grad).dtype == np.float32
+
+
+
+def test_erfinv_inverts_erf():
+    y = np.linspace(-0.999, 0.999, 41)
+    np.testing.assert_allclose(np.vectorize(math.erf)(ops.erfinv(y)), y, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(ops.erfinv(np.array([-1.0, 1.0])), [-np.inf, np.inf])
+    assert ops.erfinv(np.float32([0.5])).dtype == np.float32
+
+
+def test_even_more_forward_only_ops():
+    x = np.array([-1.5, -0.0, 0.0, 2.7, np.inf, -np.inf])
+    np.testing.assert_array_equal(ops.trunc(x[:4]), np.trunc(x[:4]))
+    np.testing.assert_array_equal(ops.signbit(x), np.signbit(x))
+    np.testing.assert_array_equal(ops.isposinf(x), np.isposinf(x))
+    np.testing.assert_array_equal(ops.isneginf(x), np.isneginf(x))
+    np.testing.assert_array_equal(ops.heaviside(x[:4], 0.5), np.heaviside(x[:4], 0.5))
+    assert ops.empty_like(arr(2, 3)).shape == (2, 3) and ops.empty_like(arr(2), dtype="int32").dtype == np.int32
+    assert ops.is_tensor(arr(2)) and ops.is_tensor(Variable(np.ones(1))) and not ops.is_tensor([1.0])
+    assert ops.dtype(np.ones(2, np.float32)) == "float32" and ops.dtype(Variable(np.ones(1))) == "float32"
+    assert ops.allclose(np.ones(2), 1 + 1e-9) and not ops.allclose(np.ones(2), 1.1)
+    np.testing.assert_array_equal(ops.isin(np.array([1, 2, 3]), np.array([3, 1])), [True, False, True])
+    np.testing.assert_array_equal(ops.isin(np.array([1, 2]), np.array([1]), invert=True), [False, True])
+    with pytest.raises(ValueError, match="method"):
+        ops.quantile(arr(3), 0.5, method="cubic")
+    with pytest.raises(ValueError, match="quantiles"):
+        ops.quantile(arr(3), 1.5)
+    with pytest.raises(ValueError, match="axes"):
+        ops.rot90(arr(2, 2), axes=(1, 1))
+    carry, ys = ops.scan(lambda c, _: (c + 1, None), 0, length=3)
+    assert carry == 3 and ys is None

@@ -27,6 +27,11 @@ __all__ = [
     "cond", "fori_loop", "while_loop",
     "unstack", "cumprod", "slice_update", "scatter", "scatter_update", "segment_sum", "segment_max", "meshgrid",
     "select", "copy", "empty", "isclose", "nonzero", "bincount", "searchsorted", "in_top_k", "logical_xor",
+    "tan", "arcsinh", "arccosh", "arctanh", "arctan2", "cbrt", "exp2", "fabs", "trunc", "hypot", "divide_no_nan",
+    "deg2rad", "rad2deg", "logaddexp2", "erfinv", "signbit", "isposinf", "isneginf", "heaviside",
+    "nansum", "nanmean", "nanmax", "nanmin", "ptp", "quantile", "percentile", "median",
+    "rot90", "fliplr", "flipud", "diff", "inner", "vdot", "column_stack", "dstack", "array_split", "append",
+    "empty_like", "is_tensor", "dtype", "allclose", "isin", "map", "scan", "switch", "vectorized_map",
 ]
 
 
@@ -429,8 +434,10 @@ def where(condition, x1=None, x2=None):
     cond = _array(condition).astype(bool)
     if x1 is None and x2 is None:
         return np.nonzero(cond)
-    a, b = _array(x1), _array(x2)
+    a, b = _operand(x1, x2), _operand(x2, x1)  # where(mask, x, 0) stays float32, as NumPy's weak scalars
     out = np.where(cond, a, b)
+    if type(a) is float and type(b) is float:
+        out = out.astype(backend.floatx())
     return record(out, (x1, x2), lambda g: (np.where(cond, g, 0), np.where(cond, 0, g)))
 
 
@@ -1250,3 +1257,314 @@ def in_top_k(targets, predictions, k):
 
 def logical_xor(x1, x2):
     return np.logical_xor(_array(x1), _array(x2))
+
+
+# ----- more element-wise math -----
+def tan(x):
+    return _unary(x, np.tan, lambda g, a, out: g * (1 + out * out), floating=True)
+
+
+def arcsinh(x):
+    return _unary(x, np.arcsinh, lambda g, a, out: g / np.sqrt(a * a + 1), floating=True)
+
+
+def arccosh(x):
+    return _unary(x, np.arccosh, lambda g, a, out: g / np.sqrt(a * a - 1), floating=True)
+
+
+def arctanh(x):
+    return _unary(x, np.arctanh, lambda g, a, out: g / (1 - a * a), floating=True)
+
+
+def cbrt(x):
+    return _unary(x, np.cbrt, lambda g, a, out: g / (3 * out * out), floating=True)
+
+
+def exp2(x):
+    return _unary(x, np.exp2, lambda g, a, out: g * out * math.log(2), floating=True)
+
+
+def fabs(x):
+    return _unary(x, np.abs, lambda g, a, out: g * np.sign(a), floating=True)
+
+
+def deg2rad(x):
+    return _unary(x, np.deg2rad, lambda g, a, out: g * (math.pi / 180), floating=True)
+
+
+def rad2deg(x):
+    return _unary(x, np.rad2deg, lambda g, a, out: g * (180 / math.pi), floating=True)
+
+
+def arctan2(x1, x2):
+    def vjp(g, a, b, out):
+        r2 = a * a + b * b
+        return g * b / r2, -g * a / r2
+    return _binary(x1, x2, np.arctan2, vjp)
+
+
+def hypot(x1, x2):
+    return _binary(x1, x2, np.hypot, lambda g, a, b, out: (g * a / out, g * b / out))
+
+
+def logaddexp2(x1, x2):
+    return _binary(x1, x2, np.logaddexp2, lambda g, a, b, out: (g * np.exp2(a - out), g * np.exp2(b - out)))
+
+
+def divide_no_nan(x1, x2):
+    """x1 / x2, and 0 where x2 is 0 (with no gradient there)."""
+    def fn(a, b):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(np.asarray(b) == 0, 0, np.true_divide(a, b)).astype(np.result_type(a, b, np.float32))
+
+    def vjp(g, a, b, out):
+        safe = np.where(np.asarray(b) == 0, 1, b)
+        zero = np.asarray(b) == 0
+        return np.where(zero, 0, g / safe), np.where(zero, 0, -g * out / safe)
+    return _binary(x1, x2, fn, vjp)
+
+
+def _erfinv(y):
+    # No SciPy here: Giles' single-precision approximation, refined by Newton on erf to float64.
+    y = np.asarray(y, dtype=np.float64)
+    w = -np.log((1 - y) * (1 + y))
+    small = w < 5
+    ws, wl = w - 2.5, np.sqrt(np.maximum(w, 5)) - 3
+    ps = np.polyval([2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                     -0.00125372503, -0.00417768164, 0.246640727, 1.50140941], ws)
+    pl = np.polyval([-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+                     -0.0076224613, 0.00943887047, 1.00167406, 2.83297682], wl)
+    x = np.where(small, ps, pl) * y
+    for _ in range(3):
+        x = x - (np.vectorize(math.erf)(x) - y) / (2 / math.sqrt(math.pi) * np.exp(-x * x))
+    return np.where(np.abs(y) == 1, np.sign(y) * np.inf, x)
+
+
+def erfinv(x):
+    def fn(a):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return _erfinv(a).astype(a.dtype)
+    return _unary(x, fn, lambda g, a, out: g * (math.sqrt(math.pi) / 2) * np.exp(out * out), floating=True)
+
+
+def trunc(x):
+    return np.trunc(_array(x))
+
+
+def signbit(x):
+    return np.signbit(_array(x))
+
+
+def isposinf(x):
+    return np.isposinf(_array(x))
+
+
+def isneginf(x):
+    return np.isneginf(_array(x))
+
+
+def heaviside(x1, x2):
+    return np.heaviside(_array(x1), _array(x2))
+
+
+# ----- NaN-ignoring and order statistics -----
+def nansum(x, axis=None, keepdims=False):
+    return sum(where(isnan(x), 0, x), axis=axis, keepdims=keepdims)
+
+
+def nanmean(x, axis=None, keepdims=False):
+    counts = np.sum(~np.isnan(_array(x)), axis=_axis_arg(axis), keepdims=keepdims)
+    return divide(nansum(x, axis=axis, keepdims=keepdims), counts.astype(_array(x).dtype))
+
+
+def nanmax(x, axis=None, keepdims=False):
+    return max(where(isnan(x), -np.inf, x), axis=axis, keepdims=keepdims)
+
+
+def nanmin(x, axis=None, keepdims=False):
+    return min(where(isnan(x), np.inf, x), axis=axis, keepdims=keepdims)
+
+
+def ptp(x, axis=None, keepdims=False):
+    return subtract(max(x, axis=axis, keepdims=keepdims), min(x, axis=axis, keepdims=keepdims))
+
+
+_QUANTILE_METHODS = ("linear", "lower", "higher", "nearest", "midpoint")
+
+
+def quantile(x, q, axis=None, method="linear", keepdims=False):
+    """np.quantile, differentiable: the sorted values at the two ranks around q, interpolated."""
+    if method not in _QUANTILE_METHODS:
+        raise ValueError(f"method must be one of {', '.join(_QUANTILE_METHODS)}, got {method!r}")
+    qs = np.asarray(unwrap(q), dtype=np.float64)
+    if np.any((qs < 0) | (qs > 1)):
+        raise ValueError(f"quantiles must be in [0, 1], got {q!r}")
+    a = _array(x)
+    axes = tuple(range(a.ndim)) if axis is None else tuple(ax % a.ndim for ax in np.atleast_1d(axis))
+    kept = [i for i in range(a.ndim) if i not in axes]
+    # the reduced axes last and flattened into one: (..., n)
+    data = reshape(transpose(x, kept + list(axes)), tuple(a.shape[i] for i in kept) + (-1,))
+    ordered = sort(data, axis=-1)
+    n = math.prod(a.shape[i] for i in axes)
+    results = []
+    for level in qs.reshape(-1):
+        position = level * (n - 1)
+        low, high = int(math.floor(position)), int(math.ceil(position))
+        frac = position - low
+        weights = {"linear": (1 - frac, frac), "lower": (1.0, 0.0), "higher": (0.0, 1.0),
+                   "nearest": (1.0, 0.0) if round(position) == low else (0.0, 1.0),
+                   "midpoint": (0.5, 0.5) if high != low else (1.0, 0.0)}[method]
+        value = add(multiply(get_item(ordered, (Ellipsis, low)), weights[0]),
+                    multiply(get_item(ordered, (Ellipsis, high)), weights[1]))
+        if keepdims:
+            value = reshape(value, tuple(1 if i in axes else a.shape[i] for i in range(a.ndim)))
+        results.append(value)
+    out = stack(results) if results else np.zeros((0,), a.dtype)
+    out = reshape(out, qs.shape + np.shape(_array(results[0]))) if results else out
+    return cast(out, a.dtype) if a.dtype.kind == "f" else out
+
+
+def percentile(x, q, axis=None, method="linear", keepdims=False):
+    return quantile(x, np.asarray(unwrap(q), dtype=np.float64) / 100, axis=axis, method=method, keepdims=keepdims)
+
+
+def median(x, axis=None, keepdims=False):
+    return quantile(x, 0.5, axis=axis, keepdims=keepdims)
+
+
+# ----- more shapes -----
+def rot90(array, k=1, axes=(0, 1)):
+    a0, a1 = (ax % ndim(array) for ax in axes)
+    if a0 == a1:
+        raise ValueError(f"rot90 needs two different axes, got {axes!r}")
+    k %= 4
+    if k == 0:
+        return copy(array)
+    if k == 2:
+        return flip(flip(array, a0), a1)
+    order = list(range(ndim(array)))
+    order[a0], order[a1] = order[a1], order[a0]
+    return transpose(flip(array, a1), order) if k == 1 else flip(transpose(array, order), a1)
+
+
+def fliplr(x):
+    return flip(x, 1)
+
+
+def flipud(x):
+    return flip(x, 0)
+
+
+def diff(a, n=1, axis=-1):
+    out = a
+    for _ in range(n):
+        size = np.shape(_array(out))[axis]
+        lead = (builtins.slice(None),) * (axis % ndim(out))
+        out = subtract(get_item(out, lead + (builtins.slice(1, size),)),
+                       get_item(out, lead + (builtins.slice(0, size - 1),)))
+    return out
+
+
+def inner(x1, x2):
+    if ndim(x1) == 0 or ndim(x2) == 0:
+        return multiply(x1, x2)
+    return tensordot(x1, x2, axes=([-1], [-1]))
+
+
+def vdot(x1, x2):
+    return sum(multiply(reshape(x1, (-1,)), reshape(x2, (-1,))))
+
+
+def column_stack(xs):
+    return concatenate([reshape(x, (-1, 1)) if ndim(x) == 1 else x for x in xs], axis=1)
+
+
+def dstack(xs):
+    def three_d(x):
+        n = ndim(x)
+        return reshape(x, (1, -1, 1)) if n == 1 else expand_dims(x, -1) if n == 2 else x
+    return concatenate([three_d(x) for x in xs], axis=2)
+
+
+def array_split(x, indices_or_sections, axis=0):
+    size = np.shape(_array(x))[axis]
+    if isinstance(indices_or_sections, (int, np.integer)):
+        sections = int(indices_or_sections)
+        if sections <= 0:
+            raise ValueError(f"array_split needs a positive number of sections, got {sections}")
+        extra = size % sections
+        sizes = [size // sections + 1] * extra + [size // sections] * (sections - extra)
+        indices_or_sections = list(np.cumsum(sizes)[:-1])
+    return split(x, indices_or_sections, axis=axis)
+
+
+def append(x1, x2, axis=None):
+    if axis is None:
+        return concatenate([reshape(x1, (-1,)), reshape(x2, (-1,))], axis=0)
+    return concatenate([x1, x2], axis=axis)
+
+
+# ----- predicates and helpers -----
+def empty_like(x, dtype=None):
+    return np.empty_like(_array(x), dtype=dtype)
+
+
+def is_tensor(x):
+    return isinstance(x, (np.ndarray, Tensor)) or getattr(type(x), "_is_keras_variable", False)
+
+
+def dtype(x):
+    return str(np.asarray(unwrap(x)).dtype)
+
+
+def allclose(x1, x2, rtol=1e-5, atol=1e-8, equal_nan=False):
+    return np.allclose(_array(x1), _array(x2), rtol=rtol, atol=atol, equal_nan=equal_nan)
+
+
+def isin(x1, x2, assume_unique=False, invert=False):
+    return np.isin(_array(x1), _array(x2), assume_unique=assume_unique, invert=invert)
+
+
+# ----- functional control flow (eager) -----
+def _unstacked(xs):
+    if isinstance(xs, (list, tuple)):
+        parts = [_unstacked(x) for x in xs]
+        return [type(xs)(items) for items in zip(*parts)]
+    return [get_item(xs, i) for i in range(np.shape(_array(xs))[0])]
+
+
+def _stacked(ys):
+    first = ys[0]
+    if isinstance(first, (list, tuple)):
+        return type(first)(_stacked([y[i] for y in ys]) for i in range(len(first)))
+    return stack(ys)
+
+
+def map(f, xs):
+    """stack([f(x) for x in xs]) along a new first axis (xs a tensor or a tuple of them)."""
+    ys = [f(x) for x in _unstacked(xs)]
+    return _stacked(ys) if ys else np.zeros((0,))
+
+
+def vectorized_map(function, elements):
+    return map(function, elements)
+
+
+def scan(f, init, xs=None, length=None, reverse=False, unroll=1):
+    """jax.lax.scan, eagerly: carry, y = f(carry, x) over the first axis of xs; (carry, stacked ys)."""
+    items = _unstacked(xs) if xs is not None else [None] * int(length or 0)
+    if xs is not None and length is not None and len(items) != length:
+        raise ValueError(f"scan: length={length} but xs has {len(items)} items")
+    carry, ys = init, []
+    for x in (reversed(items) if reverse else items):
+        carry, y = f(carry, x)
+        ys.append(y)
+    if reverse:
+        ys.reverse()
+    return carry, (None if not ys or ys[0] is None else _stacked(ys))
+
+
+def switch(index, branches, *operands):
+    """branches[index](*operands), index clamped to the branches, as Keras."""
+    i = builtins.min(builtins.max(int(np.asarray(unwrap(index))), 0), len(branches) - 1)
+    return branches[i](*operands)
