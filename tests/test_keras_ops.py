@@ -151,6 +151,35 @@ def naive_attention(q, k, v, bias=None, mask=None, causal=False, scale=None, cap
     return out
 
 
+SPD = arr(3, 3, seed=5) @ arr(3, 3, seed=5).T + np.eye(3)  # symmetric positive definite
+
+
+def symmetric(x):
+    """(x + x^T) / 2: cholesky reads one triangle of a symmetric matrix, so finite differences on a
+    single entry need the symmetrization in front to agree with its symmetric gradient."""
+    return ops.divide(ops.add(x, ops.swapaxes(x, -1, -2)), 2.0)
+
+
+def naive_depth_to_space(x, b):
+    n, h, w, c = x.shape
+    out = np.zeros((n, h * b, w * b, c // (b * b)))
+    for i in range(h * b):
+        for j in range(w * b):
+            depth = ((i % b) * b + j % b) * (c // (b * b))
+            out[:, i, j] = x[:, i // b, j // b, depth:depth + c // (b * b)]
+    return out
+
+
+def naive_space_to_depth(x, b):
+    n, h, w, c = x.shape
+    out = np.zeros((n, h // b, w // b, c * b * b))
+    for i in range(h):
+        for j in range(w):
+            depth = ((i % b) * b + j % b) * c
+            out[:, i // b, j // b, depth:depth + c] = x[:, i, j]
+    return out
+
+
 def naive_scan(x, carry):
     ys = []
     for row in x:
@@ -228,6 +257,11 @@ DIFF_CASES = [
     ("logaddexp2", "", ops.logaddexp2, np.logaddexp2, [arr(2, 3, low=-9, high=9), arr(2, 3, seed=1)]),
     ("divide_no_nan", "", lambda a, b: ops.divide_no_nan(a, ops.multiply(b, np.abs(b) > 0.3)),
      lambda a, b: np.where(np.abs(b) > 0.3, a / np.where(np.abs(b) > 0.3, b, 1), 0), [arr(2, 3), arr(2, 3, seed=1)]),
+    ("erfc", "", ops.erfc, lambda x: 1 - np.vectorize(math.erf)(x), [arr(2, 3)]),
+    ("sinc", "", ops.sinc, np.sinc, [arr(2, 3, low=-2, high=2)]),
+    ("fmax", "", ops.fmax, np.fmax, [arr(2, 3), arr(3, seed=1)]),
+    ("fmin", "", ops.fmin, np.fmin, [arr(2, 3), arr(3, seed=1)]),
+    ("fmod", "", ops.fmod, np.fmod, [arr(2, 3, low=-3, high=3), pos(3, seed=1)]),
     ("maximum", "broadcast", ops.maximum, np.maximum, [arr(2, 3), arr(3, seed=1)]),
     ("minimum", "broadcast", ops.minimum, np.minimum, [arr(3, 1), arr(3, seed=1)]),
     ("clip", "", lambda x: ops.clip(x, -0.5, 0.4), lambda x: np.clip(x, -0.5, 0.4), [arr(3, 4)]),
@@ -402,6 +436,29 @@ DIFF_CASES = [
     ("scan", "cumulative", lambda x, c: ops.scan(lambda carry, row: (carry * row, carry + row), c, x),
      lambda x, c: naive_scan(x, c), [arr(3, 2), arr(2, seed=1)]),
     ("switch", "", lambda x: ops.switch(5, [ops.exp, ops.sin], x), np.sin, [arr(2, 3)]),
+    ("inv", "", ops.inv, np.linalg.inv, [np.eye(3) * 2 + arr(3, 3)]),
+    ("inv", "batched", ops.inv, np.linalg.inv, [np.eye(2) * 2 + arr(2, 2, 2)]),
+    ("det", "", ops.det, np.linalg.det, [np.eye(3) + arr(3, 3)]),
+    ("det", "batched", ops.det, np.linalg.det, [np.eye(2) + arr(3, 2, 2)]),
+    ("slogdet", "", lambda x: ops.slogdet(x)[1], lambda x: np.linalg.slogdet(x)[1], [np.eye(3) + arr(3, 3)]),
+    ("logdet", "", ops.logdet, lambda x: np.log(np.linalg.det(x)), [np.eye(3) * 2 + arr(3, 3) * 0.3]),
+    ("solve", "matrix", ops.solve, np.linalg.solve, [np.eye(3) * 2 + arr(3, 3), arr(3, 2, seed=1)]),
+    ("solve", "vector-batched", ops.solve, lambda a, b: np.linalg.solve(a, b[..., None])[..., 0],
+     [np.eye(2) * 2 + arr(2, 2, 2), arr(2, 2, seed=1)]),
+    ("matrix_power", "", lambda x: ops.matrix_power(x, 3), lambda x: np.linalg.matrix_power(x, 3), [arr(3, 3)]),
+    ("matrix_power", "negative", lambda x: ops.matrix_power(x, -2), lambda x: np.linalg.matrix_power(x, -2),
+     [np.eye(2) * 2 + arr(2, 2)]),
+    ("cholesky", "", lambda x: ops.cholesky(symmetric(x)), lambda x: np.linalg.cholesky((x + x.T) / 2), [SPD]),
+    ("cholesky", "upper-batched", lambda x: ops.cholesky(symmetric(x), upper=True),
+     lambda x: np.swapaxes(np.linalg.cholesky((x + np.swapaxes(x, -1, -2)) / 2), -1, -2),
+     [np.stack([SPD, SPD * 2 + np.eye(3)])]),
+    ("cross", "", ops.cross, np.cross, [arr(2, 3), arr(3, seed=1)]),
+    ("cross", "axes", lambda a, b: ops.cross(a, b, axisa=0, axisb=1, axisc=0),
+     lambda a, b: np.cross(a, b, axisa=0, axisb=1, axisc=0), [arr(3, 2), arr(2, 3, seed=1)]),
+    ("depth_to_space", "", lambda x: ops.depth_to_space(x, 2), lambda x: naive_depth_to_space(x, 2),
+     [arr(1, 2, 3, 8)]),
+    ("space_to_depth", "", lambda x: ops.space_to_depth(x, 2),
+     lambda x: naive_space_to_depth(x, 2), [arr(2, 4, 2, 2)]),
     ("tril", "", ops.tril, np.tril, [arr(2, 3, 4)]),
     ("tril", "k", lambda x: ops.tril(x, -1), lambda x: np.tril(x, -1), [arr(3, 4)]),
     ("triu", "", ops.triu, np.triu, [arr(4, 3)]),
@@ -642,7 +699,8 @@ TESTED_SEPARATELY = {
     "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or", "logical_not",
     "isnan", "isfinite", "isinf", "all", "any", "multi_hot", "empty", "isclose", "nonzero", "bincount",
     "searchsorted", "in_top_k", "logical_xor", "trunc", "signbit", "isposinf", "isneginf", "heaviside", "empty_like",
-    "is_tensor", "dtype", "allclose", "isin", "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
+    "is_tensor", "dtype", "allclose", "isin", "pinv", "logspace", "geomspace", "argpartition", "unique",
+    "digitize", "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
     "tri", "cond", "fori_loop", "while_loop", "count_nonzero", "argmin", "argsort", "one_hot",
 }
 
@@ -1473,3 +1531,43 @@ def test_even_more_forward_only_ops():
         ops.rot90(arr(2, 2), axes=(1, 1))
     carry, ys = ops.scan(lambda c, _: (c + 1, None), 0, length=3)
     assert carry == 3 and ys is None
+
+
+
+def test_linear_algebra_and_misc_forward_only():
+    a = np.eye(3) * 2 + arr(3, 3)
+    np.testing.assert_allclose(ops.pinv(a), np.linalg.pinv(a))
+    sign, logabs = ops.slogdet(-np.eye(3))
+    assert sign == -1 and logabs == 0
+    with pytest.raises(ValueError, match="square"):
+        ops.inv(arr(2, 3))
+    np.testing.assert_allclose(ops.logspace(0, 2, 3), [1, 10, 100])
+    np.testing.assert_allclose(ops.geomspace(1, 8, 4), [1, 2, 4, 8], rtol=1e-6)
+    x = np.array([3.0, 1.0, 2.0, 0.0])
+    assert np.sort(x[ops.argpartition(x, 1)][:2]).tolist() == [0.0, 1.0]
+    np.testing.assert_array_equal(ops.unique(np.array([3, 1, 3])), [1, 3])
+    values, counts = ops.unique(np.array([3, 1, 3]), return_counts=True)
+    np.testing.assert_array_equal(counts, [1, 2])
+    np.testing.assert_array_equal(ops.unique(np.array([3, 1, 3]), size=4, fill_value=-1), [1, 3, -1, -1])
+    np.testing.assert_array_equal(ops.digitize(np.array([0.5, 1.5, 3.0]), np.array([1.0, 2.0])), [0, 1, 2])
+    with pytest.raises(ValueError, match="block_size"):
+        ops.depth_to_space(arr(1, 2, 2, 3), 2)
+
+
+
+def test_numpy_array_methods_on_tensors():
+    x = np.array([[1.0, -2.0], [3.0, 0.5]])
+    with GradientTape() as tape:
+        tape.watch(x)
+        t = tensor(x)
+        parts = [t.repeat(2, axis=0), t.flatten(), t.clip(0.0, 2.0), t.prod(axis=1), t.std(), t.var(axis=0),
+                 t.cumsum(axis=1), t.dot(np.ones(2)), t.take([1], axis=1), t.squeeze(), t.ravel()]
+        total = sum(ops.sum(p) for p in parts)
+    assert t.argmax() == 2 and t.argmin(axis=1).tolist() == [1, 1]
+    assert t.any() and t.all(axis=0).tolist() == [True, True] and t.tolist() == x.tolist()
+    g = tape.gradient(total, x)
+    expected = grad_of(lambda a: sum(ops.sum(p) for p in (
+        ops.repeat(a, 2, axis=0), ops.reshape(a, (-1,)), ops.clip(a, 0.0, 2.0), ops.prod(a, axis=1), ops.std(a),
+        ops.var(a, axis=0), ops.cumsum(a, axis=1), ops.dot(a, np.ones(2)), ops.take(a, [1], axis=1), a,
+        ops.reshape(a, (-1,)))), x)[0]
+    np.testing.assert_allclose(g, expected)

@@ -20,6 +20,8 @@ from fastconv.keras.ops import core as linalg  # noqa: E402
 
 import sys as _sys  # noqa: E402
 
+import numpy as _np  # noqa: E402
+
 from fastconv.keras.autodiff import Tensor as _Tensor  # noqa: E402
 from fastconv.keras.variables import Variable as _Variable  # noqa: E402
 
@@ -57,6 +59,23 @@ def _install_operators(cls):
         return method
     cls.sum, cls.mean, cls.max, cls.min = (reduction(op) for op in (_ops.sum, _ops.mean, _ops.max, _ops.min))
     cls.astype = lambda self, dtype: _ops.cast(self, dtype)
+    # NumPy's array methods, through keras.ops (recorded)
+    cls.repeat = lambda self, repeats, axis=None: _ops.repeat(self, repeats, axis=axis)
+    cls.flatten = cls.ravel = lambda self: _ops.reshape(self, (-1,))
+    cls.squeeze = lambda self, axis=None: _ops.squeeze(self, axis)
+    cls.clip = lambda self, min=None, max=None: _ops.clip(self, -_np.inf if min is None else min,
+                                                          _np.inf if max is None else max)
+    cls.prod = lambda self, axis=None, keepdims=False: _ops.prod(self, axis=axis, keepdims=keepdims)
+    cls.std = lambda self, axis=None, keepdims=False: _ops.std(self, axis=axis, keepdims=keepdims)
+    cls.var = lambda self, axis=None, keepdims=False: _ops.var(self, axis=axis, keepdims=keepdims)
+    cls.cumsum = lambda self, axis=None: _ops.cumsum(self, axis=axis)
+    cls.dot = lambda self, other: _ops.dot(self, other)
+    cls.take = lambda self, indices, axis=None: _ops.take(self, indices, axis=axis)
+    cls.argmax = lambda self, axis=None, keepdims=False: _ops.argmax(self, axis=axis, keepdims=keepdims)
+    cls.argmin = lambda self, axis=None, keepdims=False: _ops.argmin(self, axis=axis, keepdims=keepdims)
+    cls.any = lambda self, axis=None, keepdims=False: _ops.any(self, axis=axis, keepdims=keepdims)
+    cls.all = lambda self, axis=None, keepdims=False: _ops.all(self, axis=axis, keepdims=keepdims)
+    cls.tolist = lambda self: _np.asarray(self).tolist()
 
 
 _install_operators(_Tensor)

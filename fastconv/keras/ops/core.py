@@ -32,6 +32,8 @@ __all__ = [
     "nansum", "nanmean", "nanmax", "nanmin", "ptp", "quantile", "percentile", "median",
     "rot90", "fliplr", "flipud", "diff", "inner", "vdot", "column_stack", "dstack", "array_split", "append",
     "empty_like", "is_tensor", "dtype", "allclose", "isin", "map", "scan", "switch", "vectorized_map",
+    "inv", "det", "slogdet", "logdet", "solve", "matrix_power", "pinv", "cholesky", "cross", "erfc", "sinc", "fmax",
+    "fmin", "fmod", "logspace", "geomspace", "argpartition", "unique", "digitize",
 ]
 
 
@@ -1568,3 +1570,162 @@ def switch(index, branches, *operands):
     """branches[index](*operands), index clamped to the branches, as Keras."""
     i = builtins.min(builtins.max(int(np.asarray(unwrap(index))), 0), len(branches) - 1)
     return branches[i](*operands)
+
+
+# ----- linear algebra (batched over leading axes, as np.linalg) -----
+def _square_matrices(a, name):
+    if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"{name} takes square matrices (..., n, n), got shape {a.shape}")
+
+
+def _mT(m):
+    return np.swapaxes(m, -1, -2)
+
+
+def inv(x):
+    a = _array(x)
+    _square_matrices(a, "inv")
+    out = np.linalg.inv(a)
+    return record(out, (x,), lambda g: (-_mT(out) @ g @ _mT(out),))
+
+
+def det(x):
+    a = _array(x)
+    _square_matrices(a, "det")
+    out = np.linalg.det(a)
+    # d det / dA = det * inv(A)^T (A invertible)
+    return record(out, (x,), lambda g: (np.asarray(g * out)[..., None, None] * _mT(np.linalg.inv(a)),))
+
+
+def slogdet(x):
+    """(sign, log|det|); the gradient flows through log|det|."""
+    a = _array(x)
+    _square_matrices(a, "slogdet")
+    sign, logabs = np.linalg.slogdet(a)
+    logabs = record(logabs, (x,), lambda g: (np.asarray(g)[..., None, None] * _mT(np.linalg.inv(a)),))
+    return sign, logabs
+
+
+def logdet(x):
+    """log(det(x)) of positive-definite (or positive-determinant) matrices."""
+    sign, logabs = slogdet(x)
+    return where(sign > 0, logabs, np.nan) if np.any(sign <= 0) else logabs
+
+
+def solve(a, b):
+    """x with a @ x = b."""
+    left, right = _array(a), _array(b)
+    _square_matrices(left, "solve")
+    vector = right.ndim == left.ndim - 1
+    out = np.linalg.solve(left, right[..., None] if vector else right)
+
+    def vjp(g):
+        g = np.asarray(g)[..., None] if vector else np.asarray(g)
+        db = np.linalg.solve(_mT(left), g)
+        da = -db @ _mT(out)
+        return da, (db[..., 0] if vector else db)
+    return record(out[..., 0] if vector else out, (a, b), vjp)
+
+
+def matrix_power(x, n):
+    n = int(n)
+    if n < 0:
+        return matrix_power(inv(x), -n)
+    a = _array(x)
+    _square_matrices(a, "matrix_power")
+    result = None
+    for _ in range(n):
+        result = x if result is None else matmul(result, x)
+    return copy(result) if result is not None else np.broadcast_to(np.eye(a.shape[-1], dtype=a.dtype), a.shape).copy()
+
+
+def pinv(x, rcond=None):
+    """The Moore-Penrose pseudo-inverse (no gradient)."""
+    a = _array(x)
+    return np.linalg.pinv(a) if rcond is None else np.linalg.pinv(a, rcond=rcond)
+
+
+def cholesky(x, upper=False):
+    """The Cholesky factor of symmetric positive-definite matrices (lower, or upper=True)."""
+    lower = np.linalg.cholesky(_array(x))
+
+    def vjp(g):
+        # Murray (2016): A_bar = sym(L^-T Phi(L^T L_bar) L^-1), Phi = lower triangle, halved diagonal
+        g = _mT(np.asarray(g)) if upper else np.asarray(g)
+        phi = np.tril(_mT(lower) @ g)
+        phi -= 0.5 * np.tril(np.triu(phi))  # halve the diagonal
+        lower_inv = np.linalg.inv(lower)
+        s = _mT(lower_inv) @ phi @ lower_inv
+        return (0.5 * (s + _mT(s)),)
+    return record(_mT(lower).copy() if upper else lower, (x,), vjp)
+
+
+def cross(x1, x2, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    if axis is not None:
+        axisa = axisb = axisc = axis
+    a, b = _array(x1), _array(x2)
+    if a.shape[axisa] != 3 or b.shape[axisb] != 3:
+        raise ValueError(f"cross takes 3-vectors along its axes, got shapes {a.shape} and {b.shape}")
+    am, bm = np.moveaxis(a, axisa, -1), np.moveaxis(b, axisb, -1)
+    out = np.moveaxis(np.cross(am, bm), -1, axisc)
+
+    def vjp(g):
+        gm = np.moveaxis(np.asarray(g), axisc, -1)
+        # the tape sums broadcast axes back to each input's shape
+        return np.moveaxis(np.cross(bm, gm), -1, axisa), np.moveaxis(np.cross(gm, am), -1, axisb)
+    return record(out, (x1, x2), vjp)
+
+
+def erfc(x):
+    return subtract(1.0, erf(x))
+
+
+def sinc(x):
+    def vjp(g, a, out):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = (np.cos(np.pi * a) - out) / a
+        return g * np.where(a == 0, 0, slope)
+    return _unary(x, np.sinc, vjp, floating=True)
+
+
+def fmax(x1, x2):
+    """maximum that ignores NaN: the other argument wins over a NaN."""
+    return _binary(x1, x2, np.fmax, lambda g, a, b, out: (g * ((a >= b) | np.isnan(b)), g * ~((a >= b) | np.isnan(b))))
+
+
+def fmin(x1, x2):
+    return _binary(x1, x2, np.fmin, lambda g, a, b, out: (g * ((a <= b) | np.isnan(b)), g * ~((a <= b) | np.isnan(b))))
+
+
+def fmod(x1, x2):
+    """C's remainder: the sign of x1 (mod takes x2's)."""
+    return _binary(x1, x2, np.fmod, lambda g, a, b, out: (g, -g * np.trunc(a / b)))
+
+
+def logspace(start, stop, num=50, endpoint=True, base=10, dtype=None, axis=0):
+    return np.logspace(start, stop, num, endpoint=endpoint, base=base, axis=axis).astype(dtype or backend.floatx())
+
+
+def geomspace(start, stop, num=50, endpoint=True, dtype=None, axis=0):
+    return np.geomspace(start, stop, num, endpoint=endpoint, axis=axis).astype(dtype or backend.floatx())
+
+
+def argpartition(x, kth, axis=-1):
+    return np.argpartition(_array(x), kth, axis=axis).astype(np.int32)
+
+
+def unique(x, sorted=True, return_index=False, return_inverse=False, return_counts=False, axis=None, size=None,
+           fill_value=None):
+    """np.unique; size= pads (with fill_value, default the smallest value) or cuts to a fixed length."""
+    result = np.unique(_array(x), return_index=return_index, return_inverse=return_inverse,
+                       return_counts=return_counts, axis=axis)
+    if size is None:
+        return result
+    values = result[0] if isinstance(result, tuple) else result
+    fill = values.min() if fill_value is None and values.size else (fill_value or 0)
+    padded = np.concatenate([values[:size], np.full(builtins.max(size - len(values), 0), fill, values.dtype)])
+    return (padded,) + tuple(result[1:]) if isinstance(result, tuple) else padded
+
+
+def digitize(x, bins):
+    return np.digitize(_array(x), _array(bins)).astype(np.int32)

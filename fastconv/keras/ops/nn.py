@@ -17,7 +17,8 @@ __all__ = [
     "squareplus", "soft_shrink", "hard_shrink", "tanh_shrink", "threshold", "sparse_plus", "sparse_sigmoid",
     "conv", "conv_transpose", "depthwise_conv", "separable_conv", "max_pool", "average_pool",
     "batch_normalization", "moments", "normalize", "layer_normalization", "rms_normalization",
-    "dot_product_attention", "one_hot", "multi_hot", "categorical_crossentropy", "sparse_categorical_crossentropy",
+    "dot_product_attention", "depth_to_space", "space_to_depth", "one_hot", "multi_hot", "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
     "binary_crossentropy",
 ]
 
@@ -489,3 +490,25 @@ def multi_hot(inputs, num_classes=None, axis=-1, dtype=None, sparse=False, **kwa
     encoded = one_hot(labels, num_classes, dtype=dtype)
     out = encoded.max(axis=-2) if labels.ndim > 0 else encoded
     return np.moveaxis(out, -1, axis) if axis != -1 else out
+
+
+def depth_to_space(x, block_size, data_format="channels_last"):
+    """(n, h, w, c * b * b) -> (n, h * b, w * b, c), as TF's depth_to_space; differentiable."""
+    _channels_last(data_format)
+    n, h, w, c = np.shape(_array(x))
+    b = int(block_size)
+    if c % (b * b):
+        raise ValueError(f"depth_to_space: channels {c} must be divisible by block_size**2 = {b * b}")
+    blocks = core.reshape(x, (n, h, w, b, b, c // (b * b)))
+    return core.reshape(core.transpose(blocks, (0, 1, 3, 2, 4, 5)), (n, h * b, w * b, c // (b * b)))
+
+
+def space_to_depth(x, block_size, data_format="channels_last"):
+    """(n, h * b, w * b, c) -> (n, h, w, c * b * b), the inverse of depth_to_space."""
+    _channels_last(data_format)
+    n, h, w, c = np.shape(_array(x))
+    b = int(block_size)
+    if h % b or w % b:
+        raise ValueError(f"space_to_depth: height {h} and width {w} must be divisible by block_size {b}")
+    blocks = core.reshape(x, (n, h // b, b, w // b, b, c))
+    return core.reshape(core.transpose(blocks, (0, 1, 3, 2, 4, 5)), (n, h // b, w // b, b * b * c))
