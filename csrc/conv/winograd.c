@@ -17,6 +17,7 @@
 enum {
     BLOCK_FLOATS = 65536,          /* V + M of a block: 256 KiB, a quarter of a 1 MiB L2 */
     MIN_BLOCK_TILES = 96,          /* fewer rows per GEMM and each packed U[xi] is read for too little work */
+    BALANCED_BLOCKS = 16,          /* below this many blocks, their count is made a multiple of 4 */
 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -262,12 +263,19 @@ typedef struct {
 } layout;
 
 /* Tiles per block: V and M in about BLOCK_FLOATS, at least MIN_BLOCK_TILES, in whole register tiles,
- * at most all the tiles. A function of the shape (and the GEMM's MR) only: the thread count cannot
- * change which tiles share a GEMM. */
+ * at most all the tiles. Where that leaves few blocks, their count is rounded up to a multiple of 4 (so
+ * 2 or 4 threads get equal shares: 128 tiles in blocks of 96 and 32 left one of 2 threads idle for half
+ * the call). A function of the shape (and the GEMM's MR) only: the thread count cannot change which
+ * tiles share a GEMM. */
 static int64_t block_tiles(const fc_conv_shape *s, int points, int64_t mr, int64_t tiles)
 {
     int64_t b = max64(MIN_BLOCK_TILES, BLOCK_FLOATS / (points * (s->cin + s->cout)));
     b = (b + mr - 1) / mr * mr;
+    const int64_t blocks = (tiles + b - 1) / b;
+    if (blocks > 1 && blocks < BALANCED_BLOCKS) {
+        const int64_t even = (blocks + 3) / 4 * 4;
+        b = ((tiles + even - 1) / even + mr - 1) / mr * mr;
+    }
     return min64(b, tiles);
 }
 
