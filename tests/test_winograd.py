@@ -1,0 +1,128 @@
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) (csrc/conv/winograd.c), forced, against the float64 reference
+with the error bounds stated in fastconv.conv2d's docstring."""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _C, reference
+
+# max |error| over the standard deviation of the exact result (the docstring's bounds)
+BOUND = {"winograd": 5e-6, "winograd4x4": 1e-4}
+VARIANTS = sorted(BOUND)
+
+
+def check(actual, expected, terms, algorithm):
+    """float32 against float64 on unit-normal data: max |error| <= bound * sqrt(terms), the standard
+    deviation of a sum of `terms` products."""
+    err = float(np.abs(actual - expected).max())
+    assert err <= BOUND[algorithm] * np.sqrt(terms), (algorithm, err / np.sqrt(terms))
+
+
+CASES = [  # x shape, cout, padding
+    ((2, 9, 7, 5), 6, "same"),          # odd sizes: partial tiles at the right and bottom
+    ((3, 11, 13, 16), 24, "valid"),
+    ((1, 1, 1, 8), 9, "same"),          # one pixel: every tap but the centre in the padding
+    ((2, 3, 3, 4), 5, "valid"),         # a single output pixel
+    ((2, 6, 10, 33), 17, 2),            # more padding than 'same', lanes and a scalar tail
+    ((1, 5, 8, 8), 8, ((0, 2), (2, 1))),
+    ((4, 8, 8, 40), 48, "same"),        # several blocks of tiles
+]
+
+
+@pytest.mark.parametrize("algorithm", VARIANTS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_forward_and_input_gradient_match_reference(isa, rng, algorithm, case):
+    x_shape, cout, padding = CASES[case]
+    cin = x_shape[3]
+    assert fastconv.conv2d_algorithm(x_shape, (3, 3, cin, cout), padding=padding, algorithm=algorithm) == algorithm
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((3, 3, cin, cout)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    for activation in (None, "relu"):
+        y = fastconv.conv2d(x, w, b, padding=padding, activation=activation, algorithm=algorithm)
+        want = reference.conv2d(x64, w64, b.astype(np.float64), padding=padding, activation=activation)
+        assert y.shape == want.shape and y.dtype == np.float32
+        check(y, want, 9 * cin, algorithm)
+
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    xr = np.maximum(x, 0)  # x_from_relu: dx masked where x is zero, in the same pass
+    for x_in, from_relu in ((x, False), (xr, True)):
+        dx, dw, db = fastconv.conv2d_backward(dy, x_in, w, padding=padding, x_from_relu=from_relu, algorithm=algorithm)
+        want = reference.conv2d_backward(dy.astype(np.float64), x_in.astype(np.float64), w64, padding=padding,
+                                         x_from_relu=from_relu)
+        check(dx, want[0], 9 * cout, algorithm)
+        if from_relu:
+            assert np.all(dx[xr == 0] == 0)
+        # dw and db are auto's: the same bits
+        _, dw_auto, db_auto = fastconv.conv2d_backward(dy, x_in, w, padding=padding, x_from_relu=from_relu)
+        np.testing.assert_array_equal(dw, dw_auto)
+        np.testing.assert_array_equal(db, db_auto)
+
+
+@pytest.mark.parametrize("algorithm", VARIANTS)
+def test_error_bound_holds_up_to_512_input_channels(rng, algorithm):
+    """The docstring's bound, over unit-normal data with many channels summed (few pixels: fast)."""
+    for cin in (64, 512):
+        x = rng.standard_normal((1, 8, 8, cin)).astype(np.float32)
+        w = rng.standard_normal((3, 3, cin, 8)).astype(np.float32)
+        y = fastconv.conv2d(x, w, padding="same", algorithm=algorithm)
+        check(y, reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding="same"), 9 * cin, algorithm)
+        dy = rng.standard_normal((1, 8, 8, cin)).astype(np.float32)
+        w2 = rng.standard_normal((3, 3, 8, cin)).astype(np.float32)
+        dx = fastconv.conv2d_backward(dy, x[..., :8].copy(), w2, padding="same", algorithm=algorithm)[0]
+        want = reference.conv2d_backward(dy.astype(np.float64), x[..., :8].astype(np.float64),
+                                         w2.astype(np.float64), padding="same")[0]
+        check(dx, want, 9 * cin, algorithm)
+
+
+@pytest.mark.skipif(not fastconv._C.openmp_enabled(), reason="built without OpenMP")
+@pytest.mark.parametrize("algorithm", VARIANTS)
+def test_results_are_the_same_bits_for_any_thread_count(threads, rng, algorithm):
+    x = rng.standard_normal((6, 20, 18, 24)).astype(np.float32)  # many blocks of tiles
+    w = rng.standard_normal((3, 3, 24, 40)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    dy = rng.standard_normal((6, 20, 18, 40)).astype(np.float32)
+    results = []
+    for n in (1, 2, 3):
+        threads(n)
+        y = fastconv.conv2d(x, w, b, padding="same", activation="relu", algorithm=algorithm)
+        dx = fastconv.conv2d_backward(dy, x, w, padding="same", algorithm=algorithm)[0]
+        results.append((y, dx))
+    for y, dx in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(dx, results[0][1])
+
+
+def test_where_winograd_applies_and_what_auto_picks(monkeypatch):
+    for algorithm in VARIANTS:
+        # not 3x3 stride 1 undilated: auto's choice instead
+        for w_shape, kwargs in (((3, 3, 8, 8), dict(strides=2)), ((3, 3, 8, 8), dict(dilation_rate=2)),
+                                ((5, 5, 8, 8), {}), ((1, 1, 8, 8), {}), ((3, 1, 8, 8), {})):
+            auto = fastconv.conv2d_algorithm((1, 9, 9, 8), w_shape, **kwargs)
+            assert fastconv.conv2d_algorithm((1, 9, 9, 8), w_shape, algorithm=algorithm, **kwargs) == auto
+            assert not auto.startswith("winograd")
+        assert fastconv.conv2d_algorithm((1, 9, 9, 8), (3, 3, 8, 8), algorithm=algorithm.upper()) == algorithm
+    # auto: few channels stay with implicit GEMM
+    assert fastconv.conv2d_algorithm((1, 28, 28, 16), (3, 3, 16, 16), padding="same") == "implicit"
+    for algorithm in VARIANTS:
+        monkeypatch.setenv("FASTCONV_CONV_ALGO", algorithm)
+        assert fastconv.conv2d_algorithm((1, 28, 28, 16), (3, 3, 16, 16), padding="same") == algorithm
+
+
+@pytest.mark.parametrize("algorithm", VARIANTS)
+@pytest.mark.parametrize("backward", [False, True])
+def test_a_call_allocates_what_conv2d_workspace_bytes_says(rng, algorithm, backward):
+    x = rng.standard_normal((3, 10, 9, 20)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 20, 36)).astype(np.float32)
+    reported = fastconv.conv2d_workspace_bytes(x.shape, w.shape, padding="same", backward=backward,
+                                               algorithm=algorithm)
+    fastconv.release_workspace()
+    _C.reset_workspace_peak()
+    y = fastconv.conv2d(x, w, padding="same", algorithm=algorithm)
+    if backward:
+        _C.reset_workspace_peak()
+        fastconv.conv2d_backward(y, x, w, padding="same", algorithm=algorithm)
+    page = 4096
+    assert _C.workspace_stats()[1] <= max(reported, 64) + 3 * page
+    assert reported > 0
