@@ -180,6 +180,28 @@ def naive_space_to_depth(x, b):
     return out
 
 
+def naive_adaptive(x, size, reduce):
+    out = np.zeros((x.shape[0],) + tuple(size) + (x.shape[3],))
+    for i in range(size[0]):
+        for j in range(size[1]):
+            r0, r1 = i * x.shape[1] // size[0], int(np.ceil((i + 1) * x.shape[1] / size[0]))
+            c0, c1 = j * x.shape[2] // size[1], int(np.ceil((j + 1) * x.shape[2] / size[1]))
+            out[:, i, j] = reduce(x[:, r0:r1, c0:c1], axis=(1, 2))
+    return out
+
+
+def naive_sparsemax(x):
+    """Row by row: the threshold tau with sum(max(z - tau, 0)) == 1, by bisection."""
+    out = np.zeros_like(x)
+    for r, z in enumerate(x):
+        low, high = z.min() - 1, z.max()
+        for _ in range(200):
+            tau = (low + high) / 2
+            low, high = (tau, high) if np.maximum(z - tau, 0).sum() > 1 else (low, tau)
+        out[r] = np.maximum(z - (low + high) / 2, 0)
+    return out
+
+
 def naive_scan(x, carry):
     ys = []
     for row in x:
@@ -333,6 +355,21 @@ DIFF_CASES = [
     ("median", "even", lambda x: ops.median(x, axis=1), lambda x: np.median(x, axis=1), [arr(3, 4)]),
     ("median", "odd-keepdims", lambda x: ops.median(x, keepdims=True), lambda x: np.median(x, keepdims=True),
      [arr(3, 3)]),
+    ("nancumsum", "", lambda x: ops.nancumsum(ops.where(x > 0.5, np.nan, x), axis=1),
+     lambda x: np.nancumsum(np.where(x > 0.5, np.nan, x), axis=1), [arr(3, 4)]),
+    ("nancumprod", "", lambda x: ops.nancumprod(ops.where(x > 0.5, np.nan, x)),
+     lambda x: np.nancumprod(np.where(x > 0.5, np.nan, x)), [arr(3, 2)]),
+    ("nanprod", "", lambda x: ops.nanprod(ops.where(x > 0.5, np.nan, x), axis=0),
+     lambda x: np.nanprod(np.where(x > 0.5, np.nan, x), axis=0), [arr(3, 4)]),
+    ("nanvar", "", lambda x: ops.nanvar(ops.where(x > 0.5, np.nan, x), axis=1, keepdims=True),
+     lambda x: np.nanvar(np.where(x > 0.5, np.nan, x), axis=1, keepdims=True), [arr(3, 4)]),
+    ("nanstd", "", lambda x: ops.nanstd(ops.where(x > 0.5, np.nan, x)),
+     lambda x: np.nanstd(np.where(x > 0.5, np.nan, x)), [arr(3, 4)]),
+    ("segment_min", "", lambda x: ops.segment_min(x, np.array([1, 0, 1, 1]), num_segments=2),
+     lambda x: np.stack([x[1], x[[0, 2, 3]].min(0)]), [arr(4, 2)]),
+    ("trapezoid", "dx", lambda y: ops.trapezoid(y, dx=0.5), lambda y: np.trapezoid(y, dx=0.5), [arr(2, 4)]),
+    ("trapezoid", "x-axis", lambda y, x: ops.trapezoid(y, x, axis=0), lambda y, x: np.trapezoid(y, x, axis=0),
+     [arr(4, 2), np.array([0.0, 0.5, 1.5, 2.0])]),
     ("cumsum", "flat", ops.cumsum, np.cumsum, [arr(2, 3)]),
     ("cumsum", "axis", lambda x: ops.cumsum(x, axis=-1), lambda x: np.cumsum(x, axis=-1), [arr(2, 3)]),
     ("norm", "all", ops.norm, np.linalg.norm, [arr(2, 3)]),
@@ -459,6 +496,16 @@ DIFF_CASES = [
      [arr(1, 2, 3, 8)]),
     ("space_to_depth", "", lambda x: ops.space_to_depth(x, 2),
      lambda x: naive_space_to_depth(x, 2), [arr(2, 4, 2, 2)]),
+    ("hsplit", "", lambda x: ops.hsplit(x, 2), lambda x: np.hsplit(x, 2), [arr(2, 4)]),
+    ("vsplit", "", lambda x: ops.vsplit(x, [1]), lambda x: np.vsplit(x, [1]), [arr(3, 2)]),
+    ("dsplit", "", lambda x: ops.dsplit(x, 2), lambda x: np.dsplit(x, 2), [arr(1, 2, 4)]),
+    ("kron", "", ops.kron, np.kron, [arr(2, 3), arr(2, 2, seed=1)]),
+    ("kron", "ranks", ops.kron, np.kron, [arr(3), arr(2, 2, seed=1)]),
+    ("real", "", ops.real, np.real, [arr(2, 3)]),
+    ("conj", "", ops.conj, np.conj, [arr(2, 3)]),
+    ("conjugate", "", ops.conjugate, np.conjugate, [arr(2, 3)]),
+    ("ldexp", "", lambda x: ops.ldexp(x, np.array([1, -2, 3])), lambda x: np.ldexp(x, np.array([1, -2, 3])),
+     [arr(2, 3)]),
     ("tril", "", ops.tril, np.tril, [arr(2, 3, 4)]),
     ("tril", "k", lambda x: ops.tril(x, -1), lambda x: np.tril(x, -1), [arr(3, 4)]),
     ("triu", "", ops.triu, np.triu, [arr(4, 3)]),
@@ -587,6 +634,14 @@ DIFF_CASES = [
      None, [arr(1, 3, 3, 2), arr(3, 3, 2, 2, seed=1)]),
     ("conv_transpose", "same", lambda x, w: ops.conv_transpose(x, w, strides=2, padding="same"),
      None, [arr(1, 3, 2, 2), arr(3, 2, 1, 2, seed=1)]),
+    ("adaptive_average_pool", "", lambda x: ops.adaptive_average_pool(x, (2, 3)),
+     lambda x: naive_adaptive(x, (2, 3), np.mean), [arr(2, 5, 7, 2)]),
+    ("adaptive_max_pool", "", lambda x: ops.adaptive_max_pool(x, 3), lambda x: naive_adaptive(x, (3, 3), np.max),
+     [arr(1, 5, 4, 2)]),
+    ("psnr", "", lambda a, b: ops.psnr(a, b, 2.0),
+     lambda a, b: 20 * np.log10(2.0) - 10 * np.log10(((a - b) ** 2).mean()), [arr(2, 3), arr(2, 3, seed=1)]),
+    ("sparsemax", "", ops.sparsemax, lambda x: naive_sparsemax(x), [arr(3, 5, low=-2, high=2)]),
+    ("sparsemax", "axis0", lambda x: ops.sparsemax(x, axis=0), lambda x: naive_sparsemax(x.T).T, [arr(4, 2)]),
     ("depthwise_conv", "valid", ops.depthwise_conv, None, [arr(2, 5, 4, 2), arr(3, 2, 2, 3, seed=1)]),
     ("depthwise_conv", "same-strided-dilated",
      lambda x, w: ops.depthwise_conv(x, w, strides=(2, 1), padding="same", dilation_rate=(1, 2)), None,
@@ -700,7 +755,11 @@ TESTED_SEPARATELY = {
     "isnan", "isfinite", "isinf", "all", "any", "multi_hot", "empty", "isclose", "nonzero", "bincount",
     "searchsorted", "in_top_k", "logical_xor", "trunc", "signbit", "isposinf", "isneginf", "heaviside", "empty_like",
     "is_tensor", "dtype", "allclose", "isin", "pinv", "logspace", "geomspace", "argpartition", "unique",
-    "digitize", "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
+    "digitize", "nanargmax", "nanargmin", "nanmedian", "nanpercentile", "nanquantile", "imag", "angle", "isreal",
+    "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_invert", "bitwise_left_shift",
+    "bitwise_right_shift", "left_shift", "right_shift", "bartlett", "blackman", "hamming", "hanning", "kaiser",
+    "corrcoef", "histogram", "gcd", "lcm", "i0", "vander", "saturate_cast", "unravel_index", "correlate", "nextafter",
+    "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
     "tri", "cond", "fori_loop", "while_loop", "count_nonzero", "argmin", "argsort", "one_hot",
 }
 
@@ -1571,3 +1630,49 @@ def test_numpy_array_methods_on_tensors():
         ops.var(a, axis=0), ops.cumsum(a, axis=1), ops.dot(a, np.ones(2)), ops.take(a, [1], axis=1), a,
         ops.reshape(a, (-1,)))), x)[0]
     np.testing.assert_allclose(g, expected)
+
+
+
+def test_numpy_wrappers_forward():
+    x = np.array([[1.0, np.nan, 3.0], [np.nan, 0.5, -1.0]])
+    np.testing.assert_array_equal(ops.nanargmax(x, axis=1), [2, 1])
+    np.testing.assert_array_equal(ops.nanargmin(x, axis=1), [0, 2])
+    np.testing.assert_allclose(ops.nanmedian(x, axis=0), np.nanmedian(x, axis=0))
+    np.testing.assert_allclose(ops.nanquantile(x, 0.3), np.nanquantile(x, 0.3))
+    np.testing.assert_allclose(ops.nanpercentile(x, [10, 90], axis=1), np.nanpercentile(x, [10, 90], axis=1))
+    z = np.array([1 + 2j, -3j])
+    np.testing.assert_array_equal(ops.imag(z), [2, -3])
+    np.testing.assert_allclose(ops.angle(z), np.angle(z))
+    np.testing.assert_array_equal(ops.isreal(np.array([1.0, 2.0])), [True, True])
+    a, b = np.array([12, 5]), np.array([10, 3])
+    np.testing.assert_array_equal(ops.bitwise_and(a, b), a & b)
+    np.testing.assert_array_equal(ops.bitwise_or(a, b), a | b)
+    np.testing.assert_array_equal(ops.bitwise_xor(a, b), a ^ b)
+    np.testing.assert_array_equal(ops.bitwise_not(a), ~a)
+    np.testing.assert_array_equal(ops.bitwise_invert(a), ~a)
+    np.testing.assert_array_equal(ops.left_shift(a, 1), a << 1)
+    np.testing.assert_array_equal(ops.bitwise_left_shift(a, 2), a << 2)
+    np.testing.assert_array_equal(ops.right_shift(a, 1), a >> 1)
+    np.testing.assert_array_equal(ops.bitwise_right_shift(a, 2), a >> 2)
+    np.testing.assert_array_equal(ops.gcd(a, b), [2, 1])
+    np.testing.assert_array_equal(ops.lcm(a, b), [60, 15])
+    for name in ("bartlett", "blackman", "hamming", "hanning"):
+        np.testing.assert_allclose(getattr(ops, name)(5), getattr(np, name)(5), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ops.kaiser(5, 2.0), np.kaiser(5, 2.0), rtol=1e-6)
+    assert ops.hamming(4).dtype == np.float32
+    m = arr(3, 5)
+    np.testing.assert_allclose(ops.corrcoef(m), np.corrcoef(m))
+    counts, edges = ops.histogram(np.array([0.0, 0.1, 0.9, 1.0]), bins=2)
+    np.testing.assert_array_equal(counts, [2, 2])
+    np.testing.assert_allclose(edges, [0, 0.5, 1])
+    np.testing.assert_allclose(ops.i0(np.array([0.0, 1.0])), np.i0(np.array([0.0, 1.0])))
+    np.testing.assert_array_equal(ops.vander(np.array([1, 2, 3]), 3), np.vander([1, 2, 3], 3))
+    np.testing.assert_array_equal(ops.saturate_cast(np.array([-300.0, 12.7, 300.0]), "uint8"), [0, 12, 255])
+    np.testing.assert_array_equal(ops.saturate_cast(np.array([1e10]), "int32"), [2**31 - 1])
+    rows, cols = ops.unravel_index(np.array([5, 1]), (2, 3))
+    assert rows.tolist() == [1, 0] and cols.tolist() == [2, 1]
+    np.testing.assert_allclose(ops.correlate(np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0]), mode="full"),
+                               np.correlate([1.0, 2.0, 3.0], [0.0, 1.0], mode="full"))
+    assert ops.nextafter(np.float32(1.0), np.float32(2.0)) > 1.0
+    with pytest.raises(ValueError, match="one shape"):
+        ops.psnr(arr(2), arr(3), 1.0)

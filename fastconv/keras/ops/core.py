@@ -34,6 +34,12 @@ __all__ = [
     "empty_like", "is_tensor", "dtype", "allclose", "isin", "map", "scan", "switch", "vectorized_map",
     "inv", "det", "slogdet", "logdet", "solve", "matrix_power", "pinv", "cholesky", "cross", "erfc", "sinc", "fmax",
     "fmin", "fmod", "logspace", "geomspace", "argpartition", "unique", "digitize",
+    "segment_min", "nanargmax", "nanargmin", "nancumsum", "nancumprod", "nanprod", "nanstd", "nanvar", "nanmedian",
+    "nanpercentile", "nanquantile", "hsplit", "vsplit", "dsplit", "kron", "trapezoid", "real", "imag", "conj",
+    "conjugate", "angle", "isreal", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_invert",
+    "bitwise_left_shift", "bitwise_right_shift", "left_shift", "right_shift", "bartlett", "blackman", "hamming",
+    "hanning", "kaiser", "corrcoef", "histogram", "gcd", "lcm", "ldexp", "i0", "vander", "saturate_cast",
+    "unravel_index", "correlate", "nextafter",
 ]
 
 
@@ -1729,3 +1735,219 @@ def unique(x, sorted=True, return_index=False, return_inverse=False, return_coun
 
 def digitize(x, bins):
     return np.digitize(_array(x), _array(bins)).astype(np.int32)
+
+
+# ----- NaN-ignoring variants and the rest of Keras 3's numpy namespace -----
+def segment_min(data, segment_ids, num_segments=None, sorted=False):
+    return negative(segment_max(negative(data), segment_ids, num_segments, sorted))
+
+
+def nanargmax(x, axis=None, keepdims=False):
+    return argmax(np.where(np.isnan(_array(x)), -np.inf, _array(x)), axis=axis, keepdims=keepdims)
+
+
+def nanargmin(x, axis=None, keepdims=False):
+    return argmin(np.where(np.isnan(_array(x)), np.inf, _array(x)), axis=axis, keepdims=keepdims)
+
+
+def nancumsum(x, axis=None, dtype=None):
+    return cumsum(where(isnan(x), 0, x), axis=axis)
+
+
+def nancumprod(x, axis=None, dtype=None):
+    return cumprod(where(isnan(x), 1, x), axis=axis)
+
+
+def nanprod(x, axis=None, keepdims=False):
+    return prod(where(isnan(x), 1, x), axis=axis, keepdims=keepdims)
+
+
+def nanvar(x, axis=None, keepdims=False):
+    centered = where(isnan(x), 0, subtract(x, nanmean(x, axis=axis, keepdims=True)))
+    counts = np.sum(~np.isnan(_array(x)), axis=_axis_arg(axis), keepdims=keepdims)
+    return divide(sum(square(centered), axis=axis, keepdims=keepdims), counts.astype(_array(x).dtype))
+
+
+def nanstd(x, axis=None, keepdims=False):
+    return sqrt(nanvar(x, axis=axis, keepdims=keepdims))
+
+
+def nanmedian(x, axis=None, keepdims=False):
+    return np.nanmedian(_array(x), axis=_axis_arg(axis), keepdims=keepdims)
+
+
+def nanquantile(x, q, axis=None, method="linear", keepdims=False):
+    return np.nanquantile(_array(x), unwrap(q), axis=_axis_arg(axis), method=method, keepdims=keepdims)
+
+
+def nanpercentile(x, q, axis=None, method="linear", keepdims=False):
+    return np.nanpercentile(_array(x), unwrap(q), axis=_axis_arg(axis), method=method, keepdims=keepdims)
+
+
+def hsplit(x, indices_or_sections):
+    return split(x, indices_or_sections, axis=1 if ndim(x) > 1 else 0)
+
+
+def vsplit(x, indices_or_sections):
+    return split(x, indices_or_sections, axis=0)
+
+
+def dsplit(x, indices_or_sections):
+    return split(x, indices_or_sections, axis=2)
+
+
+def kron(x1, x2):
+    """np.kron: every product of an entry of x1 with an entry of x2, block by block."""
+    a, b = _array(x1), _array(x2)
+    n = builtins.max(a.ndim, b.ndim)
+    a_shape, b_shape = (1,) * (n - a.ndim) + a.shape, (1,) * (n - b.ndim) + b.shape
+    # (a0, 1, a1, 1, ...) * (1, b0, 1, b1, ...) then merge each pair of axes
+    left = reshape(x1, tuple(d for size in a_shape for d in (size, 1)))
+    right = reshape(x2, tuple(d for size in b_shape for d in (1, size)))
+    return reshape(multiply(left, right), tuple(p * q for p, q in zip(a_shape, b_shape)))
+
+
+def trapezoid(y, x=None, dx=1.0, axis=-1):
+    n = np.shape(_array(y))[axis]
+    lead = (builtins.slice(None),) * (axis % ndim(y))
+    upper = get_item(y, lead + (builtins.slice(1, n),))
+    lower = get_item(y, lead + (builtins.slice(0, n - 1),))
+    widths = dx
+    if x is not None:
+        widths = diff(x, axis=axis if ndim(x) == ndim(y) else -1)
+        if ndim(x) == 1 and ndim(y) > 1:  # 1-D sample points along axis
+            shape_ = [1] * ndim(y)
+            shape_[axis] = n - 1
+            widths = reshape(widths, shape_)
+    return sum(multiply(multiply(add(upper, lower), 0.5), widths), axis=axis)
+
+
+def real(x):
+    return np.real(_array(x)) if np.iscomplexobj(_array(x)) else copy(x)
+
+
+def imag(x):
+    return np.imag(_array(x))
+
+
+def conj(x):
+    return np.conj(_array(x)) if np.iscomplexobj(_array(x)) else copy(x)
+
+
+conjugate = conj
+
+
+def angle(x):
+    return np.angle(_array(x)).astype(backend.floatx() if _array(x).dtype.kind in "biu" else None)
+
+
+def isreal(x):
+    return np.isreal(_array(x))
+
+
+def bitwise_and(x, y):
+    return np.bitwise_and(_array(x), _array(y))
+
+
+def bitwise_or(x, y):
+    return np.bitwise_or(_array(x), _array(y))
+
+
+def bitwise_xor(x, y):
+    return np.bitwise_xor(_array(x), _array(y))
+
+
+def bitwise_not(x):
+    return np.invert(_array(x))
+
+
+bitwise_invert = bitwise_not
+
+
+def bitwise_left_shift(x, y):
+    return np.left_shift(_array(x), _array(y))
+
+
+def bitwise_right_shift(x, y):
+    return np.right_shift(_array(x), _array(y))
+
+
+left_shift, right_shift = bitwise_left_shift, bitwise_right_shift
+
+
+def _window(fn, x, *args):
+    return fn(int(np.asarray(unwrap(x))), *args).astype(backend.floatx())
+
+
+def bartlett(x):
+    return _window(np.bartlett, x)
+
+
+def blackman(x):
+    return _window(np.blackman, x)
+
+
+def hamming(x):
+    return _window(np.hamming, x)
+
+
+def hanning(x):
+    return _window(np.hanning, x)
+
+
+def kaiser(x, beta):
+    return _window(np.kaiser, x, beta)
+
+
+def corrcoef(x):
+    return np.corrcoef(_array(x))
+
+
+def histogram(x, bins=10, range=None):
+    counts, edges = np.histogram(_array(x), bins=bins, range=range)
+    return counts.astype(np.int32), edges.astype(_array(x).dtype if _array(x).dtype.kind == "f" else backend.floatx())
+
+
+def gcd(x1, x2):
+    return np.gcd(_array(x1), _array(x2))
+
+
+def lcm(x1, x2):
+    return np.lcm(_array(x1), _array(x2))
+
+
+def ldexp(x1, x2):
+    """x1 * 2**x2 (x2 integers), differentiable in x1."""
+    exponent = np.asarray(_array(x2))
+    return multiply(x1, np.exp2(exponent).astype(_array(x1).dtype if _array(x1).dtype.kind == "f"
+                                                  else backend.floatx()))
+
+
+def i0(x):
+    return np.i0(_array(x))
+
+
+def vander(x, N=None, increasing=False):
+    return np.vander(_array(x), N, increasing)
+
+
+def saturate_cast(x, dtype):
+    """x cast to dtype with its values clipped to dtype's range first (no wrap-around)."""
+    target = np.dtype(dtype)
+    a = _array(x)
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        a = np.clip(np.nan_to_num(a) if a.dtype.kind == "f" else a, info.min, info.max)
+    return a.astype(target)
+
+
+def unravel_index(indices, shape):
+    return np.unravel_index(_array(indices), shape)
+
+
+def correlate(x1, x2, mode="valid"):
+    return np.correlate(_array(x1), _array(x2), mode=mode)
+
+
+def nextafter(x1, x2):
+    return np.nextafter(_array(x1), _array(x2))

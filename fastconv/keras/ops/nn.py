@@ -16,6 +16,7 @@ __all__ = [
     "log_softmax", "softplus", "softsign", "log_sigmoid", "hard_silu", "hard_swish", "hard_tanh", "celu", "glu",
     "squareplus", "soft_shrink", "hard_shrink", "tanh_shrink", "threshold", "sparse_plus", "sparse_sigmoid",
     "conv", "conv_transpose", "depthwise_conv", "separable_conv", "max_pool", "average_pool",
+    "adaptive_average_pool", "adaptive_max_pool", "psnr", "sparsemax",
     "batch_normalization", "moments", "normalize", "layer_normalization", "rms_normalization",
     "dot_product_attention", "depth_to_space", "space_to_depth", "one_hot", "multi_hot", "categorical_crossentropy",
     "sparse_categorical_crossentropy",
@@ -512,3 +513,73 @@ def space_to_depth(x, block_size, data_format="channels_last"):
         raise ValueError(f"space_to_depth: height {h} and width {w} must be divisible by block_size {b}")
     blocks = core.reshape(x, (n, h // b, b, w // b, b, c))
     return core.reshape(core.transpose(blocks, (0, 1, 3, 2, 4, 5)), (n, h // b, w // b, b * b * c))
+
+
+def _adaptive_bins(size, out):
+    # PyTorch's and Keras' bins: [floor(i * size / out), ceil((i + 1) * size / out))
+    return [(i * size // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def _adaptive_pool(inputs, output_size, data_format, kind):
+    _channels_last(data_format)
+    x = _array(inputs)
+    _four_d(x, "inputs")
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, (int, np.integer)) else output_size
+    rows, cols = _adaptive_bins(x.shape[1], int(out_h)), _adaptive_bins(x.shape[2], int(out_w))
+    out = np.empty((x.shape[0], len(rows), len(cols), x.shape[3]), x.dtype)
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            window = x[:, r0:r1, c0:c1, :]
+            out[:, i, j] = window.max(axis=(1, 2)) if kind == "max" else window.mean(axis=(1, 2))
+
+    def vjp(g):
+        g = np.asarray(g)
+        dx = np.zeros_like(x)
+        for i, (r0, r1) in enumerate(rows):
+            for j, (c0, c1) in enumerate(cols):
+                window = x[:, r0:r1, c0:c1, :]
+                if kind == "max":  # ties share, as the max reductions
+                    hit = window == out[:, i:i + 1, j:j + 1, :]
+                    dx[:, r0:r1, c0:c1, :] += hit / hit.sum(axis=(1, 2), keepdims=True) * g[:, i:i + 1, j:j + 1, :]
+                else:
+                    dx[:, r0:r1, c0:c1, :] += g[:, i:i + 1, j:j + 1, :] / ((r1 - r0) * (c1 - c0))
+        return (dx,)
+    return record(out, (inputs,), vjp)
+
+
+def adaptive_average_pool(inputs, output_size, data_format=None):
+    """Average pooling to a fixed output size: bin i covers [floor(i*n/out), ceil((i+1)*n/out))."""
+    return _adaptive_pool(inputs, output_size, data_format, "average")
+
+
+def adaptive_max_pool(inputs, output_size, data_format=None):
+    return _adaptive_pool(inputs, output_size, data_format, "max")
+
+
+def psnr(x1, x2, max_val):
+    """Peak signal-to-noise ratio, 20 log10(max_val) - 10 log10(mean squared error)."""
+    if np.shape(_array(x1)) != np.shape(_array(x2)):
+        raise ValueError(f"psnr needs inputs of one shape, got {np.shape(_array(x1))} and {np.shape(_array(x2))}")
+    mse = core.mean(core.square(core.subtract(x1, x2)))
+    return core.subtract(20 * math.log10(float(max_val)), core.multiply(core.log10(mse), 10.0))
+
+
+def sparsemax(x, axis=-1):
+    """The Euclidean projection of x onto the probability simplex along axis (sparse softmax)."""
+    a = _array(x)
+    moved = np.moveaxis(a, axis, -1)
+    ordered = -np.sort(-moved, axis=-1)
+    k = np.arange(1, moved.shape[-1] + 1)
+    cumulative = np.cumsum(ordered, axis=-1)
+    support = 1 + k * ordered > cumulative
+    size = support.sum(axis=-1, keepdims=True)
+    tau = (np.take_along_axis(cumulative, size - 1, axis=-1) - 1) / size
+    out = np.moveaxis(np.maximum(moved - tau, 0), -1, axis).astype(a.dtype, copy=False)
+
+    def vjp(g):
+        # on the support S: g - mean of g over S; zero elsewhere
+        on = np.moveaxis(out > 0, axis, -1)
+        gm = np.moveaxis(np.asarray(g), axis, -1)
+        mean = (gm * on).sum(axis=-1, keepdims=True) / np.maximum(on.sum(axis=-1, keepdims=True), 1)
+        return (np.moveaxis(np.where(on, gm - mean, 0), -1, axis),)
+    return record(out, (x,), vjp)
