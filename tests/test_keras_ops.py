@@ -506,6 +506,27 @@ DIFF_CASES = [
     ("conjugate", "", ops.conjugate, np.conjugate, [arr(2, 3)]),
     ("ldexp", "", lambda x: ops.ldexp(x, np.array([1, -2, 3])), lambda x: np.ldexp(x, np.array([1, -2, 3])),
      [arr(2, 3)]),
+    ("diagflat", "", lambda x: ops.diagflat(x, -1), lambda x: np.diagflat(x, -1), [arr(2, 2)]),
+    ("cdist", "", ops.cdist, lambda x, y: np.sqrt(((x[:, None] - y[None]) ** 2).sum(-1)),
+     [arr(3, 2), arr(4, 2, seed=1)]),
+    ("extract_sequences", "", lambda x: ops.extract_sequences(x, 3, 2),
+     lambda x: np.stack([x[..., 0:3], x[..., 2:5]], axis=-2), [arr(2, 6)]),
+    ("associative_scan", "", lambda x: ops.associative_scan(ops.add, x, axis=1), lambda x: np.cumsum(x, axis=1),
+     [arr(2, 4)]),
+    ("associative_scan", "reverse-pytree", lambda a, b: ops.associative_scan(
+        lambda p, q: (ops.multiply(p[0], q[0]), ops.maximum(p[1], q[1])), (a, b), reverse=True),
+     lambda a, b: (np.flip(np.cumprod(np.flip(a, 0), 0), 0), np.flip(np.maximum.accumulate(np.flip(b, 0), 0), 0)),
+     [arr(4, 2), arr(4, 2, seed=1)]),
+    ("vectorize", "elementwise", lambda x, y: ops.vectorize(lambda a, b: a * b + 1.0)(x, y), lambda x, y: x * y + 1,
+     [arr(3, 2), arr(3, 2, seed=1)]),
+    ("vectorize", "signature", lambda x, y: ops.vectorize(lambda a, b: ops.sum(a * b), signature="(n),(n)->()")(x, y),
+     lambda x, y: (x * y).sum(-1), [arr(2, 3, 2), arr(2, 3, 2, seed=1)]),
+    ("solve_triangular", "", lambda a, b: ops.solve_triangular(a, b, lower=True),
+     lambda a, b: np.linalg.solve(np.tril(a), b), [np.eye(3) * 2 + arr(3, 3), arr(3, 2, seed=1)]),
+    ("cholesky_inverse", "", ops.cholesky_inverse, lambda x: np.linalg.inv(np.tril(x) @ np.tril(x).T),
+     [np.eye(3) * 2 + arr(3, 3)]),
+    ("cholesky_inverse", "upper", lambda x: ops.cholesky_inverse(x, upper=True),
+     lambda x: np.linalg.inv(np.triu(x).T @ np.triu(x)), [np.eye(3) * 2 + arr(3, 3)]),
     ("tril", "", ops.tril, np.tril, [arr(2, 3, 4)]),
     ("tril", "k", lambda x: ops.tril(x, -1), lambda x: np.tril(x, -1), [arr(3, 4)]),
     ("triu", "", ops.triu, np.triu, [arr(4, 3)]),
@@ -758,7 +779,9 @@ TESTED_SEPARATELY = {
     "digitize", "nanargmax", "nanargmin", "nanmedian", "nanpercentile", "nanquantile", "imag", "angle", "isreal",
     "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_invert", "bitwise_left_shift",
     "bitwise_right_shift", "left_shift", "right_shift", "bartlett", "blackman", "hamming", "hanning", "kaiser",
-    "corrcoef", "histogram", "gcd", "lcm", "i0", "vander", "saturate_cast", "unravel_index", "correlate", "nextafter",
+    "segment_prod", "eig", "eigh", "qr", "svd", "lstsq", "matrix_rank", "lu_factor", "fft", "fft2", "ifft2", "rfft",
+    "irfft", "polar", "corrcoef", "histogram", "gcd", "lcm", "i0", "vander", "saturate_cast", "unravel_index",
+    "correlate", "nextafter",
     "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
     "tri", "cond", "fori_loop", "while_loop", "count_nonzero", "argmin", "argsort", "one_hot",
 }
@@ -1676,3 +1699,44 @@ def test_numpy_wrappers_forward():
     assert ops.nextafter(np.float32(1.0), np.float32(2.0)) > 1.0
     with pytest.raises(ValueError, match="one shape"):
         ops.psnr(arr(2), arr(3), 1.0)
+
+
+
+def test_decompositions_and_fourier_transforms():
+    a = np.eye(3) * 2 + arr(3, 3)
+    values, vectors = ops.eigh(SPD)
+    np.testing.assert_allclose(SPD @ vectors, vectors * values, atol=1e-10)
+    w, v = ops.eig(a)
+    np.testing.assert_allclose(a @ v, v * w, atol=1e-10)
+    q, r = ops.qr(a)
+    np.testing.assert_allclose(q @ r, a, atol=1e-12)
+    assert ops.qr(arr(4, 3), mode="complete")[0].shape == (4, 4)
+    u, sv, vt = ops.svd(a)
+    np.testing.assert_allclose((u * sv) @ vt, a, atol=1e-12)
+    np.testing.assert_allclose(ops.svd(a, compute_uv=False), sv)
+    b = arr(4, 2, seed=1)
+    np.testing.assert_allclose(ops.lstsq(arr(4, 3), b), np.linalg.lstsq(arr(4, 3), b, rcond=None)[0])
+    assert ops.matrix_rank(np.outer(arr(3), arr(3, seed=1))) == 1
+    for m in (a, np.stack([a, a.T])):
+        lu, pivots = ops.lu_factor(m)
+        for lu_k, piv_k, m_k in zip(lu.reshape(-1, 3, 3), pivots.reshape(-1, 3), m.reshape(-1, 3, 3)):
+            permuted = m_k.copy()
+            for k, p in enumerate(piv_k):
+                permuted[[k, p]] = permuted[[p, k]]
+            np.testing.assert_allclose((np.tril(lu_k, -1) + np.eye(3)) @ np.triu(lu_k), permuted, atol=1e-12)
+    np.testing.assert_array_equal(ops.segment_prod(np.array([2.0, 3.0, 4.0]), np.array([0, 1, 0])), [8.0, 3.0])
+    real, imag = arr(2, 4), arr(2, 4, seed=1)
+    z = real + 1j * imag
+    for op, ref in ((ops.fft, np.fft.fft), (ops.fft2, np.fft.fft2), (ops.ifft2, np.fft.ifft2)):
+        out_real, out_imag = op((real, imag))
+        np.testing.assert_allclose(out_real + 1j * out_imag, ref(z), atol=1e-12)
+    out_real, out_imag = ops.rfft(real, fft_length=6)
+    np.testing.assert_allclose(out_real + 1j * out_imag, np.fft.rfft(real, n=6), atol=1e-12)
+    np.testing.assert_allclose(ops.irfft((out_real, out_imag), fft_length=6),
+                               np.fft.irfft(np.fft.rfft(real, n=6), n=6), atol=1e-12)
+    assert ops.fft((real.astype(np.float32), imag.astype(np.float32)))[0].dtype == np.float32
+    np.testing.assert_allclose(ops.polar(np.array([2.0]), np.array([np.pi / 2])), [2j], atol=1e-12)
+    with pytest.raises(ValueError, match="real, imaginary"):
+        ops.fft(real)
+    with pytest.raises(ValueError, match="cdist"):
+        ops.cdist(arr(3, 2), arr(3, 3))

@@ -40,6 +40,9 @@ __all__ = [
     "bitwise_left_shift", "bitwise_right_shift", "left_shift", "right_shift", "bartlett", "blackman", "hamming",
     "hanning", "kaiser", "corrcoef", "histogram", "gcd", "lcm", "ldexp", "i0", "vander", "saturate_cast",
     "unravel_index", "correlate", "nextafter",
+    "diagflat", "cdist", "extract_sequences", "associative_scan", "vectorize", "segment_prod", "eig", "eigh", "qr",
+    "svd", "lstsq", "matrix_rank", "solve_triangular", "lu_factor", "cholesky_inverse", "fft", "fft2", "ifft2", "rfft",
+    "irfft", "polar",
 ]
 
 
@@ -1951,3 +1954,190 @@ def correlate(x1, x2, mode="valid"):
 
 def nextafter(x1, x2):
     return np.nextafter(_array(x1), _array(x2))
+
+
+# ----- distances, framing, scans -----
+def diagflat(x, k=0):
+    return diag(reshape(x, (-1,)), k)
+
+
+def cdist(x, y):
+    """Euclidean distances between the rows of x (..., m, d) and of y (..., n, d): (..., m, n)."""
+    a, b = _array(x), _array(y)
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"cdist takes (..., m, d) and (..., n, d) with one d, got {a.shape} and {b.shape}")
+    delta = subtract(expand_dims(x, -2), expand_dims(y, -3))
+    return sqrt(sum(square(delta), axis=-1))
+
+
+def extract_sequences(x, sequence_length, sequence_stride):
+    """Windows of sequence_length every sequence_stride along the last axis: (..., num, length)."""
+    n = np.shape(_array(x))[-1]
+    count = 1 + (n - sequence_length) // sequence_stride
+    index = np.arange(count)[:, None] * sequence_stride + np.arange(sequence_length)[None, :]
+    return take(x, index, axis=-1)
+
+
+def associative_scan(f, elems, reverse=False, axis=0):
+    """The running f-reduction along axis (f associative): [x0, f(x0, x1), f(f(x0, x1), x2), ...]."""
+    def parts(tree):
+        if isinstance(tree, (list, tuple)):
+            return [type(tree)(items) for items in zip(*[parts(t) for t in tree])]
+        n = np.shape(_array(tree))[axis]
+        lead = (builtins.slice(None),) * (axis % ndim(tree))
+        return [get_item(tree, lead + (builtins.slice(i, i + 1),)) for i in range(n)]
+    items = parts(elems)
+    if reverse:
+        items.reverse()
+    running, outputs = None, []
+    for item in items:
+        running = item if running is None else f(running, item)
+        outputs.append(running)
+    if reverse:
+        outputs.reverse()
+
+    def join(pieces):
+        first = pieces[0]
+        if isinstance(first, (list, tuple)):
+            return type(first)(join([p[i] for p in pieces]) for i in range(len(first)))
+        return concatenate(pieces, axis=axis)
+    return join(outputs)
+
+
+def vectorize(pyfunc, *, excluded=None, signature=None):
+    """np.vectorize: pyfunc applied element by element, or over the core dimensions of a signature
+    such as "(n),(n)->()"; eager, so the calls are recorded on a tape."""
+    excluded = set(excluded or ())
+    core_ranks = None
+    if signature is not None:
+        inputs_part = signature.replace(" ", "").split("->")[0]
+        core_ranks = [0 if group == "" else len(group.split(","))
+                      for group in inputs_part.strip("()").split("),(")] if inputs_part else []
+
+    def wrapped(*args):
+        def rank(j):
+            return core_ranks[j] if core_ranks is not None and j < len(core_ranks) else 0
+        mapped = [i for i, a in enumerate(args) if i not in excluded and ndim(a) > rank(i)]
+        if not mapped:
+            return pyfunc(*args)
+        size = np.shape(_array(args[mapped[0]]))[0]
+
+        def call(i):
+            return wrapped(*[get_item(a, i) if j in mapped else a for j, a in enumerate(args)])
+        return stack([call(i) for i in range(size)])
+    return wrapped
+
+
+def segment_prod(data, segment_ids, num_segments=None, sorted=False):
+    a = _array(data)
+    ids, count = _segments(data, segment_ids, num_segments)
+    out = np.ones((count,) + a.shape[1:], a.dtype)
+    keep = ids < count
+    np.multiply.at(out, ids[keep], a[keep])
+    return out
+
+
+# ----- decompositions (no gradient) -----
+def eig(x):
+    return np.linalg.eig(_array(x))
+
+
+def eigh(x):
+    return np.linalg.eigh(_array(x))
+
+
+def qr(x, mode="reduced"):
+    if mode not in ("reduced", "complete"):
+        raise ValueError(f"qr mode must be 'reduced' or 'complete', got {mode!r}")
+    return np.linalg.qr(_array(x), mode=mode)
+
+
+def svd(x, full_matrices=True, compute_uv=True):
+    return np.linalg.svd(_array(x), full_matrices=full_matrices, compute_uv=compute_uv)
+
+
+def lstsq(a, b, rcond=None):
+    return np.linalg.lstsq(_array(a), _array(b), rcond=rcond)[0]
+
+
+def matrix_rank(x, tol=None):
+    return np.linalg.matrix_rank(_array(x), tol)
+
+
+def solve_triangular(a, b, lower=False):
+    """x with a @ x = b, a's lower (or upper) triangle read; differentiable like solve."""
+    return solve(tril(a) if lower else triu(a), b)
+
+
+def lu_factor(x):
+    """(lu, pivots) as scipy.linalg.lu_factor: L (unit diagonal) below, U on and above; row k was
+    swapped with row pivots[k]."""
+    a = np.array(_array(x), dtype=np.result_type(_array(x), np.float32))
+    if a.ndim > 2:
+        parts = [lu_factor(m) for m in a.reshape((-1,) + a.shape[-2:])]
+        return (np.stack([p[0] for p in parts]).reshape(a.shape),
+                np.stack([p[1] for p in parts]).reshape(a.shape[:-1]))
+    n = a.shape[0]
+    pivots = np.zeros(n, np.int32)
+    for k in range(n):  # Gaussian elimination with partial pivoting
+        p = k + int(np.argmax(np.abs(a[k:, k])))
+        pivots[k] = p
+        if p != k:
+            a[[k, p]] = a[[p, k]]
+        if a[k, k] != 0:
+            a[k + 1:, k] /= a[k, k]
+        a[k + 1:, k + 1:] -= np.outer(a[k + 1:, k], a[k, k + 1:])
+    return a, pivots
+
+
+def cholesky_inverse(x, upper=False):
+    """The inverse of A = L L^T from its Cholesky factor (x = L, or U = L^T with upper=True); only
+    that triangle of x is read. Differentiable in the factor."""
+    lower = swapaxes(triu(x), -1, -2) if upper else tril(x)
+    return inv(matmul(lower, swapaxes(lower, -1, -2)))
+
+
+# ----- Fourier transforms: (real, imaginary) pairs, as Keras (no gradient) -----
+def _complex(x, name):
+    if not isinstance(x, (tuple, list)) or len(x) != 2:
+        raise ValueError(f"{name} takes a (real, imaginary) pair of arrays, got {type(x).__name__}")
+    real_part, imag_part = _array(x[0]), _array(x[1])
+    if real_part.shape != imag_part.shape:
+        raise ValueError(f"{name}: real and imaginary parts differ in shape, {real_part.shape} and {imag_part.shape}")
+    return real_part + 1j * imag_part, real_part.dtype
+
+
+def _pair(z, dtype):
+    dtype = dtype if np.dtype(dtype).kind == "f" else backend.floatx()
+    return np.real(z).astype(dtype), np.imag(z).astype(dtype)
+
+
+def fft(x):
+    z, dtype = _complex(x, "fft")
+    return _pair(np.fft.fft(z), dtype)
+
+
+def fft2(x):
+    z, dtype = _complex(x, "fft2")
+    return _pair(np.fft.fft2(z), dtype)
+
+
+def ifft2(x):
+    z, dtype = _complex(x, "ifft2")
+    return _pair(np.fft.ifft2(z), dtype)
+
+
+def rfft(x, fft_length=None):
+    a = _array(x)
+    return _pair(np.fft.rfft(a, n=fft_length), a.dtype)
+
+
+def irfft(x, fft_length=None):
+    z, dtype = _complex(x, "irfft")
+    dtype = dtype if np.dtype(dtype).kind == "f" else backend.floatx()
+    return np.fft.irfft(z, n=fft_length).astype(dtype)
+
+
+def polar(abs_, angle):
+    """The complex numbers abs_ * (cos(angle) + i sin(angle))."""
+    return _array(abs_) * np.exp(1j * _array(angle))
