@@ -21,6 +21,7 @@ PORTABLE_SOURCES = [
     "csrc/dispatch.c",
     "csrc/workspace.c",
     "csrc/gemm/gemm.c",
+    "csrc/gemm/context.c",
     "csrc/gemm/ukr_generic_4x16.c",
     "csrc/gemm/pack.c",  # also in ISA_SOURCES
     "csrc/bench/peak_generic.c",
@@ -107,7 +108,7 @@ extension = Extension(
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     # The instruction-set files are linked as extra objects: listed here so editing one relinks.
-    depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/conv/direct.h", "csrc/workspace.h",
+    depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/gemm/tuning.h", "csrc/conv/direct.h", "csrc/workspace.h",
              "csrc/bench/peak.h", "csrc/train/elementwise.h", "csrc/pool/maxpool2x2.h",
              "csrc/norm/batchnorm.h"]
     + sorted({source for sources, _ in ISA_SOURCES.values() for source in sources}),

@@ -24,7 +24,7 @@ static const char *const isa_names[ISA_COUNT] = { "generic", "avx2", "avx512" };
 
 /* The kernel table: one row per instruction set, indexed by enum isa. */
 static const struct isa_kernels {
-    const fc_gemm_kernel *gemm;
+    const fc_gemm_ukernel *gemm;
     const fc_conv_direct_kernels *conv_direct;
     const fc_elementwise_kernels *elementwise;
     const fc_maxpool2x2_kernels *maxpool2x2;
@@ -41,46 +41,12 @@ static const struct isa_kernels {
 #endif
 };
 
-/* The GEMM kernels as run on this CPU: the table's, fitted to its caches once, when the library loads.
- * - K block: a core with 2 MiB of L2 holds a taller A block (AVX-512: 168 x 1024 floats, a third of
- *   it), and C is then read and written once per 1024 of K, not per 384: 1024^3-2048^3 run 3-8%
- *   faster on Emerald Rapids. The table's KC stays for 1 MiB L2s (Zen 4 and 5, where it was tuned).
- *   AVX2's 512 (Raptor Lake's P-cores; this CPU's AVX2 path) makes a K of 512 one block, not two of
- *   256 (Emerald Rapids, --isa avx2, 1 thread: 512^3 89.3 -> 90.5 GFLOPS, 128x512x784/tb 82.5 ->
- *   84.9; other shapes level, and blocks of 768 or 1024 gained no more).
- * - A row-major A whose rows are 4 KiB apart puts a tile's MR rows in one L1 set. Up to the set's
- *   ways that is harmless; an 8-way L1 (Zen 4) thrashes with the 14 rows of the AVX-512 tile, so such
- *   an A is copied to a padded stride first (a Dense layer's 128 x 9216 input: 76 -> 88 GFLOPS).
- *   A 12-way L1 (Golden Cove, Zen 5) loses 2-4% of the multiply to the extra misses, and the copy
- *   costs a share that shrinks as N grows (it is made once per block of A): there the copy pays from
- *   N = 2048 on (Emerald Rapids, NumPy's operand offsets, 1 thread: 2048^3 169.6 -> 173.6 GFLOPS,
- *   1024x2048x2048 159 -> 165, 2 threads 2048^3 331 -> 338), and below it costs up to 2% (1024^3
- *   171.3 / 169.3, the 128 x 9216 input 160 in place against 145).
- * - An A read in place by columns (conv's weight gradient, cols^T @ dy) brings one cache line into L1
- *   per k step of a tile, beside the B panel's NR floats: its K block keeps both in half of L1
- *   (AVX-512, 48 KiB: 128; 576x3136x64 with trans_a on Emerald Rapids 114-120 -> 131-138 GFLOPS,
- *   576x12544x64 91 -> 120-127, where 192 and more lose and 64 loses).
- * - A kernel that reads its B block from L2 (b_block_in_l2, gemm.h: AVX2) gets an N block of half the
- *   L2: 512 columns with a K block of 512 in 2 MiB. Each 6-row tile of A then stays in L1 across the
- *   block's panels, as in OpenBLAS's Haswell kernels. Before, a 32 KiB B panel stayed in L1 while
- *   12 KiB tiles of A streamed past it from L2, too much for a 48 KiB L1 (Emerald Rapids, --isa avx2,
- *   C harness, NumPy-like offsets, 1 thread: 1024^3 91.1 -> 92.5 GFLOPS, 2048^3 91.4 -> 92.6,
- *   128x128x9216/tb 80.4 -> 83.3; 768 columns gained less, 256-384 as much or less). Whatever the
- *   L2, at least B_BLOCK_MIN_NC columns.
- * - The span of the L2's sets (its size over its ways), from which gemm.c caps the K block of a B read
- *   in place whose row stride would stack its panel too deep in few sets (b_panel_max_rows). */
+/* The GEMM micro-kernels fitted to this CPU's caches (gemm.h), one per instruction set: made when the
+ * library loads, before any call can read them. */
 static fc_gemm_kernel gemm_kernels[ISA_COUNT];
 
-enum {
-    ALIASED_A_COPIED_FROM_N = 2048,  /* a 12-way L1 reads 14 aliased rows in place below this N */
-    B_BLOCK_MIN_NC = 256,            /* conv packs its weights once when its outputs fit one B block */
-};
-
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
 /* A cache parameter from the C library, or 0 where it does not say. */
-static long cache_parameter(int name)
+static int64_t cache_parameter(int name)
 {
     const long value = sysconf(name);
     return value > 0 ? value : 0;
@@ -88,32 +54,16 @@ static long cache_parameter(int name)
 
 void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, int64_t l2_ways)
 {
+    fc_gemm_caches caches = { .l1_bytes = l1_bytes, .l1_ways = l1_ways, .l2_bytes = l2_bytes, .l2_ways = l2_ways };
 #if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_ASSOC) && \
     defined(_SC_LEVEL2_CACHE_ASSOC)
-    if (l2_bytes < 0) l2_bytes = cache_parameter(_SC_LEVEL2_CACHE_SIZE);
-    if (l1_bytes < 0) l1_bytes = cache_parameter(_SC_LEVEL1_DCACHE_SIZE);
-    if (l1_ways < 0) l1_ways = cache_parameter(_SC_LEVEL1_DCACHE_ASSOC);
-    if (l2_ways < 0) l2_ways = cache_parameter(_SC_LEVEL2_CACHE_ASSOC);
+    if (l2_bytes < 0) caches.l2_bytes = cache_parameter(_SC_LEVEL2_CACHE_SIZE);
+    if (l1_bytes < 0) caches.l1_bytes = cache_parameter(_SC_LEVEL1_DCACHE_SIZE);
+    if (l1_ways < 0) caches.l1_ways = cache_parameter(_SC_LEVEL1_DCACHE_ASSOC);
+    if (l2_ways < 0) caches.l2_ways = cache_parameter(_SC_LEVEL2_CACHE_ASSOC);
 #endif
-    /* Unknown (still negative, or 0): the table's K block, a 32 KiB L1, copies of aliased rows, and
-     * 64 KiB L2 ways (the smallest span of these machines' L2 sets: Zen 5's 1 MiB in 16 ways). */
-    if (l1_bytes <= 0) l1_bytes = 32 << 10;
-    const int64_t l2_way_bytes = l2_bytes > 0 && l2_ways > 0 ? l2_bytes / l2_ways : 64 << 10;
-    for (int i = 0; i < ISA_COUNT; i++) {
-        if (!kernel_table[i].gemm) continue;
-        fc_gemm_kernel *k = &gemm_kernels[i];
-        *k = *kernel_table[i].gemm;
-        if (l2_bytes >= 2L << 20) k->kc = k->kc_large_l2;
-        if (k->b_block_in_l2) {  /* a block of half the L2 (a 512 KiB L2 where the size is unknown) */
-            const int64_t l2 = l2_bytes > 0 ? l2_bytes : 512 << 10;
-            const int64_t fit = l2 / 2 / ((int64_t)sizeof(float) * k->kc) / k->nr * k->nr;
-            k->nc = (int)min64(k->nc, max64(B_BLOCK_MIN_NC, fit));
-        }
-        k->aliased_a_copied_from_n = k->mr <= l1_ways ? INT64_MAX : l1_ways >= 12 ? ALIASED_A_COPIED_FROM_N : 0;
-        const int64_t line_and_b_row = 64 + (int64_t)sizeof(float) * k->nr;
-        k->kc_columns_of_a = (int)min64(k->kc, max64(32, l1_bytes / 2 / line_and_b_row / 16 * 16));
-        k->l2_way_bytes = l2_way_bytes;
-    }
+    for (int i = 0; i < ISA_COUNT; i++)
+        if (kernel_table[i].gemm) fc_gemm_fit(&gemm_kernels[i], kernel_table[i].gemm, &caches);
 }
 
 __attribute__((constructor)) static void fit_gemm_blocking_to_this_cpu(void) { fc_fit_gemm_blocking(-1, -1, -1, -1); }
@@ -233,7 +183,7 @@ int64_t fc_fma_peak(const char *isa_name, int64_t iters, int threads)
     return flops;
 }
 
-const char *fc_gemm_kernel_name(void) { return fc_active_gemm_kernel()->name; }
+const char *fc_gemm_kernel_name(void) { return fc_active_gemm_kernel()->uk->name; }
 
 const fc_conv_direct_kernels *fc_active_conv_direct(void) { return kernel_table[current_isa()].conv_direct; }
 

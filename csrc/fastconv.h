@@ -47,8 +47,8 @@ int64_t fc_fma_peak(const char *isa, int64_t iters, int threads);
 /* The active GEMM kernel's register tile and cache blocks: out[0..5) = mr, nr, mc, kc, nc. */
 void fc_gemm_blocking(int out[5]);
 /* Fits every GEMM kernel's blocking to a core's L2 size, L1 size, L1 associativity and L2
- * associativity; a negative value reads this CPU's (done when the library loads). Tests use it to run
- * each CPU's paths on any machine. */
+ * associativity; a negative value reads this CPU's (done once when the library loads). Tests use it to
+ * run each CPU's paths on any machine; not while another thread runs a GEMM. */
 void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, int64_t l2_ways);
 
 /* ---- GEMM: C = alpha * op(A) @ op(B) + beta * C, row-major, op(A) is m x k, op(B) is k x n ----

@@ -8,8 +8,7 @@
  * rows, its A block in the thread's private L2) times a group of NR column panels.
  * A C at least as wide as it is tall (B no smaller than A) is cut into one column group per thread:
  * each thread packs and reads only its own B panels, with no barrier, and every thread reads all of
- * A, the smaller operand (2 threads: 1024^3 254-323 -> 330 GFLOPS, 2048^3 316 -> 333 on Emerald
- * Rapids; taller shapes lost up to 20% this way, as each thread streamed all of their large A).
+ * A, the smaller operand (taller shapes lose this way: each thread would stream all of their large A).
  * Otherwise, each KC step, the threads pack the shared B block together (a contiguous share of its NR
  * panels each; the block lives in the shared L3), then share out the tiles. Large M: one column
  * group, and the row blocks are sized so their count is a multiple of the thread count (no thread
@@ -20,6 +19,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "tuning.h"
 #include "../fastconv.h"
 #include "../dispatch.h"
 #include "../workspace.h"
@@ -33,13 +33,6 @@ static int thread_num(void) { return 0; }
 static int team_size(void) { return 1; }
 #endif
 
-enum {
-    A_IN_PLACE_MAX_COLUMNS = 128,  /* read A with a unit stride in place when N is at most this */
-    B_CHUNK_FLOATS = 1 << 20,      /* packed B per chunk of K blocks: 4 MiB, an eighth of the L3 */
-    A_ROW_PAD = 16,                /* floats added to a restrided A row: kc + 16 is no multiple of 1024 (kc <= 512) */
-    B_PANEL_MAX_L2_WAYS = 4,       /* how deep a B panel read in place may stack in the L2's sets */
-    B_FEW_PANELS = 8,              /* a misaligned B this many NR panels wide is read in place for more rows */
-};
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -68,8 +61,7 @@ static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, in
 
 /* A column-major op(A) (trans_a: conv's weight gradient, cols^T) is read in place when N is narrow:
  * packing would cost a large part of the multiply. Not when its columns are a multiple of 4 KiB apart:
- * a tile's k steps would then all read one L1 set (a Dense layer's dw, x^T @ dy with x 128 x 9216,
- * 9216x128x128 on Emerald Rapids: 121 -> 129 GFLOPS on one thread, 220 -> 254 on two, packed). */
+ * a tile's k steps would then all read one L1 set (a Dense layer's dw, x^T @ dy). */
 static int a_columns_in_place(const fc_gemm_problem *p)
 {
     return p->a_cs != 1 && p->a_rs == 1 && p->n <= A_IN_PLACE_MAX_COLUMNS && p->a_cs % 1024 != 0;
@@ -81,27 +73,19 @@ static int a_columns_in_place(const fc_gemm_problem *p)
  * then share L1 sets. Rows not aligned to the kernel's vectors (NumPy's arrays start anywhere on 16
  * bytes) make vector loads of the panel split across two cache lines, a cost paid again by each row
  * tile, so the kernel sets lower M limits for them: one for any B, a higher one for a B at most
- * B_FEW_PANELS panels wide. (AVX2's 32-byte loads do not split on rows 32 bytes into a line, which
- * counted as misaligned when 64 bytes were asked of every kernel: 128x784x512 81 -> 83 GFLOPS,
- * 256x1024x256 88 -> 89.) Python processes on Emerald Rapids, B 16 bytes off a line, 1 thread, the
- * old limits (AVX-512 112 rows, AVX2 256) against the new, GFLOPS:
- *   AVX-512: 96x784x512 (16 panels) 136 -> 144; 128x9216x128 (4) 140 -> 147; 128x3136x128 146 -> 157;
- *            256x3136x128 163 -> 166 (2 threads, 128x3136x128 275 -> 293);
- *   AVX2:    128x784x512 (32 panels) 70 -> 81; 128x1024x256 76 -> 82; 64x3136x128 and 128x3136x128
- *            (8 panels) level (2 threads, 128x784x512 138 -> 163, 256x1024x256 150 -> 170).
+ * B_FEW_PANELS panels wide. "Aligned" is to the kernel's own vector width (AVX2's 32-byte loads do
+ * not split on rows 32 bytes into a line).
  * When `sharing` threads split the rows, a packed B is shared: each reads the panels the others packed,
- * from their caches. Reading a misaligned B in place then pays up to more rows per thread (AVX-512, 2
- * threads, B 48 bytes off: 288x6272x64/ta 219 -> 247, 576x3136x64/ta 220 -> 255, 512x2048x256 278 ->
- * 299 in place; at 512 rows a thread, 1024x1024x256, packed stays ahead, 324 against 306). */
+ * from their caches. Reading a misaligned B in place then pays up to more rows per thread. */
 static int b_in_place(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int sharing)
 {
     const int64_t align = kr->vector_bytes;
     const int b_rows_aligned = (uintptr_t)p->b % align == 0 && p->b_rs * (int64_t)sizeof(float) % align == 0;
-    const int64_t max_m = p->n <= B_FEW_PANELS * kr->nr ? kr->b_in_place_max_m_misaligned_few_panels
-                                                        : kr->b_in_place_max_m_misaligned;
-    const int misaligned_ok = sharing > 1 ? ceil_div(p->m, sharing) <= kr->b_in_place_max_m_misaligned_shared
+    const int64_t max_m = p->n <= B_FEW_PANELS * kr->nr ? kr->uk->b_in_place_max_m_misaligned_few_panels
+                                                        : kr->uk->b_in_place_max_m_misaligned;
+    const int misaligned_ok = sharing > 1 ? ceil_div(p->m, sharing) <= kr->uk->b_in_place_max_m_misaligned_shared
                                           : p->m <= max_m;
-    return !p->b_packed && p->b_cs == 1 && p->n % kr->nr == 0 && p->m <= kr->b_in_place_max_m &&
+    return !p->b_packed && p->b_cs == 1 && p->n % kr->nr == 0 && p->m <= kr->uk->b_in_place_max_m &&
            (b_rows_aligned || misaligned_ok) && p->b_rs % 1024 != 0;
 }
 
@@ -118,9 +102,8 @@ static int64_t gcd64(int64_t a, int64_t b)
 /* The rows of a B panel read in place lie ldb apart, so they fall on W / gcd(ldb bytes, W) of the L2's
  * sets, W being the span of its sets (its size over its ways), and kc rows stack kc * gcd / W lines
  * deep on each. Deeper than B_PANEL_MAX_L2_WAYS, the panel evicts itself before the next row tile
- * reads it again, and comes from L3 every time: a Dense layer of 512 units, 128x1024x512 (B rows
- * 2 KiB apart, K block 1024, 16 lines deep in a 16-way L2), ran at 96 GFLOPS on Emerald Rapids;
- * packed, 142; in place with K blocks of 256 (4 deep), 150. So such a B's K block is cut to this. */
+ * reads it again, and comes from L3 every time (a Dense layer of 512 units: B rows 2 KiB apart). So
+ * such a B's K block is cut to this. */
 static int64_t b_panel_max_rows(const fc_gemm_kernel *kr, const fc_gemm_problem *p)
 {
     const int64_t way = kr->l2_way_bytes, row_bytes = p->b_rs * (int64_t)sizeof(float);
@@ -221,6 +204,8 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                         float *a_pack, int tid, int team)
 {
     const int64_t mr = kr->mr, nr = kr->nr, kc_max = plan->kc, nc_max = plan->nc;
+    const fc_gemm_ukr ukr = kr->ukr;
+    const fc_gemm_pack_fn pack = kr->pack;
     const int64_t rs_b = plan->b_in_place ? p->b_rs : fc_gemm_b_panel_width(kr, p->n);  /* B panel row stride */
     const int64_t b_panel_stride = fc_gemm_b_panel_stride(kr, kc_max);
     const int64_t b_block_size = b_block_floats(kr, kc_max, nc_max);
@@ -291,16 +276,13 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                                 memcpy(a_pack + i * a_ld, a_block + i * p->a_rs, sizeof(float) * (size_t)kc);
                         } else {
                             /* the panels not read in place, panel ir at a_pack + ir * kc */
-                            kr->pack(a_block, p->a_rs, p->a_cs, in_place_end, mc, kc, (int)mr, mr * kc, a_pack);
+                            pack(a_block, p->a_rs, p->a_cs, in_place_end, mc, kc, (int)mr, mr * kc, a_pack);
                         }
                         packed_block = ib;
                     }
                     /* The block's row tiles times the group's panels: panel by panel, each down the
                      * block's tiles; or, with the B block in L2, tile by tile, each across the panels.
-                     * Two loops rather than one over a tile index: dividing the index into (row tile,
-                     * panel) cost up to 8% at a short K (--isa avx2, 1 thread, C harness: 1024x32x1024
-                     * 74.1 -> 80.4 GFLOPS, 6272x64x288/tb 86.1 -> 87.4, 784x128x512/ta 88.7 -> 90.5;
-                     * AVX-512 1024x32x1024 119.8 -> 123.8; K of 1024, level). */
+                     * Two loops rather than one over a tile index: the division cost at a short K. */
                     const int64_t jp_first = g * panels_per_group;
                     const int64_t cols_of_tiles = min64(n_panels, jp_first + panels_per_group) - jp_first;
                     const int64_t rows_of_tiles = ceil_div(mc, mr);
@@ -324,12 +306,10 @@ static void gemm_thread(const fc_gemm_kernel *kr, const fc_gemm_problem *p, cons
                             const int64_t cs_a = a_restrided || in_place ? p->a_cs : mr;
                             /* A read in place comes from memory (or L3) for the group's first panel, in
                              * short rows the hardware prefetchers pick up late: the next tile's rows are
-                             * fetched while this one runs. Emerald Rapids, NumPy-like offsets, 1 thread:
-                             * 100352x288x64 (A 115 MB) 105 -> 153 GFLOPS (2 threads 175 -> 219), 6272x288x64
-                             * 153 -> 167; AVX2 70 -> 85 and 84 -> 88; squares level. */
+                             * fetched while this one runs. */
                             const float *a_next = in_place && p->a_cs == 1 && jp == jp_first && ic + ir + mr < p->m
                                                   ? a + mr * rs_a : NULL;
-                            kr->ukr(kc, a, rs_a, cs_a, a_next, b_panel, rs_b, p->c + (ic + ir) * p->ldc + j, p->ldc,
+                            ukr(kc, a, rs_a, cs_a, a_next, b_panel, rs_b, p->c + (ic + ir) * p->ldc + j, p->ldc,
                                     rows, cols, &ep);
                         }
                     }
@@ -352,14 +332,11 @@ static void make_plan(const fc_gemm_kernel *kr, const fc_gemm_problem *p, int th
     plan.nc = n_block(kr, p);
     plan.split_columns = threads > 1 && p->m <= p->n && plan.nc / nr >= threads;
     /* Only a product at least as wide as tall: a tall one's few panels, each read from L1 down the row
-     * block, ran 0.3-1.8% faster the BLIS way (--isa avx2, 1 thread: 9216x128x128/ta, 6272x288x64,
-     * 784x128x512/ta, 6272x64x288/tb). */
-    plan.b_block_in_l2 = kr->b_block_in_l2 && p->m <= p->n;
+     * block, run faster the BLIS way. */
+    plan.b_block_in_l2 = kr->uk->b_block_in_l2 && p->m <= p->n;
     /* Split columns give each thread its share of a B block to pack and read: one kept in L2 is then
-     * `threads` times as wide, each share the half of its core's L2 (--isa avx2, 2 threads, C harness:
-     * 128x128x9216/tb 164.7 -> 167.0 GFLOPS, 128x512x784/tb 169.8 -> 172.4, 2048^3 184.6 -> 185.4; the
-     * other shapes level or up to 0.7% faster). Not for a B packed beforehand, whose layout has the
-     * blocks of n_block. */
+     * `threads` times as wide, each share the half of its core's L2. Not for a B packed beforehand,
+     * whose layout has the blocks of n_block. */
     if (plan.b_block_in_l2 && plan.split_columns && !p->b_packed)
         plan.nc = min64(plan.nc * threads, ceil_div(p->n, nr) * nr);
     plan.b_in_place = b_in_place(kr, p, plan.split_columns ? 1 : threads);

@@ -42,38 +42,60 @@ typedef void (*fc_gemm_ukr)(int64_t k, const float *a, int64_t rs_a, int64_t cs_
 typedef void (*fc_gemm_pack_fn)(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k,
                                 int width, int64_t panel_stride, float *dst);
 
-/* One instruction set's GEMM configuration: the tile, the cache blocking, the micro-kernel and the
- * packing routine. */
+/* One micro-kernel's fixed description, written in its file (ukr_<isa>_<MR>x<NR>.c) and the same on
+ * every CPU: its tile, the blocking it was tuned with, and the layout limits that depend on its tile and
+ * vector width. The loops never read it alone: they read a context fitted to this CPU (below). */
 typedef struct {
     const char *name;
     int mr, nr;          /* register tile */
-    int mc, kc, nc;      /* cache blocks: A block mc x kc in L2, B block kc x nc in L3 (or L2, below) */
-    int b_block_in_l2;   /* 0: each B panel runs down the row block's tiles (the panel stays in L1, the A
-                          * block in L2: BLIS's order). 1: dispatch.c fits nc to half the L2, and in a
-                          * product at least as wide as tall each tile of A runs across the column group's
-                          * panels (the tile stays in L1, the B block in L2: OpenBLAS's order), each K
-                          * block of B packed just before use */
-    int kc_large_l2;     /* kc where a core has 2 MiB of L2 or more (dispatch.c picks) */
-    int64_t aliased_a_copied_from_n;  /* set by dispatch.c: MR rows of A 4 KiB apart (one L1 set) are read in
-                                       * place below this N, from a copy with a padded row stride from it on */
-    int kc_columns_of_a;     /* set by dispatch.c: kc when A is read in place by columns (a line per k step) */
-    int64_t l2_way_bytes;    /* set by dispatch.c: the L2's size over its ways, the span of its sets */
-    int b_in_place_max_m;  /* a row-major B is read unpacked when M is at most this (few tiles reuse a panel) */
-    int b_in_place_max_m_misaligned;  /* ... or this, when B's rows are not aligned to vector_bytes (split loads) */
-    int b_in_place_max_m_misaligned_few_panels;  /* ... or this, when such a B is at most B_FEW_PANELS (gemm.c) wide */
-    int b_in_place_max_m_misaligned_shared;  /* ... or this many rows a thread when threads share a packed B */
     int nr_narrow;       /* 0, or the columns of a narrower loop the kernel runs for tiles of at most that many */
     int vector_bytes;    /* the kernel's vector loads: B rows aligned to this never split across cache lines */
+    int mc, kc, nc;      /* cache blocks: A block mc x kc in L2, B block kc x nc in L3 (or L2, below) */
+    int kc_large_l2;     /* kc for a core with 2 MiB of L2 or more (a taller A block then fits) */
+    int b_block_in_l2;   /* 0: each B panel runs down the row block's tiles (the panel stays in L1, the A
+                          * block in L2: BLIS's order). 1: nc is fitted to half the L2, and in a product at
+                          * least as wide as tall each tile of A runs across the column group's panels (the
+                          * tile stays in L1, the B block in L2: OpenBLAS's order), each K block of B
+                          * packed just before use */
+    int b_in_place_max_m;  /* a row-major B is read unpacked when M is at most this (few tiles reuse a panel) */
+    int b_in_place_max_m_misaligned;  /* ... or this, when B's rows are not aligned to vector_bytes (split loads) */
+    int b_in_place_max_m_misaligned_few_panels;  /* ... or this, when such a B is at most B_FEW_PANELS wide */
+    int b_in_place_max_m_misaligned_shared;  /* ... or this many rows a thread when threads share a packed B */
     fc_gemm_ukr ukr;
     fc_gemm_pack_fn pack;
+} fc_gemm_ukernel;
+
+/* A core's caches, as the OS reports them (0: unknown). */
+typedef struct {
+    int64_t l1_bytes, l1_ways, l2_bytes, l2_ways;
+} fc_gemm_caches;
+
+/* A micro-kernel fitted to this CPU's caches: what the loops (gemm.c, conv.c) read. dispatch.c makes
+ * one per instruction set, once, when the library loads (fc_gemm_fit, context.c, whose table of tuning
+ * thresholds says why each value is what it is). */
+typedef struct {
+    const fc_gemm_ukernel *uk;        /* the fixed description this context was fitted from */
+    /* Its tile and functions, copied from the description so that the loops read one record (as BLIS's
+     * context does): never set otherwise. */
+    int mr, nr, nr_narrow, vector_bytes;
+    fc_gemm_ukr ukr;
+    fc_gemm_pack_fn pack;
+    /* Fitted to the caches: */
+    int mc, kc, nc;                   /* cache blocks, from the micro-kernel's and the cache sizes */
+    int kc_columns_of_a;              /* kc when A is read in place by columns (a line per k step) */
+    int64_t aliased_a_copied_from_n;  /* MR rows of A 4 KiB apart (one L1 set) are read in place below
+                                       * this N, from a copy with a padded row stride from it on */
+    int64_t l2_way_bytes;             /* the L2's size over its ways, the span of its sets */
 } fc_gemm_kernel;
 
-extern const fc_gemm_kernel fc_gemm_generic_4x16;
+void fc_gemm_fit(fc_gemm_kernel *kernel, const fc_gemm_ukernel *uk, const fc_gemm_caches *caches);
+
+extern const fc_gemm_ukernel fc_gemm_generic_4x16;
 void fc_gemm_pack_generic(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,
                           int64_t panel_stride, float *dst);
 #if defined(__x86_64__) || defined(_M_X64)
-extern const fc_gemm_kernel fc_gemm_avx2_6x16;
-extern const fc_gemm_kernel fc_gemm_avx512_14x32;
+extern const fc_gemm_ukernel fc_gemm_avx2_6x16;
+extern const fc_gemm_ukernel fc_gemm_avx512_14x32;
 void fc_gemm_pack_avx2(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,
                        int64_t panel_stride, float *dst);
 void fc_gemm_pack_avx512(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,
@@ -101,11 +123,8 @@ static inline int64_t fc_gemm_b_panel_width(const fc_gemm_kernel *kr, int64_t n)
 }
 
 /* Floats from one packed B panel to the next, in a K block of kc rows: its kc rows and one more. Laid
- * end to end, the panels sat kc * NR floats apart (128 KiB on AVX-512 with kc 1024, 32 KiB on AVX2
- * with 512), so the pack's stores of one k step to every panel fell in one L1 set, and evicted each
- * other. The spare row moves each panel to the next sets (C harness, Emerald Rapids, 1 thread, NumPy's
- * offsets: --isa avx2 256^3 87.1 -> 91.0 GFLOPS, 512^3 90.7 -> 92.6; AVX-512 512^3 175.2 -> 178.3,
- * 1024^3 173.5 -> 177.2; the other shapes, and 2 threads, level or better). */
+ * end to end, the panels sat a power of two apart, so the pack's stores of one k step to every panel
+ * fell in one L1 set and evicted each other; the spare row moves each panel to the next sets. */
 static inline int64_t fc_gemm_b_panel_stride(const fc_gemm_kernel *kr, int64_t kc)
 {
     return (kc + 1) * kr->nr;
@@ -128,25 +147,16 @@ int fc_gemm_run(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, int thre
 int64_t fc_gemm_workspace_floats(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, int threads);
 void fc_gemm_run_in(const fc_gemm_kernel *kernel, const fc_gemm_problem *p, int threads, float *ws);
 
-/* How many k steps ahead a micro-kernel fetches its B panel into L1. The panel (up to kc x NR, 128 KiB
- * on AVX-512 with kc 1024) is read again for every row tile from L2, or from memory when read in
- * place, and the hardware prefetchers left the first FMAs of each k step waiting on it (Emerald
- * Rapids, one thread, 64-byte-aligned arrays: 2048^3 164 -> 169 GFLOPS, 64x3136x128 with B in place
- * 160 -> 182; on NumPy's arrays, 16 bytes off a line, 0-3%; the AVX2 kernel there, 1-3%). */
+/* How many k steps ahead a micro-kernel fetches its B panel into L1. The panel is read again for every
+ * row tile from L2, or from memory when read in place, and the hardware prefetchers left the first FMAs
+ * of each k step waiting on it. */
 enum { FC_B_PREFETCH_STEPS = 16 };
 
 /* Fetches the m rows of an nr-wide tile of C while the k loop runs: C is read (beta != 0) or written at
- * the end, and for large C it comes from L3 or memory. Into L2 only: fetched into L1, the 28-42 lines
- * (42 when C's rows start inside a line) held the L1's few miss buffers while the k loop's own loads
- * waited, which a short k loop cannot hide (Emerald Rapids, one thread, C 16 bytes off a line:
- * 9216x128x128/ta 140 -> 143 GFLOPS, 784x128x512/ta 158 -> 163, 6272x64x288/tb 146 -> 151; squares of
- * 1024 and 2048, where k is 1024, unchanged). Every line of each row: a 32-float row that starts inside
- * a line (NumPy's arrays start 16 bytes into one) spans three, and fetching only its first and last
- * left the middle one to the k loop's end (2048^3, C 16 bytes off a line: 161.5 -> 164.6 GFLOPS, as
- * fast as an aligned C; with NumPy's arrays 0.96 -> 0.985 of numpy.matmul, 2 threads 0.98 -> 0.99).
- * A float every 16 and the last one name every line of a row in a fixed count of prefetches, which
- * a loop over the row's line addresses took longer to issue (C harness, 1 thread, 1024x32x1024:
- * AVX-512 122.6 -> 125.2 GFLOPS, AVX2 82.6 -> 83.7; 6272x64x288/tb 146.3 -> 147.7 and 87.7 -> 89.1). */
+ * the end, and for large C it comes from L3 or memory. Into L2 only: fetched into L1, the lines held
+ * the L1's few miss buffers while the k loop's own loads waited. Every line of each row (a row that
+ * starts inside a line spans one more), named by a float every 16 and the last one: a fixed count of
+ * prefetches, quicker to issue than a loop over the row's line addresses. */
 static inline void fc_prefetch_tile(const float *c, int64_t ldc, int m, int nr)
 {
     for (int i = 0; i < m; i++) {

@@ -38,7 +38,7 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
  * each row at a time: a row's chunk (one cache line when cs == 1) is read once into a small tile, then
  * written out by column. Rows are fetched side by side, with a prefetch ahead, so their lines arrive in
  * parallel; and rows a multiple of 4 KiB apart, which share one L1 set, are not read again element by
- * element after evicting each other (1024^3 with trans_b: +3-5% on Zen 4). */
+ * element after evicting each other. */
 static void transpose_scalar(const float *src, int64_t rs, int64_t cs, int r0, int r1, int64_t q0, int64_t q1,
                              int width, float *dst)
 {
@@ -158,9 +158,8 @@ static void transpose_square(const float *src, int64_t rs, int rows, float *dst,
 
 /* d[0, n) = s[0, n) and d[n, width) = 0, for 0 <= n <= width: masked vector loads read no float past n
  * (so nothing past the source's end), masked stores write no float past width. On AVX-512 every vector
- * goes through the masks (isolated 196x512 B pack: 16.2 us, 18.4 with plain loads and stores for whole
- * vectors); AVX2 takes plain ones for whole vectors (21.0 -> 17.7 us; its masked stores are microcoded on
- * some CPUs). */
+ * goes through the masks, which was the faster; AVX2 takes plain ones for whole vectors (its masked
+ * stores are microcoded on some CPUs). */
 static inline void copy_run(const float *s, int n, int width, float *d)
 {
 #if SQUARE == 16
@@ -186,9 +185,7 @@ static inline void copy_run(const float *s, int n, int width, float *d)
  * written a group of k steps at a time, in whole vectors: a run of 14 floats stored on its own
  * straddles two cache lines 7 times in 8. The group's runs, laid end to end, fill a whole number of
  * vectors (8 runs of 14 floats, 7 vectors of 16), and vector o takes its lanes from run first_run[o]
- * and the next, lane t from lane index[o][t] of the one `second` picks. Emerald Rapids, C harness,
- * NumPy-like offsets: 9216x128x128/ta 138 -> 141 GFLOPS on one thread, 270 -> 277 on two; with
- * --isa avx2, 75 -> 80 and 149 -> 157 (an isolated 168x128 A block: 5.5 -> 4.6 us). */
+ * and the next, lane t from lane index[o][t] of the one `second` picks. */
 typedef struct {
     int runs_per_group, vectors_per_group;
     int first_run[SQUARE];

@@ -61,10 +61,8 @@ static inline __attribute__((always_inline)) void tile(int rows, int64_t k, cons
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     tile_fma(k, a, rs_a, cs_a, a_next, b, rs_b, rows, acc);
     /* A whole tile of the plain product (alpha 1, no bias or ReLU: every K block of a plain GEMM) is
-     * stored, or added to C, straight from the accumulators: parking costs 24 more loads and stores
-     * per tile, which shows at a short K (Emerald Rapids, --isa avx2, C harness, 1 thread, two runs:
-     * 1024x32x1024 74.4 / 72.6 -> 75.8 / 76.0 GFLOPS, 6272x64x288/tb 82.0 / 82.0 -> 83.1 / 84.8; K of
-     * 128 and more level). */
+     * stored, or added to C, straight from the accumulators: parking them costs 24 more loads and
+     * stores per tile, which shows at a short K. */
     if (m == rows && n == NR && fc_epilogue_is_plain(ep)) {
         const int add = ep->beta != 0.0f;
         #pragma GCC unroll 6
@@ -124,8 +122,8 @@ static void ukr_avx2_6x16(int64_t k, const float *a, int64_t rs_a, int64_t cs_a,
 }
 
 /* B is read unpacked up to M = 256 only: its 16-float rows are one cache line each and crowd fewer L1
- * sets than packed (conv's weight gradient 288x6272x64 went from 1.00x to 1.03-1.07x numpy). */
-const fc_gemm_kernel fc_gemm_avx2_6x16 = {
+ * sets than packed. */
+const fc_gemm_ukernel fc_gemm_avx2_6x16 = {
     .name = "avx2_6x16", .mr = MR, .nr = NR, .mc = 144, .kc = 384, .nc = 4080, .kc_large_l2 = 512,
     .b_block_in_l2 = 1,
     .b_in_place_max_m = 256, .b_in_place_max_m_misaligned = 48, .b_in_place_max_m_misaligned_few_panels = 256,

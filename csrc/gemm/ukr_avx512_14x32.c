@@ -99,10 +99,7 @@ static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs
     /* A whole-height tile of the plain product (every K block of a plain GEMM, all but the last of a
      * conv's kernel rows) has its own copy of the loop, whose write-back needs no more registers than
      * the 28 accumulators: the general one needs five more, so the compiler parks the tile on the
-     * stack for it. Isolated kernel, A and B in L1: k = 16 / 32 / 64 / 128 ran 134 / 158 / 177 / 182
-     * GFLOPS, now 153 / 174 / 183 / 190 (with the k >= 1 hint in tile()); C harness, 1 thread:
-     * 1024x32x1024 127.1 -> 132.9, 6272x64x288/tb 149.4 -> 155.0, 6272x288x64 172.4 -> 176.2, squares
-     * level. */
+     * stack for it. */
     const int plain = fc_epilogue_is_plain(ep);
     /* A partial tile runs only its rows, rounded up to even (the row past m is readable, by the
      * contract): a conv's 24-pixel output rows are tiles of 14 and 10 rows, and the 10-row tile
@@ -114,7 +111,7 @@ static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs
     case 4: tile(8, 0, k, a, rs_a, cs_a, NULL, b, rs_b, c, ldc, m, n, ep); break;
     case 5: tile(10, 0, k, a, rs_a, cs_a, NULL, b, rs_b, c, ldc, m, n, ep); break;
     case 6: tile(12, 0, k, a, rs_a, cs_a, NULL, b, rs_b, c, ldc, m, n, ep); break;
-    default:  /* a constant NULL takes the prefetch out of the k loop: its code costs the other tiles 2-3% */
+    default:  /* a constant NULL takes the prefetch out of the k loop, where its code slows the other tiles */
         if (a_next)
             tile(14, 0, k, a, rs_a, cs_a, a_next, b, rs_b, c, ldc, m, n, ep);
         else if (plain)
@@ -125,7 +122,7 @@ static void ukr_avx512_14x32(int64_t k, const float *a, int64_t rs_a, int64_t cs
     }
 }
 
-const fc_gemm_kernel fc_gemm_avx512_14x32 = {
+const fc_gemm_ukernel fc_gemm_avx512_14x32 = {
     .name = "avx512_14x32", .mr = MR, .nr = NR, .mc = 168, .kc = 384, .nc = 4096, .kc_large_l2 = 1024,
     .b_in_place_max_m = 1024, .b_in_place_max_m_misaligned = 56, .b_in_place_max_m_misaligned_few_panels = 256,
     .b_in_place_max_m_misaligned_shared = 320,

@@ -18,7 +18,7 @@ static void ukr_generic_4x16(int64_t k, const float *a, int64_t rs_a, int64_t cs
     fc_store_tile(acc, NR, c, ldc, m, n, ep);
 }
 
-const fc_gemm_kernel fc_gemm_generic_4x16 = {
+const fc_gemm_ukernel fc_gemm_generic_4x16 = {
     .name = "generic_4x16", .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096, .kc_large_l2 = 256,
     .b_in_place_max_m = 1024, .b_in_place_max_m_misaligned = 1024, .b_in_place_max_m_misaligned_few_panels = 1024,
     .b_in_place_max_m_misaligned_shared = 1024,
