@@ -25,7 +25,10 @@ PORTABLE_SOURCES = [
     "csrc/gemm/ukr_generic_4x16.c",
     "csrc/gemm/pack.c",  # also in ISA_SOURCES
     "csrc/bench/peak_generic.c",
-    "csrc/conv/conv.c",
+    "csrc/conv/conv.c",  # the plan; the loops of each algorithm:
+    "csrc/conv/im2col.c",
+    "csrc/conv/implicit.c",
+    "csrc/conv/direct_loops.c",
     "csrc/conv/winograd.c",
     "csrc/conv/direct.c",  # also in ISA_SOURCES: one source, one compile (and kernel table) per set
     "csrc/pool/pool.c",

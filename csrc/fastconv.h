@@ -66,12 +66,8 @@ typedef struct {
     int64_t oh, ow;
 } fc_conv_shape;
 
-/* Algorithms: FC_CONV_AUTO picks per shape (direct for 1..4 input channels; for the rest, implicit
- * GEMM when the forward pass can use it, else im2col + GEMM; 1x1 stride-1 unpadded as one plain
- * GEMM); the others force one. Implicit GEMM (forward only; stride 1, dilation 1, output rows of
- * nearly whole register tiles) falls back to im2col where it does not apply, and its backward pass
- * is im2col's. Winograd F(2x2, 3x3) and F(4x4, 3x3) (csrc/conv/winograd.h: 3x3, stride 1, dilation
- * 1; the forward pass and dx, dw as auto computes it) fall back to auto's choice elsewhere. */
+/* Algorithm requests: FC_CONV_AUTO picks per shape, the others force one where it applies. What each
+ * request does for each pass (the policy) is written once, at the top of csrc/conv/conv.c. */
 enum {
     FC_CONV_AUTO = 0, FC_CONV_IM2COL = 1, FC_CONV_DIRECT = 2, FC_CONV_IMPLICIT = 3, FC_CONV_WINOGRAD = 4,
     FC_CONV_WINOGRAD4X4 = 5,
@@ -90,6 +86,23 @@ int fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const 
  * count it would use now), exactly: the call allocates this much, cached for the calling thread's next
  * call (workspace.h). */
 int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward);
+/* The plan a call makes (csrc/conv/conv.c), for the instruction set and thread count in force now:
+ * for the passes asked (FC_CONV_PASS_FORWARD, or any of DX, DW and DB), the algorithm the request
+ * resolves to, the path of each pass (FC_CONV_PATH_*), the threads of its largest loop and the scratch
+ * each slot takes (call, kernel, gemm; workspace.h). forward/backward compute the same plan and run it. */
+enum { FC_CONV_PASS_FORWARD = 1, FC_CONV_PASS_DX = 2, FC_CONV_PASS_DW = 4, FC_CONV_PASS_DB = 8 };
+enum {
+    FC_CONV_PATH_NONE = 0, FC_CONV_PATH_IM2COL = 1, FC_CONV_PATH_DIRECT = 2, FC_CONV_PATH_IMPLICIT = 3,
+    FC_CONV_PATH_WINOGRAD = 4, FC_CONV_PATH_GEMM = 5, FC_CONV_PATH_FEW_OUTPUTS = 6,
+    FC_CONV_PATH_IM2COL_TRANSPOSED = 7,
+};
+typedef struct {
+    int algorithm;              /* FC_CONV_* */
+    int forward, dx, dw;        /* FC_CONV_PATH_* (NONE for the passes not asked) */
+    int threads;
+    int64_t scratch_bytes[3];
+} fc_conv_plan_info;
+void fc_conv2d_plan(const fc_conv_shape *s, int algo, int passes, fc_conv_plan_info *info);
 
 /* ---- pooling: NHWC ---- */
 typedef struct {

@@ -46,6 +46,10 @@ cdef extern from "fastconv.h" nogil:
     int fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
                             int x_from_relu, float *dx, float *dw, float *db)
     int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
+    ctypedef struct fc_conv_plan_info:
+        int algorithm, forward, dx, dw, threads
+        int64_t scratch_bytes[3]
+    void fc_conv2d_plan(const fc_conv_shape *s, int algo, int passes, fc_conv_plan_info *info)
 
     ctypedef struct fc_pool_shape:
         int64_t n, h, w, c, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, oh, ow
@@ -320,9 +324,14 @@ def conv2d_backward(g, int algo, const float[::1] dy, const float[::1] x, const 
     check(status, b"conv2d_backward")
 
 
-def conv2d_workspace_bytes(g, int algo, bint backward):
+def conv2d_plan(g, int algo, int passes):
+    """The plan of a conv call (fastconv.h's fc_conv2d_plan): (algorithm, forward path, dx path, dw path,
+    threads, (call, kernel, gemm) scratch bytes), codes as in fastconv.h."""
     cdef fc_conv_shape s = conv_shape(g)
-    return 4 * fc_conv2d_workspace_floats(&s, algo, backward)
+    cdef fc_conv_plan_info info
+    fc_conv2d_plan(&s, algo, passes, &info)
+    return (info.algorithm, info.forward, info.dx, info.dw, info.threads,
+            (info.scratch_bytes[0], info.scratch_bytes[1], info.scratch_bytes[2]))
 
 
 def maxpool2d_forward(g, const float[::1] x, float[::1] y, uint8_t[::1] argmax=None):

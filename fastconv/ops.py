@@ -24,6 +24,7 @@ __all__ = [
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
     "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update",
     "rmsprop_update", "sgd_update", "batch_norm", "batch_norm_backward", "conv2d_algorithm", "CONV_ALGORITHMS",
+    "conv2d_plan", "CONV_PATHS",
     "affine_transform",
 ]
 
@@ -183,13 +184,11 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     the bottom/right), an int, or ((top, bottom), (left, right)). b (Cout,) and activation="relu" are
     fused into the output write. Returns (N, OH, OW, Cout) float32, written into `out` if given.
 
-    algorithm: "auto" (default) uses the direct kernel (vectorised over Cout, weights in registers)
-    for 1..4 input channels; otherwise implicit GEMM where it applies (stride 1, dilation 1, output
-    rows that fill the GEMM's register tiles: the micro-kernel reads the patches in place from a
-    padded copy of a few input rows; with 1..4 output channels, any stride-1 undilated conv, each
-    output row then computed as dot products along the taps rather than by the GEMM), else im2col +
-    GEMM; and one plain GEMM for a 1x1 stride-1 unpadded conv. "direct" or "im2col" forces one for any shape, "implicit" where it applies. None
-    reads $FASTCONV_CONV_ALGO (same values). `conv2d_algorithm` tells which one a shape gets.
+    algorithm: "auto" (default) picks per shape: the direct kernels (few input channels), implicit GEMM
+    (the micro-kernel reads the patches in place from padded input rows), im2col + GEMM, or one GEMM
+    for a 1x1 conv; the other keys of CONV_ALGORITHMS force one where it applies. The rules are written
+    once, at the top of csrc/conv/conv.c; `conv2d_algorithm` and `conv2d_plan` tell what a shape gets.
+    None reads $FASTCONV_CONV_ALGO (same values).
 
     Extra memory (scratch of the calling thread, cached for its next call up to a limit: see
     fastconv.release_workspace): direct, the packed weights (Cout rounded up to the vector block x
@@ -228,14 +227,8 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
     need_dx=False skips the input gradient and returns None for dx (a model's first layer does not
     need it). x_from_relu=True says x is the output of a ReLU and returns, as dx, the gradient at that
     ReLU's input (zero where x <= 0): relu_backward(dx, x) fused into the same pass.
-    algorithm as in conv2d: dw and db come from the direct kernel, or for stride 1 and dilation 1
-    (auto and "implicit") from one GEMM per kernel row reading the padded image in place (when
-    cin * cout >= 512 and the padded rows are at most a fifth wider than the output's) or, with 1..8
-    output channels, from the direct kernels' rows over the padded image; or else from im2col + GEMM;
-    dx from an implicit-GEMM conv of dy with the flipped kernel (when conv2d would use
-    implicit GEMM and the conv has stride 1 and dilation 1), or else as dy @ w^T scattered back
-    (col2im), also for the shapes where auto picks the direct kernel (faster there); the direct
-    kernel's dx only with algorithm="direct".
+    algorithm as in conv2d; which paths compute dx and dw (the direct kernels, implicit GEMM, GEMMs
+    over padded images, im2col + GEMM and col2im) is `conv2d_plan(..., backward=True)`'s answer.
     Deterministic: dw and db are reduced over the batch in a fixed order for any thread count.
     Extra memory: a fixed number (at most 16) of partial dw/db sums, plus per thread, for dw, one
     padded image and its dy or one block of patches, and for dx one block of patches (blocks of about
@@ -300,30 +293,50 @@ def conv2d_transpose(x, w, b=None, *, strides=1, padding="valid", output_padding
     return out
 
 
-def conv2d_algorithm(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
-    """The algorithm conv2d uses for these shapes: "direct", "implicit", "im2col" or "gemm" (1x1 as one
-    GEMM). For "implicit", conv2d_backward computes dw with a GEMM per kernel tap over the padded image
-    where the products are large enough (else as im2col does), db as im2col does, and dx as an
-    implicit-GEMM convolution of dy with the flipped kernel where that applies (stride 1, dilation 1)."""
+# The paths a conv plan reports for each pass (fastconv.h's FC_CONV_PATH_* codes, in order).
+CONV_PATHS = ("none", "im2col", "direct", "implicit", "winograd", "gemm", "few_outputs", "im2col_transposed")
+_CONV_PASSES = {"forward": 1, "dx": 2, "dw": 4, "db": 8}
+
+
+def conv2d_plan(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, backward=False, need_dx=True,
+                algorithm=None):
+    """What one conv2d call (or, with backward=True, conv2d_backward) does for these shapes, as the C code
+    plans it before it runs (the policy is written once, in csrc/conv/conv.c), at the current instruction
+    set and thread count. A dict:
+    "algorithm": what the request resolves to (as conv2d_algorithm, "gemm" for a 1x1 conv run as one GEMM);
+    "forward", or "dx" and "dw": the path of each pass, one of CONV_PATHS ("none" when not computed; db
+    goes with dw; "few_outputs" and "im2col_transposed" are dw's ways for few output channels);
+    "threads": of the call's largest parallel loop;
+    "scratch_bytes": per scratch slot ("call", "kernel", "gemm"); their sum is conv2d_workspace_bytes."""
     g = conv_geometry(x_shape, w_shape, strides, padding, dilation_rate)
-    resolved = _C.conv2d_algorithm(g, _conv_algorithm(algorithm))
-    if resolved == CONV_ALGORITHMS["direct"]:
-        return "direct"
-    if resolved == CONV_ALGORITHMS["implicit"]:
-        return "implicit"
-    if resolved in (CONV_ALGORITHMS["winograd"], CONV_ALGORITHMS["winograd4x4"]):
-        return "winograd" if resolved == CONV_ALGORITHMS["winograd"] else "winograd4x4"
-    return "gemm" if g.pointwise else "im2col"
+    if backward:
+        passes = (_CONV_PASSES["dx"] if need_dx else 0) | _CONV_PASSES["dw"] | _CONV_PASSES["db"]
+    else:
+        passes = _CONV_PASSES["forward"]
+    code, forward, dx, dw, threads, scratch = _C.conv2d_plan(g, _conv_algorithm(algorithm), passes)
+    names = {code: name for name, code in CONV_ALGORITHMS.items()}
+    plan = {"algorithm": "gemm" if forward == CONV_PATHS.index("gemm") else names[code]}
+    plan.update({"dx": CONV_PATHS[dx], "dw": CONV_PATHS[dw]} if backward else {"forward": CONV_PATHS[forward]})
+    plan.update(threads=threads, scratch_bytes=dict(zip(("call", "kernel", "gemm"), scratch)))
+    return plan
+
+
+def conv2d_algorithm(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
+    """The algorithm conv2d uses for these shapes: "direct", "implicit", "im2col", "gemm" (1x1 as one
+    GEMM) or a Winograd variant; conv2d_plan says what the backward pass does too."""
+    return conv2d_plan(x_shape, w_shape, strides=strides, padding=padding, dilation_rate=dilation_rate,
+                       algorithm=algorithm)["algorithm"]
 
 
 def conv2d_workspace_bytes(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, backward=False,
                            algorithm=None):
     """Scratch memory, in bytes, that one conv2d (or conv2d_backward) call takes: the call's own buffers
     plus one slice per thread at the current thread count (a call allocates this, or less where its
-    GEMMs read an operand in place). Cached for the calling thread's next call up to a limit: see
-    fastconv.release_workspace and fastconv.set_workspace_limit."""
-    g = conv_geometry(x_shape, w_shape, strides, padding, dilation_rate)
-    return _C.conv2d_workspace_bytes(g, _conv_algorithm(algorithm), backward)
+    GEMMs read an operand in place), read from the call's plan (conv2d_plan). Cached for the calling
+    thread's next call up to a limit: see fastconv.release_workspace and fastconv.set_workspace_limit."""
+    plan = conv2d_plan(x_shape, w_shape, strides=strides, padding=padding, dilation_rate=dilation_rate,
+                       backward=backward, algorithm=algorithm)
+    return sum(plan["scratch_bytes"].values())
 
 
 def _pool_forward(kernel, x, pool_size, strides, padding, out, return_argmax=False):

@@ -38,7 +38,7 @@ def _conv(shape, backward, algorithm, rng):
 
 
 @pytest.mark.parametrize("backward", [False, True])
-@pytest.mark.parametrize("algorithm", ["auto", "im2col", "direct", "implicit"])
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "direct", "implicit", "winograd", "winograd4x4"])
 @pytest.mark.parametrize("shape", SHAPES, ids=range(len(SHAPES)))
 def test_workspace_bytes_are_what_the_call_requests(shape, algorithm, backward):
     rng = np.random.default_rng(0)
@@ -60,3 +60,35 @@ def test_the_counter_sees_a_larger_request():
     large = sum(_conv(((8,) + SHAPES[2][0][1:],) + SHAPES[2][1:], False, "im2col", rng))
     assert 0 < small < large
     assert _C.scratch_requested() == (0, 0, 0)
+
+
+def _plan(shape, **kwargs):
+    x_shape, w_shape, strides, padding, dilation = shape
+    return fastconv.ops.conv2d_plan(x_shape, w_shape, strides=strides, padding=padding, dilation_rate=dilation,
+                                    **kwargs)
+
+
+@pytest.mark.parametrize("shape,algorithm,forward,dx,dw", [
+    (SHAPES[0], "auto", "direct", "im2col", "direct"),     # direct dx only when forced
+    (SHAPES[0], "direct", "direct", "direct", "direct"),
+    (((2, 9, 9, 32), (3, 3, 32, 32), 1, "same", 1), "auto", "implicit", "implicit", "implicit"),
+    (SHAPES[2], "im2col", "im2col", "im2col", "im2col"),
+    (SHAPES[5], "auto", "implicit", "implicit", "few_outputs"),
+    (SHAPES[6], "im2col", "im2col", "im2col", "im2col_transposed"),
+    (SHAPES[7], "auto", "im2col", "im2col", "im2col"),
+    (SHAPES[9], "auto", "gemm", "im2col", "im2col"),
+    (SHAPES[2], "winograd", "winograd", "winograd", "im2col"),  # Winograd's dw is auto's
+])
+def test_the_plan_names_each_pass(shape, algorithm, forward, dx, dw):
+    plan = _plan(shape, algorithm=algorithm)
+    assert plan["forward"] == forward and plan["threads"] >= 1
+    assert plan["algorithm"] == fastconv.conv2d_algorithm(*shape[:2], strides=shape[2], padding=shape[3],
+                                                           dilation_rate=shape[4], algorithm=algorithm)
+    backward = _plan(shape, algorithm=algorithm, backward=True)
+    assert (backward["dx"], backward["dw"]) == (dx, dw)
+    assert "forward" not in backward and "dx" not in plan
+    without_dx = _plan(shape, algorithm=algorithm, backward=True, need_dx=False)
+    assert (without_dx["dx"], without_dx["dw"]) == ("none", dw)
+    # an implicit or Winograd dx keeps its kernel in a slot of its own; the others need none
+    assert (backward["scratch_bytes"]["kernel"] > 0) == (dx in ("implicit", "winograd"))
+    assert without_dx["scratch_bytes"]["kernel"] == 0
