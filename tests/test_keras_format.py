@@ -520,6 +520,19 @@ def test_damaged_files_load_or_fail_with_a_value_error_naming_them(saved, damage
             assert str(path) in str(error)
 
 
+def test_keras_2_style_h5_files_are_named_as_such(tmp_path):
+    """An HDF5 file without Keras 3's layers/ group (Keras 2's legacy layout) is refused clearly, and
+    load_model on any HDF5 file says to build the model and load weights into it."""
+    path = tmp_path / "legacy.weights.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_group("model_weights/dense/dense").create_dataset("kernel:0", data=np.zeros((3, 2), np.float32))
+    model = sequential_model()
+    with pytest.raises(ValueError, match="no 'layers' group.*Keras 2's legacy"):
+        model.load_weights(path)
+    with pytest.raises(ValueError, match="HDF5 file, not a .keras archive.*load_weights"):
+        keras.models.load_model(path)
+
+
 def test_loading_never_unpickles(saved, monkeypatch, data):
     _, path = saved
 

@@ -684,6 +684,10 @@ class _WeightsFile:
 
 def _load_into(weights_file, layers, paths):
     """Copy the file's arrays into the layers' weights, after checking all of them match."""
+    if any(layer.weights for layer in layers) and weights_file.child(weights_file.file, "layers",
+                                                                      weights_file.h5py.Group) is None:
+        _fail(weights_file.path, "the HDF5 file has no 'layers' group: it is not in Keras 3's weights layout "
+                                 "(Keras 2's legacy .h5 layout is not read)")
     plan = []
     for layer, layer_path in zip(layers, paths):
         group = weights_file.vars_group(layer_path)
@@ -747,6 +751,10 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     from fastconv.keras.layers.base import limit_weights
     h5py = import_h5py(filepath, "loading")
     loading = _Loading(custom_objects, allow_code=not safe_mode or keras_config.unsafe_deserialization_enabled())
+    with open(filepath, "rb") as file:
+        if file.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
+            _fail(filepath, "this is an HDF5 file, not a .keras archive: for a .weights.h5 file build the model and "
+                            "call model.load_weights (Keras 2's legacy .h5 model files are not read)")
     config, weights = _open_archive(filepath)
     weights_file = _WeightsFile(h5py, io.BytesIO(weights), filepath)
     try:
