@@ -202,6 +202,39 @@ def naive_sparsemax(x):
     return out
 
 
+def naive_unfold(x, kernel, dilation, padding, stride):
+    """torch.nn.functional.unfold by loops: rows (channel, kernel row, kernel column), columns the positions."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh = (xp.shape[2] - (kh - 1) * dilation - 1) // sh + 1
+    ow = (xp.shape[3] - (kw - 1) * dilation - 1) // sw + 1
+    out = np.zeros((x.shape[0], x.shape[1] * kh * kw, oh * ow))
+    for c in range(x.shape[1]):
+        for i in range(kh):
+            for j in range(kw):
+                for p in range(oh):
+                    for q in range(ow):
+                        row, column = p * sh + i * dilation, q * sw + j * dilation
+                        out[:, (c * kh + i) * kw + j, p * ow + q] = xp[:, c, row, column]
+    return out
+
+
+def naive_fold(cols, size, kernel):
+    """The adjoint of naive_unfold (stride 1, no padding or dilation): patches summed into place."""
+    n, depth, _ = cols.shape
+    channels = depth // (kernel * kernel)
+    out = np.zeros((n, channels) + tuple(size))
+    ow = size[1] - kernel + 1
+    for c in range(channels):
+        for i in range(kernel):
+            for j in range(kernel):
+                for position in range(cols.shape[2]):
+                    p, q = divmod(position, ow)
+                    out[:, c, p + i, q + j] += cols[:, (c * kernel + i) * kernel + j, position]
+    return out
+
+
 def naive_scan(x, carry):
     ys = []
     for row in x:
@@ -663,6 +696,10 @@ DIFF_CASES = [
      lambda a, b: 20 * np.log10(2.0) - 10 * np.log10(((a - b) ** 2).mean()), [arr(2, 3), arr(2, 3, seed=1)]),
     ("sparsemax", "", ops.sparsemax, lambda x: naive_sparsemax(x), [arr(3, 5, low=-2, high=2)]),
     ("sparsemax", "axis0", lambda x: ops.sparsemax(x, axis=0), lambda x: naive_sparsemax(x.T).T, [arr(4, 2)]),
+    ("unfold", "", lambda x: ops.unfold(x, 2), lambda x: naive_unfold(x, 2, 1, 0, 1), [arr(2, 2, 3, 4)]),
+    ("unfold", "dilated-padded-strided", lambda x: ops.unfold(x, (2, 3), dilation=2, padding=1, stride=(2, 1)),
+     lambda x: naive_unfold(x, (2, 3), 2, 1, (2, 1)), [arr(1, 2, 5, 6)]),
+    ("fold", "", lambda x: ops.fold(x, (3, 4), 2), lambda x: naive_fold(x, (3, 4), 2), [arr(2, 8, 6)]),
     ("depthwise_conv", "valid", ops.depthwise_conv, None, [arr(2, 5, 4, 2), arr(3, 2, 2, 3, seed=1)]),
     ("depthwise_conv", "same-strided-dilated",
      lambda x, w: ops.depthwise_conv(x, w, strides=(2, 1), padding="same", dilation_rate=(1, 2)), None,
@@ -780,7 +817,8 @@ TESTED_SEPARATELY = {
     "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_invert", "bitwise_left_shift",
     "bitwise_right_shift", "left_shift", "right_shift", "bartlett", "blackman", "hamming", "hanning", "kaiser",
     "segment_prod", "eig", "eigh", "qr", "svd", "lstsq", "matrix_rank", "lu_factor", "fft", "fft2", "ifft2", "rfft",
-    "irfft", "polar", "corrcoef", "histogram", "gcd", "lcm", "i0", "vander", "saturate_cast", "unravel_index",
+    "irfft", "polar", "jvp", "view", "view_as_real", "view_as_complex", "corrcoef", "histogram", "gcd", "lcm", "i0",
+    "vander", "saturate_cast", "unravel_index",
     "correlate", "nextafter",
     "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
     "tri", "cond", "fori_loop", "while_loop", "count_nonzero", "argmin", "argsort", "one_hot",
@@ -1740,3 +1778,31 @@ def test_decompositions_and_fourier_transforms():
         ops.fft(real)
     with pytest.raises(ValueError, match="cdist"):
         ops.cdist(arr(3, 2), arr(3, 3))
+
+
+
+def test_jvp_and_views():
+    x, t = arr(2, 3), arr(2, 3, seed=1)
+    out, tangent = ops.jvp(ops.sin, (x,), (t,))
+    np.testing.assert_allclose(out, np.sin(x))
+    np.testing.assert_allclose(tangent, np.cos(x) * t)
+    a, b = arr(3), arr(3, seed=2)
+    ta, tb = arr(3, seed=3), arr(3, seed=4)
+
+    def fn(u, v):
+        return {"dot": ops.sum(u * v), "outer": ops.outer(u, v)}, "aux"
+    out, tangent, aux = ops.jvp(fn, [a, b], [ta, tb], has_aux=True)
+    assert aux == "aux" and set(tangent) == {"dot", "outer"}
+    np.testing.assert_allclose(out["dot"], a @ b)
+    np.testing.assert_allclose(tangent["dot"], ta @ b + a @ tb)
+    np.testing.assert_allclose(tangent["outer"], np.outer(ta, b) + np.outer(a, tb))
+    with pytest.raises(ValueError, match="tangent"):
+        ops.jvp(ops.sin, (x,), (t, t))
+    assert ops.view(np.float32([1.0]), "int32")[0] == np.float32([1.0]).view(np.int32)[0]
+    z = np.array([1 + 2j, 3 - 1j])
+    np.testing.assert_array_equal(ops.view_as_real(z), [[1, 2], [3, -1]])
+    np.testing.assert_array_equal(ops.view_as_complex(ops.view_as_real(z)), z)
+    with pytest.raises(ValueError, match="complex"):
+        ops.view_as_real(np.ones(2))
+    with pytest.raises(ValueError, match="fold"):
+        ops.fold(arr(1, 8, 5), (3, 4), 2)

@@ -42,7 +42,7 @@ __all__ = [
     "unravel_index", "correlate", "nextafter",
     "diagflat", "cdist", "extract_sequences", "associative_scan", "vectorize", "segment_prod", "eig", "eigh", "qr",
     "svd", "lstsq", "matrix_rank", "solve_triangular", "lu_factor", "cholesky_inverse", "fft", "fft2", "ifft2", "rfft",
-    "irfft", "polar",
+    "irfft", "polar", "jvp", "view", "view_as_real", "view_as_complex",
 ]
 
 
@@ -2141,3 +2141,61 @@ def irfft(x, fft_length=None):
 def polar(abs_, angle):
     """The complex numbers abs_ * (cos(angle) + i sin(angle))."""
     return _array(abs_) * np.exp(1j * _array(angle))
+
+
+# ----- forward mode, views -----
+def jvp(fun, primals, tangents, has_aux=False):
+    """(fun(*primals), J . tangents) (and aux), as jax.jvp. Computed exactly with one reverse pass per
+    output entry (the tape has no forward mode): fine for small outputs, slow for large ones. The
+    results are constants for an enclosing tape (no higher-order gradients)."""
+    from fastconv.keras.autodiff import GradientTape, _flatten, _map_structure
+    primals, tangents = list(primals), list(tangents)
+    if len(primals) != len(tangents):
+        raise ValueError(f"jvp needs one tangent per primal, got {len(primals)} primals and {len(tangents)} tangents")
+
+    def leaf(p):
+        value = np.asarray(_array(p))
+        return Tensor(np.array(value, dtype=value.dtype if value.dtype.kind == "f" else backend.floatx()))
+    with GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+        watched = _map_structure(leaf, primals)
+        tape.watch(watched)
+        result = fun(*watched)
+    out, aux = result if has_aux else (result, None)
+    sources = _flatten(watched)
+    directions = [np.asarray(_array(t)) for t in _flatten(tangents)]
+    if [np.shape(unwrap(s_)) for s_ in sources] != [d.shape for d in directions]:
+        raise ValueError("jvp: tangents must have the primals' structure and shapes")
+    products = []
+    for target in _flatten(out):
+        value = np.asarray(unwrap(target))
+        product = np.zeros(value.shape, value.dtype if value.dtype.kind == "f" else backend.floatx())
+        for index in np.ndindex(value.shape):
+            seed = np.zeros(value.shape, value.dtype)
+            seed[index] = 1
+            grads = tape.gradient(target, sources, output_gradients=seed, unconnected_gradients="zero")
+            product[index] = builtins.sum(float(np.sum(g * d)) for g, d in zip(grads, directions))
+        products.append(product)
+    remaining = iter(products)
+    tangents_out = _map_structure(lambda _: next(remaining), out)
+    primals_out = _map_structure(lambda o: np.asarray(unwrap(o)), out)
+    return (primals_out, tangents_out, aux) if has_aux else (primals_out, tangents_out)
+
+
+def view(x, dtype=None):
+    """x's bytes read as dtype (a copy of x when dtype is None)."""
+    a = _array(x)
+    return a.copy() if dtype is None else a.view(np.dtype(dtype))
+
+
+def view_as_real(x):
+    a = _array(x)
+    if not np.iscomplexobj(a):
+        raise ValueError(f"view_as_real takes complex numbers, got dtype {a.dtype}")
+    return np.stack([a.real, a.imag], axis=-1)
+
+
+def view_as_complex(x):
+    a = _array(x)
+    if a.shape[-1:] != (2,):
+        raise ValueError(f"view_as_complex takes (..., 2) real arrays, got shape {a.shape}")
+    return a[..., 0] + 1j * a[..., 1]

@@ -16,7 +16,7 @@ __all__ = [
     "log_softmax", "softplus", "softsign", "log_sigmoid", "hard_silu", "hard_swish", "hard_tanh", "celu", "glu",
     "squareplus", "soft_shrink", "hard_shrink", "tanh_shrink", "threshold", "sparse_plus", "sparse_sigmoid",
     "conv", "conv_transpose", "depthwise_conv", "separable_conv", "max_pool", "average_pool",
-    "adaptive_average_pool", "adaptive_max_pool", "psnr", "sparsemax",
+    "adaptive_average_pool", "adaptive_max_pool", "psnr", "sparsemax", "unfold", "fold",
     "batch_normalization", "moments", "normalize", "layer_normalization", "rms_normalization",
     "dot_product_attention", "depth_to_space", "space_to_depth", "one_hot", "multi_hot", "categorical_crossentropy",
     "sparse_categorical_crossentropy",
@@ -583,3 +583,55 @@ def sparsemax(x, axis=-1):
         mean = (gm * on).sum(axis=-1, keepdims=True) / np.maximum(on.sum(axis=-1, keepdims=True), 1)
         return (np.moveaxis(np.where(on, gm - mean, 0), -1, axis),)
     return record(out, (x,), vjp)
+
+
+def _patch_geometry(size_hw, kernel_size, dilation, padding, stride):
+    (kh, kw), (dh, dw) = _pair(kernel_size, "kernel_size"), _pair(dilation, "dilation")
+    (sh, sw) = _pair(stride, "stride")
+    ph, pw = (padding, padding) if isinstance(padding, (int, np.integer)) else tuple(padding)
+    oh = (size_hw[0] + 2 * ph - (kh - 1) * dh - 1) // sh + 1
+    ow = (size_hw[1] + 2 * pw - (kw - 1) * dw - 1) // sw + 1
+    taps = [(slice(i * dh, i * dh + (oh - 1) * sh + 1, sh), slice(j * dw, j * dw + (ow - 1) * sw + 1, sw))
+            for i in range(kh) for j in range(kw)]
+    return (kh, kw), (int(ph), int(pw)), (oh, ow), taps
+
+
+def _unfold_values(a, kernel_size, dilation, padding, stride):
+    (kh, kw), (ph, pw), (oh, ow), taps = _patch_geometry(a.shape[2:], kernel_size, dilation, padding, stride)
+    padded = np.pad(a, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    patches = np.stack([padded[:, :, rows, cols] for rows, cols in taps], axis=2)  # (n, c, kh*kw, oh, ow)
+    return patches.reshape(a.shape[0], a.shape[1] * kh * kw, oh * ow)
+
+
+def _fold_values(cols, output_size, kernel_size, dilation, padding, stride):
+    h, w = _pair(output_size, "output_size")
+    (kh, kw), (ph, pw), (oh, ow), taps = _patch_geometry((h, w), kernel_size, dilation, padding, stride)
+    n, depth, count = cols.shape
+    if depth % (kh * kw) or count != oh * ow:
+        raise ValueError(f"fold: inputs of shape {cols.shape} do not match {kh}x{kw} patches over {oh}x{ow} "
+                         f"positions")
+    patches = cols.reshape(n, depth // (kh * kw), kh * kw, oh, ow)
+    padded = np.zeros((n, depth // (kh * kw), h + 2 * ph, w + 2 * pw), cols.dtype)
+    for k, (rows, columns) in enumerate(taps):
+        padded[:, :, rows, columns] += patches[:, :, k]
+    return padded[:, :, ph:ph + h, pw:pw + w]
+
+
+def unfold(x, kernel_size, dilation=1, padding=0, stride=1):
+    """The sliding patches of a channels-first (N, C, H, W) input as (N, C * kh * kw, L), as
+    torch.nn.functional.unfold and Keras (im2col)."""
+    a = _array(x)
+    if a.ndim != 4:
+        raise ValueError(f"unfold takes a 4-D (N, C, H, W) input, got shape {a.shape}")
+    out = _unfold_values(a, kernel_size, dilation, padding, stride)
+    return record(out, (x,), lambda g: (_fold_values(np.asarray(g), a.shape[2:], kernel_size, dilation, padding,
+                                                     stride),))
+
+
+def fold(x, output_size, kernel_size, dilation=1, padding=0, stride=1):
+    """The inverse arrangement of unfold, overlapping patches summed: (N, C * kh * kw, L) -> (N, C, H, W)."""
+    a = _array(x)
+    if a.ndim != 3:
+        raise ValueError(f"fold takes a 3-D (N, C * kh * kw, L) input, got shape {a.shape}")
+    out = _fold_values(a, output_size, kernel_size, dilation, padding, stride)
+    return record(out, (x,), lambda g: (_unfold_values(np.asarray(g), kernel_size, dilation, padding, stride),))
