@@ -15,6 +15,7 @@ from fastconv.keras import (
 from fastconv.keras import distribution  # noqa: E402  (Keras 3's keras.distribution; loads MPI only when used)
 from fastconv.keras import ops  # noqa: E402  (after layers: ops installs the Variable/Tensor operators)
 from fastconv.keras import random  # noqa: E402  (Keras 3's keras.random, seeded like Keras)
+from fastconv.keras import saving  # noqa: E402  (keras.saving.register_keras_serializable, load_model, ...)
 from fastconv.keras.autodiff import GradientTape, value_and_grad
 from fastconv.keras.layers import Input, Layer
 from fastconv.keras.models import Model, Sequential, load_model
@@ -23,5 +24,6 @@ from fastconv.keras.variables import Variable
 __all__ = [
     "GradientTape", "Input", "Layer", "Model", "Sequential", "Variable", "load_model", "ops", "value_and_grad",
     "activations", "backend", "callbacks", "config", "datasets", "distribution",
-    "initializers", "layers", "losses", "metrics", "models", "optimizers", "random", "regularizers", "utils",
+    "initializers", "layers", "losses", "metrics", "models", "optimizers", "random", "regularizers", "saving",
+    "utils",
 ]
