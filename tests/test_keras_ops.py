@@ -235,6 +235,24 @@ def naive_fold(cols, size, kernel):
     return out
 
 
+CTC_LABELS = np.array([[1, 2], [2, 0]])
+
+
+def naive_ctc(logits, labels, label_lengths, time_lengths, blank):
+    """-log of the summed probability of every path that collapses to the labels (all paths enumerated)."""
+    import itertools
+    losses = []
+    for z, target, n, steps in zip(logits, labels, label_lengths, time_lengths):
+        p = np_softmax(z[:steps])
+        total = 0.0
+        for path in itertools.product(range(z.shape[1]), repeat=steps):
+            collapsed = [c for i, c in enumerate(path) if c != blank and (i == 0 or c != path[i - 1])]
+            if collapsed == list(target[:n]):
+                total += np.prod(p[np.arange(steps), path])
+        losses.append(-np.log(total))
+    return np.array(losses)
+
+
 def naive_scan(x, carry):
     ys = []
     for row in x:
@@ -700,6 +718,11 @@ DIFF_CASES = [
     ("unfold", "dilated-padded-strided", lambda x: ops.unfold(x, (2, 3), dilation=2, padding=1, stride=(2, 1)),
      lambda x: naive_unfold(x, (2, 3), 2, 1, (2, 1)), [arr(1, 2, 5, 6)]),
     ("fold", "", lambda x: ops.fold(x, (3, 4), 2), lambda x: naive_fold(x, (3, 4), 2), [arr(2, 8, 6)]),
+    ("ctc_loss", "", lambda z: ops.ctc_loss(CTC_LABELS, z, np.array([2, 1]), np.array([4, 3])),
+     lambda z: naive_ctc(z, CTC_LABELS, [2, 1], [4, 3], blank=0), [arr(2, 4, 3, low=-2, high=2)]),
+    ("ctc_loss", "repeated-label-blank-last",
+     lambda z: ops.ctc_loss(np.array([[1, 1]]), z, np.array([2]), np.array([4]), mask_index=2),
+     lambda z: naive_ctc(z, np.array([[1, 1]]), [2], [4], blank=2), [arr(1, 4, 3, low=-2, high=2, seed=1)]),
     ("depthwise_conv", "valid", ops.depthwise_conv, None, [arr(2, 5, 4, 2), arr(3, 2, 2, 3, seed=1)]),
     ("depthwise_conv", "same-strided-dilated",
      lambda x, w: ops.depthwise_conv(x, w, strides=(2, 1), padding="same", dilation_rate=(1, 2)), None,
@@ -807,21 +830,20 @@ def test_op_forward_and_vjp(case):
 
 # Ops without a gradient (forward checks below) and custom_gradient (its own test).
 TESTED_SEPARATELY = {
-    "convert_to_tensor", "convert_to_numpy", "array", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
-    "arange", "eye", "shape", "ndim", "size", "stop_gradient", "sign", "floor", "ceil", "round", "equal",
-    "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or", "logical_not",
-    "isnan", "isfinite", "isinf", "all", "any", "multi_hot", "empty", "isclose", "nonzero", "bincount",
-    "searchsorted", "in_top_k", "logical_xor", "trunc", "signbit", "isposinf", "isneginf", "heaviside", "empty_like",
-    "is_tensor", "dtype", "allclose", "isin", "pinv", "logspace", "geomspace", "argpartition", "unique",
-    "digitize", "nanargmax", "nanargmin", "nanmedian", "nanpercentile", "nanquantile", "imag", "angle", "isreal",
-    "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_invert", "bitwise_left_shift",
+    "convert_to_tensor", "convert_to_numpy", "array", "zeros", "ones", "zeros_like", "ones_like", "full",
+    "full_like", "arange", "eye", "shape", "ndim", "size", "stop_gradient", "sign", "floor", "ceil", "round",
+    "equal", "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and", "logical_or",
+    "logical_not", "isnan", "isfinite", "isinf", "all", "any", "multi_hot", "empty", "isclose", "nonzero",
+    "bincount", "searchsorted", "in_top_k", "logical_xor", "trunc", "signbit", "isposinf", "isneginf", "heaviside",
+    "empty_like", "is_tensor", "dtype", "allclose", "isin", "pinv", "logspace", "geomspace", "argpartition",
+    "unique", "digitize", "nanargmax", "nanargmin", "nanmedian", "nanpercentile", "nanquantile", "imag", "angle",
+    "isreal", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_invert", "bitwise_left_shift",
     "bitwise_right_shift", "left_shift", "right_shift", "bartlett", "blackman", "hamming", "hanning", "kaiser",
     "segment_prod", "eig", "eigh", "qr", "svd", "lstsq", "matrix_rank", "lu_factor", "fft", "fft2", "ifft2", "rfft",
-    "irfft", "polar", "jvp", "view", "view_as_real", "view_as_complex", "corrcoef", "histogram", "gcd", "lcm", "i0",
-    "vander", "saturate_cast", "unravel_index",
-    "correlate", "nextafter",
-    "floor_divide", "custom_gradient", "argmax", "linspace", "identity",
-    "tri", "cond", "fori_loop", "while_loop", "count_nonzero", "argmin", "argsort", "one_hot",
+    "irfft", "polar", "jvp", "view", "view_as_real", "view_as_complex", "ctc_decode", "corrcoef", "histogram",
+    "gcd", "lcm", "i0", "vander", "saturate_cast", "unravel_index", "correlate", "nextafter", "floor_divide",
+    "custom_gradient", "argmax", "linspace", "identity", "tri", "cond", "fori_loop", "while_loop", "count_nonzero",
+    "argmin", "argsort", "one_hot",
 }
 
 
@@ -1806,3 +1828,18 @@ def test_jvp_and_views():
         ops.view_as_real(np.ones(2))
     with pytest.raises(ValueError, match="fold"):
         ops.fold(arr(1, 8, 5), (3, 4), 2)
+
+
+
+def test_ctc_decode_greedy():
+    # steps' best classes: 1 1 0 2 2 | 2 0 (padding beyond length 2)
+    best = np.array([[1, 1, 0, 2, 2], [2, 0, 1, 1, 1]])
+    inputs = np.where(np.eye(3)[best] > 0, 0.9, 0.05)
+    decoded, scores = ops.ctc_decode(inputs, np.array([5, 2]))
+    assert decoded.shape == (1, 2, 5)
+    np.testing.assert_array_equal(decoded[0], [[1, 2, -1, -1, -1], [2, -1, -1, -1, -1]])
+    np.testing.assert_allclose(scores, [[-4.5], [-1.8]])
+    decoded, _ = ops.ctc_decode(inputs, np.array([5, 2]), merge_repeated=False)
+    np.testing.assert_array_equal(decoded[0, 0], [1, 1, 2, 2, -1])
+    with pytest.raises(ValueError, match="greedy"):
+        ops.ctc_decode(inputs, np.array([5, 2]), strategy="beam_search")

@@ -16,7 +16,7 @@ __all__ = [
     "log_softmax", "softplus", "softsign", "log_sigmoid", "hard_silu", "hard_swish", "hard_tanh", "celu", "glu",
     "squareplus", "soft_shrink", "hard_shrink", "tanh_shrink", "threshold", "sparse_plus", "sparse_sigmoid",
     "conv", "conv_transpose", "depthwise_conv", "separable_conv", "max_pool", "average_pool",
-    "adaptive_average_pool", "adaptive_max_pool", "psnr", "sparsemax", "unfold", "fold",
+    "adaptive_average_pool", "adaptive_max_pool", "psnr", "sparsemax", "unfold", "fold", "ctc_loss", "ctc_decode",
     "batch_normalization", "moments", "normalize", "layer_normalization", "rms_normalization",
     "dot_product_attention", "depth_to_space", "space_to_depth", "one_hot", "multi_hot", "categorical_crossentropy",
     "sparse_categorical_crossentropy",
@@ -635,3 +635,92 @@ def fold(x, output_size, kernel_size, dilation=1, padding=0, stride=1):
         raise ValueError(f"fold takes a 3-D (N, C * kh * kw, L) input, got shape {a.shape}")
     out = _fold_values(a, output_size, kernel_size, dilation, padding, stride)
     return record(out, (x,), lambda g: (_unfold_values(np.asarray(g), kernel_size, dilation, padding, stride),))
+
+
+def _shift(v, by):
+    """v moved right by `by` places along its last axis, -inf shifted in (by < 0: moved left)."""
+    out = np.full_like(v, -np.inf)
+    if by > 0:
+        out[..., by:] = v[..., :-by]
+    else:
+        out[..., :by] = v[..., -by:]
+    return out
+
+
+def _ctc_one(log_probs, labels, blank):
+    """-log p(labels | log_probs) and its gradient with respect to the logits, by the log-space
+    forward-backward recursions of Graves et al. (2006)."""
+    steps, classes = log_probs.shape
+    extended = np.full(2 * len(labels) + 1, blank)
+    extended[1::2] = labels
+    # s -> s + 2 skips a blank when the labels on either side differ
+    skip = np.zeros(len(extended), bool)
+    skip[3::2] = extended[3::2] != extended[1:-2:2]
+    emit = log_probs[:, extended]
+    alpha = np.full(emit.shape, -np.inf)
+    alpha[0, :2] = emit[0, :2]
+    for t in range(1, steps):
+        previous = alpha[t - 1]
+        alpha[t] = np.logaddexp(np.logaddexp(previous, _shift(previous, 1)),
+                                np.where(skip, _shift(previous, 2), -np.inf)) + emit[t]
+    beta = np.full(emit.shape, -np.inf)
+    beta[-1, -2:] = emit[-1, -2:]
+    skip_from = np.concatenate([skip[2:], [False, False]])
+    for t in range(steps - 2, -1, -1):
+        following = beta[t + 1]
+        beta[t] = np.logaddexp(np.logaddexp(following, _shift(following, -1)),
+                               np.where(skip_from, _shift(following, -2), -np.inf)) + emit[t]
+    log_likelihood = np.logaddexp(alpha[-1, -1], alpha[-1, -2]) if len(extended) > 1 else alpha[-1, -1]
+    occupancy = np.full((steps, classes), -np.inf)
+    for s_, label in enumerate(extended):
+        occupancy[:, label] = np.logaddexp(occupancy[:, label], alpha[:, s_] + beta[:, s_] - emit[:, s_])
+    with np.errstate(invalid="ignore"):
+        grad = np.exp(log_probs) - np.exp(occupancy - log_likelihood)
+    return -log_likelihood, np.nan_to_num(grad)
+
+
+def ctc_loss(target, output, target_length, output_length, mask_index=0):
+    """Per-sample CTC loss of integer label sequences (batch, max_label_length) against logits
+    (batch, max_time, classes), class `mask_index` the blank; differentiable in the logits."""
+    logits = _array(output)
+    labels, label_lengths = np.asarray(_array(target)), np.asarray(_array(target_length)).reshape(-1)
+    time_lengths = np.asarray(_array(output_length)).reshape(-1)
+    if logits.ndim != 3 or labels.ndim != 2 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"ctc_loss takes target (batch, labels) and output (batch, time, classes), got "
+                         f"{labels.shape} and {logits.shape}")
+    z = logits.astype(np.float64)
+    log_probs = z - z.max(axis=-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))
+    losses, grads = np.zeros(len(z)), np.zeros(z.shape)
+    for b in range(len(z)):
+        steps = int(time_lengths[b])
+        losses[b], grads[b, :steps] = _ctc_one(log_probs[b, :steps], labels[b, :int(label_lengths[b])],
+                                               int(mask_index))
+    dtype = logits.dtype if logits.dtype.kind == "f" else np.dtype(backend.floatx())
+    return record(losses.astype(dtype), (output,),
+                  lambda g: ((np.asarray(g).reshape(-1, 1, 1) * grads).astype(dtype),))
+
+
+def ctc_decode(inputs, sequence_lengths, strategy="greedy", beam_width=100, top_paths=1, merge_repeated=True,
+               mask_index=0):
+    """Greedy CTC decoding as Keras: ((1, batch, max_length) label indices, -1 past the end;
+    (batch, 1) scores, minus the sum of each step's best input)."""
+    if strategy != "greedy":
+        raise ValueError(f"ctc_decode supports strategy='greedy' only here, got {strategy!r}")
+    x = np.asarray(_array(inputs))
+    x = x.astype(np.result_type(x.dtype, np.float32))
+    lengths = np.asarray(_array(sequence_lengths)).astype(np.int32)
+    batch, max_length, _ = x.shape
+    indices = np.argmax(x, axis=-1).astype(np.int32)
+    scores = np.max(x, axis=-1)
+    past_end = np.arange(max_length)[None, :] >= lengths[:, None]
+    indices = np.where(past_end, mask_index, indices)
+    scores = np.where(past_end, 0.0, scores)
+    if merge_repeated:
+        repeated = np.pad(indices[:, 1:] == indices[:, :-1], ((0, 0), (1, 0)))
+        indices = np.where(repeated, mask_index, indices)
+    blank = indices == mask_index
+    indices = np.where(blank, -1, indices)
+    order = np.argsort(np.where(blank, max_length, np.arange(max_length)[None, :]), axis=-1, kind="stable")
+    indices = np.take_along_axis(indices, order, axis=-1)
+    return indices[None], -np.sum(scores, axis=1, keepdims=True).astype(x.dtype)
