@@ -72,7 +72,6 @@ enum {
     FC_CONV_AUTO = 0, FC_CONV_IM2COL = 1, FC_CONV_DIRECT = 2, FC_CONV_IMPLICIT = 3, FC_CONV_WINOGRAD = 4,
     FC_CONV_WINOGRAD4X4 = 5,
 };
-int fc_conv2d_algorithm(const fc_conv_shape *s, int algo);  /* the one `algo` resolves to */
 const char *fc_conv_direct_kernel_name(void);
 
 /* y (n, oh, ow, cout) = conv(x, w) + bias, then relu if asked; bias may be NULL. */
@@ -82,11 +81,8 @@ int fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const fl
  * a ReLU's output, and dx is the gradient at that ReLU's input (zero where x <= 0), in the same pass. */
 int fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
                         int x_from_relu, float *dx, float *dw, float *db);
-/* The floats of scratch a conv call takes (the call's buffers plus one slice per thread, at the thread
- * count it would use now), exactly: the call allocates this much, cached for the calling thread's next
- * call (workspace.h). */
-int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward);
-/* The plan a call makes (csrc/conv/conv.c), for the instruction set and thread count in force now:
+/* The plan a call makes (csrc/conv/conv.c), for the instruction set and thread count in force now
+ * (the scratch a call takes, exactly: it allocates this, cached for the thread's next call):
  * for the passes asked (FC_CONV_PASS_FORWARD, or any of DX, DW and DB), the algorithm the request
  * resolves to, the path of each pass (FC_CONV_PATH_*), the threads of its largest loop and the scratch
  * each slot takes (call, kernel, gemm; workspace.h). forward/backward compute the same plan and run it. */

@@ -39,13 +39,11 @@ cdef extern from "fastconv.h" nogil:
         int64_t n, h, w, cin, kh, kw, cout
         int64_t stride_h, stride_w, dilation_h, dilation_w
         int64_t pad_top, pad_bottom, pad_left, pad_right, oh, ow
-    int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
     const char *fc_conv_direct_kernel_name()
     int fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
                            int relu, float *y)
     int fc_conv2d_backward(const fc_conv_shape *s, int algo, const float *dy, const float *x, const float *w,
                             int x_from_relu, float *dx, float *dw, float *db)
-    int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
     ctypedef struct fc_conv_plan_info:
         int algorithm, forward, dx, dw, threads
         int64_t scratch_bytes[3]
@@ -294,12 +292,6 @@ cdef fc_pool_shape pool_shape(g):
 
 def conv_direct_kernel_name():
     return fc_conv_direct_kernel_name().decode()
-
-
-def conv2d_algorithm(g, int algo):
-    """The algorithm `algo` (0 auto, 1 im2col, 2 direct) resolves to for this shape: 1 or 2."""
-    cdef fc_conv_shape s = conv_shape(g)
-    return fc_conv2d_algorithm(&s, algo)
 
 
 def conv2d_forward(g, int algo, const float[::1] x, const float[::1] w, const float[::1] bias, bint relu, float[::1] y):

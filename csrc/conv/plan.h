@@ -5,7 +5,7 @@
  * (conv_plan). The algorithm files only execute a plan: direct_loops.c (few input channels, around the
  * per-ISA kernels of direct.c), implicit.c (implicit GEMM, and the padded-image weight gradients),
  * im2col.c (im2col + GEMM, and the backward pass's loop over blocks of images), winograd.c.
- * fc_conv2d_workspace_floats reads the same plan, so what it reports is what a call takes. */
+ * fc_conv2d_plan reports the same plan, so the scratch it reports is what a call takes. */
 #ifndef FASTCONV_CONV_PLAN_H
 #define FASTCONV_CONV_PLAN_H
 
