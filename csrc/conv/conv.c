@@ -414,25 +414,6 @@ void fc_conv2d_plan(const fc_conv_shape *s, int algo, int passes, fc_conv_plan_i
     fc_call_end(FC_OK);
 }
 
-int fc_conv2d_algorithm(const fc_conv_shape *s, int algo)
-{
-    fc_call_begin();
-    conv_plan p;
-    conv_make_plan(s, algo, FC_CONV_PASS_FORWARD, &p);
-    return fc_call_end(p.algorithm);
-}
-
-int64_t fc_conv2d_workspace_floats(const fc_conv_shape *s, int algo, int backward)
-{
-    fc_call_begin();
-    conv_plan p;
-    conv_make_plan(s, algo, backward ? FC_CONV_PASS_DX | FC_CONV_PASS_DW | FC_CONV_PASS_DB : FC_CONV_PASS_FORWARD, &p);
-    fc_call_end(FC_OK);
-    int64_t floats = 0;
-    for (int i = 0; i < FC_SCRATCH_SLOTS; i++) floats += p.slot[i];
-    return floats;
-}
-
 const char *fc_conv_direct_kernel_name(void) { return fc_active_conv_direct()->name; }
 
 int fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const float *w, const float *bias,
