@@ -184,9 +184,11 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     the bottom/right), an int, or ((top, bottom), (left, right)). b (Cout,) and activation="relu" are
     fused into the output write. Returns (N, OH, OW, Cout) float32, written into `out` if given.
 
-    algorithm: "auto" (default) picks per shape: the direct kernels (few input channels), implicit GEMM
+    algorithm: "auto" (default) picks per shape: the direct kernels (few input channels), Winograd
+    F(4x4, 3x3) (3x3 stride-1 convs with 32 or more input and output channels, on AVX2), implicit GEMM
     (the micro-kernel reads the patches in place from padded input rows), im2col + GEMM, or one GEMM
-    for a 1x1 conv; the other keys of CONV_ALGORITHMS force one where it applies. The rules are written
+    for a 1x1 conv; the other keys of CONV_ALGORITHMS force one where it applies ("winograd" is
+    F(2x2, 3x3), "winograd4x4" F(4x4, 3x3): 3x3, stride 1, dilation 1). The rules are written
     once, at the top of csrc/conv/conv.c; `conv2d_algorithm` and `conv2d_plan` tell what a shape gets.
     None reads $FASTCONV_CONV_ALGO (same values).
 
@@ -195,7 +197,8 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     (kh*kw*Cin + 1) floats) and per thread kh input rows (only the columns the taps read, when a stride
     or dilation larger than the kernel would leave most of a row unread); implicit, the packed weights
     and about 256 KiB of padded input rows per thread; im2col, the packed weights and one block of about
-    256 KiB of patches per thread. `conv2d_workspace_bytes` gives what a call takes. Bound, forward or
+    256 KiB of patches per thread; Winograd, the transformed kernel twice (16 or 36 * Cin * Cout floats,
+    plain and packed) and per thread the transforms of a block of 96 or more tiles. `conv2d_workspace_bytes` gives what a call takes. Bound, forward or
     backward: 4 * (18 * (|w| + Cout) + T * (4 * kh * kw * |padded x| + 4 * |y| + 2**20)) bytes for T
     threads (|.| in elements), whatever the strides and dilations; tests/test_workspace_memory.py.
     If it cannot be allocated, MemoryError (nothing computed).

@@ -126,3 +126,18 @@ def test_a_call_allocates_what_conv2d_workspace_bytes_says(rng, algorithm, backw
     page = 4096
     assert _C.workspace_stats()[1] <= max(reported, 64) + 3 * page
     assert reported > 0
+
+
+def test_auto_takes_winograd4x4_only_where_it_was_measured_faster(isa):
+    """Auto's rule (csrc/conv/conv.c): 3x3 stride 1, 32 or more channels both ways, an output of 8x8 or
+    more that fills at least three quarters of its 4x4 tiles, on the AVX2 kernel."""
+    wide = ((8, 14, 14, 32), (3, 3, 32, 64), "same")
+    plan = fastconv.ops.conv2d_plan(*wide[:2], padding=wide[2], backward=True)
+    if isa == "avx2":
+        assert fastconv.conv2d_algorithm(*wide[:2], padding=wide[2]) == "winograd4x4"
+        assert plan["dx"] == "winograd"
+    else:
+        assert not fastconv.conv2d_algorithm(*wide[:2], padding=wide[2]).startswith("winograd")
+    for x_shape, w_shape in (((8, 14, 14, 16), (3, 3, 16, 64)), ((8, 10, 10, 32), (3, 3, 32, 32)),
+                             ((8, 6, 6, 64), (3, 3, 64, 64)), ((8, 14, 14, 32), (5, 5, 32, 64))):
+        assert not fastconv.conv2d_algorithm(x_shape, w_shape, padding="same").startswith("winograd")

@@ -4,15 +4,19 @@
  *   forward, "auto":
  *     - direct kernels for 1..4 input channels (a GEMM's K = kh*kw*cin would be too short to pay for
  *       copying patches), unless the conv is a 1x1, stride-1, unpadded one;
+ *     - Winograd F(4x4, 3x3) for a 3x3, stride-1, undilated conv with at least WINOGRAD_MIN_CHANNELS
+ *       input and output channels whose output is at least 8x8 and wastes at most a third of its 4x4
+ *       tiles (winograd_pays: measured faster than implicit GEMM there, on the AVX2 kernel only);
  *     - implicit GEMM where it applies: stride 1, dilation 1, and output rows that fill the GEMM's
  *       register tiles (implicit_tiling) or at most FC_FEW_OUTPUTS_MAX_COUT output channels (each
  *       output row then as dot products along the taps);
  *     - else im2col + GEMM; a 1x1, stride-1, unpadded conv is one plain GEMM.
- *   "direct" and "im2col" force that path for any shape; "implicit" and "winograd" where they apply
- *   (else what im2col, respectively auto, would do).
+ *   "direct" and "im2col" force that path for any shape; "implicit", "winograd" (F(2x2, 3x3)) and
+ *   "winograd4x4" where they apply (else what im2col, respectively auto, would do).
  *   backward:
- *     - dx: an implicit-GEMM (or, forced, Winograd) conv of dy with the flipped kernel when the conv
- *       has stride 1 and dilation 1 and that conv applies; the direct kernels' dx only when forced
+ *     - dx: a Winograd (where auto picks it for that conv, or forced) or implicit-GEMM conv of dy with
+ *       the flipped kernel when the conv has stride 1 and dilation 1 and that conv applies (Winograd's
+ *       dw and db then as auto computes them); the direct kernels' dx only when forced
  *       (im2col's dy @ w^T and scatter is faster with few input channels); else dy @ w^T, col2im;
  *     - dw: the direct kernels where the forward is direct; for stride 1 and dilation 1 (auto and
  *       "implicit"), a GEMM per kernel row over each padded image when cin * cout is large enough and
@@ -81,6 +85,16 @@ static int implicit_applies(const fc_conv_shape *s, const fc_gemm_kernel *kr)
 static int is_winograd(int algo) { return algo == FC_CONV_WINOGRAD || algo == FC_CONV_WINOGRAD4X4; }
 static int winograd_tile(int algo) { return algo == FC_CONV_WINOGRAD4X4 ? 4 : 2; }
 
+/* auto's Winograd (the policy above). With fewer channels the GEMMs are too short to pay for the
+ * transforms; smaller or ragged outputs leave too much of the 4x4 tiles unused. */
+enum { WINOGRAD_MIN_CHANNELS = 32 };
+static int winograd_pays(const fc_conv_shape *s, const fc_gemm_kernel *kr)
+{
+    const int64_t tiled = (s->oh + 3) / 4 * 4 * ((s->ow + 3) / 4 * 4);
+    return kr->vector_bytes == 32 && fc_winograd_applies(s) && s->cin >= WINOGRAD_MIN_CHANNELS &&
+           s->cout >= WINOGRAD_MIN_CHANNELS && s->oh >= 8 && s->ow >= 8 && 3 * tiled <= 4 * s->oh * s->ow;
+}
+
 /* The forward algorithm `algo` resolves to: FC_CONV_DIRECT, _IMPLICIT, a Winograd code or _IM2COL. */
 static int resolve_algorithm(const fc_conv_shape *s, int algo, const fc_gemm_kernel *kr)
 {
@@ -88,6 +102,7 @@ static int resolve_algorithm(const fc_conv_shape *s, int algo, const fc_gemm_ker
     if (is_winograd(algo)) return fc_winograd_applies(s) ? algo : resolve_algorithm(s, FC_CONV_AUTO, kr);
     if (algo == FC_CONV_IMPLICIT) return implicit_applies(s, kr) ? FC_CONV_IMPLICIT : FC_CONV_IM2COL;
     if (s->cin <= 4 && !is_pointwise(s)) return FC_CONV_DIRECT;
+    if (winograd_pays(s, kr)) return FC_CONV_WINOGRAD4X4;
     return implicit_applies(s, kr) ? FC_CONV_IMPLICIT : FC_CONV_IM2COL;
 }
 
