@@ -192,6 +192,12 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     once, at the top of csrc/conv/conv.c; `conv2d_algorithm` and `conv2d_plan` tell what a shape gets.
     None reads $FASTCONV_CONV_ALGO (same values).
 
+    Accuracy, float32 against a float64 reference on unit-normal x and w, Cin 8 to 512, as the largest
+    |error| over the standard deviation of the exact sum (sqrt(9 * Cin) for a 3x3 kernel): the GEMM
+    paths and F(2x2, 3x3) reach about 2e-6, F(4x4, 3x3) about 5e-5 (its transforms' larger
+    coefficients: about 1e-5 of max |y|); tests/test_winograd.py holds them to 5e-6 and 1e-4, forward
+    and input gradient alike. Every path gives the same bits for any thread count.
+
     Extra memory (scratch of the calling thread, cached for its next call up to a limit: see
     fastconv.release_workspace): direct, the packed weights (Cout rounded up to the vector block x
     (kh*kw*Cin + 1) floats) and per thread kh input rows (only the columns the taps read, when a stride
