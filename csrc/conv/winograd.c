@@ -1,13 +1,14 @@
-/* Winograd F(2x2, 3x3) convolution (see winograd.h).
+/* Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution (see winograd.h); m is the output tile's side,
+ * a = m + 2 the input tile's, a^2 the transform points (16 or 36).
  *
- * Per call: the kernel is transformed (U[xi] = G g G^T, 16 matrices of cin x cout) and each U[xi]
- * packed as the B of the GEMMs. Then the tiles (counted over n * tiles_h * tiles_w, 2x2 output pixels
+ * Per call: the kernel is transformed (U[xi] = G g G^T, a^2 matrices of cin x cout) and each U[xi]
+ * packed as the B of the GEMMs. Then the tiles (counted over n * tiles_h * tiles_w, m x m output pixels
  * each) are cut into blocks of a fixed size; a thread takes a block and
  *   1. transforms its input tiles into V[xi] (block x cin), zeros where a tile hangs over the padding,
- *   2. runs the 16 GEMMs M[xi] = V[xi] @ U[xi] (block x cout) in its own scratch,
- *   3. transforms M back into 2x2 output tiles, adds the bias, applies ReLU and the input-gradient mask,
- *      and stores the pixels that exist (a partial tile at the right or bottom edge drops the rest).
- * V and M of a block stay in the thread's L2 between the steps. */
+ *   2. runs the a^2 GEMMs M[xi] = V[xi] @ U[xi] (block x cout) in its own scratch,
+ *   3. transforms M back into m x m output tiles, adds the bias, applies ReLU and the input-gradient
+ *      mask, and stores the pixels that exist (a partial tile at the right or bottom edge drops the rest).
+ * V and M of a block stay in the thread's L2 between the steps when the channels are few enough. */
 #include <string.h>
 
 #include "winograd.h"
@@ -26,8 +27,7 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 int fc_winograd_applies(const fc_conv_shape *s)
 {
     return s->kh == 3 && s->kw == 3 && s->stride_h == 1 && s->stride_w == 1 && s->dilation_h == 1 &&
-           s->dilation_w == 1 && s->pad_top >= 0 && s->pad_left >= 0 &&
-           s->oh >= 1 && s->ow >= 1;
+           s->dilation_w == 1 && s->pad_top >= 0 && s->pad_left >= 0 && s->oh >= 1 && s->ow >= 1;
 }
 
 /* ---- the 1-D transforms, on values d[0], d[s], d[2s], ... into o[0], o[so], ... ----
@@ -263,9 +263,9 @@ typedef struct {
 } layout;
 
 /* Tiles per block: V and M in about BLOCK_FLOATS, at least MIN_BLOCK_TILES, in whole register tiles,
- * at most all the tiles. Where that leaves few blocks, their count is rounded up to a multiple of 4 (so
- * 2 or 4 threads get equal shares: 128 tiles in blocks of 96 and 32 left one of 2 threads idle for half
- * the call). A function of the shape (and the GEMM's MR) only: the thread count cannot change which
+ * at most all the tiles. Where that leaves fewer than BALANCED_BLOCKS blocks, their count is rounded up
+ * to a multiple of 4 with smaller blocks (so 2 or 4 threads get equal shares: 128 tiles in blocks of 96
+ * and 32 left one of 2 threads idle for half the call). A function of the shape (and the GEMM's MR) only: the thread count cannot change which
  * tiles share a GEMM. */
 static int64_t block_tiles(const fc_conv_shape *s, int points, int64_t mr, int64_t tiles)
 {
