@@ -3,6 +3,7 @@
     (none) the whole suite in one table: gemm, conv2d, maxpool, training steps vs NumPy and PyTorch
     peak   FP32 FMA peak of one core and of N threads, for every instruction set this CPU runs
     gemm   fastconv.gemm against numpy.matmul over squares and the CNN shapes (Dense, im2col, backward)
+    distributed  data-parallel training on N MPI ranks against one process, and against PyTorch DDP
 
 A benchmark is a function registered with `@benchmark(name, help)`; its `options` callback adds its
 argparse options. Timings are the best of several rounds; fastconv and the baseline are interleaved
@@ -310,6 +311,18 @@ def run_gemm(args):
         print_table(["shape (MxKxN)", "threads", "fastconv GFLOPS", "% of peak", "numpy GFLOPS", "fastconv/numpy",
                      "median of rounds"], rows)
     return 0
+
+
+def distributed_options(parser):
+    from fastconv.bench_distributed import add_options
+    add_options(parser)
+
+
+@benchmark("distributed", "data-parallel training on MPI ranks: scaling efficiency, reduction time, vs PyTorch DDP",
+           distributed_options)
+def run_distributed(args):
+    from fastconv.bench_distributed import run
+    return run(args, print_table, stamp)
 
 
 def run_suite(args):

@@ -1,0 +1,292 @@
+"""Data-parallel training speed on MPI: `fastconv bench distributed` (also benchmarks/bench_distributed.py).
+
+Per model, four variants, each timed in processes of its own, alternated round by round:
+
+    fastconv 1      one process, `--threads` threads, batch B, fit on one process
+    fastconv N      `mpiexec -n N python -m mpi4py`, `--threads` threads per rank, a DataParallel fit
+                    with global batch N x B (B per rank)
+    PyTorch 1       one process, same threads and batch B (when a PyTorch Python is given)
+    PyTorch N       N processes under DistributedDataParallel with the gloo backend, batch B each
+
+and reports, best of the rounds: images/s, images/s per rank, the weak-scaling efficiency (images/s per
+rank on N ranks over one process's images/s), fastconv's gradient reduction per step and its share of
+the step (fastconv.keras.distributed.timings(): in-step time, which includes waiting for the slower
+rank), the same reduction timed alone after a barrier, and fastconv N against PyTorch N.
+
+A step's time is the median, over the timed steps, of the time from one batch's end to the next on
+rank 0 (everything a fit does per batch); images/s is the global batch over it. Each process of a
+PyTorch variant imports PyTorch and never fastconv: the worker runs this file by path, and this module
+imports only the standard library and NumPy at the top.
+"""
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = ("seed", "keras-cnn")
+# What `import fastconv` puts in the environment (fastconv/__init__.py); PyTorch runs without it.
+FASTCONV_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}
+RUN_BY_PATH = "import runpy, sys; sys.path.pop(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+
+
+# ----- workers (one per process) -----
+
+def _data(per_rank, ranks, steps, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    count = per_rank * ranks * steps
+    return rng.integers(0, 256, size=(count, *shape), dtype=np.uint8), rng.integers(0, 10, size=count)
+
+
+def _shape(model):
+    return (32, 32, 3) if model == "cifar" else (28, 28, 1)
+
+
+def fastconv_worker(model, per_rank, steps, warmup, threads, reduce_repeats=20):
+    """One fastconv process: a fit of warmup + steps batches (a DataParallel fit under mpiexec)."""
+    import fastconv
+    from fastconv import keras, recipes
+    from fastconv.keras import distributed
+    fastconv.set_num_threads(threads)
+    ranks = 1
+    if distributed.launched_by_mpi():
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+        ranks = distributed.size()
+    keras.utils.set_random_seed(0)
+    net = recipes.RECIPES[model].compiled_model()
+    images, labels = _data(per_rank, ranks, warmup + steps, _shape(model))
+    marks = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            marks.append(time.perf_counter())
+            if batch == warmup - 1 and ranks > 1:
+                distributed.timings(reset=True)
+
+    net.fit(images, labels, batch_size=per_rank * ranks, epochs=1, verbose=0, callbacks=[Clock()])
+    step = statistics.median(np.diff(marks[warmup - 1:]))
+    result = {"impl": "fastconv", "model": model, "ranks": ranks, "threads": fastconv.get_num_threads(),
+              "step_seconds": step, "images_per_second": per_rank * ranks / step,
+              "parameters": int(sum(w.size for w in net.trainable_weights))}
+    if ranks > 1:
+        spent = distributed.timings()
+        result["reduce_seconds"] = spent["reduce_seconds"] / max(spent["reductions"], 1)
+        result["reduce_share"] = spent["reduce_seconds"] / spent["step_seconds"]
+        # the same reduction alone, all ranks starting together: the communication without the wait
+        variables = net.trainable_weights
+        grads = [np.zeros(v.shape, np.float32) for v in variables]
+        alone = []
+        for _ in range(reduce_repeats):
+            distributed.barrier()
+            start = time.perf_counter()
+            distributed.reduce_gradients(grads, variables)
+            alone.append(time.perf_counter() - start)
+        result["reduce_alone_seconds"] = min(alone)
+        if distributed.rank() != 0:
+            return
+    print(json.dumps(result), flush=True)
+
+
+def torch_worker(model, per_rank, steps, warmup, threads, training_path):
+    """One PyTorch process; under DistributedDataParallel (gloo) when RANK and WORLD_SIZE are set."""
+    import importlib.util
+
+    import torch
+    spec = importlib.util.spec_from_file_location("bench_training", training_path)
+    training = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(training)
+    torch.set_num_threads(threads)
+    ranks, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    torch.manual_seed(0)
+    net, optimizer = training.torch_model(model)
+    if ranks > 1:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+        dist.init_process_group("gloo", rank=rank, world_size=ranks)
+        net = DistributedDataParallel(net)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    net.train()
+    images, labels = _data(per_rank, 1, warmup + steps, _shape(model), seed=rank)
+    marks = []
+    for index in range(warmup + steps):
+        batch = slice(index * per_rank, (index + 1) * per_rank)
+        x = torch.from_numpy(images[batch].transpose(0, 3, 1, 2).astype(np.float32)) / 255.0
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(net(x), torch.from_numpy(labels[batch].astype(np.int64))).backward()
+        optimizer.step()
+        marks.append(time.perf_counter())
+    step = statistics.median(np.diff(marks[warmup - 1:]))
+    if ranks > 1:
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(json.dumps({"impl": "torch", "model": model, "ranks": ranks, "threads": torch.get_num_threads(),
+                          "version": torch.__version__, "step_seconds": step,
+                          "images_per_second": per_rank * ranks / step}), flush=True)
+
+
+# ----- the parent: launch, alternate, report -----
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _json_line(text):
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"no result in the worker's output:\n{text}")
+
+
+def run_variant(variant, model, args):
+    """Start one variant's processes; return rank 0's result and the load average before and after."""
+    impl, ranks = variant
+    worker = [model, str(args.batch), str(args.steps), str(args.warmup), str(args.threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    load_before = os.getloadavg()[0]
+    if impl == "fastconv":
+        command = [sys.executable, "-m", "fastconv.bench_distributed", "--worker", "fastconv", *worker]
+        if ranks > 1:
+            command = [args.mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", *command[1:]]
+        out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
+        outputs = [out]
+    else:
+        env = {key: value for key, value in env.items() if FASTCONV_ENVIRONMENT.get(key) != value}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(ranks))
+        command = [args.torch_python, "-c", RUN_BY_PATH, os.path.abspath(__file__), "--worker", "torch", *worker,
+                   os.path.join(HERE, "bench_training.py")]
+        processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+                                      env=dict(env, RANK=str(r))) for r in range(ranks)]
+        outputs = []
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=args.timeout)
+            outputs.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    for out in outputs:
+        if out.returncode != 0:
+            raise RuntimeError(f"{impl} x{ranks} {model} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    result = _json_line(outputs[0].stdout)
+    result["load"] = (load_before, os.getloadavg()[0])
+    return result
+
+
+def variants(args):
+    found = [("fastconv", 1), ("fastconv", args.ranks)]
+    if args.torch_python:
+        found += [("torch", 1), ("torch", args.ranks)]
+    return found
+
+
+def _ms(seconds):
+    return f"{seconds * 1e3:.1f}"
+
+
+def report(results, args, print_table):
+    """Tables of the best round of each variant, and the ratios."""
+    n = args.ranks
+    rows, ratios = [], []
+    for model in args.models:
+        best = {}
+        for variant in variants(args):
+            runs = results[model][variant]
+            best[variant] = min(runs, key=lambda r: r["step_seconds"])
+        for (impl, ranks), r in best.items():
+            name = ("fastconv" if impl == "fastconv" else f"PyTorch {r.get('version', '')}".strip()) + \
+                   (f", {ranks} ranks" if ranks > 1 else ", 1 process") + \
+                   (" (DDP, gloo)" if impl == "torch" and ranks > 1 else "")
+            rounds = " ".join(f"{x['images_per_second']:.0f}" for x in results[model][(impl, ranks)])
+            reduce = share = alone = ""
+            if "reduce_seconds" in r:
+                reduce, share = _ms(r["reduce_seconds"]), f"{100 * r['reduce_share']:.0f}%"
+                alone = _ms(r["reduce_alone_seconds"])
+            rows.append([model, name, ranks * args.batch, _ms(r["step_seconds"]), f"{r['images_per_second']:.0f}",
+                         f"{r['images_per_second'] / ranks:.0f}", reduce, share, alone, rounds])
+        single, multi = best[("fastconv", 1)], best[("fastconv", n)]
+        efficiency = multi["images_per_second"] / n / single["images_per_second"]
+        per_round = [m["images_per_second"] / n / s["images_per_second"]
+                     for s, m in zip(results[model][("fastconv", 1)], results[model][("fastconv", n)])]
+        line = [model, f"{efficiency:.0%}", " ".join(f"{x:.0%}" for x in per_round)]
+        if args.torch_python:
+            t1, tn = best[("torch", 1)], best[("torch", n)]
+            line += [f"{tn['images_per_second'] / n / t1['images_per_second']:.0%}",
+                     f"{multi['images_per_second'] / tn['images_per_second']:.2f}x"]
+        ratios.append(line)
+    print_table(["model", "variant", "global batch", "step ms", "images/s", "images/s per rank",
+                 "reduce ms/step", "reduce share", "reduce alone ms", "images/s per round"], rows)
+    print()
+    header = ["model", f"fastconv efficiency {n} ranks", "per round"]
+    if args.torch_python:
+        header += [f"PyTorch DDP efficiency {n} ranks", f"fastconv {n} ranks / PyTorch DDP {n}"]
+    print_table(header, ratios)
+
+
+def add_options(parser):
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--ranks", type=int, default=2, help="ranks of the distributed variants (default: 2)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per process (default: 1)")
+    parser.add_argument("--batch", type=int, default=64, help="batch per rank (default: 64)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run (default: 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the best of each variant is kept (default: 3)")
+    parser.add_argument("--mpiexec", default=None,
+                        help="the MPI launcher (default: the mpiexec next to this Python, else on PATH)")
+    parser.add_argument("--torch-python", metavar="PYTHON", default=None,
+                        help="a Python with PyTorch, for the PyTorch rows (run in processes of their own)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds before a run is given up")
+    parser.add_argument("--json", metavar="PATH", help="also write every run's result as JSON")
+
+
+def run(args, print_table, stamp):
+    if args.mpiexec is None:
+        beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+        args.mpiexec = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
+    if args.mpiexec is None:
+        raise SystemExit("no mpiexec found: pip install \"fastconv[mpi]\", or give --mpiexec")
+    if args.warmup < 1 or args.steps < 2 or args.ranks < 2:
+        raise SystemExit("--warmup must be >= 1, --steps >= 2 and --ranks >= 2")
+    print(stamp(), flush=True)
+    print(f"{args.ranks} ranks x {args.threads} thread(s) against 1 process x {args.threads}; batch {args.batch} "
+          f"per rank; median step of {args.steps} after {args.warmup}; best of {args.rounds} rounds, alternated",
+          flush=True)
+    started = time.time()
+    results = {model: {variant: [] for variant in variants(args)} for model in args.models}
+    loads = []
+    for round_index in range(args.rounds):
+        for model in args.models:
+            order = variants(args) if round_index % 2 == 0 else list(reversed(variants(args)))
+            for variant in order:
+                result = run_variant(variant, model, args)
+                results[model][variant].append(result)
+                loads.extend(result["load"])
+                print(f"  round {round_index + 1} {model} {variant[0]} x{variant[1]}: "
+                      f"{result['images_per_second']:.0f} images/s, load {result['load'][0]:.2f}", flush=True)
+    print(f"{time.strftime('%H:%M', time.gmtime(started))}-{time.strftime('%H:%M', time.gmtime())} UTC; "
+          f"load average (1 min) {min(loads):.2f} to {max(loads):.2f} during the runs", flush=True)
+    report(results, args, print_table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({model: {f"{impl} x{ranks}": runs for (impl, ranks), runs in by_variant.items()}
+                       for model, by_variant in results.items()}, f, indent=1)
+    return 0
+
+
+def worker_main(argv):
+    impl, model, batch, steps, warmup, threads = argv[:6]
+    if impl == "fastconv":
+        fastconv_worker(model, int(batch), int(steps), int(warmup), int(threads))
+    else:
+        torch_worker(model, int(batch), int(steps), int(warmup), int(threads), argv[6])
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        worker_main(sys.argv[2:])
+    else:
+        from fastconv.bench import main
+        sys.exit(main(["distributed", *sys.argv[1:]]))
