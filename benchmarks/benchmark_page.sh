@@ -6,7 +6,8 @@
 # FASTCONV_PYTHON: a Python with fastconv (and threadpoolctl, matplotlib) installed, default python3;
 # TORCH_PYTHON: a Python with PyTorch, used only in processes that do not import fastconv;
 # BEFORE_PYTHON: an install of an older commit for benchmarks/compare_training_step.py (skipped if unset).
-# STEPS="peak gemm suite epochs compare" chooses the steps (default: all, in that order).
+# STEPS="peak gemm suite epochs compare" chooses the steps (default: all, in that order);
+# EPOCH_ROUNDS (default 2) the alternated rounds of epochs.
 set -u
 out=${1:?usage: benchmark_page.sh OUT_DIR [FASTCONV_PYTHON] [TORCH_PYTHON] [BEFORE_PYTHON]}
 fc=${2:-python3}
@@ -34,7 +35,7 @@ for s in $steps; do
         step suite "$fc" -m fastconv bench ${torch:+--torch-python "$torch"} --json "$out/suite.json" \
             --plot "$out/bench.png" ;;
     epochs)  # alternated, fastconv first, each library in its own process
-        for round in 1 2; do
+        for round in $(seq 1 "${EPOCH_ROUNDS:-2}"); do
             step "epochs-fastconv-$round" "$fc" "$here/benchmarks/epochs.py" fastconv
             [ -n "$torch" ] && step "epochs-torch-$round" "$torch" "$here/benchmarks/epochs.py" torch
         done ;;
