@@ -1104,7 +1104,8 @@ def _node_inputs(node, created_names):
     _require(isinstance(node, dict) and isinstance(node.get("args"), list) and len(node["args"]) == 1,
              f"each inbound node must be {{'args': [tensor or [tensors]], 'kwargs': {{}}}}, got {str(node)[:100]}")
     kwargs = node.get("kwargs", {})
-    _require(isinstance(kwargs, dict) and all(value is None for key, value in kwargs.items() if key != "training"),
+    # A call argument such as training=True would change what the layer computes: only unset ones pass.
+    _require(isinstance(kwargs, dict) and all(value is None for value in kwargs.values()),
              f"layer call arguments {str(kwargs)[:100]} are not supported")
     arg = node["args"][0]
     multi = isinstance(arg, list)
