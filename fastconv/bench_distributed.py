@@ -33,7 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("seed", "keras-cnn")
 # What `import fastconv` puts in the environment (fastconv/__init__.py); PyTorch runs without it.
 FASTCONV_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}
-RUN_BY_PATH = "import runpy, sys; sys.path.pop(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+RUN_BY_PATH = ("import runpy, sys; sys.path.pop(0); sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 # ----- workers (one per process) -----

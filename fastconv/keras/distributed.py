@@ -200,15 +200,31 @@ def _rank_ordered_sum(flat, weights=None, divisor=None):
         mine = counts[me]
         received = np.empty((ranks, mine), flat.dtype)
         comm.Alltoallv([flat, (counts, displs)], [received, ([mine] * ranks, [mine * r for r in range(ranks)])])
-    total = np.zeros(received.shape[1], accumulate)
-    for source in range(ranks):  # the fixed order that makes the result independent of MPI
-        if weights is None:
-            total += received[source]
-        elif weights[source]:
-            total += received[source].astype(accumulate) * weights[source]
+    # Summed in the fixed rank order that makes the result independent of MPI. Every operation is on
+    # arrays of one dtype (NumPy converts mixed float32/float64 operands in small buffered blocks, at
+    # several times the cost), and no zero-filled start: the first term is converted into the total.
+    total = scratch = None
+    for source in range(ranks):
+        weight = 1 if weights is None else weights[source]
+        if not weight:
+            continue
+        if total is None:
+            total = received[source].astype(accumulate)
+            term = total
+        else:
+            if scratch is None:
+                scratch = np.empty(received.shape[1], accumulate)
+            np.copyto(scratch, received[source])
+            term = scratch
+        if weights is not None:
+            term *= weight
+        if term is scratch:
+            total += scratch
+    if total is None:  # every weight is 0 (reduce_gradients refuses that)
+        total = np.zeros(received.shape[1], accumulate)
     if divisor is not None:
         total /= divisor
-    total = total.astype(flat.dtype)
+    total = total.astype(flat.dtype, copy=False)
     if whole:
         return total
     out = np.empty(flat.size, flat.dtype)
