@@ -326,7 +326,7 @@ static int64_t backward_floats(const backward_layout *l) { return l->shared + l-
 
 /* ---- the plan ---- */
 
-static void plan_forward(conv_plan *p, int algo)
+static void plan_forward(conv_plan *p)
 {
     const fc_conv_shape *s = &p->s;
     const int resolved = p->algorithm;
@@ -405,7 +405,7 @@ void conv_make_plan(const fc_conv_shape *s, int algo, int passes, conv_plan *p)
     p->elementwise = fc_active_elementwise();
     p->algorithm = resolve_algorithm(s, algo, p->gemm);
     if (passes & FC_CONV_PASS_FORWARD)
-        plan_forward(p, algo);
+        plan_forward(p);
     else
         plan_backward(p, algo);
     /* as fc_scratch allocates them: whole cache lines (the GEMM slot's size is a bound, left as it is) */
