@@ -1,12 +1,14 @@
 """Builds fastconv._C: the Cython bindings plus the C kernels.
 
 Portable sources are compiled for baseline x86-64 (no -march=native, so a wheel runs on any CPU);
-only the micro-kernel files of each instruction set get that set's flags, and dispatch.c picks one
-at run time. OpenMP is used when the compiler supports it; otherwise the build is single-threaded.
-Set FASTCONV_SANITIZE=1 to build with AddressSanitizer and UndefinedBehaviorSanitizer.
+only the files of each instruction set get that set's flags, and dispatch.c picks one set at run time.
+csrc/isa_list.h lists the sets and those files, for this file and for dispatch.c's kernel table.
+OpenMP is used when the compiler supports it; otherwise (or with FASTCONV_NO_OPENMP=1) the build is
+single-threaded. Set FASTCONV_SANITIZE=1 to build with AddressSanitizer and UndefinedBehaviorSanitizer.
 """
 import os
 import platform
+import re
 import sys
 import tempfile
 
@@ -17,36 +19,46 @@ from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 from setuptools.errors import CCompilerError, CompileError, LinkError
 
+CHECKOUT = os.path.dirname(os.path.abspath(__file__))
+ISA_LIST = "csrc/isa_list.h"
+
+
+def read_isa_list():
+    """The instruction sets [(name, GEMM micro-kernel, flags)], worst first, and the files compiled once
+    per set, from csrc/isa_list.h: the list dispatch.c's kernel table follows too."""
+    with open(os.path.join(CHECKOUT, ISA_LIST)) as f:
+        text = f.read()
+    isas = [(name, gemm, flags.split()) for name, gemm, flags in
+            re.findall(r'^FC_ISA\((\w+), (\w+), "([^"]*)"\)', text, re.M)]
+    return isas, re.findall(r'"(csrc/[^"]+\.c)"', text)
+
+
+ISAS, PER_ISA_SOURCES = read_isa_list()
+
+
+def isa_sources(name, gemm):
+    """An instruction set's files: its micro-kernel, its FMA peak loop and every per-set file."""
+    return [f"csrc/gemm/ukr_{gemm}.c", f"csrc/bench/peak_{name}.c"] + PER_ISA_SOURCES
+
+
 PORTABLE_SOURCES = [
     "csrc/dispatch.c",
     "csrc/workspace.c",
     "csrc/gemm/gemm.c",
     "csrc/gemm/context.c",
-    "csrc/gemm/ukr_generic_4x16.c",
-    "csrc/gemm/pack.c",  # also in ISA_SOURCES
-    "csrc/bench/peak_generic.c",
     "csrc/conv/conv.c",  # the plan; the loops of each algorithm:
     "csrc/conv/im2col.c",
     "csrc/conv/implicit.c",
     "csrc/conv/direct_loops.c",
     "csrc/conv/winograd.c",
-    "csrc/conv/direct.c",  # also in ISA_SOURCES: one source, one compile (and kernel table) per set
     "csrc/pool/pool.c",
-    "csrc/pool/maxpool2x2.c",  # also in ISA_SOURCES
     "csrc/train/train.c",
-    "csrc/train/elementwise.c",  # also in ISA_SOURCES
     "csrc/norm/norm.c",
-    "csrc/norm/batchnorm.c",  # also in ISA_SOURCES
     "csrc/image/affine.c",
-]
+] + isa_sources(*ISAS[0][:2])  # the first set is the portable one, with the baseline flags
 
 # Files compiled once more with an instruction set's flags: {isa: (sources, flags)}.
-ISA_SOURCES = {
-    "avx2": (["csrc/gemm/ukr_avx2_6x16.c", "csrc/gemm/pack.c", "csrc/conv/direct.c", "csrc/train/elementwise.c",
-              "csrc/pool/maxpool2x2.c", "csrc/norm/batchnorm.c", "csrc/bench/peak_avx2.c"], ["-mavx2", "-mfma"]),
-    "avx512": (["csrc/gemm/ukr_avx512_14x32.c", "csrc/gemm/pack.c", "csrc/conv/direct.c", "csrc/train/elementwise.c",
-                "csrc/pool/maxpool2x2.c", "csrc/norm/batchnorm.c", "csrc/bench/peak_avx512.c"], ["-mavx512f", "-mavx2", "-mfma"]),
-}
+ISA_SOURCES = {name: (isa_sources(name, gemm), flags) for name, gemm, flags in ISAS[1:]}
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 COMMON_FLAGS = ["-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
@@ -54,8 +66,6 @@ SANITIZE = os.environ.get("FASTCONV_SANITIZE") == "1"
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
 # The shipped .so carries no symbol table or debug info (-s); FASTCONV_NO_STRIP=1 keeps them for a debugger.
 STRIP_FLAGS = [] if SANITIZE or os.environ.get("FASTCONV_NO_STRIP") == "1" else ["-s"]
-CHECKOUT = os.path.dirname(os.path.abspath(__file__))
-
 
 def compiler_accepts(compiler, flags):
     """True if the compiler can build and link a small OpenMP program with `flags`."""
@@ -111,7 +121,8 @@ extension = Extension(
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     # The instruction-set files are linked as extra objects: listed here so editing one relinks.
-    depends=["csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/gemm/tuning.h", "csrc/conv/direct.h", "csrc/workspace.h",
+    depends=[ISA_LIST, "csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/gemm/tuning.h",
+             "csrc/conv/direct.h", "csrc/workspace.h",
              "csrc/bench/peak.h", "csrc/train/elementwise.h", "csrc/pool/maxpool2x2.h",
              "csrc/norm/batchnorm.h"]
     + sorted({source for sources, _ in ISA_SOURCES.values() for source in sources}),

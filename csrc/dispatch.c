@@ -18,27 +18,37 @@
 #pragma weak omp_pause_resource_all
 #endif
 
-enum isa { ISA_GENERIC, ISA_AVX2, ISA_AVX512, ISA_COUNT };
+/* The instruction sets of csrc/isa_list.h, worst first. */
+enum isa {
+#define FC_ISA(name, ukernel, flags) ISA_##name,
+#include "isa_list.h"
+    ISA_COUNT
+};
 
-static const char *const isa_names[ISA_COUNT] = { "generic", "avx2", "avx512" };
+static const char *const isa_names[ISA_COUNT] = {
+#define FC_ISA(name, ukernel, flags) #name,
+#include "isa_list.h"
+};
+
+/* Each set's tables, as the list names them. */
+#define DECLARE_TABLE(isa, type, table, file) extern const type fc_##table##_##isa;
+#define FC_ISA(name, ukernel, flags)                    \
+    extern const fc_gemm_ukernel fc_gemm_##ukernel;     \
+    int64_t fc_fma_peak_##name(int64_t iters);          \
+    FC_PER_ISA_TABLES(DECLARE_TABLE, name)
+#include "isa_list.h"
 
 /* The kernel table: one row per instruction set, indexed by enum isa. */
+#define TABLE_MEMBER(isa, type, table, file) const type *table;
+#define TABLE_ENTRY(isa, type, table, file) .table = &fc_##table##_##isa,
 static const struct isa_kernels {
     const fc_gemm_ukernel *gemm;
-    const fc_conv_direct_kernels *conv_direct;
-    const fc_elementwise_kernels *elementwise;
-    const fc_maxpool2x2_kernels *maxpool2x2;
-    const fc_batchnorm_kernels *batchnorm;
     fc_fma_peak_fn fma_peak;
+    FC_PER_ISA_TABLES(TABLE_MEMBER, _)
 } kernel_table[ISA_COUNT] = {
-    [ISA_GENERIC] = { &fc_gemm_generic_4x16, &fc_conv_direct_generic, &fc_elementwise_generic,
-                      &fc_maxpool2x2_generic, &fc_batchnorm_generic, fc_fma_peak_generic },
-#if defined(__x86_64__) || defined(_M_X64)
-    [ISA_AVX2] = { &fc_gemm_avx2_6x16, &fc_conv_direct_avx2, &fc_elementwise_avx2, &fc_maxpool2x2_avx2,
-                   &fc_batchnorm_avx2, fc_fma_peak_avx2 },
-    [ISA_AVX512] = { &fc_gemm_avx512_14x32, &fc_conv_direct_avx512, &fc_elementwise_avx512, &fc_maxpool2x2_avx512,
-                     &fc_batchnorm_avx512, fc_fma_peak_avx512 },
-#endif
+#define FC_ISA(name, ukernel, flags) \
+    [ISA_##name] = { .gemm = &fc_gemm_##ukernel, .fma_peak = fc_fma_peak_##name, FC_PER_ISA_TABLES(TABLE_ENTRY, name) },
+#include "isa_list.h"
 };
 
 /* The GEMM micro-kernels fitted to this CPU's caches (gemm.h), one per instruction set: made when the
@@ -81,7 +91,7 @@ static unsigned long long read_xcr0(void)
 static int cpu_supports(enum isa isa)
 {
     unsigned int a, b, c, d;
-    if (isa == ISA_GENERIC) return 1;
+    if (isa == ISA_generic) return 1;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
     const int osxsave = (c >> 27) & 1, fma = (c >> 12) & 1, avx = (c >> 28) & 1;
     if (!osxsave || !avx || !fma) return 0;
@@ -89,19 +99,19 @@ static int cpu_supports(enum isa isa)
     if ((xcr0 & 0x6) != 0x6) return 0;  /* the OS saves XMM and YMM state */
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     const int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1;
-    if (isa == ISA_AVX2) return avx2;
+    if (isa == ISA_avx2) return avx2;
     /* AVX-512 also needs the OS to save opmask and the upper ZMM registers. */
     return avx2 && avx512f && (xcr0 & 0xE6) == 0xE6;
 }
 #else
-static int cpu_supports(enum isa isa) { return isa == ISA_GENERIC; }
+static int cpu_supports(enum isa isa) { return isa == ISA_generic; }
 #endif
 
 static enum isa best_isa(void)
 {
-    for (int i = ISA_COUNT - 1; i > ISA_GENERIC; i--)
+    for (int i = ISA_COUNT - 1; i > ISA_generic; i--)
         if (cpu_supports((enum isa)i)) return (enum isa)i;
-    return ISA_GENERIC;
+    return ISA_generic;
 }
 
 static int isa_from_name(const char *name)
@@ -155,6 +165,8 @@ static enum isa current_isa(void) { return call_isa >= 0 ? (enum isa)call_isa : 
 
 const char *fc_isa_name(void) { return isa_names[current_isa()]; }
 
+const char *fc_isa_name_at(int i) { return i >= 0 && i < ISA_COUNT ? isa_names[i] : NULL; }
+
 int fc_isa_supported(const char *name)
 {
     const int isa = isa_from_name(name);
@@ -185,13 +197,9 @@ int64_t fc_fma_peak(const char *isa_name, int64_t iters, int threads)
 
 const char *fc_gemm_kernel_name(void) { return fc_active_gemm_kernel()->uk->name; }
 
-const fc_conv_direct_kernels *fc_active_conv_direct(void) { return kernel_table[current_isa()].conv_direct; }
-
-const fc_elementwise_kernels *fc_active_elementwise(void) { return kernel_table[current_isa()].elementwise; }
-
-const fc_maxpool2x2_kernels *fc_active_maxpool2x2(void) { return kernel_table[current_isa()].maxpool2x2; }
-
-const fc_batchnorm_kernels *fc_active_batchnorm(void) { return kernel_table[current_isa()].batchnorm; }
+#define ACTIVE_TABLE(isa, type, table, file) \
+    const type *fc_active_##table(void) { return kernel_table[current_isa()].table; }
+FC_PER_ISA_TABLES(ACTIVE_TABLE, _)
 
 void fc_gemm_blocking(int out[5])
 {

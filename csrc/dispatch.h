@@ -11,10 +11,10 @@
 /* The kernels of the instruction set in use: inside a call (fc_call_begin), the call's snapshot; call
  * these on the calling thread only, and hand the tables to the OpenMP workers. */
 const fc_gemm_kernel *fc_active_gemm_kernel(void);
-const fc_conv_direct_kernels *fc_active_conv_direct(void);
-const fc_elementwise_kernels *fc_active_elementwise(void);
-const fc_maxpool2x2_kernels *fc_active_maxpool2x2(void);
-const fc_batchnorm_kernels *fc_active_batchnorm(void);
+#include "isa_list.h"
+#define FC_DECLARE_ACTIVE_TABLE(isa, type, table, file) const type *fc_active_##table(void);
+FC_PER_ISA_TABLES(FC_DECLARE_ACTIVE_TABLE, _)
+#undef FC_DECLARE_ACTIVE_TABLE
 
 /* Threads worth using for `flops` of work: 1 below the size where OpenMP start-up costs more than
  * it saves, else the user's setting (set_num_threads, OMP_NUM_THREADS, threadpoolctl). */

@@ -14,6 +14,8 @@ enum { FC_OK = 0, FC_ERROR_NO_MEMORY = -1 };
 /* ---- configuration (dispatch.c) ---- */
 const char *fc_isa_name(void);           /* the instruction set in use: "avx512", "avx2" or "generic" */
 int fc_isa_supported(const char *name);  /* 1 if this CPU and OS can run that path */
+/* This build's i-th instruction set (csrc/isa_list.h), worst first; NULL past the last. */
+const char *fc_isa_name_at(int i);
 int fc_set_isa(const char *name);        /* force a path; 0 on success, -1 if unknown or unsupported */
 const char *fc_gemm_kernel_name(void);
 const char *fc_compiler(void);

@@ -14,6 +14,7 @@ cnp.import_array()
 cdef extern from "fastconv.h" nogil:
     const char *fc_isa_name()
     int fc_isa_supported(const char *name)
+    const char *fc_isa_name_at(int i)
     int fc_set_isa(const char *name)
     const char *fc_gemm_kernel_name()
     const char *fc_compiler()
@@ -123,6 +124,16 @@ def scratch_requested():
 
 def isa_name():
     return fc_isa_name().decode()
+
+
+def isa_names():
+    """The instruction sets this build has, worst first (csrc/isa_list.h)."""
+    names = []
+    cdef const char *name = fc_isa_name_at(0)
+    while name != NULL:
+        names.append(name.decode())
+        name = fc_isa_name_at(len(names))
+    return names
 
 
 def isa_supported(str name):

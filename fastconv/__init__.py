@@ -37,7 +37,7 @@ __all__ = [
     "show_config", "workspace_bytes",
 ]
 
-ISAS = ("avx512", "avx2", "generic")  # best first
+ISAS = tuple(reversed(_C.isa_names()))  # best first: this build's sets, from csrc/isa_list.h
 
 
 def available_isas():

@@ -8,10 +8,6 @@
 
 typedef int64_t (*fc_fma_peak_fn)(int64_t iters);
 
-int64_t fc_fma_peak_generic(int64_t iters);
-#if defined(__x86_64__) || defined(_M_X64)
-int64_t fc_fma_peak_avx2(int64_t iters);
-int64_t fc_fma_peak_avx512(int64_t iters);
-#endif
+/* One per instruction set, fc_fma_peak_<isa> in peak_<isa>.c: csrc/isa_list.h lists them. */
 
 #endif

@@ -52,11 +52,7 @@ typedef struct {
 
 enum { FC_FEW_OUTPUTS_MAX_COUT = 4 };
 
-extern const fc_conv_direct_kernels fc_conv_direct_generic;
-#if defined(__x86_64__) || defined(_M_X64)
-extern const fc_conv_direct_kernels fc_conv_direct_avx2;
-extern const fc_conv_direct_kernels fc_conv_direct_avx512;
-#endif
+/* One table per instruction set, fc_conv_direct_<isa>: csrc/isa_list.h lists them, dispatch.c declares them. */
 
 /* The input columns a forward task holds per kernel row, for whole tiles of `pixels` output pixels:
  * either the padded row itself, from the first tile's first tap to the last tile's last (strided: every

@@ -29,7 +29,9 @@ void fc_gemm_fit(fc_gemm_kernel *k, const fc_gemm_ukernel *uk, const fc_gemm_cac
     /* MR rows of a row-major A 4 KiB apart share one L1 set: harmless up to the set's ways; beyond, they
      * are copied to a padded stride, at once where the L1 has few ways, from a wide N where it has many
      * (the copy is made once per block of A, so its share shrinks as N grows). */
-    k->aliased_a_copied_from_n = uk->mr <= l1_ways ? INT64_MAX : l1_ways >= ALIASED_A_MIN_L1_WAYS ? ALIASED_A_COPIED_FROM_N : 0;
+    k->aliased_a_copied_from_n = uk->mr <= l1_ways                   ? INT64_MAX
+                                 : l1_ways >= ALIASED_A_MIN_L1_WAYS ? ALIASED_A_COPIED_FROM_N
+                                                                    : 0;
     /* An A read in place by columns brings a cache line into L1 per k step of a tile, beside the B panel's
      * NR floats: its K block keeps both in half of L1. */
     const int64_t line_and_b_row = 64 + (int64_t)sizeof(float) * uk->nr;

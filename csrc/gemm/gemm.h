@@ -90,12 +90,11 @@ typedef struct {
 
 void fc_gemm_fit(fc_gemm_kernel *kernel, const fc_gemm_ukernel *uk, const fc_gemm_caches *caches);
 
-extern const fc_gemm_ukernel fc_gemm_generic_4x16;
+/* The micro-kernels, fc_gemm_<isa>_<MR>x<NR>, are listed in csrc/isa_list.h and declared by dispatch.c.
+ * Each set's packing routine (pack.c, compiled once per set): */
 void fc_gemm_pack_generic(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,
                           int64_t panel_stride, float *dst);
 #if defined(__x86_64__) || defined(_M_X64)
-extern const fc_gemm_ukernel fc_gemm_avx2_6x16;
-extern const fc_gemm_ukernel fc_gemm_avx512_14x32;
 void fc_gemm_pack_avx2(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,
                        int64_t panel_stride, float *dst);
 void fc_gemm_pack_avx512(const float *src, int64_t rs, int64_t cs, int64_t first, int64_t rows, int64_t k, int width,

@@ -25,10 +25,6 @@ typedef struct {
                        const float *mean_dy_xhat, float *dx);
 } fc_batchnorm_kernels;
 
-extern const fc_batchnorm_kernels fc_batchnorm_generic;
-#if defined(__x86_64__) || defined(_M_X64)
-extern const fc_batchnorm_kernels fc_batchnorm_avx2;
-extern const fc_batchnorm_kernels fc_batchnorm_avx512;
-#endif
+/* One table per instruction set, fc_batchnorm_<isa>: csrc/isa_list.h lists them, dispatch.c declares them. */
 
 #endif

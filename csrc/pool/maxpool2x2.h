@@ -20,11 +20,7 @@ typedef struct {
                          int x_from_relu, float *dx, int64_t row);
 } fc_maxpool2x2_kernels;
 
-extern const fc_maxpool2x2_kernels fc_maxpool2x2_generic;
-#if defined(__x86_64__) || defined(_M_X64)
-extern const fc_maxpool2x2_kernels fc_maxpool2x2_avx2;
-extern const fc_maxpool2x2_kernels fc_maxpool2x2_avx512;
-#endif
+/* One table per instruction set, fc_maxpool2x2_<isa>: csrc/isa_list.h lists them, dispatch.c declares them. */
 
 /* True when v should replace the current maximum: strictly greater keeps the first maximum in
  * row-major order, and the first NaN wins so that NaN propagates. */

@@ -23,10 +23,6 @@ typedef struct {
                 int nesterov);
 } fc_elementwise_kernels;
 
-extern const fc_elementwise_kernels fc_elementwise_generic;
-#if defined(__x86_64__) || defined(_M_X64)
-extern const fc_elementwise_kernels fc_elementwise_avx2;
-extern const fc_elementwise_kernels fc_elementwise_avx512;
-#endif
+/* One table per instruction set, fc_elementwise_<isa>: csrc/isa_list.h lists them, dispatch.c declares them. */
 
 #endif
