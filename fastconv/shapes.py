@@ -208,8 +208,8 @@ def _key(value):
     if kind is int or kind is str or value is None:
         return value
     if kind is tuple or kind is list:
-        items = tuple(_key(item) for item in value)
-        return _UNCACHED if any(item is _UNCACHED for item in items) else items
+        items = tuple(map(_key, value))
+        return _UNCACHED if _UNCACHED in items else items  # (ints compare unequal to it without a Python call)
     return _UNCACHED
 
 
