@@ -61,7 +61,7 @@ class BatchNormalization(Layer):
         # The backward pass recomputes the normalized inputs from x: cheaper than keeping them.
         return out, (inputs, mean, variance, batch_statistics)
 
-    def backward(self, ctx, grad, need_input_grad=True):
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         if len(ctx) == 5:  # from sync_batch_norm_forward
             return distribution.sync_batch_norm_backward(self, ctx, grad, need_input_grad)
         inputs, mean, variance, batch_statistics = ctx
