@@ -236,6 +236,7 @@ def naive_fold(cols, size, kernel):
 
 
 CTC_LABELS = np.array([[1, 2], [2, 0]])
+GAMMA_A = np.array([[0.7, 1.5, 3.0], [2.2, 0.4, 5.0]])  # gammainc is differentiated in x only
 
 
 def naive_ctc(logits, labels, label_lengths, time_lengths, blank):
@@ -251,6 +252,25 @@ def naive_ctc(logits, labels, label_lengths, time_lengths, blank):
                 total += np.prod(p[np.arange(steps), path])
         losses.append(-np.log(total))
     return np.array(losses)
+
+
+def naive_stft(x, sequence_length, stride, fft_length, window, center):
+    """Frames of fft_length every stride (reflect-padded by fft_length // 2 when centered), the window
+    (periodic hann or hamming, zero-padded to fft_length) applied, then np.fft.rfft: (real, imag)."""
+    if center:
+        x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(fft_length // 2, fft_length // 2)], mode="reflect")
+    n = np.arange(sequence_length)
+    if window is None:
+        win = np.ones(fft_length)
+    else:
+        alpha = 0.5 if window == "hann" else 0.54
+        left = (fft_length - sequence_length) // 2
+        win = np.pad(alpha - (1 - alpha) * np.cos(2 * np.pi * n / sequence_length),
+                     (left, fft_length - sequence_length - left))
+    count = 1 + (x.shape[-1] - fft_length) // stride
+    frames = np.stack([x[..., f * stride:f * stride + fft_length] * win for f in range(count)], axis=-2)
+    spectrum = np.fft.rfft(frames, axis=-1)
+    return spectrum.real, spectrum.imag
 
 
 def naive_scan(x, carry):
@@ -723,6 +743,13 @@ DIFF_CASES = [
     ("ctc_loss", "repeated-label-blank-last",
      lambda z: ops.ctc_loss(np.array([[1, 1]]), z, np.array([2]), np.array([4]), mask_index=2),
      lambda z: naive_ctc(z, np.array([[1, 1]]), [2], [4], blank=2), [arr(1, 4, 3, low=-2, high=2, seed=1)]),
+    ("stft", "", lambda x: ops.stft(x, 6, 3, 8), lambda x: naive_stft(x, 6, 3, 8, "hann", True), [arr(2, 14)]),
+    ("stft", "hamming-uncentered", lambda x: ops.stft(x, 5, 2, 5, window="hamming", center=False),
+     lambda x: naive_stft(x, 5, 2, 5, "hamming", False), [arr(11)]),
+    ("stft", "no-window", lambda x: ops.stft(x, 4, 2, 6, window=None), lambda x: naive_stft(x, 4, 2, 6, None, True),
+     [arr(9)]),
+    ("istft", "", lambda r, i: ops.istft((r, i), 6, 3, 8), None, [arr(2, 5, 5), arr(2, 5, 5, seed=1)]),
+    ("gammainc", "", lambda x: ops.gammainc(GAMMA_A, x), None, [pos(2, 3, seed=1) * 3]),
     ("depthwise_conv", "valid", ops.depthwise_conv, None, [arr(2, 5, 4, 2), arr(3, 2, 2, 3, seed=1)]),
     ("depthwise_conv", "same-strided-dilated",
      lambda x, w: ops.depthwise_conv(x, w, strides=(2, 1), padding="same", dilation_rate=(1, 2)), None,
@@ -1843,3 +1870,28 @@ def test_ctc_decode_greedy():
     np.testing.assert_array_equal(decoded[0, 0], [1, 1, 2, 2, -1])
     with pytest.raises(ValueError, match="greedy"):
         ops.ctc_decode(inputs, np.array([5, 2]), strategy="beam_search")
+
+
+
+def test_istft_inverts_stft():
+    signal = arr(2, 30)
+    for args, kwargs in (((8, 4, 8), {}), ((6, 3, 8), {"window": "hamming"}), ((8, 2, 8), {"center": False})):
+        spectrum = ops.stft(signal, *args, **kwargs)
+        restored = ops.istft(spectrum, *args, length=30 if kwargs.get("center", True) else None, **kwargs)
+        if kwargs.get("center", True):
+            np.testing.assert_allclose(restored, signal, atol=1e-10)
+        else:  # without centering the first and last samples are covered by too little window
+            np.testing.assert_allclose(restored[..., 4:-4], signal[..., 4:restored.shape[-1] - 4], atol=1e-10)
+    with pytest.raises(ValueError, match="same shape|share one shape"):
+        ops.istft((arr(3, 4), arr(3, 3)), 4, 2, 4)
+    with pytest.raises(ValueError, match="window"):
+        ops.stft(signal, 8, 4, 8, window="kaiser")
+
+
+def test_gammainc_values():
+    x = np.array([0.0, 0.3, 1.0, 4.0, 20.0])
+    np.testing.assert_allclose(ops.gammainc(1.0, x), 1 - np.exp(-x), rtol=1e-12, atol=1e-15)
+    # integer a: P(3, x) = 1 - exp(-x) (1 + x + x^2 / 2)
+    np.testing.assert_allclose(ops.gammainc(3.0, x), 1 - np.exp(-x) * (1 + x + x * x / 2), rtol=1e-10, atol=1e-15)
+    # a = 1/2: P(1/2, x) = erf(sqrt(x))
+    np.testing.assert_allclose(ops.gammainc(0.5, x), np.vectorize(math.erf)(np.sqrt(x)), rtol=1e-10, atol=1e-15)

@@ -42,7 +42,7 @@ __all__ = [
     "unravel_index", "correlate", "nextafter",
     "diagflat", "cdist", "extract_sequences", "associative_scan", "vectorize", "segment_prod", "eig", "eigh", "qr",
     "svd", "lstsq", "matrix_rank", "solve_triangular", "lu_factor", "cholesky_inverse", "fft", "fft2", "ifft2", "rfft",
-    "irfft", "polar", "jvp", "view", "view_as_real", "view_as_complex",
+    "irfft", "polar", "jvp", "view", "view_as_real", "view_as_complex", "stft", "istft", "gammainc",
 ]
 
 
@@ -2199,3 +2199,132 @@ def view_as_complex(x):
     if a.shape[-1:] != (2,):
         raise ValueError(f"view_as_complex takes (..., 2) real arrays, got shape {a.shape}")
     return a[..., 0] + 1j * a[..., 1]
+
+
+# ----- short-time Fourier transforms, as Keras (differentiable: linear maps written with ops) -----
+def _stft_window(window, sequence_length, fft_length, dtype):
+    if window is None:  # as Keras: no window is all ones over the whole fft_length
+        return np.ones(fft_length, dtype)
+    if isinstance(window, str):
+        if window not in ("hann", "hamming"):
+            raise ValueError(f'window must be "hann", "hamming", an array or None, got {window!r}')
+        n = np.arange(sequence_length)
+        # scipy.signal.get_window's periodic windows, which Keras uses
+        alpha = 0.5 if window == "hann" else 0.54
+        values = alpha - (1 - alpha) * np.cos(2 * np.pi * n / sequence_length)
+    else:
+        values = np.asarray(_array(window), dtype=np.float64)
+        if values.shape != (sequence_length,):
+            raise ValueError(f"window must have shape ({sequence_length},), got {values.shape}")
+    left = (fft_length - sequence_length) // 2
+    return np.pad(values, (left, fft_length - sequence_length - left)).astype(dtype)
+
+
+def _fourier_matrices(fft_length, dtype):
+    n = np.arange(fft_length)[:, None]
+    k = np.arange(fft_length // 2 + 1)[None, :]
+    angle = 2 * np.pi * n * k / fft_length
+    return np.cos(angle).astype(dtype), (-np.sin(angle)).astype(dtype)
+
+
+def stft(x, sequence_length, sequence_stride, fft_length, window="hann", center=True):
+    """(real, imaginary) short-time Fourier transform along the last axis: (..., frames, fft_length // 2 + 1)."""
+    a = _array(x)
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"stft takes float32 or float64 inputs, got {a.dtype}")
+    if fft_length < sequence_length:
+        raise ValueError(f"fft_length must be at least sequence_length, got {fft_length} < {sequence_length}")
+    win = _stft_window(window, sequence_length, fft_length, a.dtype)
+    if center:
+        x = pad(x, [(0, 0)] * (a.ndim - 1) + [(fft_length // 2, fft_length // 2)], mode="reflect")
+    frames = multiply(extract_sequences(x, fft_length, sequence_stride), win)
+    cos_part, sin_part = _fourier_matrices(fft_length, a.dtype)
+    return matmul(frames, cos_part), matmul(frames, sin_part)
+
+
+def istft(x, sequence_length, sequence_stride, fft_length, length=None, window="hann", center=True):
+    """The inverse of stft: each frame's inverse real FFT, windowed, overlap-added and divided by the
+    overlap-added squared window, then the center padding cut off."""
+    if not isinstance(x, (tuple, list)) or len(x) != 2:
+        raise ValueError(f"istft takes a (real, imaginary) pair of arrays, got {type(x).__name__}")
+    real_part, imag_part = x
+    if np.shape(_array(real_part)) != np.shape(_array(imag_part)) or np.ndim(_array(real_part)) < 2:
+        raise ValueError(f"istft: real and imaginary parts must share one shape (..., frames, bins), got "
+                         f"{np.shape(_array(real_part))} and {np.shape(_array(imag_part))}")
+    dtype = _array(real_part).dtype if _array(real_part).dtype.kind == "f" else np.dtype(backend.floatx())
+    frames_count = np.shape(_array(real_part))[-2]
+    win = _stft_window(window, sequence_length, fft_length, dtype)
+    # irfft: x[n] = (1/N) sum_k c_k (Re X_k cos(2 pi k n / N) - Im X_k sin(2 pi k n / N)),
+    # c_k = 1 for the DC and Nyquist bins, 2 for the others
+    bins = fft_length // 2 + 1
+    weights = np.full(bins, 2.0)
+    weights[0] = 1.0
+    if fft_length % 2 == 0:
+        weights[-1] = 1.0
+    cos_part, sin_part = _fourier_matrices(fft_length, np.float64)
+    inverse_cos = (weights[:, None] * cos_part.T / fft_length).astype(dtype)
+    inverse_sin = (weights[:, None] * sin_part.T / fft_length).astype(dtype)  # sin_part is -sin already
+    frames = multiply(add(matmul(real_part, inverse_cos), matmul(imag_part, inverse_sin)), win)
+    total = fft_length + sequence_stride * (frames_count - 1)
+    lead = (builtins.slice(None),) * (np.ndim(_array(real_part)) - 2)
+    pieces = [pad(get_item(frames, lead + (f,)), [(0, 0)] * len(lead) +
+                  [(f * sequence_stride, total - f * sequence_stride - fft_length)]) for f in range(frames_count)]
+    signal = pieces[0]
+    for piece in pieces[1:]:
+        signal = add(signal, piece)
+    norm = np.zeros(total)
+    for f in range(frames_count):
+        norm[f * sequence_stride:f * sequence_stride + fft_length] += np.asarray(win, np.float64) ** 2
+    signal = divide(signal, np.where(norm > 1e-10, norm, 1.0).astype(dtype))
+    start = fft_length // 2 if center else 0
+    end = start + length if length is not None else (total - fft_length // 2 if center else total)
+    return get_item(signal, lead + (builtins.slice(start, end),))
+
+
+def _gammainc_one(a, x):
+    """P(a, x) by its series below a + 1 and its continued fraction above (Numerical Recipes)."""
+    if x <= 0:
+        return 0.0
+    log_prefix = a * math.log(x) - x - math.lgamma(a)
+    if x < a + 1:
+        term = total = 1.0 / a
+        n = a
+        for _ in range(1000):
+            n += 1
+            term *= x / n
+            total += term
+            if abs(term) < abs(total) * 1e-16:
+                break
+        return total * math.exp(log_prefix)
+    tiny = 1e-300
+    b, c, d = x + 1 - a, 1 / tiny, 1 / (x + 1 - a)
+    h = d
+    for i in range(1, 1000):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1 / d
+        step = d * c
+        h *= step
+        if abs(step - 1) < 1e-16:
+            break
+    return 1.0 - math.exp(log_prefix) * h
+
+
+def gammainc(x1, x2):
+    """The regularized lower incomplete gamma function P(x1, x2); differentiable in x2."""
+    def fn(a, b):
+        out = np.vectorize(_gammainc_one, otypes=[np.float64])(a, b)
+        return out.astype(np.result_type(a, b, np.float32) if np.result_type(a, b).kind != "f"
+                          else np.result_type(a, b))
+
+    def vjp(g, a, b, out):
+        # d P(a, x) / dx = x^(a - 1) e^-x / Gamma(a); no gradient for a
+        lgamma = np.vectorize(math.lgamma, otypes=[np.float64])(a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            density = np.exp((a - 1) * np.log(b) - b - lgamma)
+        return None, g * np.where(np.asarray(b) > 0, density, 0)
+    return _binary(x1, x2, fn, vjp)
