@@ -1104,8 +1104,10 @@ def _node_inputs(node, created_names):
     _require(isinstance(node, dict) and isinstance(node.get("args"), list) and len(node["args"]) == 1,
              f"each inbound node must be {{'args': [tensor or [tensors]], 'kwargs': {{}}}}, got {str(node)[:100]}")
     kwargs = node.get("kwargs", {})
-    # A call argument such as training=True would change what the layer computes: only unset ones pass.
-    _require(isinstance(kwargs, dict) and all(value is None for value in kwargs.values()),
+    # Keras records training=False for Dropout-like layers even when the call did not pass it; here fit
+    # and predict set the training flag for the whole graph, so a recorded value is not used. Other call
+    # arguments must be unset.
+    _require(isinstance(kwargs, dict) and all(value is None for key, value in kwargs.items() if key != "training"),
              f"layer call arguments {str(kwargs)[:100]} are not supported")
     arg = node["args"][0]
     multi = isinstance(arg, list)
