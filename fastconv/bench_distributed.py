@@ -1,10 +1,13 @@
 """Data-parallel training speed on MPI: `fastconv bench distributed` (also benchmarks/bench_distributed.py).
 
-Per model, four variants, each timed in processes of its own, alternated round by round:
+Per model, five variants, each timed in processes of its own, alternated round by round:
 
     fastconv 1      one process, `--threads` threads, batch B, fit on one process
     fastconv N      `mpiexec -n N python -m mpi4py`, `--threads` threads per rank, a DataParallel fit
                     with global batch N x B (B per rank)
+    independent N   N copies of "fastconv 1" at once, without MPI: what the machine allows N processes
+                    (shared caches, memory bandwidth, other load), the ceiling of N ranks' efficiency;
+                    its step is the slowest copy's
     PyTorch 1       one process, same threads and batch B (when a PyTorch Python is given)
     PyTorch N       N processes under DistributedDataParallel with the gloo backend, batch B each
 
@@ -158,6 +161,12 @@ def run_variant(variant, model, args):
             command = [args.mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", *command[1:]]
         out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
         outputs = [out]
+    elif impl == "independent":  # N single fastconv processes at once, no MPI: the machine's own limit
+        command = [sys.executable, "-m", "fastconv.bench_distributed", "--worker", "fastconv", *worker]
+        processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                     for _ in range(ranks)]
+        streams = [p.communicate(timeout=args.timeout) for p in processes]
+        outputs = [subprocess.CompletedProcess(command, p.returncode, *io) for p, io in zip(processes, streams)]
     else:
         env = {key: value for key, value in env.items() if FASTCONV_ENVIRONMENT.get(key) != value}
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(ranks))
@@ -173,12 +182,16 @@ def run_variant(variant, model, args):
         if out.returncode != 0:
             raise RuntimeError(f"{impl} x{ranks} {model} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     result = _json_line(outputs[0].stdout)
+    if impl == "independent":  # the slowest process's step, as a synchronous step would wait for it
+        slowest = max((_json_line(out.stdout) for out in outputs), key=lambda r: r["step_seconds"])
+        result.update(ranks=ranks, step_seconds=slowest["step_seconds"],
+                      images_per_second=args.batch * ranks / slowest["step_seconds"])
     result["load"] = (load_before, os.getloadavg()[0])
     return result
 
 
 def variants(args):
-    found = [("fastconv", 1), ("fastconv", args.ranks)]
+    found = [("fastconv", 1), ("fastconv", args.ranks), ("independent", args.ranks)]
     if args.torch_python:
         found += [("torch", 1), ("torch", args.ranks)]
     return found
@@ -198,9 +211,11 @@ def report(results, args, print_table):
             runs = results[model][variant]
             best[variant] = min(runs, key=lambda r: r["step_seconds"])
         for (impl, ranks), r in best.items():
-            name = ("fastconv" if impl == "fastconv" else f"PyTorch {r.get('version', '')}".strip()) + \
+            name = ("fastconv" if impl != "torch" else f"PyTorch {r.get('version', '')}".strip()) + \
                    (f", {ranks} ranks" if ranks > 1 else ", 1 process") + \
                    (" (DDP, gloo)" if impl == "torch" and ranks > 1 else "")
+            if impl == "independent":
+                name = f"fastconv, {ranks} independent processes (no MPI)"
             rounds = " ".join(f"{x['images_per_second']:.0f}" for x in results[model][(impl, ranks)])
             reduce = share = alone = ""
             if "reduce_seconds" in r:
@@ -212,7 +227,8 @@ def report(results, args, print_table):
         efficiency = multi["images_per_second"] / n / single["images_per_second"]
         per_round = [m["images_per_second"] / n / s["images_per_second"]
                      for s, m in zip(results[model][("fastconv", 1)], results[model][("fastconv", n)])]
-        line = [model, f"{efficiency:.0%}", " ".join(f"{x:.0%}" for x in per_round)]
+        alone = best[("independent", n)]["images_per_second"] / n / single["images_per_second"]
+        line = [model, f"{efficiency:.0%}", " ".join(f"{x:.0%}" for x in per_round), f"{alone:.0%}"]
         if args.torch_python:
             t1, tn = best[("torch", 1)], best[("torch", n)]
             line += [f"{tn['images_per_second'] / n / t1['images_per_second']:.0%}",
@@ -221,7 +237,7 @@ def report(results, args, print_table):
     print_table(["model", "variant", "global batch", "step ms", "images/s", "images/s per rank",
                  "reduce ms/step", "reduce share", "reduce alone ms", "images/s per round"], rows)
     print()
-    header = ["model", f"fastconv efficiency {n} ranks", "per round"]
+    header = ["model", f"fastconv efficiency {n} ranks", "per round", f"{n} independent processes"]
     if args.torch_python:
         header += [f"PyTorch DDP efficiency {n} ranks", f"fastconv {n} ranks / PyTorch DDP {n}"]
     print_table(header, ratios)
