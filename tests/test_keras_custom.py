@@ -458,3 +458,59 @@ def test_lambda_layer_trains_and_refuses_to_be_saved(tmp_path, rng):
     assert history[-1] < history[0]
     with pytest.raises(ValueError, match="Lambda layer .* cannot be saved"):
         model.save(tmp_path / "m.fastconv")
+
+
+def test_numpy_operators_in_call_keep_the_gradient_flowing_in_fit(rng):
+    """A custom layer written with NumPy operators on its input (x * 2, slicing) sits after a Dense:
+    fit must still train the Dense (the layer's input is a Tensor, so the operators are recorded)."""
+    class HalfScaled(layers.Layer):
+        def call(self, x):
+            return x[:, :4] * 2.0
+
+    dense = layers.Dense(8)
+    model = keras.Sequential([keras.Input((6,)), dense, HalfScaled()])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = dense.kernel.numpy()
+    x, y = rng.normal(size=(16, 6)).astype(np.float32), rng.normal(size=(16, 4)).astype(np.float32)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert np.abs(dense.kernel.numpy() - before)[:, :4].max() > 1e-4
+    np.testing.assert_array_equal(dense.kernel.numpy()[:, 4:], before[:, 4:])  # columns the layer drops
+
+
+def test_loss_subclass_with_numpy_operators_trains(rng):
+    class MeanSquared(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            return ops.mean((y_pred - y_true) ** 2, axis=-1)
+
+    model = keras.Sequential([keras.Input((3,)), layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=MeanSquared())
+    x, y = rng.normal(size=(32, 3)).astype(np.float32), rng.normal(size=(32, 2)).astype(np.float32)
+    history = model.fit(x, y, epochs=5, batch_size=32, verbose=0).history["loss"]
+    assert history[-1] < history[0] * 0.9
+
+
+def test_building_a_sublayer_by_hand_marks_it_built():
+    class Block(layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = layers.Dense(4)
+
+        def build(self, input_shape):
+            self.dense.build(input_shape)
+
+        def call(self, x):
+            return self.dense(x)
+
+    block = Block()
+    block(np.ones((2, 3), np.float32))
+    assert block.dense.built and len(block.weights) == 2
+
+
+def test_numpy_functions_on_variables_are_recorded():
+    a, b = keras.Variable(np.ones(2, np.float32)), keras.Variable(np.full(3, 2.0, np.float32))
+    with fastconv.GradientTape() as tape:
+        total = ops.sum(np.concatenate([a, b]) ** 2)
+    grad_a, grad_b = tape.gradient(total, [a, b])
+    np.testing.assert_array_equal(grad_a, [2, 2])
+    np.testing.assert_array_equal(grad_b, [4, 4, 4])
+    assert f"{keras.Variable(np.float32(0.5), name='s'):.2f}" == "0.50"

@@ -80,13 +80,14 @@ class Loss:
 
     def gradient(self, y_true, y_pred):
         """d(mean of per_sample)/d(y_pred); for a call-based loss, from a GradientTape."""
-        pred = np.array(y_pred)
+        # A Tensor, not a bare array: NumPy's operators on it (y_pred - y_true) are recorded too.
+        pred = autodiff.Tensor(np.array(y_pred))
         with autodiff.GradientTape() as tape:
             tape.watch(pred)
             per_sample = self.call(y_true, pred)
-        return tape.gradient(per_sample, pred, output_gradients=np.full(np.shape(autodiff.unwrap(per_sample)),
-                                                                        1 / max(np.size(autodiff.unwrap(per_sample)), 1),
-                                                                        pred.dtype), unconnected_gradients="zero")
+        count = max(np.size(autodiff.unwrap(per_sample)), 1)
+        seed = np.full(np.shape(autodiff.unwrap(per_sample)), 1 / count, pred.dtype)
+        return tape.gradient(per_sample, pred, output_gradients=seed, unconnected_gradients="zero")
 
     def call(self, y_true, y_pred):
         raise NotImplementedError(f"loss {type(self).__name__} must define call(y_true, y_pred)")

@@ -3,7 +3,7 @@ import numpy as np
 
 from fastconv import _C
 from fastconv.keras import backend, initializers
-from fastconv.keras.autodiff import array_ufunc
+from fastconv.keras.autodiff import array_function, array_ufunc
 
 
 class Variable:
@@ -98,6 +98,12 @@ class Variable:
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         return array_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return array_function(func, args, kwargs)
+
+    def __format__(self, spec):
+        return format(self.value[()] if self.value.ndim == 0 else self.value, spec)
 
     def __repr__(self):
         return f"<Variable path={self.path}, shape={self.value.shape}, dtype={self.value.dtype}>"

@@ -23,6 +23,7 @@ layer is recorded as one node whose vector-Jacobian product is its own fused `ba
 """
 import contextlib
 import contextvars
+import functools
 import inspect
 import json
 import re
@@ -154,6 +155,10 @@ class Layer:
             cls.backward = Layer.backward
             cls.fuses_output_activation = False
             cls.fuses_input_relu = False
+        # As in Keras, calling build() yourself (a custom layer building its sublayers) marks it built,
+        # so the first call does not build it again.
+        if "build" in cls.__dict__ and not getattr(cls.__dict__["build"], "_marks_built", False):
+            cls.build = _marking_built(cls.__dict__["build"])
 
     def __init__(self, name=None, trainable=True, input_shape=None, input_dim=None, batch_size=None, dtype=None,
                  autocast=True, activity_regularizer=None, **kwargs):
@@ -368,9 +373,12 @@ class Layer:
                 outputs = self.call(inputs, **kwargs)
                 return _values(outputs), _CallContext(None, None, None, False, self.losses_added())
             with autodiff.GradientTape() as tape:
-                sources = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+                # Tensors, not bare arrays: NumPy operators on the inputs (x * 2, x[:, :3]) are then
+                # recorded too, so the gradient reaches the layers before this one.
+                sources = [autodiff.Tensor(x) for x in inputs] if isinstance(inputs, (list, tuple)) \
+                    else [autodiff.Tensor(inputs)]
                 tape.watch(sources)
-                outputs = self.call(inputs, **kwargs)
+                outputs = self.call(sources if isinstance(inputs, (list, tuple)) else sources[0], **kwargs)
         finally:
             _call_training.reset(token)
             _in_call.reset(call_token)
@@ -469,6 +477,16 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}>"
+
+
+def _marking_built(build):
+    @functools.wraps(build)
+    def build_and_mark(self, *args, **kwargs):
+        result = build(self, *args, **kwargs)
+        self.built = True
+        return result
+    build_and_mark._marks_built = True
+    return build_and_mark
 
 
 def unique_variables(variables):
