@@ -19,19 +19,13 @@ import numpy as np
 _active_tapes = contextvars.ContextVar("fastconv_active_tapes", default=())
 
 
-class Tensor:
-    """A value computed under a GradientTape, which knows how it was computed.
-
-    It behaves like the NumPy array it holds (`np.asarray(t)`, `t.numpy()`, `.shape`, operators,
-    indexing); arithmetic on it is recorded like any `keras.ops` call.
-    """
-    __slots__ = ("value", "__weakref__")
+class ArrayValue:
+    """What Tensor and Variable share: they behave like the NumPy array in their `.value`
+    (`np.asarray(t)`, `.numpy()`, `.shape`, scalars, formatting), and NumPy functions and ufuncs on
+    them go through keras.ops, so they are recorded on a tape."""
+    __slots__ = ()
     __array_priority__ = 1000
 
-    def __init__(self, value):
-        self.value = value
-
-    # ----- array protocol -----
     def __array__(self, dtype=None, copy=None):
         # value may be a NumPy scalar (a full reduction): __array__ must return an ndarray
         value = np.asarray(self.value)
@@ -73,12 +67,30 @@ class Tensor:
     def item(self):
         return self.value.item()
 
-    def __repr__(self):
-        return f"<Tensor shape={self.value.shape} dtype={self.value.dtype}\n{self.value!r}>"
-
     def __format__(self, spec):
         # f"{loss:.4f}" on a scalar result, as on a NumPy scalar
         return format(self.value[()] if np.ndim(self.value) == 0 else self.value, spec)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return array_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return array_function(func, args, kwargs)
+
+
+class Tensor(ArrayValue):
+    """A value computed under a GradientTape, which knows how it was computed.
+
+    It behaves like the NumPy array it holds (`np.asarray(t)`, `t.numpy()`, `.shape`, operators,
+    indexing); arithmetic on it is recorded like any `keras.ops` call.
+    """
+    __slots__ = ("value", "__weakref__")
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self):
+        return f"<Tensor shape={self.value.shape} dtype={self.value.dtype}\n{self.value!r}>"
 
     # Element-wise, as tensors compare in Keras (never identity); the tape keys on id(), so hashing
     # by identity stays valid.
@@ -91,12 +103,6 @@ class Tensor:
         return ops.not_equal(self, other)
 
     __hash__ = object.__hash__
-
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        return array_ufunc(ufunc, method, inputs, kwargs)
-
-    def __array_function__(self, func, types, args, kwargs):
-        return array_function(func, args, kwargs)
 
 
 def array_ufunc(ufunc, method, inputs, kwargs):

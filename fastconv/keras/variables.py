@@ -3,10 +3,10 @@ import numpy as np
 
 from fastconv import _C
 from fastconv.keras import backend, initializers
-from fastconv.keras.autodiff import array_function, array_ufunc
+from fastconv.keras.autodiff import ArrayValue
 
 
-class Variable:
+class Variable(ArrayValue):
     """`keras.Variable(initializer, shape=None, dtype=None, trainable=True, name=None)`, as in Keras 3.
 
     `initializer` is a value (array, list, number) or an initializer (a name such as "zeros", or a
@@ -16,7 +16,6 @@ class Variable:
     layers' fused backward passes during a `fit` step.
     """
     _is_keras_variable = True
-    __array_priority__ = 1000
 
     def __init__(self, initializer, shape=None, dtype=None, trainable=True, autocast=True, aggregation="none",
                  synchronization="auto", name=None, regularizer=None, path=None):
@@ -43,40 +42,6 @@ class Variable:
         self.grad = None
 
     # ----- the array -----
-    @property
-    def shape(self):
-        return self.value.shape
-
-    @property
-    def dtype(self):
-        return self.value.dtype
-
-    @property
-    def ndim(self):
-        return self.value.ndim
-
-    @property
-    def size(self):
-        return self.value.size
-
-    def numpy(self):
-        return self.value.copy()
-
-    def __array__(self, dtype=None, copy=None):
-        return self.value if dtype is None else self.value.astype(dtype)
-
-    def __len__(self):
-        return len(self.value)
-
-    def __float__(self):
-        return float(self.value)
-
-    def __int__(self):
-        return int(self.value)
-
-    def __bool__(self):
-        return bool(self.value)
-
     def assign(self, value):
         value = np.asarray(value.value if isinstance(value, Variable) else value)
         if value.shape != self.value.shape:
@@ -95,15 +60,6 @@ class Variable:
     def add_grad(self, grad):
         """Sum gradients over the several calls of a shared layer within one step."""
         self.grad = grad if self.grad is None else self.grad + grad
-
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        return array_ufunc(ufunc, method, inputs, kwargs)
-
-    def __array_function__(self, func, types, args, kwargs):
-        return array_function(func, args, kwargs)
-
-    def __format__(self, spec):
-        return format(self.value[()] if self.value.ndim == 0 else self.value, spec)
 
     def __repr__(self):
         return f"<Variable path={self.path}, shape={self.value.shape}, dtype={self.value.dtype}>"
