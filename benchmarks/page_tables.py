@@ -68,8 +68,9 @@ def suite_table(out):
     peak, threads = data["fma_peak_gflops_per_core"], data["threads"]
     lines = [data.get("stamp", ""), f"isa {data['isa']}, {threads} threads, FMA peak {peak:.0f} GFLOPS per core; "
              f"PyTorch {data.get('torch') or 'not installed'}", "",
-             "| op | shape | fastconv ms | NumPy ms | PyTorch ms | vs NumPy | vs PyTorch | GFLOPS (% of peak) or GB/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| op | shape | fastconv ms | NumPy ms | PyTorch ms | vs NumPy | vs PyTorch | GFLOPS (% of peak) or GB/s "
+             "| fastconv path |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     train = []
     for row in data["rows"]:
         s = row["seconds"]
@@ -84,7 +85,8 @@ def suite_table(out):
         else:
             rate = ""
         lines.append(f"| {row['op']} | {row['shape']} | {ms['fastconv']} | {ms.get('numpy', '-')} | "
-                     f"{ms.get('torch', '-')} | {ratio.get('numpy', '-')} | {ratio.get('torch', '-')} | {rate} |")
+                     f"{ms.get('torch', '-')} | {ratio.get('numpy', '-')} | {ratio.get('torch', '-')} | {rate} | "
+                     f"{row.get('path') or ''} |")
         if row["op"] == "train step":
             train.append(row)
     lines += ["", "| model | batch | fastconv images/s | PyTorch images/s | NumPy backend images/s | vs PyTorch | "

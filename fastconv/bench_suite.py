@@ -48,9 +48,10 @@ def torch_process(python):
 class Row:
     """One line of the table: the same work done by each implementation."""
 
-    def __init__(self, op, shape, fns, flops=None, bytes_moved=None):
+    def __init__(self, op, shape, fns, flops=None, bytes_moved=None, path=None):
         self.op, self.shape, self.fns = op, shape, fns  # fns: {impl: callable or None}
         self.flops, self.bytes_moved = flops, bytes_moved
+        self.path = path  # fastconv's algorithm for the row (conv rows), as conv2d_plan reports it
         self.seconds = {}
 
 
@@ -86,8 +87,11 @@ def conv_rows(rng, torch, quick):
         if torch:
             forward["torch"] = torch.timer(bench_torch.conv_spec("fwd", n, hw, cin, cout, padding))
             backward["torch"] = torch.timer(bench_torch.conv_spec("bwd", n, hw, cin, cout, padding))
-        rows.append(Row("conv2d fwd", label, forward, flops=flops))
-        rows.append(Row("conv2d bwd", label, backward, flops=2 * flops))
+        forward_plan = fastconv.ops.conv2d_plan(x.shape, w.shape, padding=padding)
+        backward_plan = fastconv.ops.conv2d_plan(x.shape, w.shape, padding=padding, backward=True)
+        rows.append(Row("conv2d fwd", label, forward, flops=flops, path=forward_plan["forward"]))
+        rows.append(Row("conv2d bwd", label, backward, flops=2 * flops,
+                        path=f"dx {backward_plan['dx']}, dw {backward_plan['dw']}"))
     return rows
 
 
@@ -139,7 +143,7 @@ def time_rows(rows, rounds, interleaved_best):
 
 def table(rows, core_peak, threads):
     header = ["op", "shape", "fastconv ms", "numpy ms", "torch ms", "vs numpy", "vs torch", "GFLOPS", "% peak",
-              "GB/s"]
+              "GB/s", "fastconv path"]
     lines = []
     for row in rows:
         fc = row.seconds["fastconv"]
@@ -149,7 +153,7 @@ def table(rows, core_peak, threads):
         lines.append([row.op, row.shape, ms["fastconv"], ms["numpy"], ms["torch"], ratio["numpy"],
                       ratio["torch"], f"{gflops:.0f}" if gflops else "-",
                       f"{100 * gflops / (core_peak * threads):.0f}%" if gflops else "-",
-                      f"{row.bytes_moved / fc / 1e9:.0f}" if row.bytes_moved else "-"])
+                      f"{row.bytes_moved / fc / 1e9:.0f}" if row.bytes_moved else "-", row.path or "-"])
     return header, lines
 
 
@@ -179,7 +183,7 @@ def run_suite(args, interleaved_best, fma_peak_gflops, print_table):
                    "torch": torch.version if torch else None,
                    "isa": fastconv.get_isa(), "fma_peak_gflops_per_core": core_peak,
                    "rows": [{"op": r.op, "shape": r.shape, "seconds": r.seconds, "flops": r.flops,
-                             "bytes": r.bytes_moved} for r in rows]}
+                             "bytes": r.bytes_moved, "path": r.path} for r in rows]}
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
         print(f"results written to {args.json}")
