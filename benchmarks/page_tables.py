@@ -110,6 +110,8 @@ def epochs_table(out):
                 model, impl, batch, images, seconds = match.groups()
                 results.setdefault(model, {"batch": batch, "images": int(images)}).setdefault(impl, []).append(
                     float(seconds))
+    if not results:
+        raise ValueError("no epochs-*.txt with results")
     lines = ["| model | batch | images | fastconv s (rounds) | PyTorch s (rounds) | fastconv images/s (best) | "
              "PyTorch images/s (best) | ratio per round |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model, r in results.items():
