@@ -361,6 +361,8 @@ def reduce_gradients(grads, variables, weights=None, op="average"):
             flat[offset:offset + count] = array.reshape(-1)
             flat[total + index] = 1
         offset += count
+    if all(w == weights[0] for w in weights):  # even shards: the weighted mean is the plain mean, without
+        weights = [1.0] * ranks                  # a multiplication per element and rank
     total_weight = sum(weights)
     divisor = total_weight if op == "average" else total_weight / ranks
     summed = _rank_ordered_sum(flat, None if all(w == 1 for w in weights) else weights,
