@@ -183,13 +183,14 @@ def _rank_ordered_sum(flat, weights=None, divisor=None):
 
     A reduce-scatter (Alltoallv: rank r receives segment r of every rank's buffer and sums the p
     copies in rank order, in float64 for float data) followed by an allgather of the summed
-    segments: each rank sends and receives 2(p-1)/p of the buffer, as in a ring allreduce. On 2
-    ranks, or for small buffers, one allgather of the whole buffers moves as much (or little) in one
-    collective, and each rank sums all of it; every element gets the same operations either way."""
+    segments: each rank sends and receives 2(p-1)/p of the buffer, as in a ring allreduce. On 2 ranks
+    each phase is one Sendrecv with the other rank (MPICH's Alltoallv and Allgather took several
+    times as long for this). For small buffers, one allgather of the whole buffers moves little in
+    one collective, and each rank sums all of it; every element gets the same operations either way."""
     comm = _world()
     ranks, me = comm.Get_size(), comm.Get_rank()
     accumulate = np.float64 if flat.dtype.kind == "f" else np.int64
-    whole = ranks == 1 or ranks == 2 or flat.nbytes * ranks <= _GATHER_BYTES
+    whole = ranks == 1 or flat.nbytes * ranks <= _GATHER_BYTES
     if ranks == 1:
         received = flat.reshape(1, -1)
     elif whole:
@@ -198,8 +199,15 @@ def _rank_ordered_sum(flat, weights=None, divisor=None):
     else:
         counts, displs = _segments(flat.size, ranks)
         mine = counts[me]
-        received = np.empty((ranks, mine), flat.dtype)
-        comm.Alltoallv([flat, (counts, displs)], [received, ([mine] * ranks, [mine * r for r in range(ranks)])])
+        if ranks == 2:  # this rank's own segment, and the other rank's copy of it, in rank order
+            peer = 1 - me
+            theirs = np.empty(mine, flat.dtype)
+            comm.Sendrecv(flat[displs[peer]:displs[peer] + counts[peer]], dest=peer, recvbuf=theirs, source=peer)
+            own = flat[displs[me]:displs[me] + mine]
+            received = [own, theirs] if me == 0 else [theirs, own]
+        else:
+            received = np.empty((ranks, mine), flat.dtype)
+            comm.Alltoallv([flat, (counts, displs)], [received, ([mine] * ranks, [mine * r for r in range(ranks)])])
     # Summed in the fixed rank order that makes the result independent of MPI. Every operation is on
     # arrays of one dtype (NumPy converts mixed float32/float64 operands in small buffered blocks, at
     # several times the cost), and no zero-filled start: the first term is converted into the total.
@@ -213,7 +221,7 @@ def _rank_ordered_sum(flat, weights=None, divisor=None):
             term = total
         else:
             if scratch is None:
-                scratch = np.empty(received.shape[1], accumulate)
+                scratch = np.empty(len(received[0]), accumulate)
             np.copyto(scratch, received[source])
             term = scratch
         if weights is not None:
@@ -221,14 +229,18 @@ def _rank_ordered_sum(flat, weights=None, divisor=None):
         if term is scratch:
             total += scratch
     if total is None:  # every weight is 0 (reduce_gradients refuses that)
-        total = np.zeros(received.shape[1], accumulate)
+        total = np.zeros(len(received[0]), accumulate)
     if divisor is not None:
         total /= divisor
     total = total.astype(flat.dtype, copy=False)
     if whole:
         return total
     out = np.empty(flat.size, flat.dtype)
-    comm.Allgatherv(total, [out, (counts, displs)])
+    if ranks == 2:
+        out[displs[me]:displs[me] + mine] = total
+        comm.Sendrecv(total, dest=peer, recvbuf=out[displs[peer]:displs[peer] + counts[peer]], source=peer)
+    else:
+        comm.Allgatherv(total, [out, (counts, displs)])
     return out
 
 
