@@ -462,6 +462,19 @@ def test_collectives_sum_in_rank_order_and_agree_bitwise(tmp_path):
     assert "op must be" in errors["op"]
 
 
+def test_two_ranks_exchange_halves_to_the_same_bits(tmp_path):
+    """On 2 ranks a large buffer is reduced by swapping halves (Sendrecv), a small one in one allgather:
+    the same bits either way, summed in rank order (an odd length splits unevenly)."""
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES)
+    ok(mpirun(2, script, tmp_path / "out"))
+    reports = [json.loads((tmp_path / f"out-{rank}.json").read_text()) for rank in range(2)]
+    for report in reports:
+        assert report["sum"] == reports[0]["sum"] and report["average"] == reports[0]["average"]
+        assert report["sum_as_expected"] and report["big_as_expected"] and report["paths_agree"]
+        assert report["ints"] == [1, 2]
+
+
 def test_cli_train_under_mpiexec(tmp_path):
     saved = tmp_path / "seed.fastconv"
     result = ok(launch([MPIEXEC, "-n", "2", sys.executable, "-m", "fastconv", "train", "--train-size", "3000",
