@@ -6,14 +6,15 @@
 # FASTCONV_PYTHON: a Python with fastconv (and threadpoolctl, matplotlib) installed, default python3;
 # TORCH_PYTHON: a Python with PyTorch, used only in processes that do not import fastconv;
 # BEFORE_PYTHON: an install of an older commit for benchmarks/compare_training_step.py (skipped if unset).
-# STEPS="peak gemm suite epochs compare" chooses the steps (default: all, in that order);
+# STEPS="peak gemm suite epochs compare distributed" chooses the steps (default: all, in that order;
+# distributed needs mpi4py and an mpiexec beside FASTCONV_PYTHON, pip install "fastconv[mpi]");
 # EPOCH_ROUNDS (default 2) the alternated rounds of epochs.
 set -u
 out=${1:?usage: benchmark_page.sh OUT_DIR [FASTCONV_PYTHON] [TORCH_PYTHON] [BEFORE_PYTHON]}
 fc=${2:-python3}
 torch=${3:-}
 before=${4:-}
-steps=${STEPS:-peak gemm suite epochs compare}
+steps=${STEPS:-peak gemm suite epochs compare distributed}
 here=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 log="$out/load.log"
@@ -41,6 +42,9 @@ for s in $steps; do
         done ;;
     compare)
         [ -n "$before" ] && step compare "$fc" "$here/benchmarks/compare_training_step.py" --before "$before" ;;
+    distributed)  # 2 MPI ranks against 1 process and PyTorch DDP, each variant in its own processes
+        step distributed "$fc" -m fastconv bench distributed ${torch:+--torch-python "$torch"} \
+            --json "$out/distributed.json" ;;
     *) echo "unknown step $s" >&2 ;;
     esac
 done
