@@ -1,8 +1,7 @@
 """Data-parallel training on MPI: real `mpiexec -n 2` / `-n 3` jobs, each a subprocess with a timeout,
 so a hang fails the test instead of blocking the suite.
 
-These need mpi4py and an MPI launcher (`pip install ".[test,mpi]"`); CI runs this file in a step of
-its own that installs them.
+The test extra installs mpi4py and the mpich wheel, whose mpiexec lands next to the Python.
 """
 import json
 import os
@@ -17,9 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-mpi4py = pytest.importorskip("mpi4py")
-
-import fastconv  # noqa: E402
+import fastconv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # mpiexec comes with the mpich wheel, next to this Python; a site's MPI puts it on PATH.
@@ -475,16 +472,17 @@ def test_two_ranks_exchange_halves_to_the_same_bits(tmp_path):
         assert report["ints"] == [1, 2]
 
 
-def test_cli_train_under_mpiexec(tmp_path):
+def test_cli_train_under_mpiexec_reaches_98_percent_in_one_epoch(tmp_path):
+    """The README's `mpiexec -n 2 fastconv train`: one epoch of all 60,000 images, rank 0 alone prints."""
     saved = tmp_path / "seed.fastconv"
-    result = ok(launch([MPIEXEC, "-n", "2", sys.executable, "-m", "fastconv", "train", "--train-size", "3000",
-                        "--epochs", "1", "--seed", "1", "--save", str(saved)], 180))
-    assert result.stdout.count("test accuracy:") == 1  # rank 0 alone prints
+    result = ok(launch([MPIEXEC, "-n", "2", sys.executable, "-m", "fastconv", "train", "--epochs", "1",
+                        "--seed", "1", "--save", str(saved)], 400))
+    assert result.stdout.count("test accuracy:") == 1
     assert "data-parallel over 2 ranks (2 on this machine): 64 images per step, 32 on each rank" in result.stdout
     bars = [line for line in result.stdout.splitlines() if "images/s" in line]
-    assert len(bars) == 1 and bars[0].startswith("47/47 [")  # 47 global batches of 64, as on one process
+    assert len(bars) == 1 and bars[0].startswith("938/938 [")  # 938 global batches of 64, as on one process
     accuracy = float(result.stdout.split("test accuracy:")[1].split()[0])
-    assert accuracy > 0.85  # as test_cli's single-process run of the same command
+    assert accuracy >= 0.98
     report = result.stdout.split("data-parallel over 2 ranks: gradient reduction ")[1].split("\n")[0]
     assert " ms per step (" in report and "% of the training step" in report
     assert saved.exists()
