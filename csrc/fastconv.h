@@ -124,8 +124,8 @@ int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);
 
 /* ---- training: elementwise, in place where it updates ---- */
 int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx);  /* dx = y > 0 ? dy : 0 */
-/* y = x * mask, mask[i] = 1/(1-rate) or 0 from a counter-based hash of (seed, i). */
-int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask);
+/* y = x * mask, mask[i] = 1/(1-rate) or 0 from a counter-based hash of (seed, first + i). */
+int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, int64_t first, float *y, float *mask);
 int fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                     float beta_2, float epsilon);
 int fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,

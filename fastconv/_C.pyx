@@ -58,7 +58,7 @@ cdef extern from "fastconv.h" nogil:
     int fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
     int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
     int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
-    int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask)
+    int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, int64_t first, float *y, float *mask)
     int fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                         float beta_2, float epsilon)
     int fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad,
@@ -399,9 +399,9 @@ def sgd_update(float[::1] w, const float[::1] g, float[::1] velocity, float lr, 
         fc_sgd_update(w.shape[0], &w[0], &g[0], velocity_ptr, lr, momentum, nesterov)
 
 
-def dropout_forward(const float[::1] x, float rate, uint64_t seed, float[::1] y, float[::1] mask):
+def dropout_forward(const float[::1] x, float rate, uint64_t seed, int64_t first, float[::1] y, float[::1] mask):
     with nogil:
-        fc_dropout_forward(x.shape[0], &x[0], rate, seed, &y[0], &mask[0])
+        fc_dropout_forward(x.shape[0], &x[0], rate, seed, first, &y[0], &mask[0])
 
 
 def batchnorm_statistics(int64_t channels, const float[::1] x, float[::1] mean, float[::1] variance):

@@ -23,7 +23,7 @@ __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
     "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update",
-    "rmsprop_update", "sgd_update", "batch_norm", "batch_norm_backward", "conv2d_algorithm", "CONV_ALGORITHMS",
+    "rmsprop_update", "sgd_update", "batch_norm", "batch_norm_statistics", "batch_norm_backward", "conv2d_algorithm", "CONV_ALGORITHMS",
     "conv2d_plan", "CONV_PATHS",
     "affine_transform",
 ]
@@ -488,18 +488,22 @@ def _check_dropout(rate, seed):
     return float(rate), int(seed)
 
 
-def dropout(x, rate, seed):
+def dropout(x, rate, seed, first=0):
     """Inverted dropout: returns (x * mask, mask), mask = 1/(1-rate) where kept, else 0.
 
-    Element i is kept when a counter-based hash of (seed, i) is >= rate, so the mask depends only on
-    the seed and the size: the same for any thread count and in fastconv.reference.
+    Element i is kept when a counter-based hash of (seed, first + i) is >= rate, so the mask depends
+    only on the seed and the size: the same for any thread count and in fastconv.reference. `first`
+    is x's offset in elements within a larger array the mask is drawn for: a rank holding samples
+    k, k+1, ... of a batch passes k times a sample's size and gets those samples' part of its mask.
     """
     rate, seed = _check_dropout(rate, seed)
+    if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or first < 0:
+        raise ValueError(f"first must be an int >= 0, got {first!r}")
     x32 = as_float_array(x, "x")
     y = _empty(x32.shape, dtype=np.float32)
     mask = _empty(x32.shape, dtype=np.float32)
     if x32.size:
-        _C.dropout_forward(_flat(x32), rate, seed, _flat(y), _flat(mask))
+        _C.dropout_forward(_flat(x32), rate, seed, int(first), _flat(y), _flat(mask))
     return y, mask
 
 
@@ -597,6 +601,21 @@ def batch_norm(x, gamma=None, beta=None, *, epsilon=1e-3, mean=None, variance=No
     if x32.size:
         _C.batchnorm_forward(channels, _flat(x32), mean, variance, c["gamma"], c["beta"], float(epsilon), _flat(y))
     return y, mean, variance
+
+
+def batch_norm_statistics(x):
+    """The per-channel (last axis) mean and biased variance of x, as batch_norm computes them in
+    training, without normalising: float32 arrays."""
+    x32 = as_float_array(x, "x")
+    if x32.ndim < 1:
+        raise ValueError(f"x must have a channel axis, got shape {x32.shape}")
+    channels = x32.shape[-1]
+    mean, variance = np.empty(channels, dtype=np.float32), np.empty(channels, dtype=np.float32)
+    if x32.size:
+        _C.batchnorm_statistics(channels, _flat(x32), mean, variance)
+    else:
+        mean[...] = variance[...] = np.nan  # the statistics of no rows
+    return mean, variance
 
 
 def batch_norm_backward(dy, x, mean, variance, gamma=None, *, epsilon=1e-3, batch_statistics=True, need_dx=True):

@@ -16,7 +16,7 @@ __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward",
     "avgpool2d", "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward",
     "relu_backward", "dropout", "adam_update", "adadelta_update", "rmsprop_update", "sgd_update", "batch_norm",
-    "batch_norm_backward", "affine_transform",
+    "batch_norm_statistics", "batch_norm_backward", "affine_transform",
 ]
 
 
@@ -274,12 +274,12 @@ def _hash32(x):
     return x ^ (x >> np.uint32(16))
 
 
-def dropout(x, rate, seed):
+def dropout(x, rate, seed, first=0):
     """Inverted dropout with fastconv.dropout's mask: element i is kept when
-    hash32(hash32(i + low32(seed)) ^ high32(seed)) / 2**32, from its top 24 bits, is >= rate."""
+    hash32(hash32(first + i + low32(seed)) ^ high32(seed)) / 2**32, from its top 24 bits, is >= rate."""
     x = np.asarray(x)
     dtype = np.float64 if x.dtype == np.float64 else np.float32
-    index = np.arange(x.size, dtype=np.uint64).astype(np.uint32)  # wraps past 2**32 like the C index
+    index = np.arange(first, first + x.size, dtype=np.uint64).astype(np.uint32)  # wraps past 2**32 like the C index
     with np.errstate(over="ignore"):
         h = _hash32(_hash32(index + np.uint32(seed & 0xFFFFFFFF)) ^ np.uint32(seed >> 32))
     uniform = (h >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
@@ -349,6 +349,13 @@ def batch_norm(x, gamma=None, beta=None, *, epsilon=1e-3, mean=None, variance=No
     if c["beta"] is not None:
         y += c["beta"]
     return y, mean, variance
+
+
+def batch_norm_statistics(x):
+    """The per-channel (last axis) mean and biased variance of x."""
+    x = np.asarray(x)
+    axes = tuple(range(x.ndim - 1))
+    return x.mean(axis=axes), x.var(axis=axes)
 
 
 def batch_norm_backward(dy, x, mean, variance, gamma=None, *, epsilon=1e-3, batch_statistics=True, need_dx=True):

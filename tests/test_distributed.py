@@ -519,3 +519,51 @@ def test_without_mpi4py_the_error_names_the_extra_and_plain_training_never_loads
     """)
     result = ok(launch([sys.executable, "-c", code], 60))
     assert result.stdout.strip() == "ok"
+
+
+# deterministic="ranks": a model with every layer whose sums the micro-batch tree reduces, trained on
+# a global batch that ends with a partial batch (100 = 3 x 32 + 4: on 4 ranks, three of them hold
+# nothing in the last step). Each rank writes its weights and logs.
+RANKS_TRAIN = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from fastconv import keras
+
+    out = sys.argv[1]
+    keras.utils.set_random_seed(0)
+    data = np.random.default_rng(1)
+    x, y = data.normal(size=(100, 8, 8, 2)).astype(np.float32), data.integers(0, 3, 100)
+    keras.distribution.set_distribution(keras.distribution.DataParallel(deterministic="ranks"))
+    rank = keras.distribution.distribution().process_id
+    model = keras.Sequential([
+        keras.Input((8, 8, 2)), keras.layers.Conv2D(8, 3, activation="relu"),
+        keras.layers.BatchNormalization(momentum=0.5), keras.layers.Conv2D(8, 3, padding="same"),
+        keras.layers.MaxPooling2D(2), keras.layers.Dropout(0.3), keras.layers.Flatten(),
+        keras.layers.Dense(16, activation="relu"), keras.layers.BatchNormalization(), keras.layers.Dropout(0.2),
+        keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=32, epochs=2, validation_data=(x[:20], y[:20]), verbose=0)
+    np.savez(f"{out}-{rank}.npz", *model.get_weights())
+    with open(f"{out}-{rank}.json", "w") as file:
+        json.dump(history.history, file)
+""")
+
+
+def test_deterministic_ranks_gives_the_same_weights_bitwise_on_1_2_3_and_4_ranks(tmp_path):
+    """With deterministic="ranks" the weights after training (Conv2D, Dense, BatchNormalization with its
+    moving statistics, Dropout, a partial last batch, ranks without samples) do not depend on the
+    number of ranks, to the bit; the logged numbers agree to rounding."""
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_TRAIN)
+    outcomes = {}
+    for ranks in (1, 2, 3, 4):
+        ok(mpirun(ranks, script, tmp_path / f"n{ranks}", timeout=120))
+        outcomes[ranks] = results(tmp_path / f"n{ranks}", ranks)
+    (reference,), (reference_logs,) = outcomes[1]
+    assert len(reference) == 16  # conv 2 + 2, dense 2 + 2, batch norm 4 + 4
+    for ranks, (weights, logs) in outcomes.items():
+        for rank_weights in weights:
+            assert_bitwise_equal(reference, rank_weights)
+        assert all(rank_logs == logs[0] for rank_logs in logs)
+        assert_close_logs(logs[0], reference_logs)

@@ -44,12 +44,13 @@ static inline float uniform_at(uint64_t seed, uint32_t i)
     return (float)(h >> 8) * 0x1p-24f;
 }
 
-static void dropout(int64_t i0, int64_t i1, const float *x, float rate, uint64_t seed, float *y, float *mask)
+static void dropout(int64_t i0, int64_t i1, const float *x, float rate, uint64_t seed, int64_t first, float *y,
+                    float *mask)
 {
     const float scale = 1.0f / (1.0f - rate);
     #pragma omp simd
     for (int64_t i = i0; i < i1; i++) {
-        const float m = uniform_at(seed, (uint32_t)i) >= rate ? scale : 0.0f;
+        const float m = uniform_at(seed, (uint32_t)(first + i)) >= rate ? scale : 0.0f;
         mask[i] = m;
         y[i] = x[i] * m;
     }

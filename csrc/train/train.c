@@ -22,7 +22,7 @@ int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
     return FC_OK;
 }
 
-int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, float *y, float *mask)
+int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, int64_t first, float *y, float *mask)
 {
     const fc_elementwise_kernels *kernels = fc_active_elementwise();  /* one look-up: the call's */
     const int threads = threads_for(n);
@@ -30,7 +30,7 @@ int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, flo
     {
         int64_t i0, i1;
         my_share(n, &i0, &i1);
-        kernels->dropout(i0, i1, x, rate, seed, y, mask);
+        kernels->dropout(i0, i1, x, rate, seed, first, y, mask);
     }
     return FC_OK;
 }

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from fastconv.keras import backend, distributed
+from fastconv.keras import backend, distributed, microbatch
 
 _distribution = None
 
@@ -65,7 +65,9 @@ class DataParallel:
     `keras.distribution.DataParallel`). `devices` (or a one-axis `device_mesh`) must be all ranks'
     devices, list_devices(): a subset would leave ranks out of the collectives."""
 
-    def __init__(self, device_mesh=None, devices=None, auto_shard_dataset=True):
+    def __init__(self, device_mesh=None, devices=None, auto_shard_dataset=True, deterministic=None):
+        if deterministic not in (None, "ranks"):
+            raise ValueError(f"deterministic must be None or 'ranks', got {deterministic!r}")
         all_devices = list_devices()
         if device_mesh is not None:
             if not isinstance(device_mesh, DeviceMesh) or len(device_mesh.shape) != 1:
@@ -83,6 +85,9 @@ class DataParallel:
         self.device_mesh = device_mesh or DeviceMesh((len(all_devices),), ["batch"], all_devices)
         self.batch_dim_name = self.device_mesh.axis_names[0]
         self.auto_shard_dataset = True
+        # "ranks": the same weights, bitwise, for any number of ranks at the same global batch
+        # (fastconv.keras.microbatch); None: bitwise the same for a given number of ranks
+        self.deterministic = deterministic
 
     @property
     def num_processes(self):
@@ -128,12 +133,20 @@ def active():
     return _distribution
 
 
+def deterministic_ranks():
+    """Whether the distribution set asks for weights independent of the number of ranks (then fit and
+    evaluate run through sharded() even on one rank)."""
+    return _distribution is not None and _distribution.deterministic == "ranks"
+
+
 def is_chief():
     """False on the ranks other than 0 of an active distribution: they print, log and save nothing."""
     return _distribution is None or distributed.is_chief()
 
 
 def _shard(batch_size, ranks, rank):
+    if deterministic_ranks():  # whole leaves: one node of the micro-batch tree per rank
+        return microbatch.shard(batch_size, ranks, rank)
     return slice(batch_size * rank // ranks, batch_size * (rank + 1) // ranks)
 
 
@@ -153,6 +166,12 @@ def fit_scope(trainer, train_data):
     distributed.agree((train_data.num_batches,) + _source_size(train_data),
                       "the training data (batches per epoch, samples, batch size)")
     distributed.broadcast_model(model, 0)
+    if deterministic_ranks():  # the training step adds the gradients across ranks in the leaf tree
+        if distributed.is_distributed(optimizer):
+            raise ValueError("deterministic='ranks' reduces the gradients itself: compile with a plain "
+                             "optimizer, not a DistributedOptimizer")
+        yield
+        return
     installed = not distributed.is_distributed(optimizer)
     if installed:
         distributed.make_distributed(optimizer)
@@ -179,6 +198,16 @@ def _split_random_state():
     probe = np.random.default_rng()
     probe.bit_generator.state = shared.bit_generator.state
     backend.seed(np.random.SeedSequence([int(probe.integers(0, 2**63)), distributed.rank()]))
+    return shared
+
+
+def _step_random_state(shared, index):
+    """For deterministic="ranks": the same generator on every rank for step `index`, derived from the
+    shared one (`shared`, or the current one at the first step, which it returns) without advancing it."""
+    shared = shared or backend.rng()
+    probe = np.random.default_rng()
+    probe.bit_generator.state = shared.bit_generator.state
+    backend.seed(np.random.SeedSequence([int(probe.integers(0, 2**63)), index]))
     return shared
 
 
@@ -292,6 +321,12 @@ def sharded(trainer, batches, step_function, batch_end, training):
     ranks, rank = distributed.size(), distributed.rank()
     model = trainer.model
     state = {"stop": False, "finished": False, "weights": None}
+    by_leaves = training and deterministic_ranks()
+    if by_leaves:
+        microbatch.check_model(model)
+        if trainer._overridden("train_step"):
+            raise ValueError("deterministic='ranks' needs the built-in train_step: a model's own train_step "
+                             "cannot reduce its gradients by micro-batches")
 
     def local_batches():
         _sync_random_state()
@@ -308,7 +343,9 @@ def sharded(trainer, batches, step_function, batch_end, training):
                     return
                 if not _same_batch(have, index):
                     return
-                if shared is None:
+                if by_leaves:  # every rank draws the same values for the global batch: a stream per step
+                    shared = _step_random_state(shared, index)
+                elif shared is None:
                     shared = _split_random_state()
                 state["weights"] = [_shard(size, ranks, r).stop - _shard(size, ranks, r).start for r in range(ranks)]
                 if isinstance(batch, LocalBatch):  # only this rank's rows were read
@@ -326,12 +363,17 @@ def sharded(trainer, batches, step_function, batch_end, training):
     def step(xs, ys, weights):
         count = len(xs[0])
         started = time.perf_counter()
-        with distributed.step_weights(state["weights"]):
+        counts = state["weights"]
+        leaves = microbatch.window(sum(counts[:rank]), count, sum(counts), present=None if ranks == 1 else
+                                   [c > 0 for c in counts]) if by_leaves else contextlib.nullcontext()
+        with distributed.step_weights(counts), leaves:
             if count:
                 stats = step_function(xs, ys, weights)
             else:
                 stats = {}
-                if training:  # an empty slice still joins the reductions, with weight 0
+                if by_leaves:
+                    microbatch.join_empty_step(model, trainer.optimizer, _synchronised_norms(model))
+                elif training:  # an empty slice still joins the reductions, with weight 0
                     _join_empty_step(model)
                     variables = model.trainable_weights
                     trainer.optimizer.apply([None] * len(variables), variables)

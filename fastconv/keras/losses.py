@@ -8,7 +8,7 @@ per-sample values like Keras.
 """
 import numpy as np
 
-from fastconv.keras import activations, autodiff, backend
+from fastconv.keras import activations, autodiff, backend, microbatch
 
 EPSILON = 1e-7  # Keras' backend epsilon: probabilities are clipped to [EPSILON, 1 - EPSILON]
 
@@ -85,7 +85,7 @@ class Loss:
         with autodiff.GradientTape() as tape:
             tape.watch(pred)
             per_sample = self.call(y_true, pred)
-        count = max(np.size(autodiff.unwrap(per_sample)), 1)
+        count = max(_batch(np.size(autodiff.unwrap(per_sample)), y_pred), 1)
         seed = np.full(np.shape(autodiff.unwrap(per_sample)), 1 / count, pred.dtype)
         return tape.gradient(per_sample, pred, output_gradients=seed, unconnected_gradients="zero")
 
@@ -102,7 +102,16 @@ class Loss:
 
 def _entries(y_pred):
     """How many per-sample values the batch mean is over: every axis but the last."""
-    return y_pred.size // y_pred.shape[-1] if y_pred.ndim else 1
+    return _batch(y_pred.size // y_pred.shape[-1] if y_pred.ndim else 1, y_pred)
+
+
+def _batch(count, y_pred):
+    """count, the values of y_pred's batch a gradient's mean is over; in a deterministic="ranks" step
+    those of the global batch, so that every rank scales each sample's gradient by the same 1/n."""
+    samples = microbatch.global_count()
+    if samples is None or not np.ndim(y_pred) or not len(y_pred):
+        return count
+    return count // len(y_pred) * samples
 
 
 class CategoricalCrossentropy(Loss):
@@ -216,16 +225,16 @@ class BinaryCrossentropy(Loss):
     def gradient(self, y_true, y_pred):
         y = self._smooth(y_true)
         if self.from_logits:
-            return ((activations.sigmoid(y_pred) - y) / y_pred.size).astype(y_pred.dtype, copy=False)
+            return ((activations.sigmoid(y_pred) - y) / _batch(y_pred.size, y_pred)).astype(y_pred.dtype, copy=False)
         inside = (y_pred > EPSILON) & (y_pred < 1 - EPSILON)
         p = np.clip(y_pred, EPSILON, 1 - EPSILON)
-        return (np.where(inside, (p - y) / (p * (1 - p)), 0) / y_pred.size).astype(y_pred.dtype, copy=False)
+        return (np.where(inside, (p - y) / (p * (1 - p)), 0) / _batch(y_pred.size, y_pred)).astype(y_pred.dtype, copy=False)
 
     def fused(self, y_true, logits, activation):
         if self.from_logits or activation is not activations.sigmoid:
             return None
         y = self._smooth(y_true)
-        grad = (activations.sigmoid(logits) - y) / logits.size
+        grad = (activations.sigmoid(logits) - y) / _batch(logits.size, logits)
         return self._logit_values(y, logits).mean(axis=-1), grad.astype(logits.dtype, copy=False)
 
     def get_config(self):
@@ -239,7 +248,7 @@ class MeanSquaredError(Loss):
         return np.square(y_pred - y_true).mean(axis=-1)
 
     def gradient(self, y_true, y_pred):
-        return (2 / y_pred.size) * (y_pred - y_true)
+        return (2 / _batch(y_pred.size, y_pred)) * (y_pred - y_true)
 
 
 class MeanAbsoluteError(Loss):
@@ -249,7 +258,7 @@ class MeanAbsoluteError(Loss):
         return np.abs(y_pred - y_true).mean(axis=-1)
 
     def gradient(self, y_true, y_pred):
-        return (np.sign(y_pred - y_true) / y_pred.size).astype(y_pred.dtype, copy=False)
+        return (np.sign(y_pred - y_true) / _batch(y_pred.size, y_pred)).astype(y_pred.dtype, copy=False)
 
 
 def _values(loss, y_true, y_pred):

@@ -9,7 +9,7 @@ import numpy as np
 
 from fastconv.keras import distribution as distribution_lib
 from fastconv.keras import backend, callbacks as callbacks_module, config, data_adapters, losses, \
-    metrics as metrics_module, optimizers
+    metrics as metrics_module, microbatch, optimizers
 
 
 def _check_positive_int(value, name):
@@ -285,6 +285,7 @@ class Trainer:
         for variable in variables:
             variable.grad = None
         model.backward_graph(contexts, grads, preactivation_outputs)
+        microbatch.reduce_gradients(variables)  # deterministic="ranks": across ranks in the leaf tree
         total += model.graph_added_loss(contexts)
         for variable in variables:
             if variable.regularizer is not None:
@@ -363,7 +364,8 @@ class Trainer:
         self.model.reset_metrics()
         means, group_open, step = _RunningMeans(), False, -1
         with contextlib.closing(data.epoch()) as batches:
-            if distribution_lib.active():  # this rank's slice of each global batch, logs over all ranks
+            if distribution_lib.active() or distribution_lib.deterministic_ranks():  # this rank's slice of each
+                # global batch, logs over all ranks (deterministic="ranks": by micro-batches, even on one rank)
                 batches, step_function, batch_end = distribution_lib.sharded(
                     self, batches, step_function, batch_end, step_function == self.train_step)
             for step, (xs, ys, weights) in enumerate(batches):

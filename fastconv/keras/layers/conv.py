@@ -1,5 +1,5 @@
 """Conv2D, channels_last with the kernel stored (kh, kw, cin, cout) as Keras does, and Conv2DTranspose."""
-from fastconv.keras import activations, backend, initializers, regularizers
+from fastconv.keras import activations, backend, initializers, microbatch, regularizers
 from fastconv.keras.layers.base import Layer
 from fastconv.keras.layers.core import activation_backward, apply_activation
 from fastconv.shapes import checked_int, conv_window, deconv_output_length, output_padding_pair
@@ -59,9 +59,11 @@ class Conv2D(Layer):
     def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         x, pre, out = ctx
         dpre = activation_backward(self.activation, grad, pre, out, from_preactivation)
-        dx, dw, db = backend.ops().conv2d_backward(dpre, x, self.kernel.value, strides=self.strides,
-                                                   padding=self.padding, dilation_rate=self.dilation_rate,
-                                                   need_dx=need_input_grad, x_from_relu=x_from_relu)
+        backward = backend.ops().conv2d_backward
+        if microbatch.active():  # dw and db summed over leaves in the fixed tree (deterministic="ranks")
+            backward = microbatch.by_leaves(backward)
+        dx, dw, db = backward(dpre, x, self.kernel.value, strides=self.strides, padding=self.padding,
+                              dilation_rate=self.dilation_rate, need_dx=need_input_grad, x_from_relu=x_from_relu)
         self.kernel.add_grad(dw)
         if self.bias is not None:
             self.bias.add_grad(db)
@@ -120,10 +122,16 @@ class Conv2DTranspose(Conv2D):
         ops = backend.ops()
         # The forward is conv2d's input gradient, so x is that conv's output gradient and dpre its input:
         # dw comes from conv2d_backward with the two swapped, dx from the forward conv of dpre.
-        _, dw, _ = ops.conv2d_backward(x, dpre, self.kernel.value, need_dx=False, **self._conv_args())
+        if microbatch.active():  # dw and db summed over leaves in the fixed tree (deterministic="ranks")
+            _, dw = microbatch.by_leaves(lambda a, b: ops.conv2d_backward(a, b, self.kernel.value, need_dx=False,
+                                                                          **self._conv_args())[:2])(x, dpre)
+            db = microbatch.leaf_sum(lambda rows: dpre[rows].sum(axis=(0, 1, 2)), len(dpre))
+        else:
+            _, dw, _ = ops.conv2d_backward(x, dpre, self.kernel.value, need_dx=False, **self._conv_args())
+            db = dpre.sum(axis=(0, 1, 2))
         self.kernel.add_grad(dw)
         if self.bias is not None:
-            self.bias.add_grad(dpre.sum(axis=(0, 1, 2)))
+            self.bias.add_grad(db)
         return ops.conv2d(dpre, self.kernel.value, **self._conv_args()) if need_input_grad else None
 
     def get_config(self):

@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from fastconv.keras import activations, backend, initializers, regularizers
+from fastconv.keras import activations, backend, initializers, microbatch, regularizers
 from fastconv.keras.layers.base import Layer
 from fastconv.shapes import checked_int
 
@@ -61,9 +61,15 @@ class Dense(Layer):
         x, pre, out, input_shape = ctx
         dpre = activation_backward(self.activation, grad.reshape(pre.shape), pre, out, from_preactivation)
         gemm = backend.ops().gemm
-        self.kernel.add_grad(gemm(x, dpre, trans_a=True))
+        if microbatch.active():  # summed over leaves in the fixed tree (deterministic="ranks")
+            samples = input_shape[0]
+            dw, db = microbatch.leaf_sum(lambda rows: (gemm(x[rows], dpre[rows], trans_a=True), dpre[rows].sum(axis=0)),
+                                         samples, len(x) // samples)
+        else:
+            dw, db = gemm(x, dpre, trans_a=True), None if self.bias is None else dpre.sum(axis=0)
+        self.kernel.add_grad(dw)
         if self.bias is not None:
-            self.bias.add_grad(dpre.sum(axis=0))
+            self.bias.add_grad(db)
         if not need_input_grad:
             return None
         return gemm(dpre, self.kernel.value, trans_b=True).reshape(input_shape)
@@ -275,7 +281,9 @@ class Dropout(Layer):
         if not training or self.rate == 0:
             return inputs, None
         seed = int((self._rng or backend.rng()).integers(0, 2**63))
-        return backend.ops_for(inputs).dropout(inputs, self.rate, seed)
+        # a rank's samples get their part of the global batch's mask (deterministic="ranks")
+        first = microbatch.first_sample() * (inputs.size // max(len(inputs), 1))
+        return backend.ops_for(inputs).dropout(inputs, self.rate, seed, first)
 
     def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
         return grad if ctx is None else grad * ctx
@@ -301,7 +309,7 @@ class SpatialDropout2D(Dropout):
         if not training or self.rate == 0:
             return inputs, None
         rng = self._rng or backend.rng()
-        keep = rng.random((inputs.shape[0], 1, 1, inputs.shape[3])) >= self.rate
+        keep = microbatch.batch_draw(lambda n: rng.random((n, 1, 1, inputs.shape[3])), inputs.shape[0]) >= self.rate
         mask = (keep / (1 - self.rate)).astype(inputs.dtype)
         return inputs * mask, mask
 

@@ -1,5 +1,5 @@
 """BatchNormalization over the channel (last) axis, with Keras' momentum and epsilon defaults."""
-from fastconv.keras import backend, distribution, initializers, regularizers
+from fastconv.keras import backend, distribution, initializers, microbatch, regularizers
 from fastconv.keras.layers.base import Layer
 
 
@@ -48,6 +48,8 @@ class BatchNormalization(Layer):
 
     def forward(self, inputs, training=False):
         batch_statistics = bool(training and self.trainable)
+        if batch_statistics and microbatch.active():  # the leaves' statistics in the fixed tree
+            return microbatch.batch_norm_forward(self, backend.ops_for(inputs), inputs)
         if batch_statistics and distribution.active():  # synchronised: the global batch's statistics
             return distribution.sync_batch_norm_forward(self, inputs)
         given = {} if batch_statistics else {"mean": self.moving_mean.value, "variance": self.moving_variance.value}
@@ -62,6 +64,8 @@ class BatchNormalization(Layer):
         return out, (inputs, mean, variance, batch_statistics)
 
     def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        if isinstance(ctx, microbatch.BatchNormLeaves):
+            return microbatch.batch_norm_backward(self, backend.ops_for(grad), ctx, grad, need_input_grad)
         if len(ctx) == 5:  # from sync_batch_norm_forward
             return distribution.sync_batch_norm_backward(self, ctx, grad, need_input_grad)
         inputs, mean, variance, batch_statistics = ctx
