@@ -2,8 +2,9 @@
 
     python benchmarks/page_tables.py OUT_DIR > tables.md
 
-Reads peak.txt, gemm.txt, suite.json, epochs-*.txt, compare.txt and load.log; prints each table with
-the load average before and after the step that measured it. Needs only the standard library.
+Reads peak.txt, gemm.txt, suite.json, epochs-*.txt, epochs3-*.txt, compare.txt and load.log; prints each
+table with the load average before and after the step (or the steps) that measured it. Needs only the
+standard library.
 """
 import json
 import pathlib
@@ -32,6 +33,17 @@ def load_note(loads, *names):
             parts.append(f"{entry['start'][0]}-{entry['end'][0]} UTC, load average {entry['start'][1]} -> "
                          f"{entry['end'][1]}")
     return "; ".join(parts)
+
+
+def load_span(loads, names):
+    """One note for a section measured by many steps: its clock range and the range of the 1-minute load
+    averages at their starts and ends."""
+    entries = [loads[name] for name in names if "start" in loads.get(name, {}) and "end" in loads[name]]
+    if not entries:
+        return ""
+    values = [float(entry[which][1]) for entry in entries for which in ("start", "end")]
+    return (f"{entries[0]['start'][0]}-{entries[-1]['end'][0]} UTC in {len(entries)} runs, load average "
+            f"{min(values):.2f}-{max(values):.2f} at their starts and ends")
 
 
 def peak_table(out):
@@ -123,6 +135,108 @@ def epochs_table(out):
     return "\n".join(lines)
 
 
+LIBRARIES = {"fastconv": "fastconv", "torch": "PyTorch", "keras-tf": "Keras 3 on TensorFlow"}
+
+
+def epochs3_results(out):
+    """What the epochs3 step measured: {"models": {model: {"batch", "images", "flops", library: [(round,
+    seconds)]}}, "peak": GFLOPS the floor divides by, "peaks": the readings, "versions": {library: line},
+    "stamp": fastconv's stamp line}; ValueError when there are no runs."""
+    result = {"models": {}, "peaks": [], "versions": {}, "stamp": "", "threads": None}
+    for path in sorted(out.glob("epochs3-floor*.txt")):
+        for line in path.read_text().splitlines():
+            peak = re.match(r"FMA peak (\S+): 1 thread (\S+) GFLOPS, (\d+) threads (\S+) GFLOPS", line)
+            flops = re.match(r"(\S+) training FLOPs per image: (\d+)", line)
+            if line.startswith("fastconv ") and "commit" in line:
+                result["stamp"] = line
+            elif peak:
+                one, threads, many = float(peak.group(2)), int(peak.group(3)), float(peak.group(4))
+                result["peaks"].append((one, many))
+                result["threads"] = threads
+            elif flops:
+                result["models"].setdefault(flops.group(1), {})["flops"] = int(flops.group(2))
+    for path in sorted(out.glob("epochs3-*-*.txt")):
+        match = re.fullmatch(r"epochs3-(fastconv|torch|keras-tf)-(\d+)\.txt", path.name)
+        if not match:
+            continue
+        library, round_ = match.group(1), int(match.group(2))
+        lines = path.read_text().splitlines()
+        for line in lines:
+            if "threads" in line and "load average" in line and library not in result["versions"]:
+                result["versions"][library] = line.rsplit(";", 1)[0]
+            run = re.match(r"(\S+) (?:fastconv|torch|keras) batch (\d+): (\d+) images in (\S+) s", line)
+            if run:
+                model = result["models"].setdefault(run.group(1), {})
+                model.update(batch=int(run.group(2)), images=int(run.group(3)))
+                model.setdefault(library, []).append((round_, float(run.group(4))))
+    if (out / "peak.txt").exists() and result["threads"]:  # the peak step of the same run, if it ran
+        isa = re.search(r"FMA peak (\S+):", "\n".join(p.read_text() for p in out.glob("epochs3-floor*.txt")))
+        cells = [line.split() for line in (out / "peak.txt").read_text().splitlines()]
+        readings = {int(c[1]): float(c[2]) for c in cells if len(c) == 3 and isa and c[0] == isa.group(1)}
+        if 1 in readings and result["threads"] in readings:
+            result["peaks"].append((readings[1], readings[result["threads"]]))
+    result["models"] = {name: m for name, m in result["models"].items() if "fastconv" in m}
+    if not result["models"]:
+        raise ValueError("no epochs3-fastconv-*.txt with results")
+    # The FMA units are per core: threads x the one-thread reading is the cores' peak even when other
+    # processes' load lowered the reading on all threads; the larger of the two keeps the floor a floor.
+    threads = result["threads"] or 1
+    result["peak"] = max((max(many, threads * one) for one, many in result["peaks"]), default=None)
+    return result
+
+
+def run_load(loads, name):
+    """'start/end' 1-minute load averages of one step, one decimal."""
+    entry = loads.get(name, {})
+    return "/".join(f"{float(entry[w][1]):.1f}" if w in entry else "?" for w in ("start", "end"))
+
+
+def epochs3_table(out):
+    data = epochs3_results(out)
+    loads = load_lines(out)
+    versions = "; ".join(data["versions"][lib] for lib in LIBRARIES if lib in data["versions"])
+    lines = [data["stamp"], f"Libraries: {versions}.", "",
+             "| model | batch | library | epoch s per round | best s | images/s (best) | spread of rounds | "
+             "fastconv's speed-up (best / best) | per round | load average at each run's start/end |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, model in data["models"].items():
+        fastconv = dict(model["fastconv"])
+        for library, label in LIBRARIES.items():
+            runs = sorted(model.get(library, []))
+            if not runs:
+                continue
+            times = [seconds for _, seconds in runs]
+            best = min(times)
+            per_round = [seconds / fastconv[r] for r, seconds in runs if r in fastconv]
+            speedup = f"{best / min(fastconv.values()):.2f}x" if library != "fastconv" else ""
+            rounds = ", ".join(f"{r:.2f}x" for r in per_round) if library != "fastconv" else ""
+            load = ", ".join(run_load(loads, f"epochs3-{library}-{r}") for r, _ in runs)
+            lines.append(f"| {name} | {model['batch']} | {label} | {', '.join(f'{t:.3g}' for t in times)} | "
+                         f"{best:.3g} | {model['images'] / best:.0f} | {100 * (max(times) / best - 1):.0f}% | "
+                         f"{speedup} | {rounds} | {load} |")
+    if data["peak"] and any("flops" in m for m in data["models"].values()):
+        readings = ", ".join(f"{one:.1f} / {many:.1f}" for one, many in data["peaks"])
+        threads = data["threads"]
+        lines += ["", f"FMA peak readings (1 thread / {threads} threads, GFLOPS; before and after the runs, "
+                      f"and of the peak step if it ran): {readings}. The floor divides by {data['peak']:.1f} GFLOPS, the larger of the "
+                      f"{threads}-thread reading and {threads} x the 1-thread reading.", "",
+                  "| model | training MFLOP per image (direct) | FMA floor s per epoch | fastconv best s | "
+                  "fastconv epoch / floor | effective % of FMA peak: fastconv | PyTorch | Keras 3 on TensorFlow |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, model in data["models"].items():
+            if "flops" not in model:
+                continue
+            work = model["flops"] * model["images"] / 1e9  # GFLOP per epoch, direct method
+            floor = work / data["peak"]
+            effective = {lib: f"{100 * work / min(t for _, t in model[lib]) / data['peak']:.0f}%"
+                         for lib in LIBRARIES if model.get(lib)}
+            best = min(t for _, t in model["fastconv"])
+            lines.append(f"| {name} | {model['flops'] / 1e6:.2f} | {floor:.3g} | {best:.3g} | {best / floor:.2f} | "
+                         f"{effective['fastconv']} | {effective.get('torch', '-')} | "
+                         f"{effective.get('keras-tf', '-')} |")
+    return "\n".join(lines)
+
+
 def compare_table(out):
     lines = ["| model | variant | ms per step (best) | ratio to fit before |", "|---|---|---:|---:|"]
     for line in (out / "compare.txt").read_text().splitlines():
@@ -175,32 +289,61 @@ def summary(out, loads):
     return "\n".join(lines)
 
 
+def summary_epochs3(out, loads):
+    """The headline lines of the epochs3 step: fastconv's speed against the others, and against the floor."""
+    try:
+        data = epochs3_results(out)
+    except ValueError:
+        return ""
+    lines = []
+    for name, model in data["models"].items():
+        best = {lib: min(t for _, t in model[lib]) for lib in LIBRARIES if model.get(lib)}
+        parts = [f"{best[lib] / best['fastconv']:.2f}x the speed of {LIBRARIES[lib]}"
+                 for lib in ("torch", "keras-tf") if lib in best]
+        if data["peak"] and "flops" in model:
+            floor = model["flops"] * model["images"] / 1e9 / data["peak"]
+            parts.append(f"the epoch takes {best['fastconv'] / floor:.2f}x the model's FMA floor without Winograd "
+                         f"({floor:.3g} s)")
+        lines.append(f"- **{name} training epoch** (batch {model['batch']}, best of {len(model['fastconv'])}, "
+                     f"{best['fastconv']:.3g} s): " + ", ".join(parts) + ".")
+    lines.append(f"  (epochs: {load_span(loads, [k for k in loads if k.startswith('epochs3-')])})")
+    return "\n".join(lines)
+
+
+# name: (table, its step names, or the prefix of the names of its many steps)
 SECTIONS = {"peak": (peak_table, ["peak"]), "gemm": (gemm_table, ["gemm"]), "suite": (suite_table, ["suite"]),
-            "epochs": (epochs_table, None), "compare": (compare_table, ["compare"])}
+            "epochs": (epochs_table, "epochs-"), "epochs3": (epochs3_table, "epochs3-"),
+            "compare": (compare_table, ["compare"])}
 
 
 def sections(out):
     loads = load_lines(out)
-    result = {"summary": summary(out, loads)}
+    result = {"summary": summary(out, loads), "summary-epochs3": summary_epochs3(out, loads)}
     for name, (make, steps) in SECTIONS.items():
-        steps = steps or sorted(k for k in loads if k.startswith("epochs"))
+        if isinstance(steps, str):
+            note = load_span(loads, [k for k in loads if k.startswith(steps)])
+        else:
+            note = load_note(loads, *steps)
         try:
             body = make(out)
         except (OSError, ValueError, KeyError) as exc:
             body = f"(not measured: {exc})"
-        result[name] = f"_Measured {load_note(loads, *steps) or 'with no load record'}._\n\n{body}"
+        result[name] = f"_Measured {note or 'with no load record'}._\n\n{body}"
     return result
 
 
 def main():
     """Prints every table; with --fill PAGE, replaces each `<!-- begin NAME -->...<!-- end NAME -->`
-    block of PAGE with the table NAME instead."""
+    block of PAGE with the table NAME instead, leaving the blocks of tables OUT_DIR has no data for (so a
+    run of some of the steps refreshes only theirs; the summary is rebuilt from what OUT_DIR has)."""
     out = pathlib.Path(sys.argv[1])
     parts = sections(out)
     if len(sys.argv) > 3 and sys.argv[2] == "--fill":
         page = pathlib.Path(sys.argv[3])
         text = page.read_text()
         for name, body in parts.items():
+            if "(not measured: " in body or not body.strip():
+                continue
             text = re.sub(rf"(<!-- begin {name} -->\n).*?(<!-- end {name} -->)",
                           lambda m: m.group(1) + body + "\n" + m.group(2), text, flags=re.S)
         page.write_text(text)

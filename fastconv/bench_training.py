@@ -5,6 +5,7 @@ The PyTorch models below are the same networks (NCHW, same layer sizes, same opt
 settings); every implementation gets uint8 images converted to float32 per batch. This module imports
 neither fastconv nor PyTorch at the top: `fastconv bench` loads it by path in a PyTorch-only process.
 """
+import math
 import time
 
 import numpy as np
@@ -121,12 +122,51 @@ def step_seconds(impl, name, batch_size, steps=10, warmup=2, seed=0):
 
 
 def epoch_seconds(impl, name, batch_size, images, labels, seed=0):
-    """Wall time of one shuffled epoch over `images` (uint8 NHWC)."""
+    """Wall time of one shuffled epoch over `images` (uint8 NHWC), after one warm-up step on a full batch
+    and one on a batch of the epoch's last, partial size (as benchmarks/keras_scripts warm up)."""
     rng = np.random.default_rng(seed)
     step = make_trainer(impl, name)
+    for size in {batch_size, len(images) % batch_size} - {0}:
+        step(images[:size], labels[:size])
     order = rng.permutation(len(images))
     start = time.perf_counter()
     for begin in range(0, len(images), batch_size):
         index = order[begin:begin + batch_size]
         step(images[index], labels[index])
     return time.perf_counter() - start
+
+
+def training_flops(model):
+    """[(layer name, forward, input gradient, weight gradient)]: floating-point operations per image of one
+    training step of `model`, a fastconv keras.Sequential with a known input shape, done the direct way.
+
+    Counts 2 per multiply-add of the Conv2D, Conv2DTranspose and Dense layers, from their shapes: each pass
+    (forward, gradient of the input, gradient of the kernel) does the forward's multiply-adds, and a layer
+    with no trainable layer before it needs no input gradient. Winograd's fewer multiplies are not taken
+    into account, nor is anything else (bias, activations, pooling, normalisation, the optimizer): the sum
+    over the FMA peak is a floor under any direct or GEMM-based training step.
+    """
+    from fastconv.keras import layers as keras_layers
+    from fastconv.keras.models import Model, Sequential
+    if not isinstance(model, Sequential) or len(model.inputs or []) != 1:
+        raise ValueError("model must be a fastconv keras.Sequential model that starts with a keras.Input")
+    shape = tuple(model.inputs[0].shape)
+    rows, first = [], True
+    for layer in model.layers:
+        if isinstance(layer, Model):
+            raise ValueError(f"nested model {layer.name!r}: count the FLOPs of its layers instead")
+        out = tuple(layer.compute_output_shape(shape))
+        if isinstance(layer, keras_layers.Conv2DTranspose):
+            # every input position scatters the whole (kh, kw, cout) kernel of its channel
+            macs = math.prod(shape[1:]) * math.prod(layer.kernel.shape) // shape[-1]
+        elif isinstance(layer, (keras_layers.Conv2D, keras_layers.Dense)):  # Dense: over any leading axes
+            macs = math.prod(out[1:-1]) * math.prod(layer.kernel.shape)
+        elif getattr(layer, "kernel", None) is not None:
+            raise ValueError(f"cannot count the FLOPs of layer {layer.name!r} ({type(layer).__name__})")
+        else:
+            macs = 0  # elementwise, pooling, normalisation or reshaping work
+        if macs:
+            rows.append((layer.name, 2 * macs, 0 if first else 2 * macs, 2 * macs))
+        first = first and not layer.trainable_weights
+        shape = out
+    return rows
