@@ -147,3 +147,20 @@ def test_a_samples_dense_pool_and_batch_norm_results_do_not_depend_on_its_batch(
     _same_rows(lambda v: ops.batch_norm(v, gamma, beta, mean=mean, variance=variance)[0], images)
     _same_rows(lambda v: ops.batch_norm_backward(v, images[:len(v)], mean, variance, gamma,
                                                  batch_statistics=False)[0], images[::-1].copy())
+
+
+@pytest.mark.parametrize("make", [lambda: keras.layers.RandomFlip("horizontal"),
+                                  lambda: keras.layers.RandomTranslation(0.2, 0.2),
+                                  lambda: keras.layers.SpatialDropout2D(0.5)])
+def test_a_ranks_random_draws_are_its_rows_of_the_global_batchs(make):
+    """Augmentation and dropout draw for the global batch (24 images) and keep the rank's rows (8 to
+    16), so an image gets the same draw whichever rank holds it."""
+    images = np.random.default_rng(0).uniform(0, 1, (24, 6, 6, 3)).astype(np.float32)
+    layer = make()
+    keras.utils.set_random_seed(5)
+    with microbatch.window(0, 24, 24):
+        whole = layer(images, training=True)
+    keras.utils.set_random_seed(5)
+    with microbatch.window(8, 8, 24):
+        part = layer(images[8:16], training=True)
+    assert np.asarray(part).tobytes() == np.asarray(whole)[8:16].tobytes()

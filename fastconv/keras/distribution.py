@@ -321,7 +321,8 @@ def sharded(trainer, batches, step_function, batch_end, training):
     ranks, rank = distributed.size(), distributed.rank()
     model = trainer.model
     state = {"stop": False, "finished": False, "weights": None}
-    by_leaves = training and deterministic_ranks()
+    in_leaves = deterministic_ranks()  # the steps' sums, and in training the gradients, by leaves
+    by_leaves = training and in_leaves
     if by_leaves:
         microbatch.check_model(model)
         if trainer._overridden("train_step"):
@@ -365,7 +366,7 @@ def sharded(trainer, batches, step_function, batch_end, training):
         started = time.perf_counter()
         counts = state["weights"]
         leaves = microbatch.window(sum(counts[:rank]), count, sum(counts), present=None if ranks == 1 else
-                                   [c > 0 for c in counts]) if by_leaves else contextlib.nullcontext()
+                                   [c > 0 for c in counts]) if in_leaves else contextlib.nullcontext()
         with distributed.step_weights(counts), leaves:
             if count:
                 stats = step_function(xs, ys, weights)
@@ -377,7 +378,7 @@ def sharded(trainer, batches, step_function, batch_end, training):
                     _join_empty_step(model)
                     variables = model.trainable_weights
                     trainer.optimizer.apply([None] * len(variables), variables)
-        logs = _combine(distributed.allgather_object((count, stats)))
+        logs = (microbatch.combine_logs if in_leaves else _combine)(distributed.allgather_object((count, stats)))
         if training:
             distributed._timings["steps"] += 1
             distributed._timings["step_seconds"] += time.perf_counter() - started

@@ -100,6 +100,27 @@ def leaf_sum(compute, count, rows_per_sample=1, combine=_add):
                  for s in leaves(count, _step.leaf)], combine)
 
 
+def _plus(left, right):
+    return left + right
+
+
+def sample_sum(values):
+    """The sum of `values` (one row per sample of this step's) in float64: each leaf's sum, added in
+    the tree, so that the loss and metric sums, too, are those of one process."""
+    rows = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    return tree([float(rows[s].sum()) for s in leaves(len(rows), _step.leaf)], _plus) or 0.0
+
+
+def combine_logs(gathered):
+    """Every rank's step statistics ((count, {name: (total, weight)}) in rank order) added in the
+    top of the tree, a rank without samples left out."""
+    combined = {}
+    for name in dict.fromkeys(name for _, stats in gathered for name in stats):
+        parts = [stats.get(name) if count else None for count, stats in gathered]
+        combined[name] = tuple(tree([None if part is None else part[i] for part in parts], _plus) for i in (0, 1))
+    return combined
+
+
 def by_leaves(backward):
     """backward(dy, x, *args, **kwargs) -> (dx, *sums), run leaf by leaf on this step's samples: the
     dx concatenated (None stays None), each sum added in the tree."""
@@ -117,6 +138,18 @@ def batch_draw(draw, count):
     if _step is None:
         return draw(count)
     return draw(_step.global_count)[_step.start:_step.start + count]
+
+
+class BatchRows:
+    """A generator's per-sample draws (uniform with size n or (n, ...)) made for the global batch, of
+    which this rank keeps its rows (batch_draw)."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        shape = (size,) if np.isscalar(size) else tuple(size)
+        return batch_draw(lambda n: self.rng.uniform(low, high, (n,) + shape[1:]), shape[0])
 
 
 def shard(count, ranks, rank, leaf=LEAF):

@@ -119,6 +119,13 @@ def _inputs_batch(xs, index):
     return [np.asarray(x[index], dtype=backend.floatx()) for x in xs]
 
 
+def _loss_sum(stats, total, samples_total, count):
+    """The step's (loss sum, count): total * count, or under deterministic="ranks" the per-sample
+    losses' leaf-tree sum (stats["loss"], taken out) plus the added losses and regularizers."""
+    leaf_sum = stats.pop("loss", None)
+    return (total * count if leaf_sum is None else leaf_sum + (total - samples_total) * count, count)
+
+
 class _RunningMeans:
     """Sample-weighted means of the loss and metrics over the batches seen so far. A plain number
     (from a model's own train_step, whose metrics keep their running state) replaces the last one."""
@@ -229,6 +236,8 @@ class Trainer:
         the weighted losses over the batch size, and metrics are weighted means."""
         count = len(outputs[0])
         stats, grads, preactivation_outputs, total = {}, [], [], 0.0
+        leaf_sums = microbatch.active()  # deterministic="ranks": each sum over the samples in the leaf tree
+        sample_losses = 0.0
         for j, (loss, y, output) in enumerate(zip(self.losses, ys, outputs)):
             target = loss.prepare_targets(y, output.shape, output.dtype)
             fused = None
@@ -250,15 +259,22 @@ class Trainer:
                 grads.append(grad if weight == 1.0 else grad * grad.dtype.type(weight))
             value = float(np.mean(per_sample))
             total += weight * value
+            if leaf_sums:
+                row_losses = per_sample.reshape(count, -1).mean(axis=1, dtype=np.float64)
+                sample_losses = sample_losses + weight * row_losses
             if self.output_loss_names:
-                stats[self.output_loss_names[j]] = (value * count, count)
+                stats[self.output_loss_names[j]] = (microbatch.sample_sum(row_losses) if leaf_sums else value * count,
+                                                    count)
             for name, metric, weighted in zip(self.metric_names[j], self.metrics[j], self.metric_weighted[j]):
                 values = metric.values(target, output)
+                total_of = microbatch.sample_sum if leaf_sums else lambda v: float(np.sum(v))
                 if weights is None or not weighted:  # as in Keras, sample weights weigh only weighted_metrics
-                    stats[name] = (float(np.sum(values)), values.size)
+                    stats[name] = (total_of(values), values.size)
                 else:
                     weighted = values.reshape(count, -1).mean(axis=1) * weights
-                    stats[name] = (float(np.sum(weighted)), float(np.sum(weights)))
+                    stats[name] = (total_of(weighted), total_of(weights))
+        if leaf_sums:  # the batch loss's sum over the samples; the model's added losses come on top
+            stats["loss"] = microbatch.sample_sum(sample_losses)
         return total, stats, grads, preactivation_outputs
 
     def _overridden(self, name):
@@ -281,6 +297,7 @@ class Trainer:
         model = self.model
         outputs, contexts = model.forward_graph(xs, training=True)
         total, stats, grads, preactivation_outputs = self._losses_and_gradients(outputs, ys, contexts, True, weights)
+        samples_total = total
         variables = model.trainable_weights
         for variable in variables:
             variable.grad = None
@@ -295,15 +312,16 @@ class Trainer:
         for variable in variables:
             variable.grad = None  # free the gradient arrays between steps
         count = len(outputs[0])
-        return self._track({"loss": (total * count, count), **stats})
+        return self._track({"loss": _loss_sum(stats, total, samples_total, count), **stats})
 
     def builtin_test_step(self, xs, ys, weights=None):
         outputs, contexts = self.model.forward_graph(xs, training=False)
         total, stats, _, _ = self._losses_and_gradients(outputs, ys, None, False, weights)
+        samples_total = total
         total += self.model.graph_added_loss(contexts)
         total += sum(v.regularizer(v.value) for v in self.model.trainable_weights if v.regularizer is not None)
         count = len(outputs[0])
-        return self._track({"loss": (total * count, count), **stats})
+        return self._track({"loss": _loss_sum(stats, total, samples_total, count), **stats})
 
     # ----- loops -----
     def fit(self, x, y, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,

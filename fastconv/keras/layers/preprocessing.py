@@ -20,7 +20,7 @@ import numbers
 import numpy as np
 
 from fastconv import reference
-from fastconv.keras import backend
+from fastconv.keras import backend, microbatch
 from fastconv.keras.layers.base import Layer, _in_call
 from fastconv.shapes import checked_int
 
@@ -191,7 +191,9 @@ class _RandomImageLayer(_ImagePreprocessingLayer):
         return super().__call__(inputs, *args, training=_training_by_default(training), **kwargs)
 
     def _rng(self):
-        return self._generator or backend.rng()
+        rng = self._generator or backend.rng()
+        # deterministic="ranks": draws for the global batch, of which this rank keeps its rows
+        return microbatch.BatchRows(rng) if microbatch.active() else rng
 
     def _forward_batch(self, images, training):
         if not training:
