@@ -15,15 +15,15 @@
 #if defined(__AVX512F__)
 #define MAXPOOL2X2_TABLE fc_maxpool2x2_avx512
 #define MAXPOOL2X2_NAME "maxpool2x2_avx512"
-enum { LANES = 16 };
+#define LANES 16
 #elif defined(__AVX2__) && defined(__FMA__)
 #define MAXPOOL2X2_TABLE fc_maxpool2x2_avx2
 #define MAXPOOL2X2_NAME "maxpool2x2_avx2"
-enum { LANES = 8 };
+#define LANES 8
 #else
 #define MAXPOOL2X2_TABLE fc_maxpool2x2_generic
 #define MAXPOOL2X2_NAME "maxpool2x2_generic"
-enum { LANES = 4 };
+#define LANES 4
 #endif
 
 typedef float vf __attribute__((vector_size(4 * LANES)));
@@ -35,7 +35,7 @@ static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vi beats(vf v, vf best) { return (v > best) | ((v != v) & (best == best)); }
 static inline vf select_lanes(vi take, vf v, vf other) { return (vf)((take & (vi)v) | (~take & (vi)other)); }
 
-/* LANES argmax bytes to and from the lanes of a vi (values 0..255). */
+/* LANES argmax bytes to and from the lanes of a vi (values 0..255; packs saturate, which keeps them). */
 #if LANES == 4 && defined(__SSE2__)
 static inline vi load_bytes(const uint8_t *p)
 {
@@ -49,6 +49,16 @@ static inline void store_bytes(uint8_t *p, vi v)
     const __m128i words = _mm_packs_epi32((__m128i)v, (__m128i)v);
     const int32_t bytes = _mm_cvtsi128_si32(_mm_packus_epi16(words, words));
     memcpy(p, &bytes, sizeof bytes);
+}
+#elif LANES == 8
+/* AVX2: one zero-extension and two packs (the vector-extension fallback below compiles to eight
+ * scalar byte moves each way here). */
+static inline vi load_bytes(const uint8_t *p) { return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+static inline void store_bytes(uint8_t *p, vi v)
+{
+    const __m256i lanes = (__m256i)v;
+    const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
+    _mm_storel_epi64((__m128i *)p, _mm_packus_epi16(words, words));
 }
 #else
 static inline vi load_bytes(const uint8_t *p)
