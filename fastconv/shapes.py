@@ -208,6 +208,8 @@ def _key(value):
     if kind is int or kind is str or value is None:
         return value
     if kind is tuple or kind is list:
+        if all(type(item) is int for item in value):  # a shape: the common case, without a call per item
+            return tuple(value)
         items = tuple(map(_key, value))
         return _UNCACHED if _UNCACHED in items else items  # (ints compare unequal to it without a Python call)
     return _UNCACHED

@@ -168,6 +168,18 @@ def _plain_logs(logs, what):
     return plain
 
 
+def _model_class():
+    """keras.Model (models.py imports this module, so it is looked up on first use, then kept)."""
+    global _MODEL
+    if _MODEL is None:
+        from fastconv.keras.models import Model
+        _MODEL = Model
+    return _MODEL
+
+
+_MODEL = None
+
+
 class Trainer:
     """Holds the compiled loss, optimizer and metrics of one model and runs its loops."""
 
@@ -278,8 +290,7 @@ class Trainer:
         return total, stats, grads, preactivation_outputs
 
     def _overridden(self, name):
-        from fastconv.keras.models import Model
-        return getattr(type(self.model), name) is not getattr(Model, name)
+        return getattr(type(self.model), name) is not getattr(_model_class(), name)
 
     def train_step(self, xs, ys, weights=None):
         """One training step on a batch: the model's own train_step when it overrides Keras' (its logs
