@@ -216,6 +216,57 @@ static void forward(const fc_conv_shape *s, const float *x, const float *wp, con
     }
 }
 
+/* acc += x[ox + j][c] * d[ox] over the border columns of tap j: [lo, hi) without [skip_lo, skip_hi). */
+static inline __attribute__((always_inline)) void border_tap(const float *xr, const float *d, int64_t ld,
+                                                             int64_t cin, int64_t lo, int64_t hi, int64_t skip_lo,
+                                                             int64_t skip_hi, vfloat acc[NV])
+{
+    for (int64_t ox = lo; ox < hi; ox++) {
+        if (ox == skip_lo && skip_hi > skip_lo) {
+            ox = skip_hi - 1;
+            continue;
+        }
+        const vfloat xv = splat(xr[ox * cin]);
+        for (int v = 0; v < NV; v++) acc[v] += xv * *(const vfloat_unaligned *)(d + ox * ld + v * LANES);
+    }
+}
+
+/* One kernel row of a 3-wide, stride-1, undilated kernel over one output row: dst[j][c] += sum over
+ * ox of x[ox + j][c] * d[ox] for the three taps j at once, so each vector of dy is loaded once for
+ * three FMAs and the loop runs over the whole row (one tap at a time, it reloaded dy per tap over
+ * loops of ow / U). xr points at input column -pad_left of the row; d at the row's block of dy. The
+ * taps' accumulators are separate variables, so that they stay in registers. */
+static void three_taps_weight_grad(const fc_conv_shape *s, const float *xr, const float *d, int64_t ld, float *dst)
+{
+    int64_t lo[3], hi[3];
+    for (int j = 0; j < 3; j++) column_range(s, j, &lo[j], &hi[j]);
+    /* Tap j reads inside the image for ox in [lo[j], hi[j]); both ends fall as j grows, so every tap
+     * does for ox in [lo[0], hi[2]). */
+    const int64_t inner_lo = lo[0], inner_hi = hi[2] > lo[0] ? hi[2] : lo[0];
+    const int64_t cin = s->cin;
+    for (int64_t c = 0; c < cin; c++) {
+        vfloat a0[NV] = {0}, a1[NV] = {0}, a2[NV] = {0};
+        for (int64_t ox = inner_lo; ox < inner_hi; ox++) {
+            const float *xp = xr + ox * cin + c;
+            const vfloat x0 = splat(xp[0]), x1 = splat(xp[cin]), x2 = splat(xp[2 * cin]);
+            for (int v = 0; v < NV; v++) {
+                const vfloat dv = *(const vfloat_unaligned *)(d + ox * ld + v * LANES);
+                a0[v] += x0 * dv;
+                a1[v] += x1 * dv;
+                a2[v] += x2 * dv;
+            }
+        }
+        border_tap(xr + c, d, ld, cin, lo[0], hi[0], inner_lo, inner_hi, a0);
+        border_tap(xr + cin + c, d, ld, cin, lo[1], hi[1], inner_lo, inner_hi, a1);
+        border_tap(xr + 2 * cin + c, d, ld, cin, lo[2], hi[2], inner_lo, inner_hi, a2);
+        for (int v = 0; v < NV; v++) {
+            *(vfloat *)(dst + c * BLOCK + v * LANES) += a0[v];
+            *(vfloat *)(dst + (cin + c) * BLOCK + v * LANES) += a1[v];
+            *(vfloat *)(dst + (2 * cin + c) * BLOCK + v * LANES) += a2[v];
+        }
+    }
+}
+
 static void weight_grad(const fc_conv_shape *s, const float *x, const float *dy, int64_t row0, int64_t rows,
                         float *dwp, float *dbp, int first, float *scratch)
 {
@@ -228,23 +279,31 @@ static void weight_grad(const fc_conv_shape *s, const float *x, const float *dy,
     for (int64_t r = row0; r < row0 + rows; r++) {
         const int64_t img = r / s->oh, oy = r % s->oh;
         const float *image = x + img * s->h * s->w * s->cin;
-        const float *g = dy + r * s->ow * s->cout;
-        for (int64_t ox = 0; ox < s->ow; ox++) {  /* dy row, each pixel's channels padded to ld */
-            memcpy(scratch + ox * ld, g + ox * s->cout, sizeof(float) * (size_t)s->cout);
-            memset(scratch + ox * ld + s->cout, 0, sizeof(float) * (size_t)(ld - s->cout));
+        const float *g = dy + r * s->ow * s->cout, *row = g;
+        if (ld != s->cout) {  /* dy row, each pixel's channels padded to ld (whole blocks are read in place) */
+            for (int64_t ox = 0; ox < s->ow; ox++) {
+                memcpy(scratch + ox * ld, g + ox * s->cout, sizeof(float) * (size_t)s->cout);
+                memset(scratch + ox * ld + s->cout, 0, sizeof(float) * (size_t)(ld - s->cout));
+            }
+            row = scratch;
         }
         for (int64_t cb = 0; cb < cblocks; cb++) {
-            const float *d = scratch + cb * BLOCK;
+            const float *d = row + cb * BLOCK;
             if (dbp) {
                 vfloat sum[NV] = {{0}};
                 for (int64_t ox = 0; ox < s->ow; ox++)
-                    for (int v = 0; v < NV; v++) sum[v] += *(const vfloat *)(d + ox * ld + v * LANES);
+                    for (int v = 0; v < NV; v++) sum[v] += *(const vfloat_unaligned *)(d + ox * ld + v * LANES);
                 for (int v = 0; v < NV; v++) *(vfloat *)(dbp + cb * BLOCK + v * LANES) += sum[v];
             }
             if (!dwp) continue;
             for (int64_t i = 0; i < s->kh; i++) {
                 const int64_t iy = oy * s->stride_h - s->pad_top + i * s->dilation_h;
                 if (iy < 0 || iy >= s->h) continue;
+                if (s->kw == 3 && s->stride_w == 1 && s->dilation_w == 1) {
+                    float *dst = dwp + (cb * taps_cin + i * 3 * s->cin) * BLOCK;
+                    three_taps_weight_grad(s, image + (iy * s->w - s->pad_left) * s->cin, d, ld, dst);
+                    continue;
+                }
                 for (int64_t j = 0; j < s->kw; j++) {
                     int64_t lo, hi;
                     column_range(s, j, &lo, &hi);
@@ -258,11 +317,12 @@ static void weight_grad(const fc_conv_shape *s, const float *x, const float *dy,
                             for (int u = 0; u < U; u++) {
                                 const vfloat xv = splat(xr[(ox + u) * xstep + c]);
                                 for (int v = 0; v < NV; v++)
-                                    acc[u][v] += xv * *(const vfloat *)(d + (ox + u) * ld + v * LANES);
+                                    acc[u][v] += xv * *(const vfloat_unaligned *)(d + (ox + u) * ld + v * LANES);
                             }
                         for (; ox < hi; ox++) {
                             const vfloat xv = splat(xr[ox * xstep + c]);
-                            for (int v = 0; v < NV; v++) acc[0][v] += xv * *(const vfloat *)(d + ox * ld + v * LANES);
+                            for (int v = 0; v < NV; v++)
+                                acc[0][v] += xv * *(const vfloat_unaligned *)(d + ox * ld + v * LANES);
                         }
                         float *dst = dwp + (cb * taps_cin + (i * s->kw + j) * s->cin + c) * BLOCK;
                         for (int v = 0; v < NV; v++)
