@@ -385,7 +385,7 @@ COLLECTIVES = textwrap.dedent("""
     report["ints"] = hvd.allreduce(np.array([rank, 1]), op="sum").tolist()
     # large buffers go through a reduce-scatter, small ones (and 2 ranks) an allgather: the same bits
     big = np.random.default_rng(10 + rank).normal(size=100_003).astype(np.float32)
-    weights = [0.5, 2.0, 3.0][:ranks]
+    weights = [0.5, 2.0, 3.0, 1.5][:ranks]
     paths = {}
     for limit in (0, 1 << 40):
         hvd._GATHER_BYTES = limit
@@ -396,6 +396,19 @@ COLLECTIVES = textwrap.dedent("""
         theirs = np.random.default_rng(10 + r).normal(size=100_003).astype(np.float32)
         expected += theirs.astype(np.float64) * weights[r]
     report["big_as_expected"] = paths[0] == (expected / 7.0).astype(np.float32).tobytes()
+    # gradients in one bucket or one per variable (a None on rank 1 counts as zeros): the same bits
+    shapes = [(300, 40), (40,), (7, 3), (5,)]
+    variables = [keras.Variable(np.zeros(shape, np.float32)) for shape in shapes]
+    grads = [np.random.default_rng(20 + rank + i).normal(size=shape).astype(np.float32) for i, shape in enumerate(shapes)]
+    grads[2] = None if rank == 1 else grads[2]
+    reduced = {}
+    for limit in (1, 1 << 40):  # also each bucket reduce-scattered, or gathered whole
+        hvd._BUCKET_BYTES, hvd._GATHER_BYTES = limit, limit - 1
+        reduced[limit] = [g.tobytes() for g in hvd.reduce_gradients(grads, variables, weights=weights)]
+    report["buckets_agree"] = reduced[1] == reduced[1 << 40]
+    expected = sum(w * (np.zeros(shapes[2]) if r == 1 else np.random.default_rng(20 + r + 2).normal(size=shapes[2])
+                        .astype(np.float32).astype(np.float64)) for r, w in enumerate(weights)) / sum(weights)
+    report["bucket_as_expected"] = reduced[1][2] == expected.astype(np.float32).tobytes()
     report["gathered"] = hvd.allgather(np.full((rank + 1, 2), rank)).tolist()
     report["broadcast"] = hvd.broadcast(np.array([rank, rank], np.float32), root_rank=1).tolist()
     errors = {}
@@ -439,6 +452,7 @@ def test_collectives_sum_in_rank_order_and_agree_bitwise(tmp_path):
     for report in reports:
         assert report["sum"] == reports[0]["sum"] and report["average"] == reports[0]["average"]
         assert report["sum_as_expected"] and report["big_as_expected"] and report["paths_agree"]
+        assert report["buckets_agree"] and report["bucket_as_expected"]
         assert report["ints"] == [3, 3]
         assert report["gathered"] == [[0, 0], [1, 1], [1, 1], [2, 2], [2, 2], [2, 2]]
         assert report["broadcast"] == [1.0, 1.0]
@@ -469,7 +483,45 @@ def test_two_ranks_exchange_halves_to_the_same_bits(tmp_path):
     for report in reports:
         assert report["sum"] == reports[0]["sum"] and report["average"] == reports[0]["average"]
         assert report["sum_as_expected"] and report["big_as_expected"] and report["paths_agree"]
+        assert report["buckets_agree"] and report["bucket_as_expected"]
         assert report["ints"] == [1, 2]
+
+
+def test_four_ranks_exchange_to_the_rank_ordered_bits(tmp_path):
+    """On 4 ranks (more than this machine's cores is fine) every segment is exchanged with every other
+    rank by point-to-point messages; the sums are still rank-ordered, the same on every rank."""
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES)
+    ok(mpirun(4, script, tmp_path / "out", timeout=120))
+    reports = [json.loads((tmp_path / f"out-{rank}.json").read_text()) for rank in range(4)]
+    for report in reports:
+        assert report["sum"] == reports[0]["sum"] and report["average"] == reports[0]["average"]
+        assert report["sum_as_expected"] and report["big_as_expected"] and report["paths_agree"]
+        assert report["buckets_agree"] and report["bucket_as_expected"]
+        assert report["ints"] == [6, 4]
+
+
+def test_two_float32_terms_sum_to_the_float64_paths_bits():
+    """Two ranks' float32 gradients are summed (and halved) in float32: the same bits as the sum in
+    float64 rounded once, across magnitudes and below float32's normal range; where the float32 sum
+    overflows, the float64 path takes over."""
+    from fastconv.keras import distributed
+    rng = np.random.default_rng(3)
+    scales = np.float32(2.0) ** rng.integers(-160, 125, size=(2, 200_000)).astype(np.float32)
+    rows = [(rng.normal(size=200_000) * scales[r]).astype(np.float32) for r in range(2)]
+    rows[1][:1000] = -rows[0][:1000]  # exact cancellations
+    for overflow in (False, True):
+        if overflow:
+            rows[0][1000:1010] = rows[1][1000:1010] = np.finfo(np.float32).max
+        for divisor in (None, 2.0):
+            fast, wide = np.empty(200_000, np.float32), np.empty(200_000, np.float32)
+            with np.errstate(over="ignore"):  # float64 sums beyond float32's range become inf, as they should
+                distributed._ordered_total(rows, None, divisor, fast)
+                distributed._ordered_total(rows, [1.0, 1.0], divisor, wide)  # weights take the float64 path
+                expected = ((rows[0].astype(np.float64) + rows[1]) / (divisor or 1)).astype(np.float32)
+            assert fast.tobytes() == wide.tobytes() == expected.tobytes()
+            if overflow and divisor == 2.0:  # halved, the float64 sum is back in range
+                assert np.isfinite(fast[1000:1010]).all()
 
 
 def test_cli_train_under_mpiexec_reaches_98_percent_in_one_epoch(tmp_path):

@@ -33,6 +33,7 @@ from fastconv.keras.callbacks import Callback
 INSTALL_HINT = 'pip install "fastconv[mpi]"'
 
 _comm = None  # a private duplicate of the communicator given to init(), so user traffic never mixes in
+_grad_comm = None  # another, for the gradient buckets' messages, which may be under way during other exchanges
 _local_comm = None
 _step_weights = None  # set by a DataParallel fit step: every rank's share of the global batch
 _checked_layouts = set()  # the gradient layouts all ranks are known to share
@@ -73,7 +74,7 @@ def init(comm=None):
     When OMP_NUM_THREADS is not set, each rank takes an equal share of this machine's cores, so that
     ranks x threads <= cores.
     """
-    global _comm, _local_comm
+    global _comm, _local_comm, _grad_comm
     if _comm is not None:
         return
     MPI = _mpi()
@@ -81,7 +82,7 @@ def init(comm=None):
         comm = MPI.COMM_WORLD
     elif not isinstance(comm, MPI.Comm):
         raise TypeError(f"comm must be an mpi4py communicator, got {type(comm).__name__}")
-    _comm = comm.Dup()
+    _comm, _grad_comm = comm.Dup(), comm.Dup()
     _local_comm = _comm.Split_type(MPI.COMM_TYPE_SHARED, key=_comm.Get_rank())
     _share_cores()
 
@@ -110,11 +111,12 @@ def _world():
 
 def shutdown():
     """Free the communicators made by init() (MPI itself ends when the process exits)."""
-    global _comm, _local_comm
+    global _comm, _local_comm, _grad_comm, _in_flight
     if _comm is not None:
         _local_comm.Free()
+        _grad_comm.Free()
         _comm.Free()
-    _comm = _local_comm = None
+    _comm = _local_comm = _grad_comm = _in_flight = None
     _checked_layouts.clear()
 
 
@@ -173,75 +175,122 @@ def _segments(count, ranks):
     return [bounds[r + 1] - bounds[r] for r in range(ranks)], bounds[:-1]
 
 
-_GATHER_BYTES = 1 << 20  # below this much gathered data, one allgather beats two collectives' latency
+_GATHER_BYTES = 1 << 20  # below this much gathered data, one exchange of whole buffers beats two rounds' latency
 
 
-def _rank_ordered_sum(flat, weights=None, divisor=None):
-    """Every rank's 1-D `flat` (same length and dtype everywhere) summed in rank order, each scaled by
-    its rank's entry of `weights` when given, then divided by `divisor` when given; the same bits on
-    every rank.
-
-    A reduce-scatter (Alltoallv: rank r receives segment r of every rank's buffer and sums the p
-    copies in rank order, in float64 for float data) followed by an allgather of the summed
-    segments: each rank sends and receives 2(p-1)/p of the buffer, as in a ring allreduce. On 2 ranks
-    each phase is one Sendrecv with the other rank (MPICH's Alltoallv and Allgather took several
-    times as long for this). For small buffers, one allgather of the whole buffers moves little in
-    one collective, and each rank sums all of it; every element gets the same operations either way."""
-    comm = _world()
-    ranks, me = comm.Get_size(), comm.Get_rank()
-    accumulate = np.float64 if flat.dtype.kind == "f" else np.int64
-    whole = ranks == 1 or flat.nbytes * ranks <= _GATHER_BYTES
-    if ranks == 1:
-        received = flat.reshape(1, -1)
-    elif whole:
-        received = np.empty((ranks, flat.size), flat.dtype)
-        comm.Allgather(flat, received)
-    else:
-        counts, displs = _segments(flat.size, ranks)
-        mine = counts[me]
-        if ranks == 2:  # this rank's own segment, and the other rank's copy of it, in rank order
-            peer = 1 - me
-            theirs = np.empty(mine, flat.dtype)
-            comm.Sendrecv(flat[displs[peer]:displs[peer] + counts[peer]], dest=peer, recvbuf=theirs, source=peer)
-            own = flat[displs[me]:displs[me] + mine]
-            received = [own, theirs] if me == 0 else [theirs, own]
-        else:
-            received = np.empty((ranks, mine), flat.dtype)
-            comm.Alltoallv([flat, (counts, displs)], [received, ([mine] * ranks, [mine * r for r in range(ranks)])])
-    # Summed in the fixed rank order that makes the result independent of MPI. Every operation is on
-    # arrays of one dtype (NumPy converts mixed float32/float64 operands in small buffered blocks, at
-    # several times the cost), and no zero-filled start: the first term is converted into the total.
+def _ordered_total(rows, weights, divisor, out):
+    """Write into `out` the sum of `rows` (one per rank) in rank order, in float64 for float data, each
+    scaled by its rank's entry of `weights` when given, then divided by `divisor` when given."""
+    if len(rows) == 2 and weights is None and divisor in (None, 2) and out.dtype == np.float32:
+        # Two float32 terms: their float32 sum is their float64 sum rounded to float32 (rounding twice,
+        # through a type of at least 2 x 24 + 1 bits, is harmless for a sum), and halving is exact, or
+        # below float32's normal range one rounding in both; so these are the float64 path's bits, at
+        # a fraction of its memory traffic. Where the float32 sum overflows, the float64 path decides.
+        with np.errstate(over="ignore"):
+            np.add(rows[0], rows[1], out=out)
+        if divisor is not None:
+            out *= np.float32(0.5)
+        if np.isfinite(out).all():
+            return
+    accumulate = np.float64 if out.dtype.kind == "f" else np.int64
+    # Every operation is on arrays of one dtype (NumPy converts mixed float32/float64 operands in small
+    # buffered blocks, at several times the cost), and no zero-filled start: the first term is
+    # converted into the total.
     total = scratch = None
-    for source in range(ranks):
+    for source, row in enumerate(rows):
         weight = 1 if weights is None else weights[source]
         if not weight:
             continue
         if total is None:
-            total = received[source].astype(accumulate)
+            total = row.astype(accumulate)
             term = total
         else:
             if scratch is None:
-                scratch = np.empty(len(received[0]), accumulate)
-            np.copyto(scratch, received[source])
+                scratch = np.empty(len(row), accumulate)
+            np.copyto(scratch, row)
             term = scratch
         if weights is not None:
             term *= weight
         if term is scratch:
             total += scratch
     if total is None:  # every weight is 0 (reduce_gradients refuses that)
-        total = np.zeros(len(received[0]), accumulate)
+        out[...] = 0
+        return
     if divisor is not None:
         total /= divisor
-    total = total.astype(flat.dtype, copy=False)
-    if whole:
-        return total
-    out = np.empty(flat.size, flat.dtype)
-    if ranks == 2:
-        out[displs[me]:displs[me] + mine] = total
-        comm.Sendrecv(total, dest=peer, recvbuf=out[displs[peer]:displs[peer] + counts[peer]], source=peer)
-    else:
-        comm.Allgatherv(total, [out, (counts, displs)])
-    return out
+    out[...] = total
+
+
+class _OrderedSum:
+    """Every rank's 1-D `flat` (same length and dtype everywhere) summed in rank order (see
+    _ordered_total), the same bits on every rank, by non-blocking point-to-point messages on `comm`:
+    start it, poll() it between other work, wait() for the result.
+
+    A reduce-scatter (rank r receives segment r of every rank's buffer and sums the p copies in rank
+    order) then an allgather of the summed segments: each rank sends and receives 2(p-1)/p of the
+    buffer, as in a ring allreduce. For small buffers, one exchange of the whole buffers, and each
+    rank sums all of it; every element gets the same operations either way. Messages go straight to
+    each peer (Isend/Irecv), never through MPI's collectives, whose algorithms (Alltoallv, Allgatherv)
+    were several times slower here with MPICH; and MPI never adds anything, so its choices cannot
+    change the bits."""
+
+    def __init__(self, comm, flat, weights=None, divisor=None, tag=0):
+        self.comm, self.tag, self.weights, self.divisor = comm, tag, weights, divisor
+        ranks, me = comm.Get_size(), comm.Get_rank()
+        self.me, self.peers = me, [r for r in range(ranks) if r != me]
+        self.whole = ranks == 1 or flat.nbytes * ranks <= _GATHER_BYTES
+        if self.whole:
+            self.out, self.segment = np.empty_like(flat), lambda array, rank: array
+        else:
+            counts, displs = _segments(flat.size, ranks)
+            self.out = np.empty_like(flat)
+            self.segment = lambda array, rank: array[displs[rank]:displs[rank] + counts[rank]]
+        mine = self.segment(flat, me)
+        self.rows = [mine if r == me else np.empty_like(mine) for r in range(ranks)]
+        self.requests = self._post({peer: self.segment(flat, peer) for peer in self.peers}, self.rows, 1)
+        self.phase = 1
+
+    def _post(self, sends, receives, phase):
+        """Receive each peer's message into receives[peer], send it sends[peer]."""
+        tag = 2 * self.tag + phase
+        requests = [self.comm.Irecv(receives[peer], source=peer, tag=tag) for peer in self.peers]
+        return requests + [self.comm.Isend(sends[peer], dest=peer, tag=tag) for peer in self.peers]
+
+    def _advance(self):
+        if self.phase == 1:  # every rank's copy of my segment is here: sum it, send it to the others
+            mine = self.segment(self.out, self.me)
+            _ordered_total(self.rows, self.weights, self.divisor, mine)
+            self.rows = None
+            if self.whole:
+                self.requests, self.phase = [], 3
+                return
+            self.requests = self._post({peer: mine for peer in self.peers},
+                                       {peer: self.segment(self.out, peer) for peer in self.peers}, 2)
+            self.phase = 2
+        else:
+            self.requests, self.phase = [], 3
+
+    def poll(self):
+        """Move on as far as the messages that have arrived allow, without waiting; True when done."""
+        MPI = _mpi()
+        while self.phase < 3 and MPI.Request.Testall(self.requests):
+            self._advance()
+        return self.phase == 3
+
+    def wait(self):
+        """The result (the input's shape and dtype)."""
+        MPI = _mpi()
+        while self.phase < 3:
+            MPI.Request.Waitall(self.requests)
+            self._advance()
+        return self.out
+
+
+def _rank_ordered_sum(flat, weights=None, divisor=None):
+    """Every rank's 1-D `flat` (same length and dtype everywhere) summed in rank order, each scaled by
+    its rank's entry of `weights` when given, then divided by `divisor` when given; the same bits on
+    every rank (see _OrderedSum)."""
+    return _OrderedSum(_world(), flat, weights, divisor).wait()
 
 
 def allreduce(tensor, op="average", name=None):
@@ -321,34 +370,34 @@ def broadcast_variables(variables, root_rank=0):
 
 # ----- gradients -----
 
-def reduce_gradients(grads, variables, weights=None, op="average"):
-    """The weighted mean of each gradient over the ranks, sum_r(weights[r] * g_r) / sum(weights)
-    (op="sum": that times the number of ranks), bitwise identical on every rank. `weights` holds one
-    weight per rank, the same list on every rank (None: all 1, a plain mean). A gradient that is None
-    on this rank but not on another counts as zeros here; one that is None on every rank (or on every
-    rank of weight 0) stays None.
+_BUCKET_BYTES = 1 << 20  # gradients travel in buckets of about this many bytes, the last layers' first
+_in_flight = None  # the step's reduction that the backward pass started and apply() finishes
 
-    All gradients travel in one buffer, with a flag per variable saying which ranks had a gradient.
-    The first reduction of a given list of variables also checks that every rank reduces the same
-    shapes, so a mismatch is an error naming the rank rather than a failure inside MPI."""
-    grads, variables = list(grads), list(variables)
-    if len(grads) != len(variables):
-        raise ValueError(f"one gradient per variable is needed, got {len(grads)} gradients for "
-                         f"{len(variables)} variables")
-    arrays = [None if g is None else _numeric(g, f"the gradient of {getattr(v, 'path', v)!r}")
-              for g, v in zip(grads, variables)]
-    shapes = [tuple(np.shape(v)) for v in variables]
-    for array, shape, variable in zip(arrays, shapes, variables):
-        if array is not None and array.shape != shape:
-            raise ValueError(f"gradient of shape {array.shape} for variable {getattr(variable, 'path', '?')!r} "
-                             f"of shape {shape}")
+
+def _buckets(sizes, itemsize):
+    """Lists of variable indices, from the last variable back, each closed once it holds _BUCKET_BYTES:
+    the last layers' gradients are final first in the backward pass. A function of the layout alone,
+    so every rank cuts the same buckets."""
+    buckets, current, nbytes = [], [], 0
+    for index in reversed(range(len(sizes))):
+        current.append(index)
+        nbytes += sizes[index] * itemsize
+        if nbytes >= _BUCKET_BYTES:
+            buckets.append(current)
+            current, nbytes = [], 0
+    return buckets + [current] if current else buckets
+
+
+def _layout(variables):
+    shapes = tuple(tuple(np.shape(v)) for v in variables)
     # The variables' dtype, not the gradients': a rank without samples has no gradients to look at.
     dtype = np.result_type(*[v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype for v in variables]) \
         if variables else np.dtype(np.float32)
-    if dtype.kind != "f":
-        dtype = np.dtype(np.float64)
-    comm = _world()
-    ranks = comm.Get_size()
+    return shapes, (dtype if dtype.kind == "f" else np.dtype(np.float64)).str
+
+
+def _weighting(weights, op, ranks):
+    """The per-rank weights (None: all 1) and the divisor (None: 1) that make reduce_gradients' mean."""
     if weights is None:
         weights = [1.0] * ranks
     weights = [float(w) for w in weights]
@@ -356,35 +405,154 @@ def reduce_gradients(grads, variables, weights=None, op="average"):
         raise ValueError(f"weights must hold one weight per rank ({ranks}), got {len(weights)}")
     if not sum(weights) > 0:
         raise ValueError("the ranks' gradient weights sum to zero: at least one rank needs samples")
-    started = time.perf_counter()
-    layout = (tuple(shapes), dtype.str)
-    if layout not in _checked_layouts:
-        for index, other in enumerate(comm.allgather(layout)):
-            if other != layout:
-                raise ValueError(f"rank {index} reduces gradients of shapes {list(other[0])} ({np.dtype(other[1])}), "
-                                 f"rank {comm.Get_rank()} of {shapes} ({dtype}): every rank must train the same model")
-        _checked_layouts.add(layout)
-    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
-    total = sum(sizes)
-    flat = np.zeros(total + len(arrays), dtype)
-    offset = 0
-    for index, (array, count) in enumerate(zip(arrays, sizes)):
-        if array is not None:
-            flat[offset:offset + count] = array.reshape(-1)
-            flat[total + index] = 1
-        offset += count
     if all(w == weights[0] for w in weights):  # even shards: the weighted mean is the plain mean, without
         weights = [1.0] * ranks                  # a multiplication per element and rank
     total_weight = sum(weights)
     divisor = total_weight if op == "average" else total_weight / ranks
-    summed = _rank_ordered_sum(flat, None if all(w == 1 for w in weights) else weights,
-                               None if divisor == 1 else divisor)
+    return None if all(w == 1 for w in weights) else weights, None if divisor == 1 else divisor
+
+
+class _GradientReduction:
+    """One step's gradient reduction in buckets (see _buckets), each a non-blocking _OrderedSum on
+    the gradient communicator: a bucket starts as soon as all its gradients are final, and finish()
+    starts the rest and waits for all. Each bucket carries a flag per variable saying which ranks had
+    a gradient. Every element gets the same operations whichever bucket it travels in, so the result
+    does not depend on when the buckets start."""
+
+    def __init__(self, variables, layout, weights, divisor):
+        self.variables, self.weights, self.divisor = variables, weights, divisor
+        self.shapes, self.dtype = layout[0], np.dtype(layout[1])
+        self.sizes = [int(np.prod(shape, dtype=np.int64)) for shape in self.shapes]
+        self.buckets = _buckets(self.sizes, self.dtype.itemsize)
+        self.bucket_of = {index: b for b, bucket in enumerate(self.buckets) for index in bucket}
+        self.position = {id(variable): index for index, variable in enumerate(variables)}
+        self.missing = [len(bucket) for bucket in self.buckets]  # gradients each bucket still waits for
+        self.sums, self.sent = [None] * len(self.buckets), {}
+        self.seconds = 0.0
+
+    def gradients_final(self, variables):
+        """Called by the backward pass with the variables whose gradients no later layer changes:
+        start each bucket they complete, and let the started ones move on."""
+        started = time.perf_counter()
+        for variable in variables:
+            index = self.position.get(id(variable))
+            if index is None or getattr(variable, "regularizer", None) is not None:
+                continue  # a regularizer's gradient is added after the backward pass: finish() sends it
+            bucket = self.bucket_of[index]
+            self.missing[bucket] -= 1
+            if not self.missing[bucket]:
+                self._start(bucket, {i: self.variables[i].grad for i in self.buckets[bucket]})
+        for reduction in self.sums:
+            if reduction is not None:
+                reduction.poll()
+        self.seconds += time.perf_counter() - started
+
+    def _start(self, bucket, grads):
+        indices = self.buckets[bucket]
+        count = sum(self.sizes[i] for i in indices)
+        flat = np.empty(count + len(indices), self.dtype)
+        offset = 0
+        for flag, index in enumerate(indices):
+            part, grad = flat[offset:offset + self.sizes[index]], grads[index]
+            if grad is None:
+                part[...] = 0
+            else:
+                part[...] = grad.reshape(-1)
+            flat[count + flag] = grad is not None
+            self.sent[index] = grad
+            offset += self.sizes[index]
+        self.sums[bucket] = _OrderedSum(_grad_comm, flat, self.weights, self.divisor, tag=bucket)
+
+    def finish(self, grads):
+        """The reduced gradients of `grads` (one array per variable, or None)."""
+        for index, grad in self.sent.items():
+            if grads[index] is not grad:
+                raise RuntimeError(f"the gradient of {getattr(self.variables[index], 'path', '?')!r} changed after "
+                                   "the backward pass started reducing it")
+        for bucket, reduction in enumerate(self.sums):
+            if reduction is None:
+                self._start(bucket, grads)
+        out = [None] * len(self.variables)
+        for bucket, reduction in zip(self.buckets, self.sums):
+            summed, offset, count = reduction.wait(), 0, sum(self.sizes[i] for i in bucket)
+            for flag, index in enumerate(bucket):
+                if summed[count + flag] > 0:
+                    out[index] = summed[offset:offset + self.sizes[index]].reshape(self.shapes[index])
+                offset += self.sizes[index]
+        return out
+
+
+def _checked(layout):
+    """Check, the first time a layout is reduced, that every rank reduces the same gradient shapes, so
+    that a mismatch is an error naming the rank rather than a failure inside MPI."""
+    if layout in _checked_layouts:
+        return
+    comm = _world()
+    for index, other in enumerate(comm.allgather(layout)):
+        if other != layout:
+            raise ValueError(f"rank {index} reduces gradients of shapes {list(other[0])} ({np.dtype(other[1])}), "
+                             f"rank {comm.Get_rank()} of {list(layout[0])} ({np.dtype(layout[1])}): every rank "
+                             "must train the same model")
+    _checked_layouts.add(layout)
+
+
+def start_reduction(optimizer, variables):
+    """For a training step whose `optimizer` reduces gradients across ranks: start the step's reduction
+    and return the function the backward pass calls with the variables whose gradients are final (it
+    sends them in buckets while the earlier layers' backward computes, as PyTorch's DDP does);
+    optimizer.apply then finishes it. None when there is nothing to overlap (one process, a local
+    optimizer, or the first step of a model, whose reduction checks that all ranks agree on it)."""
+    global _in_flight
+    _in_flight = None
+    if not is_distributed(optimizer) or _comm is None or _comm.Get_size() == 1:
+        return None
+    variables = list(variables)
+    layout = _layout(variables)
+    if layout not in _checked_layouts:
+        return None
+    _in_flight = _GradientReduction(variables, layout, *_weighting(_step_weights, optimizer._distributed_op,
+                                                                    _comm.Get_size()))
+    return _in_flight.gradients_final
+
+
+def reduce_gradients(grads, variables, weights=None, op="average"):
+    """The weighted mean of each gradient over the ranks, sum_r(weights[r] * g_r) / sum(weights)
+    (op="sum": that times the number of ranks), bitwise identical on every rank. `weights` holds one
+    weight per rank, the same list on every rank (None: all 1, a plain mean). A gradient that is None
+    on this rank but not on another counts as zeros here; one that is None on every rank (or on every
+    rank of weight 0) stays None.
+
+    The gradients travel in buckets (see _GradientReduction); a reduction that start_reduction began
+    during the backward pass is finished here when `grads` are that step's gradients. The first
+    reduction of a given list of variables also checks that every rank reduces the same shapes."""
+    global _in_flight
+    grads, variables = list(grads), list(variables)
+    if len(grads) != len(variables):
+        raise ValueError(f"one gradient per variable is needed, got {len(grads)} gradients for "
+                         f"{len(variables)} variables")
+    arrays = [None if g is None else _numeric(g, f"the gradient of {getattr(v, 'path', v)!r}")
+              for g, v in zip(grads, variables)]
+    for array, variable in zip(arrays, variables):
+        if array is not None and array.shape != tuple(np.shape(variable)):
+            raise ValueError(f"gradient of shape {array.shape} for variable {getattr(variable, 'path', '?')!r} "
+                             f"of shape {tuple(np.shape(variable))}")
+    started = time.perf_counter()
+    reduction, _in_flight = _in_flight, None
+    if reduction is not None and (len(reduction.variables) != len(variables) or
+                                  any(a is not b for a, b in zip(reduction.variables, variables))):
+        raise RuntimeError("a gradient reduction started in the backward pass was not finished by the step's "
+                           "optimizer.apply")
+    spent = 0.0
+    if reduction is None:
+        layout = _layout(variables)
+        weighting = _weighting(weights, op, size())
+        _checked(layout)
+        reduction = _GradientReduction(variables, layout, *weighting)
+    else:
+        spent = reduction.seconds
+    out = reduction.finish(arrays)
     _timings["reductions"] += 1
-    _timings["reduce_seconds"] += time.perf_counter() - started
-    out, offset = [], 0
-    for index, (shape, count) in enumerate(zip(shapes, sizes)):
-        out.append(summed[offset:offset + count].reshape(shape) if summed[total + index] > 0 else None)
-        offset += count
+    _timings["reduce_seconds"] += spent + time.perf_counter() - started
     return out
 
 
