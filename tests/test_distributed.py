@@ -86,6 +86,14 @@ TRAIN = textwrap.dedent("""
         if config.get("warmup"):
             callbacks.append(distributed.LearningRateWarmupCallback(0.1, warmup_epochs=2))
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    started = []
+    if "bucket_bytes" in config:  # gradient buckets of that size; count those the backward pass starts
+        distributed._BUCKET_BYTES = config["bucket_bytes"]
+        finish = distributed._GradientReduction.finish
+        def counted_finish(self, grads):
+            started.append(sum(s is not None for s in self.sums))
+            return finish(self, grads)
+        distributed._GradientReduction.finish = counted_finish
 
     if "fail_rank" in config and config["fail_rank"] == rank:
         class Fail(keras.callbacks.Callback):
@@ -144,7 +152,7 @@ TRAIN = textwrap.dedent("""
                             validation_data=(x_val, y_val), callbacks=callbacks, verbose=config.get("verbose", 0),
                             initial_epoch=config.get("initial_epoch", 0))
         logs = {"history": history.history, "evaluate": model.evaluate(x_val, y_val, verbose=0, return_dict=True),
-                "predicted": model.predict(x_val, batch_size=16, verbose=0).tolist()}
+                "predicted": model.predict(x_val, batch_size=16, verbose=0).tolist(), "started": started}
     np.savez(f"{out}-{rank or 0}.npz", *model.get_weights())
     with open(f"{out}-{rank or 0}.json", "w") as file:
         json.dump(logs, file)
@@ -195,12 +203,21 @@ def test_data_parallel_fit_matches_one_process_on_the_global_batch(train, tmp_pa
     two of them have nothing in it and still take part in the step."""
     ok(train(None, mode="one", samples=samples, out=str(tmp_path / "one")))
     ok(train(ranks, mode="dp", samples=samples, verbose=1, out=str(tmp_path / "a")))
-    result = ok(train(ranks, mode="dp", samples=samples, out=str(tmp_path / "b")))
+    # again, with a gradient bucket per variable, started during the backward pass
+    result = ok(train(ranks, mode="dp", samples=samples, out=str(tmp_path / "b"), bucket_bytes=1))
     (single,), (single_logs,) = results(tmp_path / "one")
     first, first_logs = results(tmp_path / "a", ranks)
-    second, _ = results(tmp_path / "b", ranks)
+    second, second_logs = results(tmp_path / "b", ranks)
     for weights in first[1:] + second:  # every rank, and a second run, bitwise the same
         assert_bitwise_equal(first[0], weights)
+    # from the second step on (the first checks the layout) the backward pass starts all 4 buckets,
+    # except on the ranks with nothing in an epoch's last batch of 1 sample (97 = 3 x 32 + 1)
+    steps = -(-samples // 32)
+    for rank, logs in enumerate(second_logs):
+        expected = [0] + [4] * (2 * steps - 1)
+        if samples % 32 == 1 and rank < ranks - 1:
+            expected[steps - 1] = expected[2 * steps - 1] = 0
+        assert logs["started"] == expected, (rank, logs["started"])
     assert all(logs == first_logs[0] for logs in first_logs)  # every rank logs and returns the same
     for mine, reference in zip(first[0], single):
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)

@@ -228,16 +228,19 @@ class Model(Layer):
         preactivation = layer.preactivation(contexts[k])
         return None if preactivation is None else (layer.activation, preactivation)
 
-    def backward_graph(self, contexts, output_grads, preactivation_outputs=()):
+    def backward_graph(self, contexts, output_grads, preactivation_outputs=(), gradients_final=None):
         """Push output gradients back; weight gradients accumulate in each Variable's .grad.
 
         Output j in `preactivation_outputs` carries the gradient at its layer's pre-activation (fused loss).
+        `gradients_final`, when given, is called after each layer's backward with the trainable weights
+        whose gradients no layer still to come adds to, if any (a distributed step starts sending them).
         """
         grads = [None] * len(self._nodes)
         for i, grad in zip(self._output_ids, output_grads):
             grads[i] = grad
         fused_plan_entries = {self._fusable_outputs[j] for j in preactivation_outputs}
         input_grad_needed = self._input_grads_needed()
+        final_after = self._gradients_final_after() if gradients_final is not None else {}
         for k in range(len(self._plan) - 1, -1, -1):
             layer, input_ids, multi, out_id = self._plan[k]
             grad = grads[out_id]
@@ -250,11 +253,27 @@ class Model(Layer):
                 # Nothing upstream learns (e.g. the first conv after the input): only weight gradients.
                 if layer.trainable_weights:
                     layer.backward(contexts[k], grad, need_input_grad=False, **kwargs)
+                    if gradients_final is not None:
+                        gradients_final(final_after.get(k, ()))
                 continue
             input_grads = layer.backward(contexts[k], grad, **kwargs)
+            if gradients_final is not None:  # also after layers without weights: messages move on in MPI calls
+                gradients_final(final_after.get(k, ()))
             for i, g in zip(input_ids, input_grads if multi else [input_grads]):
                 # A new array, never +=: merge layers hand the same gradient array to several inputs.
                 grads[i] = g if grads[i] is None else grads[i] + g
+
+    def _gradients_final_after(self):
+        """{plan entry: the trainable weights it is the last to add gradient to}, in backward order:
+        a layer called several times adds to its weights' gradients in each call."""
+        final_after = {}
+        seen = set()
+        for k, (layer, _, _, _) in enumerate(self._plan):
+            fresh = [v for v in layer.trainable_weights if id(v) not in seen]
+            seen.update(id(v) for v in fresh)
+            if fresh:
+                final_after[k] = fresh
+        return final_after
 
     def graph_added_loss(self, contexts):
         """The losses the model's call-based layers added (add_loss) in the forward pass of contexts."""

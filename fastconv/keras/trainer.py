@@ -8,7 +8,7 @@ import contextlib
 import numpy as np
 
 from fastconv.keras import distribution as distribution_lib
-from fastconv.keras import backend, callbacks as callbacks_module, config, data_adapters, losses, \
+from fastconv.keras import backend, callbacks as callbacks_module, config, data_adapters, distributed, losses, \
     metrics as metrics_module, microbatch, optimizers
 
 
@@ -312,7 +312,9 @@ class Trainer:
         variables = model.trainable_weights
         for variable in variables:
             variable.grad = None
-        model.backward_graph(contexts, grads, preactivation_outputs)
+        # under a DistributedOptimizer, gradients start travelling while the earlier layers' backward computes
+        model.backward_graph(contexts, grads, preactivation_outputs,
+                             distributed.start_reduction(self.optimizer, variables))
         microbatch.reduce_gradients(variables)  # deterministic="ranks": across ranks in the leaf tree
         total += model.graph_added_loss(contexts)
         for variable in variables:
