@@ -218,8 +218,9 @@ def epochs3_table(out):
         readings = ", ".join(f"{one:.1f} / {many:.1f}" for one, many in data["peaks"])
         threads = data["threads"]
         lines += ["", f"FMA peak readings (1 thread / {threads} threads, GFLOPS; before and after the runs, "
-                      f"and of the peak step if it ran): {readings}. The floor divides by {data['peak']:.1f} GFLOPS, the larger of the "
-                      f"{threads}-thread reading and {threads} x the 1-thread reading.", "",
+                      f"and of the peak step if it ran): {readings}. The floor divides by {data['peak']:.1f} "
+                      f"GFLOPS, the larger of the {threads}-thread reading and {threads} x the 1-thread reading.",
+                  "",
                   "| model | training MFLOP per image (direct) | FMA floor s per epoch | fastconv best s | "
                   "fastconv epoch / floor | effective % of FMA peak: fastconv | PyTorch | Keras 3 on TensorFlow |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]

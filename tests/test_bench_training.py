@@ -1,5 +1,6 @@
 """The training FLOP count behind the FMA floor of BENCHMARKS.md (fastconv.bench_training.training_flops),
 against counts made by hand, and the Keras scripts of benchmarks/keras_scripts on fastconv."""
+import ast
 import pathlib
 import re
 import subprocess
@@ -68,3 +69,20 @@ def test_the_keras_scripts_train_on_fastconv(script):
     assert result.returncode == 0, result.stderr[-3000:]
     match = re.search(r"batch \d+: 200 images in \S+ s.*loss (\S+),.*backend fastconv", result.stdout)
     assert match and float(match.group(1)) > 0, result.stdout
+
+
+@pytest.mark.parametrize("script", ["seed.py", "keras_cnn.py"])
+def test_the_keras_scripts_differ_between_the_libraries_only_in_the_import(script):
+    tree = ast.parse((ROOT / "benchmarks" / "keras_scripts" / script).read_text())
+    nodes = list(ast.walk(tree))
+    switches = [node for node in nodes if isinstance(node, ast.If) and ast.unparse(node.test) == "args.fastconv"]
+    assert len(switches) == 1
+    assert [ast.unparse(n) for n in switches[0].body] == ["from fastconv import keras"]
+    assert [ast.unparse(n) for n in switches[0].orelse] == ["import keras"]
+    modules = {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module for node in nodes if isinstance(node, ast.ImportFrom)}
+    assert modules == {"argparse", "gzip", "pathlib", "time", "numpy", "keras", "fastconv"}
+    names = {node.id for node in nodes if isinstance(node, ast.Name)}
+    attributes = {node.attr for node in nodes if isinstance(node, ast.Attribute)}
+    assert not {"fastconv", "tf", "tensorflow", "torch"} & names
+    assert not {"tensorflow", "torch"} & attributes  # and `fastconv` only as args.fastconv, above

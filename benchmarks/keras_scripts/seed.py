@@ -20,7 +20,8 @@ NAME, BATCH = "seed", 64
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--fastconv", action="store_true", help="fastconv's Keras instead of `import keras`")
 parser.add_argument("--mnist", type=pathlib.Path,
-                    default=pathlib.Path(__file__).resolve().parents[2] / "data" / "mnist", help="folder of the MNIST idx .gz files (default: data/mnist of this checkout)")
+                    default=pathlib.Path(__file__).resolve().parents[2] / "data" / "mnist",
+                    help="folder of the MNIST idx .gz files (default: data/mnist of this checkout)")
 parser.add_argument("--images", type=int, default=60000, help="train on the first N images (default: all)")
 args = parser.parse_args()
 
