@@ -185,6 +185,16 @@ def epochs3_results(out):
     return result
 
 
+def busy_peak_note(peaks, threads):
+    """A warning when the peak readings disagree: other processes took the cores while they ran, so
+    the highest reading is below the cores' peak and the floor above the true one."""
+    cores = [threads * one for one, _ in peaks] + [many for _, many in peaks]
+    if min(cores) >= 0.9 * max(cores):
+        return ""
+    return (f" The readings differ by up to {100 * (max(cores) / min(cores) - 1):.0f}%: the machine was busy, "
+            "the peak may be higher than the highest reading and the floor lower than this.")
+
+
 def run_load(loads, name):
     """'start/end' 1-minute load averages of one step, one decimal."""
     entry = loads.get(name, {})
@@ -219,8 +229,8 @@ def epochs3_table(out):
         threads = data["threads"]
         lines += ["", f"FMA peak readings (1 thread / {threads} threads, GFLOPS; before and after the runs, "
                       f"and of the peak step if it ran): {readings}. The floor divides by {data['peak']:.1f} "
-                      f"GFLOPS, the larger of the {threads}-thread reading and {threads} x the 1-thread reading.",
-                  "",
+                      f"GFLOPS, the larger of the {threads}-thread reading and {threads} x the 1-thread reading."
+                  + busy_peak_note(data["peaks"], threads), "",
                   "| model | training MFLOP per image (direct) | FMA floor s per epoch | fastconv best s | "
                   "fastconv epoch / floor | effective % of FMA peak: fastconv | PyTorch | Keras 3 on TensorFlow |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
