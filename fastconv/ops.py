@@ -196,7 +196,10 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     |error| over the standard deviation of the exact sum (sqrt(9 * Cin) for a 3x3 kernel): the GEMM
     paths and F(2x2, 3x3) reach about 2e-6, F(4x4, 3x3) about 5e-5 (its transforms' larger
     coefficients: about 1e-5 of max |y|); tests/test_winograd.py holds them to 5e-6 and 1e-4, forward
-    and input gradient alike. Every path gives the same bits for any thread count.
+    and input gradient alike. The weight gradient's Winograd forms (conv2d_backward), over the standard
+    deviation of its sum (sqrt(N * OH * OW)), Cin 8 to 512 and up to 73728 output pixels: the GEMM
+    paths about 1.5e-6, F(3x3, 2x2) about 2e-6, F(3x3, 4x4) about 2e-5 (growing slowly with the
+    pixels summed); held to the same 5e-6 and 1e-4. Every path gives the same bits for any thread count.
 
     Extra memory (scratch of the calling thread, cached for its next call up to a limit: see
     fastconv.release_workspace): direct, the packed weights (Cout rounded up to the vector block x
@@ -236,12 +239,16 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
     need_dx=False skips the input gradient and returns None for dx (a model's first layer does not
     need it). x_from_relu=True says x is the output of a ReLU and returns, as dx, the gradient at that
     ReLU's input (zero where x <= 0): relu_backward(dx, x) fused into the same pass.
-    algorithm as in conv2d; which paths compute dx and dw (the direct kernels, implicit GEMM, GEMMs
-    over padded images, im2col + GEMM and col2im) is `conv2d_plan(..., backward=True)`'s answer.
+    algorithm as in conv2d; which paths compute dx and dw (the direct kernels, implicit GEMM, Winograd,
+    GEMMs over padded images, im2col + GEMM and col2im) is `conv2d_plan(..., backward=True)`'s answer.
+    dw of a 3x3 stride-1 conv with 16 or more channels both ways is Winograd's F(3x3, 4x4) or
+    F(3x3, 2x2) under "auto" on AVX2 (where measured faster); "winograd" and "winograd4x4" force
+    F(3x3, 2x2) and F(3x3, 4x4) for dw as they do F(2x2, 3x3) and F(4x4, 3x3) for dx (accuracy: conv2d).
     Deterministic: dw and db are reduced over the batch in a fixed order for any thread count.
     Extra memory: a fixed number (at most 16) of partial dw/db sums, plus per thread, for dw, one
     padded image and its dy or one block of patches, and for dx one block of patches (blocks of about
-    1024 output pixels) or a band of padded dy rows; see `conv2d_workspace_bytes`.
+    1024 output pixels) or a band of padded dy rows; a Winograd dw, 4 partial sums of 16 or 36 * Cin *
+    Cout floats and per thread the transforms of a block of 96 or more tiles; see `conv2d_workspace_bytes`.
     """
     x32 = as_float_array(x, "x", ndim=4)
     w32 = as_float_array(w, "w", ndim=4)

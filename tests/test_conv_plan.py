@@ -10,7 +10,7 @@ from fastconv import _C
 SHAPES = [
     ((3, 9, 9, 1), (3, 3, 1, 8), 1, "same", 1),        # direct (few input channels)
     ((2, 11, 10, 3), (3, 3, 3, 5), 2, "valid", 1),     # direct, strided
-    ((3, 9, 9, 16), (3, 3, 16, 24), 1, "same", 1),     # implicit GEMM, by rows; implicit dx and dw
+    ((3, 9, 9, 16), (3, 3, 16, 24), 1, "same", 1),     # implicit GEMM, by rows; implicit dx, Winograd dw (AVX2)
     ((2, 5, 5, 8), (3, 3, 8, 64), 1, "valid", 1),      # im2col (rows too short for tiles)
     ((2, 6, 7, 16), (3, 3, 16, 40), 1, "same", 1),     # implicit GEMM by band
     ((4, 8, 8, 12), (3, 3, 12, 3), 1, "same", 1),      # few outputs: direct rows; few-outputs dw
@@ -71,13 +71,14 @@ def _plan(shape, **kwargs):
 @pytest.mark.parametrize("shape,algorithm,forward,dx,dw", [
     (SHAPES[0], "auto", "direct", "im2col", "direct"),     # direct dx only when forced
     (SHAPES[0], "direct", "direct", "direct", "direct"),
-    (((2, 9, 9, 32), (3, 3, 32, 32), 1, "same", 1), "auto", "implicit", "implicit", "implicit"),
+    (((2, 9, 9, 64), (3, 3, 64, 12), 1, "same", 1), "auto", "implicit", "implicit", "implicit"),  # (12: no Winograd dw)
     (SHAPES[2], "im2col", "im2col", "im2col", "im2col"),
     (SHAPES[5], "auto", "implicit", "implicit", "few_outputs"),
     (SHAPES[6], "im2col", "im2col", "im2col", "im2col_transposed"),
     (SHAPES[7], "auto", "im2col", "im2col", "im2col"),
     (SHAPES[9], "auto", "gemm", "im2col", "im2col"),
-    (SHAPES[2], "winograd", "winograd", "winograd", "im2col"),  # Winograd's dw is auto's
+    (SHAPES[2], "winograd", "winograd", "winograd", "winograd"),
+    (SHAPES[2], "winograd4x4", "winograd", "winograd", "winograd"),
 ])
 def test_the_plan_names_each_pass(shape, algorithm, forward, dx, dw):
     plan = _plan(shape, algorithm=algorithm)

@@ -1,5 +1,6 @@
-"""Winograd F(2x2, 3x3) and F(4x4, 3x3) (csrc/conv/winograd.c), forced, against the float64 reference
-with the error bounds stated in fastconv.conv2d's docstring."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) (csrc/conv/winograd.c), and the weight gradient as their duals
+F(3x3, 2x2) and F(3x3, 4x4), forced, against the float64 reference with the error bounds stated in
+fastconv.conv2d's docstring."""
 import numpy as np
 import pytest
 
@@ -31,7 +32,7 @@ CASES = [  # x shape, cout, padding
 
 @pytest.mark.parametrize("algorithm", VARIANTS)
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_forward_and_input_gradient_match_reference(isa, rng, algorithm, case):
+def test_forward_and_gradients_match_reference(isa, rng, algorithm, case):
     x_shape, cout, padding = CASES[case]
     cin = x_shape[3]
     assert fastconv.conv2d_algorithm(x_shape, (3, 3, cin, cout), padding=padding, algorithm=algorithm) == algorithm
@@ -54,10 +55,15 @@ def test_forward_and_input_gradient_match_reference(isa, rng, algorithm, case):
         check(dx, want[0], 9 * cout, algorithm)
         if from_relu:
             assert np.all(dx[xr == 0] == 0)
-        # dw and db are auto's: the same bits
-        _, dw_auto, db_auto = fastconv.conv2d_backward(dy, x_in, w, padding=padding, x_from_relu=from_relu)
-        np.testing.assert_array_equal(dw, dw_auto)
-        np.testing.assert_array_equal(db, db_auto)
+        check(dw, want[1], y.shape[0] * y.shape[1] * y.shape[2], algorithm)  # a sum over the output pixels
+        # db is the other paths': the same bits
+        np.testing.assert_array_equal(db, fastconv.conv2d_backward(dy, x_in, w, padding=padding, algorithm="im2col")[2])
+        np.testing.assert_allclose(db, want[2], rtol=1e-5, atol=1e-5)
+        # without dx, the same dw and db
+        _, dw_alone, db_alone = fastconv.conv2d_backward(dy, x_in, w, padding=padding, need_dx=False,
+                                                         algorithm=algorithm)
+        np.testing.assert_array_equal(dw_alone, dw)
+        np.testing.assert_array_equal(db_alone, db)
 
 
 @pytest.mark.parametrize("algorithm", VARIANTS)
@@ -74,6 +80,22 @@ def test_error_bound_holds_up_to_512_input_channels(rng, algorithm):
         want = reference.conv2d_backward(dy.astype(np.float64), x[..., :8].astype(np.float64),
                                          w2.astype(np.float64), padding="same")[0]
         check(dx, want, 9 * cin, algorithm)
+        dw = fastconv.conv2d_backward(dy[..., :8].copy(), x, w, padding="same", need_dx=False, algorithm=algorithm)[1]
+        want = reference.conv2d_backward(dy[..., :8].astype(np.float64), x.astype(np.float64), w.astype(np.float64),
+                                         padding="same", need_dx=False)[1]
+        check(dw, want, 64, algorithm)
+
+
+@pytest.mark.parametrize("algorithm", VARIANTS)
+def test_weight_gradient_bound_holds_over_many_pixels(rng, algorithm):
+    """The weight gradient sums over the batch and the output pixels: its bound at a larger K."""
+    x = rng.standard_normal((24, 20, 20, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+    dy = rng.standard_normal((24, 18, 18, 16)).astype(np.float32)
+    dw = fastconv.conv2d_backward(dy, x, w, padding="valid", need_dx=False, algorithm=algorithm)[1]
+    want = reference.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64),
+                                     padding="valid", need_dx=False)[1]
+    check(dw, want, 24 * 18 * 18, algorithm)
 
 
 @pytest.mark.skipif(not fastconv._C.openmp_enabled(), reason="built without OpenMP")
@@ -87,11 +109,11 @@ def test_results_are_the_same_bits_for_any_thread_count(threads, rng, algorithm)
     for n in (1, 2, 3):
         threads(n)
         y = fastconv.conv2d(x, w, b, padding="same", activation="relu", algorithm=algorithm)
-        dx = fastconv.conv2d_backward(dy, x, w, padding="same", algorithm=algorithm)[0]
-        results.append((y, dx))
-    for y, dx in results[1:]:
-        np.testing.assert_array_equal(y, results[0][0])
-        np.testing.assert_array_equal(dx, results[0][1])
+        results.append((y,) + fastconv.conv2d_backward(dy, x, w, padding="same", algorithm=algorithm))
+    assert fastconv.ops.conv2d_plan(x.shape, w.shape, padding="same", backward=True, algorithm=algorithm)["threads"] > 1
+    for result in results[1:]:
+        for got, want in zip(result, results[0]):  # y, dx, dw, db
+            np.testing.assert_array_equal(got, want)
 
 
 def test_where_winograd_applies_and_what_auto_picks(monkeypatch):
@@ -141,3 +163,23 @@ def test_auto_takes_winograd4x4_only_where_it_was_measured_faster(isa):
     for x_shape, w_shape in (((8, 14, 14, 16), (3, 3, 16, 64)), ((8, 10, 10, 32), (3, 3, 32, 32)),
                              ((8, 6, 6, 64), (3, 3, 64, 64)), ((8, 14, 14, 32), (5, 5, 32, 64))):
         assert not fastconv.conv2d_algorithm(x_shape, w_shape, padding="same").startswith("winograd")
+
+
+def test_auto_takes_the_winograd_weight_gradient_only_where_it_was_measured_faster(isa, rng):
+    """Auto's rule (csrc/conv/conv.c): 3x3 stride 1, 16 or more channels both ways, on the AVX2 kernel;
+    F(3x3, 4x4) where the output fills its 4x4 tiles as for the forward, else F(3x3, 2x2)."""
+    for x_shape, w_shape, tile in (((4, 14, 14, 32), (3, 3, 32, 64), "winograd4x4"),
+                                   ((4, 9, 9, 16), (3, 3, 16, 16), "winograd")):
+        plan = fastconv.ops.conv2d_plan(x_shape, w_shape, padding="same", backward=True)
+        assert (plan["dw"] == "winograd") == (isa == "avx2")
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        dy = rng.standard_normal(x_shape[:3] + w_shape[3:]).astype(np.float32)
+        dw = fastconv.conv2d_backward(dy, x, w, padding="same", need_dx=False)[1]
+        if isa == "avx2":  # the very tile auto picked: the same bits
+            np.testing.assert_array_equal(dw, fastconv.conv2d_backward(dy, x, w, padding="same", need_dx=False,
+                                                                       algorithm=tile)[1])
+    for x_shape, w_shape, kwargs in (((4, 14, 14, 16), (3, 3, 16, 8), {}), ((4, 14, 14, 8), (3, 3, 8, 64), {}),
+                                     ((4, 14, 14, 32), (5, 5, 32, 64), {}), ((4, 14, 14, 32), (3, 3, 32, 64),
+                                                                             dict(strides=2))):
+        assert fastconv.ops.conv2d_plan(x_shape, w_shape, padding="same", backward=True, **kwargs)["dw"] != "winograd"

@@ -15,15 +15,19 @@
  *   "winograd4x4" where they apply (else what im2col, respectively auto, would do).
  *   backward:
  *     - dx: a Winograd (where auto picks it for that conv, or forced) or implicit-GEMM conv of dy with
- *       the flipped kernel when the conv has stride 1 and dilation 1 and that conv applies (Winograd's
- *       dw and db then as auto computes them); the direct kernels' dx only when forced
+ *       the flipped kernel when the conv has stride 1 and dilation 1 and that conv applies; the direct
+ *       kernels' dx only when forced
  *       (im2col's dy @ w^T and scatter is faster with few input channels); else dy @ w^T, col2im;
- *     - dw: the direct kernels where the forward is direct; for stride 1 and dilation 1 (auto and
+ *     - dw: Winograd for a 3x3, stride-1, undilated conv with at least WINOGRAD_DW_MIN_CHANNELS input
+ *       and output channels (measured faster than the paths below, on the AVX2 kernel only): the
+ *       transposed F(3x3, 4x4) where the output fills its 4x4 tiles as for the forward, else
+ *       F(3x3, 2x2); forced with "winograd" (2x2) and "winograd4x4" (4x4) wherever Winograd applies;
+ *     - else the direct kernels where the forward is direct; for stride 1 and dilation 1 (auto and
  *       "implicit"), a GEMM per kernel row over each padded image when cin * cout is large enough and
  *       the padding columns add at most a fifth, or the direct kernels' few-output rows over it for
  *       up to DW_TRANSPOSED_MAX_COUT output channels; else im2col's cols^T @ dy (transposed for few
  *       output channels, so the GEMM's lanes run along the patch);
- *     - db with dw's loop.
+ *     - db with dw's loop (with the dx or db-only blocks loop when dw is Winograd: the same sums).
  *
  * Scratch: each pass takes one block of the FC_SCRATCH_CALL slot, its shared buffers first, then one
  * slice per thread (every part whole cache lines); the input gradient's conv keeps its kernel in
@@ -87,12 +91,29 @@ static int winograd_tile(int algo) { return algo == FC_CONV_WINOGRAD4X4 ? 4 : 2;
 
 /* auto's Winograd (the policy above). With fewer channels the GEMMs are too short to pay for the
  * transforms; smaller or ragged outputs leave too much of the 4x4 tiles unused. */
-enum { WINOGRAD_MIN_CHANNELS = 32 };
-static int winograd_pays(const fc_conv_shape *s, const fc_gemm_kernel *kr)
+enum { WINOGRAD_MIN_CHANNELS = 32, WINOGRAD_DW_MIN_CHANNELS = 16 };
+static int fills_4x4_tiles(const fc_conv_shape *s)
 {
     const int64_t tiled = (s->oh + 3) / 4 * 4 * ((s->ow + 3) / 4 * 4);
+    return s->oh >= 8 && s->ow >= 8 && 3 * tiled <= 4 * s->oh * s->ow;
+}
+
+static int winograd_pays(const fc_conv_shape *s, const fc_gemm_kernel *kr)
+{
     return kr->vector_bytes == 32 && fc_winograd_applies(s) && s->cin >= WINOGRAD_MIN_CHANNELS &&
-           s->cout >= WINOGRAD_MIN_CHANNELS && s->oh >= 8 && s->ow >= 8 && 3 * tiled <= 4 * s->oh * s->ow;
+           s->cout >= WINOGRAD_MIN_CHANNELS && fills_4x4_tiles(s);
+}
+
+/* The side of the weight gradient's Winograd blocks of dy, 2 or 4; 0: not Winograd. auto's (the policy
+ * above): with fewer channels the direct kernels' few-output rows or the GEMMs per kernel row are faster. */
+static int winograd_weight_grad_tile(const fc_conv_shape *s, int algo, const fc_gemm_kernel *kr)
+{
+    if (!fc_winograd_applies(s)) return 0;
+    if (is_winograd(algo)) return winograd_tile(algo);
+    if (algo != FC_CONV_AUTO || kr->vector_bytes != 32 || s->cin < WINOGRAD_DW_MIN_CHANNELS ||
+        s->cout < WINOGRAD_DW_MIN_CHANNELS)
+        return 0;
+    return fills_4x4_tiles(s) ? 4 : 2;
 }
 
 /* The forward algorithm `algo` resolves to: FC_CONV_DIRECT, _IMPLICIT, a Winograd code or _IM2COL. */
@@ -364,8 +385,9 @@ static void plan_backward(conv_plan *p, int algo)
     const fc_conv_shape *s = &p->s;
     const int need_dx = !!(p->passes & FC_CONV_PASS_DX), need_dw = !!(p->passes & FC_CONV_PASS_DW);
     const int need_db = !!(p->passes & FC_CONV_PASS_DB);
-    /* dx as a conv of dy (p->t): Winograd when forced (its dw and db then as auto computes them) or
-     * implicit GEMM; the blocks loop then computes only dw and db, before it */
+    const int dw_tile = need_dw ? winograd_weight_grad_tile(s, algo, p->gemm) : 0;
+    /* dx as a conv of dy (p->t): Winograd when forced (its db then as auto computes it) or implicit
+     * GEMM; the blocks loop then computes only dw (unless Winograd's) and db, before it */
     if (need_dx && (algo == FC_CONV_AUTO || is_winograd(algo)) && p->algorithm != FC_CONV_DIRECT &&
         input_grad_as_conv(s, &p->t) && is_winograd(resolve_algorithm(&p->t, algo, p->gemm))) {
         p->dx = PATH_WINOGRAD;
@@ -374,7 +396,7 @@ static void plan_backward(conv_plan *p, int algo)
         p->threads = fc_threads_for_work(forward_flops(&p->t));
         algo = FC_CONV_AUTO;
     } else {
-        if (is_winograd(algo)) algo = FC_CONV_AUTO;  /* Winograd computes dx only */
+        if (is_winograd(algo)) algo = FC_CONV_AUTO;  /* the rest as auto computes it */
         if (need_dx && (algo == FC_CONV_AUTO || algo == FC_CONV_IMPLICIT) &&
             resolve_algorithm(s, algo, p->gemm) != FC_CONV_DIRECT && input_grad_as_conv(s, &p->t) &&
             implicit_applies(&p->t, p->gemm)) {
@@ -385,11 +407,17 @@ static void plan_backward(conv_plan *p, int algo)
             p->threads = p->implicit.threads;
         }
     }
-    const int blocks_dx = need_dx && p->dx == PATH_NONE;
-    if (!blocks_dx && !need_dw && !need_db) return;
-    p->blocks = make_backward_layout(s, algo, p->gemm, p->direct, blocks_dx, need_dw, need_db);
+    if (dw_tile) {  /* before or after the other passes, in the same FC_SCRATCH_CALL block */
+        p->dw = PATH_WINOGRAD;
+        p->winograd_dw_tile = dw_tile;
+        p->slot[FC_SCRATCH_CALL] = max64(p->slot[FC_SCRATCH_CALL], fc_winograd_weight_grad_workspace(s, dw_tile));
+        p->threads = max64(p->threads, fc_threads_for_work(forward_flops(s)));
+    }
+    const int blocks_dx = need_dx && p->dx == PATH_NONE, blocks_dw = need_dw && !dw_tile;
+    if (!blocks_dx && !blocks_dw && !need_db) return;
+    p->blocks = make_backward_layout(s, algo, p->gemm, p->direct, blocks_dx, blocks_dw, need_db);
     if (blocks_dx) p->dx = p->blocks.dx;
-    p->dw = p->blocks.dw;
+    if (blocks_dw) p->dw = p->blocks.dw;
     /* the conv of dy reuses the blocks loop's FC_SCRATCH_CALL block after it */
     p->slot[FC_SCRATCH_CALL] = max64(p->slot[FC_SCRATCH_CALL], backward_floats(&p->blocks));
     p->threads = p->threads > p->blocks.threads ? p->threads : p->blocks.threads;
@@ -453,12 +481,13 @@ int fc_conv2d_forward(const fc_conv_shape *s, int algo, const float *x, const fl
 static int conv2d_backward(const conv_plan *p, const float *dy, const float *x, const float *w, int x_from_relu,
                            float *dx, float *dw, float *db)
 {
-    if (p->dx != PATH_WINOGRAD && p->dx != PATH_IMPLICIT)
-        return conv_blocks_backward(p, dy, x, w, x_from_relu, dx, dw, db);
-    if (dw || db) {
-        const int status = conv_blocks_backward(p, dy, x, w, 0, NULL, dw, db);
-        if (status != FC_OK) return status;
-    }
+    const int dx_as_conv = p->dx == PATH_WINOGRAD || p->dx == PATH_IMPLICIT;
+    float *blocks_dx = dx_as_conv ? NULL : dx, *blocks_dw = p->dw == PATH_WINOGRAD ? NULL : dw;
+    int status = FC_OK;
+    if (blocks_dx || blocks_dw || db) status = conv_blocks_backward(p, dy, x, w, x_from_relu, blocks_dx, blocks_dw, db);
+    if (status == FC_OK && dw && p->dw == PATH_WINOGRAD)
+        status = fc_winograd_weight_grad(&p->s, p->winograd_dw_tile, x, dy, dw);
+    if (status != FC_OK || !dx || !dx_as_conv) return status;
     if (p->dx == PATH_WINOGRAD)
         return fc_winograd_forward(&p->t, p->winograd_tile, dy, w, 1, NULL, 0, x_from_relu ? x : NULL, dx);
     float *wt = fc_scratch(FC_SCRATCH_KERNEL, p->slot[FC_SCRATCH_KERNEL]);

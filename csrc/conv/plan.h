@@ -39,7 +39,7 @@ enum conv_path {
     PATH_IM2COL = FC_CONV_PATH_IM2COL,          /* forward: patches @ w; dx: dy @ w^T, col2im; dw: cols^T @ dy */
     PATH_DIRECT = FC_CONV_PATH_DIRECT,          /* the direct kernels (direct.h) */
     PATH_IMPLICIT = FC_CONV_PATH_IMPLICIT,      /* forward and dx: implicit GEMM; dw: a GEMM per kernel row */
-    PATH_WINOGRAD = FC_CONV_PATH_WINOGRAD,      /* forward and dx: winograd.c */
+    PATH_WINOGRAD = FC_CONV_PATH_WINOGRAD,      /* forward, dx and dw: winograd.c */
     PATH_GEMM = FC_CONV_PATH_GEMM,              /* forward of a 1x1, stride-1, unpadded conv: one GEMM */
     PATH_FEW_OUTPUTS = FC_CONV_PATH_FEW_OUTPUTS,  /* dw of few output channels over padded images */
     PATH_IM2COL_TRANSPOSED = FC_CONV_PATH_IM2COL_TRANSPOSED,  /* dw^T = dy^T @ cols, for few output channels */
@@ -85,7 +85,8 @@ typedef struct {
     int forward;                       /* the forward path (forward pass) */
     int dx, dw;                        /* the backward paths (PATH_NONE when not asked); db follows dw */
     fc_conv_shape t;                   /* PATH_IMPLICIT or PATH_WINOGRAD dx: the conv of dy computing it */
-    int winograd_tile;                 /* PATH_WINOGRAD: the output tile's side, 2 or 4 */
+    int winograd_tile;                 /* PATH_WINOGRAD forward or dx: the output tile's side, 2 or 4 */
+    int winograd_dw_tile;              /* PATH_WINOGRAD dw: the side of its blocks of dy, 2 or 4 */
     forward_layout fwd;                /* PATH_DIRECT, PATH_IM2COL forward */
     implicit_layout implicit;          /* PATH_IMPLICIT forward, or of t for PATH_IMPLICIT dx */
     backward_layout blocks;            /* the backward loop (dw and db, and dx unless through t) */

@@ -8,7 +8,14 @@
  *   2. runs the a^2 GEMMs M[xi] = V[xi] @ U[xi] (block x cout) in its own scratch,
  *   3. transforms M back into m x m output tiles, adds the bias, applies ReLU and the input-gradient
  *      mask, and stores the pixels that exist (a partial tile at the right or bottom edge drops the rest).
- * V and M of a block stay in the thread's L2 between the steps when the channels are few enough. */
+ * V and M of a block stay in the thread's L2 between the steps when the channels are few enough.
+ *
+ * The weight gradient (fc_winograd_weight_grad) cuts dy into the same m x m tiles: a thread takes the
+ * blocks of one partial sum in turn and, per block,
+ *   1. transforms the input tiles into V[xi] (block x cin), as the forward does,
+ *   2. transforms each tile's m x m block of dy (zeros past its edge) into W[xi] (block x cout),
+ *   3. adds the a^2 products M[xi] (cin x cout) += V[xi]^T @ W[xi] into its partial sum;
+ * then the partials are added in their fixed order and each M is transformed back to the 3x3 taps. */
 #include <string.h>
 
 #include "winograd.h"
@@ -63,20 +70,52 @@ int fc_winograd_applies(const fc_conv_shape *s)
         (o)[3 * (so)] = zb + 8.0f * ze + z5;                                                             \
     } while (0)
 
+/* The weight gradient's 1-D transforms (winograd.h): the dy block's, of M values into A points (the
+ * forward's A, i.e. (A^T)^T), and the inverse to the 3 kernel taps, G^T (G as in transform_kernel). */
+#define DY2(d, s, o, so)                                                                               \
+    do {                                                                                               \
+        const __typeof__((d)[0]) z0 = (d)[0], z1 = (d)[s];                                             \
+        (o)[0] = z0; (o)[so] = z0 + z1; (o)[2 * (so)] = z0 - z1; (o)[3 * (so)] = -z1;                  \
+    } while (0)
+#define DY4(d, s, o, so)                                                                               \
+    do {                                                                                               \
+        const __typeof__((d)[0]) z0 = (d)[0], z1 = (d)[s], z2 = (d)[2 * (s)], z3 = (d)[3 * (s)];       \
+        const __typeof__((d)[0]) ze = z0 + z2, zf = z1 + z3, zp = z0 + 4.0f * z2, zq = 2.0f * z1 + 8.0f * z3; \
+        (o)[0] = z0; (o)[so] = ze + zf; (o)[2 * (so)] = ze - zf;                                       \
+        (o)[3 * (so)] = zp + zq; (o)[4 * (so)] = zp - zq; (o)[5 * (so)] = z3;                          \
+    } while (0)
+#define TAPS2(d, s, o, so)                                                                             \
+    do {                                                                                               \
+        const __typeof__((d)[0]) z0 = (d)[0], z1 = (d)[s], z2 = (d)[2 * (s)], z3 = (d)[3 * (s)];       \
+        const __typeof__((d)[0]) zs = 0.5 * (z1 + z2);                                                 \
+        (o)[0] = z0 + zs; (o)[so] = 0.5 * (z1 - z2); (o)[2 * (so)] = zs + z3;                          \
+    } while (0)
+#define TAPS4(d, s, o, so)                                                                             \
+    do {                                                                                               \
+        const __typeof__((d)[0]) z0 = (d)[0], z1 = (d)[s], z2 = (d)[2 * (s)], z3 = (d)[3 * (s)],       \
+                                 z4 = (d)[4 * (s)], z5 = (d)[5 * (s)];                                 \
+        const __typeof__((d)[0]) za = z1 + z2, zb = z3 + z4;                                           \
+        (o)[0] = z0 / 4.0 - za / 6.0 + zb / 24.0; (o)[so] = (z2 - z1) / 6.0 + (z3 - z4) / 12.0;        \
+        (o)[2 * (so)] = (zb - za) / 6.0 + z5;                                                          \
+    } while (0)
+
 /* ---- the per-tile transforms, one source for every vector type (T: float, or a vector of floats)
  * and both tile sizes (M output pixels a side from an A = M + 2 input tile) ---- */
 
-/* V = B^T d B over channels [c, c + lanes): p[i * A + j] points at input pixel (i, j)'s channels, and
- * V[i * A + j] goes to v + (i * A + j) * vs + c. */
-#define DEFINE_INPUT_TILE(NAME, T, A, IN)                                                              \
+/* A 2-D transform of an N x N tile into an A x A one, R d R^T with the 1-D transform F (R: A x N), over
+ * channels [c, c + lanes): p[i * N + j] points at tile pixel (i, j)'s channels, and point i * A + j
+ * goes to v + (i * A + j) * vs + c. Input tiles (N = A, F = B^T) and dy tiles of the weight gradient
+ * (N = M, F = the A of the forward's output transform, transposed). */
+#define DEFINE_TILE_TRANSFORM(NAME, T, N, A, F)                                                        \
     static inline __attribute__((always_inline)) void NAME(const float *const *p, int64_t c, float *v,  \
                                                             int64_t vs)                               \
     {                                                                                                 \
-        T d[A * A], t[A * A], r[A * A];                                                               \
-        for (int k = 0; k < A * A; k++) memcpy(&d[k], p[k] + c, sizeof(T));                           \
-        for (int j = 0; j < A; j++) IN(d + j, A, t + j, A);                                           \
-        for (int i = 0; i < A; i++) IN(t + i * A, 1, r + i * A, 1);                                   \
-        for (int k = 0; k < A * A; k++) memcpy(v + k * vs + c, &r[k], sizeof(T));                     \
+        typedef T unaligned __attribute__((aligned(4), may_alias));  /* one vector move each */       \
+        T d[N * N], t[A * N], r[A * A];                                                               \
+        for (int k = 0; k < N * N; k++) d[k] = *(const unaligned *)(p[k] + c);                        \
+        for (int j = 0; j < N; j++) F(d + j, N, t + j, N);                                            \
+        for (int i = 0; i < A; i++) F(t + i * N, 1, r + i * A, 1);                                    \
+        for (int k = 0; k < A * A; k++) *(unaligned *)(v + k * vs + c) = r[k];                        \
     }
 
 /* The M x M output tile Y = A^T X A over channels [c, c + lanes), X[k] at m + k * ms + c. out[k]
@@ -118,12 +157,16 @@ static inline float mask_s(float r, float x) { return x > 0.0f ? r : 0.0f; }
 #define RELU_V8(r) ((vec8)((ivec8)(r) & ~((r) < (vec8){ 0 })))
 #define MASK_V8(r, x) ((vec8)((ivec8)(r) & ((x) > (vec8){ 0 })))
 
-DEFINE_INPUT_TILE(input2_s, float, 4, IN2)
-DEFINE_INPUT_TILE(input2_v8, vec8, 4, IN2)
+DEFINE_TILE_TRANSFORM(input2_s, float, 4, 4, IN2)
+DEFINE_TILE_TRANSFORM(input2_v8, vec8, 4, 4, IN2)
+DEFINE_TILE_TRANSFORM(dy2_s, float, 2, 4, DY2)
+DEFINE_TILE_TRANSFORM(dy2_v8, vec8, 2, 4, DY2)
 DEFINE_OUTPUT_TILE(output2_s, float, 2, 4, OUT2, relu_s, mask_s)
 DEFINE_OUTPUT_TILE(output2_v8, vec8, 2, 4, OUT2, RELU_V8, MASK_V8)
-DEFINE_INPUT_TILE(input4_s, float, 6, IN4)
-DEFINE_INPUT_TILE(input4_v8, vec8, 6, IN4)
+DEFINE_TILE_TRANSFORM(input4_s, float, 6, 6, IN4)
+DEFINE_TILE_TRANSFORM(input4_v8, vec8, 6, 6, IN4)
+DEFINE_TILE_TRANSFORM(dy4_s, float, 4, 6, DY4)
+DEFINE_TILE_TRANSFORM(dy4_v8, vec8, 4, 6, DY4)
 DEFINE_OUTPUT_TILE(output4_s, float, 4, 6, OUT4, relu_s, mask_s)
 DEFINE_OUTPUT_TILE(output4_v8, vec8, 4, 6, OUT4, RELU_V8, MASK_V8)
 
@@ -133,27 +176,35 @@ typedef struct {
     int64_t tiles_h, tiles_w;
 } tiling;
 
-/* Tiles [t0, t0 + count) into V (point xi's rows at v + xi * vs, row stride cin). zero: cin zeros. */
-#define DEFINE_INPUT_BLOCK(NAME, ATTR, M, A, VTILE, STILE, LANES)                                     \
-    ATTR static void NAME(const fc_conv_shape *s, const tiling *tl, const float *x, const float *zero,   \
-                          int64_t t0, int64_t count, float *v, int64_t vs)                            \
+/* The images a block's tiles are cut from: x (input tiles, reaching into the padding) or dy (the
+ * weight gradient's blocks, reaching past its right and bottom edge), of `channels` per pixel. */
+typedef struct {
+    const float *data;
+    int64_t h, w, channels, top, left;  /* tile (ty, tx)'s pixel (i, j) is (ty * M - top + i, tx * M - left + j) */
+} tile_source;
+
+/* The SIDE x SIDE tiles [t0, t0 + count) of src, transformed, into V (point xi's rows at v + xi * vs,
+ * row stride src->channels); zero: src->channels zeros, read outside src. */
+#define DEFINE_INPUT_BLOCK(NAME, ATTR, M, SIDE, VTILE, STILE, LANES)                                  \
+    ATTR static void NAME(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,       \
+                          int64_t count, float *v, int64_t vs)                                         \
     {                                                                                                 \
-        const int64_t cin = s->cin, per_image = tl->tiles_h * tl->tiles_w;                            \
+        const int64_t ch = src->channels, per_image = tl->tiles_h * tl->tiles_w;                      \
         for (int64_t t = t0; t < t0 + count; t++) {                                                   \
             const int64_t img = t / per_image, ty = t / tl->tiles_w % tl->tiles_h, tx = t % tl->tiles_w; \
-            const float *p[A * A];                                                                    \
-            for (int i = 0; i < A; i++) {                                                             \
-                const int64_t iy = ty * M - s->pad_top + i;                                           \
-                for (int j = 0; j < A; j++) {                                                         \
-                    const int64_t ix = tx * M - s->pad_left + j;                                      \
-                    p[A * i + j] = iy < 0 || iy >= s->h || ix < 0 || ix >= s->w                       \
-                                       ? zero : x + ((img * s->h + iy) * s->w + ix) * cin;            \
+            const float *p[SIDE * SIDE];                                                              \
+            for (int i = 0; i < SIDE; i++) {                                                          \
+                const int64_t iy = ty * M - src->top + i;                                             \
+                for (int j = 0; j < SIDE; j++) {                                                      \
+                    const int64_t ix = tx * M - src->left + j;                                        \
+                    p[SIDE * i + j] = iy < 0 || iy >= src->h || ix < 0 || ix >= src->w                \
+                                          ? zero : src->data + ((img * src->h + iy) * src->w + ix) * ch; \
                 }                                                                                     \
             }                                                                                         \
-            float *row = v + (t - t0) * cin;                                                          \
+            float *row = v + (t - t0) * ch;                                                           \
             int64_t c = 0;                                                                            \
-            for (; c + LANES <= cin; c += LANES) VTILE(p, c, row, vs);                                \
-            for (; c < cin; c++) STILE(p, c, row, vs);                                                \
+            for (; c + LANES <= ch; c += LANES) VTILE(p, c, row, vs);                                 \
+            for (; c < ch; c++) STILE(p, c, row, vs);                                                 \
         }                                                                                             \
     }
 
@@ -186,18 +237,23 @@ typedef struct {
 #define AVX2 __attribute__((target("avx2,fma")))
 DEFINE_INPUT_BLOCK(input2_generic, , 2, 4, input2_s, input2_s, 1)
 DEFINE_OUTPUT_BLOCK(output2_generic, , 2, output2_s, output2_s, 1)
+DEFINE_INPUT_BLOCK(dy2_generic, , 2, 2, dy2_s, dy2_s, 1)
 DEFINE_INPUT_BLOCK(input4_generic, , 4, 6, input4_s, input4_s, 1)
 DEFINE_OUTPUT_BLOCK(output4_generic, , 4, output4_s, output4_s, 1)
+DEFINE_INPUT_BLOCK(dy4_generic, , 4, 4, dy4_s, dy4_s, 1)
 #if defined(__x86_64__) || defined(_M_X64)
 DEFINE_INPUT_BLOCK(input2_avx2, AVX2, 2, 4, input2_v8, input2_s, 8)
 DEFINE_OUTPUT_BLOCK(output2_avx2, AVX2, 2, output2_v8, output2_s, 8)
+DEFINE_INPUT_BLOCK(dy2_avx2, AVX2, 2, 2, dy2_v8, dy2_s, 8)
 DEFINE_INPUT_BLOCK(input4_avx2, AVX2, 4, 6, input4_v8, input4_s, 8)
 DEFINE_OUTPUT_BLOCK(output4_avx2, AVX2, 4, output4_v8, output4_s, 8)
+DEFINE_INPUT_BLOCK(dy4_avx2, AVX2, 4, 4, dy4_v8, dy4_s, 8)
 #endif
 
+typedef void (*block_transform)(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,
+                                int64_t count, float *v, int64_t vs);
 typedef struct {
-    void (*input)(const fc_conv_shape *s, const tiling *tl, const float *x, const float *zero, int64_t t0,
-                  int64_t count, float *v, int64_t vs);
+    block_transform input, dy;  /* input tiles; the weight gradient's dy blocks */
     void (*output)(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ms, int64_t t0, int64_t count,
                    const float *bias, int relu, const float *mask_by, float *y);
 } transforms;
@@ -208,10 +264,19 @@ static transforms active_transforms(const fc_gemm_kernel *kr, int tile)
 {
 #if defined(__x86_64__) || defined(_M_X64)
     if (kr->vector_bytes >= 32)
-        return tile == 4 ? (transforms){ input4_avx2, output4_avx2 } : (transforms){ input2_avx2, output2_avx2 };
+        return tile == 4 ? (transforms){ input4_avx2, dy4_avx2, output4_avx2 }
+                         : (transforms){ input2_avx2, dy2_avx2, output2_avx2 };
 #endif
     (void)kr;
-    return tile == 4 ? (transforms){ input4_generic, output4_generic } : (transforms){ input2_generic, output2_generic };
+    return tile == 4 ? (transforms){ input4_generic, dy4_generic, output4_generic }
+                     : (transforms){ input2_generic, dy2_generic, output2_generic };
+}
+
+/* x as the source of input tiles */
+static tile_source input_tiles(const fc_conv_shape *s, const float *x)
+{
+    const tile_source src = { x, s->h, s->w, s->cin, s->pad_top, s->pad_left };
+    return src;
 }
 
 /* U[xi] = G g G^T for every channel pair: u + xi * cin * cout, row-major cin x cout.
@@ -253,10 +318,16 @@ static void transform_kernel(const fc_conv_shape *s, int tile, const float *w, i
 
 /* ---- the call's layout ---- */
 
+/* The m x m tiles of y (or dy) and their blocks, both passes' first decision. */
 typedef struct {
     tiling tl;
     int tile, points;                    /* output pixels a tile side (2 or 4), transform points */
-    int64_t tiles, block, rows, blocks;  /* rows: the block's tiles rounded up to the GEMM's MR */
+    int64_t tiles, block, blocks;
+} tile_blocks;
+
+typedef struct {
+    tile_blocks t;
+    int64_t rows;                        /* the block's tiles rounded up to the GEMM's MR */
     int64_t packed;                      /* floats of one packed U[xi]; 0: the GEMMs read U in place */
     int64_t shared, v, m, gemm, per_thread, kernel;
     int threads;
@@ -290,34 +361,39 @@ static fc_gemm_problem point_gemm(const fc_conv_shape *s, int64_t rows)
 
 static const float packed_placeholder[1];
 
+static tile_blocks cut_into_blocks(const fc_conv_shape *s, int tile, const fc_gemm_kernel *kr)
+{
+    tile_blocks t = { .tile = tile == 4 ? 4 : 2 };
+    t.points = (t.tile + 2) * (t.tile + 2);
+    t.tl.tiles_h = (s->oh + t.tile - 1) / t.tile;
+    t.tl.tiles_w = (s->ow + t.tile - 1) / t.tile;
+    t.tiles = s->n * t.tl.tiles_h * t.tl.tiles_w;
+    t.block = block_tiles(s, t.points, kr->mr, t.tiles);
+    t.blocks = (t.tiles + t.block - 1) / t.block;
+    return t;
+}
+
 static layout make_layout(const fc_conv_shape *s, int tile, const fc_gemm_kernel *kr)
 {
-    layout l = { 0 };
-    l.tile = tile == 4 ? 4 : 2;
-    l.points = (l.tile + 2) * (l.tile + 2);
-    l.tl.tiles_h = (s->oh + l.tile - 1) / l.tile;
-    l.tl.tiles_w = (s->ow + l.tile - 1) / l.tile;
-    l.tiles = s->n * l.tl.tiles_h * l.tl.tiles_w;
-    l.block = block_tiles(s, l.points, kr->mr, l.tiles);
-    l.rows = (l.block + kr->mr - 1) / kr->mr * kr->mr;
-    l.blocks = (l.tiles + l.block - 1) / l.block;
-    fc_gemm_problem g = point_gemm(s, l.block);
+    layout l = { .t = cut_into_blocks(s, tile, kr) };
+    l.rows = (l.t.block + kr->mr - 1) / kr->mr * kr->mr;
+    fc_gemm_problem g = point_gemm(s, l.t.block);
     l.packed = fc_gemm_packed_b_floats(kr, &g);
-    l.shared = fc_lines(l.points * l.packed) + fc_lines(s->cin);  /* the packed U, then a row of zeros */
-    l.v = fc_lines(l.points * l.rows * s->cin);
-    l.m = fc_lines(l.points * l.rows * s->cout);
+    l.shared = fc_lines(l.t.points * l.packed) + fc_lines(s->cin);  /* the packed U, then a row of zeros */
+    l.v = fc_lines(l.t.points * l.rows * s->cin);
+    l.m = fc_lines(l.t.points * l.rows * s->cout);
     /* the GEMMs' own scratch, for a full block and the last; an unpacked U (any alignment) is read as
      * the misaligned B that needs the most (as conv.c's gemm_floats_bound) */
     static const float misaligned[2] __attribute__((aligned(64)));
     if (l.packed) g.b_packed = packed_placeholder;
     else g.b = misaligned + 1;
     const int64_t full = fc_gemm_workspace_floats(kr, &g, 1);
-    g.m = l.tiles - (l.blocks - 1) * l.block;
+    g.m = l.t.tiles - (l.t.blocks - 1) * l.t.block;
     l.gemm = fc_lines(max64(full, fc_gemm_workspace_floats(kr, &g, 1)));
     l.per_thread = l.v + l.m + l.gemm;
-    l.kernel = l.points * s->cin * s->cout;
+    l.kernel = l.t.points * s->cin * s->cout;
     l.threads = fc_threads_for_work(2.0 * s->n * s->oh * s->ow * 9 * s->cin * s->cout);
-    if (l.threads > l.blocks) l.threads = (int)l.blocks;
+    if (l.threads > l.t.blocks) l.threads = (int)l.t.blocks;
     return l;
 }
 
@@ -333,32 +409,33 @@ int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const 
 {
     const fc_gemm_kernel *kr = fc_active_gemm_kernel();
     const layout l = make_layout(s, tile, kr);
-    const transforms tf = active_transforms(kr, l.tile);
+    const transforms tf = active_transforms(kr, l.t.tile);
     float *u = fc_scratch(FC_SCRATCH_KERNEL, l.kernel);
     if (!u) return FC_ERROR_NO_MEMORY;
     float *ws = fc_scratch(FC_SCRATCH_CALL, l.shared + l.threads * l.per_thread);
     if (!ws) return FC_ERROR_NO_MEMORY;
-    transform_kernel(s, l.tile, w, flipped, u);
-    float *zero = ws + fc_lines(l.points * l.packed);
+    transform_kernel(s, l.t.tile, w, flipped, u);
+    float *zero = ws + fc_lines(l.t.points * l.packed);
     memset(zero, 0, sizeof(float) * (size_t)s->cin);
     const int64_t tap = s->cin * s->cout;
     if (l.packed) {
-        for (int xi = 0; xi < l.points; xi++) {
-            fc_gemm_problem g = point_gemm(s, l.block);
+        for (int xi = 0; xi < l.t.points; xi++) {
+            fc_gemm_problem g = point_gemm(s, l.t.block);
             g.b = u + xi * tap;
             fc_gemm_pack_b(kr, &g, ws + xi * l.packed);
         }
     }
     const int64_t vs = l.rows * s->cin, ms = l.rows * s->cout;
+    const tile_source src = input_tiles(s, x);
     const int threads = l.threads;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         float *v = ws + l.shared + fc_thread_num() * l.per_thread, *m = v + l.v, *gemm_ws = m + l.m;
         #pragma omp for schedule(dynamic)
-        for (int64_t b = 0; b < l.blocks; b++) {
-            const int64_t t0 = b * l.block, count = min64(l.block, l.tiles - t0);
-            tf.input(s, &l.tl, x, zero, t0, count, v, vs);
-            for (int xi = 0; xi < l.points; xi++) {
+        for (int64_t b = 0; b < l.t.blocks; b++) {
+            const int64_t t0 = b * l.t.block, count = min64(l.t.block, l.t.tiles - t0);
+            tf.input(&src, &l.t.tl, zero, t0, count, v, vs);
+            for (int xi = 0; xi < l.t.points; xi++) {
                 fc_gemm_problem g = point_gemm(s, count);
                 g.a = v + xi * vs;
                 g.b = u + xi * tap;
@@ -366,7 +443,144 @@ int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const 
                 g.c = m + xi * ms;
                 fc_gemm_run_in(kr, &g, 1, gemm_ws);
             }
-            tf.output(s, &l.tl, m, ms, t0, count, bias, relu, mask_by, y);
+            tf.output(s, &l.t.tl, m, ms, t0, count, bias, relu, mask_by, y);
+        }
+    }
+    return FC_OK;
+}
+
+/* ---- the weight gradient (winograd.h) ---- */
+
+enum { WEIGHT_GRAD_PARTIALS = 4 };  /* partial sums: 2 or 4 threads share them evenly */
+
+typedef struct {
+    tile_blocks t;
+    int64_t partials;
+    int64_t acc;                         /* floats of one partial sum: the a^2 matrices M[xi], cin x cout */
+    int64_t vs, ws;                      /* floats from one point's V (W) to the next */
+    int64_t shared, v, w, gemm, per_thread;
+    int threads;
+} weight_grad_layout;
+
+/* The floats between the points of a block's transforms, for `floats` each: whole cache lines, one
+ * more than a multiple of 4 KiB. A transform stores a tile's a^2 points at once; a multiple of 4 KiB
+ * apart (96 tiles of 32 channels), those stores all fell into one L1 set and evicted each other. */
+static int64_t point_stride(int64_t floats)
+{
+    return (floats + 1023) / 1024 * 1024 + 16;
+}
+
+/* M[xi] (+)= V[xi]^T @ W[xi] over k tiles: V (tiles x cin) read by columns, W (tiles x cout) by rows. */
+static fc_gemm_problem weight_grad_gemm(const fc_conv_shape *s, int64_t k)
+{
+    const fc_gemm_problem g = {
+        .m = s->cin, .n = s->cout, .k = k, .a_rs = 1, .a_cs = s->cin, .b_rs = s->cout, .b_cs = 1,
+        .ldc = s->cout, .alpha = 1.0f,
+    };
+    return g;
+}
+
+static weight_grad_layout make_weight_grad_layout(const fc_conv_shape *s, int tile, const fc_gemm_kernel *kr)
+{
+    weight_grad_layout l = { .t = cut_into_blocks(s, tile, kr) };
+    l.partials = min64(l.t.blocks, WEIGHT_GRAD_PARTIALS);
+    l.acc = fc_lines(l.t.points * s->cin * s->cout);
+    l.shared = l.partials * l.acc + fc_lines(max64(s->cin, s->cout));  /* the partials, then a row of zeros */
+    l.vs = point_stride(l.t.block * s->cin);
+    l.ws = point_stride(l.t.block * s->cout);
+    l.v = l.t.points * l.vs;
+    l.w = l.t.points * l.ws;
+    /* W's rows start at any float (as the forward's unpacked U): sized for the misaligned B */
+    static const float misaligned[2] __attribute__((aligned(64)));
+    fc_gemm_problem g = weight_grad_gemm(s, l.t.block);
+    g.b = misaligned + 1;
+    const int64_t full = fc_gemm_workspace_floats(kr, &g, 1);
+    g.k = l.t.tiles - (l.t.blocks - 1) * l.t.block;
+    l.gemm = fc_lines(max64(full, fc_gemm_workspace_floats(kr, &g, 1)));
+    l.per_thread = l.v + l.w + l.gemm;
+    l.threads = fc_threads_for_work(2.0 * s->n * s->oh * s->ow * 9 * s->cin * s->cout);
+    if (l.threads > l.partials) l.threads = (int)l.partials;
+    return l;
+}
+
+int64_t fc_winograd_weight_grad_workspace(const fc_conv_shape *s, int tile)
+{
+    const weight_grad_layout l = make_weight_grad_layout(s, tile, fc_active_gemm_kernel());
+    return l.shared + l.threads * l.per_thread;
+}
+
+/* dw's elements e .. e + lanes - 1 of every tap (e = ci * cout + co): the partial sums of each point
+ * added in their order, then G^T M G, in double (T: double, or a vector of doubles; a^2 + 9 values per
+ * element, little next to the GEMMs' work). */
+typedef double vec4d __attribute__((vector_size(32)));
+typedef float vec4f __attribute__((vector_size(16)));
+#define LOAD_1D(p) ((double)*(p))
+#define STORE_1D(p, v) (*(p) = (float)(v))
+#define LOAD_4D(p) ({ vec4f f_; memcpy(&f_, (p), sizeof f_); __builtin_convertvector(f_, vec4d); })
+#define STORE_4D(p, v)                                                                                 \
+    do {                                                                                               \
+        const vec4f f_ = __builtin_convertvector((v), vec4f);                                          \
+        memcpy((p), &f_, sizeof f_);                                                                   \
+    } while (0)
+
+#define DEFINE_WEIGHT_GRAD_TAPS(NAME, T, LOAD, STORE)                                                 \
+    static inline void NAME(const weight_grad_layout *l, const float *acc, int64_t tap, int64_t e, float *dw) \
+    {                                                                                                 \
+        T z[36], t[3 * 6], r[9];                                                                      \
+        for (int xi = 0; xi < l->t.points; xi++) {                                                     \
+            T sum = LOAD(acc + xi * tap + e);                                                         \
+            for (int64_t part = 1; part < l->partials; part++) sum += LOAD(acc + part * l->acc + xi * tap + e); \
+            z[xi] = sum;                                                                              \
+        }                                                                                             \
+        if (l->t.tile == 2) {                                                                          \
+            for (int j = 0; j < 4; j++) TAPS2(z + j, 4, t + j, 4);      /* G^T M: 3 x 4 */            \
+            for (int i = 0; i < 3; i++) TAPS2(t + 4 * i, 1, r + 3 * i, 1);  /* (G^T M) G */           \
+        } else {                                                                                      \
+            for (int j = 0; j < 6; j++) TAPS4(z + j, 6, t + j, 6);                                    \
+            for (int i = 0; i < 3; i++) TAPS4(t + 6 * i, 1, r + 3 * i, 1);                            \
+        }                                                                                             \
+        for (int k = 0; k < 9; k++) STORE(dw + k * tap + e, r[k]);                                    \
+    }
+DEFINE_WEIGHT_GRAD_TAPS(weight_grad_taps_1, double, LOAD_1D, STORE_1D)
+DEFINE_WEIGHT_GRAD_TAPS(weight_grad_taps_4, vec4d, LOAD_4D, STORE_4D)
+
+int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, const float *dy, float *dw)
+{
+    const fc_gemm_kernel *kr = fc_active_gemm_kernel();
+    const weight_grad_layout l = make_weight_grad_layout(s, tile, kr);
+    const transforms tf = active_transforms(kr, l.t.tile);
+    float *ws = fc_scratch(FC_SCRATCH_CALL, l.shared + l.threads * l.per_thread);
+    if (!ws) return FC_ERROR_NO_MEMORY;
+    float *zero = ws + l.partials * l.acc;
+    memset(zero, 0, sizeof(float) * (size_t)max64(s->cin, s->cout));
+    const tile_source xs = input_tiles(s, x), dys = { dy, s->oh, s->ow, s->cout, 0, 0 };
+    const int64_t vs = l.vs, wsz = l.ws, tap = s->cin * s->cout;
+    const int threads = l.threads;
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *v = ws + l.shared + fc_thread_num() * l.per_thread, *w = v + l.v, *gemm_ws = w + l.w;
+        #pragma omp for schedule(dynamic)
+        for (int64_t part = 0; part < l.partials; part++) {
+            for (int64_t b = part; b < l.t.blocks; b += l.partials) {
+                const int64_t t0 = b * l.t.block, count = min64(l.t.block, l.t.tiles - t0);
+                tf.input(&xs, &l.t.tl, zero, t0, count, v, vs);
+                tf.dy(&dys, &l.t.tl, zero, t0, count, w, wsz);
+                for (int xi = 0; xi < l.t.points; xi++) {
+                    fc_gemm_problem g = weight_grad_gemm(s, count);
+                    g.a = v + xi * vs;
+                    g.b = w + xi * wsz;
+                    g.c = ws + part * l.acc + xi * tap;
+                    g.beta = b == part ? 0.0f : 1.0f;
+                    fc_gemm_run_in(kr, &g, 1, gemm_ws);
+                }
+            }
+        }
+        #pragma omp for schedule(static)
+        for (int64_t e0 = 0; e0 < tap; e0 += 256) {
+            const int64_t end = min64(e0 + 256, tap);
+            int64_t e = e0;
+            for (; e + 4 <= end; e += 4) weight_grad_taps_4(&l, ws, tap, e, dw);
+            for (; e < end; e++) weight_grad_taps_1(&l, ws, tap, e, dw);
         }
     }
     return FC_OK;

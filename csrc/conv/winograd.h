@@ -13,8 +13,16 @@
  * output transforms are vectorised along the channels (8 floats with AVX2, chosen from the active GEMM
  * kernel's vector width, so FASTCONV_ISA=generic runs the portable ones).
  *
+ * The weight gradient is a 3x3 "output" of each input tile correlated with an m x m block of dy, which
+ * is Winograd's F(3x3, m x m), the dual of F(m x m, 3x3) (the transposition principle swaps the roles
+ * of G and A):
+ *     dw_tile = G^T [ (A g A^T) (.) (B^T d B) ] G
+ * with the same B, A and G, g the block of dy and d the forward's input tile: the same (m + 2)^2
+ * multiplies per tile and channel pair, summed over the tiles as GEMMs with K = the block's tiles.
+ *
  * Blocks of tiles are a function of the shape only and each is computed by one thread, K is never
- * split: the result is the same bits for any thread count. */
+ * split (the weight gradient's blocks go to a fixed number of partial sums, added in a fixed order):
+ * the result is the same bits for any thread count. */
 #ifndef FASTCONV_CONV_WINOGRAD_H
 #define FASTCONV_CONV_WINOGRAD_H
 
@@ -38,5 +46,13 @@ void fc_winograd_workspace(const fc_conv_shape *s, int tile, int64_t *call, int6
  * FC_ERROR_NO_MEMORY (nothing written). */
 int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const float *w, int flipped,
                         const float *bias, int relu, const float *mask_by, float *y);
+
+/* dw (3, 3, cin, cout) = the weight gradient of the conv s given its input x and output gradient dy,
+ * as F(3x3, tile x tile), tile 2 or 4 (above): summed over the tiles in the transformed domain by
+ * (tile + 2)^2 GEMMs (cin x cout, K = a block's tiles), transformed back once per channel pair.
+ * Between fc_call_begin and fc_call_end; FC_OK or FC_ERROR_NO_MEMORY (nothing written). */
+int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, const float *dy, float *dw);
+/* Its FC_SCRATCH_CALL floats at the thread count a call would use now. */
+int64_t fc_winograd_weight_grad_workspace(const fc_conv_shape *s, int tile);
 
 #endif
