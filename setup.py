@@ -33,7 +33,16 @@ def read_isa_list():
     return isas, re.findall(r'"(csrc/[^"]+\.c)"', text)
 
 
+def read_bf16_kernels():
+    """The bfloat16 micro-kernels [(file, flags)] of csrc/isa_list.h's FC_BF16_GEMM lines."""
+    with open(os.path.join(CHECKOUT, ISA_LIST)) as f:
+        text = f.read()
+    return [(f"csrc/gemm/ukr_{gemm}.c", flags.split())
+            for _, gemm, flags in re.findall(r'^FC_BF16_GEMM\((\w+), (\w+), "([^"]*)"\)', text, re.M)]
+
+
 ISAS, PER_ISA_SOURCES = read_isa_list()
+BF16_KERNELS = read_bf16_kernels()
 
 
 def isa_sources(name, gemm):
@@ -55,6 +64,8 @@ PORTABLE_SOURCES = [
     "csrc/train/train.c",
     "csrc/norm/norm.c",
     "csrc/image/affine.c",
+    "csrc/gemm/pack_bf16.c",  # bfloat16 packing and the portable bf16 kernel (any CPU)
+    "csrc/gemm/ukr_generic_bf16_4x16.c",
 ] + isa_sources(*ISAS[0][:2])  # the first set is the portable one, with the baseline flags
 
 # Files compiled once more with an instruction set's flags: {isa: (sources, flags)}.
@@ -96,6 +107,10 @@ class BuildExt(build_ext):
                     ext.extra_objects += self.compiler.compile(  # one folder per set: same source names
                         sources, output_dir=os.path.join(self.build_temp, isa), include_dirs=ext.include_dirs,
                         extra_postargs=flags + isa_flags, depends=ext.depends)
+                for source, bf16_flags in BF16_KERNELS:  # each alone, with its own flags
+                    ext.extra_objects += self.compiler.compile(
+                        [source], output_dir=os.path.join(self.build_temp, "bf16"), include_dirs=ext.include_dirs,
+                        extra_postargs=flags + bf16_flags, depends=ext.depends)
         super().build_extensions()
 
 
@@ -122,10 +137,11 @@ extension = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     # The instruction-set files are linked as extra objects: listed here so editing one relinks.
     depends=[ISA_LIST, "csrc/fastconv.h", "csrc/dispatch.h", "csrc/gemm/gemm.h", "csrc/gemm/tuning.h",
-             "csrc/conv/direct.h", "csrc/workspace.h",
+             "csrc/gemm/bf16.h", "csrc/conv/direct.h", "csrc/workspace.h",
              "csrc/bench/peak.h", "csrc/train/elementwise.h", "csrc/pool/maxpool2x2.h",
              "csrc/norm/batchnorm.h"]
-    + sorted({source for sources, _ in ISA_SOURCES.values() for source in sources}),
+    + sorted({source for sources, _ in ISA_SOURCES.values() for source in sources})
+    + [source for source, _ in BF16_KERNELS],
 )
 
 setup(

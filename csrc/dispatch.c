@@ -51,9 +51,19 @@ static const struct isa_kernels {
 #include "isa_list.h"
 };
 
-/* The GEMM micro-kernels fitted to this CPU's caches (gemm.h), one per instruction set: made when the
- * library loads, before any call can read them. */
-static fc_gemm_kernel gemm_kernels[ISA_COUNT];
+/* The bfloat16 micro-kernels: the portable one (any CPU) and, per instruction set, the one of
+ * isa_list.h's FC_BF16_GEMM lines (or none). */
+extern const fc_gemm_ukernel fc_gemm_generic_bf16_4x16;
+#define FC_BF16_GEMM(isa, gemm, flags) extern const fc_gemm_ukernel fc_gemm_##gemm;
+#include "isa_list.h"
+static const fc_gemm_ukernel *const bf16_ukernels[ISA_COUNT] = {
+#define FC_BF16_GEMM(isa, gemm, flags) [ISA_##isa] = &fc_gemm_##gemm,
+#include "isa_list.h"
+};
+
+/* The GEMM micro-kernels fitted to this CPU's caches (gemm.h), one per instruction set, and the same
+ * for the bfloat16 ones: made when the library loads, before any call can read them. */
+static fc_gemm_kernel gemm_kernels[ISA_COUNT], bf16_kernels[ISA_COUNT], portable_bf16_kernel;
 
 /* A cache parameter from the C library, or 0 where it does not say. */
 static int64_t cache_parameter(int name)
@@ -72,8 +82,11 @@ void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, i
     if (l1_ways < 0) caches.l1_ways = cache_parameter(_SC_LEVEL1_DCACHE_ASSOC);
     if (l2_ways < 0) caches.l2_ways = cache_parameter(_SC_LEVEL2_CACHE_ASSOC);
 #endif
-    for (int i = 0; i < ISA_COUNT; i++)
+    for (int i = 0; i < ISA_COUNT; i++) {
         if (kernel_table[i].gemm) fc_gemm_fit(&gemm_kernels[i], kernel_table[i].gemm, &caches);
+        if (bf16_ukernels[i]) fc_gemm_fit(&bf16_kernels[i], bf16_ukernels[i], &caches);
+    }
+    fc_gemm_fit(&portable_bf16_kernel, &fc_gemm_generic_bf16_4x16, &caches);
 }
 
 __attribute__((constructor)) static void fit_gemm_blocking_to_this_cpu(void) { fc_fit_gemm_blocking(-1, -1, -1, -1); }
@@ -103,8 +116,23 @@ static int cpu_supports(enum isa isa)
     /* AVX-512 also needs the OS to save opmask and the upper ZMM registers. */
     return avx2 && avx512f && (xcr0 & 0xE6) == 0xE6;
 }
+
+/* Whether the CPU runs instruction set isa's bfloat16 kernel: for AVX-512, AVX512_BF16 (CPUID leaf 7,
+ * subleaf 1, EAX bit 5) on top of the set itself (which checked the OS's AVX-512 state with XGETBV). */
+static int cpu_supports_bf16(enum isa isa)
+{
+    unsigned int a, b, c, d;
+    if (isa != ISA_avx512 || !cpu_supports(isa)) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || a < 1) return 0;  /* a: the highest subleaf of leaf 7 */
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
+    return (a >> 5) & 1;
+}
+
+int fc_cpu_has_avx512_bf16(void) { return cpu_supports_bf16(ISA_avx512); }
 #else
 static int cpu_supports(enum isa isa) { return isa == ISA_generic; }
+static int cpu_supports_bf16(enum isa isa) { (void)isa; return 0; }
+int fc_cpu_has_avx512_bf16(void) { return 0; }
 #endif
 
 static enum isa best_isa(void)
@@ -146,10 +174,18 @@ static enum isa process_isa(void)
  * the calling thread hands them the kernel tables it took. */
 static __thread int call_depth;
 static __thread int call_isa = -1;
+/* The compute precision of the calling thread's next calls (fc_set_thread_precision: a layer whose
+ * dtype policy computes in bfloat16 sets it around its ops), taken into the call frame like the
+ * instruction set. */
+static __thread int thread_precision = FC_PRECISION_FLOAT32;
+static __thread int call_precision = FC_PRECISION_FLOAT32;
 
 void fc_call_begin(void)
 {
-    if (call_depth++ == 0) call_isa = (int)process_isa();
+    if (call_depth++ == 0) {
+        call_isa = (int)process_isa();
+        call_precision = thread_precision;
+    }
 }
 
 int fc_call_end(int status)
@@ -162,6 +198,52 @@ int fc_call_end(int status)
 }
 
 static enum isa current_isa(void) { return call_isa >= 0 ? (enum isa)call_isa : process_isa(); }
+
+
+int fc_set_thread_precision(int precision)
+{
+    const int before = thread_precision;
+    thread_precision = precision == FC_PRECISION_BFLOAT16 ? FC_PRECISION_BFLOAT16 : FC_PRECISION_FLOAT32;
+    return before;
+}
+
+static int current_precision(void) { return call_depth > 0 ? call_precision : thread_precision; }
+
+/* Which bfloat16 kernel runs: the instruction set's where the CPU has it (else float32), or the
+ * portable one on any CPU (FASTCONV_BF16_KERNEL=portable or fc_set_bf16_kernel: tests, and CPUs
+ * without AVX512_BF16 that want bf16 results). Process-wide, as the instruction set. */
+static _Atomic int bf16_portable = -1;
+
+static int use_portable_bf16(void)
+{
+    int portable = atomic_load_explicit(&bf16_portable, memory_order_relaxed);
+    if (portable < 0) {
+        const char *env = getenv("FASTCONV_BF16_KERNEL");
+        portable = env && strcmp(env, "portable") == 0;
+        atomic_store(&bf16_portable, portable);
+    }
+    return portable;
+}
+
+int fc_set_bf16_kernel(const char *name)
+{
+    if (!name || (strcmp(name, "portable") != 0 && strcmp(name, "auto") != 0)) return -1;
+    atomic_store(&bf16_portable, strcmp(name, "portable") == 0);
+    return 0;
+}
+
+/* The bfloat16 kernel for a call under `isa`, or NULL where such calls run the float32 kernel. */
+static const fc_gemm_kernel *bf16_kernel(enum isa isa)
+{
+    if (use_portable_bf16()) return &portable_bf16_kernel;
+    return bf16_ukernels[isa] && cpu_supports_bf16(isa) ? &bf16_kernels[isa] : NULL;
+}
+
+const char *fc_bf16_kernel_name(void)
+{
+    const fc_gemm_kernel *k = bf16_kernel(current_isa());
+    return k ? k->uk->name : NULL;
+}
 
 const char *fc_isa_name(void) { return isa_names[current_isa()]; }
 
@@ -182,7 +264,14 @@ int fc_set_isa(const char *name)
     return 0;
 }
 
-const fc_gemm_kernel *fc_active_gemm_kernel(void) { return &gemm_kernels[current_isa()]; }
+const fc_gemm_kernel *fc_active_gemm_kernel(void)
+{
+    const enum isa isa = current_isa();
+    const fc_gemm_kernel *bf16 = current_precision() == FC_PRECISION_BFLOAT16 ? bf16_kernel(isa) : NULL;
+    return bf16 ? bf16 : &gemm_kernels[isa];
+}
+
+const fc_gemm_kernel *fc_active_float32_gemm_kernel(void) { return &gemm_kernels[current_isa()]; }
 
 int64_t fc_fma_peak(const char *isa_name, int64_t iters, int threads)
 {

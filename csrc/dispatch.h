@@ -9,8 +9,12 @@
 #include "norm/batchnorm.h"
 
 /* The kernels of the instruction set in use: inside a call (fc_call_begin), the call's snapshot; call
- * these on the calling thread only, and hand the tables to the OpenMP workers. */
+ * these on the calling thread only, and hand the tables to the OpenMP workers. The GEMM kernel is the
+ * bfloat16 one where the call's precision asks for it and one runs (fc_set_thread_precision). */
 const fc_gemm_kernel *fc_active_gemm_kernel(void);
+/* The call's float32 kernel whatever its precision: Winograd's transformed tiles rounded to bf16 would
+ * lose several times the accuracy of the other paths (F(4x4, 3x3) about 10x), so it keeps float32. */
+const fc_gemm_kernel *fc_active_float32_gemm_kernel(void);
 #include "isa_list.h"
 #define FC_DECLARE_ACTIVE_TABLE(isa, type, table, file) const type *fc_active_##table(void);
 FC_PER_ISA_TABLES(FC_DECLARE_ACTIVE_TABLE, _)

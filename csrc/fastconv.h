@@ -18,6 +18,20 @@ int fc_isa_supported(const char *name);  /* 1 if this CPU and OS can run that pa
 const char *fc_isa_name_at(int i);
 int fc_set_isa(const char *name);        /* force a path; 0 on success, -1 if unknown or unsupported */
 const char *fc_gemm_kernel_name(void);
+/* Mixed precision. The calling thread's compute precision for its next calls (returns the previous
+ * one): FC_PRECISION_BFLOAT16 runs the GEMMs (Dense, and conv's im2col, implicit and Winograd paths)
+ * on a bfloat16 kernel, inputs rounded to bf16 and sums in float32, where one runs (below), else on
+ * the float32 kernel. */
+enum { FC_PRECISION_FLOAT32 = 0, FC_PRECISION_BFLOAT16 = 1 };
+int fc_set_thread_precision(int precision);
+/* The kernel bfloat16 calls run now, or NULL when they run the float32 one (no AVX512_BF16). */
+const char *fc_bf16_kernel_name(void);
+/* "auto": the instruction set's bf16 kernel where the CPU has AVX512_BF16; "portable": the portable
+ * kernel with the same arithmetic, on any CPU (also FASTCONV_BF16_KERNEL=portable). 0, or -1 if unknown. */
+int fc_set_bf16_kernel(const char *name);
+int fc_cpu_has_avx512_bf16(void);
+/* Tests only: float32 -> bfloat16 bits of n values, as the bf16 kernels round them. */
+void fc_bf16_from_floats(const float *x, uint16_t *out, int64_t n);
 const char *fc_compiler(void);
 /* glibc only: serve allocations below `bytes` from the heap and keep up to `bytes` of freed memory
  * mapped, so that per-step arrays stop page-faulting; returns 1 if applied (workspace.c). */

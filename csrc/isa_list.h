@@ -13,7 +13,11 @@
  *   top of the file); dispatch.c's fc_active_<table>() returns the call's. Its type comes from the header
  *   dispatch.h includes.
  * FC_PER_ISA_CODE(X): files compiled once per set that define no table (their functions are reached
- *   through a micro-kernel's description). */
+ *   through a micro-kernel's description).
+ * FC_BF16_GEMM(isa, gemm, flags): the bfloat16 GEMM micro-kernel csrc/gemm/ukr_<gemm>.c (defining
+ *   fc_gemm_<gemm>) that calls of a bfloat16 compute dtype run under instruction set `isa` where the CPU
+ *   has the feature its flags name (dispatch.c's cpu_supports_bf16); compiled alone with `flags`.
+ *   Elsewhere those calls run the set's float32 kernel, or the portable bf16 kernel when forced. */
 
 #ifndef FC_ISA
 #define FC_ISA(name, gemm, flags)
@@ -26,6 +30,16 @@ FC_ISA(avx512, avx512_14x32, "-mavx512f -mavx2 -mfma")
 #endif
 
 #undef FC_ISA
+
+#ifndef FC_BF16_GEMM
+#define FC_BF16_GEMM(isa, gemm, flags)
+#endif
+
+#if defined(__x86_64__) || defined(_M_X64)
+FC_BF16_GEMM(avx512, avx512_bf16_14x32, "-mavx512f -mavx512bf16 -mavx2 -mfma")
+#endif
+
+#undef FC_BF16_GEMM
 
 #ifndef FC_PER_ISA_TABLES
 #define FC_PER_ISA_TABLES(X, isa)                                              \

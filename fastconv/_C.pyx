@@ -3,7 +3,7 @@
 
 Callers (fastconv.ops) pass validated, C-contiguous, non-empty float32 arrays flattened to 1-D.
 """
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
 
 cimport numpy as cnp
 import numpy as np
@@ -17,6 +17,11 @@ cdef extern from "fastconv.h" nogil:
     const char *fc_isa_name_at(int i)
     int fc_set_isa(const char *name)
     const char *fc_gemm_kernel_name()
+    int fc_set_thread_precision(int precision)
+    const char *fc_bf16_kernel_name()
+    int fc_set_bf16_kernel(const char *name)
+    int fc_cpu_has_avx512_bf16()
+    void fc_bf16_from_floats(const float *x, uint16_t *out, int64_t n)
     const char *fc_compiler()
     int fc_keep_freed_memory(int64_t bytes)
     int64_t fc_release_workspace()
@@ -146,6 +151,30 @@ def set_isa(str name):
 
 def gemm_kernel_name():
     return fc_gemm_kernel_name().decode()
+
+
+def set_thread_precision(int bfloat16):
+    """This thread's next calls compute in bfloat16 (1) or float32 (0); returns the previous setting."""
+    return fc_set_thread_precision(bfloat16)
+
+
+def bf16_kernel_name():
+    """The micro-kernel bfloat16 calls run now, or None when they run the float32 one."""
+    cdef const char *name = fc_bf16_kernel_name()
+    return None if name == NULL else name.decode()
+
+
+def set_bf16_kernel(str name):
+    return fc_set_bf16_kernel(name.encode()) == 0
+
+
+def cpu_has_avx512_bf16():
+    return bool(fc_cpu_has_avx512_bf16())
+
+
+def bf16_from_floats(float[::1] x, uint16_t[::1] out):
+    """out[i] = the bfloat16 bits of x[i], as the bf16 kernels round them (tests)."""
+    fc_bf16_from_floats(&x[0], &out[0], x.shape[0])
 
 
 def gemm_blocking():

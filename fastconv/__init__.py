@@ -99,6 +99,8 @@ def config():
             "conv2d": (f"{os.environ.get('FASTCONV_CONV_ALGO', 'auto')}: {_C.conv_direct_kernel_name()} for "
                        f"cin<=4; else implicit gemm (stride 1) or im2col+gemm ({_C.gemm_kernel_name()}); 1x1: gemm"),
             "conv2d_direct": _C.conv_direct_kernel_name(),
+            # What a bfloat16 compute dtype (mixed_bfloat16) runs: fastconv.precision.
+            "gemm_bf16": _C.bf16_kernel_name() or "float32 kernels (no AVX512_BF16)",
             "maxpool2d": f"direct nhwc ({isa})",
             "avgpool2d": f"direct nhwc ({isa})",
         },

@@ -399,7 +399,7 @@ static layout make_layout(const fc_conv_shape *s, int tile, const fc_gemm_kernel
 
 void fc_winograd_workspace(const fc_conv_shape *s, int tile, int64_t *call, int64_t *kernel)
 {
-    const layout l = make_layout(s, tile, fc_active_gemm_kernel());
+    const layout l = make_layout(s, tile, fc_active_float32_gemm_kernel());
     *call = l.shared + l.threads * l.per_thread;
     *kernel = l.kernel;
 }
@@ -407,7 +407,7 @@ void fc_winograd_workspace(const fc_conv_shape *s, int tile, int64_t *call, int6
 int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const float *w, int flipped,
                         const float *bias, int relu, const float *mask_by, float *y)
 {
-    const fc_gemm_kernel *kr = fc_active_gemm_kernel();
+    const fc_gemm_kernel *kr = fc_active_float32_gemm_kernel();
     const layout l = make_layout(s, tile, kr);
     const transforms tf = active_transforms(kr, l.t.tile);
     float *u = fc_scratch(FC_SCRATCH_KERNEL, l.kernel);

@@ -17,6 +17,7 @@ void fc_gemm_fit(fc_gemm_kernel *k, const fc_gemm_ukernel *uk, const fc_gemm_cac
     k->vector_bytes = uk->vector_bytes;
     k->ukr = uk->ukr;
     k->pack = uk->pack;
+    k->pack_b = uk->pack_b ? uk->pack_b : uk->pack;
     k->mc = uk->mc;
     /* A core with a large L2 holds a taller A block, so C is read and written once per longer K block. */
     k->kc = l2_bytes >= LARGE_L2_BYTES ? uk->kc_large_l2 : uk->kc;

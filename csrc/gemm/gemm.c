@@ -54,9 +54,9 @@ static void pack_b_panels(const fc_gemm_kernel *kr, const fc_gemm_problem *p, in
 {
     const int64_t nr = kr->nr;
     for (int64_t pc = k0; pc < k1; pc += kc_max)
-        kr->pack(p->b + pc * p->b_rs + jc * p->b_cs, p->b_cs, p->b_rs, jp_lo * nr, min64(jp_hi * nr, p->n - jc),
-                 min64(kc_max, p->k - pc), (int)fc_gemm_b_panel_width(kr, p->n), fc_gemm_b_panel_stride(kr, kc_max),
-                 dst + (pc - k0) / kc_max * b_block_floats(kr, kc_max, nc));
+        kr->pack_b(p->b + pc * p->b_rs + jc * p->b_cs, p->b_cs, p->b_rs, jp_lo * nr, min64(jp_hi * nr, p->n - jc),
+                   min64(kc_max, p->k - pc), (int)fc_gemm_b_panel_width(kr, p->n), fc_gemm_b_panel_stride(kr, kc_max),
+                   dst + (pc - k0) / kc_max * b_block_floats(kr, kc_max, nc));
 }
 
 /* A column-major op(A) (trans_a: conv's weight gradient, cols^T) is read in place when N is narrow:

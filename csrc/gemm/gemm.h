@@ -63,6 +63,7 @@ typedef struct {
     int b_in_place_max_m_misaligned_shared;  /* ... or this many rows a thread when threads share a packed B */
     fc_gemm_ukr ukr;
     fc_gemm_pack_fn pack;
+    fc_gemm_pack_fn pack_b;  /* NULL: B is packed as A is (`pack`); a bf16 kernel's B is packed in bf16 pairs */
 } fc_gemm_ukernel;
 
 /* A core's caches, as the OS reports them (0: unknown). */
@@ -79,7 +80,7 @@ typedef struct {
      * context does): never set otherwise. */
     int mr, nr, nr_narrow, vector_bytes;
     fc_gemm_ukr ukr;
-    fc_gemm_pack_fn pack;
+    fc_gemm_pack_fn pack, pack_b;
     /* Fitted to the caches: */
     int mc, kc, nc;                   /* cache blocks, from the micro-kernel's and the cache sizes */
     int kc_columns_of_a;              /* kc when A is read in place by columns (a line per k step) */
