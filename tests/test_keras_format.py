@@ -347,7 +347,7 @@ def first_layer(config, class_name):
     (lambda c: first_layer(c, "Dense")["config"].update(activation="gelu"), "activation 'gelu' is not one"),
     (lambda c: first_layer(c, "Dense")["config"].update(units=-3), "Dense 'dense.*': units"),
     (lambda c: first_layer(c, "Dense")["config"].update(units=10**9), "more values than the file holds"),
-    (lambda c: first_layer(c, "Dense")["config"].update(dtype="mixed_float16"), "dtype 'mixed_float16'"),
+    (lambda c: first_layer(c, "Dense")["config"].update(dtype="float16"), "dtype 'float16'"),
     (lambda c: first_layer(c, "Conv2D")["config"].update(data_format="channels_first"), "data_format"),
     (lambda c: first_layer(c, "Conv2D")["config"].update(kernel_initializer={"class_name": "Orthogonal",
                                                                              "config": {}}),

@@ -9,21 +9,22 @@ Layers run their ops through `keras.backend`: fastconv's C kernels by default, o
 reference with `keras.backend.set_backend("numpy")` or FASTCONV_BACKEND=numpy.
 """
 from fastconv.keras import (
-    activations, backend, callbacks, config, datasets, initializers, layers, losses, metrics, models, optimizers,
-    regularizers, utils,
+    activations, backend, callbacks, config, datasets, dtype_policies, initializers, layers, losses, metrics,
+    mixed_precision, models, optimizers, regularizers, utils,
 )
 from fastconv.keras import distribution  # noqa: E402  (Keras 3's keras.distribution; loads MPI only when used)
 from fastconv.keras import ops  # noqa: E402  (after layers: ops installs the Variable/Tensor operators)
 from fastconv.keras import random  # noqa: E402  (Keras 3's keras.random, seeded like Keras)
 from fastconv.keras import saving  # noqa: E402  (keras.saving.register_keras_serializable, load_model, ...)
 from fastconv.keras.autodiff import GradientTape, value_and_grad
+from fastconv.keras.dtype_policies import DTypePolicy, FloatDTypePolicy
 from fastconv.keras.layers import Input, Layer
 from fastconv.keras.models import Model, Sequential, load_model
 from fastconv.keras.variables import Variable
 
 __all__ = [
-    "GradientTape", "Input", "Layer", "Model", "Sequential", "Variable", "load_model", "ops", "value_and_grad",
-    "activations", "backend", "callbacks", "config", "datasets", "distribution",
-    "initializers", "layers", "losses", "metrics", "models", "optimizers", "random", "regularizers", "saving",
+    "DTypePolicy", "FloatDTypePolicy", "GradientTape", "Input", "Layer", "Model", "Sequential", "Variable", "load_model", "ops", "value_and_grad",
+    "activations", "backend", "callbacks", "config", "datasets", "distribution", "dtype_policies",
+    "initializers", "mixed_precision", "layers", "losses", "metrics", "models", "optimizers", "random", "regularizers", "saving",
     "utils",
 ]

@@ -48,6 +48,19 @@ def set_epsilon(value):
     losses.EPSILON = float(value)
 
 
+def dtype_policy():
+    """The global dtype policy (keras.mixed_precision.global_policy)."""
+    from fastconv.keras import dtype_policies
+    return dtype_policies.dtype_policy()
+
+
+def set_dtype_policy(policy):
+    """Set the dtype policy of layers made from now on: "float32", "mixed_bfloat16", ... (see
+    fastconv.keras.dtype_policies)."""
+    from fastconv.keras import dtype_policies
+    dtype_policies.set_dtype_policy(policy)
+
+
 def image_data_format():
     """Image tensors are (batch, height, width, channels): "channels_last"."""
     return _IMAGE_DATA_FORMAT
@@ -107,7 +120,7 @@ def set_max_steps_per_epoch(value):
 
 
 __all__ = [
-    "backend", "enable_unsafe_deserialization", "epsilon", "floatx", "image_data_format", "max_epochs",
-    "max_steps_per_epoch", "set_epsilon", "set_floatx", "set_image_data_format", "set_max_epochs",
-    "set_max_steps_per_epoch", "unsafe_deserialization_enabled",
+    "backend", "dtype_policy", "enable_unsafe_deserialization", "epsilon", "floatx", "image_data_format",
+    "max_epochs", "max_steps_per_epoch", "set_dtype_policy", "set_epsilon", "set_floatx", "set_image_data_format",
+    "set_max_epochs", "set_max_steps_per_epoch", "unsafe_deserialization_enabled",
 ]

@@ -253,6 +253,12 @@ def _input_layer_config(layer):
     return {"batch_shape": list(layer.output.shape), "dtype": "float32", "sparse": False, "name": layer.name}
 
 
+def _layer_policy_config(layer):
+    """The layer's dtype policy as Keras writes it ("float32", "mixed_bfloat16", ...)."""
+    from fastconv.keras import dtype_policies
+    return dtype_policies.serialize(layer.dtype_policy)
+
+
 def _custom_layer_entry(layer):
     """A user's layer class, as Keras writes one: its get_config under its registered name. Keras
     loads it when the user gives Keras a class of that name (registered or in custom_objects)."""
@@ -291,7 +297,7 @@ def _layer_entry(layer, input_shape):
         if input_shape is not None:
             entry["build_config"] = {"input_shape": input_shape}
         return entry
-    config = {"name": layer.name, "trainable": layer.trainable, "dtype": dict(_DTYPE_POLICY),
+    config = {"name": layer.name, "trainable": layer.trainable, "dtype": _layer_policy_config(layer),
               **_WRITERS[class_name](layer)}
     if class_name == "SpatialDropout2D":
         del config["trainable"]  # Keras' SpatialDropout2D takes no trainable argument (and has no weights)
@@ -908,10 +914,19 @@ _COMMON_IGNORED = ("dtype", "autocast", "input_dim", "input_shape", "batch_input
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
 
 
-def _check_dtype(policy):
+# The policies fastconv runs (the mixed ones with float32 weights; fastconv.keras.dtype_policies).
+_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def _check_dtype(policy, mixed=True):
+    """The policy name of a config's "dtype" (None if absent); mixed=False for inputs and models, whose
+    data and own policy stay float32 here."""
     if isinstance(policy, dict):
         policy = (policy.get("config") or {}).get("name") if isinstance(policy.get("config"), dict) else None
-    _require(policy in (None, "float32"), f"dtype {str(policy)[:60]!r} is not supported (fastconv computes in float32)")
+    allowed = _POLICIES if mixed else ("float32",)
+    _require(policy is None or policy in allowed,
+             f"dtype {str(policy)[:60]!r} is not supported (fastconv runs {', '.join(allowed)})")
+    return policy
 
 
 class _Loading:
@@ -941,8 +956,8 @@ def _layer_from_entry(entry, loading):
         return _custom_layer(entry, loading)
     passed, off, ignored = _READERS[class_name] or ({key: _as_is for key in config if key not in _COMMON_IGNORED},
                                                     {}, ())
-    _check_dtype(config.get("dtype"))
-    kwargs = {}
+    policy = _check_dtype(config.get("dtype"))
+    kwargs = {} if policy is None else {"dtype": policy}
     for key, value in config.items():
         if key in ("name", "trainable"):
             kwargs[key] = value
@@ -1056,7 +1071,7 @@ def _function_from_bytecode(config):
 def _input_layer(config, name=None):
     from fastconv.keras.layers.base import InputLayer
     _require(isinstance(config, dict), "InputLayer config must be an object")
-    _check_dtype(config.get("dtype"))
+    _check_dtype(config.get("dtype"), mixed=False)
     for key in ("sparse", "ragged", "optional"):
         _require(not config.get(key), f"InputLayer option {key}=true is not supported by fastconv")
     unknown = set(config) - {"batch_shape", "batch_input_shape", "dtype", "sparse", "ragged", "optional", "name"}

@@ -30,7 +30,7 @@ import re
 
 import numpy as np
 
-from fastconv.keras import autodiff, backend, initializers, regularizers
+from fastconv.keras import autodiff, backend, dtype_policies, initializers, regularizers
 from fastconv.keras.variables import Variable
 
 _name_counts = {}
@@ -166,13 +166,13 @@ class Layer:
             raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty string, got {name!r}")
-        if dtype is not None and not isinstance(dtype, dict) and _dtype_name(dtype) != backend.floatx():
-            raise ValueError(f"layer dtype must be {backend.floatx()!r} (fastconv computes in it), got {dtype!r}")
+        policy = _layer_policy(dtype)
         if activity_regularizer is not None:
             raise ValueError("activity_regularizer is not supported; add the penalty with self.add_loss in call()")
         object.__setattr__(self, "_tracked_layers", [])
         object.__setattr__(self, "_variables", [])
         object.__setattr__(self, "_losses", [])
+        object.__setattr__(self, "_dtype_policy", policy)
         self.name = name or unique_name(_snake_case(type(self).__name__))
         self.trainable = bool(trainable)
         self.built = False
@@ -198,6 +198,36 @@ class Layer:
         elif isinstance(value, Variable) and not any(value is v for v in self._variables):
             self._variables.append(value)
         object.__setattr__(self, name, value)
+
+    # ----- dtype policy (keras.mixed_precision) -----
+    @property
+    def dtype_policy(self):
+        """The layer's DTypePolicy: the global policy when it was made, or its dtype= argument."""
+        return self._dtype_policy
+
+    @dtype_policy.setter
+    def dtype_policy(self, value):
+        object.__setattr__(self, "_dtype_policy", _layer_policy(value))
+
+    @property
+    def compute_dtype(self):
+        """The dtype the layer's GEMMs compute in: "float32", or "bfloat16" under mixed_bfloat16."""
+        return self._dtype_policy.compute_dtype
+
+    @property
+    def variable_dtype(self):
+        """The dtype of the layer's weights (float32 under the mixed policies)."""
+        return self._dtype_policy.variable_dtype
+
+    @property
+    def dtype(self):
+        """The variable dtype, as in Keras 3."""
+        return self._dtype_policy.variable_dtype
+
+    def _compute_scope(self):
+        """The scope in which the layer's ops compute in its compute dtype (fastconv.precision)."""
+        compute = self._dtype_policy.compute_dtype
+        return _NO_SCOPE if compute == self._dtype_policy.variable_dtype else _precision_scope(compute)
 
     # ----- weights -----
     def add_weight(self, shape=None, initializer=None, dtype=None, trainable=True, autocast=True, regularizer=None,
@@ -450,7 +480,8 @@ class Layer:
 
     # ----- serialisation -----
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable}
+        config = {"name": self.name, "trainable": self.trainable,
+                  "dtype": dtype_policies.serialize(self._dtype_policy)}
         if self._batch_input_shape is not None:
             config["batch_input_shape"] = list(self._batch_input_shape)
         auto_config = self.__dict__.get("_auto_config")
@@ -462,15 +493,14 @@ class Layer:
     def from_config(cls, config):
         config = dict(config)
         batch_input_shape = config.pop("batch_input_shape", None)
-        config.pop("dtype", None)
         try:
             layer = cls(**config)
         except TypeError:
-            # A custom class whose __init__ does not pass name/trainable on: set them afterwards.
-            base = {key: config.pop(key) for key in ("name", "trainable") if key in config}
+            # A custom class whose __init__ does not pass name/trainable/dtype on: set them afterwards.
+            base = {key: config.pop(key) for key in ("name", "trainable", "dtype") if key in config}
             layer = cls(**config)
             for key, value in base.items():
-                setattr(layer, key, value)
+                setattr(layer, "dtype_policy" if key == "dtype" else key, value)
         if batch_input_shape is not None:
             layer._batch_input_shape = _batch_input_shape(batch_input_shape[1:], None, batch_input_shape[0])
         return layer
@@ -499,12 +529,36 @@ def unique_variables(variables):
     return out
 
 
-def _dtype_name(dtype):
-    """"float32" for float32, np.float32 or a dtype; a dtype policy's own name (e.g. "mixed_bfloat16")."""
+def _layer_policy(dtype):
+    """The DTypePolicy of a layer's dtype= argument (None: the global policy), if fastconv runs it:
+    weights in floatx, computing in floatx, bfloat16 or float16 (which computes in float32)."""
     try:
-        return np.dtype(getattr(dtype, "name", dtype)).name
-    except TypeError:
-        return str(getattr(dtype, "name", dtype))
+        policy = dtype_policies.get(dtype)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"dtype: {error}") from None
+    floatx = backend.floatx()
+    if policy.variable_dtype != floatx or policy.compute_dtype not in (floatx, "bfloat16", "float16"):
+        raise ValueError(f"dtype: fastconv keeps layer weights in {floatx} and computes in {floatx} or bfloat16; "
+                         f"policy {policy.name!r} asks for {policy.variable_dtype} weights and "
+                         f"{policy.compute_dtype} compute (use 'mixed_bfloat16' or {floatx!r})")
+    return policy
+
+
+class _NoScope:
+    """A reusable do-nothing context (layers computing in their variable dtype, every step)."""
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_SCOPE = _NoScope()
+
+
+def _precision_scope(dtype):
+    from fastconv import precision
+    return precision.compute_precision(dtype)
 
 
 def _constructor_arguments(cls, args, kwargs):

@@ -50,9 +50,10 @@ class Conv2D(Layer):
 
     def forward(self, inputs, training=False):
         relu = self.activation is activations.relu
-        pre = backend.ops().conv2d(inputs, self.kernel.value, None if self.bias is None else self.bias.value,
-                                   strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
-                                   activation="relu" if relu else None)
+        with self._compute_scope():  # bfloat16 GEMMs under mixed_bfloat16 (dtype policies)
+            pre = backend.ops().conv2d(inputs, self.kernel.value, None if self.bias is None else self.bias.value,
+                                       strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
+                                       activation="relu" if relu else None)
         out = pre if relu else apply_activation(self.activation, pre)
         return out, (inputs, pre, out)
 
@@ -62,8 +63,9 @@ class Conv2D(Layer):
         backward = backend.ops().conv2d_backward
         if microbatch.active():  # dw and db summed over leaves in the fixed tree (deterministic="ranks")
             backward = microbatch.by_leaves(backward)
-        dx, dw, db = backward(dpre, x, self.kernel.value, strides=self.strides, padding=self.padding,
-                              dilation_rate=self.dilation_rate, need_dx=need_input_grad, x_from_relu=x_from_relu)
+        with self._compute_scope():
+            dx, dw, db = backward(dpre, x, self.kernel.value, strides=self.strides, padding=self.padding,
+                                  dilation_rate=self.dilation_rate, need_dx=need_input_grad, x_from_relu=x_from_relu)
         self.kernel.add_grad(dw)
         if self.bias is not None:
             self.bias.add_grad(db)
@@ -110,9 +112,11 @@ class Conv2DTranspose(Conv2D):
 
     def forward(self, inputs, training=False):
         relu = self.activation is activations.relu
-        pre = backend.ops().conv2d_transpose(inputs, self.kernel.value, None if self.bias is None else self.bias.value,
-                                             output_padding=self.output_padding, activation="relu" if relu else None,
-                                             **self._conv_args())
+        with self._compute_scope():
+            pre = backend.ops().conv2d_transpose(inputs, self.kernel.value,
+                                                 None if self.bias is None else self.bias.value,
+                                                 output_padding=self.output_padding,
+                                                 activation="relu" if relu else None, **self._conv_args())
         out = pre if relu else apply_activation(self.activation, pre)
         return out, (inputs, pre, out)
 
@@ -122,17 +126,19 @@ class Conv2DTranspose(Conv2D):
         ops = backend.ops()
         # The forward is conv2d's input gradient, so x is that conv's output gradient and dpre its input:
         # dw comes from conv2d_backward with the two swapped, dx from the forward conv of dpre.
-        if microbatch.active():  # dw and db summed over leaves in the fixed tree (deterministic="ranks")
-            _, dw = microbatch.by_leaves(lambda a, b: ops.conv2d_backward(a, b, self.kernel.value, need_dx=False,
-                                                                          **self._conv_args())[:2])(x, dpre)
-            db = microbatch.leaf_sum(lambda rows: dpre[rows].sum(axis=(0, 1, 2)), len(dpre))
-        else:
-            _, dw, _ = ops.conv2d_backward(x, dpre, self.kernel.value, need_dx=False, **self._conv_args())
-            db = dpre.sum(axis=(0, 1, 2))
+        with self._compute_scope():
+            if microbatch.active():  # dw and db summed over leaves in the fixed tree (deterministic="ranks")
+                _, dw = microbatch.by_leaves(lambda a, b: ops.conv2d_backward(a, b, self.kernel.value, need_dx=False,
+                                                                              **self._conv_args())[:2])(x, dpre)
+                db = microbatch.leaf_sum(lambda rows: dpre[rows].sum(axis=(0, 1, 2)), len(dpre))
+            else:
+                _, dw, _ = ops.conv2d_backward(x, dpre, self.kernel.value, need_dx=False, **self._conv_args())
+                db = dpre.sum(axis=(0, 1, 2))
+            dx = ops.conv2d(dpre, self.kernel.value, **self._conv_args()) if need_input_grad else None
         self.kernel.add_grad(dw)
         if self.bias is not None:
             self.bias.add_grad(db)
-        return ops.conv2d(dpre, self.kernel.value, **self._conv_args()) if need_input_grad else None
+        return dx
 
     def get_config(self):
         config = super().get_config()

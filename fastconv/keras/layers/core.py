@@ -52,8 +52,9 @@ class Dense(Layer):
     def forward(self, inputs, training=False):
         x = inputs.reshape(-1, inputs.shape[-1])
         relu = self.activation is activations.relu
-        pre = backend.ops().gemm(x, self.kernel.value, bias=None if self.bias is None else self.bias.value,
-                                 activation="relu" if relu else None)
+        with self._compute_scope():  # bfloat16 GEMMs under mixed_bfloat16 (dtype policies)
+            pre = backend.ops().gemm(x, self.kernel.value, bias=None if self.bias is None else self.bias.value,
+                                     activation="relu" if relu else None)
         out = pre if relu else apply_activation(self.activation, pre)
         return out.reshape(inputs.shape[:-1] + (self.units,)), (x, pre, out, inputs.shape)
 
@@ -61,18 +62,18 @@ class Dense(Layer):
         x, pre, out, input_shape = ctx
         dpre = activation_backward(self.activation, grad.reshape(pre.shape), pre, out, from_preactivation)
         gemm = backend.ops().gemm
-        if microbatch.active():  # summed over leaves in the fixed tree (deterministic="ranks")
-            samples = input_shape[0]
-            dw, db = microbatch.leaf_sum(lambda rows: (gemm(x[rows], dpre[rows], trans_a=True), dpre[rows].sum(axis=0)),
-                                         samples, len(x) // samples)
-        else:
-            dw, db = gemm(x, dpre, trans_a=True), None if self.bias is None else dpre.sum(axis=0)
+        with self._compute_scope():
+            if microbatch.active():  # summed over leaves in the fixed tree (deterministic="ranks")
+                samples = input_shape[0]
+                dw, db = microbatch.leaf_sum(lambda rows: (gemm(x[rows], dpre[rows], trans_a=True),
+                                                           dpre[rows].sum(axis=0)), samples, len(x) // samples)
+            else:
+                dw, db = gemm(x, dpre, trans_a=True), None if self.bias is None else dpre.sum(axis=0)
+            dx = gemm(dpre, self.kernel.value, trans_b=True).reshape(input_shape) if need_input_grad else None
         self.kernel.add_grad(dw)
         if self.bias is not None:
             self.bias.add_grad(db)
-        if not need_input_grad:
-            return None
-        return gemm(dpre, self.kernel.value, trans_b=True).reshape(input_shape)
+        return dx
 
     def preactivation(self, ctx):
         x, pre, out, input_shape = ctx
