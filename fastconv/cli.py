@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+import warnings
 
 import numpy as np
 
@@ -177,12 +178,14 @@ def cmd_train(args):
                         f"{args.dataset} has {'x'.join(map(str, x_train.shape[1:]))}; choose --model {suitable}")
     if args.train_size:
         x_train, y_train = x_train[:args.train_size], y_train[:args.train_size]
-    model = recipe.compiled_model(args.optimizer, learning_rate)
+    model = _model_in_precision(recipe, args, learning_rate)
     print(f"fastconv train: model {model_name} ({recipe.description}), dataset {args.dataset} "
           f"({len(x_train)} train / {len(x_test)} test), {plural(epochs, 'epoch')}, batch {batch_size}, "
           f"{args.optimizer or recipe.optimizer} lr {learning_rate:g}, "
           f"augment {'in the model' if recipe.augmentation is None else 'on' if augment else 'off'}, "
           f"backend {args.backend}", flush=True)
+    if args.precision == "bf16":
+        print(_precision_report(args.backend), flush=True)
     if keras.distribution.active():
         from fastconv import get_num_threads
         from fastconv.keras import distributed
@@ -240,6 +243,34 @@ def cmd_train(args):
         plot_training(args.plot, history, matrix, CLASS_NAMES[args.dataset], model)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _model_in_precision(recipe, args, learning_rate):
+    """The recipe's model, its layers under the mixed_bfloat16 dtype policy for --precision bf16."""
+    from fastconv import keras
+    if args.precision == "float32":
+        return recipe.compiled_model(args.optimizer, learning_rate)
+    # The report below says what bf16 runs on; the engine's own warning would say it a second time.
+    warnings.filterwarnings("ignore", message="this CPU has no AVX512_BF16", category=RuntimeWarning)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        return recipe.compiled_model(args.optimizer, learning_rate)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _precision_report(backend):
+    """What --precision bf16 runs on: the bf16 kernel, or the float32 ones (and why)."""
+    from fastconv import precision
+    kernel = precision.bf16_kernel()
+    if backend != "fastconv":
+        return "precision mixed_bfloat16: the numpy backend computes in float32"
+    if kernel is None:
+        return ("precision mixed_bfloat16: this CPU has no AVX512_BF16, so the GEMMs run the float32 kernels "
+                "(weights, optimizer state and loss are float32 either way)")
+    return (f"precision mixed_bfloat16: Dense and conv GEMMs in bfloat16 on {kernel} (float32 sums); weights, "
+            "optimizer state and loss in float32")
 
 
 def _reduction_report():
@@ -321,6 +352,9 @@ def build_parser():
     train.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the model's")
     train.add_argument("--lr", type=positive_float, help="learning rate (default: the model's)")
     train.add_argument("--threads", type=positive_int)
+    train.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                       help="bf16: the layers compute under the mixed_bfloat16 dtype policy (bfloat16 GEMMs with "
+                            "float32 sums where the CPU has AVX512_BF16, else float32; weights stay float32)")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="random shifts and rotations of the training digits (default: the model's; "
                             "the cifar model has augmentation layers instead)")

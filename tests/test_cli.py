@@ -287,3 +287,19 @@ def test_installed_from_the_checkout_finds_mnist_offline_from_anywhere(trained, 
                             text=True, timeout=120, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(cache / "fastconv" / "mnist")) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def test_train_with_bf16_precision_says_what_it_runs_on(tmp_path):
+    path = tmp_path / "bf16.fastconv"
+    result = run("train", "--precision", "bf16", "--epochs", "1", "--train-size", "1000", "--seed", "1",
+                 "--save", str(path))
+    assert result.returncode == 0, result.stderr
+    kernel = fastconv.config()["kernels"]["gemm_bf16"]
+    expected = "no AVX512_BF16" if kernel.startswith("float32") else f"in bfloat16 on {kernel}"
+    assert "precision mixed_bfloat16: " in result.stdout and expected in result.stdout
+    assert "RuntimeWarning" not in result.stderr  # said once, by the report
+    assert float(result.stdout.split("test accuracy: ")[1].split()[0]) > 0.5
+    from fastconv import keras
+    model = keras.models.load_model(path)
+    assert {layer.dtype_policy.name for layer in model.layers if layer.weights} == {"mixed_bfloat16"}
+    assert run("train", "--precision", "fp8").returncode != 0
