@@ -505,7 +505,7 @@ static weight_grad_layout make_weight_grad_layout(const fc_conv_shape *s, int ti
 
 int64_t fc_winograd_weight_grad_workspace(const fc_conv_shape *s, int tile)
 {
-    const weight_grad_layout l = make_weight_grad_layout(s, tile, fc_active_gemm_kernel());
+    const weight_grad_layout l = make_weight_grad_layout(s, tile, fc_active_float32_gemm_kernel());
     return l.shared + l.threads * l.per_thread;
 }
 
@@ -546,7 +546,7 @@ DEFINE_WEIGHT_GRAD_TAPS(weight_grad_taps_4, vec4d, LOAD_4D, STORE_4D)
 
 int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, const float *dy, float *dw)
 {
-    const fc_gemm_kernel *kr = fc_active_gemm_kernel();
+    const fc_gemm_kernel *kr = fc_active_float32_gemm_kernel();
     const weight_grad_layout l = make_weight_grad_layout(s, tile, kr);
     const transforms tf = active_transforms(kr, l.t.tile);
     float *ws = fc_scratch(FC_SCRATCH_CALL, l.shared + l.threads * l.per_thread);
