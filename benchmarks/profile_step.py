@@ -15,9 +15,9 @@ Categories: "conv" and "gemm" (the C convolution and GEMM calls, packing and tra
 "NumPy + Python in layers" (a layer's time outside C: reshapes, bias sums, dropout's backward
 product, argument checks), "loss + metrics" (softmax cross-entropy and accuracy, NumPy), "optimizer
 Python" and "step glue" (train_on_batch outside all of these: input conversion, the plan walk,
-gradient bookkeeping). "Python overhead" is the step's time outside C calls and outside the layers'
-and loss's NumPy work as measured with --stubbed: the same step with every _C kernel replaced by a
-no-op, at batch 1, so what remains is the interpreter's fixed cost per step.
+gradient bookkeeping). "Python and NumPy of a step" is the best time of the same step with every _C
+kernel replaced by a no-op, alternated in the same process with real steps: all the step costs
+outside the C kernels, NumPy's own work (loss, metrics, bias sums, dropout's backward) included.
 """
 import argparse
 import collections
@@ -61,7 +61,7 @@ class Recorder:
             self.current[key] += seconds
 
 
-def instrument(model, recorder, stub=False):
+def instrument(model, recorder):
     """Wrap the _C functions, each layer's forward/backward, the loss and the optimizer of `model`."""
     from fastconv import _C
 
@@ -71,8 +71,6 @@ def instrument(model, recorder, stub=False):
             continue
 
         def timed(*args, _fn=fn, _category=category, **kwargs):
-            if stub and _fn.__name__ != "gemm_common_case":
-                return None
             if recorder.depth:  # gemm_common_case calls gemm: count the outer call only
                 return _fn(*args, **kwargs)
             recorder.depth += 1
@@ -86,8 +84,6 @@ def instrument(model, recorder, stub=False):
                 recorder.add(("C in", recorder.where), elapsed)
 
         setattr(_C, name, timed)
-    if stub:  # gemm_common_case returns None when stubbed: ops.gemm then takes its checked path to a stub
-        _C.gemm_common_case = lambda *args: None
 
     def wrap(obj, attr, row):
         fn = getattr(obj, attr)
@@ -112,7 +108,36 @@ def instrument(model, recorder, stub=False):
     wrap(trainer.optimizer, "apply", ("optimizer", ""))
 
 
-def profile(name, batch, threads, steps, stub=False):
+def steps_best(model, images, labels, steps):
+    best = float("inf")
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(images, labels)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def python_share(model, images, labels, steps, rounds=3):
+    """Best step time with the real kernels and with every _C kernel a no-op (gemm_common_case then
+    returns None, so ops.gemm takes its checked path: a few microseconds more Python than the real
+    step), alternated in this process: the second is the step's Python and NumPy work."""
+    from fastconv import _C
+    real = {name: getattr(_C, name) for name in CATEGORY if hasattr(_C, name)}
+    plain, stubbed = float("inf"), float("inf")
+    for _ in range(rounds):
+        plain = min(plain, steps_best(model, images, labels, steps))
+        for name in real:
+            setattr(_C, name, lambda *args, **kwargs: None)
+        try:
+            with np.errstate(all="ignore"):  # the no-op kernels leave garbage in their outputs
+                stubbed = min(stubbed, steps_best(model, images, labels, steps))
+        finally:
+            for name, fn in real.items():
+                setattr(_C, name, fn)
+    return plain, stubbed
+
+
+def profile(name, batch, threads, steps):
     import fastconv
     from fastconv import recipes
     fastconv.set_num_threads(threads)
@@ -128,25 +153,25 @@ def profile(name, batch, threads, steps, stub=False):
         start = time.perf_counter()
         model.train_on_batch(images, labels)
         plain.append(time.perf_counter() - start)
+    shares = python_share(model, images, labels, steps)  # the no-op updates leave the weights as they were
     recorder = Recorder()
-    instrument(model, recorder, stub)
-    with np.errstate(all="ignore"):  # stubbed kernels leave garbage in their outputs
-        for step in range(steps + 2):
-            recorder.begin_step()
-            start = time.perf_counter()
-            model.train_on_batch(images, labels)
-            recorder.add(("step", ""), time.perf_counter() - start)
-            if step >= 2:
-                recorder.steps.append(recorder.current)
+    instrument(model, recorder)
+    for step in range(steps + 2):
+        recorder.begin_step()
+        start = time.perf_counter()
+        model.train_on_batch(images, labels)
+        recorder.add(("step", ""), time.perf_counter() - start)
+        if step >= 2:
+            recorder.steps.append(recorder.current)
     layers = [layer.name for layer in model.layers]
-    return plain, recorder.steps, layers
+    return plain, recorder.steps, layers, shares
 
 
 def best_step(steps):
     return min(steps, key=lambda s: s[("step", "")])
 
 
-def report(name, batch, threads, plain, steps, layers):
+def report(name, batch, threads, plain, steps, layers, shares):
     ms = 1e3
     best = best_step(steps)
 
@@ -172,6 +197,8 @@ def report(name, batch, threads, plain, steps, layers):
     rows["optimizer Python"] = at("in", opt) - at("C in", opt)
     total = at("step", "")
     rows["step glue"] = total - sum(rows.values())
+    print(f"\nPython and NumPy of a step (every C kernel a no-op, alternated with real steps, best of each): "
+          f"{shares[1] * ms:.3f} ms, {100 * shares[1] / shares[0]:.1f}% of the real step's {shares[0] * ms:.2f} ms")
     print("\n| category | ms | share of the step |")
     print("|---|---:|---:|")
     for category, value in rows.items():
@@ -184,16 +211,11 @@ def main():
     parser.add_argument("--batch", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--one", nargs=4, metavar=("MODEL", "BATCH", "THREADS", "STUB"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("MODEL", "BATCH", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # one profile in this process (each runs in its own, so thread pools start fresh)
-        name, batch, threads, stub = args.one[0], int(args.one[1]), int(args.one[2]), args.one[3] == "1"
-        plain, steps, layers = profile(name, batch, threads, args.steps, stub)
-        if stub:
-            print(f"{name}: the step with every C kernel a no-op, batch {batch}: {statistics.median(plain) * 1e3:.3f}"
-                  f" ms (median), best {min(plain) * 1e3:.3f} ms")
-        else:
-            report(name, batch, threads, plain, steps, layers)
+        name, batch, threads = args.one[0], int(args.one[1]), int(args.one[2])
+        report(name, batch, threads, *profile(name, batch, threads, args.steps))
         return
     import fastconv
     from fastconv import recipes
@@ -202,9 +224,7 @@ def main():
         batch = args.batch or recipes.RECIPES[name].batch_size
         for threads in args.threads:
             subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one", name, str(batch),
-                            str(threads), "0"], check=True)
-        subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one", name, "1", "1", "1"],
-                       check=True)
+                            str(threads)], check=True)
     print(f"\nload average {os.getloadavg()[0]:.2f}")
 
 
