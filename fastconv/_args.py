@@ -15,6 +15,10 @@ from fastconv.shapes import (  # noqa: F401 (re-exported)
 
 def as_float_array(value, name, ndim=None, dtype=np.float32):
     """Return `value` as an aligned C-contiguous array of `dtype`, rejecting dtypes that are not real numbers."""
+    if type(value) is np.ndarray and value.dtype == dtype:  # already right (every layer's call): no np.require
+        flags = value.flags
+        if flags.c_contiguous and flags.aligned and (ndim is None or value.ndim == ndim):
+            return value
     arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
     if arr.dtype == object or arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers (float or integer dtype), got dtype {arr.dtype}")
