@@ -80,9 +80,15 @@ def _add(left, right):
 def tree(values, combine=_add):
     """values[0] + values[1] + ... added in the fixed tree (see the module's docstring); a None value
     is an empty node, which passes the other side through. combine(left, right) may reuse left."""
+    return _lazy_tree(len(values), values.__getitem__, combine) if len(values) else None
+
+
+def _lazy_tree(count, value, combine):
+    """The tree of value(0), ..., value(count - 1), computed depth first, left to right: at most one
+    partial sum per level is alive, so a leaf's result is added while still in cache."""
     def node(a, b):
         if b - a == 1:
-            return values[a]
+            return value(a)
         middle = (a + b + 1) // 2
         left, right = node(a, middle), node(middle, b)
         if left is None:
@@ -90,14 +96,15 @@ def tree(values, combine=_add):
         if right is None:
             return left
         return combine(left, right)
-    return node(0, len(values)) if values else None
+    return node(0, count)
 
 
 def leaf_sum(compute, count, rows_per_sample=1, combine=_add):
     """The tree of compute(rows) over the leaves of this step's `count` samples (rows: a leaf's slice
     of rows, rows_per_sample rows each); compute gives fresh arrays (or tuples of them)."""
-    return tree([compute(slice(s.start * rows_per_sample, s.stop * rows_per_sample))
-                 for s in leaves(count, _step.leaf)], combine)
+    parts = leaves(count, _step.leaf)
+    return _lazy_tree(len(parts), lambda i: compute(slice(parts[i].start * rows_per_sample,
+                                                          parts[i].stop * rows_per_sample)), combine)
 
 
 def _plus(left, right):
@@ -125,9 +132,14 @@ def by_leaves(backward):
     """backward(dy, x, *args, **kwargs) -> (dx, *sums), run leaf by leaf on this step's samples: the
     dx concatenated (None stays None), each sum added in the tree."""
     def run(dy, x, *args, **kwargs):
-        parts = [backward(dy[s], x[s], *args, **kwargs) for s in leaves(len(x), _step.leaf)]
-        dx = None if parts[0][0] is None else np.concatenate([part[0] for part in parts])
-        return (dx,) + tree([tuple(part[1:]) for part in parts])
+        parts, dxs = leaves(len(x), _step.leaf), []
+
+        def leaf(i):
+            dx, *sums = backward(dy[parts[i]], x[parts[i]], *args, **kwargs)
+            dxs.append(dx)  # depth first visits the leaves in order
+            return tuple(sums)
+        sums = _lazy_tree(len(parts), leaf, _add)
+        return (None if dxs[0] is None else np.concatenate(dxs),) + sums
     return run
 
 
