@@ -23,7 +23,8 @@ __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
     "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update",
-    "rmsprop_update", "sgd_update", "batch_norm", "batch_norm_statistics", "batch_norm_backward", "conv2d_algorithm", "CONV_ALGORITHMS",
+    "rmsprop_update", "sgd_update", "batch_norm", "batch_norm_statistics", "batch_norm_backward", "conv2d_algorithm",
+    "CONV_ALGORITHMS",
     "conv2d_plan", "CONV_PATHS",
     "affine_transform",
 ]

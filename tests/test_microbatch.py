@@ -164,3 +164,19 @@ def test_a_ranks_random_draws_are_its_rows_of_the_global_batchs(make):
     with microbatch.window(8, 8, 24):
         part = layer(images[8:16], training=True)
     assert np.asarray(part).tobytes() == np.asarray(whole)[8:16].tobytes()
+
+
+def test_a_layer_whose_sums_are_not_reduced_by_leaves_is_refused_by_name():
+    class Scale(keras.layers.Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="w")
+
+        def call(self, x):
+            return x * self.w
+
+    microbatch.check_model(keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3),
+                                             keras.layers.BatchNormalization(), keras.layers.Flatten(),
+                                             keras.layers.Dense(2)]))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), Scale(name="scale")])
+    with pytest.raises(ValueError, match="layer 'scale' \\(Scale\\) has trainable weights"):
+        microbatch.check_model(model)

@@ -15,6 +15,8 @@ every rank logs and returns the same numbers, and predict gathers every rank's o
 uses the global batch's statistics. fit starts by giving every rank rank 0's weights and checking
 that the ranks agree on the model and the data, failing with a message naming the rank that differs.
 Progress bars, CSVLogger, ModelCheckpoint and model.save act on rank 0 only.
+DataParallel(deterministic="ranks") makes the weights, bitwise, the same on any number of ranks
+(fastconv.keras.microbatch); without it they are bitwise the same for a given number of ranks.
 """
 import contextlib
 import itertools

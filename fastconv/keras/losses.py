@@ -228,7 +228,8 @@ class BinaryCrossentropy(Loss):
             return ((activations.sigmoid(y_pred) - y) / _batch(y_pred.size, y_pred)).astype(y_pred.dtype, copy=False)
         inside = (y_pred > EPSILON) & (y_pred < 1 - EPSILON)
         p = np.clip(y_pred, EPSILON, 1 - EPSILON)
-        return (np.where(inside, (p - y) / (p * (1 - p)), 0) / _batch(y_pred.size, y_pred)).astype(y_pred.dtype, copy=False)
+        grad = np.where(inside, (p - y) / (p * (1 - p)), 0) / _batch(y_pred.size, y_pred)
+        return grad.astype(y_pred.dtype, copy=False)
 
     def fused(self, y_true, logits, activation):
         if self.from_logits or activation is not activations.sigmoid:

@@ -12,8 +12,8 @@ the same global batch. The loss gradient is scaled by 1 / global batch on every 
 and random layers draw for the global batch and keep their rows (`first_sample`).
 
 What is computed per sample (forward passes, input gradients, dropout masks) needs nothing: the
-kernels give each sample the same bits whatever the batch it comes in (tests/test_distributed.py
-checks every layer and conv algorithm).
+kernels give each sample the same bits whatever the batch it comes in (tests/test_microbatch.py
+checks it for every conv algorithm, the GEMM, pooling and batch norm).
 """
 import contextlib
 

@@ -119,6 +119,10 @@ def _inputs_batch(xs, index):
     return [np.asarray(x[index], dtype=backend.floatx()) for x in xs]
 
 
+def _float_sum(values):
+    return float(np.sum(values))
+
+
 def _loss_sum(stats, total, samples_total, count):
     """The step's (loss sum, count): total * count, or under deterministic="ranks" the per-sample
     losses' leaf-tree sum (stats["loss"], taken out) plus the added losses and regularizers."""
@@ -249,6 +253,7 @@ class Trainer:
         count = len(outputs[0])
         stats, grads, preactivation_outputs, total = {}, [], [], 0.0
         leaf_sums = microbatch.active()  # deterministic="ranks": each sum over the samples in the leaf tree
+        total_of = microbatch.sample_sum if leaf_sums else _float_sum
         sample_losses = 0.0
         for j, (loss, y, output) in enumerate(zip(self.losses, ys, outputs)):
             target = loss.prepare_targets(y, output.shape, output.dtype)
@@ -279,7 +284,6 @@ class Trainer:
                                                     count)
             for name, metric, weighted in zip(self.metric_names[j], self.metrics[j], self.metric_weighted[j]):
                 values = metric.values(target, output)
-                total_of = microbatch.sample_sum if leaf_sums else lambda v: float(np.sum(v))
                 if weights is None or not weighted:  # as in Keras, sample weights weigh only weighted_metrics
                     stats[name] = (total_of(values), values.size)
                 else:
