@@ -13,8 +13,9 @@ Per model, five variants, each timed in processes of its own, alternated round b
 
 and reports, best of the rounds: images/s, images/s per rank, the weak-scaling efficiency (images/s per
 rank on N ranks over one process's images/s), fastconv's gradient reduction per step and its share of
-the step (fastconv.keras.distributed.timings(): in-step time, which includes waiting for the slower
-rank), the same reduction timed alone after a barrier, and fastconv N against PyTorch N.
+the step (fastconv.keras.distributed.timings(): the gradient buckets' work during the backward pass
+and the wait for them after it, which includes waiting for the slower rank), the same reduction timed
+alone after a barrier (all buckets at once), and fastconv N against PyTorch N.
 
 A step's time is the median, over the timed steps, of the time from one batch's end to the next on
 rank 0 (everything a fit does per batch); images/s is the global batch over it. Each process of a
