@@ -118,14 +118,23 @@ static int cpu_supports(enum isa isa)
 }
 
 /* Whether the CPU runs instruction set isa's bfloat16 kernel: for AVX-512, AVX512_BF16 (CPUID leaf 7,
- * subleaf 1, EAX bit 5) on top of the set itself (which checked the OS's AVX-512 state with XGETBV). */
-static int cpu_supports_bf16(enum isa isa)
+ * subleaf 1, EAX bit 5) on top of the set itself (which checked the OS's AVX-512 state with XGETBV).
+ * Asked once: CPUID traps to the hypervisor in a virtual machine. */
+static int cpu_has_avx512_bf16(void)
 {
     unsigned int a, b, c, d;
-    if (isa != ISA_avx512 || !cpu_supports(isa)) return 0;
+    if (!cpu_supports(ISA_avx512)) return 0;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || a < 1) return 0;  /* a: the highest subleaf of leaf 7 */
     if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
     return (a >> 5) & 1;
+}
+
+static int cpu_supports_bf16(enum isa isa)
+{
+    static _Atomic int avx512_bf16 = -1;
+    if (isa != ISA_avx512) return 0;
+    if (atomic_load_explicit(&avx512_bf16, memory_order_relaxed) < 0) atomic_store(&avx512_bf16, cpu_has_avx512_bf16());
+    return atomic_load_explicit(&avx512_bf16, memory_order_relaxed);
 }
 
 int fc_cpu_has_avx512_bf16(void) { return cpu_supports_bf16(ISA_avx512); }
@@ -179,12 +188,15 @@ static __thread int call_isa = -1;
  * instruction set. */
 static __thread int thread_precision = FC_PRECISION_FLOAT32;
 static __thread int call_precision = FC_PRECISION_FLOAT32;
+static __thread int call_bf16_portable;  /* the call's snapshot of fc_set_bf16_kernel's choice */
+static int use_portable_bf16(void);
 
 void fc_call_begin(void)
 {
     if (call_depth++ == 0) {
         call_isa = (int)process_isa();
         call_precision = thread_precision;
+        call_bf16_portable = use_portable_bf16();
     }
 }
 
@@ -198,7 +210,6 @@ int fc_call_end(int status)
 }
 
 static enum isa current_isa(void) { return call_isa >= 0 ? (enum isa)call_isa : process_isa(); }
-
 
 int fc_set_thread_precision(int precision)
 {
@@ -235,7 +246,7 @@ int fc_set_bf16_kernel(const char *name)
 /* The bfloat16 kernel for a call under `isa`, or NULL where such calls run the float32 kernel. */
 static const fc_gemm_kernel *bf16_kernel(enum isa isa)
 {
-    if (use_portable_bf16()) return &portable_bf16_kernel;
+    if (call_depth > 0 ? call_bf16_portable : use_portable_bf16()) return &portable_bf16_kernel;
     return bf16_ukernels[isa] && cpu_supports_bf16(isa) ? &bf16_kernels[isa] : NULL;
 }
 
