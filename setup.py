@@ -108,6 +108,10 @@ class BuildExt(build_ext):
                         sources, output_dir=os.path.join(self.build_temp, isa), include_dirs=ext.include_dirs,
                         extra_postargs=flags + isa_flags, depends=ext.depends)
                 for source, bf16_flags in BF16_KERNELS:  # each alone, with its own flags
+                    if not compiler_accepts(self.compiler, flags + bf16_flags):  # e.g. gcc < 10: an empty kernel
+                        print(f"fastconv: the compiler lacks {' '.join(bf16_flags)}; {source} is left out "
+                              "and bfloat16 runs the float32 kernels", file=sys.stderr)
+                        bf16_flags = []
                     ext.extra_objects += self.compiler.compile(
                         [source], output_dir=os.path.join(self.build_temp, "bf16"), include_dirs=ext.include_dirs,
                         extra_postargs=flags + bf16_flags, depends=ext.depends)

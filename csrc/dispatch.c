@@ -61,6 +61,9 @@ static const fc_gemm_ukernel *const bf16_ukernels[ISA_COUNT] = {
 #include "isa_list.h"
 };
 
+/* Instruction set i's bfloat16 micro-kernel, or NULL where it has none or this build could not compile it. */
+static const fc_gemm_ukernel *bf16_ukernel(int i) { return bf16_ukernels[i] && bf16_ukernels[i]->ukr ? bf16_ukernels[i] : NULL; }
+
 /* The GEMM micro-kernels fitted to this CPU's caches (gemm.h), one per instruction set, and the same
  * for the bfloat16 ones: made when the library loads, before any call can read them. */
 static fc_gemm_kernel gemm_kernels[ISA_COUNT], bf16_kernels[ISA_COUNT], portable_bf16_kernel;
@@ -84,7 +87,7 @@ void fc_fit_gemm_blocking(int64_t l2_bytes, int64_t l1_bytes, int64_t l1_ways, i
 #endif
     for (int i = 0; i < ISA_COUNT; i++) {
         if (kernel_table[i].gemm) fc_gemm_fit(&gemm_kernels[i], kernel_table[i].gemm, &caches);
-        if (bf16_ukernels[i]) fc_gemm_fit(&bf16_kernels[i], bf16_ukernels[i], &caches);
+        if (bf16_ukernel(i)) fc_gemm_fit(&bf16_kernels[i], bf16_ukernel(i), &caches);
     }
     fc_gemm_fit(&portable_bf16_kernel, &fc_gemm_generic_bf16_4x16, &caches);
 }
@@ -247,7 +250,7 @@ int fc_set_bf16_kernel(const char *name)
 static const fc_gemm_kernel *bf16_kernel(enum isa isa)
 {
     if (call_depth > 0 ? call_bf16_portable : use_portable_bf16()) return &portable_bf16_kernel;
-    return bf16_ukernels[isa] && cpu_supports_bf16(isa) ? &bf16_kernels[isa] : NULL;
+    return bf16_ukernel(isa) && cpu_supports_bf16(isa) ? &bf16_kernels[isa] : NULL;
 }
 
 const char *fc_bf16_kernel_name(void)

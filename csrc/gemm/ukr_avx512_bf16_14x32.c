@@ -115,4 +115,8 @@ const fc_gemm_ukernel fc_gemm_avx512_bf16_14x32 = {
     .vector_bytes = 64,
     .ukr = ukr_avx512_bf16_14x32, .pack = fc_gemm_pack_avx512, .pack_b = fc_gemm_pack_bf16,
 };
+#elif defined(__x86_64__) || defined(_M_X64)
+/* The compiler had no -mavx512bf16 (setup.py then builds this file without it): no kernel, and
+ * dispatch.c runs the float32 kernels for bfloat16 calls, as on CPUs without AVX512_BF16. */
+const fc_gemm_ukernel fc_gemm_avx512_bf16_14x32 = { .name = "avx512_bf16_14x32", .ukr = NULL };
 #endif
