@@ -234,8 +234,10 @@ class _OrderedSum:
     were several times slower here with MPICH; and MPI never adds anything, so its choices cannot
     change the bits."""
 
-    def __init__(self, comm, flat, weights=None, divisor=None, tag=0):
+    def __init__(self, comm, flat, weights=None, divisor=None, tag=0, combine=None):
         self.comm, self.tag, self.weights, self.divisor = comm, tag, weights, divisor
+        # combine(rows, out) writes the rows' (one per rank) sum into out; default: rank order
+        self.combine = combine or (lambda rows, out: _ordered_total(rows, weights, divisor, out))
         ranks, me = comm.Get_size(), comm.Get_rank()
         self.me, self.peers = me, [r for r in range(ranks) if r != me]
         self.whole = ranks == 1 or flat.nbytes * ranks <= _GATHER_BYTES
@@ -259,7 +261,7 @@ class _OrderedSum:
     def _advance(self):
         if self.phase == 1:  # every rank's copy of my segment is here: sum it, send it to the others
             mine = self.segment(self.out, self.me)
-            _ordered_total(self.rows, self.weights, self.divisor, mine)
+            self.combine(self.rows, mine)
             self.rows = None
             if self.whole:
                 self.requests, self.phase = [], 3
