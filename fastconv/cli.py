@@ -194,6 +194,8 @@ def cmd_train(args):
         print(f"data-parallel over {ranks} ranks ({distributed.local_size()} on this machine): {batch_size} images "
               f"per step, {low if low == high else f'{low}-{high}'} on each rank, "
               f"{plural(get_num_threads(), 'thread')} per rank", flush=True)
+    if keras.distribution.deterministic_ranks():
+        print("deterministic='ranks': the same weights, bitwise, on any number of ranks", flush=True)
     replaces = os.path.exists(save_path)
     if replaces:
         print(f"{save_path} exists: each completed epoch replaces it", flush=True)
@@ -365,6 +367,9 @@ def build_parser():
     train.add_argument("--resume", metavar="DIR",
                        help="keep the training state (weights, optimizer, epoch, random state) in DIR after "
                             "every epoch; when DIR holds one, from a run that was cut off, go on from it")
+    train.add_argument("--deterministic", choices=("ranks",),
+                       help="ranks: the same weights, bitwise, on any number of MPI ranks (1 included) at the "
+                            "same --batch-size (keras.distribution.DataParallel(deterministic='ranks'); slower)")
     train.add_argument("--train-size", type=positive_int, help="train on the first N images only")
     train.add_argument("--verbose", action="store_true", help="print the model summary")
     train.set_defaults(run=cmd_train)
@@ -414,11 +419,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "train":
         from fastconv.keras import distributed
-        if distributed.launched_by_mpi():
-            # One rank of `mpiexec -n N fastconv train`: data-parallel, and an error on any rank
-            # aborts them all (as python -m mpi4py does), rather than leaving them in a collective.
+        if distributed.launched_by_mpi() or args.deterministic:
+            # One rank of `mpiexec -n N fastconv train` (or of one, for --deterministic ranks): data-parallel,
+            # and an error on any rank aborts them all (as python -m mpi4py does), rather than leaving
+            # them in a collective.
             try:
-                _start_data_parallel()
+                _start_data_parallel(args.deterministic)
             except ImportError as exc:  # every rank fails alike, so none waits for another
                 print(f"fastconv train: error: {exc}", file=sys.stderr)
                 return EXIT_ERROR
@@ -426,11 +432,11 @@ def main(argv=None):
     return _run(args)
 
 
-def _start_data_parallel():
+def _start_data_parallel(deterministic=None):
     """Make this process a rank of a keras.distribution.DataParallel job; only rank 0 prints."""
     from fastconv import keras
     from fastconv.keras import distributed
-    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    keras.distribution.set_distribution(keras.distribution.DataParallel(deterministic=deterministic))
     if distributed.rank() != 0:
         sys.stdout = open(os.devnull, "w")
 

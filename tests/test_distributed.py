@@ -90,9 +90,9 @@ TRAIN = textwrap.dedent("""
     if "bucket_bytes" in config:  # gradient buckets of that size; count those the backward pass starts
         distributed._BUCKET_BYTES = config["bucket_bytes"]
         finish = distributed._GradientReduction.finish
-        def counted_finish(self, grads):
+        def counted_finish(self, grads, *args):
             started.append(sum(s is not None for s in self.sums))
-            return finish(self, grads)
+            return finish(self, grads, *args)
         distributed._GradientReduction.finish = counted_finish
 
     if "fail_rank" in config and config["fail_rank"] == rank:
@@ -419,10 +419,26 @@ COLLECTIVES = textwrap.dedent("""
     grads = [np.random.default_rng(20 + rank + i).normal(size=shape).astype(np.float32) for i, shape in enumerate(shapes)]
     grads[2] = None if rank == 1 else grads[2]
     reduced = {}
-    for limit in (1, 1 << 40):  # also each bucket reduce-scattered, or gathered whole
-        hvd._BUCKET_BYTES, hvd._GATHER_BYTES = limit, limit - 1
-        reduced[limit] = [g.tobytes() for g in hvd.reduce_gradients(grads, variables, weights=weights)]
-    report["buckets_agree"] = reduced[1] == reduced[1 << 40]
+    for shared in (True, False):  # in shared memory (all ranks are on this machine) or by messages
+        hvd._use_shared_memory = shared
+        for limit in (1, 1 << 40):  # also each bucket reduce-scattered, or gathered whole
+            hvd._BUCKET_BYTES, hvd._GATHER_BYTES = limit, limit - 1
+            for _ in range(2):  # a bucket's second round reuses its shared memory
+                reduced[shared, limit] = [g.tobytes() for g in hvd.reduce_gradients(grads, variables, weights=weights)]
+    report["buckets_agree"] = all(result == reduced[False, 1] for result in reduced.values())
+    # values that cancel in rank order only: 1e20 - 1e20 + 1 + ... is 1 + ..., any other order gives 0
+    terms = [1e20, -1e20] + [1.0] * (ranks - 2)
+    cancel = [keras.Variable(np.zeros(300_000, np.float32))]
+    in_order = {}
+    for shared in (True, False):
+        hvd._use_shared_memory = shared
+        for limit in (1, 1 << 40):
+            hvd._BUCKET_BYTES, hvd._GATHER_BYTES = limit, limit - 1
+            sums = hvd.reduce_gradients([np.full(300_000, terms[rank], np.float32)], cancel, op="sum")[0]
+            in_order[f"{shared} {limit}"] = bool((sums == np.float32(ranks - 2)).all())
+    report["rank_order"] = in_order
+    report["shared_memory"] = sorted({type(area).__name__ for area in hvd._areas.values()})
+    reduced = {limit: reduced[True, limit] for limit in (1, 1 << 40)}
     expected = sum(w * (np.zeros(shapes[2]) if r == 1 else np.random.default_rng(20 + r + 2).normal(size=shapes[2])
                         .astype(np.float32).astype(np.float64)) for r, w in enumerate(weights)) / sum(weights)
     report["bucket_as_expected"] = reduced[1][2] == expected.astype(np.float32).tobytes()
@@ -470,6 +486,8 @@ def test_collectives_sum_in_rank_order_and_agree_bitwise(tmp_path):
         assert report["sum"] == reports[0]["sum"] and report["average"] == reports[0]["average"]
         assert report["sum_as_expected"] and report["big_as_expected"] and report["paths_agree"]
         assert report["buckets_agree"] and report["bucket_as_expected"]
+        assert report["shared_memory"] == ["NoneType", "_SharedArea"]
+        assert all(report["rank_order"].values()), report["rank_order"]
         assert report["ints"] == [3, 3]
         assert report["gathered"] == [[0, 0], [1, 1], [1, 1], [2, 2], [2, 2], [2, 2]]
         assert report["broadcast"] == [1.0, 1.0]
@@ -503,6 +521,7 @@ def test_exchanges_on_2_and_4_ranks_give_the_rank_ordered_bits(tmp_path, ranks):
         assert report["sum"] == reports[0]["sum"] and report["average"] == reports[0]["average"]
         assert report["sum_as_expected"] and report["big_as_expected"] and report["paths_agree"]
         assert report["buckets_agree"] and report["bucket_as_expected"]
+        assert all(report["rank_order"].values()), report["rank_order"]
         assert report["ints"] == [sum(range(ranks)), ranks]
 
 
@@ -543,6 +562,19 @@ def test_cli_train_under_mpiexec_reaches_98_percent_in_one_epoch(tmp_path):
     report = result.stdout.split("data-parallel over 2 ranks: gradient reduction ")[1].split("\n")[0]
     assert " ms per step (" in report and "% of the training step" in report
     assert saved.exists()
+
+
+def test_cli_deterministic_ranks_saves_the_same_weights_on_1_and_2_ranks(tmp_path):
+    """`fastconv train --deterministic ranks`, alone (no launcher) and under `mpiexec -n 2`: the same
+    weights, to the bit."""
+    from fastconv import keras
+    command = [sys.executable, "-m", "fastconv", "train", "--deterministic", "ranks", "--train-size", "256",
+               "--epochs", "1", "--seed", "2"]
+    alone = ok(launch(command + ["--save", str(tmp_path / "n1.fastconv")], 120))
+    assert "deterministic='ranks'" in alone.stdout
+    ok(launch([MPIEXEC, "-n", "2", *command, "--save", str(tmp_path / "n2.fastconv")], 120))
+    weights = [keras.models.load_model(tmp_path / f"n{ranks}.fastconv").get_weights() for ranks in (1, 2)]
+    assert_bitwise_equal(*weights)
 
 
 def test_cli_error_on_one_rank_ends_the_job(tmp_path):

@@ -37,6 +37,7 @@ _grad_comm = None  # another, for the gradient buckets' messages, which may be u
 _local_comm = None
 _step_weights = None  # set by a DataParallel fit step: every rank's share of the global batch
 _checked_layouts = set()  # the gradient layouts all ranks are known to share
+_areas = {}  # _area_key(layout) -> its _SharedArea (None: its buckets travel as messages)
 _timings = {"reductions": 0, "reduce_seconds": 0.0, "steps": 0, "step_seconds": 0.0}
 
 
@@ -112,6 +113,10 @@ def _world():
 def shutdown():
     """Free the communicators made by init() (MPI itself ends when the process exits)."""
     global _comm, _local_comm, _grad_comm, _in_flight
+    for area in _areas.values():
+        if area is not None:
+            area.free()
+    _areas.clear()
     if _comm is not None:
         _local_comm.Free()
         _grad_comm.Free()
@@ -288,6 +293,112 @@ class _OrderedSum:
         return self.out
 
 
+_SHARED_BYTES = 1 << 30  # above this much shared memory for one gradient layout, messages instead
+_use_shared_memory = True  # False: buckets always travel as messages (tests compare the two paths)
+
+
+class _SharedArea:
+    """A shared-memory window (MPI-3 Win.Allocate_shared) over ranks that are all on this machine,
+    for one gradient layout: per bucket, one input row per rank and an output row, plus two counters
+    per rank and bucket (how many of its rounds it has posted, and finished reading). A bucket's sum
+    then needs no message: each rank copies its gradients into its row, and the ranks read each
+    other's rows directly (see _SharedSum). Waits are on the counters, in plain memory reads, so a
+    round moves on at whichever rank's poll comes first, with no MPI progress to wait for."""
+
+    def __init__(self, comm, counts, dtype):
+        MPI = _mpi()
+        self.ranks, self.me, self.dtype = comm.Get_size(), comm.Get_rank(), np.dtype(dtype)
+        buckets, align = len(counts), 64
+        sizes = [(self.ranks + 1) * -(-count * self.dtype.itemsize // align) * align for count in counts]
+        control = 2 * self.ranks * buckets * 8
+        total = control + sum(sizes)
+        self.window = MPI.Win.Allocate_shared(total if self.me == 0 else 0, 1, comm=comm)
+        memory = np.frombuffer(self.window.Shared_query(0)[0], np.uint8)[:total]
+        self.window.Lock_all(MPI.MODE_NOCHECK)  # Win.Sync (a memory barrier) needs an access epoch
+        counters = memory[:control].view(np.int64).reshape(2, self.ranks, buckets)
+        self.posted, self.read = counters[0], counters[1]
+        if self.me == 0:
+            counters[...] = 0
+        self.rows, self.out, offset = [], [], control
+        for count, size in zip(counts, sizes):
+            stride = size // (self.ranks + 1)
+            rows = [memory[offset + r * stride:offset + r * stride + count * self.dtype.itemsize].view(self.dtype)
+                    for r in range(self.ranks + 1)]
+            self.rows.append(rows[:-1])
+            self.out.append(rows[-1])
+            offset += size
+        self.rounds = [0] * buckets
+        self.window.Sync()
+        comm.Barrier()  # the counters are zero before any rank posts
+
+    def free(self):
+        self.window.Unlock_all()
+        self.window.Free()
+
+    def begin(self, bucket):
+        """This rank's input row for the bucket's next round, once every rank has finished reading the
+        previous round's (usually long done: they read it before that round could end)."""
+        while not (self.read[:, bucket] >= self.rounds[bucket]).all():
+            os.sched_yield()
+        self.rounds[bucket] += 1
+        return self.rows[bucket][self.me]
+
+    def post(self, bucket):
+        self.window.Sync()  # the row's contents before the counter that says they are there
+        self.posted[self.me, bucket] = self.rounds[bucket]
+
+    def all_posted(self, bucket):
+        return bool((self.posted[:, bucket] >= self.rounds[bucket]).all())
+
+    def finished_reading(self, bucket):
+        self.window.Sync()
+        self.read[self.me, bucket] = self.rounds[bucket]
+
+    def all_read(self, bucket):
+        return bool((self.read[:, bucket] >= self.rounds[bucket]).all())
+
+
+class _SharedSum:
+    """_OrderedSum's result (the same function of the same rows, so the same bits) for a bucket of a
+    _SharedArea whose input row this rank has filled: rank r sums segment r of every rank's row into
+    the shared output, in rank order, and reads the others' segments once they are summed; a small
+    bucket is summed whole by every rank, into memory of its own, which needs no second wait."""
+
+    def __init__(self, area, bucket, weights, divisor):
+        self.area, self.bucket, self.weights, self.divisor = area, bucket, weights, divisor
+        rows, ranks = area.rows[bucket], area.ranks
+        count = len(rows[0])
+        self.whole = rows[0].nbytes * ranks <= _GATHER_BYTES
+        if self.whole:
+            self.out, self.part = np.empty(count, area.dtype), slice(None)
+        else:
+            counts, displs = _segments(count, ranks)
+            self.out, self.part = area.out[bucket], slice(displs[area.me], displs[area.me] + counts[area.me])
+        area.post(bucket)
+        self.phase = 1
+        self.poll()
+
+    def poll(self):
+        area, bucket = self.area, self.bucket
+        if self.phase == 1 and area.all_posted(bucket):
+            area.window.Sync()
+            _ordered_total([row[self.part] for row in area.rows[bucket]], self.weights, self.divisor,
+                           self.out[self.part])
+            area.finished_reading(bucket)  # for a segmented bucket: also "my segment is summed"
+            self.phase = 3 if self.whole else 2
+        if self.phase == 2 and area.all_read(bucket):
+            area.window.Sync()
+            self.phase = 3
+        return self.phase == 3
+
+    def wait(self):
+        """The result; for a segmented bucket a view of the shared output, valid until this rank
+        starts the bucket's next round."""
+        while not self.poll():
+            os.sched_yield()
+        return self.out
+
+
 def _rank_ordered_sum(flat, weights=None, divisor=None):
     """Every rank's 1-D `flat` (same length and dtype everywhere) summed in rank order, each scaled by
     its rank's entry of `weights` when given, then divided by `divisor` when given; the same bits on
@@ -390,6 +501,28 @@ def _buckets(sizes, itemsize):
     return buckets + [current] if current else buckets
 
 
+def _bucket_plan(layout):
+    """The variables' sizes and their buckets, for a layout."""
+    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in layout[0]]
+    return sizes, _buckets(sizes, np.dtype(layout[1]).itemsize)
+
+
+def _area_key(layout):
+    return layout, _BUCKET_BYTES, _use_shared_memory
+
+
+def _new_area(layout):
+    """A _SharedArea for the layout's buckets when every rank is on this machine (and it is not too
+    large), else None; collective: every rank calls it for the same layouts in the same order."""
+    comm = _world()
+    sizes, buckets = _bucket_plan(layout)
+    counts = [sum(sizes[i] for i in bucket) + len(bucket) for bucket in buckets]  # + a flag per variable
+    nbytes = (comm.Get_size() + 1) * sum(counts) * np.dtype(layout[1]).itemsize
+    if not _use_shared_memory or _local_comm.Get_size() != comm.Get_size() or nbytes > _SHARED_BYTES:
+        return None
+    return _SharedArea(_grad_comm, counts, layout[1])
+
+
 def _layout(variables):
     shapes = tuple(tuple(np.shape(v)) for v in variables)
     # The variables' dtype, not the gradients': a rank without samples has no gradients to look at.
@@ -421,11 +554,11 @@ class _GradientReduction:
     a gradient. Every element gets the same operations whichever bucket it travels in, so the result
     does not depend on when the buckets start."""
 
-    def __init__(self, variables, layout, weights, divisor):
+    def __init__(self, variables, layout, weights, divisor, area=None):
         self.variables, self.weights, self.divisor = variables, weights, divisor
         self.shapes, self.dtype = layout[0], np.dtype(layout[1])
-        self.sizes = [int(np.prod(shape, dtype=np.int64)) for shape in self.shapes]
-        self.buckets = _buckets(self.sizes, self.dtype.itemsize)
+        self.sizes, self.buckets = _bucket_plan(layout)
+        self.area = area  # a _SharedArea when all ranks are on this machine, else None: messages
         self.bucket_of = {index: b for b, bucket in enumerate(self.buckets) for index in bucket}
         self.position = {id(variable): index for index, variable in enumerate(variables)}
         self.missing = [len(bucket) for bucket in self.buckets]  # gradients each bucket still waits for
@@ -452,7 +585,8 @@ class _GradientReduction:
     def _start(self, bucket, grads):
         indices = self.buckets[bucket]
         count = sum(self.sizes[i] for i in indices)
-        flat = np.empty(count + len(indices), self.dtype)
+        # with shared memory, straight into this rank's row of the window, which the others read
+        flat = np.empty(count + len(indices), self.dtype) if self.area is None else self.area.begin(bucket)
         offset = 0
         for flag, index in enumerate(indices):
             part, grad = flat[offset:offset + self.sizes[index]], grads[index]
@@ -463,10 +597,12 @@ class _GradientReduction:
             flat[count + flag] = grad is not None
             self.sent[index] = grad
             offset += self.sizes[index]
-        self.sums[bucket] = _OrderedSum(_grad_comm, flat, self.weights, self.divisor, tag=bucket)
+        self.sums[bucket] = _OrderedSum(_grad_comm, flat, self.weights, self.divisor, tag=bucket) \
+            if self.area is None else _SharedSum(self.area, bucket, self.weights, self.divisor)
 
-    def finish(self, grads):
-        """The reduced gradients of `grads` (one array per variable, or None)."""
+    def finish(self, grads, copy=True):
+        """The reduced gradients of `grads` (one array per variable, or None); copy=False: some may be
+        views of the shared output, which this bucket's next round overwrites."""
         for index, grad in self.sent.items():
             if grads[index] is not grad:
                 raise RuntimeError(f"the gradient of {getattr(self.variables[index], 'path', '?')!r} changed after "
@@ -477,6 +613,8 @@ class _GradientReduction:
         out = [None] * len(self.variables)
         for bucket, reduction in zip(self.buckets, self.sums):
             summed, offset, count = reduction.wait(), 0, sum(self.sizes[i] for i in bucket)
+            if copy and self.area is not None and not reduction.whole:  # the shared output is the next round's
+                summed = summed.copy()
             for flag, index in enumerate(bucket):
                 if summed[count + flag] > 0:
                     out[index] = summed[offset:offset + self.sizes[index]].reshape(self.shapes[index])
@@ -486,9 +624,13 @@ class _GradientReduction:
 
 def _checked(layout):
     """Check, the first time a layout is reduced, that every rank reduces the same gradient shapes, so
-    that a mismatch is an error naming the rank rather than a failure inside MPI."""
+    that a mismatch is an error naming the rank rather than a failure inside MPI; and make its shared
+    memory (see _new_area), for which every rank is here too. Returns the _SharedArea or None."""
+    key = _area_key(layout)
     if layout in _checked_layouts:
-        return
+        if key not in _areas:  # the same layout in other buckets (tests change _BUCKET_BYTES)
+            _areas[key] = _new_area(layout)
+        return _areas[key]
     comm = _world()
     for index, other in enumerate(comm.allgather(layout)):
         if other != layout:
@@ -496,6 +638,8 @@ def _checked(layout):
                              f"rank {comm.Get_rank()} of {list(layout[0])} ({np.dtype(layout[1])}): every rank "
                              "must train the same model")
     _checked_layouts.add(layout)
+    _areas[key] = _new_area(layout)
+    return _areas[key]
 
 
 def start_reduction(optimizer, variables):
@@ -510,14 +654,14 @@ def start_reduction(optimizer, variables):
         return None
     variables = list(variables)
     layout = _layout(variables)
-    if layout not in _checked_layouts:
+    if layout not in _checked_layouts or _area_key(layout) not in _areas:
         return None
     _in_flight = _GradientReduction(variables, layout, *_weighting(_step_weights, optimizer._distributed_op,
-                                                                    _comm.Get_size()))
+                                                                    _comm.Get_size()), _areas[_area_key(layout)])
     return _in_flight.gradients_final
 
 
-def reduce_gradients(grads, variables, weights=None, op="average"):
+def reduce_gradients(grads, variables, weights=None, op="average", copy=True):
     """The weighted mean of each gradient over the ranks, sum_r(weights[r] * g_r) / sum(weights)
     (op="sum": that times the number of ranks), bitwise identical on every rank. `weights` holds one
     weight per rank, the same list on every rank (None: all 1, a plain mean). A gradient that is None
@@ -526,7 +670,9 @@ def reduce_gradients(grads, variables, weights=None, op="average"):
 
     The gradients travel in buckets (see _GradientReduction); a reduction that start_reduction began
     during the backward pass is finished here when `grads` are that step's gradients. The first
-    reduction of a given list of variables also checks that every rank reduces the same shapes."""
+    reduction of a given list of variables also checks that every rank reduces the same shapes.
+    copy=False is for a caller that uses the results at once (DistributedOptimizer's apply): they may
+    be views of shared memory that the next reduction of these variables overwrites."""
     global _in_flight
     grads, variables = list(grads), list(variables)
     if len(grads) != len(variables):
@@ -548,11 +694,10 @@ def reduce_gradients(grads, variables, weights=None, op="average"):
     if reduction is None:
         layout = _layout(variables)
         weighting = _weighting(weights, op, size())
-        _checked(layout)
-        reduction = _GradientReduction(variables, layout, *weighting)
+        reduction = _GradientReduction(variables, layout, *weighting, _checked(layout))
     else:
         spent = reduction.seconds
-    out = reduction.finish(arrays)
+    out = reduction.finish(arrays, copy)
     _timings["reductions"] += 1
     _timings["reduce_seconds"] += spent + time.perf_counter() - started
     return out
@@ -585,7 +730,8 @@ def _distributed_apply(optimizer, op):
 
     def distributed_apply(grads, trainable_variables):
         grads, trainable_variables = list(grads), list(trainable_variables)
-        return apply(optimizer, reduce_gradients(grads, trainable_variables, _step_weights, op), trainable_variables)
+        reduced = reduce_gradients(grads, trainable_variables, _step_weights, op, copy=False)
+        return apply(optimizer, reduced, trainable_variables)
 
     return distributed_apply
 
