@@ -11,11 +11,14 @@ Per model, five variants, each timed in processes of its own, alternated round b
     PyTorch 1       one process, same threads and batch B (when a PyTorch Python is given)
     PyTorch N       N processes under DistributedDataParallel with the gloo backend, batch B each
 
-and reports, best of the rounds: images/s, images/s per rank, the weak-scaling efficiency (images/s per
-rank on N ranks over one process's images/s), fastconv's gradient reduction per step and its share of
+and reports, best of the rounds: images/s, images/s per rank, fastconv's gradient reduction per step and its share of
 the step (fastconv.keras.distributed.timings(): the gradient buckets' work during the backward pass
 and the wait for them after it, which includes waiting for the slower rank), the same reduction timed
-alone after a barrier (all buckets at once), and fastconv N against PyTorch N.
+alone after a barrier (all buckets at once), and fastconv N against PyTorch N. The weak-scaling
+efficiency (images/s per rank on N ranks over one process's images/s) is taken round by round, each
+N-rank run against the one-process run of its own round (run next to it, under the same load), and
+reported as the median over the rounds with every round shown, next to the best N-rank run over the
+best one-process run. The rounds alternate the variants' order, so that neither side always runs first.
 
 A step's time is the median, over the timed steps, of the time from one batch's end to the next on
 rank 0 (everything a fit does per batch); images/s is the global batch over it. Each process of a
@@ -90,7 +93,7 @@ def fastconv_worker(model, per_rank, steps, warmup, threads, reduce_repeats=20):
         for _ in range(reduce_repeats):
             distributed.barrier()
             start = time.perf_counter()
-            distributed.reduce_gradients(grads, variables)
+            distributed.reduce_gradients(grads, variables, copy=False)  # as DistributedOptimizer does
             alone.append(time.perf_counter() - start)
         result["reduce_alone_seconds"] = min(alone)
         if distributed.rank() != 0:
@@ -203,7 +206,7 @@ def _ms(seconds):
 
 
 def report(results, args, print_table):
-    """Tables of the best round of each variant, and the ratios."""
+    """Tables of the best round of each variant, and the ratios round by round."""
     n = args.ranks
     rows, ratios = [], []
     for model in args.models:
@@ -225,11 +228,14 @@ def report(results, args, print_table):
             rows.append([model, name, ranks * args.batch, _ms(r["step_seconds"]), f"{r['images_per_second']:.0f}",
                          f"{r['images_per_second'] / ranks:.0f}", reduce, share, alone, rounds])
         single, multi = best[("fastconv", 1)], best[("fastconv", n)]
-        efficiency = multi["images_per_second"] / n / single["images_per_second"]
-        per_round = [m["images_per_second"] / n / s["images_per_second"]
-                     for s, m in zip(results[model][("fastconv", 1)], results[model][("fastconv", n)])]
-        alone = best[("independent", n)]["images_per_second"] / n / single["images_per_second"]
-        line = [model, f"{efficiency:.0%}", " ".join(f"{x:.0%}" for x in per_round), f"{alone:.0%}"]
+        # Each round's N-rank and independent runs against that round's one process (run next to them,
+        # under the same load): the median of the rounds is the headline, their range its spread.
+        per_round = _per_round(results[model], ("fastconv", n), n)
+        independent = _per_round(results[model], ("independent", n), n)
+        best_ratio = multi["images_per_second"] / n / single["images_per_second"]
+        line = [model, f"{statistics.median(per_round):.0%}", " ".join(f"{x:.0%}" for x in per_round),
+                f"{best_ratio:.0%}", f"{statistics.median(independent):.0%}",
+                " ".join(f"{x:.0%}" for x in independent)]
         if args.torch_python:
             t1, tn = best[("torch", 1)], best[("torch", n)]
             line += [f"{tn['images_per_second'] / n / t1['images_per_second']:.0%}",
@@ -238,10 +244,17 @@ def report(results, args, print_table):
     print_table(["model", "variant", "global batch", "step ms", "images/s", "images/s per rank",
                  "reduce ms/step", "reduce share", "reduce alone ms", "images/s per round"], rows)
     print()
-    header = ["model", f"fastconv efficiency {n} ranks", "per round", f"{n} independent processes"]
+    header = ["model", f"fastconv efficiency {n} ranks (median of rounds)", "per round", "best / best",
+              f"{n} independent processes (median)", "per round"]
     if args.torch_python:
         header += [f"PyTorch DDP efficiency {n} ranks", f"fastconv {n} ranks / PyTorch DDP {n}"]
     print_table(header, ratios)
+
+
+def _per_round(runs, variant, ranks):
+    """Per round: the variant's images/s per rank over the same round's one-process images/s."""
+    return [other["images_per_second"] / ranks / single["images_per_second"]
+            for single, other in zip(runs[("fastconv", 1)], runs[variant])]
 
 
 def add_options(parser):
@@ -249,9 +262,10 @@ def add_options(parser):
     parser.add_argument("--ranks", type=int, default=2, help="ranks of the distributed variants (default: 2)")
     parser.add_argument("--threads", type=int, default=1, help="threads per process (default: 1)")
     parser.add_argument("--batch", type=int, default=64, help="batch per rank (default: 64)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per run (default: 20)")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per run (default: 40)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; the best of each variant is kept (default: 3)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds, each running every variant, in alternating order (default: 5)")
     parser.add_argument("--mpiexec", default=None,
                         help="the MPI launcher (default: the mpiexec next to this Python, else on PATH)")
     parser.add_argument("--torch-python", metavar="PYTHON", default=None,
@@ -270,7 +284,8 @@ def run(args, print_table, stamp):
         raise SystemExit("--warmup must be >= 1, --steps >= 2 and --ranks >= 2")
     print(stamp(), flush=True)
     print(f"{args.ranks} ranks x {args.threads} thread(s) against 1 process x {args.threads}; batch {args.batch} "
-          f"per rank; median step of {args.steps} after {args.warmup}; best of {args.rounds} rounds, alternated",
+          f"per rank; median step of {args.steps} after {args.warmup}; {args.rounds} rounds, alternated; "
+          "efficiency: the median over rounds of N ranks against the same round's 1 process",
           flush=True)
     started = time.time()
     results = {model: {variant: [] for variant in variants(args)} for model in args.models}
