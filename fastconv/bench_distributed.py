@@ -19,6 +19,10 @@ efficiency (images/s per rank on N ranks over one process's images/s) is taken r
 N-rank run against the one-process run of its own round (run next to it, under the same load), and
 reported as the median over the rounds with every round shown, next to the best N-rank run over the
 best one-process run. The rounds alternate the variants' order, so that neither side always runs first.
+On a shared machine the ranks wait for each other whenever another process takes a core from one of
+them, which one process alone absorbs, so the efficiency is also given on the undisturbed steps: those
+in which no process of the run waited for a CPU (Linux's /proc/<pid>/task/*/schedstat, run-queue wait
+under 0.1 ms on every rank), their median step against the one process's undisturbed median, per round.
 
 A step's time is the median, over the timed steps, of the time from one batch's end to the next on
 rank 0 (everything a fit does per batch); images/s is the global batch over it. Each process of a
@@ -56,6 +60,32 @@ def _shape(model):
     return (32, 32, 3) if model == "cifar" else (28, 28, 1)
 
 
+QUIET_WAIT = 1e-4  # a step in which no process waited longer than this for a CPU counts as undisturbed
+QUIET_MIN_STEPS = 5
+
+
+def _cpu_wait_seconds():
+    """The seconds this process's threads have spent ready to run but waiting for a CPU (another
+    process had it): Linux's /proc schedstat, or None where the kernel does not tell."""
+    total = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/schedstat") as f:
+                total += int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
+
+
+def _quiet_step(steps, waits):
+    """The median of the steps in which no process waited for a CPU (`waits`: each step's longest
+    wait over the processes), and how many there were; None when too few to tell."""
+    if any(w is None for w in waits):
+        return None, 0
+    quiet = [step for step, wait in zip(steps, waits) if wait < QUIET_WAIT]
+    return (statistics.median(quiet) if len(quiet) >= QUIET_MIN_STEPS else None), len(quiet)
+
+
 def fastconv_worker(model, per_rank, steps, warmup, threads, reduce_repeats=20):
     """One fastconv process: a fit of warmup + steps batches (a DataParallel fit under mpiexec)."""
     import fastconv
@@ -69,18 +99,26 @@ def fastconv_worker(model, per_rank, steps, warmup, threads, reduce_repeats=20):
     keras.utils.set_random_seed(0)
     net = recipes.RECIPES[model].compiled_model()
     images, labels = _data(per_rank, ranks, warmup + steps, _shape(model))
-    marks = []
+    marks, waits = [], []
 
     class Clock(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             marks.append(time.perf_counter())
+            waits.append(_cpu_wait_seconds())
             if batch == warmup - 1 and ranks > 1:
                 distributed.timings(reset=True)
 
     net.fit(images, labels, batch_size=per_rank * ranks, epochs=1, verbose=0, callbacks=[Clock()])
-    step = statistics.median(np.diff(marks[warmup - 1:]))
+    steps_seconds = np.diff(marks[warmup - 1:])
+    step = statistics.median(steps_seconds)
+    step_waits = [None if a is None or b is None else b - a for a, b in zip(waits[warmup - 1:], waits[warmup:])]
+    if ranks > 1:  # a step is undisturbed when no rank waited for a CPU in it
+        every = distributed.allgather_object(step_waits)
+        step_waits = [None if None in column else max(column) for column in zip(*every)]
+    quiet, quiet_count = _quiet_step(steps_seconds, step_waits)
     result = {"impl": "fastconv", "model": model, "ranks": ranks, "threads": fastconv.get_num_threads(),
               "step_seconds": step, "images_per_second": per_rank * ranks / step,
+              "quiet_step_seconds": quiet, "quiet_steps": quiet_count, "steps": len(steps_seconds),
               "parameters": int(sum(w.size for w in net.trainable_weights))}
     if ranks > 1:
         spent = distributed.timings()
@@ -187,9 +225,13 @@ def run_variant(variant, model, args):
             raise RuntimeError(f"{impl} x{ranks} {model} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     result = _json_line(outputs[0].stdout)
     if impl == "independent":  # the slowest process's step, as a synchronous step would wait for it
-        slowest = max((_json_line(out.stdout) for out in outputs), key=lambda r: r["step_seconds"])
+        each = [_json_line(out.stdout) for out in outputs]
+        slowest = max(each, key=lambda r: r["step_seconds"])
+        quiet = [r["quiet_step_seconds"] for r in each]
         result.update(ranks=ranks, step_seconds=slowest["step_seconds"],
-                      images_per_second=args.batch * ranks / slowest["step_seconds"])
+                      images_per_second=args.batch * ranks / slowest["step_seconds"],
+                      quiet_step_seconds=None if None in quiet else max(quiet),
+                      quiet_steps=min(r["quiet_steps"] for r in each))
     result["load"] = (load_before, os.getloadavg()[0])
     return result
 
@@ -225,16 +267,25 @@ def report(results, args, print_table):
             if "reduce_seconds" in r:
                 reduce, share = _ms(r["reduce_seconds"]), f"{100 * r['reduce_share']:.0f}%"
                 alone = _ms(r["reduce_alone_seconds"])
+            quiet = ""
+            if r.get("quiet_steps") is not None and "steps" in r:
+                quiet = f"{r['quiet_steps']}/{r['steps']}" + \
+                    (f": {_ms(r['quiet_step_seconds'])}" if r.get("quiet_step_seconds") else "")
             rows.append([model, name, ranks * args.batch, _ms(r["step_seconds"]), f"{r['images_per_second']:.0f}",
-                         f"{r['images_per_second'] / ranks:.0f}", reduce, share, alone, rounds])
+                         f"{r['images_per_second'] / ranks:.0f}", reduce, share, alone, quiet, rounds])
         single, multi = best[("fastconv", 1)], best[("fastconv", n)]
         # Each round's N-rank and independent runs against that round's one process (run next to them,
         # under the same load): the median of the rounds is the headline, their range its spread.
         per_round = _per_round(results[model], ("fastconv", n), n)
         independent = _per_round(results[model], ("independent", n), n)
         best_ratio = multi["images_per_second"] / n / single["images_per_second"]
+        # the same on the steps no process had to wait for a CPU in (another process had it)
+        quiet = [s["quiet_step_seconds"] / m["quiet_step_seconds"]
+                 for s, m in zip(results[model][("fastconv", 1)], results[model][("fastconv", n)])
+                 if s.get("quiet_step_seconds") and m.get("quiet_step_seconds")]
         line = [model, f"{statistics.median(per_round):.0%}", " ".join(f"{x:.0%}" for x in per_round),
-                f"{best_ratio:.0%}", f"{statistics.median(independent):.0%}",
+                f"{best_ratio:.0%}", f"{statistics.median(quiet):.0%}" if quiet else "-",
+                " ".join(f"{x:.0%}" for x in quiet), f"{statistics.median(independent):.0%}",
                 " ".join(f"{x:.0%}" for x in independent)]
         if args.torch_python:
             t1, tn = best[("torch", 1)], best[("torch", n)]
@@ -242,10 +293,11 @@ def report(results, args, print_table):
                      f"{multi['images_per_second'] / tn['images_per_second']:.2f}x"]
         ratios.append(line)
     print_table(["model", "variant", "global batch", "step ms", "images/s", "images/s per rank",
-                 "reduce ms/step", "reduce share", "reduce alone ms", "images/s per round"], rows)
+                 "reduce ms/step", "reduce share", "reduce alone ms", "undisturbed steps: median ms",
+                 "images/s per round"], rows)
     print()
     header = ["model", f"fastconv efficiency {n} ranks (median of rounds)", "per round", "best / best",
-              f"{n} independent processes (median)", "per round"]
+              "undisturbed steps (median)", "per round", f"{n} independent processes (median)", "per round"]
     if args.torch_python:
         header += [f"PyTorch DDP efficiency {n} ranks", f"fastconv {n} ranks / PyTorch DDP {n}"]
     print_table(header, ratios)

@@ -655,3 +655,14 @@ def test_deterministic_ranks_gives_the_same_weights_bitwise_on_1_2_3_and_4_ranks
         for rank_weights in weights:
             assert_bitwise_equal(reference, rank_weights)
         assert all(rank_logs == reference_logs for rank_logs in logs)
+
+
+def test_bench_counts_a_step_undisturbed_only_when_no_process_waited_for_a_cpu():
+    from fastconv import bench_distributed as bench
+    steps = [0.010, 0.011, 0.050, 0.012, 0.013, 0.014, 0.060]
+    waits = [0.0, 0.00005, 0.004, 0.0, 0.0, 0.0, 0.002]  # the slow steps waited for a CPU
+    assert bench._quiet_step(steps, waits) == (0.012, 5)
+    assert bench._quiet_step(steps[:4], waits[:4]) == (None, 3)  # too few to tell
+    assert bench._quiet_step(steps, [None] * 7) == (None, 0)  # the kernel does not say
+    wait = bench._cpu_wait_seconds()
+    assert wait is None or wait >= 0.0
