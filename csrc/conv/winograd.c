@@ -183,11 +183,11 @@ typedef struct {
     int64_t h, w, channels, top, left;  /* tile (ty, tx)'s pixel (i, j) is (ty * M - top + i, tx * M - left + j) */
 } tile_source;
 
-/* The SIDE x SIDE tiles [t0, t0 + count) of src, transformed, into V (point xi's rows at v + xi * vs,
- * row stride src->channels); zero: src->channels zeros, read outside src. */
+/* The SIDE x SIDE tiles [t0, t0 + count) of src, transformed, into V: tile t's point xi at
+ * v + (t - t0) * ts + xi * vs (src->channels floats); zero: src->channels zeros, read outside src. */
 #define DEFINE_INPUT_BLOCK(NAME, ATTR, M, SIDE, VTILE, STILE, LANES)                                  \
     ATTR static void NAME(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,       \
-                          int64_t count, float *v, int64_t vs)                                         \
+                          int64_t count, float *v, int64_t ts, int64_t vs)                             \
     {                                                                                                 \
         const int64_t ch = src->channels, per_image = tl->tiles_h * tl->tiles_w;                      \
         for (int64_t t = t0; t < t0 + count; t++) {                                                   \
@@ -201,7 +201,7 @@ typedef struct {
                                           ? zero : src->data + ((img * src->h + iy) * src->w + ix) * ch; \
                 }                                                                                     \
             }                                                                                         \
-            float *row = v + (t - t0) * ch;                                                           \
+            float *row = v + (t - t0) * ts;                                                           \
             int64_t c = 0;                                                                            \
             for (; c + LANES <= ch; c += LANES) VTILE(p, c, row, vs);                                 \
             for (; c < ch; c++) STILE(p, c, row, vs);                                                 \
@@ -251,7 +251,7 @@ DEFINE_INPUT_BLOCK(dy4_avx2, AVX2, 4, 4, dy4_v8, dy4_s, 8)
 #endif
 
 typedef void (*block_transform)(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,
-                                int64_t count, float *v, int64_t vs);
+                                int64_t count, float *v, int64_t ts, int64_t vs);
 typedef struct {
     block_transform input, dy;  /* input tiles; the weight gradient's dy blocks */
     void (*output)(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ms, int64_t t0, int64_t count,
@@ -434,7 +434,7 @@ int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const 
         #pragma omp for schedule(dynamic)
         for (int64_t b = 0; b < l.t.blocks; b++) {
             const int64_t t0 = b * l.t.block, count = min64(l.t.block, l.t.tiles - t0);
-            tf.input(&src, &l.t.tl, zero, t0, count, v, vs);
+            tf.input(&src, &l.t.tl, zero, t0, count, v, s->cin, vs);
             for (int xi = 0; xi < l.t.points; xi++) {
                 fc_gemm_problem g = point_gemm(s, count);
                 g.a = v + xi * vs;
@@ -563,8 +563,8 @@ int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, co
         for (int64_t part = 0; part < l.partials; part++) {
             for (int64_t b = part; b < l.t.blocks; b += l.partials) {
                 const int64_t t0 = b * l.t.block, count = min64(l.t.block, l.t.tiles - t0);
-                tf.input(&xs, &l.t.tl, zero, t0, count, v, vs);
-                tf.dy(&dys, &l.t.tl, zero, t0, count, w, wsz);
+                tf.input(&xs, &l.t.tl, zero, t0, count, v, s->cin, vs);
+                tf.dy(&dys, &l.t.tl, zero, t0, count, w, s->cout, wsz);
                 for (int xi = 0; xi < l.t.points; xi++) {
                     fc_gemm_problem g = weight_grad_gemm(s, count);
                     g.a = v + xi * vs;
