@@ -293,7 +293,7 @@ class _OrderedSum:
         return self.out
 
 
-_SHARED_BYTES = 1 << 30  # above this much shared memory for one gradient layout, messages instead
+_SHARED_BYTES = 1 << 30  # beyond this much shared memory for all gradient layouts together, messages instead
 _use_shared_memory = True  # False: buckets always travel as messages (tests compare the two paths)
 
 
@@ -311,7 +311,7 @@ class _SharedArea:
         buckets, align = len(counts), 64
         sizes = [(self.ranks + 1) * -(-count * self.dtype.itemsize // align) * align for count in counts]
         control = 2 * self.ranks * buckets * 8
-        total = control + sum(sizes)
+        total = self.nbytes = control + sum(sizes)
         self.window = MPI.Win.Allocate_shared(total if self.me == 0 else 0, 1, comm=comm)
         memory = np.frombuffer(self.window.Shared_query(0)[0], np.uint8)[:total]
         self.window.Lock_all(MPI.MODE_NOCHECK)  # Win.Sync (a memory barrier) needs an access epoch
@@ -485,6 +485,7 @@ def broadcast_variables(variables, root_rank=0):
 
 _BUCKET_BYTES = 1 << 20  # gradients travel in buckets of about this many bytes, the last layers' first
 _in_flight = None  # the step's reduction that the backward pass started and apply() finishes
+_plans = {}  # (layout, _BUCKET_BYTES) -> _bucket_plan's result
 
 
 def _buckets(sizes, itemsize):
@@ -501,10 +502,19 @@ def _buckets(sizes, itemsize):
     return buckets + [current] if current else buckets
 
 
+def _shape(variable):
+    # a Variable's own shape: np.shape() goes through its __array_function__, at ~10 us a call
+    shape = getattr(variable, "shape", None)
+    return tuple(shape) if shape is not None else tuple(np.shape(variable))
+
+
 def _bucket_plan(layout):
-    """The variables' sizes and their buckets, for a layout."""
-    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in layout[0]]
-    return sizes, _buckets(sizes, np.dtype(layout[1]).itemsize)
+    """The variables' sizes and their buckets, for a layout (worked out once per layout)."""
+    key = (layout, _BUCKET_BYTES)
+    if key not in _plans:
+        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in layout[0]]
+        _plans[key] = sizes, _buckets(sizes, np.dtype(layout[1]).itemsize)
+    return _plans[key]
 
 
 def _area_key(layout):
@@ -518,13 +528,16 @@ def _new_area(layout):
     sizes, buckets = _bucket_plan(layout)
     counts = [sum(sizes[i] for i in bucket) + len(bucket) for bucket in buckets]  # + a flag per variable
     nbytes = (comm.Get_size() + 1) * sum(counts) * np.dtype(layout[1]).itemsize
-    if not _use_shared_memory or _local_comm.Get_size() != comm.Get_size() or nbytes > _SHARED_BYTES:
+    # areas live until shutdown() (freeing one is collective), so a process that builds many models
+    # stops making them at a bound, the same on every rank
+    taken = sum(area.nbytes for area in _areas.values() if area is not None)
+    if not _use_shared_memory or _local_comm.Get_size() != comm.Get_size() or taken + nbytes > _SHARED_BYTES:
         return None
     return _SharedArea(_grad_comm, counts, layout[1])
 
 
 def _layout(variables):
-    shapes = tuple(tuple(np.shape(v)) for v in variables)
+    shapes = tuple(_shape(v) for v in variables)
     # The variables' dtype, not the gradients': a rank without samples has no gradients to look at.
     dtype = np.result_type(*[v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype for v in variables]) \
         if variables else np.dtype(np.float32)
@@ -681,9 +694,9 @@ def reduce_gradients(grads, variables, weights=None, op="average", copy=True):
     arrays = [None if g is None else _numeric(g, f"the gradient of {getattr(v, 'path', v)!r}")
               for g, v in zip(grads, variables)]
     for array, variable in zip(arrays, variables):
-        if array is not None and array.shape != tuple(np.shape(variable)):
+        if array is not None and array.shape != _shape(variable):
             raise ValueError(f"gradient of shape {array.shape} for variable {getattr(variable, 'path', '?')!r} "
-                             f"of shape {tuple(np.shape(variable))}")
+                             f"of shape {_shape(variable)}")
     started = time.perf_counter()
     reduction, _in_flight = _in_flight, None
     if reduction is not None and (len(reduction.variables) != len(variables) or
