@@ -207,8 +207,9 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     (kh*kw*Cin + 1) floats) and per thread kh input rows (only the columns the taps read, when a stride
     or dilation larger than the kernel would leave most of a row unread); implicit, the packed weights
     and about 256 KiB of padded input rows per thread; im2col, the packed weights and one block of about
-    256 KiB of patches per thread; Winograd, the transformed kernel twice (16 or 36 * Cin * Cout floats,
-    plain and packed) and per thread the transforms of a block of 96 or more tiles. `conv2d_workspace_bytes` gives what a call takes. Bound, forward or
+    256 KiB of patches per thread; Winograd, the transformed kernel, packed (16 or 36 * Cin * Cout
+    floats), and per thread the transforms of a block of tiles (about 128 KiB, more with many
+    channels). `conv2d_workspace_bytes` gives what a call takes. Bound, forward or
     backward: 4 * (18 * (|w| + Cout) + T * (4 * kh * kw * |padded x| + 4 * |y| + 2**20)) bytes for T
     threads (|.| in elements), whatever the strides and dilations; tests/test_workspace_memory.py.
     If it cannot be allocated, MemoryError (nothing computed).

@@ -1,14 +1,16 @@
 /* Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution (see winograd.h); m is the output tile's side,
  * a = m + 2 the input tile's, a^2 the transform points (16 or 36).
  *
- * Per call: the kernel is transformed (U[xi] = G g G^T, a^2 matrices of cin x cout) and each U[xi]
- * packed as the B of the GEMMs. Then the tiles (counted over n * tiles_h * tiles_w, m x m output pixels
- * each) are cut into blocks of a fixed size; a thread takes a block and
- *   1. transforms its input tiles into V[xi] (block x cin), zeros where a tile hangs over the padding,
- *   2. runs the a^2 GEMMs M[xi] = V[xi] @ U[xi] (block x cout) in its own scratch,
+ * Per call: the kernel is transformed (U[xi] = G g G^T, a^2 matrices of cin x cout), each U[xi]
+ * written straight into the micro-kernel's packed B panels (the threads share the input channels).
+ * Then the tiles (counted over n * tiles_h * tiles_w, m x m output pixels each) are cut into blocks of
+ * a fixed size; a thread takes a block and
+ *   1. transforms its input tiles into V (block x a^2 x cin), zeros where a tile hangs over the padding,
+ *   2. runs the a^2 products M[xi] = V[xi] @ U[xi] (block x cout) on the micro-kernel, register tile by
+ *      register tile, in its own scratch,
  *   3. transforms M back into m x m output tiles, adds the bias, applies ReLU and the input-gradient
  *      mask, and stores the pixels that exist (a partial tile at the right or bottom edge drops the rest).
- * V and M of a block stay in the thread's L2 between the steps when the channels are few enough.
+ * V and M of a block are small enough to stay in the thread's L2 between the steps.
  *
  * The weight gradient (fc_winograd_weight_grad) cuts dy into the same m x m tiles: a thread takes the
  * blocks of one partial sum in turn and, per block,
@@ -25,6 +27,7 @@
 enum {
     BLOCK_FLOATS = 65536,          /* V + M of a block: 256 KiB, a quarter of a 1 MiB L2 */
     MIN_BLOCK_TILES = 96,          /* fewer rows per GEMM and each packed U[xi] is read for too little work */
+    FORWARD_BLOCK_FLOATS = 32768,  /* the forward's V + M of a block: 128 KiB, in L2 beside the packed U */
     BALANCED_BLOCKS = 16,          /* below this many blocks, their count is made a multiple of 4 */
 };
 
@@ -126,13 +129,13 @@ int fc_winograd_applies(const fc_conv_shape *s)
                                                             const float *bias, int relu,              \
                                                             float *const *out, const float *const *mask) \
     {                                                                                                 \
+        typedef T unaligned __attribute__((aligned(4), may_alias));  /* one vector move each */       \
         T a[A * A], s[M * A], y[M * M];                                                               \
-        for (int k = 0; k < A * A; k++) memcpy(&a[k], m + k * ms + c, sizeof(T));                     \
+        for (int k = 0; k < A * A; k++) a[k] = *(const unaligned *)(m + k * ms + c);                  \
         for (int j = 0; j < A; j++) OUT(a + j, A, s + j, A);                                          \
         for (int i = 0; i < M; i++) OUT(s + i * A, 1, y + i * M, 1);                                  \
         if (bias) {                                                                                   \
-            T b;                                                                                      \
-            memcpy(&b, bias + c, sizeof(T));                                                          \
+            const T b = *(const unaligned *)(bias + c);                                               \
             for (int k = 0; k < M * M; k++) y[k] += b;                                                \
         }                                                                                             \
         for (int k = 0; k < M * M; k++) {                                                             \
@@ -140,11 +143,10 @@ int fc_winograd_applies(const fc_conv_shape *s)
             T r = y[k];                                                                               \
             if (relu) r = RELU(r);                                                                    \
             if (mask) {                                                                               \
-                T keep;                                                                               \
-                memcpy(&keep, mask[k] + c, sizeof(T));                                                \
+                const T keep = *(const unaligned *)(mask[k] + c);                                     \
                 r = MASK(r, keep);                                                                    \
             }                                                                                         \
-            memcpy(out[k] + c, &r, sizeof(T));                                                        \
+            *(unaligned *)(out[k] + c) = r;                                                           \
         }                                                                                             \
     }
 
@@ -208,9 +210,9 @@ typedef struct {
         }                                                                                             \
     }
 
-/* X of tiles [t0, t0 + count) (point xi's rows at m + xi * ms, row stride cout) into y. */
+/* X of tiles [t0, t0 + count) (tile t's point xi at m + (t - t0) * ts + xi * ms) into y. */
 #define DEFINE_OUTPUT_BLOCK(NAME, ATTR, M, VTILE, STILE, LANES)                                       \
-    ATTR static void NAME(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ms,         \
+    ATTR static void NAME(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ts, int64_t ms, \
                           int64_t t0, int64_t count, const float *bias, int relu, const float *mask_by, \
                           float *y)                                                                   \
     {                                                                                                 \
@@ -226,7 +228,7 @@ typedef struct {
                 out[k] = inside ? y + at : NULL;  /* a pixel outside y: its mask is never read */     \
                 mask[k] = inside && mask_by ? mask_by + at : NULL;                                    \
             }                                                                                         \
-            const float *row = m + (t - t0) * cout;                                                   \
+            const float *row = m + (t - t0) * ts;                                                     \
             const float *const *mk = mask_by ? mask : NULL;                                           \
             int64_t c = 0;                                                                            \
             for (; c + LANES <= cout; c += LANES) VTILE(row, ms, c, bias, relu, out, mk);             \
@@ -254,7 +256,7 @@ typedef void (*block_transform)(const tile_source *src, const tiling *tl, const 
                                 int64_t count, float *v, int64_t ts, int64_t vs);
 typedef struct {
     block_transform input, dy;  /* input tiles; the weight gradient's dy blocks */
-    void (*output)(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ms, int64_t t0, int64_t count,
+    void (*output)(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ts, int64_t ms, int64_t t0, int64_t count,
                    const float *bias, int relu, const float *mask_by, float *y);
 } transforms;
 
@@ -279,42 +281,39 @@ static tile_source input_tiles(const fc_conv_shape *s, const float *x)
     return src;
 }
 
-/* U[xi] = G g G^T for every channel pair: u + xi * cin * cout, row-major cin x cout.
+/* The kernel's 1-D transform G, on g[0], g[s], g[2s] into o[0], o[so], ... (T: float or a vector):
  *     F(2, 3): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
- *     F(4, 3): G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
- * flipped: g(r, c, k, n) = w[2 - r][2 - c][n][k] of a (3, 3, cout, cin) kernel (winograd.h). */
-static void kernel_1d(int tile, const float *g, int s, float *o, int so)
-{
-    const float g0 = g[0], g1 = g[s], g2 = g[2 * s];
-    if (tile == 2) {
-        o[0] = g0; o[so] = 0.5f * (g0 + g1 + g2); o[2 * so] = 0.5f * (g0 - g1 + g2); o[3 * so] = g2;
-    } else {
-        o[0] = g0 / 4.0f;
-        o[so] = -(g0 + g1 + g2) / 6.0f;
-        o[2 * so] = -(g0 - g1 + g2) / 6.0f;
-        o[3 * so] = g0 / 24.0f + g1 / 12.0f + g2 / 6.0f;
-        o[4 * so] = g0 / 24.0f - g1 / 12.0f + g2 / 6.0f;
-        o[5 * so] = g2;
-    }
-}
+ *     F(4, 3): G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1] */
+#define KERNEL2(g, s, o, so)                                                                           \
+    do {                                                                                               \
+        const __typeof__((g)[0]) g0 = (g)[0], g1 = (g)[s], g2 = (g)[2 * (s)];                          \
+        (o)[0] = g0; (o)[so] = 0.5f * (g0 + g1 + g2); (o)[2 * (so)] = 0.5f * (g0 - g1 + g2);           \
+        (o)[3 * (so)] = g2;                                                                            \
+    } while (0)
+#define KERNEL4(g, s, o, so)                                                                           \
+    do {                                                                                               \
+        const __typeof__((g)[0]) g0 = (g)[0], g1 = (g)[s], g2 = (g)[2 * (s)];                          \
+        (o)[0] = g0 / 4.0f;                                                                            \
+        (o)[so] = -(g0 + g1 + g2) / 6.0f;                                                              \
+        (o)[2 * (so)] = -(g0 - g1 + g2) / 6.0f;                                                        \
+        (o)[3 * (so)] = g0 / 24.0f + g1 / 12.0f + g2 / 6.0f;                                           \
+        (o)[4 * (so)] = g0 / 24.0f - g1 / 12.0f + g2 / 6.0f;                                           \
+        (o)[5 * (so)] = g2;                                                                            \
+    } while (0)
 
-static void transform_kernel(const fc_conv_shape *s, int tile, const float *w, int flipped, float *u)
-{
-    const int64_t kk = s->cin, nn = s->cout, tap = kk * nn;
-    const int64_t ks = flipped ? 1 : nn, ns = flipped ? kk : 1;
-    const int a = tile + 2;
-    for (int64_t k = 0; k < kk; k++) {
-        for (int64_t n = 0; n < nn; n++) {
-            float g[9], t[6 * 3], r[6 * 6];
-            for (int i = 0; i < 3; i++)
-                for (int j = 0; j < 3; j++)
-                    g[3 * i + j] = w[(flipped ? (2 - i) * 3 + (2 - j) : i * 3 + j) * tap + k * ks + n * ns];
-            for (int j = 0; j < 3; j++) kernel_1d(tile, g + j, 3, t + j, 3);      /* G g: a x 3 */
-            for (int i = 0; i < a; i++) kernel_1d(tile, t + 3 * i, 1, r + a * i, 1);  /* (G g) G^T */
-            for (int xi = 0; xi < a * a; xi++) u[xi * tap + k * nn + n] = r[xi];
-        }
+/* The transformed kernel of output channels [n, n + lanes) and input channel k, (G g G^T) for each of
+ * the a^2 points: g[i * 3 + j] holds tap (i, j), out[xi] receives point xi. */
+#define DEFINE_KERNEL_TILE(NAME, T, A, KERNEL)                                                         \
+    static inline void NAME(const T *g, T *out)                                                         \
+    {                                                                                                 \
+        T t[A * 3];                                                                                   \
+        for (int j = 0; j < 3; j++) KERNEL(g + j, 3, t + j, 3);          /* G g: A x 3 */              \
+        for (int i = 0; i < A; i++) KERNEL(t + 3 * i, 1, out + A * i, 1);  /* (G g) G^T */             \
     }
-}
+DEFINE_KERNEL_TILE(kernel2_s, float, 4, KERNEL2)
+DEFINE_KERNEL_TILE(kernel2_v8, vec8, 4, KERNEL2)
+DEFINE_KERNEL_TILE(kernel4_s, float, 6, KERNEL4)
+DEFINE_KERNEL_TILE(kernel4_v8, vec8, 6, KERNEL4)
 
 /* ---- the call's layout ---- */
 
@@ -325,11 +324,15 @@ typedef struct {
     int64_t tiles, block, blocks;
 } tile_blocks;
 
+/* The forward's layout. V and M hold a block's tiles one after another, all a^2 points of a tile
+ * together (the transforms then read or write one run of memory per tile); point xi of the block is
+ * the GEMM operand of rows `tv` (`tm`) floats apart. U[xi] is packed as the micro-kernel's B panels. */
 typedef struct {
     tile_blocks t;
     int64_t rows;                        /* the block's tiles rounded up to the GEMM's MR */
-    int64_t packed;                      /* floats of one packed U[xi]; 0: the GEMMs read U in place */
-    int64_t shared, v, m, gemm, per_thread, kernel;
+    int64_t width, panel, point;         /* U: columns a panel, floats from a panel (a point) to the next */
+    int64_t tv, tm;                      /* floats from one tile to the next in V and in M */
+    int64_t shared, v, m, per_thread;
     int threads;
 } layout;
 
@@ -350,17 +353,6 @@ static int64_t block_tiles(const fc_conv_shape *s, int points, int64_t mr, int64
     return min64(b, tiles);
 }
 
-static fc_gemm_problem point_gemm(const fc_conv_shape *s, int64_t rows)
-{
-    const fc_gemm_problem g = {
-        .n = s->cout, .k = s->cin, .a_rs = s->cin, .a_cs = 1, .b_rs = s->cout, .b_cs = 1, .ldc = s->cout,
-        .alpha = 1.0f, .beta = 0.0f, .m = rows,
-    };
-    return g;
-}
-
-static const float packed_placeholder[1];
-
 static tile_blocks cut_into_blocks(const fc_conv_shape *s, int tile, const fc_gemm_kernel *kr)
 {
     tile_blocks t = { .tile = tile == 4 ? 4 : 2 };
@@ -373,25 +365,38 @@ static tile_blocks cut_into_blocks(const fc_conv_shape *s, int tile, const fc_ge
     return t;
 }
 
+/* Floats from one tile's a^2 points to the next: whole cache lines, and not a multiple of 4 KiB (an
+ * MR-row tile of the GEMM reads one point of MR tiles, which would then all fall in one L1 set). */
+static int64_t tile_stride(int64_t floats)
+{
+    const int64_t lines = fc_lines(floats);
+    return lines % 1024 ? lines : lines + 16;
+}
+
+/* Tiles per block of the forward: V and M of a block in about FORWARD_BLOCK_FLOATS (in L2 with the
+ * packed U between the transforms and the GEMMs), whole register tiles, at most all the tiles. The
+ * bits of a tile do not depend on its block (K is never split), so any rule keeps determinism. */
+static int64_t forward_block_tiles(const fc_conv_shape *s, int points, int64_t mr, int64_t tiles)
+{
+    const int64_t b = max64(mr, FORWARD_BLOCK_FLOATS / (points * (s->cin + s->cout)) / mr * mr);
+    return min64(b, tiles);
+}
+
 static layout make_layout(const fc_conv_shape *s, int tile, const fc_gemm_kernel *kr)
 {
     layout l = { .t = cut_into_blocks(s, tile, kr) };
+    l.t.block = forward_block_tiles(s, l.t.points, kr->mr, l.t.tiles);
+    l.t.blocks = (l.t.tiles + l.t.block - 1) / l.t.block;
     l.rows = (l.t.block + kr->mr - 1) / kr->mr * kr->mr;
-    fc_gemm_problem g = point_gemm(s, l.t.block);
-    l.packed = fc_gemm_packed_b_floats(kr, &g);
-    l.shared = fc_lines(l.t.points * l.packed) + fc_lines(s->cin);  /* the packed U, then a row of zeros */
-    l.v = fc_lines(l.t.points * l.rows * s->cin);
-    l.m = fc_lines(l.t.points * l.rows * s->cout);
-    /* the GEMMs' own scratch, for a full block and the last; an unpacked U (any alignment) is read as
-     * the misaligned B that needs the most (as conv.c's gemm_floats_bound) */
-    static const float misaligned[2] __attribute__((aligned(64)));
-    if (l.packed) g.b_packed = packed_placeholder;
-    else g.b = misaligned + 1;
-    const int64_t full = fc_gemm_workspace_floats(kr, &g, 1);
-    g.m = l.t.tiles - (l.t.blocks - 1) * l.t.block;
-    l.gemm = fc_lines(max64(full, fc_gemm_workspace_floats(kr, &g, 1)));
-    l.per_thread = l.v + l.m + l.gemm;
-    l.kernel = l.t.points * s->cin * s->cout;
+    l.width = fc_gemm_b_panel_width(kr, s->cout);
+    l.panel = fc_gemm_b_panel_stride(kr, s->cin);
+    l.point = fc_lines((s->cout + l.width - 1) / l.width * l.panel);
+    l.tv = tile_stride(l.t.points * s->cin);
+    l.tm = tile_stride(l.t.points * s->cout);
+    l.shared = l.t.points * l.point + fc_lines(s->cin);  /* the packed U, then a row of zeros */
+    l.v = fc_lines(l.rows * l.tv);
+    l.m = fc_lines(l.rows * l.tm);
+    l.per_thread = l.v + l.m;
     l.threads = fc_threads_for_work(2.0 * s->n * s->oh * s->ow * 9 * s->cin * s->cout);
     if (l.threads > l.t.blocks) l.threads = (int)l.t.blocks;
     return l;
@@ -401,7 +406,58 @@ void fc_winograd_workspace(const fc_conv_shape *s, int tile, int64_t *call, int6
 {
     const layout l = make_layout(s, tile, fc_active_float32_gemm_kernel());
     *call = l.shared + l.threads * l.per_thread;
-    *kernel = l.kernel;
+    *kernel = 0;
+}
+
+/* U[xi] = G g G^T of input channel k, written straight into the packed B panels of point xi (the pack
+ * contract of gemm.h: element (k, n) at (n / width) * panel + k * width + n % width, the columns past
+ * cout zero). flipped: g(r, c, k, n) = w[2 - r][2 - c][n][k] of a (3, 3, cout, cin) kernel. */
+static void transform_kernel_row(const fc_conv_shape *s, const layout *l, const float *w, int flipped, int64_t k,
+                                 float *u)
+{
+    const int64_t kk = s->cin, nn = s->cout, tap = kk * nn;
+    const int64_t ks = flipped ? 1 : nn, ns = flipped ? kk : 1;
+    const int a = l->t.tile + 2, points = a * a;
+    const int64_t padded = (nn + l->width - 1) / l->width * l->width;
+    int64_t n = 0;
+    for (; n + 8 <= nn && l->width % 8 == 0; n += 8) {  /* 8 columns never cross a panel */
+        float g[9][8];
+        vec8 gv[9], r[36];
+        for (int e = 0; e < 9; e++) {
+            const float *src = w + (flipped ? 8 - e : e) * tap + k * ks + n * ns;
+            for (int q = 0; q < 8; q++) g[e][q] = src[q * ns];
+            memcpy(&gv[e], g[e], sizeof(vec8));
+        }
+        if (a == 4) kernel2_v8(gv, r); else kernel4_v8(gv, r);
+        float *dst = u + n / l->width * l->panel + k * l->width + n % l->width;
+        for (int xi = 0; xi < points; xi++) memcpy(dst + xi * l->point, &r[xi], sizeof(vec8));
+    }
+    for (; n < padded; n++) {
+        float g[9], r[36];
+        for (int e = 0; e < 9; e++) g[e] = n < nn ? w[(flipped ? 8 - e : e) * tap + k * ks + n * ns] : 0.0f;
+        if (a == 4) kernel2_s(g, r); else kernel4_s(g, r);
+        float *dst = u + n / l->width * l->panel + k * l->width + n % l->width;
+        for (int xi = 0; xi < points; xi++) dst[xi * l->point] = r[xi];
+    }
+}
+
+/* M[xi] = V[xi] @ U[xi] for the block's `count` tiles, every point: each register tile of MR tiles runs
+ * all the points while its V rows are in L1, the packed U streaming from L2. */
+static void block_products(const fc_conv_shape *s, const layout *l, const fc_gemm_kernel *kr, const float *u,
+                           const float *v, int64_t count, float *m)
+{
+    static const fc_tile_epilogue plain = { .alpha = 1.0f, .beta = 0.0f };
+    const int64_t mr = kr->mr, width = l->width, points = l->t.points;
+    for (int64_t i = 0; i < count; i += mr) {
+        const int rows = (int)min64(mr, count - i);
+        for (int64_t xi = 0; xi < points; xi++) {
+            const float *a = v + i * l->tv + xi * s->cin;
+            float *c = m + i * l->tm + xi * s->cout;
+            for (int64_t j = 0; j < s->cout; j += width)
+                kr->ukr(s->cin, a, l->tv, 1, NULL, u + xi * l->point + j / width * l->panel, width, c + j, l->tm,
+                        rows, (int)min64(width, s->cout - j), &plain);
+        }
+    }
 }
 
 int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const float *w, int flipped,
@@ -410,40 +466,26 @@ int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const 
     const fc_gemm_kernel *kr = fc_active_float32_gemm_kernel();
     const layout l = make_layout(s, tile, kr);
     const transforms tf = active_transforms(kr, l.t.tile);
-    float *u = fc_scratch(FC_SCRATCH_KERNEL, l.kernel);
-    if (!u) return FC_ERROR_NO_MEMORY;
     float *ws = fc_scratch(FC_SCRATCH_CALL, l.shared + l.threads * l.per_thread);
     if (!ws) return FC_ERROR_NO_MEMORY;
-    transform_kernel(s, l.t.tile, w, flipped, u);
-    float *zero = ws + fc_lines(l.t.points * l.packed);
+    float *zero = ws + l.t.points * l.point;
     memset(zero, 0, sizeof(float) * (size_t)s->cin);
-    const int64_t tap = s->cin * s->cout;
-    if (l.packed) {
-        for (int xi = 0; xi < l.t.points; xi++) {
-            fc_gemm_problem g = point_gemm(s, l.t.block);
-            g.b = u + xi * tap;
-            fc_gemm_pack_b(kr, &g, ws + xi * l.packed);
-        }
-    }
-    const int64_t vs = l.rows * s->cin, ms = l.rows * s->cout;
     const tile_source src = input_tiles(s, x);
     const int threads = l.threads;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *v = ws + l.shared + fc_thread_num() * l.per_thread, *m = v + l.v, *gemm_ws = m + l.m;
+        float *v = ws + l.shared + fc_thread_num() * l.per_thread, *m = v + l.v;
+        #pragma omp for schedule(static)
+        for (int64_t k = 0; k < s->cin; k++) transform_kernel_row(s, &l, w, flipped, k, ws);
+        /* the rows past a last, partial block's tiles that its GEMMs read (and ignore): zeros */
+        const int64_t last = l.t.tiles - (l.t.blocks - 1) * l.t.block;
+        memset(v + last * l.tv, 0, sizeof(float) * (size_t)((l.rows - last) * l.tv));
         #pragma omp for schedule(dynamic)
         for (int64_t b = 0; b < l.t.blocks; b++) {
             const int64_t t0 = b * l.t.block, count = min64(l.t.block, l.t.tiles - t0);
-            tf.input(&src, &l.t.tl, zero, t0, count, v, s->cin, vs);
-            for (int xi = 0; xi < l.t.points; xi++) {
-                fc_gemm_problem g = point_gemm(s, count);
-                g.a = v + xi * vs;
-                g.b = u + xi * tap;
-                g.b_packed = l.packed ? ws + xi * l.packed : NULL;
-                g.c = m + xi * ms;
-                fc_gemm_run_in(kr, &g, 1, gemm_ws);
-            }
-            tf.output(s, &l.t.tl, m, ms, t0, count, bias, relu, mask_by, y);
+            tf.input(&src, &l.t.tl, zero, t0, count, v, l.tv, s->cin);
+            block_products(s, &l, kr, ws, v, count, m);
+            tf.output(s, &l.t.tl, m, l.tm, s->cout, t0, count, bias, relu, mask_by, y);
         }
     }
     return FC_OK;

@@ -34,8 +34,8 @@
 int fc_winograd_applies(const fc_conv_shape *s);
 
 /* The scratch of fc_winograd_forward: *call floats from FC_SCRATCH_CALL (the packed transformed kernel
- * and one slice per thread) and *kernel floats from FC_SCRATCH_KERNEL (the transformed kernel before
- * packing), at the thread count a call would use now. */
+ * and one slice per thread) and *kernel floats from FC_SCRATCH_KERNEL (none: 0), at the thread count a
+ * call would use now. */
 void fc_winograd_workspace(const fc_conv_shape *s, int tile, int64_t *call, int64_t *kernel);
 
 /* y (n, oh, ow, cout) = conv(x, w) + bias (may be NULL) as F(tile x tile, 3x3), tile 2 or 4, then ReLU
