@@ -34,11 +34,12 @@ CATEGORY = {
     "gemm": "gemm", "gemm_common_case": "gemm",
     "maxpool2d_forward": "pooling", "maxpool2d_backward": "pooling",
     "avgpool2d_forward": "pooling", "avgpool2d_backward": "pooling",
-    "relu_backward": "elementwise C", "dropout_forward": "elementwise C",
+    "relu_backward": "elementwise C", "dropout_forward": "elementwise C", "dropout_backward": "elementwise C",
     "batchnorm_statistics": "elementwise C", "batchnorm_forward": "elementwise C",
     "batchnorm_backward": "elementwise C",
     "adam_update": "optimizer C", "adadelta_update": "optimizer C", "rmsprop_update": "optimizer C",
-    "sgd_update": "optimizer C",
+    "sgd_update": "optimizer C", "adam_update_all": "optimizer C", "adadelta_update_all": "optimizer C",
+    "rmsprop_update_all": "optimizer C", "sgd_update_all": "optimizer C",
 }
 ORDER = ["conv", "gemm", "pooling", "elementwise C", "optimizer C", "NumPy + Python in layers", "loss + metrics",
          "optimizer Python", "step glue"]

@@ -138,8 +138,12 @@ int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);
 
 /* ---- training: elementwise, in place where it updates ---- */
 int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx);  /* dx = y > 0 ? dy : 0 */
-/* y = x * mask, mask[i] = 1/(1-rate) or 0 from a counter-based hash of (seed, first + i). */
-int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, int64_t first, float *y, float *mask);
+/* y = x * mask, mask[i] = 1/(1-rate) or 0 from a counter-based hash of (seed, first + i), written to
+ * `mask` as floats or to `keep` as bytes (1 where kept), whichever is not NULL. The backward pass
+ * takes the bytes: dx = dy * mask. */
+int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, int64_t first, float *y, float *mask,
+                       uint8_t *keep);
+int fc_dropout_backward(int64_t n, const float *dy, const uint8_t *keep, float rate, float *dx);
 int fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                     float beta_2, float epsilon);
 int fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,
@@ -148,6 +152,19 @@ int fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_g
 int fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
                        float rho, float momentum, float epsilon);
 int fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov);
+/* The same updates of `count` arrays at once (array t has n[t] elements; momentum_buffer and velocity
+ * are NULL when momentum == 0), in one parallel region: results equal one call per array. The
+ * arrays must not overlap. */
+int fc_adam_update_all(int64_t count, const int64_t *n, float *const *w, const float *const *g, float *const *m,
+                       float *const *v, float lr_t, float beta_1, float beta_2, float epsilon);
+int fc_adadelta_update_all(int64_t count, const int64_t *n, float *const *w, const float *const *g,
+                           float *const *accumulated_grad, float *const *accumulated_delta, float lr, float rho,
+                           float epsilon);
+int fc_rmsprop_update_all(int64_t count, const int64_t *n, float *const *w, const float *const *g,
+                          float *const *velocity, float *const *momentum_buffer, float lr, float rho, float momentum,
+                          float epsilon);
+int fc_sgd_update_all(int64_t count, const int64_t *n, float *const *w, const float *const *g, float *const *velocity,
+                      float lr, float momentum, int nesterov);
 
 /* ---- batch normalisation: x is rows x channels (NHWC: every axis but the last is a row) ----
  * Per-channel sums are taken in double over fixed chunks of rows and combined in a fixed order, so

@@ -4,6 +4,7 @@
 Callers (fastconv.ops) pass validated, C-contiguous, non-empty float32 arrays flattened to 1-D.
 """
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdlib cimport free, malloc, qsort
 
 cimport numpy as cnp
 import numpy as np
@@ -63,7 +64,8 @@ cdef extern from "fastconv.h" nogil:
     int fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
     int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
     int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
-    int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, int64_t first, float *y, float *mask)
+    int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, int64_t first, float *y, float *mask,
+                           uint8_t *keep)
     int fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                         float beta_2, float epsilon)
     int fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad,
@@ -71,6 +73,15 @@ cdef extern from "fastconv.h" nogil:
     int fc_rmsprop_update(int64_t n, float *w, const float *g, float *velocity, float *momentum_buffer, float lr,
                            float rho, float momentum, float epsilon)
     int fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov)
+    int fc_dropout_backward(int64_t n, const float *dy, const uint8_t *keep, float rate, float *dx)
+    int fc_adam_update_all(int64_t count, const int64_t *n, float **w, const float **g, float **m, float **v,
+                           float lr_t, float beta_1, float beta_2, float epsilon)
+    int fc_adadelta_update_all(int64_t count, const int64_t *n, float **w, const float **g, float **accumulated_grad,
+                               float **accumulated_delta, float lr, float rho, float epsilon)
+    int fc_rmsprop_update_all(int64_t count, const int64_t *n, float **w, const float **g, float **velocity,
+                              float **momentum_buffer, float lr, float rho, float momentum, float epsilon)
+    int fc_sgd_update_all(int64_t count, const int64_t *n, float **w, const float **g, float **velocity, float lr,
+                          float momentum, int nesterov)
     int fc_batchnorm_statistics(int64_t rows, int64_t channels, const float *x, float *mean, float *variance)
     int fc_batchnorm_forward(int64_t rows, int64_t channels, const float *x, const float *mean,
                               const float *variance, const float *gamma, const float *beta, float epsilon, float *y)
@@ -428,9 +439,158 @@ def sgd_update(float[::1] w, const float[::1] g, float[::1] velocity, float lr, 
         fc_sgd_update(w.shape[0], &w[0], &g[0], velocity_ptr, lr, momentum, nesterov)
 
 
-def dropout_forward(const float[::1] x, float rate, uint64_t seed, int64_t first, float[::1] y, float[::1] mask):
+def dropout_forward(const float[::1] x, float rate, uint64_t seed, int64_t first, float[::1] y, float[::1] mask,
+                    uint8_t[::1] keep):
+    """The mask goes to `mask` (floats) or `keep` (bytes): the one that is not None."""
+    cdef float *mask_ptr = NULL if mask is None else &mask[0]
+    cdef uint8_t *keep_ptr = NULL if keep is None else &keep[0]
     with nogil:
-        fc_dropout_forward(x.shape[0], &x[0], rate, seed, first, &y[0], &mask[0])
+        fc_dropout_forward(x.shape[0], &x[0], rate, seed, first, &y[0], mask_ptr, keep_ptr)
+
+
+def dropout_backward(const float[::1] dy, const uint8_t[::1] keep, float rate, float[::1] dx):
+    with nogil:
+        fc_dropout_backward(dy.shape[0], &dy[0], &keep[0], rate, &dx[0])
+
+
+# ----- one optimizer update of every array of a model (fastconv.ops.*_update_all) -----
+
+cdef struct byte_range:
+    size_t start, end
+    int written
+
+
+cdef int by_start(const void *a, const void *b) noexcept nogil:
+    cdef size_t x = (<const byte_range *>a).start, y = (<const byte_range *>b).start
+    return -1 if x < y else (1 if x > y else 0)
+
+
+cdef class UpdateTable:
+    """The sizes and data pointers of one *_update_all call: ptr[c * count + t] is array t of column c
+    (column 0 the weights, 1 the gradients, then the optimizer's slots)."""
+    cdef int64_t count
+    cdef int64_t *n
+    cdef void **ptr
+
+    def __dealloc__(self):
+        free(self.n)
+        free(self.ptr)
+
+    cdef float **column(self, int c) noexcept nogil:
+        return <float **>(self.ptr + c * self.count)
+
+
+cdef bint plain_float32(object x, bint written):
+    """x is a C-contiguous, aligned, native-endian float32 numpy.ndarray, writeable if `written`."""
+    if not isinstance(x, cnp.ndarray):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>x
+    return (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_ISCARRAY_RO(arr) and
+            cnp.PyArray_ISNOTSWAPPED(arr) and (not written or cnp.PyArray_ISWRITEABLE(arr)))
+
+
+cdef bint same_shape(cnp.ndarray a, cnp.ndarray b):
+    cdef int d, ndim = cnp.PyArray_NDIM(a)
+    if cnp.PyArray_NDIM(b) != ndim:
+        return False
+    for d in range(ndim):
+        if cnp.PyArray_DIM(a, d) != cnp.PyArray_DIM(b, d):
+            return False
+    return True
+
+
+cdef UpdateTable update_table(tuple columns):
+    """The table of `columns` (equal-length lists), or None unless every array is a plain float32 array
+    of its weight's shape (the weights and slots writeable) and no written array shares a byte with
+    another array: the caller then updates one array at a time, which converts, explains or orders."""
+    cdef list first = columns[0], column
+    cdef int64_t count = len(first), t, i, k = 0
+    cdef int c, ncolumns = len(columns)
+    cdef cnp.ndarray arr, weight
+    cdef UpdateTable table = UpdateTable()
+    cdef byte_range *ranges
+    cdef size_t end_written = 0, end_any = 0
+    cdef bint ok = True
+    table.count = count
+    table.n = <int64_t *>malloc(max(count, 1) * sizeof(int64_t))
+    table.ptr = <void **>malloc(max(count * ncolumns, 1) * sizeof(void *))
+    ranges = <byte_range *>malloc(max(count * ncolumns, 1) * sizeof(byte_range))
+    if table.n == NULL or table.ptr == NULL or ranges == NULL:
+        free(ranges)
+        raise MemoryError("no memory for an optimizer update's table of arrays")
+    try:
+        for c in range(ncolumns):
+            column = columns[c]
+            for t in range(count):
+                if not plain_float32(column[t], c != 1):
+                    return None
+                arr = <cnp.ndarray>column[t]
+                if c == 0:
+                    table.n[t] = cnp.PyArray_SIZE(arr)
+                elif not same_shape(arr, <cnp.ndarray>first[t]):
+                    return None
+                table.ptr[c * count + t] = cnp.PyArray_DATA(arr)
+                if cnp.PyArray_NBYTES(arr):
+                    ranges[k].start = <size_t>cnp.PyArray_DATA(arr)
+                    ranges[k].end = ranges[k].start + cnp.PyArray_NBYTES(arr)
+                    ranges[k].written = c != 1
+                    k += 1
+        qsort(ranges, k, sizeof(byte_range), by_start)
+        for i in range(k):  # in address order: overlapping an earlier range that either side writes?
+            if ranges[i].start < (end_any if ranges[i].written else end_written):
+                return None
+            end_any = max(end_any, ranges[i].end)
+            if ranges[i].written:
+                end_written = max(end_written, ranges[i].end)
+        return table
+    finally:
+        free(ranges)
+
+
+def adam_update_all(list w, list g, list m, list v, float lr_t, float beta_1, float beta_2, float epsilon):
+    """True after updating every array in one call; False (nothing done) when update_table says no."""
+    cdef UpdateTable t = update_table((w, g, m, v))
+    if t is None:
+        return False
+    with nogil:
+        fc_adam_update_all(t.count, t.n, t.column(0), <const float **>t.column(1), t.column(2), t.column(3), lr_t,
+                           beta_1, beta_2, epsilon)
+    return True
+
+
+def adadelta_update_all(list w, list g, list accumulated_grad, list accumulated_delta, float lr, float rho,
+                        float epsilon):
+    cdef UpdateTable t = update_table((w, g, accumulated_grad, accumulated_delta))
+    if t is None:
+        return False
+    with nogil:
+        fc_adadelta_update_all(t.count, t.n, t.column(0), <const float **>t.column(1), t.column(2), t.column(3), lr,
+                               rho, epsilon)
+    return True
+
+
+def rmsprop_update_all(list w, list g, list velocity, list momentum_buffer, float lr, float rho, float momentum,
+                       float epsilon):
+    """momentum_buffer: None when momentum is 0."""
+    cdef UpdateTable t = update_table((w, g, velocity) if momentum_buffer is None else
+                                      (w, g, velocity, momentum_buffer))
+    if t is None:
+        return False
+    with nogil:
+        fc_rmsprop_update_all(t.count, t.n, t.column(0), <const float **>t.column(1), t.column(2),
+                              NULL if momentum_buffer is None else t.column(3), lr, rho, momentum, epsilon)
+    return True
+
+
+def sgd_update_all(list w, list g, list velocity, float lr, float momentum, bint nesterov):
+    """velocity: None when momentum is 0."""
+    cdef UpdateTable t = update_table((w, g) if velocity is None else (w, g, velocity))
+    if t is None:
+        return False
+    with nogil:
+        fc_sgd_update_all(t.count, t.n, t.column(0), <const float **>t.column(1),
+                          NULL if velocity is None else t.column(2), lr, momentum, nesterov)
+    return True
 
 
 def batchnorm_statistics(int64_t channels, const float[::1] x, float[::1] mean, float[::1] variance):

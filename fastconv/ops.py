@@ -22,8 +22,9 @@ from fastconv._args import FILL_MODES, INTERPOLATIONS, affine_arguments
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
-    "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "adam_update", "adadelta_update",
-    "rmsprop_update", "sgd_update", "batch_norm", "batch_norm_statistics", "batch_norm_backward", "conv2d_algorithm",
+    "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "dropout_keep", "dropout_backward", "adam_update",
+    "adadelta_update", "rmsprop_update", "sgd_update", "adam_update_all", "adadelta_update_all", "rmsprop_update_all",
+    "sgd_update_all", "batch_norm", "batch_norm_statistics", "batch_norm_backward", "conv2d_algorithm",
     "CONV_ALGORITHMS",
     "conv2d_plan", "CONV_PATHS",
     "affine_transform",
@@ -497,6 +498,12 @@ def _check_dropout(rate, seed):
     return float(rate), int(seed)
 
 
+def _check_first(first):
+    if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or first < 0:
+        raise ValueError(f"first must be an int >= 0, got {first!r}")
+    return int(first)
+
+
 def dropout(x, rate, seed, first=0):
     """Inverted dropout: returns (x * mask, mask), mask = 1/(1-rate) where kept, else 0.
 
@@ -505,15 +512,42 @@ def dropout(x, rate, seed, first=0):
     is x's offset in elements within a larger array the mask is drawn for: a rank holding samples
     k, k+1, ... of a batch passes k times a sample's size and gets those samples' part of its mask.
     """
+    return _dropout(x, rate, seed, first, np.float32)
+
+
+def dropout_keep(x, rate, seed, first=0):
+    """dropout with the mask as bytes: returns (x * mask, keep), keep a uint8 array of x's shape, 1
+    where the element is kept. It is what dropout_backward takes (a quarter of the float mask's memory)."""
+    return _dropout(x, rate, seed, first, np.uint8)
+
+
+def _dropout(x, rate, seed, first, mask_dtype):
     rate, seed = _check_dropout(rate, seed)
     if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or first < 0:
         raise ValueError(f"first must be an int >= 0, got {first!r}")
     x32 = as_float_array(x, "x")
     y = _empty(x32.shape, dtype=np.float32)
-    mask = _empty(x32.shape, dtype=np.float32)
+    mask = _empty(x32.shape, dtype=mask_dtype)
     if x32.size:
-        _C.dropout_forward(_flat(x32), rate, seed, int(first), _flat(y), _flat(mask))
+        floats = mask_dtype == np.float32
+        _C.dropout_forward(_flat(x32), rate, seed, int(first), _flat(y), _flat(mask) if floats else None,
+                           None if floats else _flat(mask))
     return y, mask
+
+
+def dropout_backward(dy, keep, rate):
+    """The gradient of dropout_keep(x, rate, ...) from its `keep` bytes: dy * mask, mask = 1/(1-rate)
+    where keep is 1, else 0 (the same products as with dropout's float mask)."""
+    rate, _ = _check_dropout(rate, 0)
+    dy32 = as_float_array(dy, "dy")
+    if not isinstance(keep, np.ndarray) or keep.dtype != np.uint8:
+        raise TypeError(f"keep must be the uint8 array of dropout_keep, got {getattr(keep, 'dtype', type(keep).__name__)}")
+    check_shape(keep, dy32.shape, "keep")
+    keep = np.ascontiguousarray(keep)
+    dx = _empty(dy32.shape, dtype=np.float32)
+    if dy32.size:
+        _C.dropout_backward(_flat(dy32), _flat(keep), rate, _flat(dx))
+    return dx
 
 
 def _check_in_place(arrays, shape, g=None):
@@ -583,6 +617,66 @@ def sgd_update(w, g, lr, momentum=0.0, velocity=None, nesterov=False):
     _check_in_place(in_place, g32.shape, g32)
     if w.size:
         _C.sgd_update(_flat(w), _flat(g32), _flat(velocity), lr, momentum, bool(nesterov))
+
+
+def _update_columns(weights, grads, *slots):
+    """The lists of an *_update_all call as lists of one length (one entry per weight)."""
+    columns = tuple(list(column) for column in (weights, grads) + slots)
+    if len({len(column) for column in columns}) > 1:
+        raise ValueError(f"an update of several weights needs one gradient and one of each optimizer state "
+                         f"array per weight, got lists of lengths {[len(column) for column in columns]}")
+    return columns
+
+
+def adam_update_all(ws, gs, ms, vs, lr_t, beta_1, beta_2, epsilon):
+    """adam_update of every (w, g, m, v) of the four lists (a model's weights, their gradients and
+    moments). One C call shares all the elements out to the threads when every array is float32 and
+    C-contiguous and no two overlap; otherwise each quadruple goes through adam_update in turn (which
+    converts, or says what is wrong). The results are the same either way."""
+    columns = _update_columns(ws, gs, ms, vs)
+    if not _C.adam_update_all(*columns, lr_t, beta_1, beta_2, epsilon):
+        for w, g, m, v in zip(*columns):
+            adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon)
+
+
+def adadelta_update_all(ws, gs, accumulated_grads, accumulated_deltas, lr, rho, epsilon):
+    """adadelta_update of every weight of the lists, as adam_update_all does."""
+    columns = _update_columns(ws, gs, accumulated_grads, accumulated_deltas)
+    if not _C.adadelta_update_all(*columns, lr, rho, epsilon):
+        for w, g, accumulated_grad, accumulated_delta in zip(*columns):
+            adadelta_update(w, g, accumulated_grad, accumulated_delta, lr, rho, epsilon)
+
+
+def rmsprop_update_all(ws, gs, velocities, lr, rho, epsilon, momentum=0.0, momentum_buffers=None):
+    """rmsprop_update of every weight of the lists, as adam_update_all does (momentum_buffers: a list,
+    or None when momentum is 0)."""
+    if momentum_buffers is None:
+        columns = _update_columns(ws, gs, velocities)
+        momentum_buffers = [None] * len(columns[0])
+        done = not momentum and _C.rmsprop_update_all(*columns, None, lr, rho, momentum, epsilon)
+    else:
+        columns = _update_columns(ws, gs, velocities, momentum_buffers)
+        momentum_buffers = columns[3]
+        done = momentum and _C.rmsprop_update_all(*columns, lr, rho, momentum, epsilon)
+    if not done:
+        for w, g, velocity, momentum_buffer in zip(*columns[:3], momentum_buffers):
+            rmsprop_update(w, g, velocity, lr, rho, epsilon, momentum, momentum_buffer)
+
+
+def sgd_update_all(ws, gs, lr, momentum=0.0, velocities=None, nesterov=False):
+    """sgd_update of every weight of the lists, as adam_update_all does (velocities: a list, or None
+    when momentum is 0)."""
+    if velocities is None:
+        columns = _update_columns(ws, gs)
+        velocities = [None] * len(columns[0])
+        done = not momentum and _C.sgd_update_all(*columns, None, lr, momentum, bool(nesterov))
+    else:
+        columns = _update_columns(ws, gs, velocities)
+        velocities = columns[2]
+        done = momentum and _C.sgd_update_all(*columns, lr, momentum, bool(nesterov))
+    if not done:
+        for w, g, velocity in zip(*columns[:2], velocities):
+            sgd_update(w, g, lr, momentum, velocity, nesterov)
 
 
 def batch_norm(x, gamma=None, beta=None, *, epsilon=1e-3, mean=None, variance=None):

@@ -4,6 +4,8 @@ Same functions and signatures as the C-backed ops. Convolution is im2col (gather
 a time, never one pixel at a time) followed by `numpy.matmul`. Inputs of float64 stay float64, so the
 tests can use this as a high-precision oracle; every other dtype computes in float32.
 """
+import math
+
 import numpy as np
 
 from fastconv._args import (
@@ -15,7 +17,8 @@ from fastconv.shapes import conv_geometry, conv_transpose_geometry, pool_geometr
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward",
     "avgpool2d", "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward",
-    "relu_backward", "dropout", "adam_update", "adadelta_update", "rmsprop_update", "sgd_update", "batch_norm",
+    "relu_backward", "dropout", "dropout_keep", "dropout_backward", "adam_update", "adadelta_update", "rmsprop_update", "sgd_update",
+    "adam_update_all", "adadelta_update_all", "rmsprop_update_all", "sgd_update_all", "batch_norm",
     "batch_norm_statistics", "batch_norm_backward", "affine_transform",
 ]
 
@@ -274,18 +277,45 @@ def _hash32(x):
     return x ^ (x >> np.uint32(16))
 
 
+def _dropout_keep(shape, rate, seed, first):
+    index = np.arange(first, first + math.prod(shape), dtype=np.uint64).astype(np.uint32)  # wraps like C's index
+    with np.errstate(over="ignore"):
+        h = _hash32(_hash32(index + np.uint32(seed & 0xFFFFFFFF)) ^ np.uint32(seed >> 32))
+    uniform = (h >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
+    return (uniform >= np.float32(rate)).reshape(shape)
+
+
+def _dropout_scale(keep, rate, dtype):
+    scale = dtype(1) / (dtype(1) - dtype(rate))  # in the working precision, as the C kernel does
+    return np.where(keep, scale, dtype(0)).astype(dtype, copy=False)
+
+
+def _working_dtype(x):
+    return np.float64 if x.dtype == np.float64 else np.float32
+
+
 def dropout(x, rate, seed, first=0):
     """Inverted dropout with fastconv.dropout's mask: element i is kept when
     hash32(hash32(first + i + low32(seed)) ^ high32(seed)) / 2**32, from its top 24 bits, is >= rate."""
     x = np.asarray(x)
-    dtype = np.float64 if x.dtype == np.float64 else np.float32
-    index = np.arange(first, first + x.size, dtype=np.uint64).astype(np.uint32)  # wraps past 2**32 like the C index
-    with np.errstate(over="ignore"):
-        h = _hash32(_hash32(index + np.uint32(seed & 0xFFFFFFFF)) ^ np.uint32(seed >> 32))
-    uniform = (h >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
-    scale = dtype(1) / (dtype(1) - dtype(rate))  # in the working precision, as the C kernel does
-    mask = np.where(uniform >= np.float32(rate), scale, dtype(0)).reshape(x.shape)
-    return (x * mask).astype(dtype, copy=False), mask.astype(dtype, copy=False)
+    dtype = _working_dtype(x)
+    mask = _dropout_scale(_dropout_keep(x.shape, rate, seed, first), rate, dtype)
+    return (x * mask).astype(dtype, copy=False), mask
+
+
+def dropout_keep(x, rate, seed, first=0):
+    """dropout with the mask as bytes, 1 where kept (fastconv.dropout_keep)."""
+    x = np.asarray(x)
+    keep = _dropout_keep(x.shape, rate, seed, first)
+    dtype = _working_dtype(x)
+    return (x * _dropout_scale(keep, rate, dtype)).astype(dtype, copy=False), keep.astype(np.uint8)
+
+
+def dropout_backward(dy, keep, rate):
+    """dy times the mask of dropout_keep's bytes."""
+    dy = np.asarray(dy)
+    dtype = _working_dtype(dy)
+    return (dy * _dropout_scale(np.asarray(keep) != 0, rate, dtype)).astype(dtype, copy=False)
 
 
 def adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon):
@@ -330,6 +360,28 @@ def sgd_update(w, g, lr, momentum=0.0, velocity=None, nesterov=False):
         w += momentum * velocity - lr * g
     else:
         w += velocity
+
+
+def adam_update_all(ws, gs, ms, vs, lr_t, beta_1, beta_2, epsilon):
+    """adam_update of each (w, g, m, v), in order: fastconv.adam_update_all's result."""
+    for w, g, m, v in zip(ws, gs, ms, vs):
+        adam_update(w, g, m, v, lr_t, beta_1, beta_2, epsilon)
+
+
+def adadelta_update_all(ws, gs, accumulated_grads, accumulated_deltas, lr, rho, epsilon):
+    for w, g, accumulated_grad, accumulated_delta in zip(ws, gs, accumulated_grads, accumulated_deltas):
+        adadelta_update(w, g, accumulated_grad, accumulated_delta, lr, rho, epsilon)
+
+
+def rmsprop_update_all(ws, gs, velocities, lr, rho, epsilon, momentum=0.0, momentum_buffers=None):
+    buffers = [None] * len(ws) if momentum_buffers is None else momentum_buffers
+    for w, g, velocity, momentum_buffer in zip(ws, gs, velocities, buffers):
+        rmsprop_update(w, g, velocity, lr, rho, epsilon, momentum, momentum_buffer)
+
+
+def sgd_update_all(ws, gs, lr, momentum=0.0, velocities=None, nesterov=False):
+    for w, g, velocity in zip(ws, gs, [None] * len(ws) if velocities is None else velocities):
+        sgd_update(w, g, lr, momentum, velocity, nesterov)
 
 
 def batch_norm(x, gamma=None, beta=None, *, epsilon=1e-3, mean=None, variance=None):

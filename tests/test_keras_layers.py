@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fastconv import keras
+from fastconv import keras, reference
 from fastconv.keras import backend, layers
 
 
@@ -251,6 +251,28 @@ def test_dropout_scales_and_masks():
     assert abs((out == 0).mean() - 0.25) < 0.02
     grad = np.full_like(x, 2.0)
     np.testing.assert_array_equal(layer.backward(mask, grad), 2 * out)
+
+
+@pytest.mark.parametrize("backend_name", ["fastconv", "numpy"])
+def test_dropout_backward_applies_the_forward_mask_drawn_from_the_same_stream(backend_name):
+    """The seed comes from the seeded generator as before, the forward keeps no mask, and the backward
+    multiplies by the mask fastconv.reference draws for that seed."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, 6, 6, 8)).astype(np.float32)
+    grad = rng.standard_normal(x.shape).astype(np.float32)
+    keras.utils.set_random_seed(3)
+    seed = int(backend.rng().integers(0, 2**63))
+    keras.utils.set_random_seed(3)
+    backend.set_backend(backend_name)
+    try:
+        layer = layers.Dropout(0.4)
+        out, ctx = layer.forward(x, training=True)
+        dx = layer.backward(ctx, grad)
+    finally:
+        backend.set_backend("fastconv")
+    expected, mask = reference.dropout(x, 0.4, seed)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(dx, grad * mask)
 
 
 def test_conv2d_groups_other_than_one_are_refused():

@@ -131,6 +131,34 @@ def test_fused_c_updates_of_float32_weights_match_the_float64_numpy_rule(make_op
     np.testing.assert_allclose(got, _one_step(make_optimizer(), w, g, steps=3), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam", "adamw", "nadam", "adadelta"])
+def test_apply_to_a_model_s_variables_at_once_gives_each_variable_s_own_update(name):
+    """apply() updates all float32 variables in one C call: the same bits as one variable at a time,
+    float64 NumPy's rule to rounding, and a variable listed twice is updated twice."""
+    make = {"sgd": lambda: optimizers.SGD(0.1, momentum=0.9), "rmsprop": lambda: optimizers.RMSprop(0.01),
+            "adam": lambda: optimizers.Adam(0.01), "adamw": lambda: optimizers.AdamW(0.01),
+            "nadam": lambda: optimizers.Nadam(0.01), "adadelta": lambda: optimizers.Adadelta(1.0)}[name]
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 1, 32), (32,), (400, 700), (10,)]
+    ws = [rng.standard_normal(shape) for shape in shapes]
+    together = [keras.Variable(w.astype(np.float32)) for w in ws]
+    wide = [keras.Variable(w, dtype="float64") for w in ws]
+    optimizer, wide_optimizer = make(), make()
+    alone = [(make(), keras.Variable(w.astype(np.float32))) for w in ws]
+    for _ in range(3):
+        gs = [rng.standard_normal(shape) for shape in shapes]
+        optimizer.apply([g.astype(np.float32) for g in gs], together)
+        wide_optimizer.apply(gs, wide)
+        for (one, variable), g in zip(alone, gs):
+            one.apply([g.astype(np.float32)], [variable])
+    for variable, (_, single), exact in zip(together, alone, wide):
+        np.testing.assert_array_equal(variable.value, single.value)
+        np.testing.assert_allclose(variable.value, exact.value, rtol=1e-4, atol=1e-5)
+    twice = keras.Variable(np.ones(5, np.float32))
+    optimizers.SGD(0.25).apply([np.ones(5, np.float32)] * 2, [twice, twice])
+    np.testing.assert_array_equal(twice.value, 0.5)
+
+
 def test_adam_rmsprop_adagrad_adadelta_one_step():
     m, v = 0.1 * G, 0.001 * G * G
     lr_t = 0.01 * math.sqrt(1 - 0.999) / (1 - 0.9)

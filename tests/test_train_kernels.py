@@ -135,3 +135,98 @@ def test_dropout_rejects_bad_rate_and_seed():
         fastconv.dropout(np.ones(3), 1.0, 0)
     with pytest.raises(ValueError, match="seed must be"):
         fastconv.dropout(np.ones(3), 0.5, -1)
+
+
+# A model's weights: sizes that leave every kind of remainder, one above the two-thread threshold.
+MODEL_SIZES = [288, 32, 18_432, 64, 250_007, 128, 1_283, 10, 1, 17]
+
+UPDATE_ALL_CASES = {  # name: (slot count, the rule's other arguments, one call per array, all in one call)
+    "adam": (2, (1e-3, 0.9, 0.999, 1e-7), "adam_update", "adam_update_all"),
+    "adadelta": (2, (1.0, 0.95, 1e-7), "adadelta_update", "adadelta_update_all"),
+    "rmsprop": (1, (0.01, 0.8, 0.01), "rmsprop_update", "rmsprop_update_all"),
+    "rmsprop-momentum": (2, (0.01, 0.8, 0.01, 0.9), "rmsprop_update", "rmsprop_update_all"),
+    "sgd": (0, (0.1,), "sgd_update", "sgd_update_all"),
+    "sgd-nesterov": (1, (0.1, 0.9), "sgd_update", "sgd_update_all"),
+}
+
+
+def _call_update(ops, name, single, w, g, slots, args):
+    """One rule's call, single (arrays) or all (lists), with the slots where its signature puts them."""
+    fn = getattr(ops, UPDATE_ALL_CASES[name][2] if single else UPDATE_ALL_CASES[name][3])
+    if name.startswith("rmsprop"):
+        lr, rho, epsilon, *momentum = args
+        buffers = slots[1] if momentum else None
+        return fn(w, g, slots[0], lr, rho, epsilon, *(momentum or [0.0]), buffers)
+    if name.startswith("sgd"):
+        lr, *momentum = args
+        return fn(w, g, lr, *(momentum or [0.0]), slots[0] if momentum else None, name.endswith("nesterov"))
+    return fn(w, g, *slots, *args)
+
+
+@pytest.mark.parametrize("name", list(UPDATE_ALL_CASES))
+@pytest.mark.parametrize("thread_count", [1, 2])
+def test_update_all_is_bitwise_one_update_per_array_and_matches_float64(isa, threads, rng, name, thread_count):
+    """The one-call update of a model's arrays gives the bits of one call per array (any thread count
+    shares the elements out differently), and float64 NumPy's rule to float32 rounding."""
+    threads(thread_count)
+    slot_count, args = UPDATE_ALL_CASES[name][:2]
+    w = [rng.standard_normal(n).astype(np.float32) for n in MODEL_SIZES]
+    slots = [[np.abs(rng.standard_normal(n)).astype(np.float32) for n in MODEL_SIZES] for _ in range(slot_count)]
+    expected = ([a.copy() for a in w], [[a.copy() for a in column] for column in slots])
+    exact = ([a.astype(np.float64) for a in w], [[a.astype(np.float64) for a in column] for column in slots])
+    for _ in range(2):
+        g = [rng.standard_normal(n).astype(np.float32) for n in MODEL_SIZES]
+        _call_update(fastconv.ops, name, False, w, g, slots, args)
+        for t in range(len(MODEL_SIZES)):
+            _call_update(fastconv.ops, name, True, expected[0][t], g[t], [column[t] for column in expected[1]], args)
+            _call_update(reference, name, True, exact[0][t], g[t].astype(np.float64),
+                         [column[t] for column in exact[1]], args)
+    for got, bits, wide in zip([w] + slots, [expected[0]] + expected[1], [exact[0]] + exact[1]):
+        for a, b, c in zip(got, bits, wide):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+
+
+def test_update_all_takes_the_arrays_one_at_a_time_when_it_must():
+    """A gradient to convert, a weight listed twice (updated twice, in order), and the errors of the
+    one-array update, naming the argument."""
+    w, m, v = np.ones(20, np.float32), np.zeros(20, np.float32), np.zeros(20, np.float32)
+    g64 = np.full(20, 0.5)
+    fastconv.ops.adam_update_all([w], [g64], [m], [v], 0.1, 0.9, 0.999, 1e-7)
+    ref = [np.ones(20), np.zeros(20), np.zeros(20)]
+    reference.adam_update(ref[0], g64, ref[1], ref[2], 0.1, 0.9, 0.999, 1e-7)
+    np.testing.assert_allclose(w, ref[0], rtol=1e-5)
+    w2 = np.ones(20, np.float32)
+    fastconv.ops.sgd_update_all([w2, w2], [np.ones(20, np.float32)] * 2, 0.25)
+    np.testing.assert_array_equal(w2, 0.5)
+    with pytest.raises(ValueError, match="m must have shape"):
+        fastconv.ops.adam_update_all([w], [g64], [np.zeros(21, np.float32)], [v], 0.1, 0.9, 0.999, 1e-7)
+    with pytest.raises(ValueError, match="w must be a writeable"):
+        fastconv.ops.adam_update_all([np.ones(40, np.float32)[::2]], [g64], [m], [v], 0.1, 0.9, 0.999, 1e-7)
+    with pytest.raises(ValueError, match="one gradient and one of each"):
+        fastconv.ops.adadelta_update_all([w], [g64, g64], [m], [v], 1.0, 0.95, 1e-7)
+
+
+def test_dropout_keep_bytes_give_the_float_mask_s_products(isa, threads, rng):
+    """dropout_keep's bytes mark the float mask's kept elements, and dropout_backward multiplies by
+    that mask: the bits of dy * mask, NaN and infinities included, on any thread count."""
+    x = rng.standard_normal((6, 5, 7, 11)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dy[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    ref_y, ref_mask = reference.dropout(x, 0.4, 2**63 + 5, first=33)
+    for thread_count in (1, 2):
+        threads(thread_count)
+        y, keep = fastconv.ops.dropout_keep(x, 0.4, 2**63 + 5, first=33)
+        assert keep.dtype == np.uint8 and keep.shape == x.shape
+        np.testing.assert_array_equal(y, ref_y)
+        np.testing.assert_array_equal(keep, ref_mask != 0)
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(fastconv.ops.dropout_backward(dy, keep, 0.4), dy * ref_mask)
+            np.testing.assert_array_equal(reference.dropout_backward(dy, keep, 0.4), dy * ref_mask)
+    np.testing.assert_array_equal(reference.dropout_keep(x, 0.4, 2**63 + 5, first=33)[1], keep)
+    with pytest.raises(ValueError, match="first must be"):
+        fastconv.ops.dropout_keep(x, 0.4, 1, first=-1)
+    with pytest.raises(TypeError, match="keep must be the uint8 array"):
+        fastconv.ops.dropout_backward(dy, ref_mask, 0.4)
+    with pytest.raises(ValueError, match="keep must have shape"):
+        fastconv.ops.dropout_backward(dy, keep[:2], 0.4)

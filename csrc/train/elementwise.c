@@ -44,16 +44,48 @@ static inline float uniform_at(uint64_t seed, uint32_t i)
     return (float)(h >> 8) * 0x1p-24f;
 }
 
+/* Dropout's loops count in 32-bit lanes (the hash's index is first + i modulo 2^32 anyway), in
+ * chunks short enough for an int32 counter. */
+#define DROPOUT_CHUNK ((int64_t)1 << 30)
+
+/* y = x * mask; the mask is written as floats (1/(1-rate) or 0) in `mask`, or as bytes (1 where kept)
+ * in `keep`, whichever is not NULL. */
 static void dropout(int64_t i0, int64_t i1, const float *x, float rate, uint64_t seed, int64_t first, float *y,
-                    float *mask)
+                    float *mask, uint8_t *keep)
+{
+    const float scale = 1.0f / (1.0f - rate);
+    for (int64_t c0 = i0; c0 < i1; c0 += DROPOUT_CHUNK) {
+        const int32_t count = (int32_t)(i1 - c0 < DROPOUT_CHUNK ? i1 - c0 : DROPOUT_CHUNK);
+        const uint32_t index = (uint32_t)(first + c0);
+        const float *xc = x + c0;
+        float *yc = y + c0;
+        if (mask) {
+            float *mc = mask + c0;
+            #pragma omp simd
+            for (int32_t j = 0; j < count; j++) {
+                const float m = uniform_at(seed, index + (uint32_t)j) >= rate ? scale : 0.0f;
+                mc[j] = m;
+                yc[j] = xc[j] * m;
+            }
+        } else {
+            uint8_t *kc = keep + c0;
+            #pragma omp simd
+            for (int32_t j = 0; j < count; j++) {
+                const int kept = uniform_at(seed, index + (uint32_t)j) >= rate;
+                kc[j] = (uint8_t)kept;
+                yc[j] = xc[j] * (kept ? scale : 0.0f);
+            }
+        }
+    }
+}
+
+/* dx = dy * mask, from the forward pass's bytes: the same products as with its float mask. */
+static void dropout_backward(int64_t i0, int64_t i1, const float *dy, const uint8_t *keep, float rate, float *dx)
 {
     const float scale = 1.0f / (1.0f - rate);
     #pragma omp simd
-    for (int64_t i = i0; i < i1; i++) {
-        const float m = uniform_at(seed, (uint32_t)(first + i)) >= rate ? scale : 0.0f;
-        mask[i] = m;
-        y[i] = x[i] * m;
-    }
+    for (int64_t i = i0; i < i1; i++)
+        dx[i] = dy[i] * (keep[i] ? scale : 0.0f);
 }
 
 static void adam(int64_t i0, int64_t i1, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
@@ -130,6 +162,7 @@ const fc_elementwise_kernels ELEMENTWISE_TABLE = {
     .name = ELEMENTWISE_NAME,
     .relu_backward = relu_backward,
     .dropout = dropout,
+    .dropout_backward = dropout_backward,
     .adam = adam,
     .adadelta = adadelta,
     .rmsprop = rmsprop,

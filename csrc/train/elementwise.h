@@ -11,9 +11,11 @@
 typedef struct {
     const char *name;
     void (*relu_backward)(int64_t i0, int64_t i1, const float *dy, const float *y, float *dx);
-    /* x[i]'s draw is that of element first + i of the batch the mask is drawn for (a rank's share of it) */
+    /* x[i]'s draw is that of element first + i of the batch the mask is drawn for (a rank's share of
+     * it); the mask goes to `mask` (floats) or `keep` (bytes), whichever is not NULL */
     void (*dropout)(int64_t i0, int64_t i1, const float *x, float rate, uint64_t seed, int64_t first, float *y,
-                    float *mask);
+                    float *mask, uint8_t *keep);
+    void (*dropout_backward)(int64_t i0, int64_t i1, const float *dy, const uint8_t *keep, float rate, float *dx);
     void (*adam)(int64_t i0, int64_t i1, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                  float beta_2, float epsilon);
     void (*adadelta)(int64_t i0, int64_t i1, float *w, const float *g, float *accumulated_grad,

@@ -284,10 +284,10 @@ class Dropout(Layer):
         seed = int((self._rng or backend.rng()).integers(0, 2**63))
         # a rank's samples get their part of the global batch's mask (deterministic="ranks")
         first = microbatch.first_sample() * (inputs.size // max(len(inputs), 1))
-        return backend.ops_for(inputs).dropout(inputs, self.rate, seed, first)
+        return backend.ops_for(inputs).dropout_keep(inputs, self.rate, seed, first)  # the mask as bytes
 
     def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
-        return grad if ctx is None else grad * ctx
+        return grad if ctx is None else backend.ops_for(grad).dropout_backward(grad, ctx, self.rate)
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
@@ -313,6 +313,9 @@ class SpatialDropout2D(Dropout):
         keep = microbatch.batch_draw(lambda n: rng.random((n, 1, 1, inputs.shape[3])), inputs.shape[0]) >= self.rate
         mask = (keep / (1 - self.rate)).astype(inputs.dtype)
         return inputs * mask, mask
+
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        return grad if ctx is None else grad * ctx
 
 
 class Lambda(Layer):

@@ -54,6 +54,7 @@ class Optimizer:
             raise ValueError(f"apply needs one gradient per variable, got {len(grads)} gradients for "
                              f"{len(trainable_variables)} variables")
         lr = self.learning_rate
+        values, value_grads, slots = [], [], []
         for grad, variable in zip(grads, trainable_variables):
             if grad is None:
                 continue
@@ -65,10 +66,34 @@ class Optimizer:
                 raise ValueError(f"gradient of shape {grad.shape} for variable {variable.name!r} of shape {value.shape}")
             if variable not in self._slots:
                 self._slots[variable] = self._new_slots(value)
-            if self.weight_decay:
-                value -= value * value.dtype.type(lr * self.weight_decay)
-            self._update(value, grad, lr, self._slots[variable])
+            values.append(value)
+            value_grads.append(grad)
+            slots.append(self._slots[variable])
+        if len({id(value) for value in values}) == len(values):
+            self._decay_and_update_all(values, value_grads, lr, slots)
+        else:  # a variable given twice is updated twice, one update after the other
+            for value, grad, value_slots in zip(values, value_grads, slots):
+                self._decay_and_update_all([value], [grad], lr, [value_slots])
         self.iterations += 1
+
+    def _decay_and_update_all(self, values, grads, lr, slots):
+        if self.weight_decay:
+            for value in values:
+                value -= value * value.dtype.type(lr * self.weight_decay)
+        self._update_all(values, grads, lr, slots)
+
+    def _update_all(self, values, grads, lr, slots):
+        """Update each value from its gradient and slots. The optimizers with C kernels do all of a
+        model's float32 weights in one call (see _fused)."""
+        for value, grad, value_slots in zip(values, grads, slots):
+            self._update(value, grad, lr, value_slots)
+
+    def _fused(self, cls, values):
+        """The ops to update all `values` in one call with, or None: when a subclass changed `cls`'s
+        _update rule, or a value is not float32 (the NumPy reference takes those one by one)."""
+        if type(self)._update is not cls._update or any(value.dtype != np.float32 for value in values):
+            return None
+        return backend.ops()
 
     def apply_gradients(self, grads_and_vars):
         """Keras' older form: an iterable of (gradient, variable) pairs."""
@@ -122,6 +147,13 @@ class SGD(Optimizer):
         velocity = slots[0] if self.momentum else None
         backend.ops_for(value).sgd_update(value, grad, lr, self.momentum, velocity, self.nesterov)
 
+    def _update_all(self, values, grads, lr, slots):
+        ops = self._fused(SGD, values)
+        if ops is None:
+            return super()._update_all(values, grads, lr, slots)
+        velocities = [value_slots[0] for value_slots in slots] if self.momentum else None
+        ops.sgd_update_all(values, grads, lr, self.momentum, velocities, self.nesterov)
+
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
@@ -136,11 +168,22 @@ class Adam(Optimizer):
     def _new_slots(self, value):
         return np.zeros_like(value), np.zeros_like(value)
 
+    def _learning_rate_t(self, lr):
+        """This step's learning rate with Adam's bias corrections applied (as Keras does)."""
+        step = self.iterations + 1
+        return lr * math.sqrt(1 - self.beta_2 ** step) / (1 - self.beta_1 ** step)
+
     def _update(self, value, grad, lr, slots):
         m, v = slots
-        step = self.iterations + 1
-        lr_t = lr * math.sqrt(1 - self.beta_2 ** step) / (1 - self.beta_1 ** step)
-        backend.ops_for(value).adam_update(value, grad, m, v, lr_t, self.beta_1, self.beta_2, self.epsilon)
+        backend.ops_for(value).adam_update(value, grad, m, v, self._learning_rate_t(lr), self.beta_1, self.beta_2,
+                                           self.epsilon)
+
+    def _update_all(self, values, grads, lr, slots):
+        ops = self._fused(Adam, values)
+        if ops is None:
+            return super()._update_all(values, grads, lr, slots)
+        ops.adam_update_all(values, grads, [m for m, _ in slots], [v for _, v in slots], self._learning_rate_t(lr),
+                            self.beta_1, self.beta_2, self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
@@ -199,6 +242,14 @@ class RMSprop(Optimizer):
         backend.ops_for(value).rmsprop_update(value, grad, velocity, lr, self.rho, self.epsilon, self.momentum,
                                               momentum_buffer)
 
+    def _update_all(self, values, grads, lr, slots):
+        ops = self._fused(RMSprop, values)
+        if ops is None:
+            return super()._update_all(values, grads, lr, slots)
+        momentum_buffers = [value_slots[1] for value_slots in slots] if self.momentum else None
+        ops.rmsprop_update_all(values, grads, [value_slots[0] for value_slots in slots], lr, self.rho, self.epsilon,
+                               self.momentum, momentum_buffers)
+
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon}
 
@@ -236,6 +287,13 @@ class Adadelta(Optimizer):
     def _update(self, value, grad, lr, slots):
         accumulated_grad, accumulated_delta = slots
         backend.ops_for(value).adadelta_update(value, grad, accumulated_grad, accumulated_delta, lr, self.rho, self.epsilon)
+
+    def _update_all(self, values, grads, lr, slots):
+        ops = self._fused(Adadelta, values)
+        if ops is None:
+            return super()._update_all(values, grads, lr, slots)
+        ops.adadelta_update_all(values, grads, [g for g, _ in slots], [d for _, d in slots], lr, self.rho,
+                                self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
