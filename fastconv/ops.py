@@ -251,7 +251,7 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
     Extra memory: a fixed number (at most 16) of partial dw/db sums, plus per thread, for dw, one
     padded image and its dy or one block of patches, and for dx one block of patches (blocks of about
     1024 output pixels) or a band of padded dy rows; a Winograd dw, 4 partial sums of 16 or 36 * Cin *
-    Cout floats and per thread the transforms of a block of 96 or more tiles; see `conv2d_workspace_bytes`.
+    Cout floats and per thread the transforms of a block of at most 128 tiles; see `conv2d_workspace_bytes`.
     """
     x32 = as_float_array(x, "x", ndim=4)
     w32 = as_float_array(w, "w", ndim=4)

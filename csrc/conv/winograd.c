@@ -12,11 +12,13 @@
  *      mask, and stores the pixels that exist (a partial tile at the right or bottom edge drops the rest).
  * V and M of a block are small enough to stay in the thread's L2 between the steps.
  *
- * The weight gradient (fc_winograd_weight_grad) cuts dy into the same m x m tiles: a thread takes the
- * blocks of one partial sum in turn and, per block,
- *   1. transforms the input tiles into V[xi] (block x cin), as the forward does,
+ * The weight gradient (fc_winograd_weight_grad) cuts dy into the same m x m tiles, and the tiles into
+ * equal blocks of at most 128, a multiple of 4 of them: a thread takes the blocks of one of 4 partial
+ * sums in turn and, per block,
+ *   1. transforms the input tiles into V[xi] (block x cin), with its own copy of the input transform,
  *   2. transforms each tile's m x m block of dy (zeros past its edge) into W[xi] (block x cout),
- *   3. adds the a^2 products M[xi] (cin x cout) += V[xi]^T @ W[xi] into its partial sum;
+ *   3. adds the a^2 products M[xi] (cin x cout) += V[xi]^T @ W[xi] into its partial sum, on the
+ *      micro-kernel (K = the block's tiles);
  * then the partials are added in their fixed order and each M is transformed back to the 3x3 taps. */
 #include <string.h>
 
@@ -107,8 +109,7 @@ int fc_winograd_applies(const fc_conv_shape *s)
 
 /* A 2-D transform of an N x N tile into an A x A one, R d R^T with the 1-D transform F (R: A x N), over
  * channels [c, c + lanes): p[i * N + j] points at tile pixel (i, j)'s channels, and point i * A + j
- * goes to v + (i * A + j) * vs + c. Input tiles (N = A, F = B^T) and dy tiles of the weight gradient
- * (N = M, F = the A of the forward's output transform, transposed). */
+ * goes to v + (i * A + j) * vs + c: the input tiles (N = A, F = B^T). */
 #define DEFINE_TILE_TRANSFORM(NAME, T, N, A, F)                                                        \
     static inline __attribute__((always_inline)) void NAME(const float *const *p, int64_t c, float *v,  \
                                                             int64_t vs)                               \
@@ -161,14 +162,10 @@ static inline float mask_s(float r, float x) { return x > 0.0f ? r : 0.0f; }
 
 DEFINE_TILE_TRANSFORM(input2_s, float, 4, 4, IN2)
 DEFINE_TILE_TRANSFORM(input2_v8, vec8, 4, 4, IN2)
-DEFINE_TILE_TRANSFORM(dy2_s, float, 2, 4, DY2)
-DEFINE_TILE_TRANSFORM(dy2_v8, vec8, 2, 4, DY2)
 DEFINE_OUTPUT_TILE(output2_s, float, 2, 4, OUT2, relu_s, mask_s)
 DEFINE_OUTPUT_TILE(output2_v8, vec8, 2, 4, OUT2, RELU_V8, MASK_V8)
 DEFINE_TILE_TRANSFORM(input4_s, float, 6, 6, IN4)
 DEFINE_TILE_TRANSFORM(input4_v8, vec8, 6, 6, IN4)
-DEFINE_TILE_TRANSFORM(dy4_s, float, 4, 6, DY4)
-DEFINE_TILE_TRANSFORM(dy4_v8, vec8, 4, 6, DY4)
 DEFINE_OUTPUT_TILE(output4_s, float, 4, 6, OUT4, relu_s, mask_s)
 DEFINE_OUTPUT_TILE(output4_v8, vec8, 4, 6, OUT4, RELU_V8, MASK_V8)
 
@@ -239,23 +236,19 @@ typedef struct {
 #define AVX2 __attribute__((target("avx2,fma")))
 DEFINE_INPUT_BLOCK(input2_generic, , 2, 4, input2_s, input2_s, 1)
 DEFINE_OUTPUT_BLOCK(output2_generic, , 2, output2_s, output2_s, 1)
-DEFINE_INPUT_BLOCK(dy2_generic, , 2, 2, dy2_s, dy2_s, 1)
 DEFINE_INPUT_BLOCK(input4_generic, , 4, 6, input4_s, input4_s, 1)
 DEFINE_OUTPUT_BLOCK(output4_generic, , 4, output4_s, output4_s, 1)
-DEFINE_INPUT_BLOCK(dy4_generic, , 4, 4, dy4_s, dy4_s, 1)
 #if defined(__x86_64__) || defined(_M_X64)
 DEFINE_INPUT_BLOCK(input2_avx2, AVX2, 2, 4, input2_v8, input2_s, 8)
 DEFINE_OUTPUT_BLOCK(output2_avx2, AVX2, 2, output2_v8, output2_s, 8)
-DEFINE_INPUT_BLOCK(dy2_avx2, AVX2, 2, 2, dy2_v8, dy2_s, 8)
 DEFINE_INPUT_BLOCK(input4_avx2, AVX2, 4, 6, input4_v8, input4_s, 8)
 DEFINE_OUTPUT_BLOCK(output4_avx2, AVX2, 4, output4_v8, output4_s, 8)
-DEFINE_INPUT_BLOCK(dy4_avx2, AVX2, 4, 4, dy4_v8, dy4_s, 8)
 #endif
 
 typedef void (*block_transform)(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,
                                 int64_t count, float *v, int64_t ts, int64_t vs);
 typedef struct {
-    block_transform input, dy;  /* input tiles; the weight gradient's dy blocks */
+    block_transform input;
     void (*output)(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ts, int64_t ms, int64_t t0, int64_t count,
                    const float *bias, int relu, const float *mask_by, float *y);
 } transforms;
@@ -266,12 +259,12 @@ static transforms active_transforms(const fc_gemm_kernel *kr, int tile)
 {
 #if defined(__x86_64__) || defined(_M_X64)
     if (kr->vector_bytes >= 32)
-        return tile == 4 ? (transforms){ input4_avx2, dy4_avx2, output4_avx2 }
-                         : (transforms){ input2_avx2, dy2_avx2, output2_avx2 };
+        return tile == 4 ? (transforms){ input4_avx2, output4_avx2 }
+                         : (transforms){ input2_avx2, output2_avx2 };
 #endif
     (void)kr;
-    return tile == 4 ? (transforms){ input4_generic, dy4_generic, output4_generic }
-                     : (transforms){ input2_generic, dy2_generic, output2_generic };
+    return tile == 4 ? (transforms){ input4_generic, output4_generic }
+                     : (transforms){ input2_generic, output2_generic };
 }
 
 /* x as the source of input tiles */
@@ -493,14 +486,22 @@ int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const 
 
 /* ---- the weight gradient (winograd.h) ---- */
 
-enum { WEIGHT_GRAD_PARTIALS = 4 };  /* partial sums: 2 or 4 threads share them evenly */
+enum {
+    WEIGHT_GRAD_PARTIALS = 4,  /* partial sums: 2 or 4 threads share them evenly */
+    WEIGHT_GRAD_BLOCK_TILES = 128,  /* the most tiles a block (the products' K): each M[xi] written once per block */
+    TAPS_CHUNK = 64,           /* dw elements reduced at once: each partial's point read as a stream */
+};
 
 typedef struct {
     tile_blocks t;
     int64_t partials;
     int64_t acc;                         /* floats of one partial sum: the a^2 matrices M[xi], cin x cout */
+    int64_t ldv, ldw;                    /* floats from one tile's row of V (W) to the next */
     int64_t vs, ws;                      /* floats from one point's V (W) to the next */
-    int64_t shared, v, w, gemm, per_thread;
+    int64_t kc;                          /* tiles per micro-kernel call (K block) */
+    int64_t shared, v, w, per_thread;
+    int padded;                          /* V or W rows have columns past cin (cout) the micro-kernel reads */
+    int transposed;                      /* the partial sums hold M[xi]^T (cout x cin) */
     int threads;
 } weight_grad_layout;
 
@@ -512,34 +513,45 @@ static int64_t point_stride(int64_t floats)
     return (floats + 1023) / 1024 * 1024 + 16;
 }
 
-/* M[xi] (+)= V[xi]^T @ W[xi] over k tiles: V (tiles x cin) read by columns, W (tiles x cout) by rows. */
-static fc_gemm_problem weight_grad_gemm(const fc_conv_shape *s, int64_t k)
+/* Micro-kernel time of a product of `rows` x `cols` (rows from the operand read by columns, in MR-row
+ * tiles; columns in NR-wide panels), in rows x columns: a tile runs its rows rounded up to even, and
+ * one of 2 rows has too few accumulators to hide the FMA latency, so it costs as many as 4. */
+static int64_t product_cost(const fc_gemm_kernel *kr, int64_t rows, int64_t cols)
 {
-    const fc_gemm_problem g = {
-        .m = s->cin, .n = s->cout, .k = k, .a_rs = 1, .a_cs = s->cin, .b_rs = s->cout, .b_cs = 1,
-        .ldc = s->cout, .alpha = 1.0f,
-    };
-    return g;
+    const int64_t last = rows % kr->mr, last_cost = last == 0 ? 0 : last <= 2 ? 4 : (last + 1) / 2 * 2;
+    return (rows / kr->mr * kr->mr + last_cost) * ((cols + kr->nr - 1) / kr->nr * kr->nr);
 }
 
+/* The products M[xi] (+)= V[xi]^T @ W[xi] run on the micro-kernel directly, V (tiles x cin) and W
+ * (tiles x cout) in place: one read by columns (its MR-row tiles need a row past an odd count: rows
+ * of even length), the other by rows (NR-wide panels of whole rows: a multiple of NR), padding zero.
+ * Which one is read by columns is whichever costs less; `transposed`: W, the sums being M[xi]^T. */
 static weight_grad_layout make_weight_grad_layout(const fc_conv_shape *s, int tile, const fc_gemm_kernel *kr)
 {
     weight_grad_layout l = { .t = cut_into_blocks(s, tile, kr) };
+    /* Blocks of equal size (to a tile) whose count is a multiple of the partial sums': every partial
+     * sum gets the same work, so 2 or 4 threads finish together. */
+    l.t.blocks = (l.t.tiles + WEIGHT_GRAD_BLOCK_TILES - 1) / WEIGHT_GRAD_BLOCK_TILES;
+    if (l.t.blocks > 1)
+        l.t.blocks = (l.t.blocks + WEIGHT_GRAD_PARTIALS - 1) / WEIGHT_GRAD_PARTIALS * WEIGHT_GRAD_PARTIALS;
+    l.t.blocks = min64(l.t.blocks, l.t.tiles);
+    l.t.block = (l.t.tiles + l.t.blocks - 1) / l.t.blocks;
     l.partials = min64(l.t.blocks, WEIGHT_GRAD_PARTIALS);
     l.acc = fc_lines(l.t.points * s->cin * s->cout);
     l.shared = l.partials * l.acc + fc_lines(max64(s->cin, s->cout));  /* the partials, then a row of zeros */
-    l.vs = point_stride(l.t.block * s->cin);
-    l.ws = point_stride(l.t.block * s->cout);
+    l.transposed = product_cost(kr, s->cout, s->cin) < product_cost(kr, s->cin, s->cout);
+    const int64_t by_columns = 2, by_rows = kr->nr;
+    l.ldv = (s->cin + (l.transposed ? by_rows : by_columns) - 1) / (l.transposed ? by_rows : by_columns) *
+            (l.transposed ? by_rows : by_columns);
+    l.ldw = (s->cout + (l.transposed ? by_columns : by_rows) - 1) / (l.transposed ? by_columns : by_rows) *
+            (l.transposed ? by_columns : by_rows);
+    l.padded = l.ldv != s->cin || l.ldw != s->cout;
+    l.vs = point_stride(l.t.block * l.ldv);
+    l.ws = point_stride(l.t.block * l.ldw);
     l.v = l.t.points * l.vs;
     l.w = l.t.points * l.ws;
-    /* W's rows start at any float (as the forward's unpacked U): sized for the misaligned B */
-    static const float misaligned[2] __attribute__((aligned(64)));
-    fc_gemm_problem g = weight_grad_gemm(s, l.t.block);
-    g.b = misaligned + 1;
-    const int64_t full = fc_gemm_workspace_floats(kr, &g, 1);
-    g.k = l.t.tiles - (l.t.blocks - 1) * l.t.block;
-    l.gemm = fc_lines(max64(full, fc_gemm_workspace_floats(kr, &g, 1)));
-    l.per_thread = l.v + l.w + l.gemm;
+    l.kc = kr->kc_columns_of_a;  /* a K block of A read by columns: its lines and B's panel stay in L1 */
+    l.per_thread = l.v + l.w;
     l.threads = fc_threads_for_work(2.0 * s->n * s->oh * s->ow * 9 * s->cin * s->cout);
     if (l.threads > l.partials) l.threads = (int)l.partials;
     return l;
@@ -551,14 +563,136 @@ int64_t fc_winograd_weight_grad_workspace(const fc_conv_shape *s, int tile)
     return l.shared + l.threads * l.per_thread;
 }
 
-/* dw's elements e .. e + lanes - 1 of every tap (e = ci * cout + co): the partial sums of each point
- * added in their order, then G^T M G, in double (T: double, or a vector of doubles; a^2 + 9 values per
- * element, little next to the GEMMs' work). */
+/* A 2-D transform R d R^T of an N x N tile (p[i * N + j]: pixel (i, j)'s channels) over channels
+ * [c, c + lanes), stored straight into point i * A + j at v + (i * A + j) * vs + c: the input tiles
+ * (N = A, F = B^T) and the dy blocks (N = M, F = the A of the forward's output transform, transposed).
+ * Fully unrolled so that nothing goes through an array on the stack but the column pass. */
+#define DEFINE_WEIGHT_GRAD_TILE(NAME, T, N, A, F)                                                      \
+    static inline __attribute__((always_inline)) void NAME(const float *const *p, int64_t c, float *v,  \
+                                                            int64_t vs)                               \
+    {                                                                                                 \
+        typedef T unaligned __attribute__((aligned(4), may_alias));  /* one vector move each */       \
+        T t[A * N];                                                                                   \
+        _Pragma("GCC unroll 8") for (int j = 0; j < N; j++) {                                         \
+            T d[N];                                                                                   \
+            _Pragma("GCC unroll 8") for (int k = 0; k < N; k++) d[k] = *(const unaligned *)(p[k * N + j] + c); \
+            F(d, 1, t + j, N);                                                                        \
+        }                                                                                             \
+        _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) {                                         \
+            T r[A];                                                                                   \
+            F(t + i * N, 1, r, 1);                                                                    \
+            _Pragma("GCC unroll 8") for (int j = 0; j < A; j++) *(unaligned *)(v + (i * A + j) * vs + c) = r[j]; \
+        }                                                                                             \
+    }
+DEFINE_WEIGHT_GRAD_TILE(wg_input2_s, float, 4, 4, IN2)
+DEFINE_WEIGHT_GRAD_TILE(wg_input2_v8, vec8, 4, 4, IN2)
+DEFINE_WEIGHT_GRAD_TILE(wg_dy2_s, float, 2, 4, DY2)
+DEFINE_WEIGHT_GRAD_TILE(wg_dy2_v8, vec8, 2, 4, DY2)
+DEFINE_WEIGHT_GRAD_TILE(wg_input4_s, float, 6, 6, IN4)
+DEFINE_WEIGHT_GRAD_TILE(wg_input4_v8, vec8, 6, 6, IN4)
+DEFINE_WEIGHT_GRAD_TILE(wg_dy4_s, float, 4, 6, DY4)
+DEFINE_WEIGHT_GRAD_TILE(wg_dy4_v8, vec8, 4, 6, DY4)
+
+/* The SIDE x SIDE tiles [t0, t0 + count) of src, transformed, into V: point xi's rows at v + xi * vs,
+ * ld floats apart; zero: src->channels zeros, read outside src. PREFETCH: the next tile's rows are
+ * fetched while this one is transformed (x comes from memory, in rows the prefetchers pick up late). */
+#define DEFINE_WEIGHT_GRAD_BLOCK(NAME, ATTR, M, SIDE, VTILE, STILE, LANES, PREFETCH)                  \
+    ATTR static void NAME(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,       \
+                          int64_t count, float *v, int64_t vs, int64_t ld)                             \
+    {                                                                                                 \
+        const int64_t ch = src->channels, per_image = tl->tiles_h * tl->tiles_w;                      \
+        for (int64_t t = t0; t < t0 + count; t++) {                                                   \
+            const int64_t img = t / per_image, ty = t / tl->tiles_w % tl->tiles_h, tx = t % tl->tiles_w; \
+            const float *p[SIDE * SIDE];                                                              \
+            for (int i = 0; i < SIDE; i++) {                                                          \
+                const int64_t iy = ty * M - src->top + i;                                             \
+                for (int j = 0; j < SIDE; j++) {                                                      \
+                    const int64_t ix = tx * M - src->left + j;                                        \
+                    p[SIDE * i + j] = iy < 0 || iy >= src->h || ix < 0 || ix >= src->w                \
+                                          ? zero : src->data + ((img * src->h + iy) * src->w + ix) * ch; \
+                }                                                                                     \
+            }                                                                                         \
+            if (PREFETCH && t + 1 < t0 + count) {                                                     \
+                const int64_t n1 = t + 1, img1 = n1 / per_image, ty1 = n1 / tl->tiles_w % tl->tiles_h,  \
+                              tx1 = n1 % tl->tiles_w;                                                 \
+                const int64_t x0 = max64(0, tx1 * M - src->left), x1 = min64(src->w, tx1 * M - src->left + SIDE); \
+                for (int i = 0; i < SIDE; i++) {                                                      \
+                    const int64_t iy = ty1 * M - src->top + i;                                        \
+                    if (iy < 0 || iy >= src->h || x0 >= x1) continue;                                 \
+                    const char *a = (const char *)(src->data + ((img1 * src->h + iy) * src->w + x0) * ch); \
+                    const char *e = (const char *)(src->data + ((img1 * src->h + iy) * src->w + x1) * ch); \
+                    for (; a < e; a += 64) __builtin_prefetch(a);                                     \
+                }                                                                                     \
+            }                                                                                         \
+            float *row = v + (t - t0) * ld;                                                           \
+            int64_t c = 0;                                                                            \
+            for (; c + LANES <= ch; c += LANES) VTILE(p, c, row, vs);                                 \
+            for (; c < ch; c++) STILE(p, c, row, vs);                                                 \
+        }                                                                                             \
+    }
+DEFINE_WEIGHT_GRAD_BLOCK(wg_input2_generic, , 2, 4, wg_input2_s, wg_input2_s, 1, 1)
+DEFINE_WEIGHT_GRAD_BLOCK(wg_dy2_generic, , 2, 2, wg_dy2_s, wg_dy2_s, 1, 0)
+DEFINE_WEIGHT_GRAD_BLOCK(wg_input4_generic, , 4, 6, wg_input4_s, wg_input4_s, 1, 1)
+DEFINE_WEIGHT_GRAD_BLOCK(wg_dy4_generic, , 4, 4, wg_dy4_s, wg_dy4_s, 1, 0)
+#if defined(__x86_64__) || defined(_M_X64)
+DEFINE_WEIGHT_GRAD_BLOCK(wg_input2_avx2, AVX2, 2, 4, wg_input2_v8, wg_input2_s, 8, 1)
+DEFINE_WEIGHT_GRAD_BLOCK(wg_dy2_avx2, AVX2, 2, 2, wg_dy2_v8, wg_dy2_s, 8, 0)
+DEFINE_WEIGHT_GRAD_BLOCK(wg_input4_avx2, AVX2, 4, 6, wg_input4_v8, wg_input4_s, 8, 1)
+DEFINE_WEIGHT_GRAD_BLOCK(wg_dy4_avx2, AVX2, 4, 4, wg_dy4_v8, wg_dy4_s, 8, 0)
+#endif
+
+typedef void (*weight_grad_block)(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,
+                                  int64_t count, float *v, int64_t vs, int64_t ld);
+typedef struct {
+    weight_grad_block input, dy;
+} weight_grad_transforms;
+
+/* As active_transforms: the AVX2 ones wherever the GEMM kernel has vectors of 8 floats or more. */
+static weight_grad_transforms active_weight_grad_transforms(const fc_gemm_kernel *kr, int tile)
+{
+#if defined(__x86_64__) || defined(_M_X64)
+    if (kr->vector_bytes >= 32)
+        return tile == 4 ? (weight_grad_transforms){ wg_input4_avx2, wg_dy4_avx2 }
+                         : (weight_grad_transforms){ wg_input2_avx2, wg_dy2_avx2 };
+#endif
+    (void)kr;
+    return tile == 4 ? (weight_grad_transforms){ wg_input4_generic, wg_dy4_generic }
+                     : (weight_grad_transforms){ wg_input2_generic, wg_dy2_generic };
+}
+
+/* The a^2 products of a block of k tiles, acc[xi] = V[xi]^T @ W[xi] (or its transpose) + acc[xi] when
+ * add, by the micro-kernel: each MR-row tile of the operand read by columns across the other's NR-wide
+ * panels (the tile stays in L1), K in blocks of at most l->kc, equal in size (as gemm.c's k_block). */
+static void weight_grad_products(const fc_gemm_kernel *kr, const weight_grad_layout *l, const fc_conv_shape *s,
+                                 const float *v, const float *w, int64_t k, int add, float *acc)
+{
+    const int64_t mr = kr->mr, nr = kr->nr, tap = s->cin * s->cout;
+    const int64_t m = l->transposed ? s->cout : s->cin, n = l->transposed ? s->cin : s->cout;
+    const float *a0 = l->transposed ? w : v, *b0 = l->transposed ? v : w;
+    const int64_t lda = l->transposed ? l->ldw : l->ldv, ldb = l->transposed ? l->ldv : l->ldw;
+    const int64_t as = l->transposed ? l->ws : l->vs, bs = l->transposed ? l->vs : l->ws;
+    const int64_t k_blocks = (k + l->kc - 1) / l->kc, kc_max = (k + k_blocks - 1) / k_blocks;
+    for (int xi = 0; xi < l->t.points; xi++) {
+        for (int64_t pc = 0; pc < k; pc += kc_max) {
+            const int64_t kc = min64(kc_max, k - pc);
+            const fc_tile_epilogue ep = { .alpha = 1.0f, .beta = add || pc > 0 ? 1.0f : 0.0f };
+            const float *a = a0 + xi * as + pc * lda, *b = b0 + xi * bs + pc * ldb;
+            float *c = acc + xi * tap;
+            for (int64_t i = 0; i < m; i += mr)
+                for (int64_t j = 0; j < n; j += nr)
+                    kr->ukr(kc, a + i, 1, lda, NULL, b + j, ldb, c + i * n + j, n, (int)min64(mr, m - i),
+                            (int)min64(nr, n - j), &ep);
+        }
+    }
+}
+
+/* dw's elements e .. e + lanes - 1 of every tap from their points' sums z (point xi's at z + xi * zs):
+ * G^T M G in double (T: double, or a vector of doubles). */
 typedef double vec4d __attribute__((vector_size(32)));
 typedef float vec4f __attribute__((vector_size(16)));
-#define LOAD_1D(p) ((double)*(p))
+#define LOAD_1D(p) (*(p))
 #define STORE_1D(p, v) (*(p) = (float)(v))
-#define LOAD_4D(p) ({ vec4f f_; memcpy(&f_, (p), sizeof f_); __builtin_convertvector(f_, vec4d); })
+#define LOAD_4D(p) ({ vec4d d_; memcpy(&d_, (p), sizeof d_); d_; })
 #define STORE_4D(p, v)                                                                                 \
     do {                                                                                               \
         const vec4f f_ = __builtin_convertvector((v), vec4f);                                          \
@@ -566,64 +700,80 @@ typedef float vec4f __attribute__((vector_size(16)));
     } while (0)
 
 #define DEFINE_WEIGHT_GRAD_TAPS(NAME, T, LOAD, STORE)                                                 \
-    static inline void NAME(const weight_grad_layout *l, const float *acc, int64_t tap, int64_t e, float *dw) \
+    static inline void NAME(int tile, const double *zp, int64_t zs, int64_t tap, float *dw)            \
     {                                                                                                 \
         T z[36], t[3 * 6], r[9];                                                                      \
-        for (int xi = 0; xi < l->t.points; xi++) {                                                     \
-            T sum = LOAD(acc + xi * tap + e);                                                         \
-            for (int64_t part = 1; part < l->partials; part++) sum += LOAD(acc + part * l->acc + xi * tap + e); \
-            z[xi] = sum;                                                                              \
-        }                                                                                             \
-        if (l->t.tile == 2) {                                                                          \
+        for (int xi = 0; xi < (tile + 2) * (tile + 2); xi++) z[xi] = LOAD(zp + xi * zs);              \
+        if (tile == 2) {                                                                              \
             for (int j = 0; j < 4; j++) TAPS2(z + j, 4, t + j, 4);      /* G^T M: 3 x 4 */            \
             for (int i = 0; i < 3; i++) TAPS2(t + 4 * i, 1, r + 3 * i, 1);  /* (G^T M) G */           \
         } else {                                                                                      \
             for (int j = 0; j < 6; j++) TAPS4(z + j, 6, t + j, 6);                                    \
             for (int i = 0; i < 3; i++) TAPS4(t + 6 * i, 1, r + 3 * i, 1);                            \
         }                                                                                             \
-        for (int k = 0; k < 9; k++) STORE(dw + k * tap + e, r[k]);                                    \
+        for (int k = 0; k < 9; k++) STORE(dw + k * tap, r[k]);                                        \
     }
 DEFINE_WEIGHT_GRAD_TAPS(weight_grad_taps_1, double, LOAD_1D, STORE_1D)
 DEFINE_WEIGHT_GRAD_TAPS(weight_grad_taps_4, vec4d, LOAD_4D, STORE_4D)
+
+/* dw's elements [e0, e1) of the partial sums (e = ci * cout + co, or co * cin + ci when transposed), of
+ * every tap: the partial sums of each point added in their order in double, TAPS_CHUNK elements at a
+ * time (each partial's point read as one stream, not a few floats from each of partials x a^2 pages),
+ * then transformed back (the transposed ones through a buffer, to their places in dw). */
+static void weight_grad_taps(const weight_grad_layout *l, const fc_conv_shape *s, const float *acc, int64_t e0,
+                             int64_t e1, float *dw)
+{
+    const int64_t tap = s->cin * s->cout;
+    double z[36 * TAPS_CHUNK];
+    float out[9 * TAPS_CHUNK];
+    for (int64_t e = e0; e < e1; e += TAPS_CHUNK) {
+        const int64_t n = min64(TAPS_CHUNK, e1 - e);
+        for (int xi = 0; xi < l->t.points; xi++) {
+            double *zx = z + xi * TAPS_CHUNK;
+            const float *a = acc + xi * tap + e;
+            for (int64_t i = 0; i < n; i++) zx[i] = a[i];
+            for (int64_t part = 1; part < l->partials; part++)
+                for (int64_t i = 0; i < n; i++) zx[i] += a[part * l->acc + i];
+        }
+        float *o = l->transposed ? out : dw + e;
+        const int64_t os = l->transposed ? TAPS_CHUNK : tap;
+        int64_t i = 0;
+        for (; i + 4 <= n; i += 4) weight_grad_taps_4(l->t.tile, z + i, TAPS_CHUNK, os, o + i);
+        for (; i < n; i++) weight_grad_taps_1(l->t.tile, z + i, TAPS_CHUNK, os, o + i);
+        if (l->transposed)
+            for (int k = 0; k < 9; k++)
+                for (i = 0; i < n; i++)
+                    dw[k * tap + (e + i) % s->cin * s->cout + (e + i) / s->cin] = out[k * TAPS_CHUNK + i];
+    }
+}
 
 int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, const float *dy, float *dw)
 {
     const fc_gemm_kernel *kr = fc_active_float32_gemm_kernel();
     const weight_grad_layout l = make_weight_grad_layout(s, tile, kr);
-    const transforms tf = active_transforms(kr, l.t.tile);
+    const weight_grad_transforms tf = active_weight_grad_transforms(kr, l.t.tile);
     float *ws = fc_scratch(FC_SCRATCH_CALL, l.shared + l.threads * l.per_thread);
     if (!ws) return FC_ERROR_NO_MEMORY;
     float *zero = ws + l.partials * l.acc;
     memset(zero, 0, sizeof(float) * (size_t)max64(s->cin, s->cout));
     const tile_source xs = input_tiles(s, x), dys = { dy, s->oh, s->ow, s->cout, 0, 0 };
-    const int64_t vs = l.vs, wsz = l.ws, tap = s->cin * s->cout;
+    const int64_t tap = s->cin * s->cout;
     const int threads = l.threads;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *v = ws + l.shared + fc_thread_num() * l.per_thread, *w = v + l.v, *gemm_ws = w + l.w;
+        float *v = ws + l.shared + fc_thread_num() * l.per_thread, *w = v + l.v;
+        if (l.padded) memset(v, 0, sizeof(float) * (size_t)l.per_thread);  /* the columns the transforms skip */
         #pragma omp for schedule(dynamic)
         for (int64_t part = 0; part < l.partials; part++) {
             for (int64_t b = part; b < l.t.blocks; b += l.partials) {
-                const int64_t t0 = b * l.t.block, count = min64(l.t.block, l.t.tiles - t0);
-                tf.input(&xs, &l.t.tl, zero, t0, count, v, s->cin, vs);
-                tf.dy(&dys, &l.t.tl, zero, t0, count, w, s->cout, wsz);
-                for (int xi = 0; xi < l.t.points; xi++) {
-                    fc_gemm_problem g = weight_grad_gemm(s, count);
-                    g.a = v + xi * vs;
-                    g.b = w + xi * wsz;
-                    g.c = ws + part * l.acc + xi * tap;
-                    g.beta = b == part ? 0.0f : 1.0f;
-                    fc_gemm_run_in(kr, &g, 1, gemm_ws);
-                }
+                const int64_t t0 = l.t.tiles * b / l.t.blocks, count = l.t.tiles * (b + 1) / l.t.blocks - t0;
+                tf.input(&xs, &l.t.tl, zero, t0, count, v, l.vs, l.ldv);
+                tf.dy(&dys, &l.t.tl, zero, t0, count, w, l.ws, l.ldw);
+                weight_grad_products(kr, &l, s, v, w, count, b != part, ws + part * l.acc);
             }
         }
         #pragma omp for schedule(static)
-        for (int64_t e0 = 0; e0 < tap; e0 += 256) {
-            const int64_t end = min64(e0 + 256, tap);
-            int64_t e = e0;
-            for (; e + 4 <= end; e += 4) weight_grad_taps_4(&l, ws, tap, e, dw);
-            for (; e < end; e++) weight_grad_taps_1(&l, ws, tap, e, dw);
-        }
+        for (int64_t e0 = 0; e0 < tap; e0 += 256) weight_grad_taps(&l, s, ws, e0, min64(e0 + 256, tap), dw);
     }
     return FC_OK;
 }
