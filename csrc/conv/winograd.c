@@ -115,11 +115,17 @@ int fc_winograd_applies(const fc_conv_shape *s)
                                                             int64_t vs)                               \
     {                                                                                                 \
         typedef T unaligned __attribute__((aligned(4), may_alias));  /* one vector move each */       \
-        T d[N * N], t[A * N], r[A * A];                                                               \
-        for (int k = 0; k < N * N; k++) d[k] = *(const unaligned *)(p[k] + c);                        \
-        for (int j = 0; j < N; j++) F(d + j, N, t + j, N);                                            \
-        for (int i = 0; i < A; i++) F(t + i * N, 1, r + i * A, 1);                                    \
-        for (int k = 0; k < A * A; k++) *(unaligned *)(v + k * vs + c) = r[k];                        \
+        T t[A * N];  /* R d; the loads feed, and the stores take, the 1-D transforms directly */        \
+        for (int j = 0; j < N; j++) {                                                                 \
+            T d[N];                                                                                   \
+            for (int i = 0; i < N; i++) d[i] = *(const unaligned *)(p[i * N + j] + c);                \
+            F(d, 1, t + j, N);                                                                        \
+        }                                                                                             \
+        for (int i = 0; i < A; i++) {                                                                 \
+            T r[A];                                                                                   \
+            F(t + i * N, 1, r, 1);                                                                    \
+            for (int j = 0; j < A; j++) *(unaligned *)(v + (i * A + j) * vs + c) = r[j];              \
+        }                                                                                             \
     }
 
 /* The M x M output tile Y = A^T X A over channels [c, c + lanes), X[k] at m + k * ms + c. out[k]
@@ -131,23 +137,28 @@ int fc_winograd_applies(const fc_conv_shape *s)
                                                             float *const *out, const float *const *mask) \
     {                                                                                                 \
         typedef T unaligned __attribute__((aligned(4), may_alias));  /* one vector move each */       \
-        T a[A * A], s[M * A], y[M * M];                                                               \
-        for (int k = 0; k < A * A; k++) a[k] = *(const unaligned *)(m + k * ms + c);                  \
-        for (int j = 0; j < A; j++) OUT(a + j, A, s + j, A);                                          \
-        for (int i = 0; i < M; i++) OUT(s + i * A, 1, y + i * M, 1);                                  \
-        if (bias) {                                                                                   \
-            const T b = *(const unaligned *)(bias + c);                                               \
-            for (int k = 0; k < M * M; k++) y[k] += b;                                                \
+        T s[M * A];  /* A^T X; the loads feed, and the stores take, the 1-D transforms directly */      \
+        for (int j = 0; j < A; j++) {                                                                 \
+            T a[A];                                                                                   \
+            for (int i = 0; i < A; i++) a[i] = *(const unaligned *)(m + (i * A + j) * ms + c);        \
+            OUT(a, 1, s + j, A);                                                                      \
         }                                                                                             \
-        for (int k = 0; k < M * M; k++) {                                                             \
-            if (!out[k]) continue;                                                                    \
-            T r = y[k];                                                                               \
-            if (relu) r = RELU(r);                                                                    \
-            if (mask) {                                                                               \
-                const T keep = *(const unaligned *)(mask[k] + c);                                     \
-                r = MASK(r, keep);                                                                    \
+        T b = { 0 };                                                                                  \
+        if (bias) b = *(const unaligned *)(bias + c);                                                 \
+        for (int i = 0; i < M; i++) {                                                                 \
+            T y[M];                                                                                   \
+            OUT(s + i * A, 1, y, 1);                                                                  \
+            for (int j = 0; j < M; j++) {                                                             \
+                const int k = i * M + j;                                                              \
+                if (!out[k]) continue;                                                                \
+                T r = bias ? y[j] + b : y[j];                                                         \
+                if (relu) r = RELU(r);                                                                \
+                if (mask) {                                                                           \
+                    const T keep = *(const unaligned *)(mask[k] + c);                                 \
+                    r = MASK(r, keep);                                                                \
+                }                                                                                     \
+                *(unaligned *)(out[k] + c) = r;                                                       \
             }                                                                                         \
-            *(unaligned *)(out[k] + c) = r;                                                           \
         }                                                                                             \
     }
 
