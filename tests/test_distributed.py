@@ -437,6 +437,10 @@ COLLECTIVES = textwrap.dedent("""
             sums = hvd.reduce_gradients([np.full(300_000, terms[rank], np.float32)], cancel, op="sum")[0]
             in_order[f"{shared} {limit}"] = bool((sums == np.float32(ranks - 2)).all())
     report["rank_order"] = in_order
+    # what DistributedOptimizer gets: views of the memory every rank reads, so an optimizer cannot write them
+    hvd._use_shared_memory, hvd._BUCKET_BYTES, hvd._GATHER_BYTES = True, 1 << 20, 1 << 20
+    report["views_read_only"] = not any(g.flags.writeable for g in hvd.reduce_gradients(
+        [np.ones(300_000, np.float32)], cancel, copy=False))
     report["shared_memory"] = sorted({type(area).__name__ for area in hvd._areas.values()})
     reduced = {limit: reduced[True, limit] for limit in (1, 1 << 40)}
     expected = sum(w * (np.zeros(shapes[2]) if r == 1 else np.random.default_rng(20 + r + 2).normal(size=shapes[2])
@@ -488,6 +492,7 @@ def test_collectives_sum_in_rank_order_and_agree_bitwise(tmp_path):
         assert report["buckets_agree"] and report["bucket_as_expected"]
         assert report["shared_memory"] == ["NoneType", "_SharedArea"]
         assert all(report["rank_order"].values()), report["rank_order"]
+        assert report["views_read_only"]
         assert report["ints"] == [3, 3]
         assert report["gathered"] == [[0, 0], [1, 1], [1, 1], [2, 2], [2, 2], [2, 2]]
         assert report["broadcast"] == [1.0, 1.0]

@@ -626,8 +626,12 @@ class _GradientReduction:
         out = [None] * len(self.variables)
         for bucket, reduction in zip(self.buckets, self.sums):
             summed, offset, count = reduction.wait(), 0, sum(self.sizes[i] for i in bucket)
-            if copy and self.area is not None and not reduction.whole:  # the shared output is the next round's
-                summed = summed.copy()
+            if self.area is not None and not reduction.whole:  # the output all ranks read, and the next round's
+                if copy:
+                    summed = summed.copy()
+                else:  # an optimizer that wrote into its gradients would change the other ranks' ones
+                    summed = summed.view()
+                    summed.flags.writeable = False
             for flag, index in enumerate(bucket):
                 if summed[count + flag] > 0:
                     out[index] = summed[offset:offset + self.sizes[index]].reshape(self.shapes[index])
@@ -684,8 +688,9 @@ def reduce_gradients(grads, variables, weights=None, op="average", copy=True):
     The gradients travel in buckets (see _GradientReduction); a reduction that start_reduction began
     during the backward pass is finished here when `grads` are that step's gradients. The first
     reduction of a given list of variables also checks that every rank reduces the same shapes.
-    copy=False is for a caller that uses the results at once (DistributedOptimizer's apply): they may
-    be views of shared memory that the next reduction of these variables overwrites."""
+    copy=False is for a caller that uses the results at once and only reads them (DistributedOptimizer's
+    apply): they may be read-only views of shared memory that every rank reads and the next reduction of
+    these variables overwrites."""
     global _in_flight
     grads, variables = list(grads), list(variables)
     if len(grads) != len(variables):
