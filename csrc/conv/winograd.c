@@ -711,7 +711,8 @@ typedef float vec4f __attribute__((vector_size(16)));
     } while (0)
 
 #define DEFINE_WEIGHT_GRAD_TAPS(NAME, T, LOAD, STORE)                                                 \
-    static inline void NAME(int tile, const double *zp, int64_t zs, int64_t tap, float *dw)            \
+    static inline __attribute__((always_inline)) void NAME(int tile, const double *zp, int64_t zs,     \
+                                                            int64_t tap, float *dw)                   \
     {                                                                                                 \
         T z[36], t[3 * 6], r[9];                                                                      \
         for (int xi = 0; xi < (tile + 2) * (tile + 2); xi++) z[xi] = LOAD(zp + xi * zs);              \
@@ -730,39 +731,50 @@ DEFINE_WEIGHT_GRAD_TAPS(weight_grad_taps_4, vec4d, LOAD_4D, STORE_4D)
 /* dw's elements [e0, e1) of the partial sums (e = ci * cout + co, or co * cin + ci when transposed), of
  * every tap: the partial sums of each point added in their order in double, TAPS_CHUNK elements at a
  * time (each partial's point read as one stream, not a few floats from each of partials x a^2 pages),
- * then transformed back (the transposed ones through a buffer, to their places in dw). */
-static void weight_grad_taps(const weight_grad_layout *l, const fc_conv_shape *s, const float *acc, int64_t e0,
-                             int64_t e1, float *dw)
-{
-    const int64_t tap = s->cin * s->cout;
-    double z[36 * TAPS_CHUNK];
-    float out[9 * TAPS_CHUNK];
-    for (int64_t e = e0; e < e1; e += TAPS_CHUNK) {
-        const int64_t n = min64(TAPS_CHUNK, e1 - e);
-        for (int xi = 0; xi < l->t.points; xi++) {
-            double *zx = z + xi * TAPS_CHUNK;
-            const float *a = acc + xi * tap + e;
-            for (int64_t i = 0; i < n; i++) zx[i] = a[i];
-            for (int64_t part = 1; part < l->partials; part++)
-                for (int64_t i = 0; i < n; i++) zx[i] += a[part * l->acc + i];
-        }
-        float *o = l->transposed ? out : dw + e;
-        const int64_t os = l->transposed ? TAPS_CHUNK : tap;
-        int64_t i = 0;
-        for (; i + 4 <= n; i += 4) weight_grad_taps_4(l->t.tile, z + i, TAPS_CHUNK, os, o + i);
-        for (; i < n; i++) weight_grad_taps_1(l->t.tile, z + i, TAPS_CHUNK, os, o + i);
-        if (l->transposed)
-            for (int k = 0; k < 9; k++)
-                for (i = 0; i < n; i++)
-                    dw[k * tap + (e + i) % s->cin * s->cout + (e + i) / s->cin] = out[k * TAPS_CHUNK + i];
+ * then transformed back (the transposed ones through a buffer, to their places in dw). The AVX2 copy
+ * does the same operations on 4 doubles at once (no contraction into FMAs: the same bits). */
+#define DEFINE_WEIGHT_GRAD_REDUCE(NAME, ATTR)                                                          \
+    ATTR static void NAME(const weight_grad_layout *l, const fc_conv_shape *s, const float *acc, int64_t e0, \
+                          int64_t e1, float *dw)                                                      \
+    {                                                                                                 \
+        const int64_t tap = s->cin * s->cout;                                                         \
+        double z[36 * TAPS_CHUNK];                                                                    \
+        float out[9 * TAPS_CHUNK];                                                                    \
+        for (int64_t e = e0; e < e1; e += TAPS_CHUNK) {                                               \
+            const int64_t n = min64(TAPS_CHUNK, e1 - e);                                              \
+            for (int xi = 0; xi < l->t.points; xi++) {                                                \
+                double *zx = z + xi * TAPS_CHUNK;                                                     \
+                const float *a = acc + xi * tap + e;                                                  \
+                for (int64_t i = 0; i < n; i++) zx[i] = a[i];                                         \
+                for (int64_t part = 1; part < l->partials; part++)                                    \
+                    for (int64_t i = 0; i < n; i++) zx[i] += a[part * l->acc + i];                    \
+            }                                                                                         \
+            float *o = l->transposed ? out : dw + e;                                                  \
+            const int64_t os = l->transposed ? TAPS_CHUNK : tap;                                      \
+            int64_t i = 0;                                                                            \
+            for (; i + 4 <= n; i += 4) weight_grad_taps_4(l->t.tile, z + i, TAPS_CHUNK, os, o + i);   \
+            for (; i < n; i++) weight_grad_taps_1(l->t.tile, z + i, TAPS_CHUNK, os, o + i);           \
+            if (l->transposed)                                                                        \
+                for (int k = 0; k < 9; k++)                                                           \
+                    for (i = 0; i < n; i++)                                                           \
+                        dw[k * tap + (e + i) % s->cin * s->cout + (e + i) / s->cin] = out[k * TAPS_CHUNK + i]; \
+        }                                                                                             \
     }
-}
+DEFINE_WEIGHT_GRAD_REDUCE(weight_grad_reduce_generic, )
+#if defined(__x86_64__) || defined(_M_X64)
+DEFINE_WEIGHT_GRAD_REDUCE(weight_grad_reduce_avx2, __attribute__((target("avx2"))))
+#endif
 
 int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, const float *dy, float *dw)
 {
     const fc_gemm_kernel *kr = fc_active_float32_gemm_kernel();
     const weight_grad_layout l = make_weight_grad_layout(s, tile, kr);
     const weight_grad_transforms tf = active_weight_grad_transforms(kr, l.t.tile);
+    void (*reduce)(const weight_grad_layout *, const fc_conv_shape *, const float *, int64_t, int64_t, float *) =
+        weight_grad_reduce_generic;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (kr->vector_bytes >= 32) reduce = weight_grad_reduce_avx2;
+#endif
     float *ws = fc_scratch(FC_SCRATCH_CALL, l.shared + l.threads * l.per_thread);
     if (!ws) return FC_ERROR_NO_MEMORY;
     float *zero = ws + l.partials * l.acc;
@@ -784,7 +796,7 @@ int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, co
             }
         }
         #pragma omp for schedule(static)
-        for (int64_t e0 = 0; e0 < tap; e0 += 256) weight_grad_taps(&l, s, ws, e0, min64(e0 + 256, tap), dw);
+        for (int64_t e0 = 0; e0 < tap; e0 += 256) reduce(&l, s, ws, e0, min64(e0 + 256, tap), dw);
     }
     return FC_OK;
 }
