@@ -15,7 +15,7 @@
  * The weight gradient (fc_winograd_weight_grad) cuts dy into the same m x m tiles, and the tiles into
  * equal blocks of at most 128, a multiple of 4 of them: a thread takes the blocks of one of 4 partial
  * sums in turn and, per block,
- *   1. transforms the input tiles into V[xi] (block x cin), with its own copy of the input transform,
+ *   1. transforms the input tiles into V[xi] (block x cin), as the forward does,
  *   2. transforms each tile's m x m block of dy (zeros past its edge) into W[xi] (block x cout),
  *   3. adds the a^2 products M[xi] (cin x cout) += V[xi]^T @ W[xi] into its partial sum, on the
  *      micro-kernel (K = the block's tiles);
@@ -109,7 +109,8 @@ int fc_winograd_applies(const fc_conv_shape *s)
 
 /* A 2-D transform of an N x N tile into an A x A one, R d R^T with the 1-D transform F (R: A x N), over
  * channels [c, c + lanes): p[i * N + j] points at tile pixel (i, j)'s channels, and point i * A + j
- * goes to v + (i * A + j) * vs + c: the input tiles (N = A, F = B^T). */
+ * goes to v + (i * A + j) * vs + c: the input tiles (N = A, F = B^T) and the weight gradient's dy
+ * blocks (N = M, F = the A of the forward's output transform, transposed). */
 #define DEFINE_TILE_TRANSFORM(NAME, T, N, A, F)                                                        \
     static inline __attribute__((always_inline)) void NAME(const float *const *p, int64_t c, float *v,  \
                                                             int64_t vs)                               \
@@ -574,88 +575,21 @@ int64_t fc_winograd_weight_grad_workspace(const fc_conv_shape *s, int tile)
     return l.shared + l.threads * l.per_thread;
 }
 
-/* A 2-D transform R d R^T of an N x N tile (p[i * N + j]: pixel (i, j)'s channels) over channels
- * [c, c + lanes), stored straight into point i * A + j at v + (i * A + j) * vs + c: the input tiles
- * (N = A, F = B^T) and the dy blocks (N = M, F = the A of the forward's output transform, transposed).
- * Fully unrolled so that nothing goes through an array on the stack but the column pass. */
-#define DEFINE_WEIGHT_GRAD_TILE(NAME, T, N, A, F)                                                      \
-    static inline __attribute__((always_inline)) void NAME(const float *const *p, int64_t c, float *v,  \
-                                                            int64_t vs)                               \
-    {                                                                                                 \
-        typedef T unaligned __attribute__((aligned(4), may_alias));  /* one vector move each */       \
-        T t[A * N];                                                                                   \
-        _Pragma("GCC unroll 8") for (int j = 0; j < N; j++) {                                         \
-            T d[N];                                                                                   \
-            _Pragma("GCC unroll 8") for (int k = 0; k < N; k++) d[k] = *(const unaligned *)(p[k * N + j] + c); \
-            F(d, 1, t + j, N);                                                                        \
-        }                                                                                             \
-        _Pragma("GCC unroll 8") for (int i = 0; i < A; i++) {                                         \
-            T r[A];                                                                                   \
-            F(t + i * N, 1, r, 1);                                                                    \
-            _Pragma("GCC unroll 8") for (int j = 0; j < A; j++) *(unaligned *)(v + (i * A + j) * vs + c) = r[j]; \
-        }                                                                                             \
-    }
-DEFINE_WEIGHT_GRAD_TILE(wg_input2_s, float, 4, 4, IN2)
-DEFINE_WEIGHT_GRAD_TILE(wg_input2_v8, vec8, 4, 4, IN2)
-DEFINE_WEIGHT_GRAD_TILE(wg_dy2_s, float, 2, 4, DY2)
-DEFINE_WEIGHT_GRAD_TILE(wg_dy2_v8, vec8, 2, 4, DY2)
-DEFINE_WEIGHT_GRAD_TILE(wg_input4_s, float, 6, 6, IN4)
-DEFINE_WEIGHT_GRAD_TILE(wg_input4_v8, vec8, 6, 6, IN4)
-DEFINE_WEIGHT_GRAD_TILE(wg_dy4_s, float, 4, 6, DY4)
-DEFINE_WEIGHT_GRAD_TILE(wg_dy4_v8, vec8, 4, 6, DY4)
+/* The dy blocks' transforms (DEFINE_TILE_TRANSFORM); the input tiles' are the forward's. */
+DEFINE_TILE_TRANSFORM(dy2_s, float, 2, 4, DY2)
+DEFINE_TILE_TRANSFORM(dy2_v8, vec8, 2, 4, DY2)
+DEFINE_TILE_TRANSFORM(dy4_s, float, 4, 6, DY4)
+DEFINE_TILE_TRANSFORM(dy4_v8, vec8, 4, 6, DY4)
 
-/* The SIDE x SIDE tiles [t0, t0 + count) of src, transformed, into V: point xi's rows at v + xi * vs,
- * ld floats apart; zero: src->channels zeros, read outside src. PREFETCH: the next tile's rows are
- * fetched while this one is transformed (x comes from memory, in rows the prefetchers pick up late). */
-#define DEFINE_WEIGHT_GRAD_BLOCK(NAME, ATTR, M, SIDE, VTILE, STILE, LANES, PREFETCH)                  \
-    ATTR static void NAME(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,       \
-                          int64_t count, float *v, int64_t vs, int64_t ld)                             \
-    {                                                                                                 \
-        const int64_t ch = src->channels, per_image = tl->tiles_h * tl->tiles_w;                      \
-        for (int64_t t = t0; t < t0 + count; t++) {                                                   \
-            const int64_t img = t / per_image, ty = t / tl->tiles_w % tl->tiles_h, tx = t % tl->tiles_w; \
-            const float *p[SIDE * SIDE];                                                              \
-            for (int i = 0; i < SIDE; i++) {                                                          \
-                const int64_t iy = ty * M - src->top + i;                                             \
-                for (int j = 0; j < SIDE; j++) {                                                      \
-                    const int64_t ix = tx * M - src->left + j;                                        \
-                    p[SIDE * i + j] = iy < 0 || iy >= src->h || ix < 0 || ix >= src->w                \
-                                          ? zero : src->data + ((img * src->h + iy) * src->w + ix) * ch; \
-                }                                                                                     \
-            }                                                                                         \
-            if (PREFETCH && t + 1 < t0 + count) {                                                     \
-                const int64_t n1 = t + 1, img1 = n1 / per_image, ty1 = n1 / tl->tiles_w % tl->tiles_h,  \
-                              tx1 = n1 % tl->tiles_w;                                                 \
-                const int64_t x0 = max64(0, tx1 * M - src->left), x1 = min64(src->w, tx1 * M - src->left + SIDE); \
-                for (int i = 0; i < SIDE; i++) {                                                      \
-                    const int64_t iy = ty1 * M - src->top + i;                                        \
-                    if (iy < 0 || iy >= src->h || x0 >= x1) continue;                                 \
-                    const char *a = (const char *)(src->data + ((img1 * src->h + iy) * src->w + x0) * ch); \
-                    const char *e = (const char *)(src->data + ((img1 * src->h + iy) * src->w + x1) * ch); \
-                    for (; a < e; a += 64) __builtin_prefetch(a);                                     \
-                }                                                                                     \
-            }                                                                                         \
-            float *row = v + (t - t0) * ld;                                                           \
-            int64_t c = 0;                                                                            \
-            for (; c + LANES <= ch; c += LANES) VTILE(p, c, row, vs);                                 \
-            for (; c < ch; c++) STILE(p, c, row, vs);                                                 \
-        }                                                                                             \
-    }
-DEFINE_WEIGHT_GRAD_BLOCK(wg_input2_generic, , 2, 4, wg_input2_s, wg_input2_s, 1, 1)
-DEFINE_WEIGHT_GRAD_BLOCK(wg_dy2_generic, , 2, 2, wg_dy2_s, wg_dy2_s, 1, 0)
-DEFINE_WEIGHT_GRAD_BLOCK(wg_input4_generic, , 4, 6, wg_input4_s, wg_input4_s, 1, 1)
-DEFINE_WEIGHT_GRAD_BLOCK(wg_dy4_generic, , 4, 4, wg_dy4_s, wg_dy4_s, 1, 0)
+DEFINE_INPUT_BLOCK(dy2_generic, , 2, 2, dy2_s, dy2_s, 1)
+DEFINE_INPUT_BLOCK(dy4_generic, , 4, 4, dy4_s, dy4_s, 1)
 #if defined(__x86_64__) || defined(_M_X64)
-DEFINE_WEIGHT_GRAD_BLOCK(wg_input2_avx2, AVX2, 2, 4, wg_input2_v8, wg_input2_s, 8, 1)
-DEFINE_WEIGHT_GRAD_BLOCK(wg_dy2_avx2, AVX2, 2, 2, wg_dy2_v8, wg_dy2_s, 8, 0)
-DEFINE_WEIGHT_GRAD_BLOCK(wg_input4_avx2, AVX2, 4, 6, wg_input4_v8, wg_input4_s, 8, 1)
-DEFINE_WEIGHT_GRAD_BLOCK(wg_dy4_avx2, AVX2, 4, 4, wg_dy4_v8, wg_dy4_s, 8, 0)
+DEFINE_INPUT_BLOCK(dy2_avx2, AVX2, 2, 2, dy2_v8, dy2_s, 8)
+DEFINE_INPUT_BLOCK(dy4_avx2, AVX2, 4, 4, dy4_v8, dy4_s, 8)
 #endif
 
-typedef void (*weight_grad_block)(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,
-                                  int64_t count, float *v, int64_t vs, int64_t ld);
 typedef struct {
-    weight_grad_block input, dy;
+    block_transform input, dy;
 } weight_grad_transforms;
 
 /* As active_transforms: the AVX2 ones wherever the GEMM kernel has vectors of 8 floats or more. */
@@ -663,12 +597,12 @@ static weight_grad_transforms active_weight_grad_transforms(const fc_gemm_kernel
 {
 #if defined(__x86_64__) || defined(_M_X64)
     if (kr->vector_bytes >= 32)
-        return tile == 4 ? (weight_grad_transforms){ wg_input4_avx2, wg_dy4_avx2 }
-                         : (weight_grad_transforms){ wg_input2_avx2, wg_dy2_avx2 };
+        return tile == 4 ? (weight_grad_transforms){ input4_avx2, dy4_avx2 }
+                         : (weight_grad_transforms){ input2_avx2, dy2_avx2 };
 #endif
     (void)kr;
-    return tile == 4 ? (weight_grad_transforms){ wg_input4_generic, wg_dy4_generic }
-                     : (weight_grad_transforms){ wg_input2_generic, wg_dy2_generic };
+    return tile == 4 ? (weight_grad_transforms){ input4_generic, dy4_generic }
+                     : (weight_grad_transforms){ input2_generic, dy2_generic };
 }
 
 /* The a^2 products of a block of k tiles, acc[xi] = V[xi]^T @ W[xi] (or its transpose) + acc[xi] when
@@ -790,8 +724,8 @@ int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, co
         for (int64_t part = 0; part < l.partials; part++) {
             for (int64_t b = part; b < l.t.blocks; b += l.partials) {
                 const int64_t t0 = l.t.tiles * b / l.t.blocks, count = l.t.tiles * (b + 1) / l.t.blocks - t0;
-                tf.input(&xs, &l.t.tl, zero, t0, count, v, l.vs, l.ldv);
-                tf.dy(&dys, &l.t.tl, zero, t0, count, w, l.ws, l.ldw);
+                tf.input(&xs, &l.t.tl, zero, t0, count, v, l.ldv, l.vs);
+                tf.dy(&dys, &l.t.tl, zero, t0, count, w, l.ldw, l.ws);
                 weight_grad_products(kr, &l, s, v, w, count, b != part, ws + part * l.acc);
             }
         }
