@@ -127,8 +127,9 @@ def python_share(model, images, labels, steps, rounds=3):
     plain, stubbed = float("inf"), float("inf")
     for _ in range(rounds):
         plain = min(plain, steps_best(model, images, labels, steps))
-        for name in real:
-            setattr(_C, name, lambda *args, **kwargs: None)
+        for name in real:  # the *_update_all calls say they updated (else the optimizer takes the one-by-one path)
+            setattr(_C, name, (lambda *args, **kwargs: True) if name.endswith("_update_all") else
+                    (lambda *args, **kwargs: None))
         try:
             with np.errstate(all="ignore"):  # the no-op kernels leave garbage in their outputs
                 stubbed = min(stubbed, steps_best(model, images, labels, steps))

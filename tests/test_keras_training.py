@@ -692,3 +692,14 @@ def test_a_sequential_model_nests_in_another():
     functional = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(inputs)))
     with pytest.raises(TypeError, match="functional Model"):
         keras.Sequential([functional, layers.Softmax()])
+
+
+def test_sparse_labels_become_one_hot_targets_and_bad_labels_are_refused():
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    labels = np.array([[3], [0], [9]], np.uint8)
+    expected = np.eye(10, dtype=np.float32)[[3, 0, 9]]
+    np.testing.assert_array_equal(loss.prepare_targets(labels, (3, 10), np.float32), expected)
+    np.testing.assert_array_equal(loss.prepare_targets(np.array([3.0, 0.0, 9.0]), (3, 10), np.float32), expected)
+    for bad in (np.array([3.5, 0, 9]), np.array([3, -1, 9]), np.array([3, 0, 10], np.uint64)):
+        with pytest.raises(ValueError, match=r"must be integers in \[0, 10\)"):
+            loss.prepare_targets(bad, (3, 10), np.float32)

@@ -186,12 +186,11 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         classes = pred_shape[-1]
         y = y.reshape(pred_shape[:-1])
         labels = y.astype(np.int64)
-        if y.size and (np.any(labels != y) or labels.min() < 0 or labels.max() >= classes):
+        fractional = y.dtype.kind not in "biu" and np.any(labels != y)  # integer labels convert exactly
+        if y.size and (fractional or labels.min() < 0 or labels.max() >= classes):
             raise ValueError(f"labels for {self.name!r} must be integers in [0, {classes}), "
                              f"got values in [{y.min()}, {y.max()}]")
-        one_hot = np.zeros(tuple(pred_shape), dtype=dtype)
-        np.put_along_axis(one_hot, labels[..., None], 1, axis=-1)
-        return one_hot
+        return (labels[..., None] == np.arange(classes)).astype(dtype)
 
     def get_config(self):
         config = super().get_config()
