@@ -22,10 +22,10 @@ from fastconv._args import FILL_MODES, INTERPOLATIONS, affine_arguments
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward", "avgpool2d",
     "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward", "set_num_threads",
-    "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "dropout_keep", "dropout_backward", "adam_update",
-    "adadelta_update", "rmsprop_update", "sgd_update", "adam_update_all", "adadelta_update_all", "rmsprop_update_all",
-    "sgd_update_all", "batch_norm", "batch_norm_statistics", "batch_norm_backward", "conv2d_algorithm",
-    "CONV_ALGORITHMS",
+    "get_num_threads", "conv2d_workspace_bytes", "relu_backward", "dropout", "dropout_keep", "dropout_backward",
+    "adam_update", "adadelta_update", "rmsprop_update", "sgd_update", "adam_update_all", "adadelta_update_all",
+    "rmsprop_update_all", "sgd_update_all", "batch_norm", "batch_norm_statistics", "batch_norm_backward",
+    "conv2d_algorithm", "CONV_ALGORITHMS",
     "conv2d_plan", "CONV_PATHS",
     "affine_transform",
 ]
@@ -523,14 +523,13 @@ def dropout_keep(x, rate, seed, first=0):
 
 def _dropout(x, rate, seed, first, mask_dtype):
     rate, seed = _check_dropout(rate, seed)
-    if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or first < 0:
-        raise ValueError(f"first must be an int >= 0, got {first!r}")
+    first = _check_first(first)
     x32 = as_float_array(x, "x")
     y = _empty(x32.shape, dtype=np.float32)
     mask = _empty(x32.shape, dtype=mask_dtype)
     if x32.size:
         floats = mask_dtype == np.float32
-        _C.dropout_forward(_flat(x32), rate, seed, int(first), _flat(y), _flat(mask) if floats else None,
+        _C.dropout_forward(_flat(x32), rate, seed, first, _flat(y), _flat(mask) if floats else None,
                            None if floats else _flat(mask))
     return y, mask
 
@@ -541,7 +540,8 @@ def dropout_backward(dy, keep, rate):
     rate, _ = _check_dropout(rate, 0)
     dy32 = as_float_array(dy, "dy")
     if not isinstance(keep, np.ndarray) or keep.dtype != np.uint8:
-        raise TypeError(f"keep must be the uint8 array of dropout_keep, got {getattr(keep, 'dtype', type(keep).__name__)}")
+        what = getattr(keep, "dtype", type(keep).__name__)
+        raise TypeError(f"keep must be the uint8 array of dropout_keep, got {what}")
     check_shape(keep, dy32.shape, "keep")
     keep = np.ascontiguousarray(keep)
     dx = _empty(dy32.shape, dtype=np.float32)

@@ -17,9 +17,9 @@ from fastconv.shapes import conv_geometry, conv_transpose_geometry, pool_geometr
 __all__ = [
     "gemm", "conv2d", "conv2d_backward", "conv2d_transpose", "maxpool2d", "maxpool2d_backward",
     "avgpool2d", "avgpool2d_backward", "global_avgpool2d", "global_avgpool2d_backward",
-    "relu_backward", "dropout", "dropout_keep", "dropout_backward", "adam_update", "adadelta_update", "rmsprop_update", "sgd_update",
-    "adam_update_all", "adadelta_update_all", "rmsprop_update_all", "sgd_update_all", "batch_norm",
-    "batch_norm_statistics", "batch_norm_backward", "affine_transform",
+    "relu_backward", "dropout", "dropout_keep", "dropout_backward", "adam_update", "adadelta_update",
+    "rmsprop_update", "sgd_update", "adam_update_all", "adadelta_update_all", "rmsprop_update_all", "sgd_update_all",
+    "batch_norm", "batch_norm_statistics", "batch_norm_backward", "affine_transform",
 ]
 
 
