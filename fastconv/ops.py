@@ -187,7 +187,8 @@ def conv2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, activat
     fused into the output write. Returns (N, OH, OW, Cout) float32, written into `out` if given.
 
     algorithm: "auto" (default) picks per shape: the direct kernels (few input channels), Winograd
-    F(4x4, 3x3) (3x3 stride-1 convs with 32 or more input and output channels, on AVX2), implicit GEMM
+    F(4x4, 3x3) or F(2x2, 3x3) (3x3 stride-1 convs with 8 or more input and output channels, on AVX2:
+    the tile size with fewer multiplies, where it saves a third of them or more), implicit GEMM
     (the micro-kernel reads the patches in place from padded input rows), im2col + GEMM, or one GEMM
     for a 1x1 conv; the other keys of CONV_ALGORITHMS force one where it applies ("winograd" is
     F(2x2, 3x3), "winograd4x4" F(4x4, 3x3): 3x3, stride 1, dilation 1). The rules are written

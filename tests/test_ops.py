@@ -71,13 +71,13 @@ def test_implicit_gemm_forward_matches_reference(isa, rng):
     """Stride-1 convs whose output rows fill the GEMM's register tiles read their patches in place."""
     mr = fastconv._C.gemm_blocking()[0]  # the register tile's rows
     cases = [  # (output width in tiles, x shape without width, w shape, padding)
-        (1, (2, 5, None, 8), (3, 3, 8, 16), "same"),
-        (2, (3, 7, None, 32), (3, 3, 32, 64), "valid"),
+        (1, (2, 5, None, 7), (3, 3, 7, 16), "same"),  # (7 channels: not Winograd)
+        (2, (3, 7, None, 32), (3, 3, 32, 7), "valid"),
         (1, (1, 4, None, 17), (2, 4, 17, 70), ((1, 2), (0, 3))),
         (3, (2, 6, None, 5), (5, 3, 5, 33), 1),
         (2, (1, 3, None, 64), (1, 3, 64, 40), "same"),
         # kernel rows over padding rows are skipped; the first and last two output rows see only padding
-        (1, (2, 4, None, 8), (3, 3, 8, 16), ((4, 4), (1, 1))),
+        (1, (2, 4, None, 7), (3, 3, 7, 16), ((4, 4), (1, 1))),
     ]
     for tiles, (n, h, _, cin), w_shape, padding in cases:
         g_pad = fastconv._args.conv_geometry((n, h, 64, cin), w_shape, 1, padding, 1)
@@ -119,7 +119,7 @@ def test_implicit_gemm_forward_matches_reference(isa, rng):
                                          activation="relu"), np.prod(w_shape[:3]))
     # Padding deeper than the kernel: implicit GEMM forward and dw, but dx through im2col. dw keeps the
     # same bits with and without dx.
-    x_shape, w_shape, padding = (2, 6, 2 * mr - 2, 8), (3, 3, 8, 32), ((3, 3), (2, 2))
+    x_shape, w_shape, padding = (2, 6, 2 * mr - 2, 7), (3, 3, 7, 32), ((3, 3), (2, 2))  # (7: not Winograd)
     assert fastconv.conv2d_algorithm(x_shape, w_shape, padding=padding) == "implicit"
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)

@@ -126,10 +126,10 @@ def test_where_winograd_applies_and_what_auto_picks(monkeypatch):
             assert not auto.startswith("winograd")
         assert fastconv.conv2d_algorithm((1, 9, 9, 8), (3, 3, 8, 8), algorithm=algorithm.upper()) == algorithm
     # auto: few channels stay with implicit GEMM
-    assert fastconv.conv2d_algorithm((1, 28, 28, 16), (3, 3, 16, 16), padding="same") == "implicit"
+    assert fastconv.conv2d_algorithm((1, 28, 28, 6), (3, 3, 6, 6), padding="same") == "implicit"
     for algorithm in VARIANTS:
         monkeypatch.setenv("FASTCONV_CONV_ALGO", algorithm)
-        assert fastconv.conv2d_algorithm((1, 28, 28, 16), (3, 3, 16, 16), padding="same") == algorithm
+        assert fastconv.conv2d_algorithm((1, 28, 28, 6), (3, 3, 6, 6), padding="same") == algorithm
 
 
 @pytest.mark.parametrize("algorithm", VARIANTS)
@@ -150,19 +150,28 @@ def test_a_call_allocates_what_conv2d_workspace_bytes_says(rng, algorithm, backw
     assert reported > 0
 
 
-def test_auto_takes_winograd4x4_only_where_it_was_measured_faster(isa):
-    """Auto's rule (csrc/conv/conv.c): 3x3 stride 1, 32 or more channels both ways, an output of 8x8 or
-    more that fills at least three quarters of its 4x4 tiles, on the AVX2 kernel."""
-    wide = ((8, 14, 14, 32), (3, 3, 32, 64), "same")
-    plan = fastconv.ops.conv2d_plan(*wide[:2], padding=wide[2], backward=True)
-    if isa == "avx2":
-        assert fastconv.conv2d_algorithm(*wide[:2], padding=wide[2]) == "winograd4x4"
-        assert plan["dx"] == "winograd"
-    else:
-        assert not fastconv.conv2d_algorithm(*wide[:2], padding=wide[2]).startswith("winograd")
-    for x_shape, w_shape in (((8, 14, 14, 16), (3, 3, 16, 64)), ((8, 10, 10, 32), (3, 3, 32, 32)),
-                             ((8, 6, 6, 64), (3, 3, 64, 64)), ((8, 14, 14, 32), (5, 5, 32, 64))):
-        assert not fastconv.conv2d_algorithm(x_shape, w_shape, padding="same").startswith("winograd")
+def test_auto_takes_winograd_only_where_it_was_measured_faster(isa):
+    """Auto's rule (csrc/conv/conv.c): 3x3 stride 1, 8 or more channels both ways, on the AVX2 kernel;
+    the tile size with fewer multiplies (F(2x2, 3x3) on a tie), where that is at most 2/3 of the direct
+    method's 9 per output pixel."""
+    cases = [  # x shape, w shape, auto's forward on AVX2
+        ((8, 14, 14, 32), (3, 3, 32, 64), "winograd4x4"),  # 16 4x4 tiles: 576 multiplies, 49 2x2 ones: 784
+        ((8, 14, 14, 8), (3, 3, 8, 16), "winograd4x4"),
+        ((8, 3, 3, 64), (3, 3, 64, 64), "winograd4x4"),    # one 4x4 tile (36) against four 2x2 ones (64)
+        ((8, 6, 6, 64), (3, 3, 64, 64), "winograd"),       # 4 4x4 tiles or 9 2x2 ones: 144 each
+        ((8, 2, 2, 64), (3, 3, 64, 64), "winograd"),       # 16 multiplies for 4 pixels
+        ((8, 1, 1, 64), (3, 3, 64, 64), None),             # 16 for 1 pixel: more than direct's 9
+        ((8, 14, 14, 7), (3, 3, 7, 64), None),
+        ((8, 14, 14, 64), (3, 3, 64, 7), None),
+        ((8, 14, 14, 32), (5, 5, 32, 64), None),
+    ]
+    for x_shape, w_shape, want in cases:
+        got = fastconv.conv2d_algorithm(x_shape, w_shape, padding="same")
+        if isa == "avx2" and want:
+            assert got == want, (x_shape, w_shape)
+            assert fastconv.ops.conv2d_plan(x_shape, w_shape, padding="same", backward=True)["dx"] == "winograd"
+        else:
+            assert not got.startswith("winograd"), (x_shape, w_shape)
 
 
 def test_auto_takes_the_winograd_weight_gradient_only_where_it_was_measured_faster(isa, rng):

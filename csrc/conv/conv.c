@@ -4,9 +4,10 @@
  *   forward, "auto":
  *     - direct kernels for 1..4 input channels (a GEMM's K = kh*kw*cin would be too short to pay for
  *       copying patches), unless the conv is a 1x1, stride-1, unpadded one;
- *     - Winograd F(4x4, 3x3) for a 3x3, stride-1, undilated conv with at least WINOGRAD_MIN_CHANNELS
- *       input and output channels whose output is at least 8x8 and wastes at most a third of its 4x4
- *       tiles (winograd_pays: measured faster than implicit GEMM there, on the AVX2 kernel only);
+ *     - Winograd for a 3x3, stride-1, undilated conv with at least WINOGRAD_MIN_CHANNELS input and
+ *       output channels, on the AVX2 kernel only (measured faster than implicit GEMM and im2col there):
+ *       F(4x4, 3x3) or F(2x2, 3x3), whichever does fewer multiplies over the output's tiles, where that
+ *       is at most 2/3 of the direct method's (winograd_forward_tile: not for a 1x1 output);
  *     - implicit GEMM where it applies: stride 1, dilation 1, and output rows that fill the GEMM's
  *       register tiles (implicit_tiling) or at most FC_FEW_OUTPUTS_MAX_COUT output channels (each
  *       output row then as dot products along the taps);
@@ -20,7 +21,7 @@
  *       (im2col's dy @ w^T and scatter is faster with few input channels); else dy @ w^T, col2im;
  *     - dw: Winograd for a 3x3, stride-1, undilated conv with at least WINOGRAD_DW_MIN_CHANNELS input
  *       and output channels (measured faster than the paths below, on the AVX2 kernel only): the
- *       transposed F(3x3, 4x4) where the output fills its 4x4 tiles as for the forward, else
+ *       transposed F(3x3, 4x4) where the output fills its 4x4 tiles (fills_4x4_tiles), else
  *       F(3x3, 2x2); forced with "winograd" (2x2) and "winograd4x4" (4x4) wherever Winograd applies;
  *     - else the direct kernels where the forward is direct; for stride 1 and dilation 1 (auto and
  *       "implicit"), a GEMM per kernel row over each padded image when cin * cout is large enough and
@@ -91,17 +92,29 @@ static int winograd_tile(int algo) { return algo == FC_CONV_WINOGRAD4X4 ? 4 : 2;
 
 /* auto's Winograd (the policy above). With fewer channels the GEMMs are too short to pay for the
  * transforms; smaller or ragged outputs leave too much of the 4x4 tiles unused. */
-enum { WINOGRAD_MIN_CHANNELS = 32, WINOGRAD_DW_MIN_CHANNELS = 16 };
+enum { WINOGRAD_MIN_CHANNELS = 8, WINOGRAD_DW_MIN_CHANNELS = 16 };
 static int fills_4x4_tiles(const fc_conv_shape *s)
 {
     const int64_t tiled = (s->oh + 3) / 4 * 4 * ((s->ow + 3) / 4 * 4);
     return s->oh >= 8 && s->ow >= 8 && 3 * tiled <= 4 * s->oh * s->ow;
 }
 
-static int winograd_pays(const fc_conv_shape *s, const fc_gemm_kernel *kr)
+/* The multiplies per channel pair of F(tile x tile, 3x3) over the whole output, partial tiles whole. */
+static int64_t winograd_multiplies(const fc_conv_shape *s, int tile)
 {
-    return kr->vector_bytes == 32 && fc_winograd_applies(s) && s->cin >= WINOGRAD_MIN_CHANNELS &&
-           s->cout >= WINOGRAD_MIN_CHANNELS && fills_4x4_tiles(s);
+    return (s->oh + tile - 1) / tile * ((s->ow + tile - 1) / tile) * (tile + 2) * (tile + 2);
+}
+
+/* The forward's (and a dx conv's) Winograd tile under auto, 2 or 4; 0: not Winograd. The tile size
+ * with fewer multiplies (F(2x2) on a tie: its transforms are cheaper), where that is at most 2/3 of the
+ * direct method's 9 per output pixel (a 1x1 output would take 16). */
+static int winograd_forward_tile(const fc_conv_shape *s, const fc_gemm_kernel *kr)
+{
+    if (kr->vector_bytes != 32 || !fc_winograd_applies(s) || s->cin < WINOGRAD_MIN_CHANNELS ||
+        s->cout < WINOGRAD_MIN_CHANNELS)
+        return 0;
+    const int64_t f2 = winograd_multiplies(s, 2), f4 = winograd_multiplies(s, 4);
+    return 3 * min64(f2, f4) > 2 * 9 * s->oh * s->ow ? 0 : f4 < f2 ? 4 : 2;
 }
 
 /* The side of the weight gradient's Winograd blocks of dy, 2 or 4; 0: not Winograd. auto's (the policy
@@ -123,7 +136,8 @@ static int resolve_algorithm(const fc_conv_shape *s, int algo, const fc_gemm_ker
     if (is_winograd(algo)) return fc_winograd_applies(s) ? algo : resolve_algorithm(s, FC_CONV_AUTO, kr);
     if (algo == FC_CONV_IMPLICIT) return implicit_applies(s, kr) ? FC_CONV_IMPLICIT : FC_CONV_IM2COL;
     if (s->cin <= 4 && !is_pointwise(s)) return FC_CONV_DIRECT;
-    if (winograd_pays(s, kr)) return FC_CONV_WINOGRAD4X4;
+    const int tile = winograd_forward_tile(s, kr);
+    if (tile) return tile == 4 ? FC_CONV_WINOGRAD4X4 : FC_CONV_WINOGRAD;
     return implicit_applies(s, kr) ? FC_CONV_IMPLICIT : FC_CONV_IM2COL;
 }
 
