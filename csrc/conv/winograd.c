@@ -196,8 +196,8 @@ typedef struct {
 
 /* The SIDE x SIDE tiles [t0, t0 + count) of src, transformed, into V: tile t's point xi at
  * v + (t - t0) * ts + xi * vs (src->channels floats); zero: src->channels zeros, read outside src.
- * PREFETCH: the next tile's rows are fetched while this one is transformed (the weight gradient's x,
- * read from memory in short rows the prefetchers pick up late). */
+ * PREFETCH: the next tile's rows are fetched while this one is transformed (x, read from memory in
+ * short rows the prefetchers pick up late). */
 #define DEFINE_INPUT_BLOCK(NAME, ATTR, M, SIDE, VTILE, STILE, LANES, PREFETCH)                        \
     ATTR static void NAME(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,       \
                           int64_t count, float *v, int64_t ts, int64_t vs)                             \
@@ -260,14 +260,14 @@ typedef struct {
     }
 
 #define AVX2 __attribute__((target("avx2,fma")))
-DEFINE_INPUT_BLOCK(input2_generic, , 2, 4, input2_s, input2_s, 1, 0)
+DEFINE_INPUT_BLOCK(input2_generic, , 2, 4, input2_s, input2_s, 1, 1)
 DEFINE_OUTPUT_BLOCK(output2_generic, , 2, output2_s, output2_s, 1)
-DEFINE_INPUT_BLOCK(input4_generic, , 4, 6, input4_s, input4_s, 1, 0)
+DEFINE_INPUT_BLOCK(input4_generic, , 4, 6, input4_s, input4_s, 1, 1)
 DEFINE_OUTPUT_BLOCK(output4_generic, , 4, output4_s, output4_s, 1)
 #if defined(__x86_64__) || defined(_M_X64)
-DEFINE_INPUT_BLOCK(input2_avx2, AVX2, 2, 4, input2_v8, input2_s, 8, 0)
+DEFINE_INPUT_BLOCK(input2_avx2, AVX2, 2, 4, input2_v8, input2_s, 8, 1)
 DEFINE_OUTPUT_BLOCK(output2_avx2, AVX2, 2, output2_v8, output2_s, 8)
-DEFINE_INPUT_BLOCK(input4_avx2, AVX2, 4, 6, input4_v8, input4_s, 8, 0)
+DEFINE_INPUT_BLOCK(input4_avx2, AVX2, 4, 6, input4_v8, input4_s, 8, 1)
 DEFINE_OUTPUT_BLOCK(output4_avx2, AVX2, 4, output4_v8, output4_s, 8)
 #endif
 
@@ -595,15 +595,11 @@ DEFINE_TILE_TRANSFORM(dy2_v8, vec8, 2, 4, DY2)
 DEFINE_TILE_TRANSFORM(dy4_s, float, 4, 6, DY4)
 DEFINE_TILE_TRANSFORM(dy4_v8, vec8, 4, 6, DY4)
 
-/* The weight gradient's blocks: its input tiles with the prefetch (measured faster there; the forward's
- * instances above go without), its dy blocks without (measured no faster). */
-DEFINE_INPUT_BLOCK(input2_prefetch_generic, , 2, 4, input2_s, input2_s, 1, 1)
-DEFINE_INPUT_BLOCK(input4_prefetch_generic, , 4, 6, input4_s, input4_s, 1, 1)
+/* The weight gradient's dy blocks: without the prefetch (measured no faster); its input tiles are the
+ * forward's. */
 DEFINE_INPUT_BLOCK(dy2_generic, , 2, 2, dy2_s, dy2_s, 1, 0)
 DEFINE_INPUT_BLOCK(dy4_generic, , 4, 4, dy4_s, dy4_s, 1, 0)
 #if defined(__x86_64__) || defined(_M_X64)
-DEFINE_INPUT_BLOCK(input2_prefetch_avx2, AVX2, 2, 4, input2_v8, input2_s, 8, 1)
-DEFINE_INPUT_BLOCK(input4_prefetch_avx2, AVX2, 4, 6, input4_v8, input4_s, 8, 1)
 DEFINE_INPUT_BLOCK(dy2_avx2, AVX2, 2, 2, dy2_v8, dy2_s, 8, 0)
 DEFINE_INPUT_BLOCK(dy4_avx2, AVX2, 4, 4, dy4_v8, dy4_s, 8, 0)
 #endif
@@ -617,12 +613,12 @@ static weight_grad_transforms active_weight_grad_transforms(const fc_gemm_kernel
 {
 #if defined(__x86_64__) || defined(_M_X64)
     if (kr->vector_bytes >= 32)
-        return tile == 4 ? (weight_grad_transforms){ input4_prefetch_avx2, dy4_avx2 }
-                         : (weight_grad_transforms){ input2_prefetch_avx2, dy2_avx2 };
+        return tile == 4 ? (weight_grad_transforms){ input4_avx2, dy4_avx2 }
+                         : (weight_grad_transforms){ input2_avx2, dy2_avx2 };
 #endif
     (void)kr;
-    return tile == 4 ? (weight_grad_transforms){ input4_prefetch_generic, dy4_generic }
-                     : (weight_grad_transforms){ input2_prefetch_generic, dy2_generic };
+    return tile == 4 ? (weight_grad_transforms){ input4_generic, dy4_generic }
+                     : (weight_grad_transforms){ input2_generic, dy2_generic };
 }
 
 /* The a^2 products of a block of k tiles, acc[xi] = V[xi]^T @ W[xi] (or its transpose) + acc[xi] when
