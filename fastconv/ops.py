@@ -245,8 +245,8 @@ def conv2d_backward(dy, x, w, *, strides=1, padding="valid", dilation_rate=1, ne
     ReLU's input (zero where x <= 0): relu_backward(dx, x) fused into the same pass.
     algorithm as in conv2d; which paths compute dx and dw (the direct kernels, implicit GEMM, Winograd,
     GEMMs over padded images, im2col + GEMM and col2im) is `conv2d_plan(..., backward=True)`'s answer.
-    dw of a 3x3 stride-1 conv with 16 or more channels both ways is Winograd's F(3x3, 4x4) or
-    F(3x3, 2x2) under "auto" on AVX2 (where measured faster); "winograd" and "winograd4x4" force
+    dw of a 3x3 stride-1 conv is Winograd's F(3x3, 4x4) or F(3x3, 2x2) under "auto" on AVX2 wherever
+    the forward is Winograd, with the same tile (where measured faster); "winograd" and "winograd4x4" force
     F(3x3, 2x2) and F(3x3, 4x4) for dw as they do F(2x2, 3x3) and F(4x4, 3x3) for dx (accuracy: conv2d).
     Deterministic: dw and db are reduced over the batch in a fixed order for any thread count.
     Extra memory: a fixed number (at most 16) of partial dw/db sums, plus per thread, for dw, one

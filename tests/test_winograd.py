@@ -175,10 +175,13 @@ def test_auto_takes_winograd_only_where_it_was_measured_faster(isa):
 
 
 def test_auto_takes_the_winograd_weight_gradient_only_where_it_was_measured_faster(isa, rng):
-    """Auto's rule (csrc/conv/conv.c): 3x3 stride 1, 16 or more channels both ways, on the AVX2 kernel;
-    F(3x3, 4x4) where the output fills its 4x4 tiles as for the forward, else F(3x3, 2x2)."""
+    """Auto's rule (csrc/conv/conv.c): where the forward is Winograd (3x3 stride 1, 8 or more channels
+    both ways, on the AVX2 kernel, not a 1x1 output), with the forward's tile: the one with fewer
+    multiplies over the output, F(3x3, 2x2) on a tie."""
     for x_shape, w_shape, tile in (((4, 14, 14, 32), (3, 3, 32, 64), "winograd4x4"),
-                                   ((4, 9, 9, 16), (3, 3, 16, 16), "winograd")):
+                                   ((4, 9, 9, 16), (3, 3, 16, 16), "winograd4x4"),
+                                   ((4, 5, 5, 16), (3, 3, 16, 16), "winograd"),   # 144 multiplies each
+                                   ((4, 14, 14, 16), (3, 3, 16, 8), "winograd4x4")):
         plan = fastconv.ops.conv2d_plan(x_shape, w_shape, padding="same", backward=True)
         assert (plan["dw"] == "winograd") == (isa == "avx2")
         x = rng.standard_normal(x_shape).astype(np.float32)
@@ -188,7 +191,8 @@ def test_auto_takes_the_winograd_weight_gradient_only_where_it_was_measured_fast
         if isa == "avx2":  # the very tile auto picked: the same bits
             np.testing.assert_array_equal(dw, fastconv.conv2d_backward(dy, x, w, padding="same", need_dx=False,
                                                                        algorithm=tile)[1])
-    for x_shape, w_shape, kwargs in (((4, 14, 14, 16), (3, 3, 16, 8), {}), ((4, 14, 14, 8), (3, 3, 8, 64), {}),
+    for x_shape, w_shape, kwargs in (((4, 14, 14, 16), (3, 3, 16, 7), {}), ((4, 14, 14, 7), (3, 3, 7, 64), {}),
+                                     ((4, 1, 1, 32), (3, 3, 32, 32), {}),
                                      ((4, 14, 14, 32), (5, 5, 32, 64), {}), ((4, 14, 14, 32), (3, 3, 32, 64),
                                                                              dict(strides=2))):
         assert fastconv.ops.conv2d_plan(x_shape, w_shape, padding="same", backward=True, **kwargs)["dw"] != "winograd"

@@ -19,10 +19,10 @@
  *       the flipped kernel when the conv has stride 1 and dilation 1 and that conv applies; the direct
  *       kernels' dx only when forced
  *       (im2col's dy @ w^T and scatter is faster with few input channels); else dy @ w^T, col2im;
- *     - dw: Winograd for a 3x3, stride-1, undilated conv with at least WINOGRAD_DW_MIN_CHANNELS input
- *       and output channels (measured faster than the paths below, on the AVX2 kernel only): the
- *       transposed F(3x3, 4x4) where the output fills its 4x4 tiles (fills_4x4_tiles), else
- *       F(3x3, 2x2); forced with "winograd" (2x2) and "winograd4x4" (4x4) wherever Winograd applies;
+ *     - dw: Winograd where the forward's rule takes it (measured faster than the paths below there, on
+ *       the AVX2 kernel only): the transposed F(3x3, 4x4) or F(3x3, 2x2), the one the forward would
+ *       take (fewer multiplies); forced with "winograd" (2x2) and "winograd4x4" (4x4) wherever
+ *       Winograd applies;
  *     - else the direct kernels where the forward is direct; for stride 1 and dilation 1 (auto and
  *       "implicit"), a GEMM per kernel row over each padded image when cin * cout is large enough and
  *       the padding columns add at most a fifth, or the direct kernels' few-output rows over it for
@@ -91,13 +91,8 @@ static int is_winograd(int algo) { return algo == FC_CONV_WINOGRAD || algo == FC
 static int winograd_tile(int algo) { return algo == FC_CONV_WINOGRAD4X4 ? 4 : 2; }
 
 /* auto's Winograd (the policy above). With fewer channels the GEMMs are too short to pay for the
- * transforms; smaller or ragged outputs leave too much of the 4x4 tiles unused. */
-enum { WINOGRAD_MIN_CHANNELS = 8, WINOGRAD_DW_MIN_CHANNELS = 16 };
-static int fills_4x4_tiles(const fc_conv_shape *s)
-{
-    const int64_t tiled = (s->oh + 3) / 4 * 4 * ((s->ow + 3) / 4 * 4);
-    return s->oh >= 8 && s->ow >= 8 && 3 * tiled <= 4 * s->oh * s->ow;
-}
+ * transforms. */
+enum { WINOGRAD_MIN_CHANNELS = 8 };
 
 /* The multiplies per channel pair of F(tile x tile, 3x3) over the whole output, partial tiles whole. */
 static int64_t winograd_multiplies(const fc_conv_shape *s, int tile)
@@ -117,16 +112,14 @@ static int winograd_forward_tile(const fc_conv_shape *s, const fc_gemm_kernel *k
     return 3 * min64(f2, f4) > 2 * 9 * s->oh * s->ow ? 0 : f4 < f2 ? 4 : 2;
 }
 
-/* The side of the weight gradient's Winograd blocks of dy, 2 or 4; 0: not Winograd. auto's (the policy
- * above): with fewer channels the direct kernels' few-output rows or the GEMMs per kernel row are faster. */
+/* The side of the weight gradient's Winograd blocks of dy, 2 or 4; 0: not Winograd. auto's is the
+ * forward's tile (the policy above): the same multiplies per tile, and with fewer channels the direct
+ * kernels' few-output rows or the GEMMs per kernel row are faster. */
 static int winograd_weight_grad_tile(const fc_conv_shape *s, int algo, const fc_gemm_kernel *kr)
 {
     if (!fc_winograd_applies(s)) return 0;
     if (is_winograd(algo)) return winograd_tile(algo);
-    if (algo != FC_CONV_AUTO || kr->vector_bytes != 32 || s->cin < WINOGRAD_DW_MIN_CHANNELS ||
-        s->cout < WINOGRAD_DW_MIN_CHANNELS)
-        return 0;
-    return fills_4x4_tiles(s) ? 4 : 2;
+    return algo == FC_CONV_AUTO ? winograd_forward_tile(s, kr) : 0;
 }
 
 /* The forward algorithm `algo` resolves to: FC_CONV_DIRECT, _IMPLICIT, a Winograd code or _IM2COL. */
