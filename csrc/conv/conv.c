@@ -31,8 +31,9 @@
  *     - db with dw's loop (with the dx or db-only blocks loop when dw is Winograd: the same sums).
  *
  * Scratch: each pass takes one block of the FC_SCRATCH_CALL slot, its shared buffers first, then one
- * slice per thread (every part whole cache lines); the input gradient's conv keeps its kernel in
- * FC_SCRATCH_KERNEL; a pointwise forward's GEMM takes FC_SCRATCH_GEMM. plan.slot says how many floats. */
+ * slice per thread (every part whole cache lines); an implicit-GEMM input gradient's conv keeps its
+ * flipped kernel in FC_SCRATCH_KERNEL; a pointwise forward's GEMM takes FC_SCRATCH_GEMM. plan.slot says
+ * how many floats. */
 #include <string.h>
 
 #include "plan.h"
@@ -371,7 +372,7 @@ static void plan_forward(conv_plan *p)
     } else if (is_winograd(resolved)) {
         p->forward = PATH_WINOGRAD;
         p->winograd_tile = winograd_tile(resolved);
-        fc_winograd_workspace(s, p->winograd_tile, &p->slot[FC_SCRATCH_CALL], &p->slot[FC_SCRATCH_KERNEL]);
+        p->slot[FC_SCRATCH_CALL] = fc_winograd_workspace(s, p->winograd_tile);
         p->threads = fc_threads_for_work(forward_flops(s));
     } else if (is_pointwise(s)) {  /* one GEMM reading x in place, in its FC_SCRATCH_GEMM block (at most this) */
         p->forward = PATH_GEMM;
@@ -399,7 +400,7 @@ static void plan_backward(conv_plan *p, int algo)
         input_grad_as_conv(s, &p->t) && is_winograd(resolve_algorithm(&p->t, algo, p->gemm))) {
         p->dx = PATH_WINOGRAD;
         p->winograd_tile = winograd_tile(resolve_algorithm(&p->t, algo, p->gemm));
-        fc_winograd_workspace(&p->t, p->winograd_tile, &p->slot[FC_SCRATCH_CALL], &p->slot[FC_SCRATCH_KERNEL]);
+        p->slot[FC_SCRATCH_CALL] = fc_winograd_workspace(&p->t, p->winograd_tile);
         p->threads = fc_threads_for_work(forward_flops(&p->t));
         algo = FC_CONV_AUTO;
     } else {

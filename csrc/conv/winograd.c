@@ -421,11 +421,10 @@ static layout make_layout(const fc_conv_shape *s, int tile, const fc_gemm_kernel
     return l;
 }
 
-void fc_winograd_workspace(const fc_conv_shape *s, int tile, int64_t *call, int64_t *kernel)
+int64_t fc_winograd_workspace(const fc_conv_shape *s, int tile)
 {
     const layout l = make_layout(s, tile, fc_active_float32_gemm_kernel());
-    *call = l.shared + l.threads * l.per_thread;
-    *kernel = 0;
+    return l.shared + l.threads * l.per_thread;
 }
 
 /* U[xi] = G g G^T of input channel k, written straight into the packed B panels of point xi (the pack

@@ -33,10 +33,9 @@
 /* Can s run as Winograd? A 3x3 kernel, stride 1, dilation 1 (any padding). */
 int fc_winograd_applies(const fc_conv_shape *s);
 
-/* The scratch of fc_winograd_forward: *call floats from FC_SCRATCH_CALL (the packed transformed kernel
- * and one slice per thread) and *kernel floats from FC_SCRATCH_KERNEL (none: 0), at the thread count a
- * call would use now. */
-void fc_winograd_workspace(const fc_conv_shape *s, int tile, int64_t *call, int64_t *kernel);
+/* The scratch of fc_winograd_forward: its FC_SCRATCH_CALL floats (the packed transformed kernel and one
+ * slice per thread) at the thread count a call would use now. */
+int64_t fc_winograd_workspace(const fc_conv_shape *s, int tile);
 
 /* y (n, oh, ow, cout) = conv(x, w) + bias (may be NULL) as F(tile x tile, 3x3), tile 2 or 4, then ReLU
  * if asked, then zeroed where mask_by <= 0 when mask_by (the size of y) is not NULL. w is the
