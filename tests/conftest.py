@@ -12,6 +12,16 @@ def outside_the_source_tree(tmp_path_factory, monkeypatch):
     monkeypatch.chdir(tmp_path_factory.mktemp("work"))
 
 
+@pytest.fixture(autouse=True)
+def global_dtype_policy_restored():
+    """A test that sets a global dtype policy leaves it as it found it: unset, it follows set_floatx,
+    which later tests rely on."""
+    from fastconv.keras import dtype_policies
+    saved = dtype_policies._global_policy
+    yield
+    dtype_policies._global_policy = saved
+
+
 @pytest.fixture(params=fastconv.available_isas())
 def isa(request):
     """Runs a test once on every instruction-set path this CPU supports."""

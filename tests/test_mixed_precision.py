@@ -11,12 +11,6 @@ from fastconv import keras, precision
 from fastconv.keras import dtype_policies, layers
 
 
-@pytest.fixture(autouse=True)
-def float32_policy_afterwards():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.fixture
 def portable_bf16():
     precision.set_bf16_kernel("portable")
