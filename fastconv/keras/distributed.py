@@ -503,7 +503,7 @@ def _buckets(sizes, itemsize):
 
 
 def _shape(variable):
-    # a Variable's own shape: np.shape() goes through its __array_function__, at ~10 us a call
+    # a Variable's own shape: np.shape() goes through its __array_function__, slow on the per-step path
     shape = getattr(variable, "shape", None)
     return tuple(shape) if shape is not None else tuple(np.shape(variable))
 
@@ -927,6 +927,10 @@ def abort_on_error(function, *args):
 
 def _abort(code):
     import sys
+    import time
     sys.stdout.flush()
     sys.stderr.flush()
+    # mpiexec forwards a rank's output asynchronously: aborting at once can kill the forwarding
+    # process before the error message reaches the user's terminal.
+    time.sleep(0.5)
     _mpi().COMM_WORLD.Abort(code)
