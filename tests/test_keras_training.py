@@ -76,6 +76,54 @@ def test_fused_gradients_equal_the_chain_through_the_activation():
     assert cce.fused(y, z, keras.activations.relu) is None
 
 
+@pytest.mark.parametrize("shape", [(7, 5), (3, 4, 6), (2, 1)])
+def test_sparse_fused_loss_from_labels_matches_a_float64_reference(shape):
+    rng = np.random.default_rng(1)
+    z = (3 * rng.standard_normal(shape)).astype(np.float32)
+    labels = rng.integers(0, shape[-1], size=shape[:-1])
+    loss = losses.SparseCategoricalCrossentropy()
+    values, grad = loss.fused_from_labels(labels, z, keras.activations.softmax)
+    z64 = z.astype(np.float64)
+    log_p = z64 - z64.max(axis=-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=-1, keepdims=True))
+    y = np.eye(shape[-1])[labels]
+    assert values.dtype == grad.dtype == np.float32 and values.shape == shape[:-1] and grad.shape == shape
+    np.testing.assert_allclose(values, -(y * log_p).sum(axis=-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, (np.exp(log_p) - y) / labels.size, rtol=1e-5, atol=1e-7)
+    # the one-hot path gives the same bits, and a non-softmax output or from_logits is not fused here
+    one_hot_values, one_hot_grad = loss.fused(loss.prepare_targets(labels, shape, np.float32), z,
+                                              keras.activations.softmax)
+    assert values.tobytes() == one_hot_values.tobytes() and grad.tobytes() == one_hot_grad.tobytes()
+    assert loss.fused_from_labels(labels, z, keras.activations.sigmoid) is None
+    assert losses.SparseCategoricalCrossentropy(from_logits=True).fused_from_labels(labels, z, None) is None
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "sparse_categorical_accuracy", "acc"])
+def test_sparse_training_step_loss_accuracy_and_update_match_a_float64_reference(metric):
+    """One SGD step of Dense(relu) -> Dense(softmax) on integer labels, computed by hand in float64."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((12, 6)).astype(np.float32)
+    labels = rng.integers(0, 4, size=12).astype(np.uint8)
+    model = Sequential([keras.Input((6,)), Dense(8, activation="relu"), Dense(4, activation="softmax")])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.5), loss="sparse_categorical_crossentropy",
+                  metrics=[metric])
+    w1, b1, w2, b2 = [w.astype(np.float64) for w in model.get_weights()]
+    b1 += 0.1 * rng.standard_normal(b1.shape)
+    b2 += 0.1 * rng.standard_normal(b2.shape)
+    model.set_weights([w1, b1, w2, b2])
+    logs = model.train_on_batch(x, labels, return_dict=True)
+    h = np.maximum(x @ w1 + b1, 0)
+    p = softmax(h @ w2 + b2)
+    y = np.eye(4)[labels]
+    assert math.isclose(logs["loss"], -np.log(p[np.arange(12), labels]).mean(), rel_tol=1e-5)
+    assert logs[metric] == pytest.approx(np.mean(p.argmax(axis=1) == labels), abs=1e-7)
+    dz2 = (p - y) / 12
+    dh = (dz2 @ w2.T) * (h > 0)
+    expected = [w1 - 0.5 * x.T @ dh, b1 - 0.5 * dh.sum(axis=0), w2 - 0.5 * h.T @ dz2, b2 - 0.5 * dz2.sum(axis=0)]
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_categorical_crossentropy_on_one_sigmoid_unit_is_keras_like():
     # Keras rescales predictions to sum to one: a single unit always predicts "1", the loss is ~0.
     values = losses.categorical_crossentropy(np.array([[1.0], [0.0]]), np.array([[0.3], [0.8]]))

@@ -180,7 +180,8 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
                              f"{_format(pred_shape)} for loss {self.name!r}: expected integer labels of shape "
                              f"{_format(pred_shape[:-1])}")
 
-    def prepare_targets(self, y_true, pred_shape, dtype):
+    def class_labels(self, y_true, pred_shape):
+        """y_true as int64 class indices of shape pred_shape[:-1], or a ValueError saying why they do not fit."""
         y = np.asarray(y_true)
         self.check_target_shape(y.shape, pred_shape)
         classes = pred_shape[-1]
@@ -190,12 +191,52 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
         if y.size and (fractional or labels.min() < 0 or labels.max() >= classes):
             raise ValueError(f"labels for {self.name!r} must be integers in [0, {classes}), "
                              f"got values in [{y.min()}, {y.max()}]")
-        return (labels[..., None] == np.arange(classes)).astype(dtype)
+        return labels
+
+    def prepare_targets(self, y_true, pred_shape, dtype):
+        return one_hot(self.class_labels(y_true, pred_shape), pred_shape[-1], dtype)
+
+    def fused_from_labels(self, labels, logits, activation):
+        """fused() given the class indices instead of their one-hot targets: the same values, bit for
+        bit, without building and multiplying the one-hot matrix (a training step's loss)."""
+        if self.from_logits or self.label_smoothing or activation is not activations.softmax:
+            return None
+        logits = np.ascontiguousarray(logits)  # the flat views below must be views
+        log_p = logits - np.maximum.reduce(logits, axis=-1, keepdims=True)
+        sums = np.add.reduce(np.exp(log_p), axis=-1, keepdims=True)
+        log_p -= np.log(sums, out=sums)
+        grad = np.exp(log_p)
+        # The label entries, as indices into the flat arrays: a one-hot row's sum -(y * log_p) is its
+        # label's -log_p, and (p - y) subtracts 1 there only.
+        at = _flat_label_index(labels, logits.shape[-1])
+        per_sample = np.negative(log_p.reshape(-1)[at]).reshape(labels.shape)
+        grad.reshape(-1)[at] -= 1
+        grad /= _entries(logits)
+        return per_sample, grad
 
     def get_config(self):
         config = super().get_config()
         del config["label_smoothing"]
         return config
+
+
+def one_hot(labels, classes, dtype):
+    """Targets shaped (*labels.shape, classes) with 1 at each label's class and 0 elsewhere."""
+    return (labels[..., None] == np.arange(classes)).astype(dtype)
+
+
+def _flat_label_index(labels, classes):
+    """Each label's position in a C-contiguous (*labels.shape, classes) array, flattened."""
+    rows = labels.size
+    offsets = _row_offsets.get((rows, classes))
+    if offsets is None:
+        if len(_row_offsets) >= 64:
+            _row_offsets.clear()
+        offsets = _row_offsets[(rows, classes)] = np.arange(0, rows * classes, classes, dtype=np.int64)
+    return offsets + labels.reshape(-1)
+
+
+_row_offsets = {}  # (rows, classes) -> the first index of each row: the same few batch shapes every step
 
 
 class BinaryCrossentropy(Loss):

@@ -18,6 +18,11 @@ def categorical_accuracy(y_true, y_pred):
     return (y_pred.argmax(axis=-1) == y_true.argmax(axis=-1)).astype(np.float32)
 
 
+def _accuracy_of_labels(labels, y_pred):
+    """categorical_accuracy(one_hot(labels), y_pred): the argmax of a one-hot row is its label."""
+    return (y_pred.argmax(axis=-1) == labels).astype(np.float32)
+
+
 def top_k_categorical_accuracy(y_true, y_pred, k=5):
     """1 where the true class's score is among the k highest (ties at the boundary count as in, as in
     TensorFlow's in_top_k)."""
@@ -41,6 +46,13 @@ class Metric:
 
     def values(self, y_true, y_pred):
         return self.fn(y_true, y_pred)
+
+    def values_from_labels(self, labels, y_pred):
+        """values() given integer class labels instead of their one-hot targets (a sparse loss's), or
+        None when this metric needs the targets themselves."""
+        if self.fn is categorical_accuracy and type(self).values is Metric.values:
+            return _accuracy_of_labels(labels, y_pred)
+        return None
 
     def _targets(self, y_true, y_pred):
         y_true = np.asarray(y_true)
@@ -181,6 +193,11 @@ class Accuracy(Metric):
         if y_pred.shape[-1] == 1 or self.binary_loss:
             return binary_accuracy(y_true, y_pred)
         return categorical_accuracy(y_true, y_pred)
+
+    def values_from_labels(self, labels, y_pred):
+        if y_pred.shape[-1] == 1 or self.binary_loss or type(self).values is not Accuracy.values:
+            return None
+        return _accuracy_of_labels(labels, y_pred)
 
 
 _FUNCTIONS = {

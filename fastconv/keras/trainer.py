@@ -120,7 +120,16 @@ def _inputs_batch(xs, index):
 
 
 def _float_sum(values):
-    return float(np.sum(values))
+    """float(np.sum(values)), without the wrapper's Python (the same reduction)."""
+    return float(np.add.reduce(values, axis=None))
+
+
+def _float_mean(values):
+    """float(np.mean(values)) for a float32 or float64 array, without the wrapper's Python: the same
+    sum in the array's dtype, divided by the count in float64 and rounded back to that dtype."""
+    if values.dtype.type not in (np.float32, np.float64) or not values.size:
+        return float(np.mean(values))
+    return float(values.dtype.type(float(np.add.reduce(values, axis=None)) / values.size))
 
 
 def _loss_sum(stats, total, samples_total, count):
@@ -256,15 +265,23 @@ class Trainer:
         total_of = microbatch.sample_sum if leaf_sums else _float_sum
         sample_losses = 0.0
         for j, (loss, y, output) in enumerate(zip(self.losses, ys, outputs)):
-            target = loss.prepare_targets(y, output.shape, output.dtype)
+            # Integer class labels stay labels where the loss and metrics can use them; the one-hot
+            # targets are built only for what needs them.
+            labels = loss.class_labels(y, output.shape) if isinstance(loss, losses.SparseCategoricalCrossentropy) \
+                else None
+            target = None if labels is not None else loss.prepare_targets(y, output.shape, output.dtype)
             fused = None
             if with_gradients:
                 logits = self.model.graph_preactivation(contexts, j)
-                fused = logits and loss.fused(target, logits[1], logits[0])
+                if logits:
+                    fused = loss.fused(target, logits[1], logits[0]) if labels is None else \
+                        loss.fused_from_labels(labels, logits[1], logits[0])
             if fused:
                 per_sample, grad = fused
                 preactivation_outputs.append(j)
             else:
+                if target is None:
+                    target = losses.one_hot(labels, output.shape[-1], output.dtype)
                 per_sample = loss.per_sample(target, output)
                 grad = loss.gradient(target, output) if with_gradients else None
             if weights is not None:
@@ -274,7 +291,7 @@ class Trainer:
             weight = self.loss_weights[j]
             if with_gradients:
                 grads.append(grad if weight == 1.0 else grad * grad.dtype.type(weight))
-            value = float(np.mean(per_sample))
+            value = _float_mean(per_sample)
             total += weight * value
             if leaf_sums:
                 row_losses = per_sample.reshape(count, -1).mean(axis=1, dtype=np.float64)
@@ -283,7 +300,11 @@ class Trainer:
                 stats[self.output_loss_names[j]] = (microbatch.sample_sum(row_losses) if leaf_sums else value * count,
                                                     count)
             for name, metric, weighted in zip(self.metric_names[j], self.metrics[j], self.metric_weighted[j]):
-                values = metric.values(target, output)
+                values = None if labels is None else metric.values_from_labels(labels, output)
+                if values is None:
+                    if target is None:
+                        target = losses.one_hot(labels, output.shape[-1], output.dtype)
+                    values = metric.values(target, output)
                 if weights is None or not weighted:  # as in Keras, sample weights weigh only weighted_metrics
                     stats[name] = (total_of(values), values.size)
                 else:
