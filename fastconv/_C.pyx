@@ -6,6 +6,8 @@ Callers (fastconv.ops) pass validated, C-contiguous, non-empty float32 arrays fl
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort
 
+cimport cpython
+from cpython.number cimport PyNumber_Index
 cimport numpy as cnp
 import numpy as np
 
@@ -269,18 +271,39 @@ cdef inline bint plain_matrix(object x):
 ALIGNED_MIN_BYTES = 1 << 16
 
 
+cdef extern from "numpy/arrayobject.h":
+    # (numpy's .pxd leaves it out: it steals a reference to descr)
+    object PyArray_NewFromDescr(type subtype, cnp.dtype descr, int nd, cnp.npy_intp *dims, cnp.npy_intp *strides,
+                                void *data, int flags, object obj)
+
+
+cdef cnp.dtype FLOAT32 = np.dtype(np.float32)
+
+
 def empty_aligned(shape, dtype=np.float32):
     """A new C-contiguous array whose data starts on a 64-byte boundary. NumPy promises only 16 bytes,
     so three arrays in four start inside a cache line, and every vector load or store of their rows then
     splits two lines: a Dense layer's weights read in place ran 12% slower (128x1024x512, Emerald Rapids)."""
-    dtype = np.dtype(dtype)
+    cdef cnp.dtype descr = FLOAT32 if dtype is np.float32 else np.dtype(dtype)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    nbytes = dtype.itemsize
-    for extent in shape:
-        nbytes *= extent
-    buffer = np.empty(nbytes + 63, dtype=np.uint8)
-    cdef size_t start = (64 - <size_t>cnp.PyArray_DATA(buffer) % 64) % 64
-    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+    cdef cnp.npy_intp dims[32]
+    cdef int nd = len(shape), i
+    if nd > 32:
+        raise ValueError(f"empty_aligned takes at most 32 dimensions, got {nd}")
+    cdef cnp.npy_intp nbytes = descr.itemsize
+    for i in range(nd):
+        dims[i] = PyNumber_Index(shape[i])
+        if dims[i] < 0:
+            raise ValueError(f"negative dimensions are not allowed, got shape {shape}")
+        nbytes *= dims[i]
+    nbytes += 63
+    cdef cnp.ndarray buffer = cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0)
+    cdef char *data = <char *>cnp.PyArray_DATA(buffer)
+    cpython.Py_INCREF(descr)
+    cdef cnp.ndarray array = PyArray_NewFromDescr(cnp.ndarray, descr, nd, dims, NULL,
+                                                  data + (64 - <size_t>data % 64) % 64, cnp.NPY_ARRAY_CARRAY, None)
+    cnp.set_array_base(array, buffer)  # the buffer lives as long as the array
+    return array
 
 
 cdef inline bint disjoint(cnp.ndarray x, cnp.ndarray y):

@@ -33,7 +33,7 @@ __all__ = [
 def _empty(shape, dtype=np.float32):
     """A new output array; from 64 KiB on, it starts on a cache line (see _C.empty_aligned), so the
     kernels writing it and the next layer reading it never split a line."""
-    if np.dtype(dtype).itemsize * math.prod(shape) >= _C.ALIGNED_MIN_BYTES:
+    if (4 if dtype is np.float32 else np.dtype(dtype).itemsize) * math.prod(shape) >= _C.ALIGNED_MIN_BYTES:
         return _C.empty_aligned(shape, dtype)
     return np.empty(shape, dtype=dtype)
 

@@ -202,17 +202,24 @@ _pool_cache = {}
 _UNCACHED = object()
 
 
+_PLAIN = frozenset((int, str, type(None)))  # the types of a key's items that are keys themselves
+
+
 def _key(value):
     """`value` as a hashable key when it holds only ints, strings and None (lists as tuples), else _UNCACHED."""
     kind = type(value)
-    if kind is int or kind is str or value is None:
+    if kind in _PLAIN:
         return value
-    if kind is tuple or kind is list:
-        if all(type(item) is int for item in value):  # a shape: the common case, without a call per item
-            return tuple(value)
-        items = tuple(map(_key, value))
-        return _UNCACHED if _UNCACHED in items else items  # (ints compare unequal to it without a Python call)
-    return _UNCACHED
+    if kind is not tuple and kind is not list:
+        return _UNCACHED
+    items = []  # one loop with the common items inline: this runs on every conv and pool call
+    for item in value:
+        if type(item) not in _PLAIN:
+            item = _key(item)
+            if item is _UNCACHED:
+                return _UNCACHED
+        items.append(item)
+    return tuple(items)
 
 
 def _cached(cache, compute, *args):

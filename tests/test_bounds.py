@@ -197,6 +197,11 @@ def test_large_outputs_and_weights_start_on_a_cache_line():
         assert array.shape == shape and array.dtype == np.float32 and array.flags.c_contiguous
         assert array.flags.writeable and (array.size == 0 or array.ctypes.data % 64 == 0)
     assert _C.empty_aligned((3, 5), np.float64).dtype == np.float64
+    assert _C.empty_aligned(7, np.uint8).shape == (7,) and _C.empty_aligned(()).shape == ()
+    with pytest.raises(ValueError, match="negative dimensions"):
+        _C.empty_aligned((2, -1))
+    with pytest.raises(TypeError):
+        _C.empty_aligned((2.5, 3))
     a, b = rng.standard_normal((128, 300), dtype=np.float32), rng.standard_normal((300, 200), dtype=np.float32)
     x = rng.standard_normal((8, 30, 30, 32), dtype=np.float32)
     w = rng.standard_normal((3, 3, 32, 64), dtype=np.float32)
