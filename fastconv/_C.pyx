@@ -266,6 +266,15 @@ cdef inline bint plain_matrix(object x):
             cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
 
 
+cdef inline bint plain_vector(object x):
+    """x is a 1-D, contiguous, aligned, native-endian float32 numpy.ndarray (not a subclass)."""
+    if type(x) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>x
+    return (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_NDIM(arr) == 1 and
+            cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
 # Outputs of at least this many bytes start on a cache line (empty_aligned); smaller ones are not worth
 # the extra Python calls on a path that takes a few microseconds.
 ALIGNED_MIN_BYTES = 1 << 16
@@ -313,21 +322,25 @@ cdef inline bint disjoint(cnp.ndarray x, cnp.ndarray y):
     return xs + cnp.PyArray_NBYTES(x) <= ys or ys + cnp.PyArray_NBYTES(y) <= xs
 
 
-def gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out):
-    """fastconv.ops.gemm without bias or activation when every argument is of the common kind: a and b
-    plain float32 matrices (see plain_matrix), alpha and beta floats, out None or a writeable plain
-    matrix of the result's shape apart from a and b, and no dimension zero. Returns the result, or
-    None for anything else, which ops.gemm then converts, validates and explains. Checked here in C,
-    as the Python checks cost as much as a 64^3 product."""
+def gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out, bias=None, bint relu=False):
+    """fastconv.ops.gemm when every argument is of the common kind: a and b plain float32 matrices (see
+    plain_matrix), alpha and beta floats, out None or a writeable plain matrix of the result's shape
+    apart from a, b and bias, bias None or a plain float32 vector of the result's width, and no
+    dimension zero. Returns the result, or None for anything else, which ops.gemm then converts,
+    validates and explains. Checked here in C, as the Python checks cost as much as a 64^3 product."""
     if not (plain_matrix(a) and plain_matrix(b) and type(alpha) is float and type(beta) is float):
         return None
-    cdef cnp.ndarray a_arr = <cnp.ndarray>a, b_arr = <cnp.ndarray>b, c_arr
+    cdef cnp.ndarray a_arr = <cnp.ndarray>a, b_arr = <cnp.ndarray>b, c_arr, bias_arr = None
     cdef bint ta = trans_a, tb = trans_b
     cdef cnp.npy_intp dims[2]
     cdef int64_t m = cnp.PyArray_DIM(a_arr, 1 if ta else 0), k = cnp.PyArray_DIM(a_arr, 0 if ta else 1)
     cdef int64_t n = cnp.PyArray_DIM(b_arr, 0 if tb else 1)
     if cnp.PyArray_DIM(b_arr, 1 if tb else 0) != k or m == 0 or n == 0 or k == 0:
         return None
+    if bias is not None:
+        if not (plain_vector(bias) and cnp.PyArray_DIM(<cnp.ndarray>bias, 0) == n):
+            return None
+        bias_arr = <cnp.ndarray>bias
     if out is None:
         dims[0], dims[1] = m, n
         if m * n * 4 >= ALIGNED_MIN_BYTES:
@@ -340,9 +353,11 @@ def gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out):
             return None
         c_arr = <cnp.ndarray>out
         if (not cnp.PyArray_ISWRITEABLE(c_arr) or cnp.PyArray_DIM(c_arr, 0) != m or cnp.PyArray_DIM(c_arr, 1) != n
-                or not disjoint(c_arr, a_arr) or not disjoint(c_arr, b_arr)):
+                or not disjoint(c_arr, a_arr) or not disjoint(c_arr, b_arr)
+                or (bias_arr is not None and not disjoint(c_arr, bias_arr))):
             return None
-    gemm(ta, tb, m, n, k, alpha, a_arr, cnp.PyArray_DIM(a_arr, 1), b_arr, cnp.PyArray_DIM(b_arr, 1), beta, c_arr, n)
+    gemm(ta, tb, m, n, k, alpha, a_arr, cnp.PyArray_DIM(a_arr, 1), b_arr, cnp.PyArray_DIM(b_arr, 1), beta, c_arr, n,
+         bias_arr, relu)
     return c_arr
 
 

@@ -131,8 +131,8 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, b
     contiguous and possibly padded, no overlap with a or b) when given, else into a new array. As in
     BLAS, `out` is not read when beta == 0, so NaNs already in it do not propagate.
     """
-    if bias is None and activation is None:
-        result = _C.gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out)
+    if activation is None or (type(activation) is str and activation == "relu"):
+        result = _C.gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out, bias, activation is not None)
         if result is not None:
             return result
     a32, lda, trans_a = _gemm_operand(a, "a", bool(trans_a))

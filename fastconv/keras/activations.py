@@ -28,8 +28,13 @@ def tanh(x):
 
 
 def softmax(x, axis=-1):
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    if type(x) is not np.ndarray:  # e.g. a Tensor under a GradientTape: every step recorded
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+    # The same steps on the ufuncs themselves (a model's output layer: NumPy's wrappers cost more here)
+    e = np.exp(x - np.maximum.reduce(x, axis=axis, keepdims=True))
+    e /= np.add.reduce(e, axis=axis, keepdims=True)
+    return e
 
 
 def leaky_relu(x, negative_slope=0.2):
