@@ -60,6 +60,7 @@ PORTABLE_SOURCES = [
     "csrc/conv/implicit.c",
     "csrc/conv/direct_loops.c",
     "csrc/conv/winograd.c",
+    "csrc/conv/conv_pool.c",  # a first conv fused with the max pooling after it
     "csrc/pool/pool.c",
     "csrc/train/train.c",
     "csrc/norm/norm.c",

@@ -10,7 +10,8 @@ outside them is Python and NumPy). The tables break down the fastest instrumente
 best and the median of plain, uninstrumented steps timed in the same process (the timers themselves
 cost about a microsecond per call).
 
-Categories: "conv" and "gemm" (the C convolution and GEMM calls, packing and transforms included),
+Categories: "conv" and "gemm" (the C convolution and GEMM calls, packing and transforms included; a
+first conv fused with its max pooling counts here, in the conv's row),
 "pooling", "elementwise C" (ReLU gradient, dropout, batch norm), "optimizer C" (the weight updates),
 "NumPy + Python in layers" (a layer's time outside C: reshapes, bias sums, dropout's backward
 product, argument checks), "loss + metrics" (softmax cross-entropy and accuracy, NumPy), "optimizer
@@ -31,6 +32,8 @@ import numpy as np
 
 CATEGORY = {
     "conv2d_forward": "conv", "conv2d_backward": "conv",
+    # a first conv with the max pooling after it, as one op (Conv2D.forward_max_pooled)
+    "conv2d_relu_maxpool2x2_forward": "conv", "conv2d_relu_maxpool2x2_weight_grad": "conv",
     "gemm": "gemm", "gemm_common_case": "gemm",
     "maxpool2d_forward": "pooling", "maxpool2d_backward": "pooling",
     "avgpool2d_forward": "pooling", "avgpool2d_backward": "pooling",
@@ -104,6 +107,8 @@ def instrument(model, recorder):
     for layer in model.layers:
         wrap(layer, "forward", (layer.name, "forward"))
         wrap(layer, "backward", (layer.name, "backward"))
+        if layer.fuses_max_pooling:  # the row of the conv holds its pooling's time too
+            wrap(layer, "forward_max_pooled", (layer.name, "forward"))
     trainer = model._trainer
     wrap(trainer, "_losses_and_gradients", ("loss + metrics", ""))
     wrap(trainer.optimizer, "apply", ("optimizer", ""))

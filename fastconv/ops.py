@@ -27,6 +27,7 @@ __all__ = [
     "rmsprop_update_all", "sgd_update_all", "batch_norm", "batch_norm_statistics", "batch_norm_backward",
     "conv2d_algorithm", "CONV_ALGORITHMS",
     "conv2d_plan", "CONV_PATHS",
+    "conv2d_relu_maxpool2d", "conv2d_relu_maxpool2d_backward", "conv2d_relu_maxpool2d_fuses",
     "affine_transform",
 ]
 
@@ -767,3 +768,75 @@ def affine_transform(images, transform, interpolation="bilinear", fill_mode="con
         _C.affine_transform((n, h, w, c, out_h, out_w), _flat(x), t.reshape(-1), INTERPOLATIONS[interpolation],
                             FILL_MODES[fill_mode], float(fill_value), _flat(y))
     return y[0] if unbatched else y
+
+
+
+@functools.lru_cache(maxsize=256)
+def _conv_pool_path(g):
+    return CONV_PATHS[_C.conv2d_relu_maxpool2x2_applies(g)]
+
+
+def _fused_conv_pool_path(x_shape, w_shape, strides, padding, dilation_rate, algorithm):
+    g = conv_geometry(tuple(x_shape), tuple(w_shape), strides, padding, dilation_rate)
+    if _conv_algorithm(algorithm) != CONV_ALGORITHMS["auto"] or g.n * g.cin == 0:
+        return g, "none"
+    return g, _conv_pool_path(g)
+
+
+def conv2d_relu_maxpool2d_fuses(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
+    """Whether conv2d_relu_maxpool2d's forward runs as one pass for these shapes (else as the two ops in
+    turn): where conv2d's "auto" takes the direct kernels (few input channels, as a network's first
+    layer has) or Winograd, and the conv output is at least 2x2. A forced algorithm (argument or
+    $FASTCONV_CONV_ALGO) keeps the two ops, so that the algorithm forced is the one that runs."""
+    return _fused_conv_pool_path(x_shape, w_shape, strides, padding, dilation_rate, algorithm)[1] != "none"
+
+
+def conv2d_relu_maxpool2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
+    """maxpool2d(conv2d(x, w, b, activation="relu", ...), 2, return_argmax=True): the ReLU conv and the
+    2x2, stride-2 max pooling after it. Returns (y, argmax) as maxpool2d does.
+
+    Where conv2d_relu_maxpool2d_fuses says so, one pass: the conv output goes through a buffer of each
+    thread's own (an image of it on the direct kernels, a tile of it in Winograd's output transform) and
+    never to memory: it is four times what the pooling keeps. Otherwise the two ops in turn. The same
+    bits either way. algorithm as in conv2d. Extra memory: conv2d's, plus per thread one image's conv
+    output (direct) or one output tile's (Winograd, 16 * Cout floats)."""
+    x32 = as_float_array(x, "x", ndim=4)
+    w32 = as_float_array(w, "w", ndim=4)
+    g, path = _fused_conv_pool_path(x32.shape, w32.shape, strides, padding, dilation_rate, algorithm)
+    if path == "none":
+        pre = conv2d(x32, w32, b, strides=strides, padding=padding, dilation_rate=dilation_rate, activation="relu",
+                     algorithm=algorithm)
+        return maxpool2d(pre, 2, return_argmax=True)
+    b32 = _bias(b, g.cout)
+    pooled = (g.n, g.oh // 2, g.ow // 2, g.cout)
+    y, argmax = _empty(pooled, dtype=np.float32), _empty(pooled, dtype=np.uint8)
+    _C.conv2d_relu_maxpool2x2_forward(g, _flat(x32), _flat(w32), _flat(b32), _flat(y), _flat(argmax))
+    return y, argmax
+
+
+def conv2d_relu_maxpool2d_backward(dy, argmax, x, w, *, strides=1, padding="valid", dilation_rate=1, need_dx=True,
+                                   x_from_relu=False, algorithm=None):
+    """(dx, dw, db) of conv2d_relu_maxpool2d from dy, the gradient at its pooled output, and the argmax it
+    returned: conv2d_backward(maxpool2d_backward(dy, <conv output>, 2, x_from_relu=True, argmax=argmax),
+    x, w, need_dx=need_dx, x_from_relu=x_from_relu). Without dx, on the direct kernels, in one pass
+    (each image's gradient at the ReLU's input rebuilt in a buffer of its thread's own). The same bits
+    either way."""
+    x32 = as_float_array(x, "x", ndim=4)
+    w32 = as_float_array(w, "w", ndim=4)
+    g, path = _fused_conv_pool_path(x32.shape, w32.shape, strides, padding, dilation_rate, algorithm)
+    pooled = (g.n, g.oh // 2, g.ow // 2, g.cout)
+    dy32 = as_float_array(dy, "dy", ndim=4)
+    check_shape(dy32, pooled, "dy")
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.uint8:
+        raise TypeError(f"argmax must be the uint8 array from conv2d_relu_maxpool2d, got "
+                        f"{getattr(argmax, 'dtype', type(argmax).__name__)}")
+    check_shape(argmax, pooled, "argmax")
+    argmax = np.ascontiguousarray(argmax)
+    if path != "direct" or need_dx or not dy32.size:
+        # the gradient at the ReLU's input, from the argmax bytes alone (the conv output's place is not read)
+        dpre = maxpool2d_backward(dy32, np.empty(g.out_shape, np.float32), 2, x_from_relu=True, argmax=argmax)
+        return conv2d_backward(dpre, x32, w32, strides=strides, padding=padding, dilation_rate=dilation_rate,
+                               need_dx=need_dx, x_from_relu=x_from_relu, algorithm=algorithm)
+    dw, db = _empty(w32.shape, dtype=np.float32), _empty((g.cout,), dtype=np.float32)
+    _C.conv2d_relu_maxpool2x2_weight_grad(g, _flat(dy32), _flat(argmax), _flat(x32), _flat(dw), _flat(db))
+    return None, dw, db

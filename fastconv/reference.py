@@ -213,6 +213,32 @@ def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid", *, x_f
     return relu_backward(dx, x) if x_from_relu else dx
 
 
+def conv2d_relu_maxpool2d_fuses(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
+    """False: here conv2d_relu_maxpool2d is always the two ops in turn."""
+    return False
+
+
+def conv2d_relu_maxpool2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
+    """maxpool2d(conv2d(x, w, b, activation="relu", ...), 2, return_argmax=True): (y, argmax)."""
+    pre = conv2d(x, w, b, strides=strides, padding=padding, dilation_rate=dilation_rate, activation="relu")
+    return maxpool2d(pre, 2, return_argmax=True)
+
+
+def conv2d_relu_maxpool2d_backward(dy, argmax, x, w, *, strides=1, padding="valid", dilation_rate=1, need_dx=True,
+                                   x_from_relu=False, algorithm=None):
+    """(dx, dw, db) of conv2d_relu_maxpool2d: dy to each window's recorded maximum where that was > 0 (the
+    ReLU's gradient), then conv2d_backward."""
+    dtype = _dtype(dy, x, w)
+    x = as_float_array(x, "x", ndim=4, dtype=dtype)
+    w = as_float_array(w, "w", ndim=4, dtype=dtype)
+    g = conv_geometry(x.shape, w.shape, strides, padding, dilation_rate)
+    positive = (np.asarray(argmax) & ARGMAX_NOT_POSITIVE) == 0
+    dpre = maxpool2d_backward(np.where(positive, dy, 0).astype(dtype), np.zeros(g.out_shape, dtype), 2,
+                              argmax=argmax)
+    return conv2d_backward(dpre, x, w, strides=strides, padding=padding, dilation_rate=dilation_rate,
+                           need_dx=need_dx, x_from_relu=x_from_relu)
+
+
 def _window_counts(g, dtype):
     """How many real (non-padding) inputs each output window covers; Keras' 'same' mean divides by it."""
     ones = np.ones((1, g.h, g.w, 1), dtype=dtype)

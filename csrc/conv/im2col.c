@@ -131,7 +131,7 @@ int conv_blocks_backward(const conv_plan *p, const float *dy, const float *x, co
     const fc_gemm_kernel *kernel = p->gemm;
     const fc_conv_direct_kernels *dk = p->direct;
     const fc_elementwise_kernels *ew = p->elementwise;
-    const int64_t k = patch_size(s), pixels = s->oh * s->ow;
+    const int64_t pixels = s->oh * s->ow;
     const backward_layout l = p->blocks;
     const int direct = l.direct, direct_dx = l.direct_dx, dw_transposed = l.dw_transposed;
     const int implicit_dw = l.implicit_dw, few_dw = l.few_dw;
@@ -220,38 +220,48 @@ int conv_blocks_backward(const conv_plan *p, const float *dy, const float *x, co
             }
         }
 
-        /* Sum the partials in their fixed order; each output element is owned by one thread. In the
-         * plain layout a thread adds whole runs of elements part after part, which vectorises, rather
-         * than gathering each element across the parts. */
-        if (dw && !direct && !dw_transposed) {
-            const int64_t total = k * s->cout;
-            #pragma omp for schedule(static)
-            for (int64_t e0 = 0; e0 < total; e0 += REDUCE_RUN_FLOATS) {
-                const int64_t count = min64(REDUCE_RUN_FLOATS, total - e0);
-                memcpy(dw + e0, dw_partial + e0, sizeof(float) * (size_t)count);
-                for (int64_t part = 1; part < partials; part++) {
-                    const float *add = dw_partial + part * dw_size + e0;
-                    for (int64_t i = 0; i < count; i++) dw[e0 + i] += add[i];
-                }
-            }
-        } else if (dw) {
-            #pragma omp for schedule(static)
-            for (int64_t e = 0; e < k * s->cout; e++) {
-                const int64_t at = direct ? ((e % s->cout) / block * k + e / s->cout) * block + e % s->cout % block
-                                   : dw_transposed ? e % s->cout * k + e / s->cout : e;
-                float sum = dw_partial[at];
-                for (int64_t part = 1; part < partials; part++) sum += dw_partial[part * dw_size + at];
-                dw[e] = sum;
-            }
-        }
-        if (db) {
-            #pragma omp for schedule(static)
-            for (int64_t c = 0; c < s->cout; c++) {
-                float sum = db_partial[c];
-                for (int64_t part = 1; part < partials; part++) sum += db_partial[part * db_size + c];
-                db[c] = sum;
-            }
-        }
+        conv_sum_partials(p, dw_partial, db_partial, dw, db);
     }
     return FC_OK;
+}
+
+void conv_sum_partials(const conv_plan *p, const float *dw_partial, const float *db_partial, float *dw, float *db)
+{
+    const fc_conv_shape *s = &p->s;
+    const backward_layout l = p->blocks;
+    const int direct = l.direct, dw_transposed = l.dw_transposed;
+    const int64_t k = patch_size(s), partials = l.partials, dw_size = l.dw_size, db_size = l.db_size;
+    const int64_t block = p->direct->block;
+    /* Sum the partials in their fixed order; each output element is owned by one thread. In the
+     * plain layout a thread adds whole runs of elements part after part, which vectorises, rather
+     * than gathering each element across the parts. */
+    if (dw && !direct && !dw_transposed) {
+        const int64_t total = k * s->cout;
+        #pragma omp for schedule(static)
+        for (int64_t e0 = 0; e0 < total; e0 += REDUCE_RUN_FLOATS) {
+            const int64_t count = min64(REDUCE_RUN_FLOATS, total - e0);
+            memcpy(dw + e0, dw_partial + e0, sizeof(float) * (size_t)count);
+            for (int64_t part = 1; part < partials; part++) {
+                const float *add = dw_partial + part * dw_size + e0;
+                for (int64_t i = 0; i < count; i++) dw[e0 + i] += add[i];
+            }
+        }
+    } else if (dw) {
+        #pragma omp for schedule(static)
+        for (int64_t e = 0; e < k * s->cout; e++) {
+            const int64_t at = direct ? ((e % s->cout) / block * k + e / s->cout) * block + e % s->cout % block
+                               : dw_transposed ? e % s->cout * k + e / s->cout : e;
+            float sum = dw_partial[at];
+            for (int64_t part = 1; part < partials; part++) sum += dw_partial[part * dw_size + at];
+            dw[e] = sum;
+        }
+    }
+    if (db) {
+        #pragma omp for schedule(static)
+        for (int64_t c = 0; c < s->cout; c++) {
+            float sum = db_partial[c];
+            for (int64_t part = 1; part < partials; part++) sum += db_partial[part * db_size + c];
+            db[c] = sum;
+        }
+    }
 }

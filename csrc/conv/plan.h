@@ -108,6 +108,9 @@ int conv_gemm_forward(const conv_plan *p, const float *x, const float *w, const 
 /* dw, db and (unless p->blocks.dx is PATH_NONE) dx, over blocks of whole images. */
 int conv_blocks_backward(const conv_plan *p, const float *dy, const float *x, const float *w, int x_from_relu,
                          float *dx, float *dw, float *db);
+/* dw and db (either may be NULL) from the backward loop's partial sums, in their fixed order. Called
+ * by every thread of a parallel region (its loops are omp for). */
+void conv_sum_partials(const conv_plan *p, const float *dw_partial, const float *db_partial, float *dw, float *db);
 /* dx = x > 0 ? dx : 0 over n values: the gradient through the ReLU whose output is x. */
 void conv_relu_mask(const fc_elementwise_kernels *ew, const float *x, float *dx, int64_t n);
 

@@ -259,16 +259,57 @@ typedef struct {
         }                                                                                             \
     }
 
+/* The same tiles with bias and ReLU, each through the thread's M x M x cout buffer `tile` into the 2x2,
+ * stride-2 max pooling of y (valid: a last odd row or column of y is in no window), `pooled`
+ * (n, oh / 2, ow / 2, cout) and its argmax bytes: M is even, so every window lies in one tile, and y is
+ * never stored. */
+#define DEFINE_POOLED_OUTPUT_BLOCK(NAME, ATTR, M, VTILE, STILE, LANES)                                \
+    ATTR static void NAME(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ts, int64_t ms, \
+                          int64_t t0, int64_t count, const float *bias, const pooling *pool, float *tile) \
+    {                                                                                                 \
+        const int64_t cout = s->cout, per_image = tl->tiles_h * tl->tiles_w;                          \
+        const int64_t ph = s->oh / 2, pw = s->ow / 2;                                                 \
+        float *out[M * M];                                                                            \
+        for (int k = 0; k < M * M; k++) out[k] = tile + k * cout;                                     \
+        for (int64_t t = t0; t < t0 + count; t++) {                                                   \
+            const int64_t img = t / per_image, ty = t / tl->tiles_w % tl->tiles_h, tx = t % tl->tiles_w; \
+            const int64_t py = ty * (M / 2), px = tx * (M / 2);                                       \
+            const int64_t rows = min64(M / 2, ph - py), cols = min64(M / 2, pw - px);                 \
+            if (rows <= 0 || cols <= 0) continue;                                                     \
+            const float *row = m + (t - t0) * ts;                                                     \
+            int64_t c = 0;                                                                            \
+            for (; c + LANES <= cout; c += LANES) VTILE(row, ms, c, bias, 1, out, NULL);              \
+            for (; c < cout; c++) STILE(row, ms, c, bias, 1, out, NULL);                              \
+            const fc_pool_shape window_rows = { .n = 1, .h = 2, .w = M, .c = cout, .pool_h = 2, .pool_w = 2, \
+                                                .stride_h = 2, .stride_w = 2, .oh = 1, .ow = cols }; \
+            for (int64_t r = 0; r < rows; r++) {                                                      \
+                const int64_t at = ((img * ph + py + r) * pw + px) * cout;                            \
+                pool->kernels->forward_row(&window_rows, tile + 2 * r * M * cout, pool->y + at, pool->argmax + at, 0); \
+            }                                                                                         \
+        }                                                                                             \
+    }
+
+/* The pooled output of fc_winograd_forward_max_pooled. */
+typedef struct {
+    const fc_maxpool2x2_kernels *kernels;
+    float *y;
+    uint8_t *argmax;
+} pooling;
+
 #define AVX2 __attribute__((target("avx2,fma")))
 DEFINE_INPUT_BLOCK(input2_generic, , 2, 4, input2_s, input2_s, 1, 1)
 DEFINE_OUTPUT_BLOCK(output2_generic, , 2, output2_s, output2_s, 1)
+DEFINE_POOLED_OUTPUT_BLOCK(pooled2_generic, , 2, output2_s, output2_s, 1)
 DEFINE_INPUT_BLOCK(input4_generic, , 4, 6, input4_s, input4_s, 1, 1)
 DEFINE_OUTPUT_BLOCK(output4_generic, , 4, output4_s, output4_s, 1)
+DEFINE_POOLED_OUTPUT_BLOCK(pooled4_generic, , 4, output4_s, output4_s, 1)
 #if defined(__x86_64__) || defined(_M_X64)
 DEFINE_INPUT_BLOCK(input2_avx2, AVX2, 2, 4, input2_v8, input2_s, 8, 1)
 DEFINE_OUTPUT_BLOCK(output2_avx2, AVX2, 2, output2_v8, output2_s, 8)
+DEFINE_POOLED_OUTPUT_BLOCK(pooled2_avx2, AVX2, 2, output2_v8, output2_s, 8)
 DEFINE_INPUT_BLOCK(input4_avx2, AVX2, 4, 6, input4_v8, input4_s, 8, 1)
 DEFINE_OUTPUT_BLOCK(output4_avx2, AVX2, 4, output4_v8, output4_s, 8)
+DEFINE_POOLED_OUTPUT_BLOCK(pooled4_avx2, AVX2, 4, output4_v8, output4_s, 8)
 #endif
 
 typedef void (*block_transform)(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,
@@ -277,6 +318,8 @@ typedef struct {
     block_transform input;
     void (*output)(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ts, int64_t ms, int64_t t0, int64_t count,
                    const float *bias, int relu, const float *mask_by, float *y);
+    void (*pooled_output)(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ts, int64_t ms, int64_t t0,
+                          int64_t count, const float *bias, const pooling *pool, float *tile);
 } transforms;
 
 /* The transforms of tile size `tile` for the call's instruction set: the AVX2 ones wherever the GEMM
@@ -285,12 +328,12 @@ static transforms active_transforms(const fc_gemm_kernel *kr, int tile)
 {
 #if defined(__x86_64__) || defined(_M_X64)
     if (kr->vector_bytes >= 32)
-        return tile == 4 ? (transforms){ input4_avx2, output4_avx2 }
-                         : (transforms){ input2_avx2, output2_avx2 };
+        return tile == 4 ? (transforms){ input4_avx2, output4_avx2, pooled4_avx2 }
+                         : (transforms){ input2_avx2, output2_avx2, pooled2_avx2 };
 #endif
     (void)kr;
-    return tile == 4 ? (transforms){ input4_generic, output4_generic }
-                     : (transforms){ input2_generic, output2_generic };
+    return tile == 4 ? (transforms){ input4_generic, output4_generic, pooled4_generic }
+                     : (transforms){ input2_generic, output2_generic, pooled2_generic };
 }
 
 /* x as the source of input tiles */
@@ -478,12 +521,18 @@ static void block_products(const fc_conv_shape *s, const layout *l, const fc_gem
     }
 }
 
-int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const float *w, int flipped,
-                        const float *bias, int relu, const float *mask_by, float *y)
+/* The tile buffer of each thread of a pooled forward. */
+static int64_t pooling_tile_floats(const fc_conv_shape *s, int tile) { return fc_lines(tile * tile * s->cout); }
+
+/* fc_winograd_forward, or with pool, fc_winograd_forward_max_pooled (y then unused). */
+static int forward(const fc_conv_shape *s, int tile, const float *x, const float *w, int flipped, const float *bias,
+                   int relu, const float *mask_by, float *y, const pooling *pool)
 {
     const fc_gemm_kernel *kr = fc_active_float32_gemm_kernel();
-    const layout l = make_layout(s, tile, kr);
+    layout l = make_layout(s, tile, kr);
     const transforms tf = active_transforms(kr, l.t.tile);
+    const int64_t tile_floats = pool ? pooling_tile_floats(s, l.t.tile) : 0;
+    l.per_thread += tile_floats;
     float *ws = fc_scratch(FC_SCRATCH_CALL, l.shared + l.threads * l.per_thread);
     if (!ws) return FC_ERROR_NO_MEMORY;
     float *zero = ws + l.t.points * l.point;
@@ -503,10 +552,32 @@ int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const 
             const int64_t t0 = b * l.t.block, count = min64(l.t.block, l.t.tiles - t0);
             tf.input(&src, &l.t.tl, zero, t0, count, v, l.tv, s->cin);
             block_products(s, &l, kr, ws, v, count, m);
-            tf.output(s, &l.t.tl, m, l.tm, s->cout, t0, count, bias, relu, mask_by, y);
+            if (pool)
+                tf.pooled_output(s, &l.t.tl, m, l.tm, s->cout, t0, count, bias, pool, m + l.m);
+            else
+                tf.output(s, &l.t.tl, m, l.tm, s->cout, t0, count, bias, relu, mask_by, y);
         }
     }
     return FC_OK;
+}
+
+int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const float *w, int flipped,
+                        const float *bias, int relu, const float *mask_by, float *y)
+{
+    return forward(s, tile, x, w, flipped, bias, relu, mask_by, y, NULL);
+}
+
+int fc_winograd_forward_max_pooled(const fc_conv_shape *s, int tile, const float *x, const float *w,
+                                   const float *bias, float *pooled, uint8_t *argmax)
+{
+    const pooling pool = { fc_active_maxpool2x2(), pooled, argmax };
+    return forward(s, tile, x, w, 0, bias, 1, NULL, NULL, &pool);
+}
+
+int64_t fc_winograd_max_pooled_workspace(const fc_conv_shape *s, int tile)
+{
+    const layout l = make_layout(s, tile, fc_active_float32_gemm_kernel());
+    return l.shared + l.threads * (l.per_thread + pooling_tile_floats(s, l.t.tile));
 }
 
 /* ---- the weight gradient (winograd.h) ---- */

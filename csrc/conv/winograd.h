@@ -46,6 +46,14 @@ int64_t fc_winograd_workspace(const fc_conv_shape *s, int tile);
 int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const float *w, int flipped,
                         const float *bias, int relu, const float *mask_by, float *y);
 
+/* The 2x2, stride-2 max pooling (valid) of fc_winograd_forward's y with ReLU, into pooled
+ * (n, oh / 2, ow / 2, cout) and its argmax bytes (maxpool2d's), y itself never stored: each tile goes
+ * through a buffer of its thread's own into the windows it holds. The same bits as the two ops. Its
+ * FC_SCRATCH_CALL floats: fc_winograd_max_pooled_workspace. */
+int fc_winograd_forward_max_pooled(const fc_conv_shape *s, int tile, const float *x, const float *w,
+                                   const float *bias, float *pooled, uint8_t *argmax);
+int64_t fc_winograd_max_pooled_workspace(const fc_conv_shape *s, int tile);
+
 /* dw (3, 3, cin, cout) = the weight gradient of the conv s given its input x and output gradient dy,
  * as F(3x3, tile x tile), tile 2 or 4 (above): summed over the tiles in the transformed domain by
  * (tile + 2)^2 GEMMs (cin x cout, K = a block's tiles), transformed back once per channel pair.

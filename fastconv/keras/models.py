@@ -13,6 +13,10 @@ from fastconv.keras.object_registry import get_registered_name
 from fastconv.keras.summary import print_summary
 
 
+# The context of a layer whose forward its producer ran in its own op (Layer.fuses_max_pooling).
+_RUN_BY_PRODUCER = object()
+
+
 def _as_tensor_list(tensors, what):
     items = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
     if not items:
@@ -124,6 +128,11 @@ class Model(Layer):
                     and producer_layer.fuses_output_activation and producer_layer.activation is activations.relu):
                 self._relu_consumers.add(k)
                 self._relu_producers.add(producer)
+        # Of those, a 2x2 max pooling after a layer that can run it in its own op (Conv2D): forward_graph
+        # asks the producer for both.
+        self._max_pooled = {self._plan[k][1][0]: k for k in self._relu_consumers
+                            if self._plan[k][0].is_2x2_max_pooling
+                            and self._plan[plan_index[self._plan[k][1][0]]][0].fuses_max_pooling}
 
     @property
     def built(self):
@@ -215,7 +224,16 @@ class Model(Layer):
             values[i] = x
         contexts = [None] * len(self._plan)
         for k, (layer, input_ids, multi, out_id) in enumerate(self._plan):
+            if contexts[k] is _RUN_BY_PRODUCER:
+                continue
             inputs = [values[i] for i in input_ids] if multi else values[input_ids[0]]
+            pooling = self._max_pooled.get(out_id)
+            if pooling is not None:
+                fused = layer.forward_max_pooled(inputs)
+                if fused is not None:
+                    values[self._plan[pooling][3]], contexts[k] = fused
+                    contexts[pooling] = _RUN_BY_PRODUCER
+                    continue
             values[out_id], contexts[k] = layer.forward(inputs, training)
         return [values[i] for i in self._output_ids], contexts
 
@@ -245,6 +263,11 @@ class Model(Layer):
             layer, input_ids, multi, out_id = self._plan[k]
             grad = grads[out_id]
             if grad is None:  # this branch does not reach any loss
+                continue
+            if contexts[k] is _RUN_BY_PRODUCER:  # its producer's backward takes the gradient at its output
+                grads[input_ids[0]] = grad
+                if gradients_final is not None:
+                    gradients_final(())
                 continue
             kwargs = {"from_preactivation": True} if k in fused_plan_entries or k in self._relu_producers else {}
             if k in self._relu_consumers:

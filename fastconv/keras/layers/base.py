@@ -12,8 +12,11 @@ A layer computes in one of two ways:
   `fuses_output_activation` (from_preactivation=True: the gradient arrives at the input of the
   layer's final `activation`, and `preactivation(ctx)` returns that input, so a loss can fuse with
   it), `fuses_input_relu` (x_from_relu=True: the layer also applies the gradient of the ReLU that
-  produced its input). need_input_grad=False (only the weight gradients are wanted) is asked of
-  layers with trainable weights only.
+  produced its input), `fuses_max_pooling` (`forward_max_pooled(inputs)`: the layer's forward and
+  the 2x2 max pooling consuming its output (`is_2x2_max_pooling`) as one op, or None where its
+  backend does not fuse them; `backward` then takes that context and the gradient at the pooled
+  output). need_input_grad=False (only the weight gradients are wanted) is asked of layers with
+  trainable weights only.
 * **Custom layers** (Keras' way) implement `call(inputs, training=None, ...)` with `keras.ops`.
   Their `forward` runs `call` under a GradientTape and their `backward` replays that tape, so they
   train inside Sequential, functional and subclassed models like any built-in layer.
@@ -136,6 +139,8 @@ class Layer:
     takes_list = False  # True for layers called on a list of inputs (Add, Concatenate)
     fuses_output_activation = False  # see the module docstring
     fuses_input_relu = False
+    fuses_max_pooling = False
+    is_2x2_max_pooling = False  # MaxPooling2D with 2x2 windows, stride 2 and valid padding
     activation = None  # the final activation of layers that fuse it (Dense, Conv2D, Activation, ReLU)
 
     def __new__(cls, *args, **kwargs):
@@ -155,6 +160,7 @@ class Layer:
             cls.backward = Layer.backward
             cls.fuses_output_activation = False
             cls.fuses_input_relu = False
+            cls.fuses_max_pooling = False
         # As in Keras, calling build() yourself (a custom layer building its sublayers) marks it built,
         # so the first call does not build it again.
         if "build" in cls.__dict__ and not getattr(cls.__dict__["build"], "_marks_built", False):

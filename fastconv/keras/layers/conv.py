@@ -1,13 +1,23 @@
 """Conv2D, channels_last with the kernel stored (kh, kw, cin, cout) as Keras does, and Conv2DTranspose."""
+import numpy as np
+
 from fastconv.keras import activations, backend, initializers, microbatch, regularizers
 from fastconv.keras.layers.base import Layer
 from fastconv.keras.layers.core import activation_backward, apply_activation
 from fastconv.shapes import checked_int, conv_window, deconv_output_length, output_padding_pair
 
 
+class _MaxPooledContext:
+    """forward_max_pooled's context: the conv's input and the pooling's argmax bytes."""
+
+    def __init__(self, inputs, argmax):
+        self.inputs, self.argmax = inputs, argmax
+
+
 class Conv2D(Layer):
     fuses_output_activation = True
     fuses_input_relu = True  # backward(x_from_relu=True) also applies the gradient of a ReLU before it
+    fuses_max_pooling = True  # forward_max_pooled: the conv with ReLU and the MaxPooling2D(2) after it
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None, dilation_rate=(1, 1),
                  groups=1, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
@@ -57,7 +67,33 @@ class Conv2D(Layer):
         out = pre if relu else apply_activation(self.activation, pre)
         return out, (inputs, pre, out)
 
+    def forward_max_pooled(self, inputs):
+        """forward() and then MaxPooling2D(2)'s, as one op where the backend fuses them (conv2d_relu_maxpool2d:
+        ReLU, float32, a conv on the direct kernels or Winograd): (pooled output, context), or None."""
+        ops = backend.ops()
+        kernel = self.kernel.value
+        if (self.activation is not activations.relu or self.compute_dtype != "float32" or microbatch.active()
+                or getattr(inputs, "dtype", None) != np.float32 or kernel.dtype != np.float32
+                or not ops.conv2d_relu_maxpool2d_fuses(inputs.shape, kernel.shape, strides=self.strides,
+                                                       padding=self.padding, dilation_rate=self.dilation_rate)):
+            return None
+        pooled, argmax = ops.conv2d_relu_maxpool2d(inputs, kernel, None if self.bias is None else self.bias.value,
+                                                   strides=self.strides, padding=self.padding,
+                                                   dilation_rate=self.dilation_rate)
+        return pooled, _MaxPooledContext(inputs, argmax)
+
+    def _backward_max_pooled(self, ctx, grad, need_input_grad, x_from_relu):
+        dx, dw, db = backend.ops().conv2d_relu_maxpool2d_backward(
+            grad, ctx.argmax, ctx.inputs, self.kernel.value, strides=self.strides, padding=self.padding,
+            dilation_rate=self.dilation_rate, need_dx=need_input_grad, x_from_relu=x_from_relu)
+        self.kernel.add_grad(dw)
+        if self.bias is not None:
+            self.bias.add_grad(db)
+        return dx
+
     def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        if isinstance(ctx, _MaxPooledContext):
+            return self._backward_max_pooled(ctx, grad, need_input_grad, x_from_relu)
         x, pre, out = ctx
         dpre = activation_backward(self.activation, grad, pre, out, from_preactivation)
         backward = backend.ops().conv2d_backward
@@ -88,6 +124,7 @@ class Conv2DTranspose(Conv2D):
     """Transposed convolution (the input gradient of a Conv2D), with the kernel stored (kh, kw, filters,
     in_channels) as Keras does: strides > 1 upsample (autoencoders, generators)."""
     fuses_input_relu = False  # its input gradient is a forward conv, which does not mask by x
+    fuses_max_pooling = False
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", output_padding=None, data_format=None,
                  dilation_rate=(1, 1), activation=None, use_bias=True, kernel_initializer="glorot_uniform",

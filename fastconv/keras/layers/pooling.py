@@ -33,6 +33,11 @@ class _Pooling2D(Layer):
 class MaxPooling2D(_Pooling2D):
     fuses_input_relu = True  # backward(x_from_relu=True) also applies the gradient of a ReLU before it
 
+    @property
+    def is_2x2_max_pooling(self):
+        return (type(self).forward is MaxPooling2D.forward and self.pool_size == (2, 2) and self.strides == (2, 2)
+                and self.padding == "valid")
+
     def forward(self, inputs, training=False):
         ops = backend.ops()
         if not training or self.pool_size[0] * self.pool_size[1] >= ops.ARGMAX_NONE:
