@@ -212,12 +212,20 @@ def _key(value):
         return value
     if kind is not tuple and kind is not list:
         return _UNCACHED
-    items = []  # one loop with the common items inline: this runs on every conv and pool call
+    items = []  # the common arguments (shapes, pairs of ints, strings) inline: this runs on every conv and pool call
     for item in value:
-        if type(item) not in _PLAIN:
-            item = _key(item)
-            if item is _UNCACHED:
-                return _UNCACHED
+        kind = type(item)
+        if kind is tuple or kind is list:
+            for part in item:
+                if type(part) not in _PLAIN:  # deeper (padding pairs), or a type to refuse
+                    item = _key(item)
+                    if item is _UNCACHED:
+                        return _UNCACHED
+                    break
+            else:
+                item = tuple(item)
+        elif kind not in _PLAIN:
+            return _UNCACHED
         items.append(item)
     return tuple(items)
 

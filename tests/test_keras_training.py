@@ -124,6 +124,30 @@ def test_sparse_training_step_loss_accuracy_and_update_match_a_float64_reference
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_train_on_batch_checks_each_call_s_arrays_after_accepting_others():
+    rng = np.random.default_rng(3)
+    x, labels = rng.standard_normal((8, 6)).astype(np.float32), rng.integers(0, 4, size=8)
+    model = Sequential([keras.Input((6,)), Dense(4, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    first = model.train_on_batch(x, labels, return_dict=True)
+    assert set(first) == {"loss", "accuracy"}
+    with pytest.raises(ValueError, match="must have shape"):
+        model.train_on_batch(x[:, :5], labels)
+    with pytest.raises(ValueError, match="same number of samples"):
+        model.train_on_batch(x, labels[:7])
+    with pytest.raises(ValueError, match="labels of shape"):
+        model.train_on_batch(x, labels.reshape(8, 1, 1))
+    with pytest.raises(TypeError, match="must hold numbers"):
+        model.train_on_batch(x, labels.astype(str))
+    with pytest.raises(ValueError, match=r"must be integers in \[0, 4\)"):
+        model.train_on_batch(x, labels + 4)
+    assert np.all(np.isfinite(model.train_on_batch(x, labels)))  # [loss, accuracy]
+    model.add(Dense(3, activation="softmax"))  # a grown Sequential: its new output is checked again
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    with pytest.raises(ValueError, match="labels of shape"):
+        model.train_on_batch(x, np.eye(4, dtype=np.float32)[labels])
+
+
 def test_categorical_crossentropy_on_one_sigmoid_unit_is_keras_like():
     # Keras rescales predictions to sum to one: a single unit always predicts "1", the loss is ~0.
     values = losses.categorical_crossentropy(np.array([[1.0], [0.0]]), np.array([[0.3], [0.8]]))

@@ -128,3 +128,4 @@ def add_output_metrics(trainer, metrics_by_output, weighted):
             trainer.metrics[j].append(metric)
             trainer.metric_names[j].append(name)
             trainer.metric_weighted[j].append(weighted)
+    trainer._trackers = None  # the statistic -> metric object map now has more names

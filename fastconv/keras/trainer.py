@@ -160,6 +160,19 @@ class _RunningMeans:
         return {**means, **self.latest}
 
 
+def _step_results(stats):
+    """_RunningMeans' results after one step's statistics alone: each (total, count) as its mean."""
+    means, latest = {}, {}
+    for name, value in stats.items():
+        if isinstance(value, tuple):
+            total, count = value
+            if count:
+                means[name] = (0.0 + total) / count  # as _RunningMeans, which starts each total at 0.0
+        else:
+            latest[name] = value
+    return {**means, **latest}
+
+
 def _step_data(xs, ys, weights, model):
     """What Keras hands train_step/test_step: (x, y) or (x, y, sample_weight), one array per
     single input or output."""
@@ -221,6 +234,8 @@ class Trainer:
         # Stateful views of the built-in steps' statistics, for model.metrics and custom train_steps.
         self.loss_tracker = metrics_module.Mean(name="loss")
         self.output_loss_trackers = [metrics_module.Mean(name=name) for name in self.output_loss_names]
+        self._trackers = None  # statistic name -> its stateful metric object (see _track)
+        self._checked_arrays = None  # (model graph, shapes and dtypes of x and y) that _standardize accepted
 
     def metric_objects(self):
         """model.metrics: the loss tracker, each output's loss tracker, then the compiled metrics."""
@@ -228,10 +243,12 @@ class Trainer:
 
     def _track(self, stats):
         """Add a built-in step's (total, count) statistics to the stateful metric objects."""
-        trackers = {"loss": self.loss_tracker}
-        trackers.update(zip(self.output_loss_names, self.output_loss_trackers))
-        for names, group in zip(self.metric_names, self.metrics):
-            trackers.update(zip(names, group))
+        trackers = self._trackers
+        if trackers is None:  # made once (compile_utils.add_output_metrics resets it when adding metrics)
+            trackers = self._trackers = {"loss": self.loss_tracker}
+            trackers.update(zip(self.output_loss_names, self.output_loss_trackers))
+            for names, group in zip(self.metric_names, self.metrics):
+                trackers.update(zip(names, group))
         for name, (total, count) in stats.items():
             tracker = trackers.get(name)
             if tracker is not None:
@@ -242,6 +259,12 @@ class Trainer:
     # ----- data -----
     def _standardize(self, x, y):
         model = self.model
+        single = type(x) is np.ndarray and type(y) is np.ndarray
+        if single:  # train_on_batch's usual call: arrays of the kinds already checked against this model's graph
+            kind = (x.shape, x.dtype, y.shape, y.dtype)
+            checked = self._checked_arrays
+            if checked is not None and checked[0] is model._nodes and checked[1] == kind:
+                return [x], [y]
         xs = _arrays(x, len(model.inputs) if model.built else 1, "x")
         model.prepare_inputs(xs)
         custom_steps = self._overridden("train_step") or self._overridden("test_step")
@@ -252,6 +275,8 @@ class Trainer:
         for loss, y_array, tensor in zip(self.losses, ys, model.outputs):
             if loss is not None and None not in tensor.shape[1:]:
                 loss.check_target_shape(y_array.shape, (len(y_array),) + tensor.shape[1:])
+        if single and len(xs) == len(ys) == 1:
+            self._checked_arrays = (model._nodes, kind)  # (the graph object: a Sequential grown later is checked again)
         return xs, ys
 
     # ----- one batch -----
@@ -471,17 +496,13 @@ class Trainer:
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         xs, ys = self._standardize(x, y)
-        logs = _RunningMeans()
         weights = _sample_weights(sample_weight, class_weight, ys, len(xs[0]))
-        logs.add(self.train_step(_inputs_batch(xs, slice(None)), ys, weights))
-        return self._result(logs.results(), return_dict)
+        return self._result(_step_results(self.train_step(_inputs_batch(xs, slice(None)), ys, weights)), return_dict)
 
     def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         xs, ys = self._standardize(x, y)
-        logs = _RunningMeans()
         weights = _sample_weights(sample_weight, None, ys, len(xs[0]))
-        logs.add(self.test_step(_inputs_batch(xs, slice(None)), ys, weights))
-        return self._result(logs.results(), return_dict)
+        return self._result(_step_results(self.test_step(_inputs_batch(xs, slice(None)), ys, weights)), return_dict)
 
 
 def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=None):

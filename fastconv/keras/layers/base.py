@@ -276,6 +276,8 @@ class Layer:
     def trainable_weights(self):
         if not self.trainable:
             return []
+        if not self._tracked_layers:  # a plain layer (read every step): its own variables hold no repeat
+            return [v for v in self._variables if v.trainable]
         return unique_variables([v for v in self._variables if v.trainable] +
                                 [v for layer in self._tracked_layers for v in layer.trainable_weights])
 
@@ -527,6 +529,8 @@ def _marking_built(build):
 
 def unique_variables(variables):
     """Each variable once, in order (a layer shared by two sublayers or nested models appears twice)."""
+    if len(set(map(id, variables))) == len(variables):  # nearly always: no repeat (one C-level pass)
+        return list(variables)
     seen, out = set(), []
     for variable in variables:
         if id(variable) not in seen:

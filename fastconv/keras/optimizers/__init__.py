@@ -61,15 +61,17 @@ class Optimizer:
             value = getattr(variable, "value", None)
             if not isinstance(value, np.ndarray):
                 raise TypeError(f"apply updates keras Variables, got {type(variable).__name__}")
-            grad = np.asarray(grad, dtype=value.dtype)
+            if type(grad) is not np.ndarray or grad.dtype != value.dtype:  # (a layer's gradient already is)
+                grad = np.asarray(grad, dtype=value.dtype)
             if grad.shape != value.shape:
                 raise ValueError(f"gradient of shape {grad.shape} for variable {variable.name!r} of shape {value.shape}")
-            if variable not in self._slots:
-                self._slots[variable] = self._new_slots(value)
+            variable_slots = self._slots.get(variable)
+            if variable_slots is None:
+                variable_slots = self._slots[variable] = self._new_slots(value)
             values.append(value)
             value_grads.append(grad)
-            slots.append(self._slots[variable])
-        if len({id(value) for value in values}) == len(values):
+            slots.append(variable_slots)
+        if len(set(map(id, values))) == len(values):
             self._decay_and_update_all(values, value_grads, lr, slots)
         else:  # a variable given twice is updated twice, one update after the other
             for value, grad, value_slots in zip(values, value_grads, slots):
