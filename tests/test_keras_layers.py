@@ -273,6 +273,12 @@ def test_dropout_backward_applies_the_forward_mask_drawn_from_the_same_stream(ba
     expected, mask = reference.dropout(x, 0.4, seed)
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(dx, grad * mask)
+    # a layer's own seed=: each call draws what its generator's integers(0, 2**63) gives next
+    own = np.random.default_rng(11)
+    layer = layers.Dropout(0.4, seed=11)
+    for _ in range(3):
+        np.testing.assert_array_equal(layer.forward(x, training=True)[0],
+                                      reference.dropout(x, 0.4, int(own.integers(0, 2**63)))[0])
 
 
 def test_conv2d_groups_other_than_one_are_refused():
