@@ -133,15 +133,15 @@ int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8
  * x_from_relu: x is a ReLU's output; dx is then the gradient at that ReLU's input (zero where x <= 0). */
 int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
                            int x_from_relu, float *dx);
-/* A conv with ReLU followed by 2x2, stride-2 max pooling (valid), as one op where FC_CONV_AUTO runs the
- * conv on the direct kernels (few input channels) or as Winograd: _applies returns that path
+/* A conv with ReLU followed by 2x2, stride-2 max pooling (valid), as one op where `algo` (FC_CONV_*) runs
+ * the conv's forward on the direct kernels or as Winograd: _applies returns that path
  * (FC_CONV_PATH_DIRECT or _WINOGRAD), else FC_CONV_PATH_NONE. y and argmax are maxpool2d's of the conv's
- * output, which is never stored. The weight gradient (direct path only) takes the gradient at the
- * pooled output. The same bits as the two ops and their backward passes. */
-int fc_conv2d_relu_maxpool2x2_applies(const fc_conv_shape *s);
-int fc_conv2d_relu_maxpool2x2_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
-                                      float *y, uint8_t *argmax);
-int fc_conv2d_relu_maxpool2x2_weight_grad(const fc_conv_shape *s, const float *dy, const uint8_t *argmax,
+ * output, which is never stored. The weight gradient, for the direct path only, takes the gradient at
+ * the pooled output. The same bits as the two ops and their backward passes with the same `algo`. */
+int fc_conv2d_relu_maxpool2x2_applies(const fc_conv_shape *s, int algo);
+int fc_conv2d_relu_maxpool2x2_forward(const fc_conv_shape *s, int algo, const float *x, const float *w,
+                                      const float *bias, float *y, uint8_t *argmax);
+int fc_conv2d_relu_maxpool2x2_weight_grad(const fc_conv_shape *s, int algo, const float *dy, const uint8_t *argmax,
                                           const float *x, float *dw, float *db);
 int fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
 int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);

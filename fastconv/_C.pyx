@@ -63,11 +63,11 @@ cdef extern from "fastconv.h" nogil:
     int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax)
     int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const float *x, const uint8_t *argmax,
                                int x_from_relu, float *dx)
-    int fc_conv2d_relu_maxpool2x2_applies(const fc_conv_shape *s)
-    int fc_conv2d_relu_maxpool2x2_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
-                                          float *y, uint8_t *argmax)
-    int fc_conv2d_relu_maxpool2x2_weight_grad(const fc_conv_shape *s, const float *dy, const uint8_t *argmax,
-                                              const float *x, float *dw, float *db)
+    int fc_conv2d_relu_maxpool2x2_applies(const fc_conv_shape *s, int algo)
+    int fc_conv2d_relu_maxpool2x2_forward(const fc_conv_shape *s, int algo, const float *x, const float *w,
+                                          const float *bias, float *y, uint8_t *argmax)
+    int fc_conv2d_relu_maxpool2x2_weight_grad(const fc_conv_shape *s, int algo, const float *dy,
+                                              const uint8_t *argmax, const float *x, float *dw, float *db)
     int fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
     int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
     int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
@@ -440,28 +440,28 @@ def maxpool2d_backward(g, const float[::1] dy, const float[::1] x, const uint8_t
     check(status, b"maxpool2d_backward")
 
 
-def conv2d_relu_maxpool2x2_applies(g):
+def conv2d_relu_maxpool2x2_applies(g, int algo):
     """The path (a FC_CONV_PATH_* code) of the conv that fuses with its pooling, 0 where none does."""
     cdef fc_conv_shape s = conv_shape(g)
-    return fc_conv2d_relu_maxpool2x2_applies(&s)
+    return fc_conv2d_relu_maxpool2x2_applies(&s, algo)
 
 
-def conv2d_relu_maxpool2x2_forward(g, const float[::1] x, const float[::1] w, const float[::1] bias, float[::1] y,
+def conv2d_relu_maxpool2x2_forward(g, int algo, const float[::1] x, const float[::1] w, const float[::1] bias, float[::1] y,
                                    uint8_t[::1] argmax):
     cdef fc_conv_shape s = conv_shape(g)
     cdef const float *bias_ptr = optional(bias)
     cdef int status
     with nogil:
-        status = fc_conv2d_relu_maxpool2x2_forward(&s, &x[0], &w[0], bias_ptr, &y[0], &argmax[0])
+        status = fc_conv2d_relu_maxpool2x2_forward(&s, algo, &x[0], &w[0], bias_ptr, &y[0], &argmax[0])
     check(status, b"conv2d_relu_maxpool2d")
 
 
-def conv2d_relu_maxpool2x2_weight_grad(g, const float[::1] dy, const uint8_t[::1] argmax, const float[::1] x,
+def conv2d_relu_maxpool2x2_weight_grad(g, int algo, const float[::1] dy, const uint8_t[::1] argmax, const float[::1] x,
                                        float[::1] dw, float[::1] db):
     cdef fc_conv_shape s = conv_shape(g)
     cdef int status
     with nogil:
-        status = fc_conv2d_relu_maxpool2x2_weight_grad(&s, &dy[0], &argmax[0], &x[0], &dw[0], &db[0])
+        status = fc_conv2d_relu_maxpool2x2_weight_grad(&s, algo, &dy[0], &argmax[0], &x[0], &dw[0], &db[0])
     check(status, b"conv2d_relu_maxpool2d_weight_grad")
 
 

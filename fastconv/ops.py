@@ -780,23 +780,22 @@ def affine_transform(images, transform, interpolation="bilinear", fill_mode="con
 
 
 @functools.lru_cache(maxsize=256)
-def _conv_pool_path(g):
-    return CONV_PATHS[_C.conv2d_relu_maxpool2x2_applies(g)]
+def _conv_pool_path(g, algo):
+    return CONV_PATHS[_C.conv2d_relu_maxpool2x2_applies(g, algo)]
 
 
 def _fused_conv_pool_path(x_shape, w_shape, strides, padding, dilation_rate, algorithm):
+    """(geometry, algorithm code, the fused forward's path or "none")."""
     g = conv_geometry(tuple(x_shape), tuple(w_shape), strides, padding, dilation_rate)
-    if _conv_algorithm(algorithm) != CONV_ALGORITHMS["auto"] or g.n * g.cin == 0:
-        return g, "none"
-    return g, _conv_pool_path(g)
+    algo = _conv_algorithm(algorithm)
+    return g, algo, "none" if g.n * g.cin == 0 else _conv_pool_path(g, algo)
 
 
 def conv2d_relu_maxpool2d_fuses(x_shape, w_shape, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
     """Whether conv2d_relu_maxpool2d's forward runs as one pass for these shapes (else as the two ops in
-    turn): where conv2d's "auto" takes the direct kernels (few input channels, as a network's first
-    layer has) or Winograd, and the conv output is at least 2x2. A forced algorithm (argument or
-    $FASTCONV_CONV_ALGO) keeps the two ops, so that the algorithm forced is the one that runs."""
-    return _fused_conv_pool_path(x_shape, w_shape, strides, padding, dilation_rate, algorithm)[1] != "none"
+    turn): where the conv's algorithm (conv2d's, "auto" by default) runs on the direct kernels (few
+    input channels, as a network's first layer has) or as Winograd, and its output is at least 2x2."""
+    return _fused_conv_pool_path(x_shape, w_shape, strides, padding, dilation_rate, algorithm)[2] != "none"
 
 
 def conv2d_relu_maxpool2d(x, w, b=None, *, strides=1, padding="valid", dilation_rate=1, algorithm=None):
@@ -810,7 +809,7 @@ def conv2d_relu_maxpool2d(x, w, b=None, *, strides=1, padding="valid", dilation_
     output (direct) or one output tile's (Winograd, 16 * Cout floats)."""
     x32 = as_float_array(x, "x", ndim=4)
     w32 = as_float_array(w, "w", ndim=4)
-    g, path = _fused_conv_pool_path(x32.shape, w32.shape, strides, padding, dilation_rate, algorithm)
+    g, algo, path = _fused_conv_pool_path(x32.shape, w32.shape, strides, padding, dilation_rate, algorithm)
     if path == "none":
         pre = conv2d(x32, w32, b, strides=strides, padding=padding, dilation_rate=dilation_rate, activation="relu",
                      algorithm=algorithm)
@@ -818,7 +817,7 @@ def conv2d_relu_maxpool2d(x, w, b=None, *, strides=1, padding="valid", dilation_
     b32 = _bias(b, g.cout)
     pooled = (g.n, g.oh // 2, g.ow // 2, g.cout)
     y, argmax = _empty(pooled, dtype=np.float32), _empty(pooled, dtype=np.uint8)
-    _C.conv2d_relu_maxpool2x2_forward(g, _flat(x32), _flat(w32), _flat(b32), _flat(y), _flat(argmax))
+    _C.conv2d_relu_maxpool2x2_forward(g, algo, _flat(x32), _flat(w32), _flat(b32), _flat(y), _flat(argmax))
     return y, argmax
 
 
@@ -831,7 +830,7 @@ def conv2d_relu_maxpool2d_backward(dy, argmax, x, w, *, strides=1, padding="vali
     either way."""
     x32 = as_float_array(x, "x", ndim=4)
     w32 = as_float_array(w, "w", ndim=4)
-    g, path = _fused_conv_pool_path(x32.shape, w32.shape, strides, padding, dilation_rate, algorithm)
+    g, algo, path = _fused_conv_pool_path(x32.shape, w32.shape, strides, padding, dilation_rate, algorithm)
     pooled = (g.n, g.oh // 2, g.ow // 2, g.cout)
     dy32 = as_float_array(dy, "dy", ndim=4)
     check_shape(dy32, pooled, "dy")
@@ -846,5 +845,5 @@ def conv2d_relu_maxpool2d_backward(dy, argmax, x, w, *, strides=1, padding="vali
         return conv2d_backward(dpre, x32, w32, strides=strides, padding=padding, dilation_rate=dilation_rate,
                                need_dx=need_dx, x_from_relu=x_from_relu, algorithm=algorithm)
     dw, db = _empty(w32.shape, dtype=np.float32), _empty((g.cout,), dtype=np.float32)
-    _C.conv2d_relu_maxpool2x2_weight_grad(g, _flat(dy32), _flat(argmax), _flat(x32), _flat(dw), _flat(db))
+    _C.conv2d_relu_maxpool2x2_weight_grad(g, algo, _flat(dy32), _flat(argmax), _flat(x32), _flat(dw), _flat(db))
     return None, dw, db

@@ -20,23 +20,25 @@ SHAPES = [
     (3, 16, 16, 1, 3, 33, 1, "valid", 2),
     (1, 3, 3, 1, 2, 8, 1, "valid", 1),          # a 2x2 output: one window
 ]
-# Winograd (3x3, stride 1, 8 channels or more): F(4x4) or F(2x2) tiles, partial tiles at the edges
+# Winograd (3x3, stride 1), each tile size forced (auto picks it on AVX2 only); partial tiles at the edges
 WINOGRAD_SHAPES = [
-    (4, 14, 14, 32, 3, 64, 1, "same", 1),       # the seed model's second layer
-    (2, 26, 26, 32, 3, 64, 1, "valid", 1),      # keras-cnn's second layer
-    (3, 13, 11, 8, 3, 8, 1, "same", 1),         # odd sizes
-    (2, 9, 9, 16, 3, 24, 1, "valid", 1),
-    (2, 6, 6, 8, 3, 12, 1, ((1, 0), (0, 1)), 1),
+    (4, 14, 14, 32, 3, 64, 1, "same", 1, "winograd4x4"),       # the seed model's second layer
+    (2, 26, 26, 32, 3, 64, 1, "valid", 1, "winograd4x4"),      # keras-cnn's second layer
+    (3, 13, 11, 8, 3, 8, 1, "same", 1, "winograd4x4"),         # odd sizes
+    (2, 9, 9, 16, 3, 24, 1, "valid", 1, "winograd"),
+    (3, 13, 11, 8, 3, 8, 1, "same", 1, "winograd"),
+    (2, 6, 6, 8, 3, 12, 1, ((1, 0), (0, 1)), 1, "winograd4x4"),
 ]
 
 
 def _case(shape, seed=0):
-    n, h, w, cin, k, cout, strides, padding, dilation = shape
+    n, h, w, cin, k, cout, strides, padding, dilation = shape[:9]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
     kernel = (rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin)).astype(np.float32)
     bias = (0.1 * rng.standard_normal(cout)).astype(np.float32)
-    return x, kernel, bias, {"strides": strides, "padding": padding, "dilation_rate": dilation}
+    geometry = {"strides": strides, "padding": padding, "dilation_rate": dilation}
+    return x, kernel, bias, {**geometry, "algorithm": shape[9]} if len(shape) > 9 else geometry
 
 
 def _unfused(x, kernel, bias, dy, geometry):
@@ -54,7 +56,7 @@ def _fused(x, kernel, bias, dy, geometry):
     return y, argmax, dw, db
 
 
-@pytest.mark.parametrize("shape", SHAPES + WINOGRAD_SHAPES, ids=lambda s: "x".join(map(str, s[:6])))
+@pytest.mark.parametrize("shape", SHAPES + WINOGRAD_SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + ("" if len(s) < 10 else "-" + s[9]))
 def test_fused_gives_the_bits_of_the_two_ops(shape):
     x, kernel, bias, geometry = _case(shape)
     assert ops.conv2d_relu_maxpool2d_fuses(x.shape, kernel.shape, **geometry)
@@ -67,7 +69,7 @@ def test_fused_gives_the_bits_of_the_two_ops(shape):
 
 
 @pytest.mark.parametrize("x_from_relu", [False, True])
-@pytest.mark.parametrize("shape", [SHAPES[1], WINOGRAD_SHAPES[2]], ids=lambda s: "x".join(map(str, s[:6])))
+@pytest.mark.parametrize("shape", [SHAPES[1], WINOGRAD_SHAPES[2]], ids=lambda s: "x".join(map(str, s[:6])) + ("" if len(s) < 10 else "-" + s[9]))
 def test_the_input_gradient_is_conv2d_backward_s(shape, x_from_relu):
     x, kernel, bias, geometry = _case(shape)
     x = np.maximum(x, 0) if x_from_relu else x
@@ -81,7 +83,7 @@ def test_the_input_gradient_is_conv2d_backward_s(shape, x_from_relu):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("shape", SHAPES[:4] + WINOGRAD_SHAPES[2:4], ids=lambda s: "x".join(map(str, s[:6])))
+@pytest.mark.parametrize("shape", SHAPES[:4] + WINOGRAD_SHAPES[2:4], ids=lambda s: "x".join(map(str, s[:6])) + ("" if len(s) < 10 else "-" + s[9]))
 def test_fused_matches_the_float64_reference(shape):
     x, kernel, bias, geometry = _case(shape, seed=2)
     y, argmax = ops.conv2d_relu_maxpool2d(x, kernel, bias, **geometry)
@@ -99,7 +101,7 @@ def test_fused_matches_the_float64_reference(shape):
     assert np.abs(db - want_db).max() <= 1e-5 * scale
 
 
-@pytest.mark.parametrize("shape", [SHAPES[0], WINOGRAD_SHAPES[0]], ids=lambda s: "x".join(map(str, s[:6])))
+@pytest.mark.parametrize("shape", [SHAPES[0], WINOGRAD_SHAPES[0]], ids=lambda s: "x".join(map(str, s[:6])) + ("" if len(s) < 10 else "-" + s[9]))
 def test_fused_bits_do_not_depend_on_the_threads(shape):
     x, kernel, bias, geometry = _case(shape)
     y_shape = ops.conv2d_relu_maxpool2d(x, kernel, bias, **geometry)[0].shape
@@ -117,7 +119,7 @@ def test_fused_bits_do_not_depend_on_the_threads(shape):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("shape", [SHAPES[1], WINOGRAD_SHAPES[2]], ids=lambda s: "x".join(map(str, s[:6])))
+@pytest.mark.parametrize("shape", [SHAPES[1], WINOGRAD_SHAPES[2]], ids=lambda s: "x".join(map(str, s[:6])) + ("" if len(s) < 10 else "-" + s[9]))
 def test_nan_and_ties_route_as_the_two_ops_do(shape):
     x, kernel, bias, geometry = _case(shape)
     x[0, 2, 3, 0] = np.nan
@@ -181,7 +183,7 @@ def _model(kind):
         pooled = layers.Flatten()(layers.MaxPooling2D(2)(conv))
         other = layers.Flatten()(layers.AveragePooling2D(2)(conv))
         return keras.Model(inputs, layers.Dense(10, activation="softmax")(layers.Concatenate()([pooled, other])))
-    if kind == "winograd":  # the second conv is Winograd, fused with its pooling; it needs dx
+    if kind == "winograd":  # the second conv, Winograd on AVX2 (else implicit GEMM), with its pooling; it needs dx
         return keras.Sequential([keras.Input((12, 12, 1)), layers.Conv2D(8, 3, padding="same", activation="relu"),
                                  layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
                                  layers.Flatten(), layers.Dense(10, activation="softmax")])
@@ -215,7 +217,9 @@ def _train(kind, monkeypatch, fuse):
 @pytest.mark.parametrize("kind", ["sequential", "valid-pool", "winograd", "needs-input-grad"])
 def test_models_fuse_the_first_conv_with_its_pooling_and_train_the_same(kind, monkeypatch):
     weights, history, predictions, calls = _train(kind, monkeypatch, fuse=True)
-    assert calls and all(calls)  # training, validation and predict all took the fused op
+    # training, validation and predict all took the fused op (the Winograd conv wherever auto picks Winograd)
+    fuses = kind != "winograd" or ops.conv2d_relu_maxpool2d_fuses((16, 12, 12, 8), (3, 3, 8, 16), padding="same")
+    assert calls and all(fused == fuses for fused in calls)
     plain_weights, plain_history, plain_predictions, _ = _train(kind, monkeypatch, fuse=False)
     assert history == plain_history
     np.testing.assert_array_equal(predictions, plain_predictions)

@@ -14,11 +14,11 @@
 #include "winograd.h"
 #include "../pool/maxpool2x2.h"
 
-int fc_conv2d_relu_maxpool2x2_applies(const fc_conv_shape *s)
+int fc_conv2d_relu_maxpool2x2_applies(const fc_conv_shape *s, int algo)
 {
     fc_call_begin();
     conv_plan p;
-    conv_make_plan(s, FC_CONV_AUTO, FC_CONV_PASS_FORWARD, &p);
+    conv_make_plan(s, algo, FC_CONV_PASS_FORWARD, &p);
     const int path = p.forward == PATH_DIRECT || p.forward == PATH_WINOGRAD ? p.forward : PATH_NONE;
     return fc_call_end(s->oh >= 2 && s->ow >= 2 ? path : PATH_NONE);
 }
@@ -35,12 +35,12 @@ static fc_pool_shape image_pool_shape(const fc_conv_shape *s)
 
 static int64_t image_floats(const fc_conv_shape *s) { return fc_lines(s->oh * s->ow * s->cout); }
 
-int fc_conv2d_relu_maxpool2x2_forward(const fc_conv_shape *s, const float *x, const float *w, const float *bias,
-                                      float *y, uint8_t *argmax)
+int fc_conv2d_relu_maxpool2x2_forward(const fc_conv_shape *s, int algo, const float *x, const float *w,
+                                      const float *bias, float *y, uint8_t *argmax)
 {
     fc_call_begin();
     conv_plan p;
-    conv_make_plan(s, FC_CONV_AUTO, FC_CONV_PASS_FORWARD, &p);
+    conv_make_plan(s, algo, FC_CONV_PASS_FORWARD, &p);
     if (p.forward == PATH_WINOGRAD)
         return fc_call_end(fc_winograd_forward_max_pooled(s, p.winograd_tile, x, w, bias, y, argmax));
     const fc_conv_direct_kernels *dk = p.direct;
@@ -67,12 +67,12 @@ int fc_conv2d_relu_maxpool2x2_forward(const fc_conv_shape *s, const float *x, co
     return fc_call_end(FC_OK);
 }
 
-int fc_conv2d_relu_maxpool2x2_weight_grad(const fc_conv_shape *s, const float *dy, const uint8_t *argmax,
+int fc_conv2d_relu_maxpool2x2_weight_grad(const fc_conv_shape *s, int algo, const float *dy, const uint8_t *argmax,
                                           const float *x, float *dw, float *db)
 {
     fc_call_begin();
     conv_plan p;
-    conv_make_plan(s, FC_CONV_DIRECT, FC_CONV_PASS_DW | FC_CONV_PASS_DB, &p);
+    conv_make_plan(s, algo, FC_CONV_PASS_DW | FC_CONV_PASS_DB, &p);
     const fc_conv_direct_kernels *dk = p.direct;
     const fc_maxpool2x2_kernels *pool = fc_active_maxpool2x2();
     const backward_layout l = p.blocks;
