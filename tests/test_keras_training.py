@@ -124,6 +124,25 @@ def test_sparse_training_step_loss_accuracy_and_update_match_a_float64_reference
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_a_sparse_loss_subclass_with_its_own_targets_trains_on_them():
+    """The step hands the built-in sparse cross-entropy its labels directly; a subclass that makes its
+    own targets (here smoothed) must still get them."""
+    class Smoothed(losses.SparseCategoricalCrossentropy):
+        def prepare_targets(self, y_true, pred_shape, dtype):
+            return (super().prepare_targets(y_true, pred_shape, dtype) * 0.8 + 0.05).astype(dtype)
+
+    rng = np.random.default_rng(4)
+    x, labels = rng.standard_normal((10, 5)).astype(np.float32), rng.integers(0, 4, size=10)
+    model = Sequential([keras.Input((5,)), Dense(4, activation="softmax")])
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.0), loss=Smoothed(), metrics=["accuracy"])
+    w, b = [v.astype(np.float64) for v in model.get_weights()]
+    logs = model.train_on_batch(x, labels, return_dict=True)
+    p = softmax(x @ w + b)
+    targets = np.eye(4)[labels] * 0.8 + 0.05
+    assert math.isclose(logs["loss"], -(targets * np.log(p)).sum(axis=1).mean(), rel_tol=1e-5)
+    assert logs["accuracy"] == pytest.approx(np.mean(p.argmax(axis=1) == labels), abs=1e-7)
+
+
 def test_train_on_batch_checks_each_call_s_arrays_after_accepting_others():
     rng = np.random.default_rng(3)
     x, labels = rng.standard_normal((8, 6)).astype(np.float32), rng.integers(0, 4, size=8)

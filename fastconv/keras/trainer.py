@@ -194,6 +194,22 @@ def _plain_logs(logs, what):
     return plain
 
 
+def _takes_class_labels(loss):
+    """Whether `loss` may be handed integer class labels (class_labels, fused_from_labels) in place of
+    its prepare_targets' one-hot targets: the built-in sparse cross-entropy, or a subclass that changes
+    neither how it prepares targets nor how it fuses with the softmax."""
+    kind = type(loss)
+    found = _LABEL_LOSSES.get(kind)
+    if found is None:
+        sparse = losses.SparseCategoricalCrossentropy
+        found = _LABEL_LOSSES[kind] = issubclass(kind, sparse) and \
+            kind.prepare_targets is sparse.prepare_targets and kind.fused is sparse.fused
+    return found
+
+
+_LABEL_LOSSES = {}  # loss class -> _takes_class_labels
+
+
 def _model_class():
     """keras.Model (models.py imports this module, so it is looked up on first use, then kept)."""
     global _MODEL
@@ -292,8 +308,7 @@ class Trainer:
         for j, (loss, y, output) in enumerate(zip(self.losses, ys, outputs)):
             # Integer class labels stay labels where the loss and metrics can use them; the one-hot
             # targets are built only for what needs them.
-            labels = loss.class_labels(y, output.shape) if isinstance(loss, losses.SparseCategoricalCrossentropy) \
-                else None
+            labels = loss.class_labels(y, output.shape) if _takes_class_labels(loss) else None
             target = None if labels is not None else loss.prepare_targets(y, output.shape, output.dtype)
             fused = None
             if with_gradients:
