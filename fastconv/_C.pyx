@@ -262,21 +262,12 @@ def gemm(bint trans_a, bint trans_b, int64_t m, int64_t n, int64_t k, float alph
     check(status, b"gemm")
 
 
-cdef inline bint plain_matrix(object x):
-    """x is a 2-D, C-contiguous, aligned, native-endian float32 numpy.ndarray (not a subclass)."""
+cdef inline bint plain_array(object x, int ndim):
+    """x is an ndim-D, C-contiguous, aligned, native-endian float32 numpy.ndarray (not a subclass)."""
     if type(x) is not cnp.ndarray:
         return False
     cdef cnp.ndarray arr = <cnp.ndarray>x
-    return (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_NDIM(arr) == 2 and
-            cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
-
-
-cdef inline bint plain_vector(object x):
-    """x is a 1-D, contiguous, aligned, native-endian float32 numpy.ndarray (not a subclass)."""
-    if type(x) is not cnp.ndarray:
-        return False
-    cdef cnp.ndarray arr = <cnp.ndarray>x
-    return (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_NDIM(arr) == 1 and
+    return (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_NDIM(arr) == ndim and
             cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
 
 
@@ -329,11 +320,11 @@ cdef inline bint disjoint(cnp.ndarray x, cnp.ndarray y):
 
 def gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out, bias=None, bint relu=False):
     """fastconv.ops.gemm when every argument is of the common kind: a and b plain float32 matrices (see
-    plain_matrix), alpha and beta floats, out None or a writeable plain matrix of the result's shape
+    plain_array), alpha and beta floats, out None or a writeable plain matrix of the result's shape
     apart from a, b and bias, bias None or a plain float32 vector of the result's width, and no
     dimension zero. Returns the result, or None for anything else, which ops.gemm then converts,
     validates and explains. Checked here in C, as the Python checks cost as much as a 64^3 product."""
-    if not (plain_matrix(a) and plain_matrix(b) and type(alpha) is float and type(beta) is float):
+    if not (plain_array(a, 2) and plain_array(b, 2) and type(alpha) is float and type(beta) is float):
         return None
     cdef cnp.ndarray a_arr = <cnp.ndarray>a, b_arr = <cnp.ndarray>b, c_arr, bias_arr = None
     cdef bint ta = trans_a, tb = trans_b
@@ -343,7 +334,7 @@ def gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out, bias=None, bint r
     if cnp.PyArray_DIM(b_arr, 1 if tb else 0) != k or m == 0 or n == 0 or k == 0:
         return None
     if bias is not None:
-        if not (plain_vector(bias) and cnp.PyArray_DIM(<cnp.ndarray>bias, 0) == n):
+        if not (plain_array(bias, 1) and cnp.PyArray_DIM(<cnp.ndarray>bias, 0) == n):
             return None
         bias_arr = <cnp.ndarray>bias
     if out is None:
@@ -354,7 +345,7 @@ def gemm_common_case(a, b, trans_a, trans_b, alpha, beta, out, bias=None, bint r
             c_arr = <cnp.ndarray>cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT32, 0)
         beta = 0.0
     else:
-        if not plain_matrix(out):
+        if not plain_array(out, 2):
             return None
         c_arr = <cnp.ndarray>out
         if (not cnp.PyArray_ISWRITEABLE(c_arr) or cnp.PyArray_DIM(c_arr, 0) != m or cnp.PyArray_DIM(c_arr, 1) != n
