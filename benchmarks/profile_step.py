@@ -107,7 +107,7 @@ def instrument(model, recorder):
     for layer in model.layers:
         wrap(layer, "forward", (layer.name, "forward"))
         wrap(layer, "backward", (layer.name, "backward"))
-        if layer.fuses_max_pooling:  # the row of the conv holds its pooling's time too
+        if getattr(layer, "fuses_max_pooling", False):  # its row holds the pooling too (older trees lack it)
             wrap(layer, "forward_max_pooled", (layer.name, "forward"))
     trainer = model._trainer
     wrap(trainer, "_losses_and_gradients", ("loss + metrics", ""))
