@@ -26,8 +26,30 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FASTCONV_NO_DOWNLOAD": "1", "FASTC
 OUTSIDE = tempfile.gettempdir()
 
 
+SHM = pathlib.Path("/dev/shm")
+
+
+def mpich_segments():
+    return set(SHM.glob("mpich_shm_*")) if SHM.is_dir() else set()
+
+
+def orphaned(segments):
+    """The segments no live process maps: MPICH's shared-memory files of ranks killed before they unlinked
+    them (the fault tests kill ranks on purpose), which would otherwise stay in /dev/shm for good."""
+    mapped = set()
+    for maps in pathlib.Path("/proc").glob("[0-9]*/maps"):
+        try:
+            lines = maps.read_text().splitlines()
+        except OSError:  # a process that ended, or another user's
+            continue
+        mapped.update(line.split(maxsplit=5)[-1] for line in lines if "/dev/shm/" in line)
+    return {path for path in segments if str(path) not in mapped}
+
+
 def launch(command, timeout):
-    """Run a command in its own process group; on timeout kill the whole group (every rank) and fail."""
+    """Run a command in its own process group; on timeout kill the whole group (every rank) and fail.
+    Afterwards remove the shared-memory files it left that nothing maps any more."""
+    before = mpich_segments()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                                cwd=OUTSIDE, start_new_session=True)
     try:
@@ -36,6 +58,9 @@ def launch(command, timeout):
         os.killpg(process.pid, signal.SIGKILL)
         out, err = process.communicate()
         pytest.fail(f"{' '.join(map(str, command))} hung for {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
+    finally:
+        for path in orphaned(mpich_segments() - before):
+            path.unlink(missing_ok=True)
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
@@ -319,10 +344,12 @@ def test_dropout_runs_repeat_bitwise_and_agree_across_ranks(train, tmp_path):
 def test_a_failing_rank_ends_the_whole_job(train, how):
     """Rank 1 raises (python -m mpi4py aborts the job) or is SIGKILLed (mpiexec ends the others) in
     the middle of an epoch, while rank 0 waits in the gradient reduction: the job ends, not hangs."""
+    before = mpich_segments()
     result = train(2, timeout=60, mode="dp", samples=320, epochs=5, fail_rank=1, how=how)
     assert result.returncode != 0
     if how == "raise":
         assert "rank 1 fails on purpose" in result.stderr
+    assert not orphaned(mpich_segments() - before)  # launch removed what the killed ranks left
 
 
 def test_a_callback_stopping_one_rank_stops_all_at_the_same_batch(train, tmp_path):
