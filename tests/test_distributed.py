@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -59,9 +60,21 @@ def launch(command, timeout):
         out, err = process.communicate()
         pytest.fail(f"{' '.join(map(str, command))} hung for {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
     finally:
-        for path in orphaned(mpich_segments() - before):
-            path.unlink(missing_ok=True)
+        remove_orphaned_segments(before)
     return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def remove_orphaned_segments(before, wait=2.0):
+    """Delete the segments made since `before` once nothing maps them; a rank of a killed job may still be
+    exiting when mpiexec returns, so wait up to `wait` seconds for it."""
+    deadline = time.monotonic() + wait
+    while True:
+        new = mpich_segments() - before
+        for path in orphaned(new):
+            path.unlink(missing_ok=True)
+        if not mpich_segments() - before or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def mpirun(ranks, script, *args, timeout=90):
