@@ -397,6 +397,15 @@ def _pool_backward_args(dy, x, pool_size, strides, padding):
 ARGMAX_NONE, ARGMAX_NOT_POSITIVE = 0x7F, 0x80
 
 
+def _checked_argmax(argmax, shape, source):
+    """argmax as a contiguous uint8 array of `shape`, or a TypeError/ValueError naming it and its source."""
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.uint8:
+        raise TypeError(f"argmax must be the uint8 array from {source}, got "
+                        f"{getattr(argmax, 'dtype', type(argmax).__name__)}")
+    check_shape(argmax, shape, "argmax")
+    return np.ascontiguousarray(argmax)
+
+
 def _check_argmax_window(g):
     if g.pool_h * g.pool_w >= ARGMAX_NONE:
         raise ValueError(f"argmax needs a pool window of fewer than {ARGMAX_NONE} values, got "
@@ -423,12 +432,8 @@ def maxpool2d_backward(dy, x, pool_size=2, strides=None, padding="valid", *, x_f
     """
     g, dy32, x32, dx = _pool_backward_args(dy, x, pool_size, strides, padding)
     if argmax is not None:
-        if not isinstance(argmax, np.ndarray) or argmax.dtype != np.uint8:
-            raise TypeError(f"argmax must be the uint8 array from maxpool2d(..., return_argmax=True), got "
-                            f"{getattr(argmax, 'dtype', type(argmax).__name__)}")
-        check_shape(argmax, g.out_shape, "argmax")
+        argmax = _checked_argmax(argmax, g.out_shape, "maxpool2d(..., return_argmax=True)")
         _check_argmax_window(g)
-        argmax = np.ascontiguousarray(argmax)
     if not dy32.size:
         dx[...] = 0.0
     else:
@@ -778,7 +783,6 @@ def affine_transform(images, transform, interpolation="bilinear", fill_mode="con
     return y[0] if unbatched else y
 
 
-
 @functools.lru_cache(maxsize=256)
 def _conv_pool_path(g, algo):
     return CONV_PATHS[_C.conv2d_relu_maxpool2x2_applies(g, algo)]
@@ -834,11 +838,7 @@ def conv2d_relu_maxpool2d_backward(dy, argmax, x, w, *, strides=1, padding="vali
     pooled = (g.n, g.oh // 2, g.ow // 2, g.cout)
     dy32 = as_float_array(dy, "dy", ndim=4)
     check_shape(dy32, pooled, "dy")
-    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.uint8:
-        raise TypeError(f"argmax must be the uint8 array from conv2d_relu_maxpool2d, got "
-                        f"{getattr(argmax, 'dtype', type(argmax).__name__)}")
-    check_shape(argmax, pooled, "argmax")
-    argmax = np.ascontiguousarray(argmax)
+    argmax = _checked_argmax(argmax, pooled, "conv2d_relu_maxpool2d")
     if path != "direct" or need_dx or not dy32.size:
         # the gradient at the ReLU's input, from the argmax bytes alone (the conv output's place is not read)
         dpre = maxpool2d_backward(dy32, np.empty(g.out_shape, np.float32), 2, x_from_relu=True, argmax=argmax)

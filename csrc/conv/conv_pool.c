@@ -8,7 +8,7 @@
  * dw summed over the same blocks into the same partial sums as the unfused conv2d -> maxpool2d ->
  * maxpool2d_backward -> conv2d_backward: the same bits. Winograd: the output transform pools each tile
  * (fc_winograd_forward_max_pooled); its backward pass is the unfused one. */
-#include <string.h>
+#include <stddef.h>
 
 #include "plan.h"
 #include "winograd.h"

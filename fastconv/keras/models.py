@@ -119,7 +119,9 @@ class Model(Layer):
         # A layer ending in ReLU whose output feeds nothing but a layer that can apply the ReLU's
         # gradient itself (conv2d and max pooling mask their input gradient where x <= 0, in the same
         # pass): the consumer does, and the producer's backward skips its own pass over the gradient.
-        self._relu_consumers, self._relu_producers = set(), set()
+        # Of those, a 2x2 max pooling after a layer that can run it in its own op (Conv2D): forward_graph
+        # asks the producer for both (_max_pooled: the producer's output id -> the pooling's entry).
+        self._relu_consumers, self._relu_producers, self._max_pooled = set(), set(), {}
         for k, (layer, input_ids, multi, _) in enumerate(self._plan):
             producer = None if multi else plan_index.get(input_ids[0])
             producer_layer = None if producer is None else self._plan[producer][0]
@@ -128,11 +130,8 @@ class Model(Layer):
                     and producer_layer.fuses_output_activation and producer_layer.activation is activations.relu):
                 self._relu_consumers.add(k)
                 self._relu_producers.add(producer)
-        # Of those, a 2x2 max pooling after a layer that can run it in its own op (Conv2D): forward_graph
-        # asks the producer for both.
-        self._max_pooled = {self._plan[k][1][0]: k for k in self._relu_consumers
-                            if self._plan[k][0].is_2x2_max_pooling
-                            and self._plan[plan_index[self._plan[k][1][0]]][0].fuses_max_pooling}
+                if layer.is_2x2_max_pooling and producer_layer.fuses_max_pooling:
+                    self._max_pooled[input_ids[0]] = k
 
     @property
     def built(self):
