@@ -1,32 +1,14 @@
 """The bfloat16 GEMM: float32 -> bf16 rounding against NumPy bit manipulation, and the packed bf16 GEMM
 (Dense and conv paths) against float64 on bf16-rounded inputs, on the portable kernel that has
-VDPBF16PS's arithmetic (the AVX512_BF16 kernel runs only on CPUs with that feature)."""
+VDPBF16PS's arithmetic (the AVX512_BF16 kernel runs only on CPUs with that feature; its code is
+tested on emulated intrinsics in tests/test_emulated_avx512.py)."""
 import numpy as np
 import pytest
 
 import fastconv
 from fastconv import _C, precision, reference
 
-
-def bf16_bits(x):
-    """float32 -> bfloat16 bits by NumPy bit manipulation, as VCVTNEPS2BF16 rounds: nearest, ties to
-    even; NaN quiet; subnormals to a zero of their sign."""
-    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
-    nan = ((u & 0x7F800000) == 0x7F800000) & ((u & 0x7FFFFF) != 0)
-    rounded[nan] = (u[nan] >> 16) | 0x40
-    subnormal = (u & 0x7F800000) == 0
-    rounded[subnormal] = (u[subnormal] >> 16) & 0x8000
-    return rounded.astype(np.uint16)
-
-
-def bf16_values(bits):
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def rounded(x):
-    """x rounded to bfloat16, as float64."""
-    return bf16_values(bf16_bits(x)).astype(np.float64)
+from bf16_model import bf16_bits, bf16_values, emulate_vdpbf16ps, rounded
 
 
 def engine_bits(x):
@@ -79,23 +61,6 @@ def test_rounding_special_values():
              0x00800000: 0x0080}  # the smallest normal stays
     x = np.array(list(cases), dtype=np.uint32).view(np.float32)
     assert [hex(v) for v in engine_bits(x)] == [hex(v) for v in cases.values()]
-
-
-def emulate_vdpbf16ps(a, b):
-    """A @ B with VDPBF16PS's arithmetic in NumPy float32: per pair (2p, 2p+1), acc += a_hi * b_hi, then
-    acc += a_lo * b_lo, each product exact and each sum rounded; subnormal sums flushed to zero."""
-    a, b = bf16_values(bf16_bits(a)), bf16_values(bf16_bits(b))
-    k = a.shape[1]
-    if k % 2:
-        a = np.concatenate([a, np.zeros((a.shape[0], 1), np.float32)], axis=1)
-        b = np.concatenate([b, np.zeros((1, b.shape[1]), np.float32)])
-    acc = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
-    tiny = np.finfo(np.float32).tiny
-    for p in range(0, a.shape[1], 2):
-        for q in (p + 1, p):
-            acc = acc + np.outer(a[:, q], b[q])
-            acc = np.where(np.abs(acc) < tiny, np.copysign(np.float32(0), acc), acc).astype(np.float32)
-    return acc
 
 
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (3, 5, 2), (4, 16, 7), (5, 17, 33), (9, 40, 128), (2, 3, 255)])

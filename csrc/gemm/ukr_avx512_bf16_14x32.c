@@ -3,8 +3,9 @@
  * is float32 where it lies (packed, or in place for implicit GEMM and Dense layers) and is rounded to
  * bf16 pairs 16 k steps at a time into a small buffer, from which each row's pair is broadcast.
  * Compiled with -mavx512bf16 and chosen by dispatch.c only on CPUs with AVX512_BF16 (CPUID leaf 7,
- * subleaf 1, EAX bit 5). NOT RUN on the machine it was written on (no AVX-512 there): its arithmetic
- * is bf16.h's, which the portable kernel (ukr_generic_bf16_4x16.c) computes and the tests check. */
+ * subleaf 1, EAX bit 5). No machine we test on has AVX512_BF16: tests/test_emulated_avx512.py runs this
+ * file's code on emulated intrinsics against the NumPy model of bf16.h's arithmetic, which the portable
+ * kernel (ukr_generic_bf16_4x16.c) also computes. */
 #include "bf16.h"
 #include "gemm.h"
 
