@@ -34,6 +34,7 @@ CATEGORY = {
     "conv2d_forward": "conv", "conv2d_backward": "conv",
     # a first conv with the max pooling after it, as one op (Conv2D.forward_max_pooled)
     "conv2d_relu_maxpool2x2_forward": "conv", "conv2d_relu_maxpool2x2_weight_grad": "conv",
+    "conv2d_relu_maxpool2x2_backward": "conv",
     "gemm": "gemm", "gemm_common_case": "gemm",
     "maxpool2d_forward": "pooling", "maxpool2d_backward": "pooling",
     "avgpool2d_forward": "pooling", "avgpool2d_backward": "pooling",

@@ -143,6 +143,13 @@ int fc_conv2d_relu_maxpool2x2_forward(const fc_conv_shape *s, int algo, const fl
                                       const float *bias, float *y, uint8_t *argmax);
 int fc_conv2d_relu_maxpool2x2_weight_grad(const fc_conv_shape *s, int algo, const float *dy, const uint8_t *argmax,
                                           const float *x, float *dw, float *db);
+/* dx (NULL: not asked for), dw and db of the same op from the gradient at its pooled output, where the
+ * backward passes of `algo` compute dw and dx as Winograd: the conv output's gradient is rebuilt tile by
+ * tile in each pass and never stored. Returns FC_CONV_NOT_FUSED (nothing written) where they do not. */
+enum { FC_CONV_NOT_FUSED = 1 };
+int fc_conv2d_relu_maxpool2x2_backward(const fc_conv_shape *s, int algo, const float *dy, const uint8_t *argmax,
+                                       const float *x, const float *w, int x_from_relu, float *dx, float *dw,
+                                       float *db);
 int fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y);
 int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx);
 

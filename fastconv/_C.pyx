@@ -68,6 +68,10 @@ cdef extern from "fastconv.h" nogil:
                                           const float *bias, float *y, uint8_t *argmax)
     int fc_conv2d_relu_maxpool2x2_weight_grad(const fc_conv_shape *s, int algo, const float *dy,
                                               const uint8_t *argmax, const float *x, float *dw, float *db)
+    int FC_CONV_NOT_FUSED
+    int fc_conv2d_relu_maxpool2x2_backward(const fc_conv_shape *s, int algo, const float *dy, const uint8_t *argmax,
+                                           const float *x, const float *w, int x_from_relu, float *dx, float *dw,
+                                           float *db)
     int fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y)
     int fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx)
     int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx)
@@ -454,6 +458,21 @@ def conv2d_relu_maxpool2x2_weight_grad(g, int algo, const float[::1] dy, const u
     with nogil:
         status = fc_conv2d_relu_maxpool2x2_weight_grad(&s, algo, &dy[0], &argmax[0], &x[0], &dw[0], &db[0])
     check(status, b"conv2d_relu_maxpool2d_weight_grad")
+
+
+def conv2d_relu_maxpool2x2_backward(g, int algo, const float[::1] dy, const uint8_t[::1] argmax, const float[::1] x,
+                                    const float[::1] w, bint x_from_relu, float[::1] dx, float[::1] dw, float[::1] db):
+    """False (nothing written) where the backward passes of algo do not run as Winograd (fastconv.h)."""
+    cdef fc_conv_shape s = conv_shape(g)
+    cdef float *dx_ptr = NULL if dx is None else &dx[0]
+    cdef int status
+    with nogil:
+        status = fc_conv2d_relu_maxpool2x2_backward(&s, algo, &dy[0], &argmax[0], &x[0], &w[0], x_from_relu, dx_ptr,
+                                                    &dw[0], &db[0])
+    if status == FC_CONV_NOT_FUSED:
+        return False
+    check(status, b"conv2d_relu_maxpool2d_backward")
+    return True
 
 
 def avgpool2d_forward(g, const float[::1] x, float[::1] y):

@@ -829,9 +829,10 @@ def conv2d_relu_maxpool2d_backward(dy, argmax, x, w, *, strides=1, padding="vali
                                    x_from_relu=False, algorithm=None):
     """(dx, dw, db) of conv2d_relu_maxpool2d from dy, the gradient at its pooled output, and the argmax it
     returned: conv2d_backward(maxpool2d_backward(dy, <conv output>, 2, x_from_relu=True, argmax=argmax),
-    x, w, need_dx=need_dx, x_from_relu=x_from_relu). Without dx, on the direct kernels, in one pass
-    (each image's gradient at the ReLU's input rebuilt in a buffer of its thread's own). The same bits
-    either way."""
+    x, w, need_dx=need_dx, x_from_relu=x_from_relu). That gradient at the ReLU's input is never stored
+    where the backward passes run as Winograd (each rebuilds it tile by tile), nor without dx on the
+    direct kernels (one pass; each image's rebuilt in a buffer of its thread's own). The same bits either
+    way."""
     x32 = as_float_array(x, "x", ndim=4)
     w32 = as_float_array(w, "w", ndim=4)
     g, algo, path = _fused_conv_pool_path(x32.shape, w32.shape, strides, padding, dilation_rate, algorithm)
@@ -839,6 +840,13 @@ def conv2d_relu_maxpool2d_backward(dy, argmax, x, w, *, strides=1, padding="vali
     dy32 = as_float_array(dy, "dy", ndim=4)
     check_shape(dy32, pooled, "dy")
     argmax = _checked_argmax(argmax, pooled, "conv2d_relu_maxpool2d")
+    if path == "winograd" and dy32.size:
+        dx = _empty(x32.shape, dtype=np.float32) if need_dx else None
+        dw, db = _empty(w32.shape, dtype=np.float32), _empty((g.cout,), dtype=np.float32)
+        if _C.conv2d_relu_maxpool2x2_backward(g, algo, _flat(dy32), _flat(argmax), _flat(x32), _flat(w32),
+                                              bool(x_from_relu), None if dx is None else _flat(dx), _flat(dw),
+                                              _flat(db)):
+            return dx, dw, db
     if path != "direct" or need_dx or not dy32.size:
         # the gradient at the ReLU's input, from the argmax bytes alone (the conv output's place is not read)
         dpre = maxpool2d_backward(dy32, np.empty(g.out_shape, np.float32), 2, x_from_relu=True, argmax=argmax)

@@ -69,12 +69,16 @@ def test_fused_gives_the_bits_of_the_two_ops(shape):
 
 
 @pytest.mark.parametrize("x_from_relu", [False, True])
-@pytest.mark.parametrize("shape", [SHAPES[1], WINOGRAD_SHAPES[2]], ids=lambda s: "x".join(map(str, s[:6])) + ("" if len(s) < 10 else "-" + s[9]))
+@pytest.mark.parametrize("shape", [SHAPES[1]] + WINOGRAD_SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + ("" if len(s) < 10 else "-" + s[9]))
 def test_the_input_gradient_is_conv2d_backward_s(shape, x_from_relu):
+    """dx, dw and db with the input gradient asked for: in Winograd each of the three passes rebuilds the
+    conv output's gradient from the pooled one; its zeros (-0 included) and ties must route as the pooling's
+    backward pass routes them."""
     x, kernel, bias, geometry = _case(shape)
     x = np.maximum(x, 0) if x_from_relu else x
     y, argmax = ops.conv2d_relu_maxpool2d(x, kernel, bias, **geometry)
     dy = np.random.default_rng(6).standard_normal(y.shape).astype(np.float32)
+    dy.flat[::7] = -0.0
     got = ops.conv2d_relu_maxpool2d_backward(dy, argmax, x, kernel, x_from_relu=x_from_relu, **geometry)
     pre = ops.conv2d(x, kernel, bias, activation="relu", **geometry)
     dpre = ops.maxpool2d_backward(dy, pre, 2, x_from_relu=True, argmax=argmax)
@@ -128,6 +132,26 @@ def test_nan_and_ties_route_as_the_two_ops_do(shape):
     dy = np.ones(y_shape, np.float32)
     for got, expected in zip(_fused(x, kernel, bias, dy, geometry), _unfused(x, kernel, bias, dy, geometry)):
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("need_dx", [False, True])
+def test_winograd_backward_passes_take_the_pooled_gradient(need_dx):
+    """Where the conv is Winograd, the backward runs from the pooled gradient (the C call says it did) for
+    every tile size; elsewhere it declines, writing nothing, and the op runs the pooling's backward first."""
+    from fastconv import _C
+    from fastconv.shapes import conv_geometry
+    for shape in WINOGRAD_SHAPES + [SHAPES[0]]:
+        x, kernel, bias, geometry = _case(shape)
+        y, argmax = ops.conv2d_relu_maxpool2d(x, kernel, bias, **geometry)
+        g = conv_geometry(x.shape, kernel.shape, geometry["strides"], geometry["padding"], geometry["dilation_rate"])
+        dx = np.full(x.shape, 7.0, np.float32) if need_dx else None
+        dw, db = np.full(kernel.shape, 7.0, np.float32), np.full(kernel.shape[-1], 7.0, np.float32)
+        ran = _C.conv2d_relu_maxpool2x2_backward(g, ops._conv_algorithm(geometry.get("algorithm")), y.reshape(-1),
+                                                 argmax.reshape(-1), x.reshape(-1), kernel.reshape(-1), False,
+                                                 None if dx is None else dx.reshape(-1), dw.reshape(-1), db.reshape(-1))
+        assert ran == (len(shape) > 9), shape
+        if not ran:
+            assert (dw == 7).all() and (db == 7).all() and (dx is None or (dx == 7).all())
 
 
 def test_fuses_only_where_the_direct_kernels_or_winograd_run():

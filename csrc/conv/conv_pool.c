@@ -7,8 +7,11 @@
  * says where the maximum was and whether it was > 0) in the same buffer. Same kernels, same values, and
  * dw summed over the same blocks into the same partial sums as the unfused conv2d -> maxpool2d ->
  * maxpool2d_backward -> conv2d_backward: the same bits. Winograd: the output transform pools each tile
- * (fc_winograd_forward_max_pooled); its backward pass is the unfused one. */
+ * (fc_winograd_forward_max_pooled), and the backward passes rebuild the conv output's gradient tile by
+ * tile from the pooled gradient and the argmax bytes (winograd.h's fc_pooled_grad), db in the blocks and
+ * partial sums of conv_blocks_backward: the conv output and its gradient never go through memory. */
 #include <stddef.h>
+#include <string.h>
 
 #include "plan.h"
 #include "winograd.h"
@@ -100,4 +103,68 @@ int fc_conv2d_relu_maxpool2x2_weight_grad(const fc_conv_shape *s, int algo, cons
         conv_sum_partials(&p, dw_partial, db_partial, dw, db);
     }
     return fc_call_end(FC_OK);
+}
+
+typedef float floats4 __attribute__((vector_size(16)));
+typedef int32_t ints4 __attribute__((vector_size(16)));
+typedef uint8_t bytes4 __attribute__((vector_size(4)));
+
+/* db of the unfused backward pass (conv_blocks_backward's blocks, partial sums and order of addition)
+ * from the pooled gradient: each dy row's pixels in order, a window adding its gradient on the row and
+ * column its argmax byte names. The +0 that the unfused pass adds for every other pixel changes no sum
+ * (a sum that starts at +0 is never -0), so the bits are the same. */
+static int pooled_bias_grad(const conv_plan *p, const float *dy, const uint8_t *argmax, float *db)
+{
+    const fc_conv_shape *s = &p->s;
+    const backward_layout l = p->blocks;
+    float *db_partial = fc_scratch(FC_SCRATCH_CALL, fc_lines(l.partials * l.db_size));
+    if (!db_partial) return FC_ERROR_NO_MEMORY;
+    const int64_t ph = s->oh / 2, pw = s->ow / 2, c = s->cout;
+    #pragma omp parallel num_threads(l.threads) if (l.threads > 1)
+    {
+        #pragma omp for schedule(dynamic)
+        for (int64_t part = 0; part < l.partials; part++)
+            for (int64_t b = part; b < l.blocks; b += l.partials) {
+                float *acc = db_partial + part * l.db_size;
+                if (b == part) memset(acc, 0, sizeof(float) * (size_t)c);
+                const int64_t first = b * l.images_per_block, last = min64(first + l.images_per_block, s->n);
+                for (int64_t row = first * ph; row < last * ph; row++)
+                    for (int half = 0; half < 2; half++)
+                        for (int64_t wx = 0; wx < pw; wx++) {
+                            const float *g = dy + (row * pw + wx) * c;
+                            const uint8_t *arg = argmax + (row * pw + wx) * c;
+                            int64_t k = 0;
+                            for (; k + 4 <= c; k += 4) {  /* taps 2 * half and 2 * half + 1; else +0 */
+                                bytes4 a;
+                                floats4 v, sum;
+                                memcpy(&a, arg + k, sizeof a);
+                                memcpy(&v, g + k, sizeof v);
+                                memcpy(&sum, acc + k, sizeof sum);
+                                sum += (floats4)((ints4)v & (__builtin_convertvector(a >> 1, ints4) == half));
+                                memcpy(acc + k, &sum, sizeof sum);
+                            }
+                            for (; k < c; k++) acc[k] += arg[k] >> 1 == half ? g[k] : 0.0f;
+                        }
+            }
+        conv_sum_partials(p, NULL, db_partial, NULL, db);
+    }
+    return FC_OK;
+}
+
+int fc_conv2d_relu_maxpool2x2_backward(const fc_conv_shape *s, int algo, const float *dy, const uint8_t *argmax,
+                                       const float *x, const float *w, int x_from_relu, float *dx, float *dw,
+                                       float *db)
+{
+    fc_call_begin();
+    conv_plan p;
+    conv_make_plan(s, algo, (dx ? FC_CONV_PASS_DX : 0) | FC_CONV_PASS_DW | FC_CONV_PASS_DB, &p);
+    if (p.dw != PATH_WINOGRAD || (dx && p.dx != PATH_WINOGRAD) || p.blocks.dx != PATH_NONE ||
+        p.blocks.dw != PATH_NONE)
+        return fc_call_end(FC_CONV_NOT_FUSED);
+    const fc_pooled_grad pooled = { dy, argmax };
+    int status = pooled_bias_grad(&p, dy, argmax, db);
+    if (status == FC_OK) status = fc_winograd_weight_grad_from_pooled(s, p.winograd_dw_tile, x, &pooled, dw);
+    if (status == FC_OK && dx)
+        status = fc_winograd_input_grad_from_pooled(&p.t, p.winograd_tile, &pooled, w, x_from_relu ? x : NULL, dx);
+    return fc_call_end(status);
 }

@@ -165,6 +165,7 @@ int fc_winograd_applies(const fc_conv_shape *s)
 
 typedef float vec8 __attribute__((vector_size(32)));
 typedef int32_t ivec8 __attribute__((vector_size(32)));
+typedef uint8_t bytes8 __attribute__((vector_size(8)));
 
 /* max(r, 0) with NaN kept (as np.maximum), and r where x > 0 else 0 (the ReLU gradient's rule). */
 static inline float relu_s(float r) { return r < 0.0f ? 0.0f : r; }
@@ -188,33 +189,85 @@ typedef struct {
 } tiling;
 
 /* The images a block's tiles are cut from: x (input tiles, reaching into the padding) or dy (the
- * weight gradient's blocks, reaching past its right and bottom edge), of `channels` per pixel. */
+ * weight gradient's blocks, reaching past its right and bottom edge), of `channels` per pixel. Or,
+ * where `pooled` is set, the gradient at the input of a ReLU whose output went through the 2x2,
+ * stride-2 max pooling: rebuilt tile by tile from the pooling's gradient and argmax bytes
+ * (fc_pooled_grad) as maxpool2d_backward would write it, into a buffer of the thread's own. */
 typedef struct {
     const float *data;
     int64_t h, w, channels, top, left;  /* tile (ty, tx)'s pixel (i, j) is (ty * M - top + i, tx * M - left + j) */
+    const fc_pooled_grad *pooled;       /* NULL, or data's source (data unused), of h / 2 x w / 2 windows */
 } tile_source;
 
+/* The SIDE x SIDE pixels of a tile from src->pooled: a pixel gets its window's gradient where the
+ * argmax byte names it (and the maximum was > 0), else +0, as maxpool2d_backward's x_from_relu rule
+ * gives (a pixel of an odd last row or column belongs to no window). p[k] points at pixel k. Window by
+ * window, each window's gradient and bytes read once for the (up to) four pixels the tile has of it. */
+static inline void unpooled_tile(const tile_source *src, int64_t img, int64_t y0, int64_t x0, int side,
+                                 const float *zero, float *buf, const float **p)
+{
+    const int64_t ch = src->channels, ph = src->h / 2, pw = src->w / 2;
+    for (int k = 0; k < side * side; k++) p[k] = zero;
+    /* the windows the tile overlaps (y0 + side > 0: a tile reaches at most 2 pixels into the padding) */
+    const int64_t wy1 = min64(ph, (y0 + side + 1) / 2), wx1 = min64(pw, (x0 + side + 1) / 2);
+    for (int64_t wy = y0 < 0 ? 0 : y0 / 2; wy < wy1; wy++) {
+        for (int64_t wx = x0 < 0 ? 0 : x0 / 2; wx < wx1; wx++) {
+            float *out[4];  /* the window's pixels (tap order) in the tile's buffer, NULL outside the tile */
+            for (int tap = 0; tap < 4; tap++) {
+                const int64_t i = 2 * wy + tap / 2 - y0, j = 2 * wx + tap % 2 - x0;
+                const int inside = i >= 0 && i < side && j >= 0 && j < side;
+                out[tap] = inside ? buf + (side * i + j) * ch : NULL;
+                if (inside) p[side * i + j] = out[tap];
+            }
+            const int64_t at = ((img * ph + wy) * pw + wx) * ch;
+            const float *g = src->pooled->dy + at;
+            const uint8_t *arg = src->pooled->argmax + at;
+            int64_t c = 0;
+            for (; c + 8 <= ch; c += 8) {  /* 8 channels at once: the bytes widened to lanes */
+                bytes8 a;
+                vec8 v;
+                memcpy(&a, arg + c, sizeof a);
+                memcpy(&v, g + c, sizeof v);
+                const ivec8 t = __builtin_convertvector(a, ivec8);
+                for (int tap = 0; tap < 4; tap++) {
+                    if (!out[tap]) continue;
+                    const vec8 r = (vec8)((ivec8)v & (t == tap));
+                    memcpy(out[tap] + c, &r, sizeof r);
+                }
+            }
+            for (; c < ch; c++)
+                for (int tap = 0; tap < 4; tap++)
+                    if (out[tap]) out[tap][c] = arg[c] == tap ? g[c] : 0.0f;
+        }
+    }
+}
+
 /* The SIDE x SIDE tiles [t0, t0 + count) of src, transformed, into V: tile t's point xi at
- * v + (t - t0) * ts + xi * vs (src->channels floats); zero: src->channels zeros, read outside src.
+ * v + (t - t0) * ts + xi * vs (src->channels floats); zero: src->channels zeros, read outside src;
+ * unpooled: SIDE^2 * src->channels floats of the thread's own where src->pooled is set.
  * PREFETCH: the next tile's rows are fetched while this one is transformed (x, read from memory in
  * short rows the prefetchers pick up late). */
 #define DEFINE_INPUT_BLOCK(NAME, ATTR, M, SIDE, VTILE, STILE, LANES, PREFETCH)                        \
-    ATTR static void NAME(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,       \
-                          int64_t count, float *v, int64_t ts, int64_t vs)                             \
+    ATTR static void NAME(const tile_source *src, const tiling *tl, const float *zero, float *unpooled,  \
+                          int64_t t0, int64_t count, float *v, int64_t ts, int64_t vs)                 \
     {                                                                                                 \
         const int64_t ch = src->channels, per_image = tl->tiles_h * tl->tiles_w;                      \
         for (int64_t t = t0; t < t0 + count; t++) {                                                   \
             const int64_t img = t / per_image, ty = t / tl->tiles_w % tl->tiles_h, tx = t % tl->tiles_w; \
             const float *p[SIDE * SIDE];                                                              \
-            for (int i = 0; i < SIDE; i++) {                                                          \
-                const int64_t iy = ty * M - src->top + i;                                             \
-                for (int j = 0; j < SIDE; j++) {                                                      \
-                    const int64_t ix = tx * M - src->left + j;                                        \
-                    p[SIDE * i + j] = iy < 0 || iy >= src->h || ix < 0 || ix >= src->w                \
-                                          ? zero : src->data + ((img * src->h + iy) * src->w + ix) * ch; \
+            if (src->pooled) {                                                                        \
+                unpooled_tile(src, img, ty * M - src->top, tx * M - src->left, SIDE, zero, unpooled, p); \
+            } else {                                                                                  \
+                for (int i = 0; i < SIDE; i++) {                                                      \
+                    const int64_t iy = ty * M - src->top + i;                                         \
+                    for (int j = 0; j < SIDE; j++) {                                                  \
+                        const int64_t ix = tx * M - src->left + j;                                    \
+                        p[SIDE * i + j] = iy < 0 || iy >= src->h || ix < 0 || ix >= src->w            \
+                                              ? zero : src->data + ((img * src->h + iy) * src->w + ix) * ch; \
+                    }                                                                                 \
                 }                                                                                     \
             }                                                                                         \
-            if (PREFETCH && t + 1 < t0 + count) {                                                     \
+            if (PREFETCH && !src->pooled && t + 1 < t0 + count) {                                     \
                 const int64_t n1 = t + 1, img1 = n1 / per_image, ty1 = n1 / tl->tiles_w % tl->tiles_h,  \
                               tx1 = n1 % tl->tiles_w;                                                 \
                 const int64_t x0 = max64(0, tx1 * M - src->left), x1 = min64(src->w, tx1 * M - src->left + SIDE); \
@@ -312,8 +365,8 @@ DEFINE_OUTPUT_BLOCK(output4_avx2, AVX2, 4, output4_v8, output4_s, 8)
 DEFINE_POOLED_OUTPUT_BLOCK(pooled4_avx2, AVX2, 4, output4_v8, output4_s, 8)
 #endif
 
-typedef void (*block_transform)(const tile_source *src, const tiling *tl, const float *zero, int64_t t0,
-                                int64_t count, float *v, int64_t ts, int64_t vs);
+typedef void (*block_transform)(const tile_source *src, const tiling *tl, const float *zero, float *unpooled,
+                                int64_t t0, int64_t count, float *v, int64_t ts, int64_t vs);
 typedef struct {
     block_transform input;
     void (*output)(const fc_conv_shape *s, const tiling *tl, const float *m, int64_t ts, int64_t ms, int64_t t0, int64_t count,
@@ -339,8 +392,14 @@ static transforms active_transforms(const fc_gemm_kernel *kr, int tile)
 /* x as the source of input tiles */
 static tile_source input_tiles(const fc_conv_shape *s, const float *x)
 {
-    const tile_source src = { x, s->h, s->w, s->cin, s->pad_top, s->pad_left };
+    const tile_source src = { x, s->h, s->w, s->cin, s->pad_top, s->pad_left, NULL };
     return src;
+}
+
+/* A tile source's buffer for the unpooled pixels of one tile of `side` pixels a side (none otherwise). */
+static int64_t unpooled_floats(const tile_source *src, int side)
+{
+    return src->pooled ? fc_lines(side * side * src->channels) : 0;
 }
 
 /* The kernel's 1-D transform G, on g[0], g[s], g[2s] into o[0], o[so], ... (T: float or a vector):
@@ -524,24 +583,25 @@ static void block_products(const fc_conv_shape *s, const layout *l, const fc_gem
 /* The tile buffer of each thread of a pooled forward. */
 static int64_t pooling_tile_floats(const fc_conv_shape *s, int tile) { return fc_lines(tile * tile * s->cout); }
 
-/* fc_winograd_forward, or with pool, fc_winograd_forward_max_pooled (y then unused). */
-static int forward(const fc_conv_shape *s, int tile, const float *x, const float *w, int flipped, const float *bias,
-                   int relu, const float *mask_by, float *y, const pooling *pool)
+/* fc_winograd_forward of the tiles of src, or with pool, fc_winograd_forward_max_pooled (y then unused). */
+static int forward(const fc_conv_shape *s, int tile, const tile_source *src, const float *w, int flipped,
+                   const float *bias, int relu, const float *mask_by, float *y, const pooling *pool)
 {
     const fc_gemm_kernel *kr = fc_active_float32_gemm_kernel();
     layout l = make_layout(s, tile, kr);
     const transforms tf = active_transforms(kr, l.t.tile);
     const int64_t tile_floats = pool ? pooling_tile_floats(s, l.t.tile) : 0;
-    l.per_thread += tile_floats;
+    const int64_t unpooled = unpooled_floats(src, l.t.tile + 2);
+    l.per_thread += tile_floats + unpooled;
     float *ws = fc_scratch(FC_SCRATCH_CALL, l.shared + l.threads * l.per_thread);
     if (!ws) return FC_ERROR_NO_MEMORY;
     float *zero = ws + l.t.points * l.point;
     memset(zero, 0, sizeof(float) * (size_t)s->cin);
-    const tile_source src = input_tiles(s, x);
     const int threads = l.threads;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         float *v = ws + l.shared + fc_thread_num() * l.per_thread, *m = v + l.v;
+        float *unpooled_tile_buffer = m + l.m + tile_floats;
         #pragma omp for schedule(static)
         for (int64_t k = 0; k < s->cin; k++) transform_kernel_row(s, &l, w, flipped, k, ws);
         /* the rows past a last, partial block's tiles that its GEMMs read (and ignore): zeros */
@@ -550,7 +610,7 @@ static int forward(const fc_conv_shape *s, int tile, const float *x, const float
         #pragma omp for schedule(dynamic)
         for (int64_t b = 0; b < l.t.blocks; b++) {
             const int64_t t0 = b * l.t.block, count = min64(l.t.block, l.t.tiles - t0);
-            tf.input(&src, &l.t.tl, zero, t0, count, v, l.tv, s->cin);
+            tf.input(src, &l.t.tl, zero, unpooled_tile_buffer, t0, count, v, l.tv, s->cin);
             block_products(s, &l, kr, ws, v, count, m);
             if (pool)
                 tf.pooled_output(s, &l.t.tl, m, l.tm, s->cout, t0, count, bias, pool, m + l.m);
@@ -564,14 +624,24 @@ static int forward(const fc_conv_shape *s, int tile, const float *x, const float
 int fc_winograd_forward(const fc_conv_shape *s, int tile, const float *x, const float *w, int flipped,
                         const float *bias, int relu, const float *mask_by, float *y)
 {
-    return forward(s, tile, x, w, flipped, bias, relu, mask_by, y, NULL);
+    const tile_source src = input_tiles(s, x);
+    return forward(s, tile, &src, w, flipped, bias, relu, mask_by, y, NULL);
 }
 
 int fc_winograd_forward_max_pooled(const fc_conv_shape *s, int tile, const float *x, const float *w,
                                    const float *bias, float *pooled, uint8_t *argmax)
 {
     const pooling pool = { fc_active_maxpool2x2(), pooled, argmax };
-    return forward(s, tile, x, w, 0, bias, 1, NULL, NULL, &pool);
+    const tile_source src = input_tiles(s, x);
+    return forward(s, tile, &src, w, 0, bias, 1, NULL, NULL, &pool);
+}
+
+int fc_winograd_input_grad_from_pooled(const fc_conv_shape *t, int tile, const fc_pooled_grad *dy, const float *w,
+                                       const float *mask_by, float *dx)
+{
+    tile_source src = input_tiles(t, NULL);
+    src.pooled = dy;
+    return forward(t, tile, &src, w, 1, NULL, 0, mask_by, dx, NULL);
 }
 
 int64_t fc_winograd_max_pooled_workspace(const fc_conv_shape *s, int tile)
@@ -785,10 +855,13 @@ DEFINE_WEIGHT_GRAD_REDUCE(weight_grad_reduce_generic, )
 DEFINE_WEIGHT_GRAD_REDUCE(weight_grad_reduce_avx2, __attribute__((target("avx2"))))
 #endif
 
-int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, const float *dy, float *dw)
+/* fc_winograd_weight_grad with dy's blocks cut from dys. */
+static int weight_grad(const fc_conv_shape *s, int tile, const float *x, const tile_source *dys, float *dw)
 {
     const fc_gemm_kernel *kr = fc_active_float32_gemm_kernel();
-    const weight_grad_layout l = make_weight_grad_layout(s, tile, kr);
+    weight_grad_layout l = make_weight_grad_layout(s, tile, kr);
+    const int64_t unpooled = unpooled_floats(dys, l.t.tile);
+    l.per_thread += unpooled;
     const weight_grad_transforms tf = active_weight_grad_transforms(kr, l.t.tile);
     void (*reduce)(const weight_grad_layout *, const fc_conv_shape *, const float *, int64_t, int64_t, float *) =
         weight_grad_reduce_generic;
@@ -799,19 +872,19 @@ int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, co
     if (!ws) return FC_ERROR_NO_MEMORY;
     float *zero = ws + l.partials * l.acc;
     memset(zero, 0, sizeof(float) * (size_t)max64(s->cin, s->cout));
-    const tile_source xs = input_tiles(s, x), dys = { dy, s->oh, s->ow, s->cout, 0, 0 };
+    const tile_source xs = input_tiles(s, x);
     const int64_t tap = s->cin * s->cout;
     const int threads = l.threads;
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *v = ws + l.shared + fc_thread_num() * l.per_thread, *w = v + l.v;
-        if (l.padded) memset(v, 0, sizeof(float) * (size_t)l.per_thread);  /* the columns the transforms skip */
+        float *v = ws + l.shared + fc_thread_num() * l.per_thread, *w = v + l.v, *unpooled_tile_buffer = w + l.w;
+        if (l.padded) memset(v, 0, sizeof(float) * (size_t)(l.v + l.w));  /* the columns the transforms skip */
         #pragma omp for schedule(dynamic)
         for (int64_t part = 0; part < l.partials; part++) {
             for (int64_t b = part; b < l.t.blocks; b += l.partials) {
                 const int64_t t0 = l.t.tiles * b / l.t.blocks, count = l.t.tiles * (b + 1) / l.t.blocks - t0;
-                tf.input(&xs, &l.t.tl, zero, t0, count, v, l.ldv, l.vs);
-                tf.dy(&dys, &l.t.tl, zero, t0, count, w, l.ldw, l.ws);
+                tf.input(&xs, &l.t.tl, zero, NULL, t0, count, v, l.ldv, l.vs);
+                tf.dy(dys, &l.t.tl, zero, unpooled_tile_buffer, t0, count, w, l.ldw, l.ws);
                 weight_grad_products(kr, &l, s, v, w, count, b != part, ws + part * l.acc);
             }
         }
@@ -819,4 +892,17 @@ int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, co
         for (int64_t e0 = 0; e0 < tap; e0 += 256) reduce(&l, s, ws, e0, min64(e0 + 256, tap), dw);
     }
     return FC_OK;
+}
+
+int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, const float *dy, float *dw)
+{
+    const tile_source dys = { dy, s->oh, s->ow, s->cout, 0, 0, NULL };
+    return weight_grad(s, tile, x, &dys, dw);
+}
+
+int fc_winograd_weight_grad_from_pooled(const fc_conv_shape *s, int tile, const float *x, const fc_pooled_grad *dy,
+                                        float *dw)
+{
+    const tile_source dys = { NULL, s->oh, s->ow, s->cout, 0, 0, dy };
+    return weight_grad(s, tile, x, &dys, dw);
 }

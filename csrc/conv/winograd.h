@@ -54,6 +54,21 @@ int fc_winograd_forward_max_pooled(const fc_conv_shape *s, int tile, const float
                                    const float *bias, float *pooled, uint8_t *argmax);
 int64_t fc_winograd_max_pooled_workspace(const fc_conv_shape *s, int tile);
 
+/* The gradient at the ReLU input of a conv of output (n, oh, ow, cout) whose ReLU output went through the
+ * 2x2, stride-2 max pooling (valid): dy (n, oh / 2, ow / 2, cout) at the pooling's output and its
+ * argmax bytes. The *_from_pooled functions below rebuild the conv output's gradient from them tile
+ * by tile, as maxpool2d_backward with x_from_relu writes it, and never store it: the same bits as
+ * running them on maxpool2d_backward's result. */
+typedef struct {
+    const float *dy;
+    const uint8_t *argmax;
+} fc_pooled_grad;
+
+/* fc_winograd_forward(t, tile, <the gradient dy stands for>, w, flipped = 1, NULL, 0, mask_by, dx): the
+ * input gradient of the conv whose input gradient's conv is t (t->h, t->w: that conv's oh, ow). */
+int fc_winograd_input_grad_from_pooled(const fc_conv_shape *t, int tile, const fc_pooled_grad *dy, const float *w,
+                                       const float *mask_by, float *dx);
+
 /* dw (3, 3, cin, cout) = the weight gradient of the conv s given its input x and output gradient dy,
  * as F(3x3, tile x tile), tile 2 or 4 (above): summed over the tiles in the transformed domain by
  * (tile + 2)^2 GEMMs (cin x cout, K = a block's tiles), transformed back once per channel pair.
@@ -61,5 +76,8 @@ int64_t fc_winograd_max_pooled_workspace(const fc_conv_shape *s, int tile);
 int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, const float *dy, float *dw);
 /* Its FC_SCRATCH_CALL floats at the thread count a call would use now. */
 int64_t fc_winograd_weight_grad_workspace(const fc_conv_shape *s, int tile);
+/* fc_winograd_weight_grad of the gradient dy stands for (above). */
+int fc_winograd_weight_grad_from_pooled(const fc_conv_shape *s, int tile, const float *x, const fc_pooled_grad *dy,
+                                        float *dw);
 
 #endif
