@@ -1,10 +1,11 @@
-"""The AVX-512 micro-kernels on any CPU: their own code (csrc/gemm/ukr_avx512_14x32.c and
+"""The AVX-512 micro-kernels on any x86-64 CPU: their own code (csrc/gemm/ukr_avx512_14x32.c and
 ukr_avx512_bf16_14x32.c), built against tests/emulated_avx512/immintrin.h, whose intrinsics compute each
 lane as the Intel SDM defines the instruction, held bit for bit to NumPy models: a chain of FMAs for
 float32, VDPBF16PS's arithmetic for bfloat16 (tests/bf16_model.py). What this checks is the kernels' logic
 (A's layouts, the bf16 pairs, K tails, partial tiles, masks and the write-back), on CI machines that lack
 AVX-512 or AVX512_BF16; the library runs each kernel only on CPUs that have its instructions."""
 import ctypes
+import platform
 import shlex
 import shutil
 import subprocess
@@ -31,6 +32,8 @@ def c_compiler():
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the AVX-512 kernel files compile to nothing outside x86-64")
     compiler = c_compiler()
     if compiler is None:
         pytest.skip("no C compiler to build the emulated kernel with")
