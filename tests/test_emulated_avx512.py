@@ -39,9 +39,10 @@ def kernel(tmp_path_factory):
         pytest.skip("no C compiler to build the emulated kernel with")
     library = tmp_path_factory.mktemp("emulated_avx512") / "avx512_kernels.so"
     # -O0: the unrolled tile loops over emulated intrinsics take seconds to optimise, and run fast enough
+    sources = [HERE / "emulated_avx512" / "bf16_kernel.c", HERE / "emulated_avx512" / "f32_kernel.c",
+               CHECKOUT / "csrc" / "gemm" / "pack_bf16.c"]
     command = [compiler, "-O0", "-std=gnu11", "-ffp-contract=off", "-Wno-psabi", "-fPIC", "-shared",
-               "-D__AVX512BF16__=1", f"-I{HERE / 'emulated_avx512'}", str(HERE / "emulated_avx512" / "bf16_kernel.c"),
-               str(HERE / "emulated_avx512" / "f32_kernel.c"), str(CHECKOUT / "csrc" / "gemm" / "pack_bf16.c"), "-o", str(library), "-lm"]
+               "-D__AVX512BF16__=1", f"-I{HERE / 'emulated_avx512'}", *map(str, sources), "-o", str(library), "-lm"]
     built = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert built.returncode == 0, built.stderr
     lib = ctypes.CDLL(str(library))
@@ -62,11 +63,10 @@ def address(array):
 def packed_b(lib, b, row_words):
     """B (k x n, n <= NR) in the kernel's bf16 pairs: one panel, `row_words` words from a pair to the next
     (the words past NR hold NaN bits, which the kernel must not read)."""
-    k = b.shape[0]
+    k, source = b.shape[0], np.ascontiguousarray(b, dtype=np.float32)  # kept alive through the call
     panel = np.full(((k + 1) // 2, row_words), 0x7FC07FC0, dtype=np.uint32)
     staged = np.zeros(((k + 1) // 2, NR), dtype=np.uint32)
-    lib.fc_gemm_pack_bf16(address(np.ascontiguousarray(b)), 1, b.shape[1], 0, b.shape[1], k, NR, NR * ((k + 1) // 2),
-                          address(staged))
+    lib.fc_gemm_pack_bf16(address(source), 1, b.shape[1], 0, b.shape[1], k, NR, NR * ((k + 1) // 2), address(staged))
     panel[:, :NR] = staged
     return panel
 
