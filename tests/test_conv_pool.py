@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import keras, ops, reference
+from fastconv import _C, keras, ops, reference
 from fastconv.keras import layers
 from fastconv.keras.layers.conv import Conv2D
+from fastconv.shapes import conv_geometry
 
 # (batch, height, width, cin, kernel, cout, strides, padding, dilation)
 SHAPES = [
@@ -138,8 +139,6 @@ def test_nan_and_ties_route_as_the_two_ops_do(shape):
 def test_winograd_backward_passes_take_the_pooled_gradient(need_dx):
     """Where the conv is Winograd, the backward runs from the pooled gradient (the C call says it did) for
     every tile size; elsewhere it declines, writing nothing, and the op runs the pooling's backward first."""
-    from fastconv import _C
-    from fastconv.shapes import conv_geometry
     for shape in WINOGRAD_SHAPES + [SHAPES[0]]:
         x, kernel, bias, geometry = _case(shape)
         y, argmax = ops.conv2d_relu_maxpool2d(x, kernel, bias, **geometry)

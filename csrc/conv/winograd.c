@@ -165,7 +165,6 @@ int fc_winograd_applies(const fc_conv_shape *s)
 
 typedef float vec8 __attribute__((vector_size(32)));
 typedef int32_t ivec8 __attribute__((vector_size(32)));
-typedef uint8_t bytes8 __attribute__((vector_size(8)));
 
 /* max(r, 0) with NaN kept (as np.maximum), and r where x > 0 else 0 (the ReLU gradient's rule). */
 static inline float relu_s(float r) { return r < 0.0f ? 0.0f : r; }
@@ -197,47 +196,35 @@ typedef struct {
     const float *data;
     int64_t h, w, channels, top, left;  /* tile (ty, tx)'s pixel (i, j) is (ty * M - top + i, tx * M - left + j) */
     const fc_pooled_grad *pooled;       /* NULL, or data's source (data unused), of h / 2 x w / 2 windows */
+    const fc_maxpool2x2_kernels *unpool;  /* with pooled: the pooling kernels whose backward rebuilds it */
 } tile_source;
 
-/* The SIDE x SIDE pixels of a tile from src->pooled: a pixel gets its window's gradient where the
- * argmax byte names it (and the maximum was > 0), else +0, as maxpool2d_backward's x_from_relu rule
- * gives (a pixel of an odd last row or column belongs to no window). p[k] points at pixel k. Window by
- * window, each window's gradient and bytes read once for the (up to) four pixels the tile has of it. */
+/* The SIDE x SIDE pixels of a tile from src->pooled, as the pooling's backward pass (x_from_relu) writes
+ * them: the windows the tile overlaps, a row of them at a time, through the pooling kernels' backward
+ * row into buf ((SIDE + 2)^2 pixels: the windows' rows and columns can reach one past each side of the
+ * tile), a pixel of an odd last row or column (in no window) or of the padding read as zero. p[k] points
+ * at pixel k. */
 static inline void unpooled_tile(const tile_source *src, int64_t img, int64_t y0, int64_t x0, int side,
                                  const float *zero, float *buf, const float **p)
 {
     const int64_t ch = src->channels, ph = src->h / 2, pw = src->w / 2;
-    for (int k = 0; k < side * side; k++) p[k] = zero;
     /* the windows the tile overlaps (y0 + side > 0: a tile reaches at most 2 pixels into the padding) */
-    const int64_t wy1 = min64(ph, (y0 + side + 1) / 2), wx1 = min64(pw, (x0 + side + 1) / 2);
-    for (int64_t wy = y0 < 0 ? 0 : y0 / 2; wy < wy1; wy++) {
-        for (int64_t wx = x0 < 0 ? 0 : x0 / 2; wx < wx1; wx++) {
-            float *out[4];  /* the window's pixels (tap order) in the tile's buffer, NULL outside the tile */
-            for (int tap = 0; tap < 4; tap++) {
-                const int64_t i = 2 * wy + tap / 2 - y0, j = 2 * wx + tap % 2 - x0;
-                const int inside = i >= 0 && i < side && j >= 0 && j < side;
-                out[tap] = inside ? buf + (side * i + j) * ch : NULL;
-                if (inside) p[side * i + j] = out[tap];
-            }
-            const int64_t at = ((img * ph + wy) * pw + wx) * ch;
-            const float *g = src->pooled->dy + at;
-            const uint8_t *arg = src->pooled->argmax + at;
-            int64_t c = 0;
-            for (; c + 8 <= ch; c += 8) {  /* 8 channels at once: the bytes widened to lanes */
-                bytes8 a;
-                vec8 v;
-                memcpy(&a, arg + c, sizeof a);
-                memcpy(&v, g + c, sizeof v);
-                const ivec8 t = __builtin_convertvector(a, ivec8);
-                for (int tap = 0; tap < 4; tap++) {
-                    if (!out[tap]) continue;
-                    const vec8 r = (vec8)((ivec8)v & (t == tap));
-                    memcpy(out[tap] + c, &r, sizeof r);
-                }
-            }
-            for (; c < ch; c++)
-                for (int tap = 0; tap < 4; tap++)
-                    if (out[tap]) out[tap][c] = arg[c] == tap ? g[c] : 0.0f;
+    const int64_t wy0 = y0 < 0 ? 0 : y0 / 2, wy1 = min64(ph, (y0 + side + 1) / 2);
+    const int64_t wx0 = x0 < 0 ? 0 : x0 / 2, wx1 = min64(pw, (x0 + side + 1) / 2);
+    const int64_t cols = wx1 - wx0, row_floats = 2 * cols * ch;
+    const fc_pool_shape window_row = { .n = 1, .h = 2, .w = 2 * cols, .c = ch, .pool_h = 2, .pool_w = 2,
+                                       .stride_h = 2, .stride_w = 2, .oh = 1, .ow = cols };
+    for (int64_t wy = wy0; wy < wy1 && cols > 0; wy++) {
+        const int64_t at = ((img * ph + wy) * pw + wx0) * ch;
+        src->unpool->backward_row(&window_row, src->pooled->dy + at, NULL, src->pooled->argmax + at, 1,
+                                  buf + (wy - wy0) * 2 * row_floats, 0);
+    }
+    for (int i = 0; i < side; i++) {
+        const int64_t iy = y0 + i;
+        for (int j = 0; j < side; j++) {
+            const int64_t ix = x0 + j;
+            const int in_windows = iy >= 2 * wy0 && iy < 2 * wy1 && ix >= 2 * wx0 && ix < 2 * wx1;
+            p[side * i + j] = in_windows ? buf + (iy - 2 * wy0) * row_floats + (ix - 2 * wx0) * ch : zero;
         }
     }
 }
@@ -392,14 +379,14 @@ static transforms active_transforms(const fc_gemm_kernel *kr, int tile)
 /* x as the source of input tiles */
 static tile_source input_tiles(const fc_conv_shape *s, const float *x)
 {
-    const tile_source src = { x, s->h, s->w, s->cin, s->pad_top, s->pad_left, NULL };
+    const tile_source src = { x, s->h, s->w, s->cin, s->pad_top, s->pad_left, NULL, NULL };
     return src;
 }
 
 /* A tile source's buffer for the unpooled pixels of one tile of `side` pixels a side (none otherwise). */
 static int64_t unpooled_floats(const tile_source *src, int side)
 {
-    return src->pooled ? fc_lines(side * side * src->channels) : 0;
+    return src->pooled ? fc_lines((side + 2) * (side + 2) * src->channels) : 0;
 }
 
 /* The kernel's 1-D transform G, on g[0], g[s], g[2s] into o[0], o[so], ... (T: float or a vector):
@@ -641,6 +628,7 @@ int fc_winograd_input_grad_from_pooled(const fc_conv_shape *t, int tile, const f
 {
     tile_source src = input_tiles(t, NULL);
     src.pooled = dy;
+    src.unpool = fc_active_maxpool2x2();
     return forward(t, tile, &src, w, 1, NULL, 0, mask_by, dx, NULL);
 }
 
@@ -896,13 +884,13 @@ static int weight_grad(const fc_conv_shape *s, int tile, const float *x, const t
 
 int fc_winograd_weight_grad(const fc_conv_shape *s, int tile, const float *x, const float *dy, float *dw)
 {
-    const tile_source dys = { dy, s->oh, s->ow, s->cout, 0, 0, NULL };
+    const tile_source dys = { dy, s->oh, s->ow, s->cout, 0, 0, NULL, NULL };
     return weight_grad(s, tile, x, &dys, dw);
 }
 
 int fc_winograd_weight_grad_from_pooled(const fc_conv_shape *s, int tile, const float *x, const fc_pooled_grad *dy,
                                         float *dw)
 {
-    const tile_source dys = { NULL, s->oh, s->ow, s->cout, 0, 0, dy };
+    const tile_source dys = { NULL, s->oh, s->ow, s->cout, 0, 0, dy, fc_active_maxpool2x2() };
     return weight_grad(s, tile, x, &dys, dw);
 }
