@@ -161,6 +161,9 @@ int fc_relu_backward(int64_t n, const float *dy, const float *y, float *dx);  /*
 int fc_dropout_forward(int64_t n, const float *x, float rate, uint64_t seed, int64_t first, float *y, float *mask,
                        uint8_t *keep);
 int fc_dropout_backward(int64_t n, const float *dy, const uint8_t *keep, float rate, float *dx);
+/* out = (a + b) * scale in float32 (two ranks' gradients, summed in rank order); 1 if any out is
+ * not finite (Inf or NaN, including an overflowing sum), else 0. out may be a or b. */
+int fc_pair_sum(int64_t n, const float *a, const float *b, float scale, float *out);
 int fc_adam_update(int64_t n, float *w, const float *g, float *m, float *v, float lr_t, float beta_1,
                     float beta_2, float epsilon);
 int fc_adadelta_update(int64_t n, float *w, const float *g, float *accumulated_grad, float *accumulated_delta,

@@ -85,6 +85,7 @@ cdef extern from "fastconv.h" nogil:
                            float rho, float momentum, float epsilon)
     int fc_sgd_update(int64_t n, float *w, const float *g, float *velocity, float lr, float momentum, int nesterov)
     int fc_dropout_backward(int64_t n, const float *dy, const uint8_t *keep, float rate, float *dx)
+    int fc_pair_sum(int64_t n, const float *a, const float *b, float scale, float *out)
     int fc_adam_update_all(int64_t count, const int64_t *n, float **w, const float **g, float **m, float **v,
                            float lr_t, float beta_1, float beta_2, float epsilon)
     int fc_adadelta_update_all(int64_t count, const int64_t *n, float **w, const float **g, float **accumulated_grad,
@@ -490,6 +491,17 @@ def avgpool2d_backward(g, const float[::1] dy, float[::1] dx):
 def relu_backward(const float[::1] dy, const float[::1] y, float[::1] dx):
     with nogil:
         fc_relu_backward(dy.shape[0], &dy[0], &y[0], &dx[0])
+
+
+def pair_sum(const float[::1] a, const float[::1] b, float scale, float[::1] out):
+    """out = (a + b) * scale in float32; whether every result is finite."""
+    if a.shape[0] != b.shape[0] or out.shape[0] != a.shape[0]:
+        raise ValueError(f"pair_sum needs equal lengths, got {a.shape[0]}, {b.shape[0]} and {out.shape[0]}")
+    cdef int nonfinite = 0
+    if a.shape[0]:
+        with nogil:
+            nonfinite = fc_pair_sum(a.shape[0], &a[0], &b[0], scale, &out[0])
+    return not nonfinite
 
 
 def adam_update(float[::1] w, const float[::1] g, float[::1] m, float[::1] v, float lr_t, float beta_1,

@@ -115,7 +115,14 @@ TRAIN = textwrap.dedent("""
         layers.insert(2, keras.layers.BatchNormalization(momentum=0.5))
     if config.get("dropout"):
         layers.append(keras.layers.Dropout(0.3))
-    model = keras.Sequential(layers + [keras.layers.Dense(3, activation="softmax")])
+    if config.get("shared_dense"):  # one Dense called twice: two gradients of its kernel in each step
+        inputs = keras.Input((8, 8, 1))
+        shared = keras.layers.Dense(6, activation="tanh")
+        features = keras.layers.Dense(6)(keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="tanh")(inputs)))
+        outputs = keras.layers.Dense(3, activation="softmax")(shared(shared(features)))
+        model = keras.Model(inputs, outputs)
+    else:
+        model = keras.Sequential(layers + [keras.layers.Dense(3, activation="softmax")])
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     callbacks = []
     if mode in ("hvd", "tape"):
@@ -124,7 +131,14 @@ TRAIN = textwrap.dedent("""
         if config.get("warmup"):
             callbacks.append(distributed.LearningRateWarmupCallback(0.1, warmup_epochs=2))
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    started = []
+    started, buffers = [], []
+    if mode == "dp":  # count the gradients the backward pass wrote straight into the reduction's memory
+        gradient_buffer = distributed.gradient_buffer
+        def counted_buffer(variable):
+            found = gradient_buffer(variable)
+            buffers.append(found is not None)
+            return found
+        distributed.gradient_buffer = counted_buffer
     if "bucket_bytes" in config:  # gradient buckets of that size; count those the backward pass starts
         distributed._BUCKET_BYTES = config["bucket_bytes"]
         finish = distributed._GradientReduction.finish
@@ -191,6 +205,8 @@ TRAIN = textwrap.dedent("""
                             initial_epoch=config.get("initial_epoch", 0))
         logs = {"history": history.history, "evaluate": model.evaluate(x_val, y_val, verbose=0, return_dict=True),
                 "predicted": model.predict(x_val, batch_size=16, verbose=0).tolist(), "started": started}
+        if config.get("shared_dense"):
+            logs["buffers"] = sum(buffers)
     np.savez(f"{out}-{rank or 0}.npz", *model.get_weights())
     with open(f"{out}-{rank or 0}.json", "w") as file:
         json.dump(logs, file)
@@ -263,6 +279,20 @@ def test_data_parallel_fit_matches_one_process_on_the_global_batch(train, tmp_pa
     # predict splits each batch (16, 16, 8) across the ranks and gathers all rows, in order, on every rank
     np.testing.assert_allclose(first_logs[0]["predicted"], single_logs["predicted"], rtol=1e-5, atol=1e-6)
     assert result.stdout == ""  # verbose=0 prints nothing on any rank
+
+
+@pytest.mark.parametrize("bucket_bytes", [1, 1 << 20])
+def test_a_layer_called_twice_sums_both_gradients_across_ranks(train, tmp_path, bucket_bytes):
+    """A Dense kernel's first gradient in a step is written straight into the reduction's shared
+    memory; the shared layer's second call adds to it rather than overwriting it."""
+    ok(train(None, mode="one", shared_dense=True, out=str(tmp_path / "one")))
+    ok(train(2, mode="dp", shared_dense=True, bucket_bytes=bucket_bytes, out=str(tmp_path / "dp")))
+    (single,), _ = results(tmp_path / "one")
+    weights, logs = results(tmp_path / "dp", 2)
+    assert_bitwise_equal(weights[0], weights[1])
+    for mine, reference in zip(weights[0], single):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+    assert all(log["buffers"] > 0 for log in logs)  # the path without a copy was taken
 
 
 @pytest.mark.parametrize("ranks, samples", [(2, 160), (3, 97)])

@@ -230,3 +230,40 @@ def test_dropout_keep_bytes_give_the_float_mask_s_products(isa, threads, rng):
         fastconv.ops.dropout_backward(dy, ref_mask, 0.4)
     with pytest.raises(ValueError, match="keep must have shape"):
         fastconv.ops.dropout_backward(dy, keep[:2], 0.4)
+
+
+@pytest.mark.parametrize("size", STATE_SIZES)
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_pair_sum_is_numpys_float32_add_then_scale(isa, threads, rng, size, scale):
+    """Two ranks' gradients summed in rank order (distributed._ordered_total): the bits of NumPy's
+    float32 add followed by the multiplication, and the flag says whether all of them are finite."""
+    from fastconv import _C
+    threads(2)
+    magnitudes = np.array([1e-42, 1e-39, 1.0, 3e38], np.float32)  # subnormal, near normal's edge, large
+    with np.errstate(over="ignore"):  # a few large draws become Inf: operands the flag must see
+        a = (rng.standard_normal(size) * rng.choice(magnitudes, size)).astype(np.float32)
+        b = (rng.standard_normal(size) * rng.choice(magnitudes, size)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = np.add(a, b)
+        expected *= np.float32(scale)
+    out = np.full(size, np.nan, np.float32)
+    assert _C.pair_sum(a, b, scale, out) == bool(np.isfinite(expected).all())
+    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
+
+    finite_a, finite_b = (np.clip(v, -1e30, 1e30) for v in (a, b))
+    assert _C.pair_sum(finite_a, finite_b, scale, out)
+    for bad in (np.inf, -np.inf, np.nan):  # in either operand, anywhere, including the last element
+        for where in {0, size // 2, size - 1}:
+            spoiled = finite_b.copy()
+            spoiled[where] = bad
+            assert not _C.pair_sum(finite_a, spoiled, scale, out)
+            assert not _C.pair_sum(spoiled, finite_a, scale, out)
+    in_place = finite_a.copy()
+    assert _C.pair_sum(in_place, finite_b, scale, in_place)
+    np.testing.assert_array_equal(in_place, (finite_a + finite_b) * np.float32(scale))
+
+
+def test_pair_sum_rejects_unequal_lengths():
+    from fastconv import _C
+    with pytest.raises(ValueError, match="equal lengths"):
+        _C.pair_sum(np.zeros(3, np.float32), np.zeros(4, np.float32), 1.0, np.zeros(3, np.float32))

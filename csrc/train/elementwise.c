@@ -1,5 +1,6 @@
 /* The elementwise training kernels (see elementwise.h): one source, compiled once per instruction
  * set; the table this compile defines is named after the set. */
+#include <float.h>
 #include <math.h>
 
 #include "elementwise.h"
@@ -158,6 +159,18 @@ static void sgd(int64_t i0, int64_t i1, float *w, const float *g, float *velocit
     }
 }
 
+static int pair_sum(int64_t i0, int64_t i1, const float *a, const float *b, float scale, float *out)
+{
+    int nonfinite = 0;
+    #pragma omp simd reduction(|:nonfinite)
+    for (int64_t i = i0; i < i1; i++) {
+        const float s = (a[i] + b[i]) * scale;
+        out[i] = s;
+        nonfinite |= !(fabsf(s) <= FLT_MAX);  /* NaN compares false */
+    }
+    return nonfinite;
+}
+
 const fc_elementwise_kernels ELEMENTWISE_TABLE = {
     .name = ELEMENTWISE_NAME,
     .relu_backward = relu_backward,
@@ -167,4 +180,5 @@ const fc_elementwise_kernels ELEMENTWISE_TABLE = {
     .adadelta = adadelta,
     .rmsprop = rmsprop,
     .sgd = sgd,
+    .pair_sum = pair_sum,
 };

@@ -25,6 +25,8 @@ typedef struct {
                     float lr, float rho, float momentum, float epsilon);
     void (*sgd)(int64_t i0, int64_t i1, float *w, const float *g, float *velocity, float lr, float momentum,
                 int nesterov);
+    /* out = (a + b) * scale, each step rounded to float32; returns 1 if any out is not finite */
+    int (*pair_sum)(int64_t i0, int64_t i1, const float *a, const float *b, float scale, float *out);
 } fc_elementwise_kernels;
 
 /* One table per instruction set, fc_elementwise_<isa>: csrc/isa_list.h lists them, dispatch.c declares them. */

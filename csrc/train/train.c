@@ -51,6 +51,20 @@ int fc_dropout_backward(int64_t n, const float *dy, const uint8_t *keep, float r
     return FC_OK;
 }
 
+int fc_pair_sum(int64_t n, const float *a, const float *b, float scale, float *out)
+{
+    const fc_elementwise_kernels *kernels = fc_active_elementwise();  /* one look-up: the call's */
+    const int threads = threads_for(n);
+    int nonfinite = 0;
+    #pragma omp parallel num_threads(threads) if (threads > 1) reduction(|:nonfinite)
+    {
+        int64_t i0, i1;
+        my_share(n, &i0, &i1);
+        nonfinite |= kernels->pair_sum(i0, i1, a, b, scale, out);
+    }
+    return nonfinite;
+}
+
 /* The optimizers update every array of a model in one parallel region: the elements of `count`
  * arrays laid end to end, in blocks of 16 floats that never straddle two arrays, shared out to the
  * threads; `piece(args, t, i0, i1)` updates elements [i0, i1) of array t. An array updated alone is

@@ -28,6 +28,7 @@ import warnings
 
 import numpy as np
 
+from fastconv import _C
 from fastconv.keras.callbacks import Callback
 
 INSTALL_HINT = 'pip install "fastconv[mpi]"'
@@ -191,11 +192,8 @@ def _ordered_total(rows, weights, divisor, out):
         # through a type of at least 2 x 24 + 1 bits, is harmless for a sum), and halving is exact, or
         # below float32's normal range one rounding in both; so these are the float64 path's bits, at
         # a fraction of its memory traffic. Where the float32 sum overflows, the float64 path decides.
-        with np.errstate(over="ignore"):
-            np.add(rows[0], rows[1], out=out)
-        if divisor is not None:
-            out *= np.float32(0.5)
-        if np.isfinite(out).all():
+        # one pass in C: the add, the halving and the finiteness check, each rounded as NumPy's
+        if _C.pair_sum(rows[0], rows[1], 1.0 if divisor is None else 0.5, out):
             return
     accumulate = np.float64 if out.dtype.kind == "f" else np.int64
     # Every operation is on arrays of one dtype (NumPy converts mixed float32/float64 operands in small
@@ -576,7 +574,31 @@ class _GradientReduction:
         self.position = {id(variable): index for index, variable in enumerate(variables)}
         self.missing = [len(bucket) for bucket in self.buckets]  # gradients each bucket still waits for
         self.sums, self.sent = [None] * len(self.buckets), {}
+        self.rows, self.buffers = [None] * len(self.buckets), {}  # this round's input rows; gradient_buffer's views
         self.seconds = 0.0
+
+    def _row(self, bucket):
+        """The flat input of the bucket's sum: with shared memory, this rank's row of the window, once
+        every rank has read the previous round's."""
+        if self.rows[bucket] is None:
+            count = sum(self.sizes[i] for i in self.buckets[bucket]) + len(self.buckets[bucket])
+            self.rows[bucket] = np.empty(count, self.dtype) if self.area is None else self.area.begin(bucket)
+        return self.rows[bucket]
+
+    def gradient_buffer(self, variable):
+        """Where the backward pass may write the variable's gradient so that its bucket needs no copy
+        (see gradient_buffer()); None when it travels otherwise."""
+        index = self.position.get(id(variable))
+        if self.area is None or index is None or self.dtype != np.float32 or \
+                getattr(variable, "regularizer", None) is not None:
+            return None
+        bucket = self.bucket_of[index]
+        if self.sums[bucket] is not None or index in self.buffers:
+            return None
+        offset = sum(self.sizes[i] for i in self.buckets[bucket][:self.buckets[bucket].index(index)])
+        view = self._row(bucket)[offset:offset + self.sizes[index]].reshape(self.shapes[index])
+        self.buffers[index] = view
+        return view
 
     def gradients_final(self, variables):
         """Called by the backward pass with the variables whose gradients no later layer changes:
@@ -599,13 +621,13 @@ class _GradientReduction:
         indices = self.buckets[bucket]
         count = sum(self.sizes[i] for i in indices)
         # with shared memory, straight into this rank's row of the window, which the others read
-        flat = np.empty(count + len(indices), self.dtype) if self.area is None else self.area.begin(bucket)
+        flat = self._row(bucket)
         offset = 0
         for flag, index in enumerate(indices):
             part, grad = flat[offset:offset + self.sizes[index]], grads[index]
             if grad is None:
                 part[...] = 0
-            else:
+            elif grad is not self.buffers.get(index):  # else the backward pass wrote it there
                 part[...] = grad.reshape(-1)
             flat[count + flag] = grad is not None
             self.sent[index] = grad
@@ -676,6 +698,16 @@ def start_reduction(optimizer, variables):
     _in_flight = _GradientReduction(variables, layout, *_weighting(_step_weights, optimizer._distributed_op,
                                                                     _comm.Get_size()), _areas[_area_key(layout)])
     return _in_flight.gradients_final
+
+
+def gradient_buffer(variable):
+    """Where a layer's backward pass may write `variable`'s gradient (an array of its shape, or None):
+    in a DataParallel step whose ranks share memory, the variable's place in this rank's row of the
+    reduction, which then needs no copy of it. Only for the first gradient of the variable in the step
+    (a shared layer's second call adds to it) and only while its bucket has not started."""
+    if _in_flight is None or variable.grad is not None:
+        return None
+    return _in_flight.gradient_buffer(variable)
 
 
 def reduce_gradients(grads, variables, weights=None, op="average", copy=True):

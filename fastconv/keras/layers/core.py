@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from fastconv.keras import activations, backend, initializers, microbatch, regularizers
+from fastconv.keras import activations, backend, distributed, initializers, microbatch, regularizers
 from fastconv.keras.layers.base import Layer
 from fastconv.shapes import checked_int
 
@@ -68,7 +68,8 @@ class Dense(Layer):
                 dw, db = microbatch.leaf_sum(lambda rows: (gemm(x[rows], dpre[rows], trans_a=True),
                                                            dpre[rows].sum(axis=0)), samples, len(x) // samples)
             else:
-                dw, db = gemm(x, dpre, trans_a=True), None if self.bias is None else np.add.reduce(dpre, axis=0)
+                dw = gemm(x, dpre, trans_a=True, out=distributed.gradient_buffer(self.kernel))
+                db = None if self.bias is None else np.add.reduce(dpre, axis=0)
             dx = gemm(dpre, self.kernel.value, trans_b=True).reshape(input_shape) if need_input_grad else None
         self.kernel.add_grad(dw)
         if self.bias is not None:
