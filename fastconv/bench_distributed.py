@@ -1,13 +1,17 @@
 """Data-parallel training speed on MPI: `fastconv bench distributed` (also benchmarks/bench_distributed.py).
 
-Per model, five variants, each timed in processes of its own, alternated round by round:
+Per model, six variants, each timed in processes of its own, alternated round by round:
 
     fastconv 1      one process, `--threads` threads, batch B, fit on one process
     fastconv N      `mpiexec -n N python -m mpi4py`, `--threads` threads per rank, a DataParallel fit
                     with global batch N x B (B per rank)
     independent N   N copies of "fastconv 1" at once, without MPI: what the machine allows N processes
-                    (shared caches, memory bandwidth, other load), the ceiling of N ranks' efficiency;
-                    its step is the slowest copy's
+                    (shared caches, memory bandwidth, other load); its step is the slowest copy's
+    lockstep N      N copies of "fastconv 1" under mpiexec, each training alone on its own data (no
+                    gradient reduction) but waiting for the others at an MPI barrier after every step:
+                    what any synchronous data-parallel training reaches on this machine, the ceiling of
+                    N ranks' efficiency (each step lasts as long as the slowest process's, so a core
+                    disturbed by the host at a random moment holds up every process)
     PyTorch 1       one process, same threads and batch B (when a PyTorch Python is given)
     PyTorch N       N processes under DistributedDataParallel with the gloo backend, batch B each
 
@@ -86,29 +90,35 @@ def _quiet_step(steps, waits):
     return (statistics.median(quiet) if len(quiet) >= QUIET_MIN_STEPS else None), len(quiet)
 
 
-def fastconv_worker(model, per_rank, steps, warmup, threads, reduce_repeats=20):
-    """One fastconv process: a fit of warmup + steps batches (a DataParallel fit under mpiexec)."""
+def fastconv_worker(model, per_rank, steps, warmup, threads, reduce_repeats=20, lockstep=False):
+    """One fastconv process: a fit of warmup + steps batches (a DataParallel fit under mpiexec, or with
+    `lockstep` a fit of its own that waits for the other processes after every batch)."""
     import fastconv
     from fastconv import keras, recipes
     from fastconv.keras import distributed
     fastconv.set_num_threads(threads)
     ranks = 1
     if distributed.launched_by_mpi():
-        keras.distribution.set_distribution(keras.distribution.DataParallel())
         ranks = distributed.size()
+        if not lockstep:
+            keras.distribution.set_distribution(keras.distribution.DataParallel())
     keras.utils.set_random_seed(0)
     net = recipes.RECIPES[model].compiled_model()
-    images, labels = _data(per_rank, ranks, warmup + steps, _shape(model))
+    images, labels = _data(per_rank, 1 if lockstep else ranks, warmup + steps, _shape(model),
+                           seed=distributed.rank() if lockstep else 0)
     marks, waits = [], []
 
     class Clock(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
+            if lockstep:
+                distributed.barrier()
             marks.append(time.perf_counter())
             waits.append(_cpu_wait_seconds())
             if batch == warmup - 1 and ranks > 1:
                 distributed.timings(reset=True)
 
-    net.fit(images, labels, batch_size=per_rank * ranks, epochs=1, verbose=0, callbacks=[Clock()])
+    net.fit(images, labels, batch_size=per_rank * (1 if lockstep else ranks), epochs=1, verbose=0,
+            callbacks=[Clock()])
     steps_seconds = np.diff(marks[warmup - 1:])
     step = statistics.median(steps_seconds)
     step_waits = [None if a is None or b is None else b - a for a, b in zip(waits[warmup - 1:], waits[warmup:])]
@@ -116,11 +126,14 @@ def fastconv_worker(model, per_rank, steps, warmup, threads, reduce_repeats=20):
         every = distributed.allgather_object(step_waits)
         step_waits = [None if None in column else max(column) for column in zip(*every)]
     quiet, quiet_count = _quiet_step(steps_seconds, step_waits)
-    result = {"impl": "fastconv", "model": model, "ranks": ranks, "threads": fastconv.get_num_threads(),
-              "step_seconds": step, "images_per_second": per_rank * ranks / step,
+    result = {"impl": "lockstep" if lockstep else "fastconv", "model": model, "ranks": ranks,
+              "threads": fastconv.get_num_threads(), "step_seconds": step, "images_per_second": per_rank * ranks / step,
               "quiet_step_seconds": quiet, "quiet_steps": quiet_count, "steps": len(steps_seconds),
               "parameters": int(sum(w.size for w in net.trainable_weights))}
-    if ranks > 1:
+    if ranks > 1 and lockstep:
+        if distributed.rank() != 0:
+            return
+    elif ranks > 1:
         spent = distributed.timings()
         result["reduce_seconds"] = spent["reduce_seconds"] / max(spent["reductions"], 1)
         result["reduce_share"] = spent["reduce_seconds"] / spent["step_seconds"]
@@ -197,8 +210,8 @@ def run_variant(variant, model, args):
     worker = [model, str(args.batch), str(args.steps), str(args.warmup), str(args.threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     load_before = os.getloadavg()[0]
-    if impl == "fastconv":
-        command = [sys.executable, "-m", "fastconv.bench_distributed", "--worker", "fastconv", *worker]
+    if impl in ("fastconv", "lockstep"):
+        command = [sys.executable, "-m", "fastconv.bench_distributed", "--worker", impl, *worker]
         if ranks > 1:
             command = [args.mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", *command[1:]]
         out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -237,7 +250,7 @@ def run_variant(variant, model, args):
 
 
 def variants(args):
-    found = [("fastconv", 1), ("fastconv", args.ranks), ("independent", args.ranks)]
+    found = [("fastconv", 1), ("fastconv", args.ranks), ("independent", args.ranks), ("lockstep", args.ranks)]
     if args.torch_python:
         found += [("torch", 1), ("torch", args.ranks)]
     return found
@@ -262,6 +275,8 @@ def report(results, args, print_table):
                    (" (DDP, gloo)" if impl == "torch" and ranks > 1 else "")
             if impl == "independent":
                 name = f"fastconv, {ranks} independent processes (no MPI)"
+            elif impl == "lockstep":
+                name = f"fastconv, {ranks} processes in lockstep (a barrier per step, no reduction)"
             rounds = " ".join(f"{x['images_per_second']:.0f}" for x in results[model][(impl, ranks)])
             reduce = share = alone = ""
             if "reduce_seconds" in r:
@@ -278,6 +293,7 @@ def report(results, args, print_table):
         # under the same load): the median of the rounds is the headline, their range its spread.
         per_round = _per_round(results[model], ("fastconv", n), n)
         independent = _per_round(results[model], ("independent", n), n)
+        lockstep = _per_round(results[model], ("lockstep", n), n)
         best_ratio = multi["images_per_second"] / n / single["images_per_second"]
         # the same on the steps no process had to wait for a CPU in (another process had it)
         quiet = [s["quiet_step_seconds"] / m["quiet_step_seconds"]
@@ -286,7 +302,8 @@ def report(results, args, print_table):
         line = [model, f"{statistics.median(per_round):.0%}", " ".join(f"{x:.0%}" for x in per_round),
                 f"{best_ratio:.0%}", f"{statistics.median(quiet):.0%}" if quiet else "-",
                 " ".join(f"{x:.0%}" for x in quiet), f"{statistics.median(independent):.0%}",
-                " ".join(f"{x:.0%}" for x in independent)]
+                " ".join(f"{x:.0%}" for x in independent), f"{statistics.median(lockstep):.0%}",
+                " ".join(f"{x:.0%}" for x in lockstep)]
         if args.torch_python:
             t1, tn = best[("torch", 1)], best[("torch", n)]
             line += [f"{tn['images_per_second'] / n / t1['images_per_second']:.0%}",
@@ -297,7 +314,8 @@ def report(results, args, print_table):
                  "images/s per round"], rows)
     print()
     header = ["model", f"fastconv efficiency {n} ranks (median of rounds)", "per round", "best / best",
-              "undisturbed steps (median)", "per round", f"{n} independent processes (median)", "per round"]
+              "undisturbed steps (median)", "per round", f"{n} independent processes (median)", "per round",
+              f"{n} processes in lockstep (median)", "per round"]
     if args.torch_python:
         header += [f"PyTorch DDP efficiency {n} ranks", f"fastconv {n} ranks / PyTorch DDP {n}"]
     print_table(header, ratios)
@@ -363,8 +381,8 @@ def run(args, print_table, stamp):
 
 def worker_main(argv):
     impl, model, batch, steps, warmup, threads = argv[:6]
-    if impl == "fastconv":
-        fastconv_worker(model, int(batch), int(steps), int(warmup), int(threads))
+    if impl in ("fastconv", "lockstep"):
+        fastconv_worker(model, int(batch), int(steps), int(warmup), int(threads), lockstep=impl == "lockstep")
     else:
         torch_worker(model, int(batch), int(steps), int(warmup), int(threads), argv[6])
 
