@@ -192,7 +192,7 @@ def _ordered_total(rows, weights, divisor, out):
         # through a type of at least 2 x 24 + 1 bits, is harmless for a sum), and halving is exact, or
         # below float32's normal range one rounding in both; so these are the float64 path's bits, at
         # a fraction of its memory traffic. Where the float32 sum overflows, the float64 path decides.
-        # one pass in C: the add, the halving and the finiteness check, each rounded as NumPy's
+        # one pass in C: NumPy's float32 add and halving, and the check that every result is finite
         if _C.pair_sum(rows[0], rows[1], 1.0 if divisor is None else 0.5, out):
             return
     accumulate = np.float64 if out.dtype.kind == "f" else np.int64
