@@ -53,7 +53,11 @@ class TorchProcess:
         self.process = subprocess.Popen([python, "-c", code, __file__], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True, env=env)
         training = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_training.py")
-        answer = self.request(op="setup", threads=threads, training=training)
+        try:
+            answer = self.request(op="setup", threads=threads, training=training)
+        except BaseException:
+            self.close()  # a child that cannot set up (no PyTorch) must not outlive the error
+            raise
         self.version, self.threads = answer["version"], answer["threads"]
 
     def request(self, **message):
@@ -77,6 +81,8 @@ class TorchProcess:
         if self.process.poll() is None:
             self.process.stdin.close()
             self.process.wait()
+        self.process.stdin.close()
+        self.process.stdout.close()
 
 
 class _RemoteRow:

@@ -171,6 +171,7 @@ def test_part_files_of_killed_downloads_are_removed_by_the_next_download(mirror,
     finally:
         writer.kill()
         writer.wait()
+        writer.stdout.close()
     assert sorted(os.listdir(cache)) == sorted([live.name] + [f"{name}.gz" for name in IDX_NAMES])
 
 

@@ -1,5 +1,6 @@
 """fastconv.keras saving: round trips, and tampered or truncated files rejected with a ValueError, never pickle."""
 import json
+import pathlib
 import pickle
 import struct
 
@@ -34,14 +35,14 @@ def data():
 
 
 def read_parts(path):
-    blob = open(path, "rb").read()
+    blob = pathlib.Path(path).read_bytes()
     magic, version, length = struct.unpack("<8sIQ", blob[:20])
     return blob, json.loads(blob[20:20 + length]), 20 + length
 
 
 def write_parts(path, header, data):
     header_bytes = json.dumps(header).encode()
-    open(path, "wb").write(struct.pack("<8sIQ", saving.MAGIC, 1, len(header_bytes)) + header_bytes + data)
+    pathlib.Path(path).write_bytes(struct.pack("<8sIQ", saving.MAGIC, 1, len(header_bytes)) + header_bytes + data)
 
 
 def test_functional_model_round_trip(tmp_path, data):

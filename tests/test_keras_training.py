@@ -541,7 +541,8 @@ def test_callbacks(tmp_path):
     ])
     assert seen == [0, 1, 2]
     assert history.history["lr"] == [0.01, 0.005, 0.001]
-    rows = list(csv.DictReader(open(log_path)))
+    with open(log_path, newline="") as log:
+        rows = list(csv.DictReader(log))
     assert [row["epoch"] for row in rows] == ["0", "1", "2"] and "val_loss" in rows[0]
     assert len(list(tmp_path.glob("m-0*-*.keras"))) == 3
     assert not list(tmp_path.glob(".*tmp"))
