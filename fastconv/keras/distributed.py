@@ -507,11 +507,20 @@ def _shape(variable):
 
 
 def _bucket_plan(layout):
-    """The variables' sizes and their buckets, for a layout (worked out once per layout)."""
+    """For a layout (worked out once per layout): the variables' sizes, their buckets, each variable's
+    offset in its bucket's row, and each bucket's gradient floats (a flag per variable follows them)."""
     key = (layout, _BUCKET_BYTES)
     if key not in _plans:
         sizes = [int(np.prod(shape, dtype=np.int64)) for shape in layout[0]]
-        _plans[key] = sizes, _buckets(sizes, np.dtype(layout[1]).itemsize)
+        buckets = _buckets(sizes, np.dtype(layout[1]).itemsize)
+        offsets, counts = [0] * len(sizes), []
+        for bucket in buckets:
+            count = 0
+            for index in bucket:
+                offsets[index] = count
+                count += sizes[index]
+            counts.append(count)
+        _plans[key] = sizes, buckets, offsets, counts
     return _plans[key]
 
 
@@ -523,8 +532,8 @@ def _new_area(layout):
     """A _SharedArea for the layout's buckets when every rank is on this machine (and it is not too
     large), else None; collective: every rank calls it for the same layouts in the same order."""
     comm = _world()
-    sizes, buckets = _bucket_plan(layout)
-    counts = [sum(sizes[i] for i in bucket) + len(bucket) for bucket in buckets]  # + a flag per variable
+    _, buckets, _, counts = _bucket_plan(layout)
+    counts = [count + len(bucket) for count, bucket in zip(counts, buckets)]  # + a flag per variable
     nbytes = (comm.Get_size() + 1) * sum(counts) * np.dtype(layout[1]).itemsize
     # areas live until shutdown() (freeing one is collective), so a process that builds many models
     # stops making them at a bound, the same on every rank
@@ -568,7 +577,7 @@ class _GradientReduction:
     def __init__(self, variables, layout, weights, divisor, area=None):
         self.variables, self.weights, self.divisor = variables, weights, divisor
         self.shapes, self.dtype = layout[0], np.dtype(layout[1])
-        self.sizes, self.buckets = _bucket_plan(layout)
+        self.sizes, self.buckets, self.offsets, self.counts = _bucket_plan(layout)
         self.area = area  # a _SharedArea when all ranks are on this machine, else None: messages
         self.bucket_of = {index: b for b, bucket in enumerate(self.buckets) for index in bucket}
         self.position = {id(variable): index for index, variable in enumerate(variables)}
@@ -581,7 +590,7 @@ class _GradientReduction:
         """The flat input of the bucket's sum: with shared memory, this rank's row of the window, once
         every rank has read the previous round's."""
         if self.rows[bucket] is None:
-            count = sum(self.sizes[i] for i in self.buckets[bucket]) + len(self.buckets[bucket])
+            count = self.counts[bucket] + len(self.buckets[bucket])
             self.rows[bucket] = np.empty(count, self.dtype) if self.area is None else self.area.begin(bucket)
         return self.rows[bucket]
 
@@ -595,7 +604,7 @@ class _GradientReduction:
         bucket = self.bucket_of[index]
         if self.sums[bucket] is not None or index in self.buffers:
             return None
-        offset = sum(self.sizes[i] for i in self.buckets[bucket][:self.buckets[bucket].index(index)])
+        offset = self.offsets[index]
         view = self._row(bucket)[offset:offset + self.sizes[index]].reshape(self.shapes[index])
         self.buffers[index] = view
         return view
@@ -618,12 +627,11 @@ class _GradientReduction:
         self.seconds += time.perf_counter() - started
 
     def _start(self, bucket, grads):
-        indices = self.buckets[bucket]
-        count = sum(self.sizes[i] for i in indices)
+        count = self.counts[bucket]
         # with shared memory, straight into this rank's row of the window, which the others read
         flat = self._row(bucket)
-        offset = 0
-        for flag, index in enumerate(indices):
+        for flag, index in enumerate(self.buckets[bucket]):
+            offset = self.offsets[index]
             part, grad = flat[offset:offset + self.sizes[index]], grads[index]
             if grad is None:
                 part[...] = 0
@@ -631,7 +639,6 @@ class _GradientReduction:
                 part[...] = grad.reshape(-1)
             flat[count + flag] = grad is not None
             self.sent[index] = grad
-            offset += self.sizes[index]
         self.sums[bucket] = _OrderedSum(_grad_comm, flat, self.weights, self.divisor, tag=bucket) \
             if self.area is None else _SharedSum(self.area, bucket, self.weights, self.divisor)
 
@@ -646,8 +653,8 @@ class _GradientReduction:
             if reduction is None:
                 self._start(bucket, grads)
         out = [None] * len(self.variables)
-        for bucket, reduction in zip(self.buckets, self.sums):
-            summed, offset, count = reduction.wait(), 0, sum(self.sizes[i] for i in bucket)
+        for bucket, count, reduction in zip(self.buckets, self.counts, self.sums):
+            summed = reduction.wait()
             if self.area is not None and not reduction.whole:  # the output all ranks read, and the next round's
                 if copy:
                     summed = summed.copy()
@@ -656,8 +663,8 @@ class _GradientReduction:
                     summed.flags.writeable = False
             for flag, index in enumerate(bucket):
                 if summed[count + flag] > 0:
+                    offset = self.offsets[index]
                     out[index] = summed[offset:offset + self.sizes[index]].reshape(self.shapes[index])
-                offset += self.sizes[index]
         return out
 
 
