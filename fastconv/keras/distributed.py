@@ -295,6 +295,9 @@ _SHARED_BYTES = 1 << 30  # beyond this much shared memory for all gradient layou
 _use_shared_memory = True  # False: buckets always travel as messages (tests compare the two paths)
 
 
+_POSTED, _READ = 0, 1  # a _SharedArea's two counters per rank and bucket
+
+
 class _SharedArea:
     """A shared-memory window (MPI-3 Win.Allocate_shared) over ranks that are all on this machine,
     for one gradient layout: per bucket, one input row per rank and an output row, plus two counters
@@ -313,10 +316,11 @@ class _SharedArea:
         self.window = MPI.Win.Allocate_shared(total if self.me == 0 else 0, 1, comm=comm)
         memory = np.frombuffer(self.window.Shared_query(0)[0], np.uint8)[:total]
         self.window.Lock_all(MPI.MODE_NOCHECK)  # Win.Sync (a memory barrier) needs an access epoch
-        counters = memory[:control].view(np.int64).reshape(2, self.ranks, buckets)
-        self.posted, self.read = counters[0], counters[1]
         if self.me == 0:
-            counters[...] = 0
+            memory[:control] = 0
+        # the counters as Python ints: their checks run many times a step, where NumPy's per-call cost
+        # on tiny arrays would be most of it; counter k of rank r and bucket b at (k * ranks + r) * buckets + b
+        self.counters, self.buckets = memoryview(memory[:control]).cast("q"), buckets
         self.rows, self.out, offset = [], [], control
         for count, size in zip(counts, sizes):
             stride = size // (self.ranks + 1)
@@ -330,30 +334,38 @@ class _SharedArea:
         comm.Barrier()  # the counters are zero before any rank posts
 
     def free(self):
+        self.counters.release()
         self.window.Unlock_all()
         self.window.Free()
+
+    def _all_reached(self, counter, bucket):
+        counters, step, round_ = self.counters, self.buckets, self.rounds[bucket]
+        start = counter * self.ranks * step + bucket
+        return all(counters[start + r * step] >= round_ for r in range(self.ranks))
+
+    def _set(self, counter, bucket):
+        self.window.Sync()  # what this rank wrote before the counter that says it is there
+        self.counters[(counter * self.ranks + self.me) * self.buckets + bucket] = self.rounds[bucket]
 
     def begin(self, bucket):
         """This rank's input row for the bucket's next round, once every rank has finished reading the
         previous round's (usually long done: they read it before that round could end)."""
-        while not (self.read[:, bucket] >= self.rounds[bucket]).all():
+        while not self._all_reached(_READ, bucket):
             os.sched_yield()
         self.rounds[bucket] += 1
         return self.rows[bucket][self.me]
 
     def post(self, bucket):
-        self.window.Sync()  # the row's contents before the counter that says they are there
-        self.posted[self.me, bucket] = self.rounds[bucket]
+        self._set(_POSTED, bucket)
 
     def all_posted(self, bucket):
-        return bool((self.posted[:, bucket] >= self.rounds[bucket]).all())
+        return self._all_reached(_POSTED, bucket)
 
     def finished_reading(self, bucket):
-        self.window.Sync()
-        self.read[self.me, bucket] = self.rounds[bucket]
+        self._set(_READ, bucket)
 
     def all_read(self, bucket):
-        return bool((self.read[:, bucket] >= self.rounds[bucket]).all())
+        return self._all_reached(_READ, bucket)
 
 
 class _SharedSum:
@@ -508,7 +520,8 @@ def _shape(variable):
 
 def _bucket_plan(layout):
     """For a layout (worked out once per layout): the variables' sizes, their buckets, each variable's
-    offset in its bucket's row, and each bucket's gradient floats (a flag per variable follows them)."""
+    offset in its bucket's row, each bucket's gradient floats (a flag per variable follows them), and
+    each variable's bucket."""
     key = (layout, _BUCKET_BYTES)
     if key not in _plans:
         sizes = [int(np.prod(shape, dtype=np.int64)) for shape in layout[0]]
@@ -520,7 +533,8 @@ def _bucket_plan(layout):
                 offsets[index] = count
                 count += sizes[index]
             counts.append(count)
-        _plans[key] = sizes, buckets, offsets, counts
+        bucket_of = {index: b for b, bucket in enumerate(buckets) for index in bucket}
+        _plans[key] = sizes, buckets, offsets, counts, bucket_of
     return _plans[key]
 
 
@@ -532,7 +546,7 @@ def _new_area(layout):
     """A _SharedArea for the layout's buckets when every rank is on this machine (and it is not too
     large), else None; collective: every rank calls it for the same layouts in the same order."""
     comm = _world()
-    _, buckets, _, counts = _bucket_plan(layout)
+    _, buckets, _, counts, _ = _bucket_plan(layout)
     counts = [count + len(bucket) for count, bucket in zip(counts, buckets)]  # + a flag per variable
     nbytes = (comm.Get_size() + 1) * sum(counts) * np.dtype(layout[1]).itemsize
     # areas live until shutdown() (freeing one is collective), so a process that builds many models
@@ -546,8 +560,8 @@ def _new_area(layout):
 def _layout(variables):
     shapes = tuple(_shape(v) for v in variables)
     # The variables' dtype, not the gradients': a rank without samples has no gradients to look at.
-    dtype = np.result_type(*[v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype for v in variables]) \
-        if variables else np.dtype(np.float32)
+    dtypes = {v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype for v in variables}
+    dtype = np.result_type(*dtypes) if len(dtypes) > 1 else np.dtype(dtypes.pop() if dtypes else np.float32)
     return shapes, (dtype if dtype.kind == "f" else np.dtype(np.float64)).str
 
 
@@ -577,9 +591,8 @@ class _GradientReduction:
     def __init__(self, variables, layout, weights, divisor, area=None):
         self.variables, self.weights, self.divisor = variables, weights, divisor
         self.shapes, self.dtype = layout[0], np.dtype(layout[1])
-        self.sizes, self.buckets, self.offsets, self.counts = _bucket_plan(layout)
+        self.sizes, self.buckets, self.offsets, self.counts, self.bucket_of = _bucket_plan(layout)
         self.area = area  # a _SharedArea when all ranks are on this machine, else None: messages
-        self.bucket_of = {index: b for b, bucket in enumerate(self.buckets) for index in bucket}
         self.position = {id(variable): index for index, variable in enumerate(variables)}
         self.missing = [len(bucket) for bucket in self.buckets]  # gradients each bucket still waits for
         self.sums, self.sent = [None] * len(self.buckets), {}
