@@ -427,6 +427,55 @@ def test_checkpoints_and_logs_are_written_once_by_rank_0_and_resume(train, tmp_p
     assert not np.array_equal(resumed[0][0], saved[0][0])
 
 
+SAVE_THEN_LOAD = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    from fastconv import keras
+    from fastconv.keras import distributed, keras_format, saving
+
+    directory, out = sys.argv[1], sys.argv[2]
+    distributed.init()
+    rank = distributed.rank()
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(1).normal(size=(64, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    slow = lambda write: lambda *args, **kwargs: (time.sleep(0.5), write(*args, **kwargs))[1]
+    saving._write, keras_format.save_model = slow(saving._write), slow(keras_format.save_model)
+    found = {}
+    for name in ("model.fastconv", "model.keras"):
+        path = f"{directory}/{name}"
+        model.save(path)  # an older model in the file: a rank that reads before rank 0 has written sees it
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        found[name] = float(np.abs(loaded.predict(x, verbose=0) - model.predict(x, verbose=0)).max())
+    try:  # rank 0 cannot write there: every rank gets its error, none waits
+        model.save(f"{directory}/missing/model.fastconv")
+    except Exception as error:
+        found["error"] = type(error).__name__
+    if rank == 0:  # Horovod's idiom still works: rank 0 alone saves, nobody waits for it
+        model.save(f"{directory}/rank0.fastconv")
+    found["after"] = model.evaluate(x, y, verbose=0)
+    with open(f"{out}-{rank}.json", "w") as file:
+        json.dump(found, file)
+""")
+
+
+def test_every_rank_loads_the_model_rank_0_just_saved(tmp_path):
+    script = tmp_path / "save_then_load.py"
+    script.write_text(SAVE_THEN_LOAD)
+    ok(mpirun(2, script, tmp_path, tmp_path / "found", timeout=60))
+    found = [json.loads((tmp_path / f"found-{rank}.json").read_text()) for rank in range(2)]
+    for rank_found in found:
+        assert rank_found["model.fastconv"] == 0 and rank_found["model.keras"] == 0
+        assert rank_found["error"] in ("FileNotFoundError", "OSError", "ValueError")
+    assert found[0]["error"] == found[1]["error"] and found[0]["after"] == found[1]["after"]
+    assert (tmp_path / "rank0.fastconv").exists()
+
+
 def test_backup_and_restore_resumes_a_crashed_job_exactly(train, tmp_path):
     """A job whose last rank crashes at the start of epoch 3 is started again with the same
     BackupAndRestore directory: it goes on from epoch 3 with the weights, optimizer state and random

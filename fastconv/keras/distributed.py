@@ -23,6 +23,7 @@ import contextlib
 import copy
 import math
 import os
+import pickle
 import time
 import warnings
 
@@ -468,6 +469,45 @@ def broadcast_object(obj, root_rank=0):
 
 def allgather_object(obj):
     return _world().allgather(obj)
+
+
+_WRITTEN_TAG = 0x5A7E  # rank 0's notes "this file is written" to the other ranks, on _comm
+_WRITTEN_WAIT_SECONDS = 600.0  # how long the other ranks wait for rank 0's note before they give up
+_written_notes = []  # rank 0's sends of those notes, until they are known to be done
+
+
+def announce_written(path, error=None):
+    """On rank 0, after it wrote `path` for every rank (or failed to, with `error`): tell the others,
+    which wait in await_written. Never blocks: a rank that does not wait for the note never reads it."""
+    comm = _world()
+    _written_notes[:] = [request for request in _written_notes if not request.Test()]
+    if error is not None:
+        try:
+            pickle.dumps(error)
+        except Exception:  # noqa: BLE001  (an exception that cannot travel is sent as its message)
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+    for other in range(1, comm.Get_size()):
+        _written_notes.append(comm.isend((os.fspath(path), error), dest=other, tag=_WRITTEN_TAG))
+
+
+def await_written(path):
+    """On a rank other than 0: return once rank 0 has written `path` (see announce_written), so that a
+    load on this rank that follows reads the new file; raise rank 0's error when its write failed."""
+    comm, path = _world(), os.fspath(path)
+    deadline = time.monotonic() + _WRITTEN_WAIT_SECONDS
+    while True:
+        if comm.iprobe(source=0, tag=_WRITTEN_TAG):
+            written, error = comm.recv(source=0, tag=_WRITTEN_TAG)
+            if written != path:
+                continue  # a note of a save that only rank 0 made
+            if error is not None:
+                raise error
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank 0 did not write {path!r} within {_WRITTEN_WAIT_SECONDS:.0f} s: under a "
+                               "keras.distribution rank 0 writes the file for every rank, so call model.save "
+                               "(or save_weights) on every rank, rank 0 included")
+        time.sleep(0.001)
 
 
 def _check_root(root_rank):

@@ -136,31 +136,41 @@ def _metric_from_name(name, loss):
         return None
 
 
-def _chief():
+def _written_by_rank_0(write, filepath):
     """Under a keras.distribution over several ranks only rank 0 writes: the others hold the same
-    weights, and two writers of one path would race."""
-    from fastconv.keras import distribution
-    return distribution.is_chief()
+    weights, and two writers of one path would race. The others return once rank 0 has written the
+    file (or raise its error), so that a load_model that follows on every rank reads the new one."""
+    from fastconv.keras import distributed, distribution
+    if distribution.active() is None:
+        return write()
+    if not distribution.is_chief():
+        return distributed.await_written(filepath)
+    try:
+        write()
+    except BaseException as error:
+        distributed.announce_written(filepath, error)
+        raise
+    distributed.announce_written(filepath)
 
 
 def save_model(model, filepath):
-    if not _chief():
-        return None
-    if keras_format.is_keras_archive_path(filepath):  # Keras 3's own zip format, which Keras opens
-        return keras_format.save_model(model, filepath)
-    if not model.built:
-        raise ValueError(f"model {model.name!r} has not been built yet, so it has no weights to save")
-    _write(filepath, "model", model.to_config(), _compile_config(model), model.weights)
+    def write():
+        if keras_format.is_keras_archive_path(filepath):  # Keras 3's own zip format, which Keras opens
+            return keras_format.save_model(model, filepath)
+        if not model.built:
+            raise ValueError(f"model {model.name!r} has not been built yet, so it has no weights to save")
+        _write(filepath, "model", model.to_config(), _compile_config(model), model.weights)
+    _written_by_rank_0(write, filepath)
 
 
 def save_weights(model, filepath):
-    if not _chief():
-        return None
-    if keras_format.is_weights_h5_path(filepath):  # Keras 3's HDF5 layout
-        return keras_format.save_weights(model, filepath)
-    if not model.built:
-        raise ValueError(f"model {model.name!r} has not been built yet, so it has no weights to save")
-    _write(filepath, "weights", None, None, model.weights)
+    def write():
+        if keras_format.is_weights_h5_path(filepath):  # Keras 3's HDF5 layout
+            return keras_format.save_weights(model, filepath)
+        if not model.built:
+            raise ValueError(f"model {model.name!r} has not been built yet, so it has no weights to save")
+        _write(filepath, "weights", None, None, model.weights)
+    _written_by_rank_0(write, filepath)
 
 
 # ----- reading -----
