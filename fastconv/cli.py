@@ -417,18 +417,18 @@ def main(argv=None):
         from fastconv import bench
         return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        from fastconv.keras import distributed
-        if distributed.launched_by_mpi() or args.deterministic:
-            # One rank of `mpiexec -n N fastconv train` (or of one, for --deterministic ranks): data-parallel,
-            # and an error on any rank aborts them all (as python -m mpi4py does), rather than leaving
-            # them in a collective.
-            try:
-                _start_data_parallel(args.deterministic)
-            except ImportError as exc:  # every rank fails alike, so none waits for another
-                print(f"fastconv train: error: {exc}", file=sys.stderr)
-                return EXIT_ERROR
-            return distributed.abort_on_error(_run, args)
+    deterministic = getattr(args, "deterministic", None)
+    from fastconv.keras import distributed
+    if distributed.launched_by_mpi() or deterministic:
+        # One rank of `mpiexec -n N fastconv train|evaluate|predict` (or of one, for train --deterministic
+        # ranks): data-parallel, only rank 0 prints, and an error on any rank aborts them all (as python -m
+        # mpi4py does), rather than leaving them in a collective.
+        try:
+            _start_data_parallel(deterministic)
+        except ImportError as exc:  # every rank fails alike, so none waits for another
+            print(f"fastconv {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        return distributed.abort_on_error(_run, args)
     return _run(args)
 
 

@@ -701,6 +701,19 @@ def test_cli_deterministic_ranks_saves_the_same_weights_on_1_and_2_ranks(tmp_pat
     assert_bitwise_equal(*weights)
 
 
+def test_cli_evaluate_and_predict_under_mpiexec_print_once_what_one_process_prints(tmp_path):
+    """`mpiexec -n 2 fastconv evaluate|predict`: each rank computes its part of the test set (or of the
+    images), rank 0 alone prints, and it prints what one process does."""
+    saved, image = tmp_path / "m.fastconv", tmp_path / "digit.npy"
+    ok(launch([sys.executable, "-m", "fastconv", "train", "--train-size", "256", "--epochs", "1", "--save",
+               str(saved)], 120))
+    np.save(image, (np.arange(28 * 28).reshape(28, 28) % 251).astype(np.uint8))
+    for command in (["evaluate", str(saved)], ["predict", str(saved), str(image), str(image), str(image)]):
+        alone = ok(launch([sys.executable, "-m", "fastconv", *command], 120))
+        ranks = ok(launch([MPIEXEC, "-n", "2", sys.executable, "-m", "fastconv", *command], 120))
+        assert ranks.stdout == alone.stdout and alone.stdout.strip()
+
+
 def test_cli_error_on_one_rank_ends_the_job(tmp_path):
     """Only rank 0 saves, into a directory that does not exist: its error ends every rank."""
     result = launch([MPIEXEC, "-n", "2", sys.executable, "-m", "fastconv", "train", "--train-size", "256",
