@@ -142,15 +142,16 @@ def _written_by_rank_0(write, filepath):
     file (or raise its error), so that a load_model that follows on every rank reads the new one."""
     from fastconv.keras import distributed, distribution
     if distribution.active() is None:
-        return write()
-    if not distribution.is_chief():
-        return distributed.await_written(filepath)
-    try:
         write()
-    except BaseException as error:
-        distributed.announce_written(filepath, error)
-        raise
-    distributed.announce_written(filepath)
+    elif not distribution.is_chief():
+        distributed.await_written(filepath)
+    else:
+        try:
+            write()
+        except BaseException as error:  # Ctrl-C too: the others stop with it rather than wait
+            distributed.announce_written(filepath, error)
+            raise
+        distributed.announce_written(filepath)
 
 
 def save_model(model, filepath):
