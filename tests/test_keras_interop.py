@@ -395,3 +395,24 @@ def test_mixed_bfloat16_models_load_in_each_other_with_their_policies(tmp_path):
     assert all(w.value.dtype == np.float32 for w in in_fastconv.weights)
     # Keras computes in bf16 with bf16 activations; fastconv's activations are float32: close, not equal.
     assert max_difference(in_fastconv.predict(x, verbose=0), theirs.predict(x, verbose=0)) < 2e-2
+
+
+def test_history_keys_as_keras_logs_them():
+    """A two-output fit with the learning-rate callbacks: the same History keys in both libraries."""
+    rng = np.random.default_rng(0)
+    x, classes, values = rng.random((40, 5), np.float32), rng.integers(0, 3, 40), rng.random((40, 1), np.float32)
+    keys = []
+    for library in (keras, real_keras):
+        inputs = library.Input((5,))
+        hidden = library.layers.Dense(8, activation="relu")(inputs)
+        outputs = [library.layers.Dense(3, activation="softmax", name="cls")(hidden),
+                   library.layers.Dense(1, name="reg")(hidden)]
+        model = library.Model(inputs, outputs)
+        model.compile("adam", loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"},
+                      metrics={"cls": ["accuracy"], "reg": ["mae"]})
+        history = model.fit(x, {"cls": classes, "reg": values}, batch_size=10, epochs=2, verbose=0,
+                            validation_split=0.25,
+                            callbacks=[library.callbacks.LearningRateScheduler(lambda epoch, rate: rate * 0.5),
+                                       library.callbacks.ReduceLROnPlateau(monitor="loss")])
+        keys.append(sorted(history.history))
+    assert keys[0] == keys[1]

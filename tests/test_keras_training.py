@@ -540,7 +540,7 @@ def test_callbacks(tmp_path):
         keras.callbacks.ModelCheckpoint(str(tmp_path / "m-{epoch:02d}-{val_loss:.2f}.keras")),
     ])
     assert seen == [0, 1, 2]
-    assert history.history["lr"] == [0.01, 0.005, 0.001]
+    assert history.history["learning_rate"] == [0.01, 0.005, 0.001]
     with open(log_path, newline="") as log:
         rows = list(csv.DictReader(log))
     assert [row["epoch"] for row in rows] == ["0", "1", "2"] and "val_loss" in rows[0]

@@ -291,8 +291,8 @@ class LearningRateScheduler(Callback):
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["lr"] = self.model.optimizer.learning_rate
+        if logs is not None:  # Keras 3's key (Keras 2 logged "lr")
+            logs["learning_rate"] = self.model.optimizer.learning_rate
 
 
 class ReduceLROnPlateau(Callback):
@@ -313,7 +313,7 @@ class ReduceLROnPlateau(Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         optimizer = self.model.optimizer
-        logs["lr"] = optimizer.learning_rate
+        logs["learning_rate"] = optimizer.learning_rate
         current = logs.get(self.monitor)
         if current is None:
             warnings.warn(f"ReduceLROnPlateau monitors {self.monitor!r}, which is not in the logs", RuntimeWarning)
