@@ -533,6 +533,55 @@ def test_dict_inputs_and_targets_by_layer_name_train_like_lists():
         with_dicts.fit([x, extra], {"kind": y}, verbose=0)
 
 
+def dict_model(keras_module=keras):
+    """Keras 3's dict inputs and outputs: keys given out of order, one key unlike its Input's name."""
+    image, extra = keras_module.Input((4,), name="image"), keras_module.Input((2,), name="extra")
+    merged = keras_module.layers.Concatenate()([keras_module.layers.Dense(4, activation="relu")(image), extra])
+    kind = keras_module.layers.Dense(3, activation="softmax", name="kind")(merged)
+    size = keras_module.layers.Dense(1, name="size_layer")(merged)
+    return keras_module.Model({"image": image, "extra": extra}, {"size": size, "kind": kind})
+
+
+def test_dict_inputs_and_outputs_act_as_the_same_model_with_lists(tmp_path):
+    x, y = small_data(30)
+    extra, size = x[:, :2] * 2, x.sum(axis=1, keepdims=True)
+    keras.utils.set_random_seed(4)
+    with_dicts = dict_model()
+    keras.utils.set_random_seed(4)
+    with_lists = two_input_model()
+    # the dict model lists its inputs and outputs in key order: extra, image; kind, size
+    assert [t.node.layer.name for t in with_dicts.inputs] == ["extra", "image"]
+    assert with_dicts.output_names == ["kind", "size_layer"] and with_dicts.output_shape == [(None, 3), (None, 1)]
+    with_dicts.set_weights(with_lists.get_weights())
+    called = with_dicts({"image": x, "extra": extra})
+    assert list(called) == ["size", "kind"]  # call gives the dict as the model was made
+    expected = with_lists([x, extra])
+    np.testing.assert_array_equal(called["kind"], expected[0])
+    np.testing.assert_array_equal(called["size"], expected[1])
+    predicted = with_dicts.predict({"image": x, "extra": extra}, verbose=0)
+    assert list(predicted) == ["kind", "size"]  # predict sorts the keys, as Keras does
+    np.testing.assert_array_equal(predicted["size"], expected[1])
+    with pytest.raises(ValueError, match=r"lacks \['extra'\]"):
+        with_dicts({"image": x})
+    with_dicts.compile("sgd", loss={"kind": "sparse_categorical_crossentropy", "size": "mse"},
+                       metrics={"kind": ["accuracy"]})
+    with_lists.compile("sgd", loss=["sparse_categorical_crossentropy", "mse"], metrics=[["accuracy"], []])
+    history = with_dicts.fit({"image": x, "extra": extra}, {"kind": y, "size": size}, batch_size=8, epochs=2,
+                             verbose=0, shuffle=False)
+    with_lists.fit([x, extra], [y, size], batch_size=8, epochs=2, verbose=0, shuffle=False)
+    assert sorted(history.history) == ["kind_accuracy", "kind_loss", "loss", "size_loss"]
+    for a, b in zip(with_dicts.get_weights(), with_lists.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for path in (tmp_path / "m.fastconv", tmp_path / "m.keras"):
+        with_dicts.save(path)
+        loaded = keras.models.load_model(path)
+        again = loaded({"extra": extra, "image": x})
+        assert list(again) == ["size", "kind"]
+        np.testing.assert_array_equal(again["size"], with_dicts({"image": x, "extra": extra})["size"])
+    with pytest.raises(TypeError, match="string keys"):
+        keras.Model({1: keras.Input((2,))}, layers.Dense(1)(keras.Input((2,))))
+
+
 # ----- validation data -----
 
 def test_validation_data_as_generator_or_pydataset():

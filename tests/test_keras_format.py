@@ -358,7 +358,8 @@ def first_layer(config, class_name):
         keras_history=[first_layer(c, "Add")["name"], 0, 0]), "refers to tensors no node produces"),  # a cycle
     (lambda c: first_layer(c, "Add")["inbound_nodes"][0]["args"][0][0]["config"].update(
         keras_history=[first_layer(c, "Conv2D")["name"], 7, 0]), "refers to tensors no node produces"),
-    (lambda c: c["config"].update(input_layers={"x": ["input_layer", 0, 0]}), "dict inputs"),
+    (lambda c: c["config"].update(input_layers={"x": ["no_such_layer", 0, 0]}), "unknown layer 'no_such_layer'"),
+    (lambda c: c["config"].update(output_layers={"y": 3}), "must map names to tensor references"),
     (lambda c: first_layer(c, "Dropout")["inbound_nodes"][0].update(kwargs={"mask": [1]}),
      "call arguments {'mask': \\[1\\]} are not supported"),
     (lambda c: c["config"]["layers"].append(dict(c["config"]["layers"][1])), "two layers are named"),

@@ -416,3 +416,42 @@ def test_history_keys_as_keras_logs_them():
                                        library.callbacks.ReduceLROnPlateau(monitor="loss")])
         keys.append(sorted(history.history))
     assert keys[0] == keys[1]
+
+
+def dict_model(library):
+    """Dict inputs and outputs, keys given out of key order, one output key unlike its layer's name."""
+    image, extra = library.Input((4,), name="image"), library.Input((2,), name="extra")
+    merged = library.layers.Concatenate()([library.layers.Dense(4, activation="relu")(image), extra])
+    return library.Model({"image": image, "extra": extra},
+                         {"size": library.layers.Dense(1, name="size_layer")(merged),
+                          "kind": library.layers.Dense(3, activation="softmax", name="kind")(merged)})
+
+
+@pytest.mark.parametrize("direction", ["fastconv to keras", "keras to fastconv"])
+def test_dict_inputs_and_outputs_both_ways(tmp_path, direction):
+    rng = np.random.default_rng(1)
+    x = {"image": rng.random((6, 4), np.float32), "extra": rng.random((6, 2), np.float32)}
+    writer, reader = (keras, real_keras) if direction == "fastconv to keras" else (real_keras, keras)
+    model = dict_model(writer)
+    model.save(tmp_path / "m.keras")
+    loaded = reader.models.load_model(tmp_path / "m.keras")
+    ours, theirs = loaded(x), model(x)
+    assert list(ours) == list(theirs) == ["size", "kind"]
+    predicted, expected = loaded.predict(x, verbose=0), model.predict(x, verbose=0)
+    assert list(predicted) == list(expected) == ["kind", "size"]
+    assert loaded.output_names == model.output_names == ["kind", "size_layer"]
+    for key in expected:
+        assert max_difference(predicted[key], expected[key]) < TOLERANCE
+
+
+def test_dict_model_history_keys_as_keras_logs_them():
+    rng = np.random.default_rng(2)
+    x = {"image": rng.random((20, 4), np.float32), "extra": rng.random((20, 2), np.float32)}
+    y = {"kind": rng.integers(0, 3, 20), "size": rng.random((20, 1), np.float32)}
+    keys = []
+    for library in (keras, real_keras):
+        model = dict_model(library)
+        model.compile("adam", loss={"kind": "sparse_categorical_crossentropy", "size": "mse"},
+                      metrics={"kind": ["accuracy"], "size": ["mae"]})
+        keys.append(sorted(model.fit(x, y, batch_size=5, epochs=1, verbose=0).history))
+    assert keys[0] == keys[1]

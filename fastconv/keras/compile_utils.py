@@ -8,11 +8,13 @@ import numbers
 
 
 def input_names(model):
-    return [tensor.node.layer.name for tensor in model.inputs]
+    keys = getattr(model, "_input_keys", None)  # a model built on a dict of inputs: its keys
+    return list(keys) if keys is not None else [tensor.node.layer.name for tensor in model.inputs]
 
 
 def output_names(model):
-    return [tensor.node.layer.name for tensor in model.outputs]
+    keys = getattr(model, "_output_keys", None)  # a model built on a dict of outputs: its keys
+    return list(keys) if keys is not None else [tensor.node.layer.name for tensor in model.outputs]
 
 
 def _refuse_unknown_keys(mapping, names, what):
@@ -115,7 +117,7 @@ def add_output_metrics(trainer, metrics_by_output, weighted):
     several = len(trainer.losses) > 1
     taken = {name for names in trainer.metric_names for name in names}
     for j, (loss, items) in enumerate(zip(trainer.losses, metrics_by_output)):
-        prefix = f"{trainer.model.outputs[j].node.layer.name}_" if several else ""
+        prefix = f"{output_names(trainer.model)[j]}_" if several else ""
         for item in items:
             metric = metrics_module.get(item, loss)
             name = prefix + metric.name

@@ -315,6 +315,7 @@ def _tensor_ref(tensor, node_numbers):
 
 def _functional_config(model, order):
     from fastconv.keras.layers.base import InputLayer
+    from fastconv.keras.models import as_given
     # A layer's nodes are numbered in graph order: Keras recreates them in the order they are listed.
     node_numbers, counts = {}, {}
     for node in model._nodes:
@@ -335,14 +336,15 @@ def _functional_config(model, order):
                 entry["inbound_nodes"].append({"args": [refs if node.multi_input else refs[0]], "kwargs": {}})
         layers.append(entry)
 
-    def refs(tensors, single):
-        items = [[t.node.layer.name, node_numbers[t.node], 0] for t in tensors]
-        return items[0] if single else items
+    def refs(tensors, keys, given_keys, single):
+        return as_given([[t.node.layer.name, node_numbers[t.node], 0] for t in tensors], keys, given_keys, single)
 
     return {"module": "keras.src.models.functional", "class_name": "Functional",
             "config": {"name": model.name, "trainable": bool(getattr(model, "trainable", True)), "layers": layers,
-                       "input_layers": refs(model.inputs, model._single_input),
-                       "output_layers": refs(model.outputs, model._single_output)},
+                       "input_layers": refs(model.inputs, model._input_keys, model._given_input_keys,
+                                            model._single_input),
+                       "output_layers": refs(model.outputs, model._output_keys, model._given_output_keys,
+                                             model._single_output)},
             "registered_name": "Functional", "build_config": {"input_shape": None}}
 
 
@@ -1186,18 +1188,25 @@ def _build_functional(body, loading):
     _require(not waiting, f"the graph refers to tensors no node produces: {sorted(waiting)[:5]}")
 
     def pick(refs, what):
-        _require(isinstance(refs, list) and refs, f"'{what}' must be a list of tensor references "
-                                                  "(dict inputs and outputs are not supported)")
+        if isinstance(refs, dict):  # dict inputs or outputs: {key: a tensor reference}
+            _require(refs and all(isinstance(key, str) and isinstance(ref, list) and ref and isinstance(ref[0], str)
+                                  for key, ref in refs.items()),
+                     f"'{what}' given as a dict must map names to tensor references")
+            return {key: tensors.get(_tensor_key(ref, layers.keys())) for key, ref in refs.items()}
+        _require(isinstance(refs, list) and refs, f"'{what}' must be a list or a dict of tensor references")
         if isinstance(refs[0], str):
             return tensors.get(_tensor_key(refs, layers.keys()))
         return [tensors.get(_tensor_key(ref, layers.keys())) for ref in refs]
 
+    def flat(structure):
+        return list(structure.values()) if isinstance(structure, dict) else \
+            structure if isinstance(structure, list) else [structure]
+
     inputs, outputs = pick(body.get("input_layers"), "input_layers"), pick(body.get("output_layers"), "output_layers")
-    for tensor in inputs if isinstance(inputs, list) else [inputs]:
+    for tensor in flat(inputs):
         _require(tensor is not None and isinstance(tensor.node.layer, InputLayer),
                  "every model input must be an InputLayer")
-    _require(all(t is not None for t in (outputs if isinstance(outputs, list) else [outputs])),
-             "an output refers to a node that does not exist")
+    _require(all(t is not None for t in flat(outputs)), "an output refers to a node that does not exist")
     try:
         return Model(inputs=inputs, outputs=outputs, name=body.get("name"))
     except (TypeError, ValueError) as error:

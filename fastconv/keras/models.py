@@ -27,6 +27,17 @@ def _as_tensor_list(tensors, what):
     return items
 
 
+def _flatten_structure(tensors, what):
+    """A dict of tensors as (its values, its keys) in Keras' order (its tree.flatten sorts a dict by
+    key); anything else as (itself, None)."""
+    if not isinstance(tensors, dict):
+        return tensors, None
+    if not all(isinstance(key, str) for key in tensors):
+        raise TypeError(f"Model {what} given as a dict need string keys, got {sorted(map(repr, tensors))}")
+    keys = sorted(tensors)
+    return [tensors[key] for key in keys], (keys, list(tensors))
+
+
 def _topological_nodes(outputs):
     """Every node the outputs depend on, each after the nodes feeding it."""
     order, placed, seen = [], set(), set()
@@ -78,9 +89,17 @@ class Model(Layer):
         self._trainer = None
         self._subclassed = False
         self._nodes = None  # set by _set_graph; None while a Sequential waits for its input shape
+        self._input_keys = self._output_keys = None  # the keys of dict inputs / outputs, sorted
+        self._given_input_keys = self._given_output_keys = None  # and in the order given
 
     # ----- graph -----
     def _set_graph(self, inputs, outputs):
+        # dict inputs and outputs (Keras 3): listed in key order, and packed back into dicts by key
+        inputs, input_keys = _flatten_structure(inputs, "inputs")
+        outputs, output_keys = _flatten_structure(outputs, "outputs")
+        # (keys sorted, keys as given): the model's order, and the order call() and configs give them in
+        self._input_keys, self._given_input_keys = input_keys or (None, None)
+        self._output_keys, self._given_output_keys = output_keys or (None, None)
         self._single_input = not isinstance(inputs, (list, tuple))
         self._single_output = not isinstance(outputs, (list, tuple))
         self.inputs = _as_tensor_list(inputs, "inputs")
@@ -147,6 +166,33 @@ class Model(Layer):
             self.build(input_shape)
             self.__dict__["_layer_built"] = True
 
+    def pack_outputs(self, outputs, given_order=True):
+        """The model's outputs (a list, in its order) as call() returns them: a dict for dict outputs
+        (its keys in the order the model was made with, or sorted as predict gives them), the array
+        itself for one output, else the list."""
+        if self._output_keys is not None and not given_order:
+            return dict(zip(self._output_keys, outputs))
+        return as_given(outputs, self._output_keys, self._given_output_keys, self._single_output)
+
+    def input_list(self, inputs):
+        """A functional model's inputs as a list in its order: a dict is read by the model's input
+        names (its dict keys, or its Input layers' names)."""
+        if isinstance(inputs, dict):
+            names = self._input_keys or [tensor.node.layer.name for tensor in self.inputs]
+            missing = [name for name in names if name not in inputs]
+            if missing:
+                raise ValueError(f"model {self.name!r} takes inputs {names}; the dict given lacks {missing}")
+            return [inputs[name] for name in names]
+        return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+    @property
+    def output_names(self):
+        """The output layers' names, in the model's order (for dict outputs, Keras keys targets, losses,
+        metrics and logs by the dict's keys instead: compile_utils.output_names)."""
+        if not self.built:
+            raise ValueError(f"model {self.name!r} has no outputs yet: it is built on its first call")
+        return [tensor.node.layer.name for tensor in self.outputs]
+
     @property
     def input_shape(self):
         """The input shape (batch axis None), or a list of them for several inputs."""
@@ -160,7 +206,7 @@ class Model(Layer):
         """The output shape (batch axis None), or a list of them for several outputs."""
         if not self.built:
             raise ValueError(f"model {self.name!r} has no output shape yet: it is built on its first call")
-        shapes = [tensor.shape for tensor in self.outputs]
+        shapes = [tensor.shape for tensor in self.outputs]  # a list for dict outputs too, as in Keras
         return shapes[0] if self._single_output else shapes
 
     @property
@@ -312,7 +358,7 @@ class Model(Layer):
 
     def call(self, inputs, training=None):
         """Run the functional graph, each layer through its own call (recorded under a GradientTape)."""
-        xs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        xs = self.input_list(inputs)
         if len(xs) != len(self.inputs):
             raise ValueError(f"model {self.name!r} expects {len(self.inputs)} inputs, got {len(xs)}")
         values = [None] * len(self._nodes)
@@ -321,8 +367,7 @@ class Model(Layer):
         for layer, input_ids, multi, out_id in self._plan:
             layer_inputs = [values[i] for i in input_ids] if multi else values[input_ids[0]]
             values[out_id] = layer(layer_inputs, training=training)
-        outputs = [values[i] for i in self._output_ids]
-        return outputs[0] if self._single_output else outputs
+        return self.pack_outputs([values[i] for i in self._output_ids])
 
     def build(self, input_shape):
         """Build a subclassed model for inputs of input_shape (batch axis included), as in Keras."""
@@ -341,6 +386,9 @@ class Model(Layer):
         return self.output_shape
 
     def __call__(self, inputs, training=None, **kwargs):
+        if isinstance(inputs, dict) and not self._subclassed and self.built:
+            inputs = self.input_list(inputs)
+            inputs = inputs[0] if self._single_input and len(inputs) == 1 else inputs
         items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         if any(isinstance(x, KerasTensor) for x in items):
             if not self.built:
@@ -353,7 +401,7 @@ class Model(Layer):
         if autodiff.recording() or kwargs:
             return super().__call__(inputs, training=training, **kwargs)
         outputs, _ = self.forward_graph(xs, bool(training))
-        return outputs[0] if self._single_output else outputs
+        return self.pack_outputs(outputs)
 
     # ----- weights -----
     @property
@@ -586,9 +634,18 @@ class Model(Layer):
             "layers": [{"class_name": get_registered_name(type(layer)), "config": layer.get_config()} for layer in layers],
             "nodes": [{"layer": layer_index[node.layer], "inputs": [node_index[t.node] for t in node.inputs],
                        "multi_input": node.multi_input} for node in self._nodes],
-            "inputs": list(self._input_ids) if not self._single_input else self._input_ids[0],
-            "outputs": list(self._output_ids) if not self._single_output else self._output_ids[0],
+            "inputs": as_given(self._input_ids, self._input_keys, self._given_input_keys, self._single_input),
+            "outputs": as_given(self._output_ids, self._output_keys, self._given_output_keys, self._single_output),
         }
+
+
+def as_given(items, keys, given_keys, single):
+    """A list in a model's order (of its inputs or outputs, or of things about them) in the form they
+    were given to the model: a dict (keys in the order given), one item, or a list."""
+    if keys is not None:
+        by_key = dict(zip(keys, items))
+        return {key: by_key[key] for key in given_keys}
+    return items[0] if single else list(items)
 
 
 class Sequential(Model):
@@ -760,6 +817,8 @@ def model_from_config(config, resolve):
             raise ValueError(f"node {i}: a single-input call needs exactly one input, got {len(sources)}")
 
     def pick(ref, what):
+        if isinstance(ref, dict):
+            return {key: pick(value, what) for key, value in ref.items()}
         if isinstance(ref, list):
             return [tensors[_index(k, len(tensors), what)] for k in ref]
         return tensors[_index(ref, len(tensors), what)]

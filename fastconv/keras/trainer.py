@@ -8,8 +8,8 @@ import contextlib
 import numpy as np
 
 from fastconv.keras import distribution as distribution_lib
-from fastconv.keras import backend, callbacks as callbacks_module, config, data_adapters, distributed, losses, \
-    metrics as metrics_module, microbatch, optimizers
+from fastconv.keras import backend, callbacks as callbacks_module, compile_utils, config, data_adapters, distributed, \
+    losses, metrics as metrics_module, microbatch, optimizers
 
 
 def _check_positive_int(value, name):
@@ -243,7 +243,7 @@ class Trainer:
         if metrics is not None and not isinstance(metrics, (list, tuple)):
             raise TypeError(f"metrics must be a list, got {type(metrics).__name__}")
         self.metrics = [[metrics_module.get(m, loss) for m in metrics or []] for loss in self.losses]
-        prefixes = [""] if output_count == 1 else [f"{tensor.node.layer.name}_" for tensor in model.outputs]
+        prefixes = [""] if output_count == 1 else [f"{name}_" for name in compile_utils.output_names(model)]
         self.metric_names = [[prefix + metric.name for metric in group] for prefix, group in zip(prefixes, self.metrics)]
         self.metric_weighted = [[False] * len(group) for group in self.metrics]  # compile's weighted_metrics: True
         self.output_loss_names = [] if output_count == 1 else [f"{prefix}loss" for prefix in prefixes]
@@ -550,4 +550,4 @@ def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=Non
         raise ValueError("predict got no batch from x: the generator or PyDataset is empty")
     results = [np.concatenate(chunk) if chunk else np.empty((0,) + tuple(t.shape[1:]), backend.floatx())
                for chunk, t in zip(chunks, model.outputs)]
-    return results[0] if model._single_output else results
+    return model.pack_outputs(results, given_order=False)  # Keras' predict sorts a dict's keys
