@@ -455,3 +455,22 @@ def test_dict_model_history_keys_as_keras_logs_them():
                       metrics={"kind": ["accuracy"], "size": ["mae"]})
         keys.append(sorted(model.fit(x, y, batch_size=5, epochs=1, verbose=0).history))
     assert keys[0] == keys[1]
+
+
+@pytest.mark.parametrize("direction", ["fastconv to keras", "keras to fastconv"])
+def test_layer_normalization_elu_permute_identity_both_ways(tmp_path, direction):
+    writer, reader = (keras, real_keras) if direction == "fastconv to keras" else (real_keras, keras)
+    if writer is keras:
+        keras.utils.set_random_seed(5)
+    inputs = writer.Input((4, 6, 3))
+    x = writer.layers.Conv2D(5, 3, padding="same")(inputs)
+    x = writer.layers.LayerNormalization(epsilon=1e-4, gamma_initializer="random_normal",
+                                         beta_initializer="random_normal")(x)
+    x = writer.layers.ELU(alpha=0.7)(x)
+    x = writer.layers.Permute((2, 1, 3))(x)
+    x = writer.layers.Identity()(x)
+    model = writer.Model(inputs, writer.layers.Dense(2)(writer.layers.Flatten()(x)))
+    model.save(tmp_path / "m.keras")
+    loaded = reader.models.load_model(tmp_path / "m.keras")
+    images = np.random.default_rng(3).standard_normal((3, 4, 6, 3)).astype(np.float32)
+    assert max_difference(loaded.predict(images, verbose=0), model.predict(images, verbose=0)) < TOLERANCE

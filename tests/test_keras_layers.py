@@ -121,6 +121,11 @@ def test_pooling_backward(float64_numpy, layer_class, kwargs):
     (lambda: layers.ZeroPadding2D(((1, 0), (2, 3))), [(2, 3, 4, 2)]),
     (lambda: layers.Cropping2D(((1, 0), (0, 2))), [(2, 4, 5, 2)]),
     (lambda: layers.UpSampling2D((2, 3)), [(2, 3, 2, 2)]),
+    (lambda: layers.ELU(), [(3, 5)]),
+    (lambda: layers.ELU(alpha=0.3), [(2, 3, 4, 2)]),
+    (lambda: layers.Identity(), [(3, 5)]),
+    (lambda: layers.Permute((2, 1)), [(3, 4, 5)]),
+    (lambda: layers.Permute((3, 1, 2)), [(2, 3, 4, 5)]),
 ])
 def test_weightless_layer_backward(float64_numpy, make_layer, shapes):
     check_layer_gradients(make_layer(), *shapes)
@@ -225,6 +230,24 @@ def test_batch_normalization_and_relu_agree_on_both_backends(seeded):
     for got, want in zip(results["fastconv"][1], results["numpy"][1]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(results["fastconv"][2], results["numpy"][2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"center": False}, {"scale": False}])
+def test_layer_normalization_backward(float64_numpy, seeded, options):
+    layer = layers.LayerNormalization(gamma_initializer="random_normal", beta_initializer="random_normal", **options)
+    check_layer_gradients(layer, (3, 4, 6))
+
+
+def test_layer_normalization_and_permute_forward_against_numpy():
+    x = np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32)
+    out = layers.LayerNormalization(epsilon=1e-3)(x)
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-3)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(layers.Permute((2, 1))(x), x.transpose(0, 2, 1))
+    with pytest.raises(ValueError, match="permutation"):
+        layers.Permute((0, 1))
+    with pytest.raises(ValueError, match="last axis only"):
+        layers.LayerNormalization(axis=1)
 
 
 def test_batch_normalization_statistics():

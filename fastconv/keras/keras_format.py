@@ -231,6 +231,16 @@ _WRITERS = {
     "Add": lambda layer: {}, "Subtract": lambda layer: {}, "Multiply": lambda layer: {},
     "Average": lambda layer: {}, "Maximum": lambda layer: {}, "Minimum": lambda layer: {},
     "Concatenate": lambda layer: {"axis": layer.axis},
+    "ELU": lambda layer: {"alpha": layer.alpha},
+    "Identity": lambda layer: {},
+    "Permute": lambda layer: {"dims": list(layer.dims)},
+    "LayerNormalization": lambda layer: {
+        "axis": -1, "epsilon": layer.epsilon, "center": layer.center, "scale": layer.scale, "rms_scaling": False,
+        "beta_initializer": _initializer_config(layer.beta_initializer),
+        "gamma_initializer": _initializer_config(layer.gamma_initializer),
+        "beta_regularizer": _regularizer_config(layer.beta_regularizer),
+        "gamma_regularizer": _regularizer_config(layer.gamma_regularizer),
+        "beta_constraint": None, "gamma_constraint": None},
 }
 # The preprocessing layers' get_config already holds exactly Keras 3's keys.
 _PREPROCESSING = ("RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom", "RandomContrast",
@@ -908,6 +918,13 @@ _READERS = {
     "Add": ({}, {}, ()), "Subtract": ({}, {}, ()), "Multiply": ({}, {}, ()),
     "Average": ({}, {}, ()), "Maximum": ({}, {}, ()), "Minimum": ({}, {}, ()),
     "Concatenate": ({"axis": _as_is}, {}, ()),
+    "ELU": ({"alpha": _as_is}, {}, ()),
+    "Identity": ({}, {}, ()),
+    "Permute": ({"dims": _as_is}, {}, ()),
+    "LayerNormalization": (
+        {"axis": _as_is, "epsilon": _as_is, "center": _as_is, "scale": _as_is, "beta_initializer": _initializer,
+         "gamma_initializer": _initializer, "beta_regularizer": _regularizer, "gamma_regularizer": _regularizer},
+        {"rms_scaling": False, "beta_constraint": None, "gamma_constraint": None}, ()),
 }
 # The preprocessing layers take Keras' options under Keras' names; their constructors check them.
 _READERS.update({name: None for name in _PREPROCESSING})

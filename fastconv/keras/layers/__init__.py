@@ -2,17 +2,18 @@
 from fastconv.keras.layers.base import Input, InputLayer, Layer
 from fastconv.keras.layers.conv import Conv2D, Conv2DTranspose
 from fastconv.keras.layers.core import (
-    Activation, Dense, Dropout, Flatten, Lambda, LeakyReLU, ReLU, Rescaling, Reshape, Softmax, SpatialDropout2D,
+    ELU, Activation, Dense, Dropout, Flatten, Identity, Lambda, LeakyReLU, ReLU, Rescaling, Reshape, Softmax,
+    SpatialDropout2D,
 )
 from fastconv.keras.layers.merging import (
     Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract,
     add, average, concatenate, maximum, minimum, multiply, subtract,
 )
-from fastconv.keras.layers.normalization import BatchNormalization
+from fastconv.keras.layers.normalization import BatchNormalization, LayerNormalization
 from fastconv.keras.layers.pooling import (
     AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPool2D, MaxPooling2D,
 )
-from fastconv.keras.layers.reshaping import Cropping2D, UpSampling2D, ZeroPadding2D
+from fastconv.keras.layers.reshaping import Cropping2D, Permute, UpSampling2D, ZeroPadding2D
 from fastconv.keras.layers.preprocessing import (
     CenterCrop, Normalization, RandomBrightness, RandomContrast, RandomCrop, RandomFlip, RandomRotation,
     RandomTranslation, RandomZoom, Resizing,
@@ -27,15 +28,15 @@ LAYER_CLASSES = {cls.__name__: cls for cls in (
     Reshape, Dropout, BatchNormalization, Activation, ReLU, LeakyReLU, Softmax, Add, Subtract, Multiply, Average,
     Maximum, Minimum, Concatenate, Rescaling, ZeroPadding2D, Cropping2D, UpSampling2D, SpatialDropout2D,
     RandomFlip, RandomRotation, RandomTranslation, RandomZoom, RandomContrast, RandomBrightness, RandomCrop,
-    Resizing, CenterCrop, Normalization,
+    Resizing, CenterCrop, Normalization, ELU, Identity, LayerNormalization, Permute,
 )}
 
 __all__ = [
     "CenterCrop", "Normalization", "RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip", "RandomRotation",
     "RandomTranslation", "RandomZoom", "Resizing",
     "Activation", "Add", "Average", "AveragePooling2D", "AvgPool2D", "BatchNormalization", "Concatenate", "Conv2D",
-    "Conv2DTranspose", "Convolution2D", "Convolution2DTranspose", "Cropping2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
-    "Input", "InputLayer", "Lambda", "Layer", "LeakyReLU", "MaxPool2D", "MaxPooling2D", "Maximum", "Minimum", "Multiply",
-    "ReLU", "Rescaling", "Reshape", "Softmax", "SpatialDropout2D", "Subtract", "UpSampling2D", "ZeroPadding2D",
+    "Conv2DTranspose", "Convolution2D", "Convolution2DTranspose", "Cropping2D", "Dense", "Dropout", "ELU", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+    "Identity", "Input", "InputLayer", "Lambda", "Layer", "LayerNormalization", "LeakyReLU", "MaxPool2D", "MaxPooling2D", "Maximum", "Minimum", "Multiply",
+    "Permute", "ReLU", "Rescaling", "Reshape", "Softmax", "SpatialDropout2D", "Subtract", "UpSampling2D", "ZeroPadding2D",
     "add", "average", "concatenate", "maximum", "minimum", "multiply", "subtract",
 ]

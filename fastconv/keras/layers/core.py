@@ -194,6 +194,38 @@ class LeakyReLU(Layer):
         return {**super().get_config(), "negative_slope": self.negative_slope}
 
 
+class ELU(Layer):
+    """x if x > 0 else alpha * (exp(x) - 1), as keras.layers.ELU."""
+
+    def __init__(self, alpha=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise TypeError(f"alpha must be a finite number, got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def forward(self, inputs, training=False):
+        alpha = inputs.dtype.type(self.alpha)
+        exp = np.exp(np.minimum(inputs, 0))  # no overflow warning from the positive side np.where discards
+        return np.where(inputs > 0, inputs, alpha * (exp - 1)), (inputs > 0, exp)
+
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        positive, exp = ctx
+        return np.where(positive, grad, grad * (grad.dtype.type(self.alpha) * exp))
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+class Identity(Layer):
+    """Returns its input unchanged (a placeholder, as keras.layers.Identity)."""
+
+    def forward(self, inputs, training=False):
+        return inputs, None
+
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        return grad
+
+
 class Rescaling(Layer):
     """inputs * scale + offset: lets a model take uint8 images (e.g. scale=1/255) converted per batch."""
 

@@ -1,4 +1,7 @@
-"""BatchNormalization over the channel (last) axis, with Keras' momentum and epsilon defaults."""
+"""BatchNormalization over the channel (last) axis, with Keras' momentum and epsilon defaults, and
+LayerNormalization over the last axis."""
+import numpy as np
+
 from fastconv.keras import backend, distribution, initializers, microbatch, regularizers
 from fastconv.keras.layers.base import Layer
 
@@ -89,5 +92,69 @@ class BatchNormalization(Layer):
                 "gamma_initializer": initializers.serialize(self.gamma_initializer),
                 "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
                 "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
+                "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": regularizers.serialize(self.gamma_regularizer)}
+
+
+class LayerNormalization(Layer):
+    """Normalises each sample over its last axis: (x - mean) / sqrt(variance + epsilon) * gamma + beta,
+    as keras.layers.LayerNormalization with axis=-1."""
+
+    def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False, beta_initializer="zeros",
+                 gamma_initializer="ones", beta_regularizer=None, gamma_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        if axis not in (-1, [-1], (-1,)):
+            raise ValueError(f"LayerNormalization supports the last axis only (axis=-1), got axis={axis!r}")
+        if rms_scaling:
+            raise ValueError("LayerNormalization(rms_scaling=True) is not supported")
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be positive, got {epsilon!r}")
+        self.axis, self.epsilon, self.center, self.scale = -1, float(epsilon), bool(center), bool(scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.gamma = self.beta = None
+
+    def build(self, input_shape):
+        features = input_shape[-1]
+        if features is None:
+            raise ValueError(f"LayerNormalization {self.name!r} needs a known last axis, got shape {input_shape}")
+        if self.scale:
+            self.gamma = self.add_weight(shape=(features,), initializer=self.gamma_initializer,
+                                         regularizer=self.gamma_regularizer, name="gamma")
+        if self.center:
+            self.beta = self.add_weight(shape=(features,), initializer=self.beta_initializer,
+                                        regularizer=self.beta_regularizer, name="beta")
+        self._set_input_spec(len(input_shape), {-1: features})
+
+    def forward(self, inputs, training=False):
+        mean = inputs.mean(axis=-1, keepdims=True)
+        centred = inputs - mean
+        inverse = 1 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + inputs.dtype.type(self.epsilon))
+        normalised = centred * inverse
+        out = normalised if self.gamma is None else normalised * self.gamma.value
+        if self.beta is not None:
+            out = out + self.beta.value
+        return out, (normalised, inverse)
+
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        normalised, inverse = ctx
+        summed = tuple(range(grad.ndim - 1))
+        if self.gamma is not None:
+            self.gamma.add_grad((grad * normalised).sum(axis=summed))
+        if self.beta is not None:
+            self.beta.add_grad(grad.sum(axis=summed))
+        if not need_input_grad:
+            return None
+        scaled = grad if self.gamma is None else grad * self.gamma.value
+        return inverse * (scaled - scaled.mean(axis=-1, keepdims=True)
+                          - normalised * (scaled * normalised).mean(axis=-1, keepdims=True))
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon, "center": self.center,
+                "scale": self.scale, "rms_scaling": False,
+                "beta_initializer": initializers.serialize(self.beta_initializer),
+                "gamma_initializer": initializers.serialize(self.gamma_initializer),
                 "beta_regularizer": regularizers.serialize(self.beta_regularizer),
                 "gamma_regularizer": regularizers.serialize(self.gamma_regularizer)}

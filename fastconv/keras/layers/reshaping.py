@@ -114,3 +114,31 @@ class UpSampling2D(_ImageLayer):
 
     def get_config(self):
         return {**super().get_config(), "size": list(self.size), "interpolation": "nearest"}
+
+
+class Permute(Layer):
+    """Permutes the axes after the batch axis: dims is a permutation of 1..rank-1, as keras.layers.Permute."""
+
+    def __init__(self, dims, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(dims, (tuple, list)) or not dims or not all(
+                isinstance(d, int) and not isinstance(d, bool) for d in dims) or \
+                sorted(dims) != list(range(1, len(dims) + 1)):
+            raise ValueError(f"dims must be a permutation of 1..{len(dims) if isinstance(dims, (tuple, list)) else 'n'}"
+                             f" (the batch axis 0 stays first), got {dims!r}")
+        self.dims = tuple(dims)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != len(self.dims) + 1:
+            raise ValueError(f"Permute{self.dims} needs inputs of rank {len(self.dims) + 1}, got shape {input_shape}")
+        return (input_shape[0],) + tuple(input_shape[d] for d in self.dims)
+
+    def forward(self, inputs, training=False):
+        self.compute_output_shape(inputs.shape)
+        return np.ascontiguousarray(inputs.transpose((0,) + self.dims)), None
+
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        return np.ascontiguousarray(grad.transpose(np.argsort((0,) + self.dims)))
+
+    def get_config(self):
+        return {**super().get_config(), "dims": list(self.dims)}
