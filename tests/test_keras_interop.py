@@ -458,7 +458,7 @@ def test_dict_model_history_keys_as_keras_logs_them():
 
 
 @pytest.mark.parametrize("direction", ["fastconv to keras", "keras to fastconv"])
-def test_layer_normalization_elu_permute_identity_both_ways(tmp_path, direction):
+def test_normalization_activation_and_reshaping_layers_both_ways(tmp_path, direction):
     writer, reader = (keras, real_keras) if direction == "fastconv to keras" else (real_keras, keras)
     if writer is keras:
         keras.utils.set_random_seed(5)
@@ -469,6 +469,8 @@ def test_layer_normalization_elu_permute_identity_both_ways(tmp_path, direction)
     x = writer.layers.ELU(alpha=0.7)(x)
     x = writer.layers.Permute((2, 1, 3))(x)
     x = writer.layers.Identity()(x)
+    x = writer.layers.GaussianNoise(0.1)(x)
+    x = writer.layers.PReLU(alpha_initializer=writer.initializers.RandomUniform(0.1, 0.5), shared_axes=[1, 2])(x)
     model = writer.Model(inputs, writer.layers.Dense(2)(writer.layers.Flatten()(x)))
     model.save(tmp_path / "m.keras")
     loaded = reader.models.load_model(tmp_path / "m.keras")

@@ -232,6 +232,22 @@ def test_batch_normalization_and_relu_agree_on_both_backends(seeded):
     np.testing.assert_allclose(results["fastconv"][2], results["numpy"][2], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shared_axes", [None, [1, 2], 3])
+def test_prelu_backward(float64_numpy, seeded, shared_axes):
+    check_layer_gradients(layers.PReLU(alpha_initializer="random_uniform", shared_axes=shared_axes), (3, 4, 5, 2))
+
+
+def test_gaussian_noise_adds_noise_of_stddev_in_training_only():
+    x = np.zeros((200, 50), np.float32)
+    noise = layers.GaussianNoise(0.5, seed=3)
+    assert noise(x, training=False) is x or np.array_equal(noise(x, training=False), x)
+    noisy = noise(x, training=True)
+    assert noisy.dtype == np.float32 and abs(noisy.std() - 0.5) < 0.02 and abs(noisy.mean()) < 0.02
+    out, ctx = noise.forward(x, training=True)
+    grad = np.ones_like(x)
+    assert noise.backward(ctx, grad) is grad
+
+
 @pytest.mark.parametrize("options", [{}, {"center": False}, {"scale": False}])
 def test_layer_normalization_backward(float64_numpy, seeded, options):
     layer = layers.LayerNormalization(gamma_initializer="random_normal", beta_initializer="random_normal", **options)

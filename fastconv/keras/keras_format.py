@@ -234,6 +234,10 @@ _WRITERS = {
     "ELU": lambda layer: {"alpha": layer.alpha},
     "Identity": lambda layer: {},
     "Permute": lambda layer: {"dims": list(layer.dims)},
+    "PReLU": lambda layer: {"alpha_initializer": _initializer_config(layer.alpha_initializer),
+                            "alpha_regularizer": _regularizer_config(layer.alpha_regularizer),
+                            "alpha_constraint": None, "shared_axes": layer.shared_axes},
+    "GaussianNoise": lambda layer: {"stddev": layer.stddev, "seed": layer.seed},
     "LayerNormalization": lambda layer: {
         "axis": -1, "epsilon": layer.epsilon, "center": layer.center, "scale": layer.scale, "rms_scaling": False,
         "beta_initializer": _initializer_config(layer.beta_initializer),
@@ -921,6 +925,9 @@ _READERS = {
     "ELU": ({"alpha": _as_is}, {}, ()),
     "Identity": ({}, {}, ()),
     "Permute": ({"dims": _as_is}, {}, ()),
+    "PReLU": ({"alpha_initializer": _initializer, "alpha_regularizer": _regularizer, "shared_axes": _as_is},
+              {"alpha_constraint": None}, ()),
+    "GaussianNoise": ({"stddev": _as_is, "seed": _as_is}, {}, ()),
     "LayerNormalization": (
         {"axis": _as_is, "epsilon": _as_is, "center": _as_is, "scale": _as_is, "beta_initializer": _initializer,
          "gamma_initializer": _initializer, "beta_regularizer": _regularizer, "gamma_regularizer": _regularizer},

@@ -2,8 +2,8 @@
 from fastconv.keras.layers.base import Input, InputLayer, Layer
 from fastconv.keras.layers.conv import Conv2D, Conv2DTranspose
 from fastconv.keras.layers.core import (
-    ELU, Activation, Dense, Dropout, Flatten, Identity, Lambda, LeakyReLU, ReLU, Rescaling, Reshape, Softmax,
-    SpatialDropout2D,
+    ELU, PReLU, Activation, Dense, Dropout, Flatten, GaussianNoise, Identity, Lambda, LeakyReLU, ReLU, Rescaling,
+    Reshape, Softmax, SpatialDropout2D,
 )
 from fastconv.keras.layers.merging import (
     Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract,
@@ -28,15 +28,15 @@ LAYER_CLASSES = {cls.__name__: cls for cls in (
     Reshape, Dropout, BatchNormalization, Activation, ReLU, LeakyReLU, Softmax, Add, Subtract, Multiply, Average,
     Maximum, Minimum, Concatenate, Rescaling, ZeroPadding2D, Cropping2D, UpSampling2D, SpatialDropout2D,
     RandomFlip, RandomRotation, RandomTranslation, RandomZoom, RandomContrast, RandomBrightness, RandomCrop,
-    Resizing, CenterCrop, Normalization, ELU, Identity, LayerNormalization, Permute,
+    Resizing, CenterCrop, Normalization, ELU, Identity, LayerNormalization, Permute, PReLU, GaussianNoise,
 )}
 
 __all__ = [
     "CenterCrop", "Normalization", "RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip", "RandomRotation",
     "RandomTranslation", "RandomZoom", "Resizing",
     "Activation", "Add", "Average", "AveragePooling2D", "AvgPool2D", "BatchNormalization", "Concatenate", "Conv2D",
-    "Conv2DTranspose", "Convolution2D", "Convolution2DTranspose", "Cropping2D", "Dense", "Dropout", "ELU", "Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+    "Conv2DTranspose", "Convolution2D", "Convolution2DTranspose", "Cropping2D", "Dense", "Dropout", "ELU", "Flatten", "GaussianNoise", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
     "Identity", "Input", "InputLayer", "Lambda", "Layer", "LayerNormalization", "LeakyReLU", "MaxPool2D", "MaxPooling2D", "Maximum", "Minimum", "Multiply",
-    "Permute", "ReLU", "Rescaling", "Reshape", "Softmax", "SpatialDropout2D", "Subtract", "UpSampling2D", "ZeroPadding2D",
+    "Permute", "PReLU", "ReLU", "Rescaling", "Reshape", "Softmax", "SpatialDropout2D", "Subtract", "UpSampling2D", "ZeroPadding2D",
     "add", "average", "concatenate", "maximum", "minimum", "multiply", "subtract",
 ]

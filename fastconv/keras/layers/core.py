@@ -216,6 +216,80 @@ class ELU(Layer):
         return {**super().get_config(), "alpha": self.alpha}
 
 
+class PReLU(Layer):
+    """x if x > 0 else alpha * x with a learned alpha per input element (one per group along
+    shared_axes), as keras.layers.PReLU."""
+
+    def __init__(self, alpha_initializer="zeros", alpha_regularizer=None, alpha_constraint=None, shared_axes=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if alpha_constraint is not None:
+            raise ValueError("PReLU alpha_constraint is not supported")
+        if shared_axes is not None and not isinstance(shared_axes, (list, tuple)):
+            shared_axes = [shared_axes]
+        if shared_axes is not None and not all(isinstance(a, int) and not isinstance(a, bool) and a >= 1
+                                               for a in shared_axes):
+            raise ValueError(f"shared_axes must be axes after the batch axis (1, 2, ...), got {shared_axes!r}")
+        self.shared_axes = None if shared_axes is None else sorted(set(shared_axes))
+        self.alpha_initializer = initializers.get(alpha_initializer)
+        self.alpha_regularizer = regularizers.get(alpha_regularizer)
+        self.alpha = None
+
+    def build(self, input_shape):
+        shape = list(input_shape[1:])
+        for axis in self.shared_axes or ():
+            if axis > len(shape):
+                raise ValueError(f"PReLU shared axis {axis} is beyond the input's rank {len(input_shape)}")
+            shape[axis - 1] = 1
+        if None in shape:
+            raise ValueError(f"PReLU {self.name!r} needs every unshared axis known, got shape {input_shape}")
+        self.alpha = self.add_weight(shape=tuple(shape), initializer=self.alpha_initializer,
+                                     regularizer=self.alpha_regularizer, name="alpha")
+
+    def forward(self, inputs, training=False):
+        negative = np.minimum(inputs, 0)
+        return np.maximum(inputs, 0) + self.alpha.value * negative, (inputs > 0, negative)
+
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        positive, negative = ctx
+        # alpha's gradient summed over the batch and the shared axes, back to alpha's shape
+        summed = (0,) + tuple(self.shared_axes or ())
+        self.alpha.add_grad((grad * negative).sum(axis=summed, keepdims=True).reshape(self.alpha.shape))
+        return np.where(positive, grad, grad * self.alpha.value) if need_input_grad else None
+
+    def get_config(self):
+        return {**super().get_config(), "alpha_initializer": initializers.serialize(self.alpha_initializer),
+                "alpha_regularizer": regularizers.serialize(self.alpha_regularizer), "alpha_constraint": None,
+                "shared_axes": self.shared_axes}
+
+
+class GaussianNoise(Layer):
+    """Adds zero-mean Gaussian noise of standard deviation `stddev` while training (as
+    keras.layers.GaussianNoise); returns the input unchanged otherwise."""
+
+    def __init__(self, stddev, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(stddev, bool) or not isinstance(stddev, (int, float)) or not 0 <= stddev < math.inf:
+            raise ValueError(f"stddev must be a finite number >= 0, got {stddev!r}")
+        self.stddev, self.seed = float(stddev), seed
+        self._rng = None if seed is None else np.random.default_rng(seed)
+
+    def forward(self, inputs, training=False):
+        if not training or self.stddev == 0:
+            return inputs, None
+        rng = self._rng or backend.rng()
+        # drawn for the global batch under deterministic="ranks", as Dropout's masks
+        noise = microbatch.batch_draw(lambda n: rng.standard_normal((n,) + inputs.shape[1:], np.float32),
+                                      inputs.shape[0])
+        return inputs + (noise * np.float32(self.stddev)).astype(inputs.dtype, copy=False), None
+
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        return grad
+
+    def get_config(self):
+        return {**super().get_config(), "stddev": self.stddev, "seed": self.seed}
+
+
 class Identity(Layer):
     """Returns its input unchanged (a placeholder, as keras.layers.Identity)."""
 
