@@ -462,8 +462,12 @@ def test_normalization_activation_and_reshaping_layers_both_ways(tmp_path, direc
     writer, reader = (keras, real_keras) if direction == "fastconv to keras" else (real_keras, keras)
     if writer is keras:
         keras.utils.set_random_seed(5)
-    inputs = writer.Input((4, 6, 3))
+    inputs = writer.Input((4, 12, 3))
     x = writer.layers.Conv2D(5, 3, padding="same")(inputs)
+    x = writer.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="relu",
+                                      bias_initializer="random_normal")(x)
+    x = writer.layers.SeparableConv2D(5, (2, 3), strides=(1, 2), padding="same", depth_multiplier=2,
+                                      bias_initializer="random_normal")(x)
     x = writer.layers.LayerNormalization(epsilon=1e-4, gamma_initializer="random_normal",
                                          beta_initializer="random_normal")(x)
     x = writer.layers.ELU(alpha=0.7)(x)
@@ -474,5 +478,5 @@ def test_normalization_activation_and_reshaping_layers_both_ways(tmp_path, direc
     model = writer.Model(inputs, writer.layers.Dense(2)(writer.layers.Flatten()(x)))
     model.save(tmp_path / "m.keras")
     loaded = reader.models.load_model(tmp_path / "m.keras")
-    images = np.random.default_rng(3).standard_normal((3, 4, 6, 3)).astype(np.float32)
+    images = np.random.default_rng(3).standard_normal((3, 4, 12, 3)).astype(np.float32)
     assert max_difference(loaded.predict(images, verbose=0), model.predict(images, verbose=0)) < TOLERANCE

@@ -232,6 +232,44 @@ def test_batch_normalization_and_relu_agree_on_both_backends(seeded):
     np.testing.assert_allclose(results["fastconv"][2], results["numpy"][2], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("make_layer", [
+    lambda: layers.DepthwiseConv2D(3, bias_initializer="random_normal"),
+    lambda: layers.DepthwiseConv2D((2, 3), strides=2, padding="same", depth_multiplier=2, activation="tanh"),
+    lambda: layers.DepthwiseConv2D(3, padding="same", dilation_rate=2, use_bias=False),
+    lambda: layers.SeparableConv2D(4, 3, bias_initializer="random_normal", activation="sigmoid"),
+    lambda: layers.SeparableConv2D(3, (3, 2), strides=(2, 1), padding="same", depth_multiplier=2),
+])
+def test_depthwise_and_separable_conv_backward(float64_numpy, seeded, make_layer):
+    check_layer_gradients(make_layer(), (2, 7, 6, 3))
+
+
+def test_depthwise_and_separable_conv_forward_against_conv2d():
+    """A depthwise conv is a Conv2D whose kernel is zero between channels; a separable conv, that
+    followed by a 1x1 Conv2D."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    for options in ({}, {"strides": 2, "padding": "same"}, {"dilation_rate": 2, "padding": "same"}):
+        depthwise = layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False, **options)
+        separable = layers.SeparableConv2D(5, 3, depth_multiplier=2, **options)
+        out, out_separable = depthwise(x), separable(x)
+        full = np.zeros((3, 3, 3, 6), np.float32)
+        for c in range(3):
+            full[:, :, c, 2 * c:2 * c + 2] = depthwise.kernel.value[:, :, c, :]
+        dense = layers.Conv2D(6, 3, use_bias=False, **options)
+        dense(x)
+        dense.kernel.assign(full)
+        np.testing.assert_allclose(out, dense(x), rtol=1e-5, atol=1e-5)
+        full[:, :, :, :] = 0
+        for c in range(3):
+            full[:, :, c, 2 * c:2 * c + 2] = separable.depthwise_kernel.value[:, :, c, :]
+        dense.kernel.assign(full)
+        pointwise = layers.Conv2D(5, 1, use_bias=False)
+        pointwise(dense(x))
+        pointwise.kernel.assign(separable.pointwise_kernel.value)
+        np.testing.assert_allclose(out_separable, pointwise(dense(x)), rtol=1e-5, atol=1e-5)
+        assert out.shape == depthwise.compute_output_shape(x.shape)
+
+
 @pytest.mark.parametrize("shared_axes", [None, [1, 2], 3])
 def test_prelu_backward(float64_numpy, seeded, shared_axes):
     check_layer_gradients(layers.PReLU(alpha_initializer="random_uniform", shared_axes=shared_axes), (3, 4, 5, 2))

@@ -14,6 +14,23 @@ class _MaxPooledContext:
         self.inputs, self.argmax = inputs, argmax
 
 
+def _set_window(layer, kernel_size, strides, padding, data_format, dilation_rate):
+    """Check a conv layer's data_format and parse its window into its attributes (once: the ops find the
+    window's geometry per input shape in fastconv.shapes' cache)."""
+    if data_format not in (None, "channels_last"):
+        raise ValueError(f"data_format must be 'channels_last', got {data_format!r}")
+    layer.window = conv_window(kernel_size, strides, padding, dilation_rate, explicit_padding=False)
+    layer.kernel_size, layer.strides = layer.window.kernel_size, layer.window.strides
+    layer.padding, layer.dilation_rate = layer.window.padding, layer.window.dilation_rate
+
+
+def _image_channels(layer, input_shape):
+    if len(input_shape) != 4 or input_shape[-1] is None:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} needs 4-D inputs (batch, height, width, channels), "
+                         f"got shape {input_shape}")
+    return input_shape[-1]
+
+
 class Conv2D(Layer):
     fuses_output_activation = True
     fuses_input_relu = True  # backward(x_from_relu=True) also applies the gradient of a ReLU before it
@@ -23,15 +40,10 @@ class Conv2D(Layer):
                  groups=1, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        if data_format not in (None, "channels_last"):
-            raise ValueError(f"data_format must be 'channels_last', got {data_format!r}")
         if groups != 1:
             raise ValueError(f"groups must be 1 (grouped convolutions are not supported), got {groups!r}")
         self.filters = checked_int(filters, "filters", minimum=1)
-        # parsed once: the ops find this window's geometry per input shape in fastconv.shapes' cache
-        self.window = conv_window(kernel_size, strides, padding, dilation_rate, explicit_padding=False)
-        self.kernel_size, self.strides = self.window.kernel_size, self.window.strides
-        self.padding, self.dilation_rate = self.window.padding, self.window.dilation_rate
+        _set_window(self, kernel_size, strides, padding, data_format, dilation_rate)
         self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
@@ -44,10 +56,7 @@ class Conv2D(Layer):
         return self.kernel_size + (channels, self.filters)
 
     def build(self, input_shape):
-        if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(f"{type(self).__name__} {self.name!r} needs 4-D inputs (batch, height, width, channels), "
-                             f"got shape {input_shape}")
-        channels = input_shape[-1]
+        channels = _image_channels(self, input_shape)
         self.kernel = self.add_weight(shape=self.kernel_shape(channels), initializer=self.kernel_initializer,
                                       regularizer=self.kernel_regularizer, name="kernel")
         if self.use_bias:
@@ -181,3 +190,179 @@ class Conv2DTranspose(Conv2D):
         config = super().get_config()
         config["output_padding"] = None if self.output_padding is None else list(self.output_padding)
         return config
+
+
+def _taps(geometry):
+    """Per kernel tap (row, column): the slice of the padded input that tap multiplies, for every output."""
+    g = geometry
+    rows = lambda a: slice(a * g.dilation_h, a * g.dilation_h + g.stride_h * (g.oh - 1) + 1, g.stride_h)  # noqa: E731
+    cols = lambda b: slice(b * g.dilation_w, b * g.dilation_w + g.stride_w * (g.ow - 1) + 1, g.stride_w)  # noqa: E731
+    return [((a, b), (slice(None), rows(a), cols(b), slice(None))) for a in range(g.kh) for b in range(g.kw)]
+
+
+def _padded(inputs, g):
+    return np.pad(inputs, ((0, 0), (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right), (0, 0)))
+
+
+def _depthwise_forward(padded, kernel, g):
+    """Each channel c convolved with its kernel[..., c, m]: (n, oh, ow, c * multiplier), channel-major."""
+    out = np.zeros((padded.shape[0], g.oh, g.ow) + kernel.shape[2:], padded.dtype)
+    for tap, window in _taps(g):
+        out += padded[window][..., None] * kernel[tap]
+    return out.reshape(out.shape[:3] + (-1,))
+
+
+def _depthwise_backward(padded, kernel, g, grad, need_input_grad):
+    """(the kernel's gradient, the padded input's gradient or None) for the output gradient `grad`."""
+    grad = grad.reshape(grad.shape[:3] + kernel.shape[2:])
+    dkernel = np.empty_like(kernel)
+    dpadded = np.zeros_like(padded) if need_input_grad else None
+    for tap, window in _taps(g):
+        dkernel[tap] = np.einsum("nijc,nijcm->cm", padded[window], grad)
+        if need_input_grad:
+            dpadded[window] += np.einsum("nijcm,cm->nijc", grad, kernel[tap])
+    return dkernel, dpadded
+
+
+def _unpadded(dpadded, g):
+    return None if dpadded is None else dpadded[:, g.pad_top:g.pad_top + g.h, g.pad_left:g.pad_left + g.w, :]
+
+
+class DepthwiseConv2D(Layer):
+    """Each input channel convolved with its own depth_multiplier filters, as keras.layers.DepthwiseConv2D
+    (output channel c * depth_multiplier + m; kernel shape (rows, cols, channels, depth_multiplier))."""
+
+    def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1, data_format=None,
+                 dilation_rate=(1, 1), activation=None, use_bias=True, depthwise_initializer="glorot_uniform",
+                 bias_initializer="zeros", depthwise_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.depth_multiplier = checked_int(depth_multiplier, "depth_multiplier", minimum=1)
+        _set_window(self, kernel_size, strides, padding, data_format, dilation_rate)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.depthwise_initializer = initializers.get(depthwise_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.depthwise_regularizer = regularizers.get(depthwise_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel = self.bias = None
+
+    def _out_channels(self, channels):
+        return channels * self.depth_multiplier
+
+    def build(self, input_shape):
+        channels = _image_channels(self, input_shape)
+        self.kernel = self.add_weight(shape=self.kernel_size + (channels, self.depth_multiplier),
+                                      initializer=self.depthwise_initializer, regularizer=self.depthwise_regularizer,
+                                      name="kernel")
+        if self.use_bias:
+            self.bias = self.add_weight(shape=(self._out_channels(channels),), initializer=self.bias_initializer,
+                                        regularizer=self.bias_regularizer, name="bias")
+        self._set_input_spec(4, {-1: channels})
+
+    def compute_output_shape(self, input_shape):
+        return self.window.output_shape(input_shape, self._out_channels(input_shape[-1]))
+
+    def _geometry(self, shape):
+        return self.window.geometry(shape, self.kernel_size + (shape[-1], shape[-1]))
+
+    def forward(self, inputs, training=False):
+        g = self._geometry(inputs.shape)
+        padded = _padded(inputs, g)
+        pre = _depthwise_forward(padded, self.kernel.value, g)
+        if self.bias is not None:
+            pre += self.bias.value
+        out = apply_activation(self.activation, pre)
+        return out, (padded, g, pre, out)
+
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        padded, g, pre, out = ctx
+        dpre = activation_backward(self.activation, grad, pre, out, from_preactivation)
+        dkernel, dpadded = _depthwise_backward(padded, self.kernel.value, g, dpre, need_input_grad)
+        self.kernel.add_grad(dkernel)
+        if self.bias is not None:
+            self.bias.add_grad(dpre.sum(axis=(0, 1, 2)))
+        return _unpadded(dpadded, g)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": list(self.kernel_size), "strides": list(self.strides),
+                "padding": self.padding, "depth_multiplier": self.depth_multiplier,
+                "dilation_rate": list(self.dilation_rate), "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias, "depthwise_initializer": initializers.serialize(self.depthwise_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "depthwise_regularizer": regularizers.serialize(self.depthwise_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+
+
+class SeparableConv2D(Layer):
+    """A DepthwiseConv2D (no bias) followed by a 1x1 convolution to `filters` channels, then the bias and
+    the activation, as keras.layers.SeparableConv2D."""
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None, dilation_rate=(1, 1),
+                 depth_multiplier=1, activation=None, use_bias=True, depthwise_initializer="glorot_uniform",
+                 pointwise_initializer="glorot_uniform", bias_initializer="zeros", depthwise_regularizer=None,
+                 pointwise_regularizer=None, bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = checked_int(filters, "filters", minimum=1)
+        self.depth_multiplier = checked_int(depth_multiplier, "depth_multiplier", minimum=1)
+        _set_window(self, kernel_size, strides, padding, data_format, dilation_rate)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.depthwise_initializer = initializers.get(depthwise_initializer)
+        self.pointwise_initializer = initializers.get(pointwise_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.depthwise_regularizer = regularizers.get(depthwise_regularizer)
+        self.pointwise_regularizer = regularizers.get(pointwise_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.depthwise_kernel = self.pointwise_kernel = self.bias = None
+
+    def build(self, input_shape):
+        channels = _image_channels(self, input_shape)
+        self.depthwise_kernel = self.add_weight(
+            shape=self.kernel_size + (channels, self.depth_multiplier), initializer=self.depthwise_initializer,
+            regularizer=self.depthwise_regularizer, name="depthwise_kernel")
+        self.pointwise_kernel = self.add_weight(
+            shape=(1, 1, channels * self.depth_multiplier, self.filters), initializer=self.pointwise_initializer,
+            regularizer=self.pointwise_regularizer, name="pointwise_kernel")
+        if self.use_bias:
+            self.bias = self.add_weight(shape=(self.filters,), initializer=self.bias_initializer,
+                                        regularizer=self.bias_regularizer, name="bias")
+        self._set_input_spec(4, {-1: channels})
+
+    def compute_output_shape(self, input_shape):
+        return self.window.output_shape(input_shape, self.filters)
+
+    def forward(self, inputs, training=False):
+        g = self.window.geometry(inputs.shape, self.kernel_size + (inputs.shape[-1], inputs.shape[-1]))
+        padded = _padded(inputs, g)
+        depthwise = _depthwise_forward(padded, self.depthwise_kernel.value, g)
+        flat = depthwise.reshape(-1, depthwise.shape[-1])
+        pointwise = self.pointwise_kernel.value.reshape(flat.shape[1], self.filters)
+        pre = backend.ops().gemm(flat, pointwise, bias=None if self.bias is None else self.bias.value)
+        pre = pre.reshape(depthwise.shape[:3] + (self.filters,))
+        out = apply_activation(self.activation, pre)
+        return out, (padded, g, flat, pre, out)
+
+    def backward(self, ctx, grad, need_input_grad=True, from_preactivation=False, x_from_relu=False):
+        padded, g, flat, pre, out = ctx
+        dpre = activation_backward(self.activation, grad, pre, out, from_preactivation).reshape(-1, self.filters)
+        gemm = backend.ops().gemm
+        pointwise = self.pointwise_kernel.value.reshape(flat.shape[1], self.filters)
+        self.pointwise_kernel.add_grad(gemm(flat, dpre, trans_a=True).reshape(self.pointwise_kernel.shape))
+        if self.bias is not None:
+            self.bias.add_grad(dpre.sum(axis=0))
+        ddepthwise = gemm(dpre, pointwise, trans_b=True).reshape(pre.shape[:3] + (flat.shape[1],))
+        dkernel, dpadded = _depthwise_backward(padded, self.depthwise_kernel.value, g, ddepthwise, need_input_grad)
+        self.depthwise_kernel.add_grad(dkernel)
+        return _unpadded(dpadded, g)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
+                "depth_multiplier": self.depth_multiplier, "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "depthwise_initializer": initializers.serialize(self.depthwise_initializer),
+                "pointwise_initializer": initializers.serialize(self.pointwise_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "depthwise_regularizer": regularizers.serialize(self.depthwise_regularizer),
+                "pointwise_regularizer": regularizers.serialize(self.pointwise_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
