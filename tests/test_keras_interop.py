@@ -480,3 +480,12 @@ def test_normalization_activation_and_reshaping_layers_both_ways(tmp_path, direc
     loaded = reader.models.load_model(tmp_path / "m.keras")
     images = np.random.default_rng(3).standard_normal((3, 4, 12, 3)).astype(np.float32)
     assert max_difference(loaded.predict(images, verbose=0), model.predict(images, verbose=0)) < TOLERANCE
+
+
+@pytest.mark.parametrize("options", [{}, {"alpha": 0.1}, {"warmup_target": 0.5, "warmup_steps": 20},
+                                     {"alpha": 0.2, "warmup_target": 0.05, "warmup_steps": 7}])
+def test_cosine_decay_as_keras_computes_it(options):
+    ours = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=50, **options)
+    theirs = real_keras.optimizers.schedules.CosineDecay(0.1, decay_steps=50, **options)
+    for step in (0, 1, 6, 7, 19, 20, 21, 45, 50, 69, 70, 71, 200):
+        assert ours(step) == pytest.approx(float(theirs(step)), rel=1e-6, abs=1e-9), step

@@ -271,6 +271,13 @@ def test_schedules_and_optimizer_lookup():
     assert math.isclose(stepped(19), 0.05)
     piecewise = optimizers.schedules.PiecewiseConstantDecay([5, 10], [1.0, 0.5, 0.1])
     assert [piecewise(s) for s in (0, 5, 6, 10, 11)] == [1.0, 1.0, 0.5, 0.5, 0.1]
+    cosine = optimizers.schedules.CosineDecay(0.1, decay_steps=100, alpha=0.2)
+    assert [cosine(s) for s in (0, 100, 500)] == pytest.approx([0.1, 0.02, 0.02])
+    assert cosine(50) == pytest.approx(0.1 * (0.8 * 0.5 + 0.2))
+    warm = optimizers.schedules.CosineDecay(0.0, decay_steps=10, warmup_target=1.0, warmup_steps=4)
+    assert [warm(s) for s in (0, 2, 4, 9, 14)] == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0], abs=1e-12)
+    again = optimizers.schedules.deserialize(optimizers.schedules.serialize(warm))
+    assert again.get_config() == warm.get_config()
     sgd = optimizers.SGD(learning_rate=schedule)
     _one_step(sgd, W, G, steps=20)
     assert math.isclose(sgd.learning_rate, 0.025)

@@ -58,7 +58,43 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         return {"boundaries": self.boundaries, "values": self.values}
 
 
-SCHEDULE_CLASSES = {cls.__name__: cls for cls in (ExponentialDecay, PiecewiseConstantDecay)}
+class CosineDecay(LearningRateSchedule):
+    """Cosine decay from initial_learning_rate (or, after a linear warm-up of warmup_steps from it, from
+    warmup_target) to alpha times that over decay_steps, then constant; Keras 3's formula."""
+
+    def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay", warmup_target=None,
+                 warmup_steps=0):
+        if not initial_learning_rate >= 0:
+            raise ValueError(f"initial_learning_rate must be >= 0, got {initial_learning_rate!r}")
+        if not decay_steps > 0:
+            raise ValueError(f"decay_steps must be positive, got {decay_steps!r}")
+        if not warmup_steps >= 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
+        self.initial_learning_rate, self.decay_steps = float(initial_learning_rate), decay_steps
+        self.alpha, self.name = float(alpha), name
+        self.warmup_target = None if warmup_target is None else float(warmup_target)
+        self.warmup_steps = warmup_steps
+
+    def _decay(self, step, decay_from):
+        cosine = 0.5 * (1.0 + math.cos(math.pi * step / self.decay_steps))
+        return decay_from * ((1 - self.alpha) * cosine + self.alpha)
+
+    def __call__(self, step):
+        if self.warmup_target is None:
+            return self._decay(min(step, self.decay_steps), self.initial_learning_rate)
+        step = min(step, self.decay_steps + self.warmup_steps)
+        if step < self.warmup_steps:
+            return (self.warmup_target - self.initial_learning_rate) * step / self.warmup_steps + \
+                self.initial_learning_rate
+        return self._decay(step - self.warmup_steps, self.warmup_target)
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "alpha": self.alpha, "name": self.name, "warmup_target": self.warmup_target,
+                "warmup_steps": self.warmup_steps}
+
+
+SCHEDULE_CLASSES = {cls.__name__: cls for cls in (ExponentialDecay, PiecewiseConstantDecay, CosineDecay)}
 
 
 def serialize(schedule):
