@@ -489,3 +489,18 @@ def test_cosine_decay_as_keras_computes_it(options):
     theirs = real_keras.optimizers.schedules.CosineDecay(0.1, decay_steps=50, **options)
     for step in (0, 1, 6, 7, 19, 20, 21, 45, 50, 69, 70, 71, 200):
         assert ours(step) == pytest.approx(float(theirs(step)), rel=1e-6, abs=1e-9), step
+
+
+@pytest.mark.parametrize("name", ["Precision", "Recall"])
+@pytest.mark.parametrize("options", [{}, {"thresholds": 0.3}, {"top_k": 1}, {"class_id": 2},
+                                     {"top_k": 2, "class_id": 1}])
+def test_precision_and_recall_as_keras_computes_them(name, options):
+    rng = np.random.default_rng(0)
+    labels, scores, weights = rng.integers(0, 2, (20, 3)), rng.random((20, 3), np.float32), rng.random(20)
+    results = []
+    for library in (keras, real_keras):
+        metric = getattr(library.metrics, name)(**options)
+        metric.update_state(labels, scores)
+        metric.update_state(labels[:7], scores[:7], sample_weight=weights[:7])
+        results.append(float(metric.result()))
+    assert results[0] == pytest.approx(results[1], rel=1e-6)

@@ -804,3 +804,27 @@ def test_sparse_labels_become_one_hot_targets_and_bad_labels_are_refused():
     for bad in (np.array([3.5, 0, 9]), np.array([3, -1, 9]), np.array([3, 0, 10], np.uint64)):
         with pytest.raises(ValueError, match=r"must be integers in \[0, 10\)"):
             loss.prepare_targets(bad, (3, 10), np.float32)
+
+
+def test_precision_and_recall_in_fit_and_evaluate_are_the_ratio_over_the_whole_set():
+    """A ratio of sums, not a mean of batch ratios: evaluate in batches of 7 equals the metric objects'
+    result over all predictions at once; sample weights weigh them as weighted_metrics."""
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((50, 4)).astype(np.float32), rng.integers(0, 3, 50)
+    weights = rng.random(50)
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy",
+                  metrics=["precision", keras.metrics.Recall(class_id=1, name="recall_1")],
+                  weighted_metrics=[keras.metrics.Precision(top_k=1, name="weighted_top_1")])
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert {"precision", "recall_1", "weighted_top_1"} <= set(history.history)
+    logs = model.evaluate(x, y, batch_size=7, sample_weight=weights, verbose=0, return_dict=True)
+    scores, one_hot = model.predict(x, verbose=0), np.eye(3)[y]
+    expected = {"precision": keras.metrics.Precision(), "recall_1": keras.metrics.Recall(class_id=1),
+                "weighted_top_1": keras.metrics.Precision(top_k=1)}
+    for name, metric in expected.items():
+        metric.update_state(one_hot, scores, sample_weight=weights if name == "weighted_top_1" else None)
+        assert logs[name] == pytest.approx(float(metric.result()), rel=1e-6), name
+    label, predicted = one_hot[:, 1] > 0, scores[:, 1] > 0.5
+    assert logs["recall_1"] == pytest.approx((label & predicted).sum() / label.sum())

@@ -64,8 +64,19 @@ class Metric:
             return (labels[..., None] == np.arange(y_pred.shape[-1])).astype(y_pred.dtype)
         return y_true.reshape(y_pred.shape) if y_true.size == y_pred.size else y_true
 
+    def fractions(self, y_true, y_pred):
+        """For a metric that is a ratio of two sums over the samples (precision: true positives over
+        predicted positives), each sample's (numerator, denominator); None for a mean of values."""
+        return None
+
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_pred = np.asarray(autodiff.unwrap(y_pred))
+        fractions = self.fractions(self._targets(autodiff.unwrap(y_true), y_pred), y_pred)
+        if fractions is not None:
+            weights = 1.0 if sample_weight is None else np.asarray(autodiff.unwrap(sample_weight), np.float64).reshape(-1)
+            self._total += float((fractions[0] * weights).sum())
+            self._count += float((fractions[1] * weights).sum())
+            return
         values = np.asarray(self.values(self._targets(autodiff.unwrap(y_true), y_pred), y_pred), np.float64)
         self._accumulate(values.reshape(len(values), -1).mean(axis=1) if values.ndim > 1 else values.reshape(-1),
                          sample_weight)
@@ -182,6 +193,60 @@ class BinaryAccuracy(Metric):
         self.threshold = threshold
 
 
+class Precision(Metric):
+    """keras.metrics.Precision: true positives over predicted positives, each output element a yes/no
+    prediction (above `thresholds`, default 0.5; with top_k, only a row's k highest count, default
+    threshold 0); class_id keeps one class's column."""
+
+    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
+        super().__init__(name or _snake_name(type(self).__name__), None)
+        if isinstance(thresholds, (list, tuple)):
+            if len(thresholds) != 1:
+                raise ValueError(f"{type(self).__name__} takes one threshold here, got thresholds={thresholds!r}")
+            thresholds = thresholds[0]
+        self.thresholds = (0.0 if top_k else 0.5) if thresholds is None else float(thresholds)
+        for value, what in ((top_k, "top_k"), (class_id, "class_id")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0 or
+                                      (what == "top_k" and value == 0)):
+                raise ValueError(f"{what} must be a {'positive' if what == 'top_k' else 'non-negative'} int, "
+                                 f"got {value!r}")
+        self.top_k, self.class_id = top_k, class_id
+
+    def _positives(self, y_true, y_pred):
+        """(is the label positive, is the prediction positive), one row of elements per sample."""
+        y_pred, y_true = np.asarray(y_pred, np.float64), np.asarray(y_true)
+        if self.top_k is not None:  # a row's top_k entries (earlier ones first among equals) keep their scores
+            order = np.argsort(-y_pred, axis=-1, kind="stable")[..., :self.top_k]
+            kept = np.full(y_pred.shape, -np.inf)
+            np.put_along_axis(kept, order, np.take_along_axis(y_pred, order, axis=-1), axis=-1)
+            y_pred = kept
+        if self.class_id is not None:
+            if self.class_id >= y_pred.shape[-1]:
+                raise ValueError(f"class_id {self.class_id} is beyond the {y_pred.shape[-1]} classes")
+            y_true, y_pred = y_true[..., self.class_id], y_pred[..., self.class_id]
+        rows = len(y_pred)
+        return (y_true != 0).reshape(rows, -1), (y_pred > self.thresholds).reshape(rows, -1)
+
+    def fractions(self, y_true, y_pred):
+        label, predicted = self._positives(y_true, y_pred)
+        return (label & predicted).sum(axis=1, dtype=np.float64), predicted.sum(axis=1, dtype=np.float64)
+
+    def get_config(self):
+        return {"name": self.name, "thresholds": self.thresholds, "top_k": self.top_k, "class_id": self.class_id}
+
+
+class Recall(Precision):
+    """keras.metrics.Recall: true positives over actual positives (the options as Precision's)."""
+
+    def fractions(self, y_true, y_pred):
+        label, predicted = self._positives(y_true, y_pred)
+        return (label & predicted).sum(axis=1, dtype=np.float64), label.sum(axis=1, dtype=np.float64)
+
+
+def _snake_name(class_name):
+    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(class_name))
+
+
 class Accuracy(Metric):
     """Keras' "accuracy": binary for one-unit outputs or a binary cross-entropy loss, else categorical."""
 
@@ -221,6 +286,10 @@ def get(identifier, loss):
         name = identifier.lower()
         if name in ("accuracy", "acc"):
             return Accuracy(identifier, loss)
+        if name in ("precision", "recall"):
+            metric = (Precision if name == "precision" else Recall)(name=identifier)
+            metric.target_loss = loss
+            return metric
         if name in _FUNCTIONS:
             return Metric(identifier, _FUNCTIONS[name], target_loss=loss)
         try:

@@ -340,6 +340,14 @@ class Trainer:
                 stats[self.output_loss_names[j]] = (microbatch.sample_sum(row_losses) if leaf_sums else value * count,
                                                     count)
             for name, metric, weighted in zip(self.metric_names[j], self.metrics[j], self.metric_weighted[j]):
+                if type(metric).fractions is not metrics_module.Metric.fractions:  # a ratio of two sums
+                    if target is None:
+                        target = losses.one_hot(labels, output.shape[-1], output.dtype)
+                    numerators, denominators = metric.fractions(target, output)
+                    if weights is not None and weighted:
+                        numerators, denominators = numerators * weights, denominators * weights
+                    stats[name] = (total_of(numerators), total_of(denominators))
+                    continue
                 values = None if labels is None else metric.values_from_labels(labels, output)
                 if values is None:
                     if target is None:
