@@ -504,3 +504,22 @@ def test_precision_and_recall_as_keras_computes_them(name, options):
         metric.update_state(labels[:7], scores[:7], sample_weight=weights[:7])
         results.append(float(metric.result()))
     assert results[0] == pytest.approx(results[1], rel=1e-6)
+
+
+def test_tensorboard_reads_the_event_files_fastconv_writes(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((48, 5), np.float32), rng.integers(0, 3, 48)
+    model = keras.Sequential([keras.Input((5,)), layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=0, callbacks=[
+        keras.callbacks.TensorBoard(tmp_path / "logs", update_freq="batch")]).history
+    for kind, prefix in (("train", ""), ("validation", "val_")):
+        reader = event_accumulator.EventAccumulator(str(tmp_path / "logs" / kind))
+        reader.Reload()
+        for name in ("loss", "accuracy"):
+            events = reader.Scalars(f"epoch_{name}")
+            assert [event.step for event in events] == [0, 1]
+            np.testing.assert_allclose([event.value for event in events], history[prefix + name], rtol=1e-6)
+        if kind == "train":  # update_freq="batch": every batch of the 2 epochs of 3 batches (36 samples)
+            assert [event.step for event in reader.Scalars("batch_loss")] == [1, 2, 3, 4, 5, 6]

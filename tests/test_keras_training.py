@@ -1,6 +1,7 @@
 """fastconv.keras training: losses, optimizers, the issue's code samples, learning, callbacks, progress output."""
 import csv
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -828,3 +829,98 @@ def test_precision_and_recall_in_fit_and_evaluate_are_the_ratio_over_the_whole_s
         assert logs[name] == pytest.approx(float(metric.result()), rel=1e-6), name
     label, predicted = one_hot[:, 1] > 0, scores[:, 1] > 0.5
     assert logs["recall_1"] == pytest.approx((label & predicted).sum() / label.sum())
+
+
+def read_event_file(path):
+    """(tag, step, value) of each scalar in a TensorBoard event file, checking every record's framing:
+    the length and data CRCs as TFRecord masks them, and the protocol buffers field by field."""
+    from fastconv.keras.tensorboard import crc32c
+
+    def masked(data):
+        crc = crc32c(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    def fields(message):
+        position = 0
+        while position < len(message):
+            key, shift = 0, 0
+            while True:
+                byte = message[position]
+                position += 1
+                key |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, shift = 0, 0
+                while True:
+                    byte = message[position]
+                    position += 1
+                    value |= (byte & 0x7F) << shift
+                    shift += 7
+                    if byte < 0x80:
+                        break
+            elif wire in (1, 5):
+                size = 8 if wire == 1 else 4
+                value = struct.unpack("<d" if wire == 1 else "<f", message[position:position + size])[0]
+                position += size
+            else:
+                assert wire == 2
+                length, shift = 0, 0
+                while True:
+                    byte = message[position]
+                    position += 1
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if byte < 0x80:
+                        break
+                value = message[position:position + length]
+                position += length
+            yield number, value
+
+    data, scalars, position, first = open(path, "rb").read(), [], 0, True
+    while position < len(data):
+        length_bytes = data[position:position + 8]
+        (length,) = struct.unpack("<Q", length_bytes)
+        assert struct.unpack("<I", data[position + 8:position + 12])[0] == masked(length_bytes)
+        record = data[position + 12:position + 12 + length]
+        assert struct.unpack("<I", data[position + 12 + length:position + 16 + length])[0] == masked(record)
+        position += 16 + length
+        event = dict(fields(record))
+        if first:
+            assert event[3] == b"brain.Event:2"
+            first = False
+            continue
+        value = dict(fields(dict(fields(event[5]))[1]))
+        scalars.append((value[1].decode(), event.get(2, 0), value[2]))
+    return scalars
+
+
+def test_tensorboard_writes_keras_scalars_in_event_files(tmp_path):
+    """keras.callbacks.TensorBoard: epoch_<name> in train/ and validation/, batch_<name> every
+    update_freq batches, the learning rate; files in TensorFlow's record framing (CRC-32C of the
+    standard test vectors), and every value what History holds."""
+    from fastconv.keras.tensorboard import crc32c
+    assert crc32c(b"123456789") == 0xE3069283 and crc32c(bytes(32)) == 0x8A9136AA
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 5), np.float32), rng.integers(0, 3, 64)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((5,)), layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=16, epochs=3, validation_split=0.25, verbose=0,
+                        callbacks=[keras.callbacks.TensorBoard(tmp_path / "logs", update_freq=2)]).history
+    (train,), (validation,) = (list((tmp_path / "logs" / kind).iterdir()) for kind in ("train", "validation"))
+    train, validation = read_event_file(train), read_event_file(validation)
+    epochs = {tag: [(step, value) for t, step, value in train if t == tag] for tag in ("epoch_loss", "epoch_accuracy")}
+    for name in ("loss", "accuracy"):
+        assert [step for step, _ in epochs[f"epoch_{name}"]] == [0, 1, 2]
+        np.testing.assert_allclose([value for _, value in epochs[f"epoch_{name}"]], history[name], rtol=1e-6)
+        np.testing.assert_allclose([value for tag, _, value in validation if tag == f"epoch_{name}"],
+                                   history[f"val_{name}"], rtol=1e-6)
+    assert [step for tag, step, _ in train if tag == "batch_loss"] == [2, 4, 6, 8]  # 3 batches an epoch
+    assert [value for tag, _, value in train if tag == "epoch_learning_rate"] == pytest.approx([0.001] * 3)
+    with pytest.raises(ValueError, match="update_freq"):
+        keras.callbacks.TensorBoard(update_freq=0)
+    with pytest.warns(RuntimeWarning, match="histogram_freq"):
+        keras.callbacks.TensorBoard(histogram_freq=1)

@@ -2,6 +2,7 @@
 import csv
 import math
 import os
+import time
 import warnings
 
 import numpy as np
@@ -255,6 +256,82 @@ class CSVLogger(Callback):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class TensorBoard(Callback):
+    """keras.callbacks.TensorBoard's scalars: each epoch's losses, metrics and learning rate as
+    "epoch_<name>" in log_dir/train, the validation ones in log_dir/validation, and with update_freq
+    ("batch" or every N batches) "batch_<name>" too. fastconv writes the event files itself, without
+    TensorFlow: view them with `tensorboard --logdir <log_dir>`. Weight histograms, images, the graph,
+    profiles and embeddings are not written. Under a keras.distribution only rank 0 writes."""
+
+    def __init__(self, log_dir="logs", histogram_freq=0, write_graph=True, write_images=False,
+                 write_steps_per_second=False, update_freq="epoch", profile_batch=0, embeddings_freq=0,
+                 embeddings_metadata=None):
+        super().__init__()
+        if update_freq not in ("epoch", "batch") and (isinstance(update_freq, bool) or
+                                                      not isinstance(update_freq, int) or update_freq < 1):
+            raise ValueError(f"update_freq must be 'epoch', 'batch' or a positive int, got {update_freq!r}")
+        ignored = {name: value for name, value, off in (
+            ("histogram_freq", histogram_freq, 0), ("write_images", write_images, False),
+            ("profile_batch", profile_batch, 0), ("embeddings_freq", embeddings_freq, 0)) if value != off}
+        if ignored:
+            warnings.warn(f"TensorBoard writes scalars only in fastconv; {ignored} has no effect", RuntimeWarning,
+                          stacklevel=2)
+        self.log_dir, self.write_steps_per_second = os.fspath(log_dir), bool(write_steps_per_second)
+        self.update_freq = 1 if update_freq == "batch" else update_freq
+        self._writers, self._batch = {}, 0
+
+    def _writer(self, kind):
+        if kind not in self._writers:
+            from fastconv.keras.tensorboard import EventFileWriter
+            self._writers[kind] = EventFileWriter(os.path.join(self.log_dir, kind))
+        return self._writers[kind]
+
+    def on_train_begin(self, logs=None):
+        from fastconv.keras import distribution
+        self._writing, self._batch = distribution.is_chief(), 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started, self._epoch_batches = time.perf_counter(), 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch += 1
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._epoch_batches += 1
+        if not self._writing:
+            return
+        writer = self._writer("train")
+        if self.write_steps_per_second:
+            writer.scalar("batch_steps_per_second", 1 / max(time.perf_counter() - self._batch_started, 1e-9),
+                          self._batch)
+        if self.update_freq != "epoch" and self._batch % self.update_freq == 0:
+            for name, value in (logs or {}).items():
+                writer.scalar(f"batch_{name}", value, self._batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._writing or not logs:
+            return
+        train = {name: value for name, value in logs.items() if not name.startswith("val_")}
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:
+            train["learning_rate"] = optimizer.learning_rate
+        if self.write_steps_per_second:
+            train["steps_per_second"] = self._epoch_batches / max(time.perf_counter() - self._epoch_started, 1e-9)
+        for kind, values in (("train", train), ("validation", {name[4:]: value for name, value in logs.items()
+                                                               if name.startswith("val_")})):
+            if values:
+                writer = self._writer(kind)
+                for name, value in values.items():
+                    writer.scalar(f"epoch_{name}", value, epoch)
+                writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
 
 class LambdaCallback(Callback):
