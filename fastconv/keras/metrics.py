@@ -64,20 +64,23 @@ class Metric:
             return (labels[..., None] == np.arange(y_pred.shape[-1])).astype(y_pred.dtype)
         return y_true.reshape(y_pred.shape) if y_true.size == y_pred.size else y_true
 
+    # A metric that is a ratio of two sums over the samples (precision: true positives over predicted
+    # positives) says so, and gives each sample's numerator and denominator in fractions().
+    ratio = False
+
     def fractions(self, y_true, y_pred):
-        """For a metric that is a ratio of two sums over the samples (precision: true positives over
-        predicted positives), each sample's (numerator, denominator); None for a mean of values."""
-        return None
+        raise NotImplementedError
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_pred = np.asarray(autodiff.unwrap(y_pred))
-        fractions = self.fractions(self._targets(autodiff.unwrap(y_true), y_pred), y_pred)
-        if fractions is not None:
+        targets = self._targets(autodiff.unwrap(y_true), y_pred)
+        if self.ratio:
+            numerators, denominators = self.fractions(targets, y_pred)
             weights = 1.0 if sample_weight is None else np.asarray(autodiff.unwrap(sample_weight), np.float64).reshape(-1)
-            self._total += float((fractions[0] * weights).sum())
-            self._count += float((fractions[1] * weights).sum())
+            self._total += float((numerators * weights).sum())
+            self._count += float((denominators * weights).sum())
             return
-        values = np.asarray(self.values(self._targets(autodiff.unwrap(y_true), y_pred), y_pred), np.float64)
+        values = np.asarray(self.values(targets, y_pred), np.float64)
         self._accumulate(values.reshape(len(values), -1).mean(axis=1) if values.ndim > 1 else values.reshape(-1),
                          sample_weight)
 
@@ -197,6 +200,7 @@ class Precision(Metric):
     """keras.metrics.Precision: true positives over predicted positives, each output element a yes/no
     prediction (above `thresholds`, default 0.5; with top_k, only a row's k highest count, default
     threshold 0); class_id keeps one class's column."""
+    ratio = True
 
     def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
         super().__init__(name or _snake_name(type(self).__name__), None)

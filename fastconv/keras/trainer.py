@@ -340,7 +340,7 @@ class Trainer:
                 stats[self.output_loss_names[j]] = (microbatch.sample_sum(row_losses) if leaf_sums else value * count,
                                                     count)
             for name, metric, weighted in zip(self.metric_names[j], self.metrics[j], self.metric_weighted[j]):
-                if type(metric).fractions is not metrics_module.Metric.fractions:  # a ratio of two sums
+                if metric.ratio:  # a ratio of two sums over the samples (precision, recall)
                     if target is None:
                         target = losses.one_hot(labels, output.shape[-1], output.dtype)
                     numerators, denominators = metric.fractions(target, output)
