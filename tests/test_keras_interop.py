@@ -523,3 +523,16 @@ def test_tensorboard_reads_the_event_files_fastconv_writes(tmp_path):
             np.testing.assert_allclose([event.value for event in events], history[prefix + name], rtol=1e-6)
         if kind == "train":  # update_freq="batch": every batch of the 2 epochs of 3 batches (36 samples)
             assert [event.step for event in reader.Scalars("batch_loss")] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("name, options", [("Huber", {}), ("Huber", {"delta": 0.3}), ("LogCosh", {}),
+                                           ("KLDivergence", {})])
+def test_regression_and_divergence_losses_as_keras_computes_them(name, options):
+    rng = np.random.default_rng(4)
+    y_true = rng.random((6, 5)).astype(np.float32) * (2 if name != "KLDivergence" else 1)
+    y_pred = rng.random((6, 5)).astype(np.float32) * (3 if name != "KLDivergence" else 1)
+    weights = rng.random(6).astype(np.float32)
+    ours, theirs = getattr(keras.losses, name)(**options), getattr(real_keras.losses, name)(**options)
+    assert float(ours(y_true, y_pred)) == pytest.approx(float(theirs(y_true, y_pred)), rel=1e-5)
+    assert float(ours(y_true, y_pred, sample_weight=weights)) == pytest.approx(
+        float(theirs(y_true, y_pred, sample_weight=weights)), rel=1e-5)

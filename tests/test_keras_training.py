@@ -47,6 +47,10 @@ def test_loss_values_match_hand_computation():
     (losses.BinaryCrossentropy(from_logits=True), [[1, 0], [0, 1]], [[0.8, -0.3], [2.4, 0.1]]),
     (losses.MeanSquaredError(), [[1, 0], [0, 1]], [[0.8, 0.3], [0.4, 0.1]]),
     (losses.MeanAbsoluteError(), [[1, 0], [0, 1]], [[0.8, 0.3], [0.4, 0.1]]),
+    (losses.Huber(), [[1, 0, 2], [0, 1, -1]], [[0.8, 1.7, 0.3], [0.4, 0.1, 1.5]]),
+    (losses.Huber(delta=0.3), [[1, 0, 2], [0, 1, -1]], [[0.8, 1.7, 0.3], [0.4, 0.1, 1.5]]),
+    (losses.LogCosh(), [[1, 0, 2], [0, 1, -1]], [[0.8, 1.7, 0.3], [0.4, 0.1, 1.5]]),
+    (losses.KLDivergence(), [[0.2, 0.8], [0.5, 0.5]], [[0.6, 0.4], [0.3, 0.7]]),
 ])
 def test_loss_gradients_match_finite_differences(loss, y, p):
     p = np.array(p, np.float64)

@@ -302,6 +302,62 @@ class MeanAbsoluteError(Loss):
         return (np.sign(y_pred - y_true) / _batch(y_pred.size, y_pred)).astype(y_pred.dtype, copy=False)
 
 
+class Huber(Loss):
+    """0.5 * e**2 where |e| <= delta, else delta * |e| - 0.5 * delta**2 (e = y_pred - y_true), averaged
+    over the last axis, as keras.losses.Huber."""
+    name = "huber_loss"
+
+    def __init__(self, delta=1.0, reduction="sum_over_batch_size", name=None):
+        super().__init__(reduction, name)
+        if not delta > 0:
+            raise ValueError(f"delta must be positive, got {delta!r}")
+        self.delta = float(delta)
+
+    def per_sample(self, y_true, y_pred):
+        error = y_pred - y_true
+        size = np.abs(error)
+        delta = y_pred.dtype.type(self.delta)
+        return np.where(size <= delta, 0.5 * error * error, delta * size - 0.5 * delta * delta).mean(axis=-1)
+
+    def gradient(self, y_true, y_pred):
+        error = y_pred - y_true
+        delta = y_pred.dtype.type(self.delta)
+        return (np.clip(error, -delta, delta) / _batch(y_pred.size, y_pred)).astype(y_pred.dtype, copy=False)
+
+    def get_config(self):
+        return {**super().get_config(), "delta": self.delta}
+
+
+class LogCosh(Loss):
+    """log(cosh(y_pred - y_true)) averaged over the last axis, as keras.losses.LogCosh."""
+    name = "log_cosh"
+
+    def per_sample(self, y_true, y_pred):
+        error = y_pred - y_true
+        # log(cosh(x)) = x + softplus(-2x) - log(2), without cosh's overflow
+        return (error + np.logaddexp(0, -2 * error) - np.log(2)).mean(axis=-1).astype(y_pred.dtype, copy=False)
+
+    def gradient(self, y_true, y_pred):
+        return (np.tanh(y_pred - y_true) / _batch(y_pred.size, y_pred)).astype(y_pred.dtype, copy=False)
+
+
+class KLDivergence(Loss):
+    """sum(y_true * log(y_true / y_pred)) over the last axis, both clipped to [epsilon, 1], as
+    keras.losses.KLDivergence."""
+    name = "kl_divergence"
+
+    def per_sample(self, y_true, y_pred):
+        epsilon = backend.epsilon()
+        y_true, y_pred = np.clip(y_true, epsilon, 1), np.clip(y_pred, epsilon, 1)
+        return (y_true * np.log(y_true / y_pred)).sum(axis=-1)
+
+    def gradient(self, y_true, y_pred):
+        epsilon = backend.epsilon()
+        inside = (y_pred >= epsilon) & (y_pred <= 1)  # the clip's gradient: zero outside
+        grad = np.where(inside, -np.clip(y_true, epsilon, 1) / np.clip(y_pred, epsilon, 1), 0)
+        return (grad / _entries(y_pred)).astype(y_pred.dtype, copy=False)
+
+
 def _values(loss, y_true, y_pred):
     """Per-sample losses, differentiable with respect to y_pred under a GradientTape."""
     pred = np.asarray(autodiff.unwrap(y_pred))
@@ -350,8 +406,22 @@ def mean_absolute_error(y_true, y_pred):
     return _values(MeanAbsoluteError(), y_true, y_pred)
 
 
+def huber(y_true, y_pred, delta=1.0):
+    return _values(Huber(delta), y_true, y_pred)
+
+
+def log_cosh(y_true, y_pred):
+    return _values(LogCosh(), y_true, y_pred)
+
+
+def kl_divergence(y_true, y_pred):
+    return _values(KLDivergence(), y_true, y_pred)
+
+
 mse = MSE = mean_squared_error
 mae = MAE = mean_absolute_error
+logcosh = log_cosh
+kld = KLD = kullback_leibler_divergence = kl_divergence
 
 _BY_NAME = {
     "categorical_crossentropy": CategoricalCrossentropy,
@@ -359,6 +429,8 @@ _BY_NAME = {
     "binary_crossentropy": BinaryCrossentropy,
     "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
     "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
+    "huber": Huber, "huber_loss": Huber, "log_cosh": LogCosh, "logcosh": LogCosh,
+    "kl_divergence": KLDivergence, "kld": KLDivergence, "kullback_leibler_divergence": KLDivergence,
 }
 _BY_FUNCTION = {
     categorical_crossentropy: CategoricalCrossentropy,
@@ -366,6 +438,7 @@ _BY_FUNCTION = {
     binary_crossentropy: BinaryCrossentropy,
     mean_squared_error: MeanSquaredError,
     mean_absolute_error: MeanAbsoluteError,
+    huber: Huber, log_cosh: LogCosh, kl_divergence: KLDivergence,
 }
 LOSS_CLASSES = {cls.__name__: cls for cls in _BY_FUNCTION.values()}
 
