@@ -466,9 +466,11 @@ def test_normalization_activation_and_reshaping_layers_both_ways(tmp_path, direc
     x = writer.layers.Conv2D(5, 3, padding="same")(inputs)
     x = writer.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="relu",
                                       bias_initializer="random_normal")(x)
-    x = writer.layers.SeparableConv2D(5, (2, 3), strides=(1, 2), padding="same", depth_multiplier=2,
+    x = writer.layers.SeparableConv2D(6, (2, 3), strides=(1, 2), padding="same", depth_multiplier=2,
                                       bias_initializer="random_normal")(x)
     x = writer.layers.LayerNormalization(epsilon=1e-4, gamma_initializer="random_normal",
+                                         beta_initializer="random_normal")(x)
+    x = writer.layers.GroupNormalization(3, epsilon=1e-4, gamma_initializer="random_normal",
                                          beta_initializer="random_normal")(x)
     x = writer.layers.ELU(alpha=0.7)(x)
     x = writer.layers.Permute((2, 1, 3))(x)

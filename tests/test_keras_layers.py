@@ -292,6 +292,19 @@ def test_layer_normalization_backward(float64_numpy, seeded, options):
     check_layer_gradients(layer, (3, 4, 6))
 
 
+@pytest.mark.parametrize("groups, shape", [(2, (3, 4, 5, 6)), (1, (2, 3, 6)), (6, (2, 3, 3, 6)), (3, (4, 6))])
+def test_group_normalization_backward_and_forward(float64_numpy, seeded, groups, shape):
+    layer = layers.GroupNormalization(groups, gamma_initializer="random_normal", beta_initializer="random_normal")
+    check_layer_gradients(layer, shape)
+    x = np.random.default_rng(1).standard_normal(shape)
+    grouped = x.reshape(shape[0], -1, groups, shape[-1] // groups)
+    mean, variance = grouped.mean(axis=(1, 3), keepdims=True), grouped.var(axis=(1, 3), keepdims=True)
+    expected = ((grouped - mean) / np.sqrt(variance + 1e-3)).reshape(shape) * layer.gamma.value + layer.beta.value
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="equal groups"):
+        layers.GroupNormalization(4)(np.zeros((2, 6)))
+
+
 def test_layer_normalization_and_permute_forward_against_numpy():
     x = np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32)
     out = layers.LayerNormalization(epsilon=1e-3)(x)

@@ -199,6 +199,16 @@ def _batch_norm_config(layer):
             "beta_constraint": None, "gamma_constraint": None}
 
 
+def _normalization_config(layer):
+    """LayerNormalization's and GroupNormalization's common keys."""
+    return {"axis": -1, "epsilon": layer.epsilon, "center": layer.center, "scale": layer.scale,
+            **{f"{name}_initializer": _initializer_config(getattr(layer, f"{name}_initializer"))
+               for name in ("beta", "gamma")},
+            "beta_regularizer": _regularizer_config(layer.beta_regularizer),
+            "gamma_regularizer": _regularizer_config(layer.gamma_regularizer),
+            "beta_constraint": None, "gamma_constraint": None}
+
+
 def _pooling_config(layer):
     return {"pool_size": list(layer.pool_size), "padding": layer.padding, "strides": list(layer.strides),
             "data_format": "channels_last"}
@@ -258,13 +268,8 @@ _WRITERS = {
                             "alpha_regularizer": _regularizer_config(layer.alpha_regularizer),
                             "alpha_constraint": None, "shared_axes": layer.shared_axes},
     "GaussianNoise": lambda layer: {"stddev": layer.stddev, "seed": layer.seed},
-    "LayerNormalization": lambda layer: {
-        "axis": -1, "epsilon": layer.epsilon, "center": layer.center, "scale": layer.scale, "rms_scaling": False,
-        "beta_initializer": _initializer_config(layer.beta_initializer),
-        "gamma_initializer": _initializer_config(layer.gamma_initializer),
-        "beta_regularizer": _regularizer_config(layer.beta_regularizer),
-        "gamma_regularizer": _regularizer_config(layer.gamma_regularizer),
-        "beta_constraint": None, "gamma_constraint": None},
+    "LayerNormalization": lambda layer: {"rms_scaling": False, **_normalization_config(layer)},
+    "GroupNormalization": lambda layer: {"groups": layer.groups, **_normalization_config(layer)},
 }
 # The preprocessing layers' get_config already holds exactly Keras 3's keys.
 _PREPROCESSING = ("RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom", "RandomContrast",
@@ -906,6 +911,10 @@ _KERNEL_KEYS = {"activation": _activation, "use_bias": _as_is, "kernel_initializ
 # Options fastconv lacks, accepted only at the value that means "off".
 _KERNEL_OFF = {"kernel_constraint": None, "bias_constraint": None, "activity_regularizer": None,
                "quantization_config": None, "lora_rank": None, "lora_alpha": None}
+_NORMALIZATION_KEYS = {"axis": _as_is, "epsilon": _as_is, "center": _as_is, "scale": _as_is,
+                       "beta_initializer": _initializer, "gamma_initializer": _initializer,
+                       "beta_regularizer": _regularizer, "gamma_regularizer": _regularizer}
+_NORMALIZATION_OFF = {"beta_constraint": None, "gamma_constraint": None}
 _CONV_KEYS = {"filters": _as_is, "kernel_size": _as_is, "strides": _as_is, "padding": _as_is,
               "dilation_rate": _as_is, **_KERNEL_KEYS}
 _POOL_KEYS = {"pool_size": _as_is, "strides": _as_is, "padding": _as_is}
@@ -961,10 +970,8 @@ _READERS = {
     "PReLU": ({"alpha_initializer": _initializer, "alpha_regularizer": _regularizer, "shared_axes": _as_is},
               {"alpha_constraint": None}, ()),
     "GaussianNoise": ({"stddev": _as_is, "seed": _as_is}, {}, ()),
-    "LayerNormalization": (
-        {"axis": _as_is, "epsilon": _as_is, "center": _as_is, "scale": _as_is, "beta_initializer": _initializer,
-         "gamma_initializer": _initializer, "beta_regularizer": _regularizer, "gamma_regularizer": _regularizer},
-        {"rms_scaling": False, "beta_constraint": None, "gamma_constraint": None}, ()),
+    "LayerNormalization": (_NORMALIZATION_KEYS, {"rms_scaling": False, **_NORMALIZATION_OFF}, ()),
+    "GroupNormalization": ({"groups": _as_is, **_NORMALIZATION_KEYS}, _NORMALIZATION_OFF, ()),
 }
 # The preprocessing layers take Keras' options under Keras' names; their constructors check them.
 _READERS.update({name: None for name in _PREPROCESSING})

@@ -9,7 +9,7 @@ from fastconv.keras.layers.merging import (
     Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract,
     add, average, concatenate, maximum, minimum, multiply, subtract,
 )
-from fastconv.keras.layers.normalization import BatchNormalization, LayerNormalization
+from fastconv.keras.layers.normalization import BatchNormalization, GroupNormalization, LayerNormalization
 from fastconv.keras.layers.pooling import (
     AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPool2D, MaxPooling2D,
 )
@@ -30,14 +30,14 @@ LAYER_CLASSES = {cls.__name__: cls for cls in (
     Maximum, Minimum, Concatenate, Rescaling, ZeroPadding2D, Cropping2D, UpSampling2D, SpatialDropout2D,
     RandomFlip, RandomRotation, RandomTranslation, RandomZoom, RandomContrast, RandomBrightness, RandomCrop,
     Resizing, CenterCrop, Normalization, ELU, Identity, LayerNormalization, Permute, PReLU, GaussianNoise,
-    DepthwiseConv2D, SeparableConv2D,
+    DepthwiseConv2D, SeparableConv2D, GroupNormalization,
 )}
 
 __all__ = [
     "CenterCrop", "Normalization", "RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip", "RandomRotation",
     "RandomTranslation", "RandomZoom", "Resizing",
     "Activation", "Add", "Average", "AveragePooling2D", "AvgPool2D", "BatchNormalization", "Concatenate", "Conv2D",
-    "Conv2DTranspose", "Convolution2D", "Convolution2DTranspose", "Cropping2D", "Dense", "DepthwiseConv2D", "Dropout", "ELU", "Flatten", "GaussianNoise", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+    "Conv2DTranspose", "Convolution2D", "Convolution2DTranspose", "Cropping2D", "Dense", "DepthwiseConv2D", "Dropout", "ELU", "Flatten", "GaussianNoise", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "GroupNormalization",
     "Identity", "Input", "InputLayer", "Lambda", "Layer", "LayerNormalization", "LeakyReLU", "MaxPool2D", "MaxPooling2D", "Maximum", "Minimum", "Multiply",
     "Permute", "PReLU", "ReLU", "Rescaling", "Reshape", "SeparableConv2D", "Softmax", "SpatialDropout2D", "Subtract", "UpSampling2D", "ZeroPadding2D",
     "add", "average", "concatenate", "maximum", "minimum", "multiply", "subtract",

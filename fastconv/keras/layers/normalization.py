@@ -128,11 +128,15 @@ class LayerNormalization(Layer):
                                         regularizer=self.beta_regularizer, name="beta")
         self._set_input_spec(len(input_shape), {-1: features})
 
+    def _grouped(self, array):
+        """`array` shaped so that each set of values normalised together spans `axes`; and those axes."""
+        return array, (-1,)
+
     def forward(self, inputs, training=False):
-        mean = inputs.mean(axis=-1, keepdims=True)
-        centred = inputs - mean
-        inverse = 1 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + inputs.dtype.type(self.epsilon))
-        normalised = centred * inverse
+        grouped, axes = self._grouped(inputs)
+        centred = grouped - grouped.mean(axis=axes, keepdims=True)
+        inverse = 1 / np.sqrt((centred * centred).mean(axis=axes, keepdims=True) + inputs.dtype.type(self.epsilon))
+        normalised = (centred * inverse).reshape(inputs.shape)
         out = normalised if self.gamma is None else normalised * self.gamma.value
         if self.beta is not None:
             out = out + self.beta.value
@@ -147,9 +151,10 @@ class LayerNormalization(Layer):
             self.beta.add_grad(grad.sum(axis=summed))
         if not need_input_grad:
             return None
-        scaled = grad if self.gamma is None else grad * self.gamma.value
-        return inverse * (scaled - scaled.mean(axis=-1, keepdims=True)
-                          - normalised * (scaled * normalised).mean(axis=-1, keepdims=True))
+        (scaled, axes), (grouped, _) = self._grouped(grad if self.gamma is None else grad * self.gamma.value), \
+            self._grouped(normalised)
+        return (inverse * (scaled - scaled.mean(axis=axes, keepdims=True)
+                           - grouped * (scaled * grouped).mean(axis=axes, keepdims=True))).reshape(grad.shape)
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon, "center": self.center,
@@ -158,3 +163,33 @@ class LayerNormalization(Layer):
                 "gamma_initializer": initializers.serialize(self.gamma_initializer),
                 "beta_regularizer": regularizers.serialize(self.beta_regularizer),
                 "gamma_regularizer": regularizers.serialize(self.gamma_regularizer)}
+
+
+class GroupNormalization(LayerNormalization):
+    """Normalises each sample's channels (last axis) in `groups` groups, each over the group's channels
+    and every other axis but the batch, then scales and shifts per channel, as
+    keras.layers.GroupNormalization (groups=1: over the whole sample; groups=channels: each channel)."""
+
+    def __init__(self, groups=32, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
+                 gamma_initializer="ones", beta_regularizer=None, gamma_regularizer=None, **kwargs):
+        super().__init__(axis=axis, epsilon=epsilon, center=center, scale=scale, beta_initializer=beta_initializer,
+                         gamma_initializer=gamma_initializer, beta_regularizer=beta_regularizer,
+                         gamma_regularizer=gamma_regularizer, **kwargs)
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        self.groups = groups
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is not None and (channels < self.groups or channels % self.groups):
+            raise ValueError(f"GroupNormalization {self.name!r}: {channels} channels cannot be split into "
+                             f"{self.groups} equal groups")
+        super().build(input_shape)
+
+    def _grouped(self, array):
+        return array.reshape(len(array), -1, self.groups, array.shape[-1] // self.groups), (1, 3)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["rms_scaling"]
+        return {**config, "groups": self.groups}
