@@ -656,3 +656,79 @@ def test_no_data_thread_outlives_fit():
             thread.join(timeout=10)
             assert not thread.is_alive()
     warnings.resetwarnings()
+
+
+# ----- image_dataset_from_directory -----
+
+def write_images(root, counts, size=(12, 10)):
+    """PNG files of random RGB pixels, counts[name] of them in each class folder; {path: pixels}."""
+    from PIL import Image
+    rng, written = np.random.default_rng(0), {}
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+            path = root / name / f"{i}.png"
+            Image.fromarray(pixels).save(path)
+            written[str(path)] = pixels
+    (root / "cat" / "notes.txt").write_text("not an image")
+    return written
+
+
+def test_image_dataset_from_directory_reads_labels_splits_and_trains(tmp_path, capsys):
+    written = write_images(tmp_path / "pets", {"cat": 5, "dog": 4, ".hidden": 2})
+    train, validation = keras.utils.image_dataset_from_directory(
+        tmp_path / "pets", image_size=(12, 10), batch_size=3, seed=7, validation_split=0.25, subset="both")
+    assert capsys.readouterr().out.splitlines() == ["Found 9 files belonging to 2 classes.",
+                                                    "Using 7 files for training.", "Using 2 files for validation."]
+    assert train.class_names == validation.class_names == ["cat", "dog"]
+    assert sorted(train.file_paths + validation.file_paths) == sorted(p for p in written if "hidden" not in p)
+    again, _ = keras.utils.image_dataset_from_directory(tmp_path / "pets", image_size=(12, 10), batch_size=3, seed=7,
+                                                        validation_split=0.25, subset="both", verbose=False)
+    assert again.file_paths == train.file_paths  # the same seed cuts the same subsets
+    for dataset in (train, validation):
+        for index in range(len(dataset)):
+            images, labels = dataset[index]
+            rows = dataset._order[index * 3:(index + 1) * 3]
+            assert images.dtype == np.float32 and labels.dtype == np.int32
+            for image, label, row in zip(images, labels, rows):
+                path = dataset.file_paths[row]
+                np.testing.assert_array_equal(image, written[path])  # same size: the pixels as stored
+                assert dataset.class_names[label] in path
+    model = keras.Sequential([keras.Input((12, 10, 3)), layers.Rescaling(1 / 255), layers.Flatten(),
+                              layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(train, validation_data=validation, epochs=2, verbose=0)
+    assert len(history.history["val_accuracy"]) == 2
+
+
+def test_image_dataset_label_modes_colors_resizing_and_errors(tmp_path):
+    written = write_images(tmp_path / "pets", {"cat": 3, "dog": 2})
+    read = keras.utils.image_dataset_from_directory
+    categorical = read(tmp_path / "pets", label_mode="categorical", image_size=(6, 7), batch_size=8, shuffle=False,
+                       verbose=False)
+    images, labels = categorical[0]
+    np.testing.assert_array_equal(labels, np.eye(2, dtype=np.float32)[[0, 0, 0, 1, 1]])
+    stored = np.stack([written[path] for path in categorical.file_paths]).astype(np.float32)
+    np.testing.assert_allclose(images, layers.Resizing(6, 7)(stored), rtol=1e-6, atol=1e-4)
+    grey, binary = read(tmp_path / "pets", label_mode="binary", color_mode="grayscale", image_size=(12, 10),
+                        shuffle=False, verbose=False)[0]
+    from PIL import Image
+    expected = [np.asarray(Image.fromarray(written[path]).convert("L")) for path in sorted(written)]
+    np.testing.assert_array_equal(grey[..., 0], np.stack(expected))
+    assert grey.shape == (5, 12, 10, 1) and binary.shape == (5, 1) and binary.dtype == np.float32
+    (only_images,) = read(tmp_path / "pets", labels=None, image_size=(12, 10), verbose=False)[0]
+    assert only_images.shape == (5, 12, 10, 3)
+    with pytest.raises(ValueError, match="give a seed"):
+        read(tmp_path / "pets", validation_split=0.2, subset="training")
+    with pytest.raises(ValueError, match="class_names"):
+        read(tmp_path / "pets", class_names=["cat", "bird"])
+    with pytest.raises(ValueError, match="not a directory"):
+        read(tmp_path / "missing")
+    (tmp_path / "pets" / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        dataset = read(tmp_path / "pets", shuffle=False, batch_size=8, verbose=False)
+        dataset[0]
+    (tmp_path / "pets" / "bird").mkdir()
+    with pytest.raises(ValueError, match='"binary" needs exactly 2 classes'):
+        read(tmp_path / "pets", label_mode="binary", verbose=False)

@@ -1,10 +1,12 @@
-"""Utilities: to_categorical, set_random_seed, the Progbar, and PyDataset (Keras 2's Sequence)."""
+"""Utilities: to_categorical, set_random_seed, the Progbar, PyDataset (Keras 2's Sequence) and
+image_dataset_from_directory."""
 import random
 
 import numpy as np
 
 from fastconv.keras import backend
 from fastconv.keras.data_adapters import PyDataset, pack_x_y_sample_weight, unpack_x_y_sample_weight
+from fastconv.keras.image_dataset import image_dataset_from_directory
 from fastconv.keras.progbar import Progbar
 
 Sequence = PyDataset  # Keras 2's name; Keras 3 keeps it as an alias
@@ -38,5 +40,5 @@ def set_random_seed(seed):
     backend.seed(int(seed))
 
 
-__all__ = ["Progbar", "PyDataset", "Sequence", "pack_x_y_sample_weight", "set_random_seed", "to_categorical",
-           "unpack_x_y_sample_weight"]
+__all__ = ["Progbar", "PyDataset", "Sequence", "image_dataset_from_directory", "pack_x_y_sample_weight",
+           "set_random_seed", "to_categorical", "unpack_x_y_sample_weight"]
