@@ -283,6 +283,8 @@ KERAS_OPTIMIZERS = {
     "adadelta": lambda: real_keras.optimizers.Adadelta(1.0),
     "adamw": lambda: real_keras.optimizers.AdamW(0.01),
     "nadam": lambda: real_keras.optimizers.Nadam(0.01),
+    "adamax": lambda: real_keras.optimizers.Adamax(0.01),
+    "lion": lambda: real_keras.optimizers.Lion(0.001),
 }
 
 

@@ -269,6 +269,17 @@ def test_adam_rmsprop_adagrad_adadelta_one_step():
     assert optimizers.get("adadelta").learning_rate == 0.001  # Keras 3 default
 
 
+def test_adamax_and_lion_two_steps():
+    m1, u1 = 0.1 * G, np.abs(G)
+    w1 = W - 0.01 * m1 / ((1 - 0.9) * (u1 + 1e-7))
+    m2, u2 = m1 + 0.1 * (G - m1), np.maximum(0.999 * u1, np.abs(G))
+    np.testing.assert_allclose(_one_step(optimizers.Adamax(0.01), W, G, 2), w1 - 0.01 * m2 / ((1 - 0.81) * (u2 + 1e-7)))
+    lion = W - 0.001 * np.sign(0.1 * G)  # m starts at 0
+    lion -= 0.001 * np.sign(0.9 * 0.01 * G + 0.1 * G)  # m after one step: (1 - 0.99) g
+    np.testing.assert_allclose(_one_step(optimizers.Lion(), W, G, 2), lion)
+    assert isinstance(optimizers.get("adamax"), optimizers.Adamax) and isinstance(optimizers.get("lion"), optimizers.Lion)
+
+
 def test_schedules_and_optimizer_lookup():
     schedule = optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
     assert math.isclose(schedule(20), 0.025)
@@ -287,8 +298,8 @@ def test_schedules_and_optimizer_lookup():
     _one_step(sgd, W, G, steps=20)
     assert math.isclose(sgd.learning_rate, 0.025)
     assert isinstance(optimizers.get("Adam"), optimizers.Adam)
-    with pytest.raises(ValueError, match="unknown optimizer 'adamax'"):
-        optimizers.get("adamax")
+    with pytest.raises(ValueError, match="unknown optimizer 'adabelief'"):
+        optimizers.get("adabelief")
 
 
 def test_weight_decay_adamw_and_nadam_steps():

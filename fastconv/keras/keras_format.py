@@ -468,8 +468,10 @@ def _slot_groups(optimizer):
     add_optimizer_variables with several names interleaves them; separate calls follow each other).
     None for an optimizer whose state fastconv does not exchange."""
     name = type(optimizer).__name__
-    if name in ("Adam", "AdamW", "Nadam", "Adadelta"):
+    if name in ("Adam", "AdamW", "Nadam", "Adadelta", "Adamax"):
         return [(0, 1)]
+    if name == "Lion":
+        return [(0,)]
     if name == "SGD":
         return [(0,)] if optimizer.momentum else []
     if name == "RMSprop":

@@ -301,7 +301,50 @@ class Adadelta(Optimizer):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
 
 
-OPTIMIZER_CLASSES = {cls.__name__: cls for cls in (SGD, Adam, AdamW, Nadam, RMSprop, Adagrad, Adadelta)}
+class Adamax(Optimizer):
+    """Adam with the infinity norm: u = max(beta_2 * u, |g|), w -= lr * m / ((1 - beta_1^t) (u + epsilon))."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.beta_1 = _check_unit_interval(beta_1, "beta_1")
+        self.beta_2 = _check_unit_interval(beta_2, "beta_2")
+        self.epsilon = float(epsilon)
+
+    def _new_slots(self, value):
+        return np.zeros_like(value), np.zeros_like(value)
+
+    def _update(self, value, grad, lr, slots):
+        m, u = slots
+        m += (grad - m) * (1 - self.beta_1)
+        np.maximum(self.beta_2 * u, np.abs(grad), out=u)
+        value -= lr * m / ((1 - self.beta_1 ** (self.iterations + 1)) * (u + self.epsilon))
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class Lion(Optimizer):
+    """w -= lr * sign(beta_1 * m + (1 - beta_1) * g), then m = beta_2 * m + (1 - beta_2) * g (Chen et al., 2023)."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.beta_1 = _check_unit_interval(beta_1, "beta_1")
+        self.beta_2 = _check_unit_interval(beta_2, "beta_2")
+
+    def _new_slots(self, value):
+        return (np.zeros_like(value),)
+
+    def _update(self, value, grad, lr, slots):
+        (m,) = slots
+        value -= lr * np.sign(m * self.beta_1 + grad * (1 - self.beta_1))
+        m *= self.beta_2
+        m += grad * (1 - self.beta_2)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2}
+
+
+OPTIMIZER_CLASSES = {cls.__name__: cls for cls in (SGD, Adam, AdamW, Nadam, RMSprop, Adagrad, Adadelta, Adamax, Lion)}
 _BY_NAME = {name.lower(): cls for name, cls in OPTIMIZER_CLASSES.items()}
 
 
