@@ -540,3 +540,15 @@ def test_regression_and_divergence_losses_as_keras_computes_them(name, options):
     assert float(ours(y_true, y_pred)) == pytest.approx(float(theirs(y_true, y_pred)), rel=1e-5)
     assert float(ours(y_true, y_pred, sample_weight=weights)) == pytest.approx(
         float(theirs(y_true, y_pred, sample_weight=weights)), rel=1e-5)
+
+
+def test_root_mean_squared_error_as_keras_computes_it():
+    rng = np.random.default_rng(6)
+    y_true, y_pred, weights = rng.random((9, 4), np.float32), rng.random((9, 4), np.float32), rng.random(9)
+    results = []
+    for library in (keras, real_keras):
+        metric = library.metrics.RootMeanSquaredError()
+        metric.update_state(y_true, y_pred)
+        metric.update_state(y_true[:4], y_pred[:4], sample_weight=weights[:4])
+        results.append(float(metric.result()))
+    assert results[0] == pytest.approx(results[1], rel=1e-6)

@@ -939,3 +939,20 @@ def test_tensorboard_writes_keras_scalars_in_event_files(tmp_path):
         keras.callbacks.TensorBoard(update_freq=0)
     with pytest.warns(RuntimeWarning, match="histogram_freq"):
         keras.callbacks.TensorBoard(histogram_freq=1)
+
+
+def test_root_mean_squared_error_is_the_root_of_the_whole_set_s_mean():
+    """Not a mean of batch roots: evaluate in batches of 7 (and train_on_batch on one batch) give the
+    root of the mean squared error over all the samples."""
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((40, 3)).astype(np.float32), rng.standard_normal((40, 2)).astype(np.float32)
+    model = keras.Sequential([keras.Input((3,)), layers.Dense(2)])
+    model.compile("sgd", "mse", metrics=["root_mean_squared_error", "mse"])
+    logs = model.evaluate(x, y, batch_size=7, verbose=0, return_dict=True)
+    error = np.mean((model.predict(x, verbose=0).astype(np.float64) - y) ** 2)
+    assert logs["root_mean_squared_error"] == pytest.approx(math.sqrt(error), rel=1e-5)
+    assert logs["mse"] == pytest.approx(error, rel=1e-5)
+    metric = keras.metrics.RootMeanSquaredError()
+    metric.update_state(y[:10], model.predict(x[:10], verbose=0))
+    step = model.test_on_batch(x[:10], y[:10], return_dict=True)
+    assert step["root_mean_squared_error"] == pytest.approx(float(metric.result()), rel=1e-5)

@@ -5,6 +5,8 @@ A metric sees the targets after the loss prepared them (always shaped like the p
 labels arrive one-hot), so "accuracy" only has to choose between the binary (threshold 0.5) and the
 categorical (argmax) form, as Keras does from the loss and the output shape.
 """
+import math
+
 import numpy as np
 
 from fastconv.keras import autodiff, losses
@@ -95,8 +97,13 @@ class Metric:
             self._total += float((values * weights).sum())
             self._count += float(weights.sum())
 
+    def from_mean(self, mean):
+        """The metric's value from the weighted mean of its per-sample values (the mean itself, or the
+        square root of it for RootMeanSquaredError)."""
+        return mean
+
     def result(self):
-        return np.float32(self._total / self._count) if self._count else np.float32(0.0)
+        return np.float32(self.from_mean(self._total / self._count)) if self._count else np.float32(0.0)
 
     def reset_state(self):
         self._total, self._count = 0.0, 0
@@ -147,6 +154,17 @@ class MeanMetricWrapper(Metric):
 class MeanSquaredError(Metric):
     def __init__(self, name="mean_squared_error", dtype=None):
         super().__init__(name, lambda y_true, y_pred: ((y_pred - y_true) ** 2).mean(axis=-1))
+
+
+class RootMeanSquaredError(Metric):
+    """keras.metrics.RootMeanSquaredError: the square root of the (weighted) mean squared error over the
+    whole set."""
+
+    def __init__(self, name="root_mean_squared_error", dtype=None):
+        super().__init__(name, lambda y_true, y_pred: ((y_pred - y_true) ** 2).mean(axis=-1))
+
+    def from_mean(self, mean):
+        return math.sqrt(mean)
 
 
 class MeanAbsoluteError(Metric):
@@ -290,6 +308,8 @@ def get(identifier, loss):
         name = identifier.lower()
         if name in ("accuracy", "acc"):
             return Accuracy(identifier, loss)
+        if name == "root_mean_squared_error":
+            return RootMeanSquaredError(name=identifier)
         if name in ("precision", "recall"):
             metric = (Precision if name == "precision" else Recall)(name=identifier)
             metric.target_loss = loss

@@ -143,8 +143,9 @@ class _RunningMeans:
     """Sample-weighted means of the loss and metrics over the batches seen so far. A plain number
     (from a model's own train_step, whose metrics keep their running state) replaces the last one."""
 
-    def __init__(self):
+    def __init__(self, from_mean=None):
         self.totals, self.counts, self.latest = {}, {}, {}
+        self.from_mean = from_mean or {}  # name -> a metric's value from its mean (RootMeanSquaredError's root)
 
     def add(self, stats):
         for name, value in stats.items():
@@ -157,20 +158,17 @@ class _RunningMeans:
 
     def results(self):
         means = {name: self.totals[name] / self.counts[name] for name in self.totals if self.counts[name]}
+        for name, finish in self.from_mean.items():
+            if name in means:
+                means[name] = finish(means[name])
         return {**means, **self.latest}
 
 
-def _step_results(stats):
-    """_RunningMeans' results after one step's statistics alone: each (total, count) as its mean."""
-    means, latest = {}, {}
-    for name, value in stats.items():
-        if isinstance(value, tuple):
-            total, count = value
-            if count:
-                means[name] = (0.0 + total) / count  # as _RunningMeans, which starts each total at 0.0
-        else:
-            latest[name] = value
-    return {**means, **latest}
+def _step_results(stats, from_mean=None):
+    """_RunningMeans' results after one step's statistics alone."""
+    means = _RunningMeans(from_mean)
+    means.add(stats)
+    return means.results()
 
 
 def _step_data(xs, ys, weights, model):
@@ -256,6 +254,12 @@ class Trainer:
     def metric_objects(self):
         """model.metrics: the loss tracker, each output's loss tracker, then the compiled metrics."""
         return [self.loss_tracker] + self.output_loss_trackers + [m for group in self.metrics for m in group]
+
+    def _from_mean(self):
+        """{log name: how that metric's value follows from its mean}, for the metrics whose value is not
+        the mean itself."""
+        return {name: metric.from_mean for names, group in zip(self.metric_names, self.metrics)
+                for name, metric in zip(names, group) if type(metric).from_mean is not metrics_module.Metric.from_mean}
 
     def _track(self, stats):
         """Add a built-in step's (total, count) statistics to the stateful metric objects."""
@@ -466,7 +470,7 @@ class Trainer:
         logs. The batch hooks run once per compile's steps_per_execution steps, as in Keras."""
         every = getattr(self, "steps_per_execution", 1)
         self.model.reset_metrics()
-        means, group_open, step = _RunningMeans(), False, -1
+        means, group_open, step = _RunningMeans(self._from_mean()), False, -1
         with contextlib.closing(data.epoch()) as batches:
             if distribution_lib.active() or distribution_lib.deterministic_ranks():  # this rank's slice of each
                 # global batch, logs over all ranks (deterministic="ranks": by micro-batches, even on one rank)
@@ -520,12 +524,14 @@ class Trainer:
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         xs, ys = self._standardize(x, y)
         weights = _sample_weights(sample_weight, class_weight, ys, len(xs[0]))
-        return self._result(_step_results(self.train_step(_inputs_batch(xs, slice(None)), ys, weights)), return_dict)
+        return self._result(_step_results(self.train_step(_inputs_batch(xs, slice(None)), ys, weights),
+                                          self._from_mean()), return_dict)
 
     def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         xs, ys = self._standardize(x, y)
         weights = _sample_weights(sample_weight, None, ys, len(xs[0]))
-        return self._result(_step_results(self.test_step(_inputs_batch(xs, slice(None)), ys, weights)), return_dict)
+        return self._result(_step_results(self.test_step(_inputs_batch(xs, slice(None)), ys, weights),
+                                          self._from_mean()), return_dict)
 
 
 def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
