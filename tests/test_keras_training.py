@@ -855,41 +855,30 @@ def read_event_file(path):
         crc = crc32c(data)
         return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
+    def varint(message, position):
+        value, shift = 0, 0
+        while True:
+            byte = message[position]
+            position += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, position
+
     def fields(message):
         position = 0
         while position < len(message):
-            key, shift = 0, 0
-            while True:
-                byte = message[position]
-                position += 1
-                key |= (byte & 0x7F) << shift
-                shift += 7
-                if byte < 0x80:
-                    break
+            key, position = varint(message, position)
             number, wire = key >> 3, key & 7
             if wire == 0:
-                value, shift = 0, 0
-                while True:
-                    byte = message[position]
-                    position += 1
-                    value |= (byte & 0x7F) << shift
-                    shift += 7
-                    if byte < 0x80:
-                        break
+                value, position = varint(message, position)
             elif wire in (1, 5):
                 size = 8 if wire == 1 else 4
                 value = struct.unpack("<d" if wire == 1 else "<f", message[position:position + size])[0]
                 position += size
             else:
                 assert wire == 2
-                length, shift = 0, 0
-                while True:
-                    byte = message[position]
-                    position += 1
-                    length |= (byte & 0x7F) << shift
-                    shift += 7
-                    if byte < 0x80:
-                        break
+                length, position = varint(message, position)
                 value = message[position:position + length]
                 position += length
             yield number, value

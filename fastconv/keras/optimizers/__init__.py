@@ -301,26 +301,15 @@ class Adadelta(Optimizer):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
 
 
-class Adamax(Optimizer):
-    """Adam with the infinity norm: u = max(beta_2 * u, |g|), w -= lr * m / ((1 - beta_1^t) (u + epsilon))."""
-
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
-        super().__init__(learning_rate, **kwargs)
-        self.beta_1 = _check_unit_interval(beta_1, "beta_1")
-        self.beta_2 = _check_unit_interval(beta_2, "beta_2")
-        self.epsilon = float(epsilon)
-
-    def _new_slots(self, value):
-        return np.zeros_like(value), np.zeros_like(value)
+class Adamax(Adam):
+    """Adam with the infinity norm: u = max(beta_2 * u, |g|), w -= lr * m / ((1 - beta_1^t) (u + epsilon)).
+    Adam's arguments, state and config; its own update (so Adam's fused C update is not used)."""
 
     def _update(self, value, grad, lr, slots):
         m, u = slots
         m += (grad - m) * (1 - self.beta_1)
         np.maximum(self.beta_2 * u, np.abs(grad), out=u)
         value -= lr * m / ((1 - self.beta_1 ** (self.iterations + 1)) * (u + self.epsilon))
-
-    def get_config(self):
-        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
 
 class Lion(Optimizer):
